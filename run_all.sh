@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# mlops-nb: set everything up (idempotent) and run the whole lifecycle, or the whole test suite.
+#
+#   ./run_all.sh                 set up, then run every phase on the built-in synthetic lake
+#   ./run_all.sh -p KEY VALUE    same, with a setting or parameter overridden (see `mlops-nb run --help`)
+#   ./run_all.sh --test          set up, then run all tests (nbdev export check, nbdev-test, pytest)
+#   ./run_all.sh --help          this text
+#
+# Set-up creates .venv (if missing) with Python >= 3.11, installs the pinned set in requirements.lock
+# (torch first: the CPU build from this machine's disk), installs this package in editable mode and
+# registers the `mlops-nb` Jupyter kernel that papermill and JupyterLab use. It is skipped when nothing
+# it depends on changed since the last time. Environment: PYTHON (interpreter for the venv),
+# MLOPS_SETTINGS (settings file, default ./settings.ini), MLOPS_<SECTION>__<KEY> (override any setting).
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT="$PWD"
+VENV="$ROOT/.venv"
+export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export JUPYTER_PLATFORM_DIRS=1 PYDEVD_DISABLE_FILE_VALIDATION=1
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'run_all.sh: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n "2,13p" "$0" | sed "s/^# \{0,1\}//"; }
+
+MODE=run
+ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test) MODE=test ;;
+    -h|--help) usage; exit 0 ;;
+    *) ARGS+=("$1") ;;
+  esac
+  shift
+done
+
+bootstrap() {
+  local py="${PYTHON:-python3}"
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$py is older than Python 3.11; set PYTHON=/path/to/python3.11+"
+    say "creating $VENV"
+    "$py" -m venv "$VENV"
+  fi
+  local stamp
+  stamp="$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-32)-$("$VENV/bin/python" -V 2>&1)"
+  if [ -f "$VENV/.bootstrap-stamp" ] && [ "$(cat "$VENV/.bootstrap-stamp")" = "$stamp" ]; then
+    return 0
+  fi
+  say "installing the pinned dependencies (requirements.lock)"
+  local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+  # torch first, exactly as pinned: pip takes the CPU build from local disk instead of a CUDA download.
+  "${pip[@]}" "$(grep -E '^torch==' requirements.lock)"
+  "${pip[@]}" -r requirements.lock
+  "${pip[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${pip[@]}" --no-deps -e .
+  "$VENV/bin/python" -m ipykernel install --sys-prefix --name mlops-nb --display-name "Python (mlops-nb)" >/dev/null
+  "$VENV/bin/python" -m pip check >/dev/null || die "pip check failed after install: $("$VENV/bin/python" -m pip check | head -5)"
+  echo "$stamp" > "$VENV/.bootstrap-stamp"
+}
+
+run_lifecycle() {
+  say "running the lifecycle (mlops-nb run ${ARGS[*]:-})"
+  if ! "$VENV/bin/mlops-nb" run "${ARGS[@]+"${ARGS[@]}"}"; then
+    die "the lifecycle failed (the failing phase and cell are named above)"
+  fi
+  say "done: executed notebooks under reports/runs/; MLflow UI: .venv/bin/mlops-nb ui"
+}
+
+run_tests() {
+  say "checking that nbdev-export leaves the generated package unchanged"
+  local before after
+  before="$(find mlops_nb -name '*.py' -print0 | sort -z | xargs -0 sha256sum | sha256sum)"
+  "$VENV/bin/nbdev-export"
+  after="$(find mlops_nb -name '*.py' -print0 | sort -z | xargs -0 sha256sum | sha256sum)"
+  if [ "$before" != "$after" ]; then
+    git --no-pager diff --stat -- mlops_nb 2>/dev/null || true
+    die "mlops_nb/ was out of date with nbs/: it has now been re-exported; commit the result"
+  fi
+  say "nbdev-test: every notebook on its small defaults"
+  "$VENV/bin/nbdev-test" --n-workers 2 || die "nbdev-test failed"
+  say "pytest"
+  "$VENV/bin/python" -m pytest tests "${ARGS[@]+"${ARGS[@]}"}" || die "pytest failed"
+  say "all tests passed"
+}
+
+bootstrap
+if [ "$MODE" = test ]; then run_tests; else run_lifecycle; fi

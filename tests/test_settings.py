@@ -1,0 +1,104 @@
+"""Run settings: the repository's file matches the schema, and every kind of bad value gives a clear error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+from mlops_nb.settings import SettingsError, load_settings, render_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "settings.ini"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def error_of(path: Path, **kw) -> str:
+    with pytest.raises(SettingsError) as e:
+        load_settings(path, **kw)
+    return str(e.value)
+
+
+def test_repo_settings_is_the_rendered_template_and_loads():
+    text = (REPO / "settings.ini").read_text(encoding="utf-8")
+    assert text == render_settings(), "settings.ini drifted from the schema: run `mlops-nb settings --template > settings.ini`"
+    cfg = load_settings(REPO / "settings.ini", env={})
+    assert cfg.lake.customers == 20_000 and cfg.paths.lake == (REPO / "data/lake").resolve()
+
+
+def test_every_key_is_documented_in_the_file():
+    text = render_settings()
+    for line_no, line in enumerate(text.splitlines()):
+        if "=" in line and not line.startswith("#"):
+            assert text.splitlines()[line_no - 1].startswith("# "), f"undocumented key: {line}"
+
+
+def test_missing_key_names_section_and_key(tmp_path):
+    p = write(tmp_path, render_settings().replace("customers = 20000\n", ""))
+    msg = error_of(p, env={})
+    assert "settings.ini [lake] customers: missing" in msg and "e.g. customers = 20000" in msg
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("customers = 20000", "customers = twenty", "[lake] customers: expected a whole number, got 'twenty'"),
+    ("customers = 20000", "customers = 3", "[lake] customers: must be at least 50"),
+    ("scenario = stable", "scenario = sunny", "[lake] scenario: expected one of stable, drift; got 'sunny'"),
+    ("contact_cost = 3.0", "contact_cost = 3,50", "[charter] contact_cost: expected a number, got '3,50'"),
+    ("start_month = 2025-01", "start_month = 2025-13", "[lake] start_month: '2025-13' does not have the expected form"),
+    ("max_fairness_gap = 0.1", "max_fairness_gap = nan", "[charter] max_fairness_gap: expected a finite number"),
+    ("drift_month = 8", "drift_month = 13", "[lake] drift_month: 13 is after the last month (12)"),
+])
+def test_malformed_values_name_section_and_key(tmp_path, old, new, expected):
+    text = render_settings()
+    assert old in text
+    assert expected in error_of(write(tmp_path, text.replace(old, new)), env={})
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    p = write(tmp_path, render_settings().replace("customers = 20000", "customers = x").replace("seed = 42", "seed = -1"))
+    msg = error_of(p, env={})
+    assert "[lake] customers" in msg and "[lake] seed" in msg
+
+
+def test_unknown_section_and_key_are_errors_with_a_suggestion(tmp_path):
+    p = write(tmp_path, render_settings().replace("[lake]\n", "[lake]\ncustomer = 5\n") + "\n[extra]\nx = 1\n")
+    msg = error_of(p, env={})
+    assert "[lake] customer: unknown key (did you mean 'customers'?)" in msg
+    assert "[extra] is not a known section" in msg
+
+
+def test_environment_overrides_and_their_errors(tmp_path):
+    p = write(tmp_path, render_settings())
+    cfg = load_settings(p, env={"MLOPS_MLFLOW__TRACKING_URI": "http://127.0.0.1:5999", "MLOPS_LAKE__CUSTOMERS": "1_000"})
+    assert cfg.mlflow.tracking_uri == "http://127.0.0.1:5999" and cfg.lake.customers == 1000
+    assert "environment MLOPS_LAKE__MONTHS: expected a whole number" in error_of(p, env={"MLOPS_LAKE__MONTHS": "twelve"})
+    assert "environment MLOPS_LAKE__MONTH: unknown key (did you mean 'months'?)" in error_of(p, env={"MLOPS_LAKE__MONTH": "3"})
+
+
+def test_relative_paths_resolve_against_the_settings_folder(tmp_path):
+    cfg = load_settings(write(tmp_path, render_settings()), env={})
+    assert cfg.paths.warehouse == tmp_path / "data/warehouse.duckdb"
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path}/data/mlflow.db"
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"customers = 5\n", "cannot parse"),                     # no section header
+    (b"[lake]\ncustomers = 5\ncustomers = 6\n", "cannot parse"),  # duplicate key
+    ("[lake]\nscenario = est\xe1vel\n".encode("latin-1"), "not UTF-8 text"),
+])
+def test_unparseable_files_name_the_file(tmp_path, content, expected):
+    p = tmp_path / "settings.ini"
+    p.write_bytes(content)
+    msg = error_of(p, env={})
+    assert str(p) in msg and expected in msg
+
+
+def test_missing_file_and_cli_errors_have_no_traceback(tmp_path):
+    assert "settings file not found" in error_of(tmp_path / "nope.ini", env={})
+    bad = write(tmp_path, render_settings().replace("seed = 42", "seed = forty-two"))
+    r = run_cli("--settings", str(bad), "settings")
+    assert r.returncode == 2 and "[lake] seed: expected a whole number" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("settings", env={"MLOPS_SETTINGS": str(bad)})
+    assert r.returncode == 2 and "forty-two" in r.stderr
