@@ -407,13 +407,15 @@ def test_a_killed_generation_never_leaves_a_half_written_lake(tmp_path):
 
 
 def test_bad_settings_give_clear_errors(tmp_path):
-    with pytest.raises(SettingsError, match=r"drift_month: 9 is after the last month \(6\)"):
-        sandbox_settings(tmp_path / "a", lake_months=6, lake_drift_month=9)
-    cfg = sandbox_settings(tmp_path / "b")
-    with pytest.raises(SettingsError, match=r"drift_month = 99 must be between 2 and the last month \(6\)"):
+    with pytest.raises(SettingsError, match=r"drift_month: 9 is after the last month \(6\) of the drift scenario"):
+        sandbox_settings(tmp_path / "a", lake_months=6, lake_drift_month=9, lake_scenario="drift")
+    sandbox_settings(tmp_path / "a2", lake_months=6, lake_drift_month=9, lake_scenario="stable")  # irrelevant when stable
+    cfg = sandbox_settings(tmp_path / "b", lake_scenario="drift")
+    with pytest.raises(SettingsError, match=r"drift_month = 99 must be between 2 and the last month \(6\) in the drift scenario"):
         L.generate_lake(dataclasses.replace(cfg, lake=dataclasses.replace(cfg.lake, drift_month=99)))
-    with pytest.raises(SettingsError, match="schema_drift_month = 7"):
-        L.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=7))
+    with pytest.raises(SettingsError, match="schema_drift_month = -1"):
+        L.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=-1))
+    L.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=7))  # past the last month: the rename never happens
     inside = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, oracle=cfg.paths.lake / "oracle"))
     with pytest.raises(SettingsError, match="must not be inside the lake"):
         L.generate_lake(inside)

@@ -48,12 +48,20 @@ def test_missing_key_names_section_and_key(tmp_path):
     ("contact_cost = 3.0", "contact_cost = 3,50", "[charter] contact_cost: expected a number, got '3,50'"),
     ("start_month = 2025-01", "start_month = 2025-13", "[lake] start_month: '2025-13' does not have the expected form"),
     ("max_fairness_gap = 0.1", "max_fairness_gap = nan", "[charter] max_fairness_gap: expected a finite number"),
-    ("drift_month = 8", "drift_month = 13", "[lake] drift_month: 13 is after the last month (12)"),
+    ("drift_month = 8", "drift_month = 13", None),
 ])
 def test_malformed_values_name_section_and_key(tmp_path, old, new, expected):
     text = render_settings()
     assert old in text
-    assert expected in error_of(write(tmp_path, text.replace(old, new)), env={})
+    if expected is None:  # valid on its own (drift month only matters in the drift scenario)
+        load_settings(write(tmp_path, text.replace(old, new)), env={})
+    else:
+        assert expected in error_of(write(tmp_path, text.replace(old, new)), env={})
+
+
+def test_drift_month_must_fall_inside_a_drift_scenario(tmp_path):
+    text = render_settings().replace("scenario = stable", "scenario = drift").replace("drift_month = 8", "drift_month = 13")
+    assert "[lake] drift_month: 13 is after the last month (12) of the drift scenario" in error_of(write(tmp_path, text), env={})
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
