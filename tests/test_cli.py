@@ -9,12 +9,13 @@ import yaml
 from conftest import REPO, run_cli
 from mlops_nb.runner import PHASES
 
-SUBCOMMANDS = ["run", "phases", "settings", "ui", "readme"]
+SUBCOMMANDS = ["run", "phases", "settings", "ui", "readme", "model", "model list", "model history", "model at",
+               "model promote", "model stage", "model rollback", "model archive"]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
 def test_every_subcommand_has_help(sub):
-    r = run_cli(*([sub] if sub else []), "--help")
+    r = run_cli(*(sub.split() if sub else []), "--help")
     assert r.returncode == 0 and "usage: mlops-nb" in r.stdout and r.stderr == ""
 
 
