@@ -1,0 +1,133 @@
+"""The shipped model: loads in a fresh process with plain MLflow, same probabilities, any integer/missing input, explanations, servability."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.isotonic import IsotonicRegression
+
+from mlops_nb.package import log_packaged_model, servability_check
+from mlops_nb.settings import sandbox_settings
+from mlops_nb.tracking import mlflow, phase_run
+from mlops_nb.train import demo_feature_table, make_candidate, split_frame
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    df, spec = demo_feature_table(1000, 5, seed=5)
+    split = split_frame(df, spec)
+    hgb = make_candidate("hgb", {"max_iter": 150}, spec, 1).fit(split.train, split.y("train"))
+    net = make_candidate("torch_mlp", {"hidden_sizes": (16,), "max_epochs": 15}, spec, 1).fit(split.train, split.y("train"))
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(hgb.predict_proba(split.valid)[:, 1], split.y("valid"))
+    cfg = sandbox_settings(tmp_path_factory.mktemp("package"))
+    with phase_run(cfg, "package-test"):
+        uris = {"hgb": log_packaged_model(hgb, spec, 0.15, calibrator=iso, input_example=split.valid.head(5)),
+                "torch_mlp": log_packaged_model(net, spec, 0.3, input_example=split.valid.head(5), registered_model_name="churn-test")}
+    return dict(split=split, spec=spec, pipes={"hgb": hgb, "torch_mlp": net}, iso=iso, uris=uris, cfg=cfg)
+
+
+FRESH = textwrap.dedent("""
+    import json, sys
+    import numpy as np, pandas as pd, mlflow
+    uris, rows = json.loads(sys.argv[1]), pd.read_pickle(sys.argv[2])
+    out = {}
+    for family, uri in uris.items():
+        model = mlflow.pyfunc.load_model(uri)
+        out[family] = model.predict(rows)["churn_probability"].tolist()
+    import mlops_nb
+    out["mlops_nb_from"] = mlops_nb.__file__
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_loads_in_a_fresh_process_with_plain_mlflow_and_gives_the_same_probabilities(shipped, tmp_path):
+    rows = shipped["split"].test.head(300)
+    rows.to_pickle(tmp_path / "rows.pkl")
+    uris = {**shipped["uris"], "torch_mlp": "models:/churn-test/1"}         # the registered version resolves too
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", FRESH, json.dumps(uris), str(tmp_path / "rows.pkl")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=240)
+    line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, r.stderr[-2000:]
+    got = json.loads(line[7:])
+    assert "/code/mlops_nb/" in got["mlops_nb_from"], "the model must load its own bundled code"
+    hgb = shipped["iso"].transform(shipped["pipes"]["hgb"].predict_proba(rows)[:, 1])
+    net = shipped["pipes"]["torch_mlp"].predict_proba(rows)[:, 1]
+    assert np.abs(np.array(got["hgb"]) - hgb).max() <= 1e-9
+    assert np.abs(np.array(got["torch_mlp"]) - net).max() <= 1e-9
+
+
+def test_nullable_integers_plain_integers_and_missing_values_all_score(shipped):
+    model = mlflow.pyfunc.load_model(shipped["uris"]["hgb"])
+    spec, rows = shipped["spec"], shipped["split"].test.head(6)[shipped["spec"].features].copy()
+    ints = ["tenure_months", "tickets_3m", "satisfaction", "lines"]
+    as_float = rows.astype({c: "float64" for c in spec.numeric})
+    ref = model.predict(as_float)["churn_probability"].to_numpy()
+    nullable = rows.astype({c: "Int64" for c in ints})
+    nullable.loc[nullable.index[0], "satisfaction"] = pd.NA
+    plain = rows.assign(**{c: rows[c].fillna(0).astype("int64") for c in ints})   # what a JSON client sends
+    assert np.allclose(model.predict(nullable)["churn_probability"].iloc[1:], ref[1:], atol=1e-12)
+    assert np.isfinite(model.predict(nullable)["churn_probability"]).all()
+    assert np.isfinite(model.predict(plain)["churn_probability"]).all()
+    holes = as_float.copy()
+    holes.loc[holes.index[:3], ["dropped_call_rate", "monthly_fee"]] = np.nan
+    holes.loc[holes.index[:3], ["payment_method", "region"]] = None
+    holes["product"] = pd.array(holes["product"], dtype="string")
+    assert np.isfinite(model.predict(holes)["churn_probability"]).all()
+    records = json.loads(as_float.head(2).to_json(orient="records"))                 # JSON round trip: ints, nulls
+    assert np.allclose(model.predict(pd.DataFrame(records))["churn_probability"], ref[:2], atol=1e-9)
+
+
+def test_bad_input_is_refused_with_a_clear_message(shipped):
+    model = mlflow.pyfunc.load_model(shipped["uris"]["hgb"])
+    rows = shipped["split"].test.head(2)[shipped["spec"].features]
+    with pytest.raises(Exception, match="column 'monthly_fee' must hold numbers"):
+        model.predict(rows.astype({"monthly_fee": object}).assign(monthly_fee="R$ 99,90"))
+    with pytest.raises(Exception, match="missing inputs.*contract_type"):
+        model.predict(rows.drop(columns="contract_type"))
+
+
+def test_decision_threshold_and_explanations(shipped):
+    model = mlflow.pyfunc.load_model(shipped["uris"]["hgb"])
+    spec, rows = shipped["spec"], shipped["split"].test.head(40)
+    plain = model.predict(rows)
+    assert list(plain.columns) == ["churn_probability", "decision", "threshold"]
+    assert (plain.decision == (plain.churn_probability >= 0.15)).all() and (plain.threshold == 0.15).all()
+    out = model.predict(rows, params={"explain": True})
+    contrib = out[[f"contrib_{f}" for f in spec.features]]
+    assert np.abs(contrib.sum(axis=1) + out.base_log_odds - out.log_odds).max() < 1e-9
+    raw = shipped["pipes"]["hgb"].predict_proba(rows)[:, 1]
+    assert np.allclose(1 / (1 + np.exp(-out.log_odds)), raw, atol=1e-9), "explanations are of the model's log-odds, before calibration"
+    assert np.allclose(out.churn_probability, plain.churn_probability)
+    net = mlflow.pyfunc.load_model(shipped["uris"]["torch_mlp"]).predict(rows, params={"explain": True})
+    assert np.abs(net.filter(like="contrib_").sum(axis=1) + net.base_log_odds - net.log_odds).max() < 1e-4
+
+
+def test_requirements_signature_and_metadata(shipped):
+    from mlflow.models import Model
+    for family, uri in shipped["uris"].items():
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+        reqs = (local / "requirements.txt").read_text().split()
+        assert any(r.startswith("torch==") for r in reqs) == (family == "torch_mlp")
+        assert any(r.startswith("shap==") for r in reqs) == (family == "hgb")
+        assert not any(r.startswith(("rich", "psutil", "tqdm")) for r in reqs)
+        m = Model.load(local)
+        assert m.metadata["family"] == family and m.metadata["feature_spec"]["target"] == "churned_next"
+        sig = m.signature
+        assert [c.name for c in sig.inputs.inputs] == shipped["spec"].features and sig.params.params[0].name == "explain"
+
+
+def test_servability_numbers(shipped):
+    got = servability_check(shipped["uris"]["hgb"], n_requests=60)
+    print(got)
+    assert got["ok"], got
+    assert 0 < got["p50_ms"] <= got["p99_ms"] and 0 < got["explain_p50_ms"] and got["load_seconds"] > 0
+    assert "/code/mlops_nb/" in got["mlops_nb_from"]
+    bad = servability_check("runs:/0123456789abcdef/none", n_requests=5)
+    assert not bad["ok"] and bad["error"]

@@ -1,0 +1,144 @@
+"""The train phase: splits, the encoder, the torch estimator, reproducibility and the MLflow run layout it leaves for evaluation."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from mlops_nb.contracts import FeatureSpec, load_feature_table
+from mlops_nb.settings import SettingsError, sandbox_settings
+from mlops_nb.train import (TabularEncoder, TorchTabularClassifier, demo_feature_table, ensure_demo_features, latest_train_run,
+                            load_candidates, make_candidate, run_train, score, split_frame)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return demo_feature_table(800, 5, seed=3)
+
+
+def test_time_split_trains_on_the_past_and_tests_on_the_latest_labelled_month(demo):
+    df, spec = demo
+    s = split_frame(df, spec)
+    assert s.kind == "time"
+    assert (s.train.month.max(), s.valid.month.unique().tolist(), s.test.month.unique().tolist()) == ("2025-02", ["2025-03"], ["2025-04"])
+    assert s.train[spec.target].notna().all() and "2025-05" not in set(s.train.month) | set(s.test.month)   # unlabelled month left out
+    with pytest.raises(SettingsError, match="needs at least 5 labelled months"):
+        split_frame(df, FeatureSpec(**{**spec.__dict__, "horizon_months": 2}))
+
+
+def test_random_split_is_stratified_seeded_and_complete(demo):
+    df, spec = demo
+    flat = FeatureSpec(spec.id_column, spec.target, spec.numeric, spec.categorical, spec.sensitive)
+    a, b, c = split_frame(df, flat, seed=1), split_frame(df, flat, seed=1), split_frame(df, flat, seed=2)
+    assert a.kind == "random" and a.test.index.equals(b.test.index) and not a.test.index.equals(c.test.index)
+    labelled = df[df[spec.target].notna()]
+    assert sorted([*a.train.index, *a.valid.index, *a.test.index]) == sorted(labelled.index)
+    rates = [a.y(p).mean() for p in ("train", "valid", "test")]
+    assert max(rates) - min(rates) < 0.01
+
+
+def test_labels_must_be_binary(demo):
+    df, spec = demo
+    with pytest.raises(SettingsError, match="must hold 0/1"):
+        split_frame(df.assign(churned_next=df.churned_next.astype("Float64") * 2), spec)
+
+
+def test_encoder_takes_what_the_warehouse_and_clients_send():
+    train = pd.DataFrame({"n": pd.array([1, None, 3], dtype="Int64"), "f": [0.5, np.nan, 1.5], "c": pd.array(["a", None, "b"], dtype="string")})
+    enc = TabularEncoder(("n", "f"), ("c",)).fit(train)
+    ref = enc.transform(train)
+    same = pd.DataFrame({"f": ["0.5", None, 1.5], "c": ["a", np.nan, "b"], "n": [1.0, None, 3]}, dtype=object)   # other dtypes, other order
+    assert np.array_equal(enc.transform(same), ref)
+    assert enc.transform(pd.DataFrame({"n": [2], "f": [1.0], "c": ["zzz"]}))[0, :3].tolist() == [0, 0, 0]     # unseen category: no column set
+    with pytest.raises(ValueError, match="column 'f' must hold numbers; got 'abc'"):
+        enc.transform(same.assign(f="abc"))
+    with pytest.raises(TypeError, match="needs a DataFrame"):
+        enc.transform(ref)
+
+
+def test_torch_classifier_is_a_proper_sklearn_classifier():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.integers(0, 3, 600), rng.normal(size=(600, 3))])
+    y = np.where(X[:, 1] + (X[:, 0] == 2) + rng.normal(0, .5, 600) > 0.8, "yes", "no")
+    m = TorchTabularClassifier(categorical_features=(0,), hidden_sizes=(16,), max_epochs=15, patience=3, random_state=5)
+    p = m.fit(X, y).predict_proba(X)
+    assert list(m.classes_) == ["no", "yes"] and np.allclose(p.sum(1), 1) and set(m.predict(X)) <= {"no", "yes"}
+    assert np.array_equal(clone(m).fit(X, y).predict_proba(X), p), "same random_state must give the same model"
+    assert np.array_equal(pickle.loads(pickle.dumps(m)).predict_proba(X), p)
+    assert clone(m).get_params() == m.get_params() and m.n_epochs_ <= 15
+    assert not np.array_equal(clone(m).set_params(random_state=6).fit(X, y).predict_proba(X), p)
+    X2 = X.copy(); X2[0, 0] = 7; X2[1, 0] = np.nan                                   # unseen and missing codes
+    assert np.isfinite(m.predict_proba(X2)).all()
+
+
+def test_candidates_take_raw_columns_of_every_family(demo):
+    df, spec = demo
+    s = split_frame(df, spec)
+    for family in ("logreg", "hgb", "torch_mlp"):
+        params = {"max_epochs": 60, "hidden_sizes": (16,), "batch_size": 128} if family == "torch_mlp" else {}
+        pipe = make_candidate(family, params, spec, seed=1).fit(s.train, s.y("train"))
+        assert 0.55 < score(s.y("valid"), pipe.predict_proba(s.valid)[:, 1])["auc"] < 1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = sandbox_settings(tmp_path_factory.mktemp("train"), train_trials=2)
+    assert ensure_demo_features(cfg, n_customers=700, n_months=5, seed=1)
+    first, second = run_train(cfg), run_train(cfg)
+    return cfg, first, second
+
+
+def test_same_inputs_and_seed_give_the_same_metrics(trained):
+    cfg, first, second = trained
+    cols = ["valid_auc", "valid_log_loss", "test_auc", "test_log_loss", "params"]
+    pd.testing.assert_frame_equal(first.candidates[cols], second.candidates[cols])
+    assert first.run_id != second.run_id and first.oracle_test_auc == second.oracle_test_auc
+
+
+def test_the_run_records_data_params_and_a_candidate_per_family(trained):
+    from mlflow.tracking import MlflowClient
+    cfg, first, second = trained
+    client = MlflowClient()
+    phase = client.get_run(second.run_id)
+    assert phase.data.tags["mlops_nb.phase"] == "train" and "mlflow.source.git.commit" in phase.data.tags
+    def digests(run):
+        return {t.value: i.dataset.digest for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert set(digests(phase)) == {"training", "validation", "test"}
+    assert digests(phase) == digests(client.get_run(first.run_id)), "same table, same split: same digests"
+    assert phase.data.params["split_kind"] == "time" and phase.data.params["seed"] == "7"
+    assert "test_oracle_auc" in phase.data.metrics
+    exp = phase.info.experiment_id
+    families = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{second.run_id}'")
+    assert sorted(r.data.tags["mlops_nb.family"] for r in families) == ["hgb", "logreg", "torch_mlp"]
+    for fam in families:
+        assert fam.data.tags["mlops_nb.candidate"] == "true" and fam.data.tags["mlops_nb.model_uri"].startswith("models:/")
+        assert {"valid_auc", "test_auc", "fit_seconds"} <= set(fam.data.metrics) and "model__random_state" in fam.data.params
+        assert len(fam.inputs.dataset_inputs) == 3
+        trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{fam.info.run_id}'")
+        assert sorted(t.data.tags["mlops_nb.trial"] for t in trials) == ["0", "1"]
+        assert all(t.data.tags["mlops_nb.kind"] == "trial" and "valid_auc" in t.data.metrics and t.data.params["seed"] == "7" for t in trials)
+        best = max(trials, key=lambda t: t.data.metrics["valid_auc"])
+        assert fam.data.metrics["valid_auc"] == best.data.metrics["valid_auc"]
+
+
+def test_load_candidates_gives_the_fitted_pipelines_of_the_latest_run(trained):
+    cfg, first, second = trained
+    assert latest_train_run(cfg) == second.run_id
+    cands = load_candidates(cfg)
+    assert [c.train_run_id for c in cands] == [second.run_id] * 3
+    assert [c.metrics["valid_auc"] for c in cands] == sorted((c.metrics["valid_auc"] for c in cands), reverse=True)
+    df, spec = load_feature_table(cfg)
+    test = split_frame(df, spec, seed=cfg.train.seed).test
+    for c in cands:
+        auc = score(test[spec.target].astype(int), c.pipeline.predict_proba(test)[:, 1])["auc"]
+        assert abs(auc - c.metrics["test_auc"]) < 1e-12, c.family
+        assert make_candidate(c.family, c.params, spec).get_params()["model"].__class__ is c.pipeline[-1].__class__
+    assert {c.family for c in load_candidates(cfg, first.run_id)} == {"logreg", "hgb", "torch_mlp"}
+
+
+def test_load_candidates_without_a_train_run_says_so(tmp_path):
+    with pytest.raises(SettingsError, match="no finished train run"):
+        load_candidates(sandbox_settings(tmp_path))
