@@ -10,7 +10,7 @@ from conftest import REPO, run_cli
 from mlops_nb.runner import PHASES
 
 SUBCOMMANDS = ["run", "phases", "settings", "ui", "readme", "model", "model list", "model history", "model at",
-               "model promote", "model stage", "model rollback", "model archive"]
+               "model promote", "model stage", "model rollback", "model archive", "serve", "score"]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
