@@ -1,0 +1,132 @@
+"""The whole lifecycle through `mlops-nb run` on a small synthetic world: every phase leaves its records,
+the gate-approved model reaches production, and no clear personal data reaches anything downstream."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_project, run_cli
+from mlops_nb.runner import PHASES
+from mlops_nb.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """One full run on 3,000 customers x 8 months (stable scenario), shared by the checks below."""
+    root = tmp_path_factory.mktemp("e2e")
+    settings = make_project(root / "proj", lake_customers=3000, lake_months=8, lake_scenario="stable",
+                            lake_drift_month=6, lake_schema_drift_month=5, train_trials=1,
+                            train_candidates="logreg, hgb")
+    r = run_cli("--settings", str(settings), "run", "--no-progress", timeout=1800)
+    return settings, r
+
+
+def test_every_phase_finishes_and_is_recorded(pipeline):
+    settings, r = pipeline
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    run_dir = next((settings.parent / "reports/runs").iterdir())
+    record = json.loads((run_dir / "manifest.json").read_text())
+    assert [p["phase"] for p in record["phases"]] == [p.name for p in PHASES]
+    assert all(p["status"] == "FINISHED" for p in record["phases"])
+    for p in PHASES:
+        assert (run_dir / p.notebook).exists() and not ((run_dir / p.notebook).stat().st_mode & 0o222)
+
+
+def test_the_gate_approved_model_is_in_production(pipeline):
+    from mlops_nb import registry as R
+    settings, r = pipeline
+    cfg = load_settings(settings, env={})
+    prod = R.version_with_status(cfg, "production")
+    gate = R.latest_gate_run(cfg)
+    assert gate is not None
+    if gate.data.tags["mlops_nb.gate.approved"] == "true":
+        assert prod is not None and prod.gate_approved and "champion" in prod.aliases
+    else:  # a refusal is a legitimate outcome, but then nothing may serve
+        assert prod is None, "a refused model must not reach production"
+        pytest.fail(f"the gate refused the model on the default world: {gate.data.tags.get('mlops_nb.gate.failed')}")
+
+
+def test_training_names_the_exact_dataset_it_used(pipeline):
+    from mlops_nb.tracking import MlflowClient, configure_mlflow
+    settings, _ = pipeline
+    cfg = load_settings(settings, env={})
+    configure_mlflow(cfg)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    feats = client.search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'features'")[0]
+    train = client.search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'train'")[0]
+    f_digests = {d.dataset.digest for d in feats.inputs.dataset_inputs}
+    t_digests = {d.dataset.digest for d in train.inputs.dataset_inputs}
+    assert f_digests and t_digests, "both phases log their datasets"
+    assert train.data.tags.get("mlflow.source.git.commit"), "the code version is recorded"
+
+
+def _clear_pii_values(cfg) -> list[str]:
+    """Every name, CPF, e-mail, phone and street address the lake's CRM holds (the needles)."""
+    from mlops_nb.lake import read_raw
+    months = sorted(p.name.split("=")[1] for p in (cfg.paths.lake / "crm_customers").iterdir())
+    vals: set[str] = set()
+    for m in months:
+        crm = read_raw(cfg.paths.lake, "crm_customers", m)
+        for col in ("nome", "cpf", "email", "telefone", "endereco"):
+            vals |= set(crm[col].dropna().astype(str))
+    return sorted(v for v in vals if len(v) >= 8)
+
+
+def test_no_clear_personal_data_downstream(pipeline):
+    from mlops_nb.contracts import connect_warehouse
+    from mlops_nb.privacy import scan_for_values, scan_frame
+    settings, _ = pipeline
+    cfg = load_settings(settings, env={})
+    needles = _clear_pii_values(cfg)
+    assert len(needles) > 1000
+    root = settings.parent
+    # bytes of everything the run wrote except the lake itself, its oracle and the vault (the one allowed place)
+    places = [cfg.paths.warehouse, root / "reports", cfg.mlflow.artifacts, Path(cfg.mlflow.tracking_uri[len("sqlite:///"):]),
+              cfg.paths.audit.parent]
+    found = scan_for_values([p for p in places if p.exists()], needles)
+    assert found == [], found[:5]
+    # and the decoded warehouse tables (compressed pages could hide text from a byte scan)
+    with connect_warehouse(cfg) as con:
+        tables = con.execute("select table_schema, table_name from information_schema.tables").fetchall()
+        hits = []
+        for schema, table in tables:
+            df = con.execute(f'select * from "{schema}"."{table}" limit 200000').df()
+            hits += scan_frame(df, needles, f"{schema}.{table}")
+    assert hits == [], hits[:5]
+    assert cfg.privacy.vault.exists() and oct(cfg.privacy.vault.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_readme_curl_example_scores_with_the_served_champion(pipeline):
+    """The README's serve command and curl example work against the model this run promoted."""
+    import re
+    import subprocess
+    import httpx
+    from conftest import BIN, REPO, free_port, stop, wait_http
+    from mlops_nb import registry as R
+    settings, _ = pipeline
+    cfg = load_settings(settings, env={})
+    prod = R.version_with_status(cfg, "production")
+    assert prod is not None
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert ".venv/bin/mlops-nb serve" in readme
+    m = re.search(r"curl -s -X POST '(http://127\.0\.0\.1:8000[^']+)' -H 'Content-Type: application/json' -d '(\{.*?\})'\n", readme, re.S)
+    assert m, "the README has a curl example"
+    url, body = m.group(1), json.loads(m.group(2))
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "mlops-nb"), "--settings", str(settings), "serve", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=120, proc=proc)
+        r = httpx.post(url.replace("8000", str(port)), json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["model"]["version"] == prod.version and 0 <= out["churn_probability"] <= 1
+        assert out["customer_key"].startswith("p_") and body["customer_id"] not in r.text
+        assert {c["feature"] for c in out["explanation"]["contributions"]} == set(body["features"])
+    finally:
+        stop(proc)
