@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root or Path(f"/tmp/bench-etl-{args.customers}")
     cfg = lake_settings(root, args.customers, args.months)
     manifest = cfg.paths.lake / "_manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text())["lake"] == __import__("dataclasses").asdict(cfg.lake):
+    if manifest.exists() and (m := json.loads(manifest.read_text()))["lake"] == __import__("dataclasses").asdict(cfg.lake) \
+            and m.get("generator") == L.GENERATOR_VERSION:
         print(f"[1] reusing the lake in {cfg.paths.lake}")
     else:
         print(f"[1] generating {args.customers:,} customers x {args.months} months into {cfg.paths.lake}")
