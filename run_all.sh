@@ -17,6 +17,9 @@ ROOT="$PWD"
 VENV="$ROOT/.venv"
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 export JUPYTER_PLATFORM_DIRS=1 PYDEVD_DISABLE_FILE_VALIDATION=1
+# the project's tools come first on PATH (as if the venv were activated): tools that start others by name
+# (`mlflow models serve` runs `uvicorn`, papermill the kernel) must find the pinned ones, not the machine's
+export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'run_all.sh: %s\n' "$*" >&2; exit 1; }

@@ -88,7 +88,8 @@ def start_mlflow_serve(cfg, model_uri: str, port: int | None = None, workers: in
     """Stock `mlflow models serve --env-manager local` on 127.0.0.1; returns (process, base URL) once /ping answers."""
     port = port or free_port()
     e = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": cfg.mlflow.tracking_uri,
-         "MLFLOW_DISABLE_TELEMETRY": "true"}
+         "MLFLOW_DISABLE_TELEMETRY": "true",
+         "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}   # stock serve starts `uvicorn` by name: the venv's, even when it is not activated
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
                              "-p", str(port), "-w", str(workers)], cwd=cfg.root, env=e, stdout=out, stderr=subprocess.STDOUT,

@@ -59,7 +59,7 @@ def test_mlflow_projects_entry_point_reproduces_the_phase(tmp_path):
     settings = make_project(tmp_path / "proj")
     from mlops_nb.settings import load_settings
     uri = load_settings(settings, env={}).mlflow.tracking_uri
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_EXPERIMENT_", "MLFLOW_RUN_ID"))}
     env.update(MLOPS_SETTINGS=str(settings), MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}:{env.get('PATH', '')}")
     r = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "-e", "lake", "-P", "lake_customers=222", "-P", "lake_months=4",
                         "--env-manager", "local", "--experiment-name", "churn"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
