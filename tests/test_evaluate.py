@@ -44,6 +44,24 @@ def test_profit_maximising_threshold_by_hand():
     assert best_threshold([0.01, 0.02], CHARTER) == ThresholdChoice(float("inf"), 0, 0.0)
 
 
+
+def test_the_pipeline_threshold_is_the_expected_profit_one_not_the_noisy_realised_one():
+    # a small validation month: realised profit is noisy enough that its argmax can fall below break-even,
+    # where each contact loses money in expectation; the pipeline's choice never does
+    from mlops_nb.evaluate import break_even_probability
+    charter = CharterSettings(contact_cost=3.0, offer_cost=40.0, offer_acceptance=0.4, save_rate=0.3, customer_value=600.0,
+                              monthly_budget=1e9)
+    be = break_even_probability(charter)
+    below = 0
+    for seed in range(20):
+        yv, pv = calibrated(3_000, seed, shift=-3.0)
+        yt, pt = calibrated(3_000, 100 + seed, shift=-3.0)
+        below += best_threshold(pv, charter, yv).threshold < be
+        ev = evaluate_scores("c", yv, pv, yt, pt, charter, GateSettings(n_boot=20))
+        assert be <= ev.business["threshold"] == best_threshold(pv, charter).threshold
+        assert ev.business["threshold_valid_realised_profit"] == pytest.approx(expected_profit(yv[pv >= ev.business["threshold"]], charter).sum())
+    assert below > 0, "the realised-profit argmax never went below break-even: this test would not tell the two apart"
+
 def test_ece_near_zero_when_calibrated_large_when_distorted_and_the_fix_reduces_it():
     y, p = calibrated(60_000, 0)
     assert expected_calibration_error(y, p) < 0.01
