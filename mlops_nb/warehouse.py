@@ -1080,11 +1080,13 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             if any(f.personal for p in plan.load for f in TABLES[p.source].fields): vault = VaultWriter(cfg, tmp)
             by_month: dict[str, list[Partition]] = {}
             for p in plan.load: by_month.setdefault(p.month, []).append(p)
-            prep = _Preparer(plan.load, key, tmp)
+            months_in_order = sorted({*by_month, *mart_months})
+            prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp)   # the order the loop below consumes
             mart = MartBuilder(con, mart_months[0]) if mart_months else None
-            for m in sorted({*by_month, *mart_months}):   # month by month: its partitions, then its mart rows
+            for m in months_in_order:   # month by month: its partitions, then its mart rows
                 for p in by_month.get(m, []):
                     done = prep.next()
+                    assert done.data.part == p, f"prepared {done.data.part.rel} where {p.rel} was expected"
                     write_partition(con, done, vault)
                     con.execute("DELETE FROM meta.partitions WHERE source = ? AND month = ?", [p.source, p.month])
                     con.execute("INSERT INTO meta.partitions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
