@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -76,18 +78,46 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
             proc.wait(timeout=10)
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server started in its own session (mlflow models serve forks its workers): SIGTERM its group, then SIGKILL."""
+    if proc.poll() is None:
+        try: os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError: return
+        try: proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def launch(cmd: Sequence[str], ready: str, *, cwd: Path, env: dict, log: Path | None = None, timeout: float = 60,
+           own_group: bool = False) -> subprocess.Popen:
+    """Start a server this test owns and wait until `ready` answers 200 (stopping it again if it never does).
+
+    Its stdout and stderr go to `log` (or nowhere: never to an unread pipe, which blocks a chatty server);
+    `own_group` puts it in a session of its own, for servers that fork workers (stop it with `stop_group`)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=own_group)
+    finally:
+        if log: out.close()   # the child holds its own copy
+    try: wait_http(ready, timeout=timeout, proc=proc)
+    except Exception:
+        (stop_group if own_group else stop)(proc)
+        raise
+    return proc
+
+
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 (SQLite backend, served artifacts); yields its http URI."""
-    port = free_port()
+    url = f"http://127.0.0.1:{(port := free_port())}"
     root = tmp_path / "mlflow-server"
     root.mkdir()
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"),
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    proc = launch([BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", root / "artifacts",
+                   "--host", "127.0.0.1", "--port", port, "--workers", "1"], f"{url}/health", cwd=root,
+                  env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, log=root / "server.log", timeout=90)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=proc)
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         stop(proc)

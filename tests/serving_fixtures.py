@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import BIN, free_port, make_project, stop, wait_http  # noqa: E402
+from conftest import BIN, free_port, launch, make_project  # noqa: E402
+from conftest import stop_group as stop_group  # noqa: E402  (re-exported: the serving tests and benchmark stop mlflow serve with it)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -67,50 +67,26 @@ def latest_records(cfg, limit: int | None = None) -> tuple[list[dict], list[str]
 
 # ---- servers --------------------------------------------------------------------------------------------------------
 def start_api(settings: Path, port: int | None = None, workers: int = 1, env: dict | None = None, args: Sequence[str] = (),
-              log: Path | None = None, timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """`mlops-nb serve` on 127.0.0.1 as a subprocess, waited for until /ready answers 200; returns (process, base URL)."""
-    port = port or free_port()
+              log: Path | None = None, timeout: float = 180, ready: str = "/ready") -> tuple[subprocess.Popen, str]:
+    """`mlops-nb serve` on 127.0.0.1 as a subprocess, waited for until `ready` answers 200; returns (process, base URL)."""
+    url = f"http://127.0.0.1:{(port := port or free_port())}"
     e = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
     e.update(env or {})
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([str(BIN / "mlops-nb"), "--settings", str(settings), "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(workers), *args], cwd=settings.parent, env=e, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try: wait_http(f"{url}/ready", timeout=timeout, proc=proc)
-    except Exception:
-        stop(proc)
-        raise
+    proc = launch([BIN / "mlops-nb", "--settings", settings, "serve", "--host", "127.0.0.1", "--port", port, "--workers", workers, *args],
+                  f"{url}{ready}", cwd=settings.parent, env=e, log=log, timeout=timeout)
     return proc, url
 
 
 def start_mlflow_serve(cfg, model_uri: str, port: int | None = None, workers: int = 1, log: Path | None = None,
                        timeout: float = 240) -> tuple[subprocess.Popen, str]:
     """Stock `mlflow models serve --env-manager local` on 127.0.0.1; returns (process, base URL) once /ping answers."""
-    port = port or free_port()
+    url = f"http://127.0.0.1:{(port := port or free_port())}"
     e = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": cfg.mlflow.tracking_uri,
          "MLFLOW_DISABLE_TELEMETRY": "true",
          "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}   # stock serve starts `uvicorn` by name: the venv's, even when it is not activated
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
-                             "-p", str(port), "-w", str(workers)], cwd=cfg.root, env=e, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try: wait_http(f"{url}/ping", timeout=timeout, proc=proc)
-    except Exception:
-        stop_group(proc)
-        raise
+    proc = launch([BIN / "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", port, "-w", workers],
+                  f"{url}/ping", cwd=cfg.root, env=e, log=log, timeout=timeout, own_group=True)
     return proc, url
-
-
-def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop a server started in its own session (mlflow models serve forks its workers): SIGTERM its group, then SIGKILL."""
-    if proc.poll() is None:
-        try: os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError: return
-        try: proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 # ---- requests ---------------------------------------------------------------------------------------------------------

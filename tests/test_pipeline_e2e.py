@@ -104,9 +104,9 @@ def test_no_clear_personal_data_downstream(pipeline):
 def test_the_readme_curl_example_scores_with_the_served_champion(pipeline):
     """The README's serve command and curl example work against the model this run promoted."""
     import re
-    import subprocess
     import httpx
-    from conftest import BIN, REPO, free_port, stop, wait_http
+    from conftest import REPO, stop
+    from serving_fixtures import start_api
     from mlops_nb import registry as R
     settings, _ = pipeline
     cfg = load_settings(settings, env={})
@@ -117,12 +117,9 @@ def test_the_readme_curl_example_scores_with_the_served_champion(pipeline):
     m = re.search(r"curl -s -X POST '(http://127\.0\.0\.1:8000[^']+)' -H 'Content-Type: application/json' -d '(\{.*?\})'\n", readme, re.S)
     assert m, "the README has a curl example"
     url, body = m.group(1), json.loads(m.group(2))
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "mlops-nb"), "--settings", str(settings), "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc, base = start_api(settings, timeout=120)
     try:
-        wait_http(f"http://127.0.0.1:{port}/ready", timeout=120, proc=proc)
-        r = httpx.post(url.replace("8000", str(port)), json=body, timeout=30)
+        r = httpx.post(url.replace("http://127.0.0.1:8000", base), json=body, timeout=30)
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["model"]["version"] == prod.version and 0 <= out["churn_probability"] <= 1

@@ -3,7 +3,6 @@ store with two registered versions, real Parquet prediction logs — and stock `
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -13,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import BIN, free_port, stop, wait_http
+from conftest import BIN, stop
 from serving_fixtures import (build_project, run_load, score_requests, start_api,
                               start_mlflow_serve, stop_group)
 
@@ -297,13 +296,9 @@ def test_sigterm_flushes_every_prediction(project, tmp_path, workers):
 def test_serves_503_until_its_alias_points_somewhere(project, tmp_path):
     """A server on an alias nobody holds starts, says why it is not ready, and loads the version the alias gets."""
     from mlops_nb import registry
-    proc = subprocess.Popen([str(BIN / "mlops-nb"), "--settings", str(project.settings), "serve", "--port", str(port := free_port()),
-                             "--alias", "challenger", "--poll-seconds", "0.3"], cwd=project.settings.parent,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}, stdout=open(tmp_path / "s.log", "w"),
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_api(project.settings, args=["--alias", "challenger", "--poll-seconds", "0.3"], log=tmp_path / "s.log",
+                          timeout=120, ready="/health")   # alive, not ready: nobody holds the alias yet
     try:
-        wait_http(f"{url}/health", timeout=120, proc=proc)
         r = httpx.get(f"{url}/ready")
         assert r.status_code == 503 and "holds the alias 'challenger'" in r.json()["detail"] and r.headers["retry-after"]
         s = httpx.post(f"{url}/v1/score", json={"features": project.records[0]})
