@@ -35,12 +35,12 @@ __all__ = ['TIE_BREAK', 'FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATIO
            'paired_auc_difference', 'reliability_table', 'expected_calibration_error', 'Calibrator', 'fit_calibrator',
            'gains_table', 'cost_per_contact', 'expected_profit', 'break_even_probability', 'budget_contacts',
            'ThresholdChoice', 'profit_curve', 'best_threshold', 'contact_policy', 'charter_verdict', 'business_summary',
-           'oracle_summary', 'fairness_frame', 'GroupIndex', 'group_rates', 'fairness_report', 'ScoreAsProbability',
-           'mitigate_gap', 'gap_bound', 'CandidateEvaluation', 'evaluate_scores', 'plot_reliability',
-           'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame', 'plot_importance', 'render_markdown',
-           'render_html', 'ModelCard', 'model_card', 'dataset_digest', 'oracle_truth', 'current_champion',
-           'pyfunc_probabilities', 'naive_baseline', 'evaluation_metrics', 'evaluation_figures',
-           'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
+           'oracle_summary', 'feature_ceiling', 'fairness_frame', 'GroupIndex', 'group_rates', 'fairness_report',
+           'ScoreAsProbability', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation', 'evaluate_scores',
+           'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame',
+           'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card', 'dataset_digest',
+           'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'evaluation_metrics',
+           'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
 
 # %% ../nbs/23_evaluate.ipynb #0bb0af7a
 def bootstrap_counts(n: int,             # rows in the sample
@@ -325,6 +325,9 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
     k = budget_contacts(charter)
     out: dict[str, Any] = dict(auc_model=float(roc_auc_score(y, p)), auc_true_p=float(roc_auc_score(y, tp)))
     out["auc_gap"] = out["auc_true_p"] - out["auc_model"]
+    if "ceiling" in truth:                     # the gap, split: what the inputs cannot carry + what the learner left
+        out["auc_feature_ceiling"] = float(roc_auc_score(y, truth["ceiling"].to_numpy(float)))
+        out.update(auc_gap_inputs=out["auc_true_p"] - out["auc_feature_ceiling"], auc_gap_learner=out["auc_feature_ceiling"] - out["auc_model"])
     out["ece_true_p"] = expected_calibration_error(y, tp)
     policies = {"model": contact, "oracle_p": contact_policy(tp, break_even_probability(charter), k, months)}
     if "uplift" in truth:
@@ -332,6 +335,25 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
         policies["oracle_uplift"] = contact_policy(u, cost_per_contact(charter) / charter.customer_value if charter.customer_value else np.inf, k, months)
     out["policies"] = {name: _policy_value(c, truth, charter, n_months) for name, c in policies.items()}
     return out
+
+# %% ../nbs/23_evaluate.ipynb #9afff110
+def feature_ceiling(train: pd.DataFrame,         # training rows (model inputs among their columns)
+                    train_truth: pd.DataFrame,   # their truth, by position: p_churn (NaN where unknown)
+                    test: pd.DataFrame,          # the rows to score
+                    spec,                        # FeatureSpec: which columns are the model's inputs
+                    seed: int = 0,
+                    ) -> np.ndarray:
+    "Log-odds for `test` from the best function of the model's inputs we can find: boosted trees fitted to the *true* log-odds of `train`."
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.pipeline import Pipeline
+    from mlops_nb.train import TabularEncoder
+    ok = train_truth["p_churn"].notna().to_numpy()
+    if ok.sum() < 100: raise ValueError(f"the feature ceiling needs the truth of at least 100 training rows; {int(ok.sum())} have it")
+    p = np.clip(train_truth["p_churn"].to_numpy(float)[ok], 1e-6, 1 - 1e-6)
+    model = Pipeline([("encode", TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "none", False)),
+                      ("model", HistGradientBoostingRegressor(max_iter=400, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True,
+                                                             n_iter_no_change=20, random_state=seed))])
+    return model.fit(train[ok], np.log(p / (1 - p))).predict(test)
 
 # %% ../nbs/23_evaluate.ipynb #a560fb67
 FAIRNESS_METRICS = ("selection_rate", "tpr", "fpr", "auc")
@@ -789,6 +811,8 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
     rows = [("ROC AUC", m["roc_auc"], m["roc_auc_lo"], m["roc_auc_hi"]), ("PR AUC", m["pr_auc"], None, None),
             ("Brier score", m["brier"], None, None), ("ECE", m["ece"], None, None), ("churn rate (test)", m["base_rate"], None, None)]
     if ev.oracle: rows.append(("ROC AUC of the true probabilities (oracle)", ev.oracle["auc_true_p"], None, None))
+    if ev.oracle and "auc_feature_ceiling" in ev.oracle:
+        rows.append(("ROC AUC reachable from the model's inputs (estimated ceiling)", ev.oracle["auc_feature_ceiling"], None, None))
     conf = int(round(100 * (info.get("confidence") or 0.95)))
     bl += [("h2", "Metrics"), ("p", f"On {m['rows']:,} test rows ({m['churners']:,} churners) the model never saw; intervals are {conf}% bootstrap percentile intervals."),
            ("table", pd.DataFrame(rows, columns=["metric", "value", "lower", "upper"]))]
@@ -835,7 +859,10 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
            "whom a call pushes out are contacted too.",
            "Fairness is measured for the recorded sensitive attributes only, on groups large enough to measure."]
     if ev.oracle: lim.append(f"On synthetic data the true probabilities reach AUC {ev.oracle['auc_true_p']:.3f} on the same rows "
-                             f"(the model: {ev.oracle['auc_model']:.3f}, a gap of {ev.oracle['auc_gap']:.3f}).")
+                             f"(the model: {ev.oracle['auc_model']:.3f}, a gap of {ev.oracle['auc_gap']:.3f})"
+                             + (f"; {ev.oracle['auc_gap_inputs']:.3f} of it is information the inputs do not carry (the best function of "
+                                f"these inputs reaches about {ev.oracle['auc_feature_ceiling']:.3f}), {ev.oracle['auc_gap_learner']:.3f} the learner's."
+                                if "auc_feature_ceiling" in ev.oracle else "."))
     bl += [("h2", "Limitations"), ("ul", lim), ("h2", "Charter verdict"), ("p", b["verdict"]["text"])]
     return ModelCard(render_markdown(bl), render_html(bl, title))
 
@@ -909,6 +936,9 @@ def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[s
                churn_reduction=b["churn_reduction"], meets_objective=float(b["verdict"]["meets"]))
     if ev.oracle:
         out.update(oracle_roc_auc=ev.oracle["auc_true_p"], oracle_auc_gap=ev.oracle["auc_gap"])
+        if "auc_feature_ceiling" in ev.oracle:
+            out.update(oracle_feature_ceiling_auc=ev.oracle["auc_feature_ceiling"], oracle_gap_inputs=ev.oracle["auc_gap_inputs"],
+                       oracle_gap_learner=ev.oracle["auc_gap_learner"])
         for k, v in ev.oracle["policies"].items():
             for q in ("profit_true_p", "profit_true_uplift"):
                 if q in v: out[f"{k}_{q}"] = v[q]
@@ -957,6 +987,7 @@ class EvaluationResult:
             rows.append({"candidate": ev.name, "selected": i == self.selected, "valid AUC": m["valid_roc_auc"],
                          "test AUC": m["roc_auc"], "AUC 95% CI": f"{m['roc_auc_lo']:.3f}–{m['roc_auc_hi']:.3f}",
                          "true-p AUC": ev.oracle["auc_true_p"] if ev.oracle else np.nan,
+                         "inputs-ceiling AUC": ev.oracle.get("auc_feature_ceiling", np.nan) if ev.oracle else np.nan,
                          "ECE raw→final": f"{ev.calibration['ece_raw']:.3f}→{ev.calibration['ece']:.3f} ({ev.calibration['method']})",
                          "threshold": b["threshold"], "contacts/month": b["contacts_per_month"], "profit/month R$": b["profit_per_month"],
                          "churn reduction": b["churn_reduction"], "meets charter": b["verdict"]["meets"],
@@ -986,6 +1017,10 @@ def run_evaluate(cfg: Settings,                  # run settings
         months = test[spec.time_column].astype(str).to_numpy() if spec.time_column else None
         sens = [c for c in spec.sensitive if c in test.columns]
         truth = oracle_truth(cfg, test, spec)
+        if truth is not None:                                       # split the oracle gap: inputs vs learner
+            train_truth = oracle_truth(cfg, split.train, spec)
+            if train_truth is not None and train_truth["p_churn"].notna().sum() >= 100:
+                truth["ceiling"] = feature_ceiling(split.train.reset_index(drop=True), train_truth, test, spec, seed)
         data = dict(name=f"{FEATURES_TABLE} in {cfg.paths.warehouse.name}", digest=dataset_digest(df), source=spec.source,
                     train_rows=len(split.train), valid_rows=len(valid), test_rows=len(test), features=list(spec.features), sensitive=sens,
                     test_months=", ".join(sorted(set(months))) if months is not None else "—")

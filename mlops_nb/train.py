@@ -485,14 +485,14 @@ FAMILIES = ("logreg", "hgb", "torch_mlp")
 
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logreg": {"C": 1.0},
-    "hgb": {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40, "l2_regularization": 1.0, "max_features": 1.0},
+    "hgb": {"learning_rate": 0.05, "max_leaf_nodes": 4, "min_samples_leaf": 200, "l2_regularization": 1.0, "max_features": 1.0},
     "torch_mlp": {"hidden_sizes": (128, 64), "dropout": 0.1, "learning_rate": 1e-3, "weight_decay": 1e-4, "batch_size": 512,
                   "max_epochs": 60, "patience": 8},
 }
 
 SEARCH_SPACES: dict[str, dict[str, tuple]] = {   # name: (kind, ...) with kind log | float | int | logint | choice
     "logreg": {"C": ("log", 1e-3, 10.0)},
-    "hgb": {"learning_rate": ("log", 0.02, 0.2), "max_leaf_nodes": ("int", 7, 48), "min_samples_leaf": ("logint", 10, 200),
+    "hgb": {"learning_rate": ("log", 0.02, 0.2), "max_leaf_nodes": ("int", 2, 31), "min_samples_leaf": ("logint", 20, 800),
             "l2_regularization": ("log", 1e-3, 10.0), "max_features": ("float", 0.5, 1.0)},
     "torch_mlp": {"hidden_sizes": ("choice", (64, 64), (128, 64), (256, 128), (64, 64, 64)), "dropout": ("float", 0.0, 0.3),
                   "learning_rate": ("log", 3e-4, 3e-3), "weight_decay": ("log", 1e-6, 1e-3), "batch_size": ("choice", 256, 512, 1024)},

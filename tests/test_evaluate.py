@@ -235,6 +235,9 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
     assert tags["mlops_nb.evaluation.selected_model_uri"] == doc["selected"]["model_uri"] and tags["mlops_nb.evaluation.champion"] == "none"
     metrics = client.get_run(res.run_id).data.metrics
     assert {"roc_auc", "roc_auc_lo", "oracle_roc_auc", "profit_per_month", "ece"} <= set(metrics)
+    # the oracle gap is split into what the inputs cannot carry and what the learner left, and the parts add up
+    assert metrics["oracle_gap_inputs"] + metrics["oracle_gap_learner"] == pytest.approx(metrics["oracle_auc_gap"], abs=1e-9)
+    assert 0.5 < metrics["oracle_feature_ceiling_auc"] <= metrics["oracle_roc_auc"] + 0.01
     df, spec = load_feature_table(cfg)
     test = split_frame(df, spec, seed=cfg.train.seed).test
     for ev in res.evaluations:
