@@ -16,12 +16,14 @@ import pandas as pd
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FeatureSpec', 'connect_warehouse', 'save_feature_query', 'save_feature_table',
+__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'connect_warehouse',
+           'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'feature_table_source',
            'load_feature_table']
 
 # %% ../nbs/04_contracts.ipynb #840dd5db
 FEATURES_TABLE = "features.customer_month"   # the feature + label table
-FEATURE_SPEC_TABLE = "features.spec"          # one row: the FeatureSpec as JSON
+FEATURE_SPEC_TABLE = "features.spec"          # one row: the FeatureSpec as JSON, and the warehouse content hash it was built from
+FEATURES_SOURCE_TAG = "mlops_nb.features.warehouse_content_hash"   # the MLflow tag a training run records that hash in
 
 @dataclass(frozen=True)
 class FeatureSpec:
@@ -64,14 +66,23 @@ def connect_warehouse(cfg: Settings, read_only: bool = True):
     path.parent.mkdir(parents=True, exist_ok=True)
     return duckdb.connect(str(path), read_only=read_only)
 
+def warehouse_content_hash(con) -> str:
+    "The content hash of the warehouse's latest ETL load (`meta.loads`), or '' when nothing was loaded by the ETL (a bring-your-own table)."
+    import duckdb
+    try: rows = con.execute("SELECT content_hash FROM meta.loads ORDER BY finished_at DESC LIMIT 1").fetchall()
+    except duckdb.CatalogException: return ""
+    return str(rows[0][0] or "") if rows else ""
+
 def save_feature_query(con, table: str, spec: FeatureSpec) -> int:
     "Replace the feature table with the rows of `table` (on `con`) and its spec, in one transaction; return the row count."
     spec.check(con.execute(f"SELECT * FROM {table} LIMIT 0").df())
     con.execute("CREATE SCHEMA IF NOT EXISTS features")
+    source = warehouse_content_hash(con)   # before BEGIN: a missing meta.loads must not abort the transaction
     con.execute("BEGIN")
     try:
         con.execute(f"CREATE OR REPLACE TABLE {FEATURES_TABLE} AS SELECT * FROM {table}")
-        con.execute(f"CREATE OR REPLACE TABLE {FEATURE_SPEC_TABLE} AS SELECT ? AS spec", [spec.to_json()])
+        con.execute(f"CREATE OR REPLACE TABLE {FEATURE_SPEC_TABLE} AS SELECT ? AS spec, ? AS warehouse_content_hash",
+                    [spec.to_json(), source])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK"); raise
@@ -83,6 +94,15 @@ def save_feature_table(con, df: pd.DataFrame, spec: FeatureSpec) -> int:
     con.register("_features_in", df)
     try: return save_feature_query(con, "_features_in", spec)
     finally: con.unregister("_features_in")
+
+def feature_table_source(cfg: Settings) -> str:
+    "The warehouse content hash the current feature table was built from ('' if unknown: no ETL load, or built before this was recorded)."
+    import duckdb
+    with connect_warehouse(cfg) as con:
+        try: rows = con.execute(f"SELECT warehouse_content_hash FROM {FEATURE_SPEC_TABLE}").fetchall()
+        except duckdb.BinderException: return ""                    # a spec table from before the column existed
+        except duckdb.CatalogException: raise SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first") from None
+    return str(rows[0][0] or "") if rows else ""
 
 def load_feature_table(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec]:
     "The feature table and its spec, as the data phase left them."

@@ -26,8 +26,8 @@ from .settings import CharterSettings, GateSettings, Settings
 __all__ = ['GATE_CHECKS', 'MIN_OVERRIDE_CHARS', 'QUALITY_TABLE', 'Evidence', 'Reason', 'GateDecision', 'check_performance',
            'check_fairness', 'check_calibration', 'check_profit', 'check_quality', 'check_servability', 'decide',
            'GateOverrideError', 'check_override_reason', 'apply_override', 'current_actor', 'find_evaluate_run',
-           'load_evaluation', 'candidate_evidence', 'reference_evidence', 'quality_status', 'servability',
-           'decision_tags', 'record_decision', 'override_gate', 'run_gate']
+           'load_evaluation', 'candidate_evidence', 'reference_evidence', 'quality_status', 'training_data_source',
+           'servability', 'decision_tags', 'record_decision', 'override_gate', 'run_gate']
 
 # %% ../nbs/24_gate.ipynb #63fd387b
 @dataclass
@@ -138,12 +138,19 @@ def check_calibration(ev: Evidence, gate: GateSettings) -> Reason:
     return Reason("calibration", ok, ev.ece, gate.max_ece, f"ECE {ev.ece:.4f} {'≤' if ok else '>'} {gate.max_ece}")
 
 def check_profit(ev: Evidence, gate: GateSettings) -> Reason:
-    "The policy's expected monthly profit at least `min_profit`."
+    "The policy's monthly profit on test against `min_profit`, held at the point estimate or a CI bound (`profit_bound`)."
     if ev.profit_per_month is None: return Reason("profit", False, None, gate.min_profit, "no profit was measured")
-    ok = ev.profit_per_month >= gate.min_profit
-    ci = f" (CI R$ {ev.profit_lo:,.0f} to {ev.profit_hi:,.0f})" if ev.profit_lo is not None and ev.profit_hi is not None else ""
-    return Reason("profit", ok, ev.profit_per_month, gate.min_profit,
-                  f"expected profit R$ {ev.profit_per_month:,.0f} a month{ci} {'≥' if ok else '<'} R$ {gate.min_profit:,.0f}")
+    has_ci = ev.profit_lo is not None and ev.profit_hi is not None
+    bound = gate.profit_bound if has_ci else "point"
+    value = {"point": ev.profit_per_month, "upper": ev.profit_hi, "lower": ev.profit_lo}[bound]
+    ok = value >= gate.min_profit
+    ci = f" (CI R$ {ev.profit_lo:,.0f} to {ev.profit_hi:,.0f})" if has_ci else ""
+    held = {"point": "", "upper": "; its upper bound", "lower": "; its lower bound"}[bound]
+    msg = f"expected profit R$ {ev.profit_per_month:,.0f} a month{ci}{held} {'≥' if ok else '<'} R$ {gate.min_profit:,.0f}"
+    if not ok and bound == "upper": msg += ": the policy credibly loses money"
+    if ok and ev.profit_per_month < gate.min_profit:
+        msg += " — UNCERTAIN: the point estimate is below, but the test months cannot tell this policy's result from the minimum"
+    return Reason("profit", ok, value, gate.min_profit, msg)
 
 def check_quality(ev: Evidence, gate: GateSettings) -> Reason:
     "The training data's quality gate passed (when required); an unknown status passes but says so."
@@ -253,8 +260,10 @@ def reference_evidence(doc: dict[str, Any], scores: pd.DataFrame, champion_now: 
 QUALITY_TABLE = "quality.runs"
 _TIME_COLUMNS = ("finished_at", "ended_at", "created_at", "run_at", "started_at", "timestamp", "time", "ts")
 
-def quality_status(cfg: Settings) -> dict[str, Any]:
-    "The latest data-quality run: status passed | failed | unknown, with its run id and a detail sentence."
+def quality_status(cfg: Settings,
+                   content_hash: str = "",   # the warehouse content the training data came from ("" = unknown: the latest run counts)
+                   ) -> dict[str, Any]:
+    "The data-quality run that vouches for the training data (the latest on `content_hash`, else the latest): status passed | failed | unknown, run id, detail."
     path = cfg.paths.warehouse
     if not path.exists(): return dict(status="unknown", detail=f"no warehouse at {path}")
     import duckdb
@@ -263,12 +272,26 @@ def quality_status(cfg: Settings) -> dict[str, Any]:
     except duckdb.CatalogException: return dict(status="unknown", detail=f"the warehouse has no {QUALITY_TABLE} table")
     except duckdb.IOException as e: return dict(status="unknown", detail=f"the warehouse could not be read ({e})")
     if t.empty or "passed" not in t.columns: return dict(status="unknown", detail=f"{QUALITY_TABLE} holds no run with a `passed` column")
+    which = "latest quality run"
+    if content_hash and "warehouse_content_hash" in t.columns:
+        t = t[t["warehouse_content_hash"] == content_hash]
+        if t.empty: return dict(status="unknown", detail=f"no quality run checked the warehouse content the training data was built from "
+                                                         f"(content hash {content_hash[:16]}…): run the quality phase on that load")
+        which = f"quality run of the training data's warehouse content ({content_hash[:16]}…)"
     tcol = next((c for c in _TIME_COLUMNS if c in t.columns), None)
     row = t.sort_values(tcol, kind="mergesort").iloc[-1] if tcol else t.iloc[-1]
     rid = next((str(row[c]) for c in ("run_id", "id", "quality_run_id") if c in t.columns), "?")
     ok = bool(row["passed"]) if pd.notna(row["passed"]) else None
     if ok is None: return dict(status="unknown", run_id=rid, detail=f"quality run {rid} has no result")
-    return dict(status="passed" if ok else "failed", run_id=rid, detail=f"latest quality run {rid}" + (f" at {row[tcol]}" if tcol else ""))
+    return dict(status="passed" if ok else "failed", run_id=rid, detail=f"{which} {rid}" + (f" at {row[tcol]}" if tcol else ""))
+
+def training_data_source(train_run_id: str) -> str:
+    "The warehouse content hash a training run recorded for its feature table ('' if it recorded none)."
+    if not train_run_id: return ""
+    from mlops_nb.contracts import FEATURES_SOURCE_TAG
+    from mlops_nb.tracking import MlflowClient
+    try: return MlflowClient().get_run(train_run_id).data.tags.get(FEATURES_SOURCE_TAG, "")
+    except Exception: return ""
 
 def servability(model_uri: str) -> dict[str, Any]:
     "The packaging module's servability check of `model_uri`; a failure to load or run becomes ok=False with the error."
@@ -357,7 +380,7 @@ def run_gate(cfg: Settings,                 # run settings
         ev_run = find_evaluate_run(cfg, evaluate_run_id, run.data.tags.get("mlflow.parentRunId", ""))
         doc, scores = load_evaluation(ev_run.info.run_id)
         evidence, reference = candidate_evidence(doc, scores), reference_evidence(doc, scores, current_champion(cfg))
-        evidence.quality = quality_status(cfg)
+        evidence.quality = quality_status(cfg, training_data_source(doc.get("train_run_id", "")))
         evidence.servability = servability(evidence.model_uri) if evidence.model_uri else None
         decision = decide(evidence, reference, cfg.gate, cfg.charter, seed=cfg.train.seed)
         if reason: decision = apply_override(decision, reason, actor)

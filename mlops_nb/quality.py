@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import yaml
 
-from .contracts import connect_warehouse
+from .contracts import connect_warehouse, warehouse_content_hash
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -526,9 +526,8 @@ def evaluate_rules(cfg: Settings, rules: Sequence[Rule], run_id: str, rules_sour
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with connect_warehouse(cfg) as con:
         checks = [c for r in rules for c in evaluate_rule(con, r, cfg)]
-        try: chash = con.execute("SELECT content_hash FROM meta.loads ORDER BY finished_at DESC LIMIT 1").fetchone()
-        except Exception: chash = None
-    return QualityReport(run_id, list(rules), checks, rules_source, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), chash[0] if chash else "")
+        chash = warehouse_content_hash(con)
+    return QualityReport(run_id, list(rules), checks, rules_source, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), chash)
 
 def store_results(cfg: Settings, report: QualityReport) -> None:
     "Append the run's checks to quality.results and its summary to quality.runs, in one transaction."

@@ -136,6 +136,7 @@ class GateSettings:
     auc_tolerance: float = setting(0.005, "non-inferiority margin: the lower bound of the CI of (candidate AUC - champion AUC) must exceed minus this", lo=0.0, hi=0.5)
     max_ece: float = setting(0.05, "largest expected calibration error allowed", lo=0.0, hi=1.0)
     min_profit: float = setting(0.0, "smallest expected monthly profit (BRL) of the decision policy", lo=-1e12)
+    profit_bound: str = setting("upper", "which value of the policy's monthly profit on test is held to min_profit: the CI's upper bound (refuse only a policy that credibly loses money; a point estimate below is reported as uncertain), the point estimate (one test month's luck decides on small data), or the lower bound (strict: the model must show the profit, which needs many test rows)", choices=("upper", "point", "lower"))
     max_latency_ms: float = setting(50.0, "servability: p99 latency budget of one-row scoring in a fresh process", lo=0.1)
     require_quality_pass: bool = setting(True, "refuse a model trained on data whose quality gate failed")
     auto_promote: bool = setting(True, "at the end of `mlops-nb run`, promote a gate-approved model straight to production; false stops at staging for a person to promote")

@@ -34,7 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from .audit import append_event
-from .contracts import FEATURES_TABLE, FeatureSpec, connect_warehouse, load_feature_table, save_feature_table
+from .contracts import (FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source,
+                                load_feature_table, save_feature_table)
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
 from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
@@ -703,6 +704,7 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
     "The train phase: read the feature table, split it, tune and log each candidate family."
     t0 = time.perf_counter()
     df, spec = load_feature_table(cfg)
+    source = feature_table_source(cfg)   # the warehouse content hash the feature table was built from
     split = split_frame(df, spec, seed=cfg.train.seed)
     full_train_rows = len(split.train)
     split = dataclasses.replace(split, train=cap_rows(split.train, spec.target, cfg.train.max_rows, cfg.train.seed, spec.time_column))
@@ -721,7 +723,8 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
         oracle = float(roc_auc_score(split.y("test"), split.test["_true_p"])) if "_true_p" in split.test else None
         mlflow.log_metrics({f"{f}_{m}": table.loc[f, m] for f in table.index for m in ("valid_auc", "test_auc")})
         if oracle is not None: mlflow.log_metric("test_oracle_auc", oracle)
-        mlflow.set_tags({"mlops_nb.best_family": best, "mlops_nb.feature_table_digest": table_digest})
+        mlflow.set_tags({"mlops_nb.best_family": best, "mlops_nb.feature_table_digest": table_digest,
+                         FEATURES_SOURCE_TAG: source})   # the load it came from: the gate asks whether that load passed quality
         mlflow.log_dict(table.reset_index().to_dict("records"), "candidates.json")
     append_event(cfg, "train.finished", rid, {"feature_table_digest": table_digest, "best_family": best,
                                              "candidates": {f: table.loc[f, "model_uri"] for f in table.index}})

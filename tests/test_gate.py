@@ -120,6 +120,26 @@ def test_quality_status_reads_the_warehouse(tmp_path):
     assert quality_status(cfg) | {"detail": ""} == dict(status="failed", run_id="q2", detail="")   # the latest run counts
 
 
+def test_quality_status_judges_the_load_the_model_was_trained_on(tmp_path):
+    """A later load that passed does not vouch for a model trained on an earlier load that failed — nor the reverse."""
+    import duckdb
+    cfg = sandbox_settings(tmp_path / "p")
+    cfg.paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(cfg.paths.warehouse)) as con:
+        con.execute("CREATE SCHEMA quality; CREATE TABLE quality.runs (run_id VARCHAR, finished_at TIMESTAMP, passed BOOLEAN, "
+                    "warehouse_content_hash VARCHAR)")
+        con.execute("INSERT INTO quality.runs VALUES ('q1', '2025-06-01 10:00', false, 'load-A'), ('q2', '2025-06-02 10:00', true, 'load-B'), "
+                    "('q3', '2025-06-03 10:00', true, 'load-A')")
+    assert quality_status(cfg)["run_id"] == "q3"                                    # no lineage: the latest run
+    assert quality_status(cfg, "load-B") | {"detail": ""} == dict(status="passed", run_id="q2", detail="")
+    a = quality_status(cfg, "load-A")                                                 # re-checked after a fix: the latest check of A
+    assert (a["status"], a["run_id"]) == ("passed", "q3") and "load-A" in a["detail"]
+    with duckdb.connect(str(cfg.paths.warehouse)) as con: con.execute("DELETE FROM quality.runs WHERE run_id = 'q3'")
+    assert quality_status(cfg, "load-A")["status"] == "failed"                        # B passing does not vouch for A
+    u = quality_status(cfg, "load-C")
+    assert u["status"] == "unknown" and "no quality run checked" in u["detail"]
+
+
 @pytest.fixture
 def refused(tmp_path):
     "A refusal recorded on a real gate run (real MLflow store, real audit trail)."

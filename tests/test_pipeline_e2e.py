@@ -63,6 +63,14 @@ def test_training_names_the_exact_dataset_it_used(pipeline):
     t_digests = {d.dataset.digest for d in train.inputs.dataset_inputs}
     assert f_digests and t_digests, "both phases log their datasets"
     assert train.data.tags.get("mlflow.source.git.commit"), "the code version is recorded"
+    # lineage to the load: training names the warehouse content its features came from, and the gate judged the
+    # data-quality run of exactly that content (not merely the latest run)
+    from mlops_nb.contracts import FEATURES_SOURCE_TAG, connect_warehouse, warehouse_content_hash
+    with connect_warehouse(cfg) as con: loaded = warehouse_content_hash(con)
+    assert loaded and train.data.tags.get(FEATURES_SOURCE_TAG) == loaded
+    gate = client.search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'gate'")[0]
+    assert gate.data.tags["mlops_nb.gate.data_quality"] == "pass"
+    assert f"training data's warehouse content ({loaded[:16]}" in gate.data.tags["mlops_nb.gate.data_quality.message"]
 
 
 def _clear_pii_values(cfg) -> list[str]:
