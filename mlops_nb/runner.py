@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import papermill as pm
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
 from papermill.exceptions import PapermillExecutionError
 
 from .settings import Settings, SettingsError, load_settings, render_settings, with_overrides, SECTIONS
@@ -25,8 +27,8 @@ from .tracking import configure_mlflow, git_commit, reproducibility_tags, mlflow
 
 # %% auto #0
 __all__ = ['PHASES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters', 'check_parameters_cell',
-           'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult', 'run_phase', 'default_kernel',
-           'PipelineResult', 'run_pipeline']
+           'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult', 'IpcKernelManager',
+           'run_phase', 'default_kernel', 'PipelineResult', 'run_pipeline']
 
 # %% ../nbs/02_runner.ipynb #e50b8bda
 @dataclass(frozen=True)
@@ -129,6 +131,11 @@ def _freeze(path: Path) -> None:
     "Make an executed notebook read-only: it is a record, not a working copy."
     path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
+class IpcKernelManager(AsyncKernelManager):
+    "A kernel manager whose kernel talks over Unix sockets in the Jupyter runtime folder instead of five unencrypted TCP ports."
+    @default("transport")
+    def _default_transport(self) -> str: return "ipc"
+
 # %% ../nbs/02_runner.ipynb #1e5b4d2d
 def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, parent_run_id: str,
               extra: Mapping[str, Any], kernel_name: str | None = None, progress: bool = True) -> PhaseResult:
@@ -149,7 +156,8 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
     t0, error = time.perf_counter(), ""
     try:
         pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
-                            progress_bar=progress, cwd=str(nb.parent), log_output=False)
+                            progress_bar=progress, cwd=str(nb.parent), log_output=False,
+                            kernel_manager_class=IpcKernelManager)   # no TCP ports, so no "running over TCP without encryption" warning per phase
     except PapermillExecutionError as e: error = _failure_message(phase, e)
     except Exception as e: error = f"phase '{phase.name}' could not run {phase.notebook}: {type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
