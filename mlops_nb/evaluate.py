@@ -886,7 +886,8 @@ def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec) -> pd.DataFrame | Non
     files = [f for m in months if (f := truth_dir / f"month={m}" / "truth.parquet").exists()]
     if not files: return None
     t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift"]) for f in files], ignore_index=True)
-    t["_key"] = pseudonymise(t.pop("customer_id"), load_key(cfg, create=False), "customer")
+    ids, at = np.unique(t.pop("customer_id").astype(str).to_numpy(), return_inverse=True)   # each customer is in every month: key each once
+    t["_key"] = pseudonymise(ids, load_key(cfg, create=False), "customer")[at]
     t["month"] = t["month"].astype(str)
     keys = pd.DataFrame({"_key": frame[spec.id_column].to_numpy(), "month": frame[spec.time_column].astype(str).to_numpy()})
     return keys.merge(t.drop_duplicates(["_key", "month"]), on=["_key", "month"], how="left")[["p_churn", "uplift"]]

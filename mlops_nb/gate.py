@@ -289,9 +289,9 @@ def training_data_source(train_run_id: str) -> str:
     "The warehouse content hash a training run recorded for its feature table ('' if it recorded none)."
     if not train_run_id: return ""
     from mlops_nb.contracts import FEATURES_SOURCE_TAG
-    from mlops_nb.tracking import MlflowClient
+    from mlops_nb.tracking import MlflowClient, mlflow
     try: return MlflowClient().get_run(train_run_id).data.tags.get(FEATURES_SOURCE_TAG, "")
-    except Exception: return ""
+    except mlflow.exceptions.MlflowException: return ""   # the run is gone: no lineage to follow
 
 def servability(model_uri: str) -> dict[str, Any]:
     "The packaging module's servability check of `model_uri`; a failure to load or run becomes ok=False with the error."

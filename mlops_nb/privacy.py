@@ -17,7 +17,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,8 @@ import pandas as pd
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['KEY_ENV', 'NORMALISERS', 'AGE_BANDS', 'VAULT_DDL', 'load_key', 'normalise', 'pseudonymise', 'age_band', 'open_vault',
-           'store_in_vault', 'Finding', 'mask', 'NeedleSet', 'scan_for_values', 'scan_frame']
+__all__ = ['KEY_ENV', 'NORMALISERS', 'AGE_BANDS', 'VAULT_DDL', 'load_key', 'normaliser', 'normalise', 'pseudonymise', 'age_band',
+           'open_vault', 'store_in_vault', 'Finding', 'mask', 'NeedleSet', 'scan_for_values', 'scan_frame']
 
 # %% ../nbs/11_privacy.ipynb #cde713bd
 KEY_ENV = "MLOPS_PSEUDONYM_KEY"
@@ -67,15 +67,20 @@ NORMALISERS = {
     "customer": lambda s: s.strip().upper(),
 }
 
+def _default_normal_form(s: str) -> str: return " ".join(s.split()).lower()
+
+def normaliser(domain: str) -> Callable[[str], str]:
+    "The function giving the canonical form of an identifier of kind `domain` (collapsed spaces, lower case unless the domain has its own)."
+    return NORMALISERS.get(domain, _default_normal_form)
+
 def normalise(value: str, domain: str) -> str:
     "The canonical form of an identifier of kind `domain` (so two spellings of one person pseudonymise alike)."
-    f = NORMALISERS.get(domain, lambda s: " ".join(s.split()).lower())
-    return f(value)
+    return normaliser(domain)(value)
 
 def pseudonymise(values: Iterable[object], key: bytes, domain: str, prefix: str = "p") -> np.ndarray:
     "Keyed pseudonyms for `values` (None/NaN stay None)."
     keyed = hmac.new(key, domain.encode() + b"\x00", hashlib.sha256)   # keyed once, copied per value: half the cost
-    norm = NORMALISERS.get(domain, lambda s: " ".join(s.split()).lower())
+    norm = normaliser(domain)
     out = []
     for v in values:
         if v is None or (isinstance(v, float) and v != v) or v is pd.NA: out.append(None); continue

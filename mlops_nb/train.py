@@ -34,8 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from .audit import append_event
-from .contracts import (FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source,
-                                load_feature_table, save_feature_table)
+from .contracts import (
+    FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source, load_feature_table, save_feature_table)
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
 from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
