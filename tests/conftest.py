@@ -5,8 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import pytest
 
@@ -33,11 +34,94 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project")
 
 
+def _cli_env(extra: dict | None = None) -> dict:
+    """This process's environment without MLOPS_* overrides (a test's settings file decides), plus `extra`."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    e.update(extra or {})
+    return e
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed `mlops-nb` command and capture its output."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    e.update(env or {})
-    return subprocess.run([str(BIN / "mlops-nb"), *args], cwd=cwd or REPO, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(BIN / "mlops-nb"), *args], cwd=cwd or REPO, env=_cli_env(env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# --- long end-to-end runs in the background ----------------------------------------------------------------------------
+# The two end-to-end fixtures each run the whole lifecycle (~2.5 min, one core busy). Started when collection ends and
+# run one after the other in a background thread, they overlap with the rest of the suite (which, on average, keeps
+# one of this machine's two cores busy) instead of adding to it; the tests that use them are moved to the end.
+
+BACKGROUND_PREPARERS: dict[str, Callable[[Path], tuple[list[str], Any]]] = {}
+_BACKGROUND: "BackgroundRuns | None" = None
+
+
+def in_background(fixture_name: str):
+    """Register `prepare(root) -> (mlops-nb arguments, extras)` as the background run behind fixture `fixture_name`.
+
+    The fixture then returns `(extras, CompletedProcess)` from `background_result(fixture_name)`."""
+    def register(prepare: Callable[[Path], tuple[list[str], Any]]):
+        BACKGROUND_PREPARERS[fixture_name] = prepare
+        return prepare
+    return register
+
+
+class BackgroundRuns:
+    """`mlops-nb` runs executed one at a time in a worker thread; each result is awaited by the fixture that needs it."""
+
+    def __init__(self, factory: pytest.TempPathFactory):
+        self.factory, self.futures, self.procs = factory, {}, []
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e2e-background")
+        self.closed = False
+
+    def submit(self, name: str) -> None:
+        if name not in self.futures:
+            self.futures[name] = self.pool.submit(self._run, name)
+
+    def _run(self, name: str) -> tuple[Any, subprocess.CompletedProcess]:
+        args, extras = BACKGROUND_PREPARERS[name](self.factory.mktemp(name))
+        if self.closed: raise RuntimeError("the test session ended before this run started")
+        proc = subprocess.Popen([str(BIN / "mlops-nb"), *args], cwd=REPO, env=_cli_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.procs.append(proc)
+        try: out, err = proc.communicate(timeout=1800)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            return extras, subprocess.CompletedProcess(proc.args, -9, out, err + "\n[killed after 1800 s]")
+        return extras, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def result(self, name: str) -> tuple[Any, subprocess.CompletedProcess]:
+        self.submit(name)   # not started at collection (e.g. the fixture was requested some other way): start it now
+        return self.futures[name].result()
+
+    def close(self) -> None:
+        """End what is still running (an interrupted or failed session), by the process groups this object started."""
+        self.closed = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                try: os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError: pass
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def background_result(name: str) -> tuple[Any, subprocess.CompletedProcess]:
+    assert _BACKGROUND is not None, "background runs start in pytest_collection_modifyitems"
+    return _BACKGROUND.result(name)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Start the background run of every selected test that needs one, and move those tests to the end."""
+    global _BACKGROUND
+    uses = [next((f for f in getattr(it, "fixturenames", ()) if f in BACKGROUND_PREPARERS), None) for it in items]
+    if not any(uses): return
+    _BACKGROUND = BackgroundRuns(config._tmp_path_factory)
+    for name in dict.fromkeys(u for u in uses if u): _BACKGROUND.submit(name)
+    items[:] = [it for it, u in zip(items, uses) if not u] + [it for it, u in zip(items, uses) if u]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _BACKGROUND is not None: _BACKGROUND.close()
 
 
 def free_port() -> int:

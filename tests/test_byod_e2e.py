@@ -9,22 +9,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_project, run_cli
+from conftest import background_result, in_background, make_project
 from mlops_nb.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def byod_run(tmp_path_factory):
+@in_background("byod_run")
+def _teams_table(root: Path) -> tuple[list[str], tuple]:
     from mlops_nb.byod import telco_table, write_table
-    root = tmp_path_factory.mktemp("byod") / "proj"
+    root = root / "proj"
     df, injected = telco_table(n_customers=6000, months=0, seed=11)
     write_table(df, root / "data" / "my_table.csv")
     settings = make_project(root, lake_source="byod", byod_path="data/my_table.csv", byod_id_column="customerID",
                             byod_target_column="Churn", byod_positive_value="Yes", byod_sensitive_columns="gender, SeniorCitizen",
                             byod_pii_columns="name, email", train_trials=1)
-    r = run_cli("--settings", str(settings), "run", "--no-progress", timeout=1800)
+    return ["--settings", str(settings), "run", "--no-progress"], (settings, df, injected)
+
+
+@pytest.fixture(scope="module")
+def byod_run():
+    """(settings path, the table, the defects injected, the finished `mlops-nb run`), run in the background."""
+    (settings, df, injected), r = background_result("byod_run")
     return settings, df, injected, r
 
 

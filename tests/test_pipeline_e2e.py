@@ -7,21 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_project, run_cli
+from conftest import background_result, in_background, make_project
 from mlops_nb.runner import PHASES
 from mlops_nb.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+@in_background("pipeline")
+def _small_world(root: Path) -> tuple[list[str], Path]:
     """One full run on 3,000 customers x 8 months (stable scenario), shared by the checks below."""
-    root = tmp_path_factory.mktemp("e2e")
     settings = make_project(root / "proj", lake_customers=3000, lake_months=8, lake_scenario="stable",
                             lake_drift_month=6, lake_schema_drift_month=5, train_trials=1,
                             train_candidates="logreg, hgb")
-    r = run_cli("--settings", str(settings), "run", "--no-progress", timeout=1800)
+    return ["--settings", str(settings), "run", "--no-progress"], settings
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    """(settings path, the finished `mlops-nb run`), run in the background while the rest of the suite runs."""
+    settings, r = background_result("pipeline")
     return settings, r
 
 
