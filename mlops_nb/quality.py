@@ -14,7 +14,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -23,12 +23,12 @@ from .contracts import connect_warehouse, warehouse_content_hash
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['KINDS', 'COMMON_KEYS', 'SEVERITIES', 'DEFAULT_RULES', 'EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS', 'RUN_COLUMNS',
-           'QualityRulesError', 'QualityGateFailed', 'Rule', 'parse_rules', 'load_rules', 'byod_rules', 'Check',
-           'check_completeness', 'check_range', 'check_allowed_values', 'check_unique', 'check_referential',
-           'check_freshness', 'check_volume', 'check_distribution', 'check_quarantine_share', 'check_reconciliation',
-           'evaluate_rule', 'QualityReport', 'evaluate_rules', 'store_results', 'failure_message', 'render_html',
-           'run_quality']
+__all__ = ['KINDS', 'COMMON_KEYS', 'SEVERITIES', 'RULE_DEFAULTS', 'DEFAULT_RULES', 'EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS',
+           'RUN_COLUMNS', 'QualityRulesError', 'QualityGateFailed', 'Rule', 'read_rules_doc', 'rules_from_doc',
+           'parse_rules', 'load_rules', 'byod_rules', 'byod_own_rules', 'Check', 'check_completeness', 'check_range',
+           'check_allowed_values', 'check_unique', 'check_referential', 'check_freshness', 'check_volume',
+           'check_distribution', 'check_quarantine_share', 'check_reconciliation', 'evaluate_rule', 'QualityReport',
+           'evaluate_rules', 'store_results', 'failure_message', 'render_html', 'run_quality']
 
 # %% ../nbs/13_quality.ipynb #6b74f8e4
 class QualityRulesError(SettingsError):
@@ -89,11 +89,11 @@ def _rule(d: Any, i: int, where: str, defaults: dict[str, Any]) -> Rule:
     if unknown: raise QualityRulesError(f"{w}: unknown key {', '.join(map(repr, unknown))} for kind {kind} (allowed: {', '.join([*COMMON_KEYS, *required, *optional])})")
     missing = [k for k in required if d.get(k) in (None, "", [])]
     if missing: raise QualityRulesError(f"{w}: missing {', '.join(missing)} (kind {kind} needs {', '.join(required)})")
-    table = d.get("table", "meta.reconciliation" if kind in ("quarantine_share", "reconciliation") else None)
+    table = d.get("table", "meta.reconciliation" if kind in ("quarantine_share", "reconciliation") else defaults.get("table"))
     if not isinstance(table, str) or not _TABLE.fullmatch(table): raise QualityRulesError(f"{w}: `table` must be schema.table, got {table!r}")
     severity = d.get("severity", defaults.get("severity", "blocking"))
     if severity not in SEVERITIES: raise QualityRulesError(f"{w}: severity must be blocking or warning, got {severity!r}")
-    params = {**optional, **{k: d[k] for k in (*required, *optional) if k in d}}
+    params = {**optional, **{k: defaults[k] for k in RULE_DEFAULTS if k in optional and k in defaults}, **{k: d[k] for k in (*required, *optional) if k in d}}
     for k in ("column", "ref_column", "month_column"):
         if params.get(k) is not None and not (isinstance(params[k], str) and _IDENT.fullmatch(params[k])): raise QualityRulesError(f"{w}: {k} must be a column name, got {params[k]!r}")
     if "columns" in params:
@@ -118,8 +118,10 @@ def _rule(d: Any, i: int, where: str, defaults: dict[str, Any]) -> Rule:
     if not isinstance(show, list) or not all(isinstance(c, str) and _IDENT.fullmatch(c) for c in show): raise QualityRulesError(f"{w}: show must be a list of column names")
     return Rule(name, kind, table, severity, params, str(d.get("description", "")), tuple(show))
 
-def parse_rules(text: str, where: str = "rules") -> list[Rule]:
-    "Rules from YAML text; QualityRulesError naming `where`, the rule and the key for anything malformed."
+RULE_DEFAULTS = ("severity", "table", "month_column")   # what a file's `defaults:` may set for every rule that does not
+
+def read_rules_doc(text: str, where: str = "rules") -> dict[str, Any]:
+    "The YAML document of a rules file (version, defaults, rules), checked at the top level; QualityRulesError naming `where`."
     try: doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -128,12 +130,24 @@ def parse_rules(text: str, where: str = "rules") -> list[Rule]:
     unknown = sorted(set(doc) - {"version", "defaults", "rules"})
     if unknown: raise QualityRulesError(f"{where}: unknown top-level key {', '.join(map(repr, unknown))} (allowed: version, defaults, rules)")
     defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict): raise QualityRulesError(f"{where}: `defaults` must be a mapping ({', '.join(RULE_DEFAULTS)})")
+    unknown = sorted(set(defaults) - set(RULE_DEFAULTS))
+    if unknown: raise QualityRulesError(f"{where}: unknown key {', '.join(map(repr, unknown))} under defaults (allowed: {', '.join(RULE_DEFAULTS)})")
+    return doc
+
+def rules_from_doc(doc: Mapping[str, Any], where: str = "rules") -> list[Rule]:
+    "The validated rules of a document from `read_rules_doc`; QualityRulesError naming `where`, the rule and the key for anything malformed."
+    defaults = doc.get("defaults") or {}
     rules = [_rule(d, i, where, defaults) for i, d in enumerate(doc["rules"], 1)]
     seen: set[str] = set()
     for r in rules:
         if r.name in seen: raise QualityRulesError(f"{where}: rule {r.name!r} is declared twice")
         seen.add(r.name)
     return rules
+
+def parse_rules(text: str, where: str = "rules") -> list[Rule]:
+    "Rules from YAML text; QualityRulesError naming `where`, the rule and the key for anything malformed."
+    return rules_from_doc(read_rules_doc(text, where), where)
 
 # %% ../nbs/13_quality.ipynb #944d4367
 DEFAULT_RULES = """\
@@ -306,7 +320,10 @@ def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[
     if cfg.lake.source == "byod":
         rules = byod_rules(cfg)
         say(f"quality: bring-your-own-data: {len(rules)} rules generated from [byod] and the loaded columns")
-        return rules, "generated from [byod]"
+        if not cfg.byod.rules_file: return rules, "generated from [byod]"
+        own = byod_own_rules(cfg, [r.name for r in rules])
+        say(f"quality: and {len(own)} rules of your own from {cfg.byod.rules_file}")
+        return rules + own, f"generated from [byod] + {cfg.byod.rules_file}"
     path = cfg.quality.rules_file
     if not path.exists():
         say(f"quality: no rules file at {path}; using the packaged default rules ({len(parse_rules(DEFAULT_RULES))} rules)")
@@ -331,6 +348,39 @@ def byod_rules(cfg: Settings) -> list[Rule]:
              Rule("byod_key_unique", "unique", t, "blocking", dict(columns=key), "one row per entity" + (" and month" if mc else ""))]
     rules += [Rule(f"byod_{c}_mostly_present", "completeness", t, "warning", dict(column=c, max_null_share=0.5, month_column=mc, min_rows=0),
                    f"{c} is present in at least half of the rows") for c in res.columns("numeric") + res.columns("categorical")]
+    return rules
+
+def _byod_column(name: Any, names: Mapping[str, str], personal: set[str], w: str) -> Any:
+    "The warehouse name of a column a team's rule names (as in its file, or as in the warehouse); QualityRulesError if it is not there."
+    if not isinstance(name, str): return name   # malformed: the rule's own validation says so
+    if name in names: return names[name]
+    if name in personal: raise QualityRulesError(f"{w}: {name!r} is personal data — it never reaches the warehouse in the clear, so no rule can check it")
+    raise QualityRulesError(f"{w}: no column {name!r} in staging.byod (columns: {', '.join(sorted(set(names.values())))})")
+
+def byod_own_rules(cfg: Settings, taken: Sequence[str] = ()) -> list[Rule]:
+    "The team's own rules of `[byod] rules_file`: tables default to staging.byod, columns may be named as in their file."
+    from mlops_nb.byod import staged_load
+    path = Path(cfg.byod.rules_file)
+    try: text = path.read_text(encoding="utf-8")
+    except FileNotFoundError: raise QualityRulesError(f"[byod] rules_file: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e: raise QualityRulesError(f"[byod] rules_file: {path} cannot be read ({e})") from None
+    res = staged_load(cfg)
+    if res is None: raise QualityRulesError("no bring-your-own-data load in the warehouse yet: run the etl phase first")
+    doc = read_rules_doc(text, str(path))
+    names = {r.source: r.name for r in res.roles if r.role not in ("pii", "dropped")} | {r.name: r.name for r in res.roles if r.role not in ("pii", "dropped")}
+    personal = {r.source for r in res.roles if r.role == "pii"}
+    defaults = {"table": "staging.byod", "month_column": "month" if res.time_column else None, **(doc.get("defaults") or {})}
+    for i, d in enumerate(doc["rules"], 1):
+        if not isinstance(d, dict) or d.get("table", defaults["table"]) != "staging.byod": continue
+        w = f"{path}: rule {d.get('name', f'#{i}')!r}"
+        for k in ("column", "month_column"):
+            if k in d: d[k] = _byod_column(d[k], names, personal, w)
+        for k in ("columns", "show"):
+            if isinstance(d.get(k), list): d[k] = [_byod_column(c, names, personal, w) for c in d[k]]
+            elif k in d: d[k] = _byod_column(d[k], names, personal, w)
+    rules = rules_from_doc({**doc, "defaults": defaults}, str(path))
+    clash = sorted({r.name for r in rules} & set(taken))
+    if clash: raise QualityRulesError(f"{path}: rule name {', '.join(map(repr, clash))} is taken by a generated rule: choose another")
     return rules
 
 # %% ../nbs/13_quality.ipynb #264fa3be

@@ -121,6 +121,7 @@ class ByodSettings:
     sensitive_columns: tuple[str, ...] = setting((), "sensitive attributes (fairness analysis only, never model inputs)")
     pii_columns: tuple[str, ...] = setting((), "direct identifiers to pseudonymise or drop (never reach the warehouse in the clear)")
     categorical_columns: tuple[str, ...] = setting((), "columns to treat as categorical (others are inferred)")
+    rules_file: str = setting("", "optional YAML file of your own data-quality rules on staging.byod, added to the generated ones (format of [quality] rules_file); empty = generated rules only")
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -324,7 +325,8 @@ def _resolve_paths(s: Settings) -> Settings:
     ml = dataclasses.replace(s.mlflow, tracking_uri=uri, artifacts=(root / s.mlflow.artifacts).resolve())
     priv = dataclasses.replace(s.privacy, key_file=(root / s.privacy.key_file).resolve(), vault=(root / s.privacy.vault).resolve())
     qual = dataclasses.replace(s.quality, rules_file=(root / s.quality.rules_file).resolve())
-    byod = dataclasses.replace(s.byod, path=(root / s.byod.path).resolve())
+    byod = dataclasses.replace(s.byod, path=(root / s.byod.path).resolve(),
+                               rules_file=str((root / os.path.expanduser(s.byod.rules_file)).resolve()) if s.byod.rules_file.strip() else "")
     return dataclasses.replace(s, paths=paths, mlflow=ml, privacy=priv, quality=qual, byod=byod)
 
 # %% ../nbs/00_settings.ipynb #0ed47354

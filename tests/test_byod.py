@@ -168,3 +168,68 @@ def test_failed_load_leaves_warehouse_as_it_was(tmp_path):
         B.byod_features(cfg)
     after = warehouse_tables(cfg)
     assert before.keys() == after.keys() and all(before[k].equals(after[k]) for k in before)
+
+
+OUR_RULES = """# rules only the team knows, named as in its own CSV
+rules:
+  - name: charges_not_negative
+    kind: range
+    column: MonthlyCharges
+    min: 0
+  - name: charges_within_price_list
+    kind: range
+    column: MonthlyCharges
+    max: {top}
+    show: [customerID, MonthlyCharges]
+  - name: tenure_mostly_known
+    kind: completeness
+    column: tenure
+    max_null_share: 0.0
+    severity: warning
+"""
+
+
+def test_a_teams_own_quality_rules_run_with_the_generated_ones(tmp_path):
+    from mlops_nb import quality as Q
+    cfg = project(tmp_path, byod_rules_file="rules/ours.yaml")
+    assert cfg.byod.rules_file == str(tmp_path / "p" / "rules" / "ours.yaml")   # relative to the settings folder
+    table, _ = B.telco_table(300, seed=3)
+    B.write_table(table, cfg.byod.path)
+    B.byod_features(cfg)
+    rules_file = Path(cfg.byod.rules_file)
+    rules_file.parent.mkdir()
+    # a price list that every charge respects: the gate passes, with the team's rules on record
+    rules_file.write_text(OUR_RULES.format(top=200), encoding="utf-8")
+    report = Q.run_quality(cfg)
+    assert report.passed and str(rules_file) in report.rules_source
+    ours = [c for c in report.checks if c.rule in ("charges_not_negative", "charges_within_price_list", "tenure_mostly_known")]
+    assert {c.rule for c in ours} == {"charges_not_negative", "charges_within_price_list", "tenure_mostly_known"}
+    assert all(c.table_name == "staging.byod" and c.column_name in ("monthly_charges", "tenure") for c in ours)
+    assert {c.rule for c in report.checks} > {c.rule for c in ours}   # the generated rules still run
+    # a tighter one: the phase stops, naming the rule, the warehouse column and example rows (pseudonymised)
+    rules_file.write_text(OUR_RULES.format(top=80), encoding="utf-8")
+    with pytest.raises(Q.QualityGateFailed) as e:
+        Q.run_quality(cfg)
+    msg = str(e.value)
+    assert "rule charges_within_price_list (range) on staging.byod.monthly_charges" in msg and '"customer_key": "p_' in msg
+    assert not any(cid in msg for cid in table["customerID"].dropna() if cid.strip())
+
+
+@pytest.mark.parametrize("rules,message", [
+    ("rules:\n  - {name: names_present, kind: completeness, column: name}\n", "'name' is personal data"),
+    ("rules:\n  - {name: emails_present, kind: completeness, column: email}\n", "'email' is personal data"),   # found by the load, not declared
+    ("rules:\n  - {name: plan_known, kind: completeness, column: Plan}\n", "no column 'Plan' in staging.byod (columns: churn, contract"),
+    ("rules:\n  - {name: byod_key_unique, kind: unique, columns: [customerID]}\n", "'byod_key_unique' is taken by a generated rule"),
+    ("rules:\n  - {name: x, kind: range, column: tenure, mx: 3}\n", "rule 'x': unknown key 'mx'"),
+    ("defaults:\n  severity: warning\n  tables: staging.byod\nrules: []\n", "unknown key 'tables' under defaults"),
+    (None, "does not exist"),
+])
+def test_bad_team_rules_are_refused_naming_file_and_rule(tmp_path, rules, message):
+    from mlops_nb.quality import QualityRulesError, load_rules
+    cfg = project(tmp_path, byod_rules_file="ours.yaml", byod_pii_columns="name")
+    B.write_table(B.telco_table(120, bad_rows=False)[0], cfg.byod.path)
+    B.byod_features(cfg)
+    if rules is not None: Path(cfg.byod.rules_file).write_text(rules, encoding="utf-8")
+    with pytest.raises(QualityRulesError) as e:
+        load_rules(cfg, say=lambda _: None)
+    assert message in str(e.value) and "ours.yaml" in str(e.value)

@@ -21,9 +21,11 @@ def _teams_table(root: Path) -> tuple[list[str], tuple]:
     root = root / "proj"
     df, injected = telco_table(n_customers=6000, months=0, seed=11)
     write_table(df, root / "data" / "my_table.csv")
+    (root / "our_rules.yaml").write_text("rules:\n  - {name: charges_not_negative, kind: range, column: MonthlyCharges, min: 0}\n",
+                                         encoding="utf-8")
     settings = make_project(root, lake_source="byod", byod_path="data/my_table.csv", byod_id_column="customerID",
                             byod_target_column="Churn", byod_positive_value="Yes", byod_sensitive_columns="gender, SeniorCitizen",
-                            byod_pii_columns="name, email", train_trials=1)
+                            byod_pii_columns="name, email", byod_rules_file="our_rules.yaml", train_trials=1)
     return ["--settings", str(settings), "run", "--no-progress"], (settings, df, injected)
 
 
@@ -52,6 +54,16 @@ def test_bad_rows_are_quarantined_and_counts_reconcile(byod_run):
     for kind in ("missing_id", "missing_target", "unknown_target", "unparseable_number"):
         assert reasons.get(kind, 0) >= injected[kind], (kind, reasons)
     assert loaded + sum(reasons.values()) + injected["duplicate"] == len(df)
+
+
+def test_the_teams_own_quality_rule_is_checked(byod_run):
+    from mlops_nb.contracts import connect_warehouse
+    settings, _, _, _ = byod_run
+    with connect_warehouse(load_settings(settings, env={})) as con:
+        rows = con.execute("SELECT table_name, column_name, passed FROM quality.results WHERE rule = 'charges_not_negative'").fetchall()
+        source = con.execute("SELECT rules_source FROM quality.runs").fetchall()
+    assert rows == [("staging.byod", "monthly_charges", True)]
+    assert len(source) == 1 and source[0][0].endswith("our_rules.yaml")
 
 
 def test_best_candidate_matches_plain_sklearn_defaults(byod_run):
