@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -22,8 +22,9 @@ from .settings import Settings, SettingsError
 # %% auto #0
 __all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'DATASET_MAX_ROWS', 'staging_columns', 'staging_views',
            'tiny_staging', 'Feature', 'feature_spec', 'age_band_sql', 'feature_steps', 'build_features',
-           'month_profile', 'missing_profile', 'table_digest', 'feature_dataset', 'sql_digest', 'large_feature_dataset',
-           'log_feature_table', 'has_staging', 'ensure_upstream', 'FeaturesResult', 'write_features', 'run_features']
+           'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile', 'table_digest',
+           'feature_dataset', 'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging',
+           'ensure_upstream', 'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
 
 # %% ../nbs/14_features.ipynb #aee2a036
 STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -202,9 +203,9 @@ def age_band_sql(age: str) -> str:
     "SQL CASE giving the privacy module's age band of `age` (years)."
     return "CASE " + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS) + " END"
 
-def feature_steps(horizon_months: int) -> list[tuple[str, str]]:
-    "(temporary table, SQL) steps that build the feature table from the canonical views."
-    h = int(horizon_months)
+def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str, str]]:
+    "(temporary table, SQL) steps that build the feature table from the canonical views (labels null until m + horizon + grace is loaded)."
+    h, g = int(horizon_months), int(grace_months)
     return [
         ("_spine", """
             WITH act AS (SELECT customer_key, um AS m FROM f_usage WHERE km <= um AND customer_key IS NOT NULL
@@ -283,7 +284,7 @@ def feature_steps(horizon_months: int) -> list[tuple[str, str]]:
                    CAST(date_sub('month', s.last_contact, s.m) AS INTEGER) AS months_since_contact,
                    s.product, s.plan, s.contract_type, s.payment_method, s.region,
                    s.gender, {age_band_sql("coalesce(date_sub('year', s.birth_date, CAST(s.m_end AS DATE) - 1), year(s.m) - s.birth_year)")} AS age_band,
-                   CAST(CASE WHEN add_months(s.m, {h}) > (SELECT last_month FROM _last) THEN NULL
+                   CAST(CASE WHEN add_months(s.m, {h + g}) > (SELECT last_month FROM _last) THEN NULL
                              WHEN l.customer_key IS NOT NULL THEN 1 ELSE 0 END AS TINYINT) AS churned_next
             FROM _state s
             LEFT JOIN _medians md ON md.m = s.m AND md.plan IS NOT DISTINCT FROM s.plan
@@ -295,11 +296,11 @@ def feature_steps(horizon_months: int) -> list[tuple[str, str]]:
             ORDER BY s.m, s.customer_key"""),
     ]
 
-def build_features(con, horizon_months: int, schema: str = "staging") -> str:
+def build_features(con, horizon_months: int, schema: str = "staging", grace_months: int = 0) -> str:
     "Build the feature table as the temporary table `_features` on `con` (from `schema`'s staging tables); return its name."
     staging_views(con, schema)
     con.execute("CREATE OR REPLACE TEMP MACRO add_months(d, k) AS CAST(date_trunc('month', d) + to_months(CAST(k AS INTEGER)) AS DATE)")
-    steps, keep = feature_steps(horizon_months), con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    steps, keep = feature_steps(horizon_months, grace_months), con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
     con.execute("SET preserve_insertion_order = false")   # intermediate tables: any order (less memory, faster)
     try:
         for name, sql in steps[:-1]: con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
@@ -308,6 +309,20 @@ def build_features(con, horizon_months: int, schema: str = "staging") -> str:
     finally: con.execute(f"SET preserve_insertion_order = {str(keep).lower()}")
     for name, _ in steps[:-1]: con.execute(f"DROP TABLE IF EXISTS {name}")
     return steps[-1][0]
+
+# %% ../nbs/14_features.ipynb #5ce33443
+def cancellation_lateness(con, hindsight_months: int = 2) -> pd.DataFrame:
+    "Cancellation records by arrival delay in months (request month → month known), with their share; over requests at least `hindsight_months` before the latest record known (all if none are). Needs `staging_views`."
+    return con.execute(f"""
+        WITH c AS (SELECT CAST(date_trunc('month', request_date) AS DATE) AS rm, km FROM f_cancellations WHERE request_date IS NOT NULL),
+             old AS (SELECT * FROM c WHERE rm <= CAST((SELECT max(km) FROM c) - to_months({int(hindsight_months)}) AS DATE)),
+             used AS (SELECT * FROM old UNION ALL SELECT * FROM c WHERE NOT EXISTS (SELECT 1 FROM old))
+        SELECT CAST(datediff('month', rm, km) AS INTEGER) AS delay_months, count(*) AS records FROM used GROUP BY 1 ORDER BY 1""").df() \
+        .assign(share=lambda d: d.records / max(int(d.records.sum()), 1))
+
+def unlabelled_churn_share(lateness: pd.DataFrame, grace_months: int) -> float:
+    "The share of cancellation records arriving more than `grace_months` late: what the last labelled month's labels may still miss."
+    return float(lateness.loc[lateness.delay_months > grace_months, "share"].sum())
 
 # %% ../nbs/14_features.ipynb #f4e7c5d9
 def month_profile(con, table: str = FEATURES_TABLE, target: str = "churned_next", time_column: str = "month") -> pd.DataFrame:
@@ -403,21 +418,33 @@ class FeaturesResult:
     seconds: float
     summary: dict[str, Any]
 
-def write_features(cfg: Settings) -> tuple[FeatureSpec, int]:
-    "Build the point-in-time feature table from the warehouse's staging tables and save it with its spec."
+def write_features(cfg: Settings) -> tuple[FeatureSpec, int, pd.DataFrame]:
+    "Build the point-in-time feature table from the warehouse's staging tables and save it with its spec; also return `cancellation_lateness`."
     spec = feature_spec(cfg.features.horizon_months)
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"SET memory_limit = '{cfg.features.memory_limit}'")   # beyond it DuckDB spills to <warehouse>.tmp
         con.execute("SET preserve_insertion_order = true")
-        n = save_feature_query(con, build_features(con, cfg.features.horizon_months), spec)
-    return spec, n
+        n = save_feature_query(con, build_features(con, cfg.features.horizon_months, grace_months=cfg.features.label_grace_months), spec)
+        lateness = cancellation_lateness(con)
+    return spec, n, lateness
+
+def log_label_lateness(lateness: pd.DataFrame, grace_months: int, say: Callable[[str], None] = print) -> float:
+    "Log how late cancellation records arrive and what the last labelled month may miss (metrics), say it, and return that share."
+    import mlflow
+    late, missing = unlabelled_churn_share(lateness, 0), unlabelled_churn_share(lateness, grace_months)
+    mlflow.log_metrics({"cancellations_late_share": late, "label_missing_churn_share": missing})
+    if late > 0:
+        say(f"labels: {late:.1%} of cancellation records arrive a month or more late; with label_grace_months = {grace_months} "
+            f"the last labelled month may still miss ~{missing:.1%} of its churners" + (" (raise [features] label_grace_months to wait for them)" if missing > 0 else ""))
+    return missing
 
 def run_features(cfg: Settings, mlflow_run_id: str = "") -> FeaturesResult:
     "The features phase: write features.customer_month and its spec, and log them (as an MLflow dataset) to the phase's run."
     import mlflow
     from mlops_nb.tracking import phase_run
     with phase_run(cfg, "features", run_id=mlflow_run_id):
-        mlflow.log_params({"features_horizon_months": cfg.features.horizon_months, "features_memory_limit": cfg.features.memory_limit,
+        mlflow.log_params({"features_horizon_months": cfg.features.horizon_months, "features_label_grace_months": cfg.features.label_grace_months,
+                           "features_memory_limit": cfg.features.memory_limit,
                            "lake_source": cfg.lake.source})
         t0 = time.perf_counter()
         if cfg.lake.source == "byod":
@@ -426,7 +453,8 @@ def run_features(cfg: Settings, mlflow_run_id: str = "") -> FeaturesResult:
             log_load_result(res)
             n = len(df)
         else:
-            spec, n = write_features(cfg)
+            spec, n, lateness = write_features(cfg)
+            log_label_lateness(lateness, cfg.features.label_grace_months)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("build_seconds", seconds)
         summary = log_feature_table(cfg, spec)

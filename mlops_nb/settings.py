@@ -108,6 +108,7 @@ class QualitySettings:
 class FeaturesSettings:
     "Point-in-time features and labels."
     horizon_months: int = setting(1, "the label: did the customer churn within this many months after the feature month", lo=1, hi=12)
+    label_grace_months: int = setting(0, "months to wait after the horizon for late-arriving cancellation records before a label counts (null until then); the phase reports how many arrive late", lo=0, hi=6)
     memory_limit: str = setting("4GB", "DuckDB memory limit while building the table (it spills to a temporary folder beside the warehouse beyond it), e.g. 4GB", pattern=r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 
 @dataclass(frozen=True)

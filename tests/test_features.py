@@ -67,21 +67,50 @@ def test_labels_and_rows_match_the_oracle(world):
     assert (rows != "left_only").all() and (rows == "both").mean() > 0.999
 
 
+def lake_as_of(root: Path, full, last: str):
+    """A copy of the full lake as it stood at the end of `last` (later partitions removed), loaded by the ETL."""
+    cut = sandbox_settings(root / f"as-of-{last}", privacy_key_file=str(root / "secrets" / "key"), **LATE)
+    shutil.copytree(full.paths.lake, cut.paths.lake)
+    for p in list(cut.paths.lake.glob("*/month=*")):
+        if p.name.split("=")[1] > last: shutil.rmtree(p)
+    manifest = json.loads((cut.paths.lake / "_manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["month"] <= last]
+    (cut.paths.lake / "_manifest.json").write_text(json.dumps(manifest))
+    run_etl(cut)
+    return cut
+
+
 def test_no_leakage_when_the_lake_stops_at_month_m(world):
     """The lake as it stood at the end of CUT (later partitions, with their late arrivals about CUT, not there yet)
     gives exactly the same features for every month up to CUT as the full lake."""
     root, full, df = world
-    cut = sandbox_settings(root / "cut", privacy_key_file=str(root / "secrets" / "key"), **LATE)
-    shutil.copytree(full.paths.lake, cut.paths.lake)
-    for p in list(cut.paths.lake.glob("*/month=*")):
-        if p.name.split("=")[1] > CUT: shutil.rmtree(p)
-    manifest = json.loads((cut.paths.lake / "_manifest.json").read_text())
-    manifest["files"] = [f for f in manifest["files"] if f["month"] <= CUT]
-    (cut.paths.lake / "_manifest.json").write_text(json.dumps(manifest))
-    run_etl(cut)
+    cut = lake_as_of(root, full, CUT)
     early = features_of(cut)
     pd.testing.assert_frame_equal(upto(early, CUT), upto(df, CUT), check_exact=True)
     assert early["month"].max() == CUT and early.loc[early.month == CUT, "churned_next"].isna().all()
+
+
+def test_label_grace_waits_for_late_cancellations(world):
+    """Read at the end of 2025-05, the last labelled months miss churners whose cancellation records arrive later
+    (the world's late rate is 15%, delays of one or two months): those labels say 0 where the full lake says 1. Each
+    month of grace leaves fewer such labels, two leave none, and the phase's estimate of the share still missing
+    falls to zero with them."""
+    root, full, df = world
+    cut = lake_as_of(root, full, "2025-05")
+    final = df.set_index(["customer_key", "month"])["churned_next"].rename("final")
+    premature, missing, labelled = {}, {}, {}
+    for grace in (0, 1, 2):
+        with duckdb.connect() as con:
+            con.execute(f"ATTACH '{cut.paths.warehouse}' AS w (READ_ONLY)"); con.execute("USE w")
+            got = con.execute(f"SELECT customer_key, month, churned_next FROM {F.build_features(con, 1, grace_months=grace)}").df()
+            missing[grace] = F.unlabelled_churn_share(F.cancellation_lateness(con), grace)
+        lab = got.dropna(subset=["churned_next"]).join(final, on=["customer_key", "month"], how="inner")
+        labelled[grace] = sorted(lab.month.unique())
+        assert ((lab.churned_next == 1) <= (lab.final == 1)).all(), "a label read early can only miss a churner, never invent one"
+        premature[grace] = int(((lab.churned_next == 0) & (lab.final == 1)).sum())
+    assert labelled[0][-1] == "2025-04" and labelled[2][-1] == "2025-02" and len(labelled[2]) == 2
+    assert premature[0] > premature[2] == 0 and premature[0] >= premature[1] >= premature[2]
+    assert missing[0] > 0.05 and missing[0] >= missing[1] >= missing[2] == 0.0
 
 
 def perturb_future(con, cut: str) -> list[str]:
@@ -176,6 +205,8 @@ def test_run_features_logs_a_dataset(world, tmp_path):
     assert str(cfg.paths.warehouse) in ds.source and "churned_next" in ds.schema
     assert "features/spec.json" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "features")]
     assert run.data.metrics["rows"] == len(table)
+    assert run.data.params["features_label_grace_months"] == "0"
+    assert 0.05 < run.data.metrics["cancellations_late_share"] == run.data.metrics["label_missing_churn_share"] < 0.3   # late rate 15%
     train = pytest.importorskip("mlops_nb.train")
     assert train.frame_digest(table) == ds.digest     # the training run's table digest names this dataset
 
