@@ -136,6 +136,13 @@ class IpcKernelManager(AsyncKernelManager):
     @default("transport")
     def _default_transport(self) -> str: return "ipc"
 
+    async def _async_interrupt_kernel(self) -> None:
+        # jupyter_client sends SIGINT before every shutdown; papermill shuts down a kernel whose cells are done, and that
+        # signal, racing with the kernel's last messages, now and then makes ipykernel log "ERROR | KeyboardInterrupt
+        # caught in kernel." into the scheduler's log. Interrupts asked for while running (a cell's timeout) still go.
+        if self.shutting_down: return
+        await super()._async_interrupt_kernel()
+
 # %% ../nbs/02_runner.ipynb #1e5b4d2d
 def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, parent_run_id: str,
               extra: Mapping[str, Any], kernel_name: str | None = None, progress: bool = True) -> PhaseResult:

@@ -33,6 +33,7 @@ def test_run_lake_with_overrides_produces_the_expected_records(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     # a scheduler's log (stderr is not a terminal): no progress bars, no kernel transport warnings
     assert "Executing:" not in r.stderr and "without encryption" not in r.stderr + r.stdout, r.stderr[-2000:]
+    assert "KeyboardInterrupt" not in r.stderr, r.stderr[-2000:]   # no SIGINT at the kernel's shutdown
     run_dir = next((tmp_path / "proj/reports/runs").iterdir())
     # the executed notebook is an immutable record with the injected values
     nb_path = run_dir / "10_lake.ipynb"
