@@ -114,7 +114,7 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     """Start the background run of every selected test that needs one, and move those tests to the end."""
     global _BACKGROUND
     uses = [next((f for f in getattr(it, "fixturenames", ()) if f in BACKGROUND_PREPARERS), None) for it in items]
-    if not any(uses): return
+    if not any(uses) or config.option.collectonly: return
     _BACKGROUND = BackgroundRuns(config._tmp_path_factory)
     for name in dict.fromkeys(u for u in uses if u): _BACKGROUND.submit(name)
     items[:] = [it for it, u in zip(items, uses) if not u] + [it for it, u in zip(items, uses) if u]
