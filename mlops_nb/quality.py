@@ -153,6 +153,7 @@ def parse_rules(text: str, where: str = "rules") -> list[Rule]:
 DEFAULT_RULES = """\
 # Data-quality rules for the mlops-nb warehouse: read by the `quality` phase (mlops_nb.quality).
 # Each rule: name, kind, table, severity (blocking | warning) and the kind's parameters; see nbs/13_quality.ipynb.
+# `defaults:` sets severity, table or month_column for every rule that does not set its own.
 # A failing blocking rule stops the pipeline; a failing warning rule is reported and the pipeline goes on.
 version: 1
 defaults:
@@ -324,6 +325,7 @@ def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[
         own = byod_own_rules(cfg, [r.name for r in rules])
         say(f"quality: and {len(own)} rules of your own from {cfg.byod.rules_file}")
         return rules + own, f"generated from [byod] + {cfg.byod.rules_file}"
+    if cfg.byod.rules_file: say(f"quality: [byod] rules_file is ignored: [lake] source is {cfg.lake.source}, not byod")
     path = cfg.quality.rules_file
     if not path.exists():
         say(f"quality: no rules file at {path}; using the packaged default rules ({len(parse_rules(DEFAULT_RULES))} rules)")
