@@ -16,7 +16,7 @@ import re
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -983,7 +983,7 @@ def _private_tmp(warehouse: Path) -> Path:
     return tmp
 
 class _Preparer:
-    "Reads and prepares partitions in order on a second thread, on an in-memory DuckDB of its own, up to `ahead` partitions ahead of the writer."
+    "Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to `ahead` partitions ahead of the writer."
     def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = 2):
         import duckdb
         con = duckdb.connect()   # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
@@ -991,15 +991,20 @@ class _Preparer:
                     "SET preserve_insertion_order = false", "SET enable_progress_bar = false"): con.execute(sql)
         self.con = _Traced(con, float(os.environ["MLOPS_ETL_TRACE"]), "prep") if os.environ.get("MLOPS_ETL_TRACE") else con
         _session_setup(self.con)
-        self.parts, self.key, self.i, self.pending = list(parts), key, 0, []
+        self.parts, self.key, self.i, self.ahead, self.pending = list(parts), key, 0, ahead, []
+        self.reads: dict[int, Future] = {}
+        # the checks are the load's critical path: reading the next files (Arrow's parsers) overlaps them instead of preceding them
+        self.rx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-read")
         self.ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-prep")
         for _ in range(ahead): self._submit()
 
     def _submit(self) -> None:
         if self.i < len(self.parts):
-            self.pending.append(self.ex.submit(self._prepare, self.parts[self.i])); self.i += 1
+            for j in range(self.i, min(self.i + self.ahead, len(self.parts))):   # reads run up to `ahead` partitions beyond the checks
+                if j not in self.reads: self.reads[j] = self.rx.submit(read_partition, self.parts[j])
+            self.pending.append(self.ex.submit(self._prepare, self.reads.pop(self.i))); self.i += 1
 
-    def _prepare(self, part: Partition) -> Prepared: return prepare_partition(self.con, read_partition(part), self.key)
+    def _prepare(self, read: Future) -> Prepared: return prepare_partition(self.con, read.result(), self.key)
 
     def next(self) -> Prepared:
         "The next partition, prepared (EtlError if it cannot be)."
@@ -1008,8 +1013,8 @@ class _Preparer:
         return prep
 
     def close(self) -> None:
-        for f in self.pending: f.cancel()
-        self.ex.shutdown(wait=True)
+        for f in [*self.pending, *self.reads.values()]: f.cancel()
+        self.ex.shutdown(wait=True); self.rx.shutdown(wait=True)
         self.con.close()
 
 # %% ../nbs/12_warehouse.ipynb #548ff889
