@@ -14,7 +14,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import yaml
@@ -22,13 +22,15 @@ import yaml
 from .contracts import connect_warehouse, warehouse_content_hash
 from .settings import Settings, SettingsError
 
+if TYPE_CHECKING: from mlops_nb.byod import LoadResult   # for annotations only: byod is imported where it is used
+
 # %% auto #0
 __all__ = ['KINDS', 'COMMON_KEYS', 'SEVERITIES', 'RULE_DEFAULTS', 'DEFAULT_RULES', 'EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS',
            'RUN_COLUMNS', 'QualityRulesError', 'QualityGateFailed', 'Rule', 'read_rules_doc', 'rules_from_doc',
-           'parse_rules', 'load_rules', 'byod_rules', 'byod_own_rules', 'Check', 'check_completeness', 'check_range',
-           'check_allowed_values', 'check_unique', 'check_referential', 'check_freshness', 'check_volume',
-           'check_distribution', 'check_quarantine_share', 'check_reconciliation', 'evaluate_rule', 'QualityReport',
-           'evaluate_rules', 'store_results', 'failure_message', 'render_html', 'run_quality']
+           'parse_rules', 'load_rules', 'byod_load', 'byod_rules', 'byod_own_rules', 'Check', 'check_completeness',
+           'check_range', 'check_allowed_values', 'check_unique', 'check_referential', 'check_freshness',
+           'check_volume', 'check_distribution', 'check_quarantine_share', 'check_reconciliation', 'evaluate_rule',
+           'QualityReport', 'evaluate_rules', 'store_results', 'failure_message', 'render_html', 'run_quality']
 
 # %% ../nbs/13_quality.ipynb #6b74f8e4
 class QualityRulesError(SettingsError):
@@ -319,10 +321,11 @@ rules:
 def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[Rule], str]:
     "The rules of `[quality] rules_file`, or the packaged defaults if the file does not exist (said through `say`); returns (rules, where they came from)."
     if cfg.lake.source == "byod":
-        rules = byod_rules(cfg)
+        res = byod_load(cfg)
+        rules = byod_rules(res)
         say(f"quality: bring-your-own-data: {len(rules)} rules generated from [byod] and the loaded columns")
         if not cfg.byod.rules_file: return rules, "generated from [byod]"
-        own = byod_own_rules(cfg, [r.name for r in rules])
+        own = byod_own_rules(cfg, res, [r.name for r in rules])
         say(f"quality: and {len(own)} rules of your own from {cfg.byod.rules_file}")
         return rules + own, f"generated from [byod] + {cfg.byod.rules_file}"
     if cfg.byod.rules_file: say(f"quality: [byod] rules_file is ignored: [lake] source is {cfg.lake.source}, not byod")
@@ -335,11 +338,15 @@ def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[
     return parse_rules(text, str(path)), str(path)
 
 # %% ../nbs/13_quality.ipynb #e58f519f
-def byod_rules(cfg: Settings) -> list[Rule]:
-    "Quality rules for a bring-your-own-data load, from its settings and column roles."
+def byod_load(cfg: Settings) -> LoadResult:
+    "The record of the warehouse's bring-your-own-data load (`mlops_nb.byod.LoadResult`: column roles, time column); QualityRulesError if there is none yet."
     from mlops_nb.byod import staged_load
     res = staged_load(cfg)
     if res is None: raise QualityRulesError("no bring-your-own-data load in the warehouse yet: run the etl phase first")
+    return res
+
+def byod_rules(res: LoadResult) -> list[Rule]:
+    "Quality rules for a bring-your-own-data load (`byod_load`), from its column roles."
     t, mc = "staging.byod", "month" if res.time_column else None
     label = res.columns("target")[0]
     key = ["customer_key"] + (["month"] if res.time_column else [])
@@ -359,17 +366,15 @@ def _byod_column(name: Any, names: Mapping[str, str], personal: set[str], w: str
     if name in personal: raise QualityRulesError(f"{w}: {name!r} is personal data — it never reaches the warehouse in the clear, so no rule can check it")
     raise QualityRulesError(f"{w}: no column {name!r} in staging.byod (columns: {', '.join(sorted(set(names.values())))})")
 
-def byod_own_rules(cfg: Settings, taken: Sequence[str] = ()) -> list[Rule]:
-    "The team's own rules of `[byod] rules_file`: tables default to staging.byod, columns may be named as in their file."
-    from mlops_nb.byod import staged_load
+def byod_own_rules(cfg: Settings, res: LoadResult, taken: Sequence[str] = ()) -> list[Rule]:
+    "The team's own rules of `[byod] rules_file` for the load `res` (`byod_load`): tables default to staging.byod, columns may be named as in their file."
     path = Path(cfg.byod.rules_file)
     try: text = path.read_text(encoding="utf-8")
     except FileNotFoundError: raise QualityRulesError(f"[byod] rules_file: {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e: raise QualityRulesError(f"[byod] rules_file: {path} cannot be read ({e})") from None
-    res = staged_load(cfg)
-    if res is None: raise QualityRulesError("no bring-your-own-data load in the warehouse yet: run the etl phase first")
     doc = read_rules_doc(text, str(path))
-    names = {r.source: r.name for r in res.roles if r.role not in ("pii", "dropped")} | {r.name: r.name for r in res.roles if r.role not in ("pii", "dropped")}
+    kept = [r for r in res.roles if r.role not in ("pii", "dropped")]   # what staging.byod has
+    names = {r.source: r.name for r in kept} | {r.name: r.name for r in kept}
     personal = {r.source for r in res.roles if r.role == "pii"}
     defaults = {"table": "staging.byod", "month_column": "month" if res.time_column else None, **(doc.get("defaults") or {})}
     for i, d in enumerate(doc["rules"], 1):
