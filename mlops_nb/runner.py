@@ -136,6 +136,15 @@ class IpcKernelManager(AsyncKernelManager):
     @default("transport")
     def _default_transport(self) -> str: return "ipc"
 
+    @default("ip")
+    def _default_ip(self) -> str:
+        # jupyter_client's default socket prefix is "kernel-ipc" in the kernel's working folder (the notebooks folder):
+        # two phases starting at once there (two runs, or tests side by side) bound the same sockets and read each
+        # other's messages ("Invalid Signature"). Each kernel gets a prefix of its own in the Jupyter runtime folder.
+        from jupyter_core.paths import jupyter_runtime_dir
+        os.makedirs(jupyter_runtime_dir(), exist_ok=True)
+        return os.path.join(jupyter_runtime_dir(), f"mlops-nb-{secrets.token_hex(8)}-ipc")
+
     async def _async_interrupt_kernel(self) -> None:
         # jupyter_client sends SIGINT before every shutdown; papermill shuts down a kernel whose cells are done, and that
         # signal, racing with the kernel's last messages, now and then makes ipykernel log "ERROR | KeyboardInterrupt
