@@ -110,6 +110,7 @@ def background_result(name: str) -> tuple[Any, subprocess.CompletedProcess]:
     return _BACKGROUND.result(name)
 
 
+@pytest.hookimpl(trylast=True)   # after -k / -m deselection (the mark plugin's own hook): a deselected test starts nothing
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Start the background run of every selected test that needs one, and move those tests to the end."""
     global _BACKGROUND
