@@ -317,17 +317,22 @@ def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSett
     return out
 
 def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings,
-                   months: np.ndarray | None = None) -> dict[str, Any]:
-    "The model beside the simulator's truth on the same rows: AUCs, and the model's, oracle's and uplift oracle's policies valued under the true world."
+                   months: np.ndarray | None = None,
+                   n_boot: int = 400, seed: int = 0, confidence: float = 0.95,   # the paired bootstrap behind the gaps' intervals
+                   ) -> dict[str, Any]:
+    "The model beside the simulator's truth on the same rows: AUCs and their gaps (with paired intervals), and the model's, oracle's and uplift oracle's policies valued under the true world."
     y, p = np.asarray(y, int), np.asarray(p, float)
     tp = truth["p_churn"].to_numpy(float)
     n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
     k = budget_contacts(charter)
     out: dict[str, Any] = dict(auc_model=float(roc_auc_score(y, p)), auc_true_p=float(roc_auc_score(y, tp)))
-    out["auc_gap"] = out["auc_true_p"] - out["auc_model"]
+    out["auc_gap"], out["auc_gap_lo"], out["auc_gap_hi"] = paired_auc_difference(y, tp, p, n_boot, seed, confidence)
+    out["gap_confidence"] = confidence
     if "ceiling" in truth:                     # the gap, split: what the inputs cannot carry + what the learner left
-        out["auc_feature_ceiling"] = float(roc_auc_score(y, truth["ceiling"].to_numpy(float)))
-        out.update(auc_gap_inputs=out["auc_true_p"] - out["auc_feature_ceiling"], auc_gap_learner=out["auc_feature_ceiling"] - out["auc_model"])
+        ceiling = truth["ceiling"].to_numpy(float)
+        out["auc_feature_ceiling"] = float(roc_auc_score(y, ceiling))
+        out["auc_gap_inputs"] = out["auc_true_p"] - out["auc_feature_ceiling"]
+        out["auc_gap_learner"], out["auc_gap_learner_lo"], out["auc_gap_learner_hi"] = paired_auc_difference(y, ceiling, p, n_boot, seed, confidence)
     out["ece_true_p"] = expected_calibration_error(y, tp)
     policies = {"model": contact, "oracle_p": contact_policy(tp, break_even_probability(charter), k, months)}
     if "uplift" in truth:
@@ -335,6 +340,11 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
         policies["oracle_uplift"] = contact_policy(u, cost_per_contact(charter) / charter.customer_value if charter.customer_value else np.inf, k, months)
     out["policies"] = {name: _policy_value(c, truth, charter, n_months) for name, c in policies.items()}
     return out
+
+def _gap_interval(oracle: dict[str, Any], key: str) -> str:
+    "', 95% interval a to b' for an oracle gap that has its bounds; '' otherwise."
+    if f"{key}_lo" not in oracle: return ""
+    return f", {oracle.get('gap_confidence', 0.95):.0%} interval {oracle[f'{key}_lo']:.3f} to {oracle[f'{key}_hi']:.3f}"
 
 # %% ../nbs/23_evaluate.ipynb #9afff110
 def feature_ceiling(train: pd.DataFrame,         # training rows (model inputs among their columns)
@@ -636,7 +646,7 @@ def evaluate_scores(name: str,                                # candidate label
         ok = truth["p_churn"].notna().to_numpy()
         if ok.sum() and len(np.unique(y_test[ok])) == 2:
             ev.oracle = oracle_summary(y_test[ok], p_test_c[ok], contact[ok], truth[ok].reset_index(drop=True), charter,
-                                       None if months is None else np.asarray(months)[ok])
+                                       None if months is None else np.asarray(months)[ok], nb, seed, conf)
             ev.oracle["rows_matched"] = int(ok.sum())
             reach = ev.oracle["policies"]["oracle_p"]["churn_reduction_true_p"]
             if reach < charter.target_churn_reduction:     # no model could meet the target: say so, it is a business decision
@@ -859,9 +869,9 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
            "whom a call pushes out are contacted too.",
            "Fairness is measured for the recorded sensitive attributes only, on groups large enough to measure."]
     if ev.oracle: lim.append(f"On synthetic data the true probabilities reach AUC {ev.oracle['auc_true_p']:.3f} on the same rows "
-                             f"(the model: {ev.oracle['auc_model']:.3f}, a gap of {ev.oracle['auc_gap']:.3f})"
+                             f"(the model: {ev.oracle['auc_model']:.3f}, a gap of {ev.oracle['auc_gap']:.3f}{_gap_interval(ev.oracle, 'auc_gap')})"
                              + (f"; {ev.oracle['auc_gap_inputs']:.3f} of it is information the inputs do not carry (the best function of "
-                                f"these inputs reaches about {ev.oracle['auc_feature_ceiling']:.3f}), {ev.oracle['auc_gap_learner']:.3f} the learner's."
+                                f"these inputs reaches about {ev.oracle['auc_feature_ceiling']:.3f}), {ev.oracle['auc_gap_learner']:.3f} the learner's{_gap_interval(ev.oracle, 'auc_gap_learner')}."
                                 if "auc_feature_ceiling" in ev.oracle else "."))
     bl += [("h2", "Limitations"), ("ul", lim), ("h2", "Charter verdict"), ("p", b["verdict"]["text"])]
     return ModelCard(render_markdown(bl), render_html(bl, title))
@@ -937,9 +947,11 @@ def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[s
                churn_reduction=b["churn_reduction"], meets_objective=float(b["verdict"]["meets"]))
     if ev.oracle:
         out.update(oracle_roc_auc=ev.oracle["auc_true_p"], oracle_auc_gap=ev.oracle["auc_gap"])
+        out.update(oracle_auc_gap_lo=ev.oracle["auc_gap_lo"], oracle_auc_gap_hi=ev.oracle["auc_gap_hi"])
         if "auc_feature_ceiling" in ev.oracle:
             out.update(oracle_feature_ceiling_auc=ev.oracle["auc_feature_ceiling"], oracle_gap_inputs=ev.oracle["auc_gap_inputs"],
-                       oracle_gap_learner=ev.oracle["auc_gap_learner"])
+                       oracle_gap_learner=ev.oracle["auc_gap_learner"], oracle_gap_learner_lo=ev.oracle["auc_gap_learner_lo"],
+                       oracle_gap_learner_hi=ev.oracle["auc_gap_learner_hi"])
         for k, v in ev.oracle["policies"].items():
             for q in ("profit_true_p", "profit_true_uplift"):
                 if q in v: out[f"{k}_{q}"] = v[q]

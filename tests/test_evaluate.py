@@ -238,6 +238,9 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
     # the oracle gap is split into what the inputs cannot carry and what the learner left, and the parts add up
     assert metrics["oracle_gap_inputs"] + metrics["oracle_gap_learner"] == pytest.approx(metrics["oracle_auc_gap"], abs=1e-9)
     assert 0.5 < metrics["oracle_feature_ceiling_auc"] <= metrics["oracle_roc_auc"] + 0.01
+    # each gap comes with its paired bootstrap interval (one test month measures it only roughly), which brackets it
+    assert metrics["oracle_auc_gap_lo"] < metrics["oracle_auc_gap"] < metrics["oracle_auc_gap_hi"]
+    assert metrics["oracle_gap_learner_lo"] < metrics["oracle_gap_learner"] < metrics["oracle_gap_learner_hi"]
     df, spec = load_feature_table(cfg)
     test = split_frame(df, spec, seed=cfg.train.seed).test
     for ev in res.evaluations:
@@ -246,6 +249,7 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
                                             "gains.png", "fairness.png", "importance.png")} <= arts, arts
         card = mlflow.artifacts.load_text(f"runs:/{ev.info['run_id']}/evaluation/model_card.md")
         assert all(f"## {s}" in card for s in CARD_SECTIONS) and ev.info["model_uri"] in card
+        assert f"a gap of {ev.oracle['auc_gap']:.3f}, 95% interval {ev.oracle['auc_gap_lo']:.3f} to {ev.oracle['auc_gap_hi']:.3f}" in card
         assert client.get_run(ev.info["run_id"]).data.metrics["eval_roc_auc"] == pytest.approx(ev.metrics["roc_auc"])
         # the packaged model serves exactly the probabilities that were evaluated, and the chosen threshold
         out = mlflow.pyfunc.load_model(ev.info["model_uri"]).predict(model_input(test, spec))
