@@ -130,6 +130,7 @@ class TrainSettings:
     candidates: tuple[str, ...] = setting(("logreg", "hgb", "torch_mlp"), "model families to train", choices=("logreg", "hgb", "torch_mlp"))
     trials: int = setting(2, "tuning trials per family (each a nested MLflow run); the first is always the family's defaults", lo=1, hi=500)
     max_rows: int = setting(1_000_000, "training rows per fit: a month- and label-stratified sample of the training months when there are more (0 = all); bounds training time and memory as data grows", lo=0)
+    network_max_rows: int = setting(100_000, "training rows per fit of the PyTorch network, whose fits cost the most per row: a smaller month- and label-stratified sample of the rows the other families fit (0 = the same rows)", lo=0)
     seed: int = setting(7, "training seed: the same inputs and seed give the same metrics", lo=0, hi=2**32 - 1)
 
 @dataclass(frozen=True)

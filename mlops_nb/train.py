@@ -47,8 +47,8 @@ __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS',
            'Split', 'split_frame', 'TabularEncoder', 'TorchTabularClassifier', 'make_candidate', 'draw_params',
            'trial_params', 'score', 'Trial', 'fit_trial', 'tune_family', 'loggable_params', 'frame_digest',
            'split_datasets', 'log_datasets', 'model_input', 'feature_schema', 'has_network', 'pinned_requirements',
-           'package_code_dir', 'log_pipeline', 'TrainResult', 'train_family', 'run_train', 'cap_rows', 'Candidate',
-           'latest_train_run', 'load_candidates']
+           'package_code_dir', 'log_pipeline', 'TrainResult', 'train_family', 'run_train', 'cap_rows',
+           'family_max_rows', 'Candidate', 'latest_train_run', 'load_candidates']
 
 # %% ../nbs/20_train.ipynb #386696c1
 DEMO_PRODUCTS = ("mobile", "fibre", "bundle")
@@ -690,7 +690,7 @@ def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed
         log_datasets(datasets)
         best, done = tune_family(family, split, spec, trials, seed, fit=_trial_logger(run_id, datasets))
         test = {f"test_{k}": v for k, v in score(split.y("test"), best.pipeline.predict_proba(split.test)[:, 1]).items()}
-        mlflow.log_params({**loggable_params(best.pipeline), "family": family, "seed": seed, "trials": trials})
+        mlflow.log_params({**loggable_params(best.pipeline), "family": family, "seed": seed, "trials": trials, "train_rows": len(split.train)})
         mlflow.log_metrics({**best.metrics, **test, "fit_seconds": best.seconds, "tuning_seconds": sum(t.seconds for t in done)})
         uri = log_pipeline(best.pipeline, spec, split.valid.head(5))
         mlflow.set_tags({"mlops_nb.model_uri": uri, "mlops_nb.best_trial": str(best.index), "mlops_nb.params": json.dumps(best.params)})
@@ -713,11 +713,18 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
         rid = run.info.run_id
         datasets = split_datasets(split, spec, source=str(cfg.paths.warehouse))
         mlflow.log_params({**split.describe(), "seed": cfg.train.seed, "trials": cfg.train.trials, "max_rows": cfg.train.max_rows,
+                           "network_max_rows": cfg.train.network_max_rows,
                            "train_rows_before_cap": full_train_rows,
                            "candidates": ", ".join(cfg.train.candidates), "feature_table_digest": table_digest})
         log_datasets(datasets)
         mlflow.log_dict(json.loads(spec.to_json()), "feature_spec.json")
-        rows = [train_family(f, split, spec, cfg.train.trials, cfg.train.seed, rid, datasets) for f in cfg.train.candidates]
+        rows = []
+        for f in cfg.train.candidates:   # the network may fit a smaller sample (`network_max_rows`): its own split and datasets
+            cap = family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows)
+            fsplit = dataclasses.replace(split, train=cap_rows(split.train, spec.target, cap, cfg.train.seed, spec.time_column))
+            same = len(fsplit.train) == len(split.train)
+            rows.append(train_family(f, split if same else fsplit, spec, cfg.train.trials, cfg.train.seed, rid,
+                                     datasets if same else split_datasets(fsplit, spec, source=str(cfg.paths.warehouse))))
         table = pd.DataFrame(rows).set_index("family")
         best = str(table["valid_auc"].idxmax())
         oracle = float(roc_auc_score(split.y("test"), split.test["_true_p"])) if "_true_p" in split.test else None
@@ -744,6 +751,12 @@ def cap_rows(df: pd.DataFrame,                  # the training part of a split
     u = pd.Series(rng.random(len(df)), index=df.index)
     rank = u.groupby([df[k] for k in keys]).rank(pct=True, method="first")
     return df[rank <= max_rows / len(df)]
+
+# %% ../nbs/20_train.ipynb #82b90b51
+def family_max_rows(family: str, max_rows: int, network_max_rows: int) -> int:
+    "The row cap of one family's fits (0 = none): the network's own when it is tighter, the common one otherwise."
+    if family != "torch_mlp" or not network_max_rows: return max_rows
+    return min(max_rows, network_max_rows) if max_rows else network_max_rows
 
 # %% ../nbs/20_train.ipynb #aaa3c118
 @dataclass

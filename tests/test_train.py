@@ -124,6 +124,23 @@ def test_the_run_records_data_params_and_a_candidate_per_family(trained):
         assert fam.data.metrics["valid_auc"] == best.data.metrics["valid_auc"]
 
 
+def test_the_network_fits_its_own_smaller_sample_and_logs_it(tmp_path):
+    from mlflow.tracking import MlflowClient
+    cfg = sandbox_settings(tmp_path, train_candidates="hgb, torch_mlp", train_trials=1, train_network_max_rows=300)
+    assert ensure_demo_features(cfg, n_customers=700, n_months=5, seed=1)
+    res = run_train(cfg)
+    client = MlflowClient()
+    phase = client.get_run(res.run_id)
+    full = int(phase.data.params["train_rows"])
+    assert full > 1000 and phase.data.params["network_max_rows"] == "300"
+    def training_digest(run):
+        return next(i.dataset.digest for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context" and t.value == "training")
+    for fam in client.search_runs([phase.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.run_id}'"):
+        rows, family = int(fam.data.params["train_rows"]), fam.data.tags["mlops_nb.family"]
+        if family == "hgb": assert rows == full and training_digest(fam) == training_digest(phase)
+        else: assert 250 <= rows <= 300 and training_digest(fam) != training_digest(phase)   # a stratified sample: about the cap
+
+
 def test_load_candidates_gives_the_fitted_pipelines_of_the_latest_run(trained):
     cfg, first, second = trained
     assert latest_train_run(cfg) == second.run_id
