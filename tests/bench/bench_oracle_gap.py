@@ -59,7 +59,7 @@ def pipeline_figures(settings: Path, seed: int, customers: int) -> tuple[dict[st
 
 def plain_sklearn(cfg) -> dict[str, float]:
     "Test AUC of HistGradientBoostingClassifier() with its defaults on the same split, and the oracle's on the same rows."
-    import numpy as np
+    import pandas as pd
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
     from mlops_nb.contracts import load_feature_table
@@ -68,15 +68,11 @@ def plain_sklearn(cfg) -> dict[str, float]:
     df, spec = load_feature_table(cfg)
     split = split_frame(df, spec, seed=cfg.train.seed)
     cols = list(spec.numeric) + list(spec.categorical)
-    def X(d):
-        x = d[cols].copy()
-        for c in spec.categorical: x[c] = x[c].astype("category")
-        for c in spec.numeric: x[c] = x[c].astype("float64")
-        return x
-    cats = {c: sorted(split.train[c].dropna().unique()) for c in spec.categorical}
+    cats = {c: sorted(split.train[c].dropna().unique()) for c in spec.categorical}   # the training rows' categories, for both parts
     def Xc(d):
-        x = X(d)
-        for c in spec.categorical: x[c] = x[c].cat.set_categories(cats[c])
+        x = d[cols].copy()
+        for c in spec.numeric: x[c] = x[c].astype("float64")
+        for c in spec.categorical: x[c] = pd.Categorical(x[c], categories=cats[c])
         return x
     test = split.test.reset_index(drop=True)
     t = time.perf_counter()
