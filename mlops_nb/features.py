@@ -7,11 +7,9 @@ Docs: https://mlops-nb.github.io/mlops-nb/features.html.md"""
 # %% ../nbs/14_features.ipynb #d369b007
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -345,21 +343,14 @@ def table_digest(df: pd.DataFrame) -> str:
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
     return h.hexdigest()[:16]
 
-@contextlib.contextmanager
-def _quiet_dataset_warnings():
-    "Silence two MLflow warnings that describe nothing wrong with a logged dataset (they filled every executed features notebook)."
-    with warnings.catch_warnings():
-        # a local path matches both of MLflow's local-file source types, which are the same thing
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        # advice for a *model's* input schema (integer columns and missing values at serving time), not a dataset record
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        yield
-
 def feature_dataset(df: pd.DataFrame, spec: FeatureSpec, source: str):
     "The feature table as an MLflow dataset (name, source, digest, schema, targets)."
     import mlflow
-    with _quiet_dataset_warnings():
-        return mlflow.data.from_pandas(df, source=source, name=FEATURES_TABLE, targets=spec.target, digest=table_digest(df))
+    from mlops_nb.tracking import quiet_dataset_warnings
+    with quiet_dataset_warnings():
+        ds = mlflow.data.from_pandas(df, source=source, name=FEATURES_TABLE, targets=spec.target, digest=table_digest(df))
+        ds.schema   # inferred lazily: infer it here, under the filter
+    return ds
 
 # %% ../nbs/14_features.ipynb #3c2fa5ff
 DATASET_MAX_ROWS = 2_000_000
@@ -376,7 +367,8 @@ def large_feature_dataset(con, spec: FeatureSpec, source: str, table: str = FEAT
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.types.utils import _infer_schema
     sample = con.execute(f"SELECT * FROM {table} LIMIT 1000").df()
-    with _quiet_dataset_warnings():
+    from mlops_nb.tracking import quiet_dataset_warnings
+    with quiet_dataset_warnings():
         return MetaDataset(resolve_dataset_source(source), name=FEATURES_TABLE, digest=sql_digest(con, table), schema=_infer_schema(sample))
 
 def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
@@ -390,7 +382,7 @@ def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
         else: ds = large_feature_dataset(con, spec, str(cfg.paths.warehouse))
         months = month_profile(con, target=spec.target, time_column=spec.time_column) if spec.time_column else None
         missing = missing_profile(con, spec)
-    with _quiet_dataset_warnings(): mlflow.log_input(ds, context="features")   # the schema is inferred here, lazily
+    mlflow.log_input(ds, context="features")
     mlflow.log_dict(json.loads(spec.to_json()), "features/spec.json")
     mlflow.log_dict(missing, "features/missing_share.json")
     summary = {"rows": rows, "customers": customers, "features": len(spec.features), "digest": ds.digest,

@@ -12,13 +12,15 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['TRACKED_LIBRARIES', 'library_versions', 'git_commit', 'configure_mlflow', 'reproducibility_tags', 'phase_run']
+__all__ = ['TRACKED_LIBRARIES', 'library_versions', 'git_commit', 'configure_mlflow', 'quiet_dataset_warnings',
+           'reproducibility_tags', 'phase_run']
 
 # %% ../nbs/01_tracking.ipynb #ef59f22f
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -72,6 +74,15 @@ def configure_mlflow(cfg: Settings) -> str:
     if before is None: os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     else: os.environ["MLFLOW_EXPERIMENT_ID"] = before
     return exp_id
+
+# %% ../nbs/01_tracking.ipynb #dd46c9ca
+@contextlib.contextmanager
+def quiet_dataset_warnings() -> Iterator[None]:
+    "Silence MLflow's two dataset warnings that describe nothing wrong with a logged dataset (source ambiguity, integer-column hint)."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        yield
 
 # %% ../nbs/01_tracking.ipynb #c68527e5
 def reproducibility_tags(cfg: Settings, phase: str) -> dict[str, str]:

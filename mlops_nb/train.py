@@ -15,7 +15,6 @@ import json
 import shutil
 import tempfile
 import time
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -38,7 +37,7 @@ from .contracts import (
     FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source, load_feature_table, save_feature_table)
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
-from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
+from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run, quiet_dataset_warnings
 
 # %% auto #0
 __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS', 'DEMO_REGIONS', 'DEMO_GENDERS', 'DEMO_AGE_BANDS',
@@ -595,8 +594,7 @@ SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "test"}
 
 def split_datasets(split: Split, spec: FeatureSpec, source: str) -> dict[str, Any]:
     "The three parts of `split` as MLflow datasets, keyed by part, with full-content digests."
-    with warnings.catch_warnings():   # MLflow's hints about source resolution and integer columns in the dataset's *descriptive* schema
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+    with quiet_dataset_warnings():
         out = {part: mlflow.data.from_pandas(getattr(split, part), source=source, name=f"{FEATURES_TABLE}@{part}",
                                              targets=spec.target, digest=frame_digest(getattr(split, part)))
                for part in SPLIT_CONTEXTS}
