@@ -36,13 +36,13 @@ from .settings import Settings, SettingsError
 # %% auto #0
 __all__ = ['TABLES', 'CATEGORY_VALUES', 'NORMAL_FORM_SQL', 'ETL_VERSION', 'SCHEMA_VERSION', 'QUARANTINE_COLUMNS', 'META_TABLES',
            'MART_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN', 'VAULT_MEMORY_LIMIT', 'MART_SQL', 'RECORD_SEP',
-           'HASHED_TABLES', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'DISABLED_COMPRESSION', 'Field', 'Table',
-           'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition', 'PartitionData',
+           'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'DISABLED_COMPRESSION', 'Field',
+           'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition', 'PartitionData',
            'read_partition', 'staging_columns', 'raw_columns', 'table_columns', 'ensure_tables', 'check_statements',
-           'detail_sql', 'delete_partition', 'Prepared', 'prepare_partition', 'write_partition', 'load_partition',
-           'reconcile', 'vault_upsert', 'VaultWriter', 'MartBuilder', 'build_mart', 'create_raw_views', 'content_hash',
-           'lake_manifest', 'lake_partitions', 'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult',
-           'load_warehouse', 'run_etl', 'warehouse_overview']
+           'detail_sql', 'delete_partition', 'Prepared', 'part_hash', 'prepare_partition', 'write_partition',
+           'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter', 'MartBuilder', 'build_mart',
+           'create_raw_views', 'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions',
+           'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult', 'load_warehouse', 'run_etl', 'warehouse_overview']
 
 # %% ../nbs/12_warehouse.ipynb #ec307cfb
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ def read_partition(part: Partition) -> PartitionData:
 
 # %% ../nbs/12_warehouse.ipynb #5d30fe0f
 ETL_VERSION = "mlops-nb-etl/2"   # bump when a transformation changes: every partition is then reloaded
-SCHEMA_VERSION = "2"             # bump when a table's layout changes: the ETL tables are then rebuilt
+SCHEMA_VERSION = "3"             # bump when a table's layout changes: the ETL tables are then rebuilt
 
 def staging_columns(t: Table) -> list[tuple[str, str, str]]:
     "The staging table's columns: (name, SQL type, meaning)."
@@ -357,6 +357,9 @@ META_TABLES = {
                    ("seconds", "DOUBLE", ""), ("etl_version", "VARCHAR", ""), ("lake", "VARCHAR", "lake folder"), ("lake_digest", "VARCHAR", "sha256 of the lake manifest"),
                    ("partitions_loaded", "INTEGER", ""), ("partitions_skipped", "INTEGER", ""), ("partitions_removed", "INTEGER", ""), ("content_hash", "VARCHAR", "")],
     "meta.etl": [("key", "VARCHAR", ""), ("value", "VARCHAR", "")],
+    "meta.content_parts": [("table_name", "VARCHAR", "a table of the content hash"),
+                           ("part", "VARCHAR", "arrival month (staging), source/month (quarantine) or month (mart)"),
+                           ("rows", "BIGINT", "rows of the table in that part"), ("hash_sum", "HUGEINT", "sum of hash(row) over them")],
 }
 
 # %% ../nbs/12_warehouse.ipynb #5ecde081
@@ -617,6 +620,8 @@ def delete_partition(con, source: str, month: str) -> None:
     con.execute(f"DELETE FROM staging.{t.table} WHERE arrival_month = ?", [month])
     for name in ("quarantine.records", "quarantine.flagged_values", "meta.reconciliation", "meta.partitions"):
         con.execute(f"DELETE FROM {name} WHERE source = ? AND month = ?", [source, month])
+    for name in (f"staging.{t.table}", "quarantine.records", "quarantine.flagged_values"):
+        con.execute("DELETE FROM meta.content_parts WHERE table_name = ? AND part = ?", [name, _content_part(name, source, month)])
 
 def _drop_temp(con, *names: str) -> None:
     "Drop temporary tables, quietly if the transaction has already failed (the original error must surface)."
@@ -636,6 +641,17 @@ class Prepared:
     pii: pa.Table | None       # pseudonym + clear personal fields of the loaded records (sources with personal data)
     duplicates: int            # exact re-sent copies removed
     late: int                  # loaded records that belong to an earlier month
+    hashes: dict[str, tuple[int, str]] = field(default_factory=dict)  # table → (rows, sum of row hashes): its part of the content hash
+
+def part_hash(con, rows: pa.Table) -> tuple[int, str]:
+    "(rows, sum of DuckDB's row hashes, as text) of an Arrow table: what its rows add to a table's `content_hash`."
+    _rows = rows   # read by DuckDB through its replacement scan
+    n, h = con.execute("SELECT count(*), CAST(coalesce(sum(hash(t)), 0) AS VARCHAR) FROM _rows t").fetchall()[0]
+    return int(n), h
+
+def _content_part(table: str, source: str, month: str) -> str:
+    "The part of `table` one partition (source, month) fills in `meta.content_parts`: its month in staging, source/month in quarantine."
+    return f"{source}/{month}" if table.startswith("quarantine.") else month
 
 def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
     "Check one partition's records on `con` (with `_session_setup`; not the warehouse's, which it does not touch) and shape what the warehouse gets."
@@ -671,7 +687,9 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
     finally:
         _drop_temp(con, "_dups", "_dict")
         del _x, _t
-    return Prepared(dataclasses.replace(data, table=None), staged, rejected, flagged, pii, dups, late)
+    hashes = {f"staging.{t.table}": part_hash(con, staged), "quarantine.records": part_hash(con, rejected),
+              "quarantine.flagged_values": part_hash(con, flagged)}   # here, beside the checks, not by the writer at the end
+    return Prepared(dataclasses.replace(data, table=None), staged, rejected, flagged, pii, dups, late, hashes)
 
 def write_partition(con, prep: Prepared, vault: "VaultWriter | None" = None) -> dict[str, int]:
     "Replace one partition's contribution to staging and quarantine with `prep` (inside the caller's transaction); return its counts."
@@ -683,6 +701,8 @@ def write_partition(con, prep: Prepared, vault: "VaultWriter | None" = None) -> 
     loaded = con.execute(f"INSERT INTO staging.{t.table} SELECT * FROM _s").fetchone()[0]
     nulled = con.execute("INSERT INTO quarantine.flagged_values SELECT * FROM _f").fetchone()[0]
     del _q, _s, _f
+    for name, (n, h) in prep.hashes.items():
+        con.execute("INSERT INTO meta.content_parts VALUES (?, ?, ?, CAST(? AS HUGEINT))", [name, _content_part(name, part.source, part.month), n, h])
     if vault is not None and prep.pii is not None: vault.put(part.month, prep.pii)
     return reconcile(con, data, dict(rows_loaded=loaded, rows_quarantined=quarantined, rows_duplicate=prep.duplicates, rows_late=prep.late, values_nulled=nulled))
 
@@ -843,7 +863,11 @@ class MartBuilder:
         self.con.execute("DELETE FROM mart.customer_month WHERE month = ?", [m])
         end = (pd.Timestamp(m + "-01") + pd.offsets.MonthEnd(0)).date()
         self.last = m
-        return self.con.execute(MART_SQL, {"m": m, "m2": _add_months(m, -2), "end": end}).fetchone()[0]
+        n = self.con.execute(MART_SQL, {"m": m, "m2": _add_months(m, -2), "end": end}).fetchone()[0]
+        self.con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND part = ?", [m])
+        self.con.execute("INSERT INTO meta.content_parts SELECT 'mart.customer_month', ?, count(*), coalesce(sum(hash(t)), 0) "
+                         "FROM mart.customer_month t WHERE month = ?", [m, m])   # the month's part of the content hash
+        return n
 
     def close(self) -> None: _drop_temp(self.con, "_cv", "_ct")
 
@@ -891,15 +915,26 @@ def create_raw_views(con, parts: Sequence[Partition]) -> None:
         con.execute(f"CREATE OR REPLACE VIEW raw.{t.source} AS {body}")
 
 # %% ../nbs/12_warehouse.ipynb #e244d306
-HASHED_TABLES = tuple(n for n in table_columns() if n not in ("meta.loads", "meta.etl"))
+HASHED_TABLES = tuple(n for n in table_columns() if n not in ("meta.loads", "meta.etl", "meta.content_parts"))
+PART_HASHED = tuple(n for n in HASHED_TABLES if not n.startswith("meta."))   # hashed part by part as they are written
+
+def _table_hash(con, name: str) -> str:
+    "'rows:sum of row hashes' of one table, scanned."
+    cnt, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {name} t").fetchall()[0]
+    return f"{cnt}:{h}"
+
+def _combine(parts: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 def content_hash(con, tables: Sequence[str] = HASHED_TABLES) -> str:
-    "An order-independent hash of the content of `tables` (row multisets)."
-    parts = {}
-    for name in tables:
-        cnt, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {name} t").fetchone()
-        parts[name] = f"{cnt}:{h}"
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    "An order-independent hash of the content of `tables` (row multisets), from a scan of every row."
+    return _combine({name: _table_hash(con, name) for name in tables})
+
+def stored_content_hash(con) -> str:
+    "`content_hash` of the warehouse from the sums its loads stored in `meta.content_parts` (and a scan of the small meta tables) — the same value, without reading the big tables."
+    stored = dict(con.execute("SELECT table_name, CAST(sum(rows) AS VARCHAR) || ':' || CAST(sum(hash_sum) AS VARCHAR) "
+                              "FROM meta.content_parts GROUP BY table_name").fetchall())
+    return _combine({name: stored.get(name, "0:0") if name in PART_HASHED else _table_hash(con, name) for name in HASHED_TABLES})
 
 # %% ../nbs/12_warehouse.ipynb #b2d2fbfa
 def lake_manifest(lake_dir: Path) -> dict[str, Any]:
@@ -1081,6 +1116,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             changed = [p.month for p in plan.load] + [m for _, m in plan.remove]
             kept = sorted({r[0] for r in con.execute("SELECT month FROM meta.partitions").fetchall()} | {p.month for p in plan.load})
             con.execute("DELETE FROM mart.customer_month WHERE NOT list_contains(?, month)", [kept])
+            con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND NOT list_contains(?, part)", [kept])
             mart_months = [m for m in kept if changed and m >= min(changed)]
             if any(f.personal for p in plan.load for f in TABLES[p.source].fields): vault = VaultWriter(cfg, tmp)
             by_month: dict[str, list[Partition]] = {}
@@ -1102,7 +1138,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             if mart: mart.close()
             if progress and mart_months: progress(f"mart built for {len(mart_months)} months")
             create_raw_views(con, parts)
-            chash = content_hash(con)
+            chash = stored_content_hash(con)   # from the parts: what this load wrote, plus what earlier loads stored
             vault_rows = vault.close() if vault else 0
             vault = None
             seconds = time.perf_counter() - t0

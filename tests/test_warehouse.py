@@ -47,6 +47,12 @@ def digest(cfg) -> str:
     return h.hexdigest()
 
 
+def scanned_hash(cfg) -> str:
+    """The content hash from a scan of every row (the load records one added up from per-partition sums)."""
+    with connect_warehouse(cfg) as con:
+        return W.content_hash(con)
+
+
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     cfg = make_cfg(tmp_path_factory.mktemp("wh"))
@@ -213,6 +219,24 @@ def test_rerun_is_idempotent(loaded):
     assert len(forced.loaded) == 42 and forced.content_hash == res.content_hash and digest(cfg) == before
     one = W.load_warehouse(cfg, months=["2025-03"], force=True)
     assert len(one.loaded) == 7 and digest(cfg) == before
+    assert one.content_hash == res.content_hash == scanned_hash(cfg)      # the recorded hash is the scan's, after each kind of load
+
+
+def test_a_month_the_lake_lost_is_removed_and_the_warehouse_equals_a_load_of_the_shorter_lake(loaded, tmp_path):
+    cfg, _, _ = loaded
+    short = sandbox_settings(tmp_path / "short", **{k: v for k, v in cfg.flat().items() if k.startswith("lake_")},
+                             privacy_key_file=str(cfg.privacy.key_file))
+    shutil.copytree(cfg.paths.lake, short.paths.lake)
+    shutil.copy(cfg.paths.warehouse, short.paths.warehouse)              # the warehouse of the full lake
+    manifest = json.loads((short.paths.lake / "_manifest.json").read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["month"] != MONTHS[-1]]
+    (short.paths.lake / "_manifest.json").write_text(json.dumps(manifest))
+    res = W.load_warehouse(short)
+    assert res.loaded == [] and sorted(res.removed) == sorted((s, MONTHS[-1]) for s in W.TABLES) and res.mart_months == []   # nothing to rebuild: the month is gone
+    assert res.content_hash == scanned_hash(short)
+    fresh = sandbox_settings(tmp_path / "fresh", **{k: v for k, v in short.flat().items() if k.startswith("lake_")},
+                             paths_lake=str(short.paths.lake), privacy_key_file=str(cfg.privacy.key_file))
+    assert W.load_warehouse(fresh).content_hash == res.content_hash and digest(fresh) == digest(short)
 
 
 CHILD = """
@@ -248,11 +272,11 @@ def test_kill_9_midway_leaves_the_warehouse_as_it_was_and_the_rerun_completes_it
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert digest(cfg) == before                                      # nothing of the killed run is visible
-    W.load_warehouse(cfg)                                             # the rerun ...
+    rerun = W.load_warehouse(cfg)                                     # the rerun ...
     # ... equals an uninterrupted load of the same lake (same key) into a fresh warehouse
     fresh = sandbox_settings(tmp_path / "b", **{k: v for k, v in cfg.flat().items() if k.startswith("lake_")},
                              paths_lake=str(cfg.paths.lake), paths_oracle=str(cfg.paths.oracle), privacy_key_file=str(cfg.privacy.key_file))
-    W.load_warehouse(fresh)
+    assert W.load_warehouse(fresh).content_hash == rerun.content_hash == scanned_hash(cfg)
     assert digest(cfg) == digest(fresh)
 
 
