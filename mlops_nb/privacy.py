@@ -25,8 +25,9 @@ import pandas as pd
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['KEY_ENV', 'NORMALISERS', 'AGE_BANDS', 'VAULT_DDL', 'load_key', 'normaliser', 'normalise', 'pseudonymise', 'age_band',
-           'open_vault', 'store_in_vault', 'Finding', 'mask', 'NeedleSet', 'scan_for_values', 'scan_frame']
+__all__ = ['KEY_ENV', 'NORMALISERS', 'SQL_NORMAL_FORMS', 'AGE_BANDS', 'VAULT_DDL', 'load_key', 'normaliser', 'normalise',
+           'pseudonymise', 'pseudonymise_arrow', 'age_band', 'open_vault', 'store_in_vault', 'Finding', 'mask',
+           'NeedleSet', 'scan_for_values', 'scan_frame']
 
 # %% ../nbs/11_privacy.ipynb #cde713bd
 KEY_ENV = "MLOPS_PSEUDONYM_KEY"
@@ -87,6 +88,32 @@ def pseudonymise(values: Iterable[object], key: bytes, domain: str, prefix: str 
         h = keyed.copy(); h.update(norm(str(v)).encode())
         out.append(f"{prefix}_{h.hexdigest()[:24]}")
     return np.array(out, dtype=object)
+
+# %% ../nbs/11_privacy.ipynb #32c83ff6
+SQL_NORMAL_FORMS = {"customer": "upper(trim({x}))"}   # equal to NORMALISERS' for printable-ASCII text (Python's strip() and DuckDB's trim() differ only on other whitespace)
+
+def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    "HMAC-SHA256's inner and outer padded keys (RFC 2104)."
+    k0 = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in k0), bytes(b ^ 0x5c for b in k0)
+
+def pseudonymise_arrow(con,                       # a DuckDB connection (any: nothing is stored)
+                       values, key: bytes, domain: str, prefix: str = "p"):
+    "`pseudonymise` for an Arrow array of strings (nulls stay null), computed by DuckDB where it can be, with the same result."
+    import pyarrow as pa
+    values = pa.array(values).cast(pa.string())
+    _vals = pa.table({"i": np.arange(len(values), dtype=np.int64), "v": values})   # read by DuckDB through its replacement scan
+    norm = SQL_NORMAL_FORMS.get(domain)
+    if norm is None: return pa.array(pseudonymise(values.to_pylist(), key, domain, prefix), pa.string())
+    ipad, opad = _hmac_pads(key)
+    out = con.sql(f"SELECT CASE WHEN regexp_full_match(v, '[ -~]*') THEN $prefix || left(sha256($opad || unhex(sha256($inner || encode({norm.format(x='v')})))), 24) END AS p, "
+                  "v FROM _vals ORDER BY i", params={"inner": ipad + domain.encode() + b"\x00", "opad": opad, "prefix": f"{prefix}_"}).to_arrow_table()
+    p, v = out.column("p").combine_chunks(), out.column("v").combine_chunks()
+    rest = np.flatnonzero(p.is_null().to_numpy(zero_copy_only=False) & v.is_valid().to_numpy(zero_copy_only=False))
+    if not len(rest): return p
+    filled = p.to_numpy(zero_copy_only=False).astype(object)
+    filled[rest] = pseudonymise(v.take(pa.array(rest)).to_pylist(), key, domain, prefix)
+    return pa.array(filled, pa.string())
 
 # %% ../nbs/11_privacy.ipynb #fe18c413
 AGE_BANDS = ((18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 55, "45-54"), (55, 65, "55-64"), (65, 200, "65+"))

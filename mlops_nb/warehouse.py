@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from .contracts import connect_warehouse
 from .lake import ALT_DATE_FORMATS, ALT_TS_FORMATS, RENAMED, SOURCES, SYNONYMS, Source, strip_accents
-from .privacy import AGE_BANDS, load_key, open_vault, pseudonymise
+from .privacy import AGE_BANDS, load_key, open_vault, pseudonymise, pseudonymise_arrow
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -600,7 +600,7 @@ def _fill_keys(con, checked: pa.Table, key: bytes) -> pa.Table:
     checked = checked.drop_columns(["_id"])
     if missing.null_count == len(missing): return checked
     ids = pa.compute.unique(missing.drop_null())
-    keys = pa.array(pseudonymise(ids.to_pylist(), key, "customer"), pa.string())
+    keys = pseudonymise_arrow(con, ids, key, "customer")   # in DuckDB: a million new ids in a second, not three
     _new_keys = pa.table({"id": ids.cast(pa.string()), "customer_key": keys})
     con.execute("INSERT INTO _keys SELECT id, customer_key FROM _new_keys")
     i = checked.column_names.index("v_customer_key")
