@@ -38,9 +38,9 @@ __all__ = ['TABLES', 'CATEGORY_VALUES', 'NORMAL_FORM_SQL', 'ETL_VERSION', 'SCHEM
            'MART_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN', 'VAULT_MEMORY_LIMIT', 'MART_SQL', 'RECORD_SEP',
            'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'DISABLED_COMPRESSION', 'Field',
            'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition', 'PartitionData',
-           'read_partition', 'staging_columns', 'raw_columns', 'table_columns', 'ensure_tables', 'check_statements',
-           'detail_sql', 'delete_partition', 'Prepared', 'part_hash', 'prepare_partition', 'write_partition',
-           'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter', 'MartBuilder', 'build_mart',
+           'read_partition', 'staging_columns', 'raw_columns', 'table_columns', 'ensure_tables', 'repeated_hashes',
+           'check_statements', 'detail_sql', 'delete_partition', 'Prepared', 'part_hash', 'prepare_partition',
+           'write_partition', 'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter', 'MartBuilder', 'build_mart',
            'create_raw_views', 'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions',
            'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult', 'load_warehouse', 'run_etl', 'warehouse_overview']
 
@@ -538,8 +538,13 @@ def _fast_ok_sql(t: Table) -> str:
         if f.parse == "cpf": conds.append("_cpf_ok(cpf_digits, cpf_num)")
     return " AND ".join(conds)
 
+def repeated_hashes(h: np.ndarray) -> pa.Table:
+    "`_shared`: the values that occur more than once in `h` (natural-key hashes), found by sorting — cheaper than a hash aggregate over every record."
+    s = np.sort(h)
+    return pa.table({"h": np.unique(s[1:][s[1:] == s[:-1]]).astype(np.uint64)})
+
 def check_statements(t: Table, typed: bool) -> list[str]:
-    "The SQL that turns `_x` into `_t`: two statements creating `_dups` and `_dict`, then the SELECT of one row per record (`_rec`) with its parsed values v_<name>, `_dup`, `_reason` and `_id` (a customer id `_keys` lacks)."
+    "The SQL that turns `_x` into `_t`: the SELECT of every record's natural-key hash (for `repeated_hashes`), two statements creating `_dups` (from `_shared`) and `_dict`, then the SELECT of one row per record (`_rec`) with its parsed values v_<name>, `_dup`, `_reason` and `_id` (a customer id `_keys` lacks)."
     cols = ", ".join(f'"{n}"' for n in t.raw_names())
     key = next(f for f in t.fields if f.parse == "key")
     joins = f"LEFT JOIN _keys k ON k.id = {_raw_sql(key, 'x.')}\n"
@@ -555,10 +560,10 @@ def check_statements(t: Table, typed: bool) -> list[str]:
     reason = f"CASE WHEN _dup THEN NULL WHEN NOT _dk AND {_fast_ok_sql(t)} THEN NULL ELSE {full} END"
     nat = ", ".join(f'"{f.raw}"' for n in t.unique for f in t.fields if f.name == n)   # raw columns of the natural key
     return [
+        f"SELECT hash({nat}) AS h FROM _x WHERE _ok",
         # records sharing their natural key with another: exact copies (all columns equal) and second versions of a key
         f"""CREATE OR REPLACE TEMP TABLE _dups AS
-            WITH shared AS (SELECT hash({nat}) AS h FROM _x WHERE _ok GROUP BY h HAVING count(*) > 1),   -- a hash collision only adds a candidate
-            cand AS (SELECT * FROM _x WHERE _ok AND hash({nat}) IN (SELECT h FROM shared)),
+            WITH cand AS (SELECT * FROM _x WHERE _ok AND hash({nat}) IN (SELECT h FROM _shared)),   -- a hash collision only adds a candidate
             exact AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand GROUP BY {cols} HAVING count(*) > 1),
             keyed AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand WHERE _rec NOT IN (SELECT _rec FROM exact)
                       GROUP BY {nat} HAVING count(*) > 1)
@@ -663,7 +668,8 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
     if data.n_read >= 3 and parsed == 0:
         raise EtlError(f"{part.rel}: none of its {data.n_read} records could be parsed as {t.src.format} — is it a {t.source} partition?")
     try:
-        *prepare, select = check_statements(t, typed)
+        hashes, *prepare, select = check_statements(t, typed)
+        _shared = repeated_hashes(con.sql(hashes).fetchnumpy()["h"])   # natural-key hashes two records share
         for sql in prepare: con.execute(sql)
         _t = _fill_keys(con, con.sql(select).to_arrow_table(), key)   # held by Python, not a temporary table: freed as soon as the partition is done
         line, head = _line_sql(t), f"'{t.source}' AS source, '{m}' AS month, '{rel}' AS file, CAST(_rec AS INTEGER) AS record"
@@ -819,31 +825,35 @@ cx AS (SELECT customer_key, arg_min(reason, row(request_date, reason)) AS reason
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key),
 cp AS (SELECT customer_key, arg_min(struct_pack(arm, contacted, accepted), campaign_id) AS c FROM staging.campaigns
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key)
-SELECT b.customer_key, $m, cv.c.gender, {_age_band_sql("year($end) - cv.c.birth_year")}, cv.c.state, cv.c.city,
-       CAST(datediff('month', cv.c.signup_date, $end) AS INTEGER),
-       ct.c.product, ct.c.plan, ct.c.contract_type, ct.c.monthly_fee, ct.c.payment_method,
+SELECT b.customer_key, $m, s.cv.gender, {_age_band_sql("year($end) - s.cv.birth_year")}, s.cv.state, s.cv.city,
+       CAST(datediff('month', s.cv.signup_date, $end) AS INTEGER),
+       s.ct.product, s.ct.plan, s.ct.contract_type, s.ct.monthly_fee, s.ct.payment_method,
        b.data_gb, b.voice_minutes, b.days_active, b.dropped_call_rate,
        b.amount, b.due_date <= $end AND (b.paid_date IS NULL OR b.paid_date > b.due_date),
        coalesce(bl.late_payments_3m, 0), coalesce(tk.tickets, 0), coalesce(tk.tickets_3m, 0), coalesce(tk.unresolved_tickets_3m, 0),
        coalesce(tk.open_tickets, 0), tk.satisfaction_avg,
        cx.customer_key IS NOT NULL, cx.reason, cp.c.arm, cp.c.contacted, cp.c.accepted
 FROM base b
-LEFT JOIN _cv cv ON cv.customer_key = b.customer_key
-LEFT JOIN _ct ct ON ct.customer_key = b.customer_key
+LEFT JOIN _st s ON s.customer_key = b.customer_key
 LEFT JOIN tk ON tk.customer_key = b.customer_key
 LEFT JOIN bl ON bl.customer_key = b.customer_key
 LEFT JOIN cx ON cx.customer_key = b.customer_key
 LEFT JOIN cp ON cp.customer_key = b.customer_key
 """
 
+def _states_sql(op: str) -> str:
+    "SQL for each customer's CRM facts (`cv`) and contract facts (`ct`) from the records known in the months `known {op} ?` (both parameters: a month)."
+    return (f"SELECT customer_key, cv.c AS cv, ct.c AS ct FROM "
+            f"(SELECT customer_key, arg_max({_CV}, arrival_month) AS c FROM staging.customers WHERE arrival_month {op} $1 GROUP BY customer_key) cv "
+            f"FULL JOIN (SELECT customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts WHERE {_CT_KNOWN} {op} $1 GROUP BY customer_key) ct "
+            "USING (customer_key)")
+
 def _advance_states(con, m: str) -> None:
-    "Move the temporary customer and contract states (`_cv`, `_ct`) forward to what is known at the end of month `m`."
-    for state, table, value, order, known in (("_cv", "customers", _CV, "arrival_month", "arrival_month"),
-                                              ("_ct", "contracts", _CT, _CT_ORDER, _CT_KNOWN)):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT customer_key, arg_max({value}, {order}) AS c FROM staging.{table} "
-                    f"WHERE {known} = ? GROUP BY customer_key", [m])
-        con.execute(f"DELETE FROM {state} WHERE customer_key IN (SELECT customer_key FROM _new)")
-        con.execute(f"INSERT INTO {state} SELECT * FROM _new")
+    "Move the temporary customer state (`_st`: CRM and contract facts, one row per customer — one join for the mart, not two) forward to what is known at the end of month `m`."
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT n.customer_key, coalesce(n.cv, s.cv) AS cv, coalesce(n.ct, s.ct) AS ct "
+                f"FROM ({_states_sql('=')}) n LEFT JOIN _st s USING (customer_key)", [m])
+    con.execute("DELETE FROM _st WHERE customer_key IN (SELECT customer_key FROM _new)")
+    con.execute("INSERT INTO _st SELECT * FROM _new")
     _drop_temp(con, "_new")
 
 class MartBuilder:
@@ -851,10 +861,7 @@ class MartBuilder:
     def __init__(self, con, first: str):
         self.con, self.last = con, _add_months(first, -1)
         before = _add_months(first, -1)   # the states as known at the end of the month before the first one
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _cv AS SELECT customer_key, arg_max({_CV}, arrival_month) AS c FROM staging.customers "
-                    "WHERE arrival_month <= ? GROUP BY customer_key", [before])
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _ct AS SELECT customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts "
-                    f"WHERE {_CT_KNOWN} <= ? GROUP BY customer_key", [before])
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _st AS {_states_sql('<=')}", [before])
 
     def build(self, m: str) -> int:
         "Rebuild month `m` (after the last one built; every partition of months up to `m` written); return rows written."
@@ -869,7 +876,7 @@ class MartBuilder:
                          "FROM mart.customer_month t WHERE month = ?", [m, m])   # the month's part of the content hash
         return n
 
-    def close(self) -> None: _drop_temp(self.con, "_cv", "_ct")
+    def close(self) -> None: _drop_temp(self.con, "_st")
 
 def build_mart(con, months: Sequence[str]) -> int:
     "Rebuild `mart.customer_month` for `months` (inside the caller's transaction); return rows written."
