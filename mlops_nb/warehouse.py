@@ -746,7 +746,7 @@ def vault_upsert(con, month: str, pii: pa.Table) -> int:
         newer = con.execute("SELECT count(*) FROM subjects WHERE recorded_month > ?", [month]).fetchone()[0]   # only when reloading out of order
         con.execute("DELETE FROM subjects s USING _vault_rows r WHERE s.pseudonym = r.pseudonym AND s.field = r.field AND s.recorded_month <= ?", [month])
         keep = " WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = r.pseudonym AND s.field = r.field)" if newer else ""
-        con.execute(f"INSERT INTO subjects SELECT pseudonym, field, value, ? FROM _vault_rows r{keep} ORDER BY pseudonym, field", [month])
+        con.execute(f"INSERT INTO subjects SELECT pseudonym, field, value, ? FROM _vault_rows r{keep}", [month])   # as it comes: see above
         con.execute("DROP TABLE _vault_rows")
         con.execute("COMMIT")
     except BaseException:
@@ -754,7 +754,7 @@ def vault_upsert(con, month: str, pii: pa.Table) -> int:
     finally: con.unregister("_vault_in")
     return n
 
-VAULT_MEMORY_LIMIT = "1GB"     # the vault writer's DuckDB share of the memory budget (sorting a month of 7 million rows spills beyond it)
+VAULT_MEMORY_LIMIT = "1GB"     # the vault writer's DuckDB share of the memory budget (a first month's 7 million rows spill beyond it)
 
 class VaultWriter:
     "Writes clear personal data to the vault on a background thread; `close` waits and raises if a write failed."
