@@ -7,6 +7,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/contracts.html.md"""
 # %% ../nbs/04_contracts.ipynb #c38376f0
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ import pandas as pd
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'connect_warehouse',
+__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'connect_warehouse',
            'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'feature_table_source',
            'load_feature_table']
 
@@ -56,6 +57,12 @@ class FeatureSpec:
         if missing: raise SettingsError(f"feature table lacks columns named by its spec: {', '.join(missing)}")
         both = set(self.features) & set(self.sensitive)
         if both: raise SettingsError(f"columns are both model inputs and sensitive attributes: {', '.join(sorted(both))}")
+
+def frame_digest(df: pd.DataFrame) -> str:
+    "A 16-hex-digit content hash of a frame (values, column names and dtypes; not the index): the digest of the feature table's MLflow dataset (features phase) and of each part of a training split (train phase) — one definition, so equal rows give equal digests in both."
+    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/04_contracts.ipynb #e81fd264
 def connect_warehouse(cfg: Settings, read_only: bool = True):

@@ -15,16 +15,16 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, save_feature_query
+from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, frame_digest, save_feature_query
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'DATASET_MAX_ROWS', 'staging_columns', 'staging_views',
            'tiny_staging', 'Feature', 'feature_spec', 'age_band_sql', 'feature_steps', 'build_features',
-           'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile', 'table_digest',
-           'feature_dataset', 'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging',
-           'ensure_upstream', 'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
+           'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile', 'feature_dataset',
+           'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging', 'ensure_upstream',
+           'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
 
 # %% ../nbs/14_features.ipynb #aee2a036
 STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -337,18 +337,12 @@ def missing_profile(con, spec: FeatureSpec, table: str = FEATURES_TABLE) -> dict
     return dict(zip(cols, (round(float(v or 0), 6) for v in row)))
 
 # %% ../nbs/14_features.ipynb #04159d48
-def table_digest(df: pd.DataFrame) -> str:
-    "A 16-hex-digit content hash of a frame (values, column names and dtypes; not the index)."
-    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
-    return h.hexdigest()[:16]
-
 def feature_dataset(df: pd.DataFrame, spec: FeatureSpec, source: str):
     "The feature table as an MLflow dataset (name, source, digest, schema, targets)."
     import mlflow
     from mlops_nb.tracking import quiet_dataset_warnings
     with quiet_dataset_warnings():
-        ds = mlflow.data.from_pandas(df, source=source, name=FEATURES_TABLE, targets=spec.target, digest=table_digest(df))
+        ds = mlflow.data.from_pandas(df, source=source, name=FEATURES_TABLE, targets=spec.target, digest=frame_digest(df))
         ds.schema   # inferred lazily: infer it here, under the filter
     return ds
 

@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from .audit import append_event
 from .contracts import (
-    FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source, load_feature_table, save_feature_table)
+    FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source, frame_digest, load_feature_table, save_feature_table)
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
 from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run, quiet_dataset_warnings
@@ -44,10 +44,10 @@ __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS',
            'DEMO_BASE_CHURN', 'DEMO_DESCRIPTION', 'MISSING_CATEGORY', 'FAMILIES', 'DEFAULT_PARAMS', 'SEARCH_SPACES',
            'SPLIT_CONTEXTS', 'demo_true_logit', 'demo_feature_table', 'feature_table_exists', 'ensure_demo_features',
            'Split', 'split_frame', 'TabularEncoder', 'TorchTabularClassifier', 'make_candidate', 'draw_params',
-           'trial_params', 'score', 'Trial', 'fit_trial', 'tune_family', 'loggable_params', 'frame_digest',
-           'split_datasets', 'log_datasets', 'model_input', 'feature_schema', 'has_network', 'pinned_requirements',
-           'package_code_dir', 'log_pipeline', 'TrainResult', 'train_family', 'run_train', 'cap_rows',
-           'family_max_rows', 'Candidate', 'latest_train_run', 'load_candidates']
+           'trial_params', 'score', 'Trial', 'fit_trial', 'tune_family', 'loggable_params', 'split_datasets',
+           'log_datasets', 'model_input', 'feature_schema', 'has_network', 'pinned_requirements', 'package_code_dir',
+           'log_pipeline', 'TrainResult', 'train_family', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate',
+           'latest_train_run', 'load_candidates']
 
 # %% ../nbs/20_train.ipynb #386696c1
 DEMO_PRODUCTS = ("mobile", "fibre", "bundle")
@@ -584,12 +584,6 @@ def loggable_params(estimator: BaseEstimator, max_len: int = 500) -> dict[str, A
     return out
 
 # %% ../nbs/20_train.ipynb #395b4441
-def frame_digest(df: pd.DataFrame) -> str:
-    "A 16-hex-digit content hash of a frame (values, column names and dtypes; not the index)."
-    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
-    return h.hexdigest()[:16]
-
 SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "test"}
 
 def split_datasets(split: Split, spec: FeatureSpec, source: str) -> dict[str, Any]:
