@@ -36,13 +36,14 @@ from .settings import Settings, SettingsError
 # %% auto #0
 __all__ = ['TABLES', 'CATEGORY_VALUES', 'NORMAL_FORM_SQL', 'ETL_VERSION', 'SCHEMA_VERSION', 'QUARANTINE_COLUMNS', 'META_TABLES',
            'MART_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN', 'VAULT_MEMORY_LIMIT', 'MART_SQL', 'RECORD_SEP',
-           'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'DISABLED_COMPRESSION', 'Field',
-           'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition', 'PartitionData',
-           'read_partition', 'staging_columns', 'raw_columns', 'table_columns', 'ensure_tables', 'repeated_hashes',
-           'check_statements', 'detail_sql', 'delete_partition', 'Prepared', 'part_hash', 'prepare_partition',
-           'write_partition', 'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter', 'MartBuilder', 'build_mart',
-           'create_raw_views', 'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions',
-           'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult', 'load_warehouse', 'run_etl', 'warehouse_overview']
+           'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD', 'DISABLED_COMPRESSION',
+           'Field', 'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition',
+           'PartitionData', 'read_partition', 'staging_columns', 'raw_columns', 'table_columns', 'ensure_tables',
+           'repeated_hashes', 'check_statements', 'detail_sql', 'delete_partition', 'Prepared', 'part_hash',
+           'prepare_partition', 'write_partition', 'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter',
+           'MartBuilder', 'build_mart', 'create_raw_views', 'content_hash', 'stored_content_hash', 'lake_manifest',
+           'lake_partitions', 'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult', 'load_warehouse', 'run_etl',
+           'warehouse_overview']
 
 # %% ../nbs/12_warehouse.ipynb #ec307cfb
 @dataclass(frozen=True)
@@ -990,6 +991,7 @@ def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequenc
 # %% ../nbs/12_warehouse.ipynb #65549a10
 MEMORY_LIMIT = os.environ.get("MLOPS_ETL_MEMORY_LIMIT", "1536MB")  # the warehouse connection's share of the ≤ 4 GB budget
 PREP_MEMORY_LIMIT = "1GB"      # the preparing connection's (Arrow buffers, the vault writer and Python take the rest)
+PREP_AHEAD = 4                 # partitions read and prepared ahead of the writer (each held as Arrow tables: ~100 MB for a million rows)
 DISABLED_COMPRESSION = "fsst,dict_fsst"  # FSST halves what high-cardinality strings take on disk but doubles the cost of writing them
 
 @dataclass
@@ -1026,7 +1028,7 @@ def _private_tmp(warehouse: Path) -> Path:
 
 class _Preparer:
     "Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to `ahead` partitions ahead of the writer."
-    def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = 2):
+    def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD):
         import duckdb
         con = duckdb.connect()   # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
         for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = '{_sql_str(str(tmp))}'",
