@@ -843,7 +843,7 @@ LEFT JOIN cp ON cp.customer_key = b.customer_key
 """
 
 def _states_sql(op: str) -> str:
-    "SQL for each customer's CRM facts (`cv`) and contract facts (`ct`) from the records known in the months `known {op} ?` (both parameters: a month)."
+    "SQL for each customer's latest CRM facts (`cv`) and contract facts (`ct`) among the records known in the months `{op} $1` ($1: a month)."
     return (f"SELECT customer_key, cv.c AS cv, ct.c AS ct FROM "
             f"(SELECT customer_key, arg_max({_CV}, arrival_month) AS c FROM staging.customers WHERE arrival_month {op} $1 GROUP BY customer_key) cv "
             f"FULL JOIN (SELECT customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts WHERE {_CT_KNOWN} {op} $1 GROUP BY customer_key) ct "
