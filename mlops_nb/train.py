@@ -586,12 +586,14 @@ def loggable_params(estimator: BaseEstimator, max_len: int = 500) -> dict[str, A
 # %% ../nbs/20_train.ipynb #395b4441
 SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "test"}
 
-def split_datasets(split: Split, spec: FeatureSpec, source: str) -> dict[str, Any]:
-    "The three parts of `split` as MLflow datasets, keyed by part, with full-content digests."
+def split_datasets(split: Split, spec: FeatureSpec, source: str,
+                   parts: Sequence[str] = tuple(SPLIT_CONTEXTS),   # which parts (default: all three)
+                   ) -> dict[str, Any]:
+    "The parts of `split` as MLflow datasets, keyed by part, with full-content digests."
     with quiet_dataset_warnings():
         out = {part: mlflow.data.from_pandas(getattr(split, part), source=source, name=f"{FEATURES_TABLE}@{part}",
                                              targets=spec.target, digest=frame_digest(getattr(split, part)))
-               for part in SPLIT_CONTEXTS}
+               for part in parts}
         for ds in out.values(): ds.schema   # computed lazily: compute it here, under the filter
     return out
 
@@ -711,12 +713,14 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
         log_datasets(datasets)
         mlflow.log_dict(json.loads(spec.to_json()), "feature_spec.json")
         rows = []
-        for f in cfg.train.candidates:   # the network may fit a smaller sample (`network_max_rows`): its own split and datasets
-            cap = family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows)
-            fsplit = dataclasses.replace(split, train=cap_rows(split.train, spec.target, cap, cfg.train.seed, spec.time_column))
-            same = len(fsplit.train) == len(split.train)
-            rows.append(train_family(f, split if same else fsplit, spec, cfg.train.trials, cfg.train.seed, rid,
-                                     datasets if same else split_datasets(fsplit, spec, source=str(cfg.paths.warehouse))))
+        for f in cfg.train.candidates:   # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
+            fsplit, fdatasets = split, datasets
+            sample = cap_rows(split.train, spec.target, family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows),
+                              cfg.train.seed, spec.time_column)
+            if len(sample) < len(split.train):
+                fsplit = dataclasses.replace(split, train=sample)
+                fdatasets = datasets | split_datasets(fsplit, spec, source=str(cfg.paths.warehouse), parts=("train",))
+            rows.append(train_family(f, fsplit, spec, cfg.train.trials, cfg.train.seed, rid, fdatasets))
         table = pd.DataFrame(rows).set_index("family")
         best = str(table["valid_auc"].idxmax())
         oracle = float(roc_auc_score(split.y("test"), split.test["_true_p"])) if "_true_p" in split.test else None
