@@ -762,6 +762,7 @@ class VaultWriter:
     def __init__(self, cfg: Settings, tmp: Path | None = None):  # tmp: a private folder for DuckDB's spill files
         self.con, self.rows, self.error = open_vault(cfg), 0, None
         self.con.execute(f"SET memory_limit = '{VAULT_MEMORY_LIMIT}'"); self.con.execute("SET threads = 1")
+        self.con.execute("SET enable_progress_bar = false")   # a first month's upsert outlasts the bar's two seconds: no bar in the log
         if tmp is not None: self.con.execute(f"SET temp_directory = '{_sql_str(str(tmp))}'")
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._run, name="vault-writer", daemon=True)
@@ -1065,9 +1066,9 @@ class _Preparer:
 class _Traced:
     "A connection that prints every statement slower than `min_s`, and at close the total time per kind of statement (MLOPS_ETL_TRACE=seconds)."
     def __init__(self, con, min_s: float, label: str = "etl"): self._con, self._min, self._tot, self._label = con, min_s, {}, label
-    def _timed(self, what: str, fn, sql: str, *a):
+    def _timed(self, what: str, fn, sql: str, *a, **kw):
         c0, t0 = os.times(), time.perf_counter()
-        r = fn(sql, *a)
+        r = fn(sql, *a, **kw)
         dt, c1 = time.perf_counter() - t0, os.times()
         kind = " ".join(re.sub(r"'[^']*'|\$\w+|\d+", "?", sql).split())[:60]
         self._tot[kind] = self._tot.get(kind, 0.0) + dt
@@ -1076,10 +1077,8 @@ class _Traced:
     def close(self):
         for k, v in sorted(self._tot.items(), key=lambda kv: -kv[1])[:25]: print(f"[{self._label} trace] total {v:7.2f}s  {k}", flush=True)
         self._con.close()
-    def execute(self, sql, *a): return self._timed("", self._con.execute, sql, *a)
-    def sql(self, sql, *a):
-        rel = self._timed("sql", self._con.sql, sql, *a)
-        return rel
+    def execute(self, sql, *a, **kw): return self._timed("", self._con.execute, sql, *a, **kw)
+    def sql(self, sql, *a, **kw): return self._timed("sql", self._con.sql, sql, *a, **kw)   # lazy: the time shown is the planning
     def __getattr__(self, k): return getattr(self._con, k)
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -1121,12 +1120,14 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
         con.execute("BEGIN TRANSACTION")
         try:
             plan = plan_load(con, parts, fp, months, force)
+            stored_months = {r[0] for r in con.execute("SELECT DISTINCT month FROM meta.partitions").fetchall()}
             for s, m in plan.remove: delete_partition(con, s, m)
             changed = [p.month for p in plan.load] + [m for _, m in plan.remove]
             kept = sorted({r[0] for r in con.execute("SELECT month FROM meta.partitions").fetchall()} | {p.month for p in plan.load})
             con.execute("DELETE FROM mart.customer_month WHERE NOT list_contains(?, month)", [kept])
             con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND NOT list_contains(?, part)", [kept])
             mart_months = [m for m in kept if changed and m >= min(changed)]
+            rewrites = bool(plan.remove) or any(m in stored_months for m in [*changed, *mart_months])   # replaces rows, not only adds them
             if any(f.personal for p in plan.load for f in TABLES[p.source].fields): vault = VaultWriter(cfg, tmp)
             by_month: dict[str, list[Partition]] = {}
             for p in plan.load: by_month.setdefault(p.month, []).append(p)
@@ -1154,6 +1155,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             con.execute("INSERT INTO meta.loads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [run_id, started, pd.Timestamp.now(tz="UTC").tz_localize(None), seconds, ETL_VERSION, str(cfg.paths.lake), digest,
                          len(plan.load), len(plan.skip), len(plan.remove), chash])
+            con.execute("RESET max_vacuum_tasks" if rewrites else "SET max_vacuum_tasks = 0")   # before COMMIT: it may checkpoint
             con.execute("COMMIT")
         except BaseException:
             try: con.execute("ROLLBACK")

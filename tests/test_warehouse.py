@@ -334,6 +334,18 @@ def small(tmp_path):
     return cfg
 
 
+def test_the_trace_mode_prints_timed_statements_and_loads_the_same_content(small, tmp_path, monkeypatch, capsys):
+    plain = W.load_warehouse(small)
+    monkeypatch.setenv("MLOPS_ETL_TRACE", "0")       # every statement, on the warehouse's and the preparer's connections
+    traced = sandbox_settings(tmp_path / "traced", **{k: v for k, v in small.flat().items() if k.startswith("lake_")},
+                              paths_lake=str(small.paths.lake), privacy_key_file=str(small.privacy.key_file))
+    res = W.load_warehouse(traced)
+    out = capsys.readouterr().out
+    assert "[etl trace]" in out and "[prep trace]" in out and "INSERT INTO staging.billing" in out
+    assert "[etl trace] total" in out and "[prep trace] total" in out     # the per-kind totals at the end
+    assert res.content_hash == plain.content_hash
+
+
 def test_missing_lake(tmp_path):
     cfg = make_cfg(tmp_path)
     with pytest.raises(W.EtlError, match="no lake at .*run the lake phase first"):
