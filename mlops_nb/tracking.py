@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import subprocess
@@ -19,8 +20,8 @@ from typing import Iterator
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['TRACKED_LIBRARIES', 'library_versions', 'git_commit', 'configure_mlflow', 'quiet_dataset_warnings',
-           'reproducibility_tags', 'phase_run']
+__all__ = ['ROUTINE_MLFLOW_NOTICES', 'TRACKED_LIBRARIES', 'quiet_routine_notices', 'library_versions', 'git_commit',
+           'configure_mlflow', 'quiet_dataset_warnings', 'reproducibility_tags', 'phase_run']
 
 # %% ../nbs/01_tracking.ipynb #ef59f22f
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -29,6 +30,26 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402  (after the telemetry switches)
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+# %% ../nbs/01_tracking.ipynb #413455b6
+ROUTINE_MLFLOW_NOTICES: dict[str, tuple[str, ...]] = {   # logger → message openings dropped
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
+    "mlflow.sklearn": ("Saving scikit-learn models in the pickle or cloudpickle format",),
+    "mlflow.pyfunc": ("Passing a Python object as `python_model`", "Validating input example against model signature"),
+}
+
+class _RoutineNotices(logging.Filter):
+    "Drops one logger's routine notices (`ROUTINE_MLFLOW_NOTICES`)."
+    def __init__(self, openings: tuple[str, ...]): super().__init__(); self.openings = openings
+    def filter(self, record: logging.LogRecord) -> bool: return not record.getMessage().startswith(self.openings)
+
+def quiet_routine_notices() -> None:
+    "Install the filters (once per logger; importing this module does it)."
+    for name, openings in ROUTINE_MLFLOW_NOTICES.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _RoutineNotices) for f in log.filters): log.addFilter(_RoutineNotices(openings))
+
+quiet_routine_notices()
 
 # %% ../nbs/01_tracking.ipynb #2c80fa3e
 TRACKED_LIBRARIES = ("mlops-nb", "mlflow", "pandas", "numpy", "pyarrow", "duckdb", "scikit-learn", "torch",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from sklearn.isotonic import IsotonicRegression
 from mlops_nb.package import log_packaged_model, servability_check
 from mlops_nb.settings import sandbox_settings
 from mlops_nb.tracking import mlflow, phase_run
-from mlops_nb.train import demo_feature_table, make_candidate, split_frame
+from mlops_nb.train import demo_feature_table, log_pipeline, make_candidate, split_frame
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,29 @@ def test_servability_numbers(shipped):
     assert "/code/mlops_nb/" in got["mlops_nb_from"]
     bad = servability_check("runs:/0123456789abcdef/none", n_requests=5)
     assert not bad["ok"] and bad["error"]
+
+
+class _Collect(logging.Handler):
+    def __init__(self): super().__init__(); self.messages: list[str] = []
+    def emit(self, record): self.messages.append(record.getMessage())
+
+
+def test_mlflow_routine_notices_are_dropped_and_other_messages_still_show(tmp_path):
+    from mlops_nb.tracking import ROUTINE_MLFLOW_NOTICES
+    seen = _Collect()
+    mlflow_log = logging.getLogger("mlflow")          # MLflow's loggers report to its own handler, not the root's
+    mlflow_log.addHandler(seen)
+    try:
+        df, spec = demo_feature_table(200, 5, seed=2)
+        split = split_frame(df, spec)
+        hgb = make_candidate("hgb", {"max_iter": 20}, spec, 1).fit(split.train, split.y("train"))
+        net = make_candidate("torch_mlp", {"hidden_sizes": (8,), "max_epochs": 2}, spec, 1).fit(split.train, split.y("train"))
+        cfg = sandbox_settings(tmp_path)                # a new embedded store: MLflow creates its tables
+        with phase_run(cfg, "notices-test"):
+            log_packaged_model(hgb, spec, 0.2, input_example=split.valid.head(3))   # a pyfunc saved with cloudpickle
+            log_pipeline(net, spec, split.valid.head(3), name="raw")               # a network's pipeline: saved with cloudpickle
+        logging.getLogger("mlflow.sklearn").warning("a warning a reader must see")
+    finally:
+        mlflow_log.removeHandler(seen)
+    routine = [m for m in seen.messages if any(m.startswith(o) for os_ in ROUTINE_MLFLOW_NOTICES.values() for o in os_)]
+    assert routine == [] and "a warning a reader must see" in seen.messages
