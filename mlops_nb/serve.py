@@ -42,14 +42,14 @@ log = logging.getLogger("mlops_nb.serve")
 
 # %% auto #0
 __all__ = ['log', 'CTZ_TABLE', 'PARALLEL_MIN_ROWS', 'LOG_SCHEMA', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS',
-           'REQUEST_ID_PATTERN', 'SCORER_ENV', 'SANDBOX_OVERRIDE', 'LATENCY_BUCKETS', 'GIL_SWITCH_SECONDS', 'HOT_PATHS',
-           'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID', 'ENDPOINTS', 'TreeTables', 'compile_trees',
-           'quickscorer_kernel', 'trees_raw', 'field_name', 'FieldError', 'RequestError', 'json_type', 'RecordEncoder',
-           'FastScorer', 'new_request_id', 'request_id_time', 'LogBlock', 'blocks_table', 'write_log_table',
-           'PredictionLog', 'ModelLoadError', 'resolve_alias', 'model_lineage', 'ServedModel', 'self_check',
-           'load_served_model', 'sandbox_champion', 'MicroBatcher', 'ApiMetrics', 'ServingState', 'parse_json',
-           'query_explain', 'check_envelope', 'api_schemas', 'endpoint_label', 'ScoringApp', 'find_logged_request',
-           'app_from_env', 'uvicorn_log_config', 'serve']
+           'REQUEST_ID_PATTERN', 'SCORER_ENV', 'SANDBOX_OVERRIDE', 'LATENCY_BUCKETS', 'GIL_SWITCH_SECONDS',
+           'RELOAD_WATCH_SECONDS', 'CONTROL_DIR_ENV', 'HOT_PATHS', 'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID',
+           'ENDPOINTS', 'TreeTables', 'compile_trees', 'quickscorer_kernel', 'trees_raw', 'field_name', 'FieldError',
+           'RequestError', 'json_type', 'RecordEncoder', 'FastScorer', 'new_request_id', 'request_id_time', 'LogBlock',
+           'blocks_table', 'write_log_table', 'PredictionLog', 'ModelLoadError', 'resolve_alias', 'model_lineage',
+           'ServedModel', 'self_check', 'load_served_model', 'sandbox_champion', 'MicroBatcher', 'ApiMetrics',
+           'ServingState', 'parse_json', 'query_explain', 'check_envelope', 'api_schemas', 'endpoint_label',
+           'ScoringApp', 'find_logged_request', 'app_from_env', 'uvicorn_log_config', 'serve']
 
 # %% ../nbs/31_serve.ipynb #f8cf9f60
 @dataclass(frozen=True)
@@ -757,6 +757,14 @@ class ApiMetrics:
 
 # %% ../nbs/31_serve.ipynb #74924beb
 GIL_SWITCH_SECONDS = 0.0005   # Python's default is 5 ms: the time a busy background thread can make a request wait
+RELOAD_WATCH_SECONDS = 0.25   # how often each worker looks for a reload announced by another (a stat of one file)
+CONTROL_DIR_ENV = "MLOPS_API_CONTROL_DIR"   # set by `serve` for several workers: where reloads are announced
+
+def _reload_stamp(path: Path) -> tuple[int, int] | None:
+    "What identifies the latest announcement (inode, mtime), or None if there is none."
+    try: st = path.stat()
+    except FileNotFoundError: return None
+    return st.st_ino, st.st_mtime_ns
 
 def _bearer_ok(header: bytes | str | None, token: str) -> bool:
     "True if an Authorization header carries `Bearer <token>` (constant-time comparison)."
@@ -779,6 +787,7 @@ class ServingState:
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
         self._client: Any = None
+        self._reload_seen: tuple[int, int] | None = None   # the latest reload announcement this worker acted on
 
     async def start(self) -> None:
         "Start the log writer, load the pseudonym key, wait (bounded) for the first model load, start following the registry."
@@ -800,6 +809,9 @@ class ServingState:
         self._tasks.append(first)
         gc.collect(); gc.freeze()                      # modules and the model are long-lived: keep them out of future GC passes
         if self.api.poll_seconds > 0: self._tasks.append(asyncio.create_task(self._poll(), name="registry-poll"))
+        if self.reload_file is not None:
+            self._reload_seen = _reload_stamp(self.reload_file)
+            self._tasks.append(asyncio.create_task(self._follow_reloads(), name="reload-follow"))
 
     async def stop(self) -> None:
         "Stop following the registry and flush the prediction log."
@@ -810,6 +822,31 @@ class ServingState:
         if self.metrics.multiprocess:
             from prometheus_client import multiprocess
             multiprocess.mark_process_dead(os.getpid())
+
+    @property
+    def reload_file(self) -> Path | None:
+        "The file through which the workers of one server announce reloads (None with a single worker)."
+        d = os.environ.get(CONTROL_DIR_ENV)
+        return Path(d) / "reload" if d else None
+
+    def announce_reload(self) -> bool:
+        "Tell the other workers to check the registry now (atomic replace of the file: a new inode); False with one worker."
+        f = self.reload_file
+        if f is None: return False
+        tmp = f.with_name(f".reload.{os.getpid()}")
+        tmp.write_text(f"{os.getpid()} {time.time_ns()}\n"); os.replace(tmp, f)
+        self._reload_seen = _reload_stamp(f)      # this worker has just checked
+        return True
+
+    async def _follow_reloads(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_WATCH_SECONDS)
+            stamp = _reload_stamp(self.reload_file)
+            if stamp == self._reload_seen: continue
+            self._reload_seen = stamp
+            try: await self.check(force=True)
+            except asyncio.CancelledError: raise
+            except Exception as e: log.warning("registry check (reload announced by another worker) failed: %s: %s", type(e).__name__, e)
 
     async def _poll(self) -> None:
         while True:
@@ -1258,8 +1295,10 @@ class ScoringApp:
                 return reply(401, orjson.dumps({"detail": "missing or wrong bearer token"}), [(b"www-authenticate", b"Bearer")])
             try: res = await app.state.check(force=True)
             except Exception as e: return reply(503, orjson.dumps({"detail": f"registry check failed: {type(e).__name__}"}))
+            announced = await asyncio.to_thread(app.state.announce_reload)
             m = app.state.model
-            return reply(200, orjson.dumps({**res, "pid": os.getpid(), "model": {"name": m.name, "version": m.version} if m else None}))
+            return reply(200, orjson.dumps({**res, "pid": os.getpid(), "model": {"name": m.name, "version": m.version} if m else None,
+                                            "other_workers_told": announced}))
 
         web.openapi = self.openapi
         return web
@@ -1360,15 +1399,18 @@ def serve(cfg: Settings,                # the run settings (their file is what t
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(var, "1")
     if api.host not in ("127.0.0.1", "localhost", "::1") and api.auth == "none":
         log.warning("listening on %s with [api] auth = none: anyone who can reach it can score and read explanations", api.host)
-    prom = None
+    prom = ctl = None
     if api.workers > 1:
         prom = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom
+        ctl = tempfile.mkdtemp(prefix="mlops-nb-control-")    # reloads announced to every worker (see ServingState)
+        os.environ[CONTROL_DIR_ENV] = ctl
     try:
         uvicorn.run("mlops_nb.serve:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers, lifespan="on",
                     access_log=api.access_log, log_config=uvicorn_log_config(log_level), log_level=log_level, timeout_graceful_shutdown=30,
                     server_header=False)
     finally:
-        if prom:
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-            shutil.rmtree(prom, ignore_errors=True)
+        for var, d in (("PROMETHEUS_MULTIPROC_DIR", prom), (CONTROL_DIR_ENV, ctl)):
+            if d:
+                os.environ.pop(var, None)
+                shutil.rmtree(d, ignore_errors=True)

@@ -311,3 +311,36 @@ def test_serves_503_until_its_alias_points_somewhere(project, tmp_path):
     finally:
         registry.set_status(project.cfg, project.v2, "development", actor="test", reason="end of the 503 test")
         stop(proc)
+
+
+# ---- one reload call moves every worker -------------------------------------------------------------------------------------
+def _versions_by_worker(url: str, tries: int = 300) -> dict[int, str]:
+    """The version each worker serves, from /ready on fresh connections (the kernel hands them to either worker)."""
+    seen: dict[int, str] = {}
+    for _ in range(tries):
+        body = httpx.get(f"{url}/ready", headers={"connection": "close"}).json()
+        seen[body["pid"]] = body["model"]["version"]
+        if len(seen) == 2 and len(set(seen.values())) == 1 and _ > 20: break
+    return seen
+
+
+def test_admin_reload_reaches_every_worker_without_polling(project, tmp_path):
+    from mlops_nb import registry
+    proc, url = start_api(project.settings, workers=2, args=["--poll-seconds", "0"], env={"MLOPS_API_ADMIN_TOKEN": ADMIN},
+                          log=tmp_path / "reload.log")
+    try:
+        before = _versions_by_worker(url)
+        assert len(before) == 2 and set(before.values()) == {project.v1}, before      # two workers, both on the champion
+        registry.promote(project.cfg, project.v2, actor="test", reason="reload test", override_reason="test of the reload across workers")
+        r = httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {ADMIN}"}).json()
+        assert r["changed"] and r["model"]["version"] == project.v2 and r["other_workers_told"]
+        deadline, after = time.time() + 15, {}
+        while time.time() < deadline:                                                 # nothing polls: only the announcement moves the other
+            after = _versions_by_worker(url, tries=60)
+            if len(after) == 2 and set(after.values()) == {project.v2}: break
+            time.sleep(0.3)
+        assert len(after) == 2 and set(after.values()) == {project.v2}, after
+    finally:
+        registry.promote(project.cfg, project.v1, actor="test", reason="restore", override_reason="restore the champion after the reload test")
+        stop(proc)
+    assert "Traceback" not in (tmp_path / "reload.log").read_text()
