@@ -20,7 +20,7 @@ from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'cmd_phases', 'cmd_settings', 'cmd_ui',
-           'cmd_model', 'cmd_serve', 'cmd_score', 'render_readme', 'cmd_readme', 'build_parser', 'main']
+           'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser', 'main']
 
 # %% ../nbs/03_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -129,8 +129,18 @@ def cmd_score(args: argparse.Namespace, extra: Sequence[str]) -> int:
     for f in res.files: print(f"  {f}")
     return EXIT_OK
 
+def cmd_log(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Maintain the prediction log: `compact` rewrites each closed day as one file."
+    from mlops_nb.score import compact_prediction_log
+    cfg = load_settings(_settings_path(args))
+    res = compact_prediction_log(cfg, keep_days=args.keep_days)
+    if not res.days: print(f"nothing to compact in {cfg.paths.prediction_log} (days before the last {args.keep_days + 1} with more than one file)")
+    else: print(f"compacted {len(res.days)} day(s), {res.files_before} files -> {len(res.days)}, {res.rows} rows unchanged, "
+                f"in {res.seconds:.1f} s: {', '.join(res.days)}")
+    return EXIT_OK
+
 def _add_serving_parsers(sub) -> None:
-    "The `mlops-nb serve` and `mlops-nb score` subcommands."
+    "The `mlops-nb serve`, `mlops-nb score` and `mlops-nb log` subcommands."
     sv = sub.add_parser("serve", help="start the scoring API", description="Serve the registry's champion over HTTP (uvicorn) on "
                         "[api] host:port, following the registry and logging every prediction to the Parquet prediction log. "
                         "Options override the [api] settings. SIGTERM or Ctrl-C stops it after flushing the log.")
@@ -147,6 +157,14 @@ def _add_serving_parsers(sub) -> None:
     sc.add_argument("--month", required=True, help="the feature month, YYYY-MM")
     sc.add_argument("--version", help="score with this registered version instead of the production champion")
     sc.set_defaults(func=cmd_score)
+    lg = sub.add_parser("log", help="maintain the prediction log", description="Maintain the prediction log.")
+    la = lg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lc = la.add_parser("compact", help="rewrite each closed day as one file", description="Rewrite each day of the prediction log "
+                       "older than --keep-days as one file with the same rows, swapped in atomically (readers never see a day "
+                       "twice or not at all). Meant for a nightly job.")
+    lc.add_argument("--keep-days", type=int, default=1, help="leave today and this many days before it alone (default 1: a flush "
+                    "after midnight may still write yesterday's rows)")
+    lc.set_defaults(func=cmd_log)
 
 def _add_model_parser(sub) -> None:
     "The `mlops-nb model ...` subcommands."

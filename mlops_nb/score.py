@@ -24,7 +24,8 @@ from .serve import LINEAGE_KEYS, LOG_SCHEMA, ServedModel, load_served_model, new
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['MONTH', 'ScoreResult', 'month_rows', 'batch_table', 'production_version', 'score_month', 'read_prediction_log']
+__all__ = ['MONTH', 'READ_ATTEMPTS', 'ScoreResult', 'month_rows', 'batch_table', 'production_version', 'score_month',
+           'read_prediction_log', 'CompactionResult', 'compact_prediction_log']
 
 # %% ../nbs/32_score.ipynb #219a03b4
 MONTH = re.compile(r"(19|20)\d\d-(0[1-9]|1[0-2])")
@@ -128,6 +129,8 @@ def _utc(t: str | dt.datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(t)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
+READ_ATTEMPTS = 10   # each compacted day can make one read fail (its files swapped while being opened)
+
 def read_prediction_log(cfg: Settings,
                         since: str | dt.datetime | None = None,   # only predictions at or after this time (UTC if naive)
                         until: str | dt.datetime | None = None,   # ... and before this time
@@ -144,4 +147,73 @@ def read_prediction_log(cfg: Settings,
     if source is not None: where.append("source = ?"); params.append(source)
     sql = ("SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY time, request_id, row")
-    with duckdb.connect() as con: return con.execute(sql, params).df()
+    for attempt in range(READ_ATTEMPTS):   # a day compacted between listing and opening its files: read again (see below)
+        try:
+            with duckdb.connect() as con: return con.execute(sql, params).df()
+        except duckdb.IOException:
+            if attempt == READ_ATTEMPTS - 1: raise
+            time.sleep(0.01 * (attempt + 1))
+
+# %% ../nbs/32_score.ipynb #96f32ece
+@dataclass
+class CompactionResult:
+    "What one compaction did."
+    days: list[str] = field(default_factory=list)   # the date partitions rewritten
+    files_before: int = 0                            # their part files before
+    rows: int = 0                                    # their rows (unchanged)
+    seconds: float = 0.0
+
+def _exchange(a: Path, b: Path) -> None:
+    "Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); elsewhere, two renames (a moment with neither)."
+    import ctypes, ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0: return
+        err = ctypes.get_errno()
+        if err not in (22, 38, 95): raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")   # EINVAL/ENOSYS/EOPNOTSUPP: no support
+    aside = a.with_name(a.name + ".swap")
+    os.rename(a, aside); os.rename(b, a); os.rename(aside, b)
+
+def _rows_digest(con, files: list[str]) -> tuple[int, int]:
+    "(rows, sum of row hashes) of Parquet files read by name: equal for the same rows in any order or grouping."
+    return tuple(con.execute("SELECT count(*), coalesce(sum(hash(t)), 0) FROM read_parquet(?, union_by_name = true, hive_partitioning = false) t",
+                             [files]).fetchall()[0])
+
+def compact_prediction_log(cfg: Settings,
+                           keep_days: int = 1,              # today and this many days before are left as they are
+                           today: dt.date | None = None,    # default: today (UTC)
+                           actor: str = "mlops-nb",         # recorded in the audit trail
+                           ) -> CompactionResult:
+    "Rewrite each closed day of the prediction log as one file (same rows), swapping it in atomically; return what was done."
+    import duckdb, shutil
+    from mlops_nb.audit import append_event
+    if keep_days < 0: raise SettingsError(f"keep_days must be 0 or more, not {keep_days}")
+    t0, res = time.perf_counter(), CompactionResult()
+    folder = Path(cfg.paths.prediction_log)
+    cutoff = (today or dt.datetime.now(dt.timezone.utc).date()) - dt.timedelta(days=keep_days)
+    days = sorted(d for d in folder.glob("date=*") if d.is_dir() and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", d.name)
+                  and dt.date.fromisoformat(d.name[5:]) < cutoff)
+    with duckdb.connect() as con:
+        for day in days:
+            files = sorted(str(f) for f in day.glob("part-*.parquet"))
+            if len(files) < 2: continue
+            new = day.with_name(f".{day.name}.compacting")          # hidden from readers' `date=*`
+            shutil.rmtree(new, ignore_errors=True); new.mkdir()      # (left over if an earlier run was killed)
+            out = new / f"part-{day.name[5:].replace('-', '')}-compacted.parquet"
+            listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+            con.execute(f"COPY (SELECT * FROM read_parquet({listed}, union_by_name = true, hive_partitioning = false) ORDER BY time, request_id, row) "
+                        f"TO '{str(out).replace(chr(39), chr(39) * 2)}' (FORMAT parquet, COMPRESSION zstd)")
+            fd = os.open(out, os.O_RDONLY)
+            try: os.fsync(fd)
+            finally: os.close(fd)
+            before, after = _rows_digest(con, files), _rows_digest(con, [str(out)])
+            if before != after:
+                shutil.rmtree(new, ignore_errors=True)
+                raise RuntimeError(f"compacting {day} gave different rows ({after[0]} for {before[0]}): the day was left as it was")
+            _exchange(new, day)                                      # `day` now holds the one file, `new` the old ones
+            shutil.rmtree(new)
+            res.days.append(day.name[5:]); res.files_before += len(files); res.rows += before[0]
+            append_event(cfg, "log.compacted", day.name, {"files_before": len(files), "rows": before[0]}, actor=actor)
+    res.seconds = time.perf_counter() - t0
+    return res

@@ -1358,14 +1358,19 @@ def _audit_explanation(cfg: Settings, request_id: str, model: ServedModel, preds
     append_event(cfg, "api.explanation", request_id, {"model": model.name, "model_version": model.version, "rows": len(preds),
                                                       "customer_keys": sorted({p["customer_key"] for p in preds if p["customer_key"]})[:100]}, actor=actor)
 
-def find_logged_request(folder: Path, request_id: str) -> pd.DataFrame:
+def find_logged_request(folder: Path, request_id: str, attempts: int = 10) -> pd.DataFrame:
     "The logged rows of one request (empty if none), reading only the partition of the date its id encodes."
     import duckdb
     part = Path(folder) / f"date={request_id_time(request_id):%Y-%m-%d}"
-    files = sorted(str(f) for f in part.glob("part-*.parquet"))
-    if not files: return pd.DataFrame()
-    with duckdb.connect() as con:
-        return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row", [files, request_id]).df()
+    for attempt in range(attempts):   # the day compacted (`score.compact_prediction_log`) between listing and opening: list again
+        files = sorted(str(f) for f in part.glob("part-*.parquet"))
+        if not files: return pd.DataFrame()
+        try:
+            with duckdb.connect() as con:
+                return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row", [files, request_id]).df()
+        except duckdb.IOException:
+            if attempt == attempts - 1: raise
+            time.sleep(0.01 * (attempt + 1))
 
 # %% ../nbs/31_serve.ipynb #b49dc8cb
 def app_from_env() -> ScoringApp:

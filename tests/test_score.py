@@ -110,3 +110,79 @@ def test_read_prediction_log_while_it_is_written(tmp_path):
     t0 = final.time.iloc[n // 2]
     assert len(read_prediction_log(cfg, since=t0)) == n - n // 2 - (final.time.iloc[: n // 2] == t0).sum()
     assert len(read_prediction_log(cfg, source="batch")) == 0
+
+
+def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day=40, rows=25):
+    """A prediction log written by a real PredictionLog: `per_day` files on each of `days` (past dates), plus today's."""
+    import datetime as dt
+    from mlops_nb.serve import LogBlock, PredictionLog, new_request_id
+    m = SimpleNamespace(name="churn-model", version="9", threshold=0.5, features=["x", "c"], numeric=["x"], feature_index={"x": 0, "c": 1},
+                        lineage={"training_run_id": "r", "dataset_digest": "d", "git_commit": "g"})
+    plog = PredictionLog(cfg.paths.prediction_log, flush_rows=10 ** 6, flush_seconds=3600).start()
+    stamps = [dt.datetime.fromisoformat(d + "T12:00:00+00:00").timestamp() for d in days] + [time.time()]
+    i = 0
+    for t in stamps:
+        for _ in range(per_day * rows):
+            plog.append(LogBlock(m, new_request_id(), t + i * 1e-3, "api", 0.5, [f"p_{i:024x}"], [[float(i), "a" if i % 3 else None]],
+                                 np.array([0.1]), np.array([i % 2 == 0])))
+            i += 1
+            if i % rows == 0: plog.flush()          # one file per `rows` predictions, as a worker's timed flushes make them
+    assert plog.close() == 0
+    return i
+
+
+def test_compaction_rewrites_closed_days_as_one_file_with_the_same_rows(tmp_path):
+    from mlops_nb.audit import read_events
+    from mlops_nb.score import compact_prediction_log, read_prediction_log
+    from mlops_nb.settings import sandbox_settings
+    cfg = sandbox_settings(tmp_path / "sb")
+    n = _multi_day_log(cfg)
+    folder = Path(cfg.paths.prediction_log)
+    before = read_prediction_log(cfg)
+    files = {d.name: len(list(d.glob("part-*.parquet"))) for d in folder.glob("date=*")}
+    assert len(before) == n and len(files) == 4 and min(files.values()) >= 40
+    res = compact_prediction_log(cfg)
+    assert res.days == ["2026-01-01", "2026-01-02", "2026-01-03"] and res.files_before == sum(files[f"date={d}"] for d in res.days)
+    assert res.rows == 3 * 40 * 25
+    after = {d.name: len(list(d.glob("part-*.parquet"))) for d in folder.glob("date=*")}
+    today = next(k for k in files if k[5:] not in res.days)
+    assert all(after[f"date={d}"] == 1 for d in res.days) and after[today] == files[today]   # today is left alone
+    pd.testing.assert_frame_equal(read_prediction_log(cfg), before)                         # same rows, same order, same types
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)                         # nothing left beside the days
+    assert [e.subject for e in read_events(cfg) if e.kind == "log.compacted"] == [f"date={d}" for d in res.days]
+    assert compact_prediction_log(cfg).days == []                                            # a second run has nothing to do
+    assert compact_prediction_log(cfg, keep_days=0).days == []                               # days before today only: today still grows
+    pd.testing.assert_frame_equal(read_prediction_log(cfg), before)
+
+
+def test_readers_during_compaction_see_every_row_once(tmp_path):
+    """Readers polling while days are swapped: every read returns all rows, never a day twice or missing, never an error."""
+    from mlops_nb.score import compact_prediction_log, read_prediction_log
+    from mlops_nb.settings import sandbox_settings
+    cfg = sandbox_settings(tmp_path / "sb")
+    days = tuple(f"2026-02-{d:02d}" for d in range(1, 9))
+    n = _multi_day_log(cfg, days=days, per_day=30, rows=20)
+    counts, errors, done = [], [], threading.Event()
+    def read():
+        while not done.is_set():
+            try:
+                df = read_prediction_log(cfg)
+                counts.append((len(df), df.request_id.nunique()))
+            except Exception as e: errors.append(repr(e))
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for r in readers: r.start()
+    time.sleep(0.3)
+    res = compact_prediction_log(cfg)
+    time.sleep(0.3)
+    done.set()
+    for r in readers: r.join()
+    assert res.days == list(days) and errors == []
+    assert len(counts) >= 5 and set(counts) == {(n, n)}, sorted(set(counts))[:5]
+
+
+def test_log_compact_from_the_cli(project):
+    r = run_cli("--settings", str(project.settings), "log", "compact", "--keep-days", "0")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "nothing to compact" in r.stdout or "compacted" in r.stdout
+    bad = run_cli("--settings", str(project.settings), "log", "compact", "--keep-days", "-1")
+    assert bad.returncode != 0 and "keep_days must be 0 or more" in (bad.stdout + bad.stderr) and "Traceback" not in bad.stderr
