@@ -38,7 +38,7 @@ __all__ = ['TIE_BREAK', 'FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATIO
            'oracle_summary', 'feature_ceiling', 'fairness_frame', 'GroupIndex', 'group_rates', 'fairness_report',
            'ScoreAsProbability', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation', 'evaluate_scores',
            'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame',
-           'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card', 'dataset_digest',
+           'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card', 'rows_digest',
            'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'evaluation_metrics',
            'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
 
@@ -877,8 +877,8 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
     return ModelCard(render_markdown(bl), render_html(bl, title))
 
 # %% ../nbs/23_evaluate.ipynb #2b6233ca
-def dataset_digest(df: pd.DataFrame) -> str:
-    "A short content hash of a table (column names, values and row order)."
+def rows_digest(df: pd.DataFrame) -> str:
+    "A short hash naming exact rows in their order (column names, values, row order): for the gate's same-test-rows check, not a dataset's digest."
     h = hashlib.sha256(json.dumps([str(c) for c in df.columns]).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
@@ -1017,7 +1017,7 @@ def run_evaluate(cfg: Settings,                  # run settings
                  ) -> EvaluationResult:
     "The evaluate phase: evaluate, card and package every candidate; log the comparison the gate reads."
     from mlops_nb import explain, package, train
-    from mlops_nb.contracts import FEATURES_TABLE, load_feature_table
+    from mlops_nb.contracts import FEATURES_TABLE, frame_digest, load_feature_table
     from mlops_nb.tracking import mlflow, phase_run
     seed, gate = cfg.train.seed, cfg.gate
     with phase_run(cfg, "evaluate", run_id=mlflow_run_id) as run:
@@ -1034,10 +1034,10 @@ def run_evaluate(cfg: Settings,                  # run settings
             train_truth = oracle_truth(cfg, split.train, spec)
             if train_truth is not None and train_truth["p_churn"].notna().sum() >= 100:
                 truth["ceiling"] = feature_ceiling(split.train.reset_index(drop=True), train_truth, test, spec, seed)
-        data = dict(name=f"{FEATURES_TABLE} in {cfg.paths.warehouse.name}", digest=dataset_digest(df), source=spec.source,
+        data = dict(name=f"{FEATURES_TABLE} in {cfg.paths.warehouse.name}", digest=frame_digest(df), source=spec.source,
                     train_rows=len(split.train), valid_rows=len(valid), test_rows=len(test), features=list(spec.features), sensitive=sens,
                     test_months=", ".join(sorted(set(months))) if months is not None else "—")
-        rows_id = dataset_digest(test[[spec.id_column] + ([spec.time_column] if spec.time_column else [])])
+        rows_id = rows_digest(test[[spec.id_column] + ([spec.time_column] if spec.time_column else [])])
         X_valid, X_test = train.model_input(valid, spec), train.model_input(test, spec)   # what a served model receives
         sample = X_test.sample(min(len(test), EXPLAIN_ROWS), random_state=seed)
         scores = pd.DataFrame({"y": y_test})

@@ -250,6 +250,8 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
         card = mlflow.artifacts.load_text(f"runs:/{ev.info['run_id']}/evaluation/model_card.md")
         assert all(f"## {s}" in card for s in CARD_SECTIONS) and ev.info["model_uri"] in card
         assert f"a gap of {ev.oracle['auc_gap']:.3f}, 95% interval {ev.oracle['auc_gap_lo']:.3f} to {ev.oracle['auc_gap_hi']:.3f}" in card
+        # the card names the dataset by the digest the train run recorded for it (and the features phase logs)
+        assert f"(digest {client.get_run(ev.info['train_run_id']).data.tags['mlops_nb.feature_table_digest']}," in card
         assert client.get_run(ev.info["run_id"]).data.metrics["eval_roc_auc"] == pytest.approx(ev.metrics["roc_auc"])
         # the packaged model serves exactly the probabilities that were evaluated, and the chosen threshold
         out = mlflow.pyfunc.load_model(ev.info["model_uri"]).predict(model_input(test, spec))
