@@ -134,7 +134,7 @@ def cmd_log(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from mlops_nb.score import compact_prediction_log
     cfg = load_settings(_settings_path(args))
     res = compact_prediction_log(cfg, keep_days=args.keep_days)
-    if not res.days: print(f"nothing to compact in {cfg.paths.prediction_log} (days before the last {args.keep_days + 1} with more than one file)")
+    if not res.days: print(f"nothing to compact in {cfg.paths.prediction_log}: no day before {res.before} has more than one file")
     else: print(f"compacted {len(res.days)} day(s), {res.files_before} files -> {len(res.days)}, {res.rows} rows unchanged, "
                 f"in {res.seconds:.1f} s: {', '.join(res.days)}")
     return EXIT_OK

@@ -159,6 +159,7 @@ def read_prediction_log(cfg: Settings,
 class CompactionResult:
     "What one compaction did."
     days: list[str] = field(default_factory=list)   # the date partitions rewritten
+    before: str = ""                                 # only days before this one were considered (today - keep_days)
     files_before: int = 0                            # their part files before
     rows: int = 0                                    # their rows (unchanged)
     seconds: float = 0.0
@@ -175,7 +176,7 @@ def _exchange(a: Path, b: Path) -> None:
     aside = a.with_name(a.name + ".swap")
     os.rename(a, aside); os.rename(b, a); os.rename(aside, b)
 
-def _rows_digest(con, files: list[str]) -> tuple[int, int]:
+def _content_digest(con, files: list[str]) -> tuple[int, int]:
     "(rows, sum of row hashes) of Parquet files read by name: equal for the same rows in any order or grouping."
     return tuple(con.execute("SELECT count(*), coalesce(sum(hash(t)), 0) FROM read_parquet(?, union_by_name = true, hive_partitioning = false) t",
                              [files]).fetchall()[0])
@@ -192,6 +193,8 @@ def compact_prediction_log(cfg: Settings,
     t0, res = time.perf_counter(), CompactionResult()
     folder = Path(cfg.paths.prediction_log)
     cutoff = (today or dt.datetime.now(dt.timezone.utc).date()) - dt.timedelta(days=keep_days)
+    res.before = cutoff.isoformat()
+    for left in folder.glob(".date=*.compacting"): shutil.rmtree(left)   # a run killed mid-day left it: the day is whole either way
     days = sorted(d for d in folder.glob("date=*") if d.is_dir() and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", d.name)
                   and dt.date.fromisoformat(d.name[5:]) < cutoff)
     with duckdb.connect() as con:
@@ -199,7 +202,7 @@ def compact_prediction_log(cfg: Settings,
             files = sorted(str(f) for f in day.glob("part-*.parquet"))
             if len(files) < 2: continue
             new = day.with_name(f".{day.name}.compacting")          # hidden from readers' `date=*`
-            shutil.rmtree(new, ignore_errors=True); new.mkdir()      # (left over if an earlier run was killed)
+            new.mkdir()
             out = new / f"part-{day.name[5:].replace('-', '')}-compacted.parquet"
             listed = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
             con.execute(f"COPY (SELECT * FROM read_parquet({listed}, union_by_name = true, hive_partitioning = false) ORDER BY time, request_id, row) "
@@ -207,7 +210,7 @@ def compact_prediction_log(cfg: Settings,
             fd = os.open(out, os.O_RDONLY)
             try: os.fsync(fd)
             finally: os.close(fd)
-            before, after = _rows_digest(con, files), _rows_digest(con, [str(out)])
+            before, after = _content_digest(con, files), _content_digest(con, [str(out)])
             if before != after:
                 shutil.rmtree(new, ignore_errors=True)
                 raise RuntimeError(f"compacting {day} gave different rows ({after[0]} for {before[0]}): the day was left as it was")

@@ -141,7 +141,10 @@ def test_compaction_rewrites_closed_days_as_one_file_with_the_same_rows(tmp_path
     before = read_prediction_log(cfg)
     files = {d.name: len(list(d.glob("part-*.parquet"))) for d in folder.glob("date=*")}
     assert len(before) == n and len(files) == 4 and min(files.values()) >= 40
+    left = folder / ".date=2026-01-02.compacting"                  # what a compaction killed mid-day leaves
+    left.mkdir(); (left / "part-x.parquet").write_bytes(next((folder / "date=2026-01-02").glob("part-*.parquet")).read_bytes())
     res = compact_prediction_log(cfg)
+    assert not left.exists() and res.before < str(pd.Timestamp.now(tz="UTC").date())
     assert res.days == ["2026-01-01", "2026-01-02", "2026-01-03"] and res.files_before == sum(files[f"date={d}"] for d in res.days)
     assert res.rows == 3 * 40 * 25
     after = {d.name: len(list(d.glob("part-*.parquet"))) for d in folder.glob("date=*")}
