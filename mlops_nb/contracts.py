@@ -71,7 +71,9 @@ def connect_warehouse(cfg: Settings, read_only: bool = True):
     path = cfg.paths.warehouse
     if read_only and not path.exists(): raise SettingsError(f"no warehouse at {path}: run the data phases first (`mlops-nb run`)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return duckdb.connect(str(path), read_only=read_only)
+    con = duckdb.connect(str(path), read_only=read_only)
+    con.execute("SET enable_progress_bar = false")   # a query past two seconds would print a bar into logs and executed notebooks
+    return con
 
 def warehouse_content_hash(con) -> str:
     "The content hash of the warehouse's latest ETL load (`meta.loads`), or '' when nothing was loaded by the ETL (a bring-your-own table)."
