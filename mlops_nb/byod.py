@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .contracts import FeatureSpec, connect_warehouse, save_feature_table
+from .contracts import FeatureSpec, connect_warehouse, duckdb_connect, save_feature_table
 from .privacy import AGE_BANDS, load_key, open_vault, pseudonymise, store_in_vault
 from .settings import Settings, SettingsError
 
@@ -77,7 +77,7 @@ class RawFile:
 def read_raw_file(path: Path) -> RawFile:
     "Read one CSV or Parquet file as text; a clear error naming the file if it cannot be read at all."
     import duckdb
-    con, fmt = duckdb.connect(), file_format(path)
+    con, fmt = duckdb_connect(), file_format(path)
     try:
         if fmt == "parquet":
             cols = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()]

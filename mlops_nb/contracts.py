@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,9 +18,9 @@ import pandas as pd
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'connect_warehouse',
-           'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'feature_table_source',
-           'load_feature_table']
+__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'duckdb_connect',
+           'connect_warehouse', 'warehouse_content_hash', 'save_feature_query', 'save_feature_table',
+           'feature_table_source', 'load_feature_table']
 
 # %% ../nbs/04_contracts.ipynb #840dd5db
 FEATURES_TABLE = "features.customer_month"   # the feature + label table
@@ -65,15 +66,19 @@ def frame_digest(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/04_contracts.ipynb #e81fd264
+def duckdb_connect(database: str | Path = ":memory:", read_only: bool = False):
+    "A DuckDB connection that draws no progress bar: in a notebook or a script DuckDB draws one for any query past two seconds, into executed reports and scheduler logs."
+    import duckdb
+    con = duckdb.connect(str(database), read_only=read_only)
+    con.execute("SET enable_progress_bar = false")   # per connection: a `config=` would clash with another open connection to the file
+    return con
+
 def connect_warehouse(cfg: Settings, read_only: bool = True):
     "A DuckDB connection to the warehouse; a clear error if a read-only caller finds none."
-    import duckdb
     path = cfg.paths.warehouse
     if read_only and not path.exists(): raise SettingsError(f"no warehouse at {path}: run the data phases first (`mlops-nb run`)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path), read_only=read_only)
-    con.execute("SET enable_progress_bar = false")   # a query past two seconds would print a bar into logs and executed notebooks
-    return con
+    return duckdb_connect(path, read_only=read_only)
 
 def warehouse_content_hash(con) -> str:
     "The content hash of the warehouse's latest ETL load (`meta.loads`), or '' when nothing was loaded by the ETL (a bring-your-own table)."

@@ -267,8 +267,9 @@ def quality_status(cfg: Settings,
     path = cfg.paths.warehouse
     if not path.exists(): return dict(status="unknown", detail=f"no warehouse at {path}")
     import duckdb
+    from mlops_nb.contracts import duckdb_connect
     try:
-        with duckdb.connect(str(path), read_only=True) as con: t = con.execute(f"SELECT * FROM {QUALITY_TABLE}").df()
+        with duckdb_connect(path, read_only=True) as con: t = con.execute(f"SELECT * FROM {QUALITY_TABLE}").df()
     except duckdb.CatalogException: return dict(status="unknown", detail=f"the warehouse has no {QUALITY_TABLE} table")
     except duckdb.IOException as e: return dict(status="unknown", detail=f"the warehouse could not be read ({e})")
     if t.empty or "passed" not in t.columns: return dict(status="unknown", detail=f"{QUALITY_TABLE} holds no run with a `passed` column")

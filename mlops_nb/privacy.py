@@ -134,17 +134,17 @@ CREATE TABLE IF NOT EXISTS subjects (
 
 def open_vault(cfg: Settings, read_only: bool = False):
     "A connection to the vault (created with mode 0600 on first use)."
-    import duckdb
+    from mlops_nb.contracts import duckdb_connect
     path = cfg.privacy.vault
     if not path.exists():
         if read_only: raise SettingsError(f"[privacy] vault: {path} does not exist yet (no personal data has been loaded)")
         path.parent.mkdir(parents=True, exist_ok=True)
         old = os.umask(0o077)  # the file (and its WAL) are created readable by the owner only
-        try: con = duckdb.connect(str(path))
+        try: con = duckdb_connect(path)
         finally: os.umask(old)
         con.execute(VAULT_DDL)
         return con
-    return duckdb.connect(str(path), read_only=read_only)
+    return duckdb_connect(path, read_only=read_only)
 
 def store_in_vault(con, pseudonyms: Sequence[str], records: pd.DataFrame, month: str) -> int:
     "Upsert the clear personal fields of `records` (one row per subject) under their pseudonyms; return rows written."

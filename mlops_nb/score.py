@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse
+from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, duckdb_connect
 from .serve import LINEAGE_KEYS, LOG_SCHEMA, ServedModel, load_served_model, new_request_id, write_log_table
 from .settings import Settings, SettingsError
 
@@ -149,7 +149,7 @@ def read_prediction_log(cfg: Settings,
            + " ORDER BY time, request_id, row")
     for attempt in range(READ_ATTEMPTS):   # a day compacted between listing and opening its files: read again (see below)
         try:
-            with duckdb.connect() as con: return con.execute(sql, params).df()
+            with duckdb_connect() as con: return con.execute(sql, params).df()
         except duckdb.IOException:
             if attempt == READ_ATTEMPTS - 1: raise
             time.sleep(0.01 * (attempt + 1))
@@ -197,7 +197,7 @@ def compact_prediction_log(cfg: Settings,
     for left in folder.glob(".date=*.compacting"): shutil.rmtree(left)   # a run killed mid-day left it: the day is whole either way
     days = sorted(d for d in folder.glob("date=*") if d.is_dir() and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", d.name)
                   and dt.date.fromisoformat(d.name[5:]) < cutoff)
-    with duckdb.connect() as con:
+    with duckdb_connect() as con:
         for day in days:
             files = sorted(str(f) for f in day.glob("part-*.parquet"))
             if len(files) < 2: continue

@@ -1361,12 +1361,13 @@ def _audit_explanation(cfg: Settings, request_id: str, model: ServedModel, preds
 def find_logged_request(folder: Path, request_id: str, attempts: int = 10) -> pd.DataFrame:
     "The logged rows of one request (empty if none), reading only the partition of the date its id encodes."
     import duckdb
+    from mlops_nb.contracts import duckdb_connect
     part = Path(folder) / f"date={request_id_time(request_id):%Y-%m-%d}"
     for attempt in range(attempts):   # the day compacted (`score.compact_prediction_log`) between listing and opening: list again
         files = sorted(str(f) for f in part.glob("part-*.parquet"))
         if not files: return pd.DataFrame()
         try:
-            with duckdb.connect() as con:
+            with duckdb_connect() as con:
                 return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row", [files, request_id]).df()
         except duckdb.IOException:
             if attempt == attempts - 1: raise
