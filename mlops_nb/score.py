@@ -20,12 +20,12 @@ import pandas as pd
 import pyarrow as pa
 
 from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, duckdb_connect
-from .serve import LINEAGE_KEYS, LOG_SCHEMA, ServedModel, load_served_model, new_request_id, write_log_table
+from .serve import LINEAGE_KEYS, LOG_SCHEMA, ServedModel, load_served_model, new_request_id, read_log_retrying, write_log_table
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['MONTH', 'READ_ATTEMPTS', 'ScoreResult', 'month_rows', 'batch_table', 'production_version', 'score_month',
-           'read_prediction_log', 'CompactionResult', 'compact_prediction_log']
+__all__ = ['MONTH', 'ScoreResult', 'month_rows', 'batch_table', 'production_version', 'score_month', 'read_prediction_log',
+           'CompactionResult', 'compact_prediction_log']
 
 # %% ../nbs/32_score.ipynb #219a03b4
 MONTH = re.compile(r"(19|20)\d\d-(0[1-9]|1[0-2])")
@@ -129,15 +129,12 @@ def _utc(t: str | dt.datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(t)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
-READ_ATTEMPTS = 10   # each compacted day can make one read fail (its files swapped while being opened)
-
 def read_prediction_log(cfg: Settings,
                         since: str | dt.datetime | None = None,   # only predictions at or after this time (UTC if naive)
                         until: str | dt.datetime | None = None,   # ... and before this time
                         source: str | None = None,                # 'api' or 'batch'; None = both
                         ) -> pd.DataFrame:
     "The prediction log (online and batch) as a frame, oldest first; readable while the API writes it."
-    import duckdb
     folder = Path(cfg.paths.prediction_log)
     if not any(folder.glob("date=*/part-*.parquet")):
         return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LOG_SCHEMA}).assign(date=pd.Series(dtype="object"))
@@ -147,12 +144,9 @@ def read_prediction_log(cfg: Settings,
     if source is not None: where.append("source = ?"); params.append(source)
     sql = ("SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY time, request_id, row")
-    for attempt in range(READ_ATTEMPTS):   # a day compacted between listing and opening its files: read again (see below)
-        try:
-            with duckdb_connect() as con: return con.execute(sql, params).df()
-        except duckdb.IOException:
-            if attempt == READ_ATTEMPTS - 1: raise
-            time.sleep(0.01 * (attempt + 1))
+    def read() -> pd.DataFrame:
+        with duckdb_connect() as con: return con.execute(sql, params).df()
+    return read_log_retrying(read)   # a day compacted between listing and opening its files is read again (see below)
 
 # %% ../nbs/32_score.ipynb #96f32ece
 @dataclass
@@ -187,7 +181,7 @@ def compact_prediction_log(cfg: Settings,
                            actor: str = "mlops-nb",         # recorded in the audit trail
                            ) -> CompactionResult:
     "Rewrite each closed day of the prediction log as one file (same rows), swapping it in atomically; return what was done."
-    import duckdb, shutil
+    import shutil
     from mlops_nb.audit import append_event
     if keep_days < 0: raise SettingsError(f"keep_days must be 0 or more, not {keep_days}")
     t0, res = time.perf_counter(), CompactionResult()

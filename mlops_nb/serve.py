@@ -44,12 +44,13 @@ log = logging.getLogger("mlops_nb.serve")
 __all__ = ['log', 'CTZ_TABLE', 'PARALLEL_MIN_ROWS', 'LOG_SCHEMA', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS',
            'REQUEST_ID_PATTERN', 'SCORER_ENV', 'SANDBOX_OVERRIDE', 'LATENCY_BUCKETS', 'GIL_SWITCH_SECONDS',
            'RELOAD_WATCH_SECONDS', 'CONTROL_DIR_ENV', 'HOT_PATHS', 'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID',
-           'ENDPOINTS', 'TreeTables', 'compile_trees', 'quickscorer_kernel', 'trees_raw', 'field_name', 'FieldError',
-           'RequestError', 'json_type', 'RecordEncoder', 'FastScorer', 'new_request_id', 'request_id_time', 'LogBlock',
-           'blocks_table', 'write_log_table', 'PredictionLog', 'ModelLoadError', 'resolve_alias', 'model_lineage',
-           'ServedModel', 'self_check', 'load_served_model', 'sandbox_champion', 'MicroBatcher', 'ApiMetrics',
-           'ServingState', 'parse_json', 'query_explain', 'check_envelope', 'api_schemas', 'endpoint_label',
-           'ScoringApp', 'find_logged_request', 'app_from_env', 'uvicorn_log_config', 'serve']
+           'ENDPOINTS', 'LOG_READ_ATTEMPTS', 'TreeTables', 'compile_trees', 'quickscorer_kernel', 'trees_raw',
+           'field_name', 'FieldError', 'RequestError', 'json_type', 'RecordEncoder', 'FastScorer', 'new_request_id',
+           'request_id_time', 'LogBlock', 'blocks_table', 'write_log_table', 'PredictionLog', 'ModelLoadError',
+           'resolve_alias', 'model_lineage', 'ServedModel', 'self_check', 'load_served_model', 'sandbox_champion',
+           'MicroBatcher', 'ApiMetrics', 'ServingState', 'parse_json', 'query_explain', 'check_envelope', 'api_schemas',
+           'endpoint_label', 'ScoringApp', 'read_log_retrying', 'find_logged_request', 'app_from_env',
+           'uvicorn_log_config', 'serve']
 
 # %% ../nbs/31_serve.ipynb #f8cf9f60
 @dataclass(frozen=True)
@@ -787,6 +788,8 @@ class ServingState:
         self._lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task] = []
         self._client: Any = None
+        ctl = os.environ.get(CONTROL_DIR_ENV)   # set by `serve` for several workers
+        self.reload_file: Path | None = Path(ctl) / "reload" if ctl else None   # where reloads are announced (None: one worker)
         self._reload_seen: tuple[int, int] | None = None   # the latest reload announcement this worker acted on
 
     async def start(self) -> None:
@@ -822,12 +825,6 @@ class ServingState:
         if self.metrics.multiprocess:
             from prometheus_client import multiprocess
             multiprocess.mark_process_dead(os.getpid())
-
-    @property
-    def reload_file(self) -> Path | None:
-        "The file through which the workers of one server announce reloads (None with a single worker)."
-        d = os.environ.get(CONTROL_DIR_ENV)
-        return Path(d) / "reload" if d else None
 
     def announce_reload(self) -> bool:
         "Tell the other workers to check the registry now (atomic replace of the file: a new inode); False with one worker."
@@ -1358,20 +1355,27 @@ def _audit_explanation(cfg: Settings, request_id: str, model: ServedModel, preds
     append_event(cfg, "api.explanation", request_id, {"model": model.name, "model_version": model.version, "rows": len(preds),
                                                       "customer_keys": sorted({p["customer_key"] for p in preds if p["customer_key"]})[:100]}, actor=actor)
 
-def find_logged_request(folder: Path, request_id: str, attempts: int = 10) -> pd.DataFrame:
-    "The logged rows of one request (empty if none), reading only the partition of the date its id encodes."
+LOG_READ_ATTEMPTS = 10   # each day compacted during a read can make one attempt fail (its files swapped while being opened)
+
+def read_log_retrying(read: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    "Run `read` (which lists the log's files and reads them), again if a file it listed was gone by the time it opened it."
     import duckdb
+    for attempt in range(LOG_READ_ATTEMPTS):   # `score.compact_prediction_log` swapped a day between listing and opening
+        try: return read()
+        except duckdb.IOException:
+            if attempt == LOG_READ_ATTEMPTS - 1: raise
+            time.sleep(0.01 * (attempt + 1))
+
+def find_logged_request(folder: Path, request_id: str) -> pd.DataFrame:
+    "The logged rows of one request (empty if none), reading only the partition of the date its id encodes."
     from mlops_nb.contracts import duckdb_connect
     part = Path(folder) / f"date={request_id_time(request_id):%Y-%m-%d}"
-    for attempt in range(attempts):   # the day compacted (`score.compact_prediction_log`) between listing and opening: list again
+    def read() -> pd.DataFrame:
         files = sorted(str(f) for f in part.glob("part-*.parquet"))
         if not files: return pd.DataFrame()
-        try:
-            with duckdb_connect() as con:
-                return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row", [files, request_id]).df()
-        except duckdb.IOException:
-            if attempt == attempts - 1: raise
-            time.sleep(0.01 * (attempt + 1))
+        with duckdb_connect() as con:
+            return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row", [files, request_id]).df()
+    return read_log_retrying(read)
 
 # %% ../nbs/31_serve.ipynb #b49dc8cb
 def app_from_env() -> ScoringApp:

@@ -28,7 +28,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .contracts import connect_warehouse
+from .contracts import connect_warehouse, duckdb_connect
 from .lake import ALT_DATE_FORMATS, ALT_TS_FORMATS, RENAMED, SOURCES, SYNONYMS, Source, strip_accents
 from .privacy import AGE_BANDS, load_key, open_vault, pseudonymise, pseudonymise_arrow
 from .settings import Settings, SettingsError
@@ -762,7 +762,6 @@ class VaultWriter:
     def __init__(self, cfg: Settings, tmp: Path | None = None):  # tmp: a private folder for DuckDB's spill files
         self.con, self.rows, self.error = open_vault(cfg), 0, None
         self.con.execute(f"SET memory_limit = '{VAULT_MEMORY_LIMIT}'"); self.con.execute("SET threads = 1")
-        self.con.execute("SET enable_progress_bar = false")   # a first month's upsert outlasts the bar's two seconds: no bar in the log
         if tmp is not None: self.con.execute(f"SET temp_directory = '{_sql_str(str(tmp))}'")
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._run, name="vault-writer", daemon=True)
@@ -979,6 +978,11 @@ class LoadPlan:
     load: list[Partition]
     skip: list[Partition]
     remove: list[tuple[str, str]]
+    stored: set[tuple[str, str]] = field(default_factory=set)   # (source, month) of every partition in the warehouse before the run
+
+    def months_kept(self) -> list[str]:
+        "The partition months the warehouse holds after the run: what it had, less what is removed, plus what is loaded."
+        return sorted({m for s, m in self.stored if (s, m) not in self.remove} | {p.month for p in self.load})
 
 def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequence[str] | None = None, force: bool = False) -> LoadPlan:
     "Split the lake's partitions into those to (re)load and those unchanged; find partitions the lake no longer has."
@@ -987,7 +991,7 @@ def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequenc
     load = [p for p in chosen if force or stored.get((p.source, p.month)) != (p.sha256, ETL_VERSION, fingerprint)]
     in_lake = {(p.source, p.month) for p in parts}
     remove = sorted(k for k in stored if k not in in_lake) if months is None else []
-    return LoadPlan(load, [p for p in chosen if p not in load], remove)
+    return LoadPlan(load, [p for p in chosen if p not in load], remove, set(stored))
 
 # %% ../nbs/12_warehouse.ipynb #65549a10
 MEMORY_LIMIT = os.environ.get("MLOPS_ETL_MEMORY_LIMIT", "1536MB")  # the warehouse connection's share of the ≤ 4 GB budget
@@ -1030,10 +1034,9 @@ def _private_tmp(warehouse: Path) -> Path:
 class _Preparer:
     "Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to `ahead` partitions ahead of the writer."
     def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD):
-        import duckdb
-        con = duckdb.connect()   # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
+        con = duckdb_connect()   # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
         for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = '{_sql_str(str(tmp))}'",
-                    "SET preserve_insertion_order = false", "SET enable_progress_bar = false"): con.execute(sql)
+                    "SET preserve_insertion_order = false"): con.execute(sql)
         self.con = _Traced(con, float(os.environ["MLOPS_ETL_TRACE"]), "prep") if os.environ.get("MLOPS_ETL_TRACE") else con
         _session_setup(self.con)
         self.parts, self.key, self.i, self.ahead, self.pending = list(parts), key, 0, ahead, []
@@ -1113,21 +1116,20 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
     prep: _Preparer | None = None
     try:
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'"); con.execute(f"SET temp_directory = '{tmp}'")
-        con.execute("SET preserve_insertion_order = false"); con.execute("SET enable_progress_bar = false")
+        con.execute("SET preserve_insertion_order = false")   # (no progress bar: connect_warehouse switched it off)
         con.execute(f"SET disabled_compression_methods = '{DISABLED_COMPRESSION}'")
         _session_setup(con)
         ensure_tables(con)   # committed on its own: the load below appends to tables that exist (DuckDB then writes them to disk as it goes)
         con.execute("BEGIN TRANSACTION")
         try:
             plan = plan_load(con, parts, fp, months, force)
-            stored_months = {r[0] for r in con.execute("SELECT DISTINCT month FROM meta.partitions").fetchall()}
             for s, m in plan.remove: delete_partition(con, s, m)
             changed = [p.month for p in plan.load] + [m for _, m in plan.remove]
-            kept = sorted({r[0] for r in con.execute("SELECT month FROM meta.partitions").fetchall()} | {p.month for p in plan.load})
+            kept = plan.months_kept()
             con.execute("DELETE FROM mart.customer_month WHERE NOT list_contains(?, month)", [kept])
             con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND NOT list_contains(?, part)", [kept])
             mart_months = [m for m in kept if changed and m >= min(changed)]
-            rewrites = bool(plan.remove) or any(m in stored_months for m in [*changed, *mart_months])   # replaces rows, not only adds them
+            rewrites = bool(plan.remove) or bool({m for _, m in plan.stored} & {*changed, *mart_months})   # replaces rows, not only adds them
             if any(f.personal for p in plan.load for f in TABLES[p.source].fields): vault = VaultWriter(cfg, tmp)
             by_month: dict[str, list[Partition]] = {}
             for p in plan.load: by_month.setdefault(p.month, []).append(p)

@@ -13,6 +13,11 @@ import pytest
 from conftest import make_project, run_cli
 
 
+# what a PredictionLog needs of a served model, for tests that write the log directly
+LOG_MODEL = SimpleNamespace(name="churn-model", version="9", threshold=0.5, features=["x", "c"], numeric=["x"], feature_index={"x": 0, "c": 1},
+                            lineage={"training_run_id": "r", "dataset_digest": "d", "git_commit": "g"})
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project with a demo feature table (2025-01..2025-05) and a production champion."""
@@ -85,8 +90,7 @@ def test_read_prediction_log_while_it_is_written(tmp_path):
     from mlops_nb.serve import LogBlock, PredictionLog, new_request_id
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "sb")
-    m = SimpleNamespace(name="churn-model", version="9", threshold=0.5, features=["x", "c"], numeric=["x"], feature_index={"x": 0, "c": 1},
-                        lineage={"training_run_id": "r", "dataset_digest": "d", "git_commit": "g"})
+    m = LOG_MODEL
     plog = PredictionLog(cfg.paths.prediction_log, flush_rows=50, flush_seconds=0.02).start()
     n, stop = 3000, threading.Event()
     def write():
@@ -116,8 +120,7 @@ def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day
     """A prediction log written by a real PredictionLog: `per_day` files on each of `days` (past dates), plus today's."""
     import datetime as dt
     from mlops_nb.serve import LogBlock, PredictionLog, new_request_id
-    m = SimpleNamespace(name="churn-model", version="9", threshold=0.5, features=["x", "c"], numeric=["x"], feature_index={"x": 0, "c": 1},
-                        lineage={"training_run_id": "r", "dataset_digest": "d", "git_commit": "g"})
+    m = LOG_MODEL
     plog = PredictionLog(cfg.paths.prediction_log, flush_rows=10 ** 6, flush_seconds=3600).start()
     stamps = [dt.datetime.fromisoformat(d + "T12:00:00+00:00").timestamp() for d in days] + [time.time()]
     i = 0
