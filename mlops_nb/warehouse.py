@@ -35,15 +35,15 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['TABLES', 'CATEGORY_VALUES', 'NORMAL_FORM_SQL', 'ETL_VERSION', 'SCHEMA_VERSION', 'QUARANTINE_COLUMNS', 'META_TABLES',
-           'MART_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN', 'VAULT_MEMORY_LIMIT', 'MART_SQL', 'RECORD_SEP',
-           'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD', 'DISABLED_COMPRESSION',
-           'Field', 'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition',
-           'PartitionData', 'read_partition', 'staging_columns', 'raw_columns', 'table_columns', 'ensure_tables',
-           'repeated_hashes', 'check_statements', 'detail_sql', 'delete_partition', 'Prepared', 'part_hash',
-           'prepare_partition', 'write_partition', 'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter',
-           'MartBuilder', 'build_mart', 'create_raw_views', 'content_hash', 'stored_content_hash', 'lake_manifest',
-           'lake_partitions', 'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult', 'load_warehouse', 'run_etl',
-           'warehouse_overview']
+           'MART_COLUMNS', 'PLAIN_STRING_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN', 'VAULT_MEMORY_LIMIT', 'MART_SQL',
+           'RECORD_SEP', 'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD',
+           'DISABLED_COMPRESSION', 'Field', 'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError',
+           'Partition', 'PartitionData', 'read_partition', 'staging_columns', 'raw_columns', 'table_columns',
+           'ensure_tables', 'repeated_hashes', 'check_statements', 'detail_sql', 'delete_partition', 'Prepared',
+           'part_hash', 'prepare_partition', 'write_partition', 'load_partition', 'reconcile', 'vault_upsert',
+           'VaultWriter', 'MartBuilder', 'build_mart', 'create_raw_views', 'content_hash', 'stored_content_hash',
+           'lake_manifest', 'lake_partitions', 'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult',
+           'load_warehouse', 'run_etl', 'warehouse_overview']
 
 # %% ../nbs/12_warehouse.ipynb #ec307cfb
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def read_partition(part: Partition) -> PartitionData:
 
 # %% ../nbs/12_warehouse.ipynb #5d30fe0f
 ETL_VERSION = "mlops-nb-etl/2"   # bump when a transformation changes: every partition is then reloaded
-SCHEMA_VERSION = "3"             # bump when a table's layout changes: the ETL tables are then rebuilt
+SCHEMA_VERSION = "4"             # bump when a table's layout changes: the ETL tables are then rebuilt
 
 def staging_columns(t: Table) -> list[tuple[str, str, str]]:
     "The staging table's columns: (name, SQL type, meaning)."
@@ -402,8 +402,12 @@ def table_columns() -> dict[str, list[tuple[str, str, str]]]:
     out |= {"quarantine.records": QUARANTINE_COLUMNS, "quarantine.flagged_values": QUARANTINE_COLUMNS, "mart.customer_month": MART_COLUMNS}
     return out | META_TABLES
 
+PLAIN_STRING_COLUMNS = frozenset({"customer_key", "contract_id", "invoice_id", "ticket_id"})  # pseudonyms and record ids: (nearly) every value distinct
+
 def _ddl(name: str, cols: Sequence[tuple[str, str, str]]) -> str:
-    return f"CREATE TABLE IF NOT EXISTS {name} (" + ", ".join(f'"{c}" {ty}' for c, ty, _ in cols) + ")"
+    "CREATE TABLE for `cols`; the string columns of `PLAIN_STRING_COLUMNS` are stored plain (a dictionary cannot shrink them, and building one costs a write)."
+    plain = lambda c, ty: " USING COMPRESSION uncompressed" if ty == "VARCHAR" and c in PLAIN_STRING_COLUMNS else ""  # noqa: E731
+    return f"CREATE TABLE IF NOT EXISTS {name} (" + ", ".join(f'"{c}" {ty}{plain(c, ty)}' for c, ty, _ in cols) + ")"
 
 def ensure_tables(con) -> None:
     "Create the schemas and tables (rebuilding the ETL's tables if they have an older layout)."
@@ -997,7 +1001,7 @@ def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequenc
 MEMORY_LIMIT = os.environ.get("MLOPS_ETL_MEMORY_LIMIT", "1536MB")  # the warehouse connection's share of the ≤ 4 GB budget
 PREP_MEMORY_LIMIT = "1GB"      # the preparing connection's (Arrow buffers, the vault writer and Python take the rest)
 PREP_AHEAD = 4                 # partitions read and prepared ahead of the writer (each held as Arrow tables: ~100 MB for a million rows)
-DISABLED_COMPRESSION = "fsst,dict_fsst"  # FSST halves what high-cardinality strings take on disk but doubles the cost of writing them
+DISABLED_COMPRESSION = "fsst"  # plain FSST: never better than the dictionary (with its own FSST) on these tables, and its analysis costs
 
 @dataclass
 class EtlResult:

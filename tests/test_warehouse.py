@@ -208,6 +208,22 @@ def test_mart_one_row_per_active_customer_month_point_in_time(loaded, tables):
     assert mart.age_band.dropna().isin([b for _, _, b in W.AGE_BANDS]).all()
 
 
+def test_ids_are_stored_plain_and_categories_in_dictionaries(loaded):
+    """Pseudonyms and record ids (all distinct) skip the dictionary a write would build in vain; categories get one."""
+    cfg, _, _ = loaded
+    with connect_warehouse(cfg) as con:
+        def methods(table: str, column: str) -> set[str]:
+            return set(con.execute(f"SELECT DISTINCT compression FROM pragma_storage_info('{table}') "
+                                   "WHERE column_name = ? AND segment_type = 'VARCHAR'", [column]).fetchnumpy()["compression"])
+        for table, column in [("staging.contracts", "customer_key"), ("staging.contracts", "contract_id"), ("staging.billing", "invoice_id"),
+                              ("staging.tickets", "ticket_id"), ("mart.customer_month", "customer_key")]:
+            assert methods(table, column) == {"Uncompressed"}, (table, column)
+        for table, column in [("staging.contracts", "plan"), ("mart.customer_month", "plan"), ("mart.customer_month", "month"),
+                              ("quarantine.records", "reason")]:
+            got = methods(table, column)
+            assert got and "Uncompressed" not in got, (table, column, got)
+
+
 # --- incremental, idempotent, atomic -----------------------------------------------------------------------------
 
 def test_rerun_is_idempotent(loaded):
