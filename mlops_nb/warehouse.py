@@ -35,15 +35,15 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['TABLES', 'CATEGORY_VALUES', 'NORMAL_FORM_SQL', 'ETL_VERSION', 'SCHEMA_VERSION', 'QUARANTINE_COLUMNS', 'META_TABLES',
-           'MART_COLUMNS', 'PLAIN_STRING_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN', 'VAULT_MEMORY_LIMIT', 'MART_SQL',
-           'RECORD_SEP', 'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD',
-           'DISABLED_COMPRESSION', 'Field', 'Table', 'normal_form', 'category_map', 'EtlError', 'ReconciliationError',
-           'Partition', 'PartitionData', 'read_partition', 'staging_columns', 'raw_columns', 'table_columns',
-           'ensure_tables', 'repeated_hashes', 'check_statements', 'detail_sql', 'delete_partition', 'Prepared',
-           'part_hash', 'prepare_partition', 'write_partition', 'load_partition', 'reconcile', 'vault_upsert',
-           'VaultWriter', 'MartBuilder', 'build_mart', 'create_raw_views', 'content_hash', 'stored_content_hash',
-           'lake_manifest', 'lake_partitions', 'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult',
-           'load_warehouse', 'run_etl', 'warehouse_overview']
+           'MART_CATEGORIES', 'MART_COLUMNS', 'PLAIN_STRING_COLUMNS', 'DATE_FORMATS', 'BRL_PATTERN',
+           'VAULT_MEMORY_LIMIT', 'MART_SQL', 'RECORD_SEP', 'HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT',
+           'PREP_MEMORY_LIMIT', 'PREP_AHEAD', 'DISABLED_COMPRESSION', 'Field', 'Table', 'normal_form', 'category_map',
+           'EtlError', 'ReconciliationError', 'Partition', 'PartitionData', 'read_partition', 'staging_columns',
+           'raw_columns', 'category_type', 'table_columns', 'layout_version', 'ensure_tables', 'repeated_hashes',
+           'check_statements', 'detail_sql', 'delete_partition', 'Prepared', 'part_hash', 'prepare_partition',
+           'write_partition', 'load_partition', 'reconcile', 'vault_upsert', 'VaultWriter', 'MartBuilder', 'build_mart',
+           'create_raw_views', 'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions',
+           'key_fingerprint', 'LoadPlan', 'plan_load', 'EtlResult', 'load_warehouse', 'run_etl', 'warehouse_overview']
 
 # %% ../nbs/12_warehouse.ipynb #ec307cfb
 @dataclass(frozen=True)
@@ -316,7 +316,7 @@ def read_partition(part: Partition) -> PartitionData:
 
 # %% ../nbs/12_warehouse.ipynb #5d30fe0f
 ETL_VERSION = "mlops-nb-etl/2"   # bump when a transformation changes: every partition is then reloaded
-SCHEMA_VERSION = "4"             # bump when a table's layout changes: the ETL tables are then rebuilt
+SCHEMA_VERSION = "5"             # bump when a table's layout changes: the ETL tables are then rebuilt
 
 def staging_columns(t: Table) -> list[tuple[str, str, str]]:
     "The staging table's columns: (name, SQL type, meaning)."
@@ -364,19 +364,31 @@ META_TABLES = {
 }
 
 # %% ../nbs/12_warehouse.ipynb #5ecde081
+MART_CATEGORIES: dict[str, tuple[str, ...]] = {   # mart column → its closed set of values (the canonical values staging maps every spelling to)
+    "gender": CATEGORY_VALUES[("crm_customers", "sexo")], "age_band": tuple(label for _, _, label in AGE_BANDS),
+    "state": CATEGORY_VALUES[("crm_customers", "uf")], "city": CATEGORY_VALUES[("crm_customers", "cidade")],
+    "product": CATEGORY_VALUES[("contracts", "product")], "plan": CATEGORY_VALUES[("contracts", "plan")],
+    "contract_type": CATEGORY_VALUES[("contracts", "contract_type")], "payment_method": CATEGORY_VALUES[("contracts", "payment_method")],
+    "cancel_reason": CATEGORY_VALUES[("cancellations", "reason")], "campaign_arm": CATEGORY_VALUES[("campaigns", "arm")],
+}
+
+def category_type(column: str) -> str:
+    "The ENUM type of a mart category column: one byte a row where a string costs sixteen and a dictionary at every write."
+    return f"mart.{column}_value"
+
 MART_COLUMNS: list[tuple[str, str, str]] = [
     ("customer_key", "VARCHAR", "customer pseudonym"),
     ("month", "VARCHAR", "YYYY-MM"),
-    ("gender", "VARCHAR", "F | M | O | N, from the latest CRM version known — sensitive: fairness analysis only"),
-    ("age_band", "VARCHAR", "18-24 … 65+ (age reached in the month's year, from the birth year) — sensitive: fairness analysis only"),
-    ("state", "VARCHAR", "state (UF)"),
-    ("city", "VARCHAR", "city"),
+    ("gender", category_type("gender"), "F | M | O | N, from the latest CRM version known — sensitive: fairness analysis only"),
+    ("age_band", category_type("age_band"), "18-24 … 65+ (age reached in the month's year, from the birth year) — sensitive: fairness analysis only"),
+    ("state", category_type("state"), "state (UF)"),
+    ("city", category_type("city"), "city"),
     ("tenure_months", "INTEGER", "calendar months from signup to the month's end"),
-    ("product", "VARCHAR", "mobile | fibre | bundle — from the latest contract event known by the month's end"),
-    ("plan", "VARCHAR", "plan name"),
-    ("contract_type", "VARCHAR", "month_to_month | one_year | two_year"),
+    ("product", category_type("product"), "mobile | fibre | bundle — from the latest contract event known by the month's end"),
+    ("plan", category_type("plan"), "plan name"),
+    ("contract_type", category_type("contract_type"), "month_to_month | one_year | two_year"),
     ("monthly_fee", "DECIMAL(10,2)", "monthly fee, BRL"),
-    ("payment_method", "VARCHAR", "boleto | credit_card | debit | pix"),
+    ("payment_method", category_type("payment_method"), "boleto | credit_card | debit | pix"),
     ("data_gb", "DOUBLE", "data used in the month, GB (null: no usage record)"),
     ("voice_minutes", "INTEGER", "voice minutes in the month"),
     ("days_active", "SMALLINT", "active days in the month"),
@@ -390,8 +402,8 @@ MART_COLUMNS: list[tuple[str, str, str]] = [
     ("open_tickets", "INTEGER", "of those, still open at the month's end"),
     ("satisfaction_avg", "DOUBLE", "mean survey score of the month's tickets (null: none answered)"),
     ("cancel_requested", "BOOLEAN", "a cancellation request dated in the month, known by its end"),
-    ("cancel_reason", "VARCHAR", "its reason"),
-    ("campaign_arm", "VARCHAR", "treatment | control if the customer was in the month's retention campaign, else null"),
+    ("cancel_reason", category_type("cancel_reason"), "its reason"),
+    ("campaign_arm", category_type("campaign_arm"), "treatment | control if the customer was in the month's retention campaign, else null"),
     ("campaign_contacted", "BOOLEAN", "the campaign offer reached the customer"),
     ("campaign_accepted", "BOOLEAN", "the customer took the offer"),
 ]
@@ -409,18 +421,25 @@ def _ddl(name: str, cols: Sequence[tuple[str, str, str]]) -> str:
     plain = lambda c, ty: " USING COMPRESSION uncompressed" if ty == "VARCHAR" and c in PLAIN_STRING_COLUMNS else ""  # noqa: E731
     return f"CREATE TABLE IF NOT EXISTS {name} (" + ", ".join(f'"{c}" {ty}{plain(c, ty)}' for c, ty, _ in cols) + ")"
 
+def layout_version() -> str:
+    "SCHEMA_VERSION and a digest of the mart's category sets: a warehouse whose ENUM types hold other values is rebuilt."
+    return f"{SCHEMA_VERSION}+{hashlib.sha256(json.dumps(MART_CATEGORIES, sort_keys=True).encode()).hexdigest()[:12]}"
+
 def ensure_tables(con) -> None:
-    "Create the schemas and tables (rebuilding the ETL's tables if they have an older layout)."
+    "Create the schemas, the mart's category types and the tables (rebuilding the ETL's tables if they have an older layout)."
     for s in ("raw", "staging", "quarantine", "mart", "meta"): con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
     con.execute(_ddl("meta.etl", META_TABLES["meta.etl"]))
-    got = con.execute("SELECT value FROM meta.etl WHERE key = 'schema_version'").fetchone()
-    if got and got[0] != SCHEMA_VERSION:
+    got = con.execute("SELECT value FROM meta.etl WHERE key = 'schema_version'").fetchall()
+    if got and got[0][0] != layout_version():
         for name in table_columns():
             if name != "meta.etl": con.execute(f"DROP TABLE IF EXISTS {name}")
         for t in TABLES.values(): con.execute(f"DROP VIEW IF EXISTS raw.{t.source}")
+        for c in MART_CATEGORIES: con.execute(f"DROP TYPE IF EXISTS {category_type(c)}")
+    for c, values in MART_CATEGORIES.items():
+        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM (" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")")
     for name, cols in table_columns().items(): con.execute(_ddl(name, cols))
     con.execute("DELETE FROM meta.etl WHERE key = 'schema_version'")
-    con.execute("INSERT INTO meta.etl VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+    con.execute("INSERT INTO meta.etl VALUES ('schema_version', ?)", [layout_version()])
 
 # %% ../nbs/12_warehouse.ipynb #8dee660e
 DATE_FORMATS = tuple(dict.fromkeys((*ALT_DATE_FORMATS, *ALT_TS_FORMATS, "%Y-%m-%dT%H:%M:%S", "%d-%m-%Y %H:%M:%S", "%d/%m/%Y %H:%M:%S")))
@@ -806,8 +825,13 @@ def _add_months(month: str, k: int) -> str:
     y, mm = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + k, 12)
     return f"{y:04d}-{mm + 1:02d}"
 
-_CV = "struct_pack(gender, birth_year, state, city, signup_date)"                     # a customer's CRM facts
-_CT = "struct_pack(product, plan, contract_type, monthly_fee, payment_method)"         # a customer's contract facts
+def _as_category(column: str, value: str | None = None) -> str:
+    return f"CAST({value or column} AS {category_type(column)})"
+
+# a customer's CRM facts and contract facts, categories already in the mart's types
+_CV = f"struct_pack(gender := {_as_category('gender')}, birth_year := birth_year, state := {_as_category('state')}, city := {_as_category('city')}, signup_date := signup_date)"
+_CT = (f"struct_pack(product := {_as_category('product')}, plan := {_as_category('plan')}, contract_type := {_as_category('contract_type')}, "
+       f"monthly_fee := monthly_fee, payment_method := {_as_category('payment_method')})")
 _CT_ORDER = "row(greatest(arrival_month, strftime(event_date, '%Y-%m')), event_date, contract_id)"  # latest known event wins
 _CT_KNOWN = "greatest(arrival_month, strftime(event_date, '%Y-%m'))"                   # the month an event is known and in effect
 
@@ -830,14 +854,14 @@ cx AS (SELECT customer_key, arg_min(reason, row(request_date, reason)) AS reason
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key),
 cp AS (SELECT customer_key, arg_min(struct_pack(arm, contacted, accepted), campaign_id) AS c FROM staging.campaigns
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key)
-SELECT b.customer_key, $m, s.cv.gender, {_age_band_sql("year($end) - s.cv.birth_year")}, s.cv.state, s.cv.city,
+SELECT b.customer_key, $m, s.cv.gender, {_as_category("age_band", _age_band_sql("year($end) - s.cv.birth_year"))}, s.cv.state, s.cv.city,
        CAST(datediff('month', s.cv.signup_date, $end) AS INTEGER),
        s.ct.product, s.ct.plan, s.ct.contract_type, s.ct.monthly_fee, s.ct.payment_method,
        b.data_gb, b.voice_minutes, b.days_active, b.dropped_call_rate,
        b.amount, b.due_date <= $end AND (b.paid_date IS NULL OR b.paid_date > b.due_date),
        coalesce(bl.late_payments_3m, 0), coalesce(tk.tickets, 0), coalesce(tk.tickets_3m, 0), coalesce(tk.unresolved_tickets_3m, 0),
        coalesce(tk.open_tickets, 0), tk.satisfaction_avg,
-       cx.customer_key IS NOT NULL, cx.reason, cp.c.arm, cp.c.contacted, cp.c.accepted
+       cx.customer_key IS NOT NULL, {_as_category("cancel_reason", "cx.reason")}, {_as_category("campaign_arm", "cp.c.arm")}, cp.c.contacted, cp.c.accepted
 FROM base b
 LEFT JOIN _st s ON s.customer_key = b.customer_key
 LEFT JOIN tk ON tk.customer_key = b.customer_key

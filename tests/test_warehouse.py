@@ -218,10 +218,27 @@ def test_ids_are_stored_plain_and_categories_in_dictionaries(loaded):
         for table, column in [("staging.contracts", "customer_key"), ("staging.contracts", "contract_id"), ("staging.billing", "invoice_id"),
                               ("staging.tickets", "ticket_id"), ("mart.customer_month", "customer_key")]:
             assert methods(table, column) == {"Uncompressed"}, (table, column)
-        for table, column in [("staging.contracts", "plan"), ("mart.customer_month", "plan"), ("mart.customer_month", "month"),
-                              ("quarantine.records", "reason")]:
+        for table, column in [("staging.contracts", "plan"), ("mart.customer_month", "month"), ("quarantine.records", "reason")]:
             got = methods(table, column)
             assert got and "Uncompressed" not in got, (table, column, got)
+        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                 "WHERE table_schema = 'mart' AND table_name = 'customer_month'").fetchall())
+    assert {c for c, ty in types.items() if ty.startswith("ENUM")} == set(W.MART_CATEGORIES)   # the mart's categories: one byte a row
+
+
+def test_a_changed_category_set_rebuilds_the_warehouse(tmp_path, monkeypatch):
+    import duckdb
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        W.ensure_tables(con)
+        con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_x', '2025-01', 'Pós 50GB')")
+        with pytest.raises(duckdb.ConversionException):    # a value outside the set is refused, not stored
+            con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_y', '2025-01', 'Pós 5TB')")
+        W.ensure_tables(con)                                # same layout: kept
+        assert con.execute("SELECT count(*) FROM mart.customer_month").fetchall() == [(1,)]
+        monkeypatch.setitem(W.MART_CATEGORIES, "plan", (*W.MART_CATEGORIES["plan"], "Pós 5TB"))
+        W.ensure_tables(con)                                # a new plan: rebuilt, and the new value fits
+        assert con.execute("SELECT count(*) FROM mart.customer_month").fetchall() == [(0,)]
+        con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_y', '2025-01', 'Pós 5TB')")
 
 
 # --- incremental, idempotent, atomic -----------------------------------------------------------------------------
