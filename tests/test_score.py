@@ -126,7 +126,7 @@ def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day
     i = 0
     for t in stamps:
         for _ in range(per_day * rows):
-            plog.append(LogBlock(m, new_request_id(), t + i * 1e-3, "api", 0.5, [f"p_{i:024x}"], [[float(i), "a" if i % 3 else None]],
+            plog.append(LogBlock(m, new_request_id(t + i * 1e-3), t + i * 1e-3, "api", 0.5, [f"p_{i:024x}"], [[float(i), "a" if i % 3 else None]],
                                  np.array([0.1]), np.array([i % 2 == 0])))
             i += 1
             if i % rows == 0: plog.flush()          # one file per `rows` predictions, as a worker's timed flushes make them
@@ -184,6 +184,35 @@ def test_readers_during_compaction_see_every_row_once(tmp_path):
     for r in readers: r.join()
     assert res.days == list(days) and errors == []
     assert len(counts) >= 5 and set(counts) == {(n, n)}, sorted(set(counts))[:5]
+
+
+def test_explanation_lookups_during_compaction_find_their_request(tmp_path):
+    """The API's explanation lookup reads one day's files by the date in the request id: it too reads again when a swap
+    removes the files it listed, so a request is found, whole, while its day is compacted."""
+    from mlops_nb.score import compact_prediction_log, read_prediction_log
+    from mlops_nb.serve import find_logged_request
+    from mlops_nb.settings import sandbox_settings
+    cfg = sandbox_settings(tmp_path / "sb")
+    days = tuple(f"2026-03-{d:02d}" for d in range(1, 9))
+    _multi_day_log(cfg, days=days, per_day=30, rows=20)
+    log = read_prediction_log(cfg)
+    wanted = log.groupby(log.time.dt.date).request_id.last().tolist()[:len(days)]      # one request of each closed day
+    folder = Path(cfg.paths.prediction_log)
+    found, errors, done = [], [], threading.Event()
+    def look():
+        while not done.is_set():
+            for rid in wanted:
+                try: found.append(find_logged_request(folder, rid).request_id.tolist() == [rid])
+                except Exception as e: errors.append(repr(e))
+    readers = [threading.Thread(target=look) for _ in range(2)]
+    for r in readers: r.start()
+    time.sleep(0.3)
+    res = compact_prediction_log(cfg)
+    time.sleep(0.3)
+    done.set()
+    for r in readers: r.join()
+    assert res.days == list(days) and errors == []
+    assert len(found) >= 5 * len(wanted) and all(found)
 
 
 def test_log_compact_from_the_cli(project):
