@@ -11,8 +11,10 @@
    format, Brazilian money, map category spellings, validate CPFs, apply the same quarantine reasons and outlier
    policy, store personal data with `privacy.store_in_vault`, build the same point-in-time mart month by month, and
    write staging, quarantine and mart as Parquet — runs on the same lake, in another child process.
-Each child's wall time, CPU time and peak RSS (its own, from wait4) are printed, with the ratio and the machine's load
-average (the machine is shared: CPU seconds are the steadier figure). Row counts of both are compared.
+Each child's wall time, CPU time and peak RSS (its own, from wait4) are printed, with the ratio, the machine's load
+average and a host speed probe before and after ours (the machine is shared and its speed moves by ~20 % within an
+hour: read wall times against the probe, or compare versions in interleaved runs). `MLOPS_ETL_TRACE=<seconds>` prints
+the load's slow statements. Row counts of both are compared.
 """
 from __future__ import annotations
 
@@ -233,9 +235,24 @@ def run_child(code: str, *args: str) -> dict:
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     if status != 0: raise SystemExit(f"child failed (status {status})")
-    res = json.loads(out.strip().splitlines()[-1])
+    *said, last = out.strip().splitlines()
+    for line in said: print(line)                  # e.g. MLOPS_ETL_TRACE=<seconds>: the load's own statement timings
+    res = json.loads(last)
     res.update(wall_total=wall, cpu=ru.ru_utime + ru.ru_stime, peak_rss_mb=ru.ru_maxrss / 1024)
     return res
+
+
+def host_speed() -> float:
+    """CPU seconds of a fixed single-threaded workload (a Python loop and a DuckDB hash query): ~1.0 on this machine at
+    its usual speed. The machine is shared and its speed moves by 20 % within an hour; read wall times against this."""
+    import duckdb
+    t = time.process_time()
+    s = 0
+    for i in range(5_000_000): s += i
+    with duckdb.connect() as con:
+        con.execute("SET threads = 1")
+        con.execute("SELECT sum(hash(i::VARCHAR)) FROM range(10000000) t(i)").fetchall()
+    return time.process_time() - t
 
 
 def lake_settings(root: Path, customers: int, months: int):
@@ -267,9 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     for p in (cfg.paths.warehouse, cfg.privacy.vault):
         for f in p.parent.glob(p.name + "*"): f.unlink()
     load = os.getloadavg()
-    print(f"[2] ours: load_warehouse into a fresh warehouse and vault (child process; load average {load[0]:.1f})")
+    print(f"[2] ours: load_warehouse into a fresh warehouse and vault (child process; load average {load[0]:.1f}; host speed probe {host_speed():.2f} s)")
     ours = run_child(OURS, str(cfg.source))
-    print(f"    wall {ours['wall']:.1f} s, CPU {ours['cpu']:.1f} s, peak RSS {ours['peak_rss_mb']:,.0f} MB, warehouse {cfg.paths.warehouse.stat().st_size / 1e9:.2f} GB")
+    print(f"    wall {ours['wall']:.1f} s, CPU {ours['cpu']:.1f} s, peak RSS {ours['peak_rss_mb']:,.0f} MB, warehouse {cfg.paths.warehouse.stat().st_size / 1e9:.2f} GB"
+          f" (host speed probe after: {host_speed():.2f} s)")
     if args.skip_pandas: return
     vault = cfg.privacy.vault
     pcfg = lake_settings(root, args.customers, args.months)
