@@ -1,6 +1,7 @@
 """Batch scoring (`mlops-nb score --month`) into the prediction log, and reading that log while it is written."""
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -207,9 +208,13 @@ def test_explanation_lookups_during_compaction_find_their_request(tmp_path):
     log = read_prediction_log(cfg)
     wanted = log.groupby(log.time.dt.date).request_id.last().tolist()[:len(days)]      # one request of each closed day
     folder = Path(cfg.paths.prediction_log)
-    res, found, errors = _poll_during_compaction(cfg, lambda: [find_logged_request(folder, rid).request_id.tolist() == [rid] for rid in wanted])
+    turns = itertools.cycle(wanted)                                                       # each poll: the next day's request
+    def look() -> bool:
+        rid = next(turns)
+        return find_logged_request(folder, rid).request_id.tolist() == [rid]
+    res, found, errors = _poll_during_compaction(cfg, look)
     assert res.days == list(days) and errors == []
-    assert len(found) >= 5 and all(all(f) for f in found)
+    assert len(found) >= len(wanted) and all(found)                                      # ~30 on a busy machine
 
 
 def test_log_compact_from_the_cli(project):
