@@ -436,7 +436,7 @@ def ensure_tables(con) -> None:
         for t in TABLES.values(): con.execute(f"DROP VIEW IF EXISTS raw.{t.source}")
         for c in MART_CATEGORIES: con.execute(f"DROP TYPE IF EXISTS {category_type(c)}")
     for c, values in MART_CATEGORIES.items():
-        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM (" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")")
+        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM (" + ", ".join(f"'{_sql_str(v)}'" for v in values) + ")")
     for name, cols in table_columns().items(): con.execute(_ddl(name, cols))
     con.execute("DELETE FROM meta.etl WHERE key = 'schema_version'")
     con.execute("INSERT INTO meta.etl VALUES ('schema_version', ?)", [layout_version()])
