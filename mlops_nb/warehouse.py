@@ -414,6 +414,8 @@ def table_columns() -> dict[str, list[tuple[str, str, str]]]:
     out |= {"quarantine.records": QUARANTINE_COLUMNS, "quarantine.flagged_values": QUARANTINE_COLUMNS, "mart.customer_month": MART_COLUMNS}
     return out | META_TABLES
 
+def _sql_str(s: str) -> str: return s.replace("'", "''")   # a string's text inside a SQL literal
+
 PLAIN_STRING_COLUMNS = frozenset({"customer_key", "contract_id", "invoice_id", "ticket_id"})  # pseudonyms and record ids: (nearly) every value distinct
 
 def _ddl(name: str, cols: Sequence[tuple[str, str, str]]) -> str:
@@ -917,8 +919,6 @@ def build_mart(con, months: Sequence[str]) -> int:
 
 # %% ../nbs/12_warehouse.ipynb #7a565bc1
 RECORD_SEP = chr(31)   # a control character that never occurs in a JSON line: reads each line as one field
-
-def _sql_str(s: str) -> str: return s.replace("'", "''")
 
 def _raw_select(t: Table, p: Partition) -> str:
     "The SELECT reading one partition file for its raw view."
