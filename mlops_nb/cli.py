@@ -48,7 +48,8 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from mlops_nb.runner import run_pipeline
     cfg = load_settings(_settings_path(args))
     res = run_pipeline(cfg, args.phases, parse_overrides(args.param or [], extra), kernel_name=args.kernel,
-                       progress=not args.no_progress and sys.stderr.isatty())   # progress bars only for a person at a terminal, not in a scheduler's log
+                       progress=not args.no_progress and sys.stderr.isatty(),   # progress bars only for a person at a terminal, not in a scheduler's log
+                       demos=args.demos)
     for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
     print(f"run {res.run_id}: {res.status} — executed notebooks in {res.out_dir}; MLflow run {res.mlflow_run_id}")
     if res.error:
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting (<section>_<key>, e.g. lake_customers) or a notebook parameter; repeatable")
     r.add_argument("--kernel", help="Jupyter kernel to execute with (default: mlops-nb if registered, else python3)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (the default when stderr is not a terminal, e.g. in a scheduler)")
+    r.add_argument("--demos", action="store_true", help="also execute each notebook's demonstration cells, as nbdev-test does "
+                   "(default: a phase runs its definitions and its `parameters` section only)")
     r.set_defaults(func=cmd_run)
     ph = sub.add_parser("phases", help="list the phases", description="List the lifecycle's phases in order.")
     ph.set_defaults(func=cmd_phases)

@@ -26,9 +26,10 @@ from .settings import Settings, SettingsError, load_settings, render_settings, w
 from .tracking import configure_mlflow, git_commit, reproducibility_tags, mlflow, MlflowClient
 
 # %% auto #0
-__all__ = ['PHASES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters', 'check_parameters_cell',
-           'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult', 'IpcKernelManager',
-           'run_phase', 'default_kernel', 'PipelineResult', 'run_pipeline']
+__all__ = ['PHASES', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
+           'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult',
+           'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel', 'PipelineResult',
+           'run_pipeline']
 
 # %% ../nbs/02_runner.ipynb #e50b8bda
 @dataclass(frozen=True)
@@ -153,8 +154,43 @@ class IpcKernelManager(AsyncKernelManager):
         await super()._async_interrupt_kernel()
 
 # %% ../nbs/02_runner.ipynb #1e5b4d2d
+DEFINITION_DIRECTIVES = frozenset({"default_exp", "export", "exporti", "exports"})   # nbdev directives of cells that build the package
+
+def cell_directives(source: str) -> set[str]:
+    "The nbdev directives at the top of a cell (`#| export` → 'export')."
+    out = set()
+    for line in source.splitlines():
+        s = line.strip()
+        if not s: continue
+        if not s.startswith("#|"): break
+        if s[2:].split(): out.add(s[2:].split()[0].rstrip(":"))
+    return out
+
+def phase_section(nb: Any, notebook: str) -> Any:
+    "A copy of phase notebook `nb` as a run executes it: a title, the exported cells (collapsed), and every cell from the `parameters` cell on."
+    import copy
+    import nbformat
+    cells = nb.cells
+    start = next((i for i, c in enumerate(cells) if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
+    if start is None: raise SettingsError(f"{notebook} has no cell tagged `parameters`: a phase notebook's run section starts there")
+    title = next((c.source.strip().splitlines()[0].lstrip("# ").strip() for c in cells[:start]
+                  if c.cell_type == "markdown" and c.source.strip().startswith("# ")), notebook)
+    out = copy.deepcopy(nb)
+    note = nbformat.v4.new_markdown_cell(
+        f"# {title} — a run\n> `mlops-nb run` executed the definitions of `{notebook}` (collapsed below) and its phase section. "
+        "The lesson's demonstrations are in the notebook itself; `nbdev-test` runs them, and so does `mlops-nb run --demos`.")
+    defs = [copy.deepcopy(c) for c in cells[:start] if c.cell_type == "code" and cell_directives(c.source) & DEFINITION_DIRECTIVES]
+    for c in defs: c.metadata.setdefault("jupyter", {})["source_hidden"] = True
+    heading = start
+    while heading > 0 and cells[heading - 1].cell_type == "markdown": heading -= 1   # the section's own heading ("## Run the phase")
+    out.cells = [note, *defs, *copy.deepcopy(cells[heading:])]
+    return out
+
+# %% ../nbs/02_runner.ipynb #726fa196
 def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, parent_run_id: str,
-              extra: Mapping[str, Any], kernel_name: str | None = None, progress: bool = True) -> PhaseResult:
+              extra: Mapping[str, Any], kernel_name: str | None = None, progress: bool = True,
+              demos: bool = False,   # also execute the lesson's demonstration cells (default: definitions and the phase section)
+              ) -> PhaseResult:
     "Execute one phase notebook in its own nested MLflow run; record the executed notebook either way."
     nb = cfg.paths.notebooks / phase.notebook
     declared = notebook_parameters(nb)
@@ -171,7 +207,9 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
     out = out_dir / phase.notebook
     t0, error = time.perf_counter(), ""
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
+        import nbformat
+        source = str(nb) if demos else phase_section(nbformat.read(str(nb), as_version=4), phase.notebook)
+        pm.execute_notebook(source, str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
                             progress_bar=progress, cwd=str(nb.parent), log_output=False,
                             kernel_manager_class=IpcKernelManager)   # no TCP ports, so no "running over TCP without encryption" warning per phase
     except PapermillExecutionError as e: error = _failure_message(phase, e)
@@ -206,8 +244,8 @@ class PipelineResult:
 
 def run_pipeline(cfg: Settings, phase_names: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
                  phases: Sequence[Phase] = PHASES, kernel_name: str | None = None, progress: bool = True,
-                 run_id: str | None = None) -> PipelineResult:
-    "Run the selected phases in order under one pipeline run; stop at the first failure."
+                 run_id: str | None = None, demos: bool = False) -> PipelineResult:
+    "Run the selected phases in order under one pipeline run; stop at the first failure (`demos`: also run each lesson's demonstrations)."
     selected = select_phases(phase_names, phases)
     declared = {n for p in selected for n in notebook_parameters(cfg.paths.notebooks / p.notebook)}
     settings_o, extra = split_overrides(dict(overrides or {}), declared)
@@ -222,7 +260,7 @@ def run_pipeline(cfg: Settings, phase_names: Sequence[str] | None = None, overri
     parent = _parent_run(cfg, run_id, [p.name for p in selected])
     result = PipelineResult(run_id, "RUNNING", str(out_dir), parent)
     for p in selected:
-        r = run_phase(p, cfg, eff_file, out_dir, parent, extra, kernel_name, progress)
+        r = run_phase(p, cfg, eff_file, out_dir, parent, extra, kernel_name, progress, demos)
         result.phases.append(r)
         if r.status == "FAILED": break
     result.status = "FAILED" if result.error else "FINISHED"

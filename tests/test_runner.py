@@ -92,3 +92,71 @@ def test_cli_run_exit_codes(tmp_path):
     settings = make_project(tmp_path / "proj", paths_notebooks=str(nbs))
     r = run_cli("--settings", str(settings), "run", "lake")
     assert r.returncode == 2 and "phase notebook not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def lesson_notebook(path: Path) -> None:
+    "A phase notebook shaped like ours: a definition, a demonstration of it, then the phase section from `parameters` on."
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('settings_file: str = ""\nmlflow_run_id: str = ""\nsteps: int = 1')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# The toy phase\nWhy it exists."),
+                nbformat.v4.new_code_cell("#| export\ndef double(x: int) -> int: return 2 * x"),
+                nbformat.v4.new_markdown_cell("It doubles:"),
+                nbformat.v4.new_code_cell("from pathlib import Path\nassert double(2) == 4\nPath('demo-ran').write_text('the demonstration ran')"),
+                nbformat.v4.new_markdown_cell("## Run the phase"), params,
+                nbformat.v4.new_code_cell("from mlops_nb.settings import load_settings\nfrom mlops_nb.tracking import phase_run, mlflow\n"
+                                          "with phase_run(load_settings(settings_file), 'lake', mlflow_run_id): mlflow.log_metric('doubled', double(steps))")]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.parametrize("demos", [False, True])
+def test_a_run_executes_definitions_and_the_phase_section_and_demos_only_when_asked(tmp_path, demos):
+    from mlflow.tracking import MlflowClient
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    lesson_notebook(nbs / "10_lake.ipynb")
+    settings = make_project(tmp_path / "proj", paths_notebooks=str(nbs))
+    r = run_cli("--settings", str(settings), "run", "lake", "-p", "steps", "21", *(["--demos"] if demos else []))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (nbs / "demo-ran").exists() == demos
+    cfg = load_settings(settings, env={})
+    out = next((cfg.paths.reports / "runs").glob("*/10_lake.ipynb"))
+    executed = nbformat.read(out, as_version=4)
+    sources = [c.source for c in executed.cells]
+    assert any("demo-ran" in s for s in sources) == demos, "the record holds what ran"
+    definition = next(c for c in executed.cells if c.source.startswith("#| export"))
+    assert definition.metadata.get("jupyter", {}).get("source_hidden", False) != demos   # collapsed in a run's record
+    if not demos: assert executed.cells[0].source.startswith("# The toy phase — a run") and "--demos" in executed.cells[0].source
+    run_id = json.loads(next((cfg.paths.reports / "runs").glob("*/manifest.json")).read_text())["phases"][0]["mlflow_run_id"]
+    assert MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id).data.metrics["doubled"] == 42
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    "(names a cell defines, names it reads) — IPython magics and shell lines left out."
+    import ast
+    tree = ast.parse("\n".join(l for l in source.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    defined, read = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Import, ast.ImportFrom)): defined |= {(a.asname or a.name).split(".")[0] for a in n.names}
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): defined.add(n.name)
+        elif isinstance(n, ast.arg): defined.add(n.arg)
+        elif isinstance(n, ast.ExceptHandler) and n.name: defined.add(n.name)
+        elif isinstance(n, ast.Name): (defined if isinstance(n.ctx, ast.Store) else read).add(n.id)
+    return defined, read
+
+
+@pytest.mark.parametrize("phase", [p.notebook for p in __import__("mlops_nb.runner", fromlist=["PHASES"]).PHASES])
+def test_each_phase_section_needs_nothing_from_the_skipped_demonstrations(phase):
+    "A name the phase section reads must come from a definition cell or the section itself, not from a demonstration a run skips."
+    import builtins
+    from mlops_nb.runner import phase_section
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "nbs" / phase, as_version=4)
+    kept, everything = set(dir(builtins)) | {"display", "get_ipython"}, set()
+    for c in phase_section(nb, phase).cells:
+        if c.cell_type == "code": kept |= _names(c.source)[0]
+    read = set().union(*(_names(c.source)[1] for c in phase_section(nb, phase).cells if c.cell_type == "code"))
+    for c in nb.cells:
+        if c.cell_type == "code": everything |= _names(c.source)[0]
+    borrowed = sorted((read - kept) & everything)
+    assert not borrowed, f"{phase}: the phase section reads {borrowed}, defined only in demonstration cells"
