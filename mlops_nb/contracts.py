@@ -13,14 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'duckdb_connect',
-           'connect_warehouse', 'warehouse_content_hash', 'save_feature_query', 'save_feature_table',
-           'feature_table_source', 'load_feature_table']
+__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'frame_schema',
+           'pandas_dataset', 'duckdb_connect', 'connect_warehouse', 'warehouse_content_hash', 'save_feature_query',
+           'save_feature_table', 'feature_table_source', 'load_feature_table']
 
 # %% ../nbs/04_contracts.ipynb #840dd5db
 FEATURES_TABLE = "features.customer_month"   # the feature + label table
@@ -64,6 +65,30 @@ def frame_digest(df: pd.DataFrame) -> str:
     h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
     return h.hexdigest()[:16]
+
+# %% ../nbs/04_contracts.ipynb #2538aa1e
+def frame_schema(df: pd.DataFrame, head: int = 1000) -> Any:
+    "The MLflow schema `mlflow.data.from_pandas` would infer for `df` (None if it cannot), read from `head` rows plus each column's first missing value."
+    from mlflow.types.utils import _infer_schema
+    take = np.zeros(len(df), dtype=bool)
+    take[:head] = True
+    for c in df.columns:
+        missing = df[c].isna().to_numpy()
+        if missing.any(): take[int(missing.argmax())] = True
+    sample = df[take]
+    kinds = lambda frame, c: pd.api.types.infer_dtype(frame[c], skipna=True)  # noqa: E731
+    mixed = any(df[c].dtype == object and kinds(df, c) != kinds(sample, c) for c in df.columns)
+    try: return _infer_schema(df if mixed else sample)
+    except Exception: return None   # as from_pandas: a frame MLflow cannot describe is logged without a schema
+
+def pandas_dataset(df: pd.DataFrame, source: str, name: str, targets: str | None = None) -> Any:
+    "`df` as an MLflow dataset: `mlflow.data.from_pandas` with the digest `frame_digest` and the schema `frame_schema`."
+    import mlflow
+    from mlops_nb.tracking import quiet_dataset_warnings
+    with quiet_dataset_warnings():
+        ds = mlflow.data.from_pandas(df, source=source, name=name, targets=targets, digest=frame_digest(df))
+        ds.schema = frame_schema(df)   # a cached property: given a value, MLflow never infers it from every row
+    return ds
 
 # %% ../nbs/04_contracts.ipynb #e81fd264
 def duckdb_connect(database: str | Path = ":memory:", read_only: bool = False):

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, frame_digest, save_feature_query
+from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, pandas_dataset, save_feature_query
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
 
@@ -339,12 +339,7 @@ def missing_profile(con, spec: FeatureSpec, table: str = FEATURES_TABLE) -> dict
 # %% ../nbs/14_features.ipynb #04159d48
 def feature_dataset(df: pd.DataFrame, spec: FeatureSpec, source: str):
     "The feature table as an MLflow dataset (name, source, digest, schema, targets)."
-    import mlflow
-    from mlops_nb.tracking import quiet_dataset_warnings
-    with quiet_dataset_warnings():
-        ds = mlflow.data.from_pandas(df, source=source, name=FEATURES_TABLE, targets=spec.target, digest=frame_digest(df))
-        ds.schema   # inferred lazily: infer it here, under the filter
-    return ds
+    return pandas_dataset(df, source=source, name=FEATURES_TABLE, targets=spec.target)
 
 # %% ../nbs/14_features.ipynb #3c2fa5ff
 DATASET_MAX_ROWS = 2_000_000

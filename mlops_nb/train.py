@@ -34,10 +34,10 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from .audit import append_event
 from .contracts import (
-    FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source, frame_digest, load_feature_table, save_feature_table)
+    FEATURES_SOURCE_TAG, FEATURES_TABLE, FeatureSpec, connect_warehouse, feature_table_source, frame_digest, load_feature_table, pandas_dataset, save_feature_table)
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
-from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run, quiet_dataset_warnings
+from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 
 # %% auto #0
 __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS', 'DEMO_REGIONS', 'DEMO_GENDERS', 'DEMO_AGE_BANDS',
@@ -590,12 +590,7 @@ def split_datasets(split: Split, spec: FeatureSpec, source: str,
                    parts: Sequence[str] = tuple(SPLIT_CONTEXTS),   # which parts (default: all three)
                    ) -> dict[str, Any]:
     "The parts of `split` as MLflow datasets, keyed by part, with full-content digests."
-    with quiet_dataset_warnings():
-        out = {part: mlflow.data.from_pandas(getattr(split, part), source=source, name=f"{FEATURES_TABLE}@{part}",
-                                             targets=spec.target, digest=frame_digest(getattr(split, part)))
-               for part in parts}
-        for ds in out.values(): ds.schema   # computed lazily: compute it here, under the filter
-    return out
+    return {part: pandas_dataset(getattr(split, part), source=source, name=f"{FEATURES_TABLE}@{part}", targets=spec.target) for part in parts}
 
 def log_datasets(datasets: dict[str, Any], parts: Sequence[str] = ("train", "valid", "test")) -> None:
     "Log the given parts as inputs of the active run."
