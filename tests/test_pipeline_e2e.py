@@ -41,6 +41,19 @@ def test_every_phase_finishes_and_is_recorded(pipeline):
         assert (run_dir / p.notebook).exists() and not ((run_dir / p.notebook).stat().st_mode & 0o222)
 
 
+def test_the_records_show_figures_as_images(pipeline):
+    "A run executes only the phase sections: their figures must still display as images, not as `<Figure size ...>`."
+    import nbformat
+    settings, _ = pipeline
+    run_dir = next((settings.parent / "reports/runs").iterdir())
+    outputs = {p.notebook: [o for c in nbformat.read(run_dir / p.notebook, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+               for p in PHASES}
+    as_text = {nb: [o["data"]["text/plain"][:40] for o in outs
+                    if o.get("data", {}).get("text/plain", "").startswith("<Figure") and "image/png" not in o["data"]] for nb, outs in outputs.items()}
+    assert not any(as_text.values()), as_text
+    assert sum("image/png" in o.get("data", {}) for o in outputs["23_evaluate.ipynb"]) >= 2   # the profit curve and the importances
+
+
 def test_the_gate_approved_model_is_in_production(pipeline):
     from mlops_nb import registry as R
     settings, r = pipeline
