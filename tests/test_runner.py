@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from conftest import make_project, run_cli
-from mlops_nb.runner import Phase
+from mlops_nb.runner import PHASES, Phase, phase_section
 from mlops_nb.settings import load_settings
 
 
@@ -146,17 +146,14 @@ def _names(source: str) -> tuple[set[str], set[str]]:
     return defined, read
 
 
-@pytest.mark.parametrize("phase", [p.notebook for p in __import__("mlops_nb.runner", fromlist=["PHASES"]).PHASES])
+@pytest.mark.parametrize("phase", [p.notebook for p in PHASES])
 def test_each_phase_section_needs_nothing_from_the_skipped_demonstrations(phase):
     "A name the phase section reads must come from a definition cell or the section itself, not from a demonstration a run skips."
     import builtins
-    from mlops_nb.runner import phase_section
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "nbs" / phase, as_version=4)
-    kept, everything = set(dir(builtins)) | {"display", "get_ipython"}, set()
-    for c in phase_section(nb, phase).cells:
-        if c.cell_type == "code": kept |= _names(c.source)[0]
-    read = set().union(*(_names(c.source)[1] for c in phase_section(nb, phase).cells if c.cell_type == "code"))
-    for c in nb.cells:
-        if c.cell_type == "code": everything |= _names(c.source)[0]
-    borrowed = sorted((read - kept) & everything)
+    ran = [_names(c.source) for c in phase_section(nb, phase).cells if c.cell_type == "code"]
+    kept = set(dir(builtins)) | {"display", "get_ipython"} | set().union(*(d for d, _ in ran))
+    read = set().union(*(r for _, r in ran))
+    everywhere = set().union(*(_names(c.source)[0] for c in nb.cells if c.cell_type == "code"))
+    borrowed = sorted((read - kept) & everywhere)
     assert not borrowed, f"{phase}: the phase section reads {borrowed}, defined only in demonstration cells"
