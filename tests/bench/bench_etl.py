@@ -38,7 +38,8 @@ print(json.dumps(dict(wall=time.perf_counter() - t, rows=res.tables, summary=res
 """
 
 PANDAS = """
-import json, sys, time
+import json, sys, time, warnings
+warnings.filterwarnings("ignore", message="The behavior of array concatenation with empty entries is deprecated")   # combine_first, once a month
 sys.path.insert(0, sys.argv[2])
 from bench_etl import pandas_etl
 from mlops_nb.settings import load_settings
