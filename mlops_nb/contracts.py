@@ -20,8 +20,8 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'frame_schema',
-           'pandas_dataset', 'duckdb_connect', 'connect_warehouse', 'warehouse_content_hash', 'save_feature_query',
-           'save_feature_table', 'feature_table_source', 'load_feature_table']
+           'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse', 'warehouse_content_hash',
+           'save_feature_query', 'save_feature_table', 'feature_table_source', 'load_feature_table']
 
 # %% ../nbs/04_contracts.ipynb #840dd5db
 FEATURES_TABLE = "features.customer_month"   # the feature + label table
@@ -91,6 +91,10 @@ def pandas_dataset(df: pd.DataFrame, source: str, name: str, targets: str | None
     return ds
 
 # %% ../nbs/04_contracts.ipynb #e81fd264
+def sql_literal(s: str) -> str:
+    "`s` as a SQL string literal, for the few places DuckDB takes no parameter (COPY, SET, CREATE TYPE, a table function's file)."
+    return "'" + s.replace("'", "''") + "'"
+
 def duckdb_connect(database: str | Path = ":memory:", read_only: bool = False):
     "A DuckDB connection that draws no progress bar: in a notebook or a script DuckDB draws one for any query past two seconds, into executed reports and scheduler logs."
     import duckdb

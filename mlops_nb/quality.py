@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from .contracts import connect_warehouse, warehouse_content_hash
+from .contracts import connect_warehouse, sql_literal, warehouse_content_hash
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING: from mlops_nb.byod import LoadResult   # for annotations only: byod is imported where it is used
@@ -448,7 +448,7 @@ def check_range(con, r: Rule) -> list[Check]:
 
 def check_allowed_values(con, r: Rule) -> list[Check]:
     c, vals = r.params["column"], r.params["values"]
-    listed = ", ".join("'" + v.replace("'", "''") + "'" for v in vals)
+    listed = ", ".join(sql_literal(v) for v in vals)
     r2 = Rule(r.name, r.kind, r.table, r.severity, {**r.params, "max_share": 0.0}, r.description, r.show)
     return _share_checks(con, r2, f"{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({listed})", "max_share", "not allowed")
 

@@ -7,6 +7,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/runner.html.md"""
 # %% ../nbs/02_runner.ipynb #a123caf3
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import os
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import nbformat
 import papermill as pm
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
@@ -163,19 +165,17 @@ def cell_directives(source: str) -> set[str]:
         s = line.strip()
         if not s: continue
         if not s.startswith("#|"): break
-        if s[2:].split(): out.add(s[2:].split()[0].rstrip(":"))
+        words = s[2:].split()
+        if words: out.add(words[0].rstrip(":"))
     return out
 
 def phase_section(nb: Any, notebook: str) -> Any:
     "A copy of phase notebook `nb` as a run executes it: a title, the exported cells (collapsed), and every cell from the `parameters` cell on."
-    import copy
-    import nbformat
     cells = nb.cells
     start = next((i for i, c in enumerate(cells) if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
     if start is None: raise SettingsError(f"{notebook} has no cell tagged `parameters`: a phase notebook's run section starts there")
     title = next((c.source.strip().splitlines()[0].lstrip("# ").strip() for c in cells[:start]
                   if c.cell_type == "markdown" and c.source.strip().startswith("# ")), notebook)
-    out = copy.deepcopy(nb)
     note = nbformat.v4.new_markdown_cell(
         f"# {title} — a run\n> `mlops-nb run` executed the definitions of `{notebook}` (collapsed below) and its phase section. "
         "The lesson's demonstrations are in the notebook itself; `nbdev-test` runs them, and so does `mlops-nb run --demos`.")
@@ -183,6 +183,7 @@ def phase_section(nb: Any, notebook: str) -> Any:
     for c in defs: c.metadata.setdefault("jupyter", {})["source_hidden"] = True
     heading = start
     while heading > 0 and cells[heading - 1].cell_type == "markdown": heading -= 1   # the section's own heading ("## Run the phase")
+    out = nbformat.v4.new_notebook(metadata=copy.deepcopy(nb.metadata), nbformat_minor=nb.nbformat_minor)
     out.cells = [note, *defs, *copy.deepcopy(cells[heading:])]
     return out
 
@@ -207,7 +208,6 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
     out = out_dir / phase.notebook
     t0, error = time.perf_counter(), ""
     try:
-        import nbformat
         source = str(nb) if demos else phase_section(nbformat.read(str(nb), as_version=4), phase.notebook)
         pm.execute_notebook(source, str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
                             progress_bar=progress, cwd=str(nb.parent), log_output=False,

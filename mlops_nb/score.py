@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, duckdb_connect
+from .contracts import FEATURE_SPEC_TABLE, FEATURES_TABLE, FeatureSpec, connect_warehouse, duckdb_connect, sql_literal
 from .serve import LINEAGE_KEYS, LOG_SCHEMA, ServedModel, load_served_model, new_request_id, read_log_retrying, write_log_table
 from .settings import Settings, SettingsError
 
@@ -170,10 +170,6 @@ def _exchange(a: Path, b: Path) -> None:
     aside = a.with_name(a.name + ".swap")
     os.rename(a, aside); os.rename(b, a); os.rename(aside, b)
 
-def _sql_literal(s: str) -> str:
-    "A SQL string literal (COPY takes no parameters, so its file names are written into the statement)."
-    return "'" + s.replace("'", "''") + "'"
-
 def _content_digest(con, files: list[str]) -> tuple[int, int]:
     "(rows, sum of row hashes) of Parquet files read by name: equal for the same rows in any order or grouping."
     return tuple(con.execute("SELECT count(*), coalesce(sum(hash(t)), 0) FROM read_parquet(?, union_by_name = true, hive_partitioning = false) t",
@@ -202,9 +198,9 @@ def compact_prediction_log(cfg: Settings,
             new = day.with_name(f".{day.name}.compacting")          # hidden from readers' `date=*`
             new.mkdir()
             out = new / f"part-{day.name[5:].replace('-', '')}-compacted.parquet"
-            listed = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
+            listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
             con.execute(f"COPY (SELECT * FROM read_parquet({listed}, union_by_name = true, hive_partitioning = false) ORDER BY time, request_id, row) "
-                        f"TO {_sql_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+                        f"TO {sql_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
             fd = os.open(out, os.O_RDONLY)
             try: os.fsync(fd)
             finally: os.close(fd)

@@ -28,7 +28,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from .contracts import connect_warehouse, duckdb_connect
+from .contracts import connect_warehouse, duckdb_connect, sql_literal
 from .lake import ALT_DATE_FORMATS, ALT_TS_FORMATS, RENAMED, SOURCES, SYNONYMS, Source, strip_accents
 from .privacy import AGE_BANDS, load_key, open_vault, pseudonymise, pseudonymise_arrow
 from .settings import Settings, SettingsError
@@ -414,8 +414,6 @@ def table_columns() -> dict[str, list[tuple[str, str, str]]]:
     out |= {"quarantine.records": QUARANTINE_COLUMNS, "quarantine.flagged_values": QUARANTINE_COLUMNS, "mart.customer_month": MART_COLUMNS}
     return out | META_TABLES
 
-def _sql_str(s: str) -> str: return s.replace("'", "''")   # a string's text inside a SQL literal
-
 PLAIN_STRING_COLUMNS = frozenset({"customer_key", "contract_id", "invoice_id", "ticket_id"})  # pseudonyms and record ids: (nearly) every value distinct
 
 def _ddl(name: str, cols: Sequence[tuple[str, str, str]]) -> str:
@@ -438,7 +436,7 @@ def ensure_tables(con) -> None:
         for t in TABLES.values(): con.execute(f"DROP VIEW IF EXISTS raw.{t.source}")
         for c in MART_CATEGORIES: con.execute(f"DROP TYPE IF EXISTS {category_type(c)}")
     for c, values in MART_CATEGORIES.items():
-        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM (" + ", ".join(f"'{_sql_str(v)}'" for v in values) + ")")
+        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM (" + ", ".join(sql_literal(v) for v in values) + ")")
     for name, cols in table_columns().items(): con.execute(_ddl(name, cols))
     con.execute("DELETE FROM meta.etl WHERE key = 'schema_version'")
     con.execute("INSERT INTO meta.etl VALUES ('schema_version', ?)", [layout_version()])
@@ -687,7 +685,7 @@ def _content_part(table: str, source: str, month: str) -> str:
 def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
     "Check one partition's records on `con` (with `_session_setup`; not the warehouse's, which it does not touch) and shape what the warehouse gets."
     part, t = data.part, TABLES[data.part.source]
-    m, rel, typed = part.month, part.rel.replace("'", "''"), t.src.format == "parquet"
+    m, rel, typed = part.month, sql_literal(part.rel), t.src.format == "parquet"
     _x = _stage_input(con, data, t)   # queries below read the Arrow tables _x and _t through DuckDB's replacement scans
     _t = None
     parsed = pa.compute.sum(_x.column("_ok")).as_py() or 0
@@ -698,7 +696,7 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
         _shared = repeated_hashes(con.sql(hashes).fetchnumpy()["h"])   # natural-key hashes two records share
         for sql in prepare: con.execute(sql)
         _t = _fill_keys(con, con.sql(select).to_arrow_table(), key)   # held by Python, not a temporary table: freed as soon as the partition is done
-        line, head = _line_sql(t), f"'{t.source}' AS source, '{m}' AS month, '{rel}' AS file, CAST(_rec AS INTEGER) AS record"
+        line, head = _line_sql(t), f"'{t.source}' AS source, '{m}' AS month, {rel} AS file, CAST(_rec AS INTEGER) AS record"
         rejected = con.sql(f"""SELECT {head}, CAST({line} AS INTEGER) AS line, _reason AS reason, split_part(_reason, ':', 2) AS column_name,
                 {detail_sql(t, typed)} AS detail, v_customer_key AS customer_key
             FROM (SELECT * FROM _t WHERE _reason IS NOT NULL) JOIN _x USING (_rec)""").to_arrow_table()
@@ -787,7 +785,7 @@ class VaultWriter:
     def __init__(self, cfg: Settings, tmp: Path | None = None):  # tmp: a private folder for DuckDB's spill files
         self.con, self.rows, self.error = open_vault(cfg), 0, None
         self.con.execute(f"SET memory_limit = '{VAULT_MEMORY_LIMIT}'"); self.con.execute("SET threads = 1")
-        if tmp is not None: self.con.execute(f"SET temp_directory = '{_sql_str(str(tmp))}'")
+        if tmp is not None: self.con.execute(f"SET temp_directory = {sql_literal(str(tmp))}")
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.thread = threading.Thread(target=self._run, name="vault-writer", daemon=True)
         self.thread.start()
@@ -923,23 +921,23 @@ RECORD_SEP = chr(31)   # a control character that never occurs in a JSON line: r
 def _raw_select(t: Table, p: Partition) -> str:
     "The SELECT reading one partition file for its raw view."
     want = [(n, ty) for n, ty, _ in raw_columns(t)[4:]]
-    head = f"'{p.month}' AS arrival_month, '{_sql_str(p.rel)}' AS file"
-    src, path = t.src, _sql_str(str(p.path))
+    head = f"'{p.month}' AS arrival_month, {sql_literal(p.rel)} AS file"
+    src, path = t.src, sql_literal(str(p.path))
     if src.format == "parquet":
         have = set(pq.read_schema(p.path).names)
         cols = ", ".join(f'"{n}"' if n in have else f'CAST(NULL AS {ty}) AS "{n}"' for n, ty in want)
         return (f"SELECT {head}, file_row_number AS record, CAST(NULL AS BIGINT) AS line, {cols} "
-                f"FROM read_parquet('{path}', file_row_number = true, hive_partitioning = false)")
+                f"FROM read_parquet({path}, file_row_number = true, hive_partitioning = false)")
     if src.format == "jsonl":
         cols = ", ".join(f"json_extract_string(t, '$.{n}') AS \"{n}\"" for n, _ in want)
         return (f"SELECT {head}, n - 1 AS record, n AS line, {cols} FROM (SELECT row_number() OVER () AS n, "
-                f"CASE WHEN json_valid(text) THEN text END AS t FROM read_csv('{path}', header = false, columns = {{'text': 'VARCHAR'}}, "
+                f"CASE WHEN json_valid(text) THEN text END AS t FROM read_csv({path}, header = false, columns = {{'text': 'VARCHAR'}}, "
                 f"delim = '{RECORD_SEP}', quote = '', escape = '', auto_detect = false, hive_partitioning = false, strict_mode = false))")
     with open(p.path, "rb") as f: header = f.readline().rstrip(b"\r\n").decode(src.encoding).split(src.sep)
-    spec = "{" + ", ".join(f"'{_sql_str(n)}': 'VARCHAR'" for n in header) + "}"
+    spec = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in header) + "}"
     cols = ", ".join(f'"{n}"' if n in header else f'CAST(NULL AS VARCHAR) AS "{n}"' for n, _ in want)
     return (f"SELECT {head}, row_number() OVER () - 1 AS record, row_number() OVER () + 1 AS line, {cols} "
-            f"FROM read_csv('{path}', header = true, sep = '{src.sep}', quote = '\"', columns = {spec}, null_padding = true, strict_mode = false, "
+            f"FROM read_csv({path}, header = true, sep = '{src.sep}', quote = '\"', columns = {spec}, null_padding = true, strict_mode = false, "
             f"auto_detect = false, hive_partitioning = false, encoding = '{src.encoding}')")
 
 def create_raw_views(con, parts: Sequence[Partition]) -> None:
@@ -1063,7 +1061,7 @@ class _Preparer:
     "Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to `ahead` partitions ahead of the writer."
     def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD):
         con = duckdb_connect()   # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
-        for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = '{_sql_str(str(tmp))}'",
+        for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = {sql_literal(str(tmp))}",
                     "SET preserve_insertion_order = false"): con.execute(sql)
         self.con = _Traced(con, float(os.environ["MLOPS_ETL_TRACE"]), "prep") if os.environ.get("MLOPS_ETL_TRACE") else con
         _session_setup(self.con)
@@ -1143,7 +1141,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
     vault: VaultWriter | None = None
     prep: _Preparer | None = None
     try:
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'"); con.execute(f"SET temp_directory = '{tmp}'")
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'"); con.execute(f"SET temp_directory = {sql_literal(str(tmp))}")
         con.execute("SET preserve_insertion_order = false")   # (no progress bar: connect_warehouse switched it off)
         con.execute(f"SET disabled_compression_methods = '{DISABLED_COMPRESSION}'")
         _session_setup(con)

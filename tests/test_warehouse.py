@@ -443,3 +443,13 @@ def test_warehouse_connections_print_no_progress_bar(small):
     r = subprocess.run([sys.executable, "-c", code, str(small.source)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["[(None,)]"] * 2, (r.stdout + r.stderr)[-500:]
     assert "▕" not in r.stdout + r.stderr
+
+
+def test_a_project_path_with_an_apostrophe_loads(tmp_path):
+    "Paths reach DuckDB inside SQL text (SET temp_directory, the raw views' read_csv): one quoting rule, `contracts.sql_literal`."
+    cfg = make_cfg(tmp_path / "d'Ávila project", lake_customers=300)
+    L.generate_lake(cfg)
+    res = W.load_warehouse(cfg)
+    with connect_warehouse(cfg) as con:
+        assert con.execute("SELECT count(*) FROM raw.billing").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM staging.usage").fetchone()[0] == res.tables["staging.usage"]
