@@ -36,11 +36,11 @@ __all__ = ['TIE_BREAK', 'FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATIO
            'gains_table', 'cost_per_contact', 'expected_profit', 'break_even_probability', 'budget_contacts',
            'ThresholdChoice', 'profit_curve', 'best_threshold', 'contact_policy', 'charter_verdict', 'business_summary',
            'oracle_summary', 'feature_ceiling', 'fairness_frame', 'GroupIndex', 'group_rates', 'fairness_report',
-           'ScoreAsProbability', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation', 'evaluate_scores',
-           'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame',
-           'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card', 'rows_digest',
-           'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'evaluation_metrics',
-           'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
+           'ScoreAsProbability', 'fittable_groups', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation',
+           'evaluate_scores', 'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness',
+           'importance_frame', 'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card',
+           'rows_digest', 'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline',
+           'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
 
 # %% ../nbs/23_evaluate.ipynb #0bb0af7a
 def bootstrap_counts(n: int,             # rows in the sample
@@ -511,6 +511,16 @@ def _gap(rates: np.ndarray, den: np.ndarray, min_rows: int) -> float:
     ok = den >= max(min_rows, 1)
     return float(np.nanmax(rates[ok]) - np.nanmin(rates[ok])) if ok.sum() >= 2 else float("nan")
 
+def fittable_groups(y: np.ndarray, a: np.ndarray, min_rows: int) -> tuple[list[str], dict[str, str]]:
+    "The groups of `a` a per-group threshold can be fitted on (both classes, at least `min_rows` rows), and why each other group is not."
+    fitted, left_out = [], {}
+    for g in sorted(map(str, pd.unique(a))):
+        yg = y[a == g]
+        if len(yg) < max(min_rows, 1): left_out[g] = f"{len(yg)} validation rows (fewer than {min_rows})"
+        elif yg.min() == yg.max(): left_out[g] = f"no {'churner' if yg.max() == 0 else 'non-churner'} among its {len(yg)} validation rows"
+        else: fitted.append(g)
+    return fitted, left_out
+
 def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,   # validation rows: labels, scores, the attribute
                  y_test: np.ndarray, p_test: np.ndarray, a_test: np.ndarray,      # test rows
                  contact: np.ndarray,                                            # the unmitigated policy's test decisions
@@ -524,20 +534,25 @@ def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray, 
     "Fit a profit-weighted ThresholdOptimizer (prefit) on validation, apply it to test under the budget: gaps before/after and the profit it costs."
     w1, w0 = _profit_weights(charter)
     yv, av = np.asarray(y_valid, int), np.asarray(a_valid).astype(str)
-    rep = np.where(yv == 1, w1, w0)
-    keep = np.repeat(np.arange(len(yv)), rep)
-    to = ThresholdOptimizer(estimator=ScoreAsProbability().fit(), constraints=MITIGATION_CONSTRAINT[metric],
-                            objective="accuracy_score", prefit=True, predict_method="predict_proba")
-    to.fit(pd.DataFrame({"score": np.asarray(p_valid, float)[keep]}), yv[keep], sensitive_features=av[keep])
-    at = np.asarray(a_test).astype(str)
-    after = to.predict(pd.DataFrame({"score": np.asarray(p_test, float)}), sensitive_features=at, random_state=seed).astype(bool)
+    at, yt, before = np.asarray(a_test).astype(str), np.asarray(y_test, float), np.asarray(contact, bool)
+    fitted, left_out = fittable_groups(yv, av, min_group_rows)
+    after = before.copy()   # groups the optimizer cannot fit keep the unmitigated decisions
+    if len(fitted) >= 2:
+        fit_rows, test_rows = np.isin(av, fitted), np.isin(at, fitted)
+        keep = np.repeat(np.flatnonzero(fit_rows), np.where(yv[fit_rows] == 1, w1, w0))
+        to = ThresholdOptimizer(estimator=ScoreAsProbability().fit(), constraints=MITIGATION_CONSTRAINT[metric],
+                                objective="accuracy_score", prefit=True, predict_method="predict_proba")
+        to.fit(pd.DataFrame({"score": np.asarray(p_valid, float)[keep]}), yv[keep], sensitive_features=av[keep])
+        if test_rows.any():
+            after[test_rows] = to.predict(pd.DataFrame({"score": np.asarray(p_test, float)[test_rows]}), sensitive_features=at[test_rows],
+                                          random_state=seed).astype(bool)
     if max_contacts is not None:   # over budget: contact a random subset of the selected, which keeps the groups' rates in proportion
         after = contact_policy(np.where(after, np.random.default_rng(seed).random(len(after)), -1.0), 0.0, max_contacts, months)
-    yt, before = np.asarray(y_test, float), np.asarray(contact, bool)
     n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
     codes, cats = pd.factorize(pd.Series(at), sort=True)
     den = _denominators(yt, codes, len(cats))
-    out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric], repeats=dict(churners=w1, others=w0))
+    out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric], repeats=dict(churners=w1, others=w0),
+                               fitted_groups=fitted, unmitigated_groups=left_out, possible=len(fitted) >= 2)
     for name, d in (("before", before), ("after", after)):
         r = group_rates(yt, p_test, d, codes, len(cats), np.ones((1, len(yt))))
         out[name] = dict(contacts_per_month=float(d.sum() / n_months),
@@ -848,14 +863,19 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
                      f"tested on the interval's {ev.fairness['bound']} bound). Groups too small to measure are left out of the gaps."),
                ("table", gaps[["attribute", "metric", "groups", "difference", "difference_lo", "difference_hi", "ratio", "left_out"]]),
                ("table", pd.DataFrame(ev.fairness["by_group"]).loc[lambda t: t.metric.isin(GATED_FAIRNESS_METRICS)][["attribute", "group", "metric", "value", "lo", "hi", "rows"]])]
-        if ev.mitigation:
-            mt = ev.mitigation
-            g0, g1 = mt["before"][mt["metric"] + "_gap"], mt["after"][mt["metric"] + "_gap"]
-            worked = g1 == g1 and g0 == g0 and g1 < g0
-            bl.append(("p", f"Mitigation option (not applied): a ThresholdOptimizer with {mt['constraint']} on {mt['attribute']}, fitted on the "
-                            f"validation rows, changes the {mt['metric'].replace('_', ' ')} gap on test from {_fmt(g0)} to {_fmt(g1)} and the profit by "
-                            f"R$ {-mt['profit_cost_per_month']:+,.0f} a month" + ("" if worked else " — it does not reduce the gap on these test rows "
-                            "(too few rows per group for per-group thresholds to generalise)") + "; it needs the sensitive attribute at decision time."))
+        if mt := ev.mitigation:
+            left = "; ".join(f"{g}: {why}" for g, why in mt.get("unmitigated_groups", {}).items())
+            if not mt.get("possible", True):
+                bl.append(("p", f"No mitigation option: a per-group threshold on {mt['attribute']} needs at least two groups with both churners "
+                                f"and others among the validation rows ({left})."))
+            else:
+                g0, g1 = mt["before"][mt["metric"] + "_gap"], mt["after"][mt["metric"] + "_gap"]
+                worked = g1 == g1 and g0 == g0 and g1 < g0
+                bl.append(("p", f"Mitigation option (not applied): a ThresholdOptimizer with {mt['constraint']} on {mt['attribute']}, fitted on the "
+                                f"validation rows, changes the {mt['metric'].replace('_', ' ')} gap on test from {_fmt(g0)} to {_fmt(g1)} and the profit by "
+                                f"R$ {-mt['profit_cost_per_month']:+,.0f} a month" + ("" if worked else " — it does not reduce the gap on these test rows "
+                                "(too few rows per group for per-group thresholds to generalise)") + "; it needs the sensitive attribute at decision time."))
+                if left: bl.append(("p", f"Groups of {mt['attribute']} it cannot fit keep the unmitigated decisions ({left})."))
     else: bl.append(("p", "No sensitive attributes were available: fairness was not measured."))
     bl += [("h2", "Explanations")]
     if importance is not None and len(importance):

@@ -159,6 +159,32 @@ def test_threshold_optimizer_reduces_a_planted_gap_and_reports_its_profit_cost()
     assert m2["after"]["selection_rate_gap"] < m2["before"]["selection_rate_gap"] / 3
 
 
+
+def test_a_group_without_both_classes_in_validation_keeps_its_decisions_and_is_named():
+    "Regression: a small '(missing)' group with no churner in the validation month stopped the evaluate phase (Fairlearn's 'Degenerate labels')."
+    charter = CharterSettings()
+    yv, pv, av = planted(20_000, 1)
+    yt, pt, at = planted(20_000, 2)
+    av, at = av.astype(object), at.astype(object)
+    av[np.flatnonzero(yv == 0)[:50]], at[:50] = "(missing)", "(missing)"
+    contact = contact_policy(pt, best_threshold(pv, charter, yv).threshold)
+    m = mitigate_gap(yv, pv, av, yt, pt, at, contact, charter, metric="tpr", seed=0)
+    assert m["possible"] and m["fitted_groups"] == ["A", "B"]
+    assert list(m["unmitigated_groups"]) == ["(missing)"] and "no churner" in m["unmitigated_groups"]["(missing)"]
+    assert m["after"]["tpr_gap"] < m["before"]["tpr_gap"] / 3
+    # through evaluate_scores (what the phase calls), and in the model card's words
+    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(n_boot=50, min_group_rows=30),
+                         sensitive=pd.DataFrame({"group": at}),
+                         sensitive_valid=pd.DataFrame({"group": av}))
+    assert ev.mitigation and ev.mitigation["unmitigated_groups"] == m["unmitigated_groups"]
+    card = model_card(ev, charter, dict(name="t", digest="d", features=["a"], sensitive=["group"]))
+    assert "(missing): no churner among its 50 validation rows" in card.markdown
+    # no group fittable: no option, the decisions unchanged, and the reason recorded
+    one = np.where(av == "(missing)", "(missing)", "A")
+    m0 = mitigate_gap(yv, pv, one, yt, pt, np.where(at == "(missing)", "(missing)", "A"), contact, charter, metric="tpr", seed=0)
+    assert not m0["possible"] and m0["profit_cost_per_month"] == 0 and m0["fitted_groups"] == ["A"]
+
+
 def _evaluation(seed: int = 0):
     yv, pv, av = planted(8000, 3)
     yt, pt, at = planted(8000, 4)
