@@ -36,7 +36,7 @@ __all__ = ['TIE_BREAK', 'FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATIO
            'gains_table', 'cost_per_contact', 'expected_profit', 'break_even_probability', 'budget_contacts',
            'ThresholdChoice', 'profit_curve', 'best_threshold', 'contact_policy', 'charter_verdict', 'business_summary',
            'oracle_summary', 'feature_ceiling', 'fairness_frame', 'GroupIndex', 'group_rates', 'fairness_report',
-           'ScoreAsProbability', 'fittable_groups', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation',
+           'policy_gaps', 'ScoreAsProbability', 'fittable_groups', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation',
            'evaluate_scores', 'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness',
            'importance_frame', 'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card',
            'rows_digest', 'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline',
@@ -486,6 +486,17 @@ def fairness_report(y: np.ndarray,                    # test labels
             gaps.append(row)
     return dict(by_group=pd.DataFrame(by_group), gaps=pd.DataFrame(gaps))
 
+def policy_gaps(y: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame, min_group_rows: int = 30) -> list[dict[str, Any]]:
+    "Point gaps of a contact policy's gated rates between the groups of each sensitive attribute (groups measured as in `fairness_report`)."
+    y, decision, out = np.asarray(y, int), np.asarray(decision, bool), []
+    for col in sensitive.columns:
+        codes, cats = pd.factorize(sensitive[col].astype("string").fillna("(missing)"), sort=True)
+        r, den = group_rates(y, y.astype(float), decision, codes, len(cats), np.ones((1, len(y)))), _denominators(y, codes, len(cats))
+        for m in GATED_FAIRNESS_METRICS:
+            gap = _gap(r[m][0], den[m], min_group_rows) if len(cats) >= 2 else float("nan")
+            if gap == gap: out.append(dict(attribute=col, metric=m, difference=gap))
+    return out
+
 # %% ../nbs/23_evaluate.ipynb #044b5e2a
 class ScoreAsProbability(ClassifierMixin, BaseEstimator):
     "A stand-in classifier whose single input column already is the probability — lets ThresholdOptimizer post-process any model's scores."
@@ -678,6 +689,14 @@ def evaluate_scores(name: str,                                # candidate label
             ev.mitigation = dict(attribute=a, **mitigate_gap(y_valid, p_valid_c, sensitive_valid[a].astype("string").fillna("(missing)").to_numpy(),
                                                             y_test, p_test_c, sensitive[a].astype("string").fillna("(missing)").to_numpy(),
                                                             contact, charter, bad[0]["metric"], months, seed, gate.min_group_rows, k))
+        if ev.oracle is not None:   # the truth's own policy under the same budget: a limit below its gaps refuses even perfect knowledge
+            ok = truth["p_churn"].notna().to_numpy()
+            tp = truth["p_churn"].to_numpy(float)[ok]
+            oracle_contact = contact_policy(tp, break_even_probability(charter), k, None if months is None else np.asarray(months)[ok])
+            ev.oracle["fairness_gaps"] = policy_gaps(y_test[ok], oracle_contact, sensitive[ok].reset_index(drop=True), gate.min_group_rows)
+            truth_gap = {(g["attribute"], g["metric"]): g["difference"] for g in ev.oracle["fairness_gaps"]}
+            for g in ev.fairness["gaps"]:
+                if (g["attribute"], g["metric"]) in truth_gap: g["oracle_difference"] = truth_gap[(g["attribute"], g["metric"])]
     return ev
 
 # %% ../nbs/23_evaluate.ipynb #963564ce
@@ -863,6 +882,12 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
                      f"tested on the interval's {ev.fairness['bound']} bound). Groups too small to measure are left out of the gaps."),
                ("table", gaps[["attribute", "metric", "groups", "difference", "difference_lo", "difference_hi", "ratio", "left_out"]]),
                ("table", pd.DataFrame(ev.fairness["by_group"]).loc[lambda t: t.metric.isin(GATED_FAIRNESS_METRICS)][["attribute", "group", "metric", "value", "lo", "hi", "rows"]])]
+        over = [g for g in ev.fairness["gaps"] if g.get("oracle_difference") is not None and g["oracle_difference"] > charter.max_fairness_gap]
+        if over:
+            bl.append(("p", "The true probabilities' own policy, under the same budget, is already over the limit on " +
+                            ", ".join(f"{g['metric'].replace('_', ' ')} by {g['attribute']} ({g['oracle_difference']:.3f})" for g in over) +
+                            ": these gaps come from real differences in churn risk between the groups, which any accurate risk model "
+                            "reproduces — a limit below them refuses even perfect knowledge, a question for the charter."))
         if mt := ev.mitigation:
             left = "; ".join(f"{g}: {why}" for g, why in mt.get("unmitigated_groups", {}).items())
             if not mt.get("possible", True):
@@ -1024,7 +1049,8 @@ class EvaluationResult:
                          "ECE raw→final": f"{ev.calibration['ece_raw']:.3f}→{ev.calibration['ece']:.3f} ({ev.calibration['method']})",
                          "threshold": b["threshold"], "contacts/month": b["contacts_per_month"], "profit/month R$": b["profit_per_month"],
                          "churn reduction": b["churn_reduction"], "meets charter": b["verdict"]["meets"],
-                         "worst gap": f"{worst['attribute']} {worst['metric']} {worst['difference']:.3f}" if worst else "—"})
+                         "worst gap": f"{worst['attribute']} {worst['metric']} {worst['difference']:.3f}" if worst else "—",
+                         "same gap, true p": worst.get("oracle_difference", np.nan) if worst else np.nan})
         return pd.DataFrame(rows).set_index("candidate")
 
 EXPLAIN_ROWS = 500   # test rows sampled for global importance (explanations cost more than scoring)

@@ -125,7 +125,8 @@ def check_fairness(ev: Evidence, gate: GateSettings, charter: CharterSettings) -
         label = f"{g['metric'].replace('_', ' ')} by {g['attribute']}"
         if v is None: unmeasured.append(label); continue
         if worst is None or v > worst[0]: worst = (v, label, g)
-        if v > lim: bad.append(f"{label} gap {g['difference']:.3f} (CI {g['difference_lo']:.3f}–{g['difference_hi']:.3f})")
+        truth = f"; the true probabilities' own policy: {g['oracle_difference']:.3f}" if g.get("oracle_difference") is not None else ""
+        if v > lim: bad.append(f"{label} gap {g['difference']:.3f} (CI {g['difference_lo']:.3f}–{g['difference_hi']:.3f}{truth})")
     note = f"; not measurable (groups too small): {', '.join(unmeasured)}" if unmeasured else ""
     if worst is None: return Reason("fairness", True, None, lim, "no gap could be measured" + note)
     if bad: return Reason("fairness", False, worst[0], lim, f"over the limit of {lim} on the {gate.fairness_bound} bound: {'; '.join(bad)}{note}")

@@ -88,7 +88,7 @@ class CharterSettings:
     offer_acceptance: float = setting(0.40, "assumed share of contacted customers who take the offer (and cost offer_cost)", lo=0.0, hi=1.0)
     save_rate: float = setting(0.30, "assumed share of would-be churners among those contacted who stay because of the offer", lo=0.0, hi=1.0)
     monthly_budget: float = setting(50_000.0, "campaign budget per month, BRL (caps how many customers can be targeted)", lo=0.0)
-    max_fairness_gap: float = setting(0.10, "largest allowed gap between groups of a sensitive attribute (selection rate, TPR)", lo=0.0, hi=1.0)
+    max_fairness_gap: float = setting(0.15, "largest allowed gap between groups of a sensitive attribute (selection rate, TPR)", lo=0.0, hi=1.0)
 
 @dataclass(frozen=True)
 class PrivacySettings:

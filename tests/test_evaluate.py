@@ -207,6 +207,34 @@ def test_model_card_has_every_section_in_both_formats():
     assert card.html.startswith("<!doctype html>") and "<table>" in card.html
 
 
+
+def test_the_truths_own_fairness_gaps_are_reported_beside_the_models():
+    "A gap that comes from real risk differences: the true probabilities' policy has it too, and the card and the gate say so."
+    from mlops_nb.evaluate import policy_gaps
+    from mlops_nb.gate import Evidence, check_fairness
+    r = np.random.default_rng(8)
+    n = 30_000
+    g = r.choice(["young", "old"], n)
+    tp = np.clip(np.where(g == "young", 0.09, 0.02) * r.lognormal(0, 0.8, n), 0, 0.9)   # the young really churn more
+    y = (r.random(n) < tp).astype(int)
+    sens = pd.DataFrame({"age": g})
+    decision = tp >= 0.08
+    # point gaps of a decision vector: the same numbers as fairness_report's
+    rep = fairness_report(y, tp, decision, sens, n_boot=20, min_group_rows=30)["gaps"].set_index("metric")
+    got = {d["metric"]: d["difference"] for d in policy_gaps(y, decision, sens, 30)}
+    assert got == pytest.approx({m: rep.loc[m, "difference"] for m in ("selection_rate", "tpr")})
+    # the oracle as the model: its gaps are the truth's, over the limit, and named as such
+    yv = (r.random(n) < tp).astype(int)
+    ev = evaluate_scores("oracle-like", yv, tp, y, tp, CharterSettings(), GateSettings(n_boot=50, min_group_rows=30),
+                         sensitive=sens, sensitive_valid=sens, truth=pd.DataFrame({"p_churn": tp}))
+    tpr = next(x for x in ev.fairness["gaps"] if x["metric"] == "tpr")
+    assert tpr["difference"] > CharterSettings().max_fairness_gap and tpr["oracle_difference"] > CharterSettings().max_fairness_gap
+    card = model_card(ev, CharterSettings(), dict(name="t", digest="d", features=["a"], sensitive=["age"]))
+    assert "refuses even perfect knowledge" in card.markdown
+    reason = check_fairness(Evidence("c", fairness_gaps=[x for x in ev.fairness["gaps"] if x["gated"]]), GateSettings(), CharterSettings())
+    assert not reason.passed and "the true probabilities' own policy" in reason.message
+
+
 def test_same_seed_same_numbers():
     a, b, c = _evaluation(1).to_dict(), _evaluation(1).to_dict(), _evaluation(2).to_dict()
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

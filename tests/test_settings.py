@@ -47,7 +47,7 @@ def test_missing_key_names_section_and_key(tmp_path):
     ("scenario = stable", "scenario = sunny", "[lake] scenario: expected one of stable, drift; got 'sunny'"),
     ("contact_cost = 3.0", "contact_cost = 3,50", "[charter] contact_cost: expected a number, got '3,50'"),
     ("start_month = 2025-01", "start_month = 2025-13", "[lake] start_month: '2025-13' does not have the expected form"),
-    ("max_fairness_gap = 0.1", "max_fairness_gap = nan", "[charter] max_fairness_gap: expected a finite number"),
+    ("max_fairness_gap = 0.15", "max_fairness_gap = nan", "[charter] max_fairness_gap: expected a finite number"),
     ("drift_month = 8", "drift_month = 13", None),
 ])
 def test_malformed_values_name_section_and_key(tmp_path, old, new, expected):
