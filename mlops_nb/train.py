@@ -41,13 +41,13 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 
 # %% auto #0
 __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS', 'DEMO_REGIONS', 'DEMO_GENDERS', 'DEMO_AGE_BANDS',
-           'DEMO_BASE_CHURN', 'DEMO_DESCRIPTION', 'MISSING_CATEGORY', 'FAMILIES', 'DEFAULT_PARAMS', 'SEARCH_SPACES',
-           'SPLIT_CONTEXTS', 'demo_true_logit', 'demo_feature_table', 'feature_table_exists', 'ensure_demo_features',
-           'Split', 'split_frame', 'TabularEncoder', 'TorchTabularClassifier', 'make_candidate', 'draw_params',
-           'trial_params', 'score', 'Trial', 'fit_trial', 'tune_family', 'loggable_params', 'split_datasets',
-           'log_datasets', 'model_input', 'feature_schema', 'has_network', 'pinned_requirements', 'package_code_dir',
-           'log_pipeline', 'TrainResult', 'train_family', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate',
-           'latest_train_run', 'load_candidates']
+           'DEMO_BASE_CHURN', 'DEMO_DESCRIPTION', 'MISSING_CATEGORY', 'RANK_LEVELS', 'FAMILIES', 'DEFAULT_PARAMS',
+           'SEARCH_SPACES', 'SPLIT_CONTEXTS', 'demo_true_logit', 'demo_feature_table', 'feature_table_exists',
+           'ensure_demo_features', 'Split', 'split_frame', 'quantile_ranks', 'spline_basis', 'TabularEncoder',
+           'TorchTabularClassifier', 'make_candidate', 'draw_params', 'trial_params', 'score', 'Trial', 'fit_trial',
+           'tune_family', 'loggable_params', 'split_datasets', 'log_datasets', 'model_input', 'feature_schema',
+           'has_network', 'pinned_requirements', 'package_code_dir', 'log_pipeline', 'TrainResult', 'train_family',
+           'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'latest_train_run', 'load_candidates']
 
 # %% ../nbs/20_train.ipynb #386696c1
 DEMO_PRODUCTS = ("mobile", "fibre", "bundle")
@@ -261,18 +261,42 @@ def split_frame(df: pd.DataFrame, spec: FeatureSpec,
 
 # %% ../nbs/20_train.ipynb #281a6038
 MISSING_CATEGORY = "(missing)"
+RANK_LEVELS = np.linspace(0.0, 1.0, 101)   # the quantiles a spline basis keeps of each numeric feature
+
+def quantile_ranks(num: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    "Each value's rank in [0, 1] among the training values (`quantiles`: RANK_LEVELS x features), interpolated; ties get their middle rank."
+    L = RANK_LEVELS
+    return np.column_stack([0.5 * (np.interp(num[:, j], quantiles[:, j], L) - np.interp(-num[:, j], -quantiles[::-1, j], -L[::-1]))
+                            for j in range(num.shape[1])]) if num.shape[1] else np.zeros((len(num), 0))
+
+def spline_basis(u: np.ndarray, n_knots: int) -> np.ndarray:
+    "Cubic B-splines on `n_knots` uniform knots over [0, 1] (Cox-de Boor), for values `u` in [0, 1]: shape u.shape + (n_knots + 2,), rows sum to 1."
+    h = 1.0 / (n_knots - 1)
+    t = h * np.arange(-3, n_knots + 3)                       # the knots, extended by three on each side
+    u = np.clip(u, 0.0, 1.0 - 1e-9)[..., None]
+    B = ((t[:-1] <= u) & (u < t[1:])).astype(np.float64)     # degree 0: the interval's indicator
+    for k in (1, 2, 3):
+        B = (u - t[:-(k + 1)]) / (k * h) * B[..., :-1] + (t[k + 1:] - u) / (k * h) * B[..., 1:]
+    return B
 
 class TabularEncoder(TransformerMixin, BaseEstimator):
     "Raw feature columns of a frame → one float matrix: numbers (imputed or NaN, with missing indicators), categories one-hot or as codes."
+    # parameters added after models were registered: a model pickled before them unpickles without the attribute and
+    # reads these class-level values, which are what it was fitted with (a registered champion must keep scoring)
+    numeric_basis, spline_knots = "linear", 5
+
     def __init__(self,
                  numeric: Sequence[str] = (),            # numeric feature columns
                  categorical: Sequence[str] = (),        # categorical feature columns
                  categorical_encoding: str = "onehot",   # 'onehot' (one 0/1 column per category) or 'ordinal' (one code column, NaN if unseen)
                  numeric_imputation: str = "median",     # 'median' (training median) or 'none' (keep NaN)
                  missing_indicators: bool = True,        # add a 0/1 column for each numeric feature with missing values in training
+                 numeric_basis: str = "linear",          # 'linear' (the value) or 'spline' (a cubic B-spline basis of its training quantile rank)
+                 spline_knots: int = 5,                  # knots of the spline basis (spline_knots + 2 columns per numeric feature)
                  ):
         self.numeric, self.categorical = numeric, categorical
         self.categorical_encoding, self.numeric_imputation, self.missing_indicators = categorical_encoding, numeric_imputation, missing_indicators
+        self.numeric_basis, self.spline_knots = numeric_basis, spline_knots
 
     def _frame(self, X: Any) -> pd.DataFrame:
         "`X` if it is a frame with every feature column; a clear error otherwise."
@@ -306,9 +330,14 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
         X = self._frame(X)
         if self.categorical_encoding not in ("onehot", "ordinal"): raise ValueError(f"categorical_encoding must be 'onehot' or 'ordinal', got {self.categorical_encoding!r}")
         if self.numeric_imputation not in ("median", "none"): raise ValueError(f"numeric_imputation must be 'median' or 'none', got {self.numeric_imputation!r}")
+        if self.numeric_basis not in ("linear", "spline"): raise ValueError(f"numeric_basis must be 'linear' or 'spline', got {self.numeric_basis!r}")
+        if self.numeric_basis == "spline" and (self.numeric_imputation != "median" or int(self.spline_knots) < 2):
+            raise ValueError("numeric_basis='spline' needs numeric_imputation='median' (a missing value has no rank) and spline_knots >= 2")
         num = self._numbers(X)
         seen = ~np.isnan(num)
         self.medians_ = np.array([np.median(num[seen[:, j], j]) if seen[:, j].any() else 0.0 for j in range(num.shape[1])])
+        if self.numeric_basis == "spline":   # the rank scale: each feature's training quantiles at RANK_LEVELS
+            self.quantiles_ = np.quantile(np.where(seen, num, self.medians_), RANK_LEVELS, axis=0).reshape(len(RANK_LEVELS), -1)
         indicate = self.missing_indicators and self.numeric_imputation == "median"
         self.indicated_ = np.flatnonzero(~seen.all(0)) if indicate else np.zeros(0, dtype=np.int64)
         self.categories_ = [sorted(set(self._labels(X[c]))) for c in self.categorical]
@@ -317,8 +346,12 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
         for c, cats in zip(self.categorical, self.categories_):
             if self.categorical_encoding == "onehot": names += [f"{c}={v}" for v in cats]; source += [c] * len(cats)
             else: names.append(c); source.append(c)
-        names += list(self.numeric) + [f"{self.numeric[j]}_missing" for j in self.indicated_]
-        source += list(self.numeric) + [self.numeric[j] for j in self.indicated_]
+        if self.numeric_basis == "spline":
+            k = int(self.spline_knots) + 2
+            names += [f"{c}~s{i}" for c in self.numeric for i in range(k)]; source += [c for c in self.numeric for _ in range(k)]
+        else: names += list(self.numeric); source += list(self.numeric)
+        names += [f"{self.numeric[j]}_missing" for j in self.indicated_]
+        source += [self.numeric[j] for j in self.indicated_]
         self.feature_names_out_, self.feature_source_ = list(names), list(source)
         self.n_features_in_ = len(self.numeric) + len(self.categorical)
         return self
@@ -338,6 +371,9 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
                 b[np.flatnonzero(ok), code[ok]] = 1.0
             else: b = np.where(code >= 0, code, np.nan)[:, None]
             blocks.append(b)
+        if self.numeric_basis == "spline":
+            num = np.vstack([spline_basis(quantile_ranks(num[i:i + 50_000], self.quantiles_), int(self.spline_knots)).reshape(len(num[i:i + 50_000]), -1)
+                             for i in range(0, n, 50_000)]) if n else np.zeros((0, len(self.numeric) * (int(self.spline_knots) + 2)))
         return np.hstack([*blocks, num, miss[:, self.indicated_].astype(np.float64)])
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -508,7 +544,7 @@ def make_candidate(family: str,                       # one of FAMILIES
     p = {**DEFAULT_PARAMS[family], **(params or {})}
     num, cat = tuple(spec.numeric), tuple(spec.categorical)
     if family == "logreg":
-        return Pipeline([("encode", TabularEncoder(num, cat, "onehot", "median", True)), ("scale", StandardScaler()),
+        return Pipeline([("encode", TabularEncoder(num, cat, "onehot", "median", True, "spline")), ("scale", StandardScaler()),
                          ("model", LogisticRegression(max_iter=2000, **p))])
     if family == "hgb":
         p = {"max_iter": 1000, "early_stopping": True, "n_iter_no_change": 30, "validation_fraction": 0.15, **p}

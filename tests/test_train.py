@@ -59,6 +59,42 @@ def test_encoder_takes_what_the_warehouse_and_clients_send():
         enc.transform(ref)
 
 
+
+def test_the_spline_basis_ranks_values_and_lets_a_linear_model_bend():
+    from scipy.interpolate import BSpline
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from mlops_nb.train import quantile_ranks, spline_basis
+    u = np.linspace(0, 1, 41)
+    B = spline_basis(u[:, None], 5)[:, 0]
+    assert B.shape == (41, 7) and np.allclose(B.sum(1), 1) and (B >= 0).all()
+    t = np.r_[[-0.75, -0.5, -0.25], np.linspace(0, 1, 5), [1.25, 1.5, 1.75]]            # scipy's design matrix on the same knots
+    assert np.allclose(B[:-1], BSpline.design_matrix(u[:-1], t, 3).toarray())
+    train = pd.DataFrame({"x": [0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 100.0, None]})
+    enc = TabularEncoder(("x",), (), numeric_basis="spline").fit(train)
+    r = quantile_ranks(np.array([[0.0], [-50.0], [1e9], [3.0]]), enc.quantiles_)[:, 0]
+    # sorted training values (the missing one imputed with the median, 2): 0 0 0 1 2 2 3 4 5 100
+    assert r[1] == 0 and r[2] == 1 and r[3] == pytest.approx(6 / 9, abs=0.01) and r[0] == pytest.approx(1 / 9, abs=0.01)   # 0 is tied thrice: its middle rank
+    assert enc.feature_source_ == ["x"] * 8 and enc.feature_names_out_[-1] == "x_missing"
+    assert enc.transform(train).shape == (10, 8) and np.allclose(enc.transform(train)[:, :7].sum(1), 1)
+    with pytest.raises(ValueError, match="needs numeric_imputation='median'"):
+        TabularEncoder(("x",), (), numeric_imputation="none", numeric_basis="spline").fit(train)
+    rng = np.random.default_rng(0)                                                      # a U-shaped risk
+    X = pd.DataFrame({"x": rng.uniform(-3, 3, 20_000)})
+    y = (rng.random(20_000) < 1 / (1 + np.exp(-(X.x ** 2 - 3)))).astype(int)
+    auc = {b: roc_auc_score(y, Pipeline([("e", TabularEncoder(("x",), (), numeric_basis=b)), ("s", StandardScaler()), ("m", LogisticRegression())])
+                            .fit(X, y).predict_proba(X)[:, 1]) for b in ("linear", "spline")}
+    assert auc["spline"] > 0.8 > 0.6 > auc["linear"]
+    # a model pickled before the spline parameters existed still loads and scores (a registered champion must)
+    old = pickle.loads(pickle.dumps(TabularEncoder(("x",), ()).fit(train)))
+    del old.__dict__["numeric_basis"], old.__dict__["spline_knots"]
+    assert np.array_equal(pickle.loads(pickle.dumps(old)).transform(train), TabularEncoder(("x",), ()).fit(train).transform(train))
+    # the shipped logistic regression uses it
+    assert make_candidate("logreg", None, FeatureSpec("id", "y", ("x",), (), (), None))[0].numeric_basis == "spline"
+
+
 def test_torch_classifier_is_a_proper_sklearn_classifier():
     rng = np.random.default_rng(0)
     X = np.column_stack([rng.integers(0, 3, 600), rng.normal(size=(600, 3))])
