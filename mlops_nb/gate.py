@@ -48,6 +48,7 @@ class Evidence:
     servability: dict[str, Any] | None = None   # p50_ms, p99_ms, ok (and error)
     model_uri: str = ""
     run_id: str = ""
+    unscored: str = ""                          # why a reference has no test scores (empty: it has them, or nobody knows)
 
 @dataclass(frozen=True)
 class Reason:
@@ -101,8 +102,8 @@ def check_performance(ev: Evidence, ref: Evidence | None, gate: GateSettings, se
     if ev.scores is None or ev.y is None: return Reason("performance", False, None, lim, "the candidate has no test scores")
     if ref is None: return Reason("performance", False, None, lim, "nothing to compare with: neither a champion nor a baseline was scored on the test rows")
     if ref.scores is None:
-        return Reason("performance", False, None, lim, f"{ref.name} was not scored on these test rows (the champion changed since the evaluation, "
-                                                       "or could not score them): re-run the evaluation")
+        return Reason("performance", False, None, lim, f"{ref.name} was not scored on these test rows ({ref.unscored or 'reason unknown'}): "
+                                                       "re-run the evaluation once it can score them")
     if ev.rows_digest and ref.rows_digest and ev.rows_digest != ref.rows_digest:
         return Reason("performance", False, None, lim, f"{ref.name} was scored on other test rows than the candidate: re-run the evaluation")
     if np.isnan(np.asarray(ref.scores, float)).any():
@@ -248,9 +249,12 @@ def reference_evidence(doc: dict[str, Any], scores: pd.DataFrame, champion_now: 
     ch, y = doc.get("champion"), scores["y"].to_numpy(int)
     if champion_now:
         if not ch or ch.get("version") != champion_now["version"]:   # the alias moved after the evaluation
-            return Evidence(f"champion v{champion_now['version']}", "champion", y, None, doc["rows_digest"], model_uri=champion_now["model_uri"])
+            was = f"v{ch['version']}" if ch else "none"
+            return Evidence(f"champion v{champion_now['version']}", "champion", y, None, doc["rows_digest"], model_uri=champion_now["model_uri"],
+                            unscored=f"the champion changed since the evaluation (it scored {was})")
         if "champion" not in scores.columns:
-            return Evidence(f"champion v{ch['version']}", "champion", y, None, doc["rows_digest"], model_uri=ch["model_uri"])
+            return Evidence(f"champion v{ch['version']}", "champion", y, None, doc["rows_digest"], model_uri=ch["model_uri"],
+                            unscored=f"the evaluation {ch['error']}" if ch.get("error") else "its scores are missing from the evaluation")
         return Evidence(f"champion v{ch['version']}", "champion", y, scores["champion"].to_numpy(float), doc["rows_digest"],
                         model_uri=ch["model_uri"], run_id=ch.get("run_id", ""))
     if "baseline" in scores.columns:

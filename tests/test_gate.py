@@ -228,3 +228,14 @@ def test_the_champion_is_the_comparison_once_there_is_one(pipeline):
     client.set_registered_model_alias(cfg.mlflow.registered_model, "champion", mv2.version)     # the alias moves after the evaluation
     stale = run_gate(cfg, evaluate_run_id=again.run_id).reason("performance")
     assert not stale.passed and "re-run the evaluation" in stale.message
+    assert f"the champion changed since the evaluation (it scored v{mv.version})" in stale.message
+
+
+def test_a_champion_the_evaluation_could_not_score_is_named_with_the_error():
+    "Seen for real: a champion pickled by an older package version failed to load; the gate said only 'not scored'."
+    doc = dict(rows_digest="rows-1", champion=dict(version="2", model_uri="models:/m/2",
+                                                   error="could not score the test rows: AttributeError: no attribute 'numeric_basis'"))
+    ref = reference_evidence(doc, pd.DataFrame({"y": [0, 1]}), dict(version="2", model_uri="models:/m/2"))
+    cand = Evidence("hgb", "candidate", np.array([0, 1]), np.array([0.2, 0.8]), "rows-1")
+    perf = decide(cand, ref, GATE, CHARTER).reason("performance")
+    assert not perf.passed and "AttributeError: no attribute 'numeric_basis'" in perf.message and perf.message.startswith("champion v2 was not scored")
