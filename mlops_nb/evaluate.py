@@ -491,7 +491,8 @@ def policy_gaps(y: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame, mi
     y, decision, out = np.asarray(y, int), np.asarray(decision, bool), []
     for col in sensitive.columns:
         codes, cats = pd.factorize(sensitive[col].astype("string").fillna("(missing)"), sort=True)
-        r, den = group_rates(y, y.astype(float), decision, codes, len(cats), np.ones((1, len(y)))), _denominators(y, codes, len(cats))
+        r = group_rates(y, y.astype(float), decision, codes, len(cats), np.ones((1, len(y))))   # (scores only feed the AUC, unused here)
+        den = _denominators(y, codes, len(cats))
         for m in GATED_FAIRNESS_METRICS:
             gap = _gap(r[m][0], den[m], min_group_rows) if len(cats) >= 2 else float("nan")
             if gap == gap: out.append(dict(attribute=col, metric=m, difference=gap))

@@ -371,10 +371,17 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
                 b[np.flatnonzero(ok), code[ok]] = 1.0
             else: b = np.where(code >= 0, code, np.nan)[:, None]
             blocks.append(b)
-        if self.numeric_basis == "spline":
-            num = np.vstack([spline_basis(quantile_ranks(num[i:i + 50_000], self.quantiles_), int(self.spline_knots)).reshape(len(num[i:i + 50_000]), -1)
-                             for i in range(0, n, 50_000)]) if n else np.zeros((0, len(self.numeric) * (int(self.spline_knots) + 2)))
+        if self.numeric_basis == "spline": num = self._splines(num)
         return np.hstack([*blocks, num, miss[:, self.indicated_].astype(np.float64)])
+
+    def _splines(self, num: np.ndarray, chunk: int = 50_000) -> np.ndarray:
+        "The spline columns of imputed numbers, `chunk` rows at a time (the basis' temporaries stay small on a million rows)."
+        knots = int(self.spline_knots)
+        out = np.empty((len(num), num.shape[1] * (knots + 2)))
+        for i in range(0, len(num), chunk):
+            block = num[i:i + chunk]
+            out[i:i + len(block)] = spline_basis(quantile_ranks(block, self.quantiles_), knots).reshape(len(block), out.shape[1])
+        return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         "Names of the output columns ('region=Sul', 'satisfaction', 'satisfaction_missing', ...)."
