@@ -36,7 +36,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from .package import ChurnModel, apply_calibrator
 from .settings import Settings, SettingsError
-from .train import MISSING_CATEGORY, TabularEncoder
+from .train import MISSING_CATEGORY, TabularEncoder, quantile_ranks, spline_basis
 
 log = logging.getLogger("mlops_nb.serve")
 
@@ -230,9 +230,13 @@ class RecordEncoder:
             self._cats.append((c, pos, codes, onehot, f"not a category the model knows; allowed: {allowed} (or null)"))
             pos += len(codes) if onehot else 1
         impute = enc.numeric_imputation == "median"
-        indicator = {int(j): pos + len(self.numeric) + i for i, j in enumerate(enc.indicated_)}
-        self._nums = [(c, pos + j, float(enc.medians_[j]) if impute else math.nan, indicator.get(j, -1)) for j, c in enumerate(self.numeric)]
-        self.width = pos + len(self.numeric) + len(enc.indicated_)
+        # a spline encoder: the numbers go to a list first (positions j), and their basis into the row once all are read
+        self._spline = (int(enc.spline_knots), enc.quantiles_) if enc.numeric_basis == "spline" else None
+        self._num_start, self._num_width = pos, len(self.numeric) * (int(enc.spline_knots) + 2 if self._spline else 1)
+        indicator = {int(j): pos + self._num_width + i for i, j in enumerate(enc.indicated_)}
+        self._nums = [(c, j if self._spline else pos + j, float(enc.medians_[j]) if impute else math.nan, indicator.get(j, -1))
+                      for j, c in enumerate(self.numeric)]
+        self.width = pos + self._num_width + len(enc.indicated_)
         if self.width != len(enc.feature_names_out_): raise ValueError("RecordEncoder does not match this TabularEncoder's layout")
         self._template = [0.0] * self.width
 
@@ -241,6 +245,7 @@ class RecordEncoder:
         if type(feats) is not dict:
             errors.append(FieldError(loc, f"expected an object with the model's features, got {json_type(feats)}", "object_type")); return None
         n0, row, vals = len(errors), self._template.copy(), []
+        nums = [0.0] * len(self._nums) if self._spline else row
         for c, pos, median, ind in self._nums:
             v = feats.get(c, _ABSENT)
             t = type(v)
@@ -251,12 +256,15 @@ class RecordEncoder:
                 try: x = float(v)
                 except OverflowError: errors.append(FieldError((*loc, c), "number out of range", "finite_number")); continue
             elif v is None:
-                vals.append(None); row[pos] = median
+                vals.append(None); nums[pos] = median
                 if ind >= 0: row[ind] = 1.0
                 continue
             elif v is _ABSENT: errors.append(FieldError((*loc, c), "field required", "missing")); continue
             else: errors.append(FieldError((*loc, c), f"expected a number or null, got {json_type(v)}", "number_type")); continue
-            vals.append(x); row[pos] = x
+            vals.append(x); nums[pos] = x
+        if self._spline and len(errors) == n0:   # the same NumPy arithmetic as TabularEncoder.transform: the same bits
+            knots, q = self._spline
+            row[self._num_start:self._num_start + self._num_width] = spline_basis(quantile_ranks(np.array([nums]), q), knots).ravel().tolist()
         for c, pos, codes, onehot, unknown in self._cats:
             v = feats.get(c, _ABSENT)
             if type(v) is str: code = codes.get(v, -1)
@@ -316,6 +324,7 @@ class FastScorer:
         num = enc._numbers(X)
         miss = np.isnan(num)
         if enc.numeric_imputation == "median": num = np.where(miss, enc.medians_, num)
+        if enc.numeric_basis == "spline": num = enc._splines(num)
         blocks = []
         for c, index, codes in zip(enc.categorical, self._category_index, enc.codes_):
             code = index.get_indexer(_category_labels(X[c], enc))
