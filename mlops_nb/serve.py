@@ -348,7 +348,8 @@ class FastScorer:
 
     def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         "Per-row explanations: log-odds, base log-odds and each feature's contribution (largest first), with the value scored."
-        base, phi = self.model.explainer.feature_contributions(Z)
+        between = self.rest[:-1]                  # steps between the encoder and the model (the logistic regression's scaler)
+        base, phi = self.model.explainer.feature_contributions(between.transform(Z) if len(between) else Z)
         lo, names = self.log_odds(Z), self.model.explainer.features
         pos = {f: i for i, f in enumerate(self.features)}
         out = []
