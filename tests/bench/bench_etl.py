@@ -14,7 +14,9 @@
 Each child's wall time, CPU time and peak RSS (its own, from wait4) are printed, with the ratio, the machine's load
 average and a host speed probe before and after ours (the machine is shared and its speed moves by ~20 % within an
 hour: read wall times against the probe, or compare versions in interleaved runs). `MLOPS_ETL_TRACE=<seconds>` prints
-the load's slow statements. Row counts of both are compared.
+the load's slow statements. Row counts of both are compared. Each progress line of the pandas twin says how many times
+our wall time it has already taken: a lower bound on the ratio when the twin is stopped early (at 1M x 12 its twelve
+monthly loads take ~10 minutes on this machine, and its mart tens more at ~10 GB RSS).
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ from bench_etl import pandas_etl
 from mlops_nb.settings import load_settings
 cfg = load_settings(sys.argv[1])
 t = time.perf_counter()
-rows = pandas_etl(cfg, sys.argv[3], progress=lambda line: print(f"  pandas {time.perf_counter() - t:6.1f} s  {line}", file=sys.stderr, flush=True))
+ours = float(sys.argv[4])   # our wall time: each line says how far behind pandas already is (a lower bound if stopped early)
+rows = pandas_etl(cfg, sys.argv[3], progress=lambda line: print(f"  pandas {time.perf_counter() - t:6.1f} s  {line}"
+                                                                f"  (already {(time.perf_counter() - t) / ours:.1f}x ours)", file=sys.stderr, flush=True))
 print(json.dumps(dict(wall=time.perf_counter() - t, rows=rows)))
 """
 
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     pcfg_file = root / "settings-pandas.ini"
     pcfg_file.write_text(pcfg.source.read_text().replace("vault = data/vault.duckdb", "vault = data/pandas-vault.duckdb"))
     print(f"[3] pandas: the same transformations (child process; load average {os.getloadavg()[0]:.1f})")
-    pandas = run_child(PANDAS, str(pcfg_file), str(Path(__file__).parent), str(root / "pandas-out"))
+    pandas = run_child(PANDAS, str(pcfg_file), str(Path(__file__).parent), str(root / "pandas-out"), f"{ours['wall']:.3f}")
     print(f"    wall {pandas['wall']:.1f} s, CPU {pandas['cpu']:.1f} s, peak RSS {pandas['peak_rss_mb']:,.0f} MB")
     print("[4] side by side")
     print(f"    {'':24s}{'ours':>12s}{'pandas':>12s}")
