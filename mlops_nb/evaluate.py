@@ -35,11 +35,11 @@ __all__ = ['TIE_BREAK', 'FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATIO
            'paired_auc_difference', 'reliability_table', 'expected_calibration_error', 'Calibrator', 'fit_calibrator',
            'gains_table', 'cost_per_contact', 'expected_profit', 'break_even_probability', 'budget_contacts',
            'ThresholdChoice', 'profit_curve', 'best_threshold', 'contact_policy', 'charter_verdict', 'business_summary',
-           'oracle_summary', 'feature_ceiling', 'fairness_frame', 'GroupIndex', 'group_rates', 'fairness_report',
-           'policy_gaps', 'ScoreAsProbability', 'fittable_groups', 'mitigate_gap', 'gap_bound', 'CandidateEvaluation',
-           'evaluate_scores', 'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness',
-           'importance_frame', 'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card',
-           'rows_digest', 'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline',
+           'oracle_policy', 'oracle_summary', 'feature_ceiling', 'fairness_frame', 'GroupIndex', 'group_rates',
+           'group_labels', 'fairness_report', 'policy_gaps', 'ScoreAsProbability', 'fittable_groups', 'mitigate_gap',
+           'gap_bound', 'CandidateEvaluation', 'evaluate_scores', 'plot_reliability', 'plot_profit_curve', 'plot_gains',
+           'plot_fairness', 'importance_frame', 'plot_importance', 'render_markdown', 'render_html', 'ModelCard',
+           'model_card', 'rows_digest', 'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline',
            'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
 
 # %% ../nbs/23_evaluate.ipynb #0bb0af7a
@@ -316,6 +316,10 @@ def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSett
                    churn_reduction_true_uplift=float(u[c].sum() / p.sum()) if p.sum() else 0.0)
     return out
 
+def oracle_policy(true_p: np.ndarray, charter: CharterSettings, max_contacts: int | None, months: np.ndarray | None = None) -> np.ndarray:
+    "The true probabilities' own contact policy: everyone at or above the break-even probability, within the monthly budget."
+    return contact_policy(true_p, break_even_probability(charter), max_contacts, months)
+
 def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings,
                    months: np.ndarray | None = None,
                    n_boot: int = 400, seed: int = 0, confidence: float = 0.95,   # the paired bootstrap behind the gaps' intervals
@@ -334,7 +338,7 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
         out["auc_gap_inputs"] = out["auc_true_p"] - out["auc_feature_ceiling"]
         out["auc_gap_learner"], out["auc_gap_learner_lo"], out["auc_gap_learner_hi"] = paired_auc_difference(y, ceiling, p, n_boot, seed, confidence)
     out["ece_true_p"] = expected_calibration_error(y, tp)
-    policies = {"model": contact, "oracle_p": contact_policy(tp, break_even_probability(charter), k, months)}
+    policies = {"model": contact, "oracle_p": oracle_policy(tp, charter, k, months)}
     if "uplift" in truth:
         u = truth["uplift"].to_numpy(float)
         policies["oracle_uplift"] = contact_policy(u, cost_per_contact(charter) / charter.customer_value if charter.customer_value else np.inf, k, months)
@@ -430,6 +434,10 @@ def group_rates(y: np.ndarray, p: np.ndarray, decision: np.ndarray, codes: np.nd
     return GroupIndex(y, p, decision, codes, n_groups).rates(W)
 
 # %% ../nbs/23_evaluate.ipynb #7e3c3409
+def group_labels(s: pd.Series) -> np.ndarray:
+    "A sensitive attribute's values as group labels: text, a missing value its own group, '(missing)'."
+    return s.astype("string").fillna("(missing)").to_numpy()
+
 def _denominators(y: np.ndarray, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
     "Per group, the number of rows each rate is measured on."
     rows = np.bincount(codes, minlength=n_groups)
@@ -449,7 +457,7 @@ def fairness_report(y: np.ndarray,                    # test labels
     y, p, decision = np.asarray(y, int), np.asarray(p, float), np.asarray(decision, bool)
     attrs = {}
     for col in sensitive.columns:
-        codes, cats = pd.factorize(sensitive[col].astype("string").fillna("(missing)"), sort=True)
+        codes, cats = pd.factorize(group_labels(sensitive[col]), sort=True)
         attrs[col] = (codes, [str(c) for c in cats])
     boots: dict[str, dict[str, list[np.ndarray]]] = {a: {m: [] for m in FAIRNESS_METRICS} for a in attrs}
     index = {a: GroupIndex(y, p, decision, codes, len(cats)) for a, (codes, cats) in attrs.items()}
@@ -490,7 +498,7 @@ def policy_gaps(y: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame, mi
     "Point gaps of a contact policy's gated rates between the groups of each sensitive attribute (groups measured as in `fairness_report`)."
     y, decision, out = np.asarray(y, int), np.asarray(decision, bool), []
     for col in sensitive.columns:
-        codes, cats = pd.factorize(sensitive[col].astype("string").fillna("(missing)"), sort=True)
+        codes, cats = pd.factorize(group_labels(sensitive[col]), sort=True)
         r = group_rates(y, y.astype(float), decision, codes, len(cats), np.ones((1, len(y))))   # (scores only feed the AUC, unused here)
         den = _denominators(y, codes, len(cats))
         for m in GATED_FAIRNESS_METRICS:
@@ -671,9 +679,9 @@ def evaluate_scores(name: str,                                # candidate label
                              _jsonable(curve), calibrator=cal)
     if truth is not None:                              # the oracle, on the test rows it knows
         ok = truth["p_churn"].notna().to_numpy()
+        months_ok = None if months is None else np.asarray(months)[ok]
         if ok.sum() and len(np.unique(y_test[ok])) == 2:
-            ev.oracle = oracle_summary(y_test[ok], p_test_c[ok], contact[ok], truth[ok].reset_index(drop=True), charter,
-                                       None if months is None else np.asarray(months)[ok], nb, seed, conf)
+            ev.oracle = oracle_summary(y_test[ok], p_test_c[ok], contact[ok], truth[ok].reset_index(drop=True), charter, months_ok, nb, seed, conf)
             ev.oracle["rows_matched"] = int(ok.sum())
             reach = ev.oracle["policies"]["oracle_p"]["churn_reduction_true_p"]
             if reach < charter.target_churn_reduction:     # no model could meet the target: say so, it is a business decision
@@ -687,14 +695,12 @@ def evaluate_scores(name: str,                                # candidate label
         bad = ev.fairness_breaches(charter, gate.fairness_bound)
         if bad and sensitive_valid is not None and len(np.unique(y_valid)) == 2:
             a = bad[0]["attribute"]
-            ev.mitigation = dict(attribute=a, **mitigate_gap(y_valid, p_valid_c, sensitive_valid[a].astype("string").fillna("(missing)").to_numpy(),
-                                                            y_test, p_test_c, sensitive[a].astype("string").fillna("(missing)").to_numpy(),
+            ev.mitigation = dict(attribute=a, **mitigate_gap(y_valid, p_valid_c, group_labels(sensitive_valid[a]),
+                                                            y_test, p_test_c, group_labels(sensitive[a]),
                                                             contact, charter, bad[0]["metric"], months, seed, gate.min_group_rows, k))
         if ev.oracle is not None:   # the truth's own policy under the same budget: a limit below its gaps refuses even perfect knowledge
-            ok = truth["p_churn"].notna().to_numpy()
-            tp = truth["p_churn"].to_numpy(float)[ok]
-            oracle_contact = contact_policy(tp, break_even_probability(charter), k, None if months is None else np.asarray(months)[ok])
-            ev.oracle["fairness_gaps"] = policy_gaps(y_test[ok], oracle_contact, sensitive[ok].reset_index(drop=True), gate.min_group_rows)
+            oracle_contact = oracle_policy(truth["p_churn"].to_numpy(float)[ok], charter, k, months_ok)
+            ev.oracle["fairness_gaps"] = policy_gaps(y_test[ok], oracle_contact, sensitive[ok], gate.min_group_rows)
             truth_gap = {(g["attribute"], g["metric"]): g["difference"] for g in ev.oracle["fairness_gaps"]}
             for g in ev.fairness["gaps"]:
                 if (g["attribute"], g["metric"]) in truth_gap: g["oracle_difference"] = truth_gap[(g["attribute"], g["metric"])]

@@ -308,6 +308,7 @@ class FastScorer:
                  ):
         pipe = model.pipeline
         self.model, self.estimator, self.rest = model, pipe[-1], pipe[1:]
+        self.between = pipe[1:-1] if len(pipe) > 2 else None   # steps between encoder and model (the logistic regression's scaler)
         self.records = RecordEncoder(pipe[0], unknown_category)
         self.trees = compile_trees(self.estimator) if compile and len(pipe) == 2 else None
         self.compiled = self.trees is not None and bool(quickscorer_kernel())
@@ -348,8 +349,7 @@ class FastScorer:
 
     def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         "Per-row explanations: log-odds, base log-odds and each feature's contribution (largest first), with the value scored."
-        between = self.rest[:-1]                  # steps between the encoder and the model (the logistic regression's scaler)
-        base, phi = self.model.explainer.feature_contributions(between.transform(Z) if len(between) else Z)
+        base, phi = self.model.explainer.feature_contributions(Z if self.between is None else self.between.transform(Z))
         lo, names = self.log_odds(Z), self.model.explainer.features
         pos = {f: i for i, f in enumerate(self.features)}
         out = []
