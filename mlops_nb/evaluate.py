@@ -40,7 +40,8 @@ __all__ = ['TIE_BREAK', 'FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATIO
            'gap_bound', 'CandidateEvaluation', 'evaluate_scores', 'plot_reliability', 'plot_profit_curve', 'plot_gains',
            'plot_fairness', 'importance_frame', 'plot_importance', 'render_markdown', 'render_html', 'ModelCard',
            'model_card', 'rows_digest', 'oracle_truth', 'current_champion', 'pyfunc_probabilities', 'naive_baseline',
-           'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
+           'select_candidate', 'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation',
+           'EvaluationResult', 'run_evaluate']
 
 # %% ../nbs/23_evaluate.ipynb #0bb0af7a
 def bootstrap_counts(n: int,             # rows in the sample
@@ -844,7 +845,9 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
     m, c, b, info = ev.metrics, ev.calibration, ev.business, ev.info
     title = f"Model card — {ev.name}"
     bl: list[Block] = [("h1", title), ("p", f"MLflow run {info.get('run_id', '—')}; packaged model {info.get('model_uri', '—')}; "
-                                             f"family {info.get('family', ev.name)}.")]
+                                             f"family {info.get('family', ev.name)}"
+                                             + (f" (the mean log-odds of {', '.join(info['params']['members'])})" if "members" in info.get("params", {}) else "")
+                                             + ".")]
     bl += [("h2", "Intended use"),
            ("p", f"Score active customers each month by their probability of cancelling next month, to choose whom the retention "
                  f"campaign contacts. Business objective: {charter.objective}."),
@@ -989,6 +992,22 @@ def naive_baseline(valid: pd.DataFrame, test: pd.DataFrame, spec) -> tuple[str, 
     s = sign * pd.to_numeric(test[f], errors="coerce").fillna(fill)
     return f"baseline: {'' if sign > 0 else '−'}{f}", s.rank(pct=True).to_numpy(float)
 
+# %% ../nbs/23_evaluate.ipynb #df30aad6
+def select_candidate(names: Sequence[str],               # the candidates' names (a blend is named "blend")
+                     valid_auc: Sequence[float],         # their validation ROC AUC
+                     y_valid: np.ndarray,                # the validation labels
+                     p_valid: Sequence[np.ndarray],      # their validation probabilities
+                     n_boot: int = 400, seed: int = 0, confidence: float = 0.95,
+                     ) -> tuple[int, str]:
+    "(index of the selected candidate, the rule that chose it): the best validation AUC, unless that is a tie with the blend."
+    best = int(np.nanargmax(valid_auc))
+    if "blend" not in names or names[best] == "blend": return best, "highest validation ROC AUC"
+    b = list(names).index("blend")
+    diff, lo, hi = paired_auc_difference(y_valid, p_valid[best], p_valid[b], n_boot, seed, confidence)
+    interval = f"{names[best]} − blend validation AUC {diff:+.4f}, {confidence:.0%} interval {lo:+.4f} to {hi:+.4f}"
+    if lo > 0: return best, f"highest validation ROC AUC, beyond the noise of the blend ({interval})"
+    return b, f"the blend: the best single model does not beat it beyond the noise ({interval})"
+
 # %% ../nbs/23_evaluate.ipynb #9e946d82
 def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[str, float]:
     "The headline numbers of an evaluation as flat MLflow metrics."
@@ -1094,7 +1113,7 @@ def run_evaluate(cfg: Settings,                  # run settings
         X_valid, X_test = train.model_input(valid, spec), train.model_input(test, spec)   # what a served model receives
         sample = X_test.sample(min(len(test), EXPLAIN_ROWS), random_state=seed)
         scores = pd.DataFrame({"y": y_test})
-        evaluations, importances = [], {}
+        evaluations, importances, p_valids = [], {}, []
         for c in candidates:
             name = _candidate_name(c)
             p_v, p_t = c.pipeline.predict_proba(X_valid)[:, 1], c.pipeline.predict_proba(X_test)[:, 1]
@@ -1113,8 +1132,10 @@ def run_evaluate(cfg: Settings,                  # run settings
                 log_candidate_evaluation(ev, model_card(ev, cfg.charter, data, importances.get(name)), importances.get(name))
                 mlflow.set_tag("mlops_nb.evaluation.run_id", run.info.run_id)
             scores[ev.info["scores_column"]] = ev.calibrator(p_t) if ev.calibrator else p_t
+            p_valids.append(ev.calibrator(p_v) if ev.calibrator else p_v)
             evaluations.append(ev)
-        sel = int(np.nanargmax([ev.metrics["valid_roc_auc"] for ev in evaluations]))
+        sel, rule = select_candidate([ev.name for ev in evaluations], [ev.metrics["valid_roc_auc"] for ev in evaluations], y_valid, p_valids,
+                                     gate.n_boot, seed, gate.confidence)
         champion = current_champion(cfg)
         if champion:
             try: scores["champion"] = pyfunc_probabilities(champion["model_uri"], X_test)
@@ -1124,7 +1145,7 @@ def run_evaluate(cfg: Settings,                  # run settings
                    settings=dict(seed=seed, n_boot=gate.n_boot, confidence=gate.confidence, fairness_bound=gate.fairness_bound,
                                  min_group_rows=gate.min_group_rows),
                    selected=dict(index=sel, name=evaluations[sel].name, run_id=evaluations[sel].info["run_id"],
-                                 model_uri=evaluations[sel].info["model_uri"], rule="highest validation ROC AUC"),
+                                 model_uri=evaluations[sel].info["model_uri"], rule=rule),
                    candidates=[ev.to_dict() for ev in evaluations], champion=champion,
                    baseline=dict(name=base_name, scores_column="baseline", roc_auc=float(roc_auc_score(y_test, scores["baseline"]))
                                  if len(np.unique(y_test)) == 2 else None))

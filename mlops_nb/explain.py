@@ -15,11 +15,11 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.pipeline import Pipeline
 
-from .train import TabularEncoder, TorchTabularClassifier, _torch
+from .train import LogOddsBlend, TabularEncoder, TorchTabularClassifier, _torch
 
 # %% auto #0
 __all__ = ['log_odds', 'feature_sources', 'Explainer', 'LinearExplainer', 'TreeExplainer', 'IntegratedGradientsExplainer',
-           'make_explainer', 'explain', 'global_importance']
+           'BlendExplainer', 'make_explainer', 'explain', 'global_importance']
 
 # %% ../nbs/21_explain.ipynb #06937440
 def log_odds(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
@@ -54,9 +54,13 @@ class Explainer:
         base, phi = self.contributions(Z)
         return base, phi @ self.G
 
+    def encode(self, X: pd.DataFrame) -> np.ndarray:
+        "Raw feature columns → the rows `feature_contributions` takes: the pipeline's steps before the model."
+        return self.pipeline[:-1].transform(X)
+
     def __call__(self, X: pd.DataFrame) -> pd.DataFrame:
         "Contributions of each raw feature to each row's log-odds, plus the `base_value` column; they sum to the log-odds."
-        base, phi = self.feature_contributions(self.pipeline[:-1].transform(X))
+        base, phi = self.feature_contributions(self.encode(X))
         out = pd.DataFrame(phi, columns=self.features, index=X.index)
         out["base_value"] = base
         return out
@@ -110,9 +114,31 @@ class IntegratedGradientsExplainer(Explainer):
             out.append((d * (self.weights * grad.reshape(self.steps, *d.shape)).sum(0)).numpy())
         return self.base, (np.concatenate(out) if out else np.zeros((0, self.G.shape[0]), np.float32)).astype(np.float64)
 
+# %% ../nbs/21_explain.ipynb #788e96c1
+class BlendExplainer(Explainer):
+    "Contributions of a LogOddsBlend: the mean of its members' explainers' (the blend's log-odds is the mean of theirs)."
+    def __init__(self, blend: LogOddsBlend):
+        self.pipeline, self.parts = blend, [make_explainer(m) for m in blend.members]
+        self.features = self.parts[0].features
+        for name, e in zip(blend.names, self.parts):
+            if e.features != self.features: raise TypeError(f"blend member {name!r} explains other features than {blend.names[0]!r}")
+        self.widths = [len(m[0].feature_source_) for m in blend.members]   # columns of each member's encoded rows
+
+    def encode(self, X: pd.DataFrame) -> np.ndarray:
+        "Each member's encoded rows, side by side."
+        return np.hstack([e.encode(X) for e in self.parts])
+
+    def feature_contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
+        bases, phis = [], []
+        for e, (a, b) in zip(self.parts, zip(np.cumsum([0, *self.widths[:-1]]), np.cumsum(self.widths))):
+            base, phi = e.feature_contributions(Z[:, a:b])
+            bases.append(base); phis.append(phi)
+        return float(np.mean(bases)), np.mean(phis, axis=0)
+
 # %% ../nbs/21_explain.ipynb #b0de8768
 def make_explainer(pipeline: Pipeline) -> Explainer:
-    "The explainer for a fitted candidate pipeline of any family we ship."
+    "The explainer for a fitted candidate pipeline of any family we ship, or a blend of them."
+    if isinstance(pipeline, LogOddsBlend): return BlendExplainer(pipeline)
     m = pipeline[-1]
     if isinstance(m, LinearClassifierMixin): return LinearExplainer(pipeline)
     if isinstance(m, HistGradientBoostingClassifier): return TreeExplainer(pipeline)

@@ -25,11 +25,11 @@ from sklearn.pipeline import Pipeline
 from .contracts import FeatureSpec
 from .explain import Explainer, make_explainer
 from .tracking import mlflow
-from .train import feature_schema, model_input, package_code_dir, pinned_requirements
+from .train import LogOddsBlend, feature_schema, model_input, package_code_dir, pinned_requirements
 
 # %% auto #0
 __all__ = ['SMALL_BATCH', 'EXPLANATION_METHODS', 'one_thread_for', 'apply_calibrator', 'ChurnModel', 'model_signature',
-           'family_of', 'log_packaged_model', 'servability_check']
+           'family_of', 'needs_shap', 'log_packaged_model', 'servability_check']
 
 # %% ../nbs/22_package.ipynb #d20a6296
 SMALL_BATCH = 256   # up to this many rows, scoring runs on one thread
@@ -79,13 +79,14 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         "Churn probability, decision and threshold per row; with params={'explain': True} also log-odds contributions."
         X = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        model, n = self.pipeline[-1], len(X)
+        n = len(X)
         with one_thread_for(n):
-            Z = self.pipeline[:-1].transform(X)                  # encode once, for the score and the explanation
+            if isinstance(self.pipeline, LogOddsBlend): model, Z = self.pipeline, X   # each member encodes the raw columns its own way
+            else: model, Z = self.pipeline[-1], self.pipeline[:-1].transform(X)      # encode once, for the score and the explanation
             p = apply_calibrator(self.calibrator, model.predict_proba(Z)[:, 1])
             cols = {"churn_probability": p, "decision": p >= self.threshold, "threshold": np.full(n, self.threshold)}
             if params and params.get("explain"):
-                base, phi = self.explainer.feature_contributions(Z)
+                base, phi = self.explainer.feature_contributions(self.explainer.encode(X) if model is self.pipeline else Z)
                 cols.update(log_odds=np.asarray(model.decision_function(Z), dtype=np.float64), base_log_odds=np.full(n, base))
                 cols.update({f"contrib_{f}": phi[:, j] for j, f in enumerate(self.explainer.features)})
         return pd.DataFrame(cols, index=X.index)
@@ -100,13 +101,20 @@ def model_signature(spec: FeatureSpec, output_example: pd.DataFrame | None = Non
 
 # %% ../nbs/22_package.ipynb #801f66b4
 def family_of(pipeline: Pipeline) -> str:
-    "The candidate family of a fitted pipeline ('logreg', 'hgb' or 'torch_mlp'), or the model's class name."
+    "The candidate family of a fitted pipeline ('logreg', 'hgb', 'torch_mlp' or 'blend'), or the model's class name."
     from mlops_nb.train import TorchTabularClassifier
+    if isinstance(pipeline, LogOddsBlend): return "blend"
     from sklearn.linear_model import LogisticRegression
     m = pipeline[-1]
     return {LogisticRegression: "logreg", HistGradientBoostingClassifier: "hgb", TorchTabularClassifier: "torch_mlp"}.get(type(m), type(m).__name__)
 
-EXPLANATION_METHODS = {"logreg": "exact linear contributions", "hgb": "TreeSHAP (path-dependent)", "torch_mlp": "Integrated Gradients (32-node Gauss-Legendre)"}
+def needs_shap(pipeline: Pipeline | LogOddsBlend) -> bool:
+    "True if explaining the model takes shap: boosted trees, alone or in a blend."
+    if isinstance(pipeline, LogOddsBlend): return any(needs_shap(m) for m in pipeline.members)
+    return isinstance(pipeline[-1], HistGradientBoostingClassifier)
+
+EXPLANATION_METHODS = {"logreg": "exact linear contributions", "hgb": "TreeSHAP (path-dependent)", "torch_mlp": "Integrated Gradients (32-node Gauss-Legendre)",
+                       "blend": "the mean of its members' contributions"}
 
 def log_packaged_model(pipeline: Pipeline,                        # a fitted candidate pipeline
                        spec: FeatureSpec,                         # the feature table's spec
@@ -125,7 +133,7 @@ def log_packaged_model(pipeline: Pipeline,                        # a fitted can
     try:
         info = mlflow.pyfunc.log_model(
             name=name, python_model=model, signature=model_signature(spec, model.predict(None, x)), input_example=x,
-            pip_requirements=pinned_requirements(pipeline, extra=("shap",) if family == "hgb" else ()), code_paths=[code],
+            pip_requirements=pinned_requirements(pipeline, extra=("shap",) if needs_shap(pipeline) else ()), code_paths=[code],
             registered_model_name=registered_model_name,
             metadata={"family": family, "threshold": float(threshold), "calibrated": calibrator is not None,
                       "feature_spec": json.loads(spec.to_json()), "explanations": f"{EXPLANATION_METHODS.get(family, '?')}; log-odds, before calibration"})

@@ -36,7 +36,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from .package import ChurnModel, apply_calibrator
 from .settings import Settings, SettingsError
-from .train import MISSING_CATEGORY, TabularEncoder, quantile_ranks, spline_basis
+from .train import MISSING_CATEGORY, LogOddsBlend, TabularEncoder, quantile_ranks, spline_basis
 
 log = logging.getLogger("mlops_nb.serve")
 
@@ -45,10 +45,11 @@ __all__ = ['log', 'CTZ_TABLE', 'PARALLEL_MIN_ROWS', 'LOG_SCHEMA', 'RESERVED_COLU
            'REQUEST_ID_PATTERN', 'SCORER_ENV', 'SANDBOX_OVERRIDE', 'LATENCY_BUCKETS', 'GIL_SWITCH_SECONDS',
            'RELOAD_WATCH_SECONDS', 'CONTROL_DIR_ENV', 'HOT_PATHS', 'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID',
            'ENDPOINTS', 'LOG_READ_ATTEMPTS', 'TreeTables', 'compile_trees', 'quickscorer_kernel', 'trees_raw',
-           'field_name', 'FieldError', 'RequestError', 'json_type', 'RecordEncoder', 'FastScorer', 'new_request_id',
-           'request_id_time', 'LogBlock', 'blocks_table', 'write_log_table', 'PredictionLog', 'ModelLoadError',
-           'resolve_alias', 'model_lineage', 'ServedModel', 'self_check', 'load_served_model', 'sandbox_champion',
-           'MicroBatcher', 'ApiMetrics', 'ServingState', 'parse_json', 'query_explain', 'check_envelope', 'api_schemas',
+           'field_name', 'FieldError', 'RequestError', 'json_type', 'RecordEncoder', 'FastScorer',
+           'explanation_records', 'BlendRecords', 'BlendScorer', 'make_scorer', 'new_request_id', 'request_id_time',
+           'LogBlock', 'blocks_table', 'write_log_table', 'PredictionLog', 'ModelLoadError', 'resolve_alias',
+           'model_lineage', 'ServedModel', 'self_check', 'load_served_model', 'sandbox_champion', 'MicroBatcher',
+           'ApiMetrics', 'ServingState', 'parse_json', 'query_explain', 'check_envelope', 'api_schemas',
            'endpoint_label', 'ScoringApp', 'read_log_retrying', 'find_logged_request', 'app_from_env',
            'uvicorn_log_config', 'serve']
 
@@ -336,9 +337,9 @@ class FastScorer:
             blocks.append(b)
         return np.hstack([*blocks, num, miss[:, enc.indicated_].astype(np.float64)])
 
-    def log_odds(self, Z: np.ndarray) -> np.ndarray:
+    def log_odds(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
         "The model's log-odds (before calibration) of encoded rows."
-        if self.compiled: return trees_raw(self.trees, Z)
+        if self.compiled: return trees_raw(self.trees, Z, threads)
         return np.asarray(self.rest.decision_function(Z), dtype=np.float64).reshape(-1)
 
     def probabilities(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
@@ -347,17 +348,87 @@ class FastScorer:
         else: p = self.rest.predict_proba(Z)[:, 1]
         return apply_calibrator(self.model.calibrator, p)
 
+    def contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
+        "(base log-odds, each raw feature's contribution per row, in the explainer's feature order) of encoded rows."
+        return self.model.explainer.feature_contributions(Z if self.between is None else self.between.transform(Z))
+
     def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         "Per-row explanations: log-odds, base log-odds and each feature's contribution (largest first), with the value scored."
-        base, phi = self.model.explainer.feature_contributions(Z if self.between is None else self.between.transform(Z))
-        lo, names = self.log_odds(Z), self.model.explainer.features
-        pos = {f: i for i, f in enumerate(self.features)}
-        out = []
-        for i in range(len(Z)):
-            order = np.argsort(-np.abs(phi[i]), kind="stable")
-            out.append({"log_odds": float(lo[i]), "base_log_odds": float(base),
-                        "contributions": [{"feature": names[j], "value": values[i][pos[names[j]]], "contribution": float(phi[i, j])} for j in order]})
-        return out
+        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.model.explainer.features, self.features, values)
+
+def explanation_records(lo: np.ndarray, base: float, phi: np.ndarray, names: Sequence[str], features: Sequence[str],
+                        values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    "Per-row explanation objects: contributions `phi` (columns `names`) largest first, with each feature's value (`values`, in `features` order)."
+    pos, out = {f: i for i, f in enumerate(features)}, []
+    for i in range(len(phi)):
+        order = np.argsort(-np.abs(phi[i]), kind="stable")
+        out.append({"log_odds": float(lo[i]), "base_log_odds": float(base),
+                    "contributions": [{"feature": names[j], "value": values[i][pos[names[j]]], "contribution": float(phi[i, j])} for j in order]})
+    return out
+
+# %% ../nbs/31_serve.ipynb #991af345
+class BlendRecords:
+    "The RecordEncoder of a blend: every member's, their encoded rows side by side."
+    def __init__(self, parts: Sequence[RecordEncoder]):
+        self.parts = list(parts)
+        first = self.parts[0]
+        self.numeric, self.categorical, self.features, self.categories = first.numeric, first.categorical, first.features, first.categories
+        self.width = sum(p.width for p in self.parts)
+
+    def encode(self, feats: Any, loc: tuple, errors: list[FieldError]) -> tuple[list[float], list[Any]] | None:
+        "One feature object → (the members' encoded rows, joined; its values as logged); problems go to `errors` (and then None)."
+        got = self.parts[0].encode(feats, loc, errors)
+        if got is None: return None
+        row, vals = got
+        for p in self.parts[1:]:
+            more = p.encode(feats, loc, errors)
+            if more is None: return None
+            row = row + more[0]
+        return row, vals
+
+    def encode_values(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
+        "Rows of logged values (in `features` order) → the joined encoded matrix; unseen categories are scored as unseen."
+        return np.hstack([p.encode_values(rows) for p in self.parts])
+
+class BlendScorer:
+    "FastScorer of a packaged LogOddsBlend: each member's scorer on its own columns, log-odds averaged, then the blend's calibrator."
+    def __init__(self, model: ChurnModel, unknown_category: str = "reject", compile: bool = True):
+        blend, self.model, self.threshold = model.pipeline, model, float(model.threshold)
+        self.parts = [FastScorer(ChurnModel(m, model.spec, model.threshold), unknown_category, compile) for m in blend.members]
+        for part, explainer in zip(self.parts, model.explainer.parts): part.model._explainer = explainer   # built once, shared
+        self.records = BlendRecords([p.records for p in self.parts])
+        self._cuts = np.cumsum([0, *[p.records.width for p in self.parts]])
+
+    @property
+    def features(self) -> list[str]: return self.records.features
+    @property
+    def compiled(self) -> bool: return any(p.compiled for p in self.parts)
+    @compiled.setter
+    def compiled(self, on: bool) -> None:
+        for p in self.parts: p.compiled = p.compiled and on
+
+    def _columns(self, Z: np.ndarray) -> list[np.ndarray]:
+        return [Z[:, a:b] for a, b in zip(self._cuts[:-1], self._cuts[1:])]
+
+    def encode_frame(self, df: pd.DataFrame) -> np.ndarray:
+        return np.hstack([p.encode_frame(df) for p in self.parts])
+
+    def log_odds(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
+        return np.mean([p.log_odds(z, threads) for p, z in zip(self.parts, self._columns(Z))], axis=0)
+
+    def probabilities(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
+        return apply_calibrator(self.model.calibrator, 1.0 / (1.0 + np.exp(-self.log_odds(Z, threads))))
+
+    def contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
+        got = [p.contributions(z) for p, z in zip(self.parts, self._columns(Z))]
+        return float(np.mean([b for b, _ in got])), np.mean([phi for _, phi in got], axis=0)
+
+    def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.model.explainer.features, self.features, values)
+
+def make_scorer(model: ChurnModel, unknown_category: str = "reject", compile: bool = True) -> FastScorer | BlendScorer:
+    "The fast scorer of a packaged model: a BlendScorer for a blend, a FastScorer otherwise."
+    return (BlendScorer if isinstance(model.pipeline, LogOddsBlend) else FastScorer)(model, unknown_category, compile)
 
 # %% ../nbs/31_serve.ipynb #fce7b5ca
 LOG_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("time", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
@@ -596,7 +667,7 @@ class ServedModel:
     version: str
     uri: str
     churn: ChurnModel
-    scorer: FastScorer
+    scorer: FastScorer | BlendScorer
     lineage: dict[str, str]
     load_seconds: float
     loaded_at: str
@@ -625,7 +696,7 @@ def _example_records(df: pd.DataFrame, features: Sequence[str]) -> list[dict[str
     return [{f: (None if v is None or (isinstance(v, float) and v != v) or v is pd.NA else v) for f, v in zip(features, row)}
             for row in df[list(features)].astype(object).itertuples(index=False)]
 
-def self_check(pyfunc: Any, scorer: FastScorer, example: pd.DataFrame | None) -> dict[str, Any]:
+def self_check(pyfunc: Any, scorer: FastScorer | BlendScorer, example: pd.DataFrame | None) -> dict[str, Any]:
     "Score the input example with the pyfunc and the fast path (frame and JSON records); the largest difference."
     if example is None or not len(example): return {"rows": 0, "max_abs_diff": None}
     ref = pyfunc.predict(example)["churn_probability"].to_numpy(dtype=np.float64)
@@ -645,7 +716,7 @@ def load_served_model(cfg: Settings, version: str, unknown_category: str | None 
     churn = pyfunc.unwrap_python_model()
     if not isinstance(churn, ChurnModel):
         raise ModelLoadError(f"{uri} is a {type(churn).__name__}, not a packaged ChurnModel (package it with mlops_nb.package.log_packaged_model)")
-    scorer = FastScorer(churn, unknown_category or cfg.api.unknown_category, compile=os.environ.get(SCORER_ENV, "compiled") != "sklearn")
+    scorer = make_scorer(churn, unknown_category or cfg.api.unknown_category, compile=os.environ.get(SCORER_ENV, "compiled") != "sklearn")
     clash = sorted(set(scorer.features) & RESERVED_COLUMNS)
     if clash: raise ModelLoadError(f"{uri}: features named like prediction-log columns: {', '.join(clash)}")
     check = self_check(pyfunc, scorer, getattr(pyfunc, "input_example", None))
@@ -661,7 +732,7 @@ def load_served_model(cfg: Settings, version: str, unknown_category: str | None 
 SANDBOX_OVERRIDE = "sandbox model for notebooks, tests and benchmarks; never gated"
 
 def sandbox_champion(cfg: Settings,
-                     family: str = "hgb",            # candidate family (see train.make_candidate)
+                     family: str = "hgb",            # candidate family (see train.make_candidate), or "blend" (hgb + logreg)
                      params: dict | None = None,     # its parameters (defaults if None)
                      threshold: float = 0.2,         # decision threshold
                      calibrated: bool = False,       # fit an isotonic calibrator on the validation month
@@ -675,13 +746,15 @@ def sandbox_champion(cfg: Settings,
     from mlops_nb.contracts import load_feature_table
     from mlops_nb.package import log_packaged_model
     from mlops_nb.tracking import mlflow, phase_run
-    from mlops_nb.train import ensure_demo_features, log_datasets, make_candidate, split_datasets, split_frame
+    from mlops_nb.train import LogOddsBlend, ensure_demo_features, log_datasets, make_candidate, split_datasets, split_frame
     ensure_demo_features(cfg, n_customers, n_months)
     df, spec = load_feature_table(cfg)
     split = split_frame(df, spec, seed=cfg.train.seed)
     with phase_run(cfg, "sandbox", run_name=f"sandbox-{family}") as run:
         log_datasets(split_datasets(split, spec, source=str(cfg.paths.warehouse)))
-        pipe = make_candidate(family, params or {}, spec, cfg.train.seed).fit(split.train, split.y("train"))
+        fit = lambda f, p: make_candidate(f, p, spec, cfg.train.seed).fit(split.train, split.y("train"))  # noqa: E731
+        pipe = (LogOddsBlend([fit("hgb", {}), fit("logreg", {})], ["hgb", "logreg"]).fit() if family == "blend"   # members: their defaults
+                else fit(family, params or {}))
         cal = IsotonicRegression(out_of_bounds="clip").fit(pipe.predict_proba(split.valid)[:, 1], split.y("valid")) if calibrated else None
         uri = log_packaged_model(pipe, spec, threshold, calibrator=cal, input_example=split.valid.head(5))
         mlflow.set_tag("mlops_nb.family", family)

@@ -131,6 +131,7 @@ class TrainSettings:
     trials: int = setting(2, "tuning trials per family (each a nested MLflow run); the first is always the family's defaults", lo=1, hi=500)
     max_rows: int = setting(1_000_000, "training rows per fit: a month- and label-stratified sample of the training months when there are more (0 = all); bounds training time and memory as data grows", lo=0)
     network_max_rows: int = setting(100_000, "training rows per fit of the PyTorch network, whose fits cost the most per row: a smaller month- and label-stratified sample of the rows the other families fit (0 = the same rows)", lo=0)
+    blend_within: float = setting(0.01, "the blend candidate averages the log-odds of every family whose validation AUC is within this of the best family's (0 = no blend)", lo=0.0, hi=1.0)
     seed: int = setting(7, "training seed: the same inputs and seed give the same metrics", lo=0, hi=2**32 - 1)
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,10 @@ __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS',
            'SEARCH_SPACES', 'SPLIT_CONTEXTS', 'demo_true_logit', 'demo_feature_table', 'feature_table_exists',
            'ensure_demo_features', 'Split', 'split_frame', 'quantile_ranks', 'spline_basis', 'TabularEncoder',
            'TorchTabularClassifier', 'make_candidate', 'draw_params', 'trial_params', 'score', 'Trial', 'fit_trial',
-           'tune_family', 'loggable_params', 'split_datasets', 'log_datasets', 'model_input', 'feature_schema',
-           'has_network', 'pinned_requirements', 'package_code_dir', 'log_pipeline', 'TrainResult', 'train_family',
-           'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'latest_train_run', 'load_candidates']
+           'tune_family', 'LogOddsBlend', 'blend_members', 'loggable_params', 'split_datasets', 'log_datasets',
+           'model_input', 'feature_schema', 'has_network', 'pinned_requirements', 'package_code_dir', 'log_pipeline',
+           'TrainResult', 'train_family', 'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate',
+           'latest_train_run', 'load_candidates']
 
 # %% ../nbs/20_train.ipynb #386696c1
 DEMO_PRODUCTS = ("mobile", "fibre", "bundle")
@@ -615,6 +616,44 @@ def tune_family(family: str, split: Split, spec: FeatureSpec,
         done.append(Trial(t.family, t.index, t.params, t.metrics, t.seconds))
     return best, done
 
+# %% ../nbs/20_train.ipynb #22cbf4c2
+class LogOddsBlend(ClassifierMixin, BaseEstimator):
+    "Equal-weight average of fitted candidate pipelines' log-odds: raw feature columns in, `predict_proba` out. Members are not refitted."
+    def __init__(self,
+                 members: Sequence[Pipeline] = (),  # fitted candidate pipelines (each: raw feature columns in)
+                 names: Sequence[str] = (),         # their family names, for logs and model cards
+                 ):
+        self.members, self.names = members, names
+
+    def fit(self, X: Any = None, y: Any = None) -> "LogOddsBlend":
+        "Check the members are fitted binary classifiers; nothing is learnt (the weights are equal)."
+        if len(self.members) < 2: raise ValueError(f"a blend needs at least two fitted members, got {len(self.members)}")
+        if len(self.names) != len(self.members): raise ValueError(f"a blend needs one name per member: {len(self.names)} names, {len(self.members)} members")
+        for n, m in zip(self.names, self.members):
+            if list(getattr(m, "classes_", [])) != [0, 1]: raise ValueError(f"blend member {n!r} is not a fitted 0/1 classifier")
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        "The mean of the members' log-odds."
+        return np.mean([np.asarray(m.decision_function(X), dtype=np.float64).reshape(-1) for m in self.members], axis=0)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+def blend_members(valid_auc: Mapping[str, float],  # each family's best validation AUC
+                  within: float,                     # how far below the best a family may score and still join (0 = no blend)
+                  ) -> list[str]:
+    "The families that join the blend, best first: those within `within` of the best validation AUC; [] when fewer than two."
+    if within <= 0 or len(valid_auc) < 2: return []
+    best = max(valid_auc.values())
+    keep = sorted((f for f, a in valid_auc.items() if a >= best - within), key=lambda f: (-valid_auc[f], f))
+    return keep if len(keep) >= 2 else []
+
 # %% ../nbs/20_train.ipynb #6a4d2495
 def loggable_params(estimator: BaseEstimator, max_len: int = 500) -> dict[str, Any]:
     "`estimator.get_params()` as flat MLflow-loggable scalars."
@@ -652,8 +691,9 @@ def feature_schema(spec: FeatureSpec) -> Any:
     from mlflow.types.schema import AnyType, ColSpec, Schema
     return Schema([ColSpec(AnyType(), c, required=True) for c in spec.numeric] + [ColSpec("string", c, required=True) for c in spec.categorical])
 
-def has_network(pipeline: Pipeline) -> bool:
-    "True if the pipeline's model is a TorchTabularClassifier."
+def has_network(pipeline: Pipeline | LogOddsBlend) -> bool:
+    "True if the pipeline's model (or a blend member's) is a TorchTabularClassifier."
+    if isinstance(pipeline, LogOddsBlend): return any(has_network(m) for m in pipeline.members)
     return isinstance(pipeline[-1], TorchTabularClassifier)
 
 def pinned_requirements(pipeline: Pipeline, extra: Sequence[str] = ()) -> list[str]:
@@ -715,8 +755,8 @@ def _trial_logger(run_id: str, datasets: dict[str, Any]) -> Callable[..., Trial]
         return t
     return fit
 
-def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed: int, run_id: str, datasets: dict[str, Any]) -> dict[str, Any]:
-    "Tune one family in a child run of the phase run and log its best pipeline there; return its summary row."
+def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed: int, run_id: str, datasets: dict[str, Any]) -> tuple[dict[str, Any], Pipeline]:
+    "Tune one family in a child run of the phase run and log its best pipeline there; return its summary row and the pipeline."
     tags = {"mlops_nb.kind": "candidate", "mlops_nb.candidate": "true", "mlops_nb.family": family, "mlops_nb.train_run_id": run_id}
     with mlflow.start_run(run_name=family, nested=True, tags=tags) as run:
         log_datasets(datasets)
@@ -727,7 +767,24 @@ def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed
         uri = log_pipeline(best.pipeline, spec, split.valid.head(5))
         mlflow.set_tags({"mlops_nb.model_uri": uri, "mlops_nb.best_trial": str(best.index), "mlops_nb.params": json.dumps(best.params)})
     return {"family": family, **best.metrics, **test, "fit_seconds": round(best.seconds, 2), "best_trial": best.index,
-            "params": json.dumps(best.params), "run_id": run.info.run_id, "model_uri": uri}
+            "params": json.dumps(best.params), "run_id": run.info.run_id, "model_uri": uri}, best.pipeline
+
+def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec, within: float,
+                run_id: str, datasets: dict[str, Any]) -> dict[str, Any]:
+    "Log the blend of `members` (fitted family pipelines) as a candidate child run; return its summary row."
+    tags = {"mlops_nb.kind": "candidate", "mlops_nb.candidate": "true", "mlops_nb.family": "blend", "mlops_nb.train_run_id": run_id}
+    with mlflow.start_run(run_name="blend", nested=True, tags=tags) as run:
+        log_datasets(datasets)                     # the members learnt from the training part; the blend is judged on the others
+        blend = LogOddsBlend([pipelines[m] for m in members], list(members)).fit()
+        valid = {f"valid_{k}": v for k, v in score(split.y("valid"), blend.predict_proba(split.valid)[:, 1]).items()}
+        test = {f"test_{k}": v for k, v in score(split.y("test"), blend.predict_proba(split.test)[:, 1]).items()}
+        params = {"members": list(members), "weights": "equal (mean log-odds)", "within": within}
+        mlflow.log_params({**params, "family": "blend", "members": ", ".join(members)})
+        mlflow.log_metrics({**valid, **test, "fit_seconds": 0.0})
+        uri = log_pipeline(blend, spec, split.valid.head(5))
+        mlflow.set_tags({"mlops_nb.model_uri": uri, "mlops_nb.best_trial": "-", "mlops_nb.params": json.dumps(params)})
+    return {"family": "blend", **valid, **test, "fit_seconds": 0.0, "best_trial": "-", "params": json.dumps(params),
+            "run_id": run.info.run_id, "model_uri": uri}
 
 # %% ../nbs/20_train.ipynb #e92ac763
 def run_train(cfg: Settings,             # the run settings ([train] candidates, trials, seed)
@@ -750,7 +807,7 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
                            "candidates": ", ".join(cfg.train.candidates), "feature_table_digest": table_digest})
         log_datasets(datasets)
         mlflow.log_dict(json.loads(spec.to_json()), "feature_spec.json")
-        rows = []
+        rows, pipelines = [], {}
         for f in cfg.train.candidates:   # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
             fsplit, fdatasets = split, datasets
             sample = cap_rows(split.train, spec.target, family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows),
@@ -758,7 +815,10 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
             if len(sample) < len(split.train):
                 fsplit = dataclasses.replace(split, train=sample)
                 fdatasets = datasets | split_datasets(fsplit, spec, source=str(cfg.paths.warehouse), parts=("train",))
-            rows.append(train_family(f, fsplit, spec, cfg.train.trials, cfg.train.seed, rid, fdatasets))
+            row, pipelines[f] = train_family(f, fsplit, spec, cfg.train.trials, cfg.train.seed, rid, fdatasets)
+            rows.append(row)
+        members = blend_members({r["family"]: r["valid_auc"] for r in rows}, cfg.train.blend_within)
+        if members: rows.append(train_blend(members, pipelines, split, spec, cfg.train.blend_within, rid, datasets))
         table = pd.DataFrame(rows).set_index("family")
         best = str(table["valid_auc"].idxmax())
         oracle = float(roc_auc_score(split.y("test"), split.test["_true_p"])) if "_true_p" in split.test else None

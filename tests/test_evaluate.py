@@ -269,7 +269,8 @@ def evaluated(tmp_path_factory):
     from mlops_nb.evaluate import run_evaluate
     from mlops_nb.settings import sandbox_settings
     from mlops_nb.train import ensure_demo_features, run_train
-    cfg = sandbox_settings(tmp_path_factory.mktemp("eval") / "p", train_candidates="logreg, hgb", train_trials=1, gate_n_boot=100)
+    cfg = sandbox_settings(tmp_path_factory.mktemp("eval") / "p", train_candidates="logreg, hgb", train_trials=1, gate_n_boot=100,
+                           train_blend_within=1.0)   # and their blend
     ensure_demo_features(cfg, n_customers=800, n_months=5)
     run_train(cfg)
     return cfg, run_evaluate(cfg)
@@ -281,10 +282,12 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
     from mlops_nb.train import model_input, split_frame
     cfg, res = evaluated
     client = MlflowClient()
-    assert {ev.name for ev in res.evaluations} == {"logreg", "hgb"}
+    assert {ev.name for ev in res.evaluations} == {"logreg", "hgb", "blend"}
     doc = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/evaluation/evaluation.json")
     assert doc["selected"]["run_id"] == res.evaluations[res.selected].info["run_id"] and doc["champion"] is None
-    assert doc["baseline"]["name"].startswith("baseline: ") and len(doc["candidates"]) == 2
+    assert doc["baseline"]["name"].startswith("baseline: ") and len(doc["candidates"]) == 3
+    # the selection names its rule; a single model displaces the blend only beyond the validation noise
+    assert doc["selected"]["name"] == "blend" or "beyond the noise" in doc["selected"]["rule"], doc["selected"]
     tags = client.get_run(res.run_id).data.tags
     assert tags["mlops_nb.evaluation.selected_model_uri"] == doc["selected"]["model_uri"] and tags["mlops_nb.evaluation.champion"] == "none"
     metrics = client.get_run(res.run_id).data.metrics
@@ -303,6 +306,7 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
                                             "gains.png", "fairness.png", "importance.png")} <= arts, arts
         card = mlflow.artifacts.load_text(f"runs:/{ev.info['run_id']}/evaluation/model_card.md")
         assert all(f"## {s}" in card for s in CARD_SECTIONS) and ev.info["model_uri"] in card
+        if ev.name == "blend": assert "family blend (the mean log-odds of hgb, logreg)" in card or "family blend (the mean log-odds of logreg, hgb)" in card
         assert f"a gap of {ev.oracle['auc_gap']:.3f}, 95% interval {ev.oracle['auc_gap_lo']:.3f} to {ev.oracle['auc_gap_hi']:.3f}" in card
         # the card names the dataset by the digest the train run recorded for it (and the features phase logs)
         assert f"(digest {client.get_run(ev.info['train_run_id']).data.tags['mlops_nb.feature_table_digest']}," in card

@@ -19,7 +19,7 @@ def _small_world(root: Path) -> tuple[list[str], Path]:
     """One full run on 3,000 customers x 8 months (stable scenario), shared by the checks below."""
     settings = make_project(root / "proj", lake_customers=3000, lake_months=8, lake_scenario="stable",
                             lake_drift_month=6, lake_schema_drift_month=5, train_trials=1,
-                            train_candidates="logreg, hgb")
+                            train_candidates="logreg, hgb", train_blend_within=1.0)   # their blend too, so a blend may be what serves
     return ["--settings", str(settings), "run", "--no-progress"], settings
 
 

@@ -367,3 +367,39 @@ def test_the_fast_path_explains_and_encodes_a_logistic_regression_like_the_pipel
     for e, (_, r) in zip(out, ref.iterrows()):
         assert e["base_log_odds"] + sum(c["contribution"] for c in e["contributions"]) == pytest.approx(e["log_odds"], abs=1e-9)
         assert {c["feature"]: c["contribution"] for c in e["contributions"]}["tenure_months"] == pytest.approx(r.contrib_tenure_months, abs=1e-9)
+
+
+def test_a_blend_champion_serves_its_members_average_with_explanations_that_add_up(tmp_path):
+    """A blend (boosted trees + spline logistic regression, log-odds averaged) registered as champion: the API answers
+    with the packaged model's probabilities, explanations summing to the blend's log-odds, and field errors once."""
+    import pandas as pd
+    from conftest import make_project
+    from serving_fixtures import latest_records
+    from mlops_nb.privacy import load_key
+    from mlops_nb.serve import sandbox_champion
+    from mlops_nb.settings import load_settings
+    from mlops_nb.tracking import configure_mlflow, mlflow
+    settings = make_project(tmp_path / "proj", privacy_key_file=str(tmp_path / "proj" / "secrets" / "pseudonym.key"))
+    cfg = load_settings(settings, env={})
+    load_key(cfg)
+    v = sandbox_champion(cfg, "blend", n_customers=1200, n_months=5)
+    records, _ = latest_records(cfg, limit=12)
+    configure_mlflow(cfg)
+    ref = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model}/{v.version}").predict(pd.DataFrame(records), params={"explain": True})
+    proc, url = start_api(settings, log=tmp_path / "api.log")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            ready = c.get("/ready").json()
+            assert ready["model"]["version"] == v.version and ready["model"]["compiled"] is True   # the trees member compiled
+            assert c.get("/v1/model").json()["self_check"]["max_abs_diff"] < 1e-9
+            for rec, (_, r) in zip(records, ref.iterrows()):
+                out = c.post("/v1/score?explain=true", json={"features": rec}).json()
+                assert out["churn_probability"] == pytest.approx(r.churn_probability, abs=1e-9)
+                e = out["explanation"]
+                assert e["log_odds"] == pytest.approx(r.log_odds, abs=1e-9)
+                assert e["base_log_odds"] + sum(x["contribution"] for x in e["contributions"]) == pytest.approx(e["log_odds"], abs=1e-9)
+            bad = c.post("/v1/score", json={"features": {**records[0], "region": "Atlantis"}})
+            assert bad.status_code == 422 and [d["field"] for d in bad.json()["detail"]] == ["features.region"], bad.text
+    finally:
+        stop(proc)
+    assert "Traceback" not in (tmp_path / "api.log").read_text()

@@ -1,6 +1,7 @@
 """The train phase: splits, the encoder, the torch estimator, reproducibility and the MLflow run layout it leaves for evaluation."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_candidates_take_raw_columns_of_every_family(demo):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    cfg = sandbox_settings(tmp_path_factory.mktemp("train"), train_trials=2)
+    cfg = sandbox_settings(tmp_path_factory.mktemp("train"), train_trials=2, train_blend_within=1.0)   # every family joins the blend
     assert ensure_demo_features(cfg, n_customers=700, n_months=5, seed=1)
     first, second = run_train(cfg), run_train(cfg)
     return cfg, first, second
@@ -148,8 +149,13 @@ def test_the_run_records_data_params_and_a_candidate_per_family(trained):
     assert "test_oracle_auc" in phase.data.metrics
     exp = phase.info.experiment_id
     families = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{second.run_id}'")
-    assert sorted(r.data.tags["mlops_nb.family"] for r in families) == ["hgb", "logreg", "torch_mlp"]
+    assert sorted(r.data.tags["mlops_nb.family"] for r in families) == ["blend", "hgb", "logreg", "torch_mlp"]
+    blend = next(r for r in families if r.data.tags["mlops_nb.family"] == "blend")
+    assert json.loads(blend.data.tags["mlops_nb.params"])["members"] == list(second.candidates.drop(index="blend").sort_values("valid_auc", ascending=False).index)
+    assert blend.data.tags["mlops_nb.model_uri"].startswith("models:/") and {"valid_auc", "test_auc"} <= set(blend.data.metrics)
+    assert not client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{blend.info.run_id}'"), "a blend fits nothing: no trials"
     for fam in families:
+        if fam is blend: continue
         assert fam.data.tags["mlops_nb.candidate"] == "true" and fam.data.tags["mlops_nb.model_uri"].startswith("models:/")
         assert {"valid_auc", "test_auc", "fit_seconds"} <= set(fam.data.metrics) and "model__random_state" in fam.data.params
         assert len(fam.inputs.dataset_inputs) == 3
@@ -162,7 +168,7 @@ def test_the_run_records_data_params_and_a_candidate_per_family(trained):
 
 def test_the_network_fits_its_own_smaller_sample_and_logs_it(tmp_path):
     from mlflow.tracking import MlflowClient
-    cfg = sandbox_settings(tmp_path, train_candidates="hgb, torch_mlp", train_trials=1, train_network_max_rows=300)
+    cfg = sandbox_settings(tmp_path, train_candidates="hgb, torch_mlp", train_trials=1, train_network_max_rows=300, train_blend_within=0.0)
     assert ensure_demo_features(cfg, n_customers=700, n_months=5, seed=1)
     res = run_train(cfg)
     client = MlflowClient()
@@ -171,7 +177,9 @@ def test_the_network_fits_its_own_smaller_sample_and_logs_it(tmp_path):
     assert full > 1000 and phase.data.params["network_max_rows"] == "300"
     def training_digest(run):
         return next(i.dataset.digest for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context" and t.value == "training")
-    for fam in client.search_runs([phase.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.run_id}'"):
+    fams = client.search_runs([phase.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.run_id}'")
+    assert sorted(f.data.tags["mlops_nb.family"] for f in fams) == ["hgb", "torch_mlp"], "blend_within = 0: no blend"
+    for fam in fams:
         rows, family = int(fam.data.params["train_rows"]), fam.data.tags["mlops_nb.family"]
         if family == "hgb": assert rows == full and training_digest(fam) == training_digest(phase)
         else: assert 250 <= rows <= 300 and training_digest(fam) != training_digest(phase)   # a stratified sample: about the cap
@@ -181,15 +189,20 @@ def test_load_candidates_gives_the_fitted_pipelines_of_the_latest_run(trained):
     cfg, first, second = trained
     assert latest_train_run(cfg) == second.run_id
     cands = load_candidates(cfg)
-    assert [c.train_run_id for c in cands] == [second.run_id] * 3
+    assert [c.train_run_id for c in cands] == [second.run_id] * 4
     assert [c.metrics["valid_auc"] for c in cands] == sorted((c.metrics["valid_auc"] for c in cands), reverse=True)
     df, spec = load_feature_table(cfg)
     test = split_frame(df, spec, seed=cfg.train.seed).test
     for c in cands:
         auc = score(test[spec.target].astype(int), c.pipeline.predict_proba(test)[:, 1])["auc"]
         assert abs(auc - c.metrics["test_auc"]) < 1e-12, c.family
-        assert make_candidate(c.family, c.params, spec).get_params()["model"].__class__ is c.pipeline[-1].__class__
-    assert {c.family for c in load_candidates(cfg, first.run_id)} == {"logreg", "hgb", "torch_mlp"}
+        if c.family != "blend": assert make_candidate(c.family, c.params, spec).get_params()["model"].__class__ is c.pipeline[-1].__class__
+    # the blend, loaded on its own, scores the mean of the loaded members' log-odds
+    blend, single = next(c for c in cands if c.family == "blend"), {c.family: c.pipeline for c in cands if c.family != "blend"}
+    assert blend.pipeline.names == blend.params["members"] and set(blend.pipeline.names) == set(single)
+    z = np.mean([single[n].decision_function(test) for n in blend.pipeline.names], axis=0)
+    assert np.allclose(blend.pipeline.predict_proba(test)[:, 1], 1 / (1 + np.exp(-z)), rtol=0, atol=1e-12)
+    assert {c.family for c in load_candidates(cfg, first.run_id)} == {"logreg", "hgb", "torch_mlp", "blend"}
 
 
 def test_load_candidates_without_a_train_run_says_so(tmp_path):
