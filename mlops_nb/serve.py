@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Path as PathParam, Request, Response
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.preprocessing import StandardScaler
 
 from .package import ChurnModel, apply_calibrator
 from .settings import Settings, SettingsError
@@ -45,7 +47,7 @@ __all__ = ['log', 'CTZ_TABLE', 'PARALLEL_MIN_ROWS', 'LOG_SCHEMA', 'RESERVED_COLU
            'REQUEST_ID_PATTERN', 'SCORER_ENV', 'SANDBOX_OVERRIDE', 'LATENCY_BUCKETS', 'GIL_SWITCH_SECONDS',
            'RELOAD_WATCH_SECONDS', 'CONTROL_DIR_ENV', 'HOT_PATHS', 'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID',
            'ENDPOINTS', 'LOG_READ_ATTEMPTS', 'TreeTables', 'compile_trees', 'quickscorer_kernel', 'trees_raw',
-           'field_name', 'FieldError', 'RequestError', 'json_type', 'RecordEncoder', 'FastScorer',
+           'field_name', 'FieldError', 'RequestError', 'json_type', 'RecordEncoder', 'folded_linear', 'FastScorer',
            'explanation_records', 'BlendRecords', 'BlendScorer', 'make_scorer', 'new_request_id', 'request_id_time',
            'LogBlock', 'blocks_table', 'write_log_table', 'PredictionLog', 'ModelLoadError', 'resolve_alias',
            'model_lineage', 'ServedModel', 'self_check', 'load_served_model', 'sandbox_champion', 'MicroBatcher',
@@ -300,8 +302,16 @@ def _category_labels(s: pd.Series, enc: TabularEncoder) -> np.ndarray:
     if miss.any(): v = v.copy(); v[miss] = MISSING_CATEGORY
     return v
 
+def folded_linear(pipe: Any) -> tuple[np.ndarray, float] | None:
+    "(w, b) with Z @ w + b = the log-odds of a pipeline encoder → StandardScaler → binary linear model, from its encoded rows Z; else None."
+    if len(pipe) != 3 or not isinstance(pipe[1], StandardScaler) or not isinstance(pipe[2], LinearClassifierMixin): return None
+    scaler, model = pipe[1], pipe[2]
+    if model.coef_.shape[0] != 1: return None
+    w = model.coef_[0] / (scaler.scale_ if scaler.scale_ is not None else 1.0)
+    return w, float(model.intercept_[0] - np.dot(scaler.mean_ if scaler.mean_ is not None else np.zeros_like(w), w))
+
 class FastScorer:
-    "Scores encoded rows exactly as the packaged ChurnModel does, the trees compiled (QuickScorer + numba) when possible."
+    "Scores encoded rows as the packaged ChurnModel does: the trees compiled (QuickScorer + numba), a scaled linear model folded into one dot product."
     def __init__(self,
                  model: ChurnModel,                # the packaged model (pipeline, calibrator, threshold, spec)
                  unknown_category: str = "reject", # see RecordEncoder
@@ -313,6 +323,7 @@ class FastScorer:
         self.records = RecordEncoder(pipe[0], unknown_category)
         self.trees = compile_trees(self.estimator) if compile and len(pipe) == 2 else None
         self.compiled = self.trees is not None and bool(quickscorer_kernel())
+        self.linear = folded_linear(pipe) if compile else None
         self.threshold = float(model.threshold)
         self._category_index = [pd.Index(cats, dtype=object) for cats in pipe[0].categories_]
 
@@ -340,11 +351,13 @@ class FastScorer:
     def log_odds(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
         "The model's log-odds (before calibration) of encoded rows."
         if self.compiled: return trees_raw(self.trees, Z, threads)
+        if self.linear is not None: return Z @ self.linear[0] + self.linear[1]
         return np.asarray(self.rest.decision_function(Z), dtype=np.float64).reshape(-1)
 
     def probabilities(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
         "Calibrated churn probabilities of encoded rows — ChurnModel.predict's churn_probability. (`threads`: compiled trees, big batches.)"
         if self.compiled: p = self.estimator._loss.link.inverse(trees_raw(self.trees, Z, threads))
+        elif self.linear is not None: p = 1.0 / (1.0 + np.exp(-(Z @ self.linear[0] + self.linear[1])))
         else: p = self.rest.predict_proba(Z)[:, 1]
         return apply_calibrator(self.model.calibrator, p)
 

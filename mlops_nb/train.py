@@ -271,14 +271,22 @@ def quantile_ranks(num: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
                             for j in range(num.shape[1])]) if num.shape[1] else np.zeros((len(num), 0))
 
 def spline_basis(u: np.ndarray, n_knots: int) -> np.ndarray:
-    "Cubic B-splines on `n_knots` uniform knots over [0, 1] (Cox-de Boor), for values `u` in [0, 1]: shape u.shape + (n_knots + 2,), rows sum to 1."
-    h = 1.0 / (n_knots - 1)
-    t = h * np.arange(-3, n_knots + 3)                       # the knots, extended by three on each side
-    u = np.clip(u, 0.0, 1.0 - 1e-9)[..., None]
-    B = ((t[:-1] <= u) & (u < t[1:])).astype(np.float64)     # degree 0: the interval's indicator
-    for k in (1, 2, 3):
-        B = (u - t[:-(k + 1)]) / (k * h) * B[..., :-1] + (t[k + 1:] - u) / (k * h) * B[..., 1:]
-    return B
+    "Cubic B-splines on `n_knots` uniform knots over [0, 1], for values `u` in [0, 1]: shape u.shape + (n_knots + 2,), rows sum to 1."
+    # On uniform knots only four splines are non-zero in the knot interval i holding u, and at x, u's position inside it,
+    # they are the four cubic pieces below (what Cox-de Boor's recursion gives, without its (n, features, knots) temporaries).
+    s = np.clip(u, 0.0, 1.0 - 1e-9) * (n_knots - 1)
+    i = np.minimum(s.astype(np.int64), n_knots - 2)          # the interval (s >= 0: truncation is the floor)
+    x = (s - i).ravel()
+    x2 = x * x
+    x3 = x2 * x
+    K = n_knots + 2
+    B = np.zeros(x.size * K)
+    at = np.arange(x.size) * K + i.ravel()                   # where each value's first non-zero spline goes, flat
+    B[at] = (1.0 - x) ** 3 / 6.0
+    B[at + 1] = (3.0 * x3 - 6.0 * x2 + 4.0) / 6.0
+    B[at + 2] = (-3.0 * x3 + 3.0 * x2 + 3.0 * x + 1.0) / 6.0
+    B[at + 3] = x3 / 6.0
+    return B.reshape(np.shape(u) + (K,))
 
 class TabularEncoder(TransformerMixin, BaseEstimator):
     "Raw feature columns of a frame → one float matrix: numbers (imputed or NaN, with missing indicators), categories one-hot or as codes."

@@ -2,9 +2,11 @@
 
     python tests/bench/bench_serve.py                       # build a project under /tmp, 1 and 2 workers
     python tests/bench/bench_serve.py --root /tmp/bench-serve --seconds 15 --json results.json
+    python tests/bench/bench_serve.py --family blend        # the champion is a blend (trees + spline logistic regression)
 
-One run builds (or reuses, with --root) a project whose champion is a HistGradientBoosting pipeline on the demo feature
-table (16 raw features), then, for 1 and then 2 worker processes, starts our API (`mlops-nb serve`, prediction log on) and
+One run builds (or reuses, with --root) a project whose champion is a HistGradientBoosting pipeline (with --family blend:
+its blend with the spline logistic regression) on the demo feature table (16 raw features), then, for 1 and then 2
+worker processes, starts our API (`mlops-nb serve`, prediction log on) and
 the stock server (`mlflow models serve --env-manager local`) on 127.0.0.1 and drives both with the same load generator:
 
 * sequential single-row requests (one connection): p50 / p99 latency;
@@ -35,7 +37,7 @@ def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def project(root: Path, customers: int, months: int):
+def project(root: Path, customers: int, months: int, family: str = "hgb"):
     from mlops_nb.registry import version_with_status
     from mlops_nb.settings import load_settings
     from mlops_nb.settings import SettingsError
@@ -44,7 +46,7 @@ def project(root: Path, customers: int, months: int):
         try:
             cfg = load_settings(path, env={})
             v = version_with_status(cfg, "production")
-            if v: return path, cfg, v.version
+            if v and (root / f"family-{family}").exists(): return path, cfg, v.version
         except SettingsError as e:
             print(f"not reusing {root}: {str(e).splitlines()[0]}")
         import shutil
@@ -56,8 +58,9 @@ def project(root: Path, customers: int, months: int):
     cfg = load_settings(path, env={})
     load_key(cfg)
     t0 = time.perf_counter()
-    v = sandbox_champion(cfg, threshold=0.2, n_customers=customers, n_months=months)
-    print(f"built the champion (hgb, version {v.version}) in {time.perf_counter() - t0:.0f} s")
+    v = sandbox_champion(cfg, family, threshold=0.2, n_customers=customers, n_months=months)
+    (root / f"family-{family}").touch()
+    print(f"built the champion ({family}, version {v.version}) in {time.perf_counter() - t0:.0f} s")
     return path, cfg, v.version
 
 
@@ -87,13 +90,15 @@ def batch_figures(cfg, version: str, url_factory, rows: int) -> dict:
         for _ in range(n):
             t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
         return rows / min(ts)
-    t = m.scorer.trees
+    t = getattr(m.scorer, "trees", None) or next((p.trees for p in getattr(m.scorer, "parts", ()) if p.trees), None)   # a blend: its trees member
     out = {"rows": rows, "trees": int(t.leaf_value.shape[0]) if t else None, "splits": int(t.threshold.size) if t else None,
            "sklearn_default_threads": best(lambda: pipe.predict_proba(X))}
     with threadpool_limits(1):
         out["sklearn_1_thread"] = best(lambda: pipe.predict_proba(X))
         out["ours_1_thread"] = best(lambda: m.scorer.probabilities(m.scorer.encode_frame(X)))
-        assert np.array_equal(m.scorer.probabilities(m.scorer.encode_frame(X)), m.churn.predict(None, X).churn_probability.to_numpy())
+        ours, ref = m.scorer.probabilities(m.scorer.encode_frame(X)), m.churn.predict(None, X).churn_probability.to_numpy()
+        exact = getattr(m.scorer, "trees", None) is not None                   # trees alone: the same bits; a folded scaler: rounding
+        assert np.array_equal(ours, ref) if exact else np.allclose(ours, ref, rtol=0, atol=1e-12)
     cores = os.cpu_count() or 1
     out["ours_all_cores"] = best(lambda: m.scorer.probabilities(m.scorer.encode_frame(X), threads=cores))   # what score_month does
     return out
@@ -101,7 +106,8 @@ def batch_figures(cfg, version: str, url_factory, rows: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=Path("/tmp/mlops-nb-bench-serve"), help="project folder (reused if it has a champion)")
+    ap.add_argument("--family", choices=("hgb", "blend"), default="hgb", help="the champion: boosted trees, or their blend with the spline logistic regression")
+    ap.add_argument("--root", type=Path, help="project folder (reused if it has a champion of --family); default /tmp/mlops-nb-bench-serve-<family>")
     ap.add_argument("--customers", type=int, default=10_000)
     ap.add_argument("--months", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=10.0, help="duration of each concurrency-32 run")
@@ -112,8 +118,9 @@ def main() -> None:
                     "trees scored by scikit-learn with and without it")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     a = ap.parse_args()
+    a.root = a.root or Path(f"/tmp/mlops-nb-bench-serve-{a.family}")
     print(f"load average at start: {load_avg()}")
-    settings, cfg, version = project(a.root, a.customers, a.months)
+    settings, cfg, version = project(a.root, a.customers, a.months, a.family)
     records, keys = latest_records(cfg)
     records, keys = records[:1000], [str(k) for k in keys[:1000]]
     features = list(records[0])
