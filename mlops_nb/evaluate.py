@@ -993,16 +993,17 @@ def naive_baseline(valid: pd.DataFrame, test: pd.DataFrame, spec) -> tuple[str, 
     return f"baseline: {'' if sign > 0 else '−'}{f}", s.rank(pct=True).to_numpy(float)
 
 # %% ../nbs/23_evaluate.ipynb #df30aad6
-def select_candidate(names: Sequence[str],               # the candidates' names (a blend is named "blend")
+def select_candidate(names: Sequence[str],               # the candidates' names (a blend is named mlops_nb.train.BLEND)
                      valid_auc: Sequence[float],         # their validation ROC AUC
                      y_valid: np.ndarray,                # the validation labels
                      p_valid: Sequence[np.ndarray],      # their validation probabilities
                      n_boot: int = 400, seed: int = 0, confidence: float = 0.95,
                      ) -> tuple[int, str]:
     "(index of the selected candidate, the rule that chose it): the best validation AUC, unless that is a tie with the blend."
+    from mlops_nb.train import BLEND
     best = int(np.nanargmax(valid_auc))
-    if "blend" not in names or names[best] == "blend": return best, "highest validation ROC AUC"
-    b = list(names).index("blend")
+    if BLEND not in names or names[best] == BLEND: return best, "highest validation ROC AUC"
+    b = list(names).index(BLEND)
     diff, lo, hi = paired_auc_difference(y_valid, p_valid[best], p_valid[b], n_boot, seed, confidence)
     interval = f"{names[best]} − blend validation AUC {diff:+.4f}, {confidence:.0%} interval {lo:+.4f} to {hi:+.4f}"
     if lo > 0: return best, f"highest validation ROC AUC, beyond the noise of the blend ({interval})"

@@ -19,7 +19,7 @@ from .train import LogOddsBlend, TabularEncoder, TorchTabularClassifier, _torch
 
 # %% auto #0
 __all__ = ['log_odds', 'feature_sources', 'Explainer', 'LinearExplainer', 'TreeExplainer', 'IntegratedGradientsExplainer',
-           'BlendExplainer', 'make_explainer', 'explain', 'global_importance']
+           'column_blocks', 'BlendExplainer', 'make_explainer', 'explain', 'global_importance']
 
 # %% ../nbs/21_explain.ipynb #06937440
 def log_odds(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
@@ -115,6 +115,11 @@ class IntegratedGradientsExplainer(Explainer):
         return self.base, (np.concatenate(out) if out else np.zeros((0, self.G.shape[0]), np.float32)).astype(np.float64)
 
 # %% ../nbs/21_explain.ipynb #788e96c1
+def column_blocks(Z: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    "Z cut into consecutive column blocks of the given widths (a blend's members' encoded rows, side by side)."
+    edges = np.cumsum([0, *widths])
+    return [Z[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
+
 class BlendExplainer(Explainer):
     "Contributions of a LogOddsBlend: the mean of its members' explainers' (the blend's log-odds is the mean of theirs)."
     def __init__(self, blend: LogOddsBlend):
@@ -129,11 +134,8 @@ class BlendExplainer(Explainer):
         return np.hstack([e.encode(X) for e in self.parts])
 
     def feature_contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
-        bases, phis = [], []
-        for e, (a, b) in zip(self.parts, zip(np.cumsum([0, *self.widths[:-1]]), np.cumsum(self.widths))):
-            base, phi = e.feature_contributions(Z[:, a:b])
-            bases.append(base); phis.append(phi)
-        return float(np.mean(bases)), np.mean(phis, axis=0)
+        got = [e.feature_contributions(z) for e, z in zip(self.parts, column_blocks(Z, self.widths))]
+        return float(np.mean([base for base, _ in got])), np.mean([phi for _, phi in got], axis=0)
 
 # %% ../nbs/21_explain.ipynb #b0de8768
 def make_explainer(pipeline: Pipeline) -> Explainer:

@@ -25,7 +25,7 @@ from sklearn.pipeline import Pipeline
 from .contracts import FeatureSpec
 from .explain import Explainer, make_explainer
 from .tracking import mlflow
-from .train import LogOddsBlend, feature_schema, model_input, package_code_dir, pinned_requirements
+from .train import BLEND, LogOddsBlend, feature_schema, final_estimators, model_input, package_code_dir, pinned_requirements
 
 # %% auto #0
 __all__ = ['SMALL_BATCH', 'EXPLANATION_METHODS', 'one_thread_for', 'apply_calibrator', 'ChurnModel', 'model_signature',
@@ -103,18 +103,17 @@ def model_signature(spec: FeatureSpec, output_example: pd.DataFrame | None = Non
 def family_of(pipeline: Pipeline) -> str:
     "The candidate family of a fitted pipeline ('logreg', 'hgb', 'torch_mlp' or 'blend'), or the model's class name."
     from mlops_nb.train import TorchTabularClassifier
-    if isinstance(pipeline, LogOddsBlend): return "blend"
+    if isinstance(pipeline, LogOddsBlend): return BLEND
     from sklearn.linear_model import LogisticRegression
     m = pipeline[-1]
     return {LogisticRegression: "logreg", HistGradientBoostingClassifier: "hgb", TorchTabularClassifier: "torch_mlp"}.get(type(m), type(m).__name__)
 
 def needs_shap(pipeline: Pipeline | LogOddsBlend) -> bool:
     "True if explaining the model takes shap: boosted trees, alone or in a blend."
-    if isinstance(pipeline, LogOddsBlend): return any(needs_shap(m) for m in pipeline.members)
-    return isinstance(pipeline[-1], HistGradientBoostingClassifier)
+    return any(isinstance(m, HistGradientBoostingClassifier) for m in final_estimators(pipeline))
 
 EXPLANATION_METHODS = {"logreg": "exact linear contributions", "hgb": "TreeSHAP (path-dependent)", "torch_mlp": "Integrated Gradients (32-node Gauss-Legendre)",
-                       "blend": "the mean of its members' contributions"}
+                       BLEND: "the mean of its members' contributions"}
 
 def log_packaged_model(pipeline: Pipeline,                        # a fitted candidate pipeline
                        spec: FeatureSpec,                         # the feature table's spec

@@ -36,6 +36,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.preprocessing import StandardScaler
 
+from .explain import Explainer, column_blocks
 from .package import ChurnModel, apply_calibrator
 from .settings import Settings, SettingsError
 from .train import MISSING_CATEGORY, LogOddsBlend, TabularEncoder, quantile_ranks, spline_basis
@@ -316,8 +317,10 @@ class FastScorer:
                  model: ChurnModel,                # the packaged model (pipeline, calibrator, threshold, spec)
                  unknown_category: str = "reject", # see RecordEncoder
                  compile: bool = True,             # compile the trees (False: always score with sklearn)
+                 explainer: Explainer | None = None, # the model's explainer, when one is built already (default: model.explainer)
                  ):
         pipe = model.pipeline
+        self._explainer = explainer
         self.model, self.estimator, self.rest = model, pipe[-1], pipe[1:]
         self.between = pipe[1:-1] if len(pipe) > 2 else None   # steps between encoder and model (the logistic regression's scaler)
         self.records = RecordEncoder(pipe[0], unknown_category)
@@ -329,6 +332,8 @@ class FastScorer:
 
     @property
     def features(self) -> list[str]: return self.records.features
+    @property
+    def explainer(self) -> Explainer: return self._explainer or self.model.explainer
 
     def encode_frame(self, df: pd.DataFrame) -> np.ndarray:
         "The feature columns of a frame (e.g. the warehouse's) → the encoded matrix: TabularEncoder.transform, with vectorised category look-ups."
@@ -363,11 +368,11 @@ class FastScorer:
 
     def contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
         "(base log-odds, each raw feature's contribution per row, in the explainer's feature order) of encoded rows."
-        return self.model.explainer.feature_contributions(Z if self.between is None else self.between.transform(Z))
+        return self.explainer.feature_contributions(Z if self.between is None else self.between.transform(Z))
 
     def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         "Per-row explanations: log-odds, base log-odds and each feature's contribution (largest first), with the value scored."
-        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.model.explainer.features, self.features, values)
+        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.explainer.features, self.features, values)
 
 def explanation_records(lo: np.ndarray, base: float, phi: np.ndarray, names: Sequence[str], features: Sequence[str],
                         values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -407,10 +412,9 @@ class BlendScorer:
     "FastScorer of a packaged LogOddsBlend: each member's scorer on its own columns, log-odds averaged, then the blend's calibrator."
     def __init__(self, model: ChurnModel, unknown_category: str = "reject", compile: bool = True):
         blend, self.model, self.threshold = model.pipeline, model, float(model.threshold)
-        self.parts = [FastScorer(ChurnModel(m, model.spec, model.threshold), unknown_category, compile) for m in blend.members]
-        for part, explainer in zip(self.parts, model.explainer.parts): part.model._explainer = explainer   # built once, shared
+        self.parts = [FastScorer(ChurnModel(m, model.spec, model.threshold), unknown_category, compile, explainer)   # explainers built once
+                      for m, explainer in zip(blend.members, model.explainer.parts)]
         self.records = BlendRecords([p.records for p in self.parts])
-        self._cuts = np.cumsum([0, *[p.records.width for p in self.parts]])
 
     @property
     def features(self) -> list[str]: return self.records.features
@@ -421,7 +425,7 @@ class BlendScorer:
         for p in self.parts: p.compiled = p.compiled and on
 
     def _columns(self, Z: np.ndarray) -> list[np.ndarray]:
-        return [Z[:, a:b] for a, b in zip(self._cuts[:-1], self._cuts[1:])]
+        return column_blocks(Z, [p.records.width for p in self.parts])
 
     def encode_frame(self, df: pd.DataFrame) -> np.ndarray:
         return np.hstack([p.encode_frame(df) for p in self.parts])

@@ -42,13 +42,13 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 # %% auto #0
 __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS', 'DEMO_REGIONS', 'DEMO_GENDERS', 'DEMO_AGE_BANDS',
            'DEMO_BASE_CHURN', 'DEMO_DESCRIPTION', 'MISSING_CATEGORY', 'RANK_LEVELS', 'FAMILIES', 'DEFAULT_PARAMS',
-           'SEARCH_SPACES', 'SPLIT_CONTEXTS', 'demo_true_logit', 'demo_feature_table', 'feature_table_exists',
+           'SEARCH_SPACES', 'BLEND', 'SPLIT_CONTEXTS', 'demo_true_logit', 'demo_feature_table', 'feature_table_exists',
            'ensure_demo_features', 'Split', 'split_frame', 'quantile_ranks', 'spline_basis', 'TabularEncoder',
            'TorchTabularClassifier', 'make_candidate', 'draw_params', 'trial_params', 'score', 'Trial', 'fit_trial',
            'tune_family', 'LogOddsBlend', 'blend_members', 'loggable_params', 'split_datasets', 'log_datasets',
-           'model_input', 'feature_schema', 'has_network', 'pinned_requirements', 'package_code_dir', 'log_pipeline',
-           'TrainResult', 'train_family', 'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate',
-           'latest_train_run', 'load_candidates']
+           'model_input', 'feature_schema', 'final_estimators', 'has_network', 'pinned_requirements',
+           'package_code_dir', 'log_pipeline', 'TrainResult', 'train_family', 'train_blend', 'run_train', 'cap_rows',
+           'family_max_rows', 'Candidate', 'latest_train_run', 'load_candidates']
 
 # %% ../nbs/20_train.ipynb #386696c1
 DEMO_PRODUCTS = ("mobile", "fibre", "bundle")
@@ -625,6 +625,8 @@ def tune_family(family: str, split: Split, spec: FeatureSpec,
     return best, done
 
 # %% ../nbs/20_train.ipynb #22cbf4c2
+BLEND = "blend"   # the blend candidate's family name (runs, model cards, the evaluation's selection rule)
+
 class LogOddsBlend(ClassifierMixin, BaseEstimator):
     "Equal-weight average of fitted candidate pipelines' log-odds: raw feature columns in, `predict_proba` out. Members are not refitted."
     def __init__(self,
@@ -699,10 +701,14 @@ def feature_schema(spec: FeatureSpec) -> Any:
     from mlflow.types.schema import AnyType, ColSpec, Schema
     return Schema([ColSpec(AnyType(), c, required=True) for c in spec.numeric] + [ColSpec("string", c, required=True) for c in spec.categorical])
 
+def final_estimators(pipeline: Pipeline | LogOddsBlend) -> list[Any]:
+    "The models at the end of a candidate: the pipeline's last step, or each blend member's."
+    if isinstance(pipeline, LogOddsBlend): return [m[-1] for m in pipeline.members]
+    return [pipeline[-1]]
+
 def has_network(pipeline: Pipeline | LogOddsBlend) -> bool:
-    "True if the pipeline's model (or a blend member's) is a TorchTabularClassifier."
-    if isinstance(pipeline, LogOddsBlend): return any(has_network(m) for m in pipeline.members)
-    return isinstance(pipeline[-1], TorchTabularClassifier)
+    "True if the candidate's model (or a blend member's) is a TorchTabularClassifier."
+    return any(isinstance(m, TorchTabularClassifier) for m in final_estimators(pipeline))
 
 def pinned_requirements(pipeline: Pipeline, extra: Sequence[str] = ()) -> list[str]:
     "Pinned pip requirements (installed versions) of loading and scoring `pipeline`, plus `extra` packages."
@@ -780,18 +786,18 @@ def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed
 def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec, within: float,
                 run_id: str, datasets: dict[str, Any]) -> dict[str, Any]:
     "Log the blend of `members` (fitted family pipelines) as a candidate child run; return its summary row."
-    tags = {"mlops_nb.kind": "candidate", "mlops_nb.candidate": "true", "mlops_nb.family": "blend", "mlops_nb.train_run_id": run_id}
-    with mlflow.start_run(run_name="blend", nested=True, tags=tags) as run:
+    tags = {"mlops_nb.kind": "candidate", "mlops_nb.candidate": "true", "mlops_nb.family": BLEND, "mlops_nb.train_run_id": run_id}
+    with mlflow.start_run(run_name=BLEND, nested=True, tags=tags) as run:
         log_datasets(datasets)                     # the members learnt from the training part; the blend is judged on the others
         blend = LogOddsBlend([pipelines[m] for m in members], list(members)).fit()
         valid = {f"valid_{k}": v for k, v in score(split.y("valid"), blend.predict_proba(split.valid)[:, 1]).items()}
         test = {f"test_{k}": v for k, v in score(split.y("test"), blend.predict_proba(split.test)[:, 1]).items()}
         params = {"members": list(members), "weights": "equal (mean log-odds)", "within": within}
-        mlflow.log_params({**params, "family": "blend", "members": ", ".join(members)})
+        mlflow.log_params({**params, "family": BLEND, "members": ", ".join(members)})
         mlflow.log_metrics({**valid, **test, "fit_seconds": 0.0})
         uri = log_pipeline(blend, spec, split.valid.head(5))
         mlflow.set_tags({"mlops_nb.model_uri": uri, "mlops_nb.best_trial": "-", "mlops_nb.params": json.dumps(params)})
-    return {"family": "blend", **valid, **test, "fit_seconds": 0.0, "best_trial": "-", "params": json.dumps(params),
+    return {"family": BLEND, **valid, **test, "fit_seconds": 0.0, "best_trial": "-", "params": json.dumps(params),
             "run_id": run.info.run_id, "model_uri": uri}
 
 # %% ../nbs/20_train.ipynb #e92ac763
