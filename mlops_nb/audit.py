@@ -14,9 +14,9 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
+from .catalog import AUDIT_KINDS, ENV_ACTOR
 from .settings import Settings
 
 # %% auto #0
@@ -30,7 +30,7 @@ class AuditEvent:
     "One line of the audit trail."
     seq: int          # position in the chain, from 0
     time: str         # UTC, ISO 8601
-    kind: str         # e.g. run.finished, model.promoted, gate.override, subject.erased
+    kind: str         # one of the catalog's AUDIT_* kinds, e.g. gate.decided, model.status, api.explanation
     actor: str        # who or what did it (user name, `api`, `scheduler`)
     subject: str      # what it is about (run id, model@version, pseudonym) — never clear personal data
     details: dict     # anything else, JSON-able
@@ -53,10 +53,11 @@ def _last_line(f) -> str:
 # %% ../nbs/05_audit.ipynb #7317a1f7
 def append_event(cfg: Settings, kind: str, subject: str, details: dict[str, Any] | None = None,
                  actor: str | None = None) -> AuditEvent:
-    "Append one event to the trail under an exclusive lock and return it."
+    "Append one event to the trail under an exclusive lock and return it; a kind the catalog does not list is refused."
+    if kind not in AUDIT_KINDS: raise ValueError(f"unknown audit event kind {kind!r}: add it to the catalog (mlops_nb.catalog) first")
     path = cfg.paths.audit
     path.parent.mkdir(parents=True, exist_ok=True)
-    actor = actor or os.environ.get("MLOPS_ACTOR") or getpass.getuser()
+    actor = actor or os.environ.get(ENV_ACTOR) or getpass.getuser()
     with open(path, "a+b") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -16,18 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .catalog import TABLE_FEATURE_SPEC, TABLE_FEATURES
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['FEATURES_TABLE', 'FEATURE_SPEC_TABLE', 'FEATURES_SOURCE_TAG', 'FeatureSpec', 'frame_digest', 'frame_schema',
-           'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse', 'warehouse_content_hash',
-           'save_feature_query', 'save_feature_table', 'feature_table_source', 'load_feature_table']
+__all__ = ['FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse',
+           'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'feature_table_source',
+           'load_feature_table']
 
 # %% ../nbs/04_contracts.ipynb #840dd5db
-FEATURES_TABLE = "features.customer_month"   # the feature + label table
-FEATURE_SPEC_TABLE = "features.spec"          # one row: the FeatureSpec as JSON, and the warehouse content hash it was built from
-FEATURES_SOURCE_TAG = "mlops_nb.features.warehouse_content_hash"   # the MLflow tag a training run records that hash in
-
 @dataclass(frozen=True)
 class FeatureSpec:
     "Which columns of the feature table are the id, time, label, model inputs and sensitive attributes."
@@ -123,13 +120,13 @@ def save_feature_query(con, table: str, spec: FeatureSpec) -> int:
     source = warehouse_content_hash(con)   # before BEGIN: a missing meta.loads must not abort the transaction
     con.execute("BEGIN")
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {FEATURES_TABLE} AS SELECT * FROM {table}")
-        con.execute(f"CREATE OR REPLACE TABLE {FEATURE_SPEC_TABLE} AS SELECT ? AS spec, ? AS warehouse_content_hash",
+        con.execute(f"CREATE OR REPLACE TABLE {TABLE_FEATURES} AS SELECT * FROM {table}")
+        con.execute(f"CREATE OR REPLACE TABLE {TABLE_FEATURE_SPEC} AS SELECT ? AS spec, ? AS warehouse_content_hash",
                     [spec.to_json(), source])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK"); raise
-    return con.execute(f"SELECT count(*) FROM {FEATURES_TABLE}").fetchall()[0][0]  # fetch all: DuckDB 2 refuses work on a connection with an unfinished result
+    return con.execute(f"SELECT count(*) FROM {TABLE_FEATURES}").fetchall()[0][0]  # fetch all: DuckDB 2 refuses work on a connection with an unfinished result
 
 def save_feature_table(con, df: pd.DataFrame, spec: FeatureSpec) -> int:
     "Replace the feature table with the DataFrame `df` and its spec, in one transaction; return the row count."
@@ -142,7 +139,7 @@ def feature_table_source(cfg: Settings) -> str:
     "The warehouse content hash the current feature table was built from ('' if unknown: no ETL load, or built before this was recorded)."
     import duckdb
     with connect_warehouse(cfg) as con:
-        try: rows = con.execute(f"SELECT warehouse_content_hash FROM {FEATURE_SPEC_TABLE}").fetchall()
+        try: rows = con.execute(f"SELECT warehouse_content_hash FROM {TABLE_FEATURE_SPEC}").fetchall()
         except duckdb.BinderException: return ""                    # a spec table from before the column existed
         except duckdb.CatalogException: raise SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first") from None
     return str(rows[0][0] or "") if rows else ""
@@ -150,10 +147,10 @@ def feature_table_source(cfg: Settings) -> str:
 def load_feature_table(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec]:
     "The feature table and its spec, as the data phase left them."
     with connect_warehouse(cfg) as con:
-        try: spec = FeatureSpec.from_json(con.execute(f"SELECT spec FROM {FEATURE_SPEC_TABLE}").fetchone()[0])
+        try: spec = FeatureSpec.from_json(con.execute(f"SELECT spec FROM {TABLE_FEATURE_SPEC}").fetchone()[0])
         except Exception as e:
             if "does not exist" in str(e): raise SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first") from None
             raise
-        df = con.execute(f"SELECT * FROM {FEATURES_TABLE}").df()
+        df = con.execute(f"SELECT * FROM {TABLE_FEATURES}").df()
     spec.check(df)
     return df, spec

@@ -40,7 +40,7 @@ class ServingProject:
 def build_project(root: Path, n_customers: int = 2000, n_months: int = 6, hgb_params: dict | None = None, **settings: Any) -> ServingProject:
     """A project folder with a pseudonym key, a demo feature table, champion v1 (hgb) and a second version v2."""
     from mlops_nb.privacy import load_key
-    from mlops_nb.serve import sandbox_champion
+    from mlops_nb.sandbox import sandbox_champion
     from mlops_nb.settings import load_settings
     path = make_project(root, privacy_key_file=str(root / "secrets" / "pseudonym.key"), **settings)
     cfg = load_settings(path, env={})

@@ -2,8 +2,6 @@
 quarantined by reason, counts that reconcile, no clear personal data in the warehouse, and clear errors."""
 from __future__ import annotations
 
-import json
-import os
 import stat
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mlops_nb import byod as B
+from mlops_nb import sandbox
 from mlops_nb.contracts import load_feature_table
 from mlops_nb.privacy import scan_for_values, scan_frame
 from mlops_nb.settings import SettingsError, sandbox_settings
@@ -47,8 +46,8 @@ def check_no_pii(cfg, table: pd.DataFrame) -> None:
 def test_flat_table_end_to_end(tmp_path, fmt, parts, sep, encoding):
     path = "data/telco" if parts > 1 else f"data/telco.{fmt}"
     cfg = project(tmp_path, path)
-    table, expected = B.telco_table(400, seed=1)
-    B.write_table(table, cfg.byod.path, parts=parts, fmt=fmt, sep=sep, encoding=encoding, truncated_lines=3 if fmt == "csv" else 0)
+    table, expected = sandbox.telco_table(400, seed=1)
+    sandbox.write_table(table, cfg.byod.path, parts=parts, fmt=fmt, sep=sep, encoding=encoding, truncated_lines=3 if fmt == "csv" else 0)
     df, spec, res = B.byod_features(cfg)
     # reconciliation and reasons
     unreadable = 3 if fmt == "csv" else 0
@@ -74,8 +73,8 @@ def test_flat_table_end_to_end(tmp_path, fmt, parts, sep, encoding):
 
 def test_panel_with_time_column(tmp_path):
     cfg = project(tmp_path, "data/panel.parquet", byod_time_column="snapshot_date")
-    table, expected = B.telco_table(150, months=4, seed=2)
-    B.write_table(table, cfg.byod.path, fmt="parquet")
+    table, expected = sandbox.telco_table(150, months=4, seed=2)
+    sandbox.write_table(table, cfg.byod.path, fmt="parquet")
     df, spec, res = B.byod_features(cfg)
     assert res.reconciles and res.rows_duplicate == 2
     assert res.reasons == {k: v for k, v in expected.items() if k != "duplicate"}
@@ -92,23 +91,23 @@ def test_panel_with_time_column(tmp_path):
 
 def test_reload_only_when_stale(tmp_path):
     cfg = project(tmp_path)
-    table, _ = B.telco_table(120, bad_rows=False)
-    B.write_table(table, cfg.byod.path)
+    table, _ = sandbox.telco_table(120, bad_rows=False)
+    sandbox.write_table(table, cfg.byod.path)
     _, _, first = B.byod_features(cfg)
     assert B.staged_load(cfg).fingerprint == first.fingerprint
     _, _, again = B.byod_features(cfg)
     assert again.fingerprint == first.fingerprint
-    B.write_table(table.iloc[:100], cfg.byod.path)
+    sandbox.write_table(table.iloc[:100], cfg.byod.path)
     df, _, third = B.byod_features(cfg)
     assert third.fingerprint != first.fingerprint and len(df) == 100
 
 
 def test_column_spellings_across_files_and_age_band(tmp_path):
     cfg = project(tmp_path, "data/parts", byod_sensitive_columns="gender, age")
-    table, _ = B.telco_table(200, bad_rows=False, seed=3)
+    table, _ = sandbox.telco_table(200, bad_rows=False, seed=3)
     table["age"] = [str(18 + (i * 7) % 60) for i in range(len(table))]
     a, b = table.iloc[:100], table.iloc[100:].rename(columns={"customerID": "customer_id", "MonthlyCharges": "monthly charges"})
-    B.write_table(a, cfg.byod.path / "a.csv"); B.write_table(b, cfg.byod.path / "b.parquet", fmt="parquet")
+    sandbox.write_table(a, cfg.byod.path / "a.csv"); sandbox.write_table(b, cfg.byod.path / "b.parquet", fmt="parquet")
     df, spec, res = B.byod_features(cfg)
     assert res.rows_loaded == 200 and df["monthly_charges"].notna().all()
     assert set(df["age"].dropna()) <= {"18-24", "25-34", "35-44", "45-54", "55-64", "65+"} and "age" in spec.sensitive
@@ -129,19 +128,19 @@ def test_clear_errors_for_missing_files(tmp_path, path, setup, message):
 
 
 def test_clear_errors_for_bad_contents(tmp_path):
-    table, _ = B.telco_table(80, bad_rows=False)
+    table, _ = sandbox.telco_table(80, bad_rows=False)
     cfg = project(tmp_path)
-    B.write_table(table.drop(columns=["customerID"]), cfg.byod.path)
+    sandbox.write_table(table.drop(columns=["customerID"]), cfg.byod.path)
     with pytest.raises(SettingsError, match=r"id_column = 'customerID': no such column in .*telco.csv \(columns found: gender, SeniorCitizen"):
         B.load_byod(cfg)
-    B.write_table(table.drop(columns=["Churn"]), cfg.byod.path)
+    sandbox.write_table(table.drop(columns=["Churn"]), cfg.byod.path)
     with pytest.raises(SettingsError, match="target_column = 'Churn': no such column"):
         B.load_byod(cfg)
     multi = table.assign(Churn=["Yes", "No", "Later", "Never"] * 20)
-    B.write_table(multi, cfg.byod.path)
+    sandbox.write_table(multi, cfg.byod.path)
     with pytest.raises(SettingsError, match="label column 'Churn' of .* has more than two values"):
         B.load_byod(cfg)
-    B.write_table(table, cfg.byod.path)
+    sandbox.write_table(table, cfg.byod.path)
     with pytest.raises(SettingsError, match="positive_value = 'True' never occurs .*values found: 'no'"):
         B.load_byod(project(tmp_path, byod_positive_value="True"))
     with pytest.raises(SettingsError, match="cannot be in both pii_columns and sensitive_columns"):
@@ -152,18 +151,18 @@ def test_clear_errors_for_bad_contents(tmp_path):
     bad.write_bytes(b"PAR1 not really parquet")
     with pytest.raises(SettingsError, match=r"cannot read .*broken.parquet"):
         B.load_byod(project(tmp_path, byod_path="data/broken.parquet"))
-    B.write_table(table.assign(Churn="Maybe"), cfg.byod.path)
+    sandbox.write_table(table.assign(Churn="Maybe"), cfg.byod.path)
     with pytest.raises(SettingsError, match="never occurs"):
         B.load_byod(cfg)
 
 
 def test_failed_load_leaves_warehouse_as_it_was(tmp_path):
     cfg = project(tmp_path)
-    table, _ = B.telco_table(100, bad_rows=False)
-    B.write_table(table, cfg.byod.path)
+    table, _ = sandbox.telco_table(100, bad_rows=False)
+    sandbox.write_table(table, cfg.byod.path)
     B.byod_features(cfg)
     before = warehouse_tables(cfg)
-    B.write_table(table.drop(columns=["Churn"]), cfg.byod.path)
+    sandbox.write_table(table.drop(columns=["Churn"]), cfg.byod.path)
     with pytest.raises(SettingsError):
         B.byod_features(cfg)
     after = warehouse_tables(cfg)
@@ -191,10 +190,11 @@ rules:
 
 def test_a_teams_own_quality_rules_run_with_the_generated_ones(tmp_path):
     from mlops_nb import quality as Q
+    from mlops_nb import rules
     cfg = project(tmp_path, byod_rules_file="rules/ours.yaml")
     assert cfg.byod.rules_file == str(tmp_path / "p" / "rules" / "ours.yaml")   # relative to the settings folder
-    table, _ = B.telco_table(300, seed=3)
-    B.write_table(table, cfg.byod.path)
+    table, _ = sandbox.telco_table(300, seed=3)
+    sandbox.write_table(table, cfg.byod.path)
     B.byod_features(cfg)
     rules_file = Path(cfg.byod.rules_file)
     rules_file.parent.mkdir()
@@ -208,7 +208,7 @@ def test_a_teams_own_quality_rules_run_with_the_generated_ones(tmp_path):
     assert {c.rule for c in report.checks} > {c.rule for c in ours}   # the generated rules still run
     # a tighter one: the phase stops, naming the rule, the warehouse column and example rows (pseudonymised)
     rules_file.write_text(OUR_RULES.format(top=80), encoding="utf-8")
-    with pytest.raises(Q.QualityGateFailed) as e:
+    with pytest.raises(rules.QualityGateFailed) as e:
         Q.run_quality(cfg)
     msg = str(e.value)
     assert "rule charges_within_price_list (range) on staging.byod.monthly_charges" in msg and '"customer_key": "p_' in msg
@@ -225,9 +225,9 @@ def test_a_teams_own_quality_rules_run_with_the_generated_ones(tmp_path):
     (None, "does not exist"),
 ])
 def test_bad_team_rules_are_refused_naming_file_and_rule(tmp_path, rules, message):
-    from mlops_nb.quality import QualityRulesError, load_rules
+    from mlops_nb.rules import QualityRulesError, load_rules
     cfg = project(tmp_path, byod_rules_file="ours.yaml", byod_pii_columns="name")
-    B.write_table(B.telco_table(120, bad_rows=False)[0], cfg.byod.path)
+    sandbox.write_table(sandbox.telco_table(120, bad_rows=False)[0], cfg.byod.path)
     B.byod_features(cfg)
     if rules is not None: Path(cfg.byod.rules_file).write_text(rules, encoding="utf-8")
     with pytest.raises(QualityRulesError) as e:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @in_background("byod_run")
 def _teams_table(root: Path) -> tuple[list[str], tuple]:
-    from mlops_nb.byod import telco_table, write_table
+    from mlops_nb.sandbox import telco_table, write_table
     root = root / "proj"
     df, injected = telco_table(n_customers=6000, months=0, seed=11)
     write_table(df, root / "data" / "my_table.csv")

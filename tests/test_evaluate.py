@@ -9,9 +9,12 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-from mlops_nb.evaluate import (CARD_SECTIONS, FAIRNESS_METRICS, ThresholdChoice, auc_ci, best_threshold, budget_contacts,
-                               contact_policy, evaluate_scores, expected_calibration_error, expected_profit, fairness_frame,
-                               fairness_report, fit_calibrator, mitigate_gap, model_card, paired_auc_difference, profit_curve)
+from mlops_nb.report import CARD_SECTIONS, model_card
+from mlops_nb.fairness import FAIRNESS_METRICS, fairness_frame, fairness_report, mitigate_gap
+from mlops_nb.value import ThresholdChoice, best_threshold, budget_contacts, contact_policy, expected_profit, profit_curve
+from mlops_nb.stats import auc_ci, paired_auc_difference
+from mlops_nb.scorecard import evaluate_scores
+from mlops_nb.calibration import expected_calibration_error, fit_calibrator
 from mlops_nb.settings import CharterSettings, GateSettings
 
 CHARTER = CharterSettings(contact_cost=5.0, offer_cost=50.0, offer_acceptance=0.2, save_rate=0.5, customer_value=400.0,
@@ -48,7 +51,7 @@ def test_profit_maximising_threshold_by_hand():
 def test_the_pipeline_threshold_is_the_expected_profit_one_not_the_noisy_realised_one():
     # a small validation month: realised profit is noisy enough that its argmax can fall below break-even,
     # where each contact loses money in expectation; the pipeline's choice never does
-    from mlops_nb.evaluate import break_even_probability
+    from mlops_nb.value import break_even_probability
     charter = CharterSettings(contact_cost=3.0, offer_cost=40.0, offer_acceptance=0.4, save_rate=0.3, customer_value=600.0,
                               monthly_budget=1e9)
     be = break_even_probability(charter)
@@ -210,7 +213,7 @@ def test_model_card_has_every_section_in_both_formats():
 
 def test_the_truths_own_fairness_gaps_are_reported_beside_the_models():
     "A gap that comes from real risk differences: the true probabilities' policy has it too, and the card and the gate say so."
-    from mlops_nb.evaluate import policy_gaps
+    from mlops_nb.fairness import policy_gaps
     from mlops_nb.gate import Evidence, check_fairness
     r = np.random.default_rng(8)
     n = 30_000
@@ -245,7 +248,7 @@ def test_same_seed_same_numbers():
 
 def test_the_oracle_is_joined_by_keyed_pseudonym_and_month(tmp_path):
     from mlops_nb.contracts import FeatureSpec
-    from mlops_nb.evaluate import oracle_truth
+    from mlops_nb.oracle import oracle_truth
     from mlops_nb.privacy import load_key, pseudonymise
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "p")
@@ -268,7 +271,8 @@ def evaluated(tmp_path_factory):
     "A sandbox with the demo table, a one-family training run and the evaluate phase run on it."
     from mlops_nb.evaluate import run_evaluate
     from mlops_nb.settings import sandbox_settings
-    from mlops_nb.train import ensure_demo_features, run_train
+    from mlops_nb.sandbox import ensure_demo_features
+    from mlops_nb.train import run_train
     cfg = sandbox_settings(tmp_path_factory.mktemp("eval") / "p", train_candidates="logreg, hgb", train_trials=1, gate_n_boot=100,
                            train_blend_within=1.0)   # and their blend
     ensure_demo_features(cfg, n_customers=800, n_months=5)
@@ -279,7 +283,8 @@ def evaluated(tmp_path_factory):
 def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candidate(evaluated):
     from mlops_nb.contracts import load_feature_table
     from mlops_nb.tracking import MlflowClient, mlflow
-    from mlops_nb.train import model_input, split_frame
+    from mlops_nb.encoder import model_input
+    from mlops_nb.split import split_frame
     cfg, res = evaluated
     client = MlflowClient()
     assert {ev.name for ev in res.evaluations} == {"logreg", "hgb", "blend"}

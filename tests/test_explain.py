@@ -5,11 +5,12 @@ import time
 
 import numpy as np
 import pytest
-from sklearn.ensemble import HistGradientBoostingClassifier
 
 from mlops_nb.explain import (IntegratedGradientsExplainer, LinearExplainer, TreeExplainer, explain, global_importance, log_odds,
                               make_explainer)
-from mlops_nb.train import demo_feature_table, make_candidate, split_frame
+from mlops_nb.sandbox import demo_feature_table
+from mlops_nb.candidates import make_candidate
+from mlops_nb.split import split_frame
 
 FAMILIES = ("logreg", "hgb", "torch_mlp")
 SMALL = {"logreg": {}, "hgb": {"max_iter": 200}, "torch_mlp": {"hidden_sizes": (32, 32), "max_epochs": 40, "batch_size": 256}}

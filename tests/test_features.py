@@ -13,7 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlops_nb import features as F
-from mlops_nb.contracts import FEATURES_TABLE, connect_warehouse, frame_digest, load_feature_table
+from mlops_nb import sandbox
+from mlops_nb.catalog import TABLE_FEATURES
+from mlops_nb.contracts import connect_warehouse, frame_digest, load_feature_table
 from mlops_nb.lake import generate_lake, read_truth
 from mlops_nb.privacy import load_key, pseudonymise
 from mlops_nb.settings import sandbox_settings
@@ -182,7 +184,7 @@ def test_no_leakage_when_the_future_changes(world, tmp_path):
 
 def test_history_windows_on_the_tiny_world():
     con = duckdb.connect()
-    F.tiny_staging(con)
+    sandbox.tiny_staging(con)
     f = con.execute(f"SELECT * FROM {F.build_features(con, 2)}").df().set_index(["customer_key", "month"])
     # horizon 2: a request in April labels February (and would label March, but March + 2 is not loaded yet)
     assert f.loc["p_b", "churned_next"].fillna(-1).tolist() == [0, 1, -1]
@@ -201,7 +203,7 @@ def test_run_features_logs_a_dataset(world, tmp_path):
     run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
                                      "tags.`mlops_nb.phase` = 'features'")[0]
     ds = run.inputs.dataset_inputs[0].dataset
-    assert ds.name == FEATURES_TABLE and ds.digest == frame_digest(table) == res.summary["digest"]   # the digest the train phase records for this table
+    assert ds.name == TABLE_FEATURES and ds.digest == frame_digest(table) == res.summary["digest"]   # the digest the train phase records for this table
     assert str(cfg.paths.warehouse) in ds.source and "churned_next" in ds.schema
     from mlflow.types.utils import _infer_schema   # the schema (read from a sample) is MLflow's own reading of every row
     from mlops_nb.tracking import quiet_dataset_warnings
@@ -215,10 +217,10 @@ def test_run_features_logs_a_dataset(world, tmp_path):
 
 
 def test_byod_source_delegates(tmp_path):
-    from mlops_nb import byod as B
+    from mlops_nb import sandbox
     cfg = sandbox_settings(tmp_path, lake_source="byod", byod_path="data/t.csv", byod_id_column="customerID", byod_target_column="Churn",
                            byod_positive_value="Yes", byod_sensitive_columns="gender", byod_pii_columns="name")
-    B.write_table(B.telco_table(150)[0], cfg.byod.path)
+    sandbox.write_table(sandbox.telco_table(150)[0], cfg.byod.path)
     assert not F.ensure_upstream(cfg)
     res = F.run_features(cfg)
     table, spec = load_feature_table(cfg)

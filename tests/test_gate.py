@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mlops_nb.audit import read_events, verify_chain
-from mlops_nb.evaluate import evaluate_scores
+from mlops_nb.scorecard import evaluate_scores
 from mlops_nb.gate import (GATE_CHECKS, Evidence, GateDecision, GateOverrideError, candidate_evidence, decide, override_gate,
                            quality_status, record_decision, reference_evidence, run_gate)
 from mlops_nb.settings import CharterSettings, GateSettings, sandbox_settings
@@ -192,7 +192,8 @@ def test_an_override_needs_a_written_reason_and_is_recorded(refused):
 def pipeline(tmp_path_factory):
     "A sandbox where the demo table, one training run and one evaluate run stand in for the earlier phases."
     from mlops_nb.evaluate import run_evaluate
-    from mlops_nb.train import ensure_demo_features, run_train
+    from mlops_nb.sandbox import ensure_demo_features
+    from mlops_nb.train import run_train
     cfg = sandbox_settings(tmp_path_factory.mktemp("gate") / "p", train_candidates="logreg", train_trials=1, gate_n_boot=100,
                            gate_fairness_bound="point")
     ensure_demo_features(cfg, n_customers=800, n_months=5)

@@ -21,6 +21,9 @@ import pandas as pd
 import pytest
 
 from mlops_nb import lake as L
+from mlops_nb import people
+from mlops_nb import sources
+from mlops_nb import world
 from mlops_nb.settings import SettingsError, sandbox_settings
 
 RATE = 0.05
@@ -54,7 +57,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 def lines_of(cfg, source: str, month: str) -> list[str]:
     """Data lines of a text file (header dropped), decoded with the source's encoding."""
-    src = L.SOURCES[source]
+    src = sources.SOURCES[source]
     text = (cfg.paths.lake / source / f"month={month}" / src.file).read_bytes().decode(src.encoding)
     assert text.endswith(src.newline)
     lines = text[: -len(src.newline)].split(src.newline) if text else []
@@ -63,7 +66,7 @@ def lines_of(cfg, source: str, month: str) -> list[str]:
 
 def parse(source: str, line: str) -> dict | None:
     """A record, or None when the line is corrupt (bad JSON, wrong field count)."""
-    src = L.SOURCES[source]
+    src = sources.SOURCES[source]
     names = [c.name for c in src.columns]
     if src.format == "jsonl":
         try: rec = json.loads(line)
@@ -82,7 +85,7 @@ def records(cfg, source: str, month: str) -> pd.DataFrame:
 
 
 def months(cfg) -> list[str]:
-    return L.month_labels(cfg.lake.start_month, cfg.lake.months)
+    return people.month_labels(cfg.lake.start_month, cfg.lake.months)
 
 
 def defects(cfg, kind: str, source: str | None = None) -> pd.DataFrame:
@@ -144,7 +147,7 @@ def test_manifest_describes_every_file(drift):
 
 # --- the defects, re-detected from the files -------------------------------------------------------------------
 
-TEXT_SOURCES = [s for s, src in L.SOURCES.items() if src.text]
+TEXT_SOURCES = [s for s, src in sources.SOURCES.items() if src.text]
 
 
 def test_corrupt_lines_are_exactly_the_recorded_ones_at_the_configured_rate(drift):
@@ -162,10 +165,10 @@ def test_corrupt_lines_are_exactly_the_recorded_ones_at_the_configured_rate(drif
 
 def test_duplicates_are_exact_resent_records(drift):
     cfg, _ = drift
-    for s in L.SOURCES:
+    for s in sources.SOURCES:
         rec, n, found = defects(cfg, "duplicate", s), 0, 0
         for m in months(cfg):
-            src = L.SOURCES[s]
+            src = sources.SOURCES[s]
             if src.text:
                 lines = lines_of(cfg, s, m)
                 seen, copies = set(), set()
@@ -203,24 +206,24 @@ def test_usage_defects_missing_outliers_and_schema_rename(drift):
 
 def test_date_formats_spellings_and_missing_values_in_text_sources(drift):
     cfg, _ = drift
-    canon = L.SOURCES["cancellations"].col("request_date").fmt
+    canon = sources.SOURCES["cancellations"].col("request_date").fmt
     c = pd.concat([records(cfg, "cancellations", m) for m in months(cfg)])
     odd = ~c.request_date.str.fullmatch(DATE_RE[canon])
     assert within(int(odd.sum()), len(c), RATE) and c.request_date[odd].map(lenient_date).notna().all()
     k = pd.concat([records(cfg, "contracts", m).assign(month=m) for m in months(cfg)], ignore_index=True)
     for col in ("product", "contract_type", "plan"):
-        values = L.SOURCES["contracts"].col(col).values
+        values = sources.SOURCES["contracts"].col(col).values
         assert within(int((~k[col].isin(values)).sum()), len(k), RATE), col
     rec = defects(cfg, "spelling", "contracts")
     for m, g in k.groupby("month"):   # the oracle's pointers land on misspelt values
         hit = rec[(rec.month == m) & (rec.column == "product")].row
         sel = g[g.row.isin(hit)]
-        assert (~sel["product"].isin(L.PRODUCTS)).all()
+        assert (~sel["product"].isin(sources.PRODUCTS)).all()
     t = pd.concat([records(cfg, "tickets", m) for m in months(cfg)])
     missing = t.channel.isna() | t.category.isna()
     assert within(int(missing.sum()), len(t), RATE, 5)
     assert not t.opened_at.isna().any()                                # only optional columns are blanked
-    assert within(int((~t.opened_at.str.fullmatch(DATE_RE[L.SOURCES["tickets"].col("opened_at").fmt])).sum()), len(t), RATE)
+    assert within(int((~t.opened_at.str.fullmatch(DATE_RE[sources.SOURCES["tickets"].col("opened_at").fmt])).sum()), len(t), RATE)
 
 
 def test_late_records_sit_in_a_later_partition_with_their_true_dates(drift):
@@ -255,7 +258,7 @@ def test_crm_is_latin1_with_accents_and_valid_cpfs_except_the_injected(drift):
     all_cpfs = []
     for m in months(cfg):
         crm = records(cfg, "crm_customers", m)
-        ok = L.cpf_is_valid(crm.cpf)
+        ok = people.cpf_is_valid(crm.cpf)
         assert set(crm.row[~ok]) - copies(cfg, "crm_customers", m) == set(invalid[invalid.month == m].row) & set(crm.row), m
         assert crm.cpf.str.fullmatch(r"\d{3}\.\d{3}\.\d{3}-\d\d|\d{11}").all()
         all_cpfs.append(crm[ok].drop_duplicates(["id_cliente", "cpf"])[["id_cliente", "cpf"]])
@@ -270,7 +273,7 @@ def test_defect_rates_follow_the_settings(tmp_path):
                     **{k: 0.0 for k in RATES})
     assert sum(res.stats["defects"].values()) == res.stats["defects"]["cents_amount"]
     k = records(cfg, "contracts", months(cfg)[0])
-    assert k["product"].isin(L.PRODUCTS).all() and k.event_date.str.fullmatch(DATE_RE["%Y-%m-%d"]).all()
+    assert k["product"].isin(sources.PRODUCTS).all() and k.event_date.str.fullmatch(DATE_RE["%Y-%m-%d"]).all()
 
 
 # --- the oracle ----------------------------------------------------------------------------------------------------
@@ -278,7 +281,7 @@ def test_defect_rates_follow_the_settings(tmp_path):
 def test_realised_churn_matches_the_true_probabilities(drift):
     cfg, _ = drift
     t = L.read_truth(cfg.paths.oracle)
-    assert set(t.segment) == set(L.SEGMENTS) and t.month.nunique() == cfg.lake.months
+    assert set(t.segment) == set(people.SEGMENTS) and t.month.nunique() == cfg.lake.months
     assert t[t.month == months(cfg)[-1]].churned_next.isna().all()
     u = t[~t.treated & t.churned_next.notna()]
     p, y = u.p_churn.to_numpy(), u.churned_next.to_numpy(float)
@@ -325,17 +328,17 @@ def test_simulate_offer_outcomes_on_a_real_oracle_month(drift):
     cfg, _ = drift
     t = L.read_truth(cfg.paths.oracle)
     om = t[t.month == months(cfg)[1]].reset_index(drop=True)
-    none = L.simulate_offer_outcomes(om, np.zeros(len(om), bool), seed=3)
+    none = world.simulate_offer_outcomes(om, np.zeros(len(om), bool), seed=3)
     target = (om.segment == "persuadable").to_numpy()
-    some = L.simulate_offer_outcomes(om, target, seed=3)
-    assert (some == L.simulate_offer_outcomes(om, target, seed=3)).all()
+    some = world.simulate_offer_outcomes(om, target, seed=3)
+    assert (some == world.simulate_offer_outcomes(om, target, seed=3)).all()
     assert some[target].sum() < none[target].sum() and (some[~target] == none[~target]).all()
 
 
 # --- the drift scenario ------------------------------------------------------------------------------------------
 
 def billing_median(cfg, m: str) -> float:
-    return float(L.parse_brl(records(cfg, "billing", m).amount).median())
+    return float(people.parse_brl(records(cfg, "billing", m).amount).median())
 
 
 def test_drift_shows_the_three_shifts_in_the_right_month(drift, stable):
@@ -357,7 +360,7 @@ def test_drift_shows_the_three_shifts_in_the_right_month(drift, stable):
         t = L.read_truth(cfg.paths.oracle)
         k0 = k[k.month == ms[0]][["customer_id", "product", "monthly_fee"]]
         seg = t.merge(k0, on="customer_id")
-        hit = seg["product"].eq("fibre") & (pd.to_numeric(seg.monthly_fee, errors="coerce") > L.CONCEPT_FEE)
+        hit = seg["product"].eq("fibre") & (pd.to_numeric(seg.monthly_fee, errors="coerce") > world.CONCEPT_FEE)
         p = seg[hit].groupby("month").p_churn.mean()
         lift = p[ms[d:]].mean() / p[ms[:d]].mean()
         assert (lift > 1.5) if drifting else (lift < 1.25), p
@@ -414,8 +417,8 @@ def test_bad_settings_give_clear_errors(tmp_path):
     with pytest.raises(SettingsError, match=r"drift_month = 99 must be between 2 and the last month \(6\) in the drift scenario"):
         L.generate_lake(dataclasses.replace(cfg, lake=dataclasses.replace(cfg.lake, drift_month=99)))
     with pytest.raises(SettingsError, match="schema_drift_month = -1"):
-        L.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=-1))
-    L.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=7))  # past the last month: the rename never happens
+        world.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=-1))
+    world.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=7))  # past the last month: the rename never happens
     inside = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, oracle=cfg.paths.lake / "oracle"))
     with pytest.raises(SettingsError, match="must not be inside the lake"):
         L.generate_lake(inside)
@@ -442,5 +445,5 @@ def test_run_lake_logs_aggregates_and_no_personal_data(tmp_path):
     crm = records(cfg, "crm_customers", months(cfg)[0])
     for col in ("nome", "cpf", "email", "telefone", "endereco"):
         assert not any(v in logged for v in crm[col].dropna().head(200)), col
-    masked = L.mask_pii(crm.head(50)).to_string()
+    masked = people.mask_pii(crm.head(50)).to_string()
     assert not any(v in masked for v in crm.head(50)[["nome", "cpf", "email", "telefone"]].to_numpy().ravel() if isinstance(v, str))

@@ -16,7 +16,10 @@ from sklearn.isotonic import IsotonicRegression
 from mlops_nb.package import log_packaged_model, servability_check
 from mlops_nb.settings import sandbox_settings
 from mlops_nb.tracking import mlflow, phase_run
-from mlops_nb.train import demo_feature_table, log_pipeline, make_candidate, split_frame
+from mlops_nb.sandbox import demo_feature_table
+from mlops_nb.package import log_pipeline
+from mlops_nb.candidates import make_candidate
+from mlops_nb.split import split_frame
 
 
 @pytest.fixture(scope="module")

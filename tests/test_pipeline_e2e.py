@@ -51,7 +51,7 @@ def test_the_records_show_figures_as_images(pipeline):
     as_text = {nb: [o["data"]["text/plain"][:40] for o in outs
                     if o.get("data", {}).get("text/plain", "").startswith("<Figure") and "image/png" not in o["data"]] for nb, outs in outputs.items()}
     assert not any(as_text.values()), as_text
-    assert sum("image/png" in o.get("data", {}) for o in outputs["23_evaluate.ipynb"]) >= 2   # the profit curve and the importances
+    assert sum("image/png" in o.get("data", {}) for o in outputs["46_evaluate.ipynb"]) >= 2   # the profit curve and the importances
 
 
 def test_the_gate_approved_model_is_in_production(pipeline):
@@ -83,9 +83,10 @@ def test_training_names_the_exact_dataset_it_used(pipeline):
     assert train.data.tags.get("mlflow.source.git.commit"), "the code version is recorded"
     # lineage to the load: training names the warehouse content its features came from, and the gate judged the
     # data-quality run of exactly that content (not merely the latest run)
-    from mlops_nb.contracts import FEATURES_SOURCE_TAG, connect_warehouse, warehouse_content_hash
+    from mlops_nb.catalog import TAG_FEATURES_SOURCE
+    from mlops_nb.contracts import connect_warehouse, warehouse_content_hash
     with connect_warehouse(cfg) as con: loaded = warehouse_content_hash(con)
-    assert loaded and train.data.tags.get(FEATURES_SOURCE_TAG) == loaded
+    assert loaded and train.data.tags.get(TAG_FEATURES_SOURCE) == loaded
     gate = client.search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'gate'")[0]
     assert gate.data.tags["mlops_nb.gate.data_quality"] == "pass"
     assert f"training data's warehouse content ({loaded[:16]}" in gate.data.tags["mlops_nb.gate.data_quality.message"]

@@ -7,14 +7,15 @@ Real lakes (small), real warehouses, real MLflow stores.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
 
 from mlops_nb import quality as Q
+from mlops_nb import rules as R
 from mlops_nb.contracts import connect_warehouse
-from mlops_nb.lake import generate_lake, month_labels
+from mlops_nb.lake import generate_lake
+from mlops_nb.people import month_labels
 from mlops_nb.settings import sandbox_settings
 from mlops_nb.warehouse import load_warehouse
 
@@ -41,8 +42,8 @@ def drift(tmp_path_factory):
 # --- rules as data ---------------------------------------------------------------------------------------------------
 
 def test_packaged_rules_and_the_repository_file_agree_and_parse():
-    assert (REPO / "quality_rules.yaml").read_text(encoding="utf-8") == Q.DEFAULT_RULES
-    rules = Q.parse_rules(Q.DEFAULT_RULES)
+    assert (REPO / "quality_rules.yaml").read_text(encoding="utf-8") == R.DEFAULT_RULES
+    rules = R.parse_rules(R.DEFAULT_RULES)
     kinds = {r.kind for r in rules}
     assert {"completeness", "range", "allowed_values", "unique", "referential", "freshness", "volume", "distribution"} <= kinds
     assert {r.severity for r in rules} == {"blocking", "warning"}
@@ -65,16 +66,16 @@ def test_packaged_rules_and_the_repository_file_agree_and_parse():
 def test_malformed_rules_give_clear_errors(tmp_path, body, expected):
     cfg = sandbox_settings(tmp_path)
     cfg.quality.rules_file.write_text(body, encoding="utf-8")
-    with pytest.raises(Q.QualityRulesError) as e:
-        Q.load_rules(cfg)
+    with pytest.raises(R.QualityRulesError) as e:
+        R.load_rules(cfg)
     assert expected in str(e.value) and str(cfg.quality.rules_file) in str(e.value)
 
 
 def test_missing_rules_file_falls_back_to_the_packaged_defaults_and_says_so(tmp_path):
     cfg = sandbox_settings(tmp_path)
     said = []
-    rules, source = Q.load_rules(cfg, say=said.append)
-    assert source == "packaged defaults" and len(rules) == len(Q.parse_rules(Q.DEFAULT_RULES))
+    rules, source = R.load_rules(cfg, say=said.append)
+    assert source == "packaged defaults" and len(rules) == len(R.parse_rules(R.DEFAULT_RULES))
     assert "no rules file" in said[0] and "packaged default rules" in said[0]
 
 
@@ -82,7 +83,7 @@ def test_missing_rules_file_falls_back_to_the_packaged_defaults_and_says_so(tmp_
 
 def test_the_drift_scenarios_billing_bug_is_caught(drift, capsys):
     bug_month = month_labels(drift.lake.start_month, drift.lake.months)[drift.lake.drift_month - 1]
-    with pytest.raises(Q.QualityGateFailed) as e:
+    with pytest.raises(R.QualityGateFailed) as e:
         Q.run_quality(drift)
     msg = str(e.value)
     assert "rule billing_amount_median_shift (distribution) on staging.billing.amount" in msg
@@ -110,12 +111,12 @@ def test_the_promotion_gate_reads_the_latest_quality_run(stable, drift):
     gate = pytest.importorskip("mlops_nb.gate")
     Q.run_quality(stable)
     assert gate.quality_status(stable)["status"] == "passed"
-    with pytest.raises(Q.QualityGateFailed): Q.run_quality(drift)
+    with pytest.raises(R.QualityGateFailed): Q.run_quality(drift)
     assert gate.quality_status(drift)["status"] == "failed"
 
 
 def test_warning_rules_only_warn(stable):
-    rules = Q.DEFAULT_RULES + """  - name: voice_minutes_never_missing
+    rules = R.DEFAULT_RULES + """  - name: voice_minutes_never_missing
     kind: completeness
     table: staging.usage
     column: voice_minutes
@@ -135,7 +136,7 @@ def test_warning_rules_only_warn(stable):
 def test_a_rule_on_a_missing_table_fails_saying_why(stable):
     stable.quality.rules_file.write_text("rules:\n  - {name: ghost, kind: completeness, table: staging.ghost, column: x}\n", encoding="utf-8")
     try:
-        with pytest.raises(Q.QualityGateFailed, match="rule ghost .*cannot evaluate: .*ghost"):
+        with pytest.raises(R.QualityGateFailed, match="rule ghost .*cannot evaluate: .*ghost"):
             Q.run_quality(stable)
     finally:
         stable.quality.rules_file.unlink()
@@ -143,7 +144,7 @@ def test_a_rule_on_a_missing_table_fails_saying_why(stable):
 
 def test_html_report_and_mlflow_logging(drift):
     from mlflow.tracking import MlflowClient
-    with pytest.raises(Q.QualityGateFailed):
+    with pytest.raises(R.QualityGateFailed):
         Q.run_quality(drift)
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name(drift.mlflow.experiment).experiment_id], order_by=["attributes.start_time DESC"])[0]

@@ -23,7 +23,7 @@ LOG_MODEL = SimpleNamespace(name="churn-model", version="9", threshold=0.5, feat
 def project(tmp_path_factory):
     """A project with a demo feature table (2025-01..2025-05) and a production champion."""
     from mlops_nb.privacy import load_key
-    from mlops_nb.serve import sandbox_champion
+    from mlops_nb.sandbox import sandbox_champion
     from mlops_nb.settings import load_settings
     root = tmp_path_factory.mktemp("score") / "proj"
     path = make_project(root, privacy_key_file=str(root / "secrets" / "pseudonym.key"))
@@ -36,9 +36,10 @@ def project(tmp_path_factory):
 def test_score_month_from_the_cli_matches_the_pyfunc_and_reads_the_warehouse_read_only(project):
     from mlops_nb.audit import read_events
     from mlops_nb.contracts import connect_warehouse
-    from mlops_nb.score import month_rows, read_prediction_log
+    from mlops_nb.score import month_rows
+    from mlops_nb.prediction_log import read_prediction_log
     from mlops_nb.tracking import mlflow
-    from mlops_nb.train import model_input
+    from mlops_nb.encoder import model_input
     with connect_warehouse(project.cfg, read_only=True):       # a read-write open by the job would fail while we hold this
         r = run_cli("--settings", str(project.settings), "score", "--month", "2025-04")
     assert r.returncode == 0, r.stderr
@@ -72,14 +73,14 @@ def test_batch_and_online_scores_agree(project):
     """The same customers scored by the API (in process) and by the batch job get the same probabilities."""
     from starlette.testclient import TestClient
     from mlops_nb.score import month_rows, score_month
-    from mlops_nb.serve import ScoringApp
+    from mlops_nb.api import ScoringApp
     res = score_month(project.cfg, "2025-03")
     df, spec = month_rows(project.cfg, "2025-03")
     recs = [{f: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for f, v in zip(spec.features, row)}
             for row in df[spec.features].head(50).astype(object).itertuples(index=False)]
     with TestClient(ScoringApp(project.cfg)) as c:
         online = c.post("/v1/score/batch", json={"records": [{"features": r} for r in recs]}).json()["predictions"]
-    from mlops_nb.score import read_prediction_log
+    from mlops_nb.prediction_log import read_prediction_log
     batch = read_prediction_log(project.cfg, source="batch")
     batch = batch[batch.request_id == res.request_id].sort_values("row").head(50)
     np.testing.assert_array_equal([p["churn_probability"] for p in online], batch.churn_probability.to_numpy())
@@ -87,8 +88,8 @@ def test_batch_and_online_scores_agree(project):
 
 def test_read_prediction_log_while_it_is_written(tmp_path):
     """A reader polling the log during writes sees whole files only: counts never go down, never an error."""
-    from mlops_nb.score import read_prediction_log
-    from mlops_nb.serve import LogBlock, PredictionLog, new_request_id
+    from mlops_nb.prediction_log import read_prediction_log
+    from mlops_nb.prediction_log import LogBlock, PredictionLog, new_request_id
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "sb")
     m = LOG_MODEL
@@ -120,7 +121,7 @@ def test_read_prediction_log_while_it_is_written(tmp_path):
 def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day=40, rows=25):
     """A prediction log written by a real PredictionLog: `per_day` files on each of `days` (past dates), plus today's."""
     import datetime as dt
-    from mlops_nb.serve import LogBlock, PredictionLog, new_request_id
+    from mlops_nb.prediction_log import LogBlock, PredictionLog, new_request_id
     m = LOG_MODEL
     plog = PredictionLog(cfg.paths.prediction_log, flush_rows=10 ** 6, flush_seconds=3600).start()
     stamps = [dt.datetime.fromisoformat(d + "T12:00:00+00:00").timestamp() for d in days] + [time.time()]
@@ -137,7 +138,7 @@ def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day
 
 def test_compaction_rewrites_closed_days_as_one_file_with_the_same_rows(tmp_path):
     from mlops_nb.audit import read_events
-    from mlops_nb.score import compact_prediction_log, read_prediction_log
+    from mlops_nb.prediction_log import compact_prediction_log, read_prediction_log
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "sb")
     n = _multi_day_log(cfg)
@@ -165,7 +166,7 @@ def test_compaction_rewrites_closed_days_as_one_file_with_the_same_rows(tmp_path
 def _poll_during_compaction(cfg, poll, readers: int = 2):
     """Run `poll()` over and over on `readers` threads while `compact_prediction_log` runs; return its result and the
     results and errors of every poll."""
-    from mlops_nb.score import compact_prediction_log
+    from mlops_nb.prediction_log import compact_prediction_log
     results, errors, done = [], [], threading.Event()
     def loop():
         while not done.is_set():
@@ -183,7 +184,7 @@ def _poll_during_compaction(cfg, poll, readers: int = 2):
 
 def test_readers_during_compaction_see_every_row_once(tmp_path):
     """Readers polling while days are swapped: every read returns all rows, never a day twice or missing, never an error."""
-    from mlops_nb.score import read_prediction_log
+    from mlops_nb.prediction_log import read_prediction_log
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "sb")
     days = tuple(f"2026-02-{d:02d}" for d in range(1, 9))
@@ -199,8 +200,8 @@ def test_readers_during_compaction_see_every_row_once(tmp_path):
 def test_explanation_lookups_during_compaction_find_their_request(tmp_path):
     """The API's explanation lookup reads one day's files by the date in the request id: it too reads again when a swap
     removes the files it listed, so a request is found, whole, while its day is compacted."""
-    from mlops_nb.score import read_prediction_log
-    from mlops_nb.serve import find_logged_request
+    from mlops_nb.prediction_log import read_prediction_log
+    from mlops_nb.prediction_log import find_logged_request
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "sb")
     days = tuple(f"2026-03-{d:02d}" for d in range(1, 9))

@@ -39,7 +39,7 @@ def api(project, tmp_path_factory):
 
 
 def logged(project, request_ids=None):
-    from mlops_nb.score import read_prediction_log
+    from mlops_nb.prediction_log import read_prediction_log
     df = read_prediction_log(project.cfg)
     return df if request_ids is None else df[df.request_id.isin(set(request_ids))]
 
@@ -281,8 +281,8 @@ def test_sigterm_flushes_every_prediction(project, tmp_path, workers):
     assert len(list(project.cfg.paths.prediction_log.rglob("*.parquet"))) > before
     if workers == 2: assert df.request_id.nunique() == len(answered)
     # lineage in every row, the version's own
-    from mlops_nb.serve import _mlflow_for, model_lineage
-    lineage = model_lineage(_mlflow_for(project.cfg)[1], project.cfg.mlflow.registered_model, project.v1)
+    from mlops_nb.served import mlflow_for, model_lineage
+    lineage = model_lineage(mlflow_for(project.cfg)[1], project.cfg.mlflow.registered_model, project.v1)
     for k, v in lineage.items():
         assert v not in ("", "unknown") and (df[k] == v).all(), (k, v)
     assert (df.model_version == project.v1).all() and df.time.notna().all() and df.latency_ms.notna().all()
@@ -350,8 +350,11 @@ def test_the_fast_path_explains_and_encodes_a_logistic_regression_like_the_pipel
     """The API's fast path on a logistic-regression champion (a scaler between encoder and model, a spline basis):
     JSON records encode bit-identically, and explanations sum to the log-odds (they skipped the scaler before)."""
     from mlops_nb.package import ChurnModel
-    from mlops_nb.serve import FastScorer
-    from mlops_nb.train import demo_feature_table, make_candidate, model_input, split_frame
+    from mlops_nb.scorers import FastScorer
+    from mlops_nb.sandbox import demo_feature_table
+    from mlops_nb.candidates import make_candidate
+    from mlops_nb.encoder import model_input
+    from mlops_nb.split import split_frame
     df, spec = demo_feature_table(1500, 5, seed=2)
     split = split_frame(df, spec)
     lr = make_candidate("logreg", None, spec, 7).fit(split.train, split.y("train"))
@@ -376,7 +379,7 @@ def test_a_blend_champion_serves_its_members_average_with_explanations_that_add_
     from conftest import make_project
     from serving_fixtures import latest_records
     from mlops_nb.privacy import load_key
-    from mlops_nb.serve import sandbox_champion
+    from mlops_nb.sandbox import sandbox_champion
     from mlops_nb.settings import load_settings
     from mlops_nb.tracking import configure_mlflow, mlflow
     settings = make_project(tmp_path / "proj", privacy_key_file=str(tmp_path / "proj" / "secrets" / "pseudonym.key"))

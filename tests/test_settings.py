@@ -110,3 +110,30 @@ def test_missing_file_and_cli_errors_have_no_traceback(tmp_path):
     assert r.returncode == 2 and "[lake] seed: expected a whole number" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("settings", env={"MLOPS_SETTINGS": str(bad)})
     assert r.returncode == 2 and "forty-two" in r.stderr
+
+
+def test_a_settings_file_from_the_first_version_still_loads(tmp_path, caplog):
+    "The project's first settings.ini (four sections): every key added since takes its default, with one notice."
+    import logging
+    import shutil
+    from mlops_nb.settings import SECTIONS, key_since
+    from dataclasses import fields
+    p = tmp_path / "settings.ini"
+    shutil.copy(REPO / "tests" / "fixtures" / "settings_2026-11-26.ini", p)
+    with caplog.at_level(logging.WARNING, logger="mlops_nb.settings"):
+        cfg = load_settings(p, env={})
+    added = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls) if key_since(cls, f) > 1}
+    assert set(cfg.defaulted) == added and {"train.blend_within", "api.port", "paths.audit", "charter.save_rate"} <= added
+    assert cfg.lake.customers == 20000 and cfg.train.blend_within == 0.01 and cfg.paths.audit == (tmp_path / "data/audit/audit.jsonl").resolve()
+    notices = [r.getMessage() for r in caplog.records if r.name == "mlops_nb.settings"]
+    assert len(notices) == 1 and f"written before {len(added)} settings were added" in notices[0]
+    assert "[paths] audit" in notices[0] and f"and {len(added) - 8} more" in notices[0]
+    assert load_settings(REPO / "settings.ini", env={}).defaulted == ()        # a current file fills nothing
+    p.write_text(p.read_text().replace("\ncustomers = 20000", "\n# customers = 20000"))   # a key the first version had
+    assert "[lake] customers: missing" in error_of(p, env={})
+
+
+def test_an_unknown_key_still_stops_an_old_file(tmp_path):
+    shutil_src = (REPO / "tests" / "fixtures" / "settings_2026-11-26.ini").read_text()
+    p = write(tmp_path, shutil_src.replace("[charter]", "[charter]\nsave_rat = 0.3"))
+    assert "[charter] save_rat: unknown key (did you mean 'save_rate'?)" in error_of(p, env={})

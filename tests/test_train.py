@@ -11,8 +11,11 @@ from sklearn.base import clone
 
 from mlops_nb.contracts import FeatureSpec, load_feature_table
 from mlops_nb.settings import SettingsError, sandbox_settings
-from mlops_nb.train import (TabularEncoder, TorchTabularClassifier, demo_feature_table, ensure_demo_features, latest_train_run,
-                            load_candidates, make_candidate, run_train, score, split_frame)
+from mlops_nb.encoder import TabularEncoder
+from mlops_nb.candidates import TorchTabularClassifier, make_candidate
+from mlops_nb.sandbox import demo_feature_table, ensure_demo_features
+from mlops_nb.train import latest_train_run, load_candidates, run_train, score
+from mlops_nb.split import split_frame
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def test_the_spline_basis_ranks_values_and_lets_a_linear_model_bend():
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-    from mlops_nb.train import quantile_ranks, spline_basis
+    from mlops_nb.encoder import quantile_ranks, spline_basis
     u = np.linspace(0, 1, 41)
     B = spline_basis(u[:, None], 5)[:, 0]
     assert B.shape == (41, 7) and np.allclose(B.sum(1), 1) and (B >= 0).all()

@@ -14,14 +14,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from mlops_nb import lake as L
+from mlops_nb import people
+from mlops_nb import sources
 from mlops_nb import warehouse as W
+from mlops_nb import cleaning
+from mlops_nb import privacy
+from mlops_nb import staging
 from mlops_nb.contracts import connect_warehouse
-from mlops_nb.privacy import open_vault, scan_for_values, scan_frame
+from mlops_nb.vault import open_vault
+from mlops_nb.privacy import scan_for_values, scan_frame
 from mlops_nb.settings import SettingsError, load_settings, sandbox_settings
 
 RATE = 0.04
@@ -66,7 +71,7 @@ def loaded(tmp_path_factory):
 def tables(loaded):
     cfg, _, _ = loaded
     with connect_warehouse(cfg) as con:
-        return {n: con.execute(f"SELECT * FROM {n}").df() for n in W.table_columns()}
+        return {n: con.execute(f"SELECT * FROM {n}").df() for n in staging.table_columns()}
 
 
 # --- reconciliation ---------------------------------------------------------------------------------------------
@@ -78,7 +83,7 @@ def test_reconciliation_holds_on_a_defect_laden_lake(loaded, tables):
     assert (rec.rows_read == rec.rows_loaded + rec.rows_quarantined + rec.rows_duplicate).all()
     manifest = {(f["source"], f["month"]): f["rows"] for f in json.loads((cfg.paths.lake / "_manifest.json").read_text())["files"]}
     assert {(r.source, r.month): r.rows_read for r in rec.itertuples()} == manifest            # every physical record counted
-    for t in W.TABLES.values():                                                                 # the counts are the tables' own
+    for t in staging.TABLES.values():                                                                 # the counts are the tables' own
         got = tables[f"staging.{t.table}"].groupby("arrival_month").size()
         want = rec[rec.source == t.source].set_index("month").rows_loaded
         assert got.reindex(want.index, fill_value=0).tolist() == want.tolist(), t.source
@@ -91,12 +96,12 @@ def test_a_mismatch_fails_naming_source_and_month_and_rolls_back(tmp_path, monke
     L.generate_lake(cfg)
     W.load_warehouse(cfg, months=MONTHS[:2])
     before = digest(cfg)
-    real = W.reconcile
+    real = cleaning.reconcile
     def lossy(con, data, written):
         if (data.part.source, data.part.month) == ("billing", "2025-04"): written = {**written, "rows_loaded": written["rows_loaded"] - 1}
         return real(con, data, written)
-    monkeypatch.setattr(W, "reconcile", lossy)
-    with pytest.raises(W.ReconciliationError, match=r"billing 2025-04 .*read \d+; loaded"):
+    monkeypatch.setattr(cleaning, "reconcile", lossy)
+    with pytest.raises(staging.ReconciliationError, match=r"billing 2025-04 .*read \d+; loaded"):
         W.load_warehouse(cfg)
     assert digest(cfg) == before
 
@@ -146,19 +151,19 @@ def test_spelling_variants_and_date_formats_are_mapped_not_rejected(loaded, tabl
         unexplained = [k for k in map(tuple, hit[["source", "month", "row"]].to_numpy()) if k not in rejecting]
         assert not unexplained, (kind, unexplained[:5])
     c = tables["staging.contracts"]
-    for col, values in (("product", L.PRODUCTS), ("plan", L.PLAN_NAMES), ("contract_type", L.CONTRACT_TYPES)):
+    for col, values in (("product", sources.PRODUCTS), ("plan", sources.PLAN_NAMES), ("contract_type", sources.CONTRACT_TYPES)):
         assert c[col].isin(values).all(), col
-    assert tables["staging.customers"].city.isin(L.CITIES).all() and tables["staging.customers"].state.isin(L.UF_CODES).all()
+    assert tables["staging.customers"].city.isin(sources.CITIES).all() and tables["staging.customers"].state.isin(sources.UF_CODES).all()
     sp = defects[(defects.kind == "spelling") & (defects.source == "contracts") & (defects.column == "product")]
     loaded_rows = c.merge(sp.rename(columns={"month": "partition"}), left_on=["arrival_month", "record"], right_on=["partition", "row"])
-    assert len(loaded_rows) > 0 and loaded_rows["product"].isin(L.PRODUCTS).all()
+    assert len(loaded_rows) > 0 and loaded_rows["product"].isin(sources.PRODUCTS).all()
 
 
 def test_outliers_follow_the_policy(loaded, tables):
     _, _, defects = loaded
     q, flagged = tables["quarantine.records"], tables["quarantine.flagged_values"]
     out = defects[defects.kind == "outlier"]
-    policy = {f.raw: f.on_outlier for t in W.TABLES.values() for f in t.fields if f.valid}
+    policy = {f.raw: f.on_outlier for t in staging.TABLES.values() for f in t.fields if f.valid}
     for col, d in out.groupby("column"):
         d = d.merge(q, left_on=["source", "month", "row"], right_on=["source", "month", "record"], how="left")
         if policy[col] == "quarantine":
@@ -187,7 +192,7 @@ def test_the_cents_month_is_not_fixed_by_the_etl(loaded, tables):
     cfg, _, _ = loaded
     b = tables["staging.billing"]
     med = b.groupby("month").amount.median().astype(float)
-    bug = L.month_labels(cfg.lake.start_month, cfg.lake.months)[cfg.lake.drift_month - 1]
+    bug = people.month_labels(cfg.lake.start_month, cfg.lake.months)[cfg.lake.drift_month - 1]
     assert med[bug] > 40 * med.drop(bug).median()
 
 
@@ -200,12 +205,12 @@ def test_mart_one_row_per_active_customer_month_point_in_time(loaded, tables):
     mart, b = tables["mart.customer_month"], tables["staging.billing"]
     assert not mart.duplicated(["customer_key", "month"]).any()
     assert set(mart.month) == set(MONTHS)
-    assert set(c for c, _, _ in W.MART_COLUMNS) == set(mart.columns)
+    assert set(c for c, _, _ in staging.MART_COLUMNS) == set(mart.columns)
     # an invoice that arrived after its month is not in that month's row (as known at the month's end)
     late = b[(b.arrival_month > b.reference_month)][["customer_key", "reference_month"]]
     m = mart.merge(late, left_on=["customer_key", "month"], right_on=["customer_key", "reference_month"])
     assert len(m) > 0 and m.invoice_amount.isna().all()
-    assert mart.age_band.dropna().isin([b for _, _, b in W.AGE_BANDS]).all()
+    assert mart.age_band.dropna().isin([b for _, _, b in privacy.AGE_BANDS]).all()
 
 
 def test_ids_are_stored_plain_and_categories_in_dictionaries(loaded):
@@ -223,20 +228,20 @@ def test_ids_are_stored_plain_and_categories_in_dictionaries(loaded):
             assert got and "Uncompressed" not in got, (table, column, got)
         types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
                                  "WHERE table_schema = 'mart' AND table_name = 'customer_month'").fetchall())
-    assert {c for c, ty in types.items() if ty.startswith("ENUM")} == set(W.MART_CATEGORIES)   # the mart's categories: one byte a row
+    assert {c for c, ty in types.items() if ty.startswith("ENUM")} == set(staging.MART_CATEGORIES)   # the mart's categories: one byte a row
 
 
 def test_a_changed_category_set_rebuilds_the_warehouse(tmp_path, monkeypatch):
     import duckdb
     with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
-        W.ensure_tables(con)
+        staging.ensure_tables(con)
         con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_x', '2025-01', 'Pós 50GB')")
         with pytest.raises(duckdb.ConversionException):    # a value outside the set is refused, not stored
             con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_y', '2025-01', 'Pós 5TB')")
-        W.ensure_tables(con)                                # same layout: kept
+        staging.ensure_tables(con)                                # same layout: kept
         assert con.execute("SELECT count(*) FROM mart.customer_month").fetchall() == [(1,)]
-        monkeypatch.setitem(W.MART_CATEGORIES, "plan", (*W.MART_CATEGORIES["plan"], "Pós 5TB"))
-        W.ensure_tables(con)                                # a new plan: rebuilt, and the new value fits
+        monkeypatch.setitem(staging.MART_CATEGORIES, "plan", (*staging.MART_CATEGORIES["plan"], "Pós 5TB"))
+        staging.ensure_tables(con)                                # a new plan: rebuilt, and the new value fits
         assert con.execute("SELECT count(*) FROM mart.customer_month").fetchall() == [(0,)]
         con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_y', '2025-01', 'Pós 5TB')")
 
@@ -265,7 +270,7 @@ def test_a_month_the_lake_lost_is_removed_and_the_warehouse_equals_a_load_of_the
     manifest["files"] = [f for f in manifest["files"] if f["month"] != MONTHS[-1]]
     (short.paths.lake / "_manifest.json").write_text(json.dumps(manifest))
     res = W.load_warehouse(short)
-    assert res.loaded == [] and sorted(res.removed) == sorted((s, MONTHS[-1]) for s in W.TABLES) and res.mart_months == []   # nothing to rebuild: the month is gone
+    assert res.loaded == [] and sorted(res.removed) == sorted((s, MONTHS[-1]) for s in staging.TABLES) and res.mart_months == []   # nothing to rebuild: the month is gone
     assert res.content_hash == scanned_hash(short)
     fresh = sandbox_settings(tmp_path / "fresh", **{k: v for k, v in short.flat().items() if k.startswith("lake_")},
                              paths_lake=str(short.paths.lake), privacy_key_file=str(cfg.privacy.key_file))
@@ -381,13 +386,13 @@ def test_the_trace_mode_prints_timed_statements_and_loads_the_same_content(small
 
 def test_missing_lake(tmp_path):
     cfg = make_cfg(tmp_path)
-    with pytest.raises(W.EtlError, match="no lake at .*run the lake phase first"):
+    with pytest.raises(staging.EtlError, match="no lake at .*run the lake phase first"):
         W.load_warehouse(cfg)
 
 
 def test_garbage_csv_partition_names_the_file(small):
     (small.paths.lake / "billing/month=2025-02/billing.csv").write_bytes(os.urandom(5000))
-    with pytest.raises(W.EtlError, match=r"billing/month=2025-02/billing.csv: (not utf-8 text|the first line is not the expected header)"):
+    with pytest.raises(staging.EtlError, match=r"billing/month=2025-02/billing.csv: (not utf-8 text|the first line is not the expected header)"):
         W.load_warehouse(small)
     with connect_warehouse(small) as con:                                                          # nothing half-loaded
         assert con.execute("SELECT count(*) FROM meta.partitions").fetchone()[0] == 0
@@ -397,7 +402,7 @@ def test_headerless_crm_file_names_the_file_without_echoing_personal_data(small)
     p = small.paths.lake / "crm_customers/month=2025-03/clientes.csv"
     lines = p.read_bytes().split(b"\r\n")
     p.write_bytes(b"\r\n".join(lines[1:]))
-    with pytest.raises(W.EtlError) as e:
+    with pytest.raises(staging.EtlError) as e:
         W.load_warehouse(small)
     msg = str(e.value)
     assert "crm_customers/month=2025-03/clientes.csv: the first line is not the expected header" in msg
@@ -406,21 +411,21 @@ def test_headerless_crm_file_names_the_file_without_echoing_personal_data(small)
 
 def test_unparseable_jsonl_and_parquet_name_the_file(small):
     (small.paths.lake / "tickets/month=2025-02/tickets.jsonl").write_text("not json\n" * 50)
-    with pytest.raises(W.EtlError, match="tickets/month=2025-02/tickets.jsonl: none of its 50 records could be parsed"):
+    with pytest.raises(staging.EtlError, match="tickets/month=2025-02/tickets.jsonl: none of its 50 records could be parsed"):
         W.load_warehouse(small)
     L.generate_lake(small)
     (small.paths.lake / "usage/month=2025-04/usage.parquet").write_bytes(b"PAR1 garbage")
-    with pytest.raises(W.EtlError, match="usage/month=2025-04/usage.parquet: not a readable Parquet file"):
+    with pytest.raises(staging.EtlError, match="usage/month=2025-04/usage.parquet: not a readable Parquet file"):
         W.load_warehouse(small)
 
 
 def test_missing_partition_file_or_source_folder(small):
     (small.paths.lake / "cancellations/month=2025-05/cancelamentos.csv").unlink()
-    with pytest.raises(W.EtlError, match=r"cancellations/month=2025-05/cancelamentos.csv: partition file missing"):
+    with pytest.raises(staging.EtlError, match=r"cancellations/month=2025-05/cancelamentos.csv: partition file missing"):
         W.load_warehouse(small)
     L.generate_lake(small)
     shutil.rmtree(small.paths.lake / "tickets")
-    with pytest.raises(W.EtlError, match=r"tickets/month=2025-01/tickets.jsonl: partition file missing"):
+    with pytest.raises(staging.EtlError, match=r"tickets/month=2025-01/tickets.jsonl: partition file missing"):
         W.load_warehouse(small)
 
 
@@ -430,7 +435,7 @@ def test_bad_settings(small, tmp_path):
     with pytest.raises(SettingsError, match=r"\[lake\] customers: expected a whole number"):
         load_settings(bad)
     small.paths.warehouse.mkdir(parents=True)
-    with pytest.raises(W.EtlError, match=r"\[paths\] warehouse: .* is a folder"):
+    with pytest.raises(staging.EtlError, match=r"\[paths\] warehouse: .* is a folder"):
         W.load_warehouse(small)
 
 

@@ -23,7 +23,7 @@ def main() -> None:
     import mlflow
     from mlops_nb.contracts import frame_digest, pandas_dataset
     from mlops_nb.tracking import quiet_dataset_warnings
-    from mlops_nb.train import demo_feature_table
+    from mlops_nb.sandbox import demo_feature_table
     df, spec = demo_feature_table(a.customers, a.months, seed=0)
     df = df.drop(columns=[c for c in df.columns if c.startswith("_")])
     text = [c for c in df.columns if df[c].dtype == object]

@@ -61,17 +61,21 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
     import csv
     import numpy as np
     import pandas as pd
-    from mlops_nb import lake as L
+    from mlops_nb import people
     from mlops_nb import warehouse as W
-    from mlops_nb.privacy import load_key, open_vault, pseudonymise, store_in_vault
+    from mlops_nb import byod
+    from mlops_nb import features
+    from mlops_nb import staging
+    from mlops_nb.privacy import load_key, pseudonymise
+    from mlops_nb.vault import open_vault, store_in_vault
 
     out = Path(out_dir)
     shutil.rmtree(out, ignore_errors=True); out.mkdir(parents=True)
     key = load_key(cfg)
     parts = W.lake_partitions(cfg.paths.lake, W.lake_manifest(cfg.paths.lake))
-    canon = {(r.source, r.col, r.norm): r.canon for r in W.category_map().itertuples()}
+    canon = {(r.source, r.col, r.norm): r.canon for r in staging.category_map().itertuples()}
     keymap: dict[str, str] = {}
-    staged: dict[str, list[pd.DataFrame]] = {t.table: [] for t in W.TABLES.values()}
+    staged: dict[str, list[pd.DataFrame]] = {t.table: [] for t in staging.TABLES.values()}
     rejected: list[pd.DataFrame] = []
     vault = open_vault(cfg)
 
@@ -110,14 +114,14 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
     def parse_dates(s, fmt):
         s = s.astype("string").str.strip()
         outp = pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
-        for f in dict.fromkeys((fmt, *W.DATE_FORMATS)):
+        for f in dict.fromkeys((fmt, *byod.DATE_FORMATS)):
             todo = outp.isna() & s.notna()
             if not todo.any(): break
             outp[todo] = pd.to_datetime(s[todo], format=f, errors="coerce")
         return outp.where(outp.dt.year.between(1900, 2100))
 
     for part in parts:
-        t = W.TABLES[part.source]
+        t = staging.TABLES[part.source]
         df = read(part, t)
         n_read = len(df)
         ok = df._ok.to_numpy()
@@ -135,7 +139,7 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
         present = {f.raw: df[f.raw].combine_first(df[f.aliases[0]]) if f.aliases else df[f.raw] for f in t.fields}
         for f in t.fields:
             if f.required: fail(present[f.raw].isna() | (present[f.raw].astype("string").str.strip() == ""), f"missing_required:{f.raw}")
-        if part.source == "crm_customers": fail(~pd.Series(L.cpf_is_valid(df["cpf"].astype("string")), index=df.index) & df._ok, "invalid_cpf")
+        if part.source == "crm_customers": fail(~pd.Series(people.cpf_is_valid(df["cpf"].astype("string")), index=df.index) & df._ok, "invalid_cpf")
         for f in t.fields:
             x = present[f.raw]
             if f.parse in ("date", "timestamp"):
@@ -143,7 +147,7 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
                 if f.parse == "date": p = p.dt.normalize()
                 v[f.name] = p; fail(x.notna() & p.isna(), f"bad_date:{f.raw}")
             elif f.parse == "money":
-                p = L.parse_brl(x.astype("string")); v[f.name] = p; fail(x.notna() & p.isna(), f"bad_number:{f.raw}")
+                p = people.parse_brl(x.astype("string")); v[f.name] = p; fail(x.notna() & p.isna(), f"bad_number:{f.raw}")
             elif f.parse in ("int", "float"):
                 p = pd.to_numeric(x, errors="coerce"); v[f.name] = p; fail(x.notna() & p.isna(), f"bad_number:{f.raw}")
             elif f.parse == "bool":
@@ -152,7 +156,7 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
             elif f.parse == "month":
                 p = x.where(x.astype("string").str.fullmatch(r"\d{4}-(0[1-9]|1[0-2])").fillna(False)); v[f.name] = p; fail(x.notna() & p.isna(), f"bad_value:{f.raw}")
             elif f.parse == "category":
-                p = x.map(lambda s: None if pd.isna(s) else canon.get((part.source, f.raw, W.normal_form(s)))); v[f.name] = p
+                p = x.map(lambda s: None if pd.isna(s) else canon.get((part.source, f.raw, staging.normal_form(s)))); v[f.name] = p
                 fail(x.notna() & p.isna(), f"unknown_category:{f.raw}")
             elif f.parse in ("text", "cpf"):
                 v[f.name] = x.astype("string").str.strip().replace("", None)
@@ -162,7 +166,7 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
         keydup = df[nat].duplicated(keep="first") & ~dup & df._ok.to_numpy()
         fail(keydup, f"duplicate_key:{nat[0]}")
         good = reason.isna().to_numpy() & ~dup
-        s = pd.DataFrame({k: (val[good] if hasattr(val, "__getitem__") else val) for k, val in v.items() if k in {c for c, _, _ in W.staging_columns(t)}})
+        s = pd.DataFrame({k: (val[good] if hasattr(val, "__getitem__") else val) for k, val in v.items() if k in {c for c, _, _ in features.staging_columns(t)}})
         for f in t.fields:
             if f.valid and f.on_outlier == "null": s[f.name] = s[f.name].where(s[f.name].between(*f.valid))
         if part.source == "crm_customers":
@@ -196,7 +200,8 @@ def pandas_etl(cfg, out_dir: str, progress=print) -> dict[str, int]:
 def pandas_mart(t, months):
     "mart.customer_month, month by month, as known at each month's end."
     import pandas as pd
-    from mlops_nb.warehouse import AGE_BANDS, _add_months
+    from mlops_nb.privacy import AGE_BANDS
+    from mlops_nb.mart import _add_months
     c, k, u, b, tk, cx, cp = (t[x] for x in ("customers", "contracts", "usage", "billing", "tickets", "cancellations", "campaigns"))
     k = k.assign(known=k[["arrival_month"]].assign(e=k.event_date.dt.strftime("%Y-%m")).max(axis=1))
     out = []

@@ -20,8 +20,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from mlops_nb.evaluate import (auc_ci, contact_policy, evaluate_scores, fairness_frame, fairness_report, mitigate_gap,
-                               paired_auc_difference)
+from mlops_nb.stats import auc_ci, paired_auc_difference
+from mlops_nb.value import contact_policy
+from mlops_nb.scorecard import evaluate_scores
+from mlops_nb.fairness import fairness_frame, fairness_report, mitigate_gap
 from mlops_nb.settings import CharterSettings, GateSettings
 
 

@@ -64,11 +64,11 @@ def faker_people(n: int, seed: int = 0) -> pd.DataFrame:
 
 def our_people(n: int, seed: int = 0) -> pd.DataFrame:
     "The same personal columns with the lake's generator (attributes drawn, then rendered as the CRM writes them)."
-    from mlops_nb import lake as L
-    rng = L.rng_for(seed, 0, "initial_base")
-    p = L.draw_customers(rng, np.arange(1, n + 1), np.full(n, L.month_first_day("2025-01")), seed)
-    cols = L.render_people(p, seed, L.rng_for(seed, 0, "crm_updates", 1))
-    cols["data_nascimento"] = L.format_dates(p["birth"], "%d/%m/%Y")
+    from mlops_nb import people
+    rng = people.rng_for(seed, 0, "initial_base")
+    p = people.draw_customers(rng, np.arange(1, n + 1), np.full(n, people.month_first_day("2025-01")), seed)
+    cols = people.render_people(p, seed, people.rng_for(seed, 0, "crm_updates", 1))
+    cols["data_nascimento"] = people.format_dates(p["birth"], "%d/%m/%Y")
     return pd.DataFrame({k: v.to_pandas() for k, v in cols.items()})
 
 

@@ -63,8 +63,8 @@ def plain_sklearn(cfg) -> dict[str, float]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
     from mlops_nb.contracts import load_feature_table
-    from mlops_nb.evaluate import oracle_truth
-    from mlops_nb.train import split_frame
+    from mlops_nb.oracle import oracle_truth
+    from mlops_nb.split import split_frame
     df, spec = load_feature_table(cfg)
     split = split_frame(df, spec, seed=cfg.train.seed)
     cols = list(spec.numeric) + list(spec.categorical)

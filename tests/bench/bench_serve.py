@@ -53,7 +53,7 @@ def project(root: Path, customers: int, months: int, family: str = "hgb"):
         shutil.rmtree(root)
     from conftest import make_project
     from mlops_nb.privacy import load_key
-    from mlops_nb.serve import sandbox_champion
+    from mlops_nb.sandbox import sandbox_champion
     path = make_project(root, privacy_key_file=str(root / "secrets" / "pseudonym.key"))
     cfg = load_settings(path, env={})
     load_key(cfg)
@@ -77,8 +77,8 @@ def batch_figures(cfg, version: str, url_factory, rows: int) -> dict:
     import pandas as pd
     from threadpoolctl import threadpool_limits
     from mlops_nb.contracts import load_feature_table
-    from mlops_nb.serve import load_served_model
-    from mlops_nb.train import model_input
+    from mlops_nb.served import load_served_model
+    from mlops_nb.encoder import model_input
     m = load_served_model(cfg, version)
     df, spec = load_feature_table(cfg)
     X = model_input(df, spec)

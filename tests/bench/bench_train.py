@@ -52,11 +52,12 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(1)
-    from sklearn.base import clone
     from mlops_nb.contracts import load_feature_table
     from mlops_nb.explain import make_explainer
     from mlops_nb.settings import sandbox_settings
-    from mlops_nb.train import ensure_demo_features, load_candidates, run_train, score, split_frame
+    from mlops_nb.sandbox import ensure_demo_features
+    from mlops_nb.train import load_candidates, run_train, score
+    from mlops_nb.split import split_frame
 
     cfg = sandbox_settings(train_trials=a.trials, train_seed=a.seed)
     ensure_demo_features(cfg, a.customers, a.months)
