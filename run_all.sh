@@ -78,6 +78,9 @@ run_tests() {
     git --no-pager diff --stat -- mlops_nb 2>/dev/null || true
     die "mlops_nb/ was out of date with nbs/: it has now been re-exported; commit the result"
   fi
+  say "line length: ruff E501 at the width pyproject.toml sets, over the notebooks' code cells and the tests"
+  # (the package is generated from those cells; nbdev writes its own __all__ lines, at a width of its own)
+  "$VENV/bin/ruff" check --no-cache --select E501 nbs tests || die "lines longer than [tool.ruff] line-length (listed above)"
   say "nbdev-test: every notebook on its small defaults"
   "$VENV/bin/nbdev-test" --n-workers 2 || die "nbdev-test failed"
   say "pytest"

@@ -1,4 +1,5 @@
-"""The scoring API: the registry's champion behind HTTP, fast and exact, every prediction in the prediction log, explanations of any logged decision — and hot swaps when the champion moves.
+"""The scoring API: the registry's champion behind HTTP, fast and exact, every prediction in the prediction log,
+explanations of any logged decision — and hot swaps when the champion moves.
 
 Docs: https://mlops-nb.github.io/mlops-nb/api.html.md"""
 
@@ -50,7 +51,8 @@ log = logging.getLogger("mlops_nb.api")
 __all__ = ['log', 'ENDPOINTS', 'endpoint_label', 'ScoringApp', 'app_from_env', 'uvicorn_log_config', 'serve']
 
 # %% ../nbs/56_api.ipynb #8f1b658c
-ENDPOINTS = ("/v1/score", "/v1/score/batch", "/v1/model", "/health", "/ready", "/metrics", "/admin/reload", "/docs", "/openapi.json")
+ENDPOINTS = ("/v1/score", "/v1/score/batch", "/v1/model", "/health", "/ready", "/metrics", "/admin/reload", "/docs",
+             "/openapi.json")
 
 def endpoint_label(path: str) -> str:
     "A bounded label for metrics: the route, not the raw path."
@@ -58,6 +60,7 @@ def endpoint_label(path: str) -> str:
     if path.startswith("/v1/explanations/"): return "/v1/explanations/{request_id}"
     return "other"
 
+# %% ../nbs/56_api.ipynb #ca7957be
 _JSON = (b"content-type", b"application/json")
 
 class ScoringApp:
@@ -115,7 +118,13 @@ class ScoringApp:
             status, out, headers = await self.score_body(ctype, auth, scope.get("query_string", b""), body, batch)
         except RequestError as e: status, out, headers = e.status, e.body(), e.headers
         except _Disconnected: return 499
-        await send({"type": "http.response.start", "status": status, "headers": [_JSON, (b"content-length", str(len(out)).encode()), *headers]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON, (b"content-length", str(len(out)).encode()), *headers],
+            }
+        )
         await send({"type": "http.response.body", "body": out})
         return status
 
@@ -137,19 +146,22 @@ class ScoringApp:
     def _check_length(self, length: bytes | str | None) -> None:
         if length is None: return
         try: n = int(length)
-        except ValueError: raise RequestError(400, "invalid Content-Length header", [(b"connection", b"close")]) from None
+        except ValueError:
+            raise RequestError(400, "invalid Content-Length header", [(b"connection", b"close")]) from None
         if n > self.api.max_body_bytes: raise self._too_large(n)
 
     def _too_large(self, n: int, more: bool = False) -> RequestError:
-        return RequestError(413, f"the request body is {'more than ' if more else ''}{n} bytes; the limit is {self.api.max_body_bytes} "
-                                 f"([api] max_body_bytes)", [(b"connection", b"close")])
+        return RequestError(413,
+                            f"the request body is {'more than ' if more else ''}{n} bytes; the limit is "
+                            f"{self.api.max_body_bytes} ([api] max_body_bytes)", [(b"connection", b"close")])
 
     # ---- scoring ----------------------------------------------------------------------------------------------------
     def _use_batcher(self, model: ServedModel) -> bool:
         mode = self.api.micro_batch
         return mode == "on" or (mode == "auto" and not model.scorer.compiled)
 
-    async def score_body(self, ctype: bytes | str | None, auth: bytes | str | None, query: bytes, body: bytes, batch: bool
+    async def score_body(self, ctype: bytes | str | None, auth: bytes | str | None, query: bytes, body: bytes,
+                         batch: bool
                          ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         "Score one request's body: (status, JSON body, extra headers). Both lanes call this."
         t_wall, t0 = time.time(), time.perf_counter()
@@ -161,7 +173,8 @@ class ScoringApp:
                 if c and c != "application/json" and not c.endswith("+json"):
                     raise RequestError(415, "send the body as JSON (Content-Type: application/json)")
             model = self.state.model
-            if model is None: raise RequestError(503, f"no model is loaded yet: {self.state.detail}", [(b"retry-after", b"5")])
+            if model is None:
+                raise RequestError(503, f"no model is loaded yet: {self.state.detail}", [(b"retry-after", b"5")])
             explain = query_explain(query)
             errors: list[FieldError] = []
             records, explain_body = check_envelope(parse_json(body), batch, self.api.max_batch_rows, errors)
@@ -170,25 +183,41 @@ class ScoringApp:
             enc = [encode(feats, loc, errors) for loc, _, feats in records]
             if errors: raise RequestError(422, errors)
             if self.state.log.pending_rows > MAX_PENDING_ROWS:
-                raise RequestError(503, "the prediction log is not keeping up; try again shortly", [(b"retry-after", b"5")])
+                raise RequestError(503, "the prediction log is not keeping up; try again shortly",
+                                   [(b"retry-after", b"5")])
             rows, values = [r for r, _ in enc], [v for _, v in enc]
             Z = np.array(rows, dtype=np.float64)
-            p = await self.batcher.probabilities(model, Z) if self._use_batcher(model) else model.scorer.probabilities(Z)
+            p = (
+                await self.batcher.probabilities(model, Z)
+                if self._use_batcher(model)
+                else model.scorer.probabilities(Z)
+            )
             decision = p >= model.threshold
             cids = [c for _, c, _ in records]
             keys = list(_pseudonyms(cids, self.state.key)) if any(c is not None for c in cids) else [None] * len(cids)
             rid = new_request_id(t_wall)
             expl = None
-            if explain: expl = model.scorer.explain(Z, values) if len(Z) <= 8 else await asyncio.to_thread(model.scorer.explain, Z, values)
-            self.state.log.append(LogBlock(model, rid, t_wall, "api", (time.perf_counter() - t0) * 1e3, keys, values, p, decision))
+            if explain:
+                expl = (
+                    model.scorer.explain(Z, values)
+                    if len(Z) <= 8
+                    else await asyncio.to_thread(model.scorer.explain, Z, values)
+                )
+            self.state.log.append(
+                LogBlock(model, rid, t_wall, "api", (time.perf_counter() - t0) * 1e3, keys, values, p, decision)
+            )
             self.metrics.predicted(model.version, len(p))
             ref = {"name": model.name, "version": model.version}
             if not batch:
-                out: dict[str, Any] = {"request_id": rid, "model": ref, "customer_key": keys[0], "churn_probability": float(p[0]),
+                out: dict[str, Any] = {"request_id": rid, "model": ref, "customer_key": keys[0],
+                                       "churn_probability": float(p[0]),
                                        "decision": bool(decision[0]), "threshold": model.threshold}
                 if expl: out["explanation"] = expl[0]
             else:
-                preds = [{"row": i, "customer_key": keys[i], "churn_probability": float(p[i]), "decision": bool(decision[i])} for i in range(len(p))]
+                preds = [
+                    {"row": i, "customer_key": keys[i], "churn_probability": float(p[i]), "decision": bool(decision[i])}
+                    for i in range(len(p))
+                ]
                 if expl:
                     for d, e in zip(preds, expl): d["explanation"] = e
                 out = {"request_id": rid, "model": ref, "threshold": model.threshold, "predictions": preds}
@@ -199,25 +228,36 @@ class ScoringApp:
             return 500, orjson.dumps({"detail": "internal error while scoring; it has been logged"}), []
 
     # ---- explanations ------------------------------------------------------------------------------------------------
-    async def explanation(self, request_id: str, auth: str | None, actor: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def explanation(self, request_id: str, auth: str | None, actor: str) -> tuple[int, bytes,
+                                                                                        list[tuple[bytes, bytes]]]:
         "The explanation of a logged request, recomputed with the model version that scored it; the look-up is audited."
         try:
             if self.api.auth == "bearer" and not bearer_ok(auth, os.environ.get(self.api.token_env, "")):
                 raise RequestError(401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")])
             try: when = request_id_time(request_id)
-            except (ValueError, OverflowError, OSError): raise RequestError(404, f"no logged prediction has request id {request_id[:40]}") from None
+            except (ValueError, OverflowError, OSError):
+                raise RequestError(404, f"no logged prediction has request id {request_id[:40]}") from None
             blocks = self.state.log.find(request_id)
             if blocks:
                 b = blocks[0]
-                rows = [dict(row=i, customer_key=b.keys[i], churn_probability=float(b.p[i]), decision=bool(b.decision[i]), values=b.values[i])
-                        for i in range(b.n)]
+                rows = [
+                    dict(
+                        row=i,
+                        customer_key=b.keys[i],
+                        churn_probability=float(b.p[i]),
+                        decision=bool(b.decision[i]),
+                        values=b.values[i],
+                    )
+                    for i in range(b.n)
+                ]
                 version, logged_time = b.model.version, dt.datetime.fromtimestamp(b.time, dt.timezone.utc)
             else:
                 df = await asyncio.to_thread(find_logged_request, self.cfg.paths.prediction_log, request_id)
                 if df.empty:
                     recent = (dt.datetime.now(dt.timezone.utc) - when).total_seconds() < self.api.log_flush_seconds + 10
                     raise RequestError(404, f"no logged prediction has request id {request_id}" +
-                                       (" yet (another worker may not have written it; retry in a few seconds)" if recent else ""),
+                                       (" yet (another worker may not have written it; retry in a few "
+                                        "seconds)" if recent else ""),
                                        [(b"retry-after", b"5")] if recent else [])
                 version, logged_time = str(df.model_version.iloc[0]), df.time.iloc[0].to_pydatetime()
                 rows = None
@@ -225,18 +265,37 @@ class ScoringApp:
             if rows is None:
                 feats = model.features
                 vals = df[feats].astype(object).where(df[feats].notna(), None).values.tolist()
-                rows = [dict(row=int(r.row), customer_key=r.customer_key, churn_probability=float(r.churn_probability), decision=bool(r.decision), values=v)
-                        for r, v in zip(df.itertuples(), vals)]
+                rows = [
+                    dict(
+                        row=int(r.row),
+                        customer_key=r.customer_key,
+                        churn_probability=float(r.churn_probability),
+                        decision=bool(r.decision),
+                        values=v,
+                    )
+                    for r, v in zip(df.itertuples(), vals)
+                ]
             Z = model.scorer.records.encode_values([r["values"] for r in rows])
             expl = await asyncio.to_thread(model.scorer.explain, Z, [r["values"] for r in rows])
-            preds = [{"row": r["row"], "customer_key": r["customer_key"], "churn_probability": r["churn_probability"], "decision": r["decision"],
-                      "threshold": model.threshold, "explanation": e} for r, e in zip(rows, expl)]
+            preds = [
+                {
+                    "row": r["row"],
+                    "customer_key": r["customer_key"],
+                    "churn_probability": r["churn_probability"],
+                    "decision": r["decision"],
+                    "threshold": model.threshold,
+                    "explanation": e,
+                }
+                for r, e in zip(rows, expl)
+            ]
             await asyncio.to_thread(_audit_explanation, self.cfg, request_id, model, preds, actor)
-            out = {"request_id": request_id, "time": logged_time.isoformat(), "model": {"name": model.name, "version": model.version},
+            out = {"request_id": request_id, "time": logged_time.isoformat(),
+                   "model": {"name": model.name, "version": model.version},
                    "lineage": model.lineage, "predictions": preds}
             return 200, orjson.dumps(out), []
         except RequestError as e: return e.status, e.body(), e.headers
-        except ValueError as e: return 422, RequestError(422, [FieldError(("path", "request_id"), str(e), "value_error")]).body(), []
+        except ValueError as e:
+            return 422, RequestError(422, [FieldError(("path", "request_id"), str(e), "value_error")]).body(), []
         except Exception:
             log.exception("explanation failed")
             return 500, orjson.dumps({"detail": "internal error while explaining; it has been logged"}), []
@@ -249,7 +308,8 @@ class ScoringApp:
         app = self
 
         def reply(status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> Response:
-            return Response(body, status_code=status, media_type="application/json", headers={k.decode(): v.decode() for k, v in headers})
+            return Response(body, status_code=status, media_type="application/json",
+                            headers={k.decode(): v.decode() for k, v in headers})
 
         @web.get("/health", summary="the process is up")
         async def health() -> Response:
@@ -258,8 +318,15 @@ class ScoringApp:
         @web.get("/ready", summary="a model is loaded and can score (503 until then)")
         async def ready() -> Response:
             m, st = app.state.model, app.state
-            body = {"status": "ready" if m else st.status, "detail": st.detail, "pid": os.getpid(), "registry_version": st.registry_version,
-                    "model": {"name": m.name, "version": m.version, "lineage": m.lineage, "compiled": m.scorer.compiled} if m else None}
+            body = {
+                "status": "ready" if m else st.status,
+                "detail": st.detail,
+                "pid": os.getpid(),
+                "registry_version": st.registry_version,
+                "model": {"name": m.name, "version": m.version, "lineage": m.lineage, "compiled": m.scorer.compiled}
+                if m
+                else None,
+            }
             return reply(200 if m else 503, orjson.dumps(body), [] if m else [(b"retry-after", b"5")])
 
         @web.get("/metrics", summary="Prometheus metrics")
@@ -270,7 +337,9 @@ class ScoringApp:
         @web.get("/v1/model", summary="the served model: version, features, categories, threshold, lineage")
         async def model_info() -> Response:
             m = app.state.model
-            if m is None: return reply(503, orjson.dumps({"detail": f"no model is loaded yet: {app.state.detail}"}), [(b"retry-after", b"5")])
+            if m is None:
+                return reply(503, orjson.dumps({"detail": f"no model is loaded yet: {app.state.detail}"}),
+                             [(b"retry-after", b"5")])
             return reply(200, orjson.dumps(m.info()))
 
         async def _score(request: Request, batch: bool) -> Response:
@@ -282,7 +351,8 @@ class ScoringApp:
                     n += len(chunk)
                     if n > app.api.max_body_bytes: raise app._too_large(n, more=True)
                     chunks.append(chunk)
-                status, body, headers = await app.score_body(h.get("content-type"), h.get("authorization"), request.scope.get("query_string", b""),
+                status, body, headers = await app.score_body(h.get("content-type"), h.get("authorization"),
+                                                             request.scope.get("query_string", b""),
                                                              b"".join(chunks), batch)
             except RequestError as e: status, body, headers = e.status, e.body(), e.headers
             return reply(status, body, headers)
@@ -293,25 +363,41 @@ class ScoringApp:
         @web.post("/v1/score/batch", summary="score several customers")
         async def score_batch(request: Request) -> Response: return await _score(request, True)
 
-        @web.get("/v1/explanations/{request_id}", summary="the explanation of a logged decision (LGPD art. 20); audited")
-        async def explanation(request: Request, request_id: str = PathParam(..., pattern=REQUEST_ID_PATTERN)) -> Response:
+        @web.get("/v1/explanations/{request_id}",
+                 summary="the explanation of a logged decision (LGPD art. 20); audited")
+        async def explanation(request: Request,
+                              request_id: str = PathParam(..., pattern=REQUEST_ID_PATTERN)) -> Response:
             actor = re.sub(r"[^\w.@ -]", "", request.headers.get("x-actor", ""))[:64] or "api-client"
             return reply(*await app.explanation(request_id, request.headers.get("authorization"), actor))
 
-        @web.post("/admin/reload", summary="check the registry now and swap in the alias's version if it moved (bearer token)")
+        @web.post("/admin/reload",
+                  summary="check the registry now and swap in the alias's version if it moved (bearer token)")
         async def reload(request: Request) -> Response:
             token = os.environ.get(app.api.admin_token_env, "")
             if not token:
-                return reply(403, orjson.dumps({"detail": f"admin endpoints are disabled: set the environment variable {app.api.admin_token_env} "
-                                                           "([api] admin_token_env) to a secret token to enable them"}))
+                return reply(403,
+                             orjson.dumps({"detail": "admin endpoints are disabled: set the environment variable "
+                                                     f"{app.api.admin_token_env} ([api] admin_token_env) to a secret "
+                                                     "token to enable them"}))
             if not bearer_ok(request.headers.get("authorization"), token):
-                return reply(401, orjson.dumps({"detail": "missing or wrong bearer token"}), [(b"www-authenticate", b"Bearer")])
+                return reply(401, orjson.dumps({"detail": "missing or wrong bearer token"}),
+                             [(b"www-authenticate", b"Bearer")])
             try: res = await app.state.check(force=True)
-            except Exception as e: return reply(503, orjson.dumps({"detail": f"registry check failed: {type(e).__name__}"}))
+            except Exception as e:
+                return reply(503, orjson.dumps({"detail": f"registry check failed: {type(e).__name__}"}))
             announced = await asyncio.to_thread(app.state.announce_reload)
             m = app.state.model
-            return reply(200, orjson.dumps({**res, "pid": os.getpid(), "model": {"name": m.name, "version": m.version} if m else None,
-                                            "other_workers_told": announced}))
+            return reply(
+                200,
+                orjson.dumps(
+                    {
+                        **res,
+                        "pid": os.getpid(),
+                        "model": {"name": m.name, "version": m.version} if m else None,
+                        "other_workers_told": announced,
+                    }
+                ),
+            )
 
         web.openapi = self.openapi
         return web
@@ -322,33 +408,61 @@ class ScoringApp:
         key = (m.name, m.version) if m else None
         if self._openapi and self._openapi[0] == key: return self._openapi[1]
         from fastapi.openapi.utils import get_openapi
-        doc = get_openapi(title=self.web.title, version=self.web.version, description=self.web.description, routes=self.web.routes)
+        doc = get_openapi(title=self.web.title, version=self.web.version, description=self.web.description,
+                          routes=self.web.routes)
         doc.setdefault("components", {}).setdefault("schemas", {}).update(api_schemas(m, self.api))
         sec = doc["components"].setdefault("securitySchemes", {})
         sec["bearerAuth"] = {"type": "http", "scheme": "bearer"}
         scoring_sec = [{"bearerAuth": []}] if self.api.auth == "bearer" else None
-        common = {"413": openapi_response("body larger than [api] max_body_bytes, or more records than [api] max_batch_rows", "Error"),
-                  "415": openapi_response("the body is not JSON", "Error"), "422": openapi_response("invalid request: field-level errors", "ValidationErrors"),
+        common = {"413": openapi_response("body larger than [api] max_body_bytes, or more records than [api] "
+                                          "max_batch_rows", "Error"),
+                  "415": openapi_response("the body is not JSON", "Error"),
+                  "422": openapi_response("invalid request: field-level errors", "ValidationErrors"),
                   "503": openapi_response("no model loaded yet", "Error")}
         if scoring_sec: common["401"] = openapi_response("missing or wrong bearer token", "Error")
         for path, batch in HOT_PATHS.items():
             op = doc["paths"][path]["post"]
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{'BatchRequest' if batch else 'ScoreRequest'}"}}}}
-            op["parameters"] = [{"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
-                                 "description": "also return each feature's contribution (same as the body's explain)"}]
-            op["responses"] = {"200": openapi_response("the prediction(s)", "BatchResponse" if batch else "ScoreResponse"), **common}
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{'BatchRequest' if batch else 'ScoreRequest'}"}
+                    }
+                },
+            }
+            op["parameters"] = [
+                {
+                    "name": "explain",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": False},
+                    "description": "also return each feature's contribution (same as the body's explain)",
+                }
+            ]
+            op["responses"] = {
+                "200": openapi_response("the prediction(s)", "BatchResponse" if batch else "ScoreResponse"),
+                **common,
+            }
             if scoring_sec: op["security"] = scoring_sec
         ex = doc["paths"]["/v1/explanations/{request_id}"]["get"]
-        ex["responses"] = {"200": openapi_response("the decision and its explanation", "ExplanationResponse"), "404": openapi_response("no such request in the log", "Error"),
-                           "422": openapi_response("not a request id", "ValidationErrors"), **({"401": common["401"]} if scoring_sec else {})}
+        ex["responses"] = {"200": openapi_response("the decision and its explanation", "ExplanationResponse"),
+                           "404": openapi_response("no such request in the log", "Error"),
+                           "422": openapi_response("not a request id", "ValidationErrors"),
+                           **({"401": common["401"]} if scoring_sec else {})}
         if scoring_sec: ex["security"] = scoring_sec
         adm = doc["paths"]["/admin/reload"]["post"]
         adm["security"] = [{"bearerAuth": []}]
-        adm["responses"] = {"200": openapi_response("what the check did"), "401": openapi_response("missing or wrong bearer token", "Error"),
-                            "403": openapi_response("admin endpoints disabled (no token configured)", "Error"), "503": openapi_response("the registry did not answer", "Error")}
-        doc["paths"]["/ready"]["get"]["responses"] = {"200": openapi_response("ready"), "503": openapi_response("not ready: no model loaded yet")}
-        doc["paths"]["/v1/model"]["get"]["responses"] = {"200": openapi_response("the served model"), "503": openapi_response("no model loaded yet", "Error")}
-        doc["paths"]["/metrics"]["get"]["responses"] = {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+        adm["responses"] = {"200": openapi_response("what the check did"),
+                            "401": openapi_response("missing or wrong bearer token", "Error"),
+                            "403": openapi_response("admin endpoints disabled (no token configured)", "Error"),
+                            "503": openapi_response("the registry did not answer", "Error")}
+        doc["paths"]["/ready"]["get"]["responses"] = {"200": openapi_response("ready"),
+                                                      "503": openapi_response("not ready: no model loaded yet")}
+        doc["paths"]["/v1/model"]["get"]["responses"] = {"200": openapi_response("the served model"),
+                                                         "503": openapi_response("no model loaded yet", "Error")}
+        doc["paths"]["/metrics"]["get"]["responses"] = {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        }
         self._openapi = (key, doc)
         return doc
 
@@ -368,15 +482,27 @@ def _pseudonyms(ids: Sequence[Any], key: bytes | None) -> Sequence[str | None]:
 
 def _audit_explanation(cfg: Settings, request_id: str, model: ServedModel, preds: list[dict], actor: str) -> None:
     from mlops_nb.audit import append_event
-    append_event(cfg, AUDIT_API_EXPLANATION, request_id, {"model": model.name, "model_version": model.version, "rows": len(preds),
-                                                      "customer_keys": sorted({p["customer_key"] for p in preds if p["customer_key"]})[:100]}, actor=actor)
+    append_event(
+        cfg,
+        AUDIT_API_EXPLANATION,
+        request_id,
+        {
+            "model": model.name,
+            "model_version": model.version,
+            "rows": len(preds),
+            "customer_keys": sorted({p["customer_key"] for p in preds if p["customer_key"]})[:100],
+        },
+        actor=actor,
+    )
 
 # %% ../nbs/56_api.ipynb #b49dc8cb
 def app_from_env() -> ScoringApp:
-    "The app for a uvicorn worker: settings from $MLOPS_SETTINGS (default ./settings.ini) with MLOPS_<SECTION>__<KEY> overrides."
+    """The app for a uvicorn worker: settings from $MLOPS_SETTINGS (default ./settings.ini) with MLOPS_<SECTION>__<KEY>
+    overrides."""
     from mlops_nb.settings import load_settings
     return ScoringApp(load_settings(os.environ.get(ENV_SETTINGS) or "settings.ini"))
 
+# %% ../nbs/56_api.ipynb #708a5165
 def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     "uvicorn's logging configuration, with this module's logger on the same handler."
     import copy
@@ -385,6 +511,7 @@ def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
     c["loggers"]["mlops_nb"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return c
 
+# %% ../nbs/56_api.ipynb #e75df152
 def serve(cfg: Settings,                # the run settings (their file is what the workers read)
           host: str | None = None,      # overrides [api] host
           port: int | None = None,      # overrides [api] port
@@ -402,7 +529,8 @@ def serve(cfg: Settings,                # the run settings (their file is what t
     api = load_settings(cfg.source).api                     # validates the overrides now, with clear errors
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(var, "1")
     if api.host not in ("127.0.0.1", "localhost", "::1") and api.auth == "none":
-        log.warning("listening on %s with [api] auth = none: anyone who can reach it can score and read explanations", api.host)
+        log.warning("listening on %s with [api] auth = none: anyone who can reach it can score and read explanations",
+                    api.host)
     prom = ctl = None
     if api.workers > 1:
         prom = tempfile.mkdtemp(prefix="mlops-nb-metrics-")
@@ -410,8 +538,10 @@ def serve(cfg: Settings,                # the run settings (their file is what t
         ctl = tempfile.mkdtemp(prefix="mlops-nb-control-")    # reloads announced to every worker (see ServingState)
         os.environ[ENV_API_CONTROL_DIR] = ctl
     try:
-        uvicorn.run("mlops_nb.api:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers, lifespan="on",
-                    access_log=api.access_log, log_config=uvicorn_log_config(log_level), log_level=log_level, timeout_graceful_shutdown=30,
+        uvicorn.run("mlops_nb.api:app_from_env", factory=True, host=api.host, port=api.port, workers=api.workers,
+                    lifespan="on",
+                    access_log=api.access_log, log_config=uvicorn_log_config(log_level), log_level=log_level,
+                    timeout_graceful_shutdown=30,
                     server_header=False)
     finally:
         for var, d in (("PROMETHEUS_MULTIPROC_DIR", prom), (ENV_API_CONTROL_DIR, ctl)):

@@ -1,4 +1,5 @@
-"""What the scoring API accepts and answers: the request envelope checked field by field (every problem at once, never the value sent), the HTTP errors, and the OpenAPI schemas built from the served model's own features.
+"""What the scoring API accepts and answers: the request envelope checked field by field (every problem at once,
+never the value sent), the HTTP errors, and the OpenAPI schemas built from the served model's own features.
 
 Docs: https://mlops-nb.github.io/mlops-nb/api_contract.html.md"""
 
@@ -27,7 +28,9 @@ class RequestError(Exception):
     MAX_ERRORS = 50   # errors reported per response (a batch of bad rows would otherwise answer with megabytes)
 
     def __init__(self, status: int, detail: str | list[FieldError], headers: Sequence[tuple[bytes, bytes]] = ()):
-        super().__init__(detail if isinstance(detail, str) else "; ".join(f"{field_name(e.loc)}: {e.msg}" for e in detail[:5]))
+        super().__init__(
+            detail if isinstance(detail, str) else "; ".join(f"{field_name(e.loc)}: {e.msg}" for e in detail[:5])
+        )
         self.status, self.detail, self.headers = status, detail, list(headers)
 
     def body(self) -> bytes:
@@ -48,31 +51,40 @@ RECORD_KEYS = frozenset({"customer_id", "features"})
 MAX_CUSTOMER_ID = 128
 
 def parse_json(body: bytes) -> Any:
-    "The request body as JSON; a lenient second parse lets NaN/Infinity reach the field checks (which refuse them by name)."
+    """The request body as JSON; a lenient second parse lets NaN/Infinity reach the field checks (which refuse them by
+    name)."""
     if not body.strip(): raise RequestError(422, [FieldError(("body",), "a JSON body is required", "missing")])
     try: return orjson.loads(body)
     except orjson.JSONDecodeError as e:
         try: return json.loads(body)
-        except (ValueError, RecursionError): raise RequestError(422, [FieldError(("body",), f"invalid JSON: {e}", "json_invalid")]) from None
+        except (ValueError, RecursionError):
+            raise RequestError(422, [FieldError(("body",), f"invalid JSON: {e}", "json_invalid")]) from None
 
+# %% ../nbs/55_api_contract.ipynb #a4196065
 def _flag(v: Any, loc: tuple, errors: list[FieldError]) -> bool:
     if v is ABSENT or type(v) is bool: return v is True
     errors.append(FieldError(loc, f"expected true or false, got {json_type(v)}", "bool_type"))
     return False
 
 def query_explain(query: bytes) -> bool:
-    "The `explain` query parameter: `true` or `false` (the schema's boolean); 422 for anything else, an empty value included."
+    """The `explain` query parameter: `true` or `false` (the schema's boolean); 422 for anything else, an empty value
+    included."""
     if not query: return False
     vals = parse_qs(query.decode("latin-1"), keep_blank_values=True).get("explain")
     if not vals: return False
     if vals[-1] in ("true", "false") and len(vals) == 1: return vals[0] == "true"
     raise RequestError(422, [FieldError(("query", "explain"), "expected true or false", "bool_parsing")])
 
-def check_envelope(obj: Any, batch: bool, max_rows: int, errors: list[FieldError]) -> tuple[list[tuple[tuple, Any, Any]], bool]:
-    "The (loc, customer_id, features) of each record and the explain flag; envelope problems go to `errors` (413 for too many records)."
-    if type(obj) is not dict: raise RequestError(422, [FieldError(("body",), f"expected a JSON object, got {json_type(obj)}", "object_type")])
+# %% ../nbs/55_api_contract.ipynb #af0879c9
+def check_envelope(obj: Any, batch: bool, max_rows: int,
+                   errors: list[FieldError]) -> tuple[list[tuple[tuple, Any, Any]], bool]:
+    """The (loc, customer_id, features) of each record and the explain flag; envelope problems go to `errors` (413 for
+    too many records)."""
+    if type(obj) is not dict:
+        raise RequestError(422, [FieldError(("body",), f"expected a JSON object, got {json_type(obj)}", "object_type")])
     for k in obj.keys() - ENVELOPE[batch]:
-        errors.append(FieldError(("body", k), f"unknown field; expected {', '.join(sorted(ENVELOPE[batch]))}", "extra_forbidden"))
+        errors.append(FieldError(("body", k), f"unknown field; expected {', '.join(sorted(ENVELOPE[batch]))}",
+                                 "extra_forbidden"))
     explain = _flag(obj.get("explain", ABSENT), ("body", "explain"), errors)
     out: list[tuple[tuple, Any, Any]] = []
     if not batch:
@@ -82,15 +94,21 @@ def check_envelope(obj: Any, batch: bool, max_rows: int, errors: list[FieldError
     else:
         recs = obj.get("records", ABSENT)
         if recs is ABSENT: errors.append(FieldError(("body", "records"), "field required", "missing"))
-        elif type(recs) is not list: errors.append(FieldError(("body", "records"), f"expected an array, got {json_type(recs)}", "list_type"))
+        elif type(recs) is not list:
+            errors.append(FieldError(("body", "records"), f"expected an array, got {json_type(recs)}", "list_type"))
         elif not recs: errors.append(FieldError(("body", "records"), "at least one record is required", "too_short"))
         elif len(recs) > max_rows:
-            raise RequestError(413, f"{len(recs)} records in one request; the limit is {max_rows} ([api] max_batch_rows): send several requests")
+            raise RequestError(413,
+                               f"{len(recs)} records in one request; the limit is {max_rows} ([api] max_batch_rows): "
+                               "send several requests")
         else:
             for i, r in enumerate(recs):
                 loc = ("body", "records", i)
-                if type(r) is not dict: errors.append(FieldError(loc, f"expected an object, got {json_type(r)}", "object_type")); continue
-                for k in r.keys() - RECORD_KEYS: errors.append(FieldError((*loc, k), "unknown field; expected customer_id, features", "extra_forbidden"))
+                if type(r) is not dict:
+                    errors.append(FieldError(loc, f"expected an object, got {json_type(r)}", "object_type")); continue
+                for k in r.keys() - RECORD_KEYS:
+                    errors.append(FieldError((*loc, k), "unknown field; expected customer_id, features",
+                                             "extra_forbidden"))
                 _check_id(r.get("customer_id"), (*loc, "customer_id"), errors)
                 if "features" not in r: errors.append(FieldError((*loc, "features"), "field required", "missing"))
                 else: out.append(((*loc, "features"), r.get("customer_id"), r["features"]))
@@ -98,60 +116,88 @@ def check_envelope(obj: Any, batch: bool, max_rows: int, errors: list[FieldError
 
 def _check_id(v: Any, loc: tuple, errors: list[FieldError]) -> None:
     if v is None: return
-    if type(v) is not str: errors.append(FieldError(loc, f"expected a string or null, got {json_type(v)}", "string_type"))
-    elif not 1 <= len(v) <= MAX_CUSTOMER_ID: errors.append(FieldError(loc, f"must have 1 to {MAX_CUSTOMER_ID} characters", "string_length"))
+    if type(v) is not str:
+        errors.append(FieldError(loc, f"expected a string or null, got {json_type(v)}", "string_type"))
+    elif not 1 <= len(v) <= MAX_CUSTOMER_ID:
+        errors.append(FieldError(loc, f"must have 1 to {MAX_CUSTOMER_ID} characters", "string_length"))
 
 # %% ../nbs/55_api_contract.ipynb #3f6c9e38
 def api_schemas(model: ServedModel | None, api: Any) -> dict[str, Any]:
     "The OpenAPI component schemas of the scoring endpoints, for the served model."
-    if model is None: features: dict[str, Any] = {"type": "object", "description": "the served model's features (no model is loaded yet)"}
+    if model is None:
+        features: dict[str, Any] = {"type": "object",
+                                    "description": "the served model's features (no model is loaded yet)"}
     else:
         desc, props = model.churn.spec.description, {}
-        for f in model.numeric: props[f] = {"type": ["number", "null"], "description": desc.get(f, "") + " (null = missing)"}
+        for f in model.numeric:
+            props[f] = {"type": ["number", "null"], "description": desc.get(f, "") + " (null = missing)"}
         for f in model.scorer.records.categorical:
             s: dict[str, Any] = {"type": ["string", "null"], "description": desc.get(f, "") + " (null = missing)"}
             if api.unknown_category == "reject": s["enum"] = [*model.scorer.records.categories[f], None]
             props[f] = s
-        features = {"type": "object", "properties": props, "required": list(model.features), "additionalProperties": False,
+        features = {"type": "object", "properties": props, "required": list(model.features),
+                    "additionalProperties": False,
                     "description": f"the features of {model.name} version {model.version}"}
     cid = {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_CUSTOMER_ID,
            "description": "the company's customer id (optional); only its keyed pseudonym is logged or returned"}
-    explain = {"type": "boolean", "default": False, "description": "also return each feature's contribution to the log-odds"}
+    explain = {"type": "boolean", "default": False,
+               "description": "also return each feature's contribution to the log-odds"}
     num, model_ref = {"type": "number"}, {"$ref": "#/components/schemas/ModelRef"}
     explanation = {"type": "object", "required": ["log_odds", "base_log_odds", "contributions"], "properties": {
         "log_odds": {**num, "description": "the model's log-odds, before calibration"}, "base_log_odds": num,
-        "contributions": {"type": "array", "description": "largest first; they add up to log_odds - base_log_odds", "items": {
+        "contributions": {"type": "array", "description": "largest first; they add up to log_odds - base_log_odds",
+                          "items": {
             "type": "object", "required": ["feature", "value", "contribution"],
-            "properties": {"feature": {"type": "string"}, "value": {"type": ["number", "string", "null"]}, "contribution": num}}}}}
-    prediction = {"churn_probability": {"type": "number", "minimum": 0, "maximum": 1}, "decision": {"type": "boolean", "description": "contact this customer"},
-                  "customer_key": {"type": ["string", "null"], "description": "pseudonym of customer_id"}, "explanation": {"$ref": "#/components/schemas/Explanation"}}
+            "properties": {"feature": {"type": "string"}, "value": {"type": ["number", "string", "null"]},
+                           "contribution": num}}}}}
+    prediction = {"churn_probability": {"type": "number", "minimum": 0, "maximum": 1},
+                  "decision": {"type": "boolean", "description": "contact this customer"},
+                  "customer_key": {"type": ["string", "null"], "description": "pseudonym of customer_id"},
+                  "explanation": {"$ref": "#/components/schemas/Explanation"}}
     return {
         "Features": features,
         "ScoreRequest": {"type": "object", "required": ["features"], "additionalProperties": False,
-                         "properties": {"customer_id": cid, "features": {"$ref": "#/components/schemas/Features"}, "explain": explain}},
+                         "properties": {"customer_id": cid, "features": {"$ref": "#/components/schemas/Features"},
+                                        "explain": explain}},
         "BatchRecord": {"type": "object", "required": ["features"], "additionalProperties": False,
                         "properties": {"customer_id": cid, "features": {"$ref": "#/components/schemas/Features"}}},
         "BatchRequest": {"type": "object", "required": ["records"], "additionalProperties": False, "properties": {
-            "records": {"type": "array", "minItems": 1, "maxItems": api.max_batch_rows, "items": {"$ref": "#/components/schemas/BatchRecord"}},
+            "records": {"type": "array", "minItems": 1, "maxItems": api.max_batch_rows,
+                        "items": {"$ref": "#/components/schemas/BatchRecord"}},
             "explain": explain}},
-        "ModelRef": {"type": "object", "required": ["name", "version"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+        "ModelRef": {"type": "object", "required": ["name", "version"],
+                     "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
         "Explanation": explanation,
-        "ScoreResponse": {"type": "object", "required": ["request_id", "model", "customer_key", "churn_probability", "decision", "threshold"],
-                          "properties": {"request_id": {"type": "string", "format": "uuid"}, "model": model_ref, "threshold": num, **prediction}},
-        "BatchResponse": {"type": "object", "required": ["request_id", "model", "threshold", "predictions"], "properties": {
+        "ScoreResponse": {"type": "object",
+                          "required": ["request_id", "model", "customer_key", "churn_probability", "decision",
+                                       "threshold"],
+                          "properties": {"request_id": {"type": "string", "format": "uuid"}, "model": model_ref,
+                                         "threshold": num, **prediction}},
+        "BatchResponse": {"type": "object", "required": ["request_id", "model", "threshold", "predictions"],
+                          "properties": {
             "request_id": {"type": "string", "format": "uuid"}, "model": model_ref, "threshold": num,
-            "predictions": {"type": "array", "items": {"type": "object", "required": ["row", "customer_key", "churn_probability", "decision"],
+            "predictions": {"type": "array",
+                            "items": {"type": "object",
+                                      "required": ["row", "customer_key", "churn_probability", "decision"],
                                                        "properties": {"row": {"type": "integer"}, **prediction}}}}},
-        "ExplanationResponse": {"type": "object", "required": ["request_id", "time", "model", "lineage", "predictions"], "properties": {
-            "request_id": {"type": "string"}, "time": {"type": "string"}, "model": model_ref, "lineage": {"type": "object"},
-            "predictions": {"type": "array", "items": {"type": "object", "required": ["row", "churn_probability", "decision", "threshold", "explanation"],
-                                                       "properties": {"row": {"type": "integer"}, "threshold": num, **prediction}}}}},
+        "ExplanationResponse": {"type": "object", "required": ["request_id", "time", "model", "lineage", "predictions"],
+                                "properties": {
+            "request_id": {"type": "string"}, "time": {"type": "string"}, "model": model_ref,
+            "lineage": {"type": "object"},
+            "predictions": {"type": "array",
+                            "items": {"type": "object",
+                                      "required": ["row", "churn_probability", "decision", "threshold", "explanation"],
+                                                       "properties": {"row": {"type": "integer"}, "threshold": num,
+                                                                      **prediction}}}}},
         "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}},
-        "ValidationErrors": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "array", "items": {
+        "ValidationErrors": {"type": "object", "required": ["detail"],
+                             "properties": {"detail": {"type": "array", "items": {
             "type": "object", "required": ["loc", "msg", "type"],
-            "properties": {"loc": {"type": "array"}, "field": {"type": "string"}, "msg": {"type": "string"}, "type": {"type": "string"}}}}}},
+            "properties": {"loc": {"type": "array"}, "field": {"type": "string"}, "msg": {"type": "string"},
+                           "type": {"type": "string"}}}}}},
     }
 
+# %% ../nbs/55_api_contract.ipynb #55a8dc99
 def openapi_response(description: str, schema: str | None = None, media: str = "application/json") -> dict[str, Any]:
     r: dict[str, Any] = {"description": description}
     if schema: r["content"] = {media: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}

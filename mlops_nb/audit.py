@@ -54,7 +54,8 @@ def _last_line(f) -> str:
 def append_event(cfg: Settings, kind: str, subject: str, details: dict[str, Any] | None = None,
                  actor: str | None = None) -> AuditEvent:
     "Append one event to the trail under an exclusive lock and return it; a kind the catalog does not list is refused."
-    if kind not in AUDIT_KINDS: raise ValueError(f"unknown audit event kind {kind!r}: add it to the catalog (mlops_nb.catalog) first")
+    if kind not in AUDIT_KINDS:
+        raise ValueError(f"unknown audit event kind {kind!r}: add it to the catalog (mlops_nb.catalog) first")
     path = cfg.paths.audit
     path.parent.mkdir(parents=True, exist_ok=True)
     actor = actor or os.environ.get(ENV_ACTOR) or getpass.getuser()
@@ -63,13 +64,23 @@ def append_event(cfg: Settings, kind: str, subject: str, details: dict[str, Any]
         try:
             last = _last_line(f)
             prev = json.loads(last) if last else None
-            d = dict(seq=prev["seq"] + 1 if prev else 0, time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-                     kind=kind, actor=actor, subject=subject, details=details or {}, prev=prev["hash"] if prev else GENESIS)
+            d = dict(
+                seq=prev["seq"] + 1 if prev else 0,
+                time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+                kind=kind,
+                actor=actor,
+                subject=subject,
+                details=details or {},
+                prev=prev["hash"] if prev else GENESIS,
+            )
             d["hash"] = _digest(d)
-            f.seek(0, os.SEEK_END); f.write((json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n").encode()); f.flush(); os.fsync(f.fileno())
+            f.seek(0, os.SEEK_END)
+            f.write((json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n").encode())
+            f.flush(); os.fsync(f.fileno())
         finally: fcntl.flock(f, fcntl.LOCK_UN)
     return AuditEvent(**d)
 
+# %% ../nbs/05_audit.ipynb #9e730666
 def read_events(cfg: Settings, kind: str | None = None) -> Iterator[AuditEvent]:
     "The trail's events in order (optionally only one kind, or kinds starting with `kind.`)."
     if not cfg.paths.audit.exists(): return
@@ -79,6 +90,7 @@ def read_events(cfg: Settings, kind: str | None = None) -> Iterator[AuditEvent]:
             e = AuditEvent(**json.loads(line))
             if kind is None or e.kind == kind or e.kind.startswith(kind + "."): yield e
 
+# %% ../nbs/05_audit.ipynb #6408470e
 def verify_chain(cfg: Settings) -> tuple[bool, int | None]:
     "(True, None) if every event's hash and link are intact, else (False, seq of the first broken event)."
     prev, n = GENESIS, 0

@@ -1,4 +1,5 @@
-"""Point the lifecycle at your own flat table — a CSV or Parquet file, or a folder of them — with a `[byod]` settings section and no code change.
+"""Point the lifecycle at your own flat table — a CSV or Parquet file, or a folder of them — with a `[byod]` settings
+section and no code change.
 
 Docs: https://mlops-nb.github.io/mlops-nb/byod.html.md"""
 
@@ -45,7 +46,9 @@ def byod_files(path: Path) -> list[Path]:
     path = Path(path)
     if not path.exists(): raise SettingsError(f"[byod] path: {path} does not exist")
     if path.is_file():
-        if file_format(path) is None: raise SettingsError(f"[byod] path: {path} is not a CSV or Parquet file (expected one of {', '.join(BYOD_SUFFIXES)})")
+        if file_format(path) is None:
+            raise SettingsError(f"[byod] path: {path} is not a CSV or Parquet file (expected one of "
+                                f"{', '.join(BYOD_SUFFIXES)})")
         return [path]
     found = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
     files = [p for p in found if file_format(p)]
@@ -68,6 +71,7 @@ def detect_encoding(path: Path, chunk: int = 1 << 20) -> str:
     except UnicodeDecodeError: return "latin-1"
     return "utf-8"
 
+# %% ../nbs/23_byod.ipynb #01ca9a2c
 @dataclass
 class RawFile:
     "One file read as text: its rows (strings or None) and the lines that could not be read."
@@ -75,6 +79,7 @@ class RawFile:
     rows: pd.DataFrame              # all columns as object strings, plus _row (1-based record number)
     rejected: pd.DataFrame          # row, error (one per unreadable record)
 
+# %% ../nbs/23_byod.ipynb #10cabb4b
 def read_raw_file(path: Path) -> RawFile:
     "Read one CSV or Parquet file as text; a clear error naming the file if it cannot be read at all."
     import duckdb
@@ -90,8 +95,11 @@ def read_raw_file(path: Path) -> RawFile:
             enc = detect_encoding(path)
             rows = con.execute("SELECT * FROM read_csv(?, all_varchar = true, header = true, store_rejects = true, "
                                "encoding = ?, null_padding = false)", [str(path), enc]).df()
-            rej = con.execute("SELECT line, min(error_type)::VARCHAR AS t, min(error_message)::VARCHAR AS m FROM reject_errors GROUP BY line ORDER BY line").df()
-            rejected = pd.DataFrame({"row": (rej["line"] - 1).astype("int64"), "error": (rej["t"] + ": " + rej["m"]).astype(object)})
+            rej = con.execute("SELECT line, min(error_type)::VARCHAR AS t, min(error_message)::VARCHAR AS m FROM "
+                              "reject_errors GROUP BY line ORDER BY line").df()
+            rejected = pd.DataFrame(
+                {"row": (rej["line"] - 1).astype("int64"), "error": (rej["t"] + ": " + rej["m"]).astype(object)}
+            )
             bad = set(rejected["row"].tolist())
             pos, k = [], 1
             for _ in range(len(rows)):
@@ -101,7 +109,9 @@ def read_raw_file(path: Path) -> RawFile:
     except duckdb.Error as e:
         raise SettingsError(f"[byod] cannot read {path}: {str(e).splitlines()[0]}") from None
     finally: con.close()
-    if rows.shape[1] <= 2: raise SettingsError(f"[byod] {path} has fewer than two columns (is it empty, missing its header row, or not delimited?)")
+    if rows.shape[1] <= 2:
+        raise SettingsError(f"[byod] {path} has fewer than two columns (is it empty, missing its header row, or not "
+                            "delimited?)")
     rows.columns = [str(c).strip() for c in rows.columns]
     return RawFile(path, rows.astype({c: object for c in rows.columns if c != "_row"}), rejected)
 
@@ -140,7 +150,8 @@ def parse_numbers(s: pd.Series) -> pd.Series:
     out = pd.to_numeric(t, errors="coerce").astype("float64")
     return out.where(np.isfinite(out))
 
-DATE_FORMATS = ("%Y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%d/%m/%Y", "%d-%m-%Y", "%Y/%m/%d", "%d/%m/%Y %H:%M", "%Y%m%d")
+DATE_FORMATS = ("%Y-%m-%d", "%Y-%m", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%d/%m/%Y", "%d-%m-%Y", "%Y/%m/%d",
+                "%d/%m/%Y %H:%M", "%Y%m%d")
 
 def parse_months(s: pd.Series) -> pd.Series:
     "'YYYY-MM' of each (clean) date or month text; None where missing or unparseable."
@@ -155,8 +166,10 @@ def parse_months(s: pd.Series) -> pd.Series:
 # %% ../nbs/23_byod.ipynb #54469214
 MAX_CATEGORIES = 50        # undeclared text with more distinct values than this is not a feature
 NUMERIC_SHARE = 0.95       # share of values that must parse as numbers for an undeclared column to be numeric
-PII_NAMES = {"name", "nome", "full_name", "nome_completo", "first_name", "last_name", "cpf", "cnpj", "rg", "email", "e_mail",
-             "phone", "telefone", "celular", "mobile_number", "phone_number", "address", "endereco", "street", "postal_code",
+PII_NAMES = {"name", "nome", "full_name", "nome_completo", "first_name", "last_name", "cpf", "cnpj", "rg", "email",
+             "e_mail",
+             "phone", "telefone", "celular", "mobile_number", "phone_number", "address", "endereco", "street",
+             "postal_code",
              "cep", "zip", "zip_code", "birth_date", "data_nascimento", "date_of_birth", "dob", "ip_address"}
 _EMAIL = r"[^@\s]+@[^@\s]+\.[a-zA-Z]{2,}"
 _CPF = r"\d{3}\.?\d{3}\.?\d{3}-?\d{2}"
@@ -169,11 +182,13 @@ class ColumnRole:
     role: str        # id | target | time | pii | sensitive | categorical | numeric | dropped
     why: str = ""    # how the role was decided
 
+# %% ../nbs/23_byod.ipynb #580f8f4b
 def looks_like_pii(s: pd.Series) -> bool:
     "True if most values of a (clean) text column look like e-mail addresses or CPF numbers."
     v = s.dropna().astype(str).head(1000)
     return len(v) > 0 and bool((v.str.fullmatch(_EMAIL) | v.str.fullmatch(_CPF)).mean() > 0.5)
 
+# %% ../nbs/23_byod.ipynb #397ccebf
 def infer_role(name: str, s: pd.Series) -> tuple[str, str]:
     "(role, why) of an undeclared column from its clean text values."
     v = s.dropna()
@@ -184,9 +199,11 @@ def infer_role(name: str, s: pd.Series) -> tuple[str, str]:
     if n_distinct == 1: return "dropped", "constant"
     if nums.notna().mean() >= NUMERIC_SHARE:
         whole = bool((nums.dropna() % 1 == 0).all())
-        if whole and n_distinct == len(v) and len(v) >= 50: return "dropped", "id-like: a distinct whole number on every row"
+        if whole and n_distinct == len(v) and len(v) >= 50:
+            return "dropped", "id-like: a distinct whole number on every row"
         return "numeric", f"{nums.notna().mean():.0%} of values are numbers"
-    if re.search(r"(^|_)(id|key|uuid)$", snake_name(name)) and n_distinct > MAX_CATEGORIES: return "dropped", "id-like name and values"
+    if re.search(r"(^|_)(id|key|uuid)$", snake_name(name)) and n_distinct > MAX_CATEGORIES:
+        return "dropped", "id-like name and values"
     if n_distinct > MAX_CATEGORIES: return "dropped", f"high-cardinality text ({n_distinct} distinct values)"
     return "categorical", f"text with {n_distinct} distinct values"
 
@@ -209,7 +226,8 @@ def column_roles(df: pd.DataFrame,        # the rows as clean text (all files)
     for group, key in ((pii, "pii_columns"), (sens, "sensitive_columns"), (cat, "categorical_columns")):
         for c in group:
             if c in special: raise SettingsError(f"[byod] {key}: {c!r} is already the {special[c]}")
-    for a, b_, ka, kb in ((pii, sens, "pii_columns", "sensitive_columns"), (pii, cat, "pii_columns", "categorical_columns"),
+    for a, b_, ka, kb in ((pii, sens, "pii_columns", "sensitive_columns"),
+                          (pii, cat, "pii_columns", "categorical_columns"),
                           (sens, cat, "sensitive_columns", "categorical_columns")):
         both = sorted(set(a) & set(b_))
         if both: raise SettingsError(f"[byod] {', '.join(both)} cannot be in both {ka} and {kb}")
@@ -238,19 +256,24 @@ def _label_key(v: Any) -> Any:
     try: f = float(s); return str(int(f)) if f == int(f) else str(f)
     except (ValueError, OverflowError): return s
 
-def label_values(s: pd.Series, positive: str, column: str, where: str, max_other_share: float = 0.02) -> tuple[str, str, list[str]]:
+def label_values(
+    s: pd.Series, positive: str, column: str, where: str, max_other_share: float = 0.02
+) -> tuple[str, str, list[str]]:
     "(positive key, negative key, rare junk keys) of a label column; a clear error unless it is a two-valued label."
     keys = s.map(_label_key, na_action="ignore").dropna()
     counts, pos = keys.value_counts(), _label_key(positive)
     shown = ", ".join(f"{k!r} ({n})" for k, n in counts.head(8).items())
     if pos not in counts.index:
-        raise SettingsError(f"[byod] positive_value = {positive!r} never occurs in the label column {column!r} of {where} (values found: {shown})")
+        raise SettingsError(f"[byod] positive_value = {positive!r} never occurs in the label column {column!r} of "
+                            f"{where} (values found: {shown})")
     rest = counts.drop(pos)
-    if rest.empty: raise SettingsError(f"[byod] the label column {column!r} of {where} holds only the positive value {positive!r}: nothing to learn")
+    if rest.empty:
+        raise SettingsError(f"[byod] the label column {column!r} of {where} holds only the positive value "
+                            f"{positive!r}: nothing to learn")
     neg, junk = rest.index[0], rest.iloc[1:]
     if (junk / len(keys) > max_other_share).any():
-        raise SettingsError(f"[byod] the label column {column!r} of {where} has more than two values ({shown}); "
-                            f"map it to two values (one of them {positive!r}) before loading")
+        raise SettingsError(f"[byod] the label column {column!r} of {where} has more than two values ({shown}); map "
+                            f"it to two values (one of them {positive!r}) before loading")
     return pos, neg, list(junk.index)
 
 # %% ../nbs/23_byod.ipynb #3d3d0acb
@@ -279,7 +302,8 @@ def row_reasons(df: pd.DataFrame, roles: Sequence[ColumnRole], pos: str, neg: st
         flag(df[tc].isna(), "missing_time", tc)
         flag(parse_months(df[tc]).isna() & df[tc].notna(), "unparseable_time", tc)
     for x in roles:
-        if x.role == "numeric": flag(parse_numbers(df[x.source]).isna() & df[x.source].notna(), "unparseable_number", x.source)
+        if x.role == "numeric":
+            flag(parse_numbers(df[x.source]).isna() & df[x.source].notna(), "unparseable_number", x.source)
     return pd.DataFrame({"reason": reason, "detail": detail}).astype(object).where(reason.notna(), None)
 
 # %% ../nbs/23_byod.ipynb #8c5b3b3b
@@ -298,7 +322,8 @@ class LoadResult:
     label: dict[str, str] = field(default_factory=dict)  # {'positive': ..., 'negative': ...} as compared (case-folded)
 
     @property
-    def reconciles(self) -> bool: return self.rows_read == self.rows_loaded + self.rows_quarantined + self.rows_duplicate
+    def reconciles(self) -> bool:
+        return self.rows_read == self.rows_loaded + self.rows_quarantined + self.rows_duplicate
 
     def columns(self, role: str) -> list[str]:
         "Warehouse names of the columns with `role`."
@@ -313,8 +338,12 @@ class LoadResult:
 # %% ../nbs/23_byod.ipynb #e53cbd8e
 def byod_fingerprint(cfg: Settings, files: Sequence[Path]) -> str:
     "A hash of the files' bytes and of the settings that shape a load."
-    h = hashlib.sha256(json.dumps({k: v for k, v in cfg.flat().items() if k.startswith("byod_") or k == "privacy_direct_identifiers"},
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in cfg.flat().items() if k.startswith("byod_") or k == "privacy_direct_identifiers"},
+            sort_keys=True,
+        ).encode()
+    )
     for p in files:
         h.update(str(p.name).encode() + b"\0")
         with open(p, "rb") as f:
@@ -334,8 +363,10 @@ def _read_all(files: Sequence[Path], cfg: Settings) -> tuple[pd.DataFrame, pd.Da
         parts.append(rows); rejected.append(raw.rejected.assign(file=str(p)))
     names = [[c for c in part.columns if not c.startswith("_")] for part in parts]
     first = names[0]
-    for part, cols in zip(parts[1:], names[1:]):   # align spellings of one column across files (customerID vs customer_id)
-        part.rename(columns={c: f for c in cols for f in first if c != f and _norm_name(c) == _norm_name(f)}, inplace=True)
+    # align spellings of one column across files (customerID vs customer_id)
+    for part, cols in zip(parts[1:], names[1:]):
+        part.rename(columns={c: f for c in cols for f in first if c != f and _norm_name(c) == _norm_name(f)},
+                    inplace=True)
     df = pd.concat(parts, ignore_index=True, sort=False)
     for c in df.columns:
         if not c.startswith("_"): df[c] = clean_text(df[c])
@@ -345,7 +376,8 @@ def _safe_records(df: pd.DataFrame, roles: Sequence[ColumnRole]) -> pd.Series:
     "Each row's non-personal values (label, time, features, sensitive) as JSON text."
     keep = [r.source for r in roles if r.role in ("target", "time", "sensitive", "categorical", "numeric")]
     sub = df[keep].rename(columns={r.source: r.name for r in roles})
-    return pd.Series([json.dumps(rec, ensure_ascii=False) for rec in sub.to_dict("records")], index=df.index, dtype=object)
+    return pd.Series([json.dumps(rec, ensure_ascii=False) for rec in sub.to_dict("records")], index=df.index,
+                     dtype=object)
 
 # %% ../nbs/23_byod.ipynb #1138cfdb
 def typed_rows(df: pd.DataFrame, roles: Sequence[ColumnRole], keys: np.ndarray, pos: str) -> pd.DataFrame:
@@ -371,7 +403,8 @@ def sensitive_values(s: pd.Series, name: str) -> pd.Series:
 
 # %% ../nbs/23_byod.ipynb #e3d960e4
 def load_byod(cfg: Settings) -> LoadResult:
-    "Load the `[byod]` table into the warehouse (staging, quarantine, load record) and its personal data into the vault."
+    """Load the `[byod]` table into the warehouse (staging, quarantine, load record) and its personal data into the
+    vault."""
     files = byod_files(cfg.byod.path)
     where = str(cfg.byod.path)
     df, rejected = _read_all(files, cfg)
@@ -397,18 +430,45 @@ def load_byod(cfg: Settings) -> LoadResult:
     has_id = ids.notna().to_numpy()
     vault_rows = df.loc[has_id, [r.source for r in roles if r.role in ("id", "pii")]]
     staging = typed_rows(df[ok], roles, keys[ok.to_numpy()], pos)
-    quarantine = pd.concat([
-        pd.DataFrame({"file": df.loc[~ok, "_file"], "row": df.loc[~ok, "_row"].astype("int64"), "reason": bad.loc[~ok, "reason"],
-                      "detail": bad.loc[~ok, "detail"], "customer_key": keys[~ok.to_numpy()], "record": _safe_records(df[~ok], roles)}),
-        pd.DataFrame({"file": rejected["file"], "row": rejected["row"].astype("int64"), "reason": "unreadable_line",
-                      "detail": rejected["error"], "customer_key": None, "record": None})], ignore_index=True)
-    quarantine = quarantine.astype({"file": object, "reason": object, "detail": object, "customer_key": object, "record": object})
-    res = LoadResult(files=[str(p) for p in files], rows_read=rows_read, rows_loaded=len(staging), rows_quarantined=len(quarantine),
-                     rows_duplicate=int(dup.sum()), reasons=quarantine["reason"].value_counts().sort_index().to_dict(), roles=roles,
+    quarantine = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "file": df.loc[~ok, "_file"],
+                    "row": df.loc[~ok, "_row"].astype("int64"),
+                    "reason": bad.loc[~ok, "reason"],
+                    "detail": bad.loc[~ok, "detail"],
+                    "customer_key": keys[~ok.to_numpy()],
+                    "record": _safe_records(df[~ok], roles),
+                }
+            ),
+            pd.DataFrame(
+                {
+                    "file": rejected["file"],
+                    "row": rejected["row"].astype("int64"),
+                    "reason": "unreadable_line",
+                    "detail": rejected["error"],
+                    "customer_key": None,
+                    "record": None,
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    quarantine = quarantine.astype(
+        {"file": object, "reason": object, "detail": object, "customer_key": object, "record": object}
+    )
+    res = LoadResult(files=[str(p) for p in files], rows_read=rows_read, rows_loaded=len(staging),
+                     rows_quarantined=len(quarantine),
+                     rows_duplicate=int(dup.sum()), reasons=quarantine["reason"].value_counts().sort_index().to_dict(),
+                     roles=roles,
                      fingerprint=byod_fingerprint(cfg, files), time_column="month" if "time" in by else None,
                      label={"positive": pos, "negative": neg})
-    if not res.reconciles: raise AssertionError(f"byod counts do not reconcile: {res.rows_read} read != {res.rows_loaded} + {res.rows_quarantined} + {res.rows_duplicate}")
-    if staging.empty: raise SettingsError(f"[byod] no good rows in {where}: all {rows_read} rows were quarantined ({res.reasons})")
+    if not res.reconciles:
+        raise AssertionError(f"byod counts do not reconcile: {res.rows_read} read != {res.rows_loaded} + "
+                             f"{res.rows_quarantined} + {res.rows_duplicate}")
+    if staging.empty:
+        raise SettingsError(f"[byod] no good rows in {where}: all {rows_read} rows were quarantined ({res.reasons})")
     with open_vault(cfg) as v:
         recorded = pd.Timestamp.now(tz="UTC").strftime("%Y-%m")
         store_in_vault(v, keys[has_id], vault_rows.astype(object).where(vault_rows.notna(), None), recorded)
@@ -423,9 +483,11 @@ def _write_staging(cfg: Settings, staging: pd.DataFrame, quarantine: pd.DataFram
         con.execute("BEGIN")
         try:
             con.execute("CREATE OR REPLACE TABLE staging.byod AS SELECT * FROM _stg")
-            con.execute("CREATE OR REPLACE TABLE quarantine.byod AS SELECT file::VARCHAR AS file, row::BIGINT AS row, reason::VARCHAR AS reason, "
-                        "detail::VARCHAR AS detail, customer_key::VARCHAR AS customer_key, record::VARCHAR AS record FROM _qua")
-            con.execute("CREATE OR REPLACE TABLE staging.byod_load AS SELECT ? AS fingerprint, ? AS result, now() AS loaded_at",
+            con.execute("CREATE OR REPLACE TABLE quarantine.byod AS SELECT file::VARCHAR AS file, row::BIGINT AS row, "
+                        "reason::VARCHAR AS reason, detail::VARCHAR AS detail, customer_key::VARCHAR AS customer_key, "
+                        "record::VARCHAR AS record FROM _qua")
+            con.execute("CREATE OR REPLACE TABLE staging.byod_load AS SELECT ? AS fingerprint, ? AS result, now() AS "
+                        "loaded_at",
                         [res.fingerprint, json.dumps(res.to_dict())])
             con.execute("COMMIT")
         except Exception:
@@ -437,7 +499,8 @@ def staged_load(cfg: Settings) -> LoadResult | None:
     "The LoadResult recorded in the warehouse by the last `load_byod`, or None."
     if not cfg.paths.warehouse.exists(): return None
     with connect_warehouse(cfg) as con:
-        n = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'staging' AND table_name = 'byod_load'").fetchone()[0]
+        n = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'staging' AND table_name "
+                        "= 'byod_load'").fetchone()[0]
         if not n: return None
         return LoadResult.from_dict(json.loads(con.execute("SELECT result FROM staging.byod_load").fetchone()[0]))
 
@@ -448,8 +511,10 @@ def byod_spec(res: LoadResult, cfg: Settings) -> FeatureSpec:
     if res.time_column: desc["month"] = f"month of {by['time'].source}, YYYY-MM"
     desc[by["target"].name] = f"1 if {by['target'].source} is {cfg.byod.positive_value!r}, else 0"
     for r in res.roles:
-        if r.role in ("numeric", "categorical", "sensitive"): desc[r.name] = f"{r.source}: {r.role}" + (" (fairness analysis only)" if r.role == "sensitive" else "")
-    return FeatureSpec("customer_key", by["target"].name, tuple(res.columns("numeric")), tuple(res.columns("categorical")),
+        if r.role in ("numeric", "categorical", "sensitive"):
+            desc[r.name] = f"{r.source}: {r.role}" + (" (fairness analysis only)" if r.role == "sensitive" else "")
+    return FeatureSpec("customer_key", by["target"].name, tuple(res.columns("numeric")),
+                       tuple(res.columns("categorical")),
                        tuple(res.columns("sensitive")), res.time_column, cfg.features.horizon_months, "byod", desc)
 
 def byod_features(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec, LoadResult]:
@@ -457,7 +522,8 @@ def byod_features(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec, LoadResult]
     res = staged_load(cfg)
     if res is None or res.fingerprint != byod_fingerprint(cfg, byod_files(cfg.byod.path)): res = load_byod(cfg)
     spec = byod_spec(res, cfg)
-    cols = ["customer_key", *(["month"] if res.time_column else []), spec.target, *spec.numeric, *spec.categorical, *spec.sensitive]
+    cols = ["customer_key", *(["month"] if res.time_column else []), spec.target, *spec.numeric, *spec.categorical,
+            *spec.sensitive]
     with connect_warehouse(cfg, read_only=False) as con:
         order = "customer_key, month" if res.time_column else "customer_key"
         df = con.execute(f"SELECT {', '.join(cols)} FROM staging.byod ORDER BY {order}").df()
@@ -469,7 +535,14 @@ def byod_features(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec, LoadResult]
 def log_load_result(res: LoadResult) -> None:
     "Log a load's counts, quarantine reasons and column roles to the active MLflow run (no values)."
     import mlflow
-    mlflow.log_metrics({"byod_rows_read": res.rows_read, "byod_rows_loaded": res.rows_loaded, "byod_rows_quarantined": res.rows_quarantined,
-                        "byod_rows_duplicate": res.rows_duplicate, **{f"byod_quarantine_{k}": v for k, v in res.reasons.items()}})
+    mlflow.log_metrics(
+        {
+            "byod_rows_read": res.rows_read,
+            "byod_rows_loaded": res.rows_loaded,
+            "byod_rows_quarantined": res.rows_quarantined,
+            "byod_rows_duplicate": res.rows_duplicate,
+            **{f"byod_quarantine_{k}": v for k, v in res.reasons.items()},
+        }
+    )
     mlflow.log_dict(res.to_dict(), ART_BYOD_LOAD)
     mlflow.set_tag(TAG_BYOD_FINGERPRINT, res.fingerprint)

@@ -1,4 +1,5 @@
-"""Are the probabilities right? The expected calibration error on equal-mass bins, and a strictly increasing map fitted on validation rows when they are not.
+"""Are the probabilities right? The expected calibration error on equal-mass bins, and a strictly increasing map
+fitted on validation rows when they are not.
 
 Docs: https://mlops-nb.github.io/mlops-nb/calibration.html.md"""
 
@@ -24,8 +25,17 @@ __all__ = ['TIE_BREAK', 'reliability_table', 'expected_calibration_error', 'Cali
 def reliability_table(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
     "Per equal-mass bin: rows, mean predicted probability and observed rate (the reliability diagram's points)."
     y, p = np.asarray(y, float), np.asarray(p, float)
-    rows = [dict(bin=i + 1, rows=len(b), mean_predicted=p[b].mean(), observed_rate=y[b].mean(), p_min=p[b].min(), p_max=p[b].max())
-            for i, b in enumerate(equal_mass_bins(p, n_bins))]
+    rows = [
+        dict(
+            bin=i + 1,
+            rows=len(b),
+            mean_predicted=p[b].mean(),
+            observed_rate=y[b].mean(),
+            p_min=p[b].min(),
+            p_max=p[b].max(),
+        )
+        for i, b in enumerate(equal_mass_bins(p, n_bins))
+    ]
     return pd.DataFrame(rows)
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
@@ -42,7 +52,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Calibrator:
-    "A strictly increasing, piecewise-linear map from a model's probability to a calibrated one, fitted on validation rows."
+    """A strictly increasing, piecewise-linear map from a model's probability to a calibrated one, fitted on validation
+    rows."""
     method: str          # isotonic (centred) | platt
     x: np.ndarray        # knots: model probabilities, strictly increasing, from 0 to 1
     y: np.ndarray        # calibrated probability at each knot
@@ -58,6 +69,7 @@ class Calibrator:
         "The same map as a fitted scikit-learn IsotonicRegression (what the packaged model carries)."
         return IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(self.x, self.y)
 
+# %% ../nbs/40_calibration.ipynb #b1c530ee
 def _knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Knots over [0, 1] with strictly increasing x (first of duplicates kept)."
     x, i = np.unique(np.clip(x, 0, 1), return_index=True)
@@ -74,12 +86,14 @@ def _fit_one(method: str, y: np.ndarray, p: np.ndarray) -> Calibrator:
         lr = LogisticRegression(C=1e6).fit(_logit(p).reshape(-1, 1), y)
         a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
         x = np.r_[0.0, 1 / (1 + np.exp(-np.linspace(-16, 16, 8001))), 1.0]
-        return Calibrator("platt", *_knots(x, 1 / (1 + np.exp(-(a * _logit(x) + b)))), params=dict(slope=a, intercept=b))
+        return Calibrator("platt", *_knots(x, 1 / (1 + np.exp(-(a * _logit(x) + b)))),
+                          params=dict(slope=a, intercept=b))
     raise ValueError(f"unknown calibration method {method!r}: use isotonic, platt or auto")
 
 def fit_calibrator(y: np.ndarray,           # validation labels
                    p: np.ndarray,           # the model's validation probabilities
-                   method: str = "auto",    # isotonic | platt | auto (2-fold cross-fit on these rows picks the lower Brier)
+                   # isotonic | platt | auto (2-fold cross-fit on these rows picks the lower Brier)
+                   method: str = "auto",
                    seed: int = 0,           # seed of the auto method's fold split
                    ) -> Calibrator:
     "Fit a calibrator on validation rows; `auto` picks isotonic or Platt by cross-fitted Brier score."

@@ -1,4 +1,6 @@
-"""The model families a train run tunes — a spline logistic regression, gradient-boosted trees and a PyTorch network, each a scikit-learn Pipeline from the raw columns — their search spaces, and the blend that averages the families that tie.
+"""The model families a train run tunes — a spline logistic regression, gradient-boosted trees and a PyTorch network,
+each a scikit-learn Pipeline from the raw columns — their search spaces, and the blend that averages the families
+that tie.
 
 Docs: https://mlops-nb.github.io/mlops-nb/candidates.html.md"""
 
@@ -33,25 +35,46 @@ def import_torch():
     import torch
     return torch
 
+# %% ../nbs/32_candidates.ipynb #09ce9e4b
 class TorchTabularClassifier(ClassifierMixin, BaseEstimator):
-    "A binary MLP classifier on standardised numerics and categorical embeddings, with early stopping; deterministic on CPU."
+    """A binary MLP classifier on standardised numerics and categorical embeddings, with early stopping; deterministic
+    on CPU."""
     def __init__(self,
-                 categorical_features: Sequence[int] = (),  # column indices holding category codes (NaN or < 0 = missing/unseen)
+                 # column indices holding category codes (NaN or < 0 = missing/unseen)
+                 categorical_features: Sequence[int] = (),
                  hidden_sizes: Sequence[int] = (128, 64),    # width of each hidden layer
-                 embedding_dim: int = 0,                     # size of each categorical embedding; 0 = min(8, (categories + 1) // 2)
+                 # size of each categorical embedding; 0 = min(8, (categories + 1) // 2)
+                 embedding_dim: int = 0,
                  dropout: float = 0.1,                       # dropout after each hidden layer
                  learning_rate: float = 1e-3,                # AdamW learning rate
                  weight_decay: float = 1e-4,                 # AdamW weight decay
                  batch_size: int = 512,                      # rows per gradient step
                  max_epochs: int = 200,                      # upper bound on passes over the data
-                 patience: int = 20,                         # stop after this many epochs without a better held-out loss
-                 validation_fraction: float = 0.15,          # share of the training rows held out for early stopping (stratified)
+                 # stop after this many epochs without a better held-out loss
+                 patience: int = 20,
+                 # share of the training rows held out for early stopping (stratified)
+                 validation_fraction: float = 0.15,
                  random_state: int | None = 0,               # seeds initialisation, dropout, hold-out and batch order
                  n_threads: int = 1,                         # torch threads while fitting
                  ):
-        self.categorical_features, self.hidden_sizes, self.embedding_dim, self.dropout = categorical_features, hidden_sizes, embedding_dim, dropout
-        self.learning_rate, self.weight_decay, self.batch_size, self.max_epochs = learning_rate, weight_decay, batch_size, max_epochs
-        self.patience, self.validation_fraction, self.random_state, self.n_threads = patience, validation_fraction, random_state, n_threads
+        self.categorical_features, self.hidden_sizes, self.embedding_dim, self.dropout = (
+            categorical_features,
+            hidden_sizes,
+            embedding_dim,
+            dropout,
+        )
+        self.learning_rate, self.weight_decay, self.batch_size, self.max_epochs = (
+            learning_rate,
+            weight_decay,
+            batch_size,
+            max_epochs,
+        )
+        self.patience, self.validation_fraction, self.random_state, self.n_threads = (
+            patience,
+            validation_fraction,
+            random_state,
+            n_threads,
+        )
 
     def _columns(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         "Split `X` into numeric values (NaN → 0) and category codes (0 = missing or unseen, k + 1 = category k)."
@@ -77,23 +100,31 @@ class TorchTabularClassifier(ClassifierMixin, BaseEstimator):
         "For each unit of the input layer, the index of the column of `X` it comes from."
         cat = np.asarray(self.categorical_features, dtype=np.int64)
         num = np.setdiff1d(np.arange(self.n_features_in_), cat)
-        return np.concatenate([num, *(np.full(e.embedding_dim, c) for c, e in zip(cat, self.net_["embeddings"]))]).astype(np.int64)
+        return np.concatenate(
+            [num, *(np.full(e.embedding_dim, c) for c, e in zip(cat, self.net_["embeddings"]))]
+        ).astype(np.int64)
 
     def _build(self, n_numeric: int) -> Any:
         "The untrained network: embeddings and an MLP of standard layers."
         nn = import_torch().nn
         dims = [self.embedding_dim or min(8, (int(k) + 1) // 2) for k in self.cardinalities_]
         layers, width = [], n_numeric + sum(dims)
-        for h in self.hidden_sizes: layers += [nn.Linear(width, int(h)), nn.SiLU(), nn.Dropout(self.dropout)]; width = int(h)
-        return nn.ModuleDict({"embeddings": nn.ModuleList([nn.Embedding(int(k), d) for k, d in zip(self.cardinalities_, dims)]),
-                              "mlp": nn.Sequential(*layers, nn.Linear(width, 1))})
+        for h in self.hidden_sizes:
+            layers += [nn.Linear(width, int(h)), nn.SiLU(), nn.Dropout(self.dropout)]; width = int(h)
+        return nn.ModuleDict(
+            {
+                "embeddings": nn.ModuleList([nn.Embedding(int(k), d) for k, d in zip(self.cardinalities_, dims)]),
+                "mlp": nn.Sequential(*layers, nn.Linear(width, 1)),
+            }
+        )
 
     def fit(self, X: Any, y: Any) -> "TorchTabularClassifier":
         "Train with AdamW on the log-loss, stopping early on a held-out slice; keep the best epoch's weights."
         torch = import_torch()
         num, codes = self._columns(X)
         self.classes_, yi = np.unique(np.asarray(y), return_inverse=True)
-        if len(self.classes_) != 2: raise ValueError(f"TorchTabularClassifier is binary: y has {len(self.classes_)} classes")
+        if len(self.classes_) != 2:
+            raise ValueError(f"TorchTabularClassifier is binary: y has {len(self.classes_)} classes")
         self.n_features_in_ = num.shape[1] + codes.shape[1]
         self.mean_, self.scale_ = num.mean(0), num.std(0)
         self.scale_[self.scale_ == 0] = 1.0
@@ -102,7 +133,9 @@ class TorchTabularClassifier(ClassifierMixin, BaseEstimator):
         seed = self.random_state if self.random_state is not None else int(np.random.SeedSequence().entropy % 2**31)
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(yi))
-        hold = np.concatenate([order[yi[order] == k][:max(1, round(self.validation_fraction * (yi == k).sum()))] for k in (0, 1)])
+        hold = np.concatenate(
+            [order[yi[order] == k][: max(1, round(self.validation_fraction * (yi == k).sum()))] for k in (0, 1)]
+        )
         threads = torch.get_num_threads()
         torch.set_num_threads(self.n_threads)
         try:
@@ -110,11 +143,13 @@ class TorchTabularClassifier(ClassifierMixin, BaseEstimator):
                 torch.manual_seed(seed)
                 self.net_ = self._build(z.shape[1])
                 self._train(z, codes, yi.astype(np.float32), np.setdiff1d(np.arange(len(yi)), hold), hold, rng)
-                with torch.inference_mode(): self.baseline_ = self.input_layer(z, codes).mean(0).numpy().astype(np.float32)
+                with torch.inference_mode():
+                    self.baseline_ = self.input_layer(z, codes).mean(0).numpy().astype(np.float32)
         finally: torch.set_num_threads(threads)
         return self
 
-    def _train(self, z: np.ndarray, codes: np.ndarray, y: np.ndarray, rows: np.ndarray, hold: np.ndarray, rng: np.random.Generator) -> None:
+    def _train(self, z: np.ndarray, codes: np.ndarray, y: np.ndarray, rows: np.ndarray, hold: np.ndarray,
+               rng: np.random.Generator) -> None:
         "The training loop: mini-batches in seeded order, held-out loss each epoch, best weights kept."
         torch = import_torch()
         Z, C, Y = torch.from_numpy(z), torch.from_numpy(codes), torch.from_numpy(y)
@@ -151,7 +186,8 @@ class TorchTabularClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "net_")
         torch = import_torch()
         z, codes = self._scaled(*self._columns(X))
-        with torch.inference_mode(): return self._logits(torch.from_numpy(z), torch.from_numpy(codes)).numpy().astype(np.float64)
+        with torch.inference_mode():
+            return self._logits(torch.from_numpy(z), torch.from_numpy(codes)).numpy().astype(np.float64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         "Probabilities of the two classes, columns in `classes_` order."
@@ -167,38 +203,51 @@ FAMILIES = ("logreg", "hgb", "torch_mlp")
 
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "logreg": {"C": 1.0},
-    "hgb": {"learning_rate": 0.05, "max_leaf_nodes": 4, "min_samples_leaf": 200, "l2_regularization": 1.0, "max_features": 1.0},
-    "torch_mlp": {"hidden_sizes": (128, 64), "dropout": 0.1, "learning_rate": 1e-3, "weight_decay": 1e-4, "batch_size": 512,
+    "hgb": {"learning_rate": 0.05, "max_leaf_nodes": 4, "min_samples_leaf": 200, "l2_regularization": 1.0,
+            "max_features": 1.0},
+    "torch_mlp": {"hidden_sizes": (128, 64), "dropout": 0.1, "learning_rate": 1e-3, "weight_decay": 1e-4,
+                  "batch_size": 512,
                   "max_epochs": 60, "patience": 8},
 }
 
 SEARCH_SPACES: dict[str, dict[str, tuple]] = {   # name: (kind, ...) with kind log | float | int | logint | choice
     "logreg": {"C": ("log", 1e-3, 10.0)},
-    "hgb": {"learning_rate": ("log", 0.02, 0.2), "max_leaf_nodes": ("int", 2, 31), "min_samples_leaf": ("logint", 20, 800),
+    "hgb": {"learning_rate": ("log", 0.02, 0.2), "max_leaf_nodes": ("int", 2, 31),
+            "min_samples_leaf": ("logint", 20, 800),
             "l2_regularization": ("log", 1e-3, 10.0), "max_features": ("float", 0.5, 1.0)},
-    "torch_mlp": {"hidden_sizes": ("choice", (64, 64), (128, 64), (256, 128), (64, 64, 64)), "dropout": ("float", 0.0, 0.3),
-                  "learning_rate": ("log", 3e-4, 3e-3), "weight_decay": ("log", 1e-6, 1e-3), "batch_size": ("choice", 256, 512, 1024)},
+    "torch_mlp": {"hidden_sizes": ("choice", (64, 64), (128, 64), (256, 128), (64, 64, 64)),
+                  "dropout": ("float", 0.0, 0.3),
+                  "learning_rate": ("log", 3e-4, 3e-3), "weight_decay": ("log", 1e-6, 1e-3),
+                  "batch_size": ("choice", 256, 512, 1024)},
 }
 
 def make_candidate(family: str,                       # one of FAMILIES
-                   params: dict[str, Any] | None,     # the family's tunable parameters (missing ones take DEFAULT_PARAMS)
+                   # the family's tunable parameters (missing ones take DEFAULT_PARAMS)
+                   params: dict[str, Any] | None,
                    spec: FeatureSpec,                 # which columns are numeric and categorical
                    seed: int = 0,                     # random_state of the model
                    ) -> Pipeline:
     "An unfitted candidate pipeline of `family` that takes the raw feature columns of `spec`."
-    if family not in FAMILIES: raise SettingsError(f"unknown model family {family!r}; families are: {', '.join(FAMILIES)}")
+    if family not in FAMILIES:
+        raise SettingsError(f"unknown model family {family!r}; families are: {', '.join(FAMILIES)}")
     p = {**DEFAULT_PARAMS[family], **(params or {})}
     num, cat = tuple(spec.numeric), tuple(spec.categorical)
     if family == "logreg":
-        return Pipeline([("encode", TabularEncoder(num, cat, "onehot", "median", True, "spline")), ("scale", StandardScaler()),
-                         ("model", LogisticRegression(max_iter=2000, **p))])
+        return Pipeline(
+            [
+                ("encode", TabularEncoder(num, cat, "onehot", "median", True, "spline")),
+                ("scale", StandardScaler()),
+                ("model", LogisticRegression(max_iter=2000, **p)),
+            ]
+        )
     if family == "hgb":
         p = {"max_iter": 1000, "early_stopping": True, "n_iter_no_change": 30, "validation_fraction": 0.15, **p}
         return Pipeline([("encode", TabularEncoder(num, cat, "ordinal", "none", False)),
                          ("model", HistGradientBoostingClassifier(categorical_features=None, random_state=seed, **p))])
     p["hidden_sizes"] = tuple(p["hidden_sizes"])
     return Pipeline([("encode", TabularEncoder(num, cat, "ordinal", "median", True)),
-                     ("model", TorchTabularClassifier(categorical_features=tuple(range(len(cat))), random_state=seed, **p))])
+                     ("model",
+                      TorchTabularClassifier(categorical_features=tuple(range(len(cat))), random_state=seed, **p))])
 
 # %% ../nbs/32_candidates.ipynb #f6265b73
 def draw_params(space: dict[str, tuple], rng: np.random.Generator) -> dict[str, Any]:
@@ -222,7 +271,8 @@ def trial_params(family: str, trials: int, seed: int) -> list[dict[str, Any]]:
 BLEND = "blend"   # the blend candidate's family name (runs, model cards, the evaluation's selection rule)
 
 class LogOddsBlend(ClassifierMixin, BaseEstimator):
-    "Equal-weight average of fitted candidate pipelines' log-odds: raw feature columns in, `predict_proba` out. Members are not refitted."
+    """Equal-weight average of fitted candidate pipelines' log-odds: raw feature columns in, `predict_proba` out.
+    Members are not refitted."""
     def __init__(self,
                  members: Sequence[Pipeline] = (),  # fitted candidate pipelines (each: raw feature columns in)
                  names: Sequence[str] = (),         # their family names, for logs and model cards
@@ -231,10 +281,13 @@ class LogOddsBlend(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any = None, y: Any = None) -> "LogOddsBlend":
         "Check the members are fitted binary classifiers; nothing is learnt (the weights are equal)."
-        if len(self.members) < 2: raise ValueError(f"a blend needs at least two fitted members, got {len(self.members)}")
-        if len(self.names) != len(self.members): raise ValueError(f"a blend needs one name per member: {len(self.names)} names, {len(self.members)} members")
+        if len(self.members) < 2:
+            raise ValueError(f"a blend needs at least two fitted members, got {len(self.members)}")
+        if len(self.names) != len(self.members):
+            raise ValueError(f"a blend needs one name per member: {len(self.names)} names, {len(self.members)} members")
         for n, m in zip(self.names, self.members):
-            if list(getattr(m, "classes_", [])) != [0, 1]: raise ValueError(f"blend member {n!r} is not a fitted 0/1 classifier")
+            if list(getattr(m, "classes_", [])) != [0, 1]:
+                raise ValueError(f"blend member {n!r} is not a fitted 0/1 classifier")
         self.classes_ = np.array([0, 1])
         return self
 
@@ -249,10 +302,13 @@ class LogOddsBlend(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         return (self.decision_function(X) > 0).astype(np.int64)
 
+# %% ../nbs/32_candidates.ipynb #b349f289
 def blend_members(valid_auc: Mapping[str, float],  # each family's best validation AUC
-                  within: float,                     # how far below the best a family may score and still join (0 = no blend)
+                  # how far below the best a family may score and still join (0 = no blend)
+                  within: float,
                   ) -> list[str]:
-    "The families that join the blend, best first: those within `within` of the best validation AUC; [] when fewer than two."
+    """The families that join the blend, best first: those within `within` of the best validation AUC; [] when fewer
+    than two."""
     if within <= 0 or len(valid_auc) < 2: return []
     best = max(valid_auc.values())
     keep = sorted((f for f, a in valid_auc.items() if a >= best - within), key=lambda f: (-valid_auc[f], f))

@@ -57,7 +57,8 @@ NAMES: list[Name] = []
 # %% ../nbs/00_catalog.ipynb #c0a7a106
 def name(kind: str, value: str, writer: str, readers: str, doc: str) -> str:
     "Record one cross-phase name in `NAMES` and return its string."
-    if any(n.kind == kind and n.value == value for n in NAMES): raise ValueError(f"{kind} {value!r} is catalogued twice")
+    if any(n.kind == kind and n.value == value for n in NAMES):
+        raise ValueError(f"{kind} {value!r} is catalogued twice")
     NAMES.append(Name(value, kind, writer, readers, doc))
     return value
 
@@ -67,25 +68,29 @@ PHASE_ETL = name("phase", "etl", "warehouse", "runner", "load the lake into the 
 PHASE_QUALITY = name("phase", "quality", "quality", "runner", "the data-quality gate")
 PHASE_FEATURES = name("phase", "features", "features", "runner", "the point-in-time feature table")
 PHASE_TRAIN = name("phase", "train", "train", "runner, evaluate (latest train run)", "tracked candidate models")
-PHASE_EVALUATE = name("phase", "evaluate", "evaluate", "runner, gate (latest evaluation)", "evaluation against the charter")
+PHASE_EVALUATE = name("phase", "evaluate", "evaluate", "runner, gate (latest evaluation)",
+                      "evaluation against the charter")
 PHASE_GATE = name("phase", "gate", "gate", "runner, registry (latest gate decision)", "the promotion decision")
 PHASE_REGISTER = name("phase", "register", "registry", "runner", "registration and promotion")
 PHASE_SANDBOX = name("phase", "sandbox", "sandbox", "tests, benchmarks", "a sandbox champion's run, never gated")
 PHASE_PIPELINE = name("phase", "pipeline", "runner", "dashboards", "the parent run of one `mlops-nb run`")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a110
-TAG_PHASE = name("tag", "mlops_nb.phase", "tracking", "gate, registry, train, dashboards", "the phase of a run (PHASE_*)")
+TAG_PHASE = name("tag", "mlops_nb.phase", "tracking", "gate, registry, train, dashboards",
+                 "the phase of a run (PHASE_*)")
 TAG_SETTINGS_FINGERPRINT = name("tag", "mlops_nb.settings_fingerprint", "tracking", "people", "hash of every setting")
 TAG_SETTINGS_FILE = name("tag", "mlops_nb.settings_file", "tracking", "people", "the settings file a run read")
 TAG_VERSION_PREFIX = name("tag", "mlops_nb.version.", "tracking", "people", "+ a library: its installed version")
-TAG_PIPELINE_RUN_ID = name("tag", "mlops_nb.pipeline_run_id", "runner", "people", "the pipeline run's id (reports/runs/<id>/)")
+TAG_PIPELINE_RUN_ID = name("tag", "mlops_nb.pipeline_run_id", "runner", "people",
+                           "the pipeline run's id (reports/runs/<id>/)")
 TAG_PHASES = name("tag", "mlops_nb.phases", "runner", "people", "the phases a pipeline run executes, comma-separated")
 TAG_NOTEBOOK = name("tag", "mlops_nb.notebook", "runner", "people", "the executed notebook of a phase run")
 TAG_ERROR = name("tag", "mlops_nb.error", "runner", "people", "why a phase run failed (its cell)")
 TAG_LAKE_SKIPPED = name("tag", "mlops_nb.lake.skipped", "lake", "people", "the lake was already there: not rewritten")
 TAG_WAREHOUSE_CONTENT_HASH = name("tag", "mlops_nb.warehouse.content_hash", "warehouse", "people",
                                   "content hash of the warehouse after a load")
-TAG_LAKE_MANIFEST_SHA256 = name("tag", "mlops_nb.lake.manifest_sha256", "warehouse", "people", "the lake manifest a load read")
+TAG_LAKE_MANIFEST_SHA256 = name("tag", "mlops_nb.lake.manifest_sha256", "warehouse", "people",
+                                "the lake manifest a load read")
 TAG_FEATURES_TABLE = name("tag", "mlops_nb.features.table", "features", "people", "the feature table's name")
 TAG_FEATURES_DIGEST = name("tag", "mlops_nb.features.digest", "features", "people", "digest of the feature query")
 TAG_FEATURES_SOURCE = name("tag", "mlops_nb.features.warehouse_content_hash", "train", "gate",
@@ -109,13 +114,15 @@ TAG_FEATURE_TABLE_DIGEST = name("tag", "mlops_nb.feature_table_digest", "train",
 # %% ../nbs/00_catalog.ipynb #c0a7a114
 TAG_EVALUATION_RUN_ID = name("tag", "mlops_nb.evaluation.run_id", "evaluate", "people",
                              "on a candidate's run: the evaluation that judged it")
-TAG_EVALUATION_SELECTED_NAME = name("tag", "mlops_nb.evaluation.selected_name", "evaluate", "people", "the selected candidate")
+TAG_EVALUATION_SELECTED_NAME = name("tag", "mlops_nb.evaluation.selected_name", "evaluate", "people",
+                                    "the selected candidate")
 TAG_EVALUATION_SELECTED_RUN_ID = name("tag", "mlops_nb.evaluation.selected_run_id", "evaluate", "people",
                                       "the selected candidate's run")
 TAG_EVALUATION_SELECTED_MODEL_URI = name("tag", "mlops_nb.evaluation.selected_model_uri", "evaluate", "people",
                                          "the selected candidate's packaged model")
 TAG_EVALUATION_VERDICT = name("tag", "mlops_nb.evaluation.verdict", "evaluate", "people", "meets | misses the charter")
-TAG_EVALUATION_ECE_METHOD = name("tag", "mlops_nb.evaluation.ece_method", "evaluate", "people", "the calibration method")
+TAG_EVALUATION_ECE_METHOD = name("tag", "mlops_nb.evaluation.ece_method", "evaluate", "people",
+                                 "the calibration method")
 TAG_EVALUATION_ROWS_DIGEST = name("tag", "mlops_nb.evaluation.rows_digest", "evaluate", "people",
                                   "digest of the test rows (same rows, same digest)")
 TAG_EVALUATION_CHAMPION = name("tag", "mlops_nb.evaluation.champion", "evaluate", "people",
@@ -124,13 +131,17 @@ TAG_GATE_APPROVED = name("tag", "mlops_nb.gate.approved", "gate", "registry", "t
 TAG_GATE_DECISION = name("tag", "mlops_nb.gate.decision", "gate", "people", "approved | refused, before any override")
 TAG_GATE_FAILED = name("tag", "mlops_nb.gate.failed", "gate", "registry", "the failed checks, comma-separated, or none")
 TAG_GATE_OVERRIDDEN = name("tag", "mlops_nb.gate.overridden", "gate", "people", "true if a person overrode a refusal")
-TAG_GATE_OVERRIDE_REASON = name("tag", "mlops_nb.gate.override_reason", "gate", "people", "the override's written reason")
+TAG_GATE_OVERRIDE_REASON = name("tag", "mlops_nb.gate.override_reason", "gate", "people",
+                                "the override's written reason")
 TAG_GATE_OVERRIDE_ACTOR = name("tag", "mlops_nb.gate.override_actor", "gate", "people", "who overrode")
-TAG_GATE_CANDIDATE_RUN_ID = name("tag", "mlops_nb.gate.candidate_run_id", "gate", "registry", "the judged candidate's run")
+TAG_GATE_CANDIDATE_RUN_ID = name("tag", "mlops_nb.gate.candidate_run_id", "gate", "registry",
+                                 "the judged candidate's run")
 TAG_GATE_MODEL_URI = name("tag", "mlops_nb.gate.model_uri", "gate", "registry", "the judged candidate's packaged model")
 TAG_GATE_EVALUATE_RUN_ID = name("tag", "mlops_nb.gate.evaluate_run_id", "gate", "people", "the evaluation judged")
-TAG_GATE_COMPARED_WITH = name("tag", "mlops_nb.gate.compared_with", "gate", "people", "the reference: champion or baseline")
-TAG_GATE_RUN_ID = name("tag", "mlops_nb.gate.run_id", "gate", "registry", "on a candidate's run: the gate run that judged it")
+TAG_GATE_COMPARED_WITH = name("tag", "mlops_nb.gate.compared_with", "gate", "people",
+                              "the reference: champion or baseline")
+TAG_GATE_RUN_ID = name("tag", "mlops_nb.gate.run_id", "gate", "registry",
+                       "on a candidate's run: the gate run that judged it")
 TAG_GATE_CHECK_PREFIX = name("tag", "mlops_nb.gate.", "gate", "people",
                              "+ a check: pass | fail; + a check + `.message`: the reason in words")
 TAG_REGISTER_VERSION = name("tag", "mlops_nb.register.version", "registry", "people", "the version registered")
@@ -152,12 +163,14 @@ ART_LAKE_MANIFEST = name("artifact", "lake/manifest.json", "lake", "people", "ev
 ART_LAKE_SCENARIO = name("artifact", "lake/scenario.json", "lake", "people", "the world's scenario and settings")
 ART_ETL_RECONCILIATION = name("artifact", "etl/reconciliation.json", "warehouse", "people",
                               "rows read = loaded + quarantined + duplicates, per partition")
-ART_ETL_QUARANTINE = name("artifact", "etl/quarantine_by_reason.json", "warehouse", "people", "quarantined rows by reason")
+ART_ETL_QUARANTINE = name("artifact", "etl/quarantine_by_reason.json", "warehouse", "people",
+                          "quarantined rows by reason")
 ART_ETL_SUMMARY = name("artifact", "etl/summary.json", "warehouse", "people", "what a load did")
 ART_QUALITY_RESULTS = name("artifact", "quality/results.json", "quality", "people", "every rule's result")
 ART_QUALITY_REPORT = name("artifact", "quality/report.html", "quality", "people", "the quality report")
 ART_FEATURES_SPEC = name("artifact", "features/spec.json", "features", "people", "the feature table's spec")
-ART_FEATURES_MISSING = name("artifact", "features/missing_share.json", "features", "people", "share missing per feature")
+ART_FEATURES_MISSING = name("artifact", "features/missing_share.json", "features", "people",
+                            "share missing per feature")
 ART_BYOD_LOAD = name("artifact", "byod/load.json", "byod", "people", "what loading your own table did")
 ART_TRAIN_SPEC = name("artifact", "feature_spec.json", "train", "people", "the spec the candidates were trained on")
 ART_TRAIN_CANDIDATES = name("artifact", "candidates.json", "train", "people", "one row per candidate")
@@ -175,12 +188,15 @@ ART_REGISTER = name("artifact", "register.json", "registry", "people", "what the
 # %% ../nbs/00_catalog.ipynb #c0a7a121
 AUDIT_TRAIN_FINISHED = name("audit", "train.finished", "train", "people", "a train run ended: its candidates")
 AUDIT_GATE_DECIDED = name("audit", "gate.decided", "gate", "people", "a gate decision and its reasons")
-AUDIT_GATE_OVERRIDE = name("audit", "gate.override", "gate, registry", "people", "a refusal overridden, with the reason")
+AUDIT_GATE_OVERRIDE = name("audit", "gate.override", "gate, registry", "people",
+                           "a refusal overridden, with the reason")
 AUDIT_MODEL_STATUS = name("audit", "model.status", "registry", "registry (history)", "a version's status changed")
 AUDIT_BATCH_SCORED = name("audit", "batch.scored", "score", "people", "a warehouse month scored into the log")
-AUDIT_LOG_COMPACTED = name("audit", "log.compacted", "prediction_log", "people", "a day of the prediction log compacted")
+AUDIT_LOG_COMPACTED = name("audit", "log.compacted", "prediction_log", "people",
+                           "a day of the prediction log compacted")
 AUDIT_API_MODEL_SWAPPED = name("audit", "api.model_swapped", "worker", "people", "a worker swapped in another version")
-AUDIT_API_MODEL_LOAD_FAILED = name("audit", "api.model_load_failed", "worker", "people", "a version the API could not load")
+AUDIT_API_MODEL_LOAD_FAILED = name("audit", "api.model_load_failed", "worker", "people",
+                                   "a version the API could not load")
 AUDIT_API_EXPLANATION = name("audit", "api.explanation", "api", "people", "an explanation looked up (LGPD art. 20)")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
@@ -189,7 +205,8 @@ AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what th
 TABLE_STAGING_SCHEMA = name("table", "staging", "cleaning", "quality, features", "schema of one table per lake source")
 TABLE_BYOD = name("table", "staging.byod", "byod", "quality, features", "your own table, typed and pseudonymised")
 TABLE_QUARANTINE = name("table", "quarantine.records", "cleaning", "quality", "every rejected record with its reason")
-TABLE_FLAGGED_VALUES = name("table", "quarantine.flagged_values", "cleaning", "quality", "values nulled, with the reason")
+TABLE_FLAGGED_VALUES = name("table", "quarantine.flagged_values", "cleaning", "quality",
+                            "values nulled, with the reason")
 TABLE_RECONCILIATION = name("table", "meta.reconciliation", "warehouse", "quality", "rows in = loaded + quarantined")
 TABLE_LOADS = name("table", "meta.loads", "warehouse", "contracts (content hash)", "one row per ETL load")
 TABLE_MART = name("table", "mart.customer_month", "mart", "features, quality", "one row per customer and month")
@@ -228,7 +245,8 @@ SECTION_API = name("section", "api", "settings", "api, worker, served", "the sco
 # %% ../nbs/00_catalog.ipynb #c0a7a131
 ENV_SETTINGS = name("env", "MLOPS_SETTINGS", "cli, api", "api workers", "the settings file (default ./settings.ini)")
 ENV_ACTOR = name("env", "MLOPS_ACTOR", "people, schedulers", "audit", "who the audit trail names (default: the user)")
-ENV_PSEUDONYM_KEY = name("env", "MLOPS_PSEUDONYM_KEY", "people", "privacy", "the pseudonym key (over [privacy] key_file)")
+ENV_PSEUDONYM_KEY = name("env", "MLOPS_PSEUDONYM_KEY", "people", "privacy",
+                         "the pseudonym key (over [privacy] key_file)")
 ENV_SCORER = name("env", "MLOPS_NB_SCORER", "people, benchmarks", "served",
                   "sklearn: score every model through scikit-learn (an escape hatch)")
 ENV_API_CONTROL_DIR = name("env", "MLOPS_API_CONTROL_DIR", "api", "worker", "where reloads are announced to workers")

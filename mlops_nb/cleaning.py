@@ -1,4 +1,5 @@
-"""One lake partition read record by record, every record parsed and checked in SQL — loaded, or quarantined with its reason — and written to staging with counts that reconcile: read = loaded + quarantined + duplicates.
+"""One lake partition read record by record, every record parsed and checked in SQL — loaded, or quarantined with its
+reason — and written to staging with counts that reconcile: read = loaded + quarantined + duplicates.
 
 Docs: https://mlops-nb.github.io/mlops-nb/cleaning.html.md"""
 
@@ -53,8 +54,13 @@ def _check_columns(got: Sequence[str], t: Table, rel: str) -> None:
     unknown = [n for n in got if n not in t.raw_names()]
     if not missing and not unknown: return
     if any(not _IDENT.fullmatch(n) for n in unknown):   # not column names: do not echo (could be a record)
-        raise EtlError(f"{rel}: the first line is not the expected header ({t.src.sep.join(c.name for c in t.src.columns)})")
-    raise EtlError(f"{rel}: unexpected columns" + (f"; missing: {', '.join(missing)}" if missing else "") + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        raise EtlError(f"{rel}: the first line is not the expected header "
+                       f"({t.src.sep.join(c.name for c in t.src.columns)})")
+    raise EtlError(
+        f"{rel}: unexpected columns"
+        + (f"; missing: {', '.join(missing)}" if missing else "")
+        + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+    )
 
 def _decode(data: bytes, src: Source, rel: str) -> bytes:
     "The file's bytes as UTF-8 (transcoded from its declared encoding); EtlError naming the byte that fails."
@@ -67,9 +73,11 @@ def _decode(data: bytes, src: Source, rel: str) -> bytes:
         raise EtlError(f"{rel}: not {src.encoding} text (byte {e.start}, line {line}: {e.reason})") from None
 
 def _with_aliases(table: pa.Table, t: Table, typed: bool) -> pa.Table:
-    "Add a null column for every lake column (or alias) the file does not have, so every partition has the same columns."
+    """Add a null column for every lake column (or alias) the file does not have, so every partition has the same
+    columns."""
     for n in t.raw_names():
-        if n not in table.column_names: table = table.append_column(n, pa.nulls(len(table), pa.string() if not typed else arrow_type(t, n)))
+        if n not in table.column_names:
+            table = table.append_column(n, pa.nulls(len(table), pa.string() if not typed else arrow_type(t, n)))
     return table.select(["_rec", "_ok", "_detail", *t.raw_names()])
 
 # %% ../nbs/24_cleaning.ipynb #18bb49fc
@@ -90,8 +98,10 @@ def _read_csv(data: bytes, part: Partition, t: Table) -> tuple[pa.Table, int]:
     try:
         good = pcsv.read_csv(pa.py_buffer(data),
             read_options=pcsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False, block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(delimiter=src.sep, quote_char='"', ignore_empty_lines=False, newlines_in_values=False, invalid_row_handler=on_bad),
-            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in names}, null_values=[""], strings_can_be_null=True,
+            parse_options=pcsv.ParseOptions(delimiter=src.sep, quote_char='"', ignore_empty_lines=False,
+                                            newlines_in_values=False, invalid_row_handler=on_bad),
+            convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in names}, null_values=[""],
+                                                strings_can_be_null=True,
                                                 quoted_strings_can_be_null=True))
     except pa.ArrowInvalid as e:
         raise EtlError(f"{part.rel}: cannot be parsed as {src.format} ({str(e).splitlines()[0][:120]})") from None
@@ -121,23 +131,29 @@ def _read_jsonl(data: bytes, part: Partition, t: Table) -> tuple[pa.Table, int]:
 def _read_parquet(data: bytes, part: Partition, t: Table) -> tuple[pa.Table, int]:
     "The rows of a Parquet partition."
     try: table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowException, OSError) as e: raise EtlError(f"{part.rel}: not a readable Parquet file ({str(e).splitlines()[0][:120]})") from None
+    except (pa.ArrowException, OSError) as e:
+        raise EtlError(f"{part.rel}: not a readable Parquet file ({str(e).splitlines()[0][:120]})") from None
     _check_columns(table.column_names, t, part.rel)
     for n in table.column_names:
         want = arrow_type(t, n)
         if table.schema.field(n).type != want:
             try: table = table.set_column(table.column_names.index(n), n, table.column(n).cast(want))
-            except pa.ArrowException: raise EtlError(f"{part.rel}: column {n} is {table.schema.field(n).type}, expected {want}") from None
+            except pa.ArrowException:
+                raise EtlError(f"{part.rel}: column {n} is {table.schema.field(n).type}, expected {want}") from None
     n = table.num_rows
-    table = table.append_column("_rec", pa.array(np.arange(n, dtype=np.int64))).append_column("_ok", pa.array(np.ones(n, bool))) \
-                 .append_column("_detail", pa.nulls(n, pa.string()))
+    table = (
+        table.append_column("_rec", pa.array(np.arange(n, dtype=np.int64)))
+        .append_column("_ok", pa.array(np.ones(n, bool)))
+        .append_column("_detail", pa.nulls(n, pa.string()))
+    )
     return _with_aliases(table, t, typed=True), n
 
 def read_partition(part: Partition) -> PartitionData:
     "Read one partition file into records (see above); EtlError naming the file if it is not one."
     t = TABLES[part.source]
     try: data = part.path.read_bytes()
-    except FileNotFoundError: raise EtlError(f"{part.rel}: partition file missing from the lake ({part.path})") from None
+    except FileNotFoundError:
+        raise EtlError(f"{part.rel}: partition file missing from the lake ({part.path})") from None
     except OSError as e: raise EtlError(f"{part.rel}: cannot be read ({e.strerror})") from None
     sha = hashlib.sha256(data).hexdigest()
     reader = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[t.src.format]
@@ -145,7 +161,9 @@ def read_partition(part: Partition) -> PartitionData:
     return PartitionData(part, table, n, sha, len(data), json=t.src.format == "jsonl")
 
 # %% ../nbs/24_cleaning.ipynb #8dee660e
-DATE_FORMATS = tuple(dict.fromkeys((*ALT_DATE_FORMATS, *ALT_TS_FORMATS, "%Y-%m-%dT%H:%M:%S", "%d-%m-%Y %H:%M:%S", "%d/%m/%Y %H:%M:%S")))
+DATE_FORMATS = tuple(
+    dict.fromkeys((*ALT_DATE_FORMATS, *ALT_TS_FORMATS, "%Y-%m-%dT%H:%M:%S", "%d-%m-%Y %H:%M:%S", "%d/%m/%Y %H:%M:%S"))
+)
 BRL_PATTERN = r"-?R\$ ?(\d{1,3}(\.\d{3})*|\d+)(,\d{1,2})?"
 
 def _formats(canonical: str) -> str:
@@ -159,12 +177,15 @@ def _cpf_macros() -> list[str]:
     s2 = " + ".join(f"{dig(i)} * {11 - i}" for i in range(9))
     return [f"CREATE OR REPLACE TEMP MACRO _cpf_dv1(b) AS (({s1}) * 10 % 11) % 10",
             f"CREATE OR REPLACE TEMP MACRO _cpf_dv2(b) AS (({s2} + 2 * _cpf_dv1(b)) * 10 % 11) % 10",
-            "CREATE OR REPLACE TEMP MACRO _cpf_ok(d, n) AS coalesce(length(d) = 11 AND d <> repeat(left(d, 1), 11) AND "
-            "_cpf_dv1(n // 100) * 10 + _cpf_dv2(n // 100) = n % 100, false)",
+            "CREATE OR REPLACE TEMP MACRO _cpf_ok(d, n) AS coalesce(length(d) = 11 AND d <> repeat(left(d, 1), 11) "
+            "AND _cpf_dv1(n // 100) * 10 + _cpf_dv2(n // 100) = n % 100, false)",
             f"CREATE OR REPLACE TEMP MACRO _brl(v) AS CASE WHEN regexp_full_match(trim(v), '{BRL_PATTERN}') THEN "
-            "TRY_CAST(replace(replace(regexp_replace(trim(v), 'R\\$ ?', ''), '.', ''), ',', '.') AS DECIMAL(18,2)) END",
-            "CREATE OR REPLACE TEMP MACRO _clean(x) AS CASE WHEN x = '' THEN NULL WHEN prefix(x, ' ') OR suffix(x, ' ') THEN NULLIF(trim(x), '') ELSE x END",
-            "CREATE OR REPLACE TEMP MACRO _mi(m) AS CAST(substr(m, 1, 4) AS INTEGER) * 12 + CAST(substr(m, 6, 2) AS INTEGER) - 1"]
+            "TRY_CAST(replace(replace(regexp_replace(trim(v), 'R\\$ ?', ''), '.', ''), ',', '.') AS DECIMAL(18,2)) "
+            "END",
+            "CREATE OR REPLACE TEMP MACRO _clean(x) AS CASE WHEN x = '' THEN NULL WHEN prefix(x, ' ') OR suffix(x, ' "
+            "') THEN NULLIF(trim(x), '') ELSE x END",
+            "CREATE OR REPLACE TEMP MACRO _mi(m) AS CAST(substr(m, 1, 4) AS INTEGER) * 12 + CAST(substr(m, 6, 2) AS "
+            "INTEGER) - 1"]
 
 def _raw_sql(f: Field, alias: str = "") -> str:
     "SQL for a field's raw value (its aliases coalesced), optionally qualified by a table alias."
@@ -174,7 +195,11 @@ def _raw_sql(f: Field, alias: str = "") -> str:
 def _present_sql(f: Field, typed: bool) -> str:
     "SQL: the raw value is there (not null, not blank)."
     x = _raw_sql(f)
-    return f"({x} IS NOT NULL)" if typed and f.parse in ("int", "float", "bool") else f"(NULLIF(trim({x}), '') IS NOT NULL)"
+    return (
+        f"({x} IS NOT NULL)"
+        if typed and f.parse in ("int", "float", "bool")
+        else f"(NULLIF(trim({x}), '') IS NOT NULL)"
+    )
 
 def _parsed_sql(f: Field, t: Table) -> str:
     "SQL for a field's parsed value."
@@ -204,12 +229,18 @@ def _checks(t: Table, typed: bool) -> list[tuple[str, str, str]]:
     for f in t.fields:
         if f.parse == "cpf":
             whens.append(("NOT _cpf_ok(cpf_digits, cpf_num)", "invalid_cpf",
-                          "CASE WHEN length(cpf_digits) = 11 THEN 'check digits do not match' ELSE 'has ' || length(cpf_digits) || ' digits, not 11' END"))
+                          "CASE WHEN length(cpf_digits) = 11 THEN 'check digits do not match' ELSE 'has ' || "
+                          "length(cpf_digits) || ' digits, not 11' END"))
     for f in t.fields:
         present, x = _present_sql(f, typed), _raw_sql(f)
-        shown = f"'shape ' || regexp_replace(CAST({x} AS VARCHAR), '[0-9]', '9', 'g')" if f.personal else f"left(CAST({x} AS VARCHAR), 40)"  # personal: its shape only
+        shown = (
+            f"'shape ' || regexp_replace(CAST({x} AS VARCHAR), '[0-9]', '9', 'g')"
+            if f.personal
+            else f"left(CAST({x} AS VARCHAR), 40)"
+        )  # personal: its shape only
         if f.parse in ("date", "timestamp"):
-            whens.append((f"{present} AND NOT coalesce(year(v_{f.name}) BETWEEN 1900 AND 2100, false)", f"bad_date:{f.raw}", shown))
+            whens.append((f"{present} AND NOT coalesce(year(v_{f.name}) BETWEEN 1900 AND 2100, "
+                          "false)", f"bad_date:{f.raw}", shown))
         elif f.parse in ("int", "float", "money"):
             whens.append((f"{present} AND v_{f.name} IS NULL", f"bad_number:{f.raw}", shown))
         elif f.parse in ("month", "bool"):
@@ -230,35 +261,48 @@ def _staged_value_sql(f: Field) -> str:
 
 # %% ../nbs/24_cleaning.ipynb #9f9f9387
 def _dict_fields(t: Table) -> list[Field]:
-    "Fields parsed through a per-partition dictionary of their distinct values (categories, dates, money: few distinct values)."
+    """Fields parsed through a per-partition dictionary of their distinct values (categories, dates, money: few distinct
+    values)."""
     return [f for f in t.fields if f.parse in ("category", "date", "month", "money")]
 
 def _dict_sql(t: Table) -> str:
-    "SQL creating `_dict` (col, raw, canon, d, n): each distinct raw value of the category, date and money columns, parsed once."
+    """SQL creating `_dict` (col, raw, canon, d, n): each distinct raw value of the category, date and money columns,
+    parsed once."""
     parts = []
     for f in _dict_fields(t):
         distinct = f'(SELECT DISTINCT "{f.raw}" AS v FROM _x WHERE "{f.raw}" IS NOT NULL)'
         if f.parse == "category":
-            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, c.canon AS canon, CAST(NULL AS DATE) AS d, CAST(NULL AS DECIMAL(18,2)) AS n FROM {distinct} "
-                         f"LEFT JOIN _cat c ON c.source = '{t.source}' AND c.col = '{f.raw}' AND c.norm = {NORMAL_FORM_SQL.format(x='v')}")
+            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, c.canon AS canon, CAST(NULL AS DATE) AS d, CAST(NULL AS "
+                         f"DECIMAL(18,2)) AS n FROM {distinct} LEFT JOIN _cat c ON c.source = '{t.source}' AND c.col "
+                         f"= '{f.raw}' AND c.norm = {NORMAL_FORM_SQL.format(x='v')}")
         elif f.parse == "month":
-            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, CASE WHEN regexp_full_match(trim(v), '\\d{{4}}-(0[1-9]|1[0-2])') THEN trim(v) END AS canon, "
-                         f"CAST(NULL AS DATE) AS d, CAST(NULL AS DECIMAL(18,2)) AS n FROM {distinct}")
+            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, CASE WHEN regexp_full_match(trim(v), "
+                         "'\\d{4}-(0[1-9]|1[0-2])') THEN trim(v) END AS canon, CAST(NULL AS DATE) AS d, CAST(NULL "
+                         f"AS DECIMAL(18,2)) AS n FROM {distinct}")
         elif f.parse == "money":
-            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, CAST(NULL AS VARCHAR) AS canon, CAST(NULL AS DATE) AS d, _brl(v) AS n FROM {distinct}")
+            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, CAST(NULL AS VARCHAR) AS canon, CAST(NULL AS DATE) AS "
+                         f"d, _brl(v) AS n FROM {distinct}")
         else:
-            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, CAST(NULL AS VARCHAR) AS canon, CAST(try_strptime(trim(v), {_formats(t.src.col(f.raw).fmt or '%Y-%m-%d')}) AS DATE) AS d, "
+            parts.append(f"SELECT '{f.raw}' AS col, v AS raw, CAST(NULL AS VARCHAR) AS canon, "
+                         f"CAST(try_strptime(trim(v), {_formats(t.src.col(f.raw).fmt or '%Y-%m-%d')}) AS DATE) AS d, "
                          f"CAST(NULL AS DECIMAL(18,2)) AS n FROM {distinct}")
-    body = " UNION ALL ".join(parts) if parts else "SELECT NULL AS col, NULL AS raw, NULL AS canon, CAST(NULL AS DATE) AS d, CAST(NULL AS DECIMAL(18,2)) AS n WHERE false"
+    body = (
+        " UNION ALL ".join(parts)
+        if parts
+        else "SELECT NULL AS col, NULL AS raw, NULL AS canon, CAST(NULL AS DATE) AS d, CAST(NULL AS DECIMAL(18,2)) AS "
+             "n WHERE false"
+    )
     return f"CREATE OR REPLACE TEMP TABLE _dict AS {body}"
 
 def _fast_ok_sql(t: Table) -> str:
-    "SQL that is true for a record that passes every check (a cheap conjunction; the full CASE runs only where it fails)."
+    """SQL that is true for a record that passes every check (a cheap conjunction; the full CASE runs only where it
+    fails)."""
     conds = ["_ok"]
     for f in t.fields:
         v = f"v_{f.name}"
         if f.parse == "text" and not f.required: continue
-        ok = f"{v} IS NOT NULL" if f.parse != "key" else _present_sql(f, False)   # a key's check is its id's presence (its pseudonym may come later)
+        # a key's check is its id's presence (its pseudonym may come later)
+        ok = f"{v} IS NOT NULL" if f.parse != "key" else _present_sql(f, False)
         if f.parse in ("date", "timestamp"): ok += f" AND year({v}) BETWEEN 1900 AND 2100"
         if f.valid and f.on_outlier == "quarantine": ok += f" AND {_in_range_sql(f)}"
         conds.append(f"({ok})" if f.required else f"({_raw_sql(f)} IS NULL OR ({ok}))")
@@ -266,51 +310,73 @@ def _fast_ok_sql(t: Table) -> str:
     return " AND ".join(conds)
 
 def repeated_hashes(h: np.ndarray) -> pa.Table:
-    "`_shared`: the values that occur more than once in `h` (natural-key hashes), found by sorting — cheaper than a hash aggregate over every record."
+    """`_shared`: the values that occur more than once in `h` (natural-key hashes), found by sorting — cheaper than a
+    hash aggregate over every record."""
     s = np.sort(h)
     return pa.table({"h": np.unique(s[1:][s[1:] == s[:-1]]).astype(np.uint64)})
 
+# %% ../nbs/24_cleaning.ipynb #c33a1221
 def check_statements(t: Table, typed: bool) -> list[str]:
-    "The SQL that turns `_x` into `_t`: the SELECT of every record's natural-key hash (for `repeated_hashes`), two statements creating `_dups` (from `_shared`) and `_dict`, then the SELECT of one row per record (`_rec`) with its parsed values v_<name>, `_dup`, `_reason` and `_id` (a customer id `_keys` lacks)."
+    """The SQL that turns `_x` into `_t`: the SELECT of every record's natural-key hash (for `repeated_hashes`), two
+    statements creating `_dups` (from `_shared`) and `_dict`, then the SELECT of one row per record (`_rec`) with its
+    parsed values v_<name>, `_dup`, `_reason` and `_id` (a customer id `_keys` lacks)."""
     cols = ", ".join(f'"{n}"' for n in t.raw_names())
     key = next(f for f in t.fields if f.parse == "key")
     joins = f"LEFT JOIN _keys k ON k.id = {_raw_sql(key, 'x.')}\n"
-    joins += "".join(f"""LEFT JOIN _dict "d_{f.raw}" ON "d_{f.raw}".col = '{f.raw}' AND "d_{f.raw}".raw = x."{f.raw}"\n""" for f in _dict_fields(t))
+    joins += "".join(f"""LEFT JOIN _dict "d_{f.raw}" ON "d_{f.raw}".col = '{f.raw}' AND "d_{f.raw}".raw =
+        x."{f.raw}"\n""" for f in _dict_fields(t))
     parsed = ",\n  ".join(f"{_parsed_sql(f, t)} AS v_{f.name}" for f in t.fields)
     cpf = next((f for f in t.fields if f.parse == "cpf"), None)
-    extra = (f",\n  translate(coalesce({_raw_sql(cpf, 'x.')}, ''), '.-/ ', '') AS cpf_digits, "
-             "TRY_CAST(cpf_digits AS BIGINT) AS cpf_num") if cpf else ""
+    extra = (f",\n  translate(coalesce({_raw_sql(cpf, 'x.')}, ''), '.-/ ', '') AS cpf_digits, TRY_CAST(cpf_digits AS "
+             "BIGINT) AS cpf_num") if cpf else ""
     first_key = next(f.raw for f in t.fields if f.name == t.unique[0])
     rid = _raw_sql(key, "x.")
-    new_id = f"CASE WHEN k.customer_key IS NULL AND x._ok AND {rid} <> '' THEN {rid} END AS _id"   # an id `_keys` lacks: see `_fill_keys`
-    full = "CASE " + " ".join(f"WHEN {c} THEN '{r}'" for c, r, _ in _checks(t, typed)) + f" WHEN _dk THEN 'duplicate_key:{first_key}' END"
+    # an id `_keys` lacks: see `_fill_keys`
+    new_id = f"CASE WHEN k.customer_key IS NULL AND x._ok AND {rid} <> '' THEN {rid} END AS _id"
+    full = (
+        "CASE "
+        + " ".join(f"WHEN {c} THEN '{r}'" for c, r, _ in _checks(t, typed))
+        + f" WHEN _dk THEN 'duplicate_key:{first_key}' END"
+    )
     reason = f"CASE WHEN _dup THEN NULL WHEN NOT _dk AND {_fast_ok_sql(t)} THEN NULL ELSE {full} END"
     nat = ", ".join(f'"{f.raw}"' for n in t.unique for f in t.fields if f.name == n)   # raw columns of the natural key
     return [
         f"SELECT hash({nat}) AS h FROM _x WHERE _ok",
         # records sharing their natural key with another: exact copies (all columns equal) and second versions of a key
         f"""CREATE OR REPLACE TEMP TABLE _dups AS
-            WITH cand AS (SELECT * FROM _x WHERE _ok AND hash({nat}) IN (SELECT h FROM _shared)),   -- a hash collision only adds a candidate
-            exact AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand GROUP BY {cols} HAVING count(*) > 1),
-            keyed AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand WHERE _rec NOT IN (SELECT _rec FROM exact)
+            WITH cand AS (SELECT * FROM _x WHERE _ok AND hash({nat}) IN (SELECT h FROM _shared)),
+                -- a hash collision only adds a candidate
+            exact AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand GROUP BY {cols} HAVING count(*) >
+                1),
+            keyed AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand WHERE _rec NOT IN (SELECT _rec FROM
+                exact)
                       GROUP BY {nat} HAVING count(*) > 1)
             SELECT _rec, true AS exact FROM exact UNION ALL SELECT _rec, false FROM keyed""",
         _dict_sql(t),
-        f"""SELECT _rec, _dup, {", ".join(f"v_{f.name}" for f in t.fields)}{", cpf_digits, cpf_num" if cpf else ""}, {reason} AS _reason, _id FROM (
-              SELECT x._rec, x._ok, coalesce(dd.exact, false) AS _dup, coalesce(NOT dd.exact, false) AS _dk, {", ".join(f"x.{c}" for c in cols.split(", "))},
+        f"""SELECT _rec, _dup, {", ".join(f"v_{f.name}" for f in t.fields)}{", cpf_digits, cpf_num" if cpf else ""},
+            {reason} AS _reason, _id FROM (
+              SELECT x._rec, x._ok, coalesce(dd.exact, false) AS _dup, coalesce(NOT dd.exact, false) AS _dk,
+                  {", ".join(f"x.{c}" for c in cols.split(", "))},
               {parsed}{extra}, {new_id}
               FROM _x AS x LEFT JOIN _dups dd ON dd._rec = x._rec {joins})""",
     ]
 
+# %% ../nbs/24_cleaning.ipynb #1fd841b2
 def detail_sql(t: Table, typed: bool) -> str:
     "SQL for the masked detail of a rejected record of `_t`, by its reason."
     whens = [(r, d) for _, r, d in _checks(t, typed)]
-    whens.append((f"duplicate_key:{next(f.raw for f in t.fields if f.name == t.unique[0])}", f"'another record of this partition has the same {', '.join(t.unique)}'"))
+    whens.append(
+        (
+            f"duplicate_key:{next(f.raw for f in t.fields if f.name == t.unique[0])}",
+            f"'another record of this partition has the same {', '.join(t.unique)}'",
+        )
+    )
     return "CASE _reason " + " ".join(f"WHEN '{r}' THEN {d}" for r, d in whens) + " END"
 
 # %% ../nbs/24_cleaning.ipynb #a1d07d32
 def _stage_input(con, data: PartitionData, t: Table) -> pa.Table:
-    "The records of one partition as `_x` wants them (_rec, _ok, _detail, one column per lake column): its Arrow table, JSON lines parsed first."
+    """The records of one partition as `_x` wants them (_rec, _ok, _detail, one column per lake column): its Arrow
+    table, JSON lines parsed first."""
     if not data.json: return data.table
     _in = data.table
     if True:
@@ -319,15 +385,20 @@ def _stage_input(con, data: PartitionData, t: Table) -> pa.Table:
         cols = ", ".join(f'f[{i + 1}] AS "{n}"' for i, n in enumerate(names))
         ws = "' ' || chr(9) || chr(13) || chr(10)"   # JSON whitespace: a line's own newline is part of it, and harmless
         parsed = con.sql(f"""
-            WITH v AS (SELECT _rec, text AS t, json_valid(text) AND (prefix(text, '{{') OR ltrim(text, {ws})[1] = '{{') AS _ok FROM _in)   -- a valid document opening with {{ is an object
+            WITH v AS (SELECT _rec, text AS t, json_valid(text) AND (prefix(text,
+                '{{') OR ltrim(text, {ws})[1] = '{{') AS _ok FROM _in)
+                -- (above: a valid document opening with {{ is an object)
             SELECT _rec, _ok,
-              CASE WHEN NOT _ok THEN CASE WHEN json_valid(t) THEN 'not a JSON object' ELSE 'invalid JSON (' || length(rtrim(t, chr(13) || chr(10))) || ' characters)' END END AS _detail,
+              CASE WHEN NOT _ok THEN CASE WHEN json_valid(t) THEN 'not a JSON object' ELSE 'invalid JSON (' ||
+                  length(rtrim(t, chr(13) || chr(10))) || ' characters)' END END AS _detail,
               {cols}
-            FROM (SELECT _rec, t, _ok, CASE WHEN _ok THEN json_extract_string(t, [{paths}]) END AS f FROM v)""").to_arrow_table()
+            FROM (SELECT _rec, t, _ok, CASE WHEN _ok THEN json_extract_string(t,
+                [{paths}]) END AS f FROM v)""").to_arrow_table()
     return parsed
 
 def _fill_keys(con, checked: pa.Table, key: bytes) -> pa.Table:
-    "Pseudonymise the customer ids the check's join did not find in `_keys` (column `_id`; each distinct spelling once, `pseudonymise` normalises), remember them, and put them in `v_customer_key`."
+    """Pseudonymise the customer ids the check's join did not find in `_keys` (column `_id`; each distinct spelling
+    once, `pseudonymise` normalises), remember them, and put them in `v_customer_key`."""
     missing = checked.column("_id")
     checked = checked.drop_columns(["_id"])
     if missing.null_count == len(missing): return checked
@@ -353,8 +424,10 @@ def delete_partition(con, source: str, month: str) -> None:
     for name in (TABLE_QUARANTINE, TABLE_FLAGGED_VALUES, TABLE_RECONCILIATION, "meta.partitions"):
         con.execute(f"DELETE FROM {name} WHERE source = ? AND month = ?", [source, month])
     for name in (f"staging.{t.table}", TABLE_QUARANTINE, TABLE_FLAGGED_VALUES):
-        con.execute("DELETE FROM meta.content_parts WHERE table_name = ? AND part = ?", [name, _content_part(name, source, month)])
+        con.execute("DELETE FROM meta.content_parts WHERE table_name = ? AND part = ?",
+                    [name, _content_part(name, source, month)])
 
+# %% ../nbs/24_cleaning.ipynb #a9d321ed
 def drop_temp(con, *names: str) -> None:
     "Drop temporary tables, quietly if the transaction has already failed (the original error must surface)."
     import duckdb
@@ -365,7 +438,8 @@ def drop_temp(con, *names: str) -> None:
 # %% ../nbs/24_cleaning.ipynb #c6d87d85
 @dataclass
 class Prepared:
-    "One partition checked and shaped for the warehouse: Arrow tables (held by Python) and counts — what `write_partition` writes."
+    """One partition checked and shaped for the warehouse: Arrow tables (held by Python) and counts — what
+    `write_partition` writes."""
     data: PartitionData        # as read (its record table released once prepared)
     staged: pa.Table           # loaded records: staging.<table>'s columns, in order and typed
     rejected: pa.Table         # quarantine.records rows
@@ -373,50 +447,70 @@ class Prepared:
     pii: pa.Table | None       # pseudonym + clear personal fields of the loaded records (sources with personal data)
     duplicates: int            # exact re-sent copies removed
     late: int                  # loaded records that belong to an earlier month
-    hashes: dict[str, tuple[int, str]] = field(default_factory=dict)  # table → (rows, sum of row hashes): its part of the content hash
+    # table → (rows, sum of row hashes): its part of the content hash
+    hashes: dict[str, tuple[int, str]] = field(default_factory=dict)
 
+# %% ../nbs/24_cleaning.ipynb #8b060e06
 def part_hash(con, rows: pa.Table) -> tuple[int, str]:
     "(rows, sum of DuckDB's row hashes, as text) of an Arrow table: what its rows add to a table's `content_hash`."
     _rows = rows   # read by DuckDB through its replacement scan
     n, h = con.execute("SELECT count(*), CAST(coalesce(sum(hash(t)), 0) AS VARCHAR) FROM _rows t").fetchall()[0]
     return int(n), h
 
+# %% ../nbs/24_cleaning.ipynb #73dd8bd9
 def _content_part(table: str, source: str, month: str) -> str:
-    "The part of `table` one partition (source, month) fills in `meta.content_parts`: its month in staging, source/month in quarantine."
+    """The part of `table` one partition (source, month) fills in `meta.content_parts`: its month in staging,
+    source/month in quarantine."""
     return f"{source}/{month}" if table.startswith("quarantine.") else month
 
 def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
-    "Check one partition's records on `con` (with `session_setup`; not the warehouse's, which it does not touch) and shape what the warehouse gets."
+    """Check one partition's records on `con` (with `session_setup`; not the warehouse's, which it does not touch) and
+    shape what the warehouse gets."""
     part, t = data.part, TABLES[data.part.source]
     m, rel, typed = part.month, sql_literal(part.rel), t.src.format == "parquet"
     _x = _stage_input(con, data, t)   # queries below read the Arrow tables _x and _t through DuckDB's replacement scans
     _t = None
     parsed = pa.compute.sum(_x.column("_ok")).as_py() or 0
     if data.n_read >= 3 and parsed == 0:
-        raise EtlError(f"{part.rel}: none of its {data.n_read} records could be parsed as {t.src.format} — is it a {t.source} partition?")
+        raise EtlError(f"{part.rel}: none of its {data.n_read} records could be parsed as {t.src.format} — is it a "
+                       f"{t.source} partition?")
     try:
         hashes, *prepare, select = check_statements(t, typed)
         _shared = repeated_hashes(con.sql(hashes).fetchnumpy()["h"])   # natural-key hashes two records share
         for sql in prepare: con.execute(sql)
-        _t = _fill_keys(con, con.sql(select).to_arrow_table(), key)   # held by Python, not a temporary table: freed as soon as the partition is done
-        line, head = _line_sql(t), f"'{t.source}' AS source, '{m}' AS month, {rel} AS file, CAST(_rec AS INTEGER) AS record"
-        rejected = con.sql(f"""SELECT {head}, CAST({line} AS INTEGER) AS line, _reason AS reason, split_part(_reason, ':', 2) AS column_name,
+        # held by Python, not a temporary table: freed as soon as the partition is done
+        _t = _fill_keys(con, con.sql(select).to_arrow_table(), key)
+        line, head = (
+            _line_sql(t),
+            f"'{t.source}' AS source, '{m}' AS month, {rel} AS file, CAST(_rec AS INTEGER) AS record",
+        )
+        rejected = con.sql(f"""SELECT {head}, CAST({line} AS INTEGER) AS line, _reason AS reason, split_part(_reason,
+            ':', 2) AS column_name,
                 {detail_sql(t, typed)} AS detail, v_customer_key AS customer_key
             FROM (SELECT * FROM _t WHERE _reason IS NOT NULL) JOIN _x USING (_rec)""").to_arrow_table()
-        staged = [f'{_staged_value_sql(f)} AS "{f.name}"' for f in t.staged if f.name != "month"] + [f'CAST({sql} AS {ty}) AS "{n}"' for n, ty, sql, _ in t.derived]
-        staged = con.sql(f"""SELECT {', '.join(staged)}, {_month_sql(t, m)} AS month, '{m}' AS arrival_month, CAST(_rec AS INTEGER) AS record
+        staged = [f'{_staged_value_sql(f)} AS "{f.name}"' for f in t.staged if f.name != "month"] + [
+            f'CAST({sql} AS {ty}) AS "{n}"' for n, ty, sql, _ in t.derived
+        ]
+        staged = con.sql(f"""SELECT {', '.join(staged)}, {_month_sql(t, m)} AS month, '{m}' AS arrival_month,
+            CAST(_rec AS INTEGER) AS record
             FROM _t WHERE _reason IS NULL AND NOT _dup""").to_arrow_table()
-        flags = [f"""SELECT {head}, CAST({line} AS INTEGER) AS line, 'out_of_range:{f.raw}' AS reason, '{f.raw}' AS column_name,
-                    'value ' || CAST(v_{f.name} AS VARCHAR) || ' outside [{f.valid[0]:g}, {f.valid[1]:g}]: nulled' AS detail, v_customer_key AS customer_key
+        flags = [f"""SELECT {head}, CAST({line} AS INTEGER) AS line, 'out_of_range:{f.raw}' AS reason,
+            '{f.raw}' AS column_name,
+                    'value ' || CAST(v_{f.name} AS VARCHAR) || ' outside [{f.valid[0]:g}, {f.valid[1]:g}]: nulled' AS
+                        detail, v_customer_key AS customer_key
                  FROM _t WHERE _reason IS NULL AND NOT _dup AND v_{f.name} IS NOT NULL AND NOT {_in_range_sql(f)}"""
                  for f in t.fields if f.valid and f.on_outlier == "null"]
-        flags = flags or ["SELECT " + ", ".join(f"CAST(NULL AS {ty}) AS {c}" for c, ty, _ in QUARANTINE_COLUMNS) + " WHERE false"]
+        flags = flags or [
+            "SELECT " + ", ".join(f"CAST(NULL AS {ty}) AS {c}" for c, ty, _ in QUARANTINE_COLUMNS) + " WHERE false"
+        ]
         flagged = con.sql(" UNION ALL ".join(flags)).to_arrow_table()
         pii = None
         if any(f.personal for f in t.fields):
             cols = ", ".join(f"CAST(v_{f.name} AS VARCHAR) AS {f.name}" for f in t.fields if f.personal)
-            pii = con.sql(f"SELECT v_customer_key AS pseudonym, {cols} FROM _t WHERE _reason IS NULL AND NOT _dup").to_arrow_table()
-        dups, late = con.execute(f"SELECT count(*) FILTER (WHERE _dup), count(*) FILTER (WHERE _reason IS NULL AND NOT _dup AND {_month_sql(t, m)} < '{m}') FROM _t").fetchone()
+            pii = con.sql(f"SELECT v_customer_key AS pseudonym, {cols} FROM _t WHERE _reason IS NULL AND NOT "
+                          "_dup").to_arrow_table()
+        dups, late = con.execute("SELECT count(*) FILTER (WHERE _dup), count(*) FILTER (WHERE _reason IS NULL AND "
+                                 f"NOT _dup AND {_month_sql(t, m)} < '{m}') FROM _t").fetchone()
     finally:
         drop_temp(con, "_dups", "_dict")
         del _x, _t
@@ -424,8 +518,10 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
               TABLE_FLAGGED_VALUES: part_hash(con, flagged)}   # here, beside the checks, not by the writer at the end
     return Prepared(dataclasses.replace(data, table=None), staged, rejected, flagged, pii, dups, late, hashes)
 
+# %% ../nbs/24_cleaning.ipynb #a7a09e9b
 def write_partition(con, prep: Prepared, vault: "VaultWriter | None" = None) -> dict[str, int]:
-    "Replace one partition's contribution to staging and quarantine with `prep` (inside the caller's transaction); return its counts."
+    """Replace one partition's contribution to staging and quarantine with `prep` (inside the caller's transaction);
+    return its counts."""
     data = prep.data
     part, t = data.part, TABLES[data.part.source]
     delete_partition(con, part.source, part.month)
@@ -435,34 +531,46 @@ def write_partition(con, prep: Prepared, vault: "VaultWriter | None" = None) -> 
     nulled = con.execute("INSERT INTO quarantine.flagged_values SELECT * FROM _f").fetchone()[0]
     del _q, _s, _f
     for name, (n, h) in prep.hashes.items():
-        con.execute("INSERT INTO meta.content_parts VALUES (?, ?, ?, CAST(? AS HUGEINT))", [name, _content_part(name, part.source, part.month), n, h])
+        con.execute("INSERT INTO meta.content_parts VALUES (?, ?, ?, CAST(? AS HUGEINT))",
+                    [name, _content_part(name, part.source, part.month), n, h])
     if vault is not None and prep.pii is not None: vault.put(part.month, prep.pii)
-    return reconcile(con, data, dict(rows_loaded=loaded, rows_quarantined=quarantined, rows_duplicate=prep.duplicates, rows_late=prep.late, values_nulled=nulled))
+    return reconcile(con, data,
+                     dict(rows_loaded=loaded, rows_quarantined=quarantined, rows_duplicate=prep.duplicates,
+                          rows_late=prep.late, values_nulled=nulled))
 
-def load_partition(con, data: PartitionData, key: bytes, vault: "VaultWriter | None" = None, prep_con=None) -> dict[str, int]:
-    "Prepare one partition (on `prep_con`, default `con`) and write it (inside the caller's transaction); return its counts."
+# %% ../nbs/24_cleaning.ipynb #4c4ea48d
+def load_partition(
+    con, data: PartitionData, key: bytes, vault: "VaultWriter | None" = None, prep_con=None
+) -> dict[str, int]:
+    """Prepare one partition (on `prep_con`, default `con`) and write it (inside the caller's transaction); return its
+    counts."""
     return write_partition(con, prepare_partition(prep_con if prep_con is not None else con, data, key), vault)
 
 # %% ../nbs/24_cleaning.ipynb #1d7d4d3a
 def reconcile(con, data: PartitionData, written: dict[str, int]) -> dict[str, int]:
-    "Store one partition's counts in meta.reconciliation; ReconciliationError if read ≠ loaded + quarantined + duplicates."
+    """Store one partition's counts in meta.reconciliation; ReconciliationError if read ≠ loaded + quarantined +
+    duplicates."""
     part, t = data.part, TABLES[data.part.source]
     s, m = part.source, part.month
     counts = dict(rows_read=data.n_read, **written)
     loaded, quarantined, duplicates = written["rows_loaded"], written["rows_quarantined"], written["rows_duplicate"]
     balanced = data.n_read == loaded + quarantined + duplicates
-    con.execute("INSERT INTO meta.reconciliation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [s, m, *(counts[c] for c, _, _ in META_TABLES[TABLE_RECONCILIATION][2:-1]), balanced])
+    con.execute("INSERT INTO meta.reconciliation VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [s, m, *(counts[c] for c, _, _ in META_TABLES[TABLE_RECONCILIATION][2:-1]), balanced])
     if not balanced:
-        raise ReconciliationError(f"reconciliation failed for {s} {m} ({part.rel}): read {data.n_read}; "
-                                  f"loaded {loaded} + quarantined {quarantined} + duplicates {duplicates} = {loaded + quarantined + duplicates}")
+        raise ReconciliationError(f"reconciliation failed for {s} {m} ({part.rel}): read {data.n_read}; loaded "
+                                  f"{loaded} + quarantined {quarantined} + duplicates {duplicates} = "
+                                  f"{loaded + quarantined + duplicates}")
     if part.sha256 == data.sha256 and part.rows >= 0 and part.rows != data.n_read:
-        raise ReconciliationError(f"reconciliation failed for {s} {m} ({part.rel}): read {data.n_read} records, the lake manifest says {part.rows}")
+        raise ReconciliationError(f"reconciliation failed for {s} {m} ({part.rel}): read {data.n_read} records, the "
+                                  f"lake manifest says {part.rows}")
     return counts
 
 # %% ../nbs/24_cleaning.ipynb #bf569dd8
 def session_setup(con) -> None:
     "Temporary helpers of one ETL session: SQL macros, the category map and the (empty) id → pseudonym mapping."
-    con.execute("SET python_scan_all_frames = true")   # per-partition Arrow tables are Python locals, not catalog entries (see load_partition)
+    # per-partition Arrow tables are Python locals, not catalog entries (see load_partition)
+    con.execute("SET python_scan_all_frames = true")
     for sql in _cpf_macros(): con.execute(sql)
     con.register("_cat_df", category_map())
     con.execute("CREATE OR REPLACE TEMP TABLE _cat AS SELECT * FROM _cat_df"); con.unregister("_cat_df")

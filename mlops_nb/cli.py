@@ -49,21 +49,25 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from mlops_nb.runner import run_pipeline
     cfg = load_settings(_settings_path(args))
     res = run_pipeline(cfg, args.phases, parse_overrides(args.param or [], extra), kernel_name=args.kernel,
-                       progress=not args.no_progress and sys.stderr.isatty(),   # progress bars only for a person at a terminal, not in a scheduler's log
+                       # progress bars only for a person at a terminal, not in a scheduler's log
+                       progress=not args.no_progress and sys.stderr.isatty(),
                        demos=args.demos)
     for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
     print(f"run {res.run_id}: {res.status} — executed notebooks in {res.out_dir}; MLflow run {res.mlflow_run_id}")
     if res.error:
-        print(f"error: {res.error}\n  open the executed notebook above to see the failing cell's output", file=sys.stderr)
+        print(f"error: {res.error}\n  open the executed notebook above to see the failing cell's output",
+              file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #490fd8f5
 def cmd_phases(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "List the lifecycle's phases in order."
     from mlops_nb.runner import PHASES
     for p in PHASES: print(f"{p.name:<12} {p.notebook:<24} {p.summary}")
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #a8b43585
 def cmd_settings(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Check, show or print the template of the run settings."
     if args.template: print(render_settings(), end=""); return EXIT_OK
@@ -71,9 +75,11 @@ def cmd_settings(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.show: print(json.dumps(cfg.flat(), indent=2))
     else:
         print(f"{cfg.source}: OK ({len(cfg.flat())} settings, fingerprint {cfg.fingerprint()})")
-        if cfg.defaulted: print(f"  {len(cfg.defaulted)} not in the file, their defaults used: {', '.join(cfg.defaulted)}")
+        if cfg.defaulted:
+            print(f"  {len(cfg.defaulted)} not in the file, their defaults used: {', '.join(cfg.defaulted)}")
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #21debb98
 def cmd_ui(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Start the MLflow UI on the configured store, bound to 127.0.0.1."
     from mlops_nb.tracking import configure_mlflow
@@ -81,7 +87,8 @@ def cmd_ui(args: argparse.Namespace, extra: Sequence[str]) -> int:
     uri = cfg.mlflow.tracking_uri
     if uri.startswith("http"): print(f"the tracking store is a server already: open {uri}"); return EXIT_OK
     configure_mlflow(cfg)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port",
+           str(args.port)]
     print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)")
     return subprocess.call(cmd)
 
@@ -97,7 +104,9 @@ def cmd_model(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.action == "list":
         vs = R.list_versions(cfg)
         if not vs: print(f"no versions of {cfg.mlflow.registered_model!r} yet"); return EXIT_OK
-        for v in vs: print(f"{v.version:>4}  {v.status:<12} {'gate-approved' if v.gate_approved else 'not approved':<14} {','.join(v.aliases):<20} run {v.run_id}")
+        for v in vs:
+            print(f"{v.version:>4}  {v.status:<12} {'gate-approved' if v.gate_approved else 'not approved':<14} "
+                  f"{','.join(v.aliases):<20} run {v.run_id}")
     elif args.action == "history":
         print(R.history(cfg).drop(columns=["seq"]).to_string(index=False))
     elif args.action == "at":
@@ -116,77 +125,97 @@ def cmd_model(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"version {v.version} archived")
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #515b62e6
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Start the scoring API with uvicorn; SIGTERM or Ctrl-C stops it after flushing the prediction log."
     from mlops_nb.api import serve
     cfg = load_settings(_settings_path(args))
-    serve(cfg, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, poll_seconds=args.poll_seconds, alias=args.alias)
+    serve(cfg, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+          poll_seconds=args.poll_seconds, alias=args.alias)
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #7633da15
 def cmd_score(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Batch-score one month of the feature table with the production model into the prediction log."
     from mlops_nb.score import score_month
     cfg = load_settings(_settings_path(args))
     res = score_month(cfg, args.month, version=args.version)
-    print(f"scored {res.rows} rows of {res.month} with {res.model_name} version {res.model_version} in {res.seconds:.1f} s "
-          f"({res.contacts} to contact); request {res.request_id}")
+    print(f"scored {res.rows} rows of {res.month} with {res.model_name} version {res.model_version} in "
+          f"{res.seconds:.1f} s ({res.contacts} to contact); request {res.request_id}")
     for f in res.files: print(f"  {f}")
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #241f92ed
 def cmd_log(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Maintain the prediction log: `compact` rewrites each closed day as one file."
     from mlops_nb.prediction_log import compact_prediction_log
     cfg = load_settings(_settings_path(args))
     res = compact_prediction_log(cfg, keep_days=args.keep_days)
-    if not res.days: print(f"nothing to compact in {cfg.paths.prediction_log}: no day before {res.before} has more than one file")
-    else: print(f"compacted {len(res.days)} day(s), {res.files_before} files -> {len(res.days)}, {res.rows} rows unchanged, "
-                f"in {res.seconds:.1f} s: {', '.join(res.days)}")
+    if not res.days:
+        print(f"nothing to compact in {cfg.paths.prediction_log}: no day before {res.before} has more than one file")
+    else:
+        print(f"compacted {len(res.days)} day(s), {res.files_before} files -> {len(res.days)}, {res.rows} rows "
+              f"unchanged, in {res.seconds:.1f} s: {', '.join(res.days)}")
     return EXIT_OK
 
 def _add_serving_parsers(sub) -> None:
     "The `mlops-nb serve`, `mlops-nb score` and `mlops-nb log` subcommands."
-    sv = sub.add_parser("serve", help="start the scoring API", description="Serve the registry's champion over HTTP (uvicorn) on "
-                        "[api] host:port, following the registry and logging every prediction to the Parquet prediction log. "
-                        "Options override the [api] settings. SIGTERM or Ctrl-C stops it after flushing the log.")
+    sv = sub.add_parser("serve", help="start the scoring API",
+                        description="Serve the registry's champion over HTTP (uvicorn) on [api] host:port, following "
+                        "the registry and logging every prediction to the Parquet prediction log. Options override "
+                        "the [api] settings. SIGTERM or Ctrl-C stops it after flushing the log.")
     sv.add_argument("--host", help="address to listen on (default: [api] host, 127.0.0.1)")
     sv.add_argument("--port", type=int, help="port (default: [api] port)")
     sv.add_argument("--workers", type=int, help="worker processes (default: [api] workers)")
-    sv.add_argument("--poll-seconds", type=float, help="how often to check the registry alias (default: [api] poll_seconds)")
+    sv.add_argument("--poll-seconds", type=float,
+                    help="how often to check the registry alias (default: [api] poll_seconds)")
     sv.add_argument("--alias", help="registry alias to serve (default: [api] alias, champion)")
-    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="log level (default info)")
+    sv.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                    help="log level (default info)")
     sv.set_defaults(func=cmd_serve)
-    sc = sub.add_parser("score", help="batch-score a month into the prediction log", description="Score every row of one month of "
-                        "the warehouse's feature table (opened read-only) with the production model, writing the predictions to the "
-                        "prediction log (source = batch) with the model's lineage.")
+    sc = sub.add_parser("score", help="batch-score a month into the prediction log",
+                        description="Score every row of one month of the warehouse's feature table (opened read-only) "
+                        "with the production model, writing the predictions to the prediction log (source = batch) "
+                        "with the model's lineage.")
     sc.add_argument("--month", required=True, help="the feature month, YYYY-MM")
     sc.add_argument("--version", help="score with this registered version instead of the production champion")
     sc.set_defaults(func=cmd_score)
     lg = sub.add_parser("log", help="maintain the prediction log", description="Maintain the prediction log.")
     la = lg.add_subparsers(dest="action", required=True, metavar="ACTION")
-    lc = la.add_parser("compact", help="rewrite each closed day as one file", description="Rewrite each day of the prediction log "
-                       "older than --keep-days as one file with the same rows, swapped in atomically (readers never see a day "
-                       "twice or not at all). Meant for a nightly job.")
-    lc.add_argument("--keep-days", type=int, default=1, help="leave today and this many days before it alone (default 1: a flush "
-                    "after midnight may still write yesterday's rows)")
+    lc = la.add_parser("compact", help="rewrite each closed day as one file",
+                       description="Rewrite each day of the prediction log older than --keep-days as one file with "
+                       "the same rows, swapped in atomically (readers never see a day twice or not at all). Meant for "
+                       "a nightly job.")
+    lc.add_argument("--keep-days", type=int, default=1,
+                    help="leave today and this many days before it alone (default 1: a flush after midnight may still "
+                    "write yesterday's rows)")
     lc.set_defaults(func=cmd_log)
 
 def _add_model_parser(sub) -> None:
     "The `mlops-nb model ...` subcommands."
     m = sub.add_parser("model", help="the model registry: list, promote, rollback, archive, history",
-                       description="Lifecycle status of the registered model (development, staging, production, archived), "
-                       "with MLflow aliases champion/challenger. Every change goes to the audit trail.")
+                       description="Lifecycle status of the registered model (development, staging, production, "
+                                   "archived), with MLflow aliases champion/challenger. Every change goes to the "
+                                   "audit trail.")
     ms = m.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ms.add_parser("list", help="versions, status, gate result, aliases", description="List the versions of the registered model.")
-    ms.add_parser("history", help="every status change, oldest first", description="Every status change (from the audit trail).")
-    at = ms.add_parser("at", help="which version was in production at a time", description="Which version was in production at WHEN.")
+    ms.add_parser("list", help="versions, status, gate result, aliases",
+                  description="List the versions of the registered model.")
+    ms.add_parser("history", help="every status change, oldest first",
+                  description="Every status change (from the audit trail).")
+    at = ms.add_parser("at", help="which version was in production at a time",
+                       description="Which version was in production at WHEN.")
     at.add_argument("when", help="a time, e.g. 2026-11-26T14:00:00Z (UTC if no zone)")
     pr = ms.add_parser("promote", help="put a version in production", description="Promote a version to production. "
-                       "Only gate-approved versions, unless --override-reason explains why (recorded in the audit trail).")
+                       "Only gate-approved versions, unless --override-reason explains why (recorded in the audit "
+                       "trail).")
     pr.add_argument("version"); pr.add_argument("--reason", help="why (recorded)")
-    pr.add_argument("--override-reason", help="required for a version the gate did not approve (at least 15 characters)")
-    st = ms.add_parser("stage", help="put a version in staging (challenger)", description="Move a version to staging (alias challenger).")
+    pr.add_argument("--override-reason",
+                    help="required for a version the gate did not approve (at least 15 characters)")
+    st = ms.add_parser("stage", help="put a version in staging (challenger)",
+                       description="Move a version to staging (alias challenger).")
     st.add_argument("version"); st.add_argument("--reason")
-    rb = ms.add_parser("rollback", help="back to the previous production version", description="Put the previous production version back.")
+    rb = ms.add_parser("rollback", help="back to the previous production version",
+                       description="Put the previous production version back.")
     rb.add_argument("--reason", required=True, help="why (recorded)")
     ar = ms.add_parser("archive", help="retire a version", description="Archive a version (not the one in production).")
     ar.add_argument("version"); ar.add_argument("--reason", required=True, help="why (recorded)")
@@ -211,45 +240,54 @@ def cmd_readme(args: argparse.Namespace, extra: Sequence[str]) -> int:
     root = Path(args.root)
     text, readme = render_readme(root / "nbs" / "index.ipynb"), root / "README.md"
     if args.check:
-        if readme.exists() and readme.read_text(encoding="utf-8") == text: print("README.md is up to date"); return EXIT_OK
-        print("error: README.md differs from nbs/index.ipynb; run `mlops-nb readme`", file=sys.stderr); return EXIT_FAILED
+        if readme.exists() and readme.read_text(encoding="utf-8") == text:
+            print("README.md is up to date"); return EXIT_OK
+        print("error: README.md differs from nbs/index.ipynb; run `mlops-nb readme`", file=sys.stderr)
+        return EXIT_FAILED
     readme.write_text(text, encoding="utf-8"); print(f"wrote {readme}")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #44b4e494
 def build_parser() -> argparse.ArgumentParser:
     "The `mlops-nb` argument parser."
-    p = argparse.ArgumentParser(prog="mlops-nb", description="Notebook-first MLOps: from a raw data lake to a governed churn model.")
+    p = argparse.ArgumentParser(prog="mlops-nb",
+                                description="Notebook-first MLOps: from a raw data lake to a governed churn model.")
     p.add_argument("--settings", metavar="PATH", help="run settings file (default: $MLOPS_SETTINGS or ./settings.ini)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    r = sub.add_parser("run", help="run phase notebooks with papermill", description="Run phase notebooks headless with papermill, "
-                       "each as an MLflow run; executed notebooks go to reports/runs/<run-id>/. Extra `--key value` options "
-                       "are overrides too (that is how `mlflow run -P key=value` passes them).")
-    r.add_argument("phases", nargs="*", metavar="PHASE", help="phases to run, in lifecycle order (default: all; see `mlops-nb phases`)")
+    r = sub.add_parser("run", help="run phase notebooks with papermill",
+                       description="Run phase notebooks headless with papermill, each as an MLflow run; executed "
+                       "notebooks go to reports/runs/<run-id>/. Extra `--key value` options are overrides too (that "
+                       "is how `mlflow run -P key=value` passes them).")
+    r.add_argument("phases", nargs="*", metavar="PHASE",
+                   help="phases to run, in lifecycle order (default: all; see `mlops-nb phases`)")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="override a setting (<section>_<key>, e.g. lake_customers) or a notebook parameter; repeatable")
     r.add_argument("--kernel", help="Jupyter kernel to execute with (default: mlops-nb if registered, else python3)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (the default when stderr is not a terminal, e.g. in a scheduler)")
-    r.add_argument("--demos", action="store_true", help="also execute each notebook's demonstration cells, as nbdev-test does "
-                   "(default: a phase runs its definitions and its `parameters` section only)")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (the default when stderr is not a terminal, e.g. in a scheduler)")
+    r.add_argument("--demos", action="store_true",
+                   help="also execute each notebook's demonstration cells, as nbdev-test does (default: a phase runs "
+                   "its definitions and its `parameters` section only)")
     r.set_defaults(func=cmd_run)
     ph = sub.add_parser("phases", help="list the phases", description="List the lifecycle's phases in order.")
     ph.set_defaults(func=cmd_phases)
-    s = sub.add_parser("settings", help="check, show or template the run settings", description="Validate the run settings "
-                       "(default), show the effective values, or print the documented template.")
+    s = sub.add_parser("settings", help="check, show or template the run settings",
+                       description="Validate the run settings (default), show the effective values, or print the "
+                       "documented template.")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="validate the settings file (the default)")
     g.add_argument("--show", action="store_true", help="print every effective value as JSON (file + environment)")
     g.add_argument("--template", action="store_true", help="print the documented default settings.ini")
     s.set_defaults(func=cmd_settings)
-    u = sub.add_parser("ui", help="start the MLflow UI on the configured store", description="Start `mlflow ui` on the configured "
-                       "tracking store, listening on 127.0.0.1.")
+    u = sub.add_parser("ui", help="start the MLflow UI on the configured store",
+                       description="Start `mlflow ui` on the configured tracking store, listening on 127.0.0.1.")
     u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     u.set_defaults(func=cmd_ui)
     _add_model_parser(sub)
     _add_serving_parsers(sub)
-    rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb", description="Render README.md from nbs/index.ipynb.")
+    rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
+                        description="Render README.md from nbs/index.ipynb.")
     rd.add_argument("--check", action="store_true", help="fail if README.md is out of date")
     rd.add_argument("--root", default=".", help="project root (default: .)")
     rd.set_defaults(func=cmd_readme)

@@ -21,8 +21,8 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse',
-           'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'feature_table_source',
-           'load_feature_table']
+           'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'no_feature_table',
+           'read_feature_spec', 'feature_table_source', 'load_feature_table']
 
 # %% ../nbs/04_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -51,21 +51,27 @@ class FeatureSpec:
 
     def check(self, df: pd.DataFrame) -> None:
         "Raise a clear error if `df` lacks a column the spec names, or if features and sensitive attributes overlap."
-        need = [self.id_column, self.target, *self.features, *self.sensitive] + ([self.time_column] if self.time_column else [])
+        need = [self.id_column, self.target, *self.features,
+                *self.sensitive] + ([self.time_column] if self.time_column else [])
         missing = [c for c in need if c not in df.columns]
         if missing: raise SettingsError(f"feature table lacks columns named by its spec: {', '.join(missing)}")
         both = set(self.features) & set(self.sensitive)
-        if both: raise SettingsError(f"columns are both model inputs and sensitive attributes: {', '.join(sorted(both))}")
+        if both:
+            raise SettingsError(f"columns are both model inputs and sensitive attributes: {', '.join(sorted(both))}")
 
+# %% ../nbs/04_contracts.ipynb #91ef8a49
 def frame_digest(df: pd.DataFrame) -> str:
-    "A 16-hex-digit content hash of a frame (values, column names and dtypes; not the index): the digest of the feature table's MLflow dataset (features phase) and of each part of a training split (train phase) — one definition, so equal rows give equal digests in both."
+    """A 16-hex-digit content hash of a frame (values, column names and dtypes; not the index): the digest of the
+    feature table's MLflow dataset (features phase) and of each part of a training split (train phase) — one
+    definition, so equal rows give equal digests in both."""
     h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
     return h.hexdigest()[:16]
 
 # %% ../nbs/04_contracts.ipynb #2538aa1e
 def frame_schema(df: pd.DataFrame, head: int = 1000) -> Any:
-    "The MLflow schema `mlflow.data.from_pandas` would infer for `df` (None if it cannot), read from `head` rows plus each column's first missing value."
+    """The MLflow schema `mlflow.data.from_pandas` would infer for `df` (None if it cannot), read from `head` rows plus
+    each column's first missing value."""
     from mlflow.types.utils import _infer_schema
     take = np.zeros(len(df), dtype=bool)
     take[:head] = True
@@ -89,32 +95,42 @@ def pandas_dataset(df: pd.DataFrame, source: str, name: str, targets: str | None
 
 # %% ../nbs/04_contracts.ipynb #e81fd264
 def sql_literal(s: str) -> str:
-    "`s` as a SQL string literal, for the few places DuckDB takes no parameter (COPY, SET, CREATE TYPE, a table function's file)."
+    """`s` as a SQL string literal, for the few places DuckDB takes no parameter (COPY, SET, CREATE TYPE, a table
+    function's file)."""
     return "'" + s.replace("'", "''") + "'"
 
+# %% ../nbs/04_contracts.ipynb #43dc5e8b
 def duckdb_connect(database: str | Path = ":memory:", read_only: bool = False):
-    "A DuckDB connection that draws no progress bar: in a notebook or a script DuckDB draws one for any query past two seconds, into executed reports and scheduler logs."
+    """A DuckDB connection that draws no progress bar: in a notebook or a script DuckDB draws one for any query past two
+    seconds, into executed reports and scheduler logs."""
     import duckdb
     con = duckdb.connect(str(database), read_only=read_only)
-    con.execute("SET enable_progress_bar = false")   # per connection: a `config=` would clash with another open connection to the file
+    # per connection: a `config=` would clash with another open connection to the file
+    con.execute("SET enable_progress_bar = false")
     return con
 
+# %% ../nbs/04_contracts.ipynb #83143bee
 def connect_warehouse(cfg: Settings, read_only: bool = True):
     "A DuckDB connection to the warehouse; a clear error if a read-only caller finds none."
     path = cfg.paths.warehouse
-    if read_only and not path.exists(): raise SettingsError(f"no warehouse at {path}: run the data phases first (`mlops-nb run`)")
+    if read_only and not path.exists():
+        raise SettingsError(f"no warehouse at {path}: run the data phases first (`mlops-nb run`)")
     path.parent.mkdir(parents=True, exist_ok=True)
     return duckdb_connect(path, read_only=read_only)
 
+# %% ../nbs/04_contracts.ipynb #01e34a66
 def warehouse_content_hash(con) -> str:
-    "The content hash of the warehouse's latest ETL load (`meta.loads`), or '' when nothing was loaded by the ETL (a bring-your-own table)."
+    """The content hash of the warehouse's latest ETL load (`meta.loads`), or '' when nothing was loaded by the ETL (a
+    bring-your-own table)."""
     import duckdb
     try: rows = con.execute("SELECT content_hash FROM meta.loads ORDER BY finished_at DESC LIMIT 1").fetchall()
     except duckdb.CatalogException: return ""
     return str(rows[0][0] or "") if rows else ""
 
+# %% ../nbs/04_contracts.ipynb #634b7479
 def save_feature_query(con, table: str, spec: FeatureSpec) -> int:
-    "Replace the feature table with the rows of `table` (on `con`) and its spec, in one transaction; return the row count."
+    """Replace the feature table with the rows of `table` (on `con`) and its spec, in one transaction; return the row
+    count."""
     spec.check(con.execute(f"SELECT * FROM {table} LIMIT 0").df())
     con.execute("CREATE SCHEMA IF NOT EXISTS features")
     source = warehouse_content_hash(con)   # before BEGIN: a missing meta.loads must not abort the transaction
@@ -126,8 +142,10 @@ def save_feature_query(con, table: str, spec: FeatureSpec) -> int:
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK"); raise
-    return con.execute(f"SELECT count(*) FROM {TABLE_FEATURES}").fetchall()[0][0]  # fetch all: DuckDB 2 refuses work on a connection with an unfinished result
+    # fetch all: DuckDB 2 refuses work on a connection with an unfinished result
+    return con.execute(f"SELECT count(*) FROM {TABLE_FEATURES}").fetchall()[0][0]
 
+# %% ../nbs/04_contracts.ipynb #077787a0
 def save_feature_table(con, df: pd.DataFrame, spec: FeatureSpec) -> int:
     "Replace the feature table with the DataFrame `df` and its spec, in one transaction; return the row count."
     spec.check(df)
@@ -135,22 +153,36 @@ def save_feature_table(con, df: pd.DataFrame, spec: FeatureSpec) -> int:
     try: return save_feature_query(con, "_features_in", spec)
     finally: con.unregister("_features_in")
 
+# %% ../nbs/04_contracts.ipynb #5d1c0a17
+def no_feature_table(cfg: Settings) -> SettingsError:
+    "The error every reader of the feature table gives when the data phases have not built it."
+    return SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first")
+
+# %% ../nbs/04_contracts.ipynb #7e2b41c9
+def read_feature_spec(con, cfg: Settings) -> FeatureSpec:
+    "The feature table's spec, read on an open warehouse connection (`no_feature_table` if there is none yet)."
+    import duckdb
+    try: row = con.execute(f"SELECT spec FROM {TABLE_FEATURE_SPEC}").fetchone()
+    except duckdb.CatalogException: raise no_feature_table(cfg) from None
+    if row is None: raise no_feature_table(cfg)
+    return FeatureSpec.from_json(row[0])
+
+# %% ../nbs/04_contracts.ipynb #5291cd30
 def feature_table_source(cfg: Settings) -> str:
-    "The warehouse content hash the current feature table was built from ('' if unknown: no ETL load, or built before this was recorded)."
+    """The warehouse content hash the current feature table was built from ('' if unknown: no ETL load, or built before
+    this was recorded)."""
     import duckdb
     with connect_warehouse(cfg) as con:
         try: rows = con.execute(f"SELECT warehouse_content_hash FROM {TABLE_FEATURE_SPEC}").fetchall()
         except duckdb.BinderException: return ""                    # a spec table from before the column existed
-        except duckdb.CatalogException: raise SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first") from None
+        except duckdb.CatalogException: raise no_feature_table(cfg) from None
     return str(rows[0][0] or "") if rows else ""
 
+# %% ../nbs/04_contracts.ipynb #684e8add
 def load_feature_table(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec]:
     "The feature table and its spec, as the data phase left them."
     with connect_warehouse(cfg) as con:
-        try: spec = FeatureSpec.from_json(con.execute(f"SELECT spec FROM {TABLE_FEATURE_SPEC}").fetchone()[0])
-        except Exception as e:
-            if "does not exist" in str(e): raise SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first") from None
-            raise
+        spec = read_feature_spec(con, cfg)
         df = con.execute(f"SELECT * FROM {TABLE_FEATURES}").df()
     spec.check(df)
     return df, spec

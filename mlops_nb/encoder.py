@@ -1,4 +1,5 @@
-"""Raw feature columns in, one float matrix out — for a frame (training, batch scoring) and for one JSON record at a time (the API), exactly the same numbers either way, with field-level errors for a bad record.
+"""Raw feature columns in, one float matrix out — for a frame (training, batch scoring) and for one JSON record at a
+time (the API), exactly the same numbers either way, with field-level errors for a bad record.
 
 Docs: https://mlops-nb.github.io/mlops-nb/encoder.html.md"""
 
@@ -28,15 +29,28 @@ VECTOR_MIN_ROWS = 64   # from this many rows, a categorical column is coded by o
 RANK_LEVELS = np.linspace(0.0, 1.0, 101)   # the quantiles a spline basis keeps of each numeric feature
 
 def quantile_ranks(num: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    "Each value's rank in [0, 1] among the training values (`quantiles`: RANK_LEVELS x features), interpolated; ties get their middle rank."
+    """Each value's rank in [0, 1] among the training values (`quantiles`: RANK_LEVELS x features), interpolated; ties
+    get their middle rank."""
     L = RANK_LEVELS
-    return np.column_stack([0.5 * (np.interp(num[:, j], quantiles[:, j], L) - np.interp(-num[:, j], -quantiles[::-1, j], -L[::-1]))
-                            for j in range(num.shape[1])]) if num.shape[1] else np.zeros((len(num), 0))
+    return (
+        np.column_stack(
+            [
+                0.5 * (np.interp(num[:, j], quantiles[:, j], L) - np.interp(-num[:, j], -quantiles[::-1, j], -L[::-1]))
+                for j in range(num.shape[1])
+            ]
+        )
+        if num.shape[1]
+        else np.zeros((len(num), 0))
+    )
 
+# %% ../nbs/31_encoder.ipynb #c7cd8c56
 def spline_basis(u: np.ndarray, n_knots: int) -> np.ndarray:
-    "Cubic B-splines on `n_knots` uniform knots over [0, 1], for values `u` in [0, 1]: shape u.shape + (n_knots + 2,), rows sum to 1."
-    # On uniform knots only four splines are non-zero in the knot interval i holding u, and at x, u's position inside it,
-    # they are the four cubic pieces below (what Cox-de Boor's recursion gives, without its (n, features, knots) temporaries).
+    """Cubic B-splines on `n_knots` uniform knots over [0, 1], for values `u` in [0, 1]: shape u.shape + (n_knots + 2,),
+    rows sum to 1."""
+    # On uniform knots only four splines are non-zero in the knot interval i holding u, and at x, u's position inside
+    # it,
+    # they are the four cubic pieces below (what Cox-de Boor's recursion gives, without its (n, features, knots)
+    # temporaries).
     s = np.clip(u, 0.0, 1.0 - 1e-9) * (n_knots - 1)
     i = np.minimum(s.astype(np.int64), n_knots - 2)          # the interval (s >= 0: truncation is the floor)
     x = (s - i).ravel()
@@ -51,8 +65,10 @@ def spline_basis(u: np.ndarray, n_knots: int) -> np.ndarray:
     B[at + 3] = x3 / 6.0
     return B.reshape(np.shape(u) + (K,))
 
+# %% ../nbs/31_encoder.ipynb #dce4ac04
 class TabularEncoder(TransformerMixin, BaseEstimator):
-    "Raw feature columns of a frame → one float matrix: numbers (imputed or NaN, with missing indicators), categories one-hot or as codes."
+    """Raw feature columns of a frame → one float matrix: numbers (imputed or NaN, with missing indicators), categories
+    one-hot or as codes."""
     # parameters added after models were registered: a model pickled before them unpickles without the attribute and
     # reads these class-level values, which are what it was fitted with (a registered champion must keep scoring)
     numeric_basis, spline_knots = "linear", 5
@@ -60,32 +76,44 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
     def __init__(self,
                  numeric: Sequence[str] = (),            # numeric feature columns
                  categorical: Sequence[str] = (),        # categorical feature columns
-                 categorical_encoding: str = "onehot",   # 'onehot' (one 0/1 column per category) or 'ordinal' (one code column, NaN if unseen)
+                 # 'onehot' (one 0/1 column per category) or 'ordinal' (one code column, NaN if unseen)
+                 categorical_encoding: str = "onehot",
                  numeric_imputation: str = "median",     # 'median' (training median) or 'none' (keep NaN)
-                 missing_indicators: bool = True,        # add a 0/1 column for each numeric feature with missing values in training
-                 numeric_basis: str = "linear",          # 'linear' (the value) or 'spline' (a cubic B-spline basis of its training quantile rank)
-                 spline_knots: int = 5,                  # knots of the spline basis (spline_knots + 2 columns per numeric feature)
+                 # add a 0/1 column for each numeric feature with missing values in training
+                 missing_indicators: bool = True,
+                 # 'linear' (the value) or 'spline' (a cubic B-spline basis of its training quantile rank)
+                 numeric_basis: str = "linear",
+                 # knots of the spline basis (spline_knots + 2 columns per numeric feature)
+                 spline_knots: int = 5,
                  ):
         self.numeric, self.categorical = numeric, categorical
-        self.categorical_encoding, self.numeric_imputation, self.missing_indicators = categorical_encoding, numeric_imputation, missing_indicators
+        self.categorical_encoding, self.numeric_imputation, self.missing_indicators = (
+            categorical_encoding,
+            numeric_imputation,
+            missing_indicators,
+        )
         self.numeric_basis, self.spline_knots = numeric_basis, spline_knots
 
     def _frame(self, X: Any) -> pd.DataFrame:
         "`X` if it is a frame with every feature column; a clear error otherwise."
-        if not isinstance(X, pd.DataFrame): raise TypeError(f"TabularEncoder needs a DataFrame with named columns, got {type(X).__name__}")
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"TabularEncoder needs a DataFrame with named columns, got {type(X).__name__}")
         missing = [c for c in (*self.numeric, *self.categorical) if c not in X.columns]
         if missing: raise ValueError(f"the input lacks the model's feature columns: {', '.join(missing)}")
         return X
 
     def _numbers(self, X: pd.DataFrame) -> np.ndarray:
-        "The numeric columns as float64 (missing values — None, NaN, <NA> — as NaN); a clear error for values that are not numbers."
+        """The numeric columns as float64 (missing values — None, NaN, <NA> — as NaN); a clear error for values that are
+        not numbers."""
         out = np.empty((len(X), len(self.numeric)))
         for j, c in enumerate(self.numeric):
             try: out[:, j] = X[c].to_numpy(dtype=np.float64, na_value=np.nan)
             except (TypeError, ValueError):
                 v = pd.to_numeric(X[c], errors="coerce")
                 bad = X[c][v.isna() & X[c].notna()]
-                if len(bad): raise ValueError(f"column {c!r} must hold numbers; got {bad.iloc[0]!r} (row {bad.index[0]!r})") from None
+                if len(bad):
+                    raise ValueError(f"column {c!r} must hold numbers; got {bad.iloc[0]!r} (row "
+                                     f"{bad.index[0]!r})") from None
                 out[:, j] = v.to_numpy(dtype=np.float64, na_value=np.nan)
         return out
 
@@ -94,14 +122,18 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
         "A categorical column as an object array of strings, missing values as MISSING_CATEGORY."
         v = s.to_numpy(dtype=object, copy=True)
         v[pd.isna(v)] = MISSING_CATEGORY
-        if not all(isinstance(x, str) for x in v): v = np.array([x if isinstance(x, str) else str(x) for x in v], dtype=object)
+        if not all(isinstance(x, str) for x in v):
+            v = np.array([x if isinstance(x, str) else str(x) for x in v], dtype=object)
         return v
 
     def _codes(self, s: pd.Series, codes: dict[str, int], categories: list[str]) -> np.ndarray:
-        "Each value's category code (-1 if unseen): a dict look-up per row for a few rows, one vectorised look-up for many."
-        if len(s) < VECTOR_MIN_ROWS: return np.fromiter((codes.get(v, -1) for v in self._labels(s)), dtype=np.int64, count=len(s))
+        """Each value's category code (-1 if unseen): a dict look-up per row for a few rows, one vectorised look-up for
+        many."""
+        if len(s) < VECTOR_MIN_ROWS:
+            return np.fromiter((codes.get(v, -1) for v in self._labels(s)), dtype=np.int64, count=len(s))
         v = s.to_numpy(dtype=object)
-        if pd.api.types.infer_dtype(v, skipna=True) in ("string", "empty"):   # only strings: no per-value conversion needed
+        # only strings: no per-value conversion needed
+        if pd.api.types.infer_dtype(v, skipna=True) in ("string", "empty"):
             miss = pd.isna(v)
             if miss.any(): v = v.copy(); v[miss] = MISSING_CATEGORY
         else: v = self._labels(s)
@@ -110,16 +142,23 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
     def fit(self, X: pd.DataFrame, y: Any = None) -> "TabularEncoder":
         "Learn medians, which features need missing indicators, and each categorical's categories."
         X = self._frame(X)
-        if self.categorical_encoding not in ("onehot", "ordinal"): raise ValueError(f"categorical_encoding must be 'onehot' or 'ordinal', got {self.categorical_encoding!r}")
-        if self.numeric_imputation not in ("median", "none"): raise ValueError(f"numeric_imputation must be 'median' or 'none', got {self.numeric_imputation!r}")
-        if self.numeric_basis not in ("linear", "spline"): raise ValueError(f"numeric_basis must be 'linear' or 'spline', got {self.numeric_basis!r}")
+        if self.categorical_encoding not in ("onehot", "ordinal"):
+            raise ValueError(f"categorical_encoding must be 'onehot' or 'ordinal', got {self.categorical_encoding!r}")
+        if self.numeric_imputation not in ("median", "none"):
+            raise ValueError(f"numeric_imputation must be 'median' or 'none', got {self.numeric_imputation!r}")
+        if self.numeric_basis not in ("linear", "spline"):
+            raise ValueError(f"numeric_basis must be 'linear' or 'spline', got {self.numeric_basis!r}")
         if self.numeric_basis == "spline" and (self.numeric_imputation != "median" or int(self.spline_knots) < 2):
-            raise ValueError("numeric_basis='spline' needs numeric_imputation='median' (a missing value has no rank) and spline_knots >= 2")
+            raise ValueError("numeric_basis='spline' needs numeric_imputation='median' (a missing value has no rank) "
+                             "and spline_knots >= 2")
         num = self._numbers(X)
         seen = ~np.isnan(num)
-        self.medians_ = np.array([np.median(num[seen[:, j], j]) if seen[:, j].any() else 0.0 for j in range(num.shape[1])])
+        self.medians_ = np.array(
+            [np.median(num[seen[:, j], j]) if seen[:, j].any() else 0.0 for j in range(num.shape[1])]
+        )
         if self.numeric_basis == "spline":   # the rank scale: each feature's training quantiles at RANK_LEVELS
-            self.quantiles_ = np.quantile(np.where(seen, num, self.medians_), RANK_LEVELS, axis=0).reshape(len(RANK_LEVELS), -1)
+            self.quantiles_ = np.quantile(np.where(seen, num, self.medians_), RANK_LEVELS,
+                                          axis=0).reshape(len(RANK_LEVELS), -1)
         indicate = self.missing_indicators and self.numeric_imputation == "median"
         self.indicated_ = np.flatnonzero(~seen.all(0)) if indicate else np.zeros(0, dtype=np.int64)
         self.categories_ = [sorted(set(self._labels(X[c]))) for c in self.categorical]
@@ -130,7 +169,8 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
             else: names.append(c); source.append(c)
         if self.numeric_basis == "spline":
             k = int(self.spline_knots) + 2
-            names += [f"{c}~s{i}" for c in self.numeric for i in range(k)]; source += [c for c in self.numeric for _ in range(k)]
+            names += [f"{c}~s{i}" for c in self.numeric for i in range(k)]
+            source += [c for c in self.numeric for _ in range(k)]
         else: names += list(self.numeric); source += list(self.numeric)
         names += [f"{self.numeric[j]}_missing" for j in self.indicated_]
         source += [self.numeric[j] for j in self.indicated_]
@@ -157,12 +197,14 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
         return np.hstack([*blocks, num, miss[:, self.indicated_].astype(np.float64)])
 
     def _splines(self, num: np.ndarray, chunk: int = 50_000) -> np.ndarray:
-        "The spline columns of imputed numbers, `chunk` rows at a time (the basis' temporaries stay small on a million rows)."
+        """The spline columns of imputed numbers, `chunk` rows at a time (the basis' temporaries stay small on a million
+        rows)."""
         knots = int(self.spline_knots)
         out = np.empty((len(num), num.shape[1] * (knots + 2)))
         for i in range(0, len(num), chunk):
             block = num[i:i + chunk]
-            out[i:i + len(block)] = spline_basis(quantile_ranks(block, self.quantiles_), knots).reshape(len(block), out.shape[1])
+            out[i:i + len(block)] = spline_basis(quantile_ranks(block, self.quantiles_), knots).reshape(len(block),
+                                                                                                        out.shape[1])
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
@@ -172,7 +214,8 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
 
 # %% ../nbs/31_encoder.ipynb #3921f41b
 def model_input(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
-    "The feature columns of `df` as a model takes them: numbers as float64 (NaN for missing), categories as object (None for missing)."
+    """The feature columns of `df` as a model takes them: numbers as float64 (NaN for missing), categories as object
+    (None for missing)."""
     out = pd.DataFrame(index=df.index)
     for c in spec.numeric: out[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in spec.categorical: out[c] = df[c].astype(object).where(df[c].notna(), None)
@@ -198,23 +241,28 @@ class FieldError:
 
 def json_type(v: Any) -> str:
     "The JSON name of a parsed value's type."
-    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "an array", dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
 
 # %% ../nbs/31_encoder.ipynb #52b6a9ec
 ABSENT = object()   # a field the record does not have (distinct from null)
 
 class RecordEncoder:
-    "JSON feature objects → rows of the model's encoded matrix, exactly as its TabularEncoder encodes a frame, with field-level errors."
+    """JSON feature objects → rows of the model's encoded matrix, exactly as its TabularEncoder encodes a frame, with
+    field-level errors."""
     def __init__(self,
                  enc: TabularEncoder,              # the fitted first step of the pipeline
                  unknown_category: str = "reject", # 'reject' (422) or 'missing' (scored as an unseen category)
                  ):
-        if unknown_category not in ("reject", "missing"): raise ValueError(f"unknown_category must be 'reject' or 'missing', got {unknown_category!r}")
+        if unknown_category not in ("reject", "missing"):
+            raise ValueError(f"unknown_category must be 'reject' or 'missing', got {unknown_category!r}")
         self.strict = unknown_category == "reject"
         self.numeric, self.categorical = list(enc.numeric), list(enc.categorical)
         self.features = [*self.numeric, *self.categorical]
         self.known = frozenset(self.features)
-        self.categories = {c: [v for v in cats if v != MISSING_CATEGORY] for c, cats in zip(enc.categorical, enc.categories_)}
+        self.categories = {
+            c: [v for v in cats if v != MISSING_CATEGORY] for c, cats in zip(enc.categorical, enc.categories_)
+        }
         onehot, pos, self._cats = enc.categorical_encoding == "onehot", 0, []
         for c, codes in zip(enc.categorical, enc.codes_):
             allowed = ", ".join(self.categories[c])
@@ -225,55 +273,73 @@ class RecordEncoder:
         self._spline = (int(enc.spline_knots), enc.quantiles_) if enc.numeric_basis == "spline" else None
         self._num_start, self._num_width = pos, len(self.numeric) * (int(enc.spline_knots) + 2 if self._spline else 1)
         indicator = {int(j): pos + self._num_width + i for i, j in enumerate(enc.indicated_)}
-        self._nums = [(c, j if self._spline else pos + j, float(enc.medians_[j]) if impute else math.nan, indicator.get(j, -1))
-                      for j, c in enumerate(self.numeric)]
+        self._nums = [
+            (c, j if self._spline else pos + j, float(enc.medians_[j]) if impute else math.nan, indicator.get(j, -1))
+            for j, c in enumerate(self.numeric)
+        ]
         self.width = pos + self._num_width + len(enc.indicated_)
-        if self.width != len(enc.feature_names_out_): raise ValueError("RecordEncoder does not match this TabularEncoder's layout")
+        if self.width != len(enc.feature_names_out_):
+            raise ValueError("RecordEncoder does not match this TabularEncoder's layout")
         self._template = [0.0] * self.width
 
     def encode(self, feats: Any, loc: tuple, errors: list[FieldError]) -> tuple[list[float], list[Any]] | None:
         "One feature object → (its encoded row, its values as logged); problems go to `errors` (and then None)."
         if type(feats) is not dict:
-            errors.append(FieldError(loc, f"expected an object with the model's features, got {json_type(feats)}", "object_type")); return None
+            errors.append(FieldError(loc, "expected an object with the model's features, got "
+                                          f"{json_type(feats)}", "object_type"))
+            return None
         n0, row, vals = len(errors), self._template.copy(), []
         nums = [0.0] * len(self._nums) if self._spline else row
         for c, pos, median, ind in self._nums:
             v = feats.get(c, ABSENT)
             t = type(v)
             if t is float:
-                if v - v != 0.0: errors.append(FieldError((*loc, c), "must be a finite number (NaN and Infinity are not numbers)", "finite_number")); continue
+                if v - v != 0.0:
+                    errors.append(FieldError((*loc, c), "must be a finite number (NaN and Infinity are not numbers)",
+                                             "finite_number"))
+                    continue
                 x = v
             elif t is int:
                 try: x = float(v)
-                except OverflowError: errors.append(FieldError((*loc, c), "number out of range", "finite_number")); continue
+                except OverflowError:
+                    errors.append(FieldError((*loc, c), "number out of range", "finite_number")); continue
             elif v is None:
                 vals.append(None); nums[pos] = median
                 if ind >= 0: row[ind] = 1.0
                 continue
             elif v is ABSENT: errors.append(FieldError((*loc, c), "field required", "missing")); continue
-            else: errors.append(FieldError((*loc, c), f"expected a number or null, got {json_type(v)}", "number_type")); continue
+            else:
+                errors.append(FieldError((*loc, c), f"expected a number or null, got {json_type(v)}", "number_type"))
+                continue
             vals.append(x); nums[pos] = x
         if self._spline and len(errors) == n0:   # the same NumPy arithmetic as TabularEncoder.transform: the same bits
             knots, q = self._spline
-            row[self._num_start:self._num_start + self._num_width] = spline_basis(quantile_ranks(np.array([nums]), q), knots).ravel().tolist()
+            row[self._num_start:self._num_start + self._num_width] = spline_basis(quantile_ranks(np.array([nums]), q),
+                                                                                  knots).ravel().tolist()
         for c, pos, codes, onehot, unknown in self._cats:
             v = feats.get(c, ABSENT)
             if type(v) is str: code = codes.get(v, -1)
             elif v is None: code = codes.get(MISSING_CATEGORY, -1)
             elif v is ABSENT: errors.append(FieldError((*loc, c), "field required", "missing")); continue
-            else: errors.append(FieldError((*loc, c), f"expected a string or null, got {json_type(v)}", "string_type")); continue
-            if code < 0 and v is not None and self.strict: errors.append(FieldError((*loc, c), unknown, "enum")); continue
+            else:
+                errors.append(FieldError((*loc, c), f"expected a string or null, got {json_type(v)}", "string_type"))
+                continue
+            if code < 0 and v is not None and self.strict:
+                errors.append(FieldError((*loc, c), unknown, "enum")); continue
             vals.append(v)
             if onehot:
                 if code >= 0: row[pos + code] = 1.0
             else: row[pos] = float(code) if code >= 0 else math.nan
         if feats.keys() != self.known:
             for k in feats:
-                if k not in self.known: errors.append(FieldError((*loc, k), f"unknown field; the model's features are: {', '.join(self.features)}", "extra_forbidden"))
+                if k not in self.known:
+                    errors.append(FieldError((*loc, k), "unknown field; the model's features are: "
+                                                        f"{', '.join(self.features)}", "extra_forbidden"))
         return (row, vals) if len(errors) == n0 else None
 
     def encode_values(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
-        "Rows of logged values (in `features` order) → the encoded matrix; unseen categories are scored as unseen, never refused."
+        """Rows of logged values (in `features` order) → the encoded matrix; unseen categories are scored as unseen,
+        never refused."""
         errors: list[FieldError] = []
         was, self.strict = self.strict, False
         try: out = [self.encode(dict(zip(self.features, r)), ("row", i), errors) for i, r in enumerate(rows)]
@@ -284,5 +350,10 @@ class RecordEncoder:
 # %% ../nbs/31_encoder.ipynb #501b1d60
 def json_records(df: pd.DataFrame, features: Sequence[str]) -> list[dict[str, Any]]:
     "A frame's feature columns as JSON-like records (missing → None)."
-    return [{f: (None if v is None or (isinstance(v, float) and v != v) or v is pd.NA else v) for f, v in zip(features, row)}
-            for row in df[list(features)].astype(object).itertuples(index=False)]
+    return [
+        {
+            f: (None if v is None or (isinstance(v, float) and v != v) or v is pd.NA else v)
+            for f, v in zip(features, row)
+        }
+        for row in df[list(features)].astype(object).itertuples(index=False)
+    ]

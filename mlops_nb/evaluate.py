@@ -1,4 +1,5 @@
-"""Is the model accurate, calibrated, profitable and fair — measured on rows it never saw, with confidence intervals, in the charter's money — and a model card that says so.
+"""Is the model accurate, calibrated, profitable and fair — measured on rows it never saw, with confidence intervals,
+in the charter's money — and a model card that says so.
 
 Docs: https://mlops-nb.github.io/mlops-nb/evaluate.html.md"""
 
@@ -58,7 +59,8 @@ __all__ = ['EXPLAIN_ROWS', 'rows_digest', 'current_champion', 'pyfunc_probabilit
 
 # %% ../nbs/46_evaluate.ipynb #2b6233ca
 def rows_digest(df: pd.DataFrame) -> str:
-    "A short hash naming exact rows in their order (column names, values, row order): for the gate's same-test-rows check, not a dataset's digest."
+    """A short hash naming exact rows in their order (column names, values, row order): for the gate's same-test-rows
+    check, not a dataset's digest."""
     h = hashlib.sha256(json.dumps([str(c) for c in df.columns]).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
@@ -103,7 +105,8 @@ def select_candidate(names: Sequence[str],               # the candidates' names
                      p_valid: Sequence[np.ndarray],      # their validation probabilities
                      n_boot: int = 400, seed: int = 0, confidence: float = 0.95,
                      ) -> tuple[int, str]:
-    "(index of the selected candidate, the rule that chose it): the best validation AUC, unless that is a tie with the blend."
+    """(index of the selected candidate, the rule that chose it): the best validation AUC, unless that is a tie with the
+    blend."""
     from mlops_nb.candidates import BLEND
     best = int(np.nanargmax(valid_auc))
     if BLEND not in names or names[best] == BLEND: return best, "highest validation ROC AUC"
@@ -117,16 +120,20 @@ def select_candidate(names: Sequence[str],               # the candidates' names
 def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[str, float]:
     "The headline numbers of an evaluation as flat MLflow metrics."
     m, c, b = ev.metrics, ev.calibration, ev.business
-    out = dict(roc_auc=m["roc_auc"], roc_auc_lo=m["roc_auc_lo"], roc_auc_hi=m["roc_auc_hi"], pr_auc=m["pr_auc"], brier=m["brier"],
+    out = dict(roc_auc=m["roc_auc"], roc_auc_lo=m["roc_auc_lo"], roc_auc_hi=m["roc_auc_hi"], pr_auc=m["pr_auc"],
+               brier=m["brier"],
                ece=c["ece"], ece_raw=c["ece_raw"], threshold=b["threshold"], contacts_per_month=b["contacts_per_month"],
-               spend_per_month=b["spend_per_month"], profit_per_month=b["profit_per_month"], profit_lo=b["profit_lo"], profit_hi=b["profit_hi"],
+               spend_per_month=b["spend_per_month"], profit_per_month=b["profit_per_month"], profit_lo=b["profit_lo"],
+               profit_hi=b["profit_hi"],
                churn_reduction=b["churn_reduction"], meets_objective=float(b["verdict"]["meets"]))
     if ev.oracle:
         out.update(oracle_roc_auc=ev.oracle["auc_true_p"], oracle_auc_gap=ev.oracle["auc_gap"])
         out.update(oracle_auc_gap_lo=ev.oracle["auc_gap_lo"], oracle_auc_gap_hi=ev.oracle["auc_gap_hi"])
         if "auc_feature_ceiling" in ev.oracle:
-            out.update(oracle_feature_ceiling_auc=ev.oracle["auc_feature_ceiling"], oracle_gap_inputs=ev.oracle["auc_gap_inputs"],
-                       oracle_gap_learner=ev.oracle["auc_gap_learner"], oracle_gap_learner_lo=ev.oracle["auc_gap_learner_lo"],
+            out.update(oracle_feature_ceiling_auc=ev.oracle["auc_feature_ceiling"],
+                       oracle_gap_inputs=ev.oracle["auc_gap_inputs"],
+                       oracle_gap_learner=ev.oracle["auc_gap_learner"],
+                       oracle_gap_learner_lo=ev.oracle["auc_gap_learner_lo"],
                        oracle_gap_learner_hi=ev.oracle["auc_gap_learner_hi"])
         for k, v in ev.oracle["policies"].items():
             for q in ("profit_true_p", "profit_true_uplift"):
@@ -135,21 +142,29 @@ def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[s
         if g["gated"] and g.get("difference") is not None:
             out[f"gap_{g['attribute']}_{g['metric']}"] = g["difference"]
             if g.get("difference_hi") is not None: out[f"gap_{g['attribute']}_{g['metric']}_hi"] = g["difference_hi"]
-    return {prefix + k: float(v) for k, v in out.items() if v is not None and isinstance(v, (int, float)) and math.isfinite(v)}
+    return {
+        prefix + k: float(v)
+        for k, v in out.items()
+        if v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+    }
 
+# %% ../nbs/46_evaluate.ipynb #345b0163
 def evaluation_figures(ev: CandidateEvaluation) -> dict[str, Figure]:
     "The candidate's plots, by artifact file name."
-    figs = {"calibration.png": plot_reliability(ev), "profit_curve.png": plot_profit_curve(ev), "gains.png": plot_gains(ev)}
+    figs = {"calibration.png": plot_reliability(ev), "profit_curve.png": plot_profit_curve(ev),
+            "gains.png": plot_gains(ev)}
     if (f := plot_fairness(ev)) is not None: figs["fairness.png"] = f
     return figs
 
+# %% ../nbs/46_evaluate.ipynb #f1fda319
 def log_candidate_evaluation(ev: CandidateEvaluation, card: ModelCard, importance: pd.Series | None = None) -> None:
     "Log one candidate's evaluation, plots and model card into the active MLflow run."
     from mlops_nb.tracking import mlflow
     mlflow.log_metrics(evaluation_metrics(ev))
     mlflow.log_dict(ev.to_dict(), ART_EVALUATION)
     for name, fig in evaluation_figures(ev).items(): mlflow.log_figure(fig, f"{ART_EVALUATION_DIR}/{name}")
-    if importance is not None and len(importance): mlflow.log_figure(plot_importance({ev.name: importance}), ART_IMPORTANCE)
+    if importance is not None and len(importance):
+        mlflow.log_figure(plot_importance({ev.name: importance}), ART_IMPORTANCE)
     mlflow.log_text(card.markdown, ART_MODEL_CARD_MD)
     mlflow.log_text(card.html, ART_MODEL_CARD_HTML)
     mlflow.set_tags({TAG_EVALUATION_VERDICT: "meets" if ev.business["verdict"]["meets"] else "misses",
@@ -177,13 +192,17 @@ class EvaluationResult:
                          "test AUC": m["roc_auc"], "AUC 95% CI": f"{m['roc_auc_lo']:.3f}–{m['roc_auc_hi']:.3f}",
                          "true-p AUC": ev.oracle["auc_true_p"] if ev.oracle else np.nan,
                          "inputs-ceiling AUC": ev.oracle.get("auc_feature_ceiling", np.nan) if ev.oracle else np.nan,
-                         "ECE raw→final": f"{ev.calibration['ece_raw']:.3f}→{ev.calibration['ece']:.3f} ({ev.calibration['method']})",
-                         "threshold": b["threshold"], "contacts/month": b["contacts_per_month"], "profit/month R$": b["profit_per_month"],
+                         "ECE raw→final": f"{ev.calibration['ece_raw']:.3f}→{ev.calibration['ece']:.3f} "
+                                          f"({ev.calibration['method']})",
+                         "threshold": b["threshold"], "contacts/month": b["contacts_per_month"],
+                         "profit/month R$": b["profit_per_month"],
                          "churn reduction": b["churn_reduction"], "meets charter": b["verdict"]["meets"],
-                         "worst gap": f"{worst['attribute']} {worst['metric']} {worst['difference']:.3f}" if worst else "—",
+                         "worst gap": (f"{worst['attribute']} {worst['metric']} {worst['difference']:.3f}"
+                                       if worst else "—"),
                          "same gap, true p": worst.get("oracle_difference", np.nan) if worst else np.nan})
         return pd.DataFrame(rows).set_index("candidate")
 
+# %% ../nbs/46_evaluate.ipynb #d13ff6ee
 EXPLAIN_ROWS = 500   # test rows sampled for global importance (explanations cost more than scoring)
 
 def _candidate_name(c: Any) -> str: return str(getattr(c, "family", None) or getattr(c, "name", "candidate"))
@@ -215,7 +234,8 @@ def run_evaluate(cfg: Settings,                  # run settings
             if train_truth is not None and train_truth["p_churn"].notna().sum() >= 100:
                 truth["ceiling"] = feature_ceiling(split.train.reset_index(drop=True), train_truth, test, spec, seed)
         data = dict(name=f"{TABLE_FEATURES} in {cfg.paths.warehouse.name}", digest=frame_digest(df), source=spec.source,
-                    train_rows=len(split.train), valid_rows=len(valid), test_rows=len(test), features=list(spec.features), sensitive=sens,
+                    train_rows=len(split.train), valid_rows=len(valid), test_rows=len(test),
+                    features=list(spec.features), sensitive=sens,
                     test_months=", ".join(sorted(set(months))) if months is not None else "—")
         rows_id = rows_digest(test[[spec.id_column] + ([spec.time_column] if spec.time_column else [])])
         X_valid, X_test = model_input(valid, spec), model_input(test, spec)   # what a served model receives
@@ -228,7 +248,8 @@ def run_evaluate(cfg: Settings,                  # run settings
             ev = evaluate_scores(name, y_valid, p_v, y_test, p_t, cfg.charter, gate, months=months,
                                  sensitive=test[sens] if sens else None, sensitive_valid=valid[sens] if sens else None,
                                  truth=truth, seed=seed)
-            ev.info.update(run_id=c.run_id, family=name, trained_model_uri=c.model_uri, train_run_id=c.train_run_id, confidence=gate.confidence,
+            ev.info.update(run_id=c.run_id, family=name, trained_model_uri=c.model_uri, train_run_id=c.train_run_id,
+                           confidence=gate.confidence,
                            params=jsonable(dict(c.params or {})), scores_column=f"p_{c.run_id}")
             try: importances[name] = importance_frame(explain.global_importance(c.pipeline, sample))
             except Exception as e: ev.info["importance_error"] = f"{type(e).__name__}: {e}"
@@ -236,38 +257,54 @@ def run_evaluate(cfg: Settings,                  # run settings
                 ev.info["model_uri"] = package.log_packaged_model(
                     c.pipeline, spec, min(ev.business["threshold"], 1.0),       # ∞ (no contact pays) is served as 1.0
                     calibrator=ev.calibrator.as_transformer() if ev.calibrator else None, input_example=valid.head(5),
-                    name="packaged_model")                                   # beside training's raw "model" in the same run
-                log_candidate_evaluation(ev, model_card(ev, cfg.charter, data, importances.get(name)), importances.get(name))
+                    # beside training's raw "model" in the same run
+                    name="packaged_model")
+                log_candidate_evaluation(ev, model_card(ev, cfg.charter, data, importances.get(name)),
+                                         importances.get(name))
                 mlflow.set_tag(TAG_EVALUATION_RUN_ID, run.info.run_id)
             scores[ev.info["scores_column"]] = ev.calibrator(p_t) if ev.calibrator else p_t
             p_valids.append(ev.calibrator(p_v) if ev.calibrator else p_v)
             evaluations.append(ev)
-        sel, rule = select_candidate([ev.name for ev in evaluations], [ev.metrics["valid_roc_auc"] for ev in evaluations], y_valid, p_valids,
+        sel, rule = select_candidate([ev.name for ev in evaluations],
+                                     [ev.metrics["valid_roc_auc"] for ev in evaluations], y_valid, p_valids,
                                      gate.n_boot, seed, gate.confidence)
         champion = current_champion(cfg)
         if champion:
             try: scores["champion"] = pyfunc_probabilities(champion["model_uri"], X_test)
             except Exception as e: champion["error"] = f"could not score the test rows: {type(e).__name__}: {e}"
         base_name, scores["baseline"] = naive_baseline(valid, test, spec)
-        doc = dict(version=1, evaluate_run_id=run.info.run_id, train_run_id=candidates[0].train_run_id, rows_digest=rows_id, test_rows=len(test), data=data,
-                   settings=dict(seed=seed, n_boot=gate.n_boot, confidence=gate.confidence, fairness_bound=gate.fairness_bound,
+        doc = dict(version=1, evaluate_run_id=run.info.run_id, train_run_id=candidates[0].train_run_id,
+                   rows_digest=rows_id, test_rows=len(test), data=data,
+                   settings=dict(seed=seed, n_boot=gate.n_boot, confidence=gate.confidence,
+                                 fairness_bound=gate.fairness_bound,
                                  min_group_rows=gate.min_group_rows),
                    selected=dict(index=sel, name=evaluations[sel].name, run_id=evaluations[sel].info["run_id"],
                                  model_uri=evaluations[sel].info["model_uri"], rule=rule),
                    candidates=[ev.to_dict() for ev in evaluations], champion=champion,
-                   baseline=dict(name=base_name, scores_column="baseline", roc_auc=float(roc_auc_score(y_test, scores["baseline"]))
+                   baseline=dict(name=base_name, scores_column="baseline",
+                                 roc_auc=float(roc_auc_score(y_test, scores["baseline"]))
                                  if len(np.unique(y_test)) == 2 else None))
         with tempfile.TemporaryDirectory() as d:
             scores.to_parquet(Path(d) / "scores.parquet", index=False)
             mlflow.log_artifact(str(Path(d) / "scores.parquet"), ART_EVALUATION_DIR)
         mlflow.log_dict(doc, ART_EVALUATION)
         best = evaluations[sel]
-        mlflow.log_metrics(evaluation_metrics(best, prefix="") | {f"{ev.name}_roc_auc": ev.metrics["roc_auc"] for ev in evaluations})
-        mlflow.log_params(dict(eval_n_boot=gate.n_boot, eval_confidence=gate.confidence, eval_seed=seed, eval_test_rows=len(test)))
+        mlflow.log_metrics(
+            evaluation_metrics(best, prefix="") | {f"{ev.name}_roc_auc": ev.metrics["roc_auc"] for ev in evaluations}
+        )
+        mlflow.log_params(
+            dict(eval_n_boot=gate.n_boot, eval_confidence=gate.confidence, eval_seed=seed, eval_test_rows=len(test))
+        )
         for name, fig in evaluation_figures(best).items(): mlflow.log_figure(fig, f"{ART_EVALUATION_DIR}/{name}")
         if importances: mlflow.log_figure(plot_importance(importances), ART_IMPORTANCE)
-        mlflow.set_tags({TAG_EVALUATION_SELECTED_RUN_ID: best.info["run_id"], TAG_EVALUATION_SELECTED_MODEL_URI: best.info["model_uri"],
-                         TAG_EVALUATION_SELECTED_NAME: best.name, TAG_EVALUATION_ROWS_DIGEST: rows_id,
-                         TAG_EVALUATION_VERDICT: "meets" if best.business["verdict"]["meets"] else "misses",
-                         TAG_EVALUATION_CHAMPION: champion["model_uri"] if champion else "none"})
+        mlflow.set_tags(
+            {
+                TAG_EVALUATION_SELECTED_RUN_ID: best.info["run_id"],
+                TAG_EVALUATION_SELECTED_MODEL_URI: best.info["model_uri"],
+                TAG_EVALUATION_SELECTED_NAME: best.name,
+                TAG_EVALUATION_ROWS_DIGEST: rows_id,
+                TAG_EVALUATION_VERDICT: "meets" if best.business["verdict"]["meets"] else "misses",
+                TAG_EVALUATION_CHAMPION: champion["model_uri"] if champion else "none",
+            }
+        )
     return EvaluationResult(run.info.run_id, evaluations, sel, doc, scores, importances)

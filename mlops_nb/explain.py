@@ -1,4 +1,6 @@
-"""Why did the model flag this customer? Per-decision feature contributions on the log-odds scale for every family we ship — exact for the linear model, TreeSHAP for the trees, Integrated Gradients for the network — cheap enough to return with each API answer.
+"""Why did the model flag this customer? Per-decision feature contributions on the log-odds scale for every family we
+ship — exact for the linear model, TreeSHAP for the trees, Integrated Gradients for the network — cheap enough to
+return with each API answer.
 
 Docs: https://mlops-nb.github.io/mlops-nb/explain.html.md"""
 
@@ -25,12 +27,15 @@ def log_odds(pipeline: Pipeline, X: pd.DataFrame) -> np.ndarray:
     "The model's output on the explanation scale: log-odds of churn (`decision_function`)."
     return np.asarray(pipeline.decision_function(X), dtype=np.float64)
 
+# %% ../nbs/33_explain.ipynb #f583d31f
 def feature_sources(pipeline: Pipeline) -> tuple[list[str], list[str]]:
     "(the raw features in spec order, the raw feature of each column the model sees)."
     enc = pipeline[0]
-    if not isinstance(enc, TabularEncoder): raise TypeError(f"explanations need a pipeline that starts with a TabularEncoder, got {type(enc).__name__}")
+    if not isinstance(enc, TabularEncoder):
+        raise TypeError(f"explanations need a pipeline that starts with a TabularEncoder, got {type(enc).__name__}")
     return [*enc.numeric, *enc.categorical], list(enc.feature_source_)
 
+# %% ../nbs/33_explain.ipynb #c6b36452
 class Explainer:
     "Per-feature log-odds contributions of a fitted pipeline; build once, call per request."
     def __init__(self, pipeline: Pipeline):
@@ -45,7 +50,8 @@ class Explainer:
         return G
 
     def contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
-        "(base value, contributions per model column — or per input unit, see `G`) for encoded rows `Z`; one per family."
+        """(base value, contributions per model column — or per input unit, see `G`) for encoded rows `Z`; one per
+        family."""
         raise NotImplementedError
 
     def feature_contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
@@ -58,7 +64,8 @@ class Explainer:
         return self.pipeline[:-1].transform(X)
 
     def __call__(self, X: pd.DataFrame) -> pd.DataFrame:
-        "Contributions of each raw feature to each row's log-odds, plus the `base_value` column; they sum to the log-odds."
+        """Contributions of each raw feature to each row's log-odds, plus the `base_value` column; they sum to the
+        log-odds."""
         base, phi = self.feature_contributions(self.encode(X))
         out = pd.DataFrame(phi, columns=self.features, index=X.index)
         out["base_value"] = base
@@ -78,13 +85,16 @@ class TreeExplainer(Explainer):
         super().__init__(pipeline)
         m = pipeline[-1]
         if np.any(m.is_categorical_ if m.is_categorical_ is not None else False):
-            raise TypeError("TreeSHAP in shap 0.51 ignores HistGradientBoosting's native categorical splits: encode categories as ordered codes")
+            raise TypeError("TreeSHAP in shap 0.51 ignores HistGradientBoosting's native categorical splits: encode "
+                            "categories as ordered codes")
         import shap
         self.tree = shap.TreeExplainer(m)                 # converts the trees once (tens of ms)
         self.base = float(np.ravel(self.tree.expected_value)[0])
 
     def contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
-        return self.base, np.asarray(self.tree.shap_values(np.asarray(Z, dtype=np.float64), check_additivity=False)).reshape(len(Z), -1)
+        return self.base, np.asarray(
+            self.tree.shap_values(np.asarray(Z, dtype=np.float64), check_additivity=False)
+        ).reshape(len(Z), -1)
 
 # %% ../nbs/33_explain.ipynb #208c31c6
 class IntegratedGradientsExplainer(Explainer):
@@ -111,7 +121,9 @@ class IntegratedGradientsExplainer(Explainer):
             path = (self.baseline + self.alphas * d).reshape(-1, d.shape[1]).requires_grad_(True)
             (grad,) = torch.autograd.grad(net.net_["mlp"](path).sum(), path)
             out.append((d * (self.weights * grad.reshape(self.steps, *d.shape)).sum(0)).numpy())
-        return self.base, (np.concatenate(out) if out else np.zeros((0, self.G.shape[0]), np.float32)).astype(np.float64)
+        return self.base, (np.concatenate(out) if out else np.zeros((0, self.G.shape[0]), np.float32)).astype(
+            np.float64
+        )
 
 # %% ../nbs/33_explain.ipynb #788e96c1
 def column_blocks(Z: np.ndarray, widths: list[int]) -> list[np.ndarray]:
@@ -120,12 +132,14 @@ def column_blocks(Z: np.ndarray, widths: list[int]) -> list[np.ndarray]:
     return [Z[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 class BlendExplainer(Explainer):
-    "Contributions of a LogOddsBlend: the mean of its members' explainers' (the blend's log-odds is the mean of theirs)."
+    """Contributions of a LogOddsBlend: the mean of its members' explainers' (the blend's log-odds is the mean of
+    theirs)."""
     def __init__(self, blend: LogOddsBlend):
         self.pipeline, self.parts = blend, [make_explainer(m) for m in blend.members]
         self.features = self.parts[0].features
         for name, e in zip(blend.names, self.parts):
-            if e.features != self.features: raise TypeError(f"blend member {name!r} explains other features than {blend.names[0]!r}")
+            if e.features != self.features:
+                raise TypeError(f"blend member {name!r} explains other features than {blend.names[0]!r}")
         self.widths = [len(m[0].feature_source_) for m in blend.members]   # columns of each member's encoded rows
 
     def encode(self, X: pd.DataFrame) -> np.ndarray:
@@ -144,7 +158,8 @@ def make_explainer(pipeline: Pipeline) -> Explainer:
     if isinstance(m, LinearClassifierMixin): return LinearExplainer(pipeline)
     if isinstance(m, HistGradientBoostingClassifier): return TreeExplainer(pipeline)
     if isinstance(m, TorchTabularClassifier): return IntegratedGradientsExplainer(pipeline)
-    raise TypeError(f"no explainer for {type(m).__name__}: explanations cover logistic regression, HistGradientBoosting and TorchTabularClassifier")
+    raise TypeError(f"no explainer for {type(m).__name__}: explanations cover logistic regression, "
+                    "HistGradientBoosting and TorchTabularClassifier")
 
 def explain(pipeline: Pipeline, X: pd.DataFrame) -> pd.DataFrame:
     "Per-feature log-odds contributions for each row of `X`, plus `base_value`; each row sums to the model's log-odds."

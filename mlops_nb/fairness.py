@@ -1,4 +1,5 @@
-"""Selection rate, true- and false-positive rates and AUC by sensitive group, with bootstrap intervals, and — when a gap is over the charter's limit — what a post-processing mitigation would cost.
+"""Selection rate, true- and false-positive rates and AUC by sensitive group, with bootstrap intervals, and — when a
+gap is over the charter's limit — what a post-processing mitigation would cost.
 
 Docs: https://mlops-nb.github.io/mlops-nb/fairness.html.md"""
 
@@ -48,16 +49,20 @@ def _fpr(y_true, y_pred) -> float:
     neg = np.asarray(y_true) == 0
     return float(np.asarray(y_pred)[neg].mean()) if neg.any() else float("nan")
 
-def fairness_frame(y: np.ndarray, p: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame | pd.Series) -> MetricFrame:
-    "Fairlearn MetricFrame of selection rate, TPR, FPR (of the decisions) and AUC (of the scores) by the sensitive attribute(s)."
+def fairness_frame(y: np.ndarray, p: np.ndarray, decision: np.ndarray,
+                   sensitive: pd.DataFrame | pd.Series) -> MetricFrame:
+    """Fairlearn MetricFrame of selection rate, TPR, FPR (of the decisions) and AUC (of the scores) by the sensitive
+    attribute(s)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return MetricFrame(metrics={"selection_rate": _selection_rate, "tpr": _tpr, "fpr": _fpr, "auc": _auc_metric},
                            y_true=np.asarray(y, int), y_pred=np.asarray(decision, int), sensitive_features=sensitive,
                            sample_params={"auc": {"scores": np.asarray(p, float)}})
 
+# %% ../nbs/43_fairness.ipynb #039dc9dc
 class GroupIndex:
-    "One attribute's groups, prepared once: rows in group order (rates = a few group sums per block of resamples) and each group's score sort (for AUC)."
+    """One attribute's groups, prepared once: rows in group order (rates = a few group sums per block of resamples) and
+    each group's score sort (for AUC)."""
     def __init__(self, y: np.ndarray, p: np.ndarray, decision: np.ndarray, codes: np.ndarray, n_groups: int):
         y, d, codes = np.asarray(y, float), np.asarray(decision, float), np.asarray(codes)
         self.by_group = np.argsort(codes, kind="mergesort")               # rows grouped, so group sums are one reduceat
@@ -85,7 +90,9 @@ class GroupIndex:
         out["auc"] = np.column_stack([sorted_auc(idx, yy, st, W) for idx, yy, st in self.auc])
         return out
 
-def group_rates(y: np.ndarray, p: np.ndarray, decision: np.ndarray, codes: np.ndarray, n_groups: int, W: np.ndarray) -> dict[str, np.ndarray]:
+# %% ../nbs/43_fairness.ipynb #24bde6d6
+def group_rates(y: np.ndarray, p: np.ndarray, decision: np.ndarray, codes: np.ndarray, n_groups: int,
+                W: np.ndarray) -> dict[str, np.ndarray]:
     "Selection rate, TPR, FPR and AUC of each group (columns) under each row of weights `W` (resamples)."
     return GroupIndex(y, p, decision, codes, n_groups).rates(W)
 
@@ -94,6 +101,7 @@ def group_labels(s: pd.Series) -> np.ndarray:
     "A sensitive attribute's values as group labels: text, a missing value its own group, '(missing)'."
     return s.astype("string").fillna("(missing)").to_numpy()
 
+# %% ../nbs/43_fairness.ipynb #5fde9e9d
 def _denominators(y: np.ndarray, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
     "Per group, the number of rows each rate is measured on."
     rows = np.bincount(codes, minlength=n_groups)
@@ -127,10 +135,13 @@ def fairness_report(y: np.ndarray,                    # test labels
         for m in FAIRNESS_METRICS:
             B = np.concatenate(boots[a][m])
             point = mf[m].reindex(cats).to_numpy(float)
-            point = np.where(den[m] > 0, point, np.nan)        # Fairlearn reports 0 for a TPR without positives; that is "unknown"
+            # Fairlearn reports 0 for a TPR without positives; that is "unknown"
+            point = np.where(den[m] > 0, point, np.nan)
             lo, hi = percentile_ci(B, confidence)
             for g, c in enumerate(cats):
-                by_group.append(dict(attribute=a, group=c, metric=m, value=point[g], lo=lo[g], hi=hi[g], rows=int(den[m][g])))
+                by_group.append(
+                    dict(attribute=a, group=c, metric=m, value=point[g], lo=lo[g], hi=hi[g], rows=int(den[m][g]))
+                )
             ok = den[m] >= max(min_group_rows, 1)
             row = dict(attribute=a, metric=m, gated=m in GATED_FAIRNESS_METRICS, groups=int(ok.sum()),
                        left_out=", ".join(c for c, k in zip(cats, ok) if not k))
@@ -143,19 +154,26 @@ def fairness_report(y: np.ndarray,                    # test labels
                 diff = float(np.nanmax(pv) - np.nanmin(pv))
                 ratio = float(np.nanmin(pv) / np.nanmax(pv)) if np.nanmax(pv) > 0 else float("nan")
                 (dlo, dhi), (rlo, rhi) = percentile_ci(diff_b, confidence), percentile_ci(ratio_b, confidence)
-                dlo, dhi, rlo, rhi = min(dlo, diff), max(dhi, diff), min(rlo, ratio), max(rhi, ratio)   # see the note above
-                row.update(difference=diff, difference_lo=dlo, difference_hi=dhi, ratio=ratio, ratio_lo=rlo, ratio_hi=rhi)
+                # see the note above
+                dlo, dhi, rlo, rhi = min(dlo, diff), max(dhi, diff), min(rlo, ratio), max(rhi, ratio)
+                row.update(difference=diff, difference_lo=dlo, difference_hi=dhi, ratio=ratio, ratio_lo=rlo,
+                           ratio_hi=rhi)
             else:
-                row.update(difference=np.nan, difference_lo=np.nan, difference_hi=np.nan, ratio=np.nan, ratio_lo=np.nan, ratio_hi=np.nan)
+                row.update(difference=np.nan, difference_lo=np.nan, difference_hi=np.nan, ratio=np.nan, ratio_lo=np.nan,
+                           ratio_hi=np.nan)
             gaps.append(row)
     return dict(by_group=pd.DataFrame(by_group), gaps=pd.DataFrame(gaps))
 
-def policy_gaps(y: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame, min_group_rows: int = 30) -> list[dict[str, Any]]:
-    "Point gaps of a contact policy's gated rates between the groups of each sensitive attribute (groups measured as in `fairness_report`)."
+# %% ../nbs/43_fairness.ipynb #7721453f
+def policy_gaps(y: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame,
+                min_group_rows: int = 30) -> list[dict[str, Any]]:
+    """Point gaps of a contact policy's gated rates between the groups of each sensitive attribute (groups measured as
+    in `fairness_report`)."""
     y, decision, out = np.asarray(y, int), np.asarray(decision, bool), []
     for col in sensitive.columns:
         codes, cats = pd.factorize(group_labels(sensitive[col]), sort=True)
-        r = group_rates(y, y.astype(float), decision, codes, len(cats), np.ones((1, len(y))))   # (scores only feed the AUC, unused here)
+        # (scores only feed the AUC, unused here)
+        r = group_rates(y, y.astype(float), decision, codes, len(cats), np.ones((1, len(y))))
         den = _denominators(y, codes, len(cats))
         for m in GATED_FAIRNESS_METRICS:
             gap = _gap(r[m][0], den[m], min_group_rows) if len(cats) >= 2 else float("nan")
@@ -164,7 +182,8 @@ def policy_gaps(y: np.ndarray, decision: np.ndarray, sensitive: pd.DataFrame, mi
 
 # %% ../nbs/43_fairness.ipynb #044b5e2a
 class ScoreAsProbability(ClassifierMixin, BaseEstimator):
-    "A stand-in classifier whose single input column already is the probability — lets ThresholdOptimizer post-process any model's scores."
+    """A stand-in classifier whose single input column already is the probability — lets ThresholdOptimizer post-process
+    any model's scores."""
     def fit(self, X=None, y=None):
         self.classes_ = np.array([0, 1]); return self
 
@@ -174,6 +193,7 @@ class ScoreAsProbability(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray: return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
+# %% ../nbs/43_fairness.ipynb #615319d8
 MITIGATION_CONSTRAINT = {"tpr": "true_positive_rate_parity", "selection_rate": "demographic_parity"}
 
 def _profit_weights(charter: CharterSettings) -> tuple[int, int]:
@@ -188,26 +208,34 @@ def _gap(rates: np.ndarray, den: np.ndarray, min_rows: int) -> float:
     return float(np.nanmax(rates[ok]) - np.nanmin(rates[ok])) if ok.sum() >= 2 else float("nan")
 
 def fittable_groups(y: np.ndarray, a: np.ndarray, min_rows: int) -> tuple[list[str], dict[str, str]]:
-    "The groups of `a` a per-group threshold can be fitted on (both classes, at least `min_rows` rows), and why each other group is not."
+    """The groups of `a` a per-group threshold can be fitted on (both classes, at least `min_rows` rows), and why each
+    other group is not."""
     fitted, left_out = [], {}
     for g in sorted(map(str, pd.unique(a))):
         yg = y[a == g]
         if len(yg) < max(min_rows, 1): left_out[g] = f"{len(yg)} validation rows (fewer than {min_rows})"
-        elif yg.min() == yg.max(): left_out[g] = f"no {'churner' if yg.max() == 0 else 'non-churner'} among its {len(yg)} validation rows"
+        elif yg.min() == yg.max():
+            left_out[g] = f"no {'churner' if yg.max() == 0 else 'non-churner'} among its {len(yg)} validation rows"
         else: fitted.append(g)
     return fitted, left_out
 
-def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,   # validation rows: labels, scores, the attribute
+# %% ../nbs/43_fairness.ipynb #877951d0
+# validation rows: labels, scores, the attribute
+def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,
                  y_test: np.ndarray, p_test: np.ndarray, a_test: np.ndarray,      # test rows
-                 contact: np.ndarray,                                            # the unmitigated policy's test decisions
+                 # the unmitigated policy's test decisions
+                 contact: np.ndarray,
                  charter: CharterSettings,
-                 metric: str = "tpr",                                            # the gap to close: tpr | selection_rate
+                 # the gap to close: tpr | selection_rate
+                 metric: str = "tpr",
                  months: np.ndarray | None = None,                               # test rows' months (profit per month)
                  seed: int = 0,                                                  # seed of the randomised thresholds
                  min_group_rows: int = 30,
-                 max_contacts: int | None = None,                                # the budget's cap per month, applied to both policies
+                 # the budget's cap per month, applied to both policies
+                 max_contacts: int | None = None,
                  ) -> dict[str, Any]:
-    "Fit a profit-weighted ThresholdOptimizer (prefit) on validation, apply it to test under the budget: gaps before/after and the profit it costs."
+    """Fit a profit-weighted ThresholdOptimizer (prefit) on validation, apply it to test under the budget: gaps
+    before/after and the profit it costs."""
     w1, w0 = _profit_weights(charter)
     yv, av = np.asarray(y_valid, int), np.asarray(a_valid).astype(str)
     at, yt, before = np.asarray(a_test).astype(str), np.asarray(y_test, float), np.asarray(contact, bool)
@@ -220,14 +248,18 @@ def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray, 
                                 objective="accuracy_score", prefit=True, predict_method="predict_proba")
         to.fit(pd.DataFrame({"score": np.asarray(p_valid, float)[keep]}), yv[keep], sensitive_features=av[keep])
         if test_rows.any():
-            after[test_rows] = to.predict(pd.DataFrame({"score": np.asarray(p_test, float)[test_rows]}), sensitive_features=at[test_rows],
+            after[test_rows] = to.predict(pd.DataFrame({"score": np.asarray(p_test, float)[test_rows]}),
+                                          sensitive_features=at[test_rows],
                                           random_state=seed).astype(bool)
-    if max_contacts is not None:   # over budget: contact a random subset of the selected, which keeps the groups' rates in proportion
-        after = contact_policy(np.where(after, np.random.default_rng(seed).random(len(after)), -1.0), 0.0, max_contacts, months)
+    # over budget: contact a random subset of the selected, which keeps the groups' rates in proportion
+    if max_contacts is not None:
+        after = contact_policy(np.where(after, np.random.default_rng(seed).random(len(after)), -1.0), 0.0, max_contacts,
+                               months)
     n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
     codes, cats = pd.factorize(pd.Series(at), sort=True)
     den = _denominators(yt, codes, len(cats))
-    out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric], repeats=dict(churners=w1, others=w0),
+    out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric],
+                               repeats=dict(churners=w1, others=w0),
                                fitted_groups=fitted, unmitigated_groups=left_out, possible=len(fitted) >= 2)
     for name, d in (("before", before), ("after", after)):
         r = group_rates(yt, p_test, d, codes, len(cats), np.ones((1, len(yt))))

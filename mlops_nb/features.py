@@ -1,4 +1,5 @@
-"""One row per customer and month, built point in time: month *m*'s features use only what the company knew by the end of *m*; its label looks ahead.
+"""One row per customer and month, built point in time: month *m*'s features use only what the company knew by the
+end of *m*; its label looks ahead.
 
 Docs: https://mlops-nb.github.io/mlops-nb/features.html.md"""
 
@@ -28,45 +29,53 @@ from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'DATASET_MAX_ROWS', 'staging_columns', 'staging_views',
-           'Feature', 'feature_spec', 'age_band_sql', 'feature_steps', 'build_features', 'cancellation_lateness',
-           'unlabelled_churn_share', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest',
-           'large_feature_dataset', 'log_feature_table', 'has_staging', 'ensure_upstream', 'FeaturesResult',
-           'write_features', 'log_label_lateness', 'run_features']
+__all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'AGE_AT_MONTH_END', 'DATASET_MAX_ROWS', 'staging_columns',
+           'staging_views', 'Feature', 'feature_spec', 'age_band_sql', 'feature_steps', 'build_features',
+           'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile', 'feature_dataset',
+           'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging', 'ensure_upstream',
+           'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
 
 # %% ../nbs/29_features.ipynb #aee2a036
 STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     # canonical column → candidate names in the ETL's staging table, first match wins; () = optional (null if absent)
-    "customers": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month", "month"),
+    "customers": dict(customer_key=("customer_key",),
+                      arrival=("arrival_month", "partition_month", "source_month", "month"),
                       gender=("gender", "sexo"), birth_date=("birth_date",), birth_year=("birth_year",),
                       uf=("state", "uf"), region=("region", "regiao"), signup_date=("signup_date", "data_cadastro")),
     "contracts": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
                       event_type=("event_type",), event_date=("event_date",), product=("product",), plan=("plan",),
-                      contract_type=("contract_type",), monthly_fee=("monthly_fee",), payment_method=("payment_method",)),
-    "usage": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"), month=("month", "usage_month"),
+                      contract_type=("contract_type",), monthly_fee=("monthly_fee",),
+                      payment_method=("payment_method",)),
+    "usage": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
+                  month=("month", "usage_month"),
                   data_gb=("data_gb", "data_usage_gb"), voice_minutes=("voice_minutes",), days_active=("days_active",),
                   dropped_call_rate=("dropped_call_rate",)),
     "billing": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
-                    reference_month=("reference_month",), issue_date=("issue_date",), due_date=("due_date",), amount=("amount",),
+                    reference_month=("reference_month",), issue_date=("issue_date",), due_date=("due_date",),
+                    amount=("amount",),
                     paid_date=("paid_date",)),
     "tickets": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
-                    opened_at=("opened_at",), closed_at=("closed_at",), resolved=("resolved",), satisfaction=("satisfaction",)),
+                    opened_at=("opened_at",), closed_at=("closed_at",), resolved=("resolved",),
+                    satisfaction=("satisfaction",)),
     "cancellations": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
                           request_date=("request_date",)),
     "campaigns": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
                       month=("month", "campaign_month"), contacted=("contacted",)),
 }
-OPTIONAL = {("customers", "region"), ("customers", "uf"), ("customers", "birth_date"), ("customers", "birth_year"), ("customers", "gender")}
+OPTIONAL = {("customers", "region"), ("customers", "uf"), ("customers", "birth_date"), ("customers", "birth_year"),
+            ("customers", "gender")}
 
 UF_REGION = {**dict.fromkeys(("AC", "AP", "AM", "PA", "RO", "RR", "TO"), "Norte"),
              **dict.fromkeys(("AL", "BA", "CE", "MA", "PB", "PE", "PI", "RN", "SE"), "Nordeste"),
-             **dict.fromkeys(("DF", "GO", "MT", "MS"), "Centro-Oeste"), **dict.fromkeys(("ES", "MG", "RJ", "SP"), "Sudeste"),
+             **dict.fromkeys(("DF", "GO", "MT", "MS"), "Centro-Oeste"),
+             **dict.fromkeys(("ES", "MG", "RJ", "SP"), "Sudeste"),
              **dict.fromkeys(("PR", "RS", "SC"), "Sul")}
 
 # %% ../nbs/29_features.ipynb #34251d16
 def staging_columns(con, schema: str = "staging") -> dict[str, dict[str, str | None]]:
     "For each input, canonical column → the staging column that holds it (None for an absent optional one)."
-    found = {t: [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position", [schema, t]).fetchall()]
+    found = {t: [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+                                           "AND table_name = ? ORDER BY ordinal_position", [schema, t]).fetchall()]
              for t in STAGING_COLUMNS}
     out, errs = {}, []
     for t, cols in STAGING_COLUMNS.items():
@@ -74,19 +83,30 @@ def staging_columns(con, schema: str = "staging") -> dict[str, dict[str, str | N
         out[t] = {}
         for canon, cands in cols.items():
             hit = next((c for c in cands if c in found[t]), None)
-            if hit is None and (t, canon) not in OPTIONAL: errs.append(f"{schema}.{t} has no {canon} column (looked for {', '.join(cands)}; found {', '.join(found[t])})")
+            if hit is None and (t, canon) not in OPTIONAL:
+                errs.append(f"{schema}.{t} has no {canon} column (looked for {', '.join(cands)}; found "
+                            f"{', '.join(found[t])})")
             out[t][canon] = hit
-    if errs: raise SettingsError("the warehouse's staging tables are not what the features phase reads (run the ETL phase first?):\n  - " + "\n  - ".join(errs))
+    if errs:
+        raise SettingsError("the warehouse's staging tables are not what the features phase reads (run the ETL phase "
+                            "first?):\n  - " + "\n  - ".join(errs))
     return out
 
 # %% ../nbs/29_features.ipynb #9f528375
 def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | None]]:
-    "Create the temporary canonical views f_customers, f_contracts, ... over the staging tables; return the column mapping."
+    """Create the temporary canonical views f_customers, f_contracts, ... over the staging tables; return the column
+    mapping."""
     m = staging_columns(con, schema)
-    types = dict(((t, c), ty) for t, c, ty in con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = ?", [schema]).fetchall())
+    types = dict(((t, c), ty) for t, c, ty in con.execute("SELECT table_name, column_name, data_type FROM "
+                                                          "information_schema.columns WHERE table_schema = "
+                                                          "?", [schema]).fetchall())
     def _month(t: str, canon: str) -> str:   # the month start (DATE) of a 'YYYY-MM…' text, DATE or TIMESTAMP column
         col = f'"{m[t][canon]}"'
-        return f"CAST(left({col}, 7) || '-01' AS DATE)" if types[(t, m[t][canon])] == "VARCHAR" else f"CAST(date_trunc('month', {col}) AS DATE)"
+        return (
+            f"CAST(left({col}, 7) || '-01' AS DATE)"
+            if types[(t, m[t][canon])] == "VARCHAR"
+            else f"CAST(date_trunc('month', {col}) AS DATE)"
+        )
     def c(t: str, canon: str, cast: str = "") -> str:
         col = m[t][canon]
         if col is None: return f"CAST(NULL AS {cast or 'VARCHAR'})"
@@ -94,32 +114,52 @@ def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | Non
     arr = lambda t: _month(t, "arrival")  # noqa: E731
     cu = m["customers"]
     uf_map = "MAP {" + ", ".join(f"'{k}': '{v}'" for k, v in UF_REGION.items()) + "}"
-    region = c("customers", "region") if cu["region"] else (f"element_at({uf_map}, upper(CAST({c('customers', 'uf')} AS VARCHAR)))[1]" if cu["uf"] else "NULL")
+    region = c("customers", "region") if cu["region"] else (f"element_at({uf_map}, upper(CAST({c('customers', 'uf')} "
+                                                            "AS VARCHAR)))[1]" if cu["uf"] else "NULL")
     views = {
-        "f_customers": f"""SELECT {c('customers', 'customer_key')} AS customer_key, {arr('customers')} AS km, CAST({c('customers', 'gender')} AS VARCHAR) AS gender,
-                           {c('customers', 'birth_date', 'DATE')} AS birth_date, {c('customers', 'birth_year', 'INTEGER')} AS birth_year,
+        "f_customers": f"""SELECT {c('customers', 'customer_key')} AS customer_key, {arr('customers')} AS km,
+            CAST({c('customers', 'gender')} AS VARCHAR) AS gender,
+                           {c('customers', 'birth_date', 'DATE')} AS birth_date,
+                               {c('customers', 'birth_year', 'INTEGER')} AS birth_year,
                            CAST({region} AS VARCHAR) AS region, {c('customers', 'signup_date', 'DATE')} AS signup_date
                            FROM {schema}.customers""",
-        "f_contracts": f"""SELECT {c('contracts', 'customer_key')} AS customer_key, greatest({_month('contracts', 'event_date')}, {arr('contracts')}) AS km,
-                           CAST({c('contracts', 'event_type')} AS VARCHAR) AS event_type, {c('contracts', 'event_date', 'DATE')} AS event_date,
-                           CAST({c('contracts', 'product')} AS VARCHAR) AS product, CAST({c('contracts', 'plan')} AS VARCHAR) AS plan,
-                           CAST({c('contracts', 'contract_type')} AS VARCHAR) AS contract_type, {c('contracts', 'monthly_fee', 'DOUBLE')} AS monthly_fee,
-                           CAST({c('contracts', 'payment_method')} AS VARCHAR) AS payment_method FROM {schema}.contracts""",
-        "f_usage": f"""SELECT {c('usage', 'customer_key')} AS customer_key, {_month('usage', 'month')} AS um, greatest({_month('usage', 'month')}, {arr('usage')}) AS km,
-                       {c('usage', 'data_gb', 'DOUBLE')} AS data_gb, {c('usage', 'voice_minutes', 'DOUBLE')} AS voice_minutes,
-                       {c('usage', 'days_active', 'DOUBLE')} AS days_active, {c('usage', 'dropped_call_rate', 'DOUBLE')} AS dropped_call_rate FROM {schema}.usage""",
-        "f_billing": f"""SELECT {c('billing', 'customer_key')} AS customer_key, {_month('billing', 'reference_month')} AS rm,
-                         greatest({_month('billing', 'issue_date')}, {arr('billing')}) AS km, {c('billing', 'issue_date', 'DATE')} AS issue_date,
-                         {c('billing', 'due_date', 'DATE')} AS due_date, {c('billing', 'amount', 'DOUBLE')} AS amount, {c('billing', 'paid_date', 'DATE')} AS paid_date
+        "f_contracts": f"""SELECT {c('contracts', 'customer_key')} AS customer_key,
+            greatest({_month('contracts', 'event_date')}, {arr('contracts')}) AS km,
+                           CAST({c('contracts', 'event_type')} AS VARCHAR) AS event_type,
+                               {c('contracts', 'event_date', 'DATE')} AS event_date,
+                           CAST({c('contracts', 'product')} AS VARCHAR) AS product,
+                               CAST({c('contracts', 'plan')} AS VARCHAR) AS plan,
+                           CAST({c('contracts', 'contract_type')} AS VARCHAR) AS contract_type,
+                               {c('contracts', 'monthly_fee', 'DOUBLE')} AS monthly_fee,
+                           CAST({c('contracts', 'payment_method')} AS VARCHAR) AS payment_method FROM
+                               {schema}.contracts""",
+        "f_usage": f"""SELECT {c('usage', 'customer_key')} AS customer_key, {_month('usage', 'month')} AS um,
+            greatest({_month('usage', 'month')}, {arr('usage')}) AS km,
+                       {c('usage', 'data_gb', 'DOUBLE')} AS data_gb,
+                           {c('usage', 'voice_minutes', 'DOUBLE')} AS voice_minutes,
+                       {c('usage', 'days_active', 'DOUBLE')} AS days_active,
+                           {c('usage', 'dropped_call_rate', 'DOUBLE')} AS dropped_call_rate FROM {schema}.usage""",
+        "f_billing": f"""SELECT {c('billing', 'customer_key')} AS customer_key,
+            {_month('billing', 'reference_month')} AS rm,
+                         greatest({_month('billing', 'issue_date')}, {arr('billing')}) AS km,
+                             {c('billing', 'issue_date', 'DATE')} AS issue_date,
+                         {c('billing', 'due_date', 'DATE')} AS due_date, {c('billing', 'amount', 'DOUBLE')} AS amount,
+                             {c('billing', 'paid_date', 'DATE')} AS paid_date
                          FROM {schema}.billing""",
         "f_tickets": f"""SELECT {c('tickets', 'customer_key')} AS customer_key, {_month('tickets', 'opened_at')} AS om,
-                         greatest({_month('tickets', 'opened_at')}, {arr('tickets')}) AS km, {c('tickets', 'opened_at', 'TIMESTAMP')} AS opened_at,
-                         {c('tickets', 'closed_at', 'TIMESTAMP')} AS closed_at, {c('tickets', 'resolved', 'BOOLEAN')} AS resolved,
+                         greatest({_month('tickets', 'opened_at')}, {arr('tickets')}) AS km,
+                             {c('tickets', 'opened_at', 'TIMESTAMP')} AS opened_at,
+                         {c('tickets', 'closed_at', 'TIMESTAMP')} AS closed_at,
+                             {c('tickets', 'resolved', 'BOOLEAN')} AS resolved,
                          {c('tickets', 'satisfaction', 'DOUBLE')} AS satisfaction FROM {schema}.tickets""",
-        "f_cancellations": f"""SELECT {c('cancellations', 'customer_key')} AS customer_key, {c('cancellations', 'request_date', 'DATE')} AS request_date,
-                               greatest({_month('cancellations', 'request_date')}, {arr('cancellations')}) AS km FROM {schema}.cancellations""",
-        "f_campaigns": f"""SELECT {c('campaigns', 'customer_key')} AS customer_key, {_month('campaigns', 'month')} AS cm,
-                           greatest({_month('campaigns', 'month')}, {arr('campaigns')}) AS km, {c('campaigns', 'contacted', 'BOOLEAN')} AS contacted
+        "f_cancellations": f"""SELECT {c('cancellations', 'customer_key')} AS customer_key,
+            {c('cancellations', 'request_date', 'DATE')} AS request_date,
+                               greatest({_month('cancellations', 'request_date')},
+                                   {arr('cancellations')}) AS km FROM {schema}.cancellations""",
+        "f_campaigns": f"""SELECT {c('campaigns', 'customer_key')} AS customer_key,
+            {_month('campaigns', 'month')} AS cm,
+                           greatest({_month('campaigns', 'month')}, {arr('campaigns')}) AS km,
+                               {c('campaigns', 'contacted', 'BOOLEAN')} AS contacted
                            FROM {schema}.campaigns""",
     }
     for name, sql in views.items(): con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
@@ -134,133 +174,208 @@ class Feature:
     meaning: str
     window: str    # what period of data it summarises
 
+# %% ../nbs/29_features.ipynb #aedd7bc1
 FEATURES: tuple[Feature, ...] = (
     Feature("customer_key", "key", "keyed pseudonym of the customer", "-"),
     Feature("month", "key", "the feature month, YYYY-MM: features use what was known by its end", "-"),
     Feature("tenure_months", "numeric", "whole months from sign-up to the end of the month", "as of end of m"),
-    Feature("months_to_renewal", "numeric", "months left in the current contract term (one_year: 12-month terms, two_year: 24, counted from sign-up; null for month_to_month)", "as of end of m"),
+    Feature("months_to_renewal", "numeric",
+            "months left in the current contract term (one_year: 12-month terms, two_year: 24, counted from sign-up; "
+            "null for month_to_month)", "as of end of m"),
     Feature("monthly_fee", "numeric", "contracted monthly fee, BRL", "as of end of m"),
-    Feature("fee_change_3m", "numeric", "monthly fee minus the fee three months earlier (null if not a customer then)", "m-3 to m"),
-    Feature("fee_to_plan_median", "numeric", "fee / median fee of the same plan among active customers this month", "as of end of m"),
+    Feature("fee_change_3m", "numeric", "monthly fee minus the fee three months earlier (null if not a customer then)",
+            "m-3 to m"),
+    Feature("fee_to_plan_median", "numeric", "fee / median fee of the same plan among active customers this month",
+            "as of end of m"),
     Feature("plan_changes_3m", "numeric", "plan changes", "m-2..m"),
     Feature("payment_changes_3m", "numeric", "payment-method changes", "m-2..m"),
     Feature("data_gb", "numeric", "data used in the month, GB", "m"),
     Feature("data_gb_3m", "numeric", "mean monthly data, GB", "m-2..m"),
-    Feature("data_gb_trend", "numeric", "data this month / mean of the three months before (null without history)", "m vs m-3..m-1"),
+    Feature("data_gb_trend", "numeric", "data this month / mean of the three months before (null without history)",
+            "m vs m-3..m-1"),
     Feature("voice_minutes", "numeric", "voice minutes in the month", "m"),
     Feature("days_active", "numeric", "days with any activity", "m"),
     Feature("dropped_call_rate", "numeric", "share of calls dropped", "m"),
     Feature("dropped_call_rate_3m", "numeric", "mean share of calls dropped", "m-2..m"),
     Feature("tickets_1m", "numeric", "support tickets opened", "m"),
     Feature("tickets_3m", "numeric", "support tickets opened", "m-2..m"),
-    Feature("unresolved_tickets_3m", "numeric", "tickets opened in the window and not resolved and closed by the end of m", "m-2..m"),
-    Feature("satisfaction_3m", "numeric", "mean survey score 1-5 (a ticket closed after the end of m does not count yet; often null)", "m-2..m"),
+    Feature("unresolved_tickets_3m", "numeric",
+            "tickets opened in the window and not resolved and closed by the end of m", "m-2..m"),
+    Feature("satisfaction_3m", "numeric",
+            "mean survey score 1-5 (a ticket closed after the end of m does not count yet; often null)", "m-2..m"),
     Feature("bill_amount", "numeric", "amount of the latest bill issued, BRL", "m-2..m"),
-    Feature("late_payments_3m", "numeric", "bills paid after their due date (payment by the end of m)", "bills of m-2..m"),
+    Feature("late_payments_3m", "numeric", "bills paid after their due date (payment by the end of m)",
+            "bills of m-2..m"),
     Feature("unpaid_bills_3m", "numeric", "bills past due and not paid by the end of m", "bills of m-2..m"),
-    Feature("months_since_contact", "numeric", "months since the customer was last contacted by a retention campaign (null: never)", "all history to m"),
+    Feature("months_since_contact", "numeric",
+            "months since the customer was last contacted by a retention campaign (null: never)", "all history to m"),
     Feature("product", "categorical", "mobile, fibre or bundle", "as of end of m"),
     Feature("plan", "categorical", "the plan", "as of end of m"),
     Feature("contract_type", "categorical", "month_to_month, one_year or two_year", "as of end of m"),
     Feature("payment_method", "categorical", "boleto, credit_card, debit or pix", "as of end of m"),
     Feature("region", "categorical", "IBGE macro-region of the customer's state", "as of end of m"),
     Feature("gender", "sensitive", "sensitive, fairness analysis only: F, M, O, N", "as of end of m"),
-    Feature("age_band", "sensitive", "sensitive, fairness analysis only: age band at the end of the month", "as of end of m"),
-    Feature("churned_next", "label", "1 if a cancellation request was filed in months m+1..m+h; null while m+h is not loaded yet", "m+1..m+h"),
+    Feature("age_band", "sensitive", "sensitive, fairness analysis only: age band at the end of the month",
+            "as of end of m"),
+    Feature("churned_next", "label",
+            "1 if a cancellation request was filed in months m+1..m+h; null while m+h is not loaded yet", "m+1..m+h"),
 )
 
 def feature_spec(horizon_months: int) -> FeatureSpec:
     "The FeatureSpec of the synthetic lake's feature table."
     of = lambda k: tuple(f.name for f in FEATURES if f.kind == k)  # noqa: E731
-    return FeatureSpec("customer_key", "churned_next", of("numeric"), of("categorical"), of("sensitive"), "month", horizon_months,
+    return FeatureSpec("customer_key", "churned_next", of("numeric"), of("categorical"), of("sensitive"), "month",
+                       horizon_months,
                        "synthetic", {f.name: f"{f.meaning} [{f.window}]" for f in FEATURES})
 
 # %% ../nbs/29_features.ipynb #7c555584
 def age_band_sql(age: str) -> str:
     "SQL CASE giving the privacy module's age band of `age` (years)."
-    return "CASE " + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS) + " END"
+    return (
+        "CASE "
+        + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS)
+        + " END"
+    )
+
+# %% ../nbs/29_features.ipynb #67f81203
+# the customer's age in whole years at the month's end (the birth year alone when the date is unknown)
+AGE_AT_MONTH_END = "coalesce(date_sub('year', s.birth_date, CAST(s.m_end AS DATE) - 1), year(s.m) - s.birth_year)"
 
 def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str, str]]:
-    "(temporary table, SQL) steps that build the feature table from the canonical views (labels null until m + horizon + grace is loaded)."
+    """(temporary table, SQL) steps that build the feature table from the canonical views (labels null until m + horizon
+    + grace is loaded)."""
     h, g = int(horizon_months), int(grace_months)
     return [
-        ("_spine", """
+        (
+            "_spine",
+            """
             WITH act AS (SELECT customer_key, um AS m FROM f_usage WHERE km <= um AND customer_key IS NOT NULL
                          UNION SELECT customer_key, rm AS m FROM f_billing WHERE km <= rm AND customer_key IS NOT NULL),
                  gone AS (SELECT customer_key, min(km) AS known_gone FROM f_cancellations GROUP BY 1)
             SELECT a.customer_key, a.m, add_months(a.m, 1) AS m_end, add_months(a.m, -3) AS m3
-            FROM act a LEFT JOIN gone g USING (customer_key) WHERE g.known_gone IS NULL OR g.known_gone > a.m"""),
+            FROM act a LEFT JOIN gone g USING (customer_key) WHERE g.known_gone IS NULL OR g.known_gone > a.m""",
+        ),
         ("_last", "SELECT max(m) AS last_month FROM _spine"),
-        ("_contract_tl", """
-            SELECT DISTINCT ON (customer_key, km) customer_key, km, s.product, s.plan, s.contract_type, s.monthly_fee, s.payment_method
-            FROM (SELECT customer_key, km, arg_max({'product': product, 'plan': plan, 'contract_type': contract_type, 'monthly_fee': monthly_fee,
-                         'payment_method': payment_method}, (event_date, event_type <> 'new', monthly_fee, plan, payment_method, contract_type))
+        (
+            "_contract_tl",
+            """
+            SELECT DISTINCT ON (customer_key, km) customer_key, km, s.product, s.plan, s.contract_type, s.monthly_fee,
+                s.payment_method
+            FROM (SELECT customer_key, km,
+                arg_max({'product': product, 'plan': plan, 'contract_type': contract_type, 'monthly_fee': monthly_fee,
+                         'payment_method': payment_method},
+                        (event_date, event_type <> 'new', monthly_fee, plan, payment_method, contract_type))
                          OVER (PARTITION BY customer_key ORDER BY km
-                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS s FROM f_contracts)"""),
-        ("_changes", """
-            SELECT customer_key, add_months(em, k) AS m, count(*) FILTER (event_type = 'plan_change') AS plan_changes_3m,
+                         RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS s FROM f_contracts)""",
+        ),
+        (
+            "_changes",
+            """
+            SELECT customer_key, add_months(em, k) AS m,
+                count(*) FILTER (event_type = 'plan_change') AS plan_changes_3m,
                    count(*) FILTER (event_type = 'payment_change') AS payment_changes_3m
             FROM (SELECT customer_key, km, event_type, add_months(event_date, 0) AS em FROM f_contracts
                   WHERE event_type IN ('plan_change', 'payment_change')), range(3) r(k)
-            WHERE add_months(em, k) >= km GROUP BY ALL"""),
-        ("_customer_tl", """
+            WHERE add_months(em, k) >= km GROUP BY ALL""",
+        ),
+        (
+            "_customer_tl",
+            """
             SELECT DISTINCT ON (customer_key, km) customer_key, km, gender, birth_date, birth_year, region, signup_date
-            FROM f_customers ORDER BY customer_key, km, signup_date, birth_date, birth_year, gender, region"""),
-        ("_contact_tl", """
+            FROM f_customers ORDER BY customer_key, km, signup_date, birth_date, birth_year, gender, region""",
+        ),
+        (
+            "_contact_tl",
+            """
             SELECT DISTINCT ON (customer_key, km) customer_key, km, max(cm) OVER (PARTITION BY customer_key ORDER BY km
                    RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS last_contact
-            FROM f_campaigns WHERE contacted"""),
-        ("_usage", """
+            FROM f_campaigns WHERE contacted""",
+        ),
+        (
+            "_usage",
+            """
             SELECT customer_key, m, g0 AS data_gb, v0 AS voice_minutes, a0 AS days_active, d0 AS dropped_call_rate,
-                   (coalesce(g0, 0) + coalesce(g1, 0) + coalesce(g2, 0)) / nullif(CAST(g0 IS NOT NULL AS INT) + CAST(g1 IS NOT NULL AS INT) + CAST(g2 IS NOT NULL AS INT), 0) AS data_gb_3m,
-                   (coalesce(g1, 0) + coalesce(g2, 0) + coalesce(g3, 0)) / nullif(CAST(g1 IS NOT NULL AS INT) + CAST(g2 IS NOT NULL AS INT) + CAST(g3 IS NOT NULL AS INT), 0) AS data_gb_prev3,
-                   (coalesce(d0, 0) + coalesce(d1, 0) + coalesce(d2, 0)) / nullif(CAST(d0 IS NOT NULL AS INT) + CAST(d1 IS NOT NULL AS INT) + CAST(d2 IS NOT NULL AS INT), 0) AS dropped_call_rate_3m
+                   (coalesce(g0, 0) + coalesce(g1, 0) + coalesce(g2,
+                       0)) / nullif(CAST(g0 IS NOT NULL AS INT) + CAST(g1 IS NOT NULL AS INT) + CAST(g2 IS NOT NULL AS
+                           INT), 0) AS data_gb_3m,
+                   (coalesce(g1, 0) + coalesce(g2, 0) + coalesce(g3,
+                       0)) / nullif(CAST(g1 IS NOT NULL AS INT) + CAST(g2 IS NOT NULL AS INT) + CAST(g3 IS NOT NULL AS
+                           INT), 0) AS data_gb_prev3,
+                   (coalesce(d0, 0) + coalesce(d1, 0) + coalesce(d2,
+                       0)) / nullif(CAST(d0 IS NOT NULL AS INT) + CAST(d1 IS NOT NULL AS INT) + CAST(d2 IS NOT NULL AS
+                           INT), 0) AS dropped_call_rate_3m
             FROM (SELECT customer_key, add_months(um, k) AS m,
-                         max(data_gb) FILTER (k = 0) AS g0, max(data_gb) FILTER (k = 1) AS g1, max(data_gb) FILTER (k = 2) AS g2, max(data_gb) FILTER (k = 3) AS g3,
-                         max(dropped_call_rate) FILTER (k = 0) AS d0, max(dropped_call_rate) FILTER (k = 1) AS d1, max(dropped_call_rate) FILTER (k = 2) AS d2,
+                         max(data_gb) FILTER (k = 0) AS g0, max(data_gb) FILTER (k = 1) AS g1,
+                             max(data_gb) FILTER (k = 2) AS g2, max(data_gb) FILTER (k = 3) AS g3,
+                         max(dropped_call_rate) FILTER (k = 0) AS d0, max(dropped_call_rate) FILTER (k = 1) AS d1,
+                             max(dropped_call_rate) FILTER (k = 2) AS d2,
                          max(voice_minutes) FILTER (k = 0) AS v0, max(days_active) FILTER (k = 0) AS a0
-                  FROM f_usage, range(4) r(k) WHERE add_months(um, k) >= km GROUP BY ALL)"""),
-        ("_billing", """
+                  FROM f_usage, range(4) r(k) WHERE add_months(um, k) >= km GROUP BY ALL)""",
+        ),
+        (
+            "_billing",
+            """
             SELECT customer_key, m, arg_max(amount, (issue_date, amount)) AS bill_amount,
                    count(*) FILTER (paid_date < m_end AND paid_date > due_date) AS late_payments_3m,
                    count(*) FILTER (due_date < m_end AND (paid_date IS NULL OR paid_date >= m_end)) AS unpaid_bills_3m
             FROM (SELECT b.*, add_months(rm, k) AS m, add_months(rm, k + 1) AS m_end FROM f_billing b, range(3) r(k))
-            WHERE km <= m AND issue_date < m_end GROUP BY ALL"""),
-        ("_tickets", """
+            WHERE km <= m AND issue_date < m_end GROUP BY ALL""",
+        ),
+        (
+            "_tickets",
+            """
             SELECT customer_key, m, count(*) FILTER (k = 0) AS tickets_1m, count(*) AS tickets_3m,
-                   count(*) FILTER (NOT (coalesce(resolved, false) AND closed_at IS NOT NULL AND closed_at < m_end)) AS unresolved_tickets_3m,
+                   count(*) FILTER (NOT (coalesce(resolved,
+                       false) AND closed_at IS NOT NULL AND closed_at < m_end)) AS unresolved_tickets_3m,
                    avg(satisfaction) FILTER (closed_at IS NULL OR closed_at < m_end) AS satisfaction_3m
-            FROM (SELECT t.*, k, add_months(om, k) AS m, CAST(add_months(om, k + 1) AS TIMESTAMP) AS m_end FROM f_tickets t, range(3) r(k))
-            WHERE km <= m AND opened_at < m_end GROUP BY ALL"""),
-        ("_labels", f"""
-            SELECT DISTINCT customer_key, add_months(request_date, -j) AS m FROM f_cancellations, range(1, {h} + 1) r(j)"""),
-        ("_state", """
+            FROM (SELECT t.*, k, add_months(om, k) AS m, CAST(add_months(om,
+                k + 1) AS TIMESTAMP) AS m_end FROM f_tickets t, range(3) r(k))
+            WHERE km <= m AND opened_at < m_end GROUP BY ALL""",
+        ),
+        (
+            "_labels",
+            f"""
+            SELECT DISTINCT customer_key, add_months(request_date, -j) AS m FROM f_cancellations, range(1,
+                {h} + 1) r(j)""",
+        ),
+        (
+            "_state",
+            """
             SELECT s.customer_key, s.m, s.m_end, cu.signup_date, cu.gender, cu.birth_date, cu.birth_year, cu.region,
-                   c.product, c.plan, c.contract_type, c.payment_method, c.monthly_fee, c.monthly_fee - c3.monthly_fee AS fee_change_3m,
+                   c.product, c.plan, c.contract_type, c.payment_method, c.monthly_fee,
+                       c.monthly_fee - c3.monthly_fee AS fee_change_3m,
                    ct.last_contact
             FROM _spine s
             ASOF LEFT JOIN _contract_tl c ON s.customer_key = c.customer_key AND s.m >= c.km
             ASOF LEFT JOIN _contract_tl c3 ON s.customer_key = c3.customer_key AND s.m3 >= c3.km
             ASOF LEFT JOIN _customer_tl cu ON s.customer_key = cu.customer_key AND s.m >= cu.km
-            ASOF LEFT JOIN _contact_tl ct ON s.customer_key = ct.customer_key AND s.m >= ct.km"""),
+            ASOF LEFT JOIN _contact_tl ct ON s.customer_key = ct.customer_key AND s.m >= ct.km""",
+        ),
         ("_medians", "SELECT m, plan, median(monthly_fee) AS plan_median FROM _state GROUP BY ALL"),
-        ("_features", f"""
+        (
+            "_features",
+            f"""
             SELECT s.customer_key, strftime(s.m, '%Y-%m') AS month,
                    CAST(date_sub('month', s.signup_date, CAST(s.m_end AS DATE) - 1) AS INTEGER) AS tenure_months,
-                   CAST(CASE s.contract_type WHEN 'one_year' THEN 11 - date_sub('month', s.signup_date, CAST(s.m_end AS DATE) - 1) % 12
-                                             WHEN 'two_year' THEN 23 - date_sub('month', s.signup_date, CAST(s.m_end AS DATE) - 1) % 24
+                   CAST(CASE s.contract_type WHEN 'one_year' THEN 11 - date_sub('month', s.signup_date,
+                       CAST(s.m_end AS DATE) - 1) % 12
+                                             WHEN 'two_year' THEN 23 - date_sub('month', s.signup_date,
+                                                 CAST(s.m_end AS DATE) - 1) % 24
                         END AS INTEGER) AS months_to_renewal,
                    s.monthly_fee, s.fee_change_3m, s.monthly_fee / nullif(md.plan_median, 0) AS fee_to_plan_median,
-                   CAST(coalesce(ch.plan_changes_3m, 0) AS INTEGER) AS plan_changes_3m, CAST(coalesce(ch.payment_changes_3m, 0) AS INTEGER) AS payment_changes_3m,
-                   u.data_gb, u.data_gb_3m, u.data_gb / nullif(u.data_gb_prev3, 0) AS data_gb_trend, u.voice_minutes, u.days_active,
+                   CAST(coalesce(ch.plan_changes_3m, 0) AS INTEGER) AS plan_changes_3m,
+                       CAST(coalesce(ch.payment_changes_3m, 0) AS INTEGER) AS payment_changes_3m,
+                   u.data_gb, u.data_gb_3m, u.data_gb / nullif(u.data_gb_prev3, 0) AS data_gb_trend, u.voice_minutes,
+                       u.days_active,
                    u.dropped_call_rate, u.dropped_call_rate_3m,
-                   CAST(coalesce(t.tickets_1m, 0) AS INTEGER) AS tickets_1m, CAST(coalesce(t.tickets_3m, 0) AS INTEGER) AS tickets_3m,
+                   CAST(coalesce(t.tickets_1m, 0) AS INTEGER) AS tickets_1m, CAST(coalesce(t.tickets_3m,
+                       0) AS INTEGER) AS tickets_3m,
                    CAST(coalesce(t.unresolved_tickets_3m, 0) AS INTEGER) AS unresolved_tickets_3m, t.satisfaction_3m,
                    b.bill_amount, CAST(coalesce(b.late_payments_3m, 0) AS INTEGER) AS late_payments_3m,
                    CAST(coalesce(b.unpaid_bills_3m, 0) AS INTEGER) AS unpaid_bills_3m,
                    CAST(date_sub('month', s.last_contact, s.m) AS INTEGER) AS months_since_contact,
                    s.product, s.plan, s.contract_type, s.payment_method, s.region,
-                   s.gender, {age_band_sql("coalesce(date_sub('year', s.birth_date, CAST(s.m_end AS DATE) - 1), year(s.m) - s.birth_year)")} AS age_band,
+                   s.gender, {age_band_sql(AGE_AT_MONTH_END)} AS age_band,
                    CAST(CASE WHEN add_months(s.m, {h + g}) > (SELECT last_month FROM _last) THEN NULL
                              WHEN l.customer_key IS NOT NULL THEN 1 ELSE 0 END AS TINYINT) AS churned_next
             FROM _state s
@@ -270,18 +385,26 @@ def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str,
             LEFT JOIN _billing b ON b.customer_key = s.customer_key AND b.m = s.m
             LEFT JOIN _tickets t ON t.customer_key = s.customer_key AND t.m = s.m
             LEFT JOIN _labels l ON l.customer_key = s.customer_key AND l.m = s.m
-            ORDER BY s.m, s.customer_key"""),
+            ORDER BY s.m, s.customer_key""",
+        ),
     ]
 
+# %% ../nbs/29_features.ipynb #b6b48920
 def build_features(con, horizon_months: int, schema: str = "staging", grace_months: int = 0) -> str:
-    "Build the feature table as the temporary table `_features` on `con` (from `schema`'s staging tables); return its name."
+    """Build the feature table as the temporary table `_features` on `con` (from `schema`'s staging tables); return its
+    name."""
     staging_views(con, schema)
-    con.execute("CREATE OR REPLACE TEMP MACRO add_months(d, k) AS CAST(date_trunc('month', d) + to_months(CAST(k AS INTEGER)) AS DATE)")
-    steps, keep = feature_steps(horizon_months, grace_months), con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    con.execute("CREATE OR REPLACE TEMP MACRO add_months(d, k) AS CAST(date_trunc('month', d) + to_months(CAST(k AS "
+                "INTEGER)) AS DATE)")
+    steps, keep = (
+        feature_steps(horizon_months, grace_months),
+        con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0],
+    )
     con.execute("SET preserve_insertion_order = false")   # intermediate tables: any order (less memory, faster)
     try:
         for name, sql in steps[:-1]: con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
-        con.execute("SET preserve_insertion_order = true")   # the result keeps its ORDER BY, so its content digest is stable
+        # the result keeps its ORDER BY, so its content digest is stable
+        con.execute("SET preserve_insertion_order = true")
         con.execute(f"CREATE OR REPLACE TEMP TABLE {steps[-1][0]} AS {steps[-1][1]}")
     finally: con.execute(f"SET preserve_insertion_order = {str(keep).lower()}")
     for name, _ in steps[:-1]: con.execute(f"DROP TABLE IF EXISTS {name}")
@@ -289,28 +412,37 @@ def build_features(con, horizon_months: int, schema: str = "staging", grace_mont
 
 # %% ../nbs/29_features.ipynb #5ce33443
 def cancellation_lateness(con, hindsight_months: int = 2) -> pd.DataFrame:
-    "Cancellation records by arrival delay in months (request month → month known), with their share; over requests at least `hindsight_months` before the latest record known (all if none are). Needs `staging_views`."
+    """Cancellation records by arrival delay in months (request month → month known), with their share; over requests at
+    least `hindsight_months` before the latest record known (all if none are). Needs `staging_views`."""
     return con.execute(f"""
-        WITH c AS (SELECT CAST(date_trunc('month', request_date) AS DATE) AS rm, km FROM f_cancellations WHERE request_date IS NOT NULL),
-             old AS (SELECT * FROM c WHERE rm <= CAST((SELECT max(km) FROM c) - to_months({int(hindsight_months)}) AS DATE)),
+        WITH c AS (SELECT CAST(date_trunc('month', request_date) AS DATE) AS rm,
+            km FROM f_cancellations WHERE request_date IS NOT NULL),
+             old AS (SELECT * FROM c WHERE rm <= CAST((SELECT max(km) FROM c) - to_months({int(hindsight_months)}) AS
+                 DATE)),
              used AS (SELECT * FROM old UNION ALL SELECT * FROM c WHERE NOT EXISTS (SELECT 1 FROM old))
-        SELECT CAST(datediff('month', rm, km) AS INTEGER) AS delay_months, count(*) AS records FROM used GROUP BY 1 ORDER BY 1""").df() \
+        SELECT CAST(datediff('month', rm, km) AS INTEGER) AS delay_months,
+            count(*) AS records FROM used GROUP BY 1 ORDER BY 1""").df() \
         .assign(share=lambda d: d.records / max(int(d.records.sum()), 1))
 
 def unlabelled_churn_share(lateness: pd.DataFrame, grace_months: int) -> float:
-    "The share of cancellation records arriving more than `grace_months` late: what the last labelled month's labels may still miss."
+    """The share of cancellation records arriving more than `grace_months` late: what the last labelled month's labels
+    may still miss."""
     return float(lateness.loc[lateness.delay_months > grace_months, "share"].sum())
 
 # %% ../nbs/29_features.ipynb #f4e7c5d9
-def month_profile(con, table: str = TABLE_FEATURES, target: str = "churned_next", time_column: str = "month") -> pd.DataFrame:
+def month_profile(con, table: str = TABLE_FEATURES, target: str = "churned_next",
+                  time_column: str = "month") -> pd.DataFrame:
     "Rows, labelled rows and label rate per month of a feature table."
-    return con.execute(f"""SELECT {time_column} AS month, count(*) AS rows, count({target}) AS labelled, avg({target}) AS label_rate
+    return con.execute(f"""SELECT {time_column} AS month, count(*) AS rows, count({target}) AS labelled,
+        avg({target}) AS label_rate
                            FROM {table} GROUP BY 1 ORDER BY 1""").df()
 
 def missing_profile(con, spec: FeatureSpec, table: str = TABLE_FEATURES) -> dict[str, float]:
     "Share of missing values of each model input and sensitive attribute."
     cols = [*spec.features, *spec.sensitive]
-    row = con.execute("SELECT " + ", ".join(f'avg(CAST("{c}" IS NULL AS DOUBLE))' for c in cols) + f" FROM {table}").fetchone()
+    row = con.execute(
+        "SELECT " + ", ".join(f'avg(CAST("{c}" IS NULL AS DOUBLE))' for c in cols) + f" FROM {table}"
+    ).fetchone()
     return dict(zip(cols, (round(float(v or 0), 6) for v in row)))
 
 # %% ../nbs/29_features.ipynb #04159d48
@@ -322,11 +454,13 @@ def feature_dataset(df: pd.DataFrame, spec: FeatureSpec, source: str):
 DATASET_MAX_ROWS = 2_000_000
 
 def sql_digest(con, table: str = TABLE_FEATURES) -> str:
-    "A 16-hex-digit, order-independent content hash of a table, computed in DuckDB (row count, sum of row hashes, column names and types)."
+    """A 16-hex-digit, order-independent content hash of a table, computed in DuckDB (row count, sum of row hashes,
+    column names and types)."""
     n, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {table} t").fetchone()
     cols = con.execute(f"DESCRIBE {table}").fetchall()
     return hashlib.sha256(json.dumps([n, str(h), [[c[0], c[1]] for c in cols]]).encode()).hexdigest()[:16]
 
+# %% ../nbs/29_features.ipynb #f2f8e134
 def large_feature_dataset(con, spec: FeatureSpec, source: str, table: str = TABLE_FEATURES):
     "A dataset without data for a table too large to load: schema from a sample, digest from `sql_digest`."
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -335,13 +469,17 @@ def large_feature_dataset(con, spec: FeatureSpec, source: str, table: str = TABL
     sample = con.execute(f"SELECT * FROM {table} LIMIT 1000").df()
     from mlops_nb.tracking import quiet_dataset_warnings
     with quiet_dataset_warnings():
-        return MetaDataset(resolve_dataset_source(source), name=TABLE_FEATURES, digest=sql_digest(con, table), schema=_infer_schema(sample))
+        return MetaDataset(resolve_dataset_source(source), name=TABLE_FEATURES, digest=sql_digest(con, table),
+                           schema=_infer_schema(sample))
 
+# %% ../nbs/29_features.ipynb #a9a10102
 def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
     "Log the feature table (as an MLflow dataset), its spec and profiles to the active run; return the logged summary."
     import mlflow
     with connect_warehouse(cfg) as con:
-        rows, customers, labelled, rate = con.execute(f"SELECT count(*), count(DISTINCT {spec.id_column}), count({spec.target}), avg({spec.target}) FROM {TABLE_FEATURES}").fetchone()
+        rows, customers, labelled, rate = con.execute(f"SELECT count(*), count(DISTINCT {spec.id_column}), "
+                                                      f"count({spec.target}), avg({spec.target}) FROM "
+                                                      f"{TABLE_FEATURES}").fetchone()
         if rows <= DATASET_MAX_ROWS:
             df = con.execute(f"SELECT * FROM {TABLE_FEATURES}").df()    # exactly what load_feature_table returns
             ds = feature_dataset(df, spec, str(cfg.paths.warehouse))
@@ -369,11 +507,13 @@ def has_staging(cfg: Settings, schema: str = "staging") -> bool:
     "True if the warehouse has every staging table the features read."
     if not cfg.paths.warehouse.exists(): return False
     with connect_warehouse(cfg) as con:
-        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = ?", [schema]).fetchall()}
+        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                                          "?", [schema]).fetchall()}
     return set(STAGING_COLUMNS) <= have
 
 def ensure_upstream(cfg: Settings) -> bool:
-    "Generate the lake (if missing) and run the ETL when the warehouse has no staging tables; True if it did (for sandboxes)."
+    """Generate the lake (if missing) and run the ETL when the warehouse has no staging tables; True if it did (for
+    sandboxes)."""
     if cfg.lake.source == "byod" or has_staging(cfg): return False
     from mlops_nb.lake import generate_lake
     from mlops_nb.warehouse import run_etl
@@ -390,34 +530,48 @@ class FeaturesResult:
     seconds: float
     summary: dict[str, Any]
 
+# %% ../nbs/29_features.ipynb #6220ffc5
 def write_features(cfg: Settings) -> tuple[FeatureSpec, int, pd.DataFrame]:
-    "Build the point-in-time feature table from the warehouse's staging tables and save it with its spec; also return `cancellation_lateness`."
+    """Build the point-in-time feature table from the warehouse's staging tables and save it with its spec; also return
+    `cancellation_lateness`."""
     spec = feature_spec(cfg.features.horizon_months)
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"SET memory_limit = '{cfg.features.memory_limit}'")   # beyond it DuckDB spills to <warehouse>.tmp
         con.execute("SET preserve_insertion_order = true")
-        n = save_feature_query(con, build_features(con, cfg.features.horizon_months, grace_months=cfg.features.label_grace_months), spec)
+        n = save_feature_query(con,
+                               build_features(con, cfg.features.horizon_months,
+                                              grace_months=cfg.features.label_grace_months), spec)
         lateness = cancellation_lateness(con)
     return spec, n, lateness
 
+# %% ../nbs/29_features.ipynb #a2669bbf
 def log_label_lateness(lateness: pd.DataFrame, grace_months: int, say: Callable[[str], None] = print) -> float:
-    "Log how late cancellation records arrive and what the last labelled month may miss (metrics), say it, and return that share."
+    """Log how late cancellation records arrive and what the last labelled month may miss (metrics), say it, and return
+    that share."""
     import mlflow
     late, missing = unlabelled_churn_share(lateness, 0), unlabelled_churn_share(lateness, grace_months)
     mlflow.log_metrics({"cancellations_late_share": late, "label_missing_churn_share": missing})
     if late > 0:
-        say(f"labels: {late:.1%} of cancellation records arrive a month or more late; with label_grace_months = {grace_months} "
-            f"the last labelled month may still miss ~{missing:.1%} of its churners" + (" (raise [features] label_grace_months to wait for them)" if missing > 0 else ""))
+        say(f"labels: {late:.1%} of cancellation records arrive a month or more late; with label_grace_months = "
+            f"{grace_months} the last labelled month may still miss ~{missing:.1%} of its "
+            "churners" + (" (raise [features] label_grace_months to wait for them)" if missing > 0 else ""))
     return missing
 
+# %% ../nbs/29_features.ipynb #fb6a28c0
 def run_features(cfg: Settings, mlflow_run_id: str = "") -> FeaturesResult:
-    "The features phase: write features.customer_month and its spec, and log them (as an MLflow dataset) to the phase's run."
+    """The features phase: write features.customer_month and its spec, and log them (as an MLflow dataset) to the
+    phase's run."""
     import mlflow
     from mlops_nb.tracking import phase_run
     with phase_run(cfg, PHASE_FEATURES, run_id=mlflow_run_id):
-        mlflow.log_params({"features_horizon_months": cfg.features.horizon_months, "features_label_grace_months": cfg.features.label_grace_months,
-                           "features_memory_limit": cfg.features.memory_limit,
-                           "lake_source": cfg.lake.source})
+        mlflow.log_params(
+            {
+                "features_horizon_months": cfg.features.horizon_months,
+                "features_label_grace_months": cfg.features.label_grace_months,
+                "features_memory_limit": cfg.features.memory_limit,
+                "lake_source": cfg.lake.source,
+            }
+        )
         t0 = time.perf_counter()
         if cfg.lake.source == "byod":
             from mlops_nb.byod import byod_features, log_load_result

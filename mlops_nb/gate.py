@@ -1,4 +1,5 @@
-"""One declared gate between evaluation and serving: performance against the champion on confidence intervals, fairness, calibration, profit, data quality and servability — every reason recorded, overrides only in writing.
+"""One declared gate between evaluation and serving: performance against the champion on confidence intervals,
+fairness, calibration, profit, data quality and servability — every reason recorded, overrides only in writing.
 
 Docs: https://mlops-nb.github.io/mlops-nb/gate.html.md"""
 
@@ -67,13 +68,16 @@ class Evidence:
     profit_per_month: float | None = None       # realised profit of the policy on test, BRL per month
     profit_lo: float | None = None
     profit_hi: float | None = None
-    fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # gated gaps from the evaluation (difference, CI, groups)
+    # gated gaps from the evaluation (difference, CI, groups)
+    fairness_gaps: list[dict[str, Any]] = field(default_factory=list)
     quality: dict[str, Any] | None = None       # status passed | failed | unknown, and its detail
     servability: dict[str, Any] | None = None   # p50_ms, p99_ms, ok (and error)
     model_uri: str = ""
     run_id: str = ""
-    unscored: str = ""                          # why a reference has no test scores (empty: it has them, or nobody knows)
+    # why a reference has no test scores (empty: it has them, or nobody knows)
+    unscored: str = ""
 
+# %% ../nbs/47_gate.ipynb #90fc9829
 @dataclass(frozen=True)
 class Reason:
     "One check of the gate: passed or not, the measured value, the limit, and a sentence."
@@ -83,6 +87,7 @@ class Reason:
     limit: Any
     message: str
 
+# %% ../nbs/47_gate.ipynb #ce029140
 @dataclass(frozen=True)
 class GateDecision:
     "The gate's verdict and every reason; a human override, if any, with its written reason."
@@ -123,19 +128,25 @@ def _json_default(x: Any) -> Any:
 def check_performance(ev: Evidence, ref: Evidence | None, gate: GateSettings, seed: int = 0) -> Reason:
     "Non-inferiority of the candidate's AUC against the champion (or the baseline), on a paired bootstrap CI."
     lim = -gate.auc_tolerance
-    if ev.scores is None or ev.y is None: return Reason("performance", False, None, lim, "the candidate has no test scores")
-    if ref is None: return Reason("performance", False, None, lim, "nothing to compare with: neither a champion nor a baseline was scored on the test rows")
+    if ev.scores is None or ev.y is None:
+        return Reason("performance", False, None, lim, "the candidate has no test scores")
+    if ref is None:
+        return Reason("performance", False, None, lim,
+                      "nothing to compare with: neither a champion nor a baseline was scored on the test rows")
     if ref.scores is None:
-        return Reason("performance", False, None, lim, f"{ref.name} was not scored on these test rows ({ref.unscored or 'reason unknown'}): "
-                                                       "re-run the evaluation once it can score them")
+        return Reason("performance", False, None, lim,
+                      f"{ref.name} was not scored on these test rows ({ref.unscored or 'reason unknown'}): re-run the "
+                                                       "evaluation once it can score them")
     if ev.rows_digest and ref.rows_digest and ev.rows_digest != ref.rows_digest:
-        return Reason("performance", False, None, lim, f"{ref.name} was scored on other test rows than the candidate: re-run the evaluation")
+        return Reason("performance", False, None, lim,
+                      f"{ref.name} was scored on other test rows than the candidate: re-run the evaluation")
     if np.isnan(np.asarray(ref.scores, float)).any():
         return Reason("performance", False, None, lim, f"{ref.name} has no score for some test rows")
     d, lo, hi = paired_auc_difference(ev.y, ev.scores, ref.scores, gate.n_boot, seed, gate.confidence)
     ok = bool(lo > lim)
     conf = f"{gate.confidence:.0%}"
-    msg = (f"AUC difference vs {ref.name} {d:+.4f} ({conf} CI {lo:+.4f} to {hi:+.4f}, paired bootstrap of {len(ev.y):,} test rows); "
+    msg = (f"AUC difference vs {ref.name} {d:+.4f} ({conf} CI {lo:+.4f} to {hi:+.4f}, paired bootstrap of "
+           f"{len(ev.y):,} test rows); "
            + (f"the lower bound is above −{gate.auc_tolerance}: not worse" if ok else
               f"the lower bound is below −{gate.auc_tolerance}: the candidate may be worse than {ref.name}"))
     return Reason("performance", ok, lo, lim, msg)
@@ -144,27 +155,41 @@ def check_performance(ev: Evidence, ref: Evidence | None, gate: GateSettings, se
 def check_fairness(ev: Evidence, gate: GateSettings, charter: CharterSettings) -> Reason:
     "Every gated between-group gap within `max_fairness_gap`, on the configured CI bound."
     lim, bad, unmeasured, worst = charter.max_fairness_gap, [], [], None
-    if not ev.fairness_gaps: return Reason("fairness", True, None, lim, "not measured: the data has no sensitive attributes")
+    if not ev.fairness_gaps:
+        return Reason("fairness", True, None, lim, "not measured: the data has no sensitive attributes")
     for g in ev.fairness_gaps:
         v = gap_bound(g, gate.fairness_bound)
         label = f"{g['metric'].replace('_', ' ')} by {g['attribute']}"
         if v is None: unmeasured.append(label); continue
         if worst is None or v > worst[0]: worst = (v, label, g)
-        truth = f"; the true probabilities' own policy: {g['oracle_difference']:.3f}" if g.get("oracle_difference") is not None else ""
-        if v > lim: bad.append(f"{label} gap {g['difference']:.3f} (CI {g['difference_lo']:.3f}–{g['difference_hi']:.3f}{truth})")
+        truth = (
+            f"; the true probabilities' own policy: {g['oracle_difference']:.3f}"
+            if g.get("oracle_difference") is not None
+            else ""
+        )
+        if v > lim:
+            bad.append(f"{label} gap {g['difference']:.3f} (CI "
+                       f"{g['difference_lo']:.3f}–{g['difference_hi']:.3f}{truth})")
     note = f"; not measurable (groups too small): {', '.join(unmeasured)}" if unmeasured else ""
     if worst is None: return Reason("fairness", True, None, lim, "no gap could be measured" + note)
-    if bad: return Reason("fairness", False, worst[0], lim, f"over the limit of {lim} on the {gate.fairness_bound} bound: {'; '.join(bad)}{note}")
-    return Reason("fairness", True, worst[0], lim, f"largest gap {worst[1]}: {gate.fairness_bound} bound {worst[0]:.3f} ≤ {lim}{note}")
+    if bad:
+        return Reason("fairness", False, worst[0], lim,
+                      f"over the limit of {lim} on the {gate.fairness_bound} bound: {'; '.join(bad)}{note}")
+    return Reason("fairness", True, worst[0], lim,
+                  f"largest gap {worst[1]}: {gate.fairness_bound} bound {worst[0]:.3f} ≤ {lim}{note}")
 
+# %% ../nbs/47_gate.ipynb #3c128263
 def check_calibration(ev: Evidence, gate: GateSettings) -> Reason:
     "Expected calibration error within `max_ece`."
-    if ev.ece is None or not math.isfinite(ev.ece): return Reason("calibration", False, None, gate.max_ece, "no calibration error was measured")
+    if ev.ece is None or not math.isfinite(ev.ece):
+        return Reason("calibration", False, None, gate.max_ece, "no calibration error was measured")
     ok = ev.ece <= gate.max_ece
     return Reason("calibration", ok, ev.ece, gate.max_ece, f"ECE {ev.ece:.4f} {'≤' if ok else '>'} {gate.max_ece}")
 
+# %% ../nbs/47_gate.ipynb #2c21dc48
 def check_profit(ev: Evidence, gate: GateSettings) -> Reason:
-    "The policy's monthly profit on test against `min_profit`, held at the point estimate or a CI bound (`profit_bound`)."
+    """The policy's monthly profit on test against `min_profit`, held at the point estimate or a CI bound
+    (`profit_bound`)."""
     if ev.profit_per_month is None: return Reason("profit", False, None, gate.min_profit, "no profit was measured")
     has_ci = ev.profit_lo is not None and ev.profit_hi is not None
     bound = gate.profit_bound if has_ci else "point"
@@ -172,36 +197,46 @@ def check_profit(ev: Evidence, gate: GateSettings) -> Reason:
     ok = value >= gate.min_profit
     ci = f" (CI R$ {ev.profit_lo:,.0f} to {ev.profit_hi:,.0f})" if has_ci else ""
     held = {"point": "", "upper": "; its upper bound", "lower": "; its lower bound"}[bound]
-    msg = f"expected profit R$ {ev.profit_per_month:,.0f} a month{ci}{held} {'≥' if ok else '<'} R$ {gate.min_profit:,.0f}"
+    msg = (f"expected profit R$ {ev.profit_per_month:,.0f} a month{ci}{held} {'≥' if ok else '<'} R$ "
+           f"{gate.min_profit:,.0f}")
     if not ok and bound == "upper": msg += ": the policy credibly loses money"
     if ok and ev.profit_per_month < gate.min_profit:
-        msg += " — UNCERTAIN: the point estimate is below, but the test months cannot tell this policy's result from the minimum"
+        msg += (" — UNCERTAIN: the point estimate is below, but the test months cannot tell this policy's result from "
+                "the minimum")
     return Reason("profit", ok, value, gate.min_profit, msg)
 
+# %% ../nbs/47_gate.ipynb #81a866ee
 def check_quality(ev: Evidence, gate: GateSettings) -> Reason:
     "The training data's quality gate passed (when required); an unknown status passes but says so."
     q = ev.quality or dict(status="unknown", detail="no quality status was read")
-    if not gate.require_quality_pass: return Reason("data_quality", True, q["status"], "not required", f"not required by the settings ({q['status']}: {q.get('detail', '')})")
-    if q["status"] == "failed": return Reason("data_quality", False, "failed", "passed", f"the data quality gate failed: {q.get('detail', '')}")
-    if q["status"] == "passed": return Reason("data_quality", True, "passed", "passed", f"the data quality gate passed: {q.get('detail', '')}")
+    if not gate.require_quality_pass:
+        return Reason("data_quality", True, q["status"], "not required",
+                      f"not required by the settings ({q['status']}: {q.get('detail', '')})")
+    if q["status"] == "failed":
+        return Reason("data_quality", False, "failed", "passed", f"the data quality gate failed: {q.get('detail', '')}")
+    if q["status"] == "passed":
+        return Reason("data_quality", True, "passed", "passed", f"the data quality gate passed: {q.get('detail', '')}")
     return Reason("data_quality", True, "unknown", "passed", f"UNKNOWN — not verified: {q.get('detail', '')}")
 
+# %% ../nbs/47_gate.ipynb #6379dd7f
 def check_servability(ev: Evidence, gate: GateSettings) -> Reason:
     "The packaged model loads in a fresh process and its p99 latency is within `max_latency_ms`."
     s = ev.servability
     if not s: return Reason("servability", False, None, gate.max_latency_ms, "servability was not checked")
     if not s.get("ok", False) or s.get("p99_ms") is None:
-        return Reason("servability", False, s.get("p99_ms"), gate.max_latency_ms, f"the packaged model does not serve: {s.get('error', 'check failed')}")
+        return Reason("servability", False, s.get("p99_ms"), gate.max_latency_ms,
+                      f"the packaged model does not serve: {s.get('error', 'check failed')}")
     ok = s["p99_ms"] <= gate.max_latency_ms
     return Reason("servability", ok, s["p99_ms"], gate.max_latency_ms,
-                  f"loads in a fresh process; one-row latency p50 {s.get('p50_ms', float('nan')):.1f} ms, p99 {s['p99_ms']:.1f} ms "
-                  f"{'≤' if ok else '>'} {gate.max_latency_ms} ms")
+                  f"loads in a fresh process; one-row latency p50 {s.get('p50_ms', float('nan')):.1f} ms, p99 "
+                  f"{s['p99_ms']:.1f} ms {'≤' if ok else '>'} {gate.max_latency_ms} ms")
 
 # %% ../nbs/47_gate.ipynb #5b4e0c59
 GATE_CHECKS = ("performance", "fairness", "calibration", "profit", "data_quality", "servability")
 
 def decide(evidence: Evidence,                    # the candidate
-           champion_evidence: Evidence | None,    # the champion on the same rows, or the naive baseline when there is none
+           # the champion on the same rows, or the naive baseline when there is none
+           champion_evidence: Evidence | None,
            gate_settings: GateSettings,
            charter: CharterSettings,
            seed: int = 0,                         # seed of the paired bootstrap
@@ -209,7 +244,8 @@ def decide(evidence: Evidence,                    # the candidate
     "Apply every check of the gate to the evidence: approved only if all pass; every reason listed."
     g = gate_settings
     reasons = (check_performance(evidence, champion_evidence, g, seed), check_fairness(evidence, g, charter),
-               check_calibration(evidence, g), check_profit(evidence, g), check_quality(evidence, g), check_servability(evidence, g))
+               check_calibration(evidence, g), check_profit(evidence, g), check_quality(evidence, g),
+               check_servability(evidence, g))
     return GateDecision(all(r.passed for r in reasons), reasons)
 
 # %% ../nbs/47_gate.ipynb #2cf96101
@@ -223,8 +259,8 @@ def check_override_reason(reason: str) -> str:
     r = " ".join((reason or "").split())
     if len(r) < MIN_OVERRIDE_CHARS:
         raise GateOverrideError(f"a gate override needs a written reason of at least {MIN_OVERRIDE_CHARS} characters "
-                                f"(got {len(r)}): say why the failed checks are acceptable, e.g. "
-                                "'DPO reviewed the age-band TPR gap on 2025-06-02, ticket GOV-17'")
+                                f"(got {len(r)}): say why the failed checks are acceptable, e.g. 'DPO reviewed the "
+                                "age-band TPR gap on 2025-06-02, ticket GOV-17'")
     return r
 
 def apply_override(decision: GateDecision, reason: str, actor: str) -> GateDecision:
@@ -250,6 +286,7 @@ def find_evaluate_run(cfg: Settings, evaluate_run_id: str = "", parent_run_id: s
         if runs: return runs[0]
     raise RuntimeError("no finished evaluate run found: run the evaluate phase first (`mlops-nb run evaluate`)")
 
+# %% ../nbs/47_gate.ipynb #0bc2a791
 def load_evaluation(run_id: str) -> tuple[dict[str, Any], pd.DataFrame]:
     "The evaluation document and test scores an evaluate run logged."
     from mlops_nb.tracking import mlflow
@@ -259,27 +296,36 @@ def load_evaluation(run_id: str) -> tuple[dict[str, Any], pd.DataFrame]:
         scores = pd.read_parquet(p)
     return doc, scores
 
+# %% ../nbs/47_gate.ipynb #e1659379
 def candidate_evidence(doc: dict[str, Any], scores: pd.DataFrame, index: int | None = None) -> Evidence:
     "The evidence about one evaluated candidate (default: the one the evaluation selected)."
     c = doc["candidates"][doc["selected"]["index"] if index is None else index]
     b, info = c["business"], c["info"]
     gaps = [g for g in (c.get("fairness") or {}).get("gaps", []) if g.get("gated")]
-    return Evidence(c["name"], "candidate", scores["y"].to_numpy(int), scores[info["scores_column"]].to_numpy(float), doc["rows_digest"],
-                    c["metrics"]["roc_auc"], c["calibration"]["ece"], b["profit_per_month"], b["profit_lo"], b["profit_hi"], gaps,
+    return Evidence(c["name"], "candidate", scores["y"].to_numpy(int), scores[info["scores_column"]].to_numpy(float),
+                    doc["rows_digest"],
+                    c["metrics"]["roc_auc"], c["calibration"]["ece"], b["profit_per_month"], b["profit_lo"],
+                    b["profit_hi"], gaps,
                     model_uri=info.get("model_uri", ""), run_id=info.get("run_id", ""))
 
-def reference_evidence(doc: dict[str, Any], scores: pd.DataFrame, champion_now: dict[str, str] | None) -> Evidence | None:
+# %% ../nbs/47_gate.ipynb #d4a60e8a
+def reference_evidence(doc: dict[str, Any], scores: pd.DataFrame,
+                       champion_now: dict[str, str] | None) -> Evidence | None:
     "What the candidate is compared with: the champion as scored in the evaluation, else the naive baseline."
     ch, y = doc.get("champion"), scores["y"].to_numpy(int)
     if champion_now:
         if not ch or ch.get("version") != champion_now["version"]:   # the alias moved after the evaluation
             was = f"v{ch['version']}" if ch else "none"
-            return Evidence(f"champion v{champion_now['version']}", "champion", y, None, doc["rows_digest"], model_uri=champion_now["model_uri"],
+            return Evidence(f"champion v{champion_now['version']}", "champion", y, None, doc["rows_digest"],
+                            model_uri=champion_now["model_uri"],
                             unscored=f"the champion changed since the evaluation (it scored {was})")
         if "champion" not in scores.columns:
-            return Evidence(f"champion v{ch['version']}", "champion", y, None, doc["rows_digest"], model_uri=ch["model_uri"],
-                            unscored=f"the evaluation {ch['error']}" if ch.get("error") else "its scores are missing from the evaluation")
-        return Evidence(f"champion v{ch['version']}", "champion", y, scores["champion"].to_numpy(float), doc["rows_digest"],
+            return Evidence(f"champion v{ch['version']}", "champion", y, None, doc["rows_digest"],
+                            model_uri=ch["model_uri"],
+                            unscored=(f"the evaluation {ch['error']}" if ch.get("error")
+                                      else "its scores are missing from the evaluation"))
+        return Evidence(f"champion v{ch['version']}", "champion", y, scores["champion"].to_numpy(float),
+                        doc["rows_digest"],
                         model_uri=ch["model_uri"], run_id=ch.get("run_id", ""))
     if "baseline" in scores.columns:
         return Evidence(doc["baseline"]["name"], "baseline", y, scores["baseline"].to_numpy(float), doc["rows_digest"])
@@ -290,9 +336,11 @@ QUALITY_TABLE = TABLE_QUALITY_RUNS
 _TIME_COLUMNS = ("finished_at", "ended_at", "created_at", "run_at", "started_at", "timestamp", "time", "ts")
 
 def quality_status(cfg: Settings,
-                   content_hash: str = "",   # the warehouse content the training data came from ("" = unknown: the latest run counts)
+                   # the warehouse content the training data came from ("" = unknown: the latest run counts)
+                   content_hash: str = "",
                    ) -> dict[str, Any]:
-    "The data-quality run that vouches for the training data (the latest on `content_hash`, else the latest): status passed | failed | unknown, run id, detail."
+    """The data-quality run that vouches for the training data (the latest on `content_hash`, else the latest): status
+    passed | failed | unknown, run id, detail."""
     path = cfg.paths.warehouse
     if not path.exists(): return dict(status="unknown", detail=f"no warehouse at {path}")
     import duckdb
@@ -301,20 +349,26 @@ def quality_status(cfg: Settings,
         with duckdb_connect(path, read_only=True) as con: t = con.execute(f"SELECT * FROM {QUALITY_TABLE}").df()
     except duckdb.CatalogException: return dict(status="unknown", detail=f"the warehouse has no {QUALITY_TABLE} table")
     except duckdb.IOException as e: return dict(status="unknown", detail=f"the warehouse could not be read ({e})")
-    if t.empty or "passed" not in t.columns: return dict(status="unknown", detail=f"{QUALITY_TABLE} holds no run with a `passed` column")
+    if t.empty or "passed" not in t.columns:
+        return dict(status="unknown", detail=f"{QUALITY_TABLE} holds no run with a `passed` column")
     which = "latest quality run"
     if content_hash and "warehouse_content_hash" in t.columns:
         t = t[t["warehouse_content_hash"] == content_hash]
-        if t.empty: return dict(status="unknown", detail=f"no quality run checked the warehouse content the training data was built from "
-                                                         f"(content hash {content_hash[:16]}…): run the quality phase on that load")
+        if t.empty:
+            return dict(status="unknown",
+                        detail="no quality run checked the warehouse content the training data was built from "
+                                                         f"(content hash {content_hash[:16]}…): run the quality phase "
+                                                         "on that load")
         which = f"quality run of the training data's warehouse content ({content_hash[:16]}…)"
     tcol = next((c for c in _TIME_COLUMNS if c in t.columns), None)
     row = t.sort_values(tcol, kind="mergesort").iloc[-1] if tcol else t.iloc[-1]
     rid = next((str(row[c]) for c in ("run_id", "id", "quality_run_id") if c in t.columns), "?")
     ok = bool(row["passed"]) if pd.notna(row["passed"]) else None
     if ok is None: return dict(status="unknown", run_id=rid, detail=f"quality run {rid} has no result")
-    return dict(status="passed" if ok else "failed", run_id=rid, detail=f"{which} {rid}" + (f" at {row[tcol]}" if tcol else ""))
+    return dict(status="passed" if ok else "failed", run_id=rid,
+                detail=f"{which} {rid}" + (f" at {row[tcol]}" if tcol else ""))
 
+# %% ../nbs/47_gate.ipynb #1b679802
 def training_data_source(train_run_id: str) -> str:
     "The warehouse content hash a training run recorded for its feature table ('' if it recorded none)."
     if not train_run_id: return ""
@@ -323,6 +377,7 @@ def training_data_source(train_run_id: str) -> str:
     try: return MlflowClient().get_run(train_run_id).data.tags.get(TAG_FEATURES_SOURCE, "")
     except mlflow.exceptions.MlflowException: return ""   # the run is gone: no lineage to follow
 
+# %% ../nbs/47_gate.ipynb #095894ea
 def servability(model_uri: str) -> dict[str, Any]:
     "The packaging module's servability check of `model_uri`; a failure to load or run becomes ok=False with the error."
     from mlops_nb import package
@@ -340,9 +395,15 @@ def decision_tags(decision: GateDecision) -> dict[str, str]:
         tags[f"{TAG_GATE_CHECK_PREFIX}{r.check}"] = "pass" if r.passed else "fail"
         tags[f"{TAG_GATE_CHECK_PREFIX}{r.check}.message"] = r.message[:4000]
     if decision.overridden:
-        tags.update({TAG_GATE_OVERRIDE_REASON: decision.override_reason[:4000], TAG_GATE_OVERRIDE_ACTOR: decision.override_actor})
+        tags.update(
+            {
+                TAG_GATE_OVERRIDE_REASON: decision.override_reason[:4000],
+                TAG_GATE_OVERRIDE_ACTOR: decision.override_actor,
+            }
+        )
     return tags
 
+# %% ../nbs/47_gate.ipynb #4c1a087d
 def _evidence_summary(ev: Evidence) -> dict[str, Any]:
     d = {k: v for k, v in asdict(ev).items() if k not in ("y", "scores")}
     d["test_rows"] = None if ev.y is None else int(len(ev.y))
@@ -355,28 +416,42 @@ def record_decision(cfg: Settings, gate_run_id: str, decision: GateDecision, evi
     from mlops_nb.tracking import MlflowClient
     client = MlflowClient()
     subject = evidence.model_uri or evidence.run_id
-    tags = decision_tags(decision) | {TAG_GATE_CANDIDATE_RUN_ID: evidence.run_id, TAG_GATE_MODEL_URI: evidence.model_uri,
+    tags = decision_tags(decision) | {TAG_GATE_CANDIDATE_RUN_ID: evidence.run_id,
+                                      TAG_GATE_MODEL_URI: evidence.model_uri,
                                       TAG_GATE_EVALUATE_RUN_ID: evaluate_run_id,
                                       TAG_GATE_COMPARED_WITH: reference.name if reference else "nothing"}
     for k, v in tags.items(): client.set_tag(gate_run_id, k, v)
-    client.log_dict(gate_run_id, dict(decision=decision.to_dict(), candidate=_evidence_summary(evidence),
-                                      reference=_evidence_summary(reference) if reference else None, evaluate_run_id=evaluate_run_id,
-                                      settings=asdict(cfg.gate), max_fairness_gap=cfg.charter.max_fairness_gap), ART_GATE_DECISION)
+    client.log_dict(
+        gate_run_id,
+        dict(
+            decision=decision.to_dict(),
+            candidate=_evidence_summary(evidence),
+            reference=_evidence_summary(reference) if reference else None,
+            evaluate_run_id=evaluate_run_id,
+            settings=asdict(cfg.gate),
+            max_fairness_gap=cfg.charter.max_fairness_gap,
+        ),
+        ART_GATE_DECISION,
+    )
     client.log_metric(gate_run_id, "gate_approved", float(decision.approved))
     if evidence.run_id:
         client.set_tag(evidence.run_id, TAG_GATE_APPROVED, str(decision.approved).lower())
         client.set_tag(evidence.run_id, TAG_GATE_RUN_ID, gate_run_id)
-    details = dict(gate_run_id=gate_run_id, approved=all(r.passed for r in decision.reasons), candidate_run_id=evidence.run_id,
+    details = dict(gate_run_id=gate_run_id, approved=all(r.passed for r in decision.reasons),
+                   candidate_run_id=evidence.run_id,
                    evaluate_run_id=evaluate_run_id, compared_with=reference.name if reference else None,
                    reasons=[dict(check=r.check, passed=r.passed, message=r.message) for r in decision.reasons])
-    append_event(cfg, AUDIT_GATE_DECIDED, subject, details, actor=actor)   # who ran the gate (a person, or the scheduler)
+    # who ran the gate (a person, or the scheduler)
+    append_event(cfg, AUDIT_GATE_DECIDED, subject, details, actor=actor)
     if decision.overridden:
         append_event(cfg, AUDIT_GATE_OVERRIDE, subject, dict(gate_run_id=gate_run_id, reason=decision.override_reason,
-                                                         overridden_checks=[r.check for r in decision.failed]), actor=actor)
+                                                         overridden_checks=[r.check for r in decision.failed]),
+                                                         actor=actor)
 
 # %% ../nbs/47_gate.ipynb #3558d0eb
 def override_gate(cfg: Settings, gate_run_id: str, reason: str, actor: str | None = None) -> GateDecision:
-    "Approve the refusal recorded on `gate_run_id` with a written reason; recorded as tags, `gate/override.json` and a `gate.override` event."
+    """Approve the refusal recorded on `gate_run_id` with a written reason; recorded as tags, `gate/override.json` and a
+    `gate.override` event."""
     from mlops_nb.audit import append_event
     from mlops_nb.tracking import MlflowClient, configure_mlflow, mlflow
     reason = check_override_reason(reason)
@@ -392,13 +467,15 @@ def override_gate(cfg: Settings, gate_run_id: str, reason: str, actor: str | Non
     cand = recorded["candidate"]
     if cand.get("run_id"): client.set_tag(cand["run_id"], TAG_GATE_APPROVED, "true")
     append_event(cfg, AUDIT_GATE_OVERRIDE, cand.get("model_uri") or cand.get("run_id", ""),
-                 dict(gate_run_id=gate_run_id, reason=reason, overridden_checks=[r.check for r in decision.failed]), actor=actor)
+                 dict(gate_run_id=gate_run_id, reason=reason, overridden_checks=[r.check for r in decision.failed]),
+                 actor=actor)
     return new
 
 # %% ../nbs/47_gate.ipynb #f0c5b7e7
 def run_gate(cfg: Settings,                 # run settings
              mlflow_run_id: str = "",       # the phase's MLflow run (set by `mlops-nb run`); "" = a new run
-             override_reason: str = "",     # a person's written reason to approve despite failed checks ("" = no override)
+             # a person's written reason to approve despite failed checks ("" = no override)
+             override_reason: str = "",
              evaluate_run_id: str = "",     # judge this evaluate run (default: this pipeline's, else the latest)
              ) -> GateDecision:
     "The gate phase: gather the evidence, decide, apply an override if one is given with a reason, record everything."

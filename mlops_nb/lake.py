@@ -1,4 +1,6 @@
-"""A deterministic simulator of a Brazilian telecom — customers, plans, usage, bills, tickets, retention campaigns and churn from a known causal model — written as a realistically messy raw data lake, with an oracle that knows the truth.
+"""A deterministic simulator of a Brazilian telecom — customers, plans, usage, bills, tickets, retention campaigns
+and churn from a known causal model — written as a realistically messy raw data lake, with an oracle that knows
+the truth.
 
 Docs: https://mlops-nb.github.io/mlops-nb/lake.html.md"""
 
@@ -92,11 +94,13 @@ class Defects:
     hits: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     def add(self, kind: str, column: str, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size: self.hits[(kind, column)] = np.concatenate([self.hits.get((kind, column), np.empty(0, np.int64)), rows])
+        if rows.size:
+            self.hits[(kind, column)] = np.concatenate([self.hits.get((kind, column), np.empty(0, np.int64)), rows])
     def remap(self, new_pos: np.ndarray) -> None:
         "Rows moved: row i is now at new_pos[i]."
         self.hits = {k: new_pos[v] for k, v in self.hits.items()}
 
+# %% ../nbs/13_lake.ipynb #fe28c32d
 def inject_value_defects(b: Batch, src: Source, lake: LakeSettings, rng: np.random.Generator, d: Defects) -> Batch:
     "Blank optional fields, vary date formats and spellings, plant outliers; record each in `d`."
     n, b = batch_len(b), dict(b)
@@ -125,7 +129,8 @@ def inject_value_defects(b: Batch, src: Source, lake: LakeSettings, rng: np.rand
             rows = np.flatnonzero(present & (rng.random(n) < lake.outlier_rate))
             x = np.asarray(b[c.name], dtype=np.float64).copy()
             absurd = 10.0 ** np.ceil(np.log10(c.valid[1])) * 100
-            x[rows] = np.where(rng.random(len(rows)) < .5, -(np.abs(x[rows]) + 1), absurd * (1 + rng.integers(0, 9, len(rows))))
+            x[rows] = np.where(rng.random(len(rows)) < .5, -(np.abs(x[rows]) + 1),
+                               absurd * (1 + rng.integers(0, 9, len(rows))))
             b[c.name] = x; d.add("outlier", c.name, rows)
     return b
 
@@ -153,6 +158,7 @@ def render_column(c: Col, v: Any, variant: np.ndarray | None) -> pa.Array:
     arr = pa.array(np.where(np.isnan(x), 0, x).astype(np.int64) if c.kind == "int" else x, mask=np.isnan(x))
     return pc.cast(arr, pa.string())
 
+# %% ../nbs/13_lake.ipynb #a36fbab9
 def _json_value(c: Col, text: pa.Array) -> pa.Array:
     "Rendered text as JSON values (strings quoted, null → null)."
     quoted = c.kind in ("str", "date", "timestamp", "category", "money")
@@ -164,11 +170,13 @@ def render_lines(b: Batch, src: Source) -> pa.Array:
     cols = [render_column(c, b[c.name], b.get(c.name + "@v")) for c in src.columns]
     if src.format == "jsonl":
         parts: list[Any] = []
-        for i, (c, t) in enumerate(zip(src.columns, cols)): parts += [("{" if i == 0 else ",") + json.dumps(c.name) + ":", _json_value(c, t)]
+        for i, (c, t) in enumerate(zip(src.columns, cols)):
+            parts += [("{" if i == 0 else ",") + json.dumps(c.name) + ":", _json_value(c, t)]
         return pc.binary_join_element_wise(*parts, "}", "")
     return pc.binary_join_element_wise(*(_csv_field(c, t, src.sep) for c, t in zip(src.columns, cols)), src.sep,
                                        null_handling="replace", null_replacement="")
 
+# %% ../nbs/13_lake.ipynb #1e7ac8b1
 def _csv_field(c: Col, text: pa.Array, sep: str) -> pa.Array:
     "Quote the values that contain the separator (only text-like kinds can)."
     if c.kind not in ("str", "category", "money") or not len(text): return text
@@ -186,9 +194,12 @@ def _truncate(line: str, fmt: str, sep: str, rng: np.random.Generator) -> str:
     return line[: cuts[int(rng.integers(0, len(cuts)))]] if cuts else ""
 
 def duplicate_order(n: int, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Record order with re-sent copies: (source row of each output row, new position of each original row, positions of the copies)."
+    """Record order with re-sent copies: (source row of each output row, new position of each original row, positions of
+    the copies)."""
     dup = np.flatnonzero(rng.random(n) < rate)
-    key = np.concatenate([np.arange(n, dtype=np.float64), dup + 0.5 + rng.random(len(dup)) * np.maximum(n - dup - 1, 0)])
+    key = np.concatenate(
+        [np.arange(n, dtype=np.float64), dup + 0.5 + rng.random(len(dup)) * np.maximum(n - dup - 1, 0)]
+    )
     order = np.argsort(key, kind="stable")
     pos = np.empty(len(order), np.int64); pos[order] = np.arange(len(order))
     return np.concatenate([np.arange(n), dup])[order], pos[:n], np.sort(pos[n:])
@@ -217,7 +228,8 @@ class LakeWriter:
     def __init__(self, lake: LakeSettings, root: Path):
         self.lake, self.root, self.labels = lake, Path(root), month_labels(lake.start_month, lake.months)
         self.files: list[dict[str, Any]] = []
-        self.defects: list[tuple[str, str, str, str, str, np.ndarray, int]] = []  # source, month, file, kind, column, rows, line offset
+        # source, month, file, kind, column, rows, line offset
+        self.defects: list[tuple[str, str, str, str, str, np.ndarray, int]] = []
         self.pending: dict[tuple[str, int], list[Batch]] = {}
 
     def write_month(self, i: int, batches: Mapping[str, Batch]) -> None:
@@ -234,7 +246,9 @@ class LakeWriter:
             delay = np.where(late.random(hit.sum()) < .75, 1, 2)
             for k in (1, 2):
                 rows = np.flatnonzero(hit)[delay == k]
-                if rows.size: self.pending.setdefault((src.name, min(i + k, len(self.labels) - 1)), []).append(batch_take(batch, rows))
+                if rows.size:
+                    self.pending.setdefault((src.name, min(i + k, len(self.labels) - 1)),
+                                            []).append(batch_take(batch, rows))
             batch = batch_take(batch, np.flatnonzero(~hit))
         arrived = self.pending.pop((src.name, i), [])
         n_own = batch_len(batch)
@@ -252,35 +266,60 @@ class LakeWriter:
         if src.text:
             lines = render_lines(batch, src).take(pa.array(src_rows, pa.int64()))
             is_copy = np.zeros(len(src_rows), bool); is_copy[copies] = True
-            bad = np.flatnonzero((rng.random(len(src_rows)) < lake.corrupt_rate) & ~is_copy) if lake.corrupt_rate > 0 else np.empty(0, np.int64)
+            bad = (
+                np.flatnonzero((rng.random(len(src_rows)) < lake.corrupt_rate) & ~is_copy)
+                if lake.corrupt_rate > 0
+                else np.empty(0, np.int64)
+            )
             if bad.size:
                 cut = [_truncate(s, src.format, src.sep, rng) for s in lines.take(pa.array(bad)).to_pylist()]
-                lines = pc.replace_with_mask(lines, pa.array(np.isin(np.arange(len(lines)), bad)), pa.array(cut, pa.string()))
+                lines = pc.replace_with_mask(lines, pa.array(np.isin(np.arange(len(lines)), bad)),
+                                             pa.array(cut, pa.string()))
                 d.add("corrupt_line", "", bad)
             header = "" if src.format == "jsonl" else src.sep.join(c.name for c in src.columns) + src.newline
             data = header.encode(src.encoding) + _join_lines(lines, src.newline).encode(src.encoding)
         else:
-            names = [RENAMED.get(c.name, c.name) if src.name == "usage" and 0 < lake.schema_drift_month <= i + 1 else c.name for c in src.columns]
+            names = [
+                RENAMED.get(c.name, c.name) if src.name == "usage" and 0 < lake.schema_drift_month <= i + 1 else c.name
+                for c in src.columns
+            ]
             if names != [c.name for c in src.columns]: d.add("schema_rename", "data_gb", np.array([-1]))
-            table = pa.table({nm: _arrow_column(c, batch[c.name]) for nm, c in zip(names, src.columns)}).take(pa.array(src_rows, pa.int64()))
+            table = pa.table({nm: _arrow_column(c, batch[c.name]) for nm, c in zip(names, src.columns)}).take(
+                pa.array(src_rows, pa.int64())
+            )
             data = _parquet_bytes(table)
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        self.files.append(dict(path=rel, source=src.name, month=label, format=src.format, encoding=src.encoding if src.text else "binary",
-                               rows=len(src_rows), bytes=len(data), sha256=_sha(data)))
+        self.files.append(
+            dict(
+                path=rel,
+                source=src.name,
+                month=label,
+                format=src.format,
+                encoding=src.encoding if src.text else "binary",
+                rows=len(src_rows),
+                bytes=len(data),
+                sha256=_sha(data),
+            )
+        )
         offset = {"csv": 2, "jsonl": 1}.get(src.format, -1)
-        for (kind, col), rows in d.hits.items(): self.defects.append((src.name, label, rel, kind, col, np.sort(rows), offset))
+        for (kind, col), rows in d.hits.items():
+            self.defects.append((src.name, label, rel, kind, col, np.sort(rows), offset))
 
     def defects_table(self) -> pa.Table:
-        "Every injected defect: source, month, file, row (0-based record; -1 = whole file), line (1-based, text files), kind, column."
+        """Every injected defect: source, month, file, row (0-based record; -1 = whole file), line (1-based, text
+        files), kind, column."""
         counts = np.array([len(x[5]) for x in self.defects], dtype=np.int64)
         rows = np.concatenate([x[5] for x in self.defects]) if self.defects else np.empty(0, np.int64)
         offs = np.repeat([x[6] for x in self.defects], counts) if self.defects else np.empty(0, np.int64)
         def cat(j: int) -> pa.Array:
             vals = [x[j] for x in self.defects]
             dictionary = sorted(set(vals))
-            return pa.DictionaryArray.from_arrays(pa.array(np.repeat([dictionary.index(v) for v in vals], counts).astype(np.int32)), pa.array(dictionary, pa.string()))
+            return pa.DictionaryArray.from_arrays(
+                pa.array(np.repeat([dictionary.index(v) for v in vals], counts).astype(np.int32)),
+                pa.array(dictionary, pa.string()),
+            )
         line = pa.array(rows + offs, mask=(offs < 0) | (rows < 0))
         return pa.table(dict(source=cat(0), month=cat(1), file=cat(2), row=rows, line=line, kind=cat(3), column=cat(4)))
 
@@ -309,26 +348,39 @@ def scenario_notes(lake: LakeSettings, intercepts: Sequence[float]) -> dict[str,
     at = lambda m: labels[m - 1] if 1 <= m <= len(labels) else None
     expected: list[dict[str, Any]] = []
     if 0 < lake.schema_drift_month <= lake.months:
-        expected.append(dict(kind="schema_drift", month=at(lake.schema_drift_month), month_index=lake.schema_drift_month, source="usage",
-                             columns=["data_gb"], detail="column data_gb renamed data_usage_gb from this partition on"))
+        expected.append(
+            dict(
+                kind="schema_drift",
+                month=at(lake.schema_drift_month),
+                month_index=lake.schema_drift_month,
+                source="usage",
+                columns=["data_gb"],
+                detail="column data_gb renamed data_usage_gb from this partition on",
+            )
+        )
     if lake.scenario == "drift":
         d = lake.drift_month
         expected += [
             dict(kind="input_drift", month=at(d), month_index=d, source="crm_customers", columns=["data_nascimento"],
-                 detail="new customers are younger (median age at signup ≈ 26 instead of ≈ 38); the active base ages down gradually"),
+                 detail="new customers are younger (median age at signup ≈ 26 instead of ≈ 38); the active base ages "
+                        "down gradually"),
             dict(kind="input_drift", month=at(d), month_index=d, source="contracts", columns=["payment_method"],
-                 detail="a new category 'pix' appears (25% of new customers, +5 points a month up to 50%; 60% of payment changes)"),
+                 detail="a new category 'pix' appears (25% of new customers, +5 points a month up to 50%; 60% of "
+                        "payment changes)"),
             dict(kind="concept_drift", month=at(d), month_index=d, source="cancellations", columns=[],
                  segment=f"product == 'fibre' and monthly_fee > {CONCEPT_FEE:g}",
-                 detail="a competitor's cheaper fibre: churn of these customers rises (log-odds +1.2 x price sensitivity); "
-                        "the labels of month d show it as cancellations filed in month d+1; reason 'concorrencia' grows"),
+                 detail="a competitor's cheaper fibre: churn of these customers rises (log-odds +1.2 x price "
+                        "sensitivity); the labels of month d show it as cancellations filed in month d+1; reason "
+                        "'concorrencia' grows"),
             dict(kind="data_bug", month=at(d), month_index=d, source="billing", columns=["amount"],
                  detail="this partition's amounts are written in cents (x100); only this month"),
         ]
-    return dict(scenario=lake.scenario, months=labels, drift_month=at(lake.drift_month) if lake.scenario == "drift" else None,
+    return dict(scenario=lake.scenario, months=labels,
+                drift_month=at(lake.drift_month) if lake.scenario == "drift" else None,
                 expected_detections=expected,
                 stable_means="no input, concept or data drift apart from the schema rename",
-                churn_model=dict(base_rate=BASE_CHURN, intercept_by_month=list(intercepts), offer_effect=dict(zip(SEGMENTS, OFFER_EFFECT.tolist())),
+                churn_model=dict(base_rate=BASE_CHURN, intercept_by_month=list(intercepts),
+                                 offer_effect=dict(zip(SEGMENTS, OFFER_EFFECT.tolist())),
                                  segment_effect=dict(zip(SEGMENTS, SEGMENT_EFFECT.tolist())), contact_rate=CONTACT_RATE,
                                  label="churned_next of month m = a cancellation request dated in month m+1"))
 
@@ -339,14 +391,17 @@ class LakeResult:
     manifest: dict[str, Any]
     stats: dict[str, Any]
 
-def _json_bytes(obj: Any) -> bytes: return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
+# %% ../nbs/13_lake.ipynb #fdc27dab
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 def write_lake(lake: LakeSettings, lake_dir: Path, oracle_dir: Path,
                progress: Callable[[int, str], None] | None = None  # called after each month with (1-based month, label)
                ) -> LakeResult:
     "Simulate the world and write the lake into `lake_dir` and the oracle into `oracle_dir` (both new, empty folders)."
     world, writer = World(lake), LakeWriter(lake, lake_dir)
-    stats: dict[str, Any] = dict(months=world.labels, churn_rate=[], mean_p_churn=[], active=[], campaign=[], treated_churn=[], control_churn=[])
+    stats: dict[str, Any] = dict(months=world.labels, churn_rate=[], mean_p_churn=[], active=[], campaign=[],
+                                 treated_churn=[], control_churn=[])
     for i, label in enumerate(world.labels):
         out = world.step(i)
         writer.write_month(i, out.batches)
@@ -360,15 +415,30 @@ def write_lake(lake: LakeSettings, lake_dir: Path, oracle_dir: Path,
         stats["mean_p_churn"].append(float(np.mean(t["p_churn"].to_numpy())))
         stats["churn_rate"].append(None if i == len(world.labels) - 1 else float(np.nanmean(churn)))
         for k in ("treatment", "control"):
-            stats[f"{'treated' if k == 'treatment' else 'control'}_churn"].append(None if i == len(world.labels) - 1 or not (arm == k).any() else float(np.nanmean(churn[arm == k])))
+            stats[f"{'treated' if k == 'treatment' else 'control'}_churn"].append(
+                None if i == len(world.labels) - 1 or not (arm == k).any() else float(np.nanmean(churn[arm == k]))
+            )
         del out
         if progress: progress(i + 1, label)
     files = sorted(writer.files, key=lambda f: f["path"])
-    manifest = dict(generator=GENERATOR_VERSION, lake=dataclasses.asdict(lake), months=world.labels,
-                    sources={s.name: dict(file=s.file, format=s.format, encoding=s.encoding, sep=s.sep if s.format == "csv" else None,
-                                          newline=s.newline if s.text else None, columns=[c.name for c in s.columns], doc=s.doc)
-                             for s in SOURCES.values()},
-                    files=files)
+    manifest = dict(
+        generator=GENERATOR_VERSION,
+        lake=dataclasses.asdict(lake),
+        months=world.labels,
+        sources={
+            s.name: dict(
+                file=s.file,
+                format=s.format,
+                encoding=s.encoding,
+                sep=s.sep if s.format == "csv" else None,
+                newline=s.newline if s.text else None,
+                columns=[c.name for c in s.columns],
+                doc=s.doc,
+            )
+            for s in SOURCES.values()
+        },
+        files=files,
+    )
     (Path(lake_dir) / "_manifest.json").write_bytes(_json_bytes(manifest))
     defects = writer.defects_table()
     (Path(oracle_dir) / "defects.parquet").write_bytes(_parquet_bytes(defects))
@@ -402,13 +472,16 @@ def _swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 def generate_lake(cfg: Settings, progress: Callable[[int, str], None] | None = None) -> LakeResult:
-    "Generate the lake and oracle of `cfg.lake` into `cfg.paths.lake` and `cfg.paths.oracle`, replacing them atomically."
+    """Generate the lake and oracle of `cfg.lake` into `cfg.paths.lake` and `cfg.paths.oracle`, replacing them
+    atomically."""
     check_lake(cfg.lake)
     finals = (cfg.paths.lake, cfg.paths.oracle)
     if cfg.paths.lake == cfg.paths.oracle or cfg.paths.oracle.is_relative_to(cfg.paths.lake):
         raise SettingsError(f"[paths] oracle ({cfg.paths.oracle}) must not be inside the lake ({cfg.paths.lake})")
     for name, f in zip(("lake", "oracle"), finals):
-        if f.exists() and not f.is_dir(): raise SettingsError(f"[paths] {name}: {f} exists and is not a folder; move it away or point {name} elsewhere")
+        if f.exists() and not f.is_dir():
+            raise SettingsError(f"[paths] {name}: {f} exists and is not a folder; move it away or point {name} "
+                                "elsewhere")
     tmps = []
     try:
         for f in finals:
@@ -424,7 +497,8 @@ def generate_lake(cfg: Settings, progress: Callable[[int, str], None] | None = N
 
 # %% ../nbs/13_lake.ipynb #8b2cbb4f
 def read_raw(lake_dir: Path, source: str, month: str) -> pd.DataFrame:
-    "One partition of a source as stored: text files as string columns, corrupt lines dropped (for looking around; not for scale)."
+    """One partition of a source as stored: text files as string columns, corrupt lines dropped (for looking around; not
+    for scale)."""
     import csv
     src = SOURCES[source]
     path = Path(lake_dir) / source / f"month={month}" / src.file
@@ -453,12 +527,14 @@ def lake_params(lake: LakeSettings) -> dict[str, Any]:
     return {f"lake_{k}": v for k, v in dataclasses.asdict(lake).items()} | {"lake_generator": GENERATOR_VERSION}
 
 def run_lake(cfg: Settings, mlflow_run_id: str = "") -> LakeResult:
-    "The lake phase: generate the lake and oracle, log params, metrics and the manifest to MLflow (nothing for bring-your-own-data)."
+    """The lake phase: generate the lake and oracle, log params, metrics and the manifest to MLflow (nothing for
+    bring-your-own-data)."""
     import mlflow
     from mlops_nb.tracking import phase_run
     with phase_run(cfg, PHASE_LAKE, run_id=mlflow_run_id):
         if cfg.lake.source != "synthetic":
-            mlflow.set_tag(TAG_LAKE_SKIPPED, f"[lake] source = {cfg.lake.source}: the data is the team's own table ([byod])")
+            mlflow.set_tag(TAG_LAKE_SKIPPED,
+                           f"[lake] source = {cfg.lake.source}: the data is the team's own table ([byod])")
             return LakeResult({"files": [], "skipped": True}, {})
         mlflow.log_params(lake_params(cfg.lake))
         res = generate_lake(cfg)

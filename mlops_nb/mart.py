@@ -1,4 +1,5 @@
-"""`mart.customer_month`, one row per active customer-month built from staging as known at the end of each month, and the raw layer: views over the lake's files, without a personal column.
+"""`mart.customer_month`, one row per active customer-month built from staging as known at the end of each month, and
+the raw layer: views over the lake's files, without a personal column.
 
 Docs: https://mlops-nb.github.io/mlops-nb/mart.html.md"""
 
@@ -22,7 +23,11 @@ __all__ = ['MART_SQL', 'RECORD_SEP', 'MartBuilder', 'build_mart', 'create_raw_vi
 
 # %% ../nbs/25_mart.ipynb #60776d65
 def _age_band_sql(age: str) -> str:
-    return "CASE " + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS) + " END"
+    return (
+        "CASE "
+        + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS)
+        + " END"
+    )
 
 def _add_months(month: str, k: int) -> str:
     y, mm = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + k, 12)
@@ -32,17 +37,24 @@ def _as_category(column: str, value: str | None = None) -> str:
     return f"CAST({value or column} AS {category_type(column)})"
 
 # a customer's CRM facts and contract facts, categories already in the mart's types
-_CV = f"struct_pack(gender := {_as_category('gender')}, birth_year := birth_year, state := {_as_category('state')}, city := {_as_category('city')}, signup_date := signup_date)"
-_CT = (f"struct_pack(product := {_as_category('product')}, plan := {_as_category('plan')}, contract_type := {_as_category('contract_type')}, "
-       f"monthly_fee := monthly_fee, payment_method := {_as_category('payment_method')})")
-_CT_ORDER = "row(greatest(arrival_month, strftime(event_date, '%Y-%m')), event_date, contract_id)"  # latest known event wins
-_CT_KNOWN = "greatest(arrival_month, strftime(event_date, '%Y-%m'))"                   # the month an event is known and in effect
+_CV = (f"struct_pack(gender := {_as_category('gender')}, birth_year := birth_year, state := {_as_category('state')}, "
+       f"city := {_as_category('city')}, signup_date := signup_date)")
+_CT = (f"struct_pack(product := {_as_category('product')}, plan := {_as_category('plan')}, contract_type := "
+       f"{_as_category('contract_type')}, monthly_fee := monthly_fee, payment_method := "
+       f"{_as_category('payment_method')})")
+# latest known event wins
+_CT_ORDER = "row(greatest(arrival_month, strftime(event_date, '%Y-%m')), event_date, contract_id)"
+# the month an event is known and in effect
+_CT_KNOWN = "greatest(arrival_month, strftime(event_date, '%Y-%m'))"
 
 MART_SQL = f"""
 INSERT INTO mart.customer_month
-WITH u AS (SELECT customer_key, data_gb, voice_minutes, days_active, dropped_call_rate FROM staging.usage WHERE month = $m AND arrival_month <= $m),
-bi AS (SELECT customer_key, amount, due_date, paid_date FROM staging.billing WHERE reference_month = $m AND arrival_month <= $m),
-base AS (SELECT coalesce(u.customer_key, bi.customer_key) AS customer_key, u.data_gb, u.voice_minutes, u.days_active, u.dropped_call_rate,
+WITH u AS (SELECT customer_key, data_gb, voice_minutes, days_active,
+    dropped_call_rate FROM staging.usage WHERE month = $m AND arrival_month <= $m),
+bi AS (SELECT customer_key, amount, due_date,
+    paid_date FROM staging.billing WHERE reference_month = $m AND arrival_month <= $m),
+base AS (SELECT coalesce(u.customer_key, bi.customer_key) AS customer_key, u.data_gb, u.voice_minutes, u.days_active,
+    u.dropped_call_rate,
                 bi.amount, bi.due_date, bi.paid_date
          FROM u FULL OUTER JOIN bi ON u.customer_key = bi.customer_key),
 tk AS (SELECT customer_key, count(*) FILTER (WHERE month = $m) AS tickets, count(*) AS tickets_3m,
@@ -51,20 +63,24 @@ tk AS (SELECT customer_key, count(*) FILTER (WHERE month = $m) AS tickets, count
               avg(satisfaction) FILTER (WHERE month = $m) AS satisfaction_avg
        FROM staging.tickets WHERE month BETWEEN $m2 AND $m AND arrival_month <= $m GROUP BY customer_key),
 bl AS (SELECT customer_key, count(*) AS late_payments_3m FROM staging.billing
-       WHERE reference_month BETWEEN $m2 AND $m AND arrival_month <= $m AND due_date <= $end AND (paid_date IS NULL OR paid_date > due_date)
+       WHERE reference_month BETWEEN $m2 AND $m AND arrival_month <= $m AND due_date <= $end AND (paid_date IS NULL OR
+           paid_date > due_date)
        GROUP BY customer_key),
 cx AS (SELECT customer_key, arg_min(reason, row(request_date, reason)) AS reason FROM staging.cancellations
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key),
 cp AS (SELECT customer_key, arg_min(struct_pack(arm, contacted, accepted), campaign_id) AS c FROM staging.campaigns
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key)
-SELECT b.customer_key, $m, s.cv.gender, {_as_category("age_band", _age_band_sql("year($end) - s.cv.birth_year"))}, s.cv.state, s.cv.city,
+SELECT b.customer_key, $m, s.cv.gender, {_as_category("age_band", _age_band_sql("year($end) - s.cv.birth_year"))},
+    s.cv.state, s.cv.city,
        CAST(datediff('month', s.cv.signup_date, $end) AS INTEGER),
        s.ct.product, s.ct.plan, s.ct.contract_type, s.ct.monthly_fee, s.ct.payment_method,
        b.data_gb, b.voice_minutes, b.days_active, b.dropped_call_rate,
        b.amount, b.due_date <= $end AND (b.paid_date IS NULL OR b.paid_date > b.due_date),
-       coalesce(bl.late_payments_3m, 0), coalesce(tk.tickets, 0), coalesce(tk.tickets_3m, 0), coalesce(tk.unresolved_tickets_3m, 0),
+       coalesce(bl.late_payments_3m, 0), coalesce(tk.tickets, 0), coalesce(tk.tickets_3m, 0),
+           coalesce(tk.unresolved_tickets_3m, 0),
        coalesce(tk.open_tickets, 0), tk.satisfaction_avg,
-       cx.customer_key IS NOT NULL, {_as_category("cancel_reason", "cx.reason")}, {_as_category("campaign_arm", "cp.c.arm")}, cp.c.contacted, cp.c.accepted
+       cx.customer_key IS NOT NULL, {_as_category("cancel_reason", "cx.reason")},
+           {_as_category("campaign_arm", "cp.c.arm")}, cp.c.contacted, cp.c.accepted
 FROM base b
 LEFT JOIN _st s ON s.customer_key = b.customer_key
 LEFT JOIN tk ON tk.customer_key = b.customer_key
@@ -74,16 +90,18 @@ LEFT JOIN cp ON cp.customer_key = b.customer_key
 """
 
 def _states_sql(op: str) -> str:
-    "SQL for each customer's latest CRM facts (`cv`) and contract facts (`ct`) among the records known in the months `{op} $1` ($1: a month)."
-    return (f"SELECT customer_key, cv.c AS cv, ct.c AS ct FROM "
-            f"(SELECT customer_key, arg_max({_CV}, arrival_month) AS c FROM staging.customers WHERE arrival_month {op} $1 GROUP BY customer_key) cv "
-            f"FULL JOIN (SELECT customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts WHERE {_CT_KNOWN} {op} $1 GROUP BY customer_key) ct "
-            "USING (customer_key)")
+    """SQL for each customer's latest CRM facts (`cv`) and contract facts (`ct`) among the records known in the months
+    `{op} $1` ($1: a month)."""
+    return (f"SELECT customer_key, cv.c AS cv, ct.c AS ct FROM (SELECT customer_key, arg_max({_CV}, arrival_month) AS "
+            f"c FROM staging.customers WHERE arrival_month {op} $1 GROUP BY customer_key) cv FULL JOIN (SELECT "
+            f"customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts WHERE {_CT_KNOWN} {op} $1 GROUP "
+            "BY customer_key) ct USING (customer_key)")
 
 def _advance_states(con, m: str) -> None:
-    "Move the temporary customer state (`_st`: CRM and contract facts, one row per customer — one join for the mart, not two) forward to what is known at the end of month `m`."
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS SELECT n.customer_key, coalesce(n.cv, s.cv) AS cv, coalesce(n.ct, s.ct) AS ct "
-                f"FROM ({_states_sql('=')}) n LEFT JOIN _st s USING (customer_key)", [m])
+    """Move the temporary customer state (`_st`: CRM and contract facts, one row per customer — one join for the mart,
+    not two) forward to what is known at the end of month `m`."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT n.customer_key, coalesce(n.cv, s.cv) AS cv, "
+                f"coalesce(n.ct, s.ct) AS ct FROM ({_states_sql('=')}) n LEFT JOIN _st s USING (customer_key)", [m])
     con.execute("DELETE FROM _st WHERE customer_key IN (SELECT customer_key FROM _new)")
     con.execute("INSERT INTO _st SELECT * FROM _new")
     drop_temp(con, "_new")
@@ -96,7 +114,8 @@ class MartBuilder:
         con.execute(f"CREATE OR REPLACE TEMP TABLE _st AS {_states_sql('<=')}", [before])
 
     def build(self, m: str) -> int:
-        "Rebuild month `m` (after the last one built; every partition of months up to `m` written); return rows written."
+        """Rebuild month `m` (after the last one built; every partition of months up to `m` written); return rows
+        written."""
         if m <= self.last: raise ValueError(f"mart months must be built in order: {m} after {self.last}")
         _advance_states(self.con, m)
         self.con.execute("DELETE FROM mart.customer_month WHERE month = ?", [m])
@@ -104,12 +123,14 @@ class MartBuilder:
         self.last = m
         n = self.con.execute(MART_SQL, {"m": m, "m2": _add_months(m, -2), "end": end}).fetchone()[0]
         self.con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND part = ?", [m])
-        self.con.execute("INSERT INTO meta.content_parts SELECT 'mart.customer_month', ?, count(*), coalesce(sum(hash(t)), 0) "
-                         "FROM mart.customer_month t WHERE month = ?", [m, m])   # the month's part of the content hash
+        self.con.execute("INSERT INTO meta.content_parts SELECT 'mart.customer_month', ?, count(*), "
+                         "coalesce(sum(hash(t)), 0) FROM mart.customer_month t WHERE month = "
+                         "?", [m, m])   # the month's part of the content hash
         return n
 
     def close(self) -> None: drop_temp(self.con, "_st")
 
+# %% ../nbs/25_mart.ipynb #bafd8b5e
 def build_mart(con, months: Sequence[str]) -> int:
     "Rebuild `mart.customer_month` for `months` (inside the caller's transaction); return rows written."
     months = sorted(months)
@@ -129,19 +150,20 @@ def _raw_select(t: Table, p: Partition) -> str:
     if src.format == "parquet":
         have = set(pq.read_schema(p.path).names)
         cols = ", ".join(f'"{n}"' if n in have else f'CAST(NULL AS {ty}) AS "{n}"' for n, ty in want)
-        return (f"SELECT {head}, file_row_number AS record, CAST(NULL AS BIGINT) AS line, {cols} "
-                f"FROM read_parquet({path}, file_row_number = true, hive_partitioning = false)")
+        return (f"SELECT {head}, file_row_number AS record, CAST(NULL AS BIGINT) AS line, {cols} FROM "
+                f"read_parquet({path}, file_row_number = true, hive_partitioning = false)")
     if src.format == "jsonl":
         cols = ", ".join(f"json_extract_string(t, '$.{n}') AS \"{n}\"" for n, _ in want)
-        return (f"SELECT {head}, n - 1 AS record, n AS line, {cols} FROM (SELECT row_number() OVER () AS n, "
-                f"CASE WHEN json_valid(text) THEN text END AS t FROM read_csv({path}, header = false, columns = {{'text': 'VARCHAR'}}, "
-                f"delim = '{RECORD_SEP}', quote = '', escape = '', auto_detect = false, hive_partitioning = false, strict_mode = false))")
+        return (f"SELECT {head}, n - 1 AS record, n AS line, {cols} FROM (SELECT row_number() OVER () AS n, CASE WHEN "
+                f"json_valid(text) THEN text END AS t FROM read_csv({path}, header = false, columns = {{'text': "
+                f"'VARCHAR'}}, delim = '{RECORD_SEP}', quote = '', escape = '', auto_detect = false, "
+                "hive_partitioning = false, strict_mode = false))")
     with open(p.path, "rb") as f: header = f.readline().rstrip(b"\r\n").decode(src.encoding).split(src.sep)
     spec = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in header) + "}"
     cols = ", ".join(f'"{n}"' if n in header else f'CAST(NULL AS VARCHAR) AS "{n}"' for n, _ in want)
-    return (f"SELECT {head}, row_number() OVER () - 1 AS record, row_number() OVER () + 1 AS line, {cols} "
-            f"FROM read_csv({path}, header = true, sep = '{src.sep}', quote = '\"', columns = {spec}, null_padding = true, strict_mode = false, "
-            f"auto_detect = false, hive_partitioning = false, encoding = '{src.encoding}')")
+    return (f"SELECT {head}, row_number() OVER () - 1 AS record, row_number() OVER () + 1 AS line, {cols} FROM "
+            f"read_csv({path}, header = true, sep = '{src.sep}', quote = '\"', columns = {spec}, null_padding = true, "
+            f"strict_mode = false, auto_detect = false, hive_partitioning = false, encoding = '{src.encoding}')")
 
 def create_raw_views(con, parts: Sequence[Partition]) -> None:
     "(Re)create the raw views over the lake's partition files."

@@ -1,4 +1,5 @@
-"""How good could it be? The simulator's truth beside the model on the same rows: AUC gaps with paired intervals, split into what the inputs cannot carry and what the learner left, and every policy valued under the true world.
+"""How good could it be? The simulator's truth beside the model on the same rows: AUC gaps with paired intervals,
+split into what the inputs cannot carry and what the learner left, and every policy valued under the true world.
 
 Docs: https://mlops-nb.github.io/mlops-nb/oracle.html.md"""
 
@@ -23,8 +24,10 @@ from .value import break_even_probability, budget_contacts, contact_policy, cost
 __all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'oracle_truth']
 
 # %% ../nbs/42_oracle.ipynb #826ed0d7
-def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings, n_months: int) -> dict[str, float]:
-    "Per-month contacts and profit of a contact set under the true world (charter assumption with true p; true uplift when known)."
+def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings, n_months: int) -> dict[str,
+                                                                                                             float]:
+    """Per-month contacts and profit of a contact set under the true world (charter assumption with true p; true uplift
+    when known)."""
     c = np.asarray(contact, bool)
     p = truth["p_churn"].to_numpy(float)
     out = dict(contacts_per_month=float(c.sum() / n_months),
@@ -32,19 +35,26 @@ def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSett
                churn_reduction_true_p=float(charter.save_rate * p[c].sum() / p.sum()) if p.sum() else 0.0)
     if "uplift" in truth:
         u = truth["uplift"].to_numpy(float)
-        out.update(profit_true_uplift=float((u[c] * charter.customer_value - cost_per_contact(charter)).sum() / n_months),
-                   churn_reduction_true_uplift=float(u[c].sum() / p.sum()) if p.sum() else 0.0)
+        out.update(
+            profit_true_uplift=float((u[c] * charter.customer_value - cost_per_contact(charter)).sum() / n_months),
+            churn_reduction_true_uplift=float(u[c].sum() / p.sum()) if p.sum() else 0.0,
+        )
     return out
 
-def oracle_policy(true_p: np.ndarray, charter: CharterSettings, max_contacts: int | None, months: np.ndarray | None = None) -> np.ndarray:
-    "The true probabilities' own contact policy: everyone at or above the break-even probability, within the monthly budget."
+def oracle_policy(true_p: np.ndarray, charter: CharterSettings, max_contacts: int | None,
+                  months: np.ndarray | None = None) -> np.ndarray:
+    """The true probabilities' own contact policy: everyone at or above the break-even probability, within the monthly
+    budget."""
     return contact_policy(true_p, break_even_probability(charter), max_contacts, months)
 
+# %% ../nbs/42_oracle.ipynb #22b0da90
 def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings,
                    months: np.ndarray | None = None,
-                   n_boot: int = 400, seed: int = 0, confidence: float = 0.95,   # the paired bootstrap behind the gaps' intervals
+                   # the paired bootstrap behind the gaps' intervals
+                   n_boot: int = 400, seed: int = 0, confidence: float = 0.95,
                    ) -> dict[str, Any]:
-    "The model beside the simulator's truth on the same rows: AUCs and their gaps (with paired intervals), and the model's, oracle's and uplift oracle's policies valued under the true world."
+    """The model beside the simulator's truth on the same rows: AUCs and their gaps (with paired intervals), and the
+    model's, oracle's and uplift oracle's policies valued under the true world."""
     y, p = np.asarray(y, int), np.asarray(p, float)
     tp = truth["p_churn"].to_numpy(float)
     n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
@@ -56,15 +66,21 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
         ceiling = truth["ceiling"].to_numpy(float)
         out["auc_feature_ceiling"] = float(roc_auc_score(y, ceiling))
         out["auc_gap_inputs"] = out["auc_true_p"] - out["auc_feature_ceiling"]
-        out["auc_gap_learner"], out["auc_gap_learner_lo"], out["auc_gap_learner_hi"] = paired_auc_difference(y, ceiling, p, n_boot, seed, confidence)
+        out["auc_gap_learner"], out["auc_gap_learner_lo"], out["auc_gap_learner_hi"] = paired_auc_difference(y, ceiling,
+                                                                                                             p, n_boot,
+                                                                                                             seed,
+                                                                                                             confidence)
     out["ece_true_p"] = expected_calibration_error(y, tp)
     policies = {"model": contact, "oracle_p": oracle_policy(tp, charter, k, months)}
     if "uplift" in truth:
         u = truth["uplift"].to_numpy(float)
-        policies["oracle_uplift"] = contact_policy(u, cost_per_contact(charter) / charter.customer_value if charter.customer_value else np.inf, k, months)
+        policies["oracle_uplift"] = contact_policy(
+            u, cost_per_contact(charter) / charter.customer_value if charter.customer_value else np.inf, k, months
+        )
     out["policies"] = {name: _policy_value(c, truth, charter, n_months) for name, c in policies.items()}
     return out
 
+# %% ../nbs/42_oracle.ipynb #8c468097
 def gap_interval(oracle: dict[str, Any], key: str) -> str:
     "', 95% interval a to b' for an oracle gap that has its bounds; '' otherwise."
     if f"{key}_lo" not in oracle: return ""
@@ -77,21 +93,37 @@ def feature_ceiling(train: pd.DataFrame,         # training rows (model inputs a
                     spec,                        # FeatureSpec: which columns are the model's inputs
                     seed: int = 0,
                     ) -> np.ndarray:
-    "Log-odds for `test` from the best function of the model's inputs we can find: boosted trees fitted to the *true* log-odds of `train`."
+    """Log-odds for `test` from the best function of the model's inputs we can find: boosted trees fitted to the *true*
+    log-odds of `train`."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
     from mlops_nb.encoder import TabularEncoder
     ok = train_truth["p_churn"].notna().to_numpy()
-    if ok.sum() < 100: raise ValueError(f"the feature ceiling needs the truth of at least 100 training rows; {int(ok.sum())} have it")
+    if ok.sum() < 100:
+        raise ValueError(f"the feature ceiling needs the truth of at least 100 training rows; {int(ok.sum())} have it")
     p = np.clip(train_truth["p_churn"].to_numpy(float)[ok], 1e-6, 1 - 1e-6)
-    model = Pipeline([("encode", TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "none", False)),
-                      ("model", HistGradientBoostingRegressor(max_iter=400, learning_rate=0.1, max_leaf_nodes=31, early_stopping=True,
-                                                             n_iter_no_change=20, random_state=seed))])
+    model = Pipeline(
+        [
+            ("encode", TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "none", False)),
+            (
+                "model",
+                HistGradientBoostingRegressor(
+                    max_iter=400,
+                    learning_rate=0.1,
+                    max_leaf_nodes=31,
+                    early_stopping=True,
+                    n_iter_no_change=20,
+                    random_state=seed,
+                ),
+            ),
+        ]
+    )
     return model.fit(train[ok], np.log(p / (1 - p))).predict(test)
 
 # %% ../nbs/42_oracle.ipynb #37fb4da8
 def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec) -> pd.DataFrame | None:
-    "The simulator's truth (p_churn, and uplift when known) for each row of `frame`, by position; None when there is no oracle."
+    """The simulator's truth (p_churn, and uplift when known) for each row of `frame`, by position; None when there is
+    no oracle."""
     if "_true_p" in frame.columns:
         t = pd.DataFrame({"p_churn": frame["_true_p"].to_numpy(float)})
         if "_true_uplift" in frame.columns: t["uplift"] = frame["_true_uplift"].to_numpy(float)
@@ -102,9 +134,13 @@ def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec) -> pd.DataFrame | Non
     months = sorted(frame[spec.time_column].astype(str).unique())
     files = [f for m in months if (f := truth_dir / f"month={m}" / "truth.parquet").exists()]
     if not files: return None
-    t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift"]) for f in files], ignore_index=True)
-    ids, at = np.unique(t.pop("customer_id").astype(str).to_numpy(), return_inverse=True)   # each customer is in every month: key each once
+    t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift"]) for f in files],
+                  ignore_index=True)
+    # each customer is in every month: key each once
+    ids, at = np.unique(t.pop("customer_id").astype(str).to_numpy(), return_inverse=True)
     t["_key"] = pseudonymise(ids, load_key(cfg, create=False), "customer")[at]
     t["month"] = t["month"].astype(str)
-    keys = pd.DataFrame({"_key": frame[spec.id_column].to_numpy(), "month": frame[spec.time_column].astype(str).to_numpy()})
+    keys = pd.DataFrame(
+        {"_key": frame[spec.id_column].to_numpy(), "month": frame[spec.time_column].astype(str).to_numpy()}
+    )
     return keys.merge(t.drop_duplicates(["_key", "month"]), on=["_key", "month"], how="left")[["p_churn", "uplift"]]

@@ -1,4 +1,5 @@
-"""The standard MLflow model we ship: one pyfunc that takes raw feature columns and returns a churn probability, a decision and, on request, its explanation — loadable anywhere with plain `mlflow.pyfunc.load_model`.
+"""The standard MLflow model we ship: one pyfunc that takes raw feature columns and returns a churn probability, a
+decision and, on request, its explanation — loadable anywhere with plain `mlflow.pyfunc.load_model`.
 
 Docs: https://mlops-nb.github.io/mlops-nb/package.html.md"""
 
@@ -48,12 +49,14 @@ def one_thread_for(n_rows: int) -> Any:
         _controller = ThreadpoolController()     # inspects the loaded libraries once (≈ 30 ms)
     return _controller.limit(limits=1, user_api="openmp")
 
+# %% ../nbs/34_package.ipynb #2e107d22
 def apply_calibrator(calibrator: Any, p: np.ndarray) -> np.ndarray:
     "Calibrated probabilities: `calibrator.transform(p)` or `calibrator(p)`; `p` itself if there is no calibrator."
     if calibrator is None: return p
     f = calibrator.transform if hasattr(calibrator, "transform") else calibrator
     return np.clip(np.asarray(f(p), dtype=np.float64).reshape(-1), 0.0, 1.0)
 
+# %% ../nbs/34_package.ipynb #f9516181
 class ChurnModel(mlflow.pyfunc.PythonModel):
     "The shipped churn model: pipeline + optional calibrator + threshold + FeatureSpec, with per-decision explanations."
     def __init__(self,
@@ -62,15 +65,18 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
                  threshold: float,            # contact the customer when churn_probability >= threshold
                  calibrator: Any = None,      # optional: transform(p) -> calibrated p (or a function)
                  ):
-        if not 0.0 <= float(threshold) <= 1.0: raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
         self.pipeline, self.spec, self.threshold, self.calibrator = pipeline, spec, float(threshold), calibrator
         self._explainer: Explainer | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_explainer": None}   # explainers hold converted trees or tensors: rebuilt on load, never pickled
+        # explainers hold converted trees or tensors: rebuilt on load, never pickled
+        return {**self.__dict__, "_explainer": None}
 
     def load_context(self, context: Any) -> None:
-        "Build the explainer (and the thread controller) once, when the model is loaded, so the first requests are not slow."
+        """Build the explainer (and the thread controller) once, when the model is loaded, so the first requests are not
+        slow."""
         self._explainer = make_explainer(self.pipeline)
         one_thread_for(1)
 
@@ -84,13 +90,18 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         X = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         n = len(X)
         with one_thread_for(n):
-            if isinstance(self.pipeline, LogOddsBlend): model, Z = self.pipeline, X   # each member encodes the raw columns its own way
-            else: model, Z = self.pipeline[-1], self.pipeline[:-1].transform(X)      # encode once, for the score and the explanation
+            # each member encodes the raw columns its own way
+            if isinstance(self.pipeline, LogOddsBlend): model, Z = self.pipeline, X
+            # encode once, for the score and the explanation
+            else: model, Z = self.pipeline[-1], self.pipeline[:-1].transform(X)
             p = apply_calibrator(self.calibrator, model.predict_proba(Z)[:, 1])
             cols = {"churn_probability": p, "decision": p >= self.threshold, "threshold": np.full(n, self.threshold)}
             if params and params.get("explain"):
-                base, phi = self.explainer.feature_contributions(self.explainer.encode(X) if model is self.pipeline else Z)
-                cols.update(log_odds=np.asarray(model.decision_function(Z), dtype=np.float64), base_log_odds=np.full(n, base))
+                base, phi = self.explainer.feature_contributions(
+                    self.explainer.encode(X) if model is self.pipeline else Z
+                )
+                cols.update(log_odds=np.asarray(model.decision_function(Z), dtype=np.float64),
+                            base_log_odds=np.full(n, base))
                 cols.update({f"contrib_{f}": phi[:, j] for j, f in enumerate(self.explainer.features)})
         return pd.DataFrame(cols, index=X.index)
 
@@ -98,14 +109,19 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
 def feature_schema(spec: FeatureSpec) -> Any:
     "The MLflow input schema of the raw feature columns: numeric as Any, categorical as string; all required, nullable."
     from mlflow.types.schema import AnyType, ColSpec, Schema
-    return Schema([ColSpec(AnyType(), c, required=True) for c in spec.numeric] + [ColSpec("string", c, required=True) for c in spec.categorical])
+    return Schema(
+        [ColSpec(AnyType(), c, required=True) for c in spec.numeric]
+        + [ColSpec("string", c, required=True) for c in spec.categorical]
+    )
 
 def pinned_requirements(pipeline: Pipeline, extra: Sequence[str] = ()) -> list[str]:
     "Pinned pip requirements (installed versions) of loading and scoring `pipeline`, plus `extra` packages."
-    names = ["mlflow", "cloudpickle", "numpy", "pandas", "scikit-learn", "scipy", "skops", *(["torch"] if has_network(pipeline) else []), *extra]
+    names = ["mlflow", "cloudpickle", "numpy", "pandas", "scikit-learn", "scipy", "skops",
+             *(["torch"] if has_network(pipeline) else []), *extra]
     out = []
     for n in dict.fromkeys(names):
-        try: out.append(f"{n}=={version(n).split('+')[0]}")   # torch 2.x+cpu → torch==2.x (the local label is the build, not the version)
+        # torch 2.x+cpu → torch==2.x (the local label is the build, not the version)
+        try: out.append(f"{n}=={version(n).split('+')[0]}")
         except PackageNotFoundError: out.append(n)
     return out
 
@@ -128,17 +144,20 @@ def log_pipeline(pipeline: Pipeline, spec: FeatureSpec, example: pd.DataFrame, n
     kw: dict[str, Any] = dict(serialization_format="cloudpickle")
     if not has_network(pipeline):
         import skops.io
-        kw = dict(serialization_format="skops", skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+        kw = dict(serialization_format="skops",
+                  skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
     code = package_code_dir()
     try:
-        info = mlflow.sklearn.log_model(pipeline, name=name, signature=signature, input_example=x, pip_requirements=pinned_requirements(pipeline),
+        info = mlflow.sklearn.log_model(pipeline, name=name, signature=signature, input_example=x,
+                                        pip_requirements=pinned_requirements(pipeline),
                                         code_paths=[code], pyfunc_predict_fn="predict_proba", **kw)
     finally: shutil.rmtree(Path(code).parent, ignore_errors=True)
     return info.model_uri
 
 # %% ../nbs/34_package.ipynb #a034a1ac
 def model_signature(spec: FeatureSpec, output_example: pd.DataFrame | None = None) -> Any:
-    "The pyfunc signature: `feature_schema(spec)` in (numeric Any, categorical string), the output's columns, the `explain` param."
+    """The pyfunc signature: `feature_schema(spec)` in (numeric Any, categorical string), the output's columns, the
+    `explain` param."""
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import ParamSchema, ParamSpec
     outputs = infer_signature(output_example).inputs if output_example is not None else None
@@ -150,13 +169,17 @@ def family_of(pipeline: Pipeline) -> str:
     if isinstance(pipeline, LogOddsBlend): return BLEND
     from sklearn.linear_model import LogisticRegression
     m = pipeline[-1]
-    return {LogisticRegression: "logreg", HistGradientBoostingClassifier: "hgb", TorchTabularClassifier: "torch_mlp"}.get(type(m), type(m).__name__)
+    return {LogisticRegression: "logreg", HistGradientBoostingClassifier: "hgb",
+            TorchTabularClassifier: "torch_mlp"}.get(type(m), type(m).__name__)
 
+# %% ../nbs/34_package.ipynb #3cb17467
 def needs_shap(pipeline: Pipeline | LogOddsBlend) -> bool:
     "True if explaining the model takes shap: boosted trees, alone or in a blend."
     return any(isinstance(m, HistGradientBoostingClassifier) for m in final_estimators(pipeline))
 
-EXPLANATION_METHODS = {"logreg": "exact linear contributions", "hgb": "TreeSHAP (path-dependent)", "torch_mlp": "Integrated Gradients (32-node Gauss-Legendre)",
+# %% ../nbs/34_package.ipynb #43ec2572
+EXPLANATION_METHODS = {"logreg": "exact linear contributions", "hgb": "TreeSHAP (path-dependent)",
+                       "torch_mlp": "Integrated Gradients (32-node Gauss-Legendre)",
                        BLEND: "the mean of its members' contributions"}
 
 def log_packaged_model(pipeline: Pipeline,                        # a fitted candidate pipeline
@@ -168,7 +191,8 @@ def log_packaged_model(pipeline: Pipeline,                        # a fitted can
                        input_example: pd.DataFrame | None = None, # a few rows with (at least) the raw feature columns
                        ) -> str:
     "Log the shipped model (ChurnModel) to the active MLflow run; return its model URI."
-    if input_example is None or not len(input_example): raise ValueError("log_packaged_model needs an input_example: a few rows of the feature table")
+    if input_example is None or not len(input_example):
+        raise ValueError("log_packaged_model needs an input_example: a few rows of the feature table")
     model = ChurnModel(pipeline, spec, threshold, calibrator)
     x = model_input(input_example, spec)
     family = family_of(pipeline)
@@ -176,10 +200,12 @@ def log_packaged_model(pipeline: Pipeline,                        # a fitted can
     try:
         info = mlflow.pyfunc.log_model(
             name=name, python_model=model, signature=model_signature(spec, model.predict(None, x)), input_example=x,
-            pip_requirements=pinned_requirements(pipeline, extra=("shap",) if needs_shap(pipeline) else ()), code_paths=[code],
+            pip_requirements=pinned_requirements(pipeline, extra=("shap",) if needs_shap(pipeline) else ()),
+            code_paths=[code],
             registered_model_name=registered_model_name,
             metadata={"family": family, "threshold": float(threshold), "calibrated": calibrator is not None,
-                      "feature_spec": json.loads(spec.to_json()), "explanations": f"{EXPLANATION_METHODS.get(family, '?')}; log-odds, before calibration"})
+                      "feature_spec": json.loads(spec.to_json()),
+                      "explanations": f"{EXPLANATION_METHODS.get(family, '?')}; log-odds, before calibration"})
     finally: shutil.rmtree(Path(code).parent, ignore_errors=True)
     return info.model_uri
 
@@ -205,7 +231,8 @@ try:
         return res, round(float(np.percentile(ts, 50)), 3), round(float(np.percentile(ts, 99)), 3)
     res, out["p50_ms"], out["p99_ms"] = timed(None)
     p = res["churn_probability"].to_numpy(dtype=float)
-    if not (len(p) == 1 and np.isfinite(p).all() and 0 <= p[0] <= 1): raise ValueError(f"bad answer: {res.to_dict('records')}")
+    if not (len(p) == 1 and np.isfinite(p).all() and 0 <= p[0] <= 1):
+        raise ValueError(f"bad answer: {res.to_dict('records')}")
     _, out["explain_p50_ms"], out["explain_p99_ms"] = timed({"explain": True})
     out["ok"] = True
 except Exception as e:
@@ -218,12 +245,17 @@ def servability_check(model_uri: str,                 # any MLflow model URI (ru
                       timeout: float = 300.0,         # seconds before the check gives up
                       env: dict[str, str] | None = None,  # extra environment for the process (e.g. OMP_NUM_THREADS)
                       ) -> dict[str, Any]:
-    "Load the model in a fresh process, score its input example one row at a time; return latency (ms) and whether it answered."
-    e = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(), **(env or {})}
+    """Load the model in a fresh process, score its input example one row at a time; return latency (ms) and whether it
+    answered."""
+    e = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+         "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(), **(env or {})}
     with tempfile.TemporaryDirectory(prefix="mlops-nb-servability-") as cwd:
         try: r = subprocess.run([sys.executable, "-c", _SERVABILITY_SCRIPT, model_uri, str(n_requests)], cwd=cwd, env=e,
                                 capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired: return {"ok": False, "n_requests": n_requests, "error": f"no answer within {timeout:.0f} s"}
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "n_requests": n_requests, "error": f"no answer within {timeout:.0f} s"}
     line = next((l for l in reversed(r.stdout.splitlines()) if l.startswith("SERVABILITY ")), None)
-    if line is None: return {"ok": False, "n_requests": n_requests, "error": f"the process exited with {r.returncode}: {r.stderr.strip()[-500:]}"}
+    if line is None:
+        return {"ok": False, "n_requests": n_requests,
+                "error": f"the process exited with {r.returncode}: {r.stderr.strip()[-500:]}"}
     return json.loads(line[len("SERVABILITY "):])

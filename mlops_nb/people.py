@@ -1,4 +1,7 @@
-"""Who the simulated telecom's customers are: where they live and what they buy, drawn with the shape of real Brazilian personal data (names with accents, valid CPFs, e-mails, phones, addresses), the traits nobody in the company sees, and how the CRM renders them — fictitious people the pipeline must still treat as LGPD personal data.
+"""Who the simulated telecom's customers are: where they live and what they buy, drawn with the shape of real
+Brazilian personal data (names with accents, valid CPFs, e-mails, phones, addresses), the traits nobody in the
+company sees, and how the CRM renders them — fictitious people the pipeline must still treat as LGPD personal
+data.
 
 Docs: https://mlops-nb.github.io/mlops-nb/people.html.md"""
 
@@ -46,10 +49,13 @@ LAST = ("Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves"
         "Cardoso", "Ramos", "Gonçalves", "Santana", "Teixeira", "Araújo", "Conceição", "Magalhães", "Brandão", "Simões",
         "Frazão", "Falcão", "Assunção", "Guimarães", "Patrício", "Estêvão", "Romão", "Jesus", "Melo", "Castro",
         "Pinto", "Moura", "Campos", "Cavalcanti", "Monteiro", "Sá", "Leão", "Damasceno", "Aragão", "Peçanha")
-STREETS = ("Rua Sete de Setembro", "Rua Quinze de Novembro", "Avenida Getúlio Vargas", "Rua Tiradentes", "Avenida Brasil",
-           "Rua Dom Pedro II", "Rua Marechal Deodoro", "Avenida São João", "Rua Barão do Rio Branco", "Rua Santos Dumont",
+STREETS = ("Rua Sete de Setembro", "Rua Quinze de Novembro", "Avenida Getúlio Vargas", "Rua Tiradentes",
+           "Avenida Brasil",
+           "Rua Dom Pedro II", "Rua Marechal Deodoro", "Avenida São João", "Rua Barão do Rio Branco",
+           "Rua Santos Dumont",
            "Avenida Presidente Vargas", "Rua da Conceição", "Travessa das Flores", "Alameda dos Ipês", "Rua Paraná",
-           "Avenida da Independência", "Rua João Pessoa", "Rua Coronel Guimarães", "Rua Padre Anchieta", "Avenida Atlântica",
+           "Avenida da Independência", "Rua João Pessoa", "Rua Coronel Guimarães", "Rua Padre Anchieta",
+           "Avenida Atlântica",
            "Rua das Acácias", "Rua Castro Alves", "Rua Machado de Assis", "Avenida Paulista", "Rua Boa Vista",
            "Rua São Sebastião", "Rua do Comércio", "Rua Bela Vista", "Avenida Beira-Mar", "Rua Amazonas")
 EMAIL_DOMAINS = ("gmail.com", "hotmail.com", "yahoo.com.br", "outlook.com", "uol.com.br", "bol.com.br", "terra.com.br")
@@ -126,6 +132,7 @@ def zero_pad(a: Any, width: int) -> pa.Array:
     "Integers as zero-padded strings."
     return pc.utf8_lpad(_s(a), width=width, padding="0")
 
+# %% ../nbs/11_people.ipynb #cb6e3aaf
 @lru_cache(maxsize=1)
 def _date_fields() -> dict[str, pa.Array]:
     "Year, month, day strings of every day 1900..2149, and hour/minute/second strings."
@@ -133,21 +140,25 @@ def _date_fields() -> dict[str, pa.Array]:
     y = days.astype("datetime64[Y]").astype(int) + 1970
     m = days.astype("datetime64[M]").astype(int) % 12 + 1
     d = (days - days.astype("datetime64[M]")).astype(int) + 1
-    return {"%Y": _s(y), "%m": zero_pad(m, 2), "%d": zero_pad(d, 2), "%H": zero_pad(np.arange(24), 2), "%M": zero_pad(np.arange(60), 2)}
+    return {"%Y": _s(y), "%m": zero_pad(m, 2), "%d": zero_pad(d, 2), "%H": zero_pad(np.arange(24), 2),
+            "%M": zero_pad(np.arange(60), 2)}
 
 def format_dates(days: np.ndarray, fmt: str, seconds: np.ndarray | None = None) -> pa.Array:
-    "Render day numbers (plus optional seconds of day) with a strftime-like `fmt` (%Y %m %d %H %M %S only); NODAY → null."
+    """Render day numbers (plus optional seconds of day) with a strftime-like `fmt` (%Y %m %d %H %M %S only); NODAY →
+    null."""
     days = np.asarray(days, dtype=np.int64)
     null = days == NODAY
     idx = np.where(null, 0, days - _EPOCH_YEAR0)
     if idx.size and (idx.min() < 0 or idx.max() >= _DATE_SPAN): raise ValueError("date outside 1900..2149")
     f, sec = _date_fields(), np.zeros_like(days) if seconds is None else np.asarray(seconds, dtype=np.int64)
     fields = {"%Y": lambda: f["%Y"].take(idx), "%m": lambda: f["%m"].take(idx), "%d": lambda: f["%d"].take(idx),
-              "%H": lambda: f["%H"].take(sec // 3600), "%M": lambda: f["%M"].take(sec // 60 % 60), "%S": lambda: f["%M"].take(sec % 60)}
+              "%H": lambda: f["%H"].take(sec // 3600), "%M": lambda: f["%M"].take(sec // 60 % 60),
+              "%S": lambda: f["%M"].take(sec % 60)}
     parts = [fields[t]() if t in fields else t for t in re.split(r"(%[YmdHMS])", fmt) if t]
     out = pc.binary_join_element_wise(*parts, "") if len(parts) > 1 else pc.cast(parts[0], pa.string())
     return pc.if_else(pa.array(null), pa.nulls(len(days), pa.string()), out) if null.any() else out
 
+# %% ../nbs/11_people.ipynb #f370bb0c
 def format_timestamps(ts: np.ndarray, fmt: str) -> pa.Array:
     "Render seconds since 1970 with `fmt`; NOTIME → null."
     ts = np.asarray(ts, dtype=np.int64)
@@ -155,6 +166,7 @@ def format_timestamps(ts: np.ndarray, fmt: str) -> pa.Array:
     days = np.where(null, NODAY, np.floor_divide(ts, 86400)).astype(np.int64)
     return format_dates(days, fmt, np.where(null, 0, ts % 86400))
 
+# %% ../nbs/11_people.ipynb #7a45b42b
 def format_brl(amount: np.ndarray) -> pa.Array:
     "Money as Brazilian text: 1234.5 → 'R$ 1.234,50', -3 → '-R$ 3,00'; NaN → null."
     a = np.asarray(amount, dtype=np.float64)
@@ -166,11 +178,13 @@ def format_brl(amount: np.ndarray) -> pa.Array:
     out = pc.binary_join_element_wise(sign, reais, ",", zero_pad(cents % 100, 2), "")
     return pc.if_else(pa.array(null), pa.nulls(len(a), pa.string()), out) if null.any() else out
 
+# %% ../nbs/11_people.ipynb #2661ca46
 def parse_brl(text: pd.Series) -> pd.Series:
     "Brazilian money text back to floats ('R$ 1.234,56' → 1234.56); anything else → NaN."
     t = pd.Series(text, dtype="string").str.strip()
     neg = t.str.startswith("-")
-    num = t.str.replace(r"^-?R\$\s*", "", regex=True).str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    num = t.str.replace(r"^-?R\$\s*", "", regex=True).str.replace(".", "", regex=False).str.replace(",", ".",
+                                                                                                    regex=False)
     v = pd.to_numeric(num.where(num.str.fullmatch(r"\d+(\.\d{1,2})?").fillna(False)), errors="coerce")
     return v.where(~neg.fillna(False), -v).astype(float)
 
@@ -185,15 +199,25 @@ def segment_probabilities(sens: np.ndarray, ctype: np.ndarray, stress: np.ndarra
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
+# %% ../nbs/11_people.ipynb #ce8afefa
 def price_sensitivity(age: np.ndarray, pay: np.ndarray, plan_fee: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    "Price sensitivity (mean about 1): higher for the young, boleto/pix payers and cheap plans, times a hidden factor `noise`."
-    z = 0.45 * (age < 30) + 0.2 * (age < 40) - 0.25 * (age >= 60) + np.array([0.3, -0.15, -0.1, 0.35])[pay] - 0.006 * (plan_fee - 90)
+    """Price sensitivity (mean about 1): higher for the young, boleto/pix payers and cheap plans, times a hidden factor
+    `noise`."""
+    z = (
+        0.45 * (age < 30)
+        + 0.2 * (age < 40)
+        - 0.25 * (age >= 60)
+        + np.array([0.3, -0.15, -0.1, 0.35])[pay]
+        - 0.006 * (plan_fee - 90)
+    )
     return np.exp(z - 0.15) * noise
 
+# %% ../nbs/11_people.ipynb #49e676a5
 def choose_rows(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
     "One category per row from a matrix of row-wise probabilities."
     return (rng.random(len(p))[:, None] > np.cumsum(p, axis=1)[:, :-1]).sum(axis=1)
 
+# %% ../nbs/11_people.ipynb #8d40735c
 def draw_customers(rng: np.random.Generator, nums: np.ndarray, signup: np.ndarray, seed: int,
                    young: bool = False,   # drift: new customers are younger
                    pix_share: float = 0.0  # share of new customers paying by pix
@@ -238,14 +262,20 @@ def draw_customers(rng: np.random.Generator, nums: np.ndarray, signup: np.ndarra
         unpaid=np.zeros(n, np.int8), dcr=np.zeros(n, np.float32), gb=np.zeros(n, np.float32),
     )
 
+# %% ../nbs/11_people.ipynb #606d02df
 def draw_contact(rng: np.random.Generator, n: int, city: np.ndarray) -> dict[str, np.ndarray]:
     "Phone, street address and CEP codes for customers living in `city`."
     lo, hi = UF_CEP[CITY_UF[city], 0], UF_CEP[CITY_UF[city], 1]
-    return dict(phone=rng.integers(60_000_000, 100_000_000, n).astype(np.int32), ddd=CITY_DDD[city],
-                street=rng.integers(0, len(STREETS), n).astype(np.int16),
-                house=np.minimum(rng.lognormal(5, 1.1, n), 9999).astype(np.int16) + 1,
-                flat=np.where(rng.random(n) < .4, rng.integers(1, 30, n) * 100 + rng.integers(1, 5, n), 0).astype(np.int16),
-                cep=((lo + (rng.random(n) * (hi - lo + 1)).astype(np.int64)) * 1000 + rng.integers(0, 1000, n)).astype(np.int64))
+    return dict(
+        phone=rng.integers(60_000_000, 100_000_000, n).astype(np.int32),
+        ddd=CITY_DDD[city],
+        street=rng.integers(0, len(STREETS), n).astype(np.int16),
+        house=np.minimum(rng.lognormal(5, 1.1, n), 9999).astype(np.int16) + 1,
+        flat=np.where(rng.random(n) < 0.4, rng.integers(1, 30, n) * 100 + rng.integers(1, 5, n), 0).astype(np.int16),
+        cep=((lo + (rng.random(n) * (hi - lo + 1)).astype(np.int64)) * 1000 + rng.integers(0, 1000, n)).astype(
+            np.int64
+        ),
+    )
 
 # %% ../nbs/11_people.ipynb #8edaf5be
 FIRST_NAMES = FIRST_F + FIRST_M
@@ -255,14 +285,22 @@ _EMAIL_LAST = pa.array([strip_accents(x).lower() for x in LAST])
 def render_people(p: Mapping[str, np.ndarray], seed: int, rng: np.random.Generator) -> dict[str, pa.Array]:
     "The CRM's personal text columns (nome, cpf, email, telefone, endereco, cep) of customers `p`."
     n = len(p["num"])
-    first, l1, l2 = pa.array(FIRST_NAMES).take(p["first"]), pa.array(LAST).take(p["last1"]), pa.array(LAST).take(p["last2"])
+    first, l1, l2 = (
+        pa.array(FIRST_NAMES).take(p["first"]),
+        pa.array(LAST).take(p["last1"]),
+        pa.array(LAST).take(p["last2"]),
+    )
     cpf = zero_pad(cpf_numbers(p["num"], seed), 11)
-    cpf_fmt = pc.binary_join_element_wise(pc.utf8_slice_codeunits(cpf, 0, 3), ".", pc.utf8_slice_codeunits(cpf, 3, 6), ".",
-                                          pc.utf8_slice_codeunits(cpf, 6, 9), "-", pc.utf8_slice_codeunits(cpf, 9, 11), "")
+    cpf_fmt = pc.binary_join_element_wise(pc.utf8_slice_codeunits(cpf, 0, 3), ".", pc.utf8_slice_codeunits(cpf, 3, 6),
+                                          ".",
+                                          pc.utf8_slice_codeunits(cpf, 6, 9), "-", pc.utf8_slice_codeunits(cpf, 9, 11),
+                                          "")
     ef, el = _EMAIL_FIRST.take(p["first"]), _EMAIL_LAST.take(p["last2"])
     st = p["email_style"]
     local = pc.if_else(pa.array(st == 0), pc.binary_join_element_wise(ef, el, "."),
-            pc.if_else(pa.array(st == 1), pc.binary_join_element_wise(ef, el, zero_pad((p["birth"].astype(np.int64) // 365 + 70) % 100, 2), ""),
+            pc.if_else(pa.array(st == 1),
+                       pc.binary_join_element_wise(ef, el, zero_pad((p["birth"].astype(np.int64) // 365 + 70) % 100, 2),
+                                                   ""),
             pc.if_else(pa.array(st == 2), pc.binary_join_element_wise(ef, "_", el, _s(p["email_num"]), ""),
                        pc.binary_join_element_wise(pc.utf8_slice_codeunits(ef, 0, 1), el, _s(p["email_num"]), ""))))
     ddd, ph = _s(p["ddd"]), _s(p["phone"] + 900_000_000)
@@ -270,11 +308,14 @@ def render_people(p: Mapping[str, np.ndarray], seed: int, rng: np.random.Generat
     style = rng.choice(4, n, p=[.5, .25, .15, .10])
     phone = pc.if_else(pa.array(style == 0), pc.binary_join_element_wise("+55 (", ddd, ") ", head, "-", tail, ""),
             pc.if_else(pa.array(style == 1), pc.binary_join_element_wise("(", ddd, ") ", head, "-", tail, ""),
-            pc.if_else(pa.array(style == 2), pc.binary_join_element_wise(ddd, ph, ""), pc.binary_join_element_wise("+55", ddd, ph, ""))))
+            pc.if_else(pa.array(style == 2), pc.binary_join_element_wise(ddd, ph, ""),
+                       pc.binary_join_element_wise("+55", ddd, ph, ""))))
     addr = pc.binary_join_element_wise(pa.array(STREETS).take(p["street"]), _s(p["house"]), ", ")
     addr = pc.if_else(pa.array(p["flat"] > 0), pc.binary_join_element_wise(addr, ", apto ", _s(p["flat"]), ""), addr)
     cep = zero_pad(p["cep"], 8)
-    cep = pc.if_else(pa.array(rng.random(n) < .8), pc.binary_join_element_wise(pc.utf8_slice_codeunits(cep, 0, 5), "-", pc.utf8_slice_codeunits(cep, 5, 8), ""), cep)
+    cep = pc.if_else(pa.array(rng.random(n) < .8),
+                     pc.binary_join_element_wise(pc.utf8_slice_codeunits(cep, 0, 5), "-",
+                                                 pc.utf8_slice_codeunits(cep, 5, 8), ""), cep)
     return dict(nome=pc.binary_join_element_wise(first, l1, l2, " "),
                 cpf=pc.if_else(pa.array(rng.random(n) < .6), cpf_fmt, cpf),
                 email=pc.binary_join_element_wise(local, pa.array(EMAIL_DOMAINS).take(p["email_dom"]), "@"),
@@ -289,7 +330,8 @@ def mask_pii(df: pd.DataFrame) -> pd.DataFrame:
     if "nome" in df: out["nome"] = s("nome").str.replace(r"(\w)\w*", r"\1***", regex=True)
     if "cpf" in df: out["cpf"] = s("cpf").str.replace(r"\d", "*", regex=True)
     if "email" in df: out["email"] = s("email").str.replace(r"^(.)[^@]*", r"\1***", regex=True)
-    if "telefone" in df: out["telefone"] = "(" + s("telefone").str.replace(r"\D", "", regex=True).str[-11:-9] + ") *****-****"
+    if "telefone" in df:
+        out["telefone"] = "(" + s("telefone").str.replace(r"\D", "", regex=True).str[-11:-9] + ") *****-****"
     if "endereco" in df: out["endereco"] = s("endereco").str.extract(r"^(\w+)", expand=False) + " ***"
     if "cep" in df: out["cep"] = s("cep").str.replace(r"\d{3}$", "***", regex=True)
     if "data_nascimento" in df: out["data_nascimento"] = s("data_nascimento").str.replace(r"\d", "*", regex=True)

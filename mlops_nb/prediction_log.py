@@ -1,4 +1,6 @@
-"""Every prediction, online or batch, as one row of an append-only, date-partitioned Parquet log — written atomically off the request path, read while it is written, found again by request id, and compacted nightly — with the model's lineage and never a clear personal value.
+"""Every prediction, online or batch, as one row of an append-only, date-partitioned Parquet log — written atomically
+off the request path, read while it is written, found again by request id, and compacted nightly — with the
+model's lineage and never a clear personal value.
 
 Docs: https://mlops-nb.github.io/mlops-nb/prediction_log.html.md"""
 
@@ -36,10 +38,25 @@ __all__ = ['log', 'LOG_SCHEMA', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING
            'compact_prediction_log']
 
 # %% ../nbs/52_prediction_log.ipynb #fce7b5ca
-LOG_SCHEMA = pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("time", pa.timestamp("us", tz="UTC")), ("source", pa.string()),
-                        ("customer_key", pa.string()), ("month", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()),
-                        ("churn_probability", pa.float64()), ("decision", pa.bool_()), ("threshold", pa.float64()), ("latency_ms", pa.float64()),
-                        ("training_run_id", pa.string()), ("dataset_digest", pa.string()), ("git_commit", pa.string())])
+LOG_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("row", pa.int32()),
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("source", pa.string()),
+        ("customer_key", pa.string()),
+        ("month", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("churn_probability", pa.float64()),
+        ("decision", pa.bool_()),
+        ("threshold", pa.float64()),
+        ("latency_ms", pa.float64()),
+        ("training_run_id", pa.string()),
+        ("dataset_digest", pa.string()),
+        ("git_commit", pa.string()),
+    ]
+)
 RESERVED_COLUMNS = frozenset(LOG_SCHEMA.names) | {"date"}   # "date" is the Hive partition column
 LINEAGE_KEYS = ("training_run_id", "dataset_digest", "git_commit")
 MAX_PENDING_ROWS = 1_000_000   # beyond this many unwritten predictions, scoring answers 503 instead of growing memory
@@ -75,6 +92,7 @@ class LogBlock:
     @property
     def n(self) -> int: return len(self.keys)
 
+# %% ../nbs/52_prediction_log.ipynb #00869014
 def _utc_date(t: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(t))
 
@@ -85,14 +103,20 @@ def blocks_table(blocks: Sequence[LogBlock]) -> pa.Table:
     rep = (lambda vs: vs) if single else (lambda vs: [v for v, n in zip(vs, ns) for _ in range(n)])
     models = list({id(b.model): b.model for b in blocks}.values())
     per_model = len(models) == 1
-    mrep = (lambda get: [get(models[0])] * len(rows_idx)) if per_model else (lambda get: rep([get(b.model) for b in blocks]))
+    mrep = (
+        (lambda get: [get(models[0])] * len(rows_idx))
+        if per_model
+        else (lambda get: rep([get(b.model) for b in blocks]))
+    )
     rows_idx = range(sum(ns))
     cols: dict[str, Any] = {
         "request_id": rep([b.request_id for b in blocks]), "row": [i for n in ns for i in range(n)],
         "time": pa.array(rep([int(b.time * 1e6) for b in blocks]), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "source": rep([b.source for b in blocks]), "customer_key": [k for b in blocks for k in b.keys], "month": rep([b.month for b in blocks]),
+        "source": rep([b.source for b in blocks]), "customer_key": [k for b in blocks for k in b.keys],
+        "month": rep([b.month for b in blocks]),
         "model_name": mrep(lambda m: m.name), "model_version": mrep(lambda m: m.version),
-        "churn_probability": np.concatenate([b.p for b in blocks]).astype(np.float64), "decision": np.concatenate([b.decision for b in blocks]).astype(bool),
+        "churn_probability": np.concatenate([b.p for b in blocks]).astype(np.float64),
+        "decision": np.concatenate([b.decision for b in blocks]).astype(bool),
         "threshold": mrep(lambda m: m.threshold), "latency_ms": rep([b.latency_ms for b in blocks]),
         **{k: mrep(lambda m, k=k: m.lineage.get(k, "unknown")) for k in LINEAGE_KEYS}}
     features: dict[str, bool] = {}                          # name -> numeric?, in order of first appearance
@@ -111,8 +135,10 @@ def blocks_table(blocks: Sequence[LogBlock]) -> pa.Table:
         fields.append(pa.field(f, pa.float64() if features[f] else pa.string()))
     return pa.table(cols, schema=pa.schema(fields))
 
+# %% ../nbs/52_prediction_log.ipynb #4c30e091
 def write_log_table(folder: Path, table: pa.Table, date: str, seq: int) -> Path:
-    "Write `table` as one new file of the `date` partition, atomically (temporary name, fsync, rename); return its path."
+    """Write `table` as one new file of the `date` partition, atomically (temporary name, fsync, rename); return its
+    path."""
     part = Path(folder) / f"date={date}"
     part.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -202,7 +228,9 @@ class PredictionLog:
             return n
 
     def _due(self) -> bool:
-        return self._rows > 0 and (self._rows >= self.flush_rows or self.lag_seconds >= self.flush_seconds or self._stop.is_set())
+        return self._rows > 0 and (
+            self._rows >= self.flush_rows or self.lag_seconds >= self.flush_seconds or self._stop.is_set()
+        )
 
     def _run(self) -> None:
         tick, backoff = min(0.25, self.flush_seconds / 2), 0.0
@@ -213,10 +241,12 @@ class PredictionLog:
                 try: self.flush(); backoff = 0.0
                 except Exception as e:
                     backoff = min(30.0, max(1.0, backoff * 2))
-                    log.error("prediction log: writing %d rows failed (%s); retrying in %.0f s", self._rows, type(e).__name__, backoff)
+                    log.error("prediction log: writing %d rows failed (%s); retrying in %.0f s", self._rows,
+                              type(e).__name__, backoff)
 
     def close(self, attempts: int = 3) -> int:
-        "Stop the writer and flush what is left (retrying); return the rows still unwritten (0 unless the disk refuses)."
+        """Stop the writer and flush what is left (retrying); return the rows still unwritten (0 unless the disk
+        refuses)."""
         self._stop.set(); self._wake.set()
         if self._thread is not None: self._thread.join(timeout=60); self._thread = None
         for i in range(attempts):
@@ -228,12 +258,15 @@ class PredictionLog:
         return self._rows
 
 # %% ../nbs/52_prediction_log.ipynb #fd800490
-LOG_READ_ATTEMPTS = 10   # each day compacted during a read can make one attempt fail (its files swapped while being opened)
+# each day compacted during a read can make one attempt fail (its files swapped while being opened)
+LOG_READ_ATTEMPTS = 10
 
 def read_log_retrying(read: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    "Run `read` (which lists the log's files and reads them), again if a file it listed was gone by the time it opened it."
+    """Run `read` (which lists the log's files and reads them), again if a file it listed was gone by the time it opened
+    it."""
     import duckdb
-    for attempt in range(LOG_READ_ATTEMPTS):   # `score.compact_prediction_log` swapped a day between listing and opening
+    # `score.compact_prediction_log` swapped a day between listing and opening
+    for attempt in range(LOG_READ_ATTEMPTS):
         try: return read()
         except duckdb.IOException:
             if attempt == LOG_READ_ATTEMPTS - 1: raise
@@ -247,7 +280,8 @@ def find_logged_request(folder: Path, request_id: str) -> pd.DataFrame:
         files = sorted(str(f) for f in part.glob("part-*.parquet"))
         if not files: return pd.DataFrame()
         with duckdb_connect() as con:
-            return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row", [files, request_id]).df()
+            return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row",
+                               [files, request_id]).df()
     return read_log_retrying(read)
 
 # %% ../nbs/52_prediction_log.ipynb #484d0a19
@@ -256,19 +290,27 @@ def _utc(t: str | dt.datetime | pd.Timestamp) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 def read_prediction_log(cfg: Settings,
-                        since: str | dt.datetime | None = None,   # only predictions at or after this time (UTC if naive)
+                        # only predictions at or after this time (UTC if naive)
+                        since: str | dt.datetime | None = None,
                         until: str | dt.datetime | None = None,   # ... and before this time
                         source: str | None = None,                # 'api' or 'batch'; None = both
                         ) -> pd.DataFrame:
     "The prediction log (online and batch) as a frame, oldest first; readable while the API writes it."
     folder = Path(cfg.paths.prediction_log)
     if not any(folder.glob("date=*/part-*.parquet")):
-        return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LOG_SCHEMA}).assign(date=pd.Series(dtype="object"))
+        return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LOG_SCHEMA}).assign(
+            date=pd.Series(dtype="object")
+        )
     where, params = [], [str(folder / "date=*" / "part-*.parquet")]
-    if since is not None: s = _utc(since); where.append("date >= ?::DATE AND time >= ?"); params += [s.date().isoformat(), s.to_pydatetime()]
-    if until is not None: u = _utc(until); where.append("date <= ?::DATE AND time < ?"); params += [u.date().isoformat(), u.to_pydatetime()]
+    if since is not None:
+        s = _utc(since)
+        where.append("date >= ?::DATE AND time >= ?"); params += [s.date().isoformat(), s.to_pydatetime()]
+    if until is not None:
+        u = _utc(until)
+        where.append("date <= ?::DATE AND time < ?"); params += [u.date().isoformat(), u.to_pydatetime()]
     if source is not None: where.append("source = ?"); params.append(source)
-    sql = ("SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true)" + (" WHERE " + " AND ".join(where) if where else "")
+    sql = ("SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = "
+           "true)" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY time, request_id, row")
     def read() -> pd.DataFrame:
         with duckdb_connect() as con: return con.execute(sql, params).df()
@@ -284,21 +326,25 @@ class CompactionResult:
     rows: int = 0                                    # their rows (unchanged)
     seconds: float = 0.0
 
+# %% ../nbs/52_prediction_log.ipynb #39b4aa80
 def _exchange(a: Path, b: Path) -> None:
-    "Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); elsewhere, two renames (a moment with neither)."
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); elsewhere, two renames (a moment with
+    neither)."""
     import ctypes, ctypes.util
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if hasattr(libc, "renameat2"):
         at_fdcwd, rename_exchange = -100, 2
         if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0: return
         err = ctypes.get_errno()
-        if err not in (22, 38, 95): raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")   # EINVAL/ENOSYS/EOPNOTSUPP: no support
+        # EINVAL/ENOSYS/EOPNOTSUPP: no support
+        if err not in (22, 38, 95): raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
     aside = a.with_name(a.name + ".swap")
     os.rename(a, aside); os.rename(b, a); os.rename(aside, b)
 
 def _content_digest(con, files: list[str]) -> tuple[int, int]:
     "(rows, sum of row hashes) of Parquet files read by name: equal for the same rows in any order or grouping."
-    return tuple(con.execute("SELECT count(*), coalesce(sum(hash(t)), 0) FROM read_parquet(?, union_by_name = true, hive_partitioning = false) t",
+    return tuple(con.execute("SELECT count(*), coalesce(sum(hash(t)), 0) FROM read_parquet(?, union_by_name = true, "
+                             "hive_partitioning = false) t",
                              [files]).fetchall()[0])
 
 def compact_prediction_log(cfg: Settings,
@@ -306,7 +352,8 @@ def compact_prediction_log(cfg: Settings,
                            today: dt.date | None = None,    # default: today (UTC)
                            actor: str = "mlops-nb",         # recorded in the audit trail
                            ) -> CompactionResult:
-    "Rewrite each closed day of the prediction log as one file (same rows), swapping it in atomically; return what was done."
+    """Rewrite each closed day of the prediction log as one file (same rows), swapping it in atomically; return what was
+    done."""
     import shutil
     from mlops_nb.audit import append_event
     if keep_days < 0: raise SettingsError(f"keep_days must be 0 or more, not {keep_days}")
@@ -314,7 +361,8 @@ def compact_prediction_log(cfg: Settings,
     folder = Path(cfg.paths.prediction_log)
     cutoff = (today or dt.datetime.now(dt.timezone.utc).date()) - dt.timedelta(days=keep_days)
     res.before = cutoff.isoformat()
-    for left in folder.glob(".date=*.compacting"): shutil.rmtree(left)   # a run killed mid-day left it: the day is whole either way
+    # a run killed mid-day left it: the day is whole either way
+    for left in folder.glob(".date=*.compacting"): shutil.rmtree(left)
     days = sorted(d for d in folder.glob("date=*") if d.is_dir() and re.fullmatch(r"date=\d{4}-\d{2}-\d{2}", d.name)
                   and dt.date.fromisoformat(d.name[5:]) < cutoff)
     with duckdb_connect() as con:
@@ -325,18 +373,21 @@ def compact_prediction_log(cfg: Settings,
             new.mkdir()
             out = new / f"part-{day.name[5:].replace('-', '')}-compacted.parquet"
             listed = "[" + ", ".join(sql_literal(f) for f in files) + "]"
-            con.execute(f"COPY (SELECT * FROM read_parquet({listed}, union_by_name = true, hive_partitioning = false) ORDER BY time, request_id, row) "
-                        f"TO {sql_literal(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+            con.execute(f"COPY (SELECT * FROM read_parquet({listed}, union_by_name = true, hive_partitioning = false) "
+                        f"ORDER BY time, request_id, row) TO {sql_literal(str(out))} (FORMAT parquet, COMPRESSION "
+                        "zstd)")
             fd = os.open(out, os.O_RDONLY)
             try: os.fsync(fd)
             finally: os.close(fd)
             before, after = _content_digest(con, files), _content_digest(con, [str(out)])
             if before != after:
                 shutil.rmtree(new, ignore_errors=True)
-                raise RuntimeError(f"compacting {day} gave different rows ({after[0]} for {before[0]}): the day was left as it was")
+                raise RuntimeError(f"compacting {day} gave different rows ({after[0]} for {before[0]}): the day was "
+                                   "left as it was")
             _exchange(new, day)                                      # `day` now holds the one file, `new` the old ones
             shutil.rmtree(new)
             res.days.append(day.name[5:]); res.files_before += len(files); res.rows += before[0]
-            append_event(cfg, AUDIT_LOG_COMPACTED, day.name, {"files_before": len(files), "rows": before[0]}, actor=actor)
+            append_event(cfg, AUDIT_LOG_COMPACTED, day.name, {"files_before": len(files), "rows": before[0]},
+                         actor=actor)
     res.seconds = time.perf_counter() - t0
     return res

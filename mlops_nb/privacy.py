@@ -1,4 +1,5 @@
-"""LGPD by construction: keyed pseudonyms for direct identifiers, clear values only in a separate vault, and a scanner that proves nothing leaked.
+"""LGPD by construction: keyed pseudonyms for direct identifiers, clear values only in a separate vault, and a
+scanner that proves nothing leaked.
 
 Docs: https://mlops-nb.github.io/mlops-nb/privacy.html.md"""
 
@@ -34,7 +35,9 @@ def _inside_git_tree(path: Path) -> bool:
     "True if `path`'s folder is inside a git working tree."
     d = path.parent
     while not d.exists(): d = d.parent
-    try: return subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=d, capture_output=True, text=True, timeout=10).stdout.strip() == "true"
+    try:
+        return subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=d, capture_output=True, text=True,
+                              timeout=10).stdout.strip() == "true"
     except (OSError, subprocess.SubprocessError): return False
 
 def _decode_key(text: str, where: str) -> bytes:
@@ -42,16 +45,21 @@ def _decode_key(text: str, where: str) -> bytes:
     t = text.strip()
     try: key = bytes.fromhex(t) if re.fullmatch(r"[0-9a-fA-F]+", t) else base64.b64decode(t, validate=True)
     except ValueError: raise SettingsError(f"{where}: the pseudonym key is neither hex nor base64") from None
-    if len(key) < 16: raise SettingsError(f"{where}: the pseudonym key is too short ({len(key)} bytes; need at least 16)")
+    if len(key) < 16:
+        raise SettingsError(f"{where}: the pseudonym key is too short ({len(key)} bytes; need at least 16)")
     return key
 
 def load_key(cfg: Settings, create: bool = True) -> bytes:
     "The pseudonym key: from the environment, else the key file (created with mode 0600 if missing and `create`)."
-    if os.environ.get(ENV_PSEUDONYM_KEY): return _decode_key(os.environ[ENV_PSEUDONYM_KEY], f"environment {ENV_PSEUDONYM_KEY}")
+    if os.environ.get(ENV_PSEUDONYM_KEY):
+        return _decode_key(os.environ[ENV_PSEUDONYM_KEY], f"environment {ENV_PSEUDONYM_KEY}")
     path = cfg.privacy.key_file
-    if _inside_git_tree(path): raise SettingsError(f"[privacy] key_file: {path} is inside a git working tree; keep the key outside the project")
+    if _inside_git_tree(path):
+        raise SettingsError(f"[privacy] key_file: {path} is inside a git working tree; keep the key outside the "
+                            "project")
     if not path.exists():
-        if not create: raise SettingsError(f"[privacy] key_file: {path} does not exist (and {ENV_PSEUDONYM_KEY} is not set)")
+        if not create:
+            raise SettingsError(f"[privacy] key_file: {path} does not exist (and {ENV_PSEUDONYM_KEY} is not set)")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f: f.write(secrets.token_hex(32) + "\n")
@@ -69,7 +77,8 @@ NORMALISERS = {
 def _default_normal_form(s: str) -> str: return " ".join(s.split()).lower()
 
 def normaliser(domain: str) -> Callable[[str], str]:
-    "The function giving the canonical form of an identifier of kind `domain` (collapsed spaces, lower case unless the domain has its own)."
+    """The function giving the canonical form of an identifier of kind `domain` (collapsed spaces, lower case unless the
+    domain has its own)."""
     return NORMALISERS.get(domain, _default_normal_form)
 
 def normalise(value: str, domain: str) -> str:
@@ -88,7 +97,8 @@ def pseudonymise(values: Iterable[object], key: bytes, domain: str, prefix: str 
     return np.array(out, dtype=object)
 
 # %% ../nbs/20_privacy.ipynb #32c83ff6
-SQL_NORMAL_FORMS = {"customer": "upper(trim({x}))"}   # equal to NORMALISERS' for printable-ASCII text (Python's strip() and DuckDB's trim() differ only on other whitespace)
+# equal to NORMALISERS' for printable-ASCII text (Python's strip() and DuckDB's trim() differ only on other whitespace)
+SQL_NORMAL_FORMS = {"customer": "upper(trim({x}))"}
 
 def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     "HMAC-SHA256's inner and outer padded keys (RFC 2104)."
@@ -97,15 +107,19 @@ def _hmac_pads(key: bytes) -> tuple[bytes, bytes]:
 
 def pseudonymise_arrow(con,                       # a DuckDB connection (any: nothing is stored)
                        values, key: bytes, domain: str, prefix: str = "p"):
-    "`pseudonymise` for an Arrow array of strings (nulls stay null), computed by DuckDB where it can be, with the same result."
+    """`pseudonymise` for an Arrow array of strings (nulls stay null), computed by DuckDB where it can be, with the same
+    result."""
     import pyarrow as pa
     values = pa.array(values).cast(pa.string())
-    _vals = pa.table({"i": np.arange(len(values), dtype=np.int64), "v": values})   # read by DuckDB through its replacement scan
+    # read by DuckDB through its replacement scan
+    _vals = pa.table({"i": np.arange(len(values), dtype=np.int64), "v": values})
     norm = SQL_NORMAL_FORMS.get(domain)
     if norm is None: return pa.array(pseudonymise(values.to_pylist(), key, domain, prefix), pa.string())
     ipad, opad = _hmac_pads(key)
-    out = con.sql(f"SELECT CASE WHEN regexp_full_match(v, '[ -~]*') THEN $prefix || left(sha256($opad || unhex(sha256($inner || encode({norm.format(x='v')})))), 24) END AS p, "
-                  "v FROM _vals ORDER BY i", params={"inner": ipad + domain.encode() + b"\x00", "opad": opad, "prefix": f"{prefix}_"}).to_arrow_table()
+    out = con.sql("SELECT CASE WHEN regexp_full_match(v, '[ -~]*') THEN $prefix || left(sha256($opad || "
+                  f"unhex(sha256($inner || encode({norm.format(x='v')})))), 24) END AS p, v FROM _vals ORDER BY i",
+                  params={"inner": ipad + domain.encode() + b"\x00", "opad": opad,
+                          "prefix": f"{prefix}_"}).to_arrow_table()
     p, v = out.column("p").combine_chunks(), out.column("v").combine_chunks()
     rest = np.flatnonzero(p.is_null().to_numpy(zero_copy_only=False) & v.is_valid().to_numpy(zero_copy_only=False))
     if not len(rest): return p
@@ -114,12 +128,17 @@ def pseudonymise_arrow(con,                       # a DuckDB connection (any: no
     return pa.array(filled, pa.string())
 
 # %% ../nbs/20_privacy.ipynb #fe18c413
-AGE_BANDS = ((18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 55, "45-54"), (55, 65, "55-64"), (65, 200, "65+"))
+AGE_BANDS = ((18, 25, "18-24"), (25, 35, "25-34"), (35, 45, "35-44"), (45, 55, "45-54"), (55, 65, "55-64"),
+             (65, 200, "65+"))
 
 def age_band(birth: pd.Series, at: pd.Timestamp | str) -> pd.Series:
     "Age band (e.g. '25-34') of each birth date at date `at`; missing or impossible ages give <NA>."
     at, b = pd.Timestamp(at), pd.to_datetime(birth, errors="coerce")
-    age = at.year - b.dt.year - ((b.dt.month > at.month) | ((b.dt.month == at.month) & (b.dt.day > at.day))).astype("Int64")
+    age = (
+        at.year
+        - b.dt.year
+        - ((b.dt.month > at.month) | ((b.dt.month == at.month) & (b.dt.day > at.day))).astype("Int64")
+    )
     out = pd.Series(pd.NA, index=birth.index, dtype="string")
     for lo, hi, label in AGE_BANDS: out[(age >= lo) & (age < hi)] = label
     return out
@@ -131,10 +150,12 @@ class Finding:
     where: str   # file (and table/column for frames)
     value: str   # the value found, masked for display
 
+# %% ../nbs/20_privacy.ipynb #3c359674
 def mask(value: str) -> str:
     "Show a personal value's shape without revealing it."
     return value[:2] + "*" * max(0, len(value) - 4) + value[-2:] if len(value) > 4 else "****"
 
+# %% ../nbs/20_privacy.ipynb #5448fa00
 class NeedleSet:
     "A set of byte strings (all at least 8 bytes long) to find in data quickly."
     def __init__(self, values: Iterable[str], min_len: int = 8):
@@ -160,7 +181,9 @@ class NeedleSet:
                     if data.startswith(n, pos): return n
         return None
 
-def scan_for_values(paths: Sequence[Path], values: Iterable[str] | NeedleSet, min_len: int = 8, skip: Sequence[Path] = ()) -> list[Finding]:
+# %% ../nbs/20_privacy.ipynb #16844706
+def scan_for_values(paths: Sequence[Path], values: Iterable[str] | NeedleSet, min_len: int = 8,
+                    skip: Sequence[Path] = ()) -> list[Finding]:
     "Every file under `paths` (except `skip`) whose bytes contain one of `values`."
     needles = values if isinstance(values, NeedleSet) else NeedleSet(values, min_len)
     if not len(needles): return []
@@ -174,6 +197,7 @@ def scan_for_values(paths: Sequence[Path], values: Iterable[str] | NeedleSet, mi
             if hit: found.append(Finding(str(f), mask(hit.decode(errors="replace"))))
     return found
 
+# %% ../nbs/20_privacy.ipynb #1aed40e1
 def scan_frame(df: pd.DataFrame, values: Iterable[str] | NeedleSet, where: str, min_len: int = 8) -> list[Finding]:
     "Every text column of `df` holding one of `values` (whole or inside a longer text)."
     needles = values if isinstance(values, NeedleSet) else NeedleSet(values, min_len)

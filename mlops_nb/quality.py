@@ -1,4 +1,5 @@
-"""The `quality` phase: rules declared as data, evaluated in DuckDB on the warehouse, results stored and reported — and a blocking failure stops the pipeline.
+"""The `quality` phase: rules declared as data, evaluated in DuckDB on the warehouse, results stored and reported —
+and a blocking failure stops the pipeline.
 
 Docs: https://mlops-nb.github.io/mlops-nb/quality.html.md"""
 
@@ -45,56 +46,80 @@ class Check:
     message: str = ""
 
 EXAMPLES = 5
-_ID_COLUMNS = ("invoice_id", "ticket_id", "contract_id", "campaign_id", "customer_key", "month", "arrival_month", "record")
+_ID_COLUMNS = ("invoice_id", "ticket_id", "contract_id", "campaign_id", "customer_key", "month", "arrival_month",
+               "record")
 
 def _columns(con, table: str) -> list[str]:
     s, t = table.split(".")
-    return [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? ORDER BY column_index", [s, t]).fetchall()]
+    return [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name "
+                                      "= ? ORDER BY column_index", [s, t]).fetchall()]
 
 def _examples(con, r: Rule, where: str, params: Sequence[Any] = (), order: str = "") -> list[dict[str, Any]]:
-    "Up to EXAMPLES rows of the rule's table matching `where`, showing the rule's `show` columns (or identifiers + the checked column)."
+    """Up to EXAMPLES rows of the rule's table matching `where`, showing the rule's `show` columns (or identifiers + the
+    checked column)."""
     cols = _columns(con, r.table)
-    show = [c for c in r.show if c in cols] or [c for c in (*_ID_COLUMNS, *r.params.get("columns", ()), r.params.get("column")) if c and c in cols]
+    show = [c for c in r.show if c in cols] or [
+        c for c in (*_ID_COLUMNS, *r.params.get("columns", ()), r.params.get("column")) if c and c in cols
+    ]
     show = list(dict.fromkeys(show))
-    df = con.execute(f"SELECT {', '.join(show)} FROM {r.table} WHERE {where} {order} LIMIT {EXAMPLES}", list(params)).df()
+    df = con.execute(f"SELECT {', '.join(show)} FROM {r.table} WHERE {where} {order} LIMIT {EXAMPLES}",
+                     list(params)).df()
     return json.loads(df.to_json(orient="records", date_format="iso", default_handler=str))
 
-def _check(r: Rule, month: str | None, value: float | None, threshold: str, passed: bool, failing: int = 0, examples=(), message: str = "") -> Check:
-    return Check(r.name, r.kind, r.severity, r.table, r.column, month, None if value is None else float(value), threshold, bool(passed), int(failing), list(examples), message)
+def _check(r: Rule, month: str | None, value: float | None, threshold: str, passed: bool, failing: int = 0, examples=(),
+           message: str = "") -> Check:
+    return Check(r.name, r.kind, r.severity, r.table, r.column, month, None if value is None else float(value),
+                 threshold, bool(passed), int(failing), list(examples), message)
 
 # %% ../nbs/28_quality.ipynb #533cb46b
 def _share_checks(con, r: Rule, bad: str, threshold_key: str, what: str) -> list[Check]:
     "Per month: the share of rows for which SQL condition `bad` holds, held to params[threshold_key]."
-    mc, limit, out = r.params["month_column"] or "'all rows'", r.params[threshold_key], []   # no month column: the whole table
-    rows = con.execute(f"SELECT {mc}, count(*), count(*) FILTER (WHERE {bad}) FROM {r.table} GROUP BY 1 ORDER BY 1").fetchall()
+    # no month column: the whole table
+    mc, limit, out = r.params["month_column"] or "'all rows'", r.params[threshold_key], []
+    rows = con.execute(f"SELECT {mc}, count(*), count(*) FILTER (WHERE {bad}) FROM {r.table} GROUP BY 1 ORDER BY "
+                       "1").fetchall()
     for month, n, k in rows:
-        if n < r.params.get("min_rows", 0) and k < n: continue   # too few rows for a share to mean anything (unless all fail)
+        # too few rows for a share to mean anything (unless all fail)
+        if n < r.params.get("min_rows", 0) and k < n: continue
         share = k / n if n else 0.0
         ok = share <= limit
         ex = [] if ok else _examples(con, r, f"{mc} IS NOT DISTINCT FROM ? AND ({bad})", [month])
-        out.append(_check(r, month, share, f"{what} share <= {limit:g}", ok, k, ex, "" if ok else f"{k} of {n} rows ({share:.2%}) {what}"))
+        out.append(_check(r, month, share, f"{what} share <= {limit:g}", ok, k, ex,
+                          "" if ok else f"{k} of {n} rows ({share:.2%}) {what}"))
     return out
 
 def check_completeness(con, r: Rule) -> list[Check]:
     return _share_checks(con, r, f"{r.params['column']} IS NULL", "max_null_share", "null")
 
+# %% ../nbs/28_quality.ipynb #b25a0a17
 def check_range(con, r: Rule) -> list[Check]:
     c, lo, hi = r.params["column"], r.params["min"], r.params["max"]
-    bad = " OR ".join(x for x in ((f"{c} < {lo!r}" if lo is not None else ""), (f"{c} > {hi!r}" if hi is not None else "")) if x)
-    return _share_checks(con, r, f"({bad})", "max_violation_share", f"outside [{'' if lo is None else f'{lo:g}'}, {'' if hi is None else f'{hi:g}'}]")
+    bad = " OR ".join(
+        x for x in ((f"{c} < {lo!r}" if lo is not None else ""), (f"{c} > {hi!r}" if hi is not None else "")) if x
+    )
+    return _share_checks(con, r, f"({bad})", "max_violation_share",
+                         f"outside [{'' if lo is None else f'{lo:g}'}, {'' if hi is None else f'{hi:g}'}]")
 
+# %% ../nbs/28_quality.ipynb #9a26197e
 def check_allowed_values(con, r: Rule) -> list[Check]:
     c, vals = r.params["column"], r.params["values"]
     listed = ", ".join(sql_literal(v) for v in vals)
     r2 = Rule(r.name, r.kind, r.table, r.severity, {**r.params, "max_share": 0.0}, r.description, r.show)
-    return _share_checks(con, r2, f"{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({listed})", "max_share", "not allowed")
+    return _share_checks(con, r2, f"{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({listed})", "max_share",
+                         "not allowed")
 
+# %% ../nbs/28_quality.ipynb #10a12d51
 def check_unique(con, r: Rule) -> list[Check]:
     cols = ", ".join(r.params["columns"])
-    groups, rows = con.execute(f"SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {r.table} GROUP BY {cols} HAVING count(*) > 1)").fetchone()
-    ex = [] if not groups else json.loads(con.execute(f"SELECT {cols}, count(*) AS rows FROM {r.table} GROUP BY {cols} HAVING count(*) > 1 ORDER BY rows DESC, {cols} LIMIT {EXAMPLES}").df().to_json(orient="records", date_format="iso"))
-    return [_check(r, None, groups, "no key shared by two rows", groups == 0, rows, ex, "" if not groups else f"{groups} keys are shared by {rows} rows")]
+    groups, rows = con.execute(f"SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {r.table} GROUP "
+                               f"BY {cols} HAVING count(*) > 1)").fetchone()
+    ex = [] if not groups else json.loads(con.execute(f"SELECT {cols}, count(*) AS rows FROM {r.table} GROUP BY "
+                                                      f"{cols} HAVING count(*) > 1 ORDER BY rows DESC, {cols} LIMIT "
+                                                      f"{EXAMPLES}").df().to_json(orient="records", date_format="iso"))
+    return [_check(r, None, groups, "no key shared by two rows", groups == 0, rows, ex,
+                   "" if not groups else f"{groups} keys are shared by {rows} rows")]
 
+# %% ../nbs/28_quality.ipynb #5a51ca4d
 def check_referential(con, r: Rule) -> list[Check]:
     c, ref, rc = r.params["column"], r.params["ref_table"], r.params["ref_column"] or r.params["column"]
     bad = f"{c} IS NOT NULL AND {c} NOT IN (SELECT {rc} FROM {ref} WHERE {rc} IS NOT NULL)"
@@ -114,8 +139,10 @@ def check_freshness(con, r: Rule, cfg: Settings) -> list[Check]:
     latest = con.execute(f"SELECT max({r.params['month_column']}) FROM {r.table}").fetchone()[0]
     want = _expected_month(cfg, r.params["expected"])
     ok = latest == want
-    return [_check(r, latest, None, f"latest month = {want}", ok, 0, [], "" if ok else f"latest month loaded is {latest}, expected {want}")]
+    return [_check(r, latest, None, f"latest month = {want}", ok, 0, [],
+                   "" if ok else f"latest month loaded is {latest}, expected {want}")]
 
+# %% ../nbs/28_quality.ipynb #cd0dbd39
 def check_volume(con, r: Rule, cfg: Settings) -> list[Check]:
     mc = r.params["month_column"]
     limit = r.params["max_change"] if r.params["max_change"] is not None else cfg.quality.max_volume_change
@@ -125,13 +152,21 @@ def check_volume(con, r: Rule, cfg: Settings) -> list[Check]:
         if prev < r.params["min_rows"]: continue
         change = n / prev - 1
         ok = abs(change) <= limit
-        out.append(_check(r, month, change, f"|change| <= {limit:g}", ok, 0, [], "" if ok else f"{n} rows after {prev} the month before ({change:+.1%})"))
+        out.append(_check(r, month, change, f"|change| <= {limit:g}", ok, 0, [],
+                          "" if ok else f"{n} rows after {prev} the month before ({change:+.1%})"))
     return out
 
+# %% ../nbs/28_quality.ipynb #d814a203
 def check_distribution(con, r: Rule) -> list[Check]:
-    c, mc, k, cap = r.params["column"], r.params["month_column"], int(r.params["baseline_months"]), r.params["max_ratio"]
+    c, mc, k, cap = (
+        r.params["column"],
+        r.params["month_column"],
+        int(r.params["baseline_months"]),
+        r.params["max_ratio"],
+    )
     stat = "median" if r.params["statistic"] == "median" else "avg"
-    rows = con.execute(f"SELECT {mc}, CAST({stat}({c}) AS DOUBLE) FROM {r.table} WHERE {c} IS NOT NULL GROUP BY 1 ORDER BY 1").fetchall()
+    rows = con.execute(f"SELECT {mc}, CAST({stat}({c}) AS DOUBLE) FROM {r.table} WHERE {c} IS NOT NULL GROUP BY 1 "
+                       "ORDER BY 1").fetchall()
     out = []
     for i in range(1, len(rows)):
         month, value = rows[i]
@@ -139,32 +174,56 @@ def check_distribution(con, r: Rule) -> list[Check]:
         if not base or value is None: continue
         ratio = value / base
         ok = 1 / cap <= ratio <= cap
-        ex = [] if ok else _examples(con, r, f"{mc} = ? AND {c} IS NOT NULL", [month], f"ORDER BY {c} {'DESC' if ratio > 1 else 'ASC'}")
+        ex = [] if ok else _examples(con, r, f"{mc} = ? AND {c} IS NOT NULL", [month],
+                                     f"ORDER BY {c} {'DESC' if ratio > 1 else 'ASC'}")
         out.append(_check(r, month, ratio, f"{1 / cap:.3g} <= ratio <= {cap:g}", ok, 0, ex,
-                          "" if ok else f"{r.params['statistic']} {value:,.4g} is {ratio:,.3g}x the previous months' ({base:,.4g})"))
+                          "" if ok else f"{r.params['statistic']} {value:,.4g} is {ratio:,.3g}x the previous months' "
+                                        f"({base:,.4g})"))
     return out
 
+# %% ../nbs/28_quality.ipynb #a7511bc5
 def check_quarantine_share(con, r: Rule) -> list[Check]:
     src = r.params["source"]
-    rows = con.execute(f"SELECT source, month, rows_read, rows_quarantined FROM {r.table} WHERE rows_read > 0 {'AND source = ?' if src else ''} ORDER BY 2, 1",
+    rows = con.execute(f"SELECT source, month, rows_read, rows_quarantined FROM {r.table} WHERE rows_read > 0 "
+                       f"{'AND source = ?' if src else ''} ORDER BY 2, 1",
                        [src] if src else []).fetchall()
     out = []
     for source, month, n, q in rows:
         share, limit = q / n, r.params["max_share"]
         ok = share <= limit
-        ex = [] if ok else json.loads(con.execute("SELECT source, month, reason, count(*) AS records FROM quarantine.records WHERE source = ? AND month = ? "
-                                                  f"GROUP BY ALL ORDER BY records DESC LIMIT {EXAMPLES}", [source, month]).df().to_json(orient="records"))
-        out.append(Check(r.name, r.kind, r.severity, r.table, source, month, share, f"share <= {limit:g}", ok, int(q), ex,
-                         "" if ok else f"{source}: {q} of {n} records quarantined ({share:.2%})"))
+        ex = [] if ok else json.loads(con.execute("SELECT source, month, reason, count(*) AS records FROM "
+                                                  "quarantine.records WHERE source = ? AND month = ? GROUP BY ALL "
+                                                  f"ORDER BY records DESC LIMIT {EXAMPLES}",
+                                                  [source, month]).df().to_json(orient="records"))
+        out.append(
+            Check(
+                r.name,
+                r.kind,
+                r.severity,
+                r.table,
+                source,
+                month,
+                share,
+                f"share <= {limit:g}",
+                ok,
+                int(q),
+                ex,
+                "" if ok else f"{source}: {q} of {n} records quarantined ({share:.2%})",
+            )
+        )
     return out
 
+# %% ../nbs/28_quality.ipynb #ffcaa0ca
 def check_reconciliation(con, r: Rule) -> list[Check]:
-    bad = con.execute(f"SELECT source, month, rows_read, rows_loaded, rows_quarantined, rows_duplicate FROM {r.table} WHERE NOT balanced ORDER BY 2, 1").df()
+    bad = con.execute(f"SELECT source, month, rows_read, rows_loaded, rows_quarantined, rows_duplicate FROM {r.table} "
+                      "WHERE NOT balanced ORDER BY 2, 1").df()
     n = con.execute(f"SELECT count(*) FROM {r.table}").fetchone()[0]
     ok = bad.empty and n > 0
     msg = "" if ok else f"{len(bad)} of {n} partitions do not reconcile" if n else "no partition has been loaded"
-    return [_check(r, None, len(bad), f"all {n} partitions balanced", ok, len(bad), json.loads(bad.head(EXAMPLES).to_json(orient="records")), msg)]
+    return [_check(r, None, len(bad), f"all {n} partitions balanced", ok, len(bad),
+                                      json.loads(bad.head(EXAMPLES).to_json(orient="records")), msg)]
 
+# %% ../nbs/28_quality.ipynb #029bd649
 CHECKERS: dict[str, Callable[..., list[Check]]] = dict(
     completeness=check_completeness, range=check_range, allowed_values=check_allowed_values, unique=check_unique,
     referential=check_referential, freshness=check_freshness, volume=check_volume, distribution=check_distribution,
@@ -179,11 +238,15 @@ def evaluate_rule(con, r: Rule, cfg: Settings) -> list[Check]:
         return [_check(r, None, None, "evaluable", False, 0, [], f"cannot evaluate: {str(e).splitlines()[0][:200]}")]
 
 # %% ../nbs/28_quality.ipynb #b577b4e3
-RESULT_COLUMNS = [("run_id", "VARCHAR"), ("rule", "VARCHAR"), ("kind", "VARCHAR"), ("severity", "VARCHAR"), ("table_name", "VARCHAR"),
-                  ("column_name", "VARCHAR"), ("month", "VARCHAR"), ("value", "DOUBLE"), ("threshold", "VARCHAR"), ("passed", "BOOLEAN"),
+RESULT_COLUMNS = [("run_id", "VARCHAR"), ("rule", "VARCHAR"), ("kind", "VARCHAR"), ("severity", "VARCHAR"),
+                  ("table_name", "VARCHAR"),
+                  ("column_name", "VARCHAR"), ("month", "VARCHAR"), ("value", "DOUBLE"), ("threshold", "VARCHAR"),
+                  ("passed", "BOOLEAN"),
                   ("failing_rows", "BIGINT"), ("examples", "VARCHAR"), ("message", "VARCHAR")]
-RUN_COLUMNS = [("run_id", "VARCHAR"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("passed", "BOOLEAN"), ("rules", "INTEGER"),
-               ("checks", "INTEGER"), ("failed_blocking", "INTEGER"), ("failed_warning", "INTEGER"), ("rules_source", "VARCHAR"),
+RUN_COLUMNS = [("run_id", "VARCHAR"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("passed", "BOOLEAN"),
+               ("rules", "INTEGER"),
+               ("checks", "INTEGER"), ("failed_blocking", "INTEGER"), ("failed_warning", "INTEGER"),
+               ("rules_source", "VARCHAR"),
                ("warehouse_content_hash", "VARCHAR")]
 
 @dataclass
@@ -212,22 +275,27 @@ class QualityReport:
                             columns=[c for c, _ in RESULT_COLUMNS if c != "run_id"])
 
     def summary(self) -> dict[str, Any]:
-        return dict(run_id=self.run_id, passed=self.passed, rules=len(self.rules), checks=len(self.checks), failed_blocking=len(self.blocking),
+        return dict(run_id=self.run_id, passed=self.passed, rules=len(self.rules), checks=len(self.checks),
+                    failed_blocking=len(self.blocking),
                     failed_warning=len(self.warnings), rules_source=self.rules_source)
 
+# %% ../nbs/28_quality.ipynb #135c6fec
 def evaluate_rules(cfg: Settings, rules: Sequence[Rule], run_id: str, rules_source: str = "") -> QualityReport:
     "Evaluate every rule on the warehouse (read-only)."
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with connect_warehouse(cfg) as con:
         checks = [c for r in rules for c in evaluate_rule(con, r, cfg)]
         chash = warehouse_content_hash(con)
-    return QualityReport(run_id, list(rules), checks, rules_source, started, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), chash)
+    return QualityReport(run_id, list(rules), checks, rules_source, started,
+                         dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), chash)
 
+# %% ../nbs/28_quality.ipynb #2309ea0b
 def store_results(cfg: Settings, report: QualityReport) -> None:
     "Append the run's checks to quality.results and its summary to quality.runs, in one transaction."
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute("CREATE SCHEMA IF NOT EXISTS quality")
-        con.execute("CREATE TABLE IF NOT EXISTS quality.results (" + ", ".join(f"{c} {t}" for c, t in RESULT_COLUMNS) + ")")
+        con.execute("CREATE TABLE IF NOT EXISTS quality.results ("
+                    + ", ".join(f"{c} {t}" for c, t in RESULT_COLUMNS) + ")")
         con.execute("CREATE TABLE IF NOT EXISTS quality.runs (" + ", ".join(f"{c} {t}" for c, t in RUN_COLUMNS) + ")")
         df = report.frame().assign(run_id=report.run_id)[[c for c, _ in RESULT_COLUMNS]]
         s = report.summary()
@@ -237,7 +305,8 @@ def store_results(cfg: Settings, report: QualityReport) -> None:
             con.execute("DELETE FROM quality.runs WHERE run_id = ?", [report.run_id])
             con.execute("INSERT INTO quality.results SELECT * FROM df")
             con.execute("INSERT INTO quality.runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [report.run_id, report.started_at, report.finished_at, report.passed, s["rules"], s["checks"], s["failed_blocking"],
+                        [report.run_id, report.started_at, report.finished_at, report.passed, s["rules"], s["checks"],
+                         s["failed_blocking"],
                          s["failed_warning"], report.rules_source, report.content_hash])
             con.execute("COMMIT")
         except BaseException:
@@ -246,16 +315,20 @@ def store_results(cfg: Settings, report: QualityReport) -> None:
 # %% ../nbs/28_quality.ipynb #eeae5688
 def failure_message(report: QualityReport) -> str:
     "The QualityGateFailed message: every failed blocking check with its rule, column, month, finding and examples."
-    lines = [f"data quality gate failed: {len(report.blocking)} blocking check(s) of {len({c.rule for c in report.blocking})} rule(s) failed"]
+    lines = [f"data quality gate failed: {len(report.blocking)} blocking check(s) of "
+             f"{len({c.rule for c in report.blocking})} rule(s) failed"]
     for c in report.blocking:
         where = f"{c.table_name}.{c.column_name}" if c.column_name else c.table_name
-        lines.append(f"- rule {c.rule} ({c.kind}) on {where}" + (f", month {c.month}" if c.month else "") + f": {c.message or 'failed'} [{c.threshold}]")
+        lines.append(f"- rule {c.rule} ({c.kind}) on {where}" + (f", month {c.month}" if c.month else "")
+                     + f": {c.message or 'failed'} [{c.threshold}]")
         for e in c.examples[:3]: lines.append(f"    e.g. {json.dumps(e, ensure_ascii=False, default=str)}")
     return "\n".join(lines)
 
 # %% ../nbs/28_quality.ipynb #78fad824
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.5em}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:.25em .6em;font-size:.9em;text-align:left}th{background:#f3f3f3}.pass{color:#176b2c}.fail{color:#b00020;font-weight:600}
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}h1{font-size:1.5em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;font-size:.9em;text-align:left}th{background:#f3f3f3}
+.pass{color:#176b2c}.fail{color:#b00020;font-weight:600}
 .warn{color:#a15c00;font-weight:600}.verdict{font-size:1.2em;padding:.6em 1em;display:inline-block;border-radius:4px}
 .ok{background:#e3f4e7}.bad{background:#fbe3e6}code{background:#f5f5f5;padding:0 .2em}"""
 
@@ -263,38 +336,65 @@ def _table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows: return "<p><em>no example rows</em></p>"
     cols = list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in cols) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 def render_html(report: QualityReport) -> str:
     "The quality run as a self-contained HTML page."
     e = html.escape
     verdict = "PASSED" if report.passed else "FAILED"
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Data quality {verdict} — {e(report.run_id)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>Data quality report</h1><p class='verdict {'ok' if report.passed else 'bad'}'>{verdict}: {len(report.blocking)} blocking failure(s), "
-           f"{len(report.warnings)} warning(s), {len(report.checks)} checks of {len(report.rules)} rules</p>",
-           f"<p>Run <code>{e(report.run_id)}</code>, {report.finished_at:%Y-%m-%d %H:%M} UTC · rules: {e(report.rules_source)} · "
-           f"warehouse content hash <code>{e(report.content_hash[:16])}</code></p>"]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Data quality {verdict} — "
+           f"{e(report.run_id)}</title><style>{_CSS}</style></head><body>",
+           f"<h1>Data quality report</h1><p class='verdict {'ok' if report.passed else 'bad'}'>{verdict}: "
+           f"{len(report.blocking)} blocking failure(s), {len(report.warnings)} warning(s), {len(report.checks)} "
+           f"checks of {len(report.rules)} rules</p>",
+           f"<p>Run <code>{e(report.run_id)}</code>, {report.finished_at:%Y-%m-%d %H:%M} UTC · rules: "
+           f"{e(report.rules_source)} · warehouse content hash <code>{e(report.content_hash[:16])}</code></p>"]
     for title, checks, cls in (("Blocking failures", report.blocking, "fail"), ("Warnings", report.warnings, "warn")):
         if not checks: continue
         out.append(f"<h2>{title}</h2>")
         for c in checks:
             where = f"{c.table_name}.{c.column_name}" if c.column_name else c.table_name
-            out.append(f"<h3 class='{cls}'>{e(c.rule)} — {e(where)}{' — ' + e(c.month) if c.month else ''}</h3>"
-                       f"<p>{e(c.message)} <small>(rule: {e(c.kind)}, {e(c.threshold)})</small></p>{_table(c.examples)}")
+            out.append(f"<h3 class='{cls}'>{e(c.rule)} — "
+                       f"{e(where)}{' — ' + e(c.month) if c.month else ''}</h3><p>{e(c.message)} <small>(rule: "
+                       f"{e(c.kind)}, {e(c.threshold)})</small></p>{_table(c.examples)}")
     out.append("<h2>All checks</h2>")
-    rows = [dict(rule=c.rule, kind=c.kind, severity=c.severity, where=f"{c.table_name}.{c.column_name}".rstrip("."), month=c.month or "",
-                 value="" if c.value is None else f"{c.value:.4g}", threshold=c.threshold, result="pass" if c.passed else "FAIL")
-            for c in sorted(report.checks, key=lambda c: (c.passed, c.severity != "blocking", c.rule, c.month or ""))]
-    body = "".join(f"<tr class='{'pass' if r['result'] == 'pass' else ('fail' if r['severity'] == 'blocking' else 'warn')}'>"
-                   + "".join(f"<td>{e(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    out.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in ("rule", "kind", "severity", "where", "month", "value", "threshold", "result")) + f"</tr>{body}</table>")
+    rows = [
+        dict(
+            rule=c.rule,
+            kind=c.kind,
+            severity=c.severity,
+            where=f"{c.table_name}.{c.column_name}".rstrip("."),
+            month=c.month or "",
+            value="" if c.value is None else f"{c.value:.4g}",
+            threshold=c.threshold,
+            result="pass" if c.passed else "FAIL",
+        )
+        for c in sorted(report.checks, key=lambda c: (c.passed, c.severity != "blocking", c.rule, c.month or ""))
+    ]
+    body = "".join(
+        f"<tr class='{'pass' if r['result'] == 'pass' else ('fail' if r['severity'] == 'blocking' else 'warn')}'>"
+        + "".join(f"<td>{e(str(v))}</td>" for v in r.values())
+        + "</tr>"
+        for r in rows
+    )
+    out.append(
+        "<table><tr>"
+        + "".join(
+            f"<th>{h}</th>" for h in ("rule", "kind", "severity", "where", "month", "value", "threshold", "result")
+        )
+        + f"</tr>{body}</table>"
+    )
     out.append("</body></html>")
     return "\n".join(out)
 
 # %% ../nbs/28_quality.ipynb #ec84811e
 def run_quality(cfg: Settings, mlflow_run_id: str = "") -> QualityReport:
-    "The quality phase: evaluate the rules, store and report the results, and raise QualityGateFailed if a blocking rule failed."
+    """The quality phase: evaluate the rules, store and report the results, and raise QualityGateFailed if a blocking
+    rule failed."""
     import mlflow
     from mlops_nb.tracking import phase_run
     with phase_run(cfg, PHASE_QUALITY, run_id=mlflow_run_id) as run:
@@ -315,8 +415,9 @@ def run_quality(cfg: Settings, mlflow_run_id: str = "") -> QualityReport:
             cs = [c for c in report.warnings if c.rule == name]
             where = f"{cs[0].table_name}.{cs[0].column_name}".rstrip(".")
             months = ", ".join(c.month for c in cs if c.month)
-            warnings.warn(f"data quality warning: rule {name} on {where}" + (f" (months {months})" if months else "") + f": {cs[0].message}", stacklevel=2)
-        print(f"quality: {'PASSED' if report.passed else 'FAILED'} — {len(report.blocking)} blocking failure(s), {len(report.warnings)} warning(s), "
-              f"{len(report.checks)} checks of {len(rules)} rules; report {out}")
+            warnings.warn(f"data quality warning: rule {name} on {where}" + (f" (months {months})" if months else "")
+                          + f": {cs[0].message}", stacklevel=2)
+        print(f"quality: {'PASSED' if report.passed else 'FAILED'} — {len(report.blocking)} blocking failure(s), "
+              f"{len(report.warnings)} warning(s), {len(report.checks)} checks of {len(rules)} rules; report {out}")
         if not report.passed: raise QualityGateFailed(failure_message(report))
     return report

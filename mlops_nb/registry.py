@@ -99,11 +99,15 @@ def version_with_status(cfg: Settings, status: str) -> VersionInfo | None:
     return version_info(cfg, mv.version)
 
 # %% ../nbs/50_registry.ipynb #1519e08d
-def register(cfg: Settings, model_uri: str, run_id: str, actor: str = "pipeline", tags: dict[str, str] | None = None) -> VersionInfo:
+def register(cfg: Settings, model_uri: str, run_id: str, actor: str = "pipeline",
+             tags: dict[str, str] | None = None) -> VersionInfo:
     "Register `model_uri` (logged by `run_id`) as a new version in development."
     client, name = _client(cfg), cfg.mlflow.registered_model
     try: client.get_registered_model(name)
-    except mlflow.exceptions.MlflowException: client.create_registered_model(name, description="Churn model of mlops-nb; status in the mlops_nb.status tag and the champion/challenger aliases.")
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name,
+                                       description="Churn model of mlops-nb; status in the mlops_nb.status tag and "
+                                                   "the champion/challenger aliases.")
     # register_model resolves a `models:/m-<id>` URI to its logged model (an HTTP server insists on the model_id)
     mv = mlflow.register_model(model_uri, name, tags={TAG_STATUS: STATUS_DEVELOPMENT, **(tags or {})})
     if run_id and mv.run_id and mv.run_id != run_id:
@@ -111,29 +115,34 @@ def register(cfg: Settings, model_uri: str, run_id: str, actor: str = "pipeline"
     _record(cfg, mv.version, None, STATUS_DEVELOPMENT, actor, "registered", dict(model_uri=model_uri, run_id=run_id))
     return version_info(cfg, mv.version)
 
-def _record(cfg: Settings, version: str, old: str | None, new: str, actor: str, reason: str, extra: dict | None = None) -> None:
+def _record(cfg: Settings, version: str, old: str | None, new: str, actor: str, reason: str,
+            extra: dict | None = None) -> None:
     "One `model.status` audit event."
     append_event(cfg, AUDIT_MODEL_STATUS, f"{cfg.mlflow.registered_model}@{version}",
-                 dict(model=cfg.mlflow.registered_model, version=str(version), from_status=old, to_status=new, reason=reason, **(extra or {})), actor=actor)
+                 dict(model=cfg.mlflow.registered_model, version=str(version), from_status=old, to_status=new,
+                      reason=reason, **(extra or {})), actor=actor)
 
 # %% ../nbs/50_registry.ipynb #262af8d8
-def set_status(cfg: Settings, version: str | int, status: str, actor: str, reason: str, override_reason: str = "") -> VersionInfo:
+def set_status(cfg: Settings, version: str | int, status: str, actor: str, reason: str,
+               override_reason: str = "") -> VersionInfo:
     "Move `version` to `status` (aliases, tags, audit event); production requires the gate or a written override."
     if status not in STATUSES: raise RegistryError(f"unknown status {status!r}; statuses are {', '.join(STATUSES)}")
     v, client, name = version_info(cfg, version), _client(cfg), cfg.mlflow.registered_model
     extra: dict = dict(gate_approved=v.gate_approved, run_id=v.run_id)
     if status == STATUS_PRODUCTION and not v.gate_approved:
         if len(override_reason.strip()) < MIN_REASON:
-            raise RegistryError(f"version {v.version} was not approved by the promotion gate; promoting it needs a written "
-                                f"override reason of at least {MIN_REASON} characters (--override-reason)")
+            raise RegistryError(f"version {v.version} was not approved by the promotion gate; promoting it needs a "
+                                f"written override reason of at least {MIN_REASON} characters (--override-reason)")
         extra.update(override=True, override_reason=override_reason.strip())
-        append_event(cfg, AUDIT_GATE_OVERRIDE, f"{name}@{v.version}", dict(reason=override_reason.strip(), to_status=status), actor=actor)
+        append_event(cfg, AUDIT_GATE_OVERRIDE, f"{name}@{v.version}",
+                     dict(reason=override_reason.strip(), to_status=status), actor=actor)
     if status in ALIAS_OF:  # the holder of the alias steps down
         holder = version_with_status(cfg, status)
         if holder and holder.version != v.version:
             down = STATUS_ARCHIVED if status == STATUS_PRODUCTION else STATUS_DEVELOPMENT
             client.set_model_version_tag(name, holder.version, TAG_STATUS, down)
-            _record(cfg, holder.version, status, down, actor, f"replaced by version {v.version}", dict(replaced_by=v.version))
+            _record(cfg, holder.version, status, down, actor, f"replaced by version {v.version}",
+                    dict(replaced_by=v.version))
             extra["replaced"] = holder.version
         client.set_registered_model_alias(name, ALIAS_OF[status], v.version)
     for st, alias in ALIAS_OF.items():  # a version holds at most one status alias
@@ -142,7 +151,8 @@ def set_status(cfg: Settings, version: str | int, status: str, actor: str, reaso
     _record(cfg, v.version, v.status, status, actor, reason, extra)
     return version_info(cfg, v.version)
 
-def promote(cfg: Settings, version: str | int, actor: str, reason: str = "promoted", override_reason: str = "") -> VersionInfo:
+def promote(cfg: Settings, version: str | int, actor: str, reason: str = "promoted",
+            override_reason: str = "") -> VersionInfo:
     "Make `version` the production champion (gate-approved, or with a recorded override)."
     return set_status(cfg, version, STATUS_PRODUCTION, actor, reason, override_reason)
 
@@ -155,12 +165,26 @@ def archive(cfg: Settings, version: str | int, actor: str, reason: str) -> Versi
 # %% ../nbs/50_registry.ipynb #75c613c2
 def history(cfg: Settings) -> pd.DataFrame:
     "Every status change of the registered model, oldest first (from the audit trail)."
-    rows = [dict(time=pd.Timestamp(e.time), actor=e.actor, version=e.details.get("version"), from_status=e.details.get("from_status"),
-                 to_status=e.details.get("to_status"), reason=e.details.get("reason"), override=bool(e.details.get("override")),
-                 gate_approved=e.details.get("gate_approved"), seq=e.seq)
-            for e in read_events(cfg, AUDIT_MODEL_STATUS) if e.details.get("model") == cfg.mlflow.registered_model]
-    return pd.DataFrame(rows, columns=["time", "actor", "version", "from_status", "to_status", "reason", "override", "gate_approved", "seq"])
+    rows = [
+        dict(
+            time=pd.Timestamp(e.time),
+            actor=e.actor,
+            version=e.details.get("version"),
+            from_status=e.details.get("from_status"),
+            to_status=e.details.get("to_status"),
+            reason=e.details.get("reason"),
+            override=bool(e.details.get("override")),
+            gate_approved=e.details.get("gate_approved"),
+            seq=e.seq,
+        )
+        for e in read_events(cfg, AUDIT_MODEL_STATUS)
+        if e.details.get("model") == cfg.mlflow.registered_model
+    ]
+    return pd.DataFrame(rows,
+                        columns=["time", "actor", "version", "from_status", "to_status", "reason", "override",
+                                 "gate_approved", "seq"])
 
+# %% ../nbs/50_registry.ipynb #2b99bc5d
 def production_version_at(cfg: Settings, when: str | dt.datetime | pd.Timestamp) -> str | None:
     "The version that was in production at `when` (UTC if naive), or None."
     t = pd.Timestamp(when); t = t.tz_localize("UTC") if t.tzinfo is None else t
@@ -172,6 +196,7 @@ def production_version_at(cfg: Settings, when: str | dt.datetime | pd.Timestamp)
         elif r.from_status == STATUS_PRODUCTION and current == r.version: current = None
     return current
 
+# %% ../nbs/50_registry.ipynb #8f34b419
 def rollback(cfg: Settings, actor: str, reason: str) -> VersionInfo:
     "Put the previous production version back in production."
     h = history(cfg)
@@ -179,7 +204,8 @@ def rollback(cfg: Settings, actor: str, reason: str) -> VersionInfo:
     cur = version_with_status(cfg, STATUS_PRODUCTION)
     previous = next((v for v in reversed(prods) if cur is None or v != cur.version), None)
     if previous is None: raise RegistryError("there is no earlier production version to roll back to")
-    return set_status(cfg, previous, STATUS_PRODUCTION, actor, f"rollback: {reason}", override_reason="" if version_info(cfg, previous).gate_approved
+    return set_status(cfg, previous, STATUS_PRODUCTION, actor, f"rollback: {reason}",
+                      override_reason="" if version_info(cfg, previous).gate_approved
                       else f"rollback to a formerly serving version: {reason}")
 
 # %% ../nbs/50_registry.ipynb #a9afad59
@@ -191,15 +217,18 @@ class RegisterResult:
     approved: bool         # the gate's verdict
     message: str           # one line for people
 
+# %% ../nbs/50_registry.ipynb #3e53d46f
 def latest_gate_run(cfg: Settings):
     "The most recent finished gate run, or None."
     client = _client(cfg)
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is None: return None
-    runs = client.search_runs([exp.experiment_id], filter_string=tag_filter(TAG_PHASE, PHASE_GATE) + " and attributes.status = 'FINISHED'",
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=tag_filter(TAG_PHASE, PHASE_GATE) + " and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
+# %% ../nbs/50_registry.ipynb #a89f5049
 def register_gate_decision(cfg: Settings, actor: str = "pipeline") -> RegisterResult:
     "Register the latest gate decision's candidate; promote it if approved (and auto_promote)."
     gate = latest_gate_run(cfg)
@@ -208,19 +237,25 @@ def register_gate_decision(cfg: Settings, actor: str = "pipeline") -> RegisterRe
     model_uri, cand_run = t.get(TAG_GATE_MODEL_URI, ""), t.get(TAG_GATE_CANDIDATE_RUN_ID, "")
     if not model_uri: raise RegistryError(f"gate run {gate.info.run_id} names no model (tag {TAG_GATE_MODEL_URI})")
     approved = _gate_approved(_client(cfg), cand_run)
-    existing = next((v for v in list_versions(cfg) if v.run_id == cand_run and v.source and model_uri.split("/")[-1] in v.source), None)
+    existing = next(
+        (v for v in list_versions(cfg) if v.run_id == cand_run and v.source and model_uri.split("/")[-1] in v.source),
+        None,
+    )
     v = existing or register(cfg, model_uri, cand_run, actor, tags={TAG_GATE_RUN_ID: gate.info.run_id,
                                                                     TAG_GATE_APPROVED: str(approved).lower()})
     if not approved:
-        return RegisterResult(v.version, v.status, False, f"version {v.version} registered in {v.status}: the gate refused it "
+        return RegisterResult(v.version, v.status, False,
+                              f"version {v.version} registered in {v.status}: the gate refused it "
                               f"({t.get(TAG_GATE_FAILED, '?')}); see gate run {gate.info.run_id}")
     if v.status in (STATUS_DEVELOPMENT, STATUS_ARCHIVED) and not existing:
         v = set_status(cfg, v.version, STATUS_STAGING, actor, f"gate approved in run {gate.info.run_id}")
     if cfg.gate.auto_promote and v.status != STATUS_PRODUCTION:
         v = promote(cfg, v.version, actor, f"gate approved in run {gate.info.run_id}; auto_promote")
     return RegisterResult(v.version, v.status, True, f"version {v.version} is in {v.status}" +
-                          ("" if v.status == STATUS_PRODUCTION else " (auto_promote is off: `mlops-nb model promote " + v.version + "`)"))
+                          ("" if v.status == STATUS_PRODUCTION
+                           else f" (auto_promote is off: `mlops-nb model promote {v.version}`)"))
 
+# %% ../nbs/50_registry.ipynb #3ac4bc4a
 def run_register(cfg: Settings, mlflow_run_id: str = "") -> RegisterResult:
     "The register phase: registry bookkeeping for the latest gate decision, logged to its MLflow run."
     from mlops_nb.tracking import phase_run
@@ -228,5 +263,6 @@ def run_register(cfg: Settings, mlflow_run_id: str = "") -> RegisterResult:
         res = register_gate_decision(cfg)
         mlflow.set_tags({TAG_REGISTER_VERSION: res.version or "", TAG_REGISTER_STATUS: res.status,
                          TAG_REGISTER_APPROVED: str(res.approved).lower()})
-        mlflow.log_dict(dict(version=res.version, status=res.status, approved=res.approved, message=res.message), ART_REGISTER)
+        mlflow.log_dict(dict(version=res.version, status=res.status, approved=res.approved, message=res.message),
+                        ART_REGISTER)
     return res

@@ -1,4 +1,5 @@
-"""What a reader sees of an evaluation: its plots, and the model card — Markdown and HTML from one list of blocks — a reviewer, an auditor or the data-protection officer reads before a model serves.
+"""What a reader sees of an evaluation: its plots, and the model card — Markdown and HTML from one list of blocks — a
+reviewer, an auditor or the data-protection officer reads before a model serves.
 
 Docs: https://mlops-nb.github.io/mlops-nb/report.html.md"""
 
@@ -27,43 +28,54 @@ __all__ = ['Block', 'CARD_SECTIONS', 'plot_reliability', 'plot_profit_curve', 'p
 
 # %% ../nbs/45_report.ipynb #963564ce
 def plot_reliability(ev: CandidateEvaluation) -> Figure:
-    "Reliability diagram: observed churn rate against mean predicted probability per equal-mass bin, before and after calibration."
+    """Reliability diagram: observed churn rate against mean predicted probability per equal-mass bin, before and after
+    calibration."""
     fig = Figure(figsize=(5, 4.5)); ax = fig.subplots()
     raw, cal = pd.DataFrame(ev.calibration["reliability_raw"]), pd.DataFrame(ev.calibration["reliability"])
     hi = max(raw.mean_predicted.max(), raw.observed_rate.max(), cal.mean_predicted.max(), 0.05) * 1.05
     ax.plot([0, hi], [0, hi], ls=":", c="grey", label="perfect calibration")
     ax.plot(raw.mean_predicted, raw.observed_rate, "o-", label=f"model (ECE {ev.calibration['ece_raw']:.3f})")
     if ev.calibration["method"] != "none":
-        ax.plot(cal.mean_predicted, cal.observed_rate, "s-", label=f"{ev.calibration['method']} calibrated (ECE {ev.calibration['ece']:.3f})")
-    ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate", title=f"{ev.name}: reliability (test, {len(raw)} equal-mass bins)")
+        ax.plot(cal.mean_predicted, cal.observed_rate, "s-",
+                label=f"{ev.calibration['method']} calibrated (ECE {ev.calibration['ece']:.3f})")
+    ax.set(xlabel="mean predicted churn probability", ylabel="observed churn rate",
+           title=f"{ev.name}: reliability (test, {len(raw)} equal-mass bins)")
     ax.legend(fontsize=8); fig.tight_layout()
     return fig
 
+# %% ../nbs/45_report.ipynb #287ede7b
 def plot_profit_curve(ev: CandidateEvaluation) -> Figure:
-    "Profit on test of contacting the top-k customers, realised and as the model expects, with the chosen threshold and the budget cap."
+    """Profit on test of contacting the top-k customers, realised and as the model expects, with the chosen threshold
+    and the budget cap."""
     fig = Figure(figsize=(6, 4)); ax = fig.subplots()
     c, b = pd.DataFrame(ev.profit_curve), ev.business
     ax.plot(c.contacts, c.realised_profit, label="realised (observed outcomes)")
     ax.plot(c.contacts, c.expected_profit, ls="--", label="expected (model's probabilities)")
     chosen = b["contacts_per_month"] * b["months"]
     ax.axvline(chosen, c="k", lw=1, label=f"policy: p ≥ {b['threshold']:.3f}, capped by budget")
-    if b["budget_contacts"] is not None: ax.axvline(b["budget_contacts"] * b["months"], c="r", ls=":", label="budget cap")
+    if b["budget_contacts"] is not None:
+        ax.axvline(b["budget_contacts"] * b["months"], c="r", ls=":", label="budget cap")
     ax.axhline(0, c="grey", lw=0.5)
-    ax.set(xlabel="customers contacted (test rows, highest risk first)", ylabel="profit, R$", title=f"{ev.name}: profit curve on test")
+    ax.set(xlabel="customers contacted (test rows, highest risk first)", ylabel="profit, R$",
+           title=f"{ev.name}: profit curve on test")
     ax.legend(fontsize=8); fig.tight_layout()
     return fig
 
+# %% ../nbs/45_report.ipynb #1a5bdd70
 def plot_gains(ev: CandidateEvaluation) -> Figure:
     "Cumulative gains and lift by decile of predicted risk."
     fig = Figure(figsize=(9, 3.8)); a1, a2 = fig.subplots(1, 2)
     g = pd.DataFrame(ev.gains)
-    a1.plot(np.r_[0, g.cum_share_contacted], np.r_[0, g.cum_gain], "o-", label="model"); a1.plot([0, 1], [0, 1], ":", c="grey", label="random")
-    a1.set(xlabel="share of customers contacted", ylabel="share of churners reached", title="cumulative gains"); a1.legend(fontsize=8)
+    a1.plot(np.r_[0, g.cum_share_contacted], np.r_[0, g.cum_gain], "o-", label="model")
+    a1.plot([0, 1], [0, 1], ":", c="grey", label="random")
+    a1.set(xlabel="share of customers contacted", ylabel="share of churners reached", title="cumulative gains")
+    a1.legend(fontsize=8)
     a2.bar(g.decile, g.lift); a2.axhline(1, c="grey", ls=":")
     a2.set(xlabel="decile of predicted risk (1 = highest)", ylabel="lift", title="lift by decile")
     fig.suptitle(ev.name); fig.tight_layout()
     return fig
 
+# %% ../nbs/45_report.ipynb #708e3bee
 def plot_fairness(ev: CandidateEvaluation) -> Figure | None:
     "Selection rate and TPR by group of each sensitive attribute, with bootstrap intervals."
     if not ev.fairness: return None
@@ -81,13 +93,16 @@ def plot_fairness(ev: CandidateEvaluation) -> Figure | None:
             for b, faded in zip(bars, small): b.set_alpha(0.3 if faded else 1.0)
         ax.set_xticks(np.arange(len(s)), s.group, rotation=30, fontsize=8)
         ax.set(title=f"by {a}", ylabel="rate"); ax.legend(fontsize=8)
-    fig.suptitle(f"{ev.name}: who gets the offer ({ev.fairness['bound']} bound of each gap ≤ {ev.fairness['max_gap']}; "
-                 f"faded: fewer than {ev.fairness.get('min_group_rows', 0)} rows, not gated)", fontsize=9)
+    fig.suptitle(f"{ev.name}: who gets the offer ({ev.fairness['bound']} bound of each gap ≤ "
+                 f"{ev.fairness['max_gap']}; faded: fewer than {ev.fairness.get('min_group_rows', 0)} rows, not "
+                 "gated)", fontsize=9)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/45_report.ipynb #251150f1
 def importance_frame(importance: Any) -> pd.Series:
-    "Normalise a global importance (Series, dict or frame with feature/importance columns) to a Series sorted descending."
+    """Normalise a global importance (Series, dict or frame with feature/importance columns) to a Series sorted
+    descending."""
     if isinstance(importance, pd.DataFrame):
         cols = list(importance.columns)
         feat = next((c for c in cols if c.lower() in ("feature", "name", "column")), None)
@@ -96,6 +111,7 @@ def importance_frame(importance: Any) -> pd.Series:
     else: s = pd.Series(importance, dtype=float)
     return s.astype(float).sort_values(ascending=False)
 
+# %% ../nbs/45_report.ipynb #cf23be63
 def plot_importance(importances: Mapping[str, pd.Series], top: int = 12) -> Figure:
     "Global feature importance (mean |contribution| in log-odds) of each candidate, side by side."
     fig = Figure(figsize=(4.5 * max(len(importances), 1), 0.3 * top + 1.2))
@@ -130,6 +146,7 @@ def render_markdown(blocks: Sequence[Block]) -> str:
         elif kind == "table": out.append(_md_table(x))
     return "\n\n".join(out) + "\n"
 
+# %% ../nbs/45_report.ipynb #91b90282
 def render_html(blocks: Sequence[Block], title: str) -> str:
     "The blocks as a self-contained HTML page."
     e, out = html.escape, []
@@ -139,13 +156,18 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
         elif kind == "ul": out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in x) + "</ul>")
         elif kind == "table":
             head = "".join(f"<th>{e(str(c))}</th>" for c in x.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in r) + "</tr>" for r in x.itertuples(index=False))
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in r) + "</tr>" for r in x.itertuples(index=False)
+            )
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head><body>{''.join(out)}</body></html>\n"
+    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em "
+             "auto;line-height:1.4}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid "
+             "#ccc;padding:.2em .5em;text-align:right}")
+    head = f"<head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head>"
+    return f"<!doctype html><html>{head}<body>{''.join(out)}</body></html>\n"
 
-CARD_SECTIONS = ("Intended use", "Data", "Metrics", "Calibration", "Business value", "Fairness", "Explanations", "Limitations", "Charter verdict")
+CARD_SECTIONS = ("Intended use", "Data", "Metrics", "Calibration", "Business value", "Fairness", "Explanations",
+                 "Limitations", "Charter verdict")
 
 # %% ../nbs/45_report.ipynb #cacbd923
 @dataclass(frozen=True)
@@ -154,97 +176,176 @@ class ModelCard:
     markdown: str
     html: str
 
+# %% ../nbs/45_report.ipynb #baae6b6e
 def model_card(ev: CandidateEvaluation,                 # the candidate's evaluation
                charter: CharterSettings,
-               data: Mapping[str, Any],                 # dataset: name, digest, rows per split, months, features, sensitive
+               # dataset: name, digest, rows per split, months, features, sensitive
+               data: Mapping[str, Any],
                importance: pd.Series | None = None,     # global importance (feature → mean |contribution|)
                ) -> ModelCard:
     "The model card of one evaluated candidate (Markdown and HTML), with the sections of CARD_SECTIONS."
     m, c, b, info = ev.metrics, ev.calibration, ev.business, ev.info
     title = f"Model card — {ev.name}"
-    bl: list[Block] = [("h1", title), ("p", f"MLflow run {info.get('run_id', '—')}; packaged model {info.get('model_uri', '—')}; "
-                                             f"family {info.get('family', ev.name)}"
-                                             + (f" (the mean log-odds of {', '.join(info['params']['members'])})" if "members" in info.get("params", {}) else "")
-                                             + ".")]
+    bl: list[Block] = [
+        ("h1", title),
+        (
+            "p",
+            f"MLflow run {info.get('run_id', '—')}; packaged model {info.get('model_uri', '—')}; family "
+            f"{info.get('family', ev.name)}"
+            + (
+                f" (the mean log-odds of {', '.join(info['params']['members'])})"
+                if "members" in info.get("params", {})
+                else ""
+            )
+            + ".",
+        ),
+    ]
     bl += [("h2", "Intended use"),
-           ("p", f"Score active customers each month by their probability of cancelling next month, to choose whom the retention "
-                 f"campaign contacts. Business objective: {charter.objective}."),
+           ("p",
+            "Score active customers each month by their probability of cancelling next month, to choose whom the "
+            f"retention campaign contacts. Business objective: {charter.objective}."),
            ("ul", ["Users: the retention campaign team, through the batch scoring job and the scoring API.",
-                   "Decision: contact customers scored at or above the threshold, highest risk first, within the monthly budget.",
-                   "Not for: credit, pricing or any decision about an individual other than offering a retention deal; "
-                   "not for customers outside the population described under Data."])]
+                   "Decision: contact customers scored at or above the threshold, highest risk first, within the "
+                   "monthly budget.",
+                   "Not for: credit, pricing or any decision about an individual other than offering a retention "
+                   "deal; not for customers outside the population described under Data."])]
     bl += [("h2", "Data"),
-           ("ul", [f"Dataset: {data.get('name', '—')} (digest {data.get('digest', '—')}, source {data.get('source', '—')}).",
-                   f"Rows: train {data.get('train_rows', '—')}, validation {data.get('valid_rows', '—')}, test {data.get('test_rows', '—')}; "
-                   f"test months {data.get('test_months', '—')}.",
+           ("ul",
+            [f"Dataset: {data.get('name', '—')} (digest {data.get('digest', '—')}, source {data.get('source', '—')}).",
+                   f"Rows: train {data.get('train_rows', '—')}, validation {data.get('valid_rows', '—')}, test "
+                   f"{data.get('test_rows', '—')}; test months {data.get('test_months', '—')}.",
                    f"Model inputs ({len(data.get('features', []))}): {', '.join(data.get('features', [])) or '—'}.",
-                   f"Sensitive attributes, used only to measure fairness, never as inputs: {', '.join(data.get('sensitive', [])) or 'none'}.",
-                   "Personal data: customers are identified by keyed pseudonyms only (LGPD art. 13 §4); no direct identifier reaches the model."])]
+                   "Sensitive attributes, used only to measure fairness, never as inputs: "
+                   f"{', '.join(data.get('sensitive', [])) or 'none'}.",
+                   "Personal data: customers are identified by keyed pseudonyms only (LGPD art. 13 §4); no direct "
+                   "identifier reaches the model."])]
     rows = [("ROC AUC", m["roc_auc"], m["roc_auc_lo"], m["roc_auc_hi"]), ("PR AUC", m["pr_auc"], None, None),
-            ("Brier score", m["brier"], None, None), ("ECE", m["ece"], None, None), ("churn rate (test)", m["base_rate"], None, None)]
+            ("Brier score", m["brier"], None, None), ("ECE", m["ece"], None, None),
+            ("churn rate (test)", m["base_rate"], None, None)]
     if ev.oracle: rows.append(("ROC AUC of the true probabilities (oracle)", ev.oracle["auc_true_p"], None, None))
     if ev.oracle and "auc_feature_ceiling" in ev.oracle:
-        rows.append(("ROC AUC reachable from the model's inputs (estimated ceiling)", ev.oracle["auc_feature_ceiling"], None, None))
+        rows.append(("ROC AUC reachable from the model's inputs (estimated ceiling)", ev.oracle["auc_feature_ceiling"],
+                     None, None))
     conf = int(round(100 * (info.get("confidence") or 0.95)))
-    bl += [("h2", "Metrics"), ("p", f"On {m['rows']:,} test rows ({m['churners']:,} churners) the model never saw; intervals are {conf}% bootstrap percentile intervals."),
+    bl += [("h2", "Metrics"),
+           ("p",
+            f"On {m['rows']:,} test rows ({m['churners']:,} churners) the model never saw; intervals are {conf}% "
+            "bootstrap percentile intervals."),
            ("table", pd.DataFrame(rows, columns=["metric", "value", "lower", "upper"]))]
-    cal_text = (f"The raw probabilities had an ECE of {c['ece_raw']:.3f} (limit {c['max_ece']}); a {c['method']} calibrator fitted on the validation "
-                f"split brings it to {c['ece']:.3f} on test and is packaged with the model." if c["method"] != "none" else
-                f"ECE {c['ece']:.3f} over {c['n_bins']} equal-mass bins (limit {c['max_ece']}): no recalibration needed.")
-    bl += [("h2", "Calibration"), ("p", cal_text), ("table", pd.DataFrame(c["reliability"])[["bin", "rows", "mean_predicted", "observed_rate"]])]
+    cal_text = (f"The raw probabilities had an ECE of {c['ece_raw']:.3f} (limit {c['max_ece']}); a {c['method']} "
+                f"calibrator fitted on the validation split brings it to {c['ece']:.3f} on test and is packaged with "
+                "the model." if c["method"] != "none" else
+                f"ECE {c['ece']:.3f} over {c['n_bins']} equal-mass bins (limit {c['max_ece']}): no recalibration "
+                "needed.")
+    bl += [("h2", "Calibration"), ("p", cal_text),
+           ("table", pd.DataFrame(c["reliability"])[["bin", "rows", "mean_predicted", "observed_rate"]])]
     biz = [("threshold (contact if p ≥)", b["threshold"]), ("break-even probability", b["break_even"]),
            ("contacts per month", b["contacts_per_month"]), ("budget cap, contacts per month", b["budget_contacts"]),
            ("spend per month, R$", b["spend_per_month"]), ("realised profit per month, R$", b["profit_per_month"]),
-           ("… interval", f"{_fmt(b['profit_lo'])} to {_fmt(b['profit_hi'])}"), ("churn reduction among the base", b["churn_reduction"])]
+           ("… interval", f"{_fmt(b['profit_lo'])} to {_fmt(b['profit_hi'])}"),
+           ("churn reduction among the base", b["churn_reduction"])]
     if ev.oracle:
         po = ev.oracle["policies"]
-        biz += [(f"profit per month under the true world — {k.replace('_', ' ')}, R$", v.get("profit_true_uplift", v["profit_true_p"])) for k, v in po.items()]
-    bl += [("h2", "Business value"), ("p", "Expected profit of contacting customer i = p_i·save_rate·customer_value − contact_cost − offer_acceptance·offer_cost. "
-                                           "The threshold maximises the expected profit of the validation split under the calibrated probabilities "
-                                           "(with calibrated scores it sits at the break-even probability); figures below are on test."),
+        biz += [(f"profit per month under the true world — {k.replace('_', ' ')}, R$",
+                 v.get("profit_true_uplift", v["profit_true_p"])) for k, v in po.items()]
+    bl += [("h2", "Business value"),
+           ("p",
+            "Expected profit of contacting customer i = p_i·save_rate·customer_value − contact_cost − "
+            "offer_acceptance·offer_cost. The threshold maximises the expected profit of the validation split under "
+            "the calibrated probabilities (with calibrated scores it sits at the break-even probability); figures "
+            "below are on test."),
            ("table", pd.DataFrame(biz, columns=["quantity", "value"]))]
     bl += [("h2", "Fairness")]
     if ev.fairness:
         gaps = pd.DataFrame(ev.fairness["gaps"])
-        bl += [("p", f"Largest gap between groups allowed by the charter: {charter.max_fairness_gap} (on selection rate and TPR, "
-                     f"tested on the interval's {ev.fairness['bound']} bound). Groups too small to measure are left out of the gaps."),
-               ("table", gaps[["attribute", "metric", "groups", "difference", "difference_lo", "difference_hi", "ratio", "left_out"]]),
-               ("table", pd.DataFrame(ev.fairness["by_group"]).loc[lambda t: t.metric.isin(GATED_FAIRNESS_METRICS)][["attribute", "group", "metric", "value", "lo", "hi", "rows"]])]
-        over = [g for g in ev.fairness["gaps"] if g.get("oracle_difference") is not None and g["oracle_difference"] > charter.max_fairness_gap]
+        bl += [
+            (
+                "p",
+                f"Largest gap between groups allowed by the charter: {charter.max_fairness_gap} (on selection rate "
+                f"and TPR, tested on the interval's {ev.fairness['bound']} bound). Groups too small to measure are "
+                "left out of the gaps.",
+            ),
+            (
+                "table",
+                gaps[
+                    [
+                        "attribute",
+                        "metric",
+                        "groups",
+                        "difference",
+                        "difference_lo",
+                        "difference_hi",
+                        "ratio",
+                        "left_out",
+                    ]
+                ],
+            ),
+            (
+                "table",
+                pd.DataFrame(ev.fairness["by_group"]).loc[lambda t: t.metric.isin(GATED_FAIRNESS_METRICS)][
+                    ["attribute", "group", "metric", "value", "lo", "hi", "rows"]
+                ],
+            ),
+        ]
+        over = [
+            g
+            for g in ev.fairness["gaps"]
+            if g.get("oracle_difference") is not None and g["oracle_difference"] > charter.max_fairness_gap
+        ]
         if over:
-            bl.append(("p", "The true probabilities' own policy, under the same budget, is already over the limit on " +
-                            ", ".join(f"{g['metric'].replace('_', ' ')} by {g['attribute']} ({g['oracle_difference']:.3f})" for g in over) +
-                            ": these gaps come from real differences in churn risk between the groups, which any accurate risk model "
-                            "reproduces — a limit below them refuses even perfect knowledge, a question for the charter."))
+            bl.append(
+                (
+                    "p",
+                    "The true probabilities' own policy, under the same budget, is already over the limit on "
+                    + ", ".join(
+                        f"{g['metric'].replace('_', ' ')} by {g['attribute']} ({g['oracle_difference']:.3f})"
+                        for g in over
+                    )
+                    + ": these gaps come from real differences in churn risk between the groups, which any accurate "
+                    "risk model reproduces — a limit below them refuses even perfect knowledge, a question for the "
+                    "charter.",
+                )
+            )
         if mt := ev.mitigation:
             left = "; ".join(f"{g}: {why}" for g, why in mt.get("unmitigated_groups", {}).items())
             if not mt.get("possible", True):
-                bl.append(("p", f"No mitigation option: a per-group threshold on {mt['attribute']} needs at least two groups with both churners "
-                                f"and others among the validation rows ({left})."))
+                bl.append(("p", f"No mitigation option: a per-group threshold on {mt['attribute']} needs at least two "
+                                f"groups with both churners and others among the validation rows ({left})."))
             else:
                 g0, g1 = mt["before"][mt["metric"] + "_gap"], mt["after"][mt["metric"] + "_gap"]
                 worked = g1 == g1 and g0 == g0 and g1 < g0
-                bl.append(("p", f"Mitigation option (not applied): a ThresholdOptimizer with {mt['constraint']} on {mt['attribute']}, fitted on the "
-                                f"validation rows, changes the {mt['metric'].replace('_', ' ')} gap on test from {_fmt(g0)} to {_fmt(g1)} and the profit by "
-                                f"R$ {-mt['profit_cost_per_month']:+,.0f} a month" + ("" if worked else " — it does not reduce the gap on these test rows "
-                                "(too few rows per group for per-group thresholds to generalise)") + "; it needs the sensitive attribute at decision time."))
-                if left: bl.append(("p", f"Groups of {mt['attribute']} it cannot fit keep the unmitigated decisions ({left})."))
+                bl.append(("p", f"Mitigation option (not applied): a ThresholdOptimizer with {mt['constraint']} on "
+                                f"{mt['attribute']}, fitted on the validation rows, changes the "
+                                f"{mt['metric'].replace('_', ' ')} gap on test from {_fmt(g0)} to {_fmt(g1)} and the "
+                                f"profit by R$ {-mt['profit_cost_per_month']:+,.0f} a "
+                                "month" + ("" if worked else " — it does not reduce the gap on these test rows (too "
+                                "few rows per group for per-group thresholds to "
+                                "generalise)") + "; it needs the sensitive attribute at decision time."))
+                if left:
+                    bl.append(("p", f"Groups of {mt['attribute']} it cannot fit keep the unmitigated decisions "
+                                    f"({left})."))
     else: bl.append(("p", "No sensitive attributes were available: fairness was not measured."))
     bl += [("h2", "Explanations")]
     if importance is not None and len(importance):
-        bl += [("p", "Global importance: mean absolute contribution of each feature to the log-odds, over test rows. Per-customer explanations "
-                     "are served by the API."), ("table", importance.head(10).rename_axis("feature").reset_index(name="mean |contribution|"))]
+        bl += [("p", "Global importance: mean absolute contribution of each feature to the log-odds, over test rows. "
+                     "Per-customer explanations are served by the API."),
+                     ("table", importance.head(10).rename_axis("feature").reset_index(name="mean |contribution|"))]
     else: bl.append(("p", "No explanation was computed for this candidate."))
-    lim = ["Probabilities are calibrated on the validation months; under drift they degrade — monitoring watches calibration and the churn rate.",
-           "The profit and churn reduction rest on the charter's assumptions (offer acceptance, save rate, customer value); the ROI phase "
-           "measures the real effect with a control group.",
-           "Risk is not uplift: the model finds customers likely to leave, not those the offer will change; lost causes and customers "
-           "whom a call pushes out are contacted too.",
+    lim = ["Probabilities are calibrated on the validation months; under drift they degrade — monitoring watches "
+           "calibration and the churn rate.",
+           "The profit and churn reduction rest on the charter's assumptions (offer acceptance, save rate, customer "
+           "value); the ROI phase measures the real effect with a control group.",
+           "Risk is not uplift: the model finds customers likely to leave, not those the offer will change; lost "
+           "causes and customers whom a call pushes out are contacted too.",
            "Fairness is measured for the recorded sensitive attributes only, on groups large enough to measure."]
-    if ev.oracle: lim.append(f"On synthetic data the true probabilities reach AUC {ev.oracle['auc_true_p']:.3f} on the same rows "
-                             f"(the model: {ev.oracle['auc_model']:.3f}, a gap of {ev.oracle['auc_gap']:.3f}{gap_interval(ev.oracle, 'auc_gap')})"
-                             + (f"; {ev.oracle['auc_gap_inputs']:.3f} of it is information the inputs do not carry (the best function of "
-                                f"these inputs reaches about {ev.oracle['auc_feature_ceiling']:.3f}), {ev.oracle['auc_gap_learner']:.3f} the learner's{gap_interval(ev.oracle, 'auc_gap_learner')}."
+    if ev.oracle:
+        lim.append(f"On synthetic data the true probabilities reach AUC {ev.oracle['auc_true_p']:.3f} on the same "
+                             f"rows (the model: {ev.oracle['auc_model']:.3f}, a gap of "
+                             f"{ev.oracle['auc_gap']:.3f}{gap_interval(ev.oracle, 'auc_gap')})"
+                             + (f"; {ev.oracle['auc_gap_inputs']:.3f} of it is information the inputs do not carry "
+                                "(the best function of these inputs reaches about "
+                                f"{ev.oracle['auc_feature_ceiling']:.3f}), {ev.oracle['auc_gap_learner']:.3f} the "
+                                f"learner's{gap_interval(ev.oracle, 'auc_gap_learner')}."
                                 if "auc_feature_ceiling" in ev.oracle else "."))
     bl += [("h2", "Limitations"), ("ul", lim), ("h2", "Charter verdict"), ("p", b["verdict"]["text"])]
     return ModelCard(render_markdown(bl), render_html(bl, title))

@@ -1,4 +1,5 @@
-"""The data-quality rules, declared as data: the catalogue of rule kinds, reading a rules file with errors that name the rule and the key, the packaged defaults for the lake's tables, and the rules generated for a team's own table.
+"""The data-quality rules, declared as data: the catalogue of rule kinds, reading a rules file with errors that name
+the rule and the key, the packaged defaults for the lake's tables, and the rules generated for a team's own table.
 
 Docs: https://mlops-nb.github.io/mlops-nb/rules.html.md"""
 
@@ -27,15 +28,19 @@ __all__ = ['KINDS', 'COMMON_KEYS', 'SEVERITIES', 'RULE_DEFAULTS', 'DEFAULT_RULES
 class QualityRulesError(SettingsError):
     "A malformed rules file; the message names the file and the rule."
 
+# %% ../nbs/27_rules.ipynb #66882720
 class QualityGateFailed(RuntimeError):
     "A blocking data-quality rule failed; the message names the rule, the column and example rows."
 
-KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {   # kind -> (required parameters, optional parameters with defaults)
+# %% ../nbs/27_rules.ipynb #4b7faafe
+# kind -> (required parameters, optional parameters with defaults)
+KINDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "completeness": (("column",), dict(max_null_share=0.0, month_column="month", min_rows=0)),
     "range": (("column",), dict(min=None, max=None, max_violation_share=0.0, month_column="month", min_rows=0)),
     "allowed_values": (("column", "values"), dict(month_column="month")),
     "unique": (("columns",), {}),
-    "referential": (("column", "ref_table"), dict(ref_column=None, max_orphan_share=0.0, month_column="month", min_rows=0)),
+    "referential": (("column", "ref_table"),
+                    dict(ref_column=None, max_orphan_share=0.0, month_column="month", min_rows=0)),
     "freshness": ((), dict(expected="lake", month_column="month")),
     "volume": ((), dict(max_change=None, min_rows=100, month_column="month")),
     "distribution": (("column",), dict(statistic="median", max_ratio=3.0, baseline_months=3, month_column="month")),
@@ -66,70 +71,102 @@ class Rule:
 # %% ../nbs/27_rules.ipynb #a171d6ec
 def _num(v: Any, where: str, key: str) -> float | None:
     if v is None: return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)): raise QualityRulesError(f"{where}: {key} must be a number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise QualityRulesError(f"{where}: {key} must be a number, got {v!r}")
     return float(v)
 
 def _rule(d: Any, i: int, where: str, defaults: dict[str, Any]) -> Rule:
     "One rule from its YAML mapping (the i-th, 1-based), validated."
     if not isinstance(d, dict): raise QualityRulesError(f"{where}: rule #{i} is not a mapping (name: …, kind: …)")
     name = d.get("name")
-    if not isinstance(name, str) or not _IDENT.fullmatch(name): raise QualityRulesError(f"{where}: rule #{i}: `name` must be a lower-case identifier, got {name!r}")
+    if not isinstance(name, str) or not _IDENT.fullmatch(name):
+        raise QualityRulesError(f"{where}: rule #{i}: `name` must be a lower-case identifier, got {name!r}")
     w = f"{where}: rule {name!r}"
     kind = d.get("kind")
     if kind not in KINDS: raise QualityRulesError(f"{w}: unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
     required, optional = KINDS[kind]
     unknown = sorted(set(d) - set(COMMON_KEYS) - set(required) - set(optional))
-    if unknown: raise QualityRulesError(f"{w}: unknown key {', '.join(map(repr, unknown))} for kind {kind} (allowed: {', '.join([*COMMON_KEYS, *required, *optional])})")
+    if unknown:
+        raise QualityRulesError(f"{w}: unknown key {', '.join(map(repr, unknown))} for kind {kind} (allowed: "
+                                f"{', '.join([*COMMON_KEYS, *required, *optional])})")
     missing = [k for k in required if d.get(k) in (None, "", [])]
     if missing: raise QualityRulesError(f"{w}: missing {', '.join(missing)} (kind {kind} needs {', '.join(required)})")
-    table = d.get("table", TABLE_RECONCILIATION if kind in ("quarantine_share", "reconciliation") else defaults.get("table"))
-    if not isinstance(table, str) or not _TABLE.fullmatch(table): raise QualityRulesError(f"{w}: `table` must be schema.table, got {table!r}")
+    table = d.get("table",
+                  TABLE_RECONCILIATION if kind in ("quarantine_share", "reconciliation") else defaults.get("table"))
+    if not isinstance(table, str) or not _TABLE.fullmatch(table):
+        raise QualityRulesError(f"{w}: `table` must be schema.table, got {table!r}")
     severity = d.get("severity", defaults.get("severity", "blocking"))
-    if severity not in SEVERITIES: raise QualityRulesError(f"{w}: severity must be blocking or warning, got {severity!r}")
-    params = {**optional, **{k: defaults[k] for k in RULE_DEFAULTS if k in optional and k in defaults}, **{k: d[k] for k in (*required, *optional) if k in d}}
+    if severity not in SEVERITIES:
+        raise QualityRulesError(f"{w}: severity must be blocking or warning, got {severity!r}")
+    params = {**optional, **{k: defaults[k] for k in RULE_DEFAULTS if k in optional and k in defaults},
+              **{k: d[k] for k in (*required, *optional) if k in d}}
     for k in ("column", "ref_column", "month_column"):
-        if params.get(k) is not None and not (isinstance(params[k], str) and _IDENT.fullmatch(params[k])): raise QualityRulesError(f"{w}: {k} must be a column name, got {params[k]!r}")
+        if params.get(k) is not None and not (isinstance(params[k], str) and _IDENT.fullmatch(params[k])):
+            raise QualityRulesError(f"{w}: {k} must be a column name, got {params[k]!r}")
     if "columns" in params:
         cols = params["columns"] if isinstance(params["columns"], list) else [params["columns"]]
-        if not cols or not all(isinstance(c, str) and _IDENT.fullmatch(c) for c in cols): raise QualityRulesError(f"{w}: columns must be a list of column names, got {params['columns']!r}")
+        if not cols or not all(isinstance(c, str) and _IDENT.fullmatch(c) for c in cols):
+            raise QualityRulesError(f"{w}: columns must be a list of column names, got {params['columns']!r}")
         params["columns"] = tuple(cols)
     if "values" in params:
-        if not isinstance(params["values"], list) or not params["values"]: raise QualityRulesError(f"{w}: values must be a non-empty list, got {params['values']!r}")
+        if not isinstance(params["values"], list) or not params["values"]:
+            raise QualityRulesError(f"{w}: values must be a non-empty list, got {params['values']!r}")
         params["values"] = tuple(str(v) for v in params["values"])
-    if kind == "referential" and not (isinstance(params["ref_table"], str) and _TABLE.fullmatch(params["ref_table"])): raise QualityRulesError(f"{w}: ref_table must be schema.table, got {params['ref_table']!r}")
-    for k in ("max_null_share", "max_violation_share", "max_orphan_share", "max_share", "max_change", "max_ratio", "min", "max", "min_rows", "baseline_months"):
+    if kind == "referential" and not (isinstance(params["ref_table"], str) and _TABLE.fullmatch(params["ref_table"])):
+        raise QualityRulesError(f"{w}: ref_table must be schema.table, got {params['ref_table']!r}")
+    for k in ("max_null_share", "max_violation_share", "max_orphan_share", "max_share", "max_change", "max_ratio",
+              "min", "max", "min_rows", "baseline_months"):
         if k in params: params[k] = _num(params[k], w, k)
     for k in ("max_null_share", "max_violation_share", "max_orphan_share", "max_share"):
-        if k in params and not 0 <= params[k] <= 1: raise QualityRulesError(f"{w}: {k} must be between 0 and 1, got {params[k]:g}")
-    if kind == "range" and params["min"] is None and params["max"] is None: raise QualityRulesError(f"{w}: a range needs min, max or both")
+        if k in params and not 0 <= params[k] <= 1:
+            raise QualityRulesError(f"{w}: {k} must be between 0 and 1, got {params[k]:g}")
+    if kind == "range" and params["min"] is None and params["max"] is None:
+        raise QualityRulesError(f"{w}: a range needs min, max or both")
     if kind == "distribution":
-        if params["statistic"] not in ("median", "mean"): raise QualityRulesError(f"{w}: statistic must be median or mean, got {params['statistic']!r}")
-        if params["max_ratio"] <= 1: raise QualityRulesError(f"{w}: max_ratio must be above 1, got {params['max_ratio']:g}")
-    if kind == "freshness" and not (params["expected"] in ("lake", "settings") or re.fullmatch(r"\d{4}-\d{2}", str(params["expected"]))):
+        if params["statistic"] not in ("median", "mean"):
+            raise QualityRulesError(f"{w}: statistic must be median or mean, got {params['statistic']!r}")
+        if params["max_ratio"] <= 1:
+            raise QualityRulesError(f"{w}: max_ratio must be above 1, got {params['max_ratio']:g}")
+    expected = str(params.get("expected"))
+    if kind == "freshness" and not (expected in ("lake", "settings") or re.fullmatch(r"\d{4}-\d{2}", expected)):
         raise QualityRulesError(f"{w}: expected must be lake, settings or YYYY-MM, got {params['expected']!r}")
     show = d.get("show", [])
-    if not isinstance(show, list) or not all(isinstance(c, str) and _IDENT.fullmatch(c) for c in show): raise QualityRulesError(f"{w}: show must be a list of column names")
+    if not isinstance(show, list) or not all(isinstance(c, str) and _IDENT.fullmatch(c) for c in show):
+        raise QualityRulesError(f"{w}: show must be a list of column names")
     return Rule(name, kind, table, severity, params, str(d.get("description", "")), tuple(show))
 
 RULE_DEFAULTS = ("severity", "table", "month_column")   # what a file's `defaults:` may set for every rule that does not
 
 def read_rules_doc(text: str, where: str = "rules") -> dict[str, Any]:
-    "The YAML document of a rules file (version, defaults, rules), checked at the top level; QualityRulesError naming `where`."
+    """The YAML document of a rules file (version, defaults, rules), checked at the top level; QualityRulesError naming
+    `where`."""
     try: doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise QualityRulesError(f"{where}: not valid YAML" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "") + f": {getattr(e, 'problem', e)}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list): raise QualityRulesError(f"{where}: expected a mapping with a `rules:` list")
+        raise QualityRulesError(
+            f"{where}: not valid YAML"
+            + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+            + f": {getattr(e, 'problem', e)}"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
+        raise QualityRulesError(f"{where}: expected a mapping with a `rules:` list")
     unknown = sorted(set(doc) - {"version", "defaults", "rules"})
-    if unknown: raise QualityRulesError(f"{where}: unknown top-level key {', '.join(map(repr, unknown))} (allowed: version, defaults, rules)")
+    if unknown:
+        raise QualityRulesError(f"{where}: unknown top-level key {', '.join(map(repr, unknown))} (allowed: version, "
+                                "defaults, rules)")
     defaults = doc.get("defaults") or {}
-    if not isinstance(defaults, dict): raise QualityRulesError(f"{where}: `defaults` must be a mapping ({', '.join(RULE_DEFAULTS)})")
+    if not isinstance(defaults, dict):
+        raise QualityRulesError(f"{where}: `defaults` must be a mapping ({', '.join(RULE_DEFAULTS)})")
     unknown = sorted(set(defaults) - set(RULE_DEFAULTS))
-    if unknown: raise QualityRulesError(f"{where}: unknown key {', '.join(map(repr, unknown))} under defaults (allowed: {', '.join(RULE_DEFAULTS)})")
+    if unknown:
+        raise QualityRulesError(f"{where}: unknown key {', '.join(map(repr, unknown))} under defaults (allowed: "
+                                f"{', '.join(RULE_DEFAULTS)})")
     return doc
 
+# %% ../nbs/27_rules.ipynb #4b3c683e
 def rules_from_doc(doc: Mapping[str, Any], where: str = "rules") -> list[Rule]:
-    "The validated rules of a document from `read_rules_doc`; QualityRulesError naming `where`, the rule and the key for anything malformed."
+    """The validated rules of a document from `read_rules_doc`; QualityRulesError naming `where`, the rule and the key
+    for anything malformed."""
     defaults = doc.get("defaults") or {}
     rules = [_rule(d, i, where, defaults) for i, d in enumerate(doc["rules"], 1)]
     seen: set[str] = set()
@@ -138,6 +175,7 @@ def rules_from_doc(doc: Mapping[str, Any], where: str = "rules") -> list[Rule]:
         seen.add(r.name)
     return rules
 
+# %% ../nbs/27_rules.ipynb #60b081df
 def parse_rules(text: str, where: str = "rules") -> list[Rule]:
     "Rules from YAML text; QualityRulesError naming `where`, the rule and the key for anything malformed."
     return rules_from_doc(read_rules_doc(text, where), where)
@@ -310,7 +348,8 @@ rules:
 """
 
 def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[Rule], str]:
-    "The rules of `[quality] rules_file`, or the packaged defaults if the file does not exist (said through `say`); returns (rules, where they came from)."
+    """The rules of `[quality] rules_file`, or the packaged defaults if the file does not exist (said through `say`);
+    returns (rules, where they came from)."""
     if cfg.lake.source == "byod":
         res = byod_load(cfg)
         rules = byod_rules(res)
@@ -322,7 +361,8 @@ def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[
     if cfg.byod.rules_file: say(f"quality: [byod] rules_file is ignored: [lake] source is {cfg.lake.source}, not byod")
     path = cfg.quality.rules_file
     if not path.exists():
-        say(f"quality: no rules file at {path}; using the packaged default rules ({len(parse_rules(DEFAULT_RULES))} rules)")
+        say(f"quality: no rules file at {path}; using the packaged default rules ({len(parse_rules(DEFAULT_RULES))} "
+            "rules)")
         return parse_rules(DEFAULT_RULES, "packaged default rules"), "packaged defaults"
     try: text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e: raise QualityRulesError(f"{path}: cannot be read ({e})") from None
@@ -330,44 +370,84 @@ def load_rules(cfg: Settings, say: Callable[[str], None] = print) -> tuple[list[
 
 # %% ../nbs/27_rules.ipynb #e58f519f
 def byod_load(cfg: Settings) -> LoadResult:
-    "The record of the warehouse's bring-your-own-data load (`mlops_nb.byod.LoadResult`: column roles, time column); QualityRulesError if there is none yet."
+    """The record of the warehouse's bring-your-own-data load (`mlops_nb.byod.LoadResult`: column roles, time column);
+    QualityRulesError if there is none yet."""
     from mlops_nb.byod import staged_load
     res = staged_load(cfg)
     if res is None: raise QualityRulesError("no bring-your-own-data load in the warehouse yet: run the etl phase first")
     return res
 
+# %% ../nbs/27_rules.ipynb #4028f73a
 def byod_rules(res: LoadResult) -> list[Rule]:
     "Quality rules for a bring-your-own-data load (`byod_load`), from its column roles."
     t, mc = TABLE_BYOD, "month" if res.time_column else None
     label = res.columns("target")[0]
     key = ["customer_key"] + (["month"] if res.time_column else [])
-    rules = [Rule("byod_label_complete", "completeness", t, "blocking", dict(column=label, max_null_share=0.0, month_column=mc, min_rows=0),
-                  "every loaded row has its label"),
-             Rule("byod_label_values", "allowed_values", t, "blocking", dict(column=label, values=["0", "1"], month_column=mc),
-                  "the label is 0 or 1 after mapping [byod] positive_value"),
-             Rule("byod_key_unique", "unique", t, "blocking", dict(columns=key), "one row per entity" + (" and month" if mc else ""))]
-    rules += [Rule(f"byod_{c}_mostly_present", "completeness", t, "warning", dict(column=c, max_null_share=0.5, month_column=mc, min_rows=0),
-                   f"{c} is present in at least half of the rows") for c in res.columns("numeric") + res.columns("categorical")]
+    rules = [
+        Rule(
+            "byod_label_complete",
+            "completeness",
+            t,
+            "blocking",
+            dict(column=label, max_null_share=0.0, month_column=mc, min_rows=0),
+            "every loaded row has its label",
+        ),
+        Rule(
+            "byod_label_values",
+            "allowed_values",
+            t,
+            "blocking",
+            dict(column=label, values=["0", "1"], month_column=mc),
+            "the label is 0 or 1 after mapping [byod] positive_value",
+        ),
+        Rule(
+            "byod_key_unique",
+            "unique",
+            t,
+            "blocking",
+            dict(columns=key),
+            "one row per entity" + (" and month" if mc else ""),
+        ),
+    ]
+    rules += [
+        Rule(
+            f"byod_{c}_mostly_present",
+            "completeness",
+            t,
+            "warning",
+            dict(column=c, max_null_share=0.5, month_column=mc, min_rows=0),
+            f"{c} is present in at least half of the rows",
+        )
+        for c in res.columns("numeric") + res.columns("categorical")
+    ]
     return rules
 
+# %% ../nbs/27_rules.ipynb #f5332436
 def _byod_column(name: Any, names: Mapping[str, str], personal: set[str], w: str) -> Any:
-    "The warehouse name of a column a team's rule names (as in its file, or as in the warehouse); QualityRulesError if it is not there."
+    """The warehouse name of a column a team's rule names (as in its file, or as in the warehouse); QualityRulesError if
+    it is not there."""
     if not isinstance(name, str): return name   # malformed: the rule's own validation says so
     if name in names: return names[name]
-    if name in personal: raise QualityRulesError(f"{w}: {name!r} is personal data — it never reaches the warehouse in the clear, so no rule can check it")
-    raise QualityRulesError(f"{w}: no column {name!r} in staging.byod (columns: {', '.join(sorted(set(names.values())))})")
+    if name in personal:
+        raise QualityRulesError(f"{w}: {name!r} is personal data — it never reaches the warehouse in the clear, so no "
+                                "rule can check it")
+    raise QualityRulesError(f"{w}: no column {name!r} in staging.byod (columns: "
+                            f"{', '.join(sorted(set(names.values())))})")
 
 def byod_own_rules(cfg: Settings, res: LoadResult, taken: Sequence[str] = ()) -> list[Rule]:
-    "The team's own rules of `[byod] rules_file` for the load `res` (`byod_load`): tables default to staging.byod, columns may be named as in their file."
+    """The team's own rules of `[byod] rules_file` for the load `res` (`byod_load`): tables default to staging.byod,
+    columns may be named as in their file."""
     path = Path(cfg.byod.rules_file)
     try: text = path.read_text(encoding="utf-8")
     except FileNotFoundError: raise QualityRulesError(f"[byod] rules_file: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e: raise QualityRulesError(f"[byod] rules_file: {path} cannot be read ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise QualityRulesError(f"[byod] rules_file: {path} cannot be read ({e})") from None
     doc = read_rules_doc(text, str(path))
     kept = [r for r in res.roles if r.role not in ("pii", "dropped")]   # what staging.byod has
     names = {r.source: r.name for r in kept} | {r.name: r.name for r in kept}
     personal = {r.source for r in res.roles if r.role == "pii"}
-    defaults = {"table": TABLE_BYOD, "month_column": "month" if res.time_column else None, **(doc.get("defaults") or {})}
+    defaults = {"table": TABLE_BYOD, "month_column": "month" if res.time_column else None,
+                **(doc.get("defaults") or {})}
     for i, d in enumerate(doc["rules"], 1):
         if not isinstance(d, dict) or d.get("table", defaults["table"]) != TABLE_BYOD: continue
         w = f"{path}: rule {d.get('name', f'#{i}')!r}"
@@ -378,5 +458,7 @@ def byod_own_rules(cfg: Settings, res: LoadResult, taken: Sequence[str] = ()) ->
             elif k in d: d[k] = _byod_column(d[k], names, personal, w)
     rules = rules_from_doc({**doc, "defaults": defaults}, str(path))
     clash = sorted({r.name for r in rules} & set(taken))
-    if clash: raise QualityRulesError(f"{path}: rule name {', '.join(map(repr, clash))} is taken by a generated rule: choose another")
+    if clash:
+        raise QualityRulesError(f"{path}: rule name {', '.join(map(repr, clash))} is taken by a generated rule: "
+                                "choose another")
     return rules

@@ -58,12 +58,18 @@ class Phase:
     summary: str   # one line for `mlops-nb phases`
 
 PHASES: tuple[Phase, ...] = (
-    Phase(PHASE_LAKE, "13_lake.ipynb", "generate the synthetic telecom data lake (and its oracle); skipped for bring-your-own-data"),
-    Phase(PHASE_ETL, "26_warehouse.ipynb", "load the lake into the DuckDB warehouse: raw, staging, quarantine, mart; pseudonymise; reconcile"),
-    Phase(PHASE_QUALITY, "28_quality.ipynb", "the data-quality gate: rules from quality_rules.yaml; a blocking failure stops the run"),
-    Phase(PHASE_FEATURES, "29_features.ipynb", "point-in-time features and labels per customer-month, logged as an MLflow dataset"),
-    Phase(PHASE_TRAIN, "35_train.ipynb", "tune and fit the candidate families (logistic regression, gradient boosting, PyTorch MLP)"),
-    Phase(PHASE_EVALUATE, "46_evaluate.ipynb", "evaluate against the charter: calibration, profit, fairness, explanations, model cards"),
+    Phase(PHASE_LAKE, "13_lake.ipynb",
+          "generate the synthetic telecom data lake (and its oracle); skipped for bring-your-own-data"),
+    Phase(PHASE_ETL, "26_warehouse.ipynb",
+          "load the lake into the DuckDB warehouse: raw, staging, quarantine, mart; pseudonymise; reconcile"),
+    Phase(PHASE_QUALITY, "28_quality.ipynb",
+          "the data-quality gate: rules from quality_rules.yaml; a blocking failure stops the run"),
+    Phase(PHASE_FEATURES, "29_features.ipynb",
+          "point-in-time features and labels per customer-month, logged as an MLflow dataset"),
+    Phase(PHASE_TRAIN, "35_train.ipynb",
+          "tune and fit the candidate families (logistic regression, gradient boosting, PyTorch MLP)"),
+    Phase(PHASE_EVALUATE, "46_evaluate.ipynb",
+          "evaluate against the charter: calibration, profit, fairness, explanations, model cards"),
     Phase(PHASE_GATE, "47_gate.ipynb", "the promotion gate: approve or refuse the selected candidate, with reasons"),
     Phase(PHASE_REGISTER, "50_registry.ipynb", "register the gate's candidate; promote it to production if approved"),
 )
@@ -91,10 +97,11 @@ def notebook_parameters(path: Path) -> dict[str, dict[str, Any]]:
 
 def check_parameters_cell(path: Path) -> None:
     "Refuse a `parameters` cell papermill would silently misread (it skips any line with two `=`)."
-    import nbformat
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    if len(cells) != 1: raise SettingsError(f"{path.name}: a phase notebook needs exactly one cell tagged `parameters` (found {len(cells)})")
+    if len(cells) != 1:
+        raise SettingsError(f"{path.name}: a phase notebook needs exactly one cell tagged `parameters` (found "
+                            f"{len(cells)})")
     for i, line in enumerate(cells[0].source.splitlines(), 1):
         if not line.strip().startswith("#") and line.count("=") > 1:
             raise SettingsError(f"{path.name}, parameters cell line {i}: papermill skips lines with more than one '=' "
@@ -105,7 +112,9 @@ def split_overrides(overrides: Mapping[str, Any], declared: set[str]) -> tuple[d
     settings_o = {k: v for k, v in overrides.items() if is_setting_name(k)}
     extra = {k: v for k, v in overrides.items() if k not in settings_o}
     unknown = sorted(set(extra) - declared)
-    if unknown: raise SettingsError(f"unknown parameter {', '.join(map(repr, unknown))}: not a setting (<section>_<key>) nor a parameter of the selected phases")
+    if unknown:
+        raise SettingsError(f"unknown parameter {', '.join(map(repr, unknown))}: not a setting (<section>_<key>) nor "
+                            "a parameter of the selected phases")
     return settings_o, extra
 
 # %% ../nbs/03_runner.ipynb #fcfbea54
@@ -130,6 +139,7 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 class PhaseFailed(RuntimeError):
     "A phase notebook raised; the message names the phase, the cell and the error."
 
+# %% ../nbs/03_runner.ipynb #0e05f47c
 @dataclass
 class PhaseResult:
     "What happened to one phase."
@@ -141,17 +151,20 @@ class PhaseResult:
     output: str              # the executed notebook
     error: str = ""
 
+# %% ../nbs/03_runner.ipynb #01624ef4
 def _failure_message(phase: Phase, e: PapermillExecutionError) -> str:
     "Name the phase, the failing cell (number and first code line) and the error."
     first = next((l.strip() for l in (e.source or "").splitlines() if l.strip() and not l.strip().startswith("#")), "")
-    return f"phase '{phase.name}' failed in cell [{e.exec_count}] of {phase.notebook} (`{first[:80]}`): {e.ename}: {e.evalue}"
+    return (f"phase '{phase.name}' failed in cell [{e.exec_count}] of {phase.notebook} (`{first[:80]}`): {e.ename}: "
+            f"{e.evalue}")
 
 def _freeze(path: Path) -> None:
     "Make an executed notebook read-only: it is a record, not a working copy."
     path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 class IpcKernelManager(AsyncKernelManager):
-    "A kernel manager whose kernel talks over Unix sockets in the Jupyter runtime folder instead of five unencrypted TCP ports."
+    """A kernel manager whose kernel talks over Unix sockets in the Jupyter runtime folder instead of five unencrypted
+    TCP ports."""
     @default("transport")
     def _default_transport(self) -> str: return "ipc"
 
@@ -165,14 +178,16 @@ class IpcKernelManager(AsyncKernelManager):
         return os.path.join(jupyter_runtime_dir(), f"mlops-nb-{secrets.token_hex(8)}-ipc")
 
     async def _async_interrupt_kernel(self) -> None:
-        # jupyter_client sends SIGINT before every shutdown; papermill shuts down a kernel whose cells are done, and that
+        # jupyter_client sends SIGINT before every shutdown; papermill shuts down a kernel whose cells are done, and
+        # that
         # signal, racing with the kernel's last messages, now and then makes ipykernel log "ERROR | KeyboardInterrupt
         # caught in kernel." into the scheduler's log. Interrupts asked for while running (a cell's timeout) still go.
         if self.shutting_down: return
         await super()._async_interrupt_kernel()
 
 # %% ../nbs/03_runner.ipynb #1e5b4d2d
-DEFINITION_DIRECTIVES = frozenset({"default_exp", "export", "exporti", "exports"})   # nbdev directives of cells that build the package
+# nbdev directives of cells that build the package
+DEFINITION_DIRECTIVES = frozenset({"default_exp", "export", "exporti", "exports"})
 
 def cell_directives(source: str) -> set[str]:
     "The nbdev directives at the top of a cell (`#| export` → 'export')."
@@ -185,20 +200,31 @@ def cell_directives(source: str) -> set[str]:
         if words: out.add(words[0].rstrip(":"))
     return out
 
+# %% ../nbs/03_runner.ipynb #d5253918
 def phase_section(nb: Any, notebook: str) -> Any:
-    "A copy of phase notebook `nb` as a run executes it: a title, the exported cells (collapsed), and every cell from the `parameters` cell on."
+    """A copy of phase notebook `nb` as a run executes it: a title, the exported cells (collapsed), and every cell from
+    the `parameters` cell on."""
     cells = nb.cells
-    start = next((i for i, c in enumerate(cells) if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
-    if start is None: raise SettingsError(f"{notebook} has no cell tagged `parameters`: a phase notebook's run section starts there")
+    start = next(
+        (i for i, c in enumerate(cells) if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None
+    )
+    if start is None:
+        raise SettingsError(f"{notebook} has no cell tagged `parameters`: a phase notebook's run section starts there")
     title = next((c.source.strip().splitlines()[0].lstrip("# ").strip() for c in cells[:start]
                   if c.cell_type == "markdown" and c.source.strip().startswith("# ")), notebook)
     note = nbformat.v4.new_markdown_cell(
-        f"# {title} — a run\n> `mlops-nb run` executed the definitions of `{notebook}` (collapsed below) and its phase section. "
-        "The lesson's demonstrations are in the notebook itself; `nbdev-test` runs them, and so does `mlops-nb run --demos`.")
-    defs = [copy.deepcopy(c) for c in cells[:start] if c.cell_type == "code" and cell_directives(c.source) & DEFINITION_DIRECTIVES]
+        f"# {title} — a run\n> `mlops-nb run` executed the definitions of `{notebook}` (collapsed below) and its "
+        "phase section. The lesson's demonstrations are in the notebook itself; `nbdev-test` runs them, and so does "
+        "`mlops-nb run --demos`.")
+    defs = [
+        copy.deepcopy(c)
+        for c in cells[:start]
+        if c.cell_type == "code" and cell_directives(c.source) & DEFINITION_DIRECTIVES
+    ]
     for c in defs: c.metadata.setdefault("jupyter", {})["source_hidden"] = True
     heading = start
-    while heading > 0 and cells[heading - 1].cell_type == "markdown": heading -= 1   # the section's own heading ("## Run the phase")
+    # the section's own heading ("## Run the phase")
+    while heading > 0 and cells[heading - 1].cell_type == "markdown": heading -= 1
     out = nbformat.v4.new_notebook(metadata=copy.deepcopy(nb.metadata), nbformat_minor=nb.nbformat_minor)
     out.cells = [note, *defs, *copy.deepcopy(cells[heading:])]
     return out
@@ -206,7 +232,8 @@ def phase_section(nb: Any, notebook: str) -> Any:
 # %% ../nbs/03_runner.ipynb #726fa196
 def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, parent_run_id: str,
               extra: Mapping[str, Any], kernel_name: str | None = None, progress: bool = True,
-              demos: bool = False,   # also execute the lesson's demonstration cells (default: definitions and the phase section)
+              # also execute the lesson's demonstration cells (default: definitions and the phase section)
+              demos: bool = False,
               ) -> PhaseResult:
     "Execute one phase notebook in its own nested MLflow run; record the executed notebook either way."
     nb = cfg.paths.notebooks / phase.notebook
@@ -215,19 +242,22 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
     params = {k: flat[k] for k in declared if k in flat}
     params.update({k: coerce_param(v, declared.get(k)) for k, v in extra.items() if k in declared})
     client, exp_id = MlflowClient(), configure_mlflow(cfg)
-    run = client.create_run(exp_id, run_name=phase.name, tags={"mlflow.parentRunId": parent_run_id, **reproducibility_tags(cfg, phase.name),
+    run = client.create_run(exp_id, run_name=phase.name,
+                            tags={"mlflow.parentRunId": parent_run_id, **reproducibility_tags(cfg, phase.name),
                                                                TAG_NOTEBOOK: phase.notebook})
     rid = run.info.run_id
     params.update(settings_file=str(settings_file), mlflow_run_id=rid)
     for name in ("settings_file", "mlflow_run_id"):
-        if name not in declared: raise SettingsError(f"{nb.name} does not declare the `{name}` parameter every phase notebook needs")
+        if name not in declared:
+            raise SettingsError(f"{nb.name} does not declare the `{name}` parameter every phase notebook needs")
     out = out_dir / phase.notebook
     t0, error = time.perf_counter(), ""
     try:
         source = str(nb) if demos else phase_section(nbformat.read(str(nb), as_version=4), phase.notebook)
         pm.execute_notebook(source, str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
                             progress_bar=progress, cwd=str(nb.parent), log_output=False,
-                            kernel_manager_class=IpcKernelManager)   # no TCP ports, so no "running over TCP without encryption" warning per phase
+                            # no TCP ports, so no "running over TCP without encryption" warning per phase
+                            kernel_manager_class=IpcKernelManager)
     except PapermillExecutionError as e: error = _failure_message(phase, e)
     except Exception as e: error = f"phase '{phase.name}' could not run {phase.notebook}: {type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
@@ -240,6 +270,7 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
     client.set_terminated(rid, status)
     return PhaseResult(phase.name, phase.notebook, status, round(seconds, 2), rid, str(out), error)
 
+# %% ../nbs/03_runner.ipynb #81f4761d
 def default_kernel() -> str:
     "The project's kernel if registered (run_all.sh registers it), else the current Python's."
     from jupyter_client.kernelspec import KernelSpecManager
@@ -258,10 +289,12 @@ class PipelineResult:
     @property
     def error(self) -> str: return next((p.error for p in self.phases if p.error), "")
 
+# %% ../nbs/03_runner.ipynb #6c6ef169
 def run_pipeline(cfg: Settings, phase_names: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
                  phases: Sequence[Phase] = PHASES, kernel_name: str | None = None, progress: bool = True,
                  run_id: str | None = None, demos: bool = False) -> PipelineResult:
-    "Run the selected phases in order under one pipeline run; stop at the first failure (`demos`: also run each lesson's demonstrations)."
+    """Run the selected phases in order under one pipeline run; stop at the first failure (`demos`: also run each
+    lesson's demonstrations)."""
     selected = select_phases(phase_names, phases)
     declared = {n for p in selected for n in notebook_parameters(cfg.paths.notebooks / p.notebook)}
     settings_o, extra = split_overrides(dict(overrides or {}), declared)

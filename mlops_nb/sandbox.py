@@ -1,4 +1,6 @@
-"""The small demo worlds that lessons, tests and benchmarks use — a customer-month feature table with a known truth, a messy public-style telco table, a few staging rows, scores with a planted unfairness — and a sandbox champion in the registry. No room of the package imports this one.
+"""The small demo worlds that lessons, tests and benchmarks use — a customer-month feature table with a known truth,
+a messy public-style telco table, a few staging rows, scores with a planted unfairness — and a sandbox champion in
+the registry. No room of the package imports this one.
 
 Docs: https://mlops-nb.github.io/mlops-nb/sandbox.html.md"""
 
@@ -40,19 +42,29 @@ DEMO_BASE_CHURN = 0.08  # mean true churn probability in the first month
 DEMO_DESCRIPTION = {
     "customer_key": "pseudonymous customer key", "month": "feature month, YYYY-MM (what was known at its end)",
     "tenure_months": "whole months since sign-up", "monthly_fee": "fee billed this month, BRL",
-    "fee_to_reference": "fee / the plan's list price (promotions < 1, legacy prices > 1)", "data_gb": "data used this month, GB",
-    "data_gb_trend": "data this month / mean of the previous three months", "tickets_3m": "support tickets in the last three months",
-    "unresolved_tickets_3m": "tickets still open, last three months", "dropped_call_rate": "share of calls dropped this month",
-    "late_payments_3m": "bills paid late in the last three months", "unpaid_last_bill": "1 if this month's bill is unpaid",
+    "fee_to_reference": "fee / the plan's list price (promotions < 1, legacy prices > 1)",
+    "data_gb": "data used this month, GB",
+    "data_gb_trend": "data this month / mean of the previous three months",
+    "tickets_3m": "support tickets in the last three months",
+    "unresolved_tickets_3m": "tickets still open, last three months",
+    "dropped_call_rate": "share of calls dropped this month",
+    "late_payments_3m": "bills paid late in the last three months",
+    "unpaid_last_bill": "1 if this month's bill is unpaid",
     "satisfaction": "last survey score 1–5 (often missing)", "lines": "mobile lines on the account (0 for fibre only)",
     "contract_type": "contract: month_to_month, one_year, two_year", "product": "mobile, fibre or bundle",
-    "payment_method": "boleto, credit_card, debit or pix", "region": "IBGE macro-region", "gender": "sensitive: F, M, O, N",
-    "age_band": "sensitive: generalised age", "churned_next": "1 if the customer asked to cancel next month; null = not yet observed",
+    "payment_method": "boleto, credit_card, debit or pix", "region": "IBGE macro-region",
+    "gender": "sensitive: F, M, O, N",
+    "age_band": "sensitive: generalised age",
+    "churned_next": "1 if the customer asked to cancel next month; null = not yet observed",
 }
 
 def demo_true_logit(f: pd.DataFrame) -> np.ndarray:
     "The demo world's true log-odds of churning next month, without the intercept, from true feature values."
-    t, ct, ratio = f["tenure_months"].to_numpy(float), f["contract_type"].to_numpy(), f["fee_to_reference"].to_numpy(float)
+    t, ct, ratio = (
+        f["tenure_months"].to_numpy(float),
+        f["contract_type"].to_numpy(),
+        f["fee_to_reference"].to_numpy(float),
+    )
     unresolved = f["unresolved_tickets_3m"].to_numpy(float)
     z = 1.3 * np.exp(-t / 5)                                                   # new customers leave most
     z += 0.9 * (((ct == "one_year") & (t % 12 == 11)) | ((ct == "two_year") & (t % 24 == 23)))  # contract about to end
@@ -77,14 +89,17 @@ def _draw_customers(rng: np.random.Generator, k: int) -> dict[str, np.ndarray]:
     pay = np.where(young, rng.choice(4, k, p=[.25, .25, .15, .35]), rng.choice(4, k, p=[.40, .33, .20, .07]))
     plan = (rng.random(k) * np.array([len(f) for f in DEMO_PLAN_FEES])[prod]).astype(int)
     region = rng.choice(5, k, p=[.42, .27, .15, .08, .08])
-    gb = np.where(prod == 1, 0.0, rng.lognormal(np.log(12), 0.6, k)) + np.where(prod >= 1, rng.lognormal(np.log(150), 0.5, k), 0)
+    gb = np.where(prod == 1, 0.0, rng.lognormal(np.log(12), 0.6, k)) + np.where(prod >= 1,
+                                                                                rng.lognormal(np.log(150), 0.5, k), 0)
     late_p = np.where(pay == 0, .12, .04) * rng.gamma(2, .5, k)
     return dict(key=np.char.add("p_", np.char.zfill(np.char.mod("%x", rng.integers(0, 2**62, k)), 24)),
                 age=age, gender=rng.choice(4, k, p=[.505, .475, .008, .012]), region=region, prod=prod, ct=ct, pay=pay,
-                ref=np.array([DEMO_PLAN_FEES[p][i] for p, i in zip(prod, plan)]), ratio=np.clip(rng.normal(1.0, 0.12, k), 0.7, 1.5),
+                ref=np.array([DEMO_PLAN_FEES[p][i] for p, i in zip(prod, plan)]),
+                ratio=np.clip(rng.normal(1.0, 0.12, k), 0.7, 1.5),
                 gb=gb, decay=np.where(rng.random(k) < 0.1, 0.8, 1.0), tk_rate=rng.gamma(1.0, 0.25, k),
                 dcr_base=rng.beta(2, 90, k) + np.array([0, .004, -.002, .012, .006])[region], late_p=late_p,
-                lines=np.where(prod == 1, 0, rng.integers(1, 5, k)), tenure=np.zeros(k, int), gb_hist=np.repeat(gb[:, None], 3, 1),
+                lines=np.where(prod == 1, 0, rng.integers(1, 5, k)), tenure=np.zeros(k, int),
+                gb_hist=np.repeat(gb[:, None], 3, 1),
                 tk_hist=np.zeros((k, 2), int), un_hist=np.zeros((k, 2), int), late_hist=np.zeros((k, 2), int))
 
 # %% ../nbs/99_sandbox.ipynb #5d02ad78
@@ -96,7 +111,8 @@ def demo_feature_table(n_customers: int = 2000,  # active customers each month (
     rng = np.random.default_rng([seed, 2020])
     s = _draw_customers(rng, n_customers)
     s["tenure"] = rng.exponential(24, n_customers).astype(int)
-    for h in ("tk_hist", "un_hist"): s[h] = rng.poisson(s["tk_rate"][:, None] * [[1, 1]]) * (s["tenure"][:, None] >= [[1, 2]])
+    for h in ("tk_hist", "un_hist"):
+        s[h] = rng.poisson(s["tk_rate"][:, None] * [[1, 1]]) * (s["tenure"][:, None] >= [[1, 2]])
     s["un_hist"] = np.minimum(s["un_hist"], s["tk_hist"])
     s["late_hist"] = (rng.random((n_customers, 2)) < s["late_p"][:, None]).astype(int)
     intercept, frames = None, []
@@ -112,13 +128,16 @@ def demo_feature_table(n_customers: int = 2000,  # active customers each month (
         tk3, un3 = tk + s["tk_hist"].sum(1), un + s["un_hist"].sum(1)
         f = pd.DataFrame({
             "customer_key": s["key"], "month": f"{2025 + m // 12}-{m % 12 + 1:02d}",
-            "tenure_months": s["tenure"], "monthly_fee": np.round(s["ref"] * s["ratio"], 2), "fee_to_reference": np.round(s["ratio"], 4),
+            "tenure_months": s["tenure"], "monthly_fee": np.round(s["ref"] * s["ratio"], 2),
+            "fee_to_reference": np.round(s["ratio"], 4),
             "data_gb": np.round(gb, 2), "data_gb_trend": np.round(gb / np.maximum(s["gb_hist"].mean(1), 1e-3), 4),
             "tickets_3m": tk3, "unresolved_tickets_3m": un3, "dropped_call_rate": np.round(dcr, 5),
             "late_payments_3m": late + s["late_hist"].sum(1), "unpaid_last_bill": late,
-            "satisfaction": np.clip(np.round(4.2 - .5 * un3 - .2 * tk3 + rng.normal(0, .8, k)), 1, 5), "lines": s["lines"],
+            "satisfaction": np.clip(np.round(4.2 - .5 * un3 - .2 * tk3 + rng.normal(0, .8, k)), 1, 5),
+            "lines": s["lines"],
             "contract_type": np.array(DEMO_CONTRACTS)[s["ct"]], "product": np.array(DEMO_PRODUCTS)[s["prod"]],
-            "payment_method": np.array(DEMO_PAYMENTS, dtype=object)[s["pay"]], "region": np.array(DEMO_REGIONS)[s["region"]],
+            "payment_method": np.array(DEMO_PAYMENTS, dtype=object)[s["pay"]],
+            "region": np.array(DEMO_REGIONS)[s["region"]],
             "gender": np.array(DEMO_GENDERS)[s["gender"]], "age_band": np.array(DEMO_AGE_BANDS)[s["age"]]})
         z = demo_true_logit(f)
         intercept = calibrate_intercept(z, DEMO_BASE_CHURN, iterations=60) if intercept is None else intercept
@@ -130,18 +149,25 @@ def demo_feature_table(n_customers: int = 2000,  # active customers each month (
         f.loc[rng.random(k) < .02, "payment_method"] = None
         frames.append(f)
         s["gb_hist"] = np.column_stack([gb, s["gb_hist"][:, :2]])
-        s["tk_hist"], s["un_hist"] = np.column_stack([tk, s["tk_hist"][:, 0]]), np.column_stack([un, s["un_hist"][:, 0]])
+        s["tk_hist"], s["un_hist"] = (
+            np.column_stack([tk, s["tk_hist"][:, 0]]),
+            np.column_stack([un, s["un_hist"][:, 0]]),
+        )
         s["late_hist"], s["tenure"] = np.column_stack([late, s["late_hist"][:, 0]]), s["tenure"] + 1
         new = _draw_customers(rng, int(churn.sum()))
         for key in s: s[key][churn] = new[key]
     df = pd.concat(frames, ignore_index=True)
-    ints = ["tenure_months", "tickets_3m", "unresolved_tickets_3m", "late_payments_3m", "unpaid_last_bill", "satisfaction", "lines", "churned_next"]
+    ints = ["tenure_months", "tickets_3m", "unresolved_tickets_3m", "late_payments_3m", "unpaid_last_bill",
+            "satisfaction", "lines", "churned_next"]
     df[ints] = df[ints].astype("Int64")   # nullable integers, as DuckDB returns them
     df.loc[df["month"] == df["month"].max(), "churned_next"] = pd.NA
-    numeric = ("tenure_months", "monthly_fee", "fee_to_reference", "data_gb", "data_gb_trend", "tickets_3m", "unresolved_tickets_3m",
+    numeric = ("tenure_months", "monthly_fee", "fee_to_reference", "data_gb", "data_gb_trend", "tickets_3m",
+               "unresolved_tickets_3m",
                "dropped_call_rate", "late_payments_3m", "unpaid_last_bill", "satisfaction", "lines")
-    spec = FeatureSpec("customer_key", "churned_next", numeric, ("contract_type", "product", "payment_method", "region"),
-                       ("gender", "age_band"), "month", 1, "demo", {k: v for k, v in DEMO_DESCRIPTION.items() if k in df.columns})
+    spec = FeatureSpec("customer_key", "churned_next", numeric,
+                       ("contract_type", "product", "payment_method", "region"),
+                       ("gender", "age_band"), "month", 1, "demo",
+                       {k: v for k, v in DEMO_DESCRIPTION.items() if k in df.columns})
     return df, spec
 
 # %% ../nbs/99_sandbox.ipynb #321768c5
@@ -150,7 +176,8 @@ def feature_table_exists(cfg: Settings) -> bool:
     if not cfg.paths.warehouse.exists(): return False
     schema, table = TABLE_FEATURES.split(".")
     with connect_warehouse(cfg) as con:
-        n = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name IN (?, 'spec')", [schema, table]).fetchone()[0]
+        n = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name IN (?, "
+                        "'spec')", [schema, table]).fetchone()[0]
     return n == 2
 
 def ensure_demo_features(cfg: Settings,
@@ -168,7 +195,8 @@ def ensure_demo_features(cfg: Settings,
 SANDBOX_OVERRIDE = "sandbox model for notebooks, tests and benchmarks; never gated"
 
 def sandbox_champion(cfg: Settings,
-                     family: str = "hgb",            # candidate family (see candidates.make_candidate), or "blend" (hgb + logreg)
+                     # candidate family (see candidates.make_candidate), or "blend" (hgb + logreg)
+                     family: str = "hgb",
                      params: dict | None = None,     # its parameters (defaults if None)
                      threshold: float = 0.2,         # decision threshold
                      calibrated: bool = False,       # fit an isotonic calibrator on the validation month
@@ -191,18 +219,27 @@ def sandbox_champion(cfg: Settings,
     with phase_run(cfg, PHASE_SANDBOX, run_name=f"sandbox-{family}") as run:
         log_datasets(split_datasets(split, spec, source=str(cfg.paths.warehouse)))
         fit = lambda f, p: make_candidate(f, p, spec, cfg.train.seed).fit(split.train, split.y("train"))  # noqa: E731
-        pipe = (LogOddsBlend([fit("hgb", {}), fit("logreg", {})], ["hgb", "logreg"]).fit() if family == "blend"   # members: their defaults
+        # members: their defaults
+        pipe = (LogOddsBlend([fit("hgb", {}), fit("logreg", {})], ["hgb", "logreg"]).fit() if family == "blend"
                 else fit(family, params or {}))
-        cal = IsotonicRegression(out_of_bounds="clip").fit(pipe.predict_proba(split.valid)[:, 1], split.y("valid")) if calibrated else None
+        cal = (
+            IsotonicRegression(out_of_bounds="clip").fit(pipe.predict_proba(split.valid)[:, 1], split.y("valid"))
+            if calibrated
+            else None
+        )
         uri = log_packaged_model(pipe, spec, threshold, calibrator=cal, input_example=split.valid.head(5))
         mlflow.set_tag(TAG_FAMILY, family)
     v = registry.register(cfg, uri, run.info.run_id, actor="sandbox")
-    if promote: v = registry.promote(cfg, v.version, actor="sandbox", reason="sandbox champion", override_reason=SANDBOX_OVERRIDE)
+    if promote:
+        v = registry.promote(cfg, v.version, actor="sandbox", reason="sandbox champion",
+                             override_reason=SANDBOX_OVERRIDE)
     return v
 
 # %% ../nbs/99_sandbox.ipynb #58ff3726
-_FIRST = ("Maria", "Ana", "Francisca", "Juliana", "Fernanda", "José", "João", "Antônio", "Carlos", "Paulo", "Lucas", "Gabriel")
-_LAST = ("Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima", "Gomes", "Ribeiro", "Carvalho")
+_FIRST = ("Maria", "Ana", "Francisca", "Juliana", "Fernanda", "José", "João", "Antônio", "Carlos", "Paulo", "Lucas",
+          "Gabriel")
+_LAST = ("Silva", "Santos", "Oliveira", "Souza", "Rodrigues", "Ferreira", "Alves", "Pereira", "Lima", "Gomes",
+         "Ribeiro", "Carvalho")
 _YN = np.array(["No", "Yes"])
 
 def _messy(rng: np.random.Generator, v: np.ndarray, rate: float) -> np.ndarray:
@@ -219,39 +256,77 @@ def telco_table(n_customers: int = 500,  # customers (rows when months = 0)
                 bad_rows: bool = True,   # add the deliberately bad rows
                 start: str = "2024-01",  # first snapshot month of a panel
                 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    "A public-style telco churn table (all text, like a CSV export) and the quarantine reasons/duplicates a load must find."
+    """A public-style telco churn table (all text, like a CSV export) and the quarantine reasons/duplicates a load must
+    find."""
     rng = np.random.default_rng([seed, 15])
     n = n_customers
-    ids = np.array([f"{a:04d}-{''.join(w)}" for a, w in zip(rng.integers(0, 10_000, n), rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), (n, 5)))])
+    ids = np.array(
+        [
+            f"{a:04d}-{''.join(w)}"
+            for a, w in zip(rng.integers(0, 10_000, n), rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), (n, 5)))
+        ]
+    )
     ids = pd.unique(ids); n = len(ids)
-    c = dict(gender=rng.choice(["Female", "Male"], n), senior=(rng.random(n) < .16).astype(int), partner=rng.random(n) < .48,
+    c = dict(gender=rng.choice(["Female", "Male"], n), senior=(rng.random(n) < .16).astype(int),
+             partner=rng.random(n) < .48,
              dependents=rng.random(n) < .3, tenure=rng.integers(0, 72, n), phone=rng.random(n) < .9,
-             internet=rng.choice(["DSL", "Fiber optic", "No"], n, p=[.34, .44, .22]), contract=rng.choice(["Month-to-month", "One year", "Two year"], n, p=[.55, .21, .24]),
-             paperless=rng.random(n) < .59, payment=rng.choice(["Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)"], n),
+             internet=rng.choice(["DSL", "Fiber optic", "No"], n, p=[.34, .44, .22]),
+             contract=rng.choice(["Month-to-month", "One year", "Two year"], n, p=[.55, .21, .24]),
+             paperless=rng.random(n) < .59,
+             payment=rng.choice(["Electronic check", "Mailed check", "Bank transfer (automatic)",
+                                 "Credit card (automatic)"], n),
              base=rng.uniform(18, 30, n), addons=rng.integers(0, 7, n))
-    c["name"] = np.array([f"{a} {b} {d}" for a, b, d in zip(rng.choice(_FIRST, n), rng.choice(_LAST, n), rng.choice(_LAST, n))])
-    c["email"] = np.array([f"{strip_accents(x.split()[0]).lower()}.{strip_accents(x.split()[-1]).lower()}{i}@example.com.br" for i, x in enumerate(c["name"])])
+    c["name"] = np.array(
+        [f"{a} {b} {d}" for a, b, d in zip(rng.choice(_FIRST, n), rng.choice(_LAST, n), rng.choice(_LAST, n))]
+    )
+    c["email"] = np.array(
+        [
+            f"{strip_accents(x.split()[0]).lower()}.{strip_accents(x.split()[-1]).lower()}{i}@example.com.br"
+            for i, x in enumerate(c["name"])
+        ]
+    )
     frames, alive, start_p = [], np.ones(n, bool), pd.Period(start, "M")
     for m in range(max(months, 1)):
-        fee = np.round(c["base"] + 25 * (c["internet"] == "Fiber optic") + 15 * (c["internet"] == "DSL") + 5 * c["addons"] * (c["internet"] != "No"), 2)
+        fee = np.round(
+            c["base"]
+            + 25 * (c["internet"] == "Fiber optic")
+            + 15 * (c["internet"] == "DSL")
+            + 5 * c["addons"] * (c["internet"] != "No"),
+            2,
+        )
         tenure = c["tenure"] + m
-        z = (-2.2 + 1.3 * (c["contract"] == "Month-to-month") - 0.9 * (c["contract"] == "Two year") + 0.8 * (c["internet"] == "Fiber optic")
-             - 0.035 * tenure + 0.4 * (c["payment"] == "Electronic check") + 0.3 * c["senior"] + 0.01 * (fee - 60) - 0.15 * c["addons"])
+        z = (
+            -2.2
+            + 1.3 * (c["contract"] == "Month-to-month")
+            - 0.9 * (c["contract"] == "Two year")
+            + 0.8 * (c["internet"] == "Fiber optic")
+            - 0.035 * tenure
+            + 0.4 * (c["payment"] == "Electronic check")
+            + 0.3 * c["senior"]
+            + 0.01 * (fee - 60)
+            - 0.15 * c["addons"]
+        )
         churn = rng.random(n) < 1 / (1 + np.exp(-z))
         if months and m == months - 1: churn[:] = False   # the last month: nobody's next month is known to have churned
         rows = np.flatnonzero(alive)
-        svc = lambda on, rows=rows: np.where(c["internet"][rows] == "No", "No internet service", _YN[(rng.random(len(rows)) < .45 * on[rows]).astype(int)])  # noqa: E731
+        svc = lambda on, rows=rows: np.where(c["internet"][rows] == "No", "No internet service",
+                                             _YN[(rng.random(len(rows)) < .45 * on[rows]).astype(int)])  # noqa: E731
         total = np.round(fee * tenure, 2)
         f = pd.DataFrame({
             "customerID": ids[rows], "gender": c["gender"][rows], "SeniorCitizen": c["senior"][rows].astype(str),
             "Partner": _YN[c["partner"][rows].astype(int)], "Dependents": _YN[c["dependents"][rows].astype(int)],
             "tenure": tenure[rows].astype(str), "PhoneService": _YN[c["phone"][rows].astype(int)],
-            "MultipleLines": np.where(c["phone"][rows], _YN[(rng.random(len(rows)) < .42).astype(int)], "No phone service"),
-            "InternetService": _messy(rng, c["internet"][rows], .05), "OnlineSecurity": svc(c["addons"] >= 2), "OnlineBackup": svc(c["addons"] >= 1),
-            "DeviceProtection": svc(c["addons"] >= 3), "TechSupport": svc(c["addons"] >= 2), "StreamingTV": svc(c["addons"] >= 4),
+            "MultipleLines": np.where(c["phone"][rows], _YN[(rng.random(len(rows)) < .42).astype(int)],
+                                      "No phone service"),
+            "InternetService": _messy(rng, c["internet"][rows], .05), "OnlineSecurity": svc(c["addons"] >= 2),
+            "OnlineBackup": svc(c["addons"] >= 1),
+            "DeviceProtection": svc(c["addons"] >= 3), "TechSupport": svc(c["addons"] >= 2),
+            "StreamingTV": svc(c["addons"] >= 4),
             "StreamingMovies": svc(c["addons"] >= 4), "Contract": _messy(rng, c["contract"][rows], .05),
-            "PaperlessBilling": _YN[c["paperless"][rows].astype(int)], "PaymentMethod": _messy(rng, c["payment"][rows], .03),
-            "MonthlyCharges": fee[rows].astype(str), "TotalCharges": np.where(tenure[rows] == 0, " ", total[rows].astype(str)),
+            "PaperlessBilling": _YN[c["paperless"][rows].astype(int)],
+            "PaymentMethod": _messy(rng, c["payment"][rows], .03),
+            "MonthlyCharges": fee[rows].astype(str),
+            "TotalCharges": np.where(tenure[rows] == 0, " ", total[rows].astype(str)),
             "Churn": _YN[churn[rows].astype(int)], "name": c["name"][rows], "email": c["email"][rows]})
         if months:
             day = rng.integers(1, 29, len(rows))
@@ -266,7 +341,8 @@ def telco_table(n_customers: int = 500,  # customers (rows when months = 0)
     if bad_rows:
         r = df.sample(9, random_state=seed).reset_index(drop=True)
         bad = r.iloc[:7].copy()
-        bad.loc[0, "customerID"] = ""; bad.loc[1, "Churn"] = ""; bad.loc[2, "Churn"] = "Maybe"; bad.loc[3, "MonthlyCharges"] = "abc"
+        bad.loc[0, "customerID"] = ""
+        bad.loc[1, "Churn"] = ""; bad.loc[2, "Churn"] = "Maybe"; bad.loc[3, "MonthlyCharges"] = "abc"
         bad.loc[4, "customerID"] = bad.loc[5, "customerID"] = f"9999-{'ZZZZZ'}"   # one id, two different rows
         bad.loc[5, "tenure"] = str(int(bad.loc[4, "tenure"]) + 1)
         if months: bad.loc[5, "snapshot_date"] = bad.loc[4, "snapshot_date"]   # ... in one month
@@ -311,34 +387,46 @@ def tiny_staging(con, schema: str = "staging") -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     T = {
         "customers": ("customer_key, arrival_month, gender, birth_date, uf, signup_date",
-                      "('p_a', '2025-01', 'F', DATE '1990-02-15', 'SP', DATE '2024-11-10'), ('p_b', '2025-01', 'M', DATE '2001-03-31', 'BA', DATE '2020-01-05'),"
-                      "('p_b', '2025-03', 'M', DATE '2001-03-31', 'PR', DATE '2020-01-05')"),   # p_b moved to PR in March
-        "contracts": ("customer_key, arrival_month, event_type, event_date, product, plan, contract_type, monthly_fee, payment_method",
-                      "('p_a', '2025-01', 'new', DATE '2024-11-10', 'mobile', 'movel_10', 'month_to_month', 50.0, 'boleto'),"
-                      "('p_b', '2025-01', 'new', DATE '2020-01-05', 'fibre', 'fibra_300', 'one_year', 100.0, 'pix'),"
-                      "('p_a', '2025-03', 'plan_change', DATE '2025-03-20', 'mobile', 'movel_20', 'one_year', 65.0, 'boleto')"),
+                      "('p_a', '2025-01', 'F', DATE '1990-02-15', 'SP', DATE '2024-11-10'), ('p_b', '2025-01', 'M', "
+                      "DATE '2001-03-31', 'BA', DATE '2020-01-05'),"
+                      # p_b moved to PR in March
+                      "('p_b', '2025-03', 'M', DATE '2001-03-31', 'PR', DATE '2020-01-05')"),
+        "contracts": ("customer_key, arrival_month, event_type, event_date, product, plan, contract_type, "
+                      "monthly_fee, payment_method",
+                      "('p_a', '2025-01', 'new', DATE '2024-11-10', 'mobile', 'movel_10', 'month_to_month', 50.0, "
+                      "'boleto'),('p_b', '2025-01', 'new', DATE '2020-01-05', 'fibre', 'fibra_300', 'one_year', "
+                      "100.0, 'pix'),('p_a', '2025-03', 'plan_change', DATE '2025-03-20', 'mobile', 'movel_20', "
+                      "'one_year', 65.0, 'boleto')"),
         "usage": ("customer_key, arrival_month, month, data_gb, voice_minutes, days_active, dropped_call_rate",
-                  "('p_a', '2025-01', '2025-01', 10, 100, 31, 0.01), ('p_a', '2025-02', '2025-02', 8, 90, 28, 0.02), ('p_a', '2025-03', '2025-03', 6, 80, 31, 0.03),"
-                  "('p_a', '2025-04', '2025-04', 4, 70, 30, 0.04), ('p_b', '2025-01', '2025-01', 100, 0, 31, 0.0), ('p_b', '2025-02', '2025-02', 120, 0, 28, 0.0),"
-                  "('p_b', '2025-03', '2025-03', 90, 0, 31, 0.01)"),
+                  "('p_a', '2025-01', '2025-01', 10, 100, 31, 0.01), ('p_a', '2025-02', '2025-02', 8, 90, 28, 0.02), "
+                  "('p_a', '2025-03', '2025-03', 6, 80, 31, 0.03),('p_a', '2025-04', '2025-04', 4, 70, 30, 0.04), "
+                  "('p_b', '2025-01', '2025-01', 100, 0, 31, 0.0), ('p_b', '2025-02', '2025-02', 120, 0, 28, "
+                  "0.0),('p_b', '2025-03', '2025-03', 90, 0, 31, 0.01)"),
         "billing": ("customer_key, arrival_month, reference_month, issue_date, due_date, amount, paid_date",
                     "('p_a', '2025-01', '2025-01', DATE '2025-01-05', DATE '2025-01-15', 50.0, DATE '2025-01-10'),"
-                    "('p_a', '2025-02', '2025-02', DATE '2025-02-05', DATE '2025-02-15', 52.0, DATE '2025-03-02'),"   # paid late, in March
-                    "('p_a', '2025-03', '2025-03', DATE '2025-03-05', DATE '2025-03-15', 65.0, NULL),"                # never paid
-                    "('p_b', '2025-01', '2025-01', DATE '2025-01-20', DATE '2025-01-30', 100.0, DATE '2025-01-25')"),
+                    # paid late, in March
+                    "('p_a', '2025-02', '2025-02', DATE '2025-02-05', DATE '2025-02-15', 52.0, DATE '2025-03-02'),"
+                    # never paid
+                    "('p_a', '2025-03', '2025-03', DATE '2025-03-05', DATE '2025-03-15', 65.0, NULL),('p_b', "
+                    "'2025-01', '2025-01', DATE '2025-01-20', DATE '2025-01-30', 100.0, DATE '2025-01-25')"),
         "tickets": ("customer_key, arrival_month, opened_at, closed_at, resolved, satisfaction",
-                    "('p_a', '2025-03', TIMESTAMP '2025-02-27 10:00:00', TIMESTAMP '2025-02-27 12:00:00', true, 2),"  # about February, arrived in March
-                    "('p_b', '2025-02', TIMESTAMP '2025-02-26 09:00:00', TIMESTAMP '2025-03-02 09:00:00', true, 4),"  # closed in March
-                    "('p_b', '2025-01', TIMESTAMP '2025-01-03 09:00:00', TIMESTAMP '2025-01-03 10:00:00', true, 5)"),
+                    # about February, arrived in March
+                    "('p_a', '2025-03', TIMESTAMP '2025-02-27 10:00:00', TIMESTAMP '2025-02-27 12:00:00', true, 2),"
+                    # closed in March
+                    "('p_b', '2025-02', TIMESTAMP '2025-02-26 09:00:00', TIMESTAMP '2025-03-02 09:00:00', true, "
+                    "4),('p_b', '2025-01', TIMESTAMP '2025-01-03 09:00:00', TIMESTAMP '2025-01-03 10:00:00', true, "
+                    "5)"),
         "cancellations": ("customer_key, arrival_month, request_date", "('p_b', '2025-04', DATE '2025-04-02')"),
-        "campaigns": ("customer_key, arrival_month, month, contacted", "('p_a', '2025-01', '2025-01', true), ('p_b', '2025-02', '2025-02', false)"),
+        "campaigns": ("customer_key, arrival_month, month, contacted",
+                      "('p_a', '2025-01', '2025-01', true), ('p_b', '2025-02', '2025-02', false)"),
     }
     for t, (cols, rows) in T.items():
         con.execute(f"CREATE OR REPLACE TABLE {schema}.{t} AS SELECT * FROM (VALUES {rows}) v({cols})")
 
 # %% ../nbs/99_sandbox.ipynb #74d3f9d6
 def calibrated_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    "(labels, probabilities) of `n` customers whose labels are drawn from their probabilities (calibrated by construction)."
+    """(labels, probabilities) of `n` customers whose labels are drawn from their probabilities (calibrated by
+    construction)."""
     r = np.random.default_rng(seed)
     p = 1 / (1 + np.exp(-r.normal(-2.5, 1.2, n)))
     return (r.random(n) < p).astype(int), p
@@ -352,7 +440,8 @@ def planted_unfairness(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return y, q, a
 
 def demo_evaluation(seed: int = 1) -> Any:
-    "A CandidateEvaluation of the planted example (calibrator fitted, fairness gap caught): what the report lessons draw."
+    """A CandidateEvaluation of the planted example (calibrator fitted, fairness gap caught): what the report lessons
+    draw."""
     from mlops_nb.scorecard import evaluate_scores
     from mlops_nb.settings import CharterSettings, GateSettings
     yv, qv, av = planted_unfairness(20_000, 11)
@@ -363,8 +452,18 @@ def demo_evaluation(seed: int = 1) -> Any:
                            truth=pd.DataFrame({"p_churn": calibrated_sample(20_000, 12)[1]}), seed=seed)
 
 # %% ../nbs/99_sandbox.ipynb #4b1c0360
-MESSY_RATES = {f"lake_{k}": 0.03 for k in ("duplicate_rate", "missing_rate", "date_format_rate", "spelling_rate", "outlier_rate",
-                                          "corrupt_rate", "late_rate")}
+MESSY_RATES = {
+    f"lake_{k}": 0.03
+    for k in (
+        "duplicate_rate",
+        "missing_rate",
+        "date_format_rate",
+        "spelling_rate",
+        "outlier_rate",
+        "corrupt_rate",
+        "late_rate",
+    )
+}
 
 def messy_lake(**values: Any) -> tuple[Settings, Any]:
     "A sandbox project and its freshly written drift-scenario lake with every defect at 3 %: (settings, LakeResult)."

@@ -1,4 +1,5 @@
-"""Batch scoring: a month of the feature table scored with the production model into the same prediction log the API writes.
+"""Batch scoring: a month of the feature table scored with the production model into the same prediction log the API
+writes.
 
 Docs: https://mlops-nb.github.io/mlops-nb/score.html.md"""
 
@@ -18,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .catalog import AUDIT_BATCH_SCORED, STATUS_PRODUCTION, TABLE_FEATURE_SPEC, TABLE_FEATURES
-from .contracts import FeatureSpec, connect_warehouse
+from .catalog import AUDIT_BATCH_SCORED, STATUS_PRODUCTION, TABLE_FEATURES
+from .contracts import FeatureSpec, connect_warehouse, read_feature_spec
 from .prediction_log import LINEAGE_KEYS, LOG_SCHEMA, new_request_id, write_log_table
 from .served import ServedModel, load_served_model
 from .settings import Settings, SettingsError
@@ -52,39 +53,46 @@ def month_rows(cfg: Settings, month: str) -> tuple[pd.DataFrame, FeatureSpec]:
     "The feature table's rows of `month` (YYYY-MM) and the table's spec, read from the warehouse opened read-only."
     if not MONTH.fullmatch(month or ""): raise SettingsError(f"month must look like YYYY-MM, got {month!r}")
     with connect_warehouse(cfg, read_only=True) as con:
-        try: spec = FeatureSpec.from_json(con.execute(f"SELECT spec FROM {TABLE_FEATURE_SPEC}").fetchone()[0])
-        except Exception as e:
-            if "does not exist" in str(e): raise SettingsError(f"the warehouse {cfg.paths.warehouse} has no feature table yet: run the data phases first") from None
-            raise
-        if not spec.time_column: raise SettingsError(f"{TABLE_FEATURES} has no time column (a flat table): there are no months to score")
-        df = con.execute(f'SELECT * FROM {TABLE_FEATURES} WHERE CAST("{spec.time_column}" AS VARCHAR) = ?', [month]).df()
+        spec = read_feature_spec(con, cfg)
+        if not spec.time_column:
+            raise SettingsError(f"{TABLE_FEATURES} has no time column (a flat table): there are no months to score")
+        df = con.execute(f'SELECT * FROM {TABLE_FEATURES} WHERE CAST("{spec.time_column}" AS VARCHAR) = ?',
+                         [month]).df()
         if df.empty:
-            months = [r[0] for r in con.execute(f'SELECT DISTINCT CAST("{spec.time_column}" AS VARCHAR) FROM {TABLE_FEATURES} ORDER BY 1').fetchall()]
-            raise SettingsError(f"{TABLE_FEATURES} has no rows for month {month}; its months are {', '.join(months) or 'none'}")
+            months = [r[0] for r in con.execute(f'SELECT DISTINCT CAST("{spec.time_column}" AS VARCHAR) FROM '
+                                                f'{TABLE_FEATURES} ORDER BY 1').fetchall()]
+            raise SettingsError(f"{TABLE_FEATURES} has no rows for month {month}; its months are "
+                                f"{', '.join(months) or 'none'}")
     return df, spec
 
 # %% ../nbs/57_score.ipynb #96418afa
 def _text(s: pd.Series) -> pa.Array:
     "A column as Arrow strings (missing → null; non-text categories as their text, as the encoder reads them)."
     v = s.astype(object).where(s.notna(), None)
-    if pd.api.types.infer_dtype(v, skipna=True) not in ("string", "empty"): v = v.map(lambda x: x if x is None or isinstance(x, str) else str(x))
+    if pd.api.types.infer_dtype(v, skipna=True) not in ("string", "empty"):
+        v = v.map(lambda x: x if x is None or isinstance(x, str) else str(x))
     return pa.array(v.tolist(), pa.string())
 
-def batch_table(model: ServedModel, df: pd.DataFrame, spec: FeatureSpec, p: np.ndarray, request_id: str, t: float, month: str,
+def batch_table(model: ServedModel, df: pd.DataFrame, spec: FeatureSpec, p: np.ndarray, request_id: str, t: float,
+                month: str,
                 offset: int = 0) -> pa.Table:
     "The prediction-log rows of scored warehouse rows (`p` their probabilities; rows numbered from `offset`)."
     n = len(df)
     const = lambda v, typ=pa.string(): pa.array([v] * n, typ)
     cols: dict[str, Any] = {
         "request_id": const(request_id), "row": np.arange(offset, offset + n, dtype=np.int32),
-        "time": pa.array(np.full(n, int(t * 1e6), dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")), "source": const("batch"),
-        "customer_key": _text(df[spec.id_column]), "month": const(month), "model_name": const(model.name), "model_version": const(model.version),
-        "churn_probability": p.astype(np.float64), "decision": p >= model.threshold, "threshold": np.full(n, model.threshold),
+        "time": pa.array(np.full(n, int(t * 1e6), dtype=np.int64)).cast(pa.timestamp("us", tz="UTC")),
+        "source": const("batch"),
+        "customer_key": _text(df[spec.id_column]), "month": const(month), "model_name": const(model.name),
+        "model_version": const(model.version),
+        "churn_probability": p.astype(np.float64), "decision": p >= model.threshold,
+        "threshold": np.full(n, model.threshold),
         "latency_ms": pa.nulls(n, pa.float64()), **{k: const(model.lineage.get(k, "unknown")) for k in LINEAGE_KEYS}}
     fields = list(LOG_SCHEMA)
     for f in model.features:
         if f in model.numeric:           # missing (NaN, <NA>) → null, as in the API's rows
-            cols[f] = pa.array(pd.to_numeric(df[f], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan), pa.float64(), from_pandas=True)
+            cols[f] = pa.array(pd.to_numeric(df[f], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan),
+                               pa.float64(), from_pandas=True)
             fields.append(pa.field(f, pa.float64()))
         else: cols[f] = _text(df[f]); fields.append(pa.field(f, pa.string()))
     return pa.table(cols, schema=pa.schema(fields))
@@ -94,9 +102,12 @@ def production_version(cfg: Settings) -> str:
     "The version the registry has in production (alias champion); a clear error if there is none."
     from mlops_nb.registry import version_with_status
     v = version_with_status(cfg, STATUS_PRODUCTION)
-    if v is None: raise SettingsError(f"no version of {cfg.mlflow.registered_model!r} is in production: promote one first (`mlops-nb model promote`)")
+    if v is None:
+        raise SettingsError(f"no version of {cfg.mlflow.registered_model!r} is in production: promote one first "
+                            "(`mlops-nb model promote`)")
     return v.version
 
+# %% ../nbs/57_score.ipynb #82df307c
 def score_month(cfg: Settings,                # run settings ([paths] warehouse and prediction_log, [mlflow])
                 month: str,                   # the feature month to score, YYYY-MM
                 version: str | None = None,   # a registered version; default: the production champion
@@ -106,9 +117,11 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
     "Score every row of `month` with the production model into the prediction log (source = batch)."
     from mlops_nb.audit import append_event
     t0 = time.perf_counter()
-    df, spec = month_rows(cfg, month)                                      # a wrong month fails before any model is loaded
+    # a wrong month fails before any model is loaded
+    df, spec = month_rows(cfg, month)
     version = str(version) if version else production_version(cfg)
-    model = load_served_model(cfg, version, unknown_category="missing")   # what the warehouse holds is scored, never refused
+    # what the warehouse holds is scored, never refused
+    model = load_served_model(cfg, version, unknown_category="missing")
     t1 = time.perf_counter()
     p = model.scorer.probabilities(model.scorer.encode_frame(df), threads=os.cpu_count() or 1)
     score_seconds = time.perf_counter() - t1
@@ -117,9 +130,22 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
     files = []
     for i, s in enumerate(range(0, len(df), chunk_rows)):
         part = df.iloc[s:s + chunk_rows]
-        files.append(str(write_log_table(cfg.paths.prediction_log, batch_table(model, part, spec, p[s:s + chunk_rows], rid, t_wall, month, s), date, i + 1)))
-    res = ScoreResult(month, len(df), int((p >= model.threshold).sum()), model.name, model.version, rid, dict(model.lineage), files,
+        files.append(
+            str(
+                write_log_table(
+                    cfg.paths.prediction_log,
+                    batch_table(model, part, spec, p[s : s + chunk_rows], rid, t_wall, month, s),
+                    date,
+                    i + 1,
+                )
+            )
+        )
+    res = ScoreResult(month, len(df), int((p >= model.threshold).sum()), model.name, model.version, rid,
+                      dict(model.lineage), files,
                       time.perf_counter() - t0, score_seconds)
-    append_event(cfg, AUDIT_BATCH_SCORED, f"{model.name}@{model.version}", {"month": month, "rows": res.rows, "contacts": res.contacts,
-                                                                          "request_id": rid, "files": [Path(f).name for f in files]}, actor=actor)
+    append_event(cfg, AUDIT_BATCH_SCORED, f"{model.name}@{model.version}",
+                 {"month": month, "rows": res.rows, "contacts": res.contacts,
+                                                                          "request_id": rid,
+                                                                          "files": [Path(f).name for f in files]},
+                                                                          actor=actor)
     return res

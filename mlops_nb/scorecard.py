@@ -1,4 +1,6 @@
-"""One candidate judged against the charter from its validation and test probabilities: calibration (fixed if poor), metrics with intervals, the profitable policy under the budget, the oracle, fairness and its mitigation — pure, JSON-able, the same numbers for the same seed.
+"""One candidate judged against the charter from its validation and test probabilities: calibration (fixed if poor),
+metrics with intervals, the profitable policy under the budget, the oracle, fairness and its mitigation — pure,
+JSON-able, the same numbers for the same seed.
 
 Docs: https://mlops-nb.github.io/mlops-nb/scorecard.html.md"""
 
@@ -47,6 +49,7 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, (float, np.floating)): return float(x) if math.isfinite(x) else None
     return x
 
+# %% ../nbs/44_scorecard.ipynb #b6a93e58
 @dataclass
 class CandidateEvaluation:
     "Everything measured about one candidate on the test rows (JSON-able via `to_dict`), plus its calibrator."
@@ -76,7 +79,9 @@ class CandidateEvaluation:
 def _thin_curve(curve: pd.DataFrame, points: int = 200) -> pd.DataFrame:
     "At most `points` rows of a profit curve, always keeping both ends and the maximum."
     if len(curve) <= points: return curve
-    keep = set(np.linspace(0, len(curve) - 1, points).round().astype(int)) | {int(curve.realised_profit.idxmax()) if "realised_profit" in curve else 0}
+    keep = set(np.linspace(0, len(curve) - 1, points).round().astype(int)) | {
+        int(curve.realised_profit.idxmax()) if "realised_profit" in curve else 0
+    }
     return curve.iloc[sorted(keep)]
 
 # %% ../nbs/44_scorecard.ipynb #2400c23a
@@ -86,12 +91,14 @@ def evaluate_scores(name: str,                                # candidate label
                     charter: CharterSettings, gate: GateSettings,
                     months: np.ndarray | None = None,          # test rows' months (budget and profit per month)
                     sensitive: pd.DataFrame | None = None,     # test rows' sensitive attributes
-                    sensitive_valid: pd.DataFrame | None = None,  # validation rows' sensitive attributes (for mitigation)
+                    # validation rows' sensitive attributes (for mitigation)
+                    sensitive_valid: pd.DataFrame | None = None,
                     truth: pd.DataFrame | None = None,         # test rows' oracle truth: p_churn[, uplift]
                     seed: int = 0,                              # seeds every bootstrap and randomised step
                     n_bins: int = 10,                           # calibration bins and gain deciles
                     ) -> CandidateEvaluation:
-    "Evaluate one candidate against the charter: calibration (fixed if poor), metrics with CIs, profit policy, oracle, fairness, mitigation."
+    """Evaluate one candidate against the charter: calibration (fixed if poor), metrics with CIs, profit policy, oracle,
+    fairness, mitigation."""
     y_valid, y_test = np.asarray(y_valid, int), np.asarray(y_test, int)
     p_valid, p_test = np.asarray(p_valid, float), np.asarray(p_test, float)
     nb, conf = gate.n_boot, gate.confidence
@@ -101,13 +108,24 @@ def evaluate_scores(name: str,                                # candidate label
         cal = fit_calibrator(y_valid, p_valid, "auto", seed)
         p_valid_c, p_test_c = cal(p_valid), cal(p_test)
     else: p_valid_c, p_test_c = p_valid, p_test
-    calibration = dict(method=cal.method if cal else "none", ece_raw=ece_raw, ece=expected_calibration_error(y_test, p_test_c, n_bins),
+    calibration = dict(method=cal.method if cal else "none", ece_raw=ece_raw,
+                       ece=expected_calibration_error(y_test, p_test_c, n_bins),
                        max_ece=gate.max_ece, n_bins=n_bins, brier_raw=float(brier_score_loss(y_test, p_test)),
-                       reliability_raw=reliability_table(y_test, p_test, n_bins), reliability=reliability_table(y_test, p_test_c, n_bins))
+                       reliability_raw=reliability_table(y_test, p_test, n_bins),
+                       reliability=reliability_table(y_test, p_test_c, n_bins))
     auc, lo, hi = auc_ci(y_test, p_test_c, nb, seed, conf)
-    metrics = dict(rows=len(y_test), churners=int(y_test.sum()), base_rate=float(y_test.mean()), roc_auc=auc, roc_auc_lo=lo, roc_auc_hi=hi,
-                   pr_auc=float(average_precision_score(y_test, p_test_c)), brier=float(brier_score_loss(y_test, p_test_c)),
-                   ece=calibration["ece"], valid_roc_auc=float(roc_auc_score(y_valid, p_valid_c)) if len(np.unique(y_valid)) == 2 else float("nan"))
+    metrics = dict(
+        rows=len(y_test),
+        churners=int(y_test.sum()),
+        base_rate=float(y_test.mean()),
+        roc_auc=auc,
+        roc_auc_lo=lo,
+        roc_auc_hi=hi,
+        pr_auc=float(average_precision_score(y_test, p_test_c)),
+        brier=float(brier_score_loss(y_test, p_test_c)),
+        ece=calibration["ece"],
+        valid_roc_auc=float(roc_auc_score(y_valid, p_valid_c)) if len(np.unique(y_valid)) == 2 else float("nan"),
+    )
     # the money: threshold chosen on validation by *expected* profit (the calibrated probabilities), applied to test
     # under the monthly budget. Not by realised validation profit: a month of outcomes is too noisy for that, and
     # its argmax wandered below the break-even probability (contacts that lose money in expectation).
@@ -117,7 +135,8 @@ def evaluate_scores(name: str,                                # candidate label
     business = business_summary(y_test, p_test_c, contact, charter, months, nb, seed, conf)
     topk = contact_policy(p_test_c, -np.inf, k, months) if k is not None else np.ones(len(p_test_c), bool)
     realised_valid = float(expected_profit(y_valid[p_valid_c >= choice.threshold], charter).sum())
-    business.update(threshold=choice.threshold, threshold_valid_profit=choice.profit, threshold_valid_realised_profit=realised_valid,
+    business.update(threshold=choice.threshold, threshold_valid_profit=choice.profit,
+                    threshold_valid_realised_profit=realised_valid,
                     break_even=break_even_probability(charter),
                     budget_contacts=k, cost_per_contact=cost_per_contact(charter),
                     topk_profit_per_month=float(expected_profit(y_test[topk], charter).sum() / business["months"]),
@@ -129,12 +148,15 @@ def evaluate_scores(name: str,                                # candidate label
         ok = truth["p_churn"].notna().to_numpy()
         months_ok = None if months is None else np.asarray(months)[ok]
         if ok.sum() and len(np.unique(y_test[ok])) == 2:
-            ev.oracle = oracle_summary(y_test[ok], p_test_c[ok], contact[ok], truth[ok].reset_index(drop=True), charter, months_ok, nb, seed, conf)
+            ev.oracle = oracle_summary(y_test[ok], p_test_c[ok], contact[ok], truth[ok].reset_index(drop=True), charter,
+                                       months_ok, nb, seed, conf)
             ev.oracle["rows_matched"] = int(ok.sum())
             reach = ev.oracle["policies"]["oracle_p"]["churn_reduction_true_p"]
-            if reach < charter.target_churn_reduction:     # no model could meet the target: say so, it is a business decision
-                business["verdict"]["text"] += (f" Even the true probabilities would keep only {reach:.1%} under this budget and save rate: "
-                                                "the target is out of reach of any model — a question for the charter, not for modelling.")
+            # no model could meet the target: say so, it is a business decision
+            if reach < charter.target_churn_reduction:
+                business["verdict"]["text"] += (f" Even the true probabilities would keep only {reach:.1%} under this "
+                                                "budget and save rate: the target is out of reach of any model — a "
+                                                "question for the charter, not for modelling.")
                 business["verdict"]["target_reachable"] = False
     if sensitive is not None and len(sensitive.columns):
         fr = fairness_report(y_test, p_test_c, contact, sensitive, nb, seed, conf, gate.min_group_rows)
@@ -145,11 +167,14 @@ def evaluate_scores(name: str,                                # candidate label
             a = bad[0]["attribute"]
             ev.mitigation = dict(attribute=a, **mitigate_gap(y_valid, p_valid_c, group_labels(sensitive_valid[a]),
                                                             y_test, p_test_c, group_labels(sensitive[a]),
-                                                            contact, charter, bad[0]["metric"], months, seed, gate.min_group_rows, k))
-        if ev.oracle is not None:   # the truth's own policy under the same budget: a limit below its gaps refuses even perfect knowledge
+                                                            contact, charter, bad[0]["metric"], months, seed,
+                                                            gate.min_group_rows, k))
+        # the truth's own policy under the same budget: a limit below its gaps refuses even perfect knowledge
+        if ev.oracle is not None:
             oracle_contact = oracle_policy(truth["p_churn"].to_numpy(float)[ok], charter, k, months_ok)
             ev.oracle["fairness_gaps"] = policy_gaps(y_test[ok], oracle_contact, sensitive[ok], gate.min_group_rows)
             truth_gap = {(g["attribute"], g["metric"]): g["difference"] for g in ev.oracle["fairness_gaps"]}
             for g in ev.fairness["gaps"]:
-                if (g["attribute"], g["metric"]) in truth_gap: g["oracle_difference"] = truth_gap[(g["attribute"], g["metric"])]
+                if (g["attribute"], g["metric"]) in truth_gap:
+                    g["oracle_difference"] = truth_gap[(g["attribute"], g["metric"])]
     return ev

@@ -1,4 +1,6 @@
-"""A packaged model scored fast and exactly: its gradient-boosted trees compiled into QuickScorer tables (numba), a scaled linear model folded into one dot product, a blend's members side by side — the pyfunc's probabilities to the last bit, for the API and batch scoring alike.
+"""A packaged model scored fast and exactly: its gradient-boosted trees compiled into QuickScorer tables (numba), a
+scaled linear model folded into one dot product, a blend's members side by side — the pyfunc's probabilities to
+the last bit, for the API and batch scoring alike.
 
 Docs: https://mlops-nb.github.io/mlops-nb/scorers.html.md"""
 
@@ -32,12 +34,14 @@ __all__ = ['log', 'CTZ_TABLE', 'PARALLEL_MIN_ROWS', 'TreeTables', 'BoostedTrees'
 # %% ../nbs/51_scorers.ipynb #f8cf9f60
 @dataclass(frozen=True)
 class TreeTables:
-    "A binary HistGradientBoosting ensemble as QuickScorer tables: splits sorted by feature and threshold, leaf masks, leaf values."
+    """A binary HistGradientBoosting ensemble as QuickScorer tables: splits sorted by feature and threshold, leaf masks,
+    leaf values."""
     start: np.ndarray       # [n_features + 1]: where each feature's splits begin in the sorted arrays
     threshold: np.ndarray   # split thresholds, sorted by (feature, threshold)
     tree: np.ndarray        # the tree each split belongs to
     mask: np.ndarray        # uint64: the leaves a failed test (x > threshold: go right) rules out, as zero bits
-    nan_start: np.ndarray   # [n_features + 1]: where each feature's splits that send missing values right begin in `nan_split`
+    # [n_features + 1]: where each feature's splits that send missing values right begin in `nan_split`
+    nan_start: np.ndarray
     nan_split: np.ndarray   # indices into the sorted arrays of the splits that send missing values right
     leaf_value: np.ndarray  # [n_trees, max_leaves]: leaf values, leaves numbered left to right
     baseline: float         # the ensemble's starting raw score
@@ -46,7 +50,8 @@ class TreeTables:
 _FULL = (1 << 64) - 1
 
 def _leaf_ranges(nodes: np.ndarray) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-    "Left-to-right number of each leaf, and for each split node the numbers [lo, hi) of the leaves under its left child."
+    """Left-to-right number of each leaf, and for each split node the numbers [lo, hi) of the leaves under its left
+    child."""
     pos: dict[int, int] = {}
     left_of: dict[int, tuple[int, int]] = {}
     def walk(n: int) -> tuple[int, int]:
@@ -70,9 +75,12 @@ class BoostedTrees:
     inverse_link: Callable[[np.ndarray], np.ndarray]   # raw score → probability, as predict_proba computes it
 
 def boosted_trees(model: Any) -> BoostedTrees | None:
-    "The trees of a fitted binary HistGradientBoostingClassifier (checked with scikit-learn 1.9), or None for another model."
-    if not isinstance(model, HistGradientBoostingClassifier) or getattr(model, "n_trees_per_iteration_", 0) != 1: return None
-    return BoostedTrees([predictor.nodes for (predictor,) in model._predictors], float(np.ravel(model._baseline_prediction)[0]),
+    """The trees of a fitted binary HistGradientBoostingClassifier (checked with scikit-learn 1.9), or None for another
+    model."""
+    if not isinstance(model, HistGradientBoostingClassifier) or getattr(model, "n_trees_per_iteration_", 0) != 1:
+        return None
+    return BoostedTrees([predictor.nodes for (predictor,) in model._predictors],
+                        float(np.ravel(model._baseline_prediction)[0]),
                         int(model.n_features_in_), model._loss.link.inverse)
 
 # %% ../nbs/51_scorers.ipynb #c4e1d6b4
@@ -99,7 +107,8 @@ def compile_trees(model: Any) -> TreeTables | None:
     nan_split = [np.flatnonzero(nan_right[start[f]:start[f + 1]]) + start[f] for f in range(nf)]
     leaf_value = np.zeros((len(leaves), max((len(v) for v in leaves), default=1)))
     for k, v in enumerate(leaves): leaf_value[k, :len(v)] = v
-    return TreeTables(start=start, threshold=np.array([s[1] for s in splits], dtype=np.float64), tree=np.array([s[2] for s in splits], dtype=np.int64),
+    return TreeTables(start=start, threshold=np.array([s[1] for s in splits], dtype=np.float64),
+                      tree=np.array([s[2] for s in splits], dtype=np.int64),
                       mask=np.array([s[3] for s in splits], dtype=np.uint64),
                       nan_start=np.cumsum([0] + [len(a) for a in nan_split]).astype(np.int64),
                       nan_split=np.concatenate(nan_split).astype(np.int64) if nan_split else np.zeros(0, np.int64),
@@ -110,10 +119,16 @@ _DEBRUIJN = 0x03F79D71B4CB0A89
 CTZ_TABLE = np.zeros(64, dtype=np.int64)   # lowest set bit of a 64-bit word, via de Bruijn multiplication
 for _i in range(64): CTZ_TABLE[(((1 << _i) * _DEBRUIJN) & _FULL) >> 58] = _i
 
-def _quickscorer(X, start, threshold, tree, mask, nan_start, nan_split, leaf_value, ctz, baseline, out):  # pragma: no cover (compiled)
+def _quickscorer(X, start, threshold, tree, mask, nan_start, nan_split, leaf_value, ctz, baseline,
+                 out):  # pragma: no cover (compiled)
     "Raw scores of the rows of X: baseline + each tree's exit-leaf value, in tree order."
     n, nf, n_trees = X.shape[0], start.shape[0] - 1, leaf_value.shape[0]
-    full, debruijn, shift, one = np.uint64(0xFFFFFFFFFFFFFFFF), np.uint64(0x03F79D71B4CB0A89), np.uint64(58), np.uint64(1)
+    full, debruijn, shift, one = (
+        np.uint64(0xFFFFFFFFFFFFFFFF),
+        np.uint64(0x03F79D71B4CB0A89),
+        np.uint64(58),
+        np.uint64(1),
+    )
     alive = np.empty(n_trees, np.uint64)
     for i in range(n):
         for k in range(n_trees): alive[k] = full
@@ -147,6 +162,7 @@ def quickscorer_kernel() -> Any:
             _kernel = False
     return _kernel
 
+# %% ../nbs/51_scorers.ipynb #0668b46c
 PARALLEL_MIN_ROWS = 20_000   # below this, one thread (the API's case: one thread per worker process)
 _pool: Any = None
 
@@ -156,39 +172,48 @@ def trees_raw(t: TreeTables, X: np.ndarray, threads: int = 1) -> np.ndarray:
     k = quickscorer_kernel()
     if not k: raise RuntimeError("numba is not available to score compiled trees")
     X = np.ascontiguousarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != t.n_features: raise ValueError(f"expected {t.n_features} encoded columns, got {X.shape}")
+    if X.ndim != 2 or X.shape[1] != t.n_features:
+        raise ValueError(f"expected {t.n_features} encoded columns, got {X.shape}")
     out = np.empty(X.shape[0])
     args = (t.start, t.threshold, t.tree, t.mask, t.nan_start, t.nan_split, t.leaf_value, CTZ_TABLE, t.baseline)
     if threads <= 1 or len(X) < PARALLEL_MIN_ROWS:
         k(X, *args, out)
         return out
     from concurrent.futures import ThreadPoolExecutor
-    if _pool is None or _pool._max_workers < threads: _pool = ThreadPoolExecutor(threads, thread_name_prefix="quickscorer")
+    if _pool is None or _pool._max_workers < threads:
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="quickscorer")
     cuts = np.linspace(0, len(X), threads + 1).astype(int)
-    for f in [_pool.submit(k, X[a:b], *args, out[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]: f.result()   # rows are independent
+    # rows are independent
+    for f in [_pool.submit(k, X[a:b], *args, out[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]: f.result()
     return out
 
 # %% ../nbs/51_scorers.ipynb #dd633b64
 def folded_linear(pipe: Any) -> tuple[np.ndarray, float] | None:
-    "(w, b) with Z @ w + b = the log-odds of a pipeline encoder → StandardScaler → binary linear model, from its encoded rows Z; else None."
-    if len(pipe) != 3 or not isinstance(pipe[1], StandardScaler) or not isinstance(pipe[2], LinearClassifierMixin): return None
+    """(w, b) with Z @ w + b = the log-odds of a pipeline encoder → StandardScaler → binary linear model, from its
+    encoded rows Z; else None."""
+    if len(pipe) != 3 or not isinstance(pipe[1], StandardScaler) or not isinstance(pipe[2], LinearClassifierMixin):
+        return None
     scaler, model = pipe[1], pipe[2]
     if model.coef_.shape[0] != 1: return None
     w = model.coef_[0] / (scaler.scale_ if scaler.scale_ is not None else 1.0)
     return w, float(model.intercept_[0] - np.dot(scaler.mean_ if scaler.mean_ is not None else np.zeros_like(w), w))
 
+# %% ../nbs/51_scorers.ipynb #3f58b68b
 class FastScorer:
-    "Scores encoded rows as the packaged ChurnModel does: the trees compiled (QuickScorer + numba), a scaled linear model folded into one dot product."
+    """Scores encoded rows as the packaged ChurnModel does: the trees compiled (QuickScorer + numba), a scaled linear
+    model folded into one dot product."""
     def __init__(self,
                  model: ChurnModel,                # the packaged model (pipeline, calibrator, threshold, spec)
                  unknown_category: str = "reject", # see RecordEncoder
                  compile: bool = True,             # compile the trees (False: always score with sklearn)
-                 explainer: Explainer | None = None, # the model's explainer, when one is built already (default: model.explainer)
+                 # the model's explainer, when one is built already (default: model.explainer)
+                 explainer: Explainer | None = None,
                  ):
         pipe = model.pipeline
         self._explainer = explainer
         self.model, self.estimator, self.rest = model, pipe[-1], pipe[1:]
-        self.between = pipe[1:-1] if len(pipe) > 2 else None   # steps between encoder and model (the logistic regression's scaler)
+        # steps between encoder and model (the logistic regression's scaler)
+        self.between = pipe[1:-1] if len(pipe) > 2 else None
         self.records = RecordEncoder(pipe[0], unknown_category)
         self.trees = compile_trees(self.estimator) if compile and len(pipe) == 2 else None
         self._inverse_link = boosted_trees(self.estimator).inverse_link if self.trees is not None else None
@@ -212,7 +237,8 @@ class FastScorer:
         return np.asarray(self.rest.decision_function(Z), dtype=np.float64).reshape(-1)
 
     def probabilities(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
-        "Calibrated churn probabilities of encoded rows — ChurnModel.predict's churn_probability. (`threads`: compiled trees, big batches.)"
+        """Calibrated churn probabilities of encoded rows — ChurnModel.predict's churn_probability. (`threads`: compiled
+        trees, big batches.)"""
         if self.compiled: p = self._inverse_link(trees_raw(self.trees, Z, threads))
         elif self.linear is not None: p = 1.0 / (1.0 + np.exp(-(Z @ self.linear[0] + self.linear[1])))
         else: p = self.rest.predict_proba(Z)[:, 1]
@@ -223,17 +249,29 @@ class FastScorer:
         return self.explainer.feature_contributions(Z if self.between is None else self.between.transform(Z))
 
     def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        "Per-row explanations: log-odds, base log-odds and each feature's contribution (largest first), with the value scored."
-        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.explainer.features, self.features, values)
+        """Per-row explanations: log-odds, base log-odds and each feature's contribution (largest first), with the value
+        scored."""
+        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.explainer.features, self.features,
+                                   values)
 
+# %% ../nbs/51_scorers.ipynb #d7fe6757
 def explanation_records(lo: np.ndarray, base: float, phi: np.ndarray, names: Sequence[str], features: Sequence[str],
                         values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    "Per-row explanation objects: contributions `phi` (columns `names`) largest first, with each feature's value (`values`, in `features` order)."
+    """Per-row explanation objects: contributions `phi` (columns `names`) largest first, with each feature's value
+    (`values`, in `features` order)."""
     pos, out = {f: i for i, f in enumerate(features)}, []
     for i in range(len(phi)):
         order = np.argsort(-np.abs(phi[i]), kind="stable")
-        out.append({"log_odds": float(lo[i]), "base_log_odds": float(base),
-                    "contributions": [{"feature": names[j], "value": values[i][pos[names[j]]], "contribution": float(phi[i, j])} for j in order]})
+        out.append(
+            {
+                "log_odds": float(lo[i]),
+                "base_log_odds": float(base),
+                "contributions": [
+                    {"feature": names[j], "value": values[i][pos[names[j]]], "contribution": float(phi[i, j])}
+                    for j in order
+                ],
+            }
+        )
     return out
 
 # %% ../nbs/51_scorers.ipynb #991af345
@@ -242,11 +280,17 @@ class BlendRecords:
     def __init__(self, parts: Sequence[RecordEncoder]):
         self.parts = list(parts)
         first = self.parts[0]
-        self.numeric, self.categorical, self.features, self.categories = first.numeric, first.categorical, first.features, first.categories
+        self.numeric, self.categorical, self.features, self.categories = (
+            first.numeric,
+            first.categorical,
+            first.features,
+            first.categories,
+        )
         self.width = sum(p.width for p in self.parts)
 
     def encode(self, feats: Any, loc: tuple, errors: list[FieldError]) -> tuple[list[float], list[Any]] | None:
-        "One feature object → (the members' encoded rows, joined; its values as logged); problems go to `errors` (and then None)."
+        """One feature object → (the members' encoded rows, joined; its values as logged); problems go to `errors` (and
+        then None)."""
         got = self.parts[0].encode(feats, loc, errors)
         if got is None: return None
         row, vals = got
@@ -257,14 +301,18 @@ class BlendRecords:
         return row, vals
 
     def encode_values(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
-        "Rows of logged values (in `features` order) → the joined encoded matrix; unseen categories are scored as unseen."
+        """Rows of logged values (in `features` order) → the joined encoded matrix; unseen categories are scored as
+        unseen."""
         return np.hstack([p.encode_values(rows) for p in self.parts])
 
+# %% ../nbs/51_scorers.ipynb #5906ef32
 class BlendScorer:
-    "FastScorer of a packaged LogOddsBlend: each member's scorer on its own columns, log-odds averaged, then the blend's calibrator."
+    """FastScorer of a packaged LogOddsBlend: each member's scorer on its own columns, log-odds averaged, then the
+    blend's calibrator."""
     def __init__(self, model: ChurnModel, unknown_category: str = "reject", compile: bool = True):
         blend, self.model, self.threshold = model.pipeline, model, float(model.threshold)
-        self.parts = [FastScorer(ChurnModel(m, model.spec, model.threshold), unknown_category, compile, explainer)   # explainers built once
+        # explainers built once
+        self.parts = [FastScorer(ChurnModel(m, model.spec, model.threshold), unknown_category, compile, explainer)
                       for m, explainer in zip(blend.members, model.explainer.parts)]
         self.records = BlendRecords([p.records for p in self.parts])
 
@@ -293,8 +341,10 @@ class BlendScorer:
         return float(np.mean([b for b, _ in got])), np.mean([phi for _, phi in got], axis=0)
 
     def explain(self, Z: np.ndarray, values: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.model.explainer.features, self.features, values)
+        return explanation_records(self.log_odds(Z), *self.contributions(Z), self.model.explainer.features,
+                                   self.features, values)
 
+# %% ../nbs/51_scorers.ipynb #704b23e5
 def make_scorer(model: ChurnModel, unknown_category: str = "reject", compile: bool = True) -> FastScorer | BlendScorer:
     "The fast scorer of a packaged model: a BlendScorer for a blend, a FastScorer otherwise."
     return (BlendScorer if isinstance(model.pipeline, LogOddsBlend) else FastScorer)(model, unknown_category, compile)

@@ -1,4 +1,5 @@
-"""A registered version loaded for serving — the pyfunc any MLflow tool loads, its fast scorer, its lineage — and checked against itself before it answers anyone.
+"""A registered version loaded for serving — the pyfunc any MLflow tool loads, its fast scorer, its lineage — and
+checked against itself before it answers anyone.
 
 Docs: https://mlops-nb.github.io/mlops-nb/served.html.md"""
 
@@ -46,7 +47,8 @@ def resolve_alias(client: Any, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
     try: return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as e:
-        if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"): return None
+        if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
         raise
 
 def model_lineage(client: Any, name: str, version: str) -> dict[str, str]:
@@ -60,7 +62,8 @@ def model_lineage(client: Any, name: str, version: str) -> dict[str, str]:
     parent_id = tags.get(TAG_TRAIN_RUN_ID) or tags.get("mlflow.parentRunId")
     ptags = client.get_run(parent_id).data.tags if parent_id else {}
     for d in run.inputs.dataset_inputs if run.inputs else []:
-        if any(t.key == "mlflow.data.context" and t.value == DATASET_TRAINING for t in d.tags): out["dataset_digest"] = d.dataset.digest; break
+        if any(t.key == "mlflow.data.context" and t.value == DATASET_TRAINING for t in d.tags):
+            out["dataset_digest"] = d.dataset.digest; break
     else: out["dataset_digest"] = ptags.get(TAG_FEATURE_TABLE_DIGEST, "unknown")
     out["git_commit"] = tags.get("mlflow.source.git.commit") or ptags.get("mlflow.source.git.commit") or "unknown"
     return out
@@ -92,21 +95,29 @@ class ServedModel:
     def info(self) -> dict[str, Any]:
         "What /ready and /v1/model say about it."
         spec = self.churn.spec
-        return {"name": self.name, "version": self.version, "threshold": self.threshold, "calibrated": self.churn.calibrator is not None,
-                "compiled": self.scorer.compiled, "numeric_features": self.numeric, "categorical_features": self.scorer.records.categorical,
-                "categories": self.scorer.records.categories, "descriptions": {f: spec.description.get(f, "") for f in self.features},
-                "lineage": self.lineage, "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3), "self_check": self.self_check}
+        return {"name": self.name, "version": self.version, "threshold": self.threshold,
+                "calibrated": self.churn.calibrator is not None,
+                "compiled": self.scorer.compiled, "numeric_features": self.numeric,
+                "categorical_features": self.scorer.records.categorical,
+                "categories": self.scorer.records.categories,
+                "descriptions": {f: spec.description.get(f, "") for f in self.features},
+                "lineage": self.lineage, "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
+                "self_check": self.self_check}
 
+# %% ../nbs/53_served.ipynb #49c3c6bb
 def self_check(pyfunc: Any, scorer: FastScorer | BlendScorer, example: pd.DataFrame | None) -> dict[str, Any]:
     "Score the input example with the pyfunc and the fast path (frame and JSON records); the largest difference."
     if example is None or not len(example): return {"rows": 0, "max_abs_diff": None}
     ref = pyfunc.predict(example)["churn_probability"].to_numpy(dtype=np.float64)
     errors: list[FieldError] = []
-    enc = [scorer.records.encode(r, ("example", i), errors) for i, r in enumerate(json_records(example, scorer.features))]
+    enc = [
+        scorer.records.encode(r, ("example", i), errors) for i, r in enumerate(json_records(example, scorer.features))
+    ]
     diffs = [np.abs(scorer.probabilities(scorer.encode_frame(example)) - ref).max()]
     if not errors: diffs.append(np.abs(scorer.probabilities(np.array([r for r, _ in enc])) - ref).max())
     return {"rows": len(example), "max_abs_diff": float(max(diffs))}
 
+# %% ../nbs/53_served.ipynb #d235f98a
 def load_served_model(cfg: Settings, version: str, unknown_category: str | None = None) -> ServedModel:
     "Load version `version` of the configured registered model for serving: pyfunc, fast scorer, lineage, self-check."
     mlflow, client = mlflow_for(cfg)
@@ -116,15 +127,19 @@ def load_served_model(cfg: Settings, version: str, unknown_category: str | None 
     except Exception as e: raise ModelLoadError(f"cannot load {uri}: {type(e).__name__}: {e}") from e
     churn = pyfunc.unwrap_python_model()
     if not isinstance(churn, ChurnModel):
-        raise ModelLoadError(f"{uri} is a {type(churn).__name__}, not a packaged ChurnModel (package it with mlops_nb.package.log_packaged_model)")
-    scorer = make_scorer(churn, unknown_category or cfg.api.unknown_category, compile=os.environ.get(ENV_SCORER, "compiled") != "sklearn")
+        raise ModelLoadError(f"{uri} is a {type(churn).__name__}, not a packaged ChurnModel (package it with "
+                             "mlops_nb.package.log_packaged_model)")
+    scorer = make_scorer(churn, unknown_category or cfg.api.unknown_category,
+                         compile=os.environ.get(ENV_SCORER, "compiled") != "sklearn")
     clash = sorted(set(scorer.features) & RESERVED_COLUMNS)
     if clash: raise ModelLoadError(f"{uri}: features named like prediction-log columns: {', '.join(clash)}")
     check = self_check(pyfunc, scorer, getattr(pyfunc, "input_example", None))
     if scorer.compiled and check["max_abs_diff"] is not None and check["max_abs_diff"] > 1e-9:
-        log.warning("%s: compiled trees differ from the pyfunc by %.3g; scoring with scikit-learn instead", uri, check["max_abs_diff"])
+        log.warning("%s: compiled trees differ from the pyfunc by %.3g; scoring with scikit-learn instead", uri,
+                    check["max_abs_diff"])
         scorer.compiled = False
         check = self_check(pyfunc, scorer, pyfunc.input_example)
     check["compiled"] = scorer.compiled
-    return ServedModel(name, str(version), uri, churn, scorer, model_lineage(client, name, str(version)), time.perf_counter() - t0,
+    return ServedModel(name, str(version), uri, churn, scorer, model_lineage(client, name, str(version)),
+                       time.perf_counter() - t0,
                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), check)

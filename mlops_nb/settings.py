@@ -55,7 +55,8 @@ SETTINGS_VERSION = 2   # bump when a key is added, and declare the new key with 
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
-    "Declare one settings key: its default, its one-line doc, its allowed values and the settings version that added it."
+    """Declare one settings key: its default, its one-line doc, its allowed values and the settings version that added
+    it."""
     return field(default=default, metadata=dict(doc=doc, lo=lo, hi=hi, choices=choices, pattern=pattern, since=since))
 
 # %% ../nbs/01_settings.ipynb #9bd52a3b
@@ -63,81 +64,136 @@ def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None
 class PathsSettings:
     "Where the stores live (relative paths are relative to the settings file's folder)."
     lake: Path = setting(Path("data/lake"), "raw data lake: one folder per source, partitioned by month")
-    oracle: Path = setting(Path("data/oracle"), "simulator ground truth (true churn probabilities, injected defects); never read by the pipeline phases")
+    oracle: Path = setting(Path("data/oracle"),
+                           "simulator ground truth (true churn probabilities, injected defects); never read by the "
+                           "pipeline phases")
     warehouse: Path = setting(Path("data/warehouse.duckdb"), "the DuckDB warehouse file")
-    prediction_log: Path = setting(Path("data/prediction_log"), "append-only Parquet prediction log, partitioned by date")
+    prediction_log: Path = setting(Path("data/prediction_log"),
+                                   "append-only Parquet prediction log, partitioned by date")
     reports: Path = setting(Path("reports"), "executed notebooks (reports/runs/<run-id>/) and HTML reports")
     notebooks: Path = setting(Path("nbs"), "the phase notebooks that `mlops-nb run` executes")
-    audit: Path = setting(Path("data/audit/audit.jsonl"), "the append-only, hash-chained audit trail (runs, promotions, data-subject requests)",
+    audit: Path = setting(Path("data/audit/audit.jsonl"),
+                          "the append-only, hash-chained audit trail (runs, promotions, data-subject requests)",
                           since=2)
 
+# %% ../nbs/01_settings.ipynb #10041f2c
 @dataclass(frozen=True)
 class MlflowSettings:
     "The tracking server and Model Registry."
-    tracking_uri: str = setting("sqlite:///data/mlflow.db", "sqlite:///<file> (relative to this file) for the embedded store, or http(s)://host:port of an `mlflow server`")
+    tracking_uri: str = setting("sqlite:///data/mlflow.db",
+                                "sqlite:///<file> (relative to this file) for the embedded store, or "
+                                "http(s)://host:port of an `mlflow server`")
     artifacts: Path = setting(Path("data/mlartifacts"), "artifact root of a new experiment on the embedded store")
     experiment: str = setting("churn", "experiment name", pattern=r"\S.*")
-    registered_model: str = setting("churn-model", "registered model name in the Model Registry", pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+    registered_model: str = setting("churn-model", "registered model name in the Model Registry",
+                                    pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
+# %% ../nbs/01_settings.ipynb #df382ef0
 @dataclass(frozen=True)
 class LakeSettings:
     "The synthetic telecom world the project generates as its raw data lake."
-    source: str = setting("synthetic", "where the data comes from: synthetic = the built-in simulated telecom lake; byod = your own table ([byod])", choices=("synthetic", "byod"))
-    scenario: str = setting("stable", "stable, or drift: input mix, concept and a billing data bug shift from drift_month on", choices=("stable", "drift"))
+    source: str = setting("synthetic",
+                          "where the data comes from: synthetic = the built-in simulated telecom lake; byod = your "
+                          "own table ([byod])", choices=("synthetic", "byod"))
+    scenario: str = setting("stable",
+                            "stable, or drift: input mix, concept and a billing data bug shift from drift_month on",
+                            choices=("stable", "drift"))
     customers: int = setting(20_000, "active customers in the first month", lo=50, hi=50_000_000)
     months: int = setting(12, "months simulated", lo=3, hi=120)
     start_month: str = setting("2025-01", "first simulated month, YYYY-MM", pattern=r"(19|20)\d\d-(0[1-9]|1[0-2])")
     seed: int = setting(42, "random seed: the same seed gives a byte-identical lake", lo=0, hi=2**32 - 1)
     drift_month: int = setting(8, "drift scenario: the 1-based month from which the world drifts", lo=2, hi=120)
-    schema_drift_month: int = setting(7, "the usage source renames a column from this 1-based month on (0 = never)", lo=0, hi=120)
-    campaign_share: float = setting(0.06, "share of active customers drawn each month into a random historical retention campaign (half offered, half control)", lo=0.0, hi=0.5)
+    schema_drift_month: int = setting(7, "the usage source renames a column from this 1-based month on (0 = never)",
+                                      lo=0, hi=120)
+    campaign_share: float = setting(0.06,
+                                    "share of active customers drawn each month into a random historical retention "
+                                    "campaign (half offered, half control)", lo=0.0, hi=0.5)
     duplicate_rate: float = setting(0.01, "defect: share of records written twice", lo=0.0, hi=0.5)
     missing_rate: float = setting(0.02, "defect: share of records with a blanked optional field", lo=0.0, hi=0.5)
     date_format_rate: float = setting(0.05, "defect: share of dates written in another format", lo=0.0, hi=0.5)
-    spelling_rate: float = setting(0.05, "defect: share of category values with another spelling or case", lo=0.0, hi=0.5)
+    spelling_rate: float = setting(0.05, "defect: share of category values with another spelling or case", lo=0.0,
+                                   hi=0.5)
     outlier_rate: float = setting(0.002, "defect: share of numeric values that are impossible outliers", lo=0.0, hi=0.5)
     corrupt_rate: float = setting(0.001, "defect: share of text-file lines corrupted or truncated", lo=0.0, hi=0.5)
-    late_rate: float = setting(0.01, "defect: share of event records that arrive in a later month's partition", lo=0.0, hi=0.5)
+    late_rate: float = setting(0.01, "defect: share of event records that arrive in a later month's partition", lo=0.0,
+                               hi=0.5)
 
+# %% ../nbs/01_settings.ipynb #21bfe258
 @dataclass(frozen=True)
 class CharterSettings:
     "The business charter: the measurable objective and the money that makes ROI computable (BRL)."
-    objective: str = setting("Cut monthly churn among targeted customers by 15% with a retention offer, at a positive ROI", "the objective, in the business's words")
-    target_churn_reduction: float = setting(0.15, "the measurable objective: relative churn reduction the programme must deliver", lo=0.0, hi=1.0)
+    objective: str = setting("Cut monthly churn among targeted customers by 15% with a retention offer, at a positive "
+                             "ROI", "the objective, in the business's words")
+    target_churn_reduction: float = setting(0.15,
+                                            "the measurable objective: relative churn reduction the programme must "
+                                            "deliver", lo=0.0, hi=1.0)
     contact_cost: float = setting(3.0, "cost of contacting one customer (call, SMS, agent time), BRL", lo=0.0)
     offer_cost: float = setting(40.0, "cost of the retention offer to a customer who takes it, BRL", lo=0.0)
-    customer_value: float = setting(600.0, "value of keeping a customer who would have left (margin over the value horizon), BRL", lo=0.0)
-    offer_acceptance: float = setting(0.40, "assumed share of contacted customers who take the offer (and cost offer_cost)", lo=0.0, hi=1.0,
+    customer_value: float = setting(600.0,
+                                    "value of keeping a customer who would have left (margin over the value horizon), "
+                                    "BRL", lo=0.0)
+    offer_acceptance: float = setting(0.40,
+                                      "assumed share of contacted customers who take the offer (and cost offer_cost)",
+                                      lo=0.0, hi=1.0,
                                      since=2)
-    save_rate: float = setting(0.30, "assumed share of would-be churners among those contacted who stay because of the offer", lo=0.0, hi=1.0,
+    save_rate: float = setting(0.30,
+                               "assumed share of would-be churners among those contacted who stay because of the offer",
+                               lo=0.0, hi=1.0,
                               since=2)
-    monthly_budget: float = setting(50_000.0, "campaign budget per month, BRL (caps how many customers can be targeted)", lo=0.0)
-    max_fairness_gap: float = setting(0.15, "largest allowed gap between groups of a sensitive attribute (selection rate, TPR)", lo=0.0, hi=1.0)
+    monthly_budget: float = setting(50_000.0,
+                                    "campaign budget per month, BRL (caps how many customers can be targeted)", lo=0.0)
+    max_fairness_gap: float = setting(0.15,
+                                      "largest allowed gap between groups of a sensitive attribute (selection rate, "
+                                      "TPR)", lo=0.0, hi=1.0)
 
+# %% ../nbs/01_settings.ipynb #9a4a2115
 @dataclass(frozen=True)
 class PrivacySettings:
     "LGPD: which columns are personal data, and how they are pseudonymised."
     SINCE: ClassVar[int] = 2
-    key_file: Path = setting(Path("~/.config/mlops-nb/pseudonym.key"), "secret key of the keyed pseudonyms (HMAC-SHA256), kept outside the project; created (mode 0600) on first use if missing; the environment variable MLOPS_PSEUDONYM_KEY takes precedence")
-    vault: Path = setting(Path("data/vault.duckdb"), "the only store of clear personal data (for data-subject requests), a separate file with mode 0600")
-    direct_identifiers: tuple[str, ...] = setting(("name", "cpf", "email", "phone", "address", "postal_code", "birth_date"), "direct identifiers: replaced by pseudonyms (or generalised) in staging; clear values only in the vault")
-    sensitive_attributes: tuple[str, ...] = setting(("gender", "age_band"), "sensitive attributes: kept apart from the model's features, used only for fairness analysis")
+    key_file: Path = setting(Path("~/.config/mlops-nb/pseudonym.key"),
+                             "secret key of the keyed pseudonyms (HMAC-SHA256), kept outside the project; created "
+                             "(mode 0600) on first use if missing; the environment variable MLOPS_PSEUDONYM_KEY takes "
+                             "precedence")
+    vault: Path = setting(Path("data/vault.duckdb"),
+                          "the only store of clear personal data (for data-subject requests), a separate file with "
+                          "mode 0600")
+    direct_identifiers: tuple[str,
+                              ...] = setting(("name", "cpf", "email", "phone", "address", "postal_code", "birth_date"),
+                                             "direct identifiers: replaced by pseudonyms (or generalised) in staging; "
+                                             "clear values only in the vault")
+    sensitive_attributes: tuple[str, ...] = setting(("gender", "age_band"),
+                                                    "sensitive attributes: kept apart from the model's features, used "
+                                                    "only for fairness analysis")
 
+# %% ../nbs/01_settings.ipynb #0d87bd32
 @dataclass(frozen=True)
 class QualitySettings:
     "The data-quality gate over the warehouse."
     SINCE: ClassVar[int] = 2
     rules_file: Path = setting(Path("quality_rules.yaml"), "the data-quality rules, declared as data (YAML)")
-    max_volume_change: float = setting(0.30, "largest month-over-month change in a source's row count before the volume rule fires", lo=0.0)
+    max_volume_change: float = setting(0.30,
+                                       "largest month-over-month change in a source's row count before the volume "
+                                       "rule fires", lo=0.0)
 
+# %% ../nbs/01_settings.ipynb #ba03f508
 @dataclass(frozen=True)
 class FeaturesSettings:
     "Point-in-time features and labels."
     SINCE: ClassVar[int] = 2
-    horizon_months: int = setting(1, "the label: did the customer churn within this many months after the feature month", lo=1, hi=12)
-    label_grace_months: int = setting(0, "months to wait after the horizon for late-arriving cancellation records before a label counts (null until then); the phase reports how many arrive late", lo=0, hi=6)
-    memory_limit: str = setting("4GB", "DuckDB memory limit while building the table (it spills to a temporary folder beside the warehouse beyond it), e.g. 4GB", pattern=r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
+    horizon_months: int = setting(1,
+                                  "the label: did the customer churn within this many months after the feature month",
+                                  lo=1, hi=12)
+    label_grace_months: int = setting(0,
+                                      "months to wait after the horizon for late-arriving cancellation records before "
+                                      "a label counts (null until then); the phase reports how many arrive "
+                                      "late", lo=0, hi=6)
+    memory_limit: str = setting("4GB",
+                                "DuckDB memory limit while building the table (it spills to a temporary folder beside "
+                                "the warehouse beyond it), e.g. "
+                                "4GB", pattern=r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 
+# %% ../nbs/01_settings.ipynb #bca954c6
 @dataclass(frozen=True)
 class ByodSettings:
     "Bring your own data: used when [lake] source = byod."
@@ -147,62 +203,129 @@ class ByodSettings:
     target_column: str = setting("churn", "the label column")
     positive_value: str = setting("1", "the label value that means the event happened (e.g. 1, yes, True)")
     time_column: str = setting("", "optional date/month column for a time-aware split; empty = stratified random split")
-    sensitive_columns: tuple[str, ...] = setting((), "sensitive attributes (fairness analysis only, never model inputs)")
-    pii_columns: tuple[str, ...] = setting((), "direct identifiers to pseudonymise or drop (never reach the warehouse in the clear)")
+    sensitive_columns: tuple[str, ...] = setting((),
+                                                 "sensitive attributes (fairness analysis only, never model inputs)")
+    pii_columns: tuple[str, ...] = setting((),
+                                           "direct identifiers to pseudonymise or drop (never reach the warehouse in "
+                                           "the clear)")
     categorical_columns: tuple[str, ...] = setting((), "columns to treat as categorical (others are inferred)")
-    rules_file: str = setting("", "optional YAML file of your own data-quality rules on staging.byod, added to the generated ones (format of [quality] rules_file); empty = generated rules only")
+    rules_file: str = setting("",
+                              "optional YAML file of your own data-quality rules on staging.byod, added to the "
+                              "generated ones (format of [quality] rules_file); empty = generated rules only")
 
+# %% ../nbs/01_settings.ipynb #8280cf4b
 @dataclass(frozen=True)
 class TrainSettings:
     "Candidate models and their tuning budget."
     SINCE: ClassVar[int] = 2
-    candidates: tuple[str, ...] = setting(("logreg", "hgb", "torch_mlp"), "model families to train", choices=("logreg", "hgb", "torch_mlp"))
-    trials: int = setting(2, "tuning trials per family (each a nested MLflow run); the first is always the family's defaults", lo=1, hi=500)
-    max_rows: int = setting(1_000_000, "training rows per fit: a month- and label-stratified sample of the training months when there are more (0 = all); bounds training time and memory as data grows", lo=0)
-    network_max_rows: int = setting(100_000, "training rows per fit of the PyTorch network, whose fits cost the most per row: a smaller month- and label-stratified sample of the rows the other families fit (0 = the same rows)", lo=0)
-    blend_within: float = setting(0.01, "the blend candidate averages the log-odds of every family whose validation AUC is within this of the best family's (0 = no blend)", lo=0.0, hi=1.0)
+    candidates: tuple[str, ...] = setting(("logreg", "hgb", "torch_mlp"), "model families to train",
+                                          choices=("logreg", "hgb", "torch_mlp"))
+    trials: int = setting(2,
+                          "tuning trials per family (each a nested MLflow run); the first is always the family's "
+                          "defaults", lo=1, hi=500)
+    max_rows: int = setting(1_000_000,
+                            "training rows per fit: a month- and label-stratified sample of the training months when "
+                            "there are more (0 = all); bounds training time and memory as data grows", lo=0)
+    network_max_rows: int = setting(100_000,
+                                    "training rows per fit of the PyTorch network, whose fits cost the most per row: "
+                                    "a smaller month- and label-stratified sample of the rows the other families fit "
+                                    "(0 = the same rows)", lo=0)
+    blend_within: float = setting(0.01,
+                                  "the blend candidate averages the log-odds of every family whose validation AUC is "
+                                  "within this of the best family's (0 = no blend)", lo=0.0, hi=1.0)
     seed: int = setting(7, "training seed: the same inputs and seed give the same metrics", lo=0, hi=2**32 - 1)
 
+# %% ../nbs/01_settings.ipynb #e448d349
 @dataclass(frozen=True)
 class GateSettings:
     "The promotion gate: what a candidate must show before it may serve."
     SINCE: ClassVar[int] = 2
-    auc_tolerance: float = setting(0.005, "non-inferiority margin: the lower bound of the CI of (candidate AUC - champion AUC) must exceed minus this", lo=0.0, hi=0.5)
+    auc_tolerance: float = setting(0.005,
+                                   "non-inferiority margin: the lower bound of the CI of (candidate AUC - champion "
+                                   "AUC) must exceed minus this", lo=0.0, hi=0.5)
     max_ece: float = setting(0.05, "largest expected calibration error allowed", lo=0.0, hi=1.0)
     min_profit: float = setting(0.0, "smallest expected monthly profit (BRL) of the decision policy", lo=-1e12)
-    profit_bound: str = setting("upper", "which value of the policy's monthly profit on test is held to min_profit: the CI's upper bound (refuse only a policy that credibly loses money; a point estimate below is reported as uncertain), the point estimate (one test month's luck decides on small data), or the lower bound (strict: the model must show the profit, which needs many test rows)", choices=("upper", "point", "lower"))
-    max_latency_ms: float = setting(50.0, "servability: p99 latency budget of one-row scoring in a fresh process", lo=0.1)
+    profit_bound: str = setting("upper",
+                                "which value of the policy's monthly profit on test is held to min_profit: the CI's "
+                                "upper bound (refuse only a policy that credibly loses money; a point estimate below "
+                                "is reported as uncertain), the point estimate (one test month's luck decides on "
+                                "small data), or the lower bound (strict: the model must show the profit, which needs "
+                                "many test rows)", choices=("upper", "point", "lower"))
+    max_latency_ms: float = setting(50.0, "servability: p99 latency budget of one-row scoring in a fresh process",
+                                    lo=0.1)
     require_quality_pass: bool = setting(True, "refuse a model trained on data whose quality gate failed")
-    auto_promote: bool = setting(True, "at the end of `mlops-nb run`, promote a gate-approved model straight to production; false stops at staging for a person to promote")
-    n_boot: int = setting(400, "bootstrap resamples behind every confidence interval of the evaluation and the gate", lo=50, hi=20_000)
+    auto_promote: bool = setting(True,
+                                 "at the end of `mlops-nb run`, promote a gate-approved model straight to production; "
+                                 "false stops at staging for a person to promote")
+    n_boot: int = setting(400, "bootstrap resamples behind every confidence interval of the evaluation and the gate",
+                          lo=50, hi=20_000)
     confidence: float = setting(0.95, "two-sided confidence level of those intervals", lo=0.5, hi=0.999)
-    fairness_bound: str = setting("point", "which value of a between-group gap is held to [charter] max_fairness_gap: the point estimate (CIs are reported beside it), the CI's upper bound (strict: the model must show the gap is small, which needs large groups), or the lower bound (refuse only a surely too large gap)", choices=("upper", "point", "lower"))
-    min_group_rows: int = setting(100, "a group enters a fairness gap only if the rate's denominator (rows for selection rate, churners for TPR) has at least this many test rows", lo=1)
+    fairness_bound: str = setting("point",
+                                  "which value of a between-group gap is held to [charter] max_fairness_gap: the "
+                                  "point estimate (CIs are reported beside it), the CI's upper bound (strict: the "
+                                  "model must show the gap is small, which needs large groups), or the lower bound "
+                                  "(refuse only a surely too large gap)", choices=("upper", "point", "lower"))
+    min_group_rows: int = setting(100,
+                                  "a group enters a fairness gap only if the rate's denominator (rows for selection "
+                                  "rate, churners for TPR) has at least this many test rows", lo=1)
 
+# %% ../nbs/01_settings.ipynb #1be3edf9
 @dataclass(frozen=True)
 class ApiSettings:
     "The scoring API (`mlops-nb serve`): where it listens, what it serves, what it accepts, and its prediction log."
     SINCE: ClassVar[int] = 2
-    host: str = setting("127.0.0.1", "address to listen on; 127.0.0.1 = this machine only (expose it through a TLS-terminating proxy, with auth = bearer)", pattern=r"\S+")
+    host: str = setting("127.0.0.1",
+                        "address to listen on; 127.0.0.1 = this machine only (expose it through a TLS-terminating "
+                        "proxy, with auth = bearer)", pattern=r"\S+")
     port: int = setting(8000, "TCP port", lo=1, hi=65535)
-    workers: int = setting(1, "worker processes; each loads the model, follows the registry and writes its own prediction-log files", lo=1, hi=64)
-    alias: str = setting(ALIAS_CHAMPION, "the registry alias served: champion = production, challenger = staging (e.g. a canary)", pattern=r"[A-Za-z][A-Za-z0-9_-]*")
-    poll_seconds: float = setting(10.0, "how often each worker checks whether the alias moved; 0 = only at start and on POST /admin/reload", lo=0.0, hi=86400.0)
-    max_body_bytes: int = setting(1_048_576, "largest request body accepted; larger ones get 413 before the body is read", lo=1024, hi=1_073_741_824)
+    workers: int = setting(1,
+                           "worker processes; each loads the model, follows the registry and writes its own "
+                           "prediction-log files", lo=1, hi=64)
+    alias: str = setting(ALIAS_CHAMPION,
+                         "the registry alias served: champion = production, challenger = staging (e.g. a canary)",
+                         pattern=r"[A-Za-z][A-Za-z0-9_-]*")
+    poll_seconds: float = setting(10.0,
+                                  "how often each worker checks whether the alias moved; 0 = only at start and on "
+                                  "POST /admin/reload", lo=0.0, hi=86400.0)
+    max_body_bytes: int = setting(1_048_576,
+                                  "largest request body accepted; larger ones get 413 before the body is read", lo=1024,
+                                  hi=1_073_741_824)
     max_batch_rows: int = setting(1000, "most records in one POST /v1/score/batch", lo=1, hi=1_000_000)
-    unknown_category: str = setting("reject", "a category value the model never saw: reject (422 naming the field and the allowed values) or missing (scored the way the model scores unseen categories)", choices=("reject", "missing"))
-    auth: str = setting("none", "scoring and explanation endpoints: none, or bearer (Authorization: Bearer <the token in $token_env>)", choices=("none", "bearer"))
-    token_env: str = setting("MLOPS_API_TOKEN", "environment variable holding the bearer token of the scoring and explanation endpoints (auth = bearer)", pattern=r"[A-Za-z_][A-Za-z0-9_]*")
-    admin_token_env: str = setting("MLOPS_API_ADMIN_TOKEN", "environment variable holding the bearer token of POST /admin/reload; unset or empty = admin endpoints disabled", pattern=r"[A-Za-z_][A-Za-z0-9_]*")
-    log_flush_rows: int = setting(5000, "prediction log: each worker writes a Parquet file once this many predictions are buffered (or log_flush_seconds passed)", lo=1, hi=10_000_000)
-    log_flush_seconds: float = setting(5.0, "prediction log: each worker also writes one once its oldest buffered prediction is this many seconds old (what a reader of the log lags by)", lo=0.05, hi=3600.0)
-    micro_batch: str = setting("auto", "score concurrent requests as one array: auto (only when the model has no compiled scorer), on, off", choices=("auto", "on", "off"))
-    startup_wait_seconds: float = setting(120.0, "a worker accepts connections once its first model load ends, or after this many seconds (then /ready answers 503 until it is loaded)", lo=0.0, hi=3600.0)
-    access_log: bool = setting(False, "uvicorn's access log of every request (client addresses are personal data under LGPD: off by default)")
+    unknown_category: str = setting("reject",
+                                    "a category value the model never saw: reject (422 naming the field and the "
+                                    "allowed values) or missing (scored the way the model scores unseen "
+                                    "categories)", choices=("reject", "missing"))
+    auth: str = setting("none",
+                        "scoring and explanation endpoints: none, or bearer (Authorization: Bearer <the token in "
+                        "$token_env>)", choices=("none", "bearer"))
+    token_env: str = setting("MLOPS_API_TOKEN",
+                             "environment variable holding the bearer token of the scoring and explanation endpoints "
+                             "(auth = bearer)", pattern=r"[A-Za-z_][A-Za-z0-9_]*")
+    admin_token_env: str = setting("MLOPS_API_ADMIN_TOKEN",
+                                   "environment variable holding the bearer token of POST /admin/reload; unset or "
+                                   "empty = admin endpoints disabled", pattern=r"[A-Za-z_][A-Za-z0-9_]*")
+    log_flush_rows: int = setting(5000,
+                                  "prediction log: each worker writes a Parquet file once this many predictions are "
+                                  "buffered (or log_flush_seconds passed)", lo=1, hi=10_000_000)
+    log_flush_seconds: float = setting(5.0,
+                                       "prediction log: each worker also writes one once its oldest buffered "
+                                       "prediction is this many seconds old (what a reader of the log lags "
+                                       "by)", lo=0.05, hi=3600.0)
+    micro_batch: str = setting("auto",
+                               "score concurrent requests as one array: auto (only when the model has no compiled "
+                               "scorer), on, off", choices=("auto", "on", "off"))
+    startup_wait_seconds: float = setting(120.0,
+                                          "a worker accepts connections once its first model load ends, or after this "
+                                          "many seconds (then /ready answers 503 until it is "
+                                          "loaded)", lo=0.0, hi=3600.0)
+    access_log: bool = setting(False,
+                               "uvicorn's access log of every request (client addresses are personal data under LGPD: "
+                               "off by default)")
 
 # %% ../nbs/01_settings.ipynb #1b40c831
 SECTIONS: dict[str, type] = {   # the names are the catalog's (every room reads settings by them)
-    SECTION_PATHS: PathsSettings, SECTION_MLFLOW: MlflowSettings, SECTION_LAKE: LakeSettings, SECTION_CHARTER: CharterSettings,
+    SECTION_PATHS: PathsSettings, SECTION_MLFLOW: MlflowSettings, SECTION_LAKE: LakeSettings,
+    SECTION_CHARTER: CharterSettings,
     SECTION_PRIVACY: PrivacySettings, SECTION_QUALITY: QualitySettings, SECTION_FEATURES: FeaturesSettings,
     SECTION_BYOD: ByodSettings, SECTION_TRAIN: TrainSettings, SECTION_GATE: GateSettings, SECTION_API: ApiSettings}
 
@@ -221,11 +344,16 @@ class Settings:
     gate: GateSettings
     api: ApiSettings
     source: Path  # the settings file this was read from
-    defaulted: tuple[str, ...] = ()  # `<section>.<key>` the file lacked and a later version added: filled from the defaults
+    # `<section>.<key>` the file lacked and a later version added: filled from the defaults
+    defaulted: tuple[str, ...] = ()
 
     def flat(self) -> dict[str, Any]:
         "Every key as `<section>_<key>` → JSON-able value (the names papermill parameters use)."
-        return {f"{s}_{f.name}": _jsonable(getattr(getattr(self, s), f.name)) for s, cls in SECTIONS.items() for f in fields(cls)}
+        return {
+            f"{s}_{f.name}": _jsonable(getattr(getattr(self, s), f.name))
+            for s, cls in SECTIONS.items()
+            for f in fields(cls)
+        }
 
     def fingerprint(self) -> str:
         "A short content hash of every setting, to tag runs with."
@@ -261,7 +389,8 @@ def parse_value(raw: str, typ: Any, meta: Mapping[str, Any]) -> Any:
     elif typing.get_origin(typ) is tuple:
         v = tuple(x.strip() for x in s.split(",") if x.strip())
         bad = [x for x in v if meta.get("choices") and x not in meta["choices"]]
-        if bad: raise ValueError(f"expected a comma-separated list of {', '.join(meta['choices'])}; got {', '.join(bad)}")
+        if bad:
+            raise ValueError(f"expected a comma-separated list of {', '.join(meta['choices'])}; got {', '.join(bad)}")
         return v
     else:
         v = s
@@ -288,7 +417,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
 def _split_flat(name: str) -> tuple[str, str]:
     "`lake_customers` or `lake.customers` → ('lake', 'customers')."
     sec, sep, key = name.replace(".", "_", 1).partition("_")
-    if not sep or sec not in SECTIONS: raise SettingsError(f"unknown setting {name!r}: names look like <section>_<key>, with section one of {', '.join(SECTIONS)}")
+    if not sep or sec not in SECTIONS:
+        raise SettingsError(f"unknown setting {name!r}: names look like <section>_<key>, with section one of "
+                            f"{', '.join(SECTIONS)}")
     return sec, key
 
 def _read_ini(path: Path) -> configparser.ConfigParser:
@@ -311,9 +442,11 @@ def key_since(cls: type, f: dataclasses.Field) -> int:
 
 def defaults_notice(path: Path, keys: list[str], show: int = 8) -> str:
     "The notice naming the keys a settings file lacked and a later version added (filled from their defaults)."
-    named = ", ".join(f"[{k.split('.')[0]}] {k.split('.')[1]}" for k in keys[:show]) + (f" and {len(keys) - show} more" if len(keys) > show else "")
+    named = ", ".join(f"[{k.split('.')[0]}] {k.split('.')[1]}" for k in keys[:show]) + (
+        f" and {len(keys) - show} more" if len(keys) > show else ""
+    )
     return (f"{path.name} was written before {len(keys)} settings were added; using their defaults: {named} "
-            f"(`mlops-nb settings --template` shows them documented)")
+            "(`mlops-nb settings --template` shows them documented)")
 
 # %% ../nbs/01_settings.ipynb #0b7f1172
 def load_settings(path: str | Path = "settings.ini", env: Mapping[str, str] | None = None,
@@ -324,9 +457,11 @@ def load_settings(path: str | Path = "settings.ini", env: Mapping[str, str] | No
     raw: dict[tuple[str, str], tuple[str, str]] = {}  # (section, key) -> (value, where it came from)
     errors: list[str] = []
     for sec in cp.sections():
-        if sec not in SECTIONS: errors.append(f"[{sec}] is not a known section (known: {', '.join(SECTIONS)})"); continue
+        if sec not in SECTIONS:
+            errors.append(f"[{sec}] is not a known section (known: {', '.join(SECTIONS)})"); continue
         for key, val in cp.items(sec): raw[(sec, key)] = (val, f"{path.name} [{sec}] {key}")
-    for (sec, key), val in _env_overrides(env).items(): raw[(sec, key)] = (val, f"environment {ENV_PREFIX}{sec.upper()}__{key.upper()}")
+    for (sec, key), val in _env_overrides(env).items():
+        raw[(sec, key)] = (val, f"environment {ENV_PREFIX}{sec.upper()}__{key.upper()}")
     for name, val in (overrides or {}).items():
         sec, key = _split_flat(name)
         raw[(sec, key)] = (str(_jsonable(val)), f"override {sec}_{key}")
@@ -340,7 +475,9 @@ def load_settings(path: str | Path = "settings.ini", env: Mapping[str, str] | No
             if (sec, f.name) not in raw and key_since(cls, f) > 1:
                 vals[f.name] = f.default; defaulted.append(f"{sec}.{f.name}"); continue
             if (sec, f.name) not in raw:
-                errors.append(f"{path.name} [{sec}] {f.name}: missing ({f.metadata['doc']}; e.g. {f.name} = {_jsonable(f.default)})"); continue
+                errors.append(f"{path.name} [{sec}] {f.name}: missing ({f.metadata['doc']}; e.g. {f.name} = "
+                              f"{_jsonable(f.default)})")
+                continue
             val, where = raw[(sec, f.name)]
             try: vals[f.name] = parse_value(val, hints[f.name], f.metadata)
             except ValueError as e: errors.append(f"{where}: {e}")
@@ -361,22 +498,28 @@ def _cross_checks(s: Mapping[str, Any]) -> list[str]:
     "Rules that involve more than one key."
     lake, errs = s["lake"], []
     if lake.scenario == "drift" and lake.drift_month > lake.months:
-        errs.append(f"[lake] drift_month: {lake.drift_month} is after the last month ({lake.months}) of the drift scenario")
+        errs.append(f"[lake] drift_month: {lake.drift_month} is after the last month ({lake.months}) of the drift "
+                    "scenario")
     # schema_drift_month beyond the last month simply means the rename never happens in the simulated window
     return errs
 
 def _resolve_paths(s: Settings) -> Settings:
     "Make every relative path (and a relative sqlite URI) absolute against the settings file's folder."
     root = s.source.parent
-    paths = dataclasses.replace(s.paths, **{f.name: (root / getattr(s.paths, f.name)).resolve() for f in fields(PathsSettings)})
+    paths = dataclasses.replace(s.paths,
+                                **{f.name: (root / getattr(s.paths, f.name)).resolve() for f in fields(PathsSettings)})
     uri = s.mlflow.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
     ml = dataclasses.replace(s.mlflow, tracking_uri=uri, artifacts=(root / s.mlflow.artifacts).resolve())
-    priv = dataclasses.replace(s.privacy, key_file=(root / s.privacy.key_file).resolve(), vault=(root / s.privacy.vault).resolve())
+    priv = dataclasses.replace(s.privacy, key_file=(root / s.privacy.key_file).resolve(),
+                               vault=(root / s.privacy.vault).resolve())
     qual = dataclasses.replace(s.quality, rules_file=(root / s.quality.rules_file).resolve())
-    byod = dataclasses.replace(s.byod, path=(root / s.byod.path).resolve(),
-                               rules_file=str((root / os.path.expanduser(s.byod.rules_file)).resolve()) if s.byod.rules_file.strip() else "")
+    byod = dataclasses.replace(
+        s.byod,
+        path=(root / s.byod.path).resolve(),
+        rules_file=str((root / os.path.expanduser(s.byod.rules_file)).resolve()) if s.byod.rules_file.strip() else "",
+    )
     return dataclasses.replace(s, paths=paths, mlflow=ml, privacy=priv, quality=qual, byod=byod)
 
 # %% ../nbs/01_settings.ipynb #0ed47354
@@ -411,13 +554,18 @@ def render_settings(values: Mapping[str, Any] | None = None) -> str:
         for f in fields(cls):
             m, v = f.metadata, values.pop(f"{sec}_{f.name}", f.default)
             rng = f" (one of: {', '.join(m['choices'])})" if m["choices"] else ""
-            rng += f" [{m['lo'] if m['lo'] is not None else ''}..{m['hi'] if m['hi'] is not None else ''}]" if (m["lo"] is not None or m["hi"] is not None) else ""
+            rng += (
+                f" [{m['lo'] if m['lo'] is not None else ''}..{m['hi'] if m['hi'] is not None else ''}]"
+                if (m["lo"] is not None or m["hi"] is not None)
+                else ""
+            )
             out.append(f"# {m['doc']}{rng}\n{f.name} = {_jsonable(v)}\n")
     if values: raise SettingsError(f"unknown settings: {', '.join(sorted(values))}")
     return "".join(out)
 
 # %% ../nbs/01_settings.ipynb #f415b036
-SANDBOX_DEFAULTS: dict[str, Any] = dict(lake_customers=400, lake_months=6, lake_drift_month=4, lake_schema_drift_month=4)
+SANDBOX_DEFAULTS: dict[str, Any] = dict(lake_customers=400, lake_months=6, lake_drift_month=4,
+                                        lake_schema_drift_month=4)
 
 def sandbox_settings(root: str | Path | None = None, **values: Any) -> Settings:
     "Write a small, self-contained settings file under `root` (a new temp folder by default) and load it."

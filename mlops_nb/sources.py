@@ -1,4 +1,6 @@
-"""The contract between the systems that export to the lake and the ETL that reads it: each source's file, format, encoding and columns with their kind and plausible range; the company's reference data its categories come from; and the spellings, date formats and renamed columns a reader must accept.
+"""The contract between the systems that export to the lake and the ETL that reads it: each source's file, format,
+encoding and columns with their kind and plausible range; the company's reference data its categories come from;
+and the spellings, date formats and renamed columns a reader must accept.
 
 Docs: https://mlops-nb.github.io/mlops-nb/sources.html.md"""
 
@@ -23,10 +25,14 @@ __all__ = ['UFS', 'UF_CODES', 'CITIES', 'CITY_UF', 'CITY_DDD', 'UF_CEP', 'UF_FIR
 # %% ../nbs/10_sources.ipynb #4e93f5af
 UFS: tuple[tuple[str, float, tuple[int, int], tuple[tuple[str, int, float], ...]], ...] = (
     # (UF, population in millions, CEP range as 5-digit prefixes, cities: (name, DDD, share of the state))
-    ("SP", 44.4, (1000, 19999), (("São Paulo", 11, .50), ("Campinas", 19, .15), ("Santos", 13, .10), ("Ribeirão Preto", 16, .10), ("São José dos Campos", 12, .15))),
+    ("SP", 44.4, (1000, 19999),
+     (("São Paulo", 11, .50), ("Campinas", 19, .15), ("Santos", 13, .10), ("Ribeirão Preto", 16, .10),
+      ("São José dos Campos", 12, .15))),
     ("MG", 20.5, (30000, 39999), (("Belo Horizonte", 31, .55), ("Uberlândia", 34, .25), ("Juiz de Fora", 32, .20))),
-    ("RJ", 16.1, (20000, 28999), (("Rio de Janeiro", 21, .65), ("Niterói", 21, .15), ("Duque de Caxias", 21, .10), ("Petrópolis", 24, .10))),
-    ("BA", 14.1, (40000, 48999), (("Salvador", 71, .60), ("Feira de Santana", 75, .25), ("Vitória da Conquista", 77, .15))),
+    ("RJ", 16.1, (20000, 28999),
+     (("Rio de Janeiro", 21, .65), ("Niterói", 21, .15), ("Duque de Caxias", 21, .10), ("Petrópolis", 24, .10))),
+    ("BA", 14.1, (40000, 48999),
+     (("Salvador", 71, .60), ("Feira de Santana", 75, .25), ("Vitória da Conquista", 77, .15))),
     ("PR", 11.4, (80000, 87999), (("Curitiba", 41, .55), ("Londrina", 43, .25), ("Maringá", 44, .20))),
     ("RS", 10.9, (90000, 99999), (("Porto Alegre", 51, .60), ("Caxias do Sul", 54, .25), ("Pelotas", 53, .15))),
     ("PE", 9.1, (50000, 56999), (("Recife", 81, .65), ("Jaboatão dos Guararapes", 81, .20), ("Caruaru", 81, .15))),
@@ -102,6 +108,7 @@ class Col:
     valid: tuple[float, float] | None = None    # plausible range of a numeric column (outliers fall outside)
     messy: bool = True                          # a category column whose spelling may vary
 
+# %% ../nbs/10_sources.ipynb #3d9790fd
 @dataclass(frozen=True)
 class Source:
     "One source system's export: where it lands in the lake and how it is written."
@@ -120,58 +127,93 @@ class Source:
     def text(self) -> bool: return self.format in ("csv", "jsonl")
     def col(self, name: str) -> Col: return next(c for c in self.columns if c.name == name)
 
+# %% ../nbs/10_sources.ipynb #44c58972
 _D, _TS = "%d/%m/%Y", "%Y-%m-%dT%H:%M:%S"
 SOURCES: dict[str, Source] = {s.name: s for s in (
     Source("crm_customers", "clientes.csv", "csv", encoding="latin-1", sep=";", newline="\r\n", doc=
            "CRM export (Windows, latin-1): month 1 is the full base, later months only new and changed customers (CDC)",
            columns=(Col("id_cliente", "str"), Col("nome", "str"), Col("cpf", "str"), Col("email", "str", optional=True),
-                    Col("telefone", "str", optional=True), Col("data_nascimento", "date", _D), Col("sexo", "category", values=GENDERS),
+                    Col("telefone", "str", optional=True), Col("data_nascimento", "date", _D),
+                    Col("sexo", "category", values=GENDERS),
                     Col("uf", "category", values=UF_CODES), Col("cidade", "category", values=CITIES),
-                    Col("endereco", "str", optional=True), Col("cep", "str", optional=True), Col("data_cadastro", "date", _D))),
+                    Col("endereco", "str", optional=True), Col("cep", "str", optional=True),
+                    Col("data_cadastro", "date", _D))),
     Source("contracts", "contracts.jsonl", "jsonl", doc="contract events: new contracts and plan or payment changes",
-           columns=(Col("contract_id", "str"), Col("customer_id", "str"), Col("event_type", "category", values=EVENT_TYPES, messy=False),
+           columns=(Col("contract_id", "str"), Col("customer_id", "str"),
+                    Col("event_type", "category", values=EVENT_TYPES, messy=False),
                     Col("event_date", "date", "%Y-%m-%d"), Col("product", "category", values=PRODUCTS),
                     Col("plan", "category", values=PLAN_NAMES), Col("contract_type", "category", values=CONTRACT_TYPES),
-                    Col("monthly_fee", "float", valid=(0, 5000)), Col("payment_method", "category", values=PAYMENT_METHODS, optional=True))),
+                    Col("monthly_fee", "float", valid=(0, 5000)),
+                    Col("payment_method", "category", values=PAYMENT_METHODS, optional=True))),
     Source("usage", "usage.parquet", "parquet", doc="network usage: one row per active customer-month",
            columns=(Col("customer_id", "str"), Col("month", "str"), Col("data_gb", "float", valid=(0, 10_000)),
-                    Col("voice_minutes", "int", optional=True, valid=(0, 50_000)), Col("days_active", "int", optional=True, valid=(0, 31)),
+                    Col("voice_minutes", "int", optional=True, valid=(0, 50_000)),
+                    Col("days_active", "int", optional=True, valid=(0, 31)),
                     Col("dropped_call_rate", "float", optional=True, valid=(0, 1)))),
-    Source("billing", "billing.csv", "csv", late=True, event_col="issue_date", doc="invoices, one per active customer-month; amounts as Brazilian text",
-           columns=(Col("invoice_id", "str"), Col("customer_id", "str"), Col("reference_month", "str"), Col("issue_date", "date", "%Y-%m-%d"),
+    Source("billing", "billing.csv", "csv", late=True, event_col="issue_date",
+           doc="invoices, one per active customer-month; amounts as Brazilian text",
+           columns=(Col("invoice_id", "str"), Col("customer_id", "str"), Col("reference_month", "str"),
+                    Col("issue_date", "date", "%Y-%m-%d"),
                     Col("due_date", "date", "%Y-%m-%d", optional=True), Col("amount", "money", valid=(0, 20_000)),
                     Col("paid_date", "date", "%Y-%m-%d"))),
     Source("tickets", "tickets.jsonl", "jsonl", late=True, event_col="opened_at", doc="customer-support tickets",
-           columns=(Col("ticket_id", "str"), Col("customer_id", "str"), Col("opened_at", "timestamp", _TS), Col("closed_at", "timestamp", _TS),
-                    Col("channel", "category", values=TICKET_CHANNELS, optional=True), Col("category", "category", values=TICKET_CATEGORIES, optional=True),
+           columns=(Col("ticket_id", "str"), Col("customer_id", "str"), Col("opened_at", "timestamp", _TS),
+                    Col("closed_at", "timestamp", _TS),
+                    Col("channel", "category", values=TICKET_CHANNELS, optional=True),
+                    Col("category", "category", values=TICKET_CATEGORIES, optional=True),
                     Col("resolved", "bool"), Col("satisfaction", "int", valid=(1, 5)))),
-    Source("cancellations", "cancelamentos.csv", "csv", late=True, event_col="request_date", doc="cancellation requests (the churn label's source)",
-           columns=(Col("customer_id", "str"), Col("request_date", "date", _D), Col("effective_date", "date", _D, optional=True),
+    Source("cancellations", "cancelamentos.csv", "csv", late=True, event_col="request_date",
+           doc="cancellation requests (the churn label's source)",
+           columns=(Col("customer_id", "str"), Col("request_date", "date", _D),
+                    Col("effective_date", "date", _D, optional=True),
                     Col("reason", "category", values=CANCEL_REASONS, optional=True))),
-    Source("campaigns", "campaign.parquet", "parquet", doc="the monthly randomised retention campaign (treatment/control)",
-           columns=(Col("campaign_id", "str"), Col("customer_id", "str"), Col("month", "str"), Col("arm", "str"), Col("offer", "str"),
+    Source("campaigns", "campaign.parquet", "parquet",
+           doc="the monthly randomised retention campaign (treatment/control)",
+           columns=(Col("campaign_id", "str"), Col("customer_id", "str"), Col("month", "str"), Col("arm", "str"),
+                    Col("offer", "str"),
                     Col("contacted", "bool"), Col("accepted", "bool"))),
 )}
 
 def source_schema() -> pd.DataFrame:
     "The lake's contract as a table: one row per source column."
-    return pd.DataFrame([dict(source=s.name, file=f"{s.name}/month=YYYY-MM/{s.file}", format=s.format, encoding=s.encoding if s.text else "",
-                              column=c.name, kind=c.kind, fmt=c.fmt, optional=c.optional, valid=c.valid,
-                              categories=len(c.values) or None) for s in SOURCES.values() for c in s.columns])
+    return pd.DataFrame(
+        [
+            dict(
+                source=s.name,
+                file=f"{s.name}/month=YYYY-MM/{s.file}",
+                format=s.format,
+                encoding=s.encoding if s.text else "",
+                column=c.name,
+                kind=c.kind,
+                fmt=c.fmt,
+                optional=c.optional,
+                valid=c.valid,
+                categories=len(c.values) or None,
+            )
+            for s in SOURCES.values()
+            for c in s.columns
+        ]
+    )
 
 # %% ../nbs/10_sources.ipynb #6ef27989
-ALT_DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d-%m-%Y", "%Y-%m-%d %H:%M:%S")   # a date column uses the others than its own
+# a date column uses the others than its own
+ALT_DATE_FORMATS = ("%d/%m/%Y", "%Y-%m-%d", "%d-%m-%Y", "%Y-%m-%d %H:%M:%S")
 ALT_TS_FORMATS = ("%Y-%m-%d %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y")           # for timestamp columns
 RENAMED = {"data_gb": "data_usage_gb"}  # the usage schema change
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "mobile": ("Móvel", "movel"), "fibre": ("Fibra", "FIBRE", "fibra"), "bundle": ("Combo", "combo"),
-    "month_to_month": ("Mensal", "month-to-month"), "one_year": ("1 ano", "one-year"), "two_year": ("2 anos", "two-year"),
-    "boleto": ("boleto bancário", "Boleto"), "credit_card": ("cartão de crédito", "Credit Card"), "debit": ("débito automático", "Debit"),
-    "pix": ("PIX", "Pix"), "F": ("Feminino", "fem"), "M": ("Masculino", "masc"), "O": ("Outro",), "N": ("Não declarado", "ND"),
+    "month_to_month": ("Mensal", "month-to-month"), "one_year": ("1 ano", "one-year"),
+    "two_year": ("2 anos", "two-year"),
+    "boleto": ("boleto bancário", "Boleto"), "credit_card": ("cartão de crédito", "Credit Card"),
+    "debit": ("débito automático", "Debit"),
+    "pix": ("PIX", "Pix"), "F": ("Feminino", "fem"), "M": ("Masculino", "masc"), "O": ("Outro",),
+    "N": ("Não declarado", "ND"),
     "rede": ("Rede",), "cobranca": ("cobrança", "Cobrança"), "visita_tecnica": ("visita técnica",), "plano": ("Plano",),
-    "cancelamento": ("Cancelamento",), "outros": ("Outros",), "app": ("App", "aplicativo"), "phone": ("Telefone", "telefone"),
+    "cancelamento": ("Cancelamento",), "outros": ("Outros",), "app": ("App", "aplicativo"),
+    "phone": ("Telefone", "telefone"),
     "chat": ("Chat",), "whatsapp": ("WhatsApp", "Whats App"), "store": ("Loja", "loja"), "preco": ("preço", "Preço"),
-    "concorrencia": ("concorrência", "Concorrência"), "qualidade_rede": ("qualidade da rede",), "atendimento": ("Atendimento",),
+    "concorrencia": ("concorrência", "Concorrência"), "qualidade_rede": ("qualidade da rede",),
+    "atendimento": ("Atendimento",),
     "mudanca_endereco": ("mudança de endereço",), "financeiro": ("Financeiro",),
 }
 

@@ -1,4 +1,5 @@
-"""The labelled rows cut into train, validation and test parts: by time when the table has months (with the label horizon as a gap between the parts), stratified at random when it does not.
+"""The labelled rows cut into train, validation and test parts: by time when the table has months (with the label
+horizon as a gap between the parts), stratified at random when it does not.
 
 Docs: https://mlops-nb.github.io/mlops-nb/split.html.md"""
 
@@ -40,7 +41,9 @@ class Split:
         out: dict[str, Any] = {"split_kind": self.kind}
         for part in ("train", "valid", "test"):
             d, y = getattr(self, part), self.y(part)
-            out.update({f"{part}_rows": len(d), f"{part}_positives": int(y.sum()), f"{part}_rate": round(float(y.mean()), 4)})
+            out.update(
+                {f"{part}_rows": len(d), f"{part}_positives": int(y.sum()), f"{part}_rate": round(float(y.mean()), 4)}
+            )
             if self.time_column:
                 m = sorted(d[self.time_column].astype(str).unique())
                 out[f"{part}_months"] = m[0] if len(m) == 1 else f"{m[0]}..{m[-1]}"
@@ -51,7 +54,8 @@ def _labelled(df: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     "The rows whose label is observed; a clear error if labels are not 0/1."
     lab = df[df[spec.target].notna()]
     bad = set(pd.unique(lab[spec.target])) - {0, 1}
-    if bad: raise SettingsError(f"label column {spec.target!r} must hold 0/1 (or null), found {sorted(map(str, bad))[:5]}")
+    if bad:
+        raise SettingsError(f"label column {spec.target!r} must hold 0/1 (or null), found {sorted(map(str, bad))[:5]}")
     return lab
 
 def split_frame(df: pd.DataFrame, spec: FeatureSpec,
@@ -68,8 +72,9 @@ def split_frame(df: pd.DataFrame, spec: FeatureSpec,
         gap = spec.horizon_months - 1
         need = test_months + gap + valid_months + gap + 1
         if len(months) < need:
-            raise SettingsError(f"a time-aware split needs at least {need} labelled months (train, {gap} gap, {valid_months} valid, {gap} gap, "
-                                f"{test_months} test); the feature table has {len(months)}: {', '.join(months) or 'none'}")
+            raise SettingsError(f"a time-aware split needs at least {need} labelled months (train, {gap} gap, "
+                                f"{valid_months} valid, {gap} gap, {test_months} test); the feature table has "
+                                f"{len(months)}: {', '.join(months) or 'none'}")
         test_m = months[-test_months:]
         valid_m = months[-(test_months + gap + valid_months):len(months) - test_months - gap]
         train_m = months[:len(months) - test_months - gap - valid_months - gap]
@@ -79,8 +84,11 @@ def split_frame(df: pd.DataFrame, spec: FeatureSpec,
     else:
         y = lab[spec.target].astype(int)
         rest, test = train_test_split(lab, test_size=test_share, stratify=y, random_state=seed)
-        train, valid = train_test_split(rest, test_size=valid_share / (1 - test_share), stratify=rest[spec.target].astype(int), random_state=seed)
+        train, valid = train_test_split(rest, test_size=valid_share / (1 - test_share),
+                                        stratify=rest[spec.target].astype(int), random_state=seed)
         parts, kind = [train, valid, test], "random"
     for name, part in zip(("train", "valid", "test"), parts):
-        if part[spec.target].nunique() < 2: raise SettingsError(f"the {name} part of the split has only one class: AUC is undefined (too few labelled rows?)")
+        if part[spec.target].nunique() < 2:
+            raise SettingsError(f"the {name} part of the split has only one class: AUC is undefined (too few labelled "
+                                "rows?)")
     return Split(*parts, kind=kind, target=spec.target, time_column=spec.time_column)

@@ -1,4 +1,5 @@
-"""What each lake column becomes in the warehouse, and every table the ETL writes — staging, quarantine, mart and meta — declared once, so its DDL, its documentation and the tests agree.
+"""What each lake column becomes in the warehouse, and every table the ETL writes — staging, quarantine, mart and
+meta — declared once, so its DDL, its documentation and the tests agree.
 
 Docs: https://mlops-nb.github.io/mlops-nb/staging.html.md"""
 
@@ -33,7 +34,8 @@ class Field:
     "How one lake column becomes a staging column (or a vault field)."
     raw: str                                # the column's name in the lake file
     name: str                               # staging column (or vault field, for personal data)
-    parse: str                              # key | text | cpf | category | date | timestamp | month | int | float | money | bool
+    # key | text | cpf | category | date | timestamp | month | int | float | money | bool
+    parse: str
     sql_type: str = "VARCHAR"               # staging type
     required: bool = True                   # a record without a value is rejected (missing_required:<raw>)
     valid: tuple[float, float] | None = None  # plausible range of a number (inclusive)
@@ -75,16 +77,19 @@ TABLES: dict[str, Table] = {t.source: t for t in (
         Field("email", "email", "text", required=False, personal=True),
         Field("telefone", "phone", "text", required=False, personal=True),
         Field("data_nascimento", "birth_date", "date", "DATE", personal=True),
-        Field("sexo", "gender", "category", doc="F, M, O (other) or N (not declared) — sensitive: fairness analysis only"),
+        Field("sexo", "gender", "category",
+              doc="F, M, O (other) or N (not declared) — sensitive: fairness analysis only"),
         Field("uf", "state", "category", doc="state (UF) code"),
         Field("cidade", "city", "category", doc="city (canonical spelling)"),
         Field("endereco", "address", "text", required=False, personal=True),
         Field("cep", "postal_code", "text", required=False, personal=True),
         Field("data_cadastro", "signup_date", "date", "DATE", doc="date the customer signed up")),
-          derived=(("birth_year", "SMALLINT", "year(v_birth_date)", "year of birth (the birth date itself is in the vault only) — sensitive via age band"),
+          derived=(("birth_year", "SMALLINT", "year(v_birth_date)", "year of birth (the birth date itself is in the "
+                                                                    "vault only) — sensitive via age band"),
                    ("has_email", "BOOLEAN", "v_email IS NOT NULL", "the CRM holds an e-mail address"),
                    ("has_phone", "BOOLEAN", "v_phone IS NOT NULL", "the CRM holds a phone number"),
-                   ("has_address", "BOOLEAN", "v_address IS NOT NULL OR v_postal_code IS NOT NULL", "the CRM holds a street address or CEP"))),
+                   ("has_address", "BOOLEAN", "v_address IS NOT NULL OR v_postal_code IS NOT NULL",
+                    "the CRM holds a street address or CEP"))),
     Table("contracts", "contracts", month=_ym("event_date"), unique=("contract_id",),
           month_doc="month of event_date", fields=(
         Field("contract_id", "contract_id", "text", doc="contract event id"),
@@ -94,17 +99,23 @@ TABLES: dict[str, Table] = {t.source: t for t in (
         Field("product", "product", "category", doc="mobile | fibre | bundle"),
         Field("plan", "plan", "category", doc="plan name (canonical)"),
         Field("contract_type", "contract_type", "category", doc="month_to_month | one_year | two_year"),
-        Field("monthly_fee", "monthly_fee", "float", "DECIMAL(10,2)", valid=_rng("contracts", "monthly_fee"), doc="monthly fee, BRL"),
-        Field("payment_method", "payment_method", "category", required=False, doc="boleto | credit_card | debit | pix (null: not recorded)"))),
+        Field("monthly_fee", "monthly_fee", "float", "DECIMAL(10,2)", valid=_rng("contracts", "monthly_fee"),
+              doc="monthly fee, BRL"),
+        Field("payment_method", "payment_method", "category", required=False,
+              doc="boleto | credit_card | debit | pix (null: not recorded)"))),
     Table("usage", "usage", month="v_month", unique=("customer_key", "month"),
           month_doc="the usage month the file states", fields=(
         Field("customer_id", "customer_key", "key", doc="customer pseudonym"),
         Field("month", "month", "month", doc="usage month, YYYY-MM"),
         Field("data_gb", "data_gb", "float", "DOUBLE", valid=_rng("usage", "data_gb"), aliases=(RENAMED["data_gb"],),
-              doc="mobile + fibre data used in the month, GB (lake column data_gb, renamed data_usage_gb from the schema-drift month)"),
-        Field("voice_minutes", "voice_minutes", "int", "INTEGER", required=False, valid=_rng("usage", "voice_minutes"), on_outlier="null", doc="voice minutes"),
-        Field("days_active", "days_active", "int", "SMALLINT", required=False, valid=_rng("usage", "days_active"), on_outlier="null", doc="days with any activity"),
-        Field("dropped_call_rate", "dropped_call_rate", "float", "DOUBLE", required=False, valid=_rng("usage", "dropped_call_rate"), on_outlier="null", doc="share of calls dropped"))),
+              doc="mobile + fibre data used in the month, GB (lake column data_gb, renamed data_usage_gb from the "
+                  "schema-drift month)"),
+        Field("voice_minutes", "voice_minutes", "int", "INTEGER", required=False, valid=_rng("usage", "voice_minutes"),
+              on_outlier="null", doc="voice minutes"),
+        Field("days_active", "days_active", "int", "SMALLINT", required=False, valid=_rng("usage", "days_active"),
+              on_outlier="null", doc="days with any activity"),
+        Field("dropped_call_rate", "dropped_call_rate", "float", "DOUBLE", required=False,
+              valid=_rng("usage", "dropped_call_rate"), on_outlier="null", doc="share of calls dropped"))),
     Table("billing", "billing", month=_ym("issue_date"), unique=("invoice_id",),
           month_doc="month of issue_date (a late invoice lands in its true month)", fields=(
         Field("invoice_id", "invoice_id", "text", doc="invoice number"),
@@ -112,24 +123,32 @@ TABLES: dict[str, Table] = {t.source: t for t in (
         Field("reference_month", "reference_month", "month", doc="month billed, YYYY-MM"),
         Field("issue_date", "issue_date", "date", "DATE", doc="date issued"),
         Field("due_date", "due_date", "date", "DATE", required=False, doc="date due (null: not recorded)"),
-        Field("amount", "amount", "money", "DECIMAL(12,2)", valid=_rng("billing", "amount"), doc="amount billed, BRL (parsed from 'R$ 1.234,56'; *not* corrected for unit bugs — the quality gate's job)"),
+        Field("amount", "amount", "money", "DECIMAL(12,2)", valid=_rng("billing", "amount"),
+              doc="amount billed, BRL (parsed from 'R$ 1.234,56'; *not* corrected for unit bugs — the quality gate's "
+                  "job)"),
         Field("paid_date", "paid_date", "date", "DATE", required=False, doc="date paid; null = unpaid when exported"))),
     Table("tickets", "tickets", month=_ym("opened_at"), unique=("ticket_id",),
           month_doc="month of opened_at (a late ticket lands in its true month)", fields=(
         Field("ticket_id", "ticket_id", "text", doc="ticket number"),
         Field("customer_id", "customer_key", "key", doc="customer pseudonym"),
         Field("opened_at", "opened_at", "timestamp", "TIMESTAMP", doc="when the ticket was opened"),
-        Field("closed_at", "closed_at", "timestamp", "TIMESTAMP", required=False, doc="when it was closed; null = still open when exported"),
+        Field("closed_at", "closed_at", "timestamp", "TIMESTAMP", required=False,
+              doc="when it was closed; null = still open when exported"),
         Field("channel", "channel", "category", required=False, doc="app | phone | chat | whatsapp | store"),
-        Field("category", "category", "category", required=False, doc="rede | cobranca | visita_tecnica | plano | cancelamento | outros"),
+        Field("category", "category", "category", required=False,
+              doc="rede | cobranca | visita_tecnica | plano | cancelamento | outros"),
         Field("resolved", "resolved", "bool", "BOOLEAN", doc="resolved"),
-        Field("satisfaction", "satisfaction", "int", "TINYINT", required=False, valid=_rng("tickets", "satisfaction"), on_outlier="null", doc="survey score 1-5; null = not answered"))),
+        Field("satisfaction", "satisfaction", "int", "TINYINT", required=False, valid=_rng("tickets", "satisfaction"),
+              on_outlier="null", doc="survey score 1-5; null = not answered"))),
     Table("cancellations", "cancellations", month=_ym("request_date"), unique=("customer_key", "request_date"),
           month_doc="month of request_date (a late request lands in its true month)", fields=(
         Field("customer_id", "customer_key", "key", doc="customer pseudonym"),
-        Field("request_date", "request_date", "date", "DATE", doc="date the customer asked to cancel (the churn label's event)"),
-        Field("effective_date", "effective_date", "date", "DATE", required=False, doc="date the cancellation takes effect"),
-        Field("reason", "reason", "category", required=False, doc="preco | concorrencia | qualidade_rede | atendimento | mudanca_endereco | financeiro | outros"))),
+        Field("request_date", "request_date", "date", "DATE",
+              doc="date the customer asked to cancel (the churn label's event)"),
+        Field("effective_date", "effective_date", "date", "DATE", required=False,
+              doc="date the cancellation takes effect"),
+        Field("reason", "reason", "category", required=False,
+              doc="preco | concorrencia | qualidade_rede | atendimento | mudanca_endereco | financeiro | outros"))),
     Table("campaigns", "campaigns", month="v_month", unique=("campaign_id", "customer_key"),
           month_doc="the campaign month the file states", fields=(
         Field("campaign_id", "campaign_id", "text", doc="campaign id (one per month)"),
@@ -143,7 +162,12 @@ TABLES: dict[str, Table] = {t.source: t for t in (
 
 # %% ../nbs/21_staging.ipynb #35d95a40
 CATEGORY_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
-    **{(t.source, f.raw): t.src.col(f.raw).values for t in TABLES.values() for f in t.fields if f.parse == "category" and t.src.col(f.raw).values},
+    **{
+        (t.source, f.raw): t.src.col(f.raw).values
+        for t in TABLES.values()
+        for f in t.fields
+        if f.parse == "category" and t.src.col(f.raw).values
+    },
     ("campaigns", "arm"): ("treatment", "control"),
 }
 
@@ -160,7 +184,8 @@ def category_map() -> pd.DataFrame:
         for canon in values:
             for v in (canon, *SYNONYMS.get(canon, ())):
                 k = (source, col, normal_form(v))
-                if seen.setdefault(k, canon) != canon: raise ValueError(f"{source}.{col}: {v!r} would map to both {seen[k]!r} and {canon!r}")
+                if seen.setdefault(k, canon) != canon:
+                    raise ValueError(f"{source}.{col}: {v!r} would map to both {seen[k]!r} and {canon!r}")
                 rows.append(dict(source=source, col=col, norm=k[2], canon=canon))
     return pd.DataFrame(rows).drop_duplicates(ignore_index=True)
 
@@ -183,7 +208,8 @@ class Partition:
 
 @dataclass
 class PartitionData:
-    "One partition as read: an Arrow table of records (rec, ok, detail, the file's columns as read) and what reading saw."
+    """One partition as read: an Arrow table of records (rec, ok, detail, the file's columns as read) and what reading
+    saw."""
     part: Partition
     table: pa.Table     # rec: 0-based record index; ok: parsed; detail: why not; one column per lake column (and alias)
     n_read: int         # physical records
@@ -204,11 +230,13 @@ def staging_columns(t: Table) -> list[tuple[str, str, str]]:
              ("record", "INTEGER", "0-based record index in that partition's file")]
     return cols
 
+# %% ../nbs/21_staging.ipynb #fc29d93b
 def arrow_type(t: Table, name: str) -> pa.DataType:
     "The Arrow type a Parquet source's column has (by its lake kind)."
     f = next(f for f in t.fields if name in (f.raw, *f.aliases))
     return {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}.get(f.parse, pa.string())
 
+# %% ../nbs/21_staging.ipynb #75f7a0c3
 def _raw_type(t: Table, name: str) -> str:
     "SQL type of a raw column: text files are kept as text; Parquet keeps its types."
     if t.src.format != "parquet": return "VARCHAR"
@@ -216,57 +244,85 @@ def _raw_type(t: Table, name: str) -> str:
 
 def raw_columns(t: Table) -> list[tuple[str, str, str]]:
     "The raw view's columns: (name, SQL type, meaning) — no personal column, no customer id."
-    cols = [("arrival_month", "VARCHAR", "the partition month (folder month=YYYY-MM)"), ("file", "VARCHAR", "partition file, relative to the lake"),
-            ("record", "BIGINT", "0-based record index in the file"), ("line", "BIGINT", "1-based physical line (text files; null for Parquet)")]
-    cols += [(n, _raw_type(t, n), "as read") for f in t.fields if not f.personal and f.parse != "key" for n in (f.raw, *f.aliases)]
+    cols = [("arrival_month", "VARCHAR", "the partition month (folder month=YYYY-MM)"),
+            ("file", "VARCHAR", "partition file, relative to the lake"),
+            ("record", "BIGINT", "0-based record index in the file"),
+            ("line", "BIGINT", "1-based physical line (text files; null for Parquet)")]
+    cols += [
+        (n, _raw_type(t, n), "as read")
+        for f in t.fields
+        if not f.personal and f.parse != "key"
+        for n in (f.raw, *f.aliases)
+    ]
     return cols
 
-QUARANTINE_COLUMNS = [("source", "VARCHAR", "lake source"), ("month", "VARCHAR", "partition month"), ("file", "VARCHAR", "partition file, relative to the lake"),
-                      ("record", "INTEGER", "0-based record index in the file"), ("line", "INTEGER", "1-based physical line (text files)"),
-                      ("reason", "VARCHAR", "machine-readable reason, e.g. corrupt_line, invalid_cpf, bad_date:issue_date"),
+QUARANTINE_COLUMNS = [("source", "VARCHAR", "lake source"), ("month", "VARCHAR", "partition month"),
+                      ("file", "VARCHAR", "partition file, relative to the lake"),
+                      ("record", "INTEGER", "0-based record index in the file"),
+                      ("line", "INTEGER", "1-based physical line (text files)"),
+                      ("reason", "VARCHAR",
+                       "machine-readable reason, e.g. corrupt_line, invalid_cpf, bad_date:issue_date"),
                       ("column_name", "VARCHAR", "the lake column the reason is about ('' for the whole record)"),
                       ("detail", "VARCHAR", "what was wrong, masked: never a personal value"),
                       ("customer_key", "VARCHAR", "customer pseudonym, when the record has a readable customer id")]
 
 META_TABLES = {
-    "meta.partitions": [("source", "VARCHAR", ""), ("month", "VARCHAR", ""), ("file", "VARCHAR", ""), ("sha256", "VARCHAR", "of the bytes loaded"),
-                        ("bytes", "BIGINT", ""), ("rows_read", "BIGINT", ""), ("etl_version", "VARCHAR", ""), ("key_fingerprint", "VARCHAR", "pseudonym of a constant: changes with the key")],
-    TABLE_RECONCILIATION: [("source", "VARCHAR", ""), ("month", "VARCHAR", "partition month"), ("rows_read", "BIGINT", "physical records in the file"),
-                            ("rows_loaded", "BIGINT", "rows in staging from this partition"), ("rows_quarantined", "BIGINT", "rows in quarantine.records"),
+    "meta.partitions": [("source", "VARCHAR", ""), ("month", "VARCHAR", ""), ("file", "VARCHAR", ""),
+                        ("sha256", "VARCHAR", "of the bytes loaded"),
+                        ("bytes", "BIGINT", ""), ("rows_read", "BIGINT", ""), ("etl_version", "VARCHAR", ""),
+                        ("key_fingerprint", "VARCHAR", "pseudonym of a constant: changes with the key")],
+    TABLE_RECONCILIATION: [("source", "VARCHAR", ""), ("month", "VARCHAR", "partition month"),
+                           ("rows_read", "BIGINT", "physical records in the file"),
+                            ("rows_loaded", "BIGINT", "rows in staging from this partition"),
+                            ("rows_quarantined", "BIGINT", "rows in quarantine.records"),
                             ("rows_duplicate", "BIGINT", "exact re-sent copies removed"),
-                            ("rows_late", "BIGINT", "loaded rows that belong to an earlier month"), ("values_nulled", "BIGINT", "values nulled (quarantine.flagged_values)"),
+                            ("rows_late", "BIGINT", "loaded rows that belong to an earlier month"),
+                            ("values_nulled", "BIGINT", "values nulled (quarantine.flagged_values)"),
                             ("balanced", "BOOLEAN", "rows_read = loaded + quarantined + duplicate")],
-    TABLE_LOADS: [("run_id", "VARCHAR", ""), ("started_at", "TIMESTAMP", "wall clock: this table is left out of the content hash"), ("finished_at", "TIMESTAMP", ""),
-                   ("seconds", "DOUBLE", ""), ("etl_version", "VARCHAR", ""), ("lake", "VARCHAR", "lake folder"), ("lake_digest", "VARCHAR", "sha256 of the lake manifest"),
-                   ("partitions_loaded", "INTEGER", ""), ("partitions_skipped", "INTEGER", ""), ("partitions_removed", "INTEGER", ""), ("content_hash", "VARCHAR", "")],
+    TABLE_LOADS: [("run_id", "VARCHAR", ""),
+                  ("started_at", "TIMESTAMP", "wall clock: this table is left out of the content hash"),
+                  ("finished_at", "TIMESTAMP", ""),
+                   ("seconds", "DOUBLE", ""), ("etl_version", "VARCHAR", ""), ("lake", "VARCHAR", "lake folder"),
+                   ("lake_digest", "VARCHAR", "sha256 of the lake manifest"),
+                   ("partitions_loaded", "INTEGER", ""), ("partitions_skipped", "INTEGER", ""),
+                   ("partitions_removed", "INTEGER", ""), ("content_hash", "VARCHAR", "")],
     "meta.etl": [("key", "VARCHAR", ""), ("value", "VARCHAR", "")],
     "meta.content_parts": [("table_name", "VARCHAR", "a table of the content hash"),
                            ("part", "VARCHAR", "arrival month (staging), source/month (quarantine) or month (mart)"),
-                           ("rows", "BIGINT", "rows of the table in that part"), ("hash_sum", "HUGEINT", "sum of hash(row) over them")],
+                           ("rows", "BIGINT", "rows of the table in that part"),
+                           ("hash_sum", "HUGEINT", "sum of hash(row) over them")],
 }
 
 # %% ../nbs/21_staging.ipynb #5ecde081
-MART_CATEGORIES: dict[str, tuple[str, ...]] = {   # mart column → its closed set of values (the canonical values staging maps every spelling to)
+# mart column → its closed set of values (the canonical values staging maps every spelling to)
+MART_CATEGORIES: dict[str, tuple[str, ...]] = {
     "gender": CATEGORY_VALUES[("crm_customers", "sexo")], "age_band": tuple(label for _, _, label in AGE_BANDS),
     "state": CATEGORY_VALUES[("crm_customers", "uf")], "city": CATEGORY_VALUES[("crm_customers", "cidade")],
     "product": CATEGORY_VALUES[("contracts", "product")], "plan": CATEGORY_VALUES[("contracts", "plan")],
-    "contract_type": CATEGORY_VALUES[("contracts", "contract_type")], "payment_method": CATEGORY_VALUES[("contracts", "payment_method")],
-    "cancel_reason": CATEGORY_VALUES[("cancellations", "reason")], "campaign_arm": CATEGORY_VALUES[("campaigns", "arm")],
+    "contract_type": CATEGORY_VALUES[("contracts", "contract_type")],
+    "payment_method": CATEGORY_VALUES[("contracts", "payment_method")],
+    "cancel_reason": CATEGORY_VALUES[("cancellations", "reason")],
+    "campaign_arm": CATEGORY_VALUES[("campaigns", "arm")],
 }
 
 def category_type(column: str) -> str:
-    "The ENUM type of a mart category column: one byte a row where a string costs sixteen and a dictionary at every write."
+    """The ENUM type of a mart category column: one byte a row where a string costs sixteen and a dictionary at every
+    write."""
     return f"mart.{column}_value"
 
+# %% ../nbs/21_staging.ipynb #c4b19261
 MART_COLUMNS: list[tuple[str, str, str]] = [
     ("customer_key", "VARCHAR", "customer pseudonym"),
     ("month", "VARCHAR", "YYYY-MM"),
-    ("gender", category_type("gender"), "F | M | O | N, from the latest CRM version known — sensitive: fairness analysis only"),
-    ("age_band", category_type("age_band"), "18-24 … 65+ (age reached in the month's year, from the birth year) — sensitive: fairness analysis only"),
+    ("gender", category_type("gender"),
+     "F | M | O | N, from the latest CRM version known — sensitive: fairness analysis only"),
+    ("age_band", category_type("age_band"),
+     "18-24 … 65+ (age reached in the month's year, from the birth year) — sensitive: fairness analysis only"),
     ("state", category_type("state"), "state (UF)"),
     ("city", category_type("city"), "city"),
     ("tenure_months", "INTEGER", "calendar months from signup to the month's end"),
-    ("product", category_type("product"), "mobile | fibre | bundle — from the latest contract event known by the month's end"),
+    ("product", category_type("product"),
+     "mobile | fibre | bundle — from the latest contract event known by the month's end"),
     ("plan", category_type("plan"), "plan name"),
     ("contract_type", category_type("contract_type"), "month_to_month | one_year | two_year"),
     ("monthly_fee", "DECIMAL(10,2)", "monthly fee, BRL"),
@@ -277,7 +333,8 @@ MART_COLUMNS: list[tuple[str, str, str]] = [
     ("dropped_call_rate", "DOUBLE", "share of calls dropped in the month"),
     ("invoice_amount", "DECIMAL(12,2)", "the month's invoice, BRL (null: none known by the month's end)"),
     ("invoice_overdue", "BOOLEAN", "the month's invoice was due by the month's end and not paid by its due date"),
-    ("late_payments_3m", "INTEGER", "invoices of the last 3 months (known by the month's end) due by then and not paid by their due date"),
+    ("late_payments_3m", "INTEGER",
+     "invoices of the last 3 months (known by the month's end) due by then and not paid by their due date"),
     ("tickets", "INTEGER", "support tickets opened in the month (known by its end)"),
     ("tickets_3m", "INTEGER", "tickets opened in the last 3 months, known by the month's end"),
     ("unresolved_tickets_3m", "INTEGER", "of those, not resolved"),
@@ -285,7 +342,8 @@ MART_COLUMNS: list[tuple[str, str, str]] = [
     ("satisfaction_avg", "DOUBLE", "mean survey score of the month's tickets (null: none answered)"),
     ("cancel_requested", "BOOLEAN", "a cancellation request dated in the month, known by its end"),
     ("cancel_reason", category_type("cancel_reason"), "its reason"),
-    ("campaign_arm", category_type("campaign_arm"), "treatment | control if the customer was in the month's retention campaign, else null"),
+    ("campaign_arm", category_type("campaign_arm"),
+     "treatment | control if the customer was in the month's retention campaign, else null"),
     ("campaign_contacted", "BOOLEAN", "the campaign offer reached the customer"),
     ("campaign_accepted", "BOOLEAN", "the customer took the offer"),
 ]
@@ -296,19 +354,26 @@ def table_columns() -> dict[str, list[tuple[str, str, str]]]:
     out |= {TABLE_QUARANTINE: QUARANTINE_COLUMNS, TABLE_FLAGGED_VALUES: QUARANTINE_COLUMNS, TABLE_MART: MART_COLUMNS}
     return out | META_TABLES
 
-PLAIN_STRING_COLUMNS = frozenset({"customer_key", "contract_id", "invoice_id", "ticket_id"})  # pseudonyms and record ids: (nearly) every value distinct
+# %% ../nbs/21_staging.ipynb #7b938475
+# pseudonyms and record ids: (nearly) every value distinct
+PLAIN_STRING_COLUMNS = frozenset({"customer_key", "contract_id", "invoice_id", "ticket_id"})
 
 def _ddl(name: str, cols: Sequence[tuple[str, str, str]]) -> str:
-    "CREATE TABLE for `cols`; the string columns of `PLAIN_STRING_COLUMNS` are stored plain (a dictionary cannot shrink them, and building one costs a write)."
-    plain = lambda c, ty: " USING COMPRESSION uncompressed" if ty == "VARCHAR" and c in PLAIN_STRING_COLUMNS else ""  # noqa: E731
+    """CREATE TABLE for `cols`; the string columns of `PLAIN_STRING_COLUMNS` are stored plain (a dictionary cannot
+    shrink them, and building one costs a write)."""
+    def plain(c: str, ty: str) -> str:
+        return " USING COMPRESSION uncompressed" if ty == "VARCHAR" and c in PLAIN_STRING_COLUMNS else ""
     return f"CREATE TABLE IF NOT EXISTS {name} (" + ", ".join(f'"{c}" {ty}{plain(c, ty)}' for c, ty, _ in cols) + ")"
 
 def layout_version() -> str:
-    "SCHEMA_VERSION and a digest of the mart's category sets: a warehouse whose ENUM types hold other values is rebuilt."
+    """SCHEMA_VERSION and a digest of the mart's category sets: a warehouse whose ENUM types hold other values is
+    rebuilt."""
     return f"{SCHEMA_VERSION}+{hashlib.sha256(json.dumps(MART_CATEGORIES, sort_keys=True).encode()).hexdigest()[:12]}"
 
+# %% ../nbs/21_staging.ipynb #9e636c60
 def ensure_tables(con) -> None:
-    "Create the schemas, the mart's category types and the tables (rebuilding the ETL's tables if they have an older layout)."
+    """Create the schemas, the mart's category types and the tables (rebuilding the ETL's tables if they have an older
+    layout)."""
     for s in ("raw", "staging", "quarantine", "mart", "meta"): con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
     con.execute(_ddl("meta.etl", META_TABLES["meta.etl"]))
     got = con.execute("SELECT value FROM meta.etl WHERE key = 'schema_version'").fetchall()
@@ -318,7 +383,8 @@ def ensure_tables(con) -> None:
         for t in TABLES.values(): con.execute(f"DROP VIEW IF EXISTS raw.{t.source}")
         for c in MART_CATEGORIES: con.execute(f"DROP TYPE IF EXISTS {category_type(c)}")
     for c, values in MART_CATEGORIES.items():
-        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM (" + ", ".join(sql_literal(v) for v in values) + ")")
+        labels = ", ".join(sql_literal(v) for v in values)
+        con.execute(f"CREATE TYPE IF NOT EXISTS {category_type(c)} AS ENUM ({labels})")
     for name, cols in table_columns().items(): con.execute(_ddl(name, cols))
     con.execute("DELETE FROM meta.etl WHERE key = 'schema_version'")
     con.execute("INSERT INTO meta.etl VALUES ('schema_version', ?)", [layout_version()])

@@ -1,4 +1,6 @@
-"""The arithmetic every judging room shares — bootstrap intervals computed as weighted sums, ROC AUC under resampling weights, paired differences, equal-mass bins, the bound of a gap held to a limit — and the intercept that makes a logistic model hit a target rate.
+"""The arithmetic every judging room shares — bootstrap intervals computed as weighted sums, ROC AUC under resampling
+weights, paired differences, equal-mass bins, the bound of a gap held to a limit — and the intercept that makes a
+logistic model hit a target rate.
 
 Docs: https://mlops-nb.github.io/mlops-nb/stats.html.md"""
 
@@ -46,6 +48,7 @@ def weighted_auc(y: np.ndarray,   # 0/1 labels, shape (n,)
     "ROC AUC of `s` for `y` under each row of weights `W` (NaN where a resample lacks a class)."
     return sorted_auc(*auc_sort(y, s), np.atleast_2d(W))
 
+# %% ../nbs/06_stats.ipynb #aaf32df4
 def auc_sort(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "The sort that serves every resample: row order by score, labels in that order, starts of blocks of tied scores."
     s, y = np.asarray(s, float), np.asarray(y, float)
@@ -54,6 +57,7 @@ def auc_sort(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]]) if len(ss) else np.array([0])
     return order, y[order], starts
 
+# %% ../nbs/06_stats.ipynb #d73774c7
 def sorted_auc(order: np.ndarray, yy: np.ndarray, starts: np.ndarray, W: np.ndarray) -> np.ndarray:
     "Weighted AUC from a prepared sort; `W` columns are the rows `order` indexes into."
     if not len(order): return np.full(len(W), np.nan)
@@ -66,7 +70,10 @@ def sorted_auc(order: np.ndarray, yy: np.ndarray, starts: np.ndarray, W: np.ndar
     num, den = (pos * (below + 0.5 * neg)).sum(1), pos.sum(1) * neg.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, num / den, np.nan)
 
-def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int = 400, seed: int = 0, confidence: float = 0.95) -> tuple[float, float, float]:
+# %% ../nbs/06_stats.ipynb #776cccaf
+def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int = 400, seed: int = 0, confidence: float = 0.95) -> tuple[float,
+                                                                                                              float,
+                                                                                                              float]:
     "ROC AUC of `s` with its bootstrap percentile interval: (auc, lower, upper)."
     y, s = np.asarray(y), np.asarray(s, float)
     point = float(weighted_auc(y, s, np.ones((1, len(y))))[0])
@@ -74,13 +81,17 @@ def auc_ci(y: np.ndarray, s: np.ndarray, n_boot: int = 400, seed: int = 0, confi
     lo, hi = percentile_ci(boots, confidence)
     return point, float(lo), float(hi)
 
+# %% ../nbs/06_stats.ipynb #ef2e3002
 def paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 400, seed: int = 0,
                           confidence: float = 0.95) -> tuple[float, float, float]:
-    "AUC(a) − AUC(b) on the same rows, with a paired bootstrap interval (both scored on each resample): (diff, lower, upper)."
+    """AUC(a) − AUC(b) on the same rows, with a paired bootstrap interval (both scored on each resample): (diff, lower,
+    upper)."""
     y = np.asarray(y)
     one = np.ones((1, len(y)))
     point = float(weighted_auc(y, a, one)[0] - weighted_auc(y, b, one)[0])
-    boots = np.concatenate([weighted_auc(y, a, W) - weighted_auc(y, b, W) for W in bootstrap_counts(len(y), n_boot, seed)])
+    boots = np.concatenate(
+        [weighted_auc(y, a, W) - weighted_auc(y, b, W) for W in bootstrap_counts(len(y), n_boot, seed)]
+    )
     lo, hi = percentile_ci(boots, confidence)
     return point, float(lo), float(hi)
 

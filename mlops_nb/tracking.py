@@ -1,4 +1,5 @@
-"""One way into MLflow for every phase: the configured store, one run per phase, and the reproducibility record every run carries.
+"""One way into MLflow for every phase: the configured store, one run per phase, and the reproducibility record every
+run carries.
 
 Docs: https://mlops-nb.github.io/mlops-nb/tracking.html.md"""
 
@@ -67,15 +68,18 @@ def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, st
 def git_commit(path: str | Path = ".") -> str:
     "The commit checked out at `path` (suffixed `-dirty` when the tree has changes), or 'unknown'."
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
         if not sha: return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError): return "unknown"
 
 # %% ../nbs/02_tracking.ipynb #9c4c0bee
 def configure_mlflow(cfg: Settings) -> str:
-    "Point MLflow at the configured store and experiment (created with its artifact root if new); return the experiment id."
+    """Point MLflow at the configured store and experiment (created with its artifact root if new); return the
+    experiment id."""
     uri = cfg.mlflow.tracking_uri
     if uri.startswith("sqlite:///"): Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -100,7 +104,8 @@ def configure_mlflow(cfg: Settings) -> str:
 # %% ../nbs/02_tracking.ipynb #dd46c9ca
 @contextlib.contextmanager
 def quiet_dataset_warnings() -> Iterator[None]:
-    "Silence MLflow's two dataset warnings that describe nothing wrong with a logged dataset (source ambiguity, integer-column hint)."
+    """Silence MLflow's two dataset warnings that describe nothing wrong with a logged dataset (source ambiguity,
+    integer-column hint)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")

@@ -1,4 +1,5 @@
-"""The `train` phase: split the feature table by time, tune the candidate families within a stated budget, and log every trial and every family's best model to MLflow.
+"""The `train` phase: split the feature table by time, tune the candidate families within a stated budget, and log
+every trial and every family's best model to MLflow.
 
 Docs: https://mlops-nb.github.io/mlops-nb/train.html.md"""
 
@@ -58,7 +59,8 @@ __all__ = ['SPLIT_CONTEXTS', 'score', 'Trial', 'fit_trial', 'tune_family', 'logg
 # %% ../nbs/35_train.ipynb #bc54f9e7
 def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     "AUC and log-loss of probabilities `p` for 0/1 labels `y`."
-    return {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))}
+    return {"auc": float(roc_auc_score(y, p)),
+            "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))}
 
 @dataclass
 class Trial:
@@ -109,7 +111,10 @@ def split_datasets(split: Split, spec: FeatureSpec, source: str,
                    parts: Sequence[str] = tuple(SPLIT_CONTEXTS),   # which parts (default: all three)
                    ) -> dict[str, Any]:
     "The parts of `split` as MLflow datasets, keyed by part, with full-content digests."
-    return {part: pandas_dataset(getattr(split, part), source=source, name=f"{TABLE_FEATURES}@{part}", targets=spec.target) for part in parts}
+    return {
+        part: pandas_dataset(getattr(split, part), source=source, name=f"{TABLE_FEATURES}@{part}", targets=spec.target)
+        for part in parts
+    }
 
 def log_datasets(datasets: dict[str, Any], parts: Sequence[str] = ("train", "valid", "test")) -> None:
     "Log the given parts as inputs of the active run."
@@ -127,11 +132,13 @@ class TrainResult:
     "What a train run produced."
     run_id: str                    # the phase's MLflow run
     split: dict[str, Any]          # Split.describe()
-    candidates: pd.DataFrame       # one row per family: params, validation and test scores, fit seconds, run id, model URI
+    # one row per family: params, validation and test scores, fit seconds, run id, model URI
+    candidates: pd.DataFrame
     best_family: str               # by validation AUC (the evaluation phase makes the real choice)
     oracle_test_auc: float | None  # AUC of the true probabilities on the test rows, when the table has them
     seconds: float
 
+# %% ../nbs/35_train.ipynb #d7678813
 def _trial_logger(run_id: str, datasets: dict[str, Any]) -> Callable[..., Trial]:
     "`fit_trial`, wrapped in a nested MLflow run that records the trial."
     def fit(family: str, params: dict[str, Any], split: Split, spec: FeatureSpec, seed: int, index: int) -> Trial:
@@ -144,26 +151,43 @@ def _trial_logger(run_id: str, datasets: dict[str, Any]) -> Callable[..., Trial]
         return t
     return fit
 
-def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed: int, run_id: str, datasets: dict[str, Any]) -> tuple[dict[str, Any], Pipeline]:
-    "Tune one family in a child run of the phase run and log its best pipeline there; return its summary row and the pipeline."
+def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed: int, run_id: str,
+                 datasets: dict[str, Any]) -> tuple[dict[str, Any], Pipeline]:
+    """Tune one family in a child run of the phase run and log its best pipeline there; return its summary row and the
+    pipeline."""
     tags = {TAG_KIND: "candidate", TAG_CANDIDATE: "true", TAG_FAMILY: family, TAG_TRAIN_RUN_ID: run_id}
     with mlflow.start_run(run_name=family, nested=True, tags=tags) as run:
         log_datasets(datasets)
         best, done = tune_family(family, split, spec, trials, seed, fit=_trial_logger(run_id, datasets))
-        test = {f"test_{k}": v for k, v in score(split.y("test"), best.pipeline.predict_proba(split.test)[:, 1]).items()}
-        mlflow.log_params({**loggable_params(best.pipeline), "family": family, "seed": seed, "trials": trials, "train_rows": len(split.train)})
-        mlflow.log_metrics({**best.metrics, **test, "fit_seconds": best.seconds, "tuning_seconds": sum(t.seconds for t in done)})
+        test = {
+            f"test_{k}": v for k, v in score(split.y("test"), best.pipeline.predict_proba(split.test)[:, 1]).items()
+        }
+        mlflow.log_params(
+            {
+                **loggable_params(best.pipeline),
+                "family": family,
+                "seed": seed,
+                "trials": trials,
+                "train_rows": len(split.train),
+            }
+        )
+        mlflow.log_metrics(
+            {**best.metrics, **test, "fit_seconds": best.seconds, "tuning_seconds": sum(t.seconds for t in done)}
+        )
         uri = log_pipeline(best.pipeline, spec, split.valid.head(5))
         mlflow.set_tags({TAG_MODEL_URI: uri, TAG_BEST_TRIAL: str(best.index), TAG_PARAMS: json.dumps(best.params)})
     return {"family": family, **best.metrics, **test, "fit_seconds": round(best.seconds, 2), "best_trial": best.index,
             "params": json.dumps(best.params), "run_id": run.info.run_id, "model_uri": uri}, best.pipeline
 
-def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec, within: float,
+# %% ../nbs/35_train.ipynb #b8c845b3
+def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec,
+                within: float,
                 run_id: str, datasets: dict[str, Any]) -> dict[str, Any]:
     "Log the blend of `members` (fitted family pipelines) as a candidate child run; return its summary row."
     tags = {TAG_KIND: "candidate", TAG_CANDIDATE: "true", TAG_FAMILY: BLEND, TAG_TRAIN_RUN_ID: run_id}
     with mlflow.start_run(run_name=BLEND, nested=True, tags=tags) as run:
-        log_datasets(datasets)                     # the members learnt from the training part; the blend is judged on the others
+        # the members learnt from the training part; the blend is judged on the others
+        log_datasets(datasets)
         blend = LogOddsBlend([pipelines[m] for m in members], list(members)).fit()
         valid = {f"valid_{k}": v for k, v in score(split.y("valid"), blend.predict_proba(split.valid)[:, 1]).items()}
         test = {f"test_{k}": v for k, v in score(split.y("test"), blend.predict_proba(split.test)[:, 1]).items()}
@@ -185,21 +209,33 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
     source = feature_table_source(cfg)   # the warehouse content hash the feature table was built from
     split = split_frame(df, spec, seed=cfg.train.seed)
     full_train_rows = len(split.train)
-    split = dataclasses.replace(split, train=cap_rows(split.train, spec.target, cfg.train.max_rows, cfg.train.seed, spec.time_column))
+    split = dataclasses.replace(split,
+                                train=cap_rows(split.train, spec.target, cfg.train.max_rows, cfg.train.seed,
+                                               spec.time_column))
     table_digest = frame_digest(df)
     with phase_run(cfg, PHASE_TRAIN, mlflow_run_id) as run:
         rid = run.info.run_id
         datasets = split_datasets(split, spec, source=str(cfg.paths.warehouse))
-        mlflow.log_params({**split.describe(), "seed": cfg.train.seed, "trials": cfg.train.trials, "max_rows": cfg.train.max_rows,
-                           "network_max_rows": cfg.train.network_max_rows,
-                           "train_rows_before_cap": full_train_rows,
-                           "candidates": ", ".join(cfg.train.candidates), "feature_table_digest": table_digest})
+        mlflow.log_params(
+            {
+                **split.describe(),
+                "seed": cfg.train.seed,
+                "trials": cfg.train.trials,
+                "max_rows": cfg.train.max_rows,
+                "network_max_rows": cfg.train.network_max_rows,
+                "train_rows_before_cap": full_train_rows,
+                "candidates": ", ".join(cfg.train.candidates),
+                "feature_table_digest": table_digest,
+            }
+        )
         log_datasets(datasets)
         mlflow.log_dict(json.loads(spec.to_json()), ART_TRAIN_SPEC)
         rows, pipelines = [], {}
-        for f in cfg.train.candidates:   # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
+        # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
+        for f in cfg.train.candidates:
             fsplit, fdatasets = split, datasets
-            sample = cap_rows(split.train, spec.target, family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows),
+            sample = cap_rows(split.train, spec.target,
+                              family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows),
                               cfg.train.seed, spec.time_column)
             if len(sample) < len(split.train):
                 fsplit = dataclasses.replace(split, train=sample)
@@ -214,7 +250,8 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
         mlflow.log_metrics({f"{f}_{m}": table.loc[f, m] for f in table.index for m in ("valid_auc", "test_auc")})
         if oracle is not None: mlflow.log_metric("test_oracle_auc", oracle)
         mlflow.set_tags({TAG_BEST_FAMILY: best, TAG_FEATURE_TABLE_DIGEST: table_digest,
-                         TAG_FEATURES_SOURCE: source})   # the load it came from: the gate asks whether that load passed quality
+                         # the load it came from: the gate asks whether that load passed quality
+                         TAG_FEATURES_SOURCE: source})
         mlflow.log_dict(table.reset_index().to_dict("records"), ART_TRAIN_CANDIDATES)
     append_event(cfg, AUDIT_TRAIN_FINISHED, rid, {"feature_table_digest": table_digest, "best_family": best,
                                              "candidates": {f: table.loc[f, "model_uri"] for f in table.index}})
@@ -246,28 +283,46 @@ def family_max_rows(family: str, max_rows: int, network_max_rows: int) -> int:
 class Candidate:
     "One family's best model from a train run, loaded."
     family: str
-    params: dict[str, Any]       # the tuned parameters (make_candidate(family, params, spec, seed) rebuilds it unfitted)
+    # the tuned parameters (make_candidate(family, params, spec, seed) rebuilds it unfitted)
+    params: dict[str, Any]
     run_id: str                  # the family's MLflow run
     model_uri: str               # its MLflow model (sklearn flavour; pyfunc predict gives predict_proba)
     metrics: dict[str, float]    # valid_auc, valid_log_loss, test_auc, test_log_loss, fit_seconds, ...
     train_run_id: str            # the phase run it belongs to
     pipeline: Pipeline           # the fitted pipeline: raw feature columns in, predict_proba out
 
+# %% ../nbs/35_train.ipynb #f730f4f1
 def latest_train_run(cfg: Settings) -> str:
     "The id of the latest finished train run in the configured experiment; a clear error if there is none."
     exp_id = configure_mlflow(cfg)
-    runs = MlflowClient().search_runs([exp_id], tag_filter(TAG_PHASE, PHASE_TRAIN) + " and attributes.status = 'FINISHED'",
+    runs = MlflowClient().search_runs([exp_id],
+                                      tag_filter(TAG_PHASE, PHASE_TRAIN) + " and attributes.status = 'FINISHED'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs: raise SettingsError(f"no finished train run in experiment {cfg.mlflow.experiment!r} at {cfg.mlflow.tracking_uri}: run `mlops-nb run train` first")
+    if not runs:
+        raise SettingsError(f"no finished train run in experiment {cfg.mlflow.experiment!r} at "
+                            f"{cfg.mlflow.tracking_uri}: run `mlops-nb run train` first")
     return runs[0].info.run_id
 
+# %% ../nbs/35_train.ipynb #b75e38a0
 def load_candidates(cfg: Settings, train_run_id: str | None = None) -> list[Candidate]:
-    "The candidates of a train run (default: the latest finished one), best validation AUC first, with fitted pipelines."
+    """The candidates of a train run (default: the latest finished one), best validation AUC first, with fitted
+    pipelines."""
     import mlflow.sklearn
     rid = train_run_id or latest_train_run(cfg)
     exp_id = configure_mlflow(cfg)
-    runs = MlflowClient().search_runs([exp_id], tag_filter(TAG_TRAIN_RUN_ID, rid) + " and " + tag_filter(TAG_CANDIDATE, "true"))
+    runs = MlflowClient().search_runs([exp_id],
+                                      tag_filter(TAG_TRAIN_RUN_ID, rid) + " and " + tag_filter(TAG_CANDIDATE, "true"))
     if not runs: raise SettingsError(f"train run {rid} has no candidates (was it a train run, and did it finish?)")
-    out = [Candidate(r.data.tags[TAG_FAMILY], json.loads(r.data.tags[TAG_PARAMS]), r.info.run_id, r.data.tags[TAG_MODEL_URI],
-                     dict(r.data.metrics), rid, mlflow.sklearn.load_model(r.data.tags[TAG_MODEL_URI])) for r in runs]
+    out = [
+        Candidate(
+            r.data.tags[TAG_FAMILY],
+            json.loads(r.data.tags[TAG_PARAMS]),
+            r.info.run_id,
+            r.data.tags[TAG_MODEL_URI],
+            dict(r.data.metrics),
+            rid,
+            mlflow.sklearn.load_model(r.data.tags[TAG_MODEL_URI]),
+        )
+        for r in runs
+    ]
     return sorted(out, key=lambda c: (-c.metrics.get("valid_auc", 0.0), c.family))

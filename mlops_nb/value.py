@@ -1,4 +1,5 @@
-"""What a decision is worth in the charter's money: the expected profit of one contact, the profit curve and its best threshold, the monthly budget, lift and gains, and the verdict against the charter's objective.
+"""What a decision is worth in the charter's money: the expected profit of one contact, the profit curve and its best
+threshold, the monthly budget, lift and gains, and the verdict against the charter's objective.
 
 Docs: https://mlops-nb.github.io/mlops-nb/value.html.md"""
 
@@ -27,7 +28,8 @@ def cost_per_contact(charter: CharterSettings) -> float:
     return charter.contact_cost + charter.offer_acceptance * charter.offer_cost
 
 def expected_profit(p: np.ndarray, charter: CharterSettings) -> np.ndarray:
-    "Expected profit (BRL) of contacting each customer: p·save_rate·customer_value − contact_cost − offer_acceptance·offer_cost."
+    """Expected profit (BRL) of contacting each customer: p·save_rate·customer_value − contact_cost −
+    offer_acceptance·offer_cost."""
     return np.asarray(p, float) * charter.save_rate * charter.customer_value - cost_per_contact(charter)
 
 def break_even_probability(charter: CharterSettings) -> float:
@@ -52,14 +54,16 @@ def profit_curve(p: np.ndarray,                       # predicted churn probabil
                  charter: CharterSettings,            # the money
                  y: np.ndarray | None = None,         # observed outcomes, to add the realised profit
                  ) -> pd.DataFrame:
-    "Cumulative profit of contacting everyone scored ≥ each distinct score (plus the no-contact row): threshold, contacts, expected_profit[, realised_profit]."
+    """Cumulative profit of contacting everyone scored ≥ each distinct score (plus the no-contact row): threshold,
+    contacts, expected_profit[, realised_profit]."""
     p = np.asarray(p, float)
     order = np.argsort(-p, kind="mergesort")
     ps = p[order]
     last = np.r_[ps[1:] != ps[:-1], True] if len(ps) else np.array([], bool)   # the last row of each block of ties
     out = pd.DataFrame({"threshold": np.r_[np.inf, ps[last]], "contacts": np.r_[0, np.flatnonzero(last) + 1],
                         "expected_profit": np.r_[0.0, np.cumsum(expected_profit(ps, charter))[last]]})
-    if y is not None: out["realised_profit"] = np.r_[0.0, np.cumsum(expected_profit(np.asarray(y, float)[order], charter))[last]]
+    if y is not None:
+        out["realised_profit"] = np.r_[0.0, np.cumsum(expected_profit(np.asarray(y, float)[order], charter))[last]]
     return out
 
 def best_threshold(p: np.ndarray, charter: CharterSettings, y: np.ndarray | None = None) -> ThresholdChoice:
@@ -88,7 +92,9 @@ def gains_table(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
     "Per decile of predicted risk (highest first): rows, churners, churn rate, lift and cumulative gain."
     y, p = np.asarray(y, float), np.asarray(p, float)
     bins = equal_mass_bins(-p, n_bins)                 # highest risk first
-    t = pd.DataFrame([dict(decile=i + 1, rows=len(b), churners=y[b].sum(), churn_rate=y[b].mean()) for i, b in enumerate(bins)])
+    t = pd.DataFrame(
+        [dict(decile=i + 1, rows=len(b), churners=y[b].sum(), churn_rate=y[b].mean()) for i, b in enumerate(bins)]
+    )
     t["lift"] = t.churn_rate / max(y.mean(), 1e-12)
     t["cum_share_contacted"] = t.rows.cumsum() / t.rows.sum()
     t["cum_gain"] = t.churners.cumsum() / max(y.sum(), 1e-12)
@@ -105,18 +111,22 @@ def charter_verdict(reduction: float,           # expected relative churn reduct
     margin = reduction - charter.target_churn_reduction
     meets = bool(margin >= 0 and profit_per_month > 0)
     roi = profit_per_month / spend_per_month if spend_per_month > 0 else float("nan")
-    how = (f"contacting {contacts_per_month:,.0f} customers a month (spending R$ {spend_per_month:,.0f}) keeps an expected "
-           f"{reduction:.1%} of would-be churners (target {charter.target_churn_reduction:.0%}) for an expected profit of "
-           f"R$ {profit_per_month:,.0f} a month" + (f" (ROI {roi:.1f}×)" if roi == roi else ""))
+    how = (f"contacting {contacts_per_month:,.0f} customers a month (spending R$ {spend_per_month:,.0f}) keeps an "
+           f"expected {reduction:.1%} of would-be churners (target {charter.target_churn_reduction:.0%}) for an "
+           f"expected profit of R$ {profit_per_month:,.0f} a month" + (f" (ROI {roi:.1f}×)" if roi == roi else ""))
     if meets: text = f"Meets the objective by {margin * 100:.1f} points: {how}."
-    elif margin >= 0: text = f"Misses the objective: the churn reduction is reached but the profit is not positive — {how}."
+    elif margin >= 0:
+        text = f"Misses the objective: the churn reduction is reached but the profit is not positive — {how}."
     else: text = f"Misses the objective by {-margin * 100:.1f} points of churn reduction" + \
                  (" and loses money" if profit_per_month <= 0 else "") + f": {how}."
     return dict(meets=meets, margin=float(margin), roi=float(roi), text=text)
 
+# %% ../nbs/41_value.ipynb #8132a58c
 def business_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, charter: CharterSettings,
-                     months: np.ndarray | None = None, n_boot: int = 400, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
-    "What a contact policy delivers on labelled rows, per month: contacts, spend, realised and expected profit (with CI), churn reduction, verdict."
+                     months: np.ndarray | None = None, n_boot: int = 400, seed: int = 0,
+                     confidence: float = 0.95) -> dict[str, Any]:
+    """What a contact policy delivers on labelled rows, per month: contacts, spend, realised and expected profit (with
+    CI), churn reduction, verdict."""
     y, p, contact = np.asarray(y, float), np.asarray(p, float), np.asarray(contact, bool)
     n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
     realised = np.where(contact, expected_profit(y, charter), 0.0)
@@ -130,5 +140,6 @@ def business_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, charter:
                 share_contacted=float(contact.mean()) if len(y) else 0.0, spend_per_month=float(spend),
                 profit_per_month=float(profit), profit_lo=float(lo), profit_hi=float(hi),
                 expected_profit_per_month=float(np.where(contact, expected_profit(p, charter), 0).sum() / n_months),
-                churners_per_month=float(y.sum() / n_months), churners_contacted_per_month=float(y[contact].sum() / n_months),
+                churners_per_month=float(y.sum() / n_months),
+                churners_contacted_per_month=float(y[contact].sum() / n_months),
                 churn_reduction=float(reduction), verdict=charter_verdict(reduction, profit, spend, contacts, charter))

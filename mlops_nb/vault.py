@@ -1,4 +1,5 @@
-"""The only store of clear personal data: one row per (pseudonym, field), in a separate file with mode 0600, written by one upsert whichever loader hands it the data — for data-subject requests, never for models.
+"""The only store of clear personal data: one row per (pseudonym, field), in a separate file with mode 0600, written
+by one upsert whichever loader hands it the data — for data-subject requests, never for models.
 
 Docs: https://mlops-nb.github.io/mlops-nb/vault.html.md"""
 
@@ -34,7 +35,8 @@ def open_vault(cfg: Settings, read_only: bool = False):
     from mlops_nb.contracts import duckdb_connect
     path = cfg.privacy.vault
     if not path.exists():
-        if read_only: raise SettingsError(f"[privacy] vault: {path} does not exist yet (no personal data has been loaded)")
+        if read_only:
+            raise SettingsError(f"[privacy] vault: {path} does not exist yet (no personal data has been loaded)")
         path.parent.mkdir(parents=True, exist_ok=True)
         old = os.umask(0o077)  # the file (and its WAL) are created readable by the owner only
         try: con = duckdb_connect(path)
@@ -45,19 +47,28 @@ def open_vault(cfg: Settings, read_only: bool = False):
 
 # %% ../nbs/22_vault.ipynb #c0b4e901
 def vault_upsert(con, month: str, pii: pa.Table) -> int:
-    "Upsert the clear fields of `pii` (pseudonym + one column per field) into the vault's subjects table; return rows written."
+    """Upsert the clear fields of `pii` (pseudonym + one column per field) into the vault's subjects table; return rows
+    written."""
     if not pii.num_rows: return 0
     fields = [c for c in pii.column_names if c != "pseudonym"]
     con.register("_vault_in", pii)
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _vault_rows AS
-            SELECT pseudonym, field, value FROM (UNPIVOT _vault_in ON {', '.join(fields)} INTO NAME field VALUE value)""")
+            SELECT pseudonym, field,
+                value FROM (UNPIVOT _vault_in ON {', '.join(fields)} INTO NAME field VALUE value)""")
         n = con.execute("SELECT count(*) FROM _vault_rows").fetchone()[0]
-        newer = con.execute("SELECT count(*) FROM subjects WHERE recorded_month > ?", [month]).fetchone()[0]   # only when reloading out of order
-        con.execute("DELETE FROM subjects s USING _vault_rows r WHERE s.pseudonym = r.pseudonym AND s.field = r.field AND s.recorded_month <= ?", [month])
-        keep = " WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = r.pseudonym AND s.field = r.field)" if newer else ""
-        con.execute(f"INSERT INTO subjects SELECT pseudonym, field, value, ? FROM _vault_rows r{keep}", [month])   # as it comes: see above
+        # only when reloading out of order
+        newer = con.execute("SELECT count(*) FROM subjects WHERE recorded_month > ?", [month]).fetchone()[0]
+        con.execute("DELETE FROM subjects s USING _vault_rows r WHERE s.pseudonym = r.pseudonym AND s.field = r.field "
+                    "AND s.recorded_month <= ?", [month])
+        keep = (
+            " WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = r.pseudonym AND s.field = r.field)"
+            if newer
+            else ""
+        )
+        # as it comes: see above
+        con.execute(f"INSERT INTO subjects SELECT pseudonym, field, value, ? FROM _vault_rows r{keep}", [month])
         con.execute("DROP TABLE _vault_rows")
         con.execute("COMMIT")
     except BaseException:
@@ -65,7 +76,9 @@ def vault_upsert(con, month: str, pii: pa.Table) -> int:
     finally: con.unregister("_vault_in")
     return n
 
-VAULT_MEMORY_LIMIT = "1GB"     # the vault writer's DuckDB share of the memory budget (a first month's 7 million rows spill beyond it)
+# %% ../nbs/22_vault.ipynb #17444486
+# the vault writer's DuckDB share of the memory budget (a first month's 7 million rows spill beyond it)
+VAULT_MEMORY_LIMIT = "1GB"
 
 class VaultWriter:
     "Writes clear personal data to the vault on a background thread; `close` waits and raises if a write failed."
@@ -97,7 +110,8 @@ class VaultWriter:
 
 # %% ../nbs/22_vault.ipynb #6953e480
 def store_in_vault(con, pseudonyms: Sequence[str], records: pd.DataFrame, month: str) -> int:
-    "Upsert the clear personal fields of `records` (one row per subject; the last wins) under their pseudonyms; return rows written."
+    """Upsert the clear personal fields of `records` (one row per subject; the last wins) under their pseudonyms; return
+    rows written."""
     frame = records.astype(object).where(records.notna(), None).map(lambda v: v if v is None else str(v))
     frame.insert(0, "pseudonym", list(pseudonyms))
     frame = frame.drop_duplicates("pseudonym", keep="last")

@@ -1,4 +1,5 @@
-"""The `etl` phase: the raw lake into one DuckDB warehouse — raw, staging, quarantine and mart layers — incremental, idempotent and atomic, with no clear personal data in it.
+"""The `etl` phase: the raw lake into one DuckDB warehouse — raw, staging, quarantine and mart layers — incremental,
+idempotent and atomic, with no clear personal data in it.
 
 Docs: https://mlops-nb.github.io/mlops-nb/warehouse.html.md"""
 
@@ -70,54 +71,75 @@ def content_hash(con, tables: Sequence[str] = HASHED_TABLES) -> str:
     return _combine({name: _table_hash(con, name) for name in tables})
 
 def stored_content_hash(con) -> str:
-    "`content_hash` of the warehouse from the sums its loads stored in `meta.content_parts` (and a scan of the small meta tables) — the same value, without reading the big tables."
+    """`content_hash` of the warehouse from the sums its loads stored in `meta.content_parts` (and a scan of the small
+    meta tables) — the same value, without reading the big tables."""
     stored = dict(con.execute("SELECT table_name, CAST(sum(rows) AS VARCHAR) || ':' || CAST(sum(hash_sum) AS VARCHAR) "
                               "FROM meta.content_parts GROUP BY table_name").fetchall())
-    return _combine({name: stored.get(name, "0:0") if name in PART_HASHED else _table_hash(con, name) for name in HASHED_TABLES})
+    return _combine(
+        {name: stored.get(name, "0:0") if name in PART_HASHED else _table_hash(con, name) for name in HASHED_TABLES}
+    )
 
 # %% ../nbs/26_warehouse.ipynb #b2d2fbfa
 def lake_manifest(lake_dir: Path) -> dict[str, Any]:
     "The lake's manifest; EtlError if there is no lake or no readable manifest."
-    if not Path(lake_dir).is_dir(): raise EtlError(f"no lake at {lake_dir}: run the lake phase first (`mlops-nb run lake`)")
+    if not Path(lake_dir).is_dir():
+        raise EtlError(f"no lake at {lake_dir}: run the lake phase first (`mlops-nb run lake`)")
     path = Path(lake_dir) / "_manifest.json"
-    if not path.exists(): raise EtlError(f"{path}: missing — the lake is incomplete or was not written by the lake phase")
+    if not path.exists():
+        raise EtlError(f"{path}: missing — the lake is incomplete or was not written by the lake phase")
     try: return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise EtlError(f"{path}: not a readable manifest ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EtlError(f"{path}: not a readable manifest ({e})") from None
 
+# %% ../nbs/26_warehouse.ipynb #09b3984e
 def lake_partitions(lake_dir: Path, manifest: dict[str, Any]) -> list[Partition]:
     "Every partition of the lake, checked: every source has every month and every file exists."
     lake_dir, parts = Path(lake_dir), []
     for f in manifest.get("files", []):
-        if f.get("source") not in TABLES: raise EtlError(f"{lake_dir / '_manifest.json'}: unknown source {f.get('source')!r} ({f.get('path')})")
-        parts.append(Partition(f["source"], f["month"], lake_dir / f["path"], f["path"], f.get("sha256", ""), int(f.get("rows", -1))))
+        if f.get("source") not in TABLES:
+            raise EtlError(f"{lake_dir / '_manifest.json'}: unknown source {f.get('source')!r} ({f.get('path')})")
+        parts.append(
+            Partition(
+                f["source"], f["month"], lake_dir / f["path"], f["path"], f.get("sha256", ""), int(f.get("rows", -1))
+            )
+        )
     months = sorted({p.month for p in parts})
     have = {(p.source, p.month) for p in parts}
     for s in TABLES:
         for m in months:
-            if (s, m) not in have: raise EtlError(f"{s}/month={m}/{SOURCES[s].file}: partition missing from the lake manifest")
+            if (s, m) not in have:
+                raise EtlError(f"{s}/month={m}/{SOURCES[s].file}: partition missing from the lake manifest")
     for p in parts:
         if not p.path.is_file(): raise EtlError(f"{p.rel}: partition file missing from the lake ({p.path})")
     return sorted(parts, key=lambda p: (p.month, list(TABLES).index(p.source)))
 
+# %% ../nbs/26_warehouse.ipynb #20ee39f0
 def key_fingerprint(key: bytes) -> str:
     "A pseudonym of a constant: equal for equal keys, and reveals nothing about the key."
     return str(pseudonymise(["mlops-nb key fingerprint"], key, "fingerprint")[0])
 
+# %% ../nbs/26_warehouse.ipynb #04a3f1cf
 @dataclass
 class LoadPlan:
     "Which partitions a run loads, skips and removes."
     load: list[Partition]
     skip: list[Partition]
     remove: list[tuple[str, str]]
-    stored: set[tuple[str, str]] = field(default_factory=set)   # (source, month) of every partition in the warehouse before the run
+    # (source, month) of every partition in the warehouse before the run
+    stored: set[tuple[str, str]] = field(default_factory=set)
 
     def months_kept(self) -> list[str]:
-        "The partition months the warehouse holds after the run: what it had, less what is removed, plus what is loaded."
+        """The partition months the warehouse holds after the run: what it had, less what is removed, plus what is
+        loaded."""
         return sorted({m for s, m in self.stored if (s, m) not in self.remove} | {p.month for p in self.load})
 
-def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequence[str] | None = None, force: bool = False) -> LoadPlan:
+# %% ../nbs/26_warehouse.ipynb #d35b8954
+def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequence[str] | None = None,
+              force: bool = False) -> LoadPlan:
     "Split the lake's partitions into those to (re)load and those unchanged; find partitions the lake no longer has."
-    stored = {(s, m): (sha, v, fp) for s, m, sha, v, fp in con.execute("SELECT source, month, sha256, etl_version, key_fingerprint FROM meta.partitions").fetchall()}
+    stored = {(s, m): (sha, v, fp) for s, m, sha, v, fp in con.execute("SELECT source, month, sha256, etl_version, "
+                                                                       "key_fingerprint FROM "
+                                                                       "meta.partitions").fetchall()}
     chosen = [p for p in parts if months is None or p.month in set(months)]
     load = [p for p in chosen if force or stored.get((p.source, p.month)) != (p.sha256, ETL_VERSION, fingerprint)]
     in_lake = {(p.source, p.month) for p in parts}
@@ -127,8 +149,10 @@ def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequenc
 # %% ../nbs/26_warehouse.ipynb #65549a10
 MEMORY_LIMIT = os.environ.get(ENV_ETL_MEMORY_LIMIT, "1536MB")  # the warehouse connection's share of the ≤ 4 GB budget
 PREP_MEMORY_LIMIT = "1GB"      # the preparing connection's (Arrow buffers, the vault writer and Python take the rest)
-PREP_AHEAD = 4                 # partitions read and prepared ahead of the writer (each held as Arrow tables: ~100 MB for a million rows)
-DISABLED_COMPRESSION = "fsst"  # plain FSST: never better than the dictionary (with its own FSST) on these tables, and its analysis costs
+# partitions read and prepared ahead of the writer (each held as Arrow tables: ~100 MB for a million rows)
+PREP_AHEAD = 4
+# plain FSST: never better than the dictionary (with its own FSST) on these tables, and its analysis costs
+DISABLED_COMPRESSION = "fsst"
 
 @dataclass
 class EtlResult:
@@ -149,10 +173,14 @@ class EtlResult:
     def summary(self) -> dict[str, Any]:
         "Aggregates only (safe to print and log)."
         r = self.reconciliation
-        return dict(run_id=self.run_id, partitions_loaded=len(self.loaded), partitions_skipped=len(self.skipped), partitions_removed=len(self.removed),
-                    rows_read=int(r.rows_read.sum()), rows_loaded=int(r.rows_loaded.sum()), rows_quarantined=int(r.rows_quarantined.sum()),
-                    rows_duplicate=int(r.rows_duplicate.sum()), rows_late=int(r.rows_late.sum()), values_nulled=int(r.values_nulled.sum()),
-                    mart_rows=self.tables.get(TABLE_MART, 0), content_hash=self.content_hash, lake_digest=self.lake_digest,
+        return dict(run_id=self.run_id, partitions_loaded=len(self.loaded), partitions_skipped=len(self.skipped),
+                    partitions_removed=len(self.removed),
+                    rows_read=int(r.rows_read.sum()), rows_loaded=int(r.rows_loaded.sum()),
+                    rows_quarantined=int(r.rows_quarantined.sum()),
+                    rows_duplicate=int(r.rows_duplicate.sum()), rows_late=int(r.rows_late.sum()),
+                    values_nulled=int(r.values_nulled.sum()),
+                    mart_rows=self.tables.get(TABLE_MART, 0), content_hash=self.content_hash,
+                    lake_digest=self.lake_digest,
                     seconds=round(self.seconds, 2))
 
 def _private_tmp(warehouse: Path) -> Path:
@@ -163,23 +191,27 @@ def _private_tmp(warehouse: Path) -> Path:
     return tmp
 
 class _Preparer:
-    "Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to `ahead` partitions ahead of the writer."
+    """Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to
+    `ahead` partitions ahead of the writer."""
     def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD):
-        con = duckdb_connect()   # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
+        # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
+        con = duckdb_connect()
         for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = {sql_literal(str(tmp))}",
                     "SET preserve_insertion_order = false"): con.execute(sql)
         self.con = _Traced(con, float(os.environ[ENV_ETL_TRACE]), "prep") if os.environ.get(ENV_ETL_TRACE) else con
         session_setup(self.con)
         self.parts, self.key, self.i, self.ahead, self.pending = list(parts), key, 0, ahead, []
         self.reads: dict[int, Future] = {}
-        # the checks are the load's critical path: reading the next files (Arrow's parsers) overlaps them instead of preceding them
+        # the checks are the load's critical path: reading the next files (Arrow's parsers) overlaps them instead of
+        # preceding them
         self.rx = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-read")
         self.ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-prep")
         for _ in range(ahead): self._submit()
 
     def _submit(self) -> None:
         if self.i < len(self.parts):
-            for j in range(self.i, min(self.i + self.ahead, len(self.parts))):   # reads run up to `ahead` partitions beyond the checks
+            # reads run up to `ahead` partitions beyond the checks
+            for j in range(self.i, min(self.i + self.ahead, len(self.parts))):
                 if j not in self.reads: self.reads[j] = self.rx.submit(read_partition, self.parts[j])
             self.pending.append(self.ex.submit(self._prepare, self.reads.pop(self.i))); self.i += 1
 
@@ -198,21 +230,27 @@ class _Preparer:
 
 # %% ../nbs/26_warehouse.ipynb #548ff889
 class _Traced:
-    "A connection that prints every statement slower than `min_s`, and at close the total time per kind of statement (MLOPS_ETL_TRACE=seconds)."
-    def __init__(self, con, min_s: float, label: str = "etl"): self._con, self._min, self._tot, self._label = con, min_s, {}, label
+    """A connection that prints every statement slower than `min_s`, and at close the total time per kind of statement
+    (MLOPS_ETL_TRACE=seconds)."""
+    def __init__(self, con, min_s: float, label: str = "etl"):
+        self._con, self._min, self._tot, self._label = con, min_s, {}, label
     def _timed(self, what: str, fn, sql: str, *a, **kw):
         c0, t0 = os.times(), time.perf_counter()
         r = fn(sql, *a, **kw)
         dt, c1 = time.perf_counter() - t0, os.times()
         kind = " ".join(re.sub(r"'[^']*'|\$\w+|\d+", "?", sql).split())[:60]
         self._tot[kind] = self._tot.get(kind, 0.0) + dt
-        if dt >= self._min: print(f"[{self._label} trace] {dt:7.2f}s wall {c1.user - c0.user + c1.system - c0.system:7.2f}s cpu  {what} {' '.join(sql.split())[:110]}", flush=True)
+        if dt >= self._min:
+            print(f"[{self._label} trace] {dt:7.2f}s wall {c1.user - c0.user + c1.system - c0.system:7.2f}s cpu  "
+                  f"{what} {' '.join(sql.split())[:110]}", flush=True)
         return r
     def close(self):
-        for k, v in sorted(self._tot.items(), key=lambda kv: -kv[1])[:25]: print(f"[{self._label} trace] total {v:7.2f}s  {k}", flush=True)
+        for k, v in sorted(self._tot.items(), key=lambda kv: -kv[1])[:25]:
+            print(f"[{self._label} trace] total {v:7.2f}s  {k}", flush=True)
         self._con.close()
     def execute(self, sql, *a, **kw): return self._timed("", self._con.execute, sql, *a, **kw)
-    def sql(self, sql, *a, **kw): return self._timed("sql", self._con.sql, sql, *a, **kw)   # lazy: the time shown is the planning
+    # lazy: the time shown is the planning
+    def sql(self, sql, *a, **kw): return self._timed("sql", self._con.sql, sql, *a, **kw)
     def __getattr__(self, k): return getattr(self._con, k)
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -228,7 +266,8 @@ def _open(cfg: Settings):
     except duckdb.IOException as e:
         raise EtlError(f"[paths] warehouse: cannot open {wh} for writing ({str(e).splitlines()[0][:200]})") from None
 
-def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partition months to consider (None: all, and remove what the lake lost)
+# partition months to consider (None: all, and remove what the lake lost)
+def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
                    force: bool = False,                                # reload even unchanged partitions
                    run_id: str = "",                                   # recorded in meta.loads
                    progress: Callable[[str], None] | None = None       # told "loaded YYYY-MM ..." after each month
@@ -246,11 +285,13 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
     vault: VaultWriter | None = None
     prep: _Preparer | None = None
     try:
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'"); con.execute(f"SET temp_directory = {sql_literal(str(tmp))}")
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = {sql_literal(str(tmp))}")
         con.execute("SET preserve_insertion_order = false")   # (no progress bar: connect_warehouse switched it off)
         con.execute(f"SET disabled_compression_methods = '{DISABLED_COMPRESSION}'")
         session_setup(con)
-        ensure_tables(con)   # committed on its own: the load below appends to tables that exist (DuckDB then writes them to disk as it goes)
+        # committed on its own: the load below appends to tables that exist (DuckDB then writes them to disk as it goes)
+        ensure_tables(con)
         con.execute("BEGIN TRANSACTION")
         try:
             plan = plan_load(con, parts, fp, months, force)
@@ -258,14 +299,17 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             changed = [p.month for p in plan.load] + [m for _, m in plan.remove]
             kept = plan.months_kept()
             con.execute("DELETE FROM mart.customer_month WHERE NOT list_contains(?, month)", [kept])
-            con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND NOT list_contains(?, part)", [kept])
+            con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND NOT "
+                        "list_contains(?, part)", [kept])
             mart_months = [m for m in kept if changed and m >= min(changed)]
-            rewrites = bool(plan.remove) or bool({m for _, m in plan.stored} & {*changed, *mart_months})   # replaces rows, not only adds them
+            # replaces rows, not only adds them
+            rewrites = bool(plan.remove) or bool({m for _, m in plan.stored} & {*changed, *mart_months})
             if any(f.personal for p in plan.load for f in TABLES[p.source].fields): vault = VaultWriter(cfg, tmp)
             by_month: dict[str, list[Partition]] = {}
             for p in plan.load: by_month.setdefault(p.month, []).append(p)
             months_in_order = sorted({*by_month, *mart_months})
-            prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp)   # the order the loop below consumes
+            # the order the loop below consumes
+            prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp)
             mart = MartBuilder(con, mart_months[0]) if mart_months else None
             for m in months_in_order:   # month by month: its partitions, then its mart rows
                 for p in by_month.get(m, []):
@@ -274,7 +318,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
                     write_partition(con, done, vault)
                     con.execute("DELETE FROM meta.partitions WHERE source = ? AND month = ?", [p.source, p.month])
                     con.execute("INSERT INTO meta.partitions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                [p.source, p.month, p.rel, done.data.sha256, done.data.nbytes, done.data.n_read, ETL_VERSION, fp])
+                                [p.source, p.month, p.rel, done.data.sha256, done.data.nbytes, done.data.n_read,
+                                 ETL_VERSION, fp])
                     del done
                 if progress and m in by_month: progress(f"loaded {m} ({len(by_month[m])} partitions)")
                 if mart and m in mart_months: mart.build(m)
@@ -286,9 +331,11 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             vault = None
             seconds = time.perf_counter() - t0
             con.execute("INSERT INTO meta.loads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [run_id, started, pd.Timestamp.now(tz="UTC").tz_localize(None), seconds, ETL_VERSION, str(cfg.paths.lake), digest,
+                        [run_id, started, pd.Timestamp.now(tz="UTC").tz_localize(None), seconds, ETL_VERSION,
+                         str(cfg.paths.lake), digest,
                          len(plan.load), len(plan.skip), len(plan.remove), chash])
-            con.execute("RESET max_vacuum_tasks" if rewrites else "SET max_vacuum_tasks = 0")   # before COMMIT: it may checkpoint
+            # before COMMIT: it may checkpoint
+            con.execute("RESET max_vacuum_tasks" if rewrites else "SET max_vacuum_tasks = 0")
             con.execute("COMMIT")
         except BaseException:
             try: con.execute("ROLLBACK")
@@ -297,7 +344,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
         con.execute("CHECKPOINT")
         tables = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in table_columns()}
         recon = con.execute("SELECT * FROM meta.reconciliation ORDER BY source, month").df()
-        quar = con.execute("SELECT source, reason, count(*) AS records FROM quarantine.records GROUP BY ALL ORDER BY source, reason").df()
+        quar = con.execute("SELECT source, reason, count(*) AS records FROM quarantine.records GROUP BY ALL ORDER BY "
+                           "source, reason").df()
     finally:
         if prep is not None: prep.close()
         if vault is not None:
@@ -305,14 +353,16 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,  # partit
             except EtlError: pass
         con.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return EtlResult(run_id, [(p.source, p.month) for p in plan.load], [(p.source, p.month) for p in plan.skip], plan.remove, mart_months,
+    return EtlResult(run_id, [(p.source, p.month) for p in plan.load], [(p.source, p.month) for p in plan.skip],
+                     plan.remove, mart_months,
                      tables, recon, quar, chash, digest, vault_rows, time.perf_counter() - t0)
 
 # %% ../nbs/26_warehouse.ipynb #4af39a3b
 def _metric_name(s: str) -> str: return re.sub(r"[^A-Za-z0-9_\-./ ]", ".", s)
 
 def run_etl(cfg: Settings, mlflow_run_id: str = ""):
-    "The etl phase: load the lake (or, with `[lake] source = byod`, the team's own table) into the warehouse; log to MLflow."
+    """The etl phase: load the lake (or, with `[lake] source = byod`, the team's own table) into the warehouse; log to
+    MLflow."""
     import mlflow
     from mlops_nb.tracking import phase_run
     if cfg.lake.source == "byod":
@@ -324,25 +374,45 @@ def run_etl(cfg: Settings, mlflow_run_id: str = ""):
     with phase_run(cfg, PHASE_ETL, run_id=mlflow_run_id) as run:
         res = load_warehouse(cfg, run_id=run.info.run_id)
         s = res.summary()
-        mlflow.log_params(dict(etl_version=ETL_VERSION, etl_partitions_loaded=len(res.loaded), etl_partitions_skipped=len(res.skipped),
-                               etl_partitions_removed=len(res.removed)))
+        mlflow.log_params(
+            dict(
+                etl_version=ETL_VERSION,
+                etl_partitions_loaded=len(res.loaded),
+                etl_partitions_skipped=len(res.skipped),
+                etl_partitions_removed=len(res.removed),
+            )
+        )
         mlflow.set_tags({TAG_WAREHOUSE_CONTENT_HASH: res.content_hash, TAG_LAKE_MANIFEST_SHA256: res.lake_digest})
-        mlflow.log_metrics({k: float(v) for k, v in s.items() if isinstance(v, (int, float))} | {"vault_rows": float(res.vault_rows)})
+        mlflow.log_metrics(
+            {k: float(v) for k, v in s.items() if isinstance(v, (int, float))} | {"vault_rows": float(res.vault_rows)}
+        )
         mlflow.log_metrics({_metric_name(f"rows_{n}"): float(v) for n, v in res.tables.items()})
         by_reason = res.quarantine.groupby("reason").records.sum()
         mlflow.log_metrics({_metric_name(f"quarantine_{r}"): float(v) for r, v in by_reason.items()})
         rec = res.reconciliation
         for i, (m, g) in enumerate(rec.groupby("month")):
-            mlflow.log_metrics({f"{k}_{src}": float(v) for src, row in g.set_index("source").iterrows()
-                                for k, v in row.items() if k in ("rows_read", "rows_loaded", "rows_quarantined", "rows_duplicate")}, step=i + 1)
+            mlflow.log_metrics(
+                {
+                    f"{k}_{src}": float(v)
+                    for src, row in g.set_index("source").iterrows()
+                    for k, v in row.items()
+                    if k in ("rows_read", "rows_loaded", "rows_quarantined", "rows_duplicate")
+                },
+                step=i + 1,
+            )
         mlflow.log_dict(json.loads(rec.to_json(orient="records")), ART_ETL_RECONCILIATION)
         mlflow.log_dict(json.loads(res.quarantine.to_json(orient="records")), ART_ETL_QUARANTINE)
-        mlflow.log_dict(dict(summary=s, tables=res.tables, loaded=res.loaded, removed=res.removed, mart_months=res.mart_months), ART_ETL_SUMMARY)
+        mlflow.log_dict(
+            dict(summary=s, tables=res.tables, loaded=res.loaded, removed=res.removed, mart_months=res.mart_months),
+            ART_ETL_SUMMARY,
+        )
     return res
 
+# %% ../nbs/26_warehouse.ipynb #ef1beea9
 def warehouse_overview(cfg: Settings, raw: bool = False  # also count the raw views (reads the whole lake)
                        ) -> pd.DataFrame:
     "Rows per table of the warehouse (read-only)."
     names = [*table_columns(), *([f"raw.{s}" for s in TABLES] if raw else [])]
     with connect_warehouse(cfg) as con:
-        return pd.DataFrame([(n, con.execute(f"SELECT count(*) FROM {n}").fetchone()[0]) for n in names], columns=["table", "rows"])
+        return pd.DataFrame([(n, con.execute(f"SELECT count(*) FROM {n}").fetchone()[0]) for n in names],
+                            columns=["table", "rows"])

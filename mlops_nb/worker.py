@@ -1,4 +1,5 @@
-"""What one API worker holds: the model it serves, following the registry and swapped without a failed request; its prediction-log writer; its Prometheus metrics; and the micro-batcher.
+"""What one API worker holds: the model it serves, following the registry and swapped without a failed request; its
+prediction-log writer; its Prometheus metrics; and the micro-batcher.
 
 Docs: https://mlops-nb.github.io/mlops-nb/worker.html.md"""
 
@@ -74,23 +75,34 @@ class ApiMetrics:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         kw: dict[str, Any] = {"registry": self.registry}
-        self.requests = Counter("mlops_nb_api_requests", "HTTP requests, by endpoint and status", ["endpoint", "status"], **kw)
-        self.latency = Histogram("mlops_nb_api_request_seconds", "HTTP request latency, by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS, **kw)
-        self.predictions = Counter("mlops_nb_api_predictions", "predictions made, by model version", ["model_version"], **kw)
-        self.model = Gauge("mlops_nb_api_model_info", "1 for the model version a worker serves (0 for one it served before)", ["model_name", "model_version"],
+        self.requests = Counter("mlops_nb_api_requests", "HTTP requests, by endpoint and status",
+                                ["endpoint", "status"], **kw)
+        self.latency = Histogram("mlops_nb_api_request_seconds", "HTTP request latency, by endpoint", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, **kw)
+        self.predictions = Counter("mlops_nb_api_predictions", "predictions made, by model version", ["model_version"],
+                                   **kw)
+        self.model = Gauge("mlops_nb_api_model_info",
+                           "1 for the model version a worker serves (0 for one it served before)",
+                           ["model_name", "model_version"],
                            multiprocess_mode="livemax", **kw)
         self.swaps = Counter("mlops_nb_api_model_swaps", "model versions swapped in", **kw)
-        self.log_pending = Gauge("mlops_nb_prediction_log_pending_rows", "predictions buffered, not yet written to the log", multiprocess_mode="livesum", **kw)
-        self.log_lag = Gauge("mlops_nb_prediction_log_lag_seconds", "age of the oldest prediction not yet written to the log", multiprocess_mode="livemax", **kw)
+        self.log_pending = Gauge("mlops_nb_prediction_log_pending_rows",
+                                 "predictions buffered, not yet written to the log", multiprocess_mode="livesum", **kw)
+        self.log_lag = Gauge("mlops_nb_prediction_log_lag_seconds",
+                             "age of the oldest prediction not yet written to the log", multiprocess_mode="livemax",
+                             **kw)
         self.log_written = Counter("mlops_nb_prediction_log_rows_written", "predictions written to the log", **kw)
-        self.log_errors = Counter("mlops_nb_prediction_log_write_errors", "failed prediction-log writes (retried)", **kw)
+        self.log_errors = Counter("mlops_nb_prediction_log_write_errors", "failed prediction-log writes (retried)",
+                                  **kw)
         self._req: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._pred: dict[str, Any] = {}
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         "Count one request and its latency."
         c = self._req.get((endpoint, status))
-        if c is None: c = self._req[(endpoint, status)] = (self.requests.labels(endpoint, str(status)), self.latency.labels(endpoint))
+        if c is None:
+            c = self._req[(endpoint, status)] = (self.requests.labels(endpoint, str(status)),
+                                                 self.latency.labels(endpoint))
         c[0].inc(); c[1].observe(seconds)
 
     def predicted(self, version: str, n: int) -> None:
@@ -117,8 +129,10 @@ def reload_stamp(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError: return None
     return st.st_ino, st.st_mtime_ns
 
+# %% ../nbs/54_worker.ipynb #8f1d19c4
 class ServingState:
-    "What one worker serves: the current model, the registry follower, the prediction log, the metrics and the pseudonym key."
+    """What one worker serves: the current model, the registry follower, the prediction log, the metrics and the
+    pseudonym key."""
     def __init__(self, cfg: Settings, metrics: ApiMetrics):
         self.cfg, self.api, self.metrics = cfg, cfg.api, metrics
         self.model: ServedModel | None = None
@@ -133,28 +147,34 @@ class ServingState:
         self._tasks: list[asyncio.Task] = []
         self._client: Any = None
         ctl = os.environ.get(ENV_API_CONTROL_DIR)   # set by `serve` for several workers
-        self.reload_file: Path | None = Path(ctl) / "reload" if ctl else None   # where reloads are announced (None: one worker)
+        # where reloads are announced (None: one worker)
+        self.reload_file: Path | None = Path(ctl) / "reload" if ctl else None
         self._reload_seen: tuple[int, int] | None = None   # the latest reload announcement this worker acted on
 
     async def start(self) -> None:
-        "Start the log writer, load the pseudonym key, wait (bounded) for the first model load, start following the registry."
+        """Start the log writer, load the pseudonym key, wait (bounded) for the first model load, start following the
+        registry."""
         from threadpoolctl import threadpool_limits
         from mlops_nb.privacy import load_key
         threadpool_limits(limits=1)                   # one thread per worker: workers are the parallelism
         sys.setswitchinterval(GIL_SWITCH_SECONDS)     # the log writer thread yields the GIL to the event loop sooner
         self.key = await asyncio.to_thread(load_key, self.cfg, False)
         if self.api.auth == "bearer" and not os.environ.get(self.api.token_env):
-            raise SettingsError(f"[api] auth = bearer, but the environment variable {self.api.token_env} ([api] token_env) is not set")
+            raise SettingsError(f"[api] auth = bearer, but the environment variable {self.api.token_env} ([api] "
+                                "token_env) is not set")
         self._lock = asyncio.Lock()
         self.log.start()
         self._tasks.append(asyncio.create_task(self._report_log(), name="log-metrics"))
         first = asyncio.create_task(self.check(), name="first-load")
         if self.api.startup_wait_seconds > 0:
             try: await asyncio.wait_for(asyncio.shield(first), timeout=self.api.startup_wait_seconds)
-            except asyncio.TimeoutError: log.warning("still loading the model after %.0f s: serving 503 until it is loaded", self.api.startup_wait_seconds)
+            except asyncio.TimeoutError:
+                log.warning("still loading the model after %.0f s: serving 503 until it is loaded",
+                            self.api.startup_wait_seconds)
             except Exception: pass                     # recorded in status/detail; the poller retries
         self._tasks.append(first)
-        gc.collect(); gc.freeze()                      # modules and the model are long-lived: keep them out of future GC passes
+        # modules and the model are long-lived: keep them out of future GC passes
+        gc.collect(); gc.freeze()
         if self.api.poll_seconds > 0: self._tasks.append(asyncio.create_task(self._poll(), name="registry-poll"))
         if self.reload_file is not None:
             self._reload_seen = reload_stamp(self.reload_file)
@@ -171,7 +191,8 @@ class ServingState:
             multiprocess.mark_process_dead(os.getpid())
 
     def announce_reload(self) -> bool:
-        "Tell the other workers to check the registry now (atomic replace of the file: a new inode); False with one worker."
+        """Tell the other workers to check the registry now (atomic replace of the file: a new inode); False with one
+        worker."""
         f = self.reload_file
         if f is None: return False
         tmp = f.with_name(f".reload.{os.getpid()}")
@@ -187,7 +208,8 @@ class ServingState:
             self._reload_seen = stamp
             try: await self.check(force=True)
             except asyncio.CancelledError: raise
-            except Exception as e: log.warning("registry check (reload announced by another worker) failed: %s: %s", type(e).__name__, e)
+            except Exception as e:
+                log.warning("registry check (reload announced by another worker) failed: %s: %s", type(e).__name__, e)
 
     async def _poll(self) -> None:
         while True:
@@ -217,21 +239,27 @@ class ServingState:
             name, alias = self.cfg.mlflow.registered_model, self.api.alias
             current = self.model.version if self.model else None
             if version is None:
-                self.detail = f"no version of {name!r} holds the alias {alias!r}" + (f"; still serving version {current}" if current else "")
+                self.detail = (f"no version of {name!r} holds the alias {alias!r}"
+                               + (f"; still serving version {current}" if current else ""))
                 if self.model is None: self.status = "no_model"
                 return {"changed": False, "version": current, "registry_version": None}
             if version == current: return {"changed": False, "version": current, "registry_version": version}
             if version in self.failed and not force and self.model is not None:   # with nothing to serve, keep retrying
-                return {"changed": False, "version": current, "registry_version": version, "error": self.failed[version]}
+                return {"changed": False, "version": current, "registry_version": version,
+                        "error": self.failed[version]}
             if self.model is None: self.status, self.detail = "loading", f"loading version {version}"
             try: new = await asyncio.to_thread(load_served_model, self.cfg, version)
             except Exception as e:
                 self.failed[version] = f"{type(e).__name__}: {e}"[:500]
-                self.detail = f"version {version} failed to load: {self.failed[version]}" + (f"; still serving version {current}" if current else "")
+                self.detail = f"version {version} failed to load: {self.failed[version]}" + (
+                    f"; still serving version {current}" if current else ""
+                )
                 if self.model is None: self.status = "error"
                 log.error("model %s@%s failed to load: %s", name, version, self.failed[version])
-                await asyncio.to_thread(self._audit, AUDIT_API_MODEL_LOAD_FAILED, version, {"from_version": current, "error": self.failed[version][:300]})
-                return {"changed": False, "version": current, "registry_version": version, "error": self.failed[version]}
+                await asyncio.to_thread(self._audit, AUDIT_API_MODEL_LOAD_FAILED, version,
+                                        {"from_version": current, "error": self.failed[version][:300]})
+                return {"changed": False, "version": current, "registry_version": version,
+                        "error": self.failed[version]}
             old, self.model = self.model, new                        # the swap: one assignment on the event loop
             self.status, self.detail = "ready", f"serving version {version}"
             self.failed.pop(version, None)
@@ -241,14 +269,19 @@ class ServingState:
                 self.metrics.model.labels(old.name, old.version).set(0)
             self.metrics.model.labels(new.name, new.version).set(1)
             self.metrics.swaps.inc()
-            log.info("serving %s version %s (was %s; loaded in %.1f s, compiled=%s)", name, version, current, new.load_seconds, new.scorer.compiled)
-            await asyncio.to_thread(self._audit, AUDIT_API_MODEL_SWAPPED, version, {"from_version": current, "load_seconds": round(new.load_seconds, 3),
-                                                                                "compiled": new.scorer.compiled, "lineage": new.lineage})
+            log.info("serving %s version %s (was %s; loaded in %.1f s, compiled=%s)", name, version, current,
+                     new.load_seconds, new.scorer.compiled)
+            await asyncio.to_thread(self._audit, AUDIT_API_MODEL_SWAPPED, version,
+                                    {"from_version": current, "load_seconds": round(new.load_seconds, 3),
+                                                                                "compiled": new.scorer.compiled,
+                                                                                "lineage": new.lineage})
             return {"changed": True, "version": version, "previous_version": current, "registry_version": version}
 
     def _audit(self, kind: str, version: str, details: dict[str, Any]) -> None:
         from mlops_nb.audit import append_event
-        try: append_event(self.cfg, kind, f"{self.cfg.mlflow.registered_model}@{version}", {**details, "pid": os.getpid(), "alias": self.api.alias}, actor="api")
+        try:
+            append_event(self.cfg, kind, f"{self.cfg.mlflow.registered_model}@{version}",
+                         {**details, "pid": os.getpid(), "alias": self.api.alias}, actor="api")
         except Exception as e: log.error("audit trail not written (%s): %s", kind, e)
 
     def model_for(self, version: str) -> ServedModel:

@@ -1,4 +1,6 @@
-"""A deterministic telecom, month by month: what its customers do (usage, tickets, bills), who leaves by a known causal model with a heterogeneous response to a retention offer, the randomised campaigns — and the oracle's truth of every customer-month.
+"""A deterministic telecom, month by month: what its customers do (usage, tickets, bills), who leaves by a known
+causal model with a heterogeneous response to a retention offer, the randomised campaigns — and the oracle's truth
+of every customer-month.
 
 Docs: https://mlops-nb.github.io/mlops-nb/world.html.md"""
 
@@ -62,16 +64,20 @@ def next_engagement(e: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     "Next month's latent engagement: AR(1) around 0 (stationary spread ≈ 0.45)."
     return (0.75 * e + rng.normal(0, .30, len(e))).astype(np.float32)
 
+# %% ../nbs/12_world.ipynb #73168dd6
 def data_usage(b: Mapping[str, np.ndarray], act: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     "(mobile GB, total GB) used in a month at activity level `act`."
     n = len(b["num"])
     mob = PLAN_GB[b["plan"]] * 0.65 * b["level"] * act * rng.lognormal(0, .25, n)
-    return mob, np.clip(mob + PLAN_MBPS[b["plan"]] * 0.35 * b["level"] * act * rng.lognormal(0, .25, n), 0.01, 5000).round(3)
+    return mob, np.clip(mob + PLAN_MBPS[b["plan"]] * 0.35 * b["level"] * act * rng.lognormal(0, .25, n), 0.01,
+                        5000).round(3)
 
+# %% ../nbs/12_world.ipynb #14adfba9
 def city_quality(seed: int) -> np.ndarray:
     "Each city's typical dropped-call rate (a fixed property of the world)."
     return rng_for(seed, 0, "world", 1).beta(2, 120, len(CITIES))
 
+# %% ../nbs/12_world.ipynb #8d31a72c
 def simulate_behaviour(b: dict[str, np.ndarray], rng: np.random.Generator, day0: int, ndays: int,
                        quality: np.ndarray, outage: np.ndarray) -> dict[str, np.ndarray]:
     "One month of usage, tickets and billing for the active base `b`; updates `b`'s histories in place."
@@ -86,7 +92,11 @@ def simulate_behaviour(b: dict[str, np.ndarray], rng: np.random.Generator, day0:
     out_c = outage[b["city"]]
     dcr = np.clip(quality[b["city"]] * rng.lognormal(0, .35, n) * np.where(out_c, 2.5, 1.0), 0, .5).round(4)
     # tickets
-    lam = TICKET_RATE[b["product"]] * (1 + 20 * np.maximum(dcr - .02, 0)) * np.where(out_c & ~has_mobile | out_c & (b["product"] == 2), 3.0, 1.0)
+    lam = (
+        TICKET_RATE[b["product"]]
+        * (1 + 20 * np.maximum(dcr - 0.02, 0))
+        * np.where(out_c & ~has_mobile | out_c & (b["product"] == 2), 3.0, 1.0)
+    )
     lam = lam + .02 + .3 * b["stress"]
     ntk = rng.poisson(lam)
     # bill: fee + data overage (R$ 4/GB on mobile, capped) + occasional extras
@@ -104,6 +114,7 @@ def simulate_behaviour(b: dict[str, np.ndarray], rng: np.random.Generator, day0:
     return dict(data_gb=gb, voice_minutes=voice, days_active=days.astype(float), dropped_call_rate=dcr, n_tickets=ntk,
                 amount=amount, issue=issue, due=due, paid=paid)
 
+# %% ../nbs/12_world.ipynb #0a7026e0
 def simulate_tickets(b: dict[str, np.ndarray], ntk: np.ndarray, rng: np.random.Generator, day0: int, ndays: int,
                      outage: np.ndarray) -> dict[str, np.ndarray]:
     "The tickets customers open this month (rows sorted by opening time); sets `b`'s unresolved count."
@@ -117,17 +128,20 @@ def simulate_tickets(b: dict[str, np.ndarray], ntk: np.ndarray, rng: np.random.G
     resolved = rng.random(m) < np.where(cat == 0, np.where(out, .55, .80), np.where(cat == 4, .60, .88))
     closed = resolved | (rng.random(m) < .5)
     closed_at = np.where(closed, opened + (rng.lognormal(np.log(20 * 3600), 1.0, m)).astype(np.int64), NOTIME)
-    sat = np.where(resolved, rng.choice([3, 4, 5], m, p=[.2, .4, .4]), rng.choice([1, 2, 3], m, p=[.5, .35, .15])).astype(float)
+    sat = np.where(resolved, rng.choice([3, 4, 5], m, p=[.2, .4, .4]),
+                   rng.choice([1, 2, 3], m, p=[.5, .35, .15])).astype(float)
     sat[rng.random(m) < .35] = np.nan  # survey not answered
     b["un1"] = np.minimum(np.bincount(who[~resolved], minlength=len(ntk)), 100).astype(np.int8)
     order = np.argsort(opened, kind="stable")
-    return dict(who=who[order], opened=opened[order], closed=closed_at[order], channel=rng.choice(5, m, p=[.3, .25, .15, .25, .05])[order],
+    return dict(who=who[order], opened=opened[order], closed=closed_at[order],
+                channel=rng.choice(5, m, p=[.3, .25, .15, .25, .05])[order],
                 category=cat[order], resolved=resolved[order], satisfaction=sat[order])
 
 # %% ../nbs/12_world.ipynb #b0b6f6b1
 BASE_CHURN = 0.03
 OFFER_EFFECT = np.array([-1.8, -0.15, 0.0, 0.7])   # log-odds change of an offer, by segment
-SEGMENT_EFFECT = np.array([0.0, 0.0, 0.0, 0.0])    # log-odds offset of each segment on churn without an offer (none: see above)
+# log-odds offset of each segment on churn without an offer (none: see above)
+SEGMENT_EFFECT = np.array([0.0, 0.0, 0.0, 0.0])
 CONCEPT_FEE = 90.0                                 # drift: fibre customers paying more than this feel the competitor
 
 def static_logit(b: Mapping[str, np.ndarray], day: int) -> np.ndarray:
@@ -165,7 +179,8 @@ def churn_logit(b: Mapping[str, np.ndarray], day: int, concept_drift: bool = Fal
 MAX_TENURE_MONTHS = 180   # the company launched 15 years before the simulation starts
 
 def _survival(c: float, z: np.ndarray) -> np.ndarray:
-    "Survival curves S(t) = Π_{s<t} (1 - h(s)) on a monthly grid for static log-odds `z` (one row each), with the early-tenure bump."
+    """Survival curves S(t) = Π_{s<t} (1 - h(s)) on a monthly grid for static log-odds `z` (one row each), with the
+    early-tenure bump."""
     hz = sigmoid(c + z[:, None] + 1.3 * np.exp(-np.arange(MAX_TENURE_MONTHS)[None, :] / 5))
     return np.exp(np.concatenate([np.zeros((len(z), 1)), np.cumsum(np.log1p(-hz), axis=1)[:, :-1]], axis=1))
 
@@ -181,11 +196,13 @@ def initial_base(rng: np.random.Generator, n: int, start_day: int, seed: int) ->
         lo, hi = (c, hi) if (_survival(c, keys / 20).sum(axis=1) * cnt).sum() / cnt.sum() > 1 / BASE_CHURN else (lo, c)
     surv = _survival(c, keys / 20)
     life = surv.sum(axis=1)                                 # expected stay of each bucket, in months
-    # a type's share of the active base ∝ its share of joiners × its expected stay (weighted sample, Efraimidis–Spirakis)
+    # a type's share of the active base ∝ its share of joiners × its expected stay (weighted sample,
+    # Efraimidis–Spirakis)
     keep = np.sort(np.argpartition(np.log(rng.random(2 * n)) / life[inv], n)[n:])
     b, kb = {k: v[keep] for k, v in pool.items()}, inv[keep]
     # tenure ∝ S(t): inverse CDF of the customer's own bucket
-    cdf = np.cumsum(surv, axis=1) / life[:, None] + np.arange(len(keys))[:, None]   # row q spans (q, q+1]: one sorted array
+    # row q spans (q, q+1]: one sorted array
+    cdf = np.cumsum(surv, axis=1) / life[:, None] + np.arange(len(keys))[:, None]
     months = np.searchsorted(cdf.ravel(), rng.random(n) + kb) - kb * MAX_TENURE_MONTHS
     days = ((months + rng.random(n)) * 30.44).astype(np.int64) + 1
     b["signup"], b["birth"] = (start_day - days).astype(np.int32), (b["birth"] - days).astype(np.int32)
@@ -201,14 +218,17 @@ ACCEPT_P = np.array([.55, .35, .10, .15])  # P(accepts the discount | contacted)
 def simulate_offer_outcomes(oracle_month: pd.DataFrame,  # one month of oracle truth (needs p_churn, p_churn_offered)
                             offered: np.ndarray,         # bool per row: the policy offers the discount
                             seed: int = 0,               # same seed → same luck per customer (common random numbers)
-                            contact_rate: float = 1.0    # share of offered customers the offer reaches (history: CONTACT_RATE)
+                            # share of offered customers the offer reaches (history: CONTACT_RATE)
+                            contact_rate: float = 1.0
                             ) -> np.ndarray:
     "Simulated churn next month (0/1 per row) if the customers in `offered` get the retention offer."
     offered = np.asarray(offered, dtype=bool)
-    if len(offered) != len(oracle_month): raise ValueError(f"offered has {len(offered)} values for {len(oracle_month)} customers")
+    if len(offered) != len(oracle_month):
+        raise ValueError(f"offered has {len(offered)} values for {len(oracle_month)} customers")
     rng = np.random.default_rng([seed, 7919])
     luck, reach = rng.random(len(offered)), rng.random(len(offered))
-    p = np.where(offered & (reach < contact_rate), oracle_month["p_churn_offered"].to_numpy(float), oracle_month["p_churn"].to_numpy(float))
+    p = np.where(offered & (reach < contact_rate), oracle_month["p_churn_offered"].to_numpy(float),
+                 oracle_month["p_churn"].to_numpy(float))
     return (luck < p).astype(np.int8)
 
 # %% ../nbs/12_world.ipynb #cf729fcb
@@ -227,21 +247,32 @@ def batch_concat(parts: Sequence[Batch]) -> Batch:
     full = [p for p in parts if batch_len(p)]
     if len(full) <= 1: return full[0] if full else parts[0]
     parts = full
-    return {k: (pa.concat_arrays([p[k] for p in parts]) if isinstance(parts[0][k], pa.Array) else np.concatenate([p[k] for p in parts]))
-            for k in parts[0]}
+    return {
+        k: (
+            pa.concat_arrays([p[k] for p in parts])
+            if isinstance(parts[0][k], pa.Array)
+            else np.concatenate([p[k] for p in parts])
+        )
+        for k in parts[0]
+    }
 
 # %% ../nbs/12_world.ipynb #4893ae76
 def check_lake(lake: LakeSettings) -> None:
     "Raise SettingsError if the lake settings cannot describe a simulation."
     errs = []
-    if not re.fullmatch(r"(19|20)\d\d-(0[1-9]|1[0-2])", lake.start_month): errs.append(f"start_month {lake.start_month!r} is not YYYY-MM")
+    if not re.fullmatch(r"(19|20)\d\d-(0[1-9]|1[0-2])", lake.start_month):
+        errs.append(f"start_month {lake.start_month!r} is not YYYY-MM")
     if lake.months < 3: errs.append(f"months = {lake.months}: at least 3 months are needed")
     if lake.customers < 50: errs.append(f"customers = {lake.customers}: at least 50 are needed")
     if lake.scenario == "drift" and not 2 <= lake.drift_month <= lake.months:
-        errs.append(f"drift_month = {lake.drift_month} must be between 2 and the last month ({lake.months}) in the drift scenario")
-    if lake.schema_drift_month < 0: errs.append(f"schema_drift_month = {lake.schema_drift_month} must be 0 (never) or a month number (past the last month: never)")
+        errs.append(f"drift_month = {lake.drift_month} must be between 2 and the last month ({lake.months}) in the "
+                    "drift scenario")
+    if lake.schema_drift_month < 0:
+        errs.append(f"schema_drift_month = {lake.schema_drift_month} must be 0 (never) or a month number (past the "
+                    "last month: never)")
     if lake.scenario not in ("stable", "drift"): errs.append(f"scenario {lake.scenario!r} must be stable or drift")
-    for k in ("campaign_share", "duplicate_rate", "missing_rate", "date_format_rate", "spelling_rate", "outlier_rate", "corrupt_rate", "late_rate"):
+    for k in ("campaign_share", "duplicate_rate", "missing_rate", "date_format_rate", "spelling_rate", "outlier_rate",
+              "corrupt_rate", "late_rate"):
         if not 0 <= getattr(lake, k) <= 0.5: errs.append(f"{k} = {getattr(lake, k)} must be between 0 and 0.5")
     if errs: raise SettingsError("invalid [lake] settings:\n  - " + "\n  - ".join(errs))
 
@@ -256,6 +287,7 @@ class MonthOutput:
     batches: dict[str, Batch]
     truth: pa.Table
 
+# %% ../nbs/12_world.ipynb #8d5d93f8
 class World:
     "The simulated telecom: the active customer base and the counters that carry over from month to month."
 
@@ -268,19 +300,26 @@ class World:
         self.base = initial_base(rng, lake.customers, month_first_day(self.labels[0]), self.seed)
         self._warm_up_histories(rng)
         self.base["contract"] = np.arange(1, lake.customers + 1, dtype=np.int64)
-        self.next_customer, self.next_contract, self.next_invoice, self.next_ticket = lake.customers + 1, lake.customers + 1, 1, 1
+        self.next_customer, self.next_contract, self.next_invoice, self.next_ticket = (
+            lake.customers + 1,
+            lake.customers + 1,
+            1,
+            1,
+        )
         self.intercept: float | None = None
         self.structure0, self.intercepts = 0.0, []
         self.leaving = np.zeros(lake.customers, bool)   # realised churners of the previous month
         self.cancellations: Batch = {}                  # their cancellation requests, filed this month
 
     def _warm_up_histories(self, rng: np.random.Generator) -> None:
-        "The last three months of the initial base, drawn with the monthly model's own formulas (so month 1 is not special)."
+        """The last three months of the initial base, drawn with the monthly model's own formulas (so month 1 is not
+        special)."""
         b, n = self.base, len(self.base["num"])
         e = rng.normal(0, .45, n).astype(np.float32)   # the AR(1)'s stationary spread
         for k in (3, 2, 1):
             b[f"gb{k}"] = data_usage(b, np.exp(e - 0.1), rng)[1].astype(np.float32)
-            b[f"tk{k}"] = np.minimum(rng.poisson(TICKET_RATE[b["product"]] + .02 + .3 * b["stress"]), 100).astype(np.int8)
+            b[f"tk{k}"] = np.minimum(rng.poisson(TICKET_RATE[b["product"]] + .02 + .3 * b["stress"]),
+                                     100).astype(np.int8)
             b[f"un{k}"] = rng.binomial(b[f"tk{k}"], .18).astype(np.int8)
             b[f"lt{k}"] = (rng.random(n) < b["stress"]).astype(np.int8)
             if k > 1: e = next_engagement(e, rng)
@@ -296,7 +335,9 @@ class World:
         ndays, last = month_days(label), i == len(self.labels) - 1
         outage = rng_for(self.seed, i, "world", 2).random(len(CITIES)) < .06
         batches: dict[str, Batch] = {}
-        crm_rows, events = self._turnover(i, day0, ndays) if i else (np.arange(len(self.base["num"])), self._initial_events())
+        crm_rows, events = (
+            self._turnover(i, day0, ndays) if i else (np.arange(len(self.base["num"])), self._initial_events())
+        )
         b = self.base
         batches["crm_customers"] = self._crm_batch(i, crm_rows)
         batches["contracts"] = events
@@ -306,17 +347,36 @@ class World:
         batches["usage"] = dict(customer_id=ids, month=pa.array([label] * len(b["num"])),
                                 **{k: beh[k] for k in ("data_gb", "voice_minutes", "days_active", "dropped_call_rate")})
         n = len(b["num"])
-        batches["billing"] = dict(invoice_id=pc.binary_join_element_wise("NF", zero_pad(np.arange(self.next_invoice, self.next_invoice + n), 10), ""),
-                                  customer_id=ids, reference_month=pa.array([label] * n), issue_date=beh["issue"],
-                                  due_date=beh["due"], amount=beh["amount"], paid_date=beh["paid"])
+        batches["billing"] = dict(
+            invoice_id=pc.binary_join_element_wise(
+                "NF", zero_pad(np.arange(self.next_invoice, self.next_invoice + n), 10), ""
+            ),
+            customer_id=ids,
+            reference_month=pa.array([label] * n),
+            issue_date=beh["issue"],
+            due_date=beh["due"],
+            amount=beh["amount"],
+            paid_date=beh["paid"],
+        )
         self.next_invoice += n
         m = len(tk["who"])
-        batches["tickets"] = dict(ticket_id=pc.binary_join_element_wise("TK", zero_pad(np.arange(self.next_ticket, self.next_ticket + m), 10), ""),
-                                  customer_id=ids.take(pa.array(tk["who"], pa.int64())), opened_at=tk["opened"], closed_at=tk["closed"],
-                                  channel=tk["channel"], category=tk["category"], resolved=tk["resolved"], satisfaction=tk["satisfaction"])
+        batches["tickets"] = dict(
+            ticket_id=pc.binary_join_element_wise(
+                "TK", zero_pad(np.arange(self.next_ticket, self.next_ticket + m), 10), ""
+            ),
+            customer_id=ids.take(pa.array(tk["who"], pa.int64())),
+            opened_at=tk["opened"],
+            closed_at=tk["closed"],
+            channel=tk["channel"],
+            category=tk["category"],
+            resolved=tk["resolved"],
+            satisfaction=tk["satisfaction"],
+        )
         self.next_ticket += m
-        batches["cancellations"] = self.cancellations or dict(customer_id=pa.array([], pa.string()), request_date=np.empty(0, np.int64),
-                                                               effective_date=np.empty(0, np.int64), reason=np.empty(0, np.int64))
+        batches["cancellations"] = self.cancellations or dict(customer_id=pa.array([], pa.string()),
+                                                              request_date=np.empty(0, np.int64),
+                                                               effective_date=np.empty(0, np.int64),
+                                                               reason=np.empty(0, np.int64))
         truth, batches["campaigns"] = self._churn_and_campaign(i, day0 + ndays - 1, last, ids)
         return MonthOutput(batches, truth)
 
@@ -328,8 +388,10 @@ class World:
     def _events(self, rows: np.ndarray, kind: np.ndarray, day: np.ndarray) -> Batch:
         "Contract events of base rows `rows` (current contract state)."
         b = self.base
-        return dict(contract_id=pc.binary_join_element_wise("CT", zero_pad(b["contract"][rows], 9), ""), customer_id=customer_ids(b["num"][rows]),
-                    event_type=np.asarray(kind, np.int64), event_date=np.asarray(day, np.int64), product=b["product"][rows].astype(np.int64),
+        return dict(contract_id=pc.binary_join_element_wise("CT", zero_pad(b["contract"][rows], 9), ""),
+                    customer_id=customer_ids(b["num"][rows]),
+                    event_type=np.asarray(kind, np.int64), event_date=np.asarray(day, np.int64),
+                    product=b["product"][rows].astype(np.int64),
                     plan=b["plan"][rows].astype(np.int64), contract_type=b["ctype"][rows].astype(np.int64),
                     monthly_fee=b["fee"][rows].astype(np.float64), payment_method=b["pay"][rows].astype(np.int64))
 
@@ -341,7 +403,8 @@ class World:
         k = int(rng.poisson(self.leaving.sum()))
         drift = self.drifted(i)
         pix = min(0.5, 0.25 + 0.05 * (i + 1 - self.lake.drift_month)) if drift else 0.0
-        new = draw_customers(rng, np.arange(self.next_customer, self.next_customer + k), np.sort(day0 + rng.integers(0, ndays, k)),
+        new = draw_customers(rng, np.arange(self.next_customer, self.next_customer + k),
+                             np.sort(day0 + rng.integers(0, ndays, k)),
                              self.seed, young=drift, pix_share=pix)
         new["contract"] = np.arange(self.next_contract, self.next_contract + k, dtype=np.int64)
         typical = (PLAN_GB[new["plan"]] * .65 + PLAN_MBPS[new["plan"]] * .35) * new["level"]
@@ -359,7 +422,8 @@ class World:
         local = UF_FIRST_CITY[uf] + (r.random(len(moved)) * UF_N_CITIES[uf]).astype(np.int64)   # same state (70%)
         b["city"][moved] = np.where(r.random(len(moved)) < .7, local, r.choice(len(CITIES), len(moved), p=CITY_WEIGHT))
         contact = draw_contact(r, len(moved), b["city"][moved])
-        for key in ("street", "house", "flat", "cep"): b[key][moved] = contact[key]   # the phone (and its DDD) moves with them
+        # the phone (and its DDD) moves with them
+        for key in ("street", "house", "flat", "cep"): b[key][moved] = contact[key]
         mail, phone = upd[what == 2], upd[what == 3]
         b["email_dom"][mail] = r.choice(len(EMAIL_DOMAINS), len(mail), p=EMAIL_DOMAIN_P)
         b["email_style"][mail] = r.integers(0, 4, len(mail))
@@ -395,8 +459,10 @@ class World:
         p = {k: v[rows] for k, v in self.base.items()}
         people = render_people(p, self.seed, rng_for(self.seed, i, "crm_updates", 1))
         return dict(id_cliente=customer_ids(p["num"]), nome=people["nome"], cpf=people["cpf"], email=people["email"],
-                    telefone=people["telefone"], data_nascimento=p["birth"].astype(np.int64), sexo=p["gender"].astype(np.int64),
-                    uf=CITY_UF[p["city"]].astype(np.int64), cidade=p["city"].astype(np.int64), endereco=people["endereco"],
+                    telefone=people["telefone"], data_nascimento=p["birth"].astype(np.int64),
+                    sexo=p["gender"].astype(np.int64),
+                    uf=CITY_UF[p["city"]].astype(np.int64), cidade=p["city"].astype(np.int64),
+                    endereco=people["endereco"],
                     cep=people["cep"], data_cadastro=p["signup"].astype(np.int64))
 
     def _churn_and_campaign(self, i: int, day_end: int, last: bool, ids: pa.Array) -> tuple[pa.Table, Batch]:
@@ -416,17 +482,28 @@ class World:
         accepted_m = contacted_m & (r.random(len(members)) < ACCEPT_P[b["seg"][members]])
         arm = np.full(n, -1, np.int8); arm[members] = np.where(treat_m, 1, 0)
         treated = np.zeros(n, bool); treated[members[contacted_m]] = True
-        campaign = dict(campaign_id=pa.array([f"RET-{label}"] * len(members)), customer_id=ids.take(pa.array(members, pa.int64())),
+        campaign = dict(campaign_id=pa.array([f"RET-{label}"] * len(members)),
+                        customer_id=ids.take(pa.array(members, pa.int64())),
                         month=pa.array([label] * len(members)), arm=pa.array(np.where(treat_m, "treatment", "control")),
                         offer=pa.array(np.where(treat_m, OFFER, None)), contacted=contacted_m, accepted=accepted_m)
         churned = rng_for(self.seed, i, "churn").random(n) < np.where(treated, p1, p0)
         if last: churned[:] = False
         self.leaving = churned
         self.cancellations = self._cancellations(i + 1, churned, z) if not last else {}
-        truth = pa.table(dict(customer_id=ids, month=pa.array([label] * n), p_churn=p0, p_churn_offered=p1, uplift=p0 - p1,
-                              segment=pa.array(SEGMENTS).take(pa.array(b["seg"].astype(np.int64))),
-                              in_campaign=arm >= 0, arm=pa.array(np.where(arm == 1, "treatment", np.where(arm == 0, "control", None))),
-                              treated=treated, churned_next=pa.array(churned.astype(np.int8), mask=np.full(n, last))))
+        truth = pa.table(
+            dict(
+                customer_id=ids,
+                month=pa.array([label] * n),
+                p_churn=p0,
+                p_churn_offered=p1,
+                uplift=p0 - p1,
+                segment=pa.array(SEGMENTS).take(pa.array(b["seg"].astype(np.int64))),
+                in_campaign=arm >= 0,
+                arm=pa.array(np.where(arm == 1, "treatment", np.where(arm == 0, "control", None))),
+                treated=treated,
+                churned_next=pa.array(churned.astype(np.int8), mask=np.full(n, last)),
+            )
+        )
         return truth, campaign
 
     def _cancellations(self, i_next: int, churned: np.ndarray, z: np.ndarray) -> Batch:
@@ -439,7 +516,8 @@ class World:
         ratio = b["fee"][rows] / PLAN_FEE[b["plan"][rows]]
         drift = self.drifted(i_next - 1) & (b["product"][rows] == 1) & (b["fee"][rows] > CONCEPT_FEE)
         w = np.stack([.3 + 2 * np.maximum(ratio - 1, 0) * b["sens"][rows], .3 + 2.5 * drift, .2 + 15 * b["dcr"][rows],
-                      .2 + .3 * (b["tk1"][rows] + b["un1"][rows]), np.full(len(rows), .15), .1 + 3 * b["stress"][rows] + b["unpaid"][rows],
+                      .2 + .3 * (b["tk1"][rows] + b["un1"][rows]), np.full(len(rows), .15),
+                      .1 + 3 * b["stress"][rows] + b["unpaid"][rows],
                       np.full(len(rows), .2)], axis=1)
         order = np.lexsort((b["num"][rows], req))
         return dict(customer_id=customer_ids(b["num"][rows][order]),

@@ -24,7 +24,8 @@ def make_project(root: Path, **values) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     path = root / "settings.ini"
-    path.write_text(render_settings({**SANDBOX_DEFAULTS, "paths_notebooks": str(REPO / "nbs"), **values}), encoding="utf-8")
+    path.write_text(render_settings({**SANDBOX_DEFAULTS, "paths_notebooks": str(REPO / "nbs"), **values}),
+                    encoding="utf-8")
     return path
 
 
@@ -41,13 +42,16 @@ def _cli_env(extra: dict | None = None) -> dict:
     return e
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the installed `mlops-nb` command and capture its output."""
-    return subprocess.run([str(BIN / "mlops-nb"), *args], cwd=cwd or REPO, env=_cli_env(env), capture_output=True, text=True,
+    return subprocess.run([str(BIN / "mlops-nb"), *args], cwd=cwd or REPO, env=_cli_env(env), capture_output=True,
+                          text=True,
                           timeout=timeout)
 
 
-# --- long end-to-end runs in the background ----------------------------------------------------------------------------
+# --- long end-to-end runs in the background
+# ----------------------------------------------------------------------------
 # The two end-to-end fixtures each run the whole lifecycle (~2.5 min, one core busy). Started when collection ends and
 # run one after the other in a background thread, they overlap with the rest of the suite (which, on average, keeps
 # one of this machine's two cores busy) instead of adding to it; the tests that use them are moved to the end.
@@ -67,7 +71,8 @@ def in_background(fixture_name: str):
 
 
 class BackgroundRuns:
-    """`mlops-nb` runs executed one at a time in a worker thread; each result is awaited by the fixture that needs it."""
+    """`mlops-nb` runs executed one at a time in a worker thread; each result is awaited by the fixture that needs
+    it."""
 
     def __init__(self, factory: pytest.TempPathFactory):
         self.factory, self.futures, self.procs = factory, {}, []
@@ -110,7 +115,8 @@ def background_result(name: str) -> tuple[Any, subprocess.CompletedProcess]:
     return _BACKGROUND.result(name)
 
 
-@pytest.hookimpl(trylast=True)   # after -k / -m deselection (the mark plugin's own hook): a deselected test starts nothing
+# after -k / -m deselection (the mark plugin's own hook): a deselected test starts nothing
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items) -> None:
     """Start the background run of every selected test that needs one, and move those tests to the end."""
     global _BACKGROUND
@@ -164,7 +170,8 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """Stop a server started in its own session (mlflow models serve forks its workers): SIGTERM its group, then SIGKILL."""
+    """Stop a server started in its own session (mlflow models serve forks its workers): SIGTERM its group, then
+    SIGKILL."""
     if proc.poll() is None:
         try: os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError: return
@@ -199,9 +206,27 @@ def mlflow_server(tmp_path):
     url = f"http://127.0.0.1:{(port := free_port())}"
     root = tmp_path / "mlflow-server"
     root.mkdir()
-    proc = launch([BIN / "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", root / "artifacts",
-                   "--host", "127.0.0.1", "--port", port, "--workers", "1"], f"{url}/health", cwd=root,
-                  env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, log=root / "server.log", timeout=90)
+    proc = launch(
+        [
+            BIN / "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            root / "artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--workers",
+            "1",
+        ],
+        f"{url}/health",
+        cwd=root,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        log=root / "server.log",
+        timeout=90,
+    )
     try:
         yield url
     finally:

@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import BIN, free_port, launch, make_project  # noqa: E402
-from conftest import stop_group as stop_group  # noqa: E402  (re-exported: the serving tests and benchmark stop mlflow serve with it)
+# re-exported: the serving tests and benchmark stop mlflow serve with it
+from conftest import stop_group as stop_group  # noqa: E402
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -32,12 +33,14 @@ class ServingProject:
     settings: Path
     cfg: Any
     v1: str                      # the champion
-    v2: str                      # registered, not promoted: another threshold and a calibrator (different probabilities)
+    # registered, not promoted: another threshold and a calibrator (different probabilities)
+    v2: str
     records: list[dict] = field(default_factory=list)   # JSON feature records of the latest month
     keys: list[str] = field(default_factory=list)       # their customer keys (stand-ins for company customer ids)
 
 
-def build_project(root: Path, n_customers: int = 2000, n_months: int = 6, hgb_params: dict | None = None, **settings: Any) -> ServingProject:
+def build_project(root: Path, n_customers: int = 2000, n_months: int = 6, hgb_params: dict | None = None,
+                  **settings: Any) -> ServingProject:
     """A project folder with a pseudonym key, a demo feature table, champion v1 (hgb) and a second version v2."""
     from mlops_nb.privacy import load_key
     from mlops_nb.sandbox import sandbox_champion
@@ -59,21 +62,48 @@ def latest_records(cfg, limit: int | None = None) -> tuple[list[dict], list[str]
     if limit: df = df.head(limit)
     out = []
     for row in df[spec.features].astype(object).itertuples(index=False):
-        out.append({f: (None if v is None or v is getattr(__import__("pandas"), "NA") or (isinstance(v, float) and v != v) else
-                        (int(v) if isinstance(v, (np.integer,)) else float(v) if isinstance(v, np.floating) else v))
-                    for f, v in zip(spec.features, row)})
+        out.append(
+            {
+                f: (
+                    None
+                    if v is None or v is getattr(__import__("pandas"), "NA") or (isinstance(v, float) and v != v)
+                    else (int(v) if isinstance(v, (np.integer,)) else float(v) if isinstance(v, np.floating) else v)
+                )
+                for f, v in zip(spec.features, row)
+            }
+        )
     return out, df[spec.id_column].tolist()
 
 
 # ---- servers --------------------------------------------------------------------------------------------------------
-def start_api(settings: Path, port: int | None = None, workers: int = 1, env: dict | None = None, args: Sequence[str] = (),
+def start_api(settings: Path, port: int | None = None, workers: int = 1, env: dict | None = None,
+              args: Sequence[str] = (),
               log: Path | None = None, timeout: float = 180, ready: str = "/ready") -> tuple[subprocess.Popen, str]:
-    """`mlops-nb serve` on 127.0.0.1 as a subprocess, waited for until `ready` answers 200; returns (process, base URL)."""
+    """`mlops-nb serve` on 127.0.0.1 as a subprocess, waited for until `ready` answers 200; returns (process, base
+    URL)."""
     url = f"http://127.0.0.1:{(port := port or free_port())}"
     e = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
     e.update(env or {})
-    proc = launch([BIN / "mlops-nb", "--settings", settings, "serve", "--host", "127.0.0.1", "--port", port, "--workers", workers, *args],
-                  f"{url}{ready}", cwd=settings.parent, env=e, log=log, timeout=timeout)
+    proc = launch(
+        [
+            BIN / "mlops-nb",
+            "--settings",
+            settings,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--workers",
+            workers,
+            *args,
+        ],
+        f"{url}{ready}",
+        cwd=settings.parent,
+        env=e,
+        log=log,
+        timeout=timeout,
+    )
     return proc, url
 
 
@@ -83,13 +113,36 @@ def start_mlflow_serve(cfg, model_uri: str, port: int | None = None, workers: in
     url = f"http://127.0.0.1:{(port := port or free_port())}"
     e = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": cfg.mlflow.tracking_uri,
          "MLFLOW_DISABLE_TELEMETRY": "true",
-         "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}   # stock serve starts `uvicorn` by name: the venv's, even when it is not activated
-    proc = launch([BIN / "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", port, "-w", workers],
-                  f"{url}/ping", cwd=cfg.root, env=e, log=log, timeout=timeout, own_group=True)
+         # stock serve starts `uvicorn` by name: the venv's, even when it is not activated
+         "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    proc = launch(
+        [
+            BIN / "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-w",
+            workers,
+        ],
+        f"{url}/ping",
+        cwd=cfg.root,
+        env=e,
+        log=log,
+        timeout=timeout,
+        own_group=True,
+    )
     return proc, url
 
 
-# ---- requests ---------------------------------------------------------------------------------------------------------
+# ---- requests
+# ---------------------------------------------------------------------------------------------------------
 def http_request(path: str, body: Any, host: str = "127.0.0.1", headers: dict | None = None) -> bytes:
     """A pre-encoded HTTP/1.1 POST with a JSON body."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -99,12 +152,20 @@ def http_request(path: str, body: Any, host: str = "127.0.0.1", headers: dict | 
 
 def score_requests(records: Sequence[dict], keys: Sequence[str] | None = None) -> list[bytes]:
     """One `POST /v1/score` request per record."""
-    return [http_request("/v1/score", {"customer_id": (str(keys[i]) if keys else None), "features": r}) for i, r in enumerate(records)]
+    return [
+        http_request("/v1/score", {"customer_id": (str(keys[i]) if keys else None), "features": r})
+        for i, r in enumerate(records)
+    ]
 
 
 def mlflow_requests(records: Sequence[dict], features: Sequence[str]) -> list[bytes]:
     """One `POST /invocations` request (dataframe_split, one row) per record."""
-    return [http_request("/invocations", {"dataframe_split": {"columns": list(features), "data": [[r[f] for f in features]]}}) for r in records]
+    return [
+        http_request(
+            "/invocations", {"dataframe_split": {"columns": list(features), "data": [[r[f] for f in features]]}}
+        )
+        for r in records
+    ]
 
 
 # ---- the load generator ---------------------------------------------------------------------------------------------
@@ -122,7 +183,8 @@ class LoadResult:
     @property
     def rps(self) -> float: return self.ok / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float: return float(np.percentile(self.latencies, q) * 1e3) if self.latencies else float("nan")
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q) * 1e3) if self.latencies else float("nan")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
@@ -149,7 +211,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
     return status, (await reader.readexactly(length) if length else b""), close
 
 
-async def _load(host: str, port: int, requests: Sequence[bytes], concurrency: int, total: int | None, seconds: float | None,
+async def _load(host: str, port: int, requests: Sequence[bytes], concurrency: int, total: int | None,
+                seconds: float | None,
                 collect: bool) -> LoadResult:
     deadline = time.perf_counter() + (seconds if seconds is not None else 3600)
     limit = total if total is not None else 10**9
@@ -189,7 +252,8 @@ async def _load(host: str, port: int, requests: Sequence[bytes], concurrency: in
     return res
 
 
-def run_load(url: str, requests: Sequence[bytes], concurrency: int = 1, total: int | None = None, seconds: float | None = None,
+def run_load(url: str, requests: Sequence[bytes], concurrency: int = 1, total: int | None = None,
+             seconds: float | None = None,
              collect: bool = False) -> LoadResult:
     """Send `requests` (cycled) over `concurrency` keep-alive connections until `total` are sent or `seconds` pass."""
     if total is None and seconds is None: raise ValueError("bound the load: give total or seconds")

@@ -36,11 +36,17 @@ def package_imports(path: Path) -> list[tuple[str, int, bool]]:
             if isinstance(ch, ast.ImportFrom):
                 mod = ch.module or ""
                 if ch.level:                               # from .x import y, from . import x
-                    out.extend([(mod.split(".")[0], ch.lineno, nested)] if mod else [(a.name, ch.lineno, nested) for a in ch.names])
+                    out.extend(
+                        [(mod.split(".")[0], ch.lineno, nested)]
+                        if mod
+                        else [(a.name, ch.lineno, nested) for a in ch.names]
+                    )
                 elif mod == "mlops_nb": out.extend((a.name, ch.lineno, nested) for a in ch.names)
                 elif mod.startswith("mlops_nb."): out.append((mod.split(".")[1], ch.lineno, nested))
             elif isinstance(ch, ast.Import):
-                out.extend((a.name.split(".")[1], ch.lineno, nested) for a in ch.names if a.name.startswith("mlops_nb."))
+                out.extend(
+                    (a.name.split(".")[1], ch.lineno, nested) for a in ch.names if a.name.startswith("mlops_nb.")
+                )
             visit(ch, nested or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
     visit(tree, False)
     return out
@@ -63,19 +69,25 @@ def test_no_room_imports_a_later_one():
 
 def test_the_rule_is_checked_at_function_level_too(tmp_path):
     p = tmp_path / "m.py"
-    p.write_text("from .settings import Settings\ndef f():\n    from mlops_nb.api import serve\n    from mlops_nb import registry\n")
+    p.write_text("from .settings import Settings\ndef f():\n    from mlops_nb.api import serve\n    from mlops_nb "
+                 "import registry\n")
     assert package_imports(p) == [("settings", 1, False), ("api", 3, True), ("registry", 4, True)]
 
 
 def test_no_room_is_too_big():
-    big = {p.stem: n for p in PKG.glob("*.py") if p.stem != "_modidx" and (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    big = {
+        p.stem: n
+        for p in PKG.glob("*.py")
+        if p.stem != "_modidx" and (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
+    }
     assert not big, big
 
 
 def _string_constants(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str): yield node
-        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant): yield node.values[0]
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            yield node.values[0]
 
 
 def test_cross_phase_names_live_in_the_catalog():
@@ -101,7 +113,9 @@ def test_the_catalog_names_each_thing_once():
     assert set(f.kind) == {"phase", "tag", "artifact", "audit", "table", "alias", "status", "dataset", "section", "env"}
     from mlops_nb.runner import PHASES
     from mlops_nb.settings import SECTIONS
-    assert {p.name for p in PHASES} <= set(f[f.kind == "phase"].value) and list(SECTIONS) == list(f[f.kind == "section"].value)
+    assert {p.name for p in PHASES} <= set(f[f.kind == "phase"].value) and list(SECTIONS) == list(
+        f[f.kind == "section"].value
+    )
 
 
 def test_the_readme_map_matches_the_tree():
@@ -110,7 +124,9 @@ def test_the_readme_map_matches_the_tree():
     layout = layout[:layout.index("\n## ", 4)]
     listed = set(re.findall(r"`(\d\d_\w+)`", layout))
     notebooks = {p.stem for p in NBS.glob("[0-9][0-9]_*.ipynb")}
-    assert listed == notebooks, f"missing from the README: {sorted(notebooks - listed)}; not in nbs/: {sorted(listed - notebooks)}"
+    assert listed == notebooks, (
+        f"missing from the README: {sorted(notebooks - listed)}; not in nbs/: {sorted(listed - notebooks)}"
+    )
 
 
 # ---- a model registered before the move ------------------------------------------------------------------------------
@@ -125,7 +141,8 @@ def old_model(tmp_path) -> tuple[Path, dict]:
 def test_a_model_saved_before_the_rooms_loads_and_scores_the_same(old_model):
     from mlops_nb.tracking import mlflow
     d, expected = old_model
-    assert "mlops_nb.train" in (d / "python_model.pkl").read_bytes().decode("latin-1")   # it names the classes' old home
+    # it names the classes' old home
+    assert "mlops_nb.train" in (d / "python_model.pkl").read_bytes().decode("latin-1")
     rows = pd.DataFrame(expected["rows"])
     out = mlflow.pyfunc.load_model(str(d)).predict(rows, params={"explain": True})
     np.testing.assert_array_equal(out["churn_probability"].to_numpy(), expected["churn_probability"])
@@ -155,7 +172,8 @@ def test_rollback_to_a_version_registered_before_the_rooms(old_model):
     served = load_served_model(cfg, back.version)
     rows = pd.DataFrame(expected["rows"])
     assert served.self_check["max_abs_diff"] < 1e-9, served.self_check
-    np.testing.assert_allclose(served.scorer.probabilities(served.scorer.encode_frame(rows)), expected["churn_probability"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(served.scorer.probabilities(served.scorer.encode_frame(rows)),
+                               expected["churn_probability"], rtol=0, atol=1e-12)
     errors: list = []
     Z = np.array([served.scorer.records.encode(r, ("body",), errors)[0] for r in json_records(rows, served.features)])
     assert not errors

@@ -42,18 +42,21 @@ def check_no_pii(cfg, table: pd.DataFrame) -> None:
     assert {"customerID", "name", "email"} <= set(fields)
 
 
-@pytest.mark.parametrize("fmt,parts,sep,encoding", [("csv", 1, ",", "utf-8"), ("csv", 1, ";", "latin-1"), ("parquet", 3, ",", "utf-8")])
+@pytest.mark.parametrize("fmt,parts,sep,encoding",
+                         [("csv", 1, ",", "utf-8"), ("csv", 1, ";", "latin-1"), ("parquet", 3, ",", "utf-8")])
 def test_flat_table_end_to_end(tmp_path, fmt, parts, sep, encoding):
     path = "data/telco" if parts > 1 else f"data/telco.{fmt}"
     cfg = project(tmp_path, path)
     table, expected = sandbox.telco_table(400, seed=1)
-    sandbox.write_table(table, cfg.byod.path, parts=parts, fmt=fmt, sep=sep, encoding=encoding, truncated_lines=3 if fmt == "csv" else 0)
+    sandbox.write_table(table, cfg.byod.path, parts=parts, fmt=fmt, sep=sep, encoding=encoding,
+                        truncated_lines=3 if fmt == "csv" else 0)
     df, spec, res = B.byod_features(cfg)
     # reconciliation and reasons
     unreadable = 3 if fmt == "csv" else 0
     assert res.rows_read == len(table) + unreadable and res.reconciles
     assert res.rows_duplicate == expected["duplicate"]
-    assert res.reasons == {**{k: v for k, v in expected.items() if k != "duplicate"}, **({"unreadable_line": unreadable} if unreadable else {})}
+    assert res.reasons == {**{k: v for k, v in expected.items() if k != "duplicate"},
+                           **({"unreadable_line": unreadable} if unreadable else {})}
     q = warehouse_tables(cfg)["quarantine.byod"]
     assert len(q) == res.rows_quarantined and q["reason"].value_counts().to_dict() == res.reasons
     assert q.loc[q.reason == "missing_target", "detail"].tolist() == ["Churn"]
@@ -79,7 +82,8 @@ def test_panel_with_time_column(tmp_path):
     assert res.reconciles and res.rows_duplicate == 2
     assert res.reasons == {k: v for k, v in expected.items() if k != "duplicate"}
     assert spec.time_column == "month" and spec.horizon_months == cfg.features.horizon_months
-    assert sorted(df["month"].unique()) == ["2024-01", "2024-02", "2024-03", "2024-04"]   # ISO and day-first dates alike
+    # ISO and day-first dates alike
+    assert sorted(df["month"].unique()) == ["2024-01", "2024-02", "2024-03", "2024-04"]
     assert not df.duplicated(["customer_key", "month"]).any()
     assert "snapshot_date" not in df.columns and "snapshot_date" not in spec.features
     # a customer's rows stop after the month they churned
@@ -106,7 +110,10 @@ def test_column_spellings_across_files_and_age_band(tmp_path):
     cfg = project(tmp_path, "data/parts", byod_sensitive_columns="gender, age")
     table, _ = sandbox.telco_table(200, bad_rows=False, seed=3)
     table["age"] = [str(18 + (i * 7) % 60) for i in range(len(table))]
-    a, b = table.iloc[:100], table.iloc[100:].rename(columns={"customerID": "customer_id", "MonthlyCharges": "monthly charges"})
+    a, b = (
+        table.iloc[:100],
+        table.iloc[100:].rename(columns={"customerID": "customer_id", "MonthlyCharges": "monthly charges"}),
+    )
     sandbox.write_table(a, cfg.byod.path / "a.csv"); sandbox.write_table(b, cfg.byod.path / "b.parquet", fmt="parquet")
     df, spec, res = B.byod_features(cfg)
     assert res.rows_loaded == 200 and df["monthly_charges"].notna().all()
@@ -116,7 +123,8 @@ def test_column_spellings_across_files_and_age_band(tmp_path):
 @pytest.mark.parametrize("path,setup,message", [
     ("data/telco.csv", lambda p: None, "does not exist"),
     ("data/telco.xlsx", lambda p: (p.parent.mkdir(parents=True), p.write_text("x")), "is not a CSV or Parquet file"),
-    ("data/telco", lambda p: (p.mkdir(parents=True), (p / "readme.md").write_text("x")), "holds no CSV or Parquet file (found: readme.md)"),
+    ("data/telco", lambda p: (p.mkdir(parents=True), (p / "readme.md").write_text("x")),
+     "holds no CSV or Parquet file (found: readme.md)"),
     ("data/empty.csv", lambda p: (p.parent.mkdir(parents=True), p.write_text("")), "has fewer than two columns"),
 ])
 def test_clear_errors_for_missing_files(tmp_path, path, setup, message):
@@ -131,7 +139,9 @@ def test_clear_errors_for_bad_contents(tmp_path):
     table, _ = sandbox.telco_table(80, bad_rows=False)
     cfg = project(tmp_path)
     sandbox.write_table(table.drop(columns=["customerID"]), cfg.byod.path)
-    with pytest.raises(SettingsError, match=r"id_column = 'customerID': no such column in .*telco.csv \(columns found: gender, SeniorCitizen"):
+    with pytest.raises(SettingsError,
+                       match=r"id_column = 'customerID': no such column in .*telco.csv \(columns found: gender, "
+                             r"SeniorCitizen"):
         B.load_byod(cfg)
     sandbox.write_table(table.drop(columns=["Churn"]), cfg.byod.path)
     with pytest.raises(SettingsError, match="target_column = 'Churn': no such column"):
@@ -202,7 +212,11 @@ def test_a_teams_own_quality_rules_run_with_the_generated_ones(tmp_path):
     rules_file.write_text(OUR_RULES.format(top=200), encoding="utf-8")
     report = Q.run_quality(cfg)
     assert report.passed and str(rules_file) in report.rules_source
-    ours = [c for c in report.checks if c.rule in ("charges_not_negative", "charges_within_price_list", "tenure_mostly_known")]
+    ours = [
+        c
+        for c in report.checks
+        if c.rule in ("charges_not_negative", "charges_within_price_list", "tenure_mostly_known")
+    ]
     assert {c.rule for c in ours} == {"charges_not_negative", "charges_within_price_list", "tenure_mostly_known"}
     assert all(c.table_name == "staging.byod" and c.column_name in ("monthly_charges", "tenure") for c in ours)
     assert {c.rule for c in report.checks} > {c.rule for c in ours}   # the generated rules still run
@@ -211,15 +225,20 @@ def test_a_teams_own_quality_rules_run_with_the_generated_ones(tmp_path):
     with pytest.raises(rules.QualityGateFailed) as e:
         Q.run_quality(cfg)
     msg = str(e.value)
-    assert "rule charges_within_price_list (range) on staging.byod.monthly_charges" in msg and '"customer_key": "p_' in msg
+    assert (
+        "rule charges_within_price_list (range) on staging.byod.monthly_charges" in msg and '"customer_key": "p_' in msg
+    )
     assert not any(cid in msg for cid in table["customerID"].dropna() if cid.strip())
 
 
 @pytest.mark.parametrize("rules,message", [
     ("rules:\n  - {name: names_present, kind: completeness, column: name}\n", "'name' is personal data"),
-    ("rules:\n  - {name: emails_present, kind: completeness, column: email}\n", "'email' is personal data"),   # found by the load, not declared
-    ("rules:\n  - {name: plan_known, kind: completeness, column: Plan}\n", "no column 'Plan' in staging.byod (columns: churn, contract"),
-    ("rules:\n  - {name: byod_key_unique, kind: unique, columns: [customerID]}\n", "'byod_key_unique' is taken by a generated rule"),
+    # found by the load, not declared
+    ("rules:\n  - {name: emails_present, kind: completeness, column: email}\n", "'email' is personal data"),
+    ("rules:\n  - {name: plan_known, kind: completeness, column: Plan}\n",
+     "no column 'Plan' in staging.byod (columns: churn, contract"),
+    ("rules:\n  - {name: byod_key_unique, kind: unique, columns: [customerID]}\n",
+     "'byod_key_unique' is taken by a generated rule"),
     ("rules:\n  - {name: x, kind: range, column: tenure, mx: 3}\n", "rule 'x': unknown key 'mx'"),
     ("defaults:\n  severity: warning\n  tables: staging.byod\nrules: []\n", "unknown key 'tables' under defaults"),
     (None, "does not exist"),

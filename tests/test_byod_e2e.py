@@ -21,10 +21,12 @@ def _teams_table(root: Path) -> tuple[list[str], tuple]:
     root = root / "proj"
     df, injected = telco_table(n_customers=6000, months=0, seed=11)
     write_table(df, root / "data" / "my_table.csv")
-    (root / "our_rules.yaml").write_text("rules:\n  - {name: charges_not_negative, kind: range, column: MonthlyCharges, min: 0}\n",
+    (root / "our_rules.yaml").write_text("rules:\n  - {name: charges_not_negative, kind: range, column: "
+                                         "MonthlyCharges, min: 0}\n",
                                          encoding="utf-8")
     settings = make_project(root, lake_source="byod", byod_path="data/my_table.csv", byod_id_column="customerID",
-                            byod_target_column="Churn", byod_positive_value="Yes", byod_sensitive_columns="gender, SeniorCitizen",
+                            byod_target_column="Churn", byod_positive_value="Yes",
+                            byod_sensitive_columns="gender, SeniorCitizen",
                             byod_pii_columns="name, email", byod_rules_file="our_rules.yaml", train_trials=1)
     return ["--settings", str(settings), "run", "--no-progress"], (settings, df, injected)
 
@@ -60,7 +62,8 @@ def test_the_teams_own_quality_rule_is_checked(byod_run):
     from mlops_nb.contracts import connect_warehouse
     settings, _, _, _ = byod_run
     with connect_warehouse(load_settings(settings, env={})) as con:
-        rows = con.execute("SELECT table_name, column_name, passed FROM quality.results WHERE rule = 'charges_not_negative'").fetchall()
+        rows = con.execute("SELECT table_name, column_name, passed FROM quality.results WHERE rule = "
+                           "'charges_not_negative'").fetchall()
         source = con.execute("SELECT rules_source FROM quality.runs").fetchall()
     assert rows == [("staging.byod", "monthly_charges", True)]
     assert len(source) == 1 and source[0][0].endswith("our_rules.yaml")
@@ -81,9 +84,19 @@ def test_best_candidate_matches_plain_sklearn_defaults(byod_run):
     data = table[table[spec.target].notna()]
     X, y = data[list(spec.features)], data[spec.target].astype(int)
     cats = list(spec.categorical)
-    baseline = make_pipeline(ColumnTransformer([("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1,
-                                                                       encoded_missing_value=-1), cats)], remainder="passthrough"),
-                             HistGradientBoostingClassifier())
+    baseline = make_pipeline(
+        ColumnTransformer(
+            [
+                (
+                    "cat",
+                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1),
+                    cats,
+                )
+            ],
+            remainder="passthrough",
+        ),
+        HistGradientBoostingClassifier(),
+    )
     cv = cross_val_score(baseline, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0), scoring="roc_auc")
     configure_mlflow(cfg)
     exp = MlflowClient().get_experiment_by_name(cfg.mlflow.experiment)

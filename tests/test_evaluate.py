@@ -1,4 +1,5 @@
-"""Evaluation against the charter: profit policy by hand, calibration, bootstrap coverage, fairness vs Fairlearn, mitigation, model card, determinism."""
+"""Evaluation against the charter: profit policy by hand, calibration, bootstrap coverage, fairness vs Fairlearn,
+mitigation, model card, determinism."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,14 @@ from sklearn.metrics import roc_auc_score
 
 from mlops_nb.report import CARD_SECTIONS, model_card
 from mlops_nb.fairness import FAIRNESS_METRICS, fairness_frame, fairness_report, mitigate_gap
-from mlops_nb.value import ThresholdChoice, best_threshold, budget_contacts, contact_policy, expected_profit, profit_curve
+from mlops_nb.value import (
+    ThresholdChoice,
+    best_threshold,
+    budget_contacts,
+    contact_policy,
+    expected_profit,
+    profit_curve,
+)
 from mlops_nb.stats import auc_ci, paired_auc_difference
 from mlops_nb.scorecard import evaluate_scores
 from mlops_nb.calibration import expected_calibration_error, fit_calibrator
@@ -38,7 +46,8 @@ def test_profit_maximising_threshold_by_hand():
     # cumulative realised: 185, 170, 355, 340, 525 → contact everyone
     assert best_threshold(p, CHARTER, y) == ThresholdChoice(0.05, 5, pytest.approx(525.0))
     curve = profit_curve(p, CHARTER, y)
-    assert list(curve.contacts) == [0, 1, 2, 3, 4, 5] and list(curve.realised_profit) == pytest.approx([0, 185, 170, 355, 340, 525])
+    assert list(curve.contacts) == [0, 1, 2, 3, 4,
+                                    5] and list(curve.realised_profit) == pytest.approx([0, 185, 170, 355, 340, 525])
     # the budget (R$ 30 at R$ 15 a contact) caps the campaign at 2 per month, highest risk first
     assert budget_contacts(CHARTER) == 2
     assert list(contact_policy(p, 0.08, budget_contacts(CHARTER))) == [False, True, False, False, True]
@@ -52,7 +61,8 @@ def test_the_pipeline_threshold_is_the_expected_profit_one_not_the_noisy_realise
     # a small validation month: realised profit is noisy enough that its argmax can fall below break-even,
     # where each contact loses money in expectation; the pipeline's choice never does
     from mlops_nb.value import break_even_probability
-    charter = CharterSettings(contact_cost=3.0, offer_cost=40.0, offer_acceptance=0.4, save_rate=0.3, customer_value=600.0,
+    charter = CharterSettings(contact_cost=3.0, offer_cost=40.0, offer_acceptance=0.4, save_rate=0.3,
+                              customer_value=600.0,
                               monthly_budget=1e9)
     be = break_even_probability(charter)
     below = 0
@@ -62,7 +72,9 @@ def test_the_pipeline_threshold_is_the_expected_profit_one_not_the_noisy_realise
         below += best_threshold(pv, charter, yv).threshold < be
         ev = evaluate_scores("c", yv, pv, yt, pt, charter, GateSettings(n_boot=20))
         assert be <= ev.business["threshold"] == best_threshold(pv, charter).threshold
-        assert ev.business["threshold_valid_realised_profit"] == pytest.approx(expected_profit(yv[pv >= ev.business["threshold"]], charter).sum())
+        assert ev.business["threshold_valid_realised_profit"] == pytest.approx(
+            expected_profit(yv[pv >= ev.business["threshold"]], charter).sum()
+        )
     assert below > 0, "the realised-profit argmax never went below break-even: this test would not tell the two apart"
 
 def test_ece_near_zero_when_calibrated_large_when_distorted_and_the_fix_reduces_it():
@@ -113,7 +125,12 @@ def test_fairness_metrics_match_fairlearn():
     r = np.random.default_rng(7)
     n = 6000
     y, p = calibrated(n, 7, shift=-1.5)
-    sens = pd.DataFrame({"gender": r.choice(["F", "M"], n), "age_band": r.choice(["18-24", "25-34", "35-44", "65+"], n, p=[.2, .3, .4, .1])})
+    sens = pd.DataFrame(
+        {
+            "gender": r.choice(["F", "M"], n),
+            "age_band": r.choice(["18-24", "25-34", "35-44", "65+"], n, p=[0.2, 0.3, 0.4, 0.1]),
+        }
+    )
     dec = contact_policy(p, 0.25)
     rep = fairness_report(y, p, dec, sens, n_boot=100, seed=0, min_group_rows=1)
     for col in sens.columns:
@@ -153,7 +170,8 @@ def test_threshold_optimizer_reduces_a_planted_gap_and_reports_its_profit_cost()
     assert m["after"]["tpr_gap"] < before / 3
     assert m["profit_cost_per_month"] == pytest.approx(m["before"]["profit_per_month"] - m["after"]["profit_per_month"])
     # evaluate_scores proposes it by itself when the gap breaches the limit
-    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(n_boot=100), sensitive=pd.DataFrame({"group": at}),
+    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(n_boot=100),
+                         sensitive=pd.DataFrame({"group": at}),
                          sensitive_valid=pd.DataFrame({"group": av}))
     assert [b["metric"] for b in ev.fairness_breaches(charter)][0] in ("tpr", "selection_rate")
     assert ev.mitigation and ev.mitigation["attribute"] == "group" and "profit_cost_per_month" in ev.mitigation
@@ -164,7 +182,8 @@ def test_threshold_optimizer_reduces_a_planted_gap_and_reports_its_profit_cost()
 
 
 def test_a_group_without_both_classes_in_validation_keeps_its_decisions_and_is_named():
-    "Regression: a small '(missing)' group with no churner in the validation month stopped the evaluate phase (Fairlearn's 'Degenerate labels')."
+    """Regression: a small '(missing)' group with no churner in the validation month stopped the evaluate phase
+    (Fairlearn's 'Degenerate labels')."""
     charter = CharterSettings()
     yv, pv, av = planted(20_000, 1)
     yt, pt, at = planted(20_000, 2)
@@ -184,7 +203,8 @@ def test_a_group_without_both_classes_in_validation_keeps_its_decisions_and_is_n
     assert "(missing): no churner among its 50 validation rows" in card.markdown
     # no group fittable: no option, the decisions unchanged, and the reason recorded
     one = np.where(av == "(missing)", "(missing)", "A")
-    m0 = mitigate_gap(yv, pv, one, yt, pt, np.where(at == "(missing)", "(missing)", "A"), contact, charter, metric="tpr", seed=0)
+    m0 = mitigate_gap(yv, pv, one, yt, pt, np.where(at == "(missing)", "(missing)", "A"), contact, charter,
+                      metric="tpr", seed=0)
     assert not m0["possible"] and m0["profit_cost_per_month"] == 0 and m0["fitted_groups"] == ["A"]
 
 
@@ -194,13 +214,15 @@ def _evaluation(seed: int = 0):
     months = np.repeat(["2025-11", "2025-12"], 4000)
     truth = pd.DataFrame({"p_churn": calibrated(8000, 4, shift=-2.0)[1], "uplift": np.linspace(-0.02, 0.1, 8000)})
     return evaluate_scores("m", yv, pv, yt, pt, CharterSettings(), GateSettings(n_boot=100), months=months,
-                           sensitive=pd.DataFrame({"group": at}), sensitive_valid=pd.DataFrame({"group": av}), truth=truth, seed=seed)
+                           sensitive=pd.DataFrame({"group": at}), sensitive_valid=pd.DataFrame({"group": av}),
+                           truth=truth, seed=seed)
 
 
 def test_model_card_has_every_section_in_both_formats():
     ev = _evaluation()
     ev.info.update(run_id="r1", model_uri="models:/m-1", family="hgb")
-    card = model_card(ev, CharterSettings(), dict(name="features.customer_month", digest="d1g3st", features=["a", "b"], sensitive=["group"]),
+    card = model_card(ev, CharterSettings(),
+                      dict(name="features.customer_month", digest="d1g3st", features=["a", "b"], sensitive=["group"]),
                       pd.Series({"a": 0.3, "b": 0.1}))
     for s in CARD_SECTIONS:
         assert f"\n## {s}\n" in card.markdown and f"<h2>{s}</h2>" in card.html
@@ -212,7 +234,8 @@ def test_model_card_has_every_section_in_both_formats():
 
 
 def test_the_truths_own_fairness_gaps_are_reported_beside_the_models():
-    "A gap that comes from real risk differences: the true probabilities' policy has it too, and the card and the gate say so."
+    """A gap that comes from real risk differences: the true probabilities' policy has it too, and the card and the gate
+    say so."""
     from mlops_nb.fairness import policy_gaps
     from mlops_nb.gate import Evidence, check_fairness
     r = np.random.default_rng(8)
@@ -231,10 +254,14 @@ def test_the_truths_own_fairness_gaps_are_reported_beside_the_models():
     ev = evaluate_scores("oracle-like", yv, tp, y, tp, CharterSettings(), GateSettings(n_boot=50, min_group_rows=30),
                          sensitive=sens, sensitive_valid=sens, truth=pd.DataFrame({"p_churn": tp}))
     tpr = next(x for x in ev.fairness["gaps"] if x["metric"] == "tpr")
-    assert tpr["difference"] > CharterSettings().max_fairness_gap and tpr["oracle_difference"] > CharterSettings().max_fairness_gap
+    assert (
+        tpr["difference"] > CharterSettings().max_fairness_gap
+        and tpr["oracle_difference"] > CharterSettings().max_fairness_gap
+    )
     card = model_card(ev, CharterSettings(), dict(name="t", digest="d", features=["a"], sensitive=["age"]))
     assert "refuses even perfect knowledge" in card.markdown
-    reason = check_fairness(Evidence("c", fairness_gaps=[x for x in ev.fairness["gaps"] if x["gated"]]), GateSettings(), CharterSettings())
+    reason = check_fairness(Evidence("c", fairness_gaps=[x for x in ev.fairness["gaps"] if x["gated"]]), GateSettings(),
+                            CharterSettings())
     assert not reason.passed and "the true probabilities' own policy" in reason.message
 
 
@@ -243,7 +270,8 @@ def test_same_seed_same_numbers():
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     assert a["metrics"]["roc_auc"] == c["metrics"]["roc_auc"]              # point estimates do not depend on the seed
     assert a["metrics"]["roc_auc_lo"] != c["metrics"]["roc_auc_lo"]        # intervals do
-    assert a["oracle"]["rows_matched"] == 8000 and set(a["oracle"]["policies"]) == {"model", "oracle_p", "oracle_uplift"}
+    assert a["oracle"]["rows_matched"] == 8000 and set(a["oracle"]["policies"]) == {"model", "oracle_p",
+                                                                                    "oracle_uplift"}
 
 
 def test_the_oracle_is_joined_by_keyed_pseudonym_and_month(tmp_path):
@@ -261,9 +289,11 @@ def test_the_oracle_is_joined_by_keyed_pseudonym_and_month(tmp_path):
     frame = pd.DataFrame({"customer_key": key, "month": ["2025-05", "2025-06", "2025-06", "2025-06"]})
     spec = FeatureSpec("customer_key", "churned_next", (), (), (), "month", source="synthetic")
     t = oracle_truth(cfg, frame, spec)
-    assert t.p_churn.tolist()[:2] == [0.2, 0.4] and np.isnan(t.p_churn.iloc[2]) and t.p_churn.iloc[3] == 0.5   # C9 is unknown
+    # C9 is unknown
+    assert t.p_churn.tolist()[:2] == [0.2, 0.4] and np.isnan(t.p_churn.iloc[2]) and t.p_churn.iloc[3] == 0.5
     assert t.uplift.tolist()[:2] == [0.1, 0.2]
-    assert oracle_truth(cfg, frame, FeatureSpec("customer_key", "churned_next", (), (), (), "month", source="byod")) is None
+    assert oracle_truth(cfg, frame,
+                        FeatureSpec("customer_key", "churned_next", (), (), (), "month", source="byod")) is None
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +303,8 @@ def evaluated(tmp_path_factory):
     from mlops_nb.settings import sandbox_settings
     from mlops_nb.sandbox import ensure_demo_features
     from mlops_nb.train import run_train
-    cfg = sandbox_settings(tmp_path_factory.mktemp("eval") / "p", train_candidates="logreg, hgb", train_trials=1, gate_n_boot=100,
+    cfg = sandbox_settings(tmp_path_factory.mktemp("eval") / "p", train_candidates="logreg, hgb", train_trials=1,
+                           gate_n_boot=100,
                            train_blend_within=1.0)   # and their blend
     ensure_demo_features(cfg, n_customers=800, n_months=5)
     run_train(cfg)
@@ -294,11 +325,15 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
     # the selection names its rule; a single model displaces the blend only beyond the validation noise
     assert doc["selected"]["name"] == "blend" or "beyond the noise" in doc["selected"]["rule"], doc["selected"]
     tags = client.get_run(res.run_id).data.tags
-    assert tags["mlops_nb.evaluation.selected_model_uri"] == doc["selected"]["model_uri"] and tags["mlops_nb.evaluation.champion"] == "none"
+    assert (
+        tags["mlops_nb.evaluation.selected_model_uri"] == doc["selected"]["model_uri"]
+        and tags["mlops_nb.evaluation.champion"] == "none"
+    )
     metrics = client.get_run(res.run_id).data.metrics
     assert {"roc_auc", "roc_auc_lo", "oracle_roc_auc", "profit_per_month", "ece"} <= set(metrics)
     # the oracle gap is split into what the inputs cannot carry and what the learner left, and the parts add up
-    assert metrics["oracle_gap_inputs"] + metrics["oracle_gap_learner"] == pytest.approx(metrics["oracle_auc_gap"], abs=1e-9)
+    assert metrics["oracle_gap_inputs"] + metrics["oracle_gap_learner"] == pytest.approx(metrics["oracle_auc_gap"],
+                                                                                         abs=1e-9)
     assert 0.5 < metrics["oracle_feature_ceiling_auc"] <= metrics["oracle_roc_auc"] + 0.01
     # each gap comes with its paired bootstrap interval (one test month measures it only roughly), which brackets it
     assert metrics["oracle_auc_gap_lo"] < metrics["oracle_auc_gap"] < metrics["oracle_auc_gap_hi"]
@@ -307,18 +342,40 @@ def test_run_evaluate_logs_the_comparison_cards_plots_and_packages_every_candida
     test = split_frame(df, spec, seed=cfg.train.seed).test
     for ev in res.evaluations:
         arts = {a.path for a in client.list_artifacts(ev.info["run_id"], "evaluation")}
-        assert {f"evaluation/{f}" for f in ("model_card.md", "model_card.html", "evaluation.json", "calibration.png", "profit_curve.png",
-                                            "gains.png", "fairness.png", "importance.png")} <= arts, arts
+        assert {
+            f"evaluation/{f}"
+            for f in (
+                "model_card.md",
+                "model_card.html",
+                "evaluation.json",
+                "calibration.png",
+                "profit_curve.png",
+                "gains.png",
+                "fairness.png",
+                "importance.png",
+            )
+        } <= arts, arts
         card = mlflow.artifacts.load_text(f"runs:/{ev.info['run_id']}/evaluation/model_card.md")
         assert all(f"## {s}" in card for s in CARD_SECTIONS) and ev.info["model_uri"] in card
-        if ev.name == "blend": assert "family blend (the mean log-odds of hgb, logreg)" in card or "family blend (the mean log-odds of logreg, hgb)" in card
-        assert f"a gap of {ev.oracle['auc_gap']:.3f}, 95% interval {ev.oracle['auc_gap_lo']:.3f} to {ev.oracle['auc_gap_hi']:.3f}" in card
+        if ev.name == "blend":
+            assert (
+                "family blend (the mean log-odds of hgb, logreg)" in card
+                or "family blend (the mean log-odds of logreg, hgb)" in card
+            )
+        assert (
+            f"a gap of {ev.oracle['auc_gap']:.3f}, 95% interval {ev.oracle['auc_gap_lo']:.3f} to "
+            f"{ev.oracle['auc_gap_hi']:.3f}"
+            in card
+        )
         # the card names the dataset by the digest the train run recorded for it (and the features phase logs)
         assert f"(digest {client.get_run(ev.info['train_run_id']).data.tags['mlops_nb.feature_table_digest']}," in card
         assert client.get_run(ev.info["run_id"]).data.metrics["eval_roc_auc"] == pytest.approx(ev.metrics["roc_auc"])
         # the packaged model serves exactly the probabilities that were evaluated, and the chosen threshold
         out = mlflow.pyfunc.load_model(ev.info["model_uri"]).predict(model_input(test, spec))
-        assert out.churn_probability.to_numpy() == pytest.approx(res.scores[ev.info["scores_column"]].to_numpy(), abs=1e-9)
+        assert out.churn_probability.to_numpy() == pytest.approx(res.scores[ev.info["scores_column"]].to_numpy(),
+                                                                 abs=1e-9)
         assert out.threshold.iloc[0] == pytest.approx(min(ev.business["threshold"], 1.0))
     assert list(res.scores.columns[:1]) == ["y"] and res.scores.y.tolist() == test[spec.target].astype(int).tolist()
-    assert res.evaluations[0].oracle["auc_true_p"] == pytest.approx(roc_auc_score(test[spec.target].astype(int), test["_true_p"]))
+    assert res.evaluations[0].oracle["auc_true_p"] == pytest.approx(
+        roc_auc_score(test[spec.target].astype(int), test["_true_p"])
+    )

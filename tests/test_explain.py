@@ -1,4 +1,5 @@
-"""Explanations: additive on the log-odds scale for every family, zero for what a model cannot use, cheap per decision."""
+"""Explanations: additive on the log-odds scale for every family, zero for what a model cannot use, cheap per
+decision."""
 from __future__ import annotations
 
 import time
@@ -6,14 +7,16 @@ import time
 import numpy as np
 import pytest
 
-from mlops_nb.explain import (IntegratedGradientsExplainer, LinearExplainer, TreeExplainer, explain, global_importance, log_odds,
+from mlops_nb.explain import (IntegratedGradientsExplainer, LinearExplainer, TreeExplainer, explain, global_importance,
+                              log_odds,
                               make_explainer)
 from mlops_nb.sandbox import demo_feature_table
 from mlops_nb.candidates import make_candidate
 from mlops_nb.split import split_frame
 
 FAMILIES = ("logreg", "hgb", "torch_mlp")
-SMALL = {"logreg": {}, "hgb": {"max_iter": 200}, "torch_mlp": {"hidden_sizes": (32, 32), "max_epochs": 40, "batch_size": 256}}
+SMALL = {"logreg": {}, "hgb": {"max_iter": 200},
+         "torch_mlp": {"hidden_sizes": (32, 32), "max_epochs": 40, "batch_size": 256}}
 TOLERANCE = {"logreg": 1e-9, "hgb": 1e-9, "torch_mlp": 1e-4}   # the network: float32 and quadrature
 
 
@@ -41,7 +44,8 @@ def test_contributions_add_up_to_the_log_odds(family, data, models):
 
 
 def test_each_family_gets_its_method(models):
-    assert [type(make_explainer(models[f])) for f in FAMILIES] == [LinearExplainer, TreeExplainer, IntegratedGradientsExplainer]
+    assert [type(make_explainer(models[f])) for f in FAMILIES] == [LinearExplainer, TreeExplainer,
+                                                                   IntegratedGradientsExplainer]
 
 
 def test_linear_contributions_are_coefficient_times_standardised_value(data, models):
@@ -70,7 +74,8 @@ def test_native_categorical_trees_are_refused_not_silently_misexplained(data, mo
     split, spec = data
     pipe = models["hgb"]
     from sklearn.base import clone
-    native = clone(pipe).set_params(model__categorical_features=[0, 1, 2, 3], model__max_iter=40).fit(split.train, split.y("train"))
+    native = clone(pipe).set_params(model__categorical_features=[0, 1, 2, 3], model__max_iter=40).fit(split.train,
+                                                                                                      split.y("train"))
     with pytest.raises(TypeError, match="native categorical"):
         make_explainer(native)
 
@@ -99,7 +104,8 @@ def test_global_importance_ranks_real_drivers_above_an_irrelevant_feature(data, 
     for f in FAMILIES:
         gi = global_importance(models[f], split.test)
         assert (gi >= 0).all() and gi.is_monotonic_decreasing and gi.name == "mean_abs_contribution"
-        assert gi.index.get_loc("lines") >= (8 if f != "torch_mlp" else 3), f   # a small network on little data overfits a little
+        # a small network on little data overfits a little
+        assert gi.index.get_loc("lines") >= (8 if f != "torch_mlp" else 3), f
 
 
 def test_one_row_explanation_is_cheap(data, models):

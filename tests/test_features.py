@@ -20,7 +20,8 @@ from mlops_nb.lake import generate_lake, read_truth
 from mlops_nb.privacy import load_key, pseudonymise
 from mlops_nb.settings import sandbox_settings
 
-LATE = dict(lake_customers=600, lake_months=6, lake_drift_month=4, lake_schema_drift_month=4, lake_late_rate=0.15, lake_campaign_share=0.2)
+LATE = dict(lake_customers=600, lake_months=6, lake_drift_month=4, lake_schema_drift_month=4, lake_late_rate=0.15,
+            lake_campaign_share=0.2)
 CUT = "2025-03"   # the month whose features must not move
 
 
@@ -56,14 +57,16 @@ def test_labels_and_rows_match_the_oracle(world):
     truth = read_truth(cfg.paths.oracle)
     truth["customer_key"] = pseudonymise(truth["customer_id"], load_key(cfg), "customer")
     m = truth.merge(df, on=["customer_key", "month"], how="outer", indicator=True, suffixes=("_true", ""))
-    assert (m["_merge"] == "both").mean() > 0.99          # rows: the active customer-months (the ETL may quarantine a few)
+    # rows: the active customer-months (the ETL may quarantine a few)
+    assert (m["_merge"] == "both").mean() > 0.99
     both = m[m["_merge"] == "both"]
     assert both["churned_next"].isna().equals(both["churned_next_true"].isna())
     lab = both.dropna(subset=["churned_next"])
     assert (lab["churned_next"].astype(int) == lab["churned_next_true"].astype(int)).mean() > 0.995
     assert df.loc[df.month == df.month.max(), "churned_next"].isna().all()
     assert not df.duplicated(["customer_key", "month"]).any()
-    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:   # the rows are the ETL mart's active customer-months
+    # the rows are the ETL mart's active customer-months
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
         mart = con.execute("SELECT customer_key, month FROM mart.customer_month").df()
     rows = df[["customer_key", "month"]].merge(mart, how="outer", indicator=True)["_merge"]
     assert (rows != "left_only").all() and (rows == "both").mean() > 0.999
@@ -104,11 +107,14 @@ def test_label_grace_waits_for_late_cancellations(world):
     for grace in (0, 1, 2):
         with duckdb.connect() as con:
             con.execute(f"ATTACH '{cut.paths.warehouse}' AS w (READ_ONLY)"); con.execute("USE w")
-            got = con.execute(f"SELECT customer_key, month, churned_next FROM {F.build_features(con, 1, grace_months=grace)}").df()
+            got = con.execute("SELECT customer_key, month, churned_next FROM "
+                              f"{F.build_features(con, 1, grace_months=grace)}").df()
             missing[grace] = F.unlabelled_churn_share(F.cancellation_lateness(con), grace)
         lab = got.dropna(subset=["churned_next"]).join(final, on=["customer_key", "month"], how="inner")
         labelled[grace] = sorted(lab.month.unique())
-        assert ((lab.churned_next == 1) <= (lab.final == 1)).all(), "a label read early can only miss a churner, never invent one"
+        assert ((lab.churned_next == 1) <= (lab.final == 1)).all(), (
+            "a label read early can only miss a churner, never invent one"
+        )
         premature[grace] = int(((lab.churned_next == 0) & (lab.final == 1)).sum())
     assert labelled[0][-1] == "2025-04" and labelled[2][-1] == "2025-02" and len(labelled[2]) == 2
     assert premature[0] > premature[2] == 0 and premature[0] >= premature[1] >= premature[2]
@@ -121,7 +127,8 @@ def perturb_future(con, cut: str) -> list[str]:
     own mapping of the ETL's staging tables; returns the customers whose (late-known or later) cancellation
     requests end them after `cut`."""
     cmap = F.staging_columns(con)
-    types = {t: dict(con.execute(f"SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'staging' AND table_name = '{t}'").fetchall())
+    types = {t: dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
+                                 f"'staging' AND table_name = '{t}'").fetchall())
              for t in cmap}
     nxt = (pd.Period(cut, "M") + 1).strftime("%Y-%m")
     def col(t: str, c: str) -> str: return f'"{cmap[t][c]}"'
@@ -129,35 +136,58 @@ def perturb_future(con, cut: str) -> list[str]:
         return f"'{ym}'" if types[t][cmap[t][c]] == "VARCHAR" else f"CAST(DATE '{ym}-01' AS {types[t][cmap[t][c]]})"
     def day(t: str, c: str, d: str) -> str: return f"CAST(TIMESTAMP '{d}' AS {types[t][cmap[t][c]]})"
     key = lambda t: col(t, "customer_key")  # noqa: E731
-    who = lambda n, off: f"(SELECT {key('usage')} AS k FROM staging.usage WHERE {col('usage', 'month')} = {month('usage', 'month', cut)} ORDER BY 1 LIMIT {n} OFFSET {off})"  # noqa: E731
+    who = lambda n, off: (
+        f"(SELECT {key('usage')} AS k FROM staging.usage WHERE {col('usage', 'month')} = "
+        f"{month('usage', 'month', cut)} ORDER BY 1 LIMIT {n} OFFSET {off})"
+    )  # noqa: E731
     ended = [r[0] for r in con.execute(f"SELECT k FROM {who(40, 40)}").fetchall()]
     after = lambda t, c: f"{col(t, c)} >= {day(t, c, nxt + '-01')}"  # noqa: E731
-    con.execute(f"UPDATE staging.usage SET {col('usage', 'data_gb')} = {col('usage', 'data_gb')} * 3 + 1, {col('usage', 'dropped_call_rate')} = 0.4 "
-                f"WHERE {col('usage', 'month')} > {month('usage', 'month', cut)}")
-    con.execute(f"UPDATE staging.billing SET {col('billing', 'amount')} = {col('billing', 'amount')} + 1000, {col('billing', 'paid_date')} = NULL "
-                f"WHERE {col('billing', 'reference_month')} > {month('billing', 'reference_month', cut)}")
-    con.execute(f"UPDATE staging.billing SET {col('billing', 'paid_date')} = {col('billing', 'paid_date')} + INTERVAL 5 DAY WHERE {after('billing', 'paid_date')}")
-    con.execute(f"UPDATE staging.tickets SET {col('tickets', 'satisfaction')} = 1, {col('tickets', 'resolved')} = NOT {col('tickets', 'resolved')} "
-                f"WHERE {after('tickets', 'closed_at')}")
-    con.execute(f"UPDATE staging.customers SET {col('customers', 'gender')} = 'O' WHERE {col('customers', 'arrival')} > {month('customers', 'arrival', cut)}")
-    con.execute(f"UPDATE staging.contracts SET {col('contracts', 'monthly_fee')} = 999 WHERE {after('contracts', 'event_date')}")
+    con.execute(f"UPDATE staging.usage SET {col('usage', 'data_gb')} = {col('usage', 'data_gb')} * 3 + 1, "
+                f"{col('usage', 'dropped_call_rate')} = 0.4 WHERE {col('usage', 'month')} > "
+                f"{month('usage', 'month', cut)}")
+    con.execute(f"UPDATE staging.billing SET {col('billing', 'amount')} = {col('billing', 'amount')} + 1000, "
+                f"{col('billing', 'paid_date')} = NULL WHERE {col('billing', 'reference_month')} > "
+                f"{month('billing', 'reference_month', cut)}")
+    con.execute(f"UPDATE staging.billing SET {col('billing', 'paid_date')} = {col('billing', 'paid_date')} + INTERVAL "
+                f"5 DAY WHERE {after('billing', 'paid_date')}")
+    con.execute(f"UPDATE staging.tickets SET {col('tickets', 'satisfaction')} = 1, {col('tickets', 'resolved')} = NOT "
+                f"{col('tickets', 'resolved')} WHERE {after('tickets', 'closed_at')}")
+    con.execute(f"UPDATE staging.customers SET {col('customers', 'gender')} = 'O' WHERE {col('customers', 'arrival')} "
+                f"> {month('customers', 'arrival', cut)}")
+    con.execute(f"UPDATE staging.contracts SET {col('contracts', 'monthly_fee')} = 999 WHERE "
+                f"{after('contracts', 'event_date')}")
     def insert(t: str, values: dict, rows: str) -> None:
         vals = {cmap[t][c]: v for c, v in values.items()}
         sel = ", ".join(f"{vals.get(c, 'NULL')} AS \"{c}\"" for c in types[t])
         con.execute(f"INSERT INTO staging.{t} SELECT {sel} FROM {rows} w")
     arrive = lambda t: {"customer_key": "w.k", "arrival": month(t, "arrival", nxt)}  # noqa: E731
     # late arrivals about `cut`, arriving in the next partition
-    insert("tickets", arrive("tickets") | dict(opened_at=day("tickets", "opened_at", f"{cut}-20 10:00:00"), resolved="false", satisfaction="1"), who(40, 0))
-    insert("billing", arrive("billing") | dict(reference_month=month("billing", "reference_month", cut), issue_date=day("billing", "issue_date", f"{cut}-20"),
-                                               due_date=day("billing", "due_date", f"{cut}-21"), amount="5000"), who(40, 0))
-    insert("contracts", arrive("contracts") | dict(event_type="'plan_change'", event_date=day("contracts", "event_date", f"{cut}-20"), product="'fibre'",
-                                                   plan="'Fibra 1GB'", contract_type="'two_year'", monthly_fee="1.0", payment_method="'pix'"), who(40, 0))
-    insert("campaigns", arrive("campaigns") | dict(month=month("campaigns", "month", cut), contacted="true"), who(40, 0))
-    insert("cancellations", arrive("cancellations") | dict(request_date=day("cancellations", "request_date", f"{cut}-20")), who(20, 40))
+    insert("tickets",
+           arrive("tickets") | dict(opened_at=day("tickets", "opened_at", f"{cut}-20 10:00:00"), resolved="false",
+                                    satisfaction="1"), who(40, 0))
+    insert("billing",
+           arrive("billing") | dict(reference_month=month("billing", "reference_month", cut),
+                                    issue_date=day("billing", "issue_date", f"{cut}-20"),
+                                               due_date=day("billing", "due_date", f"{cut}-21"), amount="5000"),
+                                               who(40, 0))
+    insert("contracts",
+           arrive("contracts") | dict(event_type="'plan_change'",
+                                      event_date=day("contracts", "event_date", f"{cut}-20"), product="'fibre'",
+                                                   plan="'Fibra 1GB'", contract_type="'two_year'", monthly_fee="1.0",
+                                                   payment_method="'pix'"), who(40, 0))
+    insert("campaigns", arrive("campaigns") | dict(month=month("campaigns", "month", cut), contacted="true"),
+           who(40, 0))
+    insert("cancellations",
+           arrive("cancellations") | dict(request_date=day("cancellations", "request_date", f"{cut}-20")), who(20, 40))
     # later events
-    insert("cancellations", arrive("cancellations") | dict(request_date=day("cancellations", "request_date", f"{nxt}-15")), who(20, 60))
-    insert("customers", arrive("customers") | dict(gender="'N'", signup_date=day("customers", "signup_date", "2000-01-01")), who(40, 0))
-    insert("usage", arrive("usage") | dict(customer_key="'p_newcomer_' || w.k", month=month("usage", "month", cut), data_gb="1"), who(40, 0))
+    insert("cancellations",
+           arrive("cancellations") | dict(request_date=day("cancellations", "request_date", f"{nxt}-15")), who(20, 60))
+    insert("customers",
+           arrive("customers") | dict(gender="'N'", signup_date=day("customers", "signup_date", "2000-01-01")),
+           who(40, 0))
+    insert("usage",
+           arrive("usage") | dict(customer_key="'p_newcomer_' || w.k", month=month("usage", "month", cut), data_gb="1"),
+           who(40, 0))
     return ended
 
 
@@ -176,10 +206,14 @@ def test_no_leakage_when_the_future_changes(world, tmp_path):
     assert not upto(after, nxt).equals(upto(before, nxt))                       # the perturbation is real ...
     assert not upto(after, CUT, label=True).equals(upto(before, CUT, label=True))   # ... and labels may look ahead
     b, a = (x[x.month == nxt].set_index("customer_key") for x in (before, after))
-    assert set(b.index) - set(a.index) == set(gone) & set(b.index) and len(gone) == 40   # a late-known or next-month request ends a customer
-    assert not after["customer_key"].str.startswith("p_newcomer_").any()   # a late usage record is no activity in its month
+    # a late-known or next-month request ends a customer
+    assert set(b.index) - set(a.index) == set(gone) & set(b.index) and len(gone) == 40
+    # a late usage record is no activity in its month
+    assert not after["customer_key"].str.startswith("p_newcomer_").any()
     hit = a.index.intersection(b.index)
-    assert (a.loc[hit, "tickets_3m"] >= b.loc[hit, "tickets_3m"]).all() and a.loc[hit, "tickets_3m"].sum() > b.loc[hit, "tickets_3m"].sum()
+    assert (a.loc[hit, "tickets_3m"] >= b.loc[hit, "tickets_3m"]).all() and a.loc[hit, "tickets_3m"].sum() > b.loc[
+        hit, "tickets_3m"
+    ].sum()
 
 
 def test_history_windows_on_the_tiny_world():
@@ -203,22 +237,27 @@ def test_run_features_logs_a_dataset(world, tmp_path):
     run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
                                      "tags.`mlops_nb.phase` = 'features'")[0]
     ds = run.inputs.dataset_inputs[0].dataset
-    assert ds.name == TABLE_FEATURES and ds.digest == frame_digest(table) == res.summary["digest"]   # the digest the train phase records for this table
+    # the digest the train phase records for this table
+    assert ds.name == TABLE_FEATURES and ds.digest == frame_digest(table) == res.summary["digest"]
     assert str(cfg.paths.warehouse) in ds.source and "churned_next" in ds.schema
-    from mlflow.types.utils import _infer_schema   # the schema (read from a sample) is MLflow's own reading of every row
+    # the schema (read from a sample) is MLflow's own reading of every row
+    from mlflow.types.utils import _infer_schema
     from mlops_nb.tracking import quiet_dataset_warnings
     with quiet_dataset_warnings(): whole = _infer_schema(table)
     assert json.loads(ds.schema)["mlflow_colspec"] == whole.to_dict()
-    assert any(not c["required"] for c in json.loads(ds.schema)["mlflow_colspec"])   # columns with missing values are optional
+    # columns with missing values are optional
+    assert any(not c["required"] for c in json.loads(ds.schema)["mlflow_colspec"])
     assert "features/spec.json" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "features")]
     assert run.data.metrics["rows"] == len(table)
     assert run.data.params["features_label_grace_months"] == "0"
-    assert 0.05 < run.data.metrics["cancellations_late_share"] == run.data.metrics["label_missing_churn_share"] < 0.3   # late rate 15%
+    # late rate 15%
+    assert 0.05 < run.data.metrics["cancellations_late_share"] == run.data.metrics["label_missing_churn_share"] < 0.3
 
 
 def test_byod_source_delegates(tmp_path):
     from mlops_nb import sandbox
-    cfg = sandbox_settings(tmp_path, lake_source="byod", byod_path="data/t.csv", byod_id_column="customerID", byod_target_column="Churn",
+    cfg = sandbox_settings(tmp_path, lake_source="byod", byod_path="data/t.csv", byod_id_column="customerID",
+                           byod_target_column="Churn",
                            byod_positive_value="Yes", byod_sensitive_columns="gender", byod_pii_columns="name")
     sandbox.write_table(sandbox.telco_table(150)[0], cfg.byod.path)
     assert not F.ensure_upstream(cfg)
@@ -231,5 +270,6 @@ def test_missing_staging_is_a_clear_error(tmp_path):
     cfg = sandbox_settings(tmp_path)
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute("CREATE SCHEMA staging"); con.execute("CREATE TABLE staging.usage AS SELECT 1 AS x")
-    with pytest.raises(Exception, match=r"staging.customers does not exist[\s\S]*staging.usage has no customer_key column"):
+    with pytest.raises(Exception,
+                       match=r"staging.customers does not exist[\s\S]*staging.usage has no customer_key column"):
         F.write_features(cfg)

@@ -1,4 +1,5 @@
-"""The promotion gate: worse, unfair and unservable candidates are refused for the right reason; overrides need a written reason and are recorded."""
+"""The promotion gate: worse, unfair and unservable candidates are refused for the right reason; overrides need a
+written reason and are recorded."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,8 @@ import pytest
 
 from mlops_nb.audit import read_events, verify_chain
 from mlops_nb.scorecard import evaluate_scores
-from mlops_nb.gate import (GATE_CHECKS, Evidence, GateDecision, GateOverrideError, candidate_evidence, decide, override_gate,
+from mlops_nb.gate import (GATE_CHECKS, Evidence, GateDecision, GateOverrideError, candidate_evidence, decide,
+                           override_gate,
                            quality_status, record_decision, reference_evidence, run_gate)
 from mlops_nb.settings import CharterSettings, GateSettings, sandbox_settings
 from mlops_nb.tracking import MlflowClient, mlflow, phase_run
@@ -32,7 +34,8 @@ def world(n: int, seed: int):
 
 
 def evidence_for(name: str, seed_valid: int, seed_test: int, noise: float, bias_b: float = 0.0) -> Evidence:
-    "Evaluate a model the way the evaluate phase does, then read its evidence back the way the gate does (a fresh copy each call)."
+    """Evaluate a model the way the evaluate phase does, then read its evidence back the way the gate does (a fresh copy
+    each call)."""
     return dataclasses.replace(_evidence(name, seed_valid, seed_test, noise, bias_b))
 
 
@@ -83,7 +86,8 @@ def test_a_candidate_worse_than_the_champion_is_refused_for_performance():
 
 
 def test_an_unfair_candidate_is_refused_for_fairness():
-    e = evidence_for("unfair", 1, 2, noise=0.5, bias_b=1.5)      # group B's risk under-estimated: B's churners less often offered
+    # group B's risk under-estimated: B's churners less often offered
+    e = evidence_for("unfair", 1, 2, noise=0.5, bias_b=1.5)
     d = decide(e, champion_for(2, noise=0.9), GATE, CHARTER)
     assert not d.approved and "fairness" in [r.check for r in d.failed]
     f = d.reason("fairness")
@@ -97,13 +101,17 @@ def test_calibration_profit_quality_and_servability_each_refuse():
     e, ch = evidence_for("good", 1, 2, noise=0.5), champion_for(2, noise=0.6)
     assert decide(dataclasses.replace(e, ece=0.2), ch, GATE, CHARTER).reason("calibration").passed is False
     assert decide(e, ch, dataclasses.replace(GATE, min_profit=1e9), CHARTER).reason("profit").passed is False
-    q = decide(dataclasses.replace(e, quality=dict(status="failed", detail="run q2")), ch, GATE, CHARTER).reason("data_quality")
+    q = decide(dataclasses.replace(e, quality=dict(status="failed", detail="run q2")), ch, GATE,
+               CHARTER).reason("data_quality")
     assert not q.passed and "failed" in q.message
-    u = decide(dataclasses.replace(e, quality=dict(status="unknown", detail="no quality.runs table")), ch, GATE, CHARTER).reason("data_quality")
+    u = decide(dataclasses.replace(e, quality=dict(status="unknown", detail="no quality.runs table")), ch, GATE,
+               CHARTER).reason("data_quality")
     assert u.passed and u.message.startswith("UNKNOWN") and "quality.runs" in u.message
-    slow = decide(dataclasses.replace(e, servability=dict(ok=True, p50_ms=40, p99_ms=120)), ch, GATE, CHARTER).reason("servability")
+    slow = decide(dataclasses.replace(e, servability=dict(ok=True, p50_ms=40, p99_ms=120)), ch, GATE,
+                  CHARTER).reason("servability")
     assert not slow.passed and slow.value == 120 and slow.limit == GATE.max_latency_ms
-    broken = decide(dataclasses.replace(e, servability=dict(ok=False, error="ModuleNotFoundError: torch")), ch, GATE, CHARTER)
+    broken = decide(dataclasses.replace(e, servability=dict(ok=False, error="ModuleNotFoundError: torch")), ch, GATE,
+                    CHARTER)
     assert "does not serve: ModuleNotFoundError" in broken.reason("servability").message
 
 
@@ -115,9 +123,12 @@ def test_quality_status_reads_the_warehouse(tmp_path):
     with duckdb.connect(str(cfg.paths.warehouse)) as con: con.execute("CREATE TABLE t (x INT)")
     assert "no quality.runs table" in quality_status(cfg)["detail"]
     with duckdb.connect(str(cfg.paths.warehouse)) as con:
-        con.execute("CREATE SCHEMA quality; CREATE TABLE quality.runs (run_id VARCHAR, finished_at TIMESTAMP, passed BOOLEAN)")
-        con.execute("INSERT INTO quality.runs VALUES ('q2', '2025-06-02 10:00', false), ('q1', '2025-06-01 10:00', true)")
-    assert quality_status(cfg) | {"detail": ""} == dict(status="failed", run_id="q2", detail="")   # the latest run counts
+        con.execute("CREATE SCHEMA quality; CREATE TABLE quality.runs (run_id VARCHAR, finished_at TIMESTAMP, passed "
+                    "BOOLEAN)")
+        con.execute("INSERT INTO quality.runs VALUES ('q2', '2025-06-02 10:00', false), ('q1', '2025-06-01 10:00', "
+                    "true)")
+    # the latest run counts
+    assert quality_status(cfg) | {"detail": ""} == dict(status="failed", run_id="q2", detail="")
 
 
 def test_quality_status_judges_the_load_the_model_was_trained_on(tmp_path):
@@ -126,13 +137,14 @@ def test_quality_status_judges_the_load_the_model_was_trained_on(tmp_path):
     cfg = sandbox_settings(tmp_path / "p")
     cfg.paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
     with duckdb.connect(str(cfg.paths.warehouse)) as con:
-        con.execute("CREATE SCHEMA quality; CREATE TABLE quality.runs (run_id VARCHAR, finished_at TIMESTAMP, passed BOOLEAN, "
-                    "warehouse_content_hash VARCHAR)")
-        con.execute("INSERT INTO quality.runs VALUES ('q1', '2025-06-01 10:00', false, 'load-A'), ('q2', '2025-06-02 10:00', true, 'load-B'), "
-                    "('q3', '2025-06-03 10:00', true, 'load-A')")
+        con.execute("CREATE SCHEMA quality; CREATE TABLE quality.runs (run_id VARCHAR, finished_at TIMESTAMP, passed "
+                    "BOOLEAN, warehouse_content_hash VARCHAR)")
+        con.execute("INSERT INTO quality.runs VALUES ('q1', '2025-06-01 10:00', false, 'load-A'), ('q2', '2025-06-02 "
+                    "10:00', true, 'load-B'), ('q3', '2025-06-03 10:00', true, 'load-A')")
     assert quality_status(cfg)["run_id"] == "q3"                                    # no lineage: the latest run
     assert quality_status(cfg, "load-B") | {"detail": ""} == dict(status="passed", run_id="q2", detail="")
-    a = quality_status(cfg, "load-A")                                                 # re-checked after a fix: the latest check of A
+    # re-checked after a fix: the latest check of A
+    a = quality_status(cfg, "load-A")
     assert (a["status"], a["run_id"]) == ("passed", "q3") and "load-A" in a["detail"]
     with duckdb.connect(str(cfg.paths.warehouse)) as con: con.execute("DELETE FROM quality.runs WHERE run_id = 'q3'")
     assert quality_status(cfg, "load-A")["status"] == "failed"                        # B passing does not vouch for A
@@ -145,7 +157,8 @@ def refused(tmp_path):
     "A refusal recorded on a real gate run (real MLflow store, real audit trail)."
     cfg = sandbox_settings(tmp_path / "p")
     with phase_run(cfg, "train") as cand: pass                                # stands for the candidate's run
-    e = dataclasses.replace(evidence_for("worse", 1, 2, noise=1.2), run_id=cand.info.run_id, model_uri="models:/m-worse")
+    e = dataclasses.replace(evidence_for("worse", 1, 2, noise=1.2), run_id=cand.info.run_id,
+                            model_uri="models:/m-worse")
     ref = champion_for(2, noise=0.5)
     with phase_run(cfg, "gate") as run: pass
     d = dataclasses.replace(decide(e, ref, GATE, CHARTER), run_id=run.info.run_id)
@@ -158,7 +171,10 @@ def test_a_decision_is_recorded_on_the_run_and_in_the_audit_trail(refused):
     tags = MlflowClient().get_run(gate_run).data.tags
     assert tags["mlops_nb.gate.approved"] == "false" and tags["mlops_nb.gate.failed"] == "performance"
     assert tags["mlops_nb.gate.performance"] == "fail" and tags["mlops_nb.gate.fairness"] == "pass"
-    assert "may be worse" in tags["mlops_nb.gate.performance.message"] and tags["mlops_nb.gate.compared_with"] == "champion v1"
+    assert (
+        "may be worse" in tags["mlops_nb.gate.performance.message"]
+        and tags["mlops_nb.gate.compared_with"] == "champion v1"
+    )
     recorded = mlflow.artifacts.load_dict(f"runs:/{gate_run}/gate/decision.json")
     assert GateDecision.from_dict(recorded["decision"]).reason("performance").passed is False
     assert MlflowClient().get_run(cand_run).data.tags["mlops_nb.gate.approved"] == "false"
@@ -181,9 +197,11 @@ def test_an_override_needs_a_written_reason_and_is_recorded(refused):
     assert d.approved and d.overridden and d.override_actor == "ana" and not d.reason("performance").passed
     tags = MlflowClient().get_run(gate_run).data.tags
     assert (tags["mlops_nb.gate.approved"], tags["mlops_nb.gate.overridden"], tags["mlops_nb.gate.override_reason"],
-            tags["mlops_nb.gate.override_actor"], tags["mlops_nb.gate.decision"]) == ("true", "true", reason, "ana", "refused")
+            tags["mlops_nb.gate.override_actor"], tags["mlops_nb.gate.decision"]) == ("true", "true", reason, "ana",
+                                                                                      "refused")
     (event,) = read_events(cfg, "gate.override")
-    assert (event.actor, event.details["reason"], event.details["overridden_checks"]) == ("ana", reason, ["performance"])
+    assert (event.actor, event.details["reason"], event.details["overridden_checks"]) == ("ana", reason,
+                                                                                          ["performance"])
     assert MlflowClient().get_run(cand_run).data.tags["mlops_nb.gate.approved"] == "true"
     assert verify_chain(cfg) == (True, None)
 
@@ -194,7 +212,8 @@ def pipeline(tmp_path_factory):
     from mlops_nb.evaluate import run_evaluate
     from mlops_nb.sandbox import ensure_demo_features
     from mlops_nb.train import run_train
-    cfg = sandbox_settings(tmp_path_factory.mktemp("gate") / "p", train_candidates="logreg", train_trials=1, gate_n_boot=100,
+    cfg = sandbox_settings(tmp_path_factory.mktemp("gate") / "p", train_candidates="logreg", train_trials=1,
+                           gate_n_boot=100,
                            gate_fairness_bound="point")
     ensure_demo_features(cfg, n_customers=800, n_months=5)
     run_train(cfg)
@@ -205,9 +224,16 @@ def test_an_unservable_candidate_is_refused_end_to_end(pipeline):
     cfg, _ = pipeline
     d = run_gate(dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, max_latency_ms=0.1)))
     s = d.reason("servability")
-    assert not d.approved and not s.passed and s.value > 0.1 and "loads in a fresh process" in s.message and "> 0.1 ms" in s.message
+    assert (
+        not d.approved
+        and not s.passed
+        and s.value > 0.1
+        and "loads in a fresh process" in s.message
+        and "> 0.1 ms" in s.message
+    )
     assert [r.check for r in d.reasons] == list(GATE_CHECKS)
-    assert d.reason("data_quality").message.startswith("UNKNOWN")        # the sandbox warehouse has no quality.runs table
+    # the sandbox warehouse has no quality.runs table
+    assert d.reason("data_quality").message.startswith("UNKNOWN")
     assert d.reason("performance").message.startswith("AUC difference vs baseline: ")
     tags = MlflowClient().get_run(d.run_id).data.tags
     assert tags["mlops_nb.gate.servability"] == "fail" and tags["mlops_nb.gate.approved"] == "false"
@@ -224,9 +250,11 @@ def test_the_champion_is_the_comparison_once_there_is_one(pipeline):
     assert again.document["champion"]["version"] == str(mv.version)
     d = run_gate(cfg, evaluate_run_id=again.run_id)
     perf = d.reason("performance")
-    assert perf.message.startswith(f"AUC difference vs champion v{mv.version} +0.0000") and perf.passed   # the same model: no difference
+    # the same model: no difference
+    assert perf.message.startswith(f"AUC difference vs champion v{mv.version} +0.0000") and perf.passed
     mv2 = mlflow.register_model(res.evaluations[0].info["model_uri"], cfg.mlflow.registered_model)
-    client.set_registered_model_alias(cfg.mlflow.registered_model, "champion", mv2.version)     # the alias moves after the evaluation
+    # the alias moves after the evaluation
+    client.set_registered_model_alias(cfg.mlflow.registered_model, "champion", mv2.version)
     stale = run_gate(cfg, evaluate_run_id=again.run_id).reason("performance")
     assert not stale.passed and "re-run the evaluation" in stale.message
     assert f"the champion changed since the evaluation (it scored v{mv.version})" in stale.message
@@ -235,8 +263,13 @@ def test_the_champion_is_the_comparison_once_there_is_one(pipeline):
 def test_a_champion_the_evaluation_could_not_score_is_named_with_the_error():
     "Seen for real: a champion pickled by an older package version failed to load; the gate said only 'not scored'."
     doc = dict(rows_digest="rows-1", champion=dict(version="2", model_uri="models:/m/2",
-                                                   error="could not score the test rows: AttributeError: no attribute 'numeric_basis'"))
+                                                   error="could not score the test rows: AttributeError: no attribute "
+                                                         "'numeric_basis'"))
     ref = reference_evidence(doc, pd.DataFrame({"y": [0, 1]}), dict(version="2", model_uri="models:/m/2"))
     cand = Evidence("hgb", "candidate", np.array([0, 1]), np.array([0.2, 0.8]), "rows-1")
     perf = decide(cand, ref, GATE, CHARTER).reason("performance")
-    assert not perf.passed and "AttributeError: no attribute 'numeric_basis'" in perf.message and perf.message.startswith("champion v2 was not scored")
+    assert (
+        not perf.passed
+        and "AttributeError: no attribute 'numeric_basis'" in perf.message
+        and perf.message.startswith("champion v2 was not scored")
+    )

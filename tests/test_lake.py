@@ -52,7 +52,11 @@ def stable(tmp_path_factory):
 # --- reading the raw files independently ------------------------------------------------------------------------
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def lines_of(cfg, source: str, month: str) -> list[str]:
@@ -95,7 +99,8 @@ def defects(cfg, kind: str, source: str | None = None) -> pd.DataFrame:
 
 
 def copies(cfg, source: str, month: str) -> set[int]:
-    """Rows the oracle records as re-sent copies (they repeat their original's other defects without re-recording them)."""
+    """Rows the oracle records as re-sent copies (they repeat their original's other defects without re-recording
+    them)."""
     d = defects(cfg, "duplicate", source)
     return set(d[d.month == month].row)
 
@@ -105,7 +110,8 @@ def within(observed: int, n: int, p: float, sds: float = 4.0) -> bool:
     return abs(observed - n * p) <= sds * np.sqrt(n * p * (1 - p)) + 1
 
 
-DATE_RE = {"%d/%m/%Y": r"\d\d/\d\d/\d{4}", "%Y-%m-%d": r"\d{4}-\d\d-\d\d", "%Y-%m-%dT%H:%M:%S": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"}
+DATE_RE = {"%d/%m/%Y": r"\d\d/\d\d/\d{4}", "%Y-%m-%d": r"\d{4}-\d\d-\d\d",
+           "%Y-%m-%dT%H:%M:%S": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"}
 
 
 def lenient_date(s: str):
@@ -124,11 +130,13 @@ def test_same_seed_gives_byte_identical_lake_and_oracle(tmp_path):
     assert len(ha) == 1 + 7 * 4 and ha == hb
     assert tree_hashes(a.paths.oracle) == tree_hashes(b.paths.oracle)
     assert ra.manifest == rb.manifest
-    c, rc = make(tmp_path / "c", lake_customers=800, lake_months=4, lake_drift_month=3, lake_schema_drift_month=3, lake_seed=7)
+    c, rc = make(tmp_path / "c", lake_customers=800, lake_months=4, lake_drift_month=3, lake_schema_drift_month=3,
+                 lake_seed=7)
     hc = tree_hashes(c.paths.lake)
     assert hc.keys() == ha.keys()
     differ = [k for k in ha if ha[k] != hc[k]]
-    assert len(differ) >= len(ha) - 2, "a different seed should change (nearly) every file"  # e.g. an empty month-1 cancellations file
+    # e.g. an empty month-1 cancellations file
+    assert len(differ) >= len(ha) - 2, "a different seed should change (nearly) every file"
 
 
 def test_manifest_describes_every_file(drift):
@@ -142,7 +150,8 @@ def test_manifest_describes_every_file(drift):
         assert (len(data), hashlib.sha256(data).hexdigest()) == (f["bytes"], f["sha256"])
         if f["format"] == "parquet": assert len(pd.read_parquet(cfg.paths.lake / f["path"])) == f["rows"]
         else: assert len(lines_of(cfg, f["source"], f["month"])) == f["rows"]
-    assert not list(cfg.paths.lake.rglob("*oracle*")) and "p_churn" not in json.dumps(man)  # nothing of the oracle in the lake
+    # nothing of the oracle in the lake
+    assert not list(cfg.paths.lake.rglob("*oracle*")) and "p_churn" not in json.dumps(man)
 
 
 # --- the defects, re-detected from the files -------------------------------------------------------------------
@@ -173,7 +182,8 @@ def test_duplicates_are_exact_resent_records(drift):
                 lines = lines_of(cfg, s, m)
                 seen, copies = set(), set()
                 for i, ln in enumerate(lines):
-                    if parse(s, ln) is None: continue            # two lines truncated to the same prefix are not re-sent records
+                    # two lines truncated to the same prefix are not re-sent records
+                    if parse(s, ln) is None: continue
                     if ln in seen: copies.add(i)
                     seen.add(ln)
                 assert copies <= set(rec[rec.month == m].row), (s, m)   # every exact repeat is a recorded duplicate
@@ -198,7 +208,8 @@ def test_usage_defects_missing_outliers_and_schema_rename(drift):
     u = pd.concat(frames)
     n = len(u)
     assert within(int((u.data_gb < 0).sum() + (u.data_gb > 10_000).sum()), n, RATE)
-    assert within(int((u.dropped_call_rate > 1).sum() + (u.dropped_call_rate < 0).sum()), int(u.dropped_call_rate.notna().sum()), RATE)
+    assert within(int((u.dropped_call_rate > 1).sum() + (u.dropped_call_rate < 0).sum()),
+                  int(u.dropped_call_rate.notna().sum()), RATE)
     assert within(int(u[["voice_minutes", "days_active", "dropped_call_rate"]].isna().any(axis=1).sum()), n, RATE)
     renames = defects(cfg, "schema_rename", "usage")
     assert sorted(renames.month) == months(cfg)[cfg.lake.schema_drift_month - 1:]
@@ -223,7 +234,8 @@ def test_date_formats_spellings_and_missing_values_in_text_sources(drift):
     missing = t.channel.isna() | t.category.isna()
     assert within(int(missing.sum()), len(t), RATE, 5)
     assert not t.opened_at.isna().any()                                # only optional columns are blanked
-    assert within(int((~t.opened_at.str.fullmatch(DATE_RE[sources.SOURCES["tickets"].col("opened_at").fmt])).sum()), len(t), RATE)
+    assert within(int((~t.opened_at.str.fullmatch(DATE_RE[sources.SOURCES["tickets"].col("opened_at").fmt])).sum()),
+                  len(t), RATE)
 
 
 def test_late_records_sit_in_a_later_partition_with_their_true_dates(drift):
@@ -251,7 +263,9 @@ def test_crm_is_latin1_with_accents_and_valid_cpfs_except_the_injected(drift):
     raw = (cfg.paths.lake / "crm_customers" / f"month={m1}" / "clientes.csv").read_bytes()
     with pytest.raises(UnicodeDecodeError): raw.decode("utf-8")
     text = raw.decode("latin-1")
-    assert text.startswith("id_cliente;nome;cpf;email;telefone;data_nascimento;sexo;uf;cidade;endereco;cep;data_cadastro\r\n")
+    assert text.startswith(
+        "id_cliente;nome;cpf;email;telefone;data_nascimento;sexo;uf;cidade;endereco;cep;data_cadastro\r\n"
+    )
     assert re.search(r"[ãçéíóôúâêõ]", text) and any(w in text for w in ("João", "Conceição", "Gonçalves"))
     invalid = defects(cfg, "invalid_cpf", "crm_customers")
     n_rows = n_bad = 0
@@ -259,7 +273,8 @@ def test_crm_is_latin1_with_accents_and_valid_cpfs_except_the_injected(drift):
     for m in months(cfg):
         crm = records(cfg, "crm_customers", m)
         ok = people.cpf_is_valid(crm.cpf)
-        assert set(crm.row[~ok]) - copies(cfg, "crm_customers", m) == set(invalid[invalid.month == m].row) & set(crm.row), m
+        assert set(crm.row[~ok]) - copies(cfg, "crm_customers",
+                                          m) == set(invalid[invalid.month == m].row) & set(crm.row), m
         assert crm.cpf.str.fullmatch(r"\d{3}\.\d{3}\.\d{3}-\d\d|\d{11}").all()
         all_cpfs.append(crm[ok].drop_duplicates(["id_cliente", "cpf"])[["id_cliente", "cpf"]])
         n_rows, n_bad = n_rows + len(crm), n_bad + int((~ok).sum())
@@ -306,13 +321,16 @@ def test_every_churner_has_a_cancellation_and_nobody_else(drift):
     known = req.notna()
     assert (req[known].map(lambda d: d.strftime("%Y-%m")) == j.month.map(nxt)[known]).all()   # the true date: month m+1
     active_next = {m: set(t[t.month == m].customer_id) for m in ms}
-    assert not any(c in active_next[nxt[m]] for c, m in zip(churn.customer_id, churn.month))  # churners are gone next month
+    # churners are gone next month
+    assert not any(c in active_next[nxt[m]] for c, m in zip(churn.customer_id, churn.month))
 
 
 def test_campaign_is_randomised_and_the_offer_works_by_segment(drift):
     cfg, _ = drift
     t = L.read_truth(cfg.paths.oracle)
-    camp = pd.concat([pd.read_parquet(p) for p in sorted(cfg.paths.lake.glob("campaigns/*/campaign.parquet"))]).drop_duplicates()
+    camp = pd.concat(
+        [pd.read_parquet(p) for p in sorted(cfg.paths.lake.glob("campaigns/*/campaign.parquet"))]
+    ).drop_duplicates()
     j = t[t.in_campaign].merge(camp, on=["customer_id", "month"], suffixes=("", "_lake"))
     assert len(j) == int(t.in_campaign.sum()) and (j.arm == j.arm_lake).all()
     assert abs((j.arm == "treatment").mean() - 0.5) < 0.01
@@ -353,7 +371,9 @@ def test_drift_shows_the_three_shifts_in_the_right_month(drift, stable):
         assert (pix[ms[d:]].min() > 0.05) if drifting else pix.max() == 0, pix
         crm = pd.concat([records(cfg, "crm_customers", m).assign(month=m) for m in ms[1:]], ignore_index=True)
         born, joined = crm.data_nascimento.map(lenient_date), crm.data_cadastro.map(lenient_date)
-        age = ((joined - born).dt.days / 365.25)[joined.map(lambda x: x is not None and x.strftime("%Y-%m")) == crm.month]
+        age = ((joined - born).dt.days / 365.25)[
+            joined.map(lambda x: x is not None and x.strftime("%Y-%m")) == crm.month
+        ]
         young = age.groupby(crm.month).median()
         shift = young[ms[1:d]].mean() - young[ms[d:]].mean()
         assert (shift > 6) if drifting else (abs(shift) < 4), young
@@ -367,7 +387,11 @@ def test_drift_shows_the_three_shifts_in_the_right_month(drift, stable):
         notes = json.loads((cfg.paths.oracle / "scenario.json").read_text())
         kinds = {(e["kind"], e["month"]) for e in notes["expected_detections"]}
         assert ("schema_drift", ms[cfg.lake.schema_drift_month - 1]) in kinds
-        assert {("input_drift", ms[d]), ("concept_drift", ms[d]), ("data_bug", ms[d])} <= kinds if drifting else len(kinds) == 1
+        assert (
+            {("input_drift", ms[d]), ("concept_drift", ms[d]), ("data_bug", ms[d])} <= kinds
+            if drifting
+            else len(kinds) == 1
+        )
 
 
 # --- atomicity and settings --------------------------------------------------------------------------------------
@@ -393,7 +417,8 @@ generate_lake(load_settings(sys.argv[1]), progress=lambda m, label: print(m, flu
 
 
 def test_a_killed_generation_never_leaves_a_half_written_lake(tmp_path):
-    cfg = sandbox_settings(tmp_path, lake_customers=60_000, lake_months=6, lake_drift_month=4, lake_schema_drift_month=4)
+    cfg = sandbox_settings(tmp_path, lake_customers=60_000, lake_months=6, lake_drift_month=4,
+                           lake_schema_drift_month=4)
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(cfg.source)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "1"   # month 1 is written: the partial folder exists
@@ -404,7 +429,8 @@ def test_a_killed_generation_never_leaves_a_half_written_lake(tmp_path):
         proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
     assert not cfg.paths.lake.exists() and not cfg.paths.oracle.exists()      # absent, never partial
     small = dataclasses.replace(cfg, lake=dataclasses.replace(cfg.lake, customers=300))
-    res = L.generate_lake(small)                                              # the next run cleans up the dead run's leftovers
+    # the next run cleans up the dead run's leftovers
+    res = L.generate_lake(small)
     assert [p.name for p in cfg.paths.lake.parent.iterdir() if p.name.startswith(".")] == []
     assert {f["path"] for f in res.manifest["files"]} == set(tree_hashes(cfg.paths.lake)) - {"_manifest.json"}
 
@@ -412,13 +438,16 @@ def test_a_killed_generation_never_leaves_a_half_written_lake(tmp_path):
 def test_bad_settings_give_clear_errors(tmp_path):
     with pytest.raises(SettingsError, match=r"drift_month: 9 is after the last month \(6\) of the drift scenario"):
         sandbox_settings(tmp_path / "a", lake_months=6, lake_drift_month=9, lake_scenario="drift")
-    sandbox_settings(tmp_path / "a2", lake_months=6, lake_drift_month=9, lake_scenario="stable")  # irrelevant when stable
+    # irrelevant when stable
+    sandbox_settings(tmp_path / "a2", lake_months=6, lake_drift_month=9, lake_scenario="stable")
     cfg = sandbox_settings(tmp_path / "b", lake_scenario="drift")
-    with pytest.raises(SettingsError, match=r"drift_month = 99 must be between 2 and the last month \(6\) in the drift scenario"):
+    with pytest.raises(SettingsError,
+                       match=r"drift_month = 99 must be between 2 and the last month \(6\) in the drift scenario"):
         L.generate_lake(dataclasses.replace(cfg, lake=dataclasses.replace(cfg.lake, drift_month=99)))
     with pytest.raises(SettingsError, match="schema_drift_month = -1"):
         world.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=-1))
-    world.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=7))  # past the last month: the rename never happens
+    # past the last month: the rename never happens
+    world.check_lake(dataclasses.replace(cfg.lake, schema_drift_month=7))
     inside = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, oracle=cfg.paths.lake / "oracle"))
     with pytest.raises(SettingsError, match="must not be inside the lake"):
         L.generate_lake(inside)
@@ -446,4 +475,6 @@ def test_run_lake_logs_aggregates_and_no_personal_data(tmp_path):
     for col in ("nome", "cpf", "email", "telefone", "endereco"):
         assert not any(v in logged for v in crm[col].dropna().head(200)), col
     masked = people.mask_pii(crm.head(50)).to_string()
-    assert not any(v in masked for v in crm.head(50)[["nome", "cpf", "email", "telefone"]].to_numpy().ravel() if isinstance(v, str))
+    assert not any(
+        v in masked for v in crm.head(50)[["nome", "cpf", "email", "telefone"]].to_numpy().ravel() if isinstance(v, str)
+    )

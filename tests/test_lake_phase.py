@@ -1,4 +1,5 @@
-"""The lake phase end to end through the real entry points: `mlops-nb run` (papermill) and `mlflow run` (MLflow Projects)."""
+"""The lake phase end to end through the real entry points: `mlops-nb run` (papermill) and `mlflow run` (MLflow
+Projects)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ def _client(settings: Path):
 
 def _phase_runs(client, phase: str):
     exp = client.get_experiment_by_name("churn")
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlops_nb.phase` = '{phase}'", order_by=["attributes.start_time DESC"])
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`mlops_nb.phase` = '{phase}'",
+                              order_by=["attributes.start_time DESC"])
 
 
 def test_run_lake_with_overrides_produces_the_expected_records(tmp_path):
@@ -37,12 +39,19 @@ def test_run_lake_with_overrides_produces_the_expected_records(tmp_path):
     # the executed notebook is an immutable record with the injected values
     nb_path = run_dir / "13_lake.ipynb"
     assert not (nb_path.stat().st_mode & 0o222)
-    injected = next(c for c in nbformat.read(nb_path, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", []))
-    for line in ("lake_customers = 321", 'lake_scenario = "stable"', "lake_seed = 5", f'settings_file = "{run_dir / "settings.ini"}"'):
+    injected = next(
+        c for c in nbformat.read(nb_path, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", [])
+    )
+    for line in ("lake_customers = 321", 'lake_scenario = "stable"', "lake_seed = 5",
+                 f'settings_file = "{run_dir / "settings.ini"}"'):
         assert line in injected.source
     # the lake really has the overridden size and seed
     manifest = json.loads((tmp_path / "proj/data/lake/_manifest.json").read_text())
-    assert manifest["lake"]["customers"] == 321 and manifest["lake"]["seed"] == 5 and manifest["lake"]["scenario"] == "stable"
+    assert (
+        manifest["lake"]["customers"] == 321
+        and manifest["lake"]["seed"] == 5
+        and manifest["lake"]["scenario"] == "stable"
+    )
     # MLflow: the phase run holds the params, the manifest, the executed notebook, and is nested in the pipeline run
     client = _client(settings)
     run = _phase_runs(client, "lake")[0]
@@ -63,11 +72,32 @@ def test_mlflow_projects_entry_point_reproduces_the_phase(tmp_path):
     uri = load_settings(settings, env={}).mlflow.tracking_uri
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "MLFLOW_EXPERIMENT_", "MLFLOW_RUN_ID"))}
     env.update(MLOPS_SETTINGS=str(settings), MLFLOW_TRACKING_URI=uri, PATH=f"{BIN}:{env.get('PATH', '')}")
-    r = subprocess.run([str(BIN / "mlflow"), "run", str(REPO), "-e", "lake", "-P", "lake_customers=222", "-P", "lake_months=4",
-                        "--env-manager", "local", "--experiment-name", "churn"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            "lake",
+            "-P",
+            "lake_customers=222",
+            "-P",
+            "lake_months=4",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "churn",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     client = _client(settings)
-    outer = client.search_runs([client.get_experiment_by_name("churn").experiment_id], filter_string="tags.`mlops_nb.pipeline_run_id` != ''")
+    outer = client.search_runs([client.get_experiment_by_name("churn").experiment_id],
+                               filter_string="tags.`mlops_nb.pipeline_run_id` != ''")
     assert len(outer) == 1, "the MLflow Projects run is the pipeline's parent run"
     lake_run = _phase_runs(client, "lake")[0]
     assert lake_run.data.tags["mlflow.parentRunId"] == outer[0].info.run_id

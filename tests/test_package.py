@@ -1,4 +1,5 @@
-"""The shipped model: loads in a fresh process with plain MLflow, same probabilities, any integer/missing input, explanations, servability."""
+"""The shipped model: loads in a fresh process with plain MLflow, same probabilities, any integer/missing input,
+explanations, servability."""
 from __future__ import annotations
 
 import json
@@ -27,12 +28,15 @@ def shipped(tmp_path_factory):
     df, spec = demo_feature_table(1000, 5, seed=5)
     split = split_frame(df, spec)
     hgb = make_candidate("hgb", {"max_iter": 150}, spec, 1).fit(split.train, split.y("train"))
-    net = make_candidate("torch_mlp", {"hidden_sizes": (16,), "max_epochs": 15}, spec, 1).fit(split.train, split.y("train"))
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(hgb.predict_proba(split.valid)[:, 1], split.y("valid"))
+    net = make_candidate("torch_mlp", {"hidden_sizes": (16,), "max_epochs": 15}, spec, 1).fit(split.train,
+                                                                                              split.y("train"))
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(hgb.predict_proba(split.valid)[:, 1],
+                                                                         split.y("valid"))
     cfg = sandbox_settings(tmp_path_factory.mktemp("package"))
     with phase_run(cfg, "package-test"):
         uris = {"hgb": log_packaged_model(hgb, spec, 0.15, calibrator=iso, input_example=split.valid.head(5)),
-                "torch_mlp": log_packaged_model(net, spec, 0.3, input_example=split.valid.head(5), registered_model_name="churn-test")}
+                "torch_mlp": log_packaged_model(net, spec, 0.3, input_example=split.valid.head(5),
+                                                registered_model_name="churn-test")}
     return dict(split=split, spec=spec, pipes={"hgb": hgb, "torch_mlp": net}, iso=iso, uris=uris, cfg=cfg)
 
 
@@ -54,8 +58,10 @@ def test_loads_in_a_fresh_process_with_plain_mlflow_and_gives_the_same_probabili
     rows = shipped["split"].test.head(300)
     rows.to_pickle(tmp_path / "rows.pkl")
     uris = {**shipped["uris"], "torch_mlp": "models:/churn-test/1"}         # the registered version resolves too
-    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-c", FRESH, json.dumps(uris), str(tmp_path / "rows.pkl")], cwd=tmp_path, env=env,
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
+           "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", FRESH, json.dumps(uris), str(tmp_path / "rows.pkl")], cwd=tmp_path,
+                       env=env,
                        capture_output=True, text=True, timeout=240)
     line = next((l for l in r.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line, r.stderr[-2000:]
@@ -107,7 +113,8 @@ def test_decision_threshold_and_explanations(shipped):
     contrib = out[[f"contrib_{f}" for f in spec.features]]
     assert np.abs(contrib.sum(axis=1) + out.base_log_odds - out.log_odds).max() < 1e-9
     raw = shipped["pipes"]["hgb"].predict_proba(rows)[:, 1]
-    assert np.allclose(1 / (1 + np.exp(-out.log_odds)), raw, atol=1e-9), "explanations are of the model's log-odds, before calibration"
+    assert np.allclose(1 / (1 + np.exp(-out.log_odds)), raw,
+                       atol=1e-9), "explanations are of the model's log-odds, before calibration"
     assert np.allclose(out.churn_probability, plain.churn_probability)
     net = mlflow.pyfunc.load_model(shipped["uris"]["torch_mlp"]).predict(rows, params={"explain": True})
     assert np.abs(net.filter(like="contrib_").sum(axis=1) + net.base_log_odds - net.log_odds).max() < 1e-4
@@ -124,7 +131,9 @@ def test_requirements_signature_and_metadata(shipped):
         m = Model.load(local)
         assert m.metadata["family"] == family and m.metadata["feature_spec"]["target"] == "churned_next"
         sig = m.signature
-        assert [c.name for c in sig.inputs.inputs] == shipped["spec"].features and sig.params.params[0].name == "explain"
+        assert [c.name for c in sig.inputs.inputs] == shipped["spec"].features and sig.params.params[
+            0
+        ].name == "explain"
 
 
 def test_servability_numbers(shipped):
@@ -151,11 +160,13 @@ def test_mlflow_routine_notices_are_dropped_and_other_messages_still_show(tmp_pa
         df, spec = demo_feature_table(200, 5, seed=2)
         split = split_frame(df, spec)
         hgb = make_candidate("hgb", {"max_iter": 20}, spec, 1).fit(split.train, split.y("train"))
-        net = make_candidate("torch_mlp", {"hidden_sizes": (8,), "max_epochs": 2}, spec, 1).fit(split.train, split.y("train"))
+        net = make_candidate("torch_mlp", {"hidden_sizes": (8,), "max_epochs": 2}, spec, 1).fit(split.train,
+                                                                                                split.y("train"))
         cfg = sandbox_settings(tmp_path)                # a new embedded store: MLflow creates its tables
         with phase_run(cfg, "notices-test"):
             log_packaged_model(hgb, spec, 0.2, input_example=split.valid.head(3))   # a pyfunc saved with cloudpickle
-            log_pipeline(net, spec, split.valid.head(3), name="raw")               # a network's pipeline: saved with cloudpickle
+            # a network's pipeline: saved with cloudpickle
+            log_pipeline(net, spec, split.valid.head(3), name="raw")
         logging.getLogger("mlflow.sklearn").warning("a warning a reader must see")
     finally:
         mlflow_log.removeHandler(seen)

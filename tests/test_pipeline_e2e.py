@@ -19,7 +19,8 @@ def _small_world(root: Path) -> tuple[list[str], Path]:
     """One full run on 3,000 customers x 8 months (stable scenario), shared by the checks below."""
     settings = make_project(root / "proj", lake_customers=3000, lake_months=8, lake_scenario="stable",
                             lake_drift_month=6, lake_schema_drift_month=5, train_trials=1,
-                            train_candidates="logreg, hgb", train_blend_within=1.0)   # their blend too, so a blend may be what serves
+                            # their blend too, so a blend may be what serves
+                            train_candidates="logreg, hgb", train_blend_within=1.0)
     return ["--settings", str(settings), "run", "--no-progress"], settings
 
 
@@ -46,12 +47,26 @@ def test_the_records_show_figures_as_images(pipeline):
     import nbformat
     settings, _ = pipeline
     run_dir = next((settings.parent / "reports/runs").iterdir())
-    outputs = {p.notebook: [o for c in nbformat.read(run_dir / p.notebook, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
-               for p in PHASES}
-    as_text = {nb: [o["data"]["text/plain"][:40] for o in outs
-                    if o.get("data", {}).get("text/plain", "").startswith("<Figure") and "image/png" not in o["data"]] for nb, outs in outputs.items()}
+    outputs = {
+        p.notebook: [
+            o
+            for c in nbformat.read(run_dir / p.notebook, as_version=4).cells
+            if c.cell_type == "code"
+            for o in c.outputs
+        ]
+        for p in PHASES
+    }
+    as_text = {
+        nb: [
+            o["data"]["text/plain"][:40]
+            for o in outs
+            if o.get("data", {}).get("text/plain", "").startswith("<Figure") and "image/png" not in o["data"]
+        ]
+        for nb, outs in outputs.items()
+    }
     assert not any(as_text.values()), as_text
-    assert sum("image/png" in o.get("data", {}) for o in outputs["46_evaluate.ipynb"]) >= 2   # the profit curve and the importances
+    # the profit curve and the importances
+    assert sum("image/png" in o.get("data", {}) for o in outputs["46_evaluate.ipynb"]) >= 2
 
 
 def test_the_gate_approved_model_is_in_production(pipeline):
@@ -113,7 +128,8 @@ def test_no_clear_personal_data_downstream(pipeline):
     assert len(needles) > 1000
     root = settings.parent
     # bytes of everything the run wrote except the lake itself, its oracle and the vault (the one allowed place)
-    places = [cfg.paths.warehouse, root / "reports", cfg.mlflow.artifacts, Path(cfg.mlflow.tracking_uri[len("sqlite:///"):]),
+    places = [cfg.paths.warehouse, root / "reports", cfg.mlflow.artifacts,
+              Path(cfg.mlflow.tracking_uri[len("sqlite:///"):]),
               cfg.paths.audit.parent]
     found = scan_for_values([p for p in places if p.exists()], needles)
     assert found == [], found[:5]
@@ -141,7 +157,8 @@ def test_the_readme_curl_example_scores_with_the_served_champion(pipeline):
     assert prod is not None
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert ".venv/bin/mlops-nb serve" in readme
-    m = re.search(r"curl -s -X POST '(http://127\.0\.0\.1:8000[^']+)' -H 'Content-Type: application/json' -d '(\{.*?\})'\n", readme, re.S)
+    m = re.search(r"curl -s -X POST '(http://127\.0\.0\.1:8000[^']+)' -H 'Content-Type: application/json' -d "
+                  r"'(\{.*?\})'\n", readme, re.S)
     assert m, "the README has a curl example"
     url, body = m.group(1), json.loads(m.group(2))
     proc, base = start_api(settings, timeout=120)

@@ -64,14 +64,16 @@ def lifecycle(cfg, settings_path):
     assert set(h.columns) >= {"time", "actor", "version", "from_status", "to_status", "reason", "gate_approved"}
     promotions = h[h.to_status == "production"]
     assert list(promotions.version) == [v1.version, v3.version, v2.version, v3.version]
-    assert list(promotions.actor) == ["ana", "ana", "rui", "rui"] and promotions.override.tolist() == [False, False, True, False]
+    assert list(promotions.actor) == ["ana", "ana", "rui", "rui"] and promotions.override.tolist() == [False, False,
+                                                                                                       True, False]
     assert verify_chain(cfg) == (True, None)
     with pytest.raises(R.RegistryError, match="is in production"):
         R.archive(cfg, v3.version, "ana", "cleanup")
     # the CLI answers the same question
     r = run_cli("--settings", str(settings_path), "model", "at", t_v1.isoformat())
     assert r.returncode == 0 and r.stdout.strip() == v1.version, r.stderr
-    r = run_cli("--settings", str(settings_path), "model", "promote", v1.version, "--actor", "eve", "--reason", "restore v1")
+    r = run_cli("--settings", str(settings_path), "model", "promote", v1.version, "--actor", "eve", "--reason",
+                "restore v1")
     assert r.returncode == 0 and f"version {v1.version} is now in production" in r.stdout, r.stderr
     assert R.history(cfg).iloc[-1].actor == "eve"
 

@@ -21,10 +21,9 @@ def toy_notebook(path: Path, body: str, params: str = "steps: int = 1") -> None:
     nbformat.write(nb, path)
 
 
-LOGS = ("from mlops_nb.settings import load_settings\nfrom mlops_nb.tracking import phase_run, mlflow\n"
-        "cfg = load_settings(settings_file)\n"
-        "with phase_run(cfg, 'toy', mlflow_run_id):\n"
-        "    mlflow.log_metric('product', steps * lake_seed * cfg.lake.customers)\n")
+LOGS = ("from mlops_nb.settings import load_settings\nfrom mlops_nb.tracking import phase_run, mlflow\ncfg = "
+        "load_settings(settings_file)\nwith phase_run(cfg, 'toy', mlflow_run_id):\n    mlflow.log_metric('product', "
+        "steps * lake_seed * cfg.lake.customers)\n")
 
 
 @pytest.fixture
@@ -95,7 +94,8 @@ def test_cli_run_exit_codes(tmp_path):
 
 
 def lesson_notebook(path: Path) -> None:
-    "A phase notebook shaped like ours: a definition, a demonstration of it, then the phase section from `parameters` on."
+    """A phase notebook shaped like ours: a definition, a demonstration of it, then the phase section from `parameters`
+    on."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell('settings_file: str = ""\nmlflow_run_id: str = ""\nsteps: int = 1')
@@ -103,10 +103,12 @@ def lesson_notebook(path: Path) -> None:
     nb.cells = [nbformat.v4.new_markdown_cell("# The toy phase\nWhy it exists."),
                 nbformat.v4.new_code_cell("#| export\ndef double(x: int) -> int: return 2 * x"),
                 nbformat.v4.new_markdown_cell("It doubles:"),
-                nbformat.v4.new_code_cell("from pathlib import Path\nassert double(2) == 4\nPath('demo-ran').write_text('the demonstration ran')"),
+                nbformat.v4.new_code_cell("from pathlib import Path\nassert double(2) == "
+                                          "4\nPath('demo-ran').write_text('the demonstration ran')"),
                 nbformat.v4.new_markdown_cell("## Run the phase"), params,
-                nbformat.v4.new_code_cell("from mlops_nb.settings import load_settings\nfrom mlops_nb.tracking import phase_run, mlflow\n"
-                                          "with phase_run(load_settings(settings_file), 'lake', mlflow_run_id): mlflow.log_metric('doubled', double(steps))")]
+                nbformat.v4.new_code_cell("from mlops_nb.settings import load_settings\nfrom mlops_nb.tracking import "
+                                          "phase_run, mlflow\nwith phase_run(load_settings(settings_file), 'lake', "
+                                          "mlflow_run_id): mlflow.log_metric('doubled', double(steps))")]
     nbformat.write(nb, path)
 
 
@@ -127,8 +129,11 @@ def test_a_run_executes_definitions_and_the_phase_section_and_demos_only_when_as
     assert any("demo-ran" in s for s in sources) == demos, "the record holds what ran"
     definition = next(c for c in executed.cells if c.source.startswith("#| export"))
     assert definition.metadata.get("jupyter", {}).get("source_hidden", False) != demos   # collapsed in a run's record
-    if not demos: assert executed.cells[0].source.startswith("# The toy phase — a run") and "--demos" in executed.cells[0].source
-    run_id = json.loads(next((cfg.paths.reports / "runs").glob("*/manifest.json")).read_text())["phases"][0]["mlflow_run_id"]
+    if not demos:
+        assert executed.cells[0].source.startswith("# The toy phase — a run") and "--demos" in executed.cells[0].source
+    run_id = json.loads(next((cfg.paths.reports / "runs").glob("*/manifest.json")).read_text())["phases"][0][
+        "mlflow_run_id"
+    ]
     assert MlflowClient(cfg.mlflow.tracking_uri).get_run(run_id).data.metrics["doubled"] == 42
 
 
@@ -148,7 +153,8 @@ def _names(source: str) -> tuple[set[str], set[str]]:
 
 @pytest.mark.parametrize("phase", [p.notebook for p in PHASES])
 def test_each_phase_section_needs_nothing_from_the_skipped_demonstrations(phase):
-    "A name the phase section reads must come from a definition cell or the section itself, not from a demonstration a run skips."
+    """A name the phase section reads must come from a definition cell or the section itself, not from a demonstration a
+    run skips."""
     import builtins
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "nbs" / phase, as_version=4)
     ran = [_names(c.source) for c in phase_section(nb, phase).cells if c.cell_type == "code"]

@@ -15,7 +15,8 @@ from conftest import make_project, run_cli
 
 
 # what a PredictionLog needs of a served model, for tests that write the log directly
-LOG_MODEL = SimpleNamespace(name="churn-model", version="9", threshold=0.5, features=["x", "c"], numeric=["x"], feature_index={"x": 0, "c": 1},
+LOG_MODEL = SimpleNamespace(name="churn-model", version="9", threshold=0.5, features=["x", "c"], numeric=["x"],
+                            feature_index={"x": 0, "c": 1},
                             lineage={"training_run_id": "r", "dataset_digest": "d", "git_commit": "g"})
 
 
@@ -40,23 +41,33 @@ def test_score_month_from_the_cli_matches_the_pyfunc_and_reads_the_warehouse_rea
     from mlops_nb.prediction_log import read_prediction_log
     from mlops_nb.tracking import mlflow
     from mlops_nb.encoder import model_input
-    with connect_warehouse(project.cfg, read_only=True):       # a read-write open by the job would fail while we hold this
+    # a read-write open by the job would fail while we hold this
+    with connect_warehouse(project.cfg, read_only=True):
         r = run_cli("--settings", str(project.settings), "score", "--month", "2025-04")
     assert r.returncode == 0, r.stderr
     assert f"with churn-model version {project.version}" in r.stdout and "Traceback" not in r.stderr
     df, spec = month_rows(project.cfg, "2025-04")
     log = read_prediction_log(project.cfg, source="batch").sort_values("row")
     assert len(log) == len(df) == 1200 and set(log.month) == {"2025-04"} and log.request_id.nunique() == 1
-    ref = mlflow.pyfunc.load_model(f"models:/churn-model/{project.version}").predict(model_input(df, spec)).churn_probability.to_numpy()
+    ref = (
+        mlflow.pyfunc.load_model(f"models:/churn-model/{project.version}")
+        .predict(model_input(df, spec))
+        .churn_probability.to_numpy()
+    )
     np.testing.assert_array_equal(log.churn_probability.to_numpy(), ref)          # bit for bit
     assert (log.decision == (log.churn_probability >= log.threshold)).all()
     assert log.customer_key.tolist() == df[spec.id_column].tolist()               # the warehouse's pseudonyms, in order
     assert (log.training_run_id == project.run_id).all() and (log.dataset_digest.str.len() == 16).all()
     assert log.git_commit.str.fullmatch(r"[0-9a-f]{40}(-dirty)?").all()
     assert log.latency_ms.isna().all() and (log.source == "batch").all()
-    np.testing.assert_array_equal(log.tenure_months.to_numpy(), pd.to_numeric(df.tenure_months).to_numpy(dtype=float, na_value=np.nan))
+    np.testing.assert_array_equal(log.tenure_months.to_numpy(),
+                                  pd.to_numeric(df.tenure_months).to_numpy(dtype=float, na_value=np.nan))
     ev = [e for e in read_events(project.cfg, "batch.scored")][-1]
-    assert ev.details["month"] == "2025-04" and ev.details["rows"] == 1200 and ev.subject == f"churn-model@{project.version}"
+    assert (
+        ev.details["month"] == "2025-04"
+        and ev.details["rows"] == 1200
+        and ev.subject == f"churn-model@{project.version}"
+    )
 
 
 def test_score_errors_are_messages_not_tracebacks(project, tmp_path):
@@ -97,8 +108,19 @@ def test_read_prediction_log_while_it_is_written(tmp_path):
     n, stop = 3000, threading.Event()
     def write():
         for i in range(n):
-            plog.append(LogBlock(m, new_request_id(), time.time(), "api", 0.5, [f"p_{i:024x}"], [[float(i), "a" if i % 3 else None]],
-                                 np.array([0.1]), np.array([False])))
+            plog.append(
+                LogBlock(
+                    m,
+                    new_request_id(),
+                    time.time(),
+                    "api",
+                    0.5,
+                    [f"p_{i:024x}"],
+                    [[float(i), "a" if i % 3 else None]],
+                    np.array([0.1]),
+                    np.array([False]),
+                )
+            )
             if i % 50 == 0: time.sleep(0.04)          # ~2.5 s of writing: the reader reads many times meanwhile
         stop.set()
     t = threading.Thread(target=write)
@@ -119,7 +141,8 @@ def test_read_prediction_log_while_it_is_written(tmp_path):
 
 
 def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day=40, rows=25):
-    """A prediction log written by a real PredictionLog: `per_day` files on each of `days` (past dates), plus today's."""
+    """A prediction log written by a real PredictionLog: `per_day` files on each of `days` (past dates), plus
+    today's."""
     import datetime as dt
     from mlops_nb.prediction_log import LogBlock, PredictionLog, new_request_id
     m = LOG_MODEL
@@ -128,10 +151,22 @@ def _multi_day_log(cfg, days=("2026-01-01", "2026-01-02", "2026-01-03"), per_day
     i = 0
     for t in stamps:
         for _ in range(per_day * rows):
-            plog.append(LogBlock(m, new_request_id(t + i * 1e-3), t + i * 1e-3, "api", 0.5, [f"p_{i:024x}"], [[float(i), "a" if i % 3 else None]],
-                                 np.array([0.1]), np.array([i % 2 == 0])))
+            plog.append(
+                LogBlock(
+                    m,
+                    new_request_id(t + i * 1e-3),
+                    t + i * 1e-3,
+                    "api",
+                    0.5,
+                    [f"p_{i:024x}"],
+                    [[float(i), "a" if i % 3 else None]],
+                    np.array([0.1]),
+                    np.array([i % 2 == 0]),
+                )
+            )
             i += 1
-            if i % rows == 0: plog.flush()          # one file per `rows` predictions, as a worker's timed flushes make them
+            # one file per `rows` predictions, as a worker's timed flushes make them
+            if i % rows == 0: plog.flush()
     assert plog.close() == 0
     return i
 
@@ -147,19 +182,25 @@ def test_compaction_rewrites_closed_days_as_one_file_with_the_same_rows(tmp_path
     files = {d.name: len(list(d.glob("part-*.parquet"))) for d in folder.glob("date=*")}
     assert len(before) == n and len(files) == 4 and min(files.values()) >= 40
     left = folder / ".date=2026-01-02.compacting"                  # what a compaction killed mid-day leaves
-    left.mkdir(); (left / "part-x.parquet").write_bytes(next((folder / "date=2026-01-02").glob("part-*.parquet")).read_bytes())
+    left.mkdir()
+    (left / "part-x.parquet").write_bytes(next((folder / "date=2026-01-02").glob("part-*.parquet")).read_bytes())
     res = compact_prediction_log(cfg)
     assert not left.exists() and res.before < str(pd.Timestamp.now(tz="UTC").date())
-    assert res.days == ["2026-01-01", "2026-01-02", "2026-01-03"] and res.files_before == sum(files[f"date={d}"] for d in res.days)
+    assert res.days == ["2026-01-01", "2026-01-02",
+                        "2026-01-03"] and res.files_before == sum(files[f"date={d}"] for d in res.days)
     assert res.rows == 3 * 40 * 25
     after = {d.name: len(list(d.glob("part-*.parquet"))) for d in folder.glob("date=*")}
     today = next(k for k in files if k[5:] not in res.days)
     assert all(after[f"date={d}"] == 1 for d in res.days) and after[today] == files[today]   # today is left alone
-    pd.testing.assert_frame_equal(read_prediction_log(cfg), before)                         # same rows, same order, same types
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)                         # nothing left beside the days
+    # same rows, same order, same types
+    pd.testing.assert_frame_equal(read_prediction_log(cfg), before)
+    # nothing left beside the days
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
     assert [e.subject for e in read_events(cfg) if e.kind == "log.compacted"] == [f"date={d}" for d in res.days]
-    assert compact_prediction_log(cfg).days == []                                            # a second run has nothing to do
-    assert compact_prediction_log(cfg, keep_days=0).days == []                               # days before today only: today still grows
+    # a second run has nothing to do
+    assert compact_prediction_log(cfg).days == []
+    # days before today only: today still grows
+    assert compact_prediction_log(cfg, keep_days=0).days == []
     pd.testing.assert_frame_equal(read_prediction_log(cfg), before)
 
 
@@ -183,7 +224,8 @@ def _poll_during_compaction(cfg, poll, readers: int = 2):
 
 
 def test_readers_during_compaction_see_every_row_once(tmp_path):
-    """Readers polling while days are swapped: every read returns all rows, never a day twice or missing, never an error."""
+    """Readers polling while days are swapped: every read returns all rows, never a day twice or missing, never an
+    error."""
     from mlops_nb.prediction_log import read_prediction_log
     from mlops_nb.settings import sandbox_settings
     cfg = sandbox_settings(tmp_path / "sb")
@@ -209,7 +251,8 @@ def test_explanation_lookups_during_compaction_find_their_request(tmp_path):
     log = read_prediction_log(cfg)
     wanted = log.groupby(log.time.dt.date).request_id.last().tolist()[:len(days)]      # one request of each closed day
     folder = Path(cfg.paths.prediction_log)
-    turns = itertools.cycle(wanted)                                                       # each poll: the next day's request
+    # each poll: the next day's request
+    turns = itertools.cycle(wanted)
     def look() -> bool:
         rid = next(turns)
         return find_logged_request(folder, rid).request_id.tolist() == [rid]
@@ -223,4 +266,8 @@ def test_log_compact_from_the_cli(project):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "nothing to compact" in r.stdout or "compacted" in r.stdout
     bad = run_cli("--settings", str(project.settings), "log", "compact", "--keep-days", "-1")
-    assert bad.returncode != 0 and "keep_days must be 0 or more" in (bad.stdout + bad.stderr) and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode != 0
+        and "keep_days must be 0 or more" in (bad.stdout + bad.stderr)
+        and "Traceback" not in bad.stderr
+    )

@@ -23,14 +23,16 @@ CLIENT = "client-token-for-tests-0123456789"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project with champion v1 and a registered v2 (another threshold, calibrated): built once for this file."""
-    return build_project(tmp_path_factory.mktemp("serve") / "proj", n_customers=1500, n_months=5, hgb_params={"max_iter": 80})
+    return build_project(tmp_path_factory.mktemp("serve") / "proj", n_customers=1500, n_months=5,
+                         hgb_params={"max_iter": 80})
 
 
 @pytest.fixture(scope="module")
 def api(project, tmp_path_factory):
     """One server for the request-level tests: admin token set, log flushed every 0.3 s."""
     log = tmp_path_factory.mktemp("logs") / "api.log"
-    proc, url = start_api(project.settings, env={"MLOPS_API_ADMIN_TOKEN": ADMIN, "MLOPS_API__LOG_FLUSH_SECONDS": "0.3"}, log=log)
+    proc, url = start_api(project.settings, env={"MLOPS_API_ADMIN_TOKEN": ADMIN, "MLOPS_API__LOG_FLUSH_SECONDS": "0.3"},
+                          log=log)
     try:
         yield url
     finally:
@@ -49,15 +51,24 @@ def test_health_ready_model_and_openapi_name_the_real_fields(api, project):
     with httpx.Client(base_url=api) as c:
         assert c.get("/health").json()["status"] == "ok"
         ready = c.get("/ready").json()
-        assert ready["status"] == "ready" and ready["model"]["version"] == project.v1 and ready["model"]["compiled"] is True
+        assert (
+            ready["status"] == "ready"
+            and ready["model"]["version"] == project.v1
+            and ready["model"]["compiled"] is True
+        )
         info = c.get("/v1/model").json()
         assert info["lineage"]["training_run_id"] and info["self_check"]["max_abs_diff"] == 0.0
         spec = c.get("/openapi.json").json()
         feats = spec["components"]["schemas"]["Features"]
         assert sorted(feats["required"]) == sorted(project.records[0]) and feats["additionalProperties"] is False
-        assert feats["properties"]["region"]["enum"][:-1] == info["categories"]["region"] and None in feats["properties"]["region"]["enum"]
+        assert (
+            feats["properties"]["region"]["enum"][:-1] == info["categories"]["region"]
+            and None in feats["properties"]["region"]["enum"]
+        )
         assert feats["properties"]["tenure_months"]["type"] == ["number", "null"]
-        assert spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ScoreRequest")
+        assert spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+            "$ref"
+        ].endswith("ScoreRequest")
 
 
 def test_scores_one_record_and_a_batch_with_nullable_integers(api, project):
@@ -67,11 +78,21 @@ def test_scores_one_record_and_a_batch_with_nullable_integers(api, project):
         assert one.status_code == 200, one.text
         body = one.json()
         assert body["model"]["version"] == project.v1 and 0 <= body["churn_probability"] <= 1
-        assert body["decision"] == (body["churn_probability"] >= body["threshold"]) and body["customer_key"].startswith("p_")
-        batch = c.post("/v1/score/batch", json={"records": [{"features": r} for r in project.records[:25]] + [{"customer_id": "cust-0001", "features": rec}]})
+        assert body["decision"] == (body["churn_probability"] >= body["threshold"]) and body["customer_key"].startswith(
+            "p_"
+        )
+        batch = c.post(
+            "/v1/score/batch",
+            json={
+                "records": [{"features": r} for r in project.records[:25]]
+                + [{"customer_id": "cust-0001", "features": rec}]
+            },
+        )
         assert batch.status_code == 200
         preds = batch.json()["predictions"]
-        assert [p["row"] for p in preds] == list(range(26)) and preds[-1]["churn_probability"] == body["churn_probability"]
+        assert [p["row"] for p in preds] == list(range(26)) and preds[-1]["churn_probability"] == body[
+            "churn_probability"
+        ]
         assert preds[-1]["customer_key"] == body["customer_key"] and preds[0]["customer_key"] is None
 
 
@@ -79,7 +100,8 @@ BAD = [  # (name, body, the field the error must name)
     ("string for a number", lambda r: {"features": {**r, "tenure_months": "12"}}, "features.tenure_months"),
     ("boolean for a number", lambda r: {"features": {**r, "lines": True}}, "features.lines"),
     ("number for a category", lambda r: {"features": {**r, "region": 3}}, "features.region"),
-    ("missing field", lambda r: {"features": {k: v for k, v in r.items() if k != "monthly_fee"}}, "features.monthly_fee"),
+    ("missing field", lambda r: {"features": {k: v for k, v in r.items() if k != "monthly_fee"}},
+     "features.monthly_fee"),
     ("unknown field", lambda r: {"features": {**r, "cpf": "123"}}, "features.cpf"),
     ("unknown category", lambda r: {"features": {**r, "region": "Sudest"}}, "features.region"),
     ("features not an object", lambda r: {"features": [1, 2]}, "features"),
@@ -99,7 +121,8 @@ def test_bad_inputs_get_a_422_naming_the_field(api, project, name, make, field):
     assert field in fields, (name, fields)
     if name == "unknown category":
         msg = next(e["msg"] for e in r.json()["detail"] if e["field"] == field)
-        assert "Sudeste" in msg and "Sudest " not in msg + " "   # lists the allowed values, never repeats the value sent
+        # lists the allowed values, never repeats the value sent
+        assert "Sudeste" in msg and "Sudest " not in msg + " "
 
 
 def test_nan_infinity_malformed_and_oversized_bodies_get_4xx_never_5xx(api, project):
@@ -107,7 +130,8 @@ def test_nan_infinity_malformed_and_oversized_bodies_get_4xx_never_5xx(api, proj
     def raw(body: bytes, path="/v1/score", headers=None):
         return httpx.post(f"{api}{path}", content=body, headers={"content-type": "application/json", **(headers or {})})
     for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
-        text = json.dumps({"features": rec}).replace('"data_gb": ' + json.dumps(rec["data_gb"]), f'"data_gb": {literal}')
+        text = json.dumps({"features": rec}).replace('"data_gb": ' + json.dumps(rec["data_gb"]),
+                                                     f'"data_gb": {literal}')
         r = raw(text.encode())
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "features.data_gb", (literal, r.text)
     for body in (b"", b"{", b"[1,2]", b'"x"', b"\xff\xfe", b"{" * 5000):
@@ -120,21 +144,26 @@ def test_nan_infinity_malformed_and_oversized_bodies_get_4xx_never_5xx(api, proj
     assert len(big) > 1_048_576
     r = raw(big, "/v1/score/batch")
     assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
-    r = httpx.post(f"{api}/v1/score/batch", content=(big[i:i + 65536] for i in range(0, len(big), 65536)), headers={"content-type": "application/json"})
+    r = httpx.post(f"{api}/v1/score/batch", content=(big[i:i + 65536] for i in range(0, len(big), 65536)),
+                   headers={"content-type": "application/json"})
     assert r.status_code == 413
     r = httpx.post(f"{api}/v1/score/batch", json={"records": [{"features": rec}] * 1001})
     assert r.status_code == 413 and "max_batch_rows" in r.json()["detail"]
     r = httpx.post(f"{api}/v1/score/batch", json={"records": []})
     assert r.status_code == 422
-    r = httpx.post(f"{api}/v1/score/batch", json={"records": [{"features": rec}, {"features": {**rec, "region": "Lua"}}, 7]})
-    assert r.status_code == 422 and {e["field"] for e in r.json()["detail"]} == {"records[1].features.region", "records[2]"}
+    r = httpx.post(f"{api}/v1/score/batch",
+                   json={"records": [{"features": rec}, {"features": {**rec, "region": "Lua"}}, 7]})
+    assert r.status_code == 422 and {e["field"] for e in r.json()["detail"]} == {"records[1].features.region",
+                                                                                 "records[2]"}
     assert httpx.get(f"{api}/v1/score").status_code == 405
 
 
-# ---- explanations, admin, metrics -------------------------------------------------------------------------------------
+# ---- explanations, admin, metrics
+# -------------------------------------------------------------------------------------
 def test_explanations_are_recoverable_later_and_audited(api, project):
     from mlops_nb.audit import read_events
-    r = httpx.post(f"{api}/v1/score", json={"customer_id": "cust-77", "features": project.records[3], "explain": True}).json()
+    r = httpx.post(f"{api}/v1/score",
+                   json={"customer_id": "cust-77", "features": project.records[3], "explain": True}).json()
     deadline = time.monotonic() + 20
     while True:   # from the worker's buffer at first, from the Parquet log once flushed: the same answer either way
         e = httpx.get(f"{api}/v1/explanations/{r['request_id']}", headers={"x-actor": "dpo"})
@@ -144,7 +173,11 @@ def test_explanations_are_recoverable_later_and_audited(api, project):
     e = httpx.get(f"{api}/v1/explanations/{r['request_id']}", headers={"x-actor": "dpo"}).json()
     p = e["predictions"][0]
     assert p["explanation"] == r["explanation"] and p["churn_probability"] == r["churn_probability"]
-    assert p["customer_key"] == r["customer_key"] and e["model"]["version"] == project.v1 and e["lineage"]["training_run_id"]
+    assert (
+        p["customer_key"] == r["customer_key"]
+        and e["model"]["version"] == project.v1
+        and e["lineage"]["training_run_id"]
+    )
     ev = [x for x in read_events(project.cfg, "api.explanation") if x.subject == r["request_id"]]
     assert ev and ev[-1].actor == "dpo" and ev[-1].details["customer_keys"] == [r["customer_key"]]
     assert httpx.get(f"{api}/v1/explanations/0190a1b2-0000-7000-8000-000000000000").status_code == 404
@@ -170,39 +203,72 @@ def test_metrics(api, project):
 
 
 def test_schemathesis_finds_no_server_error(api, tmp_path):
-    """At least 500 generated cases against our OpenAPI document; every check, no failure (413 counts as a rejection)."""
+    """At least 500 generated cases against our OpenAPI document; every check, no failure (413 counts as a
+    rejection)."""
     cfg = tmp_path / "schemathesis.toml"
-    cfg.write_text('[checks.negative_data_rejection]\nexpected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]\n')
+    cfg.write_text('[checks.negative_data_rejection]\nexpected-statuses = ["400", "401", "403", "404", "405", "406", '
+                   '"409", "413", "415", "422"]\n')
     report = tmp_path / "st.json"
-    r = subprocess.run([str(BIN / "schemathesis"), "--config-file", str(cfg), "run", f"{api}/openapi.json", "--checks", "all",
-                        "--max-examples", "110", "--seed", "7", "-H", f"Authorization: Bearer {ADMIN}", "--request-timeout", "30",
-                        "--report", "json", "--report-json-path", str(report), "--no-shrink"],
-                       capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            str(BIN / "schemathesis"),
+            "--config-file",
+            str(cfg),
+            "run",
+            f"{api}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "110",
+            "--seed",
+            "7",
+            "-H",
+            f"Authorization: Bearer {ADMIN}",
+            "--request-timeout",
+            "30",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+            "--no-shrink",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
     rep = json.loads(report.read_text())
     assert rep["test_cases"]["generated"] >= 500, rep["test_cases"]
     assert r.returncode == 0 and not rep["failures"] and not rep["errors"], r.stdout[-4000:]
 
 
-# ---- the stock server as the reference ---------------------------------------------------------------------------------
+# ---- the stock server as the reference
+# ---------------------------------------------------------------------------------
 def test_same_probabilities_as_mlflow_models_serve(api, project, tmp_path):
     rows = project.records[:40] + [{**project.records[0], "satisfaction": None, "payment_method": None}]
     ours = httpx.post(f"{api}/v1/score/batch", json={"records": [{"features": r} for r in rows]}).json()["predictions"]
-    proc, url = start_mlflow_serve(project.cfg, f"models:/{project.cfg.mlflow.registered_model}/{project.v1}", log=tmp_path / "mlflow.log")
+    proc, url = start_mlflow_serve(project.cfg, f"models:/{project.cfg.mlflow.registered_model}/{project.v1}",
+                                   log=tmp_path / "mlflow.log")
     try:
         feats = list(rows[0])
-        r = httpx.post(f"{url}/invocations", json={"dataframe_split": {"columns": feats, "data": [[x[f] for f in feats] for x in rows]}}, timeout=60)
+        r = httpx.post(f"{url}/invocations",
+                       json={"dataframe_split": {"columns": feats, "data": [[x[f] for f in feats] for x in rows]}},
+                       timeout=60)
         assert r.status_code == 200, r.text
         theirs = r.json()["predictions"]
     finally:
         stop_group(proc)
     assert len(theirs) == len(ours)
-    np.testing.assert_allclose([p["churn_probability"] for p in ours], [p["churn_probability"] for p in theirs], rtol=0, atol=1e-9)
+    np.testing.assert_allclose([p["churn_probability"] for p in ours], [p["churn_probability"] for p in theirs], rtol=0,
+                               atol=1e-9)
     assert [p["decision"] for p in ours] == [p["decision"] for p in theirs]
 
 
-# ---- auth on the scoring endpoints, admin disabled ------------------------------------------------------------------------
+# ---- auth on the scoring endpoints, admin disabled
+# ------------------------------------------------------------------------
 def test_scoring_auth_and_disabled_admin(project, tmp_path):
-    proc, url = start_api(project.settings, env={"MLOPS_API__AUTH": "bearer", "MLOPS_API_TOKEN": CLIENT}, log=tmp_path / "auth.log")
+    proc, url = start_api(project.settings, env={"MLOPS_API__AUTH": "bearer", "MLOPS_API_TOKEN": CLIENT},
+                          log=tmp_path / "auth.log")
     try:
         body = {"features": project.records[0]}
         assert httpx.post(f"{url}/v1/score", json=body).status_code == 401
@@ -210,8 +276,10 @@ def test_scoring_auth_and_disabled_admin(project, tmp_path):
         r = httpx.post(f"{url}/v1/score", json=body, headers={"authorization": f"Bearer {CLIENT}"})
         assert r.status_code == 200
         assert httpx.get(f"{url}/v1/explanations/{r.json()['request_id']}").status_code == 401
-        assert httpx.get(f"{url}/v1/explanations/{r.json()['request_id']}", headers={"authorization": f"Bearer {CLIENT}"}).status_code == 200
-        assert httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {CLIENT}"}).status_code == 403   # no admin token: disabled
+        assert httpx.get(f"{url}/v1/explanations/{r.json()['request_id']}",
+                         headers={"authorization": f"Bearer {CLIENT}"}).status_code == 200
+        # no admin token: disabled
+        assert httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {CLIENT}"}).status_code == 403
         assert httpx.get(f"{url}/health").status_code == 200
         spec = httpx.get(f"{url}/openapi.json").json()
         assert spec["paths"]["/v1/score"]["post"]["security"] == [{"bearerAuth": []}]
@@ -219,20 +287,25 @@ def test_scoring_auth_and_disabled_admin(project, tmp_path):
         stop(proc)
 
 
-# ---- hot swap under load ------------------------------------------------------------------------------------------------
+# ---- hot swap under load
+# ------------------------------------------------------------------------------------------------
 def test_hot_swap_under_concurrent_load_fails_no_request(project, tmp_path):
     from mlops_nb import registry
     proc, url = start_api(project.settings, args=["--poll-seconds", "0.3"], log=tmp_path / "swap.log")
     out = {}
     try:
         reqs = score_requests(project.records[:200], project.keys[:200])
-        load = threading.Thread(target=lambda: out.update(res=run_load(url, reqs, concurrency=8, seconds=14, collect=True)))
+        load = threading.Thread(
+            target=lambda: out.update(res=run_load(url, reqs, concurrency=8, seconds=14, collect=True))
+        )
         load.start()
         time.sleep(2.5)
-        registry.promote(project.cfg, project.v2, actor="test", reason="hot swap test", override_reason="test of the API's hot swap under load")
+        registry.promote(project.cfg, project.v2, actor="test", reason="hot swap test",
+                         override_reason="test of the API's hot swap under load")
         load.join(timeout=60)
     finally:
-        registry.promote(project.cfg, project.v1, actor="test", reason="restore", override_reason="restore the champion after the hot swap test")
+        registry.promote(project.cfg, project.v1, actor="test", reason="restore",
+                         override_reason="restore the champion after the hot swap test")
         stop(proc)
     res = out["res"]
     assert res.errors == 0 and res.statuses == {200: res.ok}, (res.statuses, res.error_kinds)
@@ -246,15 +319,22 @@ def test_hot_swap_under_concurrent_load_fails_no_request(project, tmp_path):
     assert len(df) == len(bodies)
     for b in bodies[:: max(1, len(bodies) // 400)]:
         row = df.loc[b["request_id"]]
-        assert row.model_version == b["model"]["version"] and row.threshold == b["threshold"] and row.churn_probability == b["churn_probability"]
-    print(f"{res.ok} requests, {versions.count(project.v1)} by v{project.v1}, {versions.count(project.v2)} by v{project.v2}, 0 errors")
+        assert (
+            row.model_version == b["model"]["version"]
+            and row.threshold == b["threshold"]
+            and row.churn_probability == b["churn_probability"]
+        )
+    print(f"{res.ok} requests, {versions.count(project.v1)} by v{project.v1}, {versions.count(project.v2)} by "
+          f"v{project.v2}, 0 errors")
 
 
-# ---- graceful shutdown: no prediction lost ----------------------------------------------------------------------------------
+# ---- graceful shutdown: no prediction lost
+# ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_flushes_every_prediction(project, tmp_path, workers):
     from mlops_nb.privacy import scan_for_values, scan_frame
-    env = {"MLOPS_API__LOG_FLUSH_SECONDS": "3600", "MLOPS_API__LOG_FLUSH_ROWS": "1000000"}   # nothing is written before shutdown
+    # nothing is written before shutdown
+    env = {"MLOPS_API__LOG_FLUSH_SECONDS": "3600", "MLOPS_API__LOG_FLUSH_ROWS": "1000000"}
     proc, url = start_api(project.settings, workers=workers, env=env, log=tmp_path / "term.log")
     ids = [f"BR-CLI-{7000000000 + i}" for i in range(300)]       # company customer ids: must never reach the log
     out = {}
@@ -262,13 +342,19 @@ def test_sigterm_flushes_every_prediction(project, tmp_path, workers):
         done = run_load(url, score_requests(project.records[:300], ids), concurrency=4, total=300, collect=True)
         assert done.ok == 300 and done.errors == 0
         # and more requests in flight when the signal arrives
-        load = threading.Thread(target=lambda: out.update(res=run_load(url, score_requests(project.records[:100], ids[:100]), concurrency=8,
-                                                                       seconds=4, collect=True)))
+        load = threading.Thread(
+            target=lambda: out.update(
+                res=run_load(
+                    url, score_requests(project.records[:100], ids[:100]), concurrency=8, seconds=4, collect=True
+                )
+            )
+        )
         load.start()
         time.sleep(1.0)
         before = len(list(project.cfg.paths.prediction_log.rglob("*.parquet")))
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)   # uvicorn re-raises the signal after its graceful shutdown
+        # uvicorn re-raises the signal after its graceful shutdown
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
         load.join(timeout=30)
     finally:
         stop(proc)
@@ -292,15 +378,19 @@ def test_sigterm_flushes_every_prediction(project, tmp_path, workers):
     assert not scan_frame(df, ids, "prediction_log")
 
 
-# ---- no model yet: 503 until the alias appears ----------------------------------------------------------------------------
+# ---- no model yet: 503 until the alias appears
+# ----------------------------------------------------------------------------
 def test_serves_503_until_its_alias_points_somewhere(project, tmp_path):
     """A server on an alias nobody holds starts, says why it is not ready, and loads the version the alias gets."""
     from mlops_nb import registry
-    proc, url = start_api(project.settings, args=["--alias", "challenger", "--poll-seconds", "0.3"], log=tmp_path / "s.log",
+    proc, url = start_api(project.settings, args=["--alias", "challenger", "--poll-seconds", "0.3"],
+                          log=tmp_path / "s.log",
                           timeout=120, ready="/health")   # alive, not ready: nobody holds the alias yet
     try:
         r = httpx.get(f"{url}/ready")
-        assert r.status_code == 503 and "holds the alias 'challenger'" in r.json()["detail"] and r.headers["retry-after"]
+        assert (
+            r.status_code == 503 and "holds the alias 'challenger'" in r.json()["detail"] and r.headers["retry-after"]
+        )
         s = httpx.post(f"{url}/v1/score", json={"features": project.records[0]})
         assert s.status_code == 503 and "no model is loaded yet" in s.json()["detail"]
         registry.set_status(project.cfg, project.v2, "staging", actor="test", reason="canary for the 503 test")
@@ -313,7 +403,8 @@ def test_serves_503_until_its_alias_points_somewhere(project, tmp_path):
         stop(proc)
 
 
-# ---- one reload call moves every worker -------------------------------------------------------------------------------------
+# ---- one reload call moves every worker
+# -------------------------------------------------------------------------------------
 def _versions_by_worker(url: str, tries: int = 300) -> dict[int, str]:
     """The version each worker serves, from /ready on fresh connections (the kernel hands them to either worker)."""
     seen: dict[int, str] = {}
@@ -326,22 +417,27 @@ def _versions_by_worker(url: str, tries: int = 300) -> dict[int, str]:
 
 def test_admin_reload_reaches_every_worker_without_polling(project, tmp_path):
     from mlops_nb import registry
-    proc, url = start_api(project.settings, workers=2, args=["--poll-seconds", "0"], env={"MLOPS_API_ADMIN_TOKEN": ADMIN},
+    proc, url = start_api(project.settings, workers=2, args=["--poll-seconds", "0"],
+                          env={"MLOPS_API_ADMIN_TOKEN": ADMIN},
                           log=tmp_path / "reload.log")
     try:
         before = _versions_by_worker(url)
-        assert len(before) == 2 and set(before.values()) == {project.v1}, before      # two workers, both on the champion
-        registry.promote(project.cfg, project.v2, actor="test", reason="reload test", override_reason="test of the reload across workers")
+        # two workers, both on the champion
+        assert len(before) == 2 and set(before.values()) == {project.v1}, before
+        registry.promote(project.cfg, project.v2, actor="test", reason="reload test",
+                         override_reason="test of the reload across workers")
         r = httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {ADMIN}"}).json()
         assert r["changed"] and r["model"]["version"] == project.v2 and r["other_workers_told"]
         deadline, after = time.time() + 15, {}
-        while time.time() < deadline:                                                 # nothing polls: only the announcement moves the other
+        # nothing polls: only the announcement moves the other
+        while time.time() < deadline:
             after = _versions_by_worker(url, tries=60)
             if len(after) == 2 and set(after.values()) == {project.v2}: break
             time.sleep(0.3)
         assert len(after) == 2 and set(after.values()) == {project.v2}, after
     finally:
-        registry.promote(project.cfg, project.v1, actor="test", reason="restore", override_reason="restore the champion after the reload test")
+        registry.promote(project.cfg, project.v1, actor="test", reason="restore",
+                         override_reason="restore the champion after the reload test")
         stop(proc)
     assert "Traceback" not in (tmp_path / "reload.log").read_text()
 
@@ -360,7 +456,10 @@ def test_the_fast_path_explains_and_encodes_a_logistic_regression_like_the_pipel
     lr = make_candidate("logreg", None, spec, 7).fit(split.train, split.y("train"))
     fs = FastScorer(ChurnModel(lr, spec, 0.2))
     X = model_input(split.test.head(50), spec)
-    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in X.astype(object).to_dict("records")]
+    records = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+        for r in X.astype(object).to_dict("records")
+    ]
     enc = [fs.records.encode(r, ("body",), []) for r in records]
     Z = np.array([row for row, _ in enc])
     assert np.array_equal(Z, lr[0].transform(X)) and np.array_equal(Z, fs.encode_frame(X))
@@ -368,8 +467,11 @@ def test_the_fast_path_explains_and_encodes_a_logistic_regression_like_the_pipel
     out = fs.explain(Z, [v for _, v in enc])
     ref = ChurnModel(lr, spec, 0.2).predict(None, X, params={"explain": True})
     for e, (_, r) in zip(out, ref.iterrows()):
-        assert e["base_log_odds"] + sum(c["contribution"] for c in e["contributions"]) == pytest.approx(e["log_odds"], abs=1e-9)
-        assert {c["feature"]: c["contribution"] for c in e["contributions"]}["tenure_months"] == pytest.approx(r.contrib_tenure_months, abs=1e-9)
+        assert e["base_log_odds"] + sum(c["contribution"] for c in e["contributions"]) == pytest.approx(e["log_odds"],
+                                                                                                        abs=1e-9)
+        assert {c["feature"]: c["contribution"] for c in e["contributions"]}["tenure_months"] == pytest.approx(
+            r.contrib_tenure_months, abs=1e-9
+        )
 
 
 def test_a_blend_champion_serves_its_members_average_with_explanations_that_add_up(tmp_path):
@@ -388,21 +490,28 @@ def test_a_blend_champion_serves_its_members_average_with_explanations_that_add_
     v = sandbox_champion(cfg, "blend", n_customers=1200, n_months=5)
     records, _ = latest_records(cfg, limit=12)
     configure_mlflow(cfg)
-    ref = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model}/{v.version}").predict(pd.DataFrame(records), params={"explain": True})
+    ref = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model}/{v.version}").predict(
+        pd.DataFrame(records), params={"explain": True}
+    )
     proc, url = start_api(settings, log=tmp_path / "api.log")
     try:
         with httpx.Client(base_url=url, timeout=30) as c:
             ready = c.get("/ready").json()
-            assert ready["model"]["version"] == v.version and ready["model"]["compiled"] is True   # the trees member compiled
+            # the trees member compiled
+            assert ready["model"]["version"] == v.version and ready["model"]["compiled"] is True
             assert c.get("/v1/model").json()["self_check"]["max_abs_diff"] < 1e-9
             for rec, (_, r) in zip(records, ref.iterrows()):
                 out = c.post("/v1/score?explain=true", json={"features": rec}).json()
                 assert out["churn_probability"] == pytest.approx(r.churn_probability, abs=1e-9)
                 e = out["explanation"]
                 assert e["log_odds"] == pytest.approx(r.log_odds, abs=1e-9)
-                assert e["base_log_odds"] + sum(x["contribution"] for x in e["contributions"]) == pytest.approx(e["log_odds"], abs=1e-9)
+                assert e["base_log_odds"] + sum(x["contribution"] for x in e["contributions"]) == pytest.approx(
+                    e["log_odds"], abs=1e-9
+                )
             bad = c.post("/v1/score", json={"features": {**records[0], "region": "Atlantis"}})
-            assert bad.status_code == 422 and [d["field"] for d in bad.json()["detail"]] == ["features.region"], bad.text
+            assert bad.status_code == 422 and [d["field"] for d in bad.json()["detail"]] == ["features.region"], (
+                bad.text
+            )
     finally:
         stop(proc)
     assert "Traceback" not in (tmp_path / "api.log").read_text()

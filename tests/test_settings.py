@@ -23,7 +23,9 @@ def error_of(path: Path, **kw) -> str:
 
 def test_repo_settings_is_the_rendered_template_and_loads():
     text = (REPO / "settings.ini").read_text(encoding="utf-8")
-    assert text == render_settings(), "settings.ini drifted from the schema: run `mlops-nb settings --template > settings.ini`"
+    assert text == render_settings(), (
+        "settings.ini drifted from the schema: run `mlops-nb settings --template > settings.ini`"
+    )
     cfg = load_settings(REPO / "settings.ini", env={})
     assert cfg.lake.customers == 20_000 and cfg.paths.lake == (REPO / "data/lake").resolve()
 
@@ -60,12 +62,16 @@ def test_malformed_values_name_section_and_key(tmp_path, old, new, expected):
 
 
 def test_drift_month_must_fall_inside_a_drift_scenario(tmp_path):
-    text = render_settings().replace("scenario = stable", "scenario = drift").replace("drift_month = 8", "drift_month = 13")
-    assert "[lake] drift_month: 13 is after the last month (12) of the drift scenario" in error_of(write(tmp_path, text), env={})
+    text = render_settings().replace("scenario = stable", "scenario = drift").replace("drift_month = 8",
+                                                                                      "drift_month = 13")
+    assert "[lake] drift_month: 13 is after the last month (12) of the drift scenario" in error_of(
+        write(tmp_path, text), env={}
+    )
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
-    p = write(tmp_path, render_settings().replace("customers = 20000", "customers = x").replace("seed = 42", "seed = -1"))
+    p = write(tmp_path,
+              render_settings().replace("customers = 20000", "customers = x").replace("seed = 42", "seed = -1"))
     msg = error_of(p, env={})
     assert "[lake] customers" in msg and "[lake] seed" in msg
 
@@ -79,10 +85,14 @@ def test_unknown_section_and_key_are_errors_with_a_suggestion(tmp_path):
 
 def test_environment_overrides_and_their_errors(tmp_path):
     p = write(tmp_path, render_settings())
-    cfg = load_settings(p, env={"MLOPS_MLFLOW__TRACKING_URI": "http://127.0.0.1:5999", "MLOPS_LAKE__CUSTOMERS": "1_000"})
+    cfg = load_settings(p,
+                        env={"MLOPS_MLFLOW__TRACKING_URI": "http://127.0.0.1:5999", "MLOPS_LAKE__CUSTOMERS": "1_000"})
     assert cfg.mlflow.tracking_uri == "http://127.0.0.1:5999" and cfg.lake.customers == 1000
-    assert "environment MLOPS_LAKE__MONTHS: expected a whole number" in error_of(p, env={"MLOPS_LAKE__MONTHS": "twelve"})
-    assert "environment MLOPS_LAKE__MONTH: unknown key (did you mean 'months'?)" in error_of(p, env={"MLOPS_LAKE__MONTH": "3"})
+    assert "environment MLOPS_LAKE__MONTHS: expected a whole number" in error_of(p,
+                                                                                 env={"MLOPS_LAKE__MONTHS": "twelve"})
+    assert "environment MLOPS_LAKE__MONTH: unknown key (did you mean 'months'?)" in error_of(
+        p, env={"MLOPS_LAKE__MONTH": "3"}
+    )
 
 
 def test_relative_paths_resolve_against_the_settings_folder(tmp_path):
@@ -123,8 +133,13 @@ def test_a_settings_file_from_the_first_version_still_loads(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mlops_nb.settings"):
         cfg = load_settings(p, env={})
     added = {f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls) if key_since(cls, f) > 1}
-    assert set(cfg.defaulted) == added and {"train.blend_within", "api.port", "paths.audit", "charter.save_rate"} <= added
-    assert cfg.lake.customers == 20000 and cfg.train.blend_within == 0.01 and cfg.paths.audit == (tmp_path / "data/audit/audit.jsonl").resolve()
+    assert set(cfg.defaulted) == added and {"train.blend_within", "api.port", "paths.audit",
+                                            "charter.save_rate"} <= added
+    assert (
+        cfg.lake.customers == 20000
+        and cfg.train.blend_within == 0.01
+        and cfg.paths.audit == (tmp_path / "data/audit/audit.jsonl").resolve()
+    )
     notices = [r.getMessage() for r in caplog.records if r.name == "mlops_nb.settings"]
     assert len(notices) == 1 and f"written before {len(added)} settings were added" in notices[0]
     assert "[paths] audit" in notices[0] and f"and {len(added) - 8} more" in notices[0]

@@ -1,4 +1,5 @@
-"""The train phase: splits, the encoder, the torch estimator, reproducibility and the MLflow run layout it leaves for evaluation."""
+"""The train phase: splits, the encoder, the torch estimator, reproducibility and the MLflow run layout it leaves for
+evaluation."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ def test_time_split_trains_on_the_past_and_tests_on_the_latest_labelled_month(de
     df, spec = demo
     s = split_frame(df, spec)
     assert s.kind == "time"
-    assert (s.train.month.max(), s.valid.month.unique().tolist(), s.test.month.unique().tolist()) == ("2025-02", ["2025-03"], ["2025-04"])
-    assert s.train[spec.target].notna().all() and "2025-05" not in set(s.train.month) | set(s.test.month)   # unlabelled month left out
+    assert (s.train.month.max(), s.valid.month.unique().tolist(), s.test.month.unique().tolist()) == ("2025-02",
+                                                                                                      ["2025-03"],
+                                                                                                      ["2025-04"])
+    # unlabelled month left out
+    assert s.train[spec.target].notna().all() and "2025-05" not in set(s.train.month) | set(s.test.month)
     with pytest.raises(SettingsError, match="needs at least 5 labelled months"):
         split_frame(df, FeatureSpec(**{**spec.__dict__, "horizon_months": 2}))
 
@@ -51,12 +55,20 @@ def test_labels_must_be_binary(demo):
 
 
 def test_encoder_takes_what_the_warehouse_and_clients_send():
-    train = pd.DataFrame({"n": pd.array([1, None, 3], dtype="Int64"), "f": [0.5, np.nan, 1.5], "c": pd.array(["a", None, "b"], dtype="string")})
+    train = pd.DataFrame(
+        {
+            "n": pd.array([1, None, 3], dtype="Int64"),
+            "f": [0.5, np.nan, 1.5],
+            "c": pd.array(["a", None, "b"], dtype="string"),
+        }
+    )
     enc = TabularEncoder(("n", "f"), ("c",)).fit(train)
     ref = enc.transform(train)
-    same = pd.DataFrame({"f": ["0.5", None, 1.5], "c": ["a", np.nan, "b"], "n": [1.0, None, 3]}, dtype=object)   # other dtypes, other order
+    # other dtypes, other order
+    same = pd.DataFrame({"f": ["0.5", None, 1.5], "c": ["a", np.nan, "b"], "n": [1.0, None, 3]}, dtype=object)
     assert np.array_equal(enc.transform(same), ref)
-    assert enc.transform(pd.DataFrame({"n": [2], "f": [1.0], "c": ["zzz"]}))[0, :3].tolist() == [0, 0, 0]     # unseen category: no column set
+    # unseen category: no column set
+    assert enc.transform(pd.DataFrame({"n": [2], "f": [1.0], "c": ["zzz"]}))[0, :3].tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="column 'f' must hold numbers; got 'abc'"):
         enc.transform(same.assign(f="abc"))
     with pytest.raises(TypeError, match="needs a DataFrame"):
@@ -74,13 +86,15 @@ def test_the_spline_basis_ranks_values_and_lets_a_linear_model_bend():
     u = np.linspace(0, 1, 41)
     B = spline_basis(u[:, None], 5)[:, 0]
     assert B.shape == (41, 7) and np.allclose(B.sum(1), 1) and (B >= 0).all()
-    t = np.r_[[-0.75, -0.5, -0.25], np.linspace(0, 1, 5), [1.25, 1.5, 1.75]]            # scipy's design matrix on the same knots
+    # scipy's design matrix on the same knots
+    t = np.r_[[-0.75, -0.5, -0.25], np.linspace(0, 1, 5), [1.25, 1.5, 1.75]]
     assert np.allclose(B[:-1], BSpline.design_matrix(u[:-1], t, 3).toarray())
     train = pd.DataFrame({"x": [0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 100.0, None]})
     enc = TabularEncoder(("x",), (), numeric_basis="spline").fit(train)
     r = quantile_ranks(np.array([[0.0], [-50.0], [1e9], [3.0]]), enc.quantiles_)[:, 0]
     # sorted training values (the missing one imputed with the median, 2): 0 0 0 1 2 2 3 4 5 100
-    assert r[1] == 0 and r[2] == 1 and r[3] == pytest.approx(6 / 9, abs=0.01) and r[0] == pytest.approx(1 / 9, abs=0.01)   # 0 is tied thrice: its middle rank
+    # 0 is tied thrice: its middle rank
+    assert r[1] == 0 and r[2] == 1 and r[3] == pytest.approx(6 / 9, abs=0.01) and r[0] == pytest.approx(1 / 9, abs=0.01)
     assert enc.feature_source_ == ["x"] * 8 and enc.feature_names_out_[-1] == "x_missing"
     assert enc.transform(train).shape == (10, 8) and np.allclose(enc.transform(train)[:, :7].sum(1), 1)
     with pytest.raises(ValueError, match="needs numeric_imputation='median'"):
@@ -88,13 +102,27 @@ def test_the_spline_basis_ranks_values_and_lets_a_linear_model_bend():
     rng = np.random.default_rng(0)                                                      # a U-shaped risk
     X = pd.DataFrame({"x": rng.uniform(-3, 3, 20_000)})
     y = (rng.random(20_000) < 1 / (1 + np.exp(-(X.x ** 2 - 3)))).astype(int)
-    auc = {b: roc_auc_score(y, Pipeline([("e", TabularEncoder(("x",), (), numeric_basis=b)), ("s", StandardScaler()), ("m", LogisticRegression())])
-                            .fit(X, y).predict_proba(X)[:, 1]) for b in ("linear", "spline")}
+    auc = {
+        b: roc_auc_score(
+            y,
+            Pipeline(
+                [
+                    ("e", TabularEncoder(("x",), (), numeric_basis=b)),
+                    ("s", StandardScaler()),
+                    ("m", LogisticRegression()),
+                ]
+            )
+            .fit(X, y)
+            .predict_proba(X)[:, 1],
+        )
+        for b in ("linear", "spline")
+    }
     assert auc["spline"] > 0.8 > 0.6 > auc["linear"]
     # a model pickled before the spline parameters existed still loads and scores (a registered champion must)
     old = pickle.loads(pickle.dumps(TabularEncoder(("x",), ()).fit(train)))
     del old.__dict__["numeric_basis"], old.__dict__["spline_knots"]
-    assert np.array_equal(pickle.loads(pickle.dumps(old)).transform(train), TabularEncoder(("x",), ()).fit(train).transform(train))
+    assert np.array_equal(pickle.loads(pickle.dumps(old)).transform(train),
+                          TabularEncoder(("x",), ()).fit(train).transform(train))
     # the shipped logistic regression uses it
     assert make_candidate("logreg", None, FeatureSpec("id", "y", ("x",), (), (), None))[0].numeric_basis == "spline"
 
@@ -125,7 +153,8 @@ def test_candidates_take_raw_columns_of_every_family(demo):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    cfg = sandbox_settings(tmp_path_factory.mktemp("train"), train_trials=2, train_blend_within=1.0)   # every family joins the blend
+    # every family joins the blend
+    cfg = sandbox_settings(tmp_path_factory.mktemp("train"), train_trials=2, train_blend_within=1.0)
     assert ensure_demo_features(cfg, n_customers=700, n_months=5, seed=1)
     first, second = run_train(cfg), run_train(cfg)
     return cfg, first, second
@@ -145,7 +174,12 @@ def test_the_run_records_data_params_and_a_candidate_per_family(trained):
     phase = client.get_run(second.run_id)
     assert phase.data.tags["mlops_nb.phase"] == "train" and "mlflow.source.git.commit" in phase.data.tags
     def digests(run):
-        return {t.value: i.dataset.digest for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+        return {
+            t.value: i.dataset.digest
+            for i in run.inputs.dataset_inputs
+            for t in i.tags
+            if t.key == "mlflow.data.context"
+        }
     assert set(digests(phase)) == {"training", "validation", "test"}
     assert digests(phase) == digests(client.get_run(first.run_id)), "same table, same split: same digests"
     assert phase.data.params["split_kind"] == "time" and phase.data.params["seed"] == "7"
@@ -154,24 +188,36 @@ def test_the_run_records_data_params_and_a_candidate_per_family(trained):
     families = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{second.run_id}'")
     assert sorted(r.data.tags["mlops_nb.family"] for r in families) == ["blend", "hgb", "logreg", "torch_mlp"]
     blend = next(r for r in families if r.data.tags["mlops_nb.family"] == "blend")
-    assert json.loads(blend.data.tags["mlops_nb.params"])["members"] == list(second.candidates.drop(index="blend").sort_values("valid_auc", ascending=False).index)
-    assert blend.data.tags["mlops_nb.model_uri"].startswith("models:/") and {"valid_auc", "test_auc"} <= set(blend.data.metrics)
-    assert not client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{blend.info.run_id}'"), "a blend fits nothing: no trials"
+    assert json.loads(blend.data.tags["mlops_nb.params"])["members"] == list(
+        second.candidates.drop(index="blend").sort_values("valid_auc", ascending=False).index
+    )
+    assert blend.data.tags["mlops_nb.model_uri"].startswith("models:/") and {"valid_auc",
+                                                                             "test_auc"} <= set(blend.data.metrics)
+    assert not client.search_runs([exp],
+                                  "tags.`mlflow.parentRunId` = "
+                                  f"'{blend.info.run_id}'"), "a blend fits nothing: no trials"
     for fam in families:
         if fam is blend: continue
-        assert fam.data.tags["mlops_nb.candidate"] == "true" and fam.data.tags["mlops_nb.model_uri"].startswith("models:/")
-        assert {"valid_auc", "test_auc", "fit_seconds"} <= set(fam.data.metrics) and "model__random_state" in fam.data.params
+        assert fam.data.tags["mlops_nb.candidate"] == "true" and fam.data.tags["mlops_nb.model_uri"].startswith(
+            "models:/"
+        )
+        assert {"valid_auc", "test_auc",
+                "fit_seconds"} <= set(fam.data.metrics) and "model__random_state" in fam.data.params
         assert len(fam.inputs.dataset_inputs) == 3
         trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{fam.info.run_id}'")
         assert sorted(t.data.tags["mlops_nb.trial"] for t in trials) == ["0", "1"]
-        assert all(t.data.tags["mlops_nb.kind"] == "trial" and "valid_auc" in t.data.metrics and t.data.params["seed"] == "7" for t in trials)
+        assert all(
+            t.data.tags["mlops_nb.kind"] == "trial" and "valid_auc" in t.data.metrics and t.data.params["seed"] == "7"
+            for t in trials
+        )
         best = max(trials, key=lambda t: t.data.metrics["valid_auc"])
         assert fam.data.metrics["valid_auc"] == best.data.metrics["valid_auc"]
 
 
 def test_the_network_fits_its_own_smaller_sample_and_logs_it(tmp_path):
     from mlflow.tracking import MlflowClient
-    cfg = sandbox_settings(tmp_path, train_candidates="hgb, torch_mlp", train_trials=1, train_network_max_rows=300, train_blend_within=0.0)
+    cfg = sandbox_settings(tmp_path, train_candidates="hgb, torch_mlp", train_trials=1, train_network_max_rows=300,
+                           train_blend_within=0.0)
     assert ensure_demo_features(cfg, n_customers=700, n_months=5, seed=1)
     res = run_train(cfg)
     client = MlflowClient()
@@ -179,13 +225,19 @@ def test_the_network_fits_its_own_smaller_sample_and_logs_it(tmp_path):
     full = int(phase.data.params["train_rows"])
     assert full > 1000 and phase.data.params["network_max_rows"] == "300"
     def training_digest(run):
-        return next(i.dataset.digest for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context" and t.value == "training")
+        return next(
+            i.dataset.digest
+            for i in run.inputs.dataset_inputs
+            for t in i.tags
+            if t.key == "mlflow.data.context" and t.value == "training"
+        )
     fams = client.search_runs([phase.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.run_id}'")
     assert sorted(f.data.tags["mlops_nb.family"] for f in fams) == ["hgb", "torch_mlp"], "blend_within = 0: no blend"
     for fam in fams:
         rows, family = int(fam.data.params["train_rows"]), fam.data.tags["mlops_nb.family"]
         if family == "hgb": assert rows == full and training_digest(fam) == training_digest(phase)
-        else: assert 250 <= rows <= 300 and training_digest(fam) != training_digest(phase)   # a stratified sample: about the cap
+        # a stratified sample: about the cap
+        else: assert 250 <= rows <= 300 and training_digest(fam) != training_digest(phase)
 
 
 def test_load_candidates_gives_the_fitted_pipelines_of_the_latest_run(trained):
@@ -199,9 +251,13 @@ def test_load_candidates_gives_the_fitted_pipelines_of_the_latest_run(trained):
     for c in cands:
         auc = score(test[spec.target].astype(int), c.pipeline.predict_proba(test)[:, 1])["auc"]
         assert abs(auc - c.metrics["test_auc"]) < 1e-12, c.family
-        if c.family != "blend": assert make_candidate(c.family, c.params, spec).get_params()["model"].__class__ is c.pipeline[-1].__class__
+        if c.family != "blend":
+            assert make_candidate(c.family, c.params, spec).get_params()["model"].__class__ is c.pipeline[-1].__class__
     # the blend, loaded on its own, scores the mean of the loaded members' log-odds
-    blend, single = next(c for c in cands if c.family == "blend"), {c.family: c.pipeline for c in cands if c.family != "blend"}
+    blend, single = (
+        next(c for c in cands if c.family == "blend"),
+        {c.family: c.pipeline for c in cands if c.family != "blend"},
+    )
     assert blend.pipeline.names == blend.params["members"] and set(blend.pipeline.names) == set(single)
     z = np.mean([single[n].decision_function(test) for n in blend.pipeline.names], axis=0)
     assert np.allclose(blend.pipeline.predict_proba(test)[:, 1], 1 / (1 + np.exp(-z)), rtol=0, atol=1e-12)

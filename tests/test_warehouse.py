@@ -27,15 +27,17 @@ from mlops_nb import staging
 from mlops_nb.contracts import connect_warehouse
 from mlops_nb.vault import open_vault
 from mlops_nb.privacy import scan_for_values, scan_frame
+from mlops_nb.sandbox import MESSY_RATES
 from mlops_nb.settings import SettingsError, load_settings, sandbox_settings
 
 RATE = 0.04
-RATES = {f"lake_{k}": RATE for k in ("duplicate_rate", "missing_rate", "date_format_rate", "spelling_rate", "outlier_rate", "corrupt_rate", "late_rate")}
+RATES = {k: RATE for k in MESSY_RATES}   # every defect the lake plants, a little more often than the sandbox
 MONTHS = [f"2025-{m:02d}" for m in range(1, 7)]
 
 
 def make_cfg(root: Path, **kw):
-    values = dict(lake_customers=600, lake_months=6, lake_drift_month=4, lake_schema_drift_month=4, lake_scenario="drift", **RATES)
+    values = dict(lake_customers=600, lake_months=6, lake_drift_month=4, lake_schema_drift_month=4,
+                  lake_scenario="drift", **RATES)
     values.update(kw)
     return sandbox_settings(root, **values)
 
@@ -63,7 +65,9 @@ def loaded(tmp_path_factory):
     cfg = make_cfg(tmp_path_factory.mktemp("wh"))
     L.generate_lake(cfg)
     res = W.load_warehouse(cfg)
-    defects = L.read_defects(cfg.paths.oracle).astype({"source": str, "month": str, "file": str, "kind": str, "column": str})
+    defects = L.read_defects(cfg.paths.oracle).astype(
+        {"source": str, "month": str, "file": str, "kind": str, "column": str}
+    )
     return cfg, res, defects
 
 
@@ -81,14 +85,20 @@ def test_reconciliation_holds_on_a_defect_laden_lake(loaded, tables):
     rec = tables["meta.reconciliation"]
     assert len(rec) == 7 * 6 and rec.balanced.all()
     assert (rec.rows_read == rec.rows_loaded + rec.rows_quarantined + rec.rows_duplicate).all()
-    manifest = {(f["source"], f["month"]): f["rows"] for f in json.loads((cfg.paths.lake / "_manifest.json").read_text())["files"]}
-    assert {(r.source, r.month): r.rows_read for r in rec.itertuples()} == manifest            # every physical record counted
-    for t in staging.TABLES.values():                                                                 # the counts are the tables' own
+    manifest = {
+        (f["source"], f["month"]): f["rows"]
+        for f in json.loads((cfg.paths.lake / "_manifest.json").read_text())["files"]
+    }
+    # every physical record counted
+    assert {(r.source, r.month): r.rows_read for r in rec.itertuples()} == manifest
+    # the counts are the tables' own
+    for t in staging.TABLES.values():
         got = tables[f"staging.{t.table}"].groupby("arrival_month").size()
         want = rec[rec.source == t.source].set_index("month").rows_loaded
         assert got.reindex(want.index, fill_value=0).tolist() == want.tolist(), t.source
     q = tables["quarantine.records"].groupby(["source", "month"]).size()
-    assert q.reindex(pd.MultiIndex.from_frame(rec[["source", "month"]]), fill_value=0).tolist() == rec.rows_quarantined.tolist()
+    assert q.reindex(pd.MultiIndex.from_frame(rec[["source", "month"]]),
+                     fill_value=0).tolist() == rec.rows_quarantined.tolist()
 
 
 def test_a_mismatch_fails_naming_source_and_month_and_rolls_back(tmp_path, monkeypatch):
@@ -98,7 +108,8 @@ def test_a_mismatch_fails_naming_source_and_month_and_rolls_back(tmp_path, monke
     before = digest(cfg)
     real = cleaning.reconcile
     def lossy(con, data, written):
-        if (data.part.source, data.part.month) == ("billing", "2025-04"): written = {**written, "rows_loaded": written["rows_loaded"] - 1}
+        if (data.part.source, data.part.month) == ("billing", "2025-04"):
+            written = {**written, "rows_loaded": written["rows_loaded"] - 1}
         return real(con, data, written)
     monkeypatch.setattr(cleaning, "reconcile", lossy)
     with pytest.raises(staging.ReconciliationError, match=r"billing 2025-04 .*read \d+; loaded"):
@@ -118,10 +129,17 @@ def test_corrupt_lines_and_invalid_cpfs_are_quarantined_with_that_reason(loaded,
     q = tables["quarantine.records"]
     corrupt = _merged(defects, q, "corrupt_line")
     assert len(corrupt) > 20 and (corrupt.reason == "corrupt_line").all()
-    assert (corrupt.line_x.astype(int) == corrupt.line_y.astype(int)).all()                       # the physical line is right too
+    # the physical line is right too
+    assert (corrupt.line_x.astype(int) == corrupt.line_y.astype(int)).all()
     cpf = _merged(defects, q, "invalid_cpf")
-    also_corrupt = cpf.set_index(["source", "month", "row"]).index.isin(corrupt.set_index(["source", "month", "row"]).index)
-    assert len(cpf) > 5 and (cpf.reason[~also_corrupt] == "invalid_cpf").all() and (cpf.reason[also_corrupt] == "corrupt_line").all()
+    also_corrupt = cpf.set_index(["source", "month", "row"]).index.isin(
+        corrupt.set_index(["source", "month", "row"]).index
+    )
+    assert (
+        len(cpf) > 5
+        and (cpf.reason[~also_corrupt] == "invalid_cpf").all()
+        and (cpf.reason[also_corrupt] == "corrupt_line").all()
+    )
     # and nothing else is rejected as corrupt or invalid
     assert (q.reason == "corrupt_line").sum() == len(corrupt)
     assert (q.reason == "invalid_cpf").sum() == (~also_corrupt).sum()
@@ -145,17 +163,29 @@ def test_duplicates_are_removed_and_counted(loaded, tables):
 def test_spelling_variants_and_date_formats_are_mapped_not_rejected(loaded, tables):
     _, _, defects = loaded
     q = tables["quarantine.records"]
-    rejecting = set(map(tuple, defects[defects.kind.isin(["corrupt_line", "invalid_cpf", "outlier", "cents_amount"])][["source", "month", "row"]].to_numpy()))
+    rejecting = set(
+        map(
+            tuple,
+            defects[defects.kind.isin(["corrupt_line", "invalid_cpf", "outlier", "cents_amount"])][
+                ["source", "month", "row"]
+            ].to_numpy(),
+        )
+    )
     for kind in ("spelling", "date_format", "missing", "late"):
         hit = _merged(defects, q, kind).dropna(subset=["reason"])
         unexplained = [k for k in map(tuple, hit[["source", "month", "row"]].to_numpy()) if k not in rejecting]
         assert not unexplained, (kind, unexplained[:5])
     c = tables["staging.contracts"]
-    for col, values in (("product", sources.PRODUCTS), ("plan", sources.PLAN_NAMES), ("contract_type", sources.CONTRACT_TYPES)):
+    for col, values in (("product", sources.PRODUCTS), ("plan", sources.PLAN_NAMES),
+                        ("contract_type", sources.CONTRACT_TYPES)):
         assert c[col].isin(values).all(), col
-    assert tables["staging.customers"].city.isin(sources.CITIES).all() and tables["staging.customers"].state.isin(sources.UF_CODES).all()
+    assert (
+        tables["staging.customers"].city.isin(sources.CITIES).all()
+        and tables["staging.customers"].state.isin(sources.UF_CODES).all()
+    )
     sp = defects[(defects.kind == "spelling") & (defects.source == "contracts") & (defects.column == "product")]
-    loaded_rows = c.merge(sp.rename(columns={"month": "partition"}), left_on=["arrival_month", "record"], right_on=["partition", "row"])
+    loaded_rows = c.merge(sp.rename(columns={"month": "partition"}), left_on=["arrival_month", "record"],
+                          right_on=["partition", "row"])
     assert len(loaded_rows) > 0 and loaded_rows["product"].isin(sources.PRODUCTS).all()
 
 
@@ -179,13 +209,18 @@ def test_outliers_follow_the_policy(loaded, tables):
 
 def test_late_records_land_in_their_true_month(loaded, tables):
     _, _, defects = loaded
-    for source, table, date in (("billing", "billing", "issue_date"), ("tickets", "tickets", "opened_at"), ("cancellations", "cancellations", "request_date")):
+    for source, table, date in (("billing", "billing", "issue_date"), ("tickets", "tickets", "opened_at"),
+                                ("cancellations", "cancellations", "request_date")):
         s = tables[f"staging.{table}"]
         late = defects[(defects.kind == "late") & (defects.source == source)].rename(columns={"month": "partition"})
         got = s.merge(late, left_on=["arrival_month", "record"], right_on=["partition", "row"])
-        assert len(got) >= 0.8 * len(late), source                                                 # (a few are also corrupt)
-        assert (got.month < got.arrival_month).all() and (pd.to_datetime(got[date]).dt.strftime("%Y-%m") == got.month).all(), source
-        assert ((s.month < s.arrival_month).sum()) == len(got), source                              # and nothing else is "late"
+        # (a few are also corrupt)
+        assert len(got) >= 0.8 * len(late), source
+        assert (got.month < got.arrival_month).all() and (
+            pd.to_datetime(got[date]).dt.strftime("%Y-%m") == got.month
+        ).all(), source
+        # and nothing else is "late"
+        assert ((s.month < s.arrival_month).sum()) == len(got), source
 
 
 def test_the_cents_month_is_not_fixed_by_the_etl(loaded, tables):
@@ -218,17 +253,21 @@ def test_ids_are_stored_plain_and_categories_in_dictionaries(loaded):
     cfg, _, _ = loaded
     with connect_warehouse(cfg) as con:
         def methods(table: str, column: str) -> set[str]:
-            return set(con.execute(f"SELECT DISTINCT compression FROM pragma_storage_info('{table}') "
-                                   "WHERE column_name = ? AND segment_type = 'VARCHAR'", [column]).fetchnumpy()["compression"])
-        for table, column in [("staging.contracts", "customer_key"), ("staging.contracts", "contract_id"), ("staging.billing", "invoice_id"),
+            return set(con.execute(f"SELECT DISTINCT compression FROM pragma_storage_info('{table}') WHERE "
+                                   "column_name = ? AND segment_type = 'VARCHAR'",
+                                   [column]).fetchnumpy()["compression"])
+        for table, column in [("staging.contracts", "customer_key"), ("staging.contracts", "contract_id"),
+                              ("staging.billing", "invoice_id"),
                               ("staging.tickets", "ticket_id"), ("mart.customer_month", "customer_key")]:
             assert methods(table, column) == {"Uncompressed"}, (table, column)
-        for table, column in [("staging.contracts", "plan"), ("mart.customer_month", "month"), ("quarantine.records", "reason")]:
+        for table, column in [("staging.contracts", "plan"), ("mart.customer_month", "month"),
+                              ("quarantine.records", "reason")]:
             got = methods(table, column)
             assert got and "Uncompressed" not in got, (table, column, got)
-        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                                 "WHERE table_schema = 'mart' AND table_name = 'customer_month'").fetchall())
-    assert {c for c, ty in types.items() if ty.startswith("ENUM")} == set(staging.MART_CATEGORIES)   # the mart's categories: one byte a row
+        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = "
+                                 "'mart' AND table_name = 'customer_month'").fetchall())
+    # the mart's categories: one byte a row
+    assert {c for c, ty in types.items() if ty.startswith("ENUM")} == set(staging.MART_CATEGORIES)
 
 
 def test_a_changed_category_set_rebuilds_the_warehouse(tmp_path, monkeypatch):
@@ -237,7 +276,8 @@ def test_a_changed_category_set_rebuilds_the_warehouse(tmp_path, monkeypatch):
         staging.ensure_tables(con)
         con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_x', '2025-01', 'Pós 50GB')")
         with pytest.raises(duckdb.ConversionException):    # a value outside the set is refused, not stored
-            con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_y', '2025-01', 'Pós 5TB')")
+            con.execute("INSERT INTO mart.customer_month (customer_key, month, plan) VALUES ('p_y', '2025-01', 'Pós "
+                        "5TB')")
         staging.ensure_tables(con)                                # same layout: kept
         assert con.execute("SELECT count(*) FROM mart.customer_month").fetchall() == [(1,)]
         monkeypatch.setitem(staging.MART_CATEGORIES, "plan", (*staging.MART_CATEGORIES["plan"], "Pós 5TB"))
@@ -252,12 +292,14 @@ def test_rerun_is_idempotent(loaded):
     cfg, res, _ = loaded
     before = digest(cfg)
     again = W.load_warehouse(cfg)
-    assert again.loaded == [] and again.content_hash == res.content_hash                         # nothing changed: nothing loaded
+    # nothing changed: nothing loaded
+    assert again.loaded == [] and again.content_hash == res.content_hash
     forced = W.load_warehouse(cfg, force=True)
     assert len(forced.loaded) == 42 and forced.content_hash == res.content_hash and digest(cfg) == before
     one = W.load_warehouse(cfg, months=["2025-03"], force=True)
     assert len(one.loaded) == 7 and digest(cfg) == before
-    assert one.content_hash == res.content_hash == scanned_hash(cfg)      # the recorded hash is the scan's, after each kind of load
+    # the recorded hash is the scan's, after each kind of load
+    assert one.content_hash == res.content_hash == scanned_hash(cfg)
 
 
 def test_a_month_the_lake_lost_is_removed_and_the_warehouse_equals_a_load_of_the_shorter_lake(loaded, tmp_path):
@@ -270,7 +312,11 @@ def test_a_month_the_lake_lost_is_removed_and_the_warehouse_equals_a_load_of_the
     manifest["files"] = [f for f in manifest["files"] if f["month"] != MONTHS[-1]]
     (short.paths.lake / "_manifest.json").write_text(json.dumps(manifest))
     res = W.load_warehouse(short)
-    assert res.loaded == [] and sorted(res.removed) == sorted((s, MONTHS[-1]) for s in staging.TABLES) and res.mart_months == []   # nothing to rebuild: the month is gone
+    assert (
+        res.loaded == []
+        and sorted(res.removed) == sorted((s, MONTHS[-1]) for s in staging.TABLES)
+        and res.mart_months == []
+    )  # nothing to rebuild: the month is gone
     assert res.content_hash == scanned_hash(short)
     fresh = sandbox_settings(tmp_path / "fresh", **{k: v for k, v in short.flat().items() if k.startswith("lake_")},
                              paths_lake=str(short.paths.lake), privacy_key_file=str(cfg.privacy.key_file))
@@ -313,7 +359,8 @@ def test_kill_9_midway_leaves_the_warehouse_as_it_was_and_the_rerun_completes_it
     rerun = W.load_warehouse(cfg)                                     # the rerun ...
     # ... equals an uninterrupted load of the same lake (same key) into a fresh warehouse
     fresh = sandbox_settings(tmp_path / "b", **{k: v for k, v in cfg.flat().items() if k.startswith("lake_")},
-                             paths_lake=str(cfg.paths.lake), paths_oracle=str(cfg.paths.oracle), privacy_key_file=str(cfg.privacy.key_file))
+                             paths_lake=str(cfg.paths.lake), paths_oracle=str(cfg.paths.oracle),
+                             privacy_key_file=str(cfg.privacy.key_file))
     assert W.load_warehouse(fresh).content_hash == rerun.content_hash == scanned_hash(cfg)
     assert digest(cfg) == digest(fresh)
 
@@ -321,7 +368,8 @@ def test_kill_9_midway_leaves_the_warehouse_as_it_was_and_the_rerun_completes_it
 # --- no clear personal data ---------------------------------------------------------------------------------------
 
 def clear_values(cfg) -> set[str]:
-    """Every clear direct identifier the lake holds: names, CPFs (as written and as digits), e-mails, phones, addresses."""
+    """Every clear direct identifier the lake holds: names, CPFs (as written and as digits), e-mails, phones,
+    addresses."""
     vals: set[str] = set()
     for m in MONTHS:
         crm = L.read_raw(cfg.paths.lake, "crm_customers", m)
@@ -336,13 +384,18 @@ def test_no_clear_personal_data_in_the_warehouse(loaded):
     needles = clear_values(cfg)
     assert len(needles) > 1000
     files = [p for p in cfg.paths.warehouse.parent.glob(cfg.paths.warehouse.name + "*")]
-    assert scan_for_values(files, needles) == []                                                  # the file's bytes (and any WAL)
+    # the file's bytes (and any WAL)
+    assert scan_for_values(files, needles) == []
     with connect_warehouse(cfg) as con:
-        names = [f"{s}.{t}" for s, t in con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()]
-        names += [f"raw.{v}" for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = 'raw'").fetchall()]
+        names = [f"{s}.{t}" for s, t in con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT "
+                                                    "temporary").fetchall()]
+        names += [f"raw.{v}" for (v,) in con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = "
+                                                     "'raw'").fetchall()]
         found = [f for n in names for f in scan_frame(con.execute(f"SELECT * FROM {n}").df(), needles, n)]
-    assert found == []                                                                             # decoded tables and raw views
-    with open_vault(cfg, read_only=True) as v:                                                     # ... they are in the vault
+    # decoded tables and raw views
+    assert found == []
+    # ... they are in the vault
+    with open_vault(cfg, read_only=True) as v:
         fields = dict(v.execute("SELECT field, count(*) FROM subjects GROUP BY 1").fetchall())
     assert {"name", "cpf", "email", "phone", "address", "postal_code", "birth_date"} <= set(fields)
     assert oct(cfg.privacy.vault.stat().st_mode & 0o777) == "0o600"
@@ -354,7 +407,10 @@ def test_run_etl_logs_to_mlflow_without_personal_data(tmp_path):
     L.generate_lake(cfg)
     res = W.run_etl(cfg)
     run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name(cfg.mlflow.experiment).experiment_id])[0]
-    assert run.data.tags["mlops_nb.warehouse.content_hash"] == res.content_hash and run.data.tags["mlops_nb.lake.manifest_sha256"] == res.lake_digest
+    assert (
+        run.data.tags["mlops_nb.warehouse.content_hash"] == res.content_hash
+        and run.data.tags["mlops_nb.lake.manifest_sha256"] == res.lake_digest
+    )
     assert run.data.metrics["rows_read"] == res.reconciliation.rows_read.sum()
     assert any(k.startswith("quarantine_corrupt_line") for k in run.data.metrics)
     arts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "etl")}
@@ -374,7 +430,8 @@ def small(tmp_path):
 
 def test_the_trace_mode_prints_timed_statements_and_loads_the_same_content(small, tmp_path, monkeypatch, capsys):
     plain = W.load_warehouse(small)
-    monkeypatch.setenv("MLOPS_ETL_TRACE", "0")       # every statement, on the warehouse's and the preparer's connections
+    # every statement, on the warehouse's and the preparer's connections
+    monkeypatch.setenv("MLOPS_ETL_TRACE", "0")
     traced = sandbox_settings(tmp_path / "traced", **{k: v for k, v in small.flat().items() if k.startswith("lake_")},
                               paths_lake=str(small.paths.lake), privacy_key_file=str(small.privacy.key_file))
     res = W.load_warehouse(traced)
@@ -392,7 +449,9 @@ def test_missing_lake(tmp_path):
 
 def test_garbage_csv_partition_names_the_file(small):
     (small.paths.lake / "billing/month=2025-02/billing.csv").write_bytes(os.urandom(5000))
-    with pytest.raises(staging.EtlError, match=r"billing/month=2025-02/billing.csv: (not utf-8 text|the first line is not the expected header)"):
+    with pytest.raises(staging.EtlError,
+                       match=r"billing/month=2025-02/billing.csv: (not utf-8 text|the first line is not the expected "
+                             r"header)"):
         W.load_warehouse(small)
     with connect_warehouse(small) as con:                                                          # nothing half-loaded
         assert con.execute("SELECT count(*) FROM meta.partitions").fetchone()[0] == 0
@@ -406,12 +465,14 @@ def test_headerless_crm_file_names_the_file_without_echoing_personal_data(small)
         W.load_warehouse(small)
     msg = str(e.value)
     assert "crm_customers/month=2025-03/clientes.csv: the first line is not the expected header" in msg
-    assert lines[1].decode("latin-1").split(";")[1] not in msg                                     # no name in the message
+    # no name in the message
+    assert lines[1].decode("latin-1").split(";")[1] not in msg
 
 
 def test_unparseable_jsonl_and_parquet_name_the_file(small):
     (small.paths.lake / "tickets/month=2025-02/tickets.jsonl").write_text("not json\n" * 50)
-    with pytest.raises(staging.EtlError, match="tickets/month=2025-02/tickets.jsonl: none of its 50 records could be parsed"):
+    with pytest.raises(staging.EtlError,
+                       match="tickets/month=2025-02/tickets.jsonl: none of its 50 records could be parsed"):
         W.load_warehouse(small)
     L.generate_lake(small)
     (small.paths.lake / "usage/month=2025-04/usage.parquet").write_bytes(b"PAR1 garbage")
@@ -421,7 +482,8 @@ def test_unparseable_jsonl_and_parquet_name_the_file(small):
 
 def test_missing_partition_file_or_source_folder(small):
     (small.paths.lake / "cancellations/month=2025-05/cancelamentos.csv").unlink()
-    with pytest.raises(staging.EtlError, match=r"cancellations/month=2025-05/cancelamentos.csv: partition file missing"):
+    with pytest.raises(staging.EtlError,
+                       match=r"cancellations/month=2025-05/cancelamentos.csv: partition file missing"):
         W.load_warehouse(small)
     L.generate_lake(small)
     shutil.rmtree(small.paths.lake / "tickets")
@@ -440,18 +502,22 @@ def test_bad_settings(small, tmp_path):
 
 
 def test_warehouse_connections_print_no_progress_bar(small):
-    """A query past two seconds draws DuckDB's progress bar into a script's output (and a notebook's) by default: not ours."""
+    """A query past two seconds draws DuckDB's progress bar into a script's output (and a notebook's) by default: not
+    ours."""
     W.load_warehouse(small)
-    code = ("import sys; from mlops_nb.settings import load_settings; from mlops_nb.contracts import connect_warehouse, duckdb_connect\n"
-            "for con in (connect_warehouse(load_settings(sys.argv[1])), duckdb_connect()):   # the warehouse's, and the log readers' in memory\n"
-            "    print(con.execute('SELECT sum(sleep_ms(300)) FROM range(8)').fetchall())")   # 2.4 s, sleeping: DuckDB's bar starts at 2 s
+    code = ("import sys; from mlops_nb.settings import load_settings; from mlops_nb.contracts import "
+            "connect_warehouse, duckdb_connect\nfor con in (connect_warehouse(load_settings(sys.argv[1])), "
+            "duckdb_connect()):   # the warehouse's, and the log readers' in memory\n"
+            # 2.4 s, sleeping: DuckDB's bar starts at 2 s
+            "    print(con.execute('SELECT sum(sleep_ms(300)) FROM range(8)').fetchall())")
     r = subprocess.run([sys.executable, "-c", code, str(small.source)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["[(None,)]"] * 2, (r.stdout + r.stderr)[-500:]
     assert "▕" not in r.stdout + r.stderr
 
 
 def test_a_project_path_with_an_apostrophe_loads(tmp_path):
-    "Paths reach DuckDB inside SQL text (SET temp_directory, the raw views' read_csv): one quoting rule, `contracts.sql_literal`."
+    """Paths reach DuckDB inside SQL text (SET temp_directory, the raw views' read_csv): one quoting rule,
+    `contracts.sql_literal`."""
     cfg = make_cfg(tmp_path / "d'Ávila project", lake_customers=300)
     L.generate_lake(cfg)
     res = W.load_warehouse(cfg)

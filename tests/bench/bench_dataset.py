@@ -1,6 +1,7 @@
 """Benchmark logging a feature table as an MLflow dataset (a script, not collected by pytest; prints figures).
 
-    python tests/bench/bench_dataset.py                      # 20,000 customers x 12 months: the default feature table's size
+    python tests/bench/bench_dataset.py                      # 20,000 customers x 12 months: the default feature
+    table's size
     python tests/bench/bench_dataset.py --customers 100000
 
 What a user would write, `mlflow.data.from_pandas(df, ...)`, infers the dataset's schema by looking at every value of
@@ -31,15 +32,18 @@ def main() -> None:
 
     t0 = time.perf_counter()
     with quiet_dataset_warnings():
-        theirs = mlflow.data.from_pandas(df, source="/tmp/warehouse.duckdb", name="features", targets=spec.target, digest=frame_digest(df))
+        theirs = mlflow.data.from_pandas(df, source="/tmp/warehouse.duckdb", name="features", targets=spec.target,
+                                         digest=frame_digest(df))
         their_schema = theirs.schema
     t_theirs = time.perf_counter() - t0
     t0 = time.perf_counter()
     ours = pandas_dataset(df, source="/tmp/warehouse.duckdb", name="features", targets=spec.target)
     t_ours = time.perf_counter() - t0
 
-    if ours.schema != their_schema: raise SystemExit(f"the schemas differ:\n ours   {ours.schema}\n theirs {their_schema}")
-    print(f"schemas equal ({len(their_schema.inputs)} columns, {sum(not c.required for c in their_schema.inputs)} optional)")
+    if ours.schema != their_schema:
+        raise SystemExit(f"the schemas differ:\n ours   {ours.schema}\n theirs {their_schema}")
+    print(f"schemas equal ({len(their_schema.inputs)} columns, {sum(not c.required for c in their_schema.inputs)} "
+          "optional)")
     print(f"mlflow.data.from_pandas + schema   {t_theirs:7.2f} s")
     print(f"contracts.pandas_dataset           {t_ours:7.2f} s   ({t_theirs / t_ours:.0f}x faster)")
 

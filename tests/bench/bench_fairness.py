@@ -8,7 +8,8 @@ Times, on one synthetic test set with two sensitive attributes (gender: 4 groups
 1. `auc_ci` — the AUC and its bootstrap interval;
 2. `paired_auc_difference` — the gate's paired bootstrap of an AUC difference;
 3. `fairness_report` — MetricFrame point estimates plus bootstrap intervals of 4 rates × 10 groups and their gaps;
-4. the same intervals the naive way, re-running Fairlearn's `MetricFrame` on each resample (a few resamples, extrapolated);
+4. the same intervals the naive way, re-running Fairlearn's `MetricFrame` on each resample (a few resamples,
+extrapolated);
 5. `mitigate_gap` — a profit-weighted ThresholdOptimizer fit on validation and applied to test;
 6. `evaluate_scores` — one candidate's whole evaluation.
 """
@@ -60,7 +61,8 @@ def main() -> None:
     print(f"{n:,} test rows, {y.sum():,} churners, {B} resamples, attributes gender (4 groups) and age_band (6 groups)")
     timed("auc_ci", lambda: auc_ci(y, p, B))
     timed("paired_auc_difference", lambda: paired_auc_difference(y, p, p_true, B))
-    rep, t_ours = timed("fairness_report (MetricFrame + vectorised bootstrap)", lambda: fairness_report(y, p, contact, sens, B))
+    rep, t_ours = timed("fairness_report (MetricFrame + vectorised bootstrap)",
+                        lambda: fairness_report(y, p, contact, sens, B))
     k = 5
     rng = np.random.default_rng(0)
     def naive():
@@ -68,14 +70,22 @@ def main() -> None:
             i = rng.integers(0, n, n)
             for c in sens.columns: fairness_frame(y[i], p[i], contact[i], sens[c].to_numpy()[i]).by_group
     _, t_naive = timed(f"naive: MetricFrame per resample ({k} resamples)", naive)
-    print(f"{'  … extrapolated to ' + str(B) + ' resamples':<62} {t_naive / k * B:8.1f} s  ({t_naive / k * B / t_ours:.0f}× slower)")
+    print(f"{'  … extrapolated to ' + str(B) + ' resamples':<62} {t_naive / k * B:8.1f} s  "
+          f"({t_naive / k * B / t_ours:.0f}× slower)")
     timed("mitigate_gap (ThresholdOptimizer, TPR parity)",
           lambda: mitigate_gap(yv, pv, sv.age_band.to_numpy(), y, p, sens.age_band.to_numpy(), contact, charter, "tpr"))
     months = np.repeat(["2025-11"], n)
     timed("evaluate_scores (one candidate, everything)",
-          lambda: evaluate_scores("bench", yv, pv, y, p, charter, gate, months=months, sensitive=sens, sensitive_valid=sv,
+          lambda: evaluate_scores("bench", yv, pv, y, p, charter, gate, months=months, sensitive=sens,
+                                  sensitive_valid=sv,
                                   truth=pd.DataFrame({"p_churn": p_true})))
-    print(rep["gaps"][rep["gaps"].gated][["attribute", "metric", "groups", "difference", "difference_lo", "difference_hi"]].round(4).to_string(index=False))
+    print(
+        rep["gaps"][rep["gaps"].gated][
+            ["attribute", "metric", "groups", "difference", "difference_lo", "difference_hi"]
+        ]
+        .round(4)
+        .to_string(index=False)
+    )
 
 
 if __name__ == "__main__":

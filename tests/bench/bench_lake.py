@@ -1,6 +1,7 @@
 """Benchmark of the synthetic data lake (a script, not collected by pytest).
 
-    python tests/bench/bench_lake.py                      # 1,000,000 customers x 12 months, then Faker vs ours on 20,000 people
+    python tests/bench/bench_lake.py                      # 1,000,000 customers x 12 months, then Faker vs ours on
+    20,000 people
     python tests/bench/bench_lake.py --customers 20000    # the pipeline's default size
 
 1. Full generation (lake + oracle) in a child process, so its peak RSS is measured alone (getrusage of the child):
@@ -29,10 +30,13 @@ from mlops_nb.settings import load_settings
 from mlops_nb.lake import generate_lake
 cfg = load_settings(sys.argv[1])
 t = time.perf_counter()
-res = generate_lake(cfg, progress=lambda m, label: print(f"  month {m:>2} ({label}) done at {time.perf_counter() - t:6.1f} s", file=sys.stderr, flush=True))
+def say(m, label):
+    print(f"  month {m:>2} ({label}) done at {time.perf_counter() - t:6.1f} s", file=sys.stderr, flush=True)
+res = generate_lake(cfg, progress=say)
 wall = time.perf_counter() - t
 files = res.manifest["files"]
-print(json.dumps(dict(wall=wall, files=len(files), rows=sum(f["rows"] for f in files), bytes=sum(f["bytes"] for f in files),
+print(json.dumps(dict(wall=wall, files=len(files), rows=sum(f["rows"] for f in files),
+                      bytes=sum(f["bytes"] for f in files),
                       truth_rows=sum(res.stats["active"]), defects=res.stats["defects"])))
 """
 
@@ -43,7 +47,8 @@ def bench_generation(customers: int, months: int, root: Path) -> dict:
     cfg = sandbox_settings(root, lake_customers=customers, lake_months=months, lake_scenario="drift",
                            lake_drift_month=min(8, months), lake_schema_drift_month=min(7, months))
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run([sys.executable, "-c", CHILD, str(cfg.source)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    out = subprocess.run([sys.executable, "-c", CHILD, str(cfg.source)], check=True, stdout=subprocess.PIPE,
+                         text=True).stdout
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB; the largest child so far
     stats = json.loads(out.strip().splitlines()[-1])
     stats["peak_rss_mb"] = peak_kb / 1024 if peak_kb > before else float("nan")
@@ -57,7 +62,8 @@ def faker_people(n: int, seed: int = 0) -> pd.DataFrame:
     fake = Faker("pt_BR")
     Faker.seed(seed)
     rows = [dict(nome=fake.name(), cpf=fake.cpf(), email=fake.email(), telefone=fake.phone_number(),
-                 endereco=fake.street_address(), cep=fake.postcode(), data_nascimento=fake.date_of_birth(minimum_age=18, maximum_age=85))
+                 endereco=fake.street_address(), cep=fake.postcode(),
+                 data_nascimento=fake.date_of_birth(minimum_age=18, maximum_age=85))
             for _ in range(n)]
     return pd.DataFrame(rows)
 
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--customers", type=int, default=1_000_000, help="active customers in month 1 (default 1,000,000)")
     ap.add_argument("--months", type=int, default=12)
     ap.add_argument("--people", type=int, default=20_000, help="rows for the Faker comparison (default 20,000)")
-    ap.add_argument("--keep", type=Path, default=None, help="generate into this folder and keep it (default: a temp folder, removed)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="generate into this folder and keep it (default: a temp folder, removed)")
     args = ap.parse_args(argv)
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-lake-"))
@@ -93,8 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"    wall time     {s['wall']:8.1f} s")
         print(f"    peak RSS      {s['peak_rss_mb']:8.0f} MB (child process, lake + oracle generation)")
         print(f"    lake          {s['files']} files, {s['rows']:,} rows, {s['bytes'] / 1e6:,.0f} MB")
-        print(f"    oracle        {s['truth_rows']:,} truth rows, {s['oracle_bytes'] / 1e6:,.0f} MB; defects {s['defects']}")
-        print(f"    throughput    {s['rows'] / s['wall']:,.0f} lake rows/s, {args.customers * args.months / s['wall']:,.0f} customer-months/s")
+        print(f"    oracle        {s['truth_rows']:,} truth rows, {s['oracle_bytes'] / 1e6:,.0f} MB; defects "
+              f"{s['defects']}")
+        print(f"    throughput    {s['rows'] / s['wall']:,.0f} lake rows/s, "
+              f"{args.customers * args.months / s['wall']:,.0f} customer-months/s")
     finally:
         if args.keep is None: shutil.rmtree(root, ignore_errors=True)
 

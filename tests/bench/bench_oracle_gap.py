@@ -40,7 +40,8 @@ def run_project(root: Path, seed: int, customers: int, reuse: bool) -> tuple[Pat
     env = {**os.environ, "MLOPS_LAKE__SEED": str(seed), "MLOPS_LAKE__CUSTOMERS": str(customers)}
     t = time.perf_counter()
     with open(proj / "run.log", "w") as log:
-        rc = subprocess.run([str(exe), "--settings", str(settings), "run", *PHASES], cwd=proj, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run([str(exe), "--settings", str(settings), "run", *PHASES], cwd=proj, env=env, stdout=log,
+                            stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t
     if rc: sys.exit(f"seed {seed}: the pipeline failed (exit {rc}); see {proj / 'run.log'}")
     (proj / "done").write_text(f"{wall:.1f}")
@@ -53,12 +54,14 @@ def pipeline_figures(settings: Path, seed: int, customers: int) -> tuple[dict[st
     from mlops_nb.tracking import MlflowClient, configure_mlflow
     cfg = load_settings(settings, env={"MLOPS_LAKE__SEED": str(seed), "MLOPS_LAKE__CUSTOMERS": str(customers)})
     exp_id = configure_mlflow(cfg)
-    run = MlflowClient().search_runs([exp_id], "tags.`mlflow.runName` = 'evaluate'", order_by=["attributes.start_time DESC"], max_results=1)[0]
+    run = MlflowClient().search_runs([exp_id], "tags.`mlflow.runName` = 'evaluate'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)[0]
     return dict(run.data.metrics, selected=run.data.tags.get("mlops_nb.evaluation.selected_name", "?")), cfg
 
 
 def plain_sklearn(cfg) -> dict[str, float]:
-    "Test AUC of HistGradientBoostingClassifier() with its defaults on the same split, and the oracle's on the same rows."
+    """Test AUC of HistGradientBoostingClassifier() with its defaults on the same split, and the oracle's on the same
+    rows."""
     import pandas as pd
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
@@ -68,7 +71,8 @@ def plain_sklearn(cfg) -> dict[str, float]:
     df, spec = load_feature_table(cfg)
     split = split_frame(df, spec, seed=cfg.train.seed)
     cols = list(spec.numeric) + list(spec.categorical)
-    cats = {c: sorted(split.train[c].dropna().unique()) for c in spec.categorical}   # the training rows' categories, for both parts
+    # the training rows' categories, for both parts
+    cats = {c: sorted(split.train[c].dropna().unique()) for c in spec.categorical}
     def Xc(d):
         x = d[cols].copy()
         for c in spec.numeric: x[c] = x[c].astype("float64")
@@ -82,7 +86,8 @@ def plain_sklearn(cfg) -> dict[str, float]:
     truth = oracle_truth(cfg, test, spec)
     ok = truth["p_churn"].notna().to_numpy()
     p = m.predict_proba(Xc(test))[:, 1]
-    return dict(plain_auc=roc_auc_score(y[ok], p[ok]), oracle=roc_auc_score(y[ok], truth["p_churn"].to_numpy()[ok]), plain_fit_s=fit_s,
+    return dict(plain_auc=roc_auc_score(y[ok], p[ok]), oracle=roc_auc_score(y[ok], truth["p_churn"].to_numpy()[ok]),
+                plain_fit_s=fit_s,
                 train_rows=len(split.train), test_rows=len(test), test_positives=int(y.sum()))
 
 
@@ -99,16 +104,19 @@ def main() -> None:
         f, cfg = pipeline_figures(settings, seed, a.customers)
         f.update(plain_sklearn(cfg), seed=seed, wall=wall)
         rows.append(f)
-        print(f"seed {seed:>3}: test {f['test_rows']} rows ({f['test_positives']} churners), train {f['train_rows']}; pipeline {wall:.0f} s\n"
-              f"   ours ({f['selected']}): AUC {f['roc_auc']:.4f} vs oracle {f['oracle_roc_auc']:.4f}: gap {f['oracle_auc_gap']:.4f} "
-              f"[{f.get('oracle_auc_gap_lo', float('nan')):.4f}, {f.get('oracle_auc_gap_hi', float('nan')):.4f}] = inputs {f['oracle_gap_inputs']:.4f} "
-              f"+ learner {f['oracle_gap_learner']:.4f}\n"
-              f"   plain HistGradientBoostingClassifier(): AUC {f['plain_auc']:.4f}: gap {f['oracle'] - f['plain_auc']:.4f} (fit {f['plain_fit_s']:.1f} s)",
+        print(f"seed {seed:>3}: test {f['test_rows']} rows ({f['test_positives']} churners), train {f['train_rows']}; "
+              f"pipeline {wall:.0f} s\n   ours ({f['selected']}): AUC {f['roc_auc']:.4f} vs oracle "
+              f"{f['oracle_roc_auc']:.4f}: gap {f['oracle_auc_gap']:.4f} "
+              f"[{f.get('oracle_auc_gap_lo', float('nan')):.4f}, {f.get('oracle_auc_gap_hi', float('nan')):.4f}] = "
+              f"inputs {f['oracle_gap_inputs']:.4f} + learner {f['oracle_gap_learner']:.4f}\n   plain "
+              f"HistGradientBoostingClassifier(): AUC {f['plain_auc']:.4f}: gap {f['oracle'] - f['plain_auc']:.4f} "
+              f"(fit {f['plain_fit_s']:.1f} s)",
               flush=True)
     mean = lambda k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
-    print(f"\nmean over {len(rows)} lakes of {a.customers} customers: gap {mean('oracle_auc_gap'):.4f} = inputs {mean('oracle_gap_inputs'):.4f} "
-          f"+ learner {mean('oracle_gap_learner'):.4f}; plain scikit-learn gap {mean('oracle') - mean('plain_auc'):.4f}; "
-          f"lakes within 0.01: {sum(r['oracle_auc_gap'] <= 0.01 for r in rows)} of {len(rows)}")
+    print(f"\nmean over {len(rows)} lakes of {a.customers} customers: gap {mean('oracle_auc_gap'):.4f} = inputs "
+          f"{mean('oracle_gap_inputs'):.4f} + learner {mean('oracle_gap_learner'):.4f}; plain scikit-learn gap "
+          f"{mean('oracle') - mean('plain_auc'):.4f}; lakes within 0.01: "
+          f"{sum(r['oracle_auc_gap'] <= 0.01 for r in rows)} of {len(rows)}")
 
 
 if __name__ == "__main__":

@@ -32,12 +32,18 @@ def column_transformer_twin(pipe, spec):
     enc = pipe[0]
     if enc.categorical_encoding == "onehot":
         # missing_values=None: DuckDB returns NULL strings as None, which the default (NaN) does not catch
-        cat = make_pipeline(SimpleImputer(missing_values=None, strategy="constant", fill_value="(missing)"), OneHotEncoder(handle_unknown="ignore", sparse_output=False))
+        cat = make_pipeline(SimpleImputer(missing_values=None, strategy="constant", fill_value="(missing)"),
+                            OneHotEncoder(handle_unknown="ignore", sparse_output=False))
     else:
         cat = make_pipeline(SimpleImputer(missing_values=None, strategy="constant", fill_value="(missing)"),
                             OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan))
-    as_float = FunctionTransformer(lambda X: X.to_numpy(dtype=float, na_value=np.nan))   # DuckDB's Int64 <NA> trips a bare "passthrough"
-    num = make_pipeline(as_float, SimpleImputer(strategy="median", add_indicator=enc.missing_indicators)) if enc.numeric_imputation == "median" else as_float
+    # DuckDB's Int64 <NA> trips a bare "passthrough"
+    as_float = FunctionTransformer(lambda X: X.to_numpy(dtype=float, na_value=np.nan))
+    num = (
+        make_pipeline(as_float, SimpleImputer(strategy="median", add_indicator=enc.missing_indicators))
+        if enc.numeric_imputation == "median"
+        else as_float
+    )
     ct = ColumnTransformer([("cat", cat, list(spec.categorical)), ("num", num, list(spec.numeric))])
     return Pipeline([("encode", ct), *pipe.steps[1:]])
 
@@ -66,21 +72,25 @@ def main() -> None:
     split = split_frame(df, spec, seed=cfg.train.seed)
     oracle_valid = score(split.y("valid"), split.valid["_true_p"].to_numpy())["auc"]
     print(f"demo table: {a.customers} customers x {a.months} months; split {res.split}")
-    print(f"train phase: {res.seconds:.1f} s for {a.trials} trials x {len(res.candidates)} families (incl. MLflow logging)")
+    print(f"train phase: {res.seconds:.1f} s for {a.trials} trials x {len(res.candidates)} families (incl. MLflow "
+          "logging)")
     print(f"oracle AUC: valid {oracle_valid:.4f}, test {res.oracle_test_auc:.4f}")
     rows = []
     row = split.test.iloc[[0]]
     for c in load_candidates(cfg):
         twin = column_transformer_twin(c.pipeline, spec)
         twin.steps[0] = ("encode", twin[0].fit(split.train))
-        assert np.allclose(twin.predict_proba(split.test.head(200)), c.pipeline.predict_proba(split.test.head(200)), atol=1e-6), c.family
+        assert np.allclose(twin.predict_proba(split.test.head(200)), c.pipeline.predict_proba(split.test.head(200)),
+                           atol=1e-6), c.family
         ours, theirs = latency_ms(lambda: c.pipeline.predict_proba(row)), latency_ms(lambda: twin.predict_proba(row))
         ex = make_explainer(c.pipeline)
         expl = latency_ms(lambda: ex(row))
         rows.append({"family": c.family, "valid_auc": c.metrics["valid_auc"], "test_auc": c.metrics["test_auc"],
-                     "test_gap_to_oracle": res.oracle_test_auc - c.metrics["test_auc"], "fit_s": c.metrics["fit_seconds"],
+                     "test_gap_to_oracle": res.oracle_test_auc - c.metrics["test_auc"],
+                     "fit_s": c.metrics["fit_seconds"],
                      "tuning_s": c.metrics["tuning_seconds"], "predict_p50_ms": ours[0], "predict_p99_ms": ours[1],
-                     "column_transformer_p50_ms": theirs[0], "speedup_x": theirs[0] / ours[0], "explain_p50_ms": expl[0], "explain_p99_ms": expl[1],
+                     "column_transformer_p50_ms": theirs[0], "speedup_x": theirs[0] / ours[0],
+                     "explain_p50_ms": expl[0], "explain_p99_ms": expl[1],
                      "params": c.params})
     pd.set_option("display.width", 250)
     print(pd.DataFrame(rows).set_index("family").round(4).to_string())

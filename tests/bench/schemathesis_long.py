@@ -22,7 +22,8 @@ from bench_serve import project  # noqa: E402
 from conftest import BIN, stop  # noqa: E402
 from serving_fixtures import start_api  # noqa: E402
 
-CONFIG = '[checks.negative_data_rejection]\nexpected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]\n'
+CONFIG = ('[checks.negative_data_rejection]\nexpected-statuses = ["400", "401", "403", "404", "405", "406", "409", '
+          '"413", "415", "422"]\n')
 
 
 def main() -> int:
@@ -38,10 +39,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         conf, report = Path(d) / "schemathesis.toml", Path(d) / "report.json"
         conf.write_text(CONFIG)
-        proc, url = start_api(settings, workers=a.workers, env={"MLOPS_API_ADMIN_TOKEN": token}, log=a.root / "schemathesis-api.log")
+        proc, url = start_api(settings, workers=a.workers, env={"MLOPS_API_ADMIN_TOKEN": token},
+                              log=a.root / "schemathesis-api.log")
         try:
-            cmd = [str(BIN / "schemathesis"), "--config-file", str(conf), "run", f"{url}/openapi.json", "--checks", "all",
-                   "--max-examples", str(a.max_examples), "--max-time", str(a.max_time), "-H", f"Authorization: Bearer {token}",
+            cmd = [str(BIN / "schemathesis"), "--config-file", str(conf), "run", f"{url}/openapi.json", "--checks",
+                   "all",
+                   "--max-examples", str(a.max_examples), "--max-time", str(a.max_time), "-H",
+                   f"Authorization: Bearer {token}",
                    "--request-timeout", "60", "--report", "json", "--report-json-path", str(report)]
             if a.seed is not None: cmd += ["--seed", str(a.seed)]
             rc = subprocess.call(cmd, cwd=d)
@@ -49,8 +53,8 @@ def main() -> int:
             stop(proc)
         rep = json.loads(report.read_text())
     log = (a.root / "schemathesis-api.log").read_text()
-    print(f"\n{rep['test_cases']['generated']} cases generated; failures: {rep['failures'] or 'none'}; errors: {rep['errors'] or 'none'}; "
-          f"server tracebacks: {log.count('Traceback')}")
+    print(f"\n{rep['test_cases']['generated']} cases generated; failures: {rep['failures'] or 'none'}; errors: "
+          f"{rep['errors'] or 'none'}; server tracebacks: {log.count('Traceback')}")
     return rc or (1 if "Traceback" in log else 0)
 
 
