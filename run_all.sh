@@ -51,10 +51,20 @@ bootstrap() {
   fi
   say "installing the pinned dependencies (requirements.lock)"
   local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-  # torch first, exactly as pinned: pip takes the CPU build from local disk instead of a CUDA download.
-  "${pip[@]}" "$(grep -E '^torch==' requirements.lock)"
-  "${pip[@]}" -r requirements.lock
-  "${pip[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${pip[@]}" --no-deps -e .
+  # uv installs the same pinned set as pip, in seconds rather than minutes (parallel downloads, no resolver round
+  # trip per package); it is pinned in the lock too. torch is the CPU build from this machine's local wheels (pip's
+  # find-links, which uv does not read from pip's config): without it the index's torch would pull a CUDA build.
+  local links="${PIP_FIND_LINKS:-$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)}"
+  if "${pip[@]}" "$(grep -E '^uv==' requirements.lock)" 2>/dev/null && [ -x "$VENV/bin/uv" ]; then
+    local uv=("$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python")
+    for l in $links; do uv+=(--find-links "$l"); done
+    "${uv[@]}" -r requirements.lock
+    "${uv[@]}" --no-deps -e .
+  else   # no uv to be had: pip, torch first so that it takes the CPU build
+    "${pip[@]}" "$(grep -E '^torch==' requirements.lock)"
+    "${pip[@]}" -r requirements.lock
+    "${pip[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${pip[@]}" --no-deps -e .
+  fi
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name mlops-nb --display-name "Python (mlops-nb)" >/dev/null
   "$VENV/bin/python" -m pip check >/dev/null || die "pip check failed after install: $("$VENV/bin/python" -m pip check | head -5)"
   echo "$stamp" > "$VENV/.bootstrap-stamp"
