@@ -1,6 +1,6 @@
 """Has what the model sees moved? A profile of every input taken once, on the data the model was trained on, and each
-month's distance from it — the statistics Evidently uses, computed in one pass by DuckDB over a table or the Parquet
-prediction log, without loading either window into memory.
+month's distance from it — the statistics Evidently uses, computed by DuckDB over a table or the Parquet prediction
+log, without loading either window into pandas.
 
 Docs: https://mlops-nb.github.io/mlops-nb/drift.html.md"""
 
