@@ -346,10 +346,10 @@ def check_statements(t: Table, typed: bool) -> list[str]:
         f"""CREATE OR REPLACE TEMP TABLE _dups AS
             WITH cand AS (SELECT * FROM _x WHERE _ok AND hash({nat}) IN (SELECT h FROM _shared)),
                 -- a hash collision only adds a candidate
-            exact AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand GROUP BY {cols} HAVING count(*) >
-                1),
-            keyed AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand WHERE _rec NOT IN (SELECT _rec FROM
-                exact)
+            exact AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand
+                      GROUP BY {cols} HAVING count(*) > 1),
+            keyed AS (SELECT unnest(list(_rec ORDER BY _rec)[2:]) AS _rec FROM cand
+                      WHERE _rec NOT IN (SELECT _rec FROM exact)
                       GROUP BY {nat} HAVING count(*) > 1)
             SELECT _rec, true AS exact FROM exact UNION ALL SELECT _rec, false FROM keyed""",
         _dict_sql(t),
@@ -484,8 +484,8 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
             _line_sql(t),
             f"'{t.source}' AS source, '{m}' AS month, {rel} AS file, CAST(_rec AS INTEGER) AS record",
         )
-        rejected = con.sql(f"""SELECT {head}, CAST({line} AS INTEGER) AS line, _reason AS reason, split_part(_reason,
-            ':', 2) AS column_name,
+        rejected = con.sql(f"""SELECT {head}, CAST({line} AS INTEGER) AS line, _reason AS reason,
+                split_part(_reason, ':', 2) AS column_name,
                 {detail_sql(t, typed)} AS detail, v_customer_key AS customer_key
             FROM (SELECT * FROM _t WHERE _reason IS NOT NULL) JOIN _x USING (_rec)""").to_arrow_table()
         staged = [f'{_staged_value_sql(f)} AS "{f.name}"' for f in t.staged if f.name != "month"] + [
@@ -495,9 +495,9 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
             CAST(_rec AS INTEGER) AS record
             FROM _t WHERE _reason IS NULL AND NOT _dup""").to_arrow_table()
         flags = [f"""SELECT {head}, CAST({line} AS INTEGER) AS line, 'out_of_range:{f.raw}' AS reason,
-            '{f.raw}' AS column_name,
-                    'value ' || CAST(v_{f.name} AS VARCHAR) || ' outside [{f.valid[0]:g}, {f.valid[1]:g}]: nulled' AS
-                        detail, v_customer_key AS customer_key
+                    '{f.raw}' AS column_name,
+                    'value ' || CAST(v_{f.name} AS VARCHAR) || ' outside [{f.valid[0]:g}, {f.valid[1]:g}]: nulled'
+                        AS detail, v_customer_key AS customer_key
                  FROM _t WHERE _reason IS NULL AND NOT _dup AND v_{f.name} IS NOT NULL AND NOT {_in_range_sql(f)}"""
                  for f in t.fields if f.valid and f.on_outlier == "null"]
         flags = flags or [

@@ -49,12 +49,12 @@ _CT_KNOWN = "greatest(arrival_month, strftime(event_date, '%Y-%m'))"
 
 MART_SQL = f"""
 INSERT INTO mart.customer_month
-WITH u AS (SELECT customer_key, data_gb, voice_minutes, days_active,
-    dropped_call_rate FROM staging.usage WHERE month = $m AND arrival_month <= $m),
-bi AS (SELECT customer_key, amount, due_date,
-    paid_date FROM staging.billing WHERE reference_month = $m AND arrival_month <= $m),
-base AS (SELECT coalesce(u.customer_key, bi.customer_key) AS customer_key, u.data_gb, u.voice_minutes, u.days_active,
-    u.dropped_call_rate,
+WITH u AS (SELECT customer_key, data_gb, voice_minutes, days_active, dropped_call_rate
+           FROM staging.usage WHERE month = $m AND arrival_month <= $m),
+bi AS (SELECT customer_key, amount, due_date, paid_date
+       FROM staging.billing WHERE reference_month = $m AND arrival_month <= $m),
+base AS (SELECT coalesce(u.customer_key, bi.customer_key) AS customer_key,
+                u.data_gb, u.voice_minutes, u.days_active, u.dropped_call_rate,
                 bi.amount, bi.due_date, bi.paid_date
          FROM u FULL OUTER JOIN bi ON u.customer_key = bi.customer_key),
 tk AS (SELECT customer_key, count(*) FILTER (WHERE month = $m) AS tickets, count(*) AS tickets_3m,

@@ -55,8 +55,8 @@ def vault_upsert(con, month: str, pii: pa.Table) -> int:
     try:
         con.execute("BEGIN TRANSACTION")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _vault_rows AS
-            SELECT pseudonym, field,
-                value FROM (UNPIVOT _vault_in ON {', '.join(fields)} INTO NAME field VALUE value)""")
+            SELECT pseudonym, field, value
+            FROM (UNPIVOT _vault_in ON {', '.join(fields)} INTO NAME field VALUE value)""")
         n = con.execute("SELECT count(*) FROM _vault_rows").fetchone()[0]
         # only when reloading out of order
         newer = con.execute("SELECT count(*) FROM subjects WHERE recorded_month > ?", [month]).fetchone()[0]
