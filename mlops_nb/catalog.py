@@ -14,40 +14,44 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES', 'PHASE_TRAIN', 'PHASE_EVALUATE', 'PHASE_GATE',
-           'PHASE_REGISTER', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'TAG_PHASE', 'TAG_SETTINGS_FINGERPRINT',
-           'TAG_SETTINGS_FILE', 'TAG_VERSION_PREFIX', 'TAG_PIPELINE_RUN_ID', 'TAG_PHASES', 'TAG_NOTEBOOK', 'TAG_ERROR',
-           'TAG_LAKE_SKIPPED', 'TAG_WAREHOUSE_CONTENT_HASH', 'TAG_LAKE_MANIFEST_SHA256', 'TAG_FEATURES_TABLE',
-           'TAG_FEATURES_DIGEST', 'TAG_FEATURES_SOURCE', 'TAG_BYOD_FINGERPRINT', 'TAG_KIND', 'TAG_FAMILY', 'TAG_TRIAL',
-           'TAG_TRAIN_RUN_ID', 'TAG_CANDIDATE', 'TAG_PARAMS', 'TAG_MODEL_URI', 'TAG_BEST_TRIAL', 'TAG_BEST_FAMILY',
-           'TAG_FEATURE_TABLE_DIGEST', 'TAG_EVALUATION_RUN_ID', 'TAG_EVALUATION_SELECTED_NAME',
-           'TAG_EVALUATION_SELECTED_RUN_ID', 'TAG_EVALUATION_SELECTED_MODEL_URI', 'TAG_EVALUATION_VERDICT',
-           'TAG_EVALUATION_ECE_METHOD', 'TAG_EVALUATION_ROWS_DIGEST', 'TAG_EVALUATION_CHAMPION', 'TAG_GATE_APPROVED',
-           'TAG_GATE_DECISION', 'TAG_GATE_FAILED', 'TAG_GATE_OVERRIDDEN', 'TAG_GATE_OVERRIDE_REASON',
-           'TAG_GATE_OVERRIDE_ACTOR', 'TAG_GATE_CANDIDATE_RUN_ID', 'TAG_GATE_MODEL_URI', 'TAG_GATE_EVALUATE_RUN_ID',
-           'TAG_GATE_COMPARED_WITH', 'TAG_GATE_RUN_ID', 'TAG_GATE_CHECK_PREFIX', 'TAG_REGISTER_VERSION',
-           'TAG_REGISTER_STATUS', 'TAG_REGISTER_APPROVED', 'TAG_STATUS', 'ART_SETTINGS', 'ART_RUN_SETTINGS',
-           'ART_NOTEBOOK_DIR', 'ART_LAKE_MANIFEST', 'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION', 'ART_ETL_QUARANTINE',
-           'ART_ETL_SUMMARY', 'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC', 'ART_FEATURES_MISSING',
-           'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_EVALUATION_DIR', 'ART_EVALUATION',
-           'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_IMPORTANCE', 'ART_GATE_DECISION',
-           'ART_GATE_OVERRIDE', 'ART_REGISTER', 'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE',
-           'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED',
-           'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
-           'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
-           'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'ALIAS_CHAMPION',
+           'PHASE_REGISTER', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'PHASE_OPERATE', 'TAG_PHASE',
+           'TAG_SETTINGS_FINGERPRINT', 'TAG_SETTINGS_FILE', 'TAG_VERSION_PREFIX', 'TAG_PIPELINE_RUN_ID', 'TAG_PHASES',
+           'TAG_NOTEBOOK', 'TAG_ERROR', 'TAG_LAKE_SKIPPED', 'TAG_WAREHOUSE_CONTENT_HASH', 'TAG_LAKE_MANIFEST_SHA256',
+           'TAG_FEATURES_TABLE', 'TAG_FEATURES_DIGEST', 'TAG_FEATURES_SOURCE', 'TAG_BYOD_FINGERPRINT', 'TAG_KIND',
+           'TAG_FAMILY', 'TAG_TRIAL', 'TAG_TRAIN_RUN_ID', 'TAG_CANDIDATE', 'TAG_PARAMS', 'TAG_MODEL_URI',
+           'TAG_BEST_TRIAL', 'TAG_BEST_FAMILY', 'TAG_FEATURE_TABLE_DIGEST', 'TAG_EVALUATION_RUN_ID',
+           'TAG_EVALUATION_SELECTED_NAME', 'TAG_EVALUATION_SELECTED_RUN_ID', 'TAG_EVALUATION_SELECTED_MODEL_URI',
+           'TAG_EVALUATION_VERDICT', 'TAG_EVALUATION_ECE_METHOD', 'TAG_EVALUATION_ROWS_DIGEST',
+           'TAG_EVALUATION_CHAMPION', 'TAG_GATE_APPROVED', 'TAG_GATE_DECISION', 'TAG_GATE_FAILED',
+           'TAG_GATE_OVERRIDDEN', 'TAG_GATE_OVERRIDE_REASON', 'TAG_GATE_OVERRIDE_ACTOR', 'TAG_GATE_CANDIDATE_RUN_ID',
+           'TAG_GATE_MODEL_URI', 'TAG_GATE_EVALUATE_RUN_ID', 'TAG_GATE_COMPARED_WITH', 'TAG_GATE_RUN_ID',
+           'TAG_GATE_CHECK_PREFIX', 'TAG_REGISTER_VERSION', 'TAG_REGISTER_STATUS', 'TAG_REGISTER_APPROVED',
+           'TAG_STATUS', 'ART_SETTINGS', 'ART_RUN_SETTINGS', 'ART_NOTEBOOK_DIR', 'ART_LAKE_MANIFEST',
+           'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION', 'ART_ETL_QUARANTINE', 'ART_ETL_SUMMARY',
+           'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC', 'ART_FEATURES_MISSING', 'ART_BYOD_LOAD',
+           'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_EVALUATION_DIR', 'ART_EVALUATION', 'ART_EVALUATION_SCORES',
+           'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_IMPORTANCE', 'ART_GATE_DECISION', 'ART_GATE_OVERRIDE',
+           'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML',
+           'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
+           'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
+           'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
+           'AUDIT_ALERT_RESOLVED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE',
+           'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS',
+           'TABLE_QUALITY_RUNS', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS',
+           'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'ALIAS_CHAMPION',
            'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED',
            'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE',
            'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN',
-           'SECTION_GATE', 'SECTION_API', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_SCORER',
-           'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'Name', 'name', 'tag_filter',
-           'catalog_frame']
+           'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'ENV_SETTINGS', 'ENV_ACTOR',
+           'ENV_PSEUDONYM_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE',
+           'VERB_OPERATE', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
 class Name:
     "One cross-phase name: the string, its kind, the room that writes it and the rooms that read it."
     value: str     # the string itself (a prefix for a family of names, e.g. one tag per gate check)
-    kind: str      # phase | tag | artifact | audit | table | alias | status | dataset | section | env
+    kind: str      # phase | tag | artifact | audit | table | alias | status | dataset | section | env | verb
     writer: str    # the room (module) that writes or defines it
     readers: str   # the rooms (and tools) that read it
     doc: str       # what it means
@@ -74,6 +78,8 @@ PHASE_GATE = name("phase", "gate", "gate", "runner, registry (latest gate decisi
 PHASE_REGISTER = name("phase", "register", "registry", "runner", "registration and promotion")
 PHASE_SANDBOX = name("phase", "sandbox", "sandbox", "tests, benchmarks", "a sandbox champion's run, never gated")
 PHASE_PIPELINE = name("phase", "pipeline", "runner", "dashboards", "the parent run of one `mlops-nb run`")
+PHASE_OPERATE = name("phase", "operate", "operate", "runner, monitor",
+                     "one operated month: observe, load, score, act, resolve, monitor, alert")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a110
 TAG_PHASE = name("tag", "mlops_nb.phase", "tracking", "gate, registry, train, dashboards",
@@ -184,6 +190,11 @@ ART_IMPORTANCE = name("artifact", "evaluation/importance.png", "evaluate", "peop
 ART_GATE_DECISION = name("artifact", "gate/decision.json", "gate", "gate (override)", "the decision and its evidence")
 ART_GATE_OVERRIDE = name("artifact", "gate/override.json", "gate", "people", "a recorded override")
 ART_REGISTER = name("artifact", "register.json", "registry", "people", "what the register phase did")
+ART_REFERENCE_PROFILE = name("artifact", "monitoring/reference_profile.json", "registry", "monitor",
+                             "the training window's input and score profile, kept with the model version")
+ART_MONITOR_MONTH = name("artifact", "monitor/month.json", "monitor", "people", "one operated month's figures")
+ART_MONITOR_DRIFT_HTML = name("artifact", "monitor/drift_report.html", "monitor", "people",
+                              "Evidently's data-drift report of the month")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a121
 AUDIT_TRAIN_FINISHED = name("audit", "train.finished", "train", "people", "a train run ended: its candidates")
@@ -198,6 +209,12 @@ AUDIT_API_MODEL_SWAPPED = name("audit", "api.model_swapped", "worker", "people",
 AUDIT_API_MODEL_LOAD_FAILED = name("audit", "api.model_load_failed", "worker", "people",
                                    "a version the API could not load")
 AUDIT_API_EXPLANATION = name("audit", "api.explanation", "api", "people", "an explanation looked up (LGPD art. 20)")
+AUDIT_MONTH_OPERATED = name("audit", "operate.month", "operate", "people",
+                            "one month operated: what ran, with its status")
+AUDIT_CAMPAIGN_SENT = name("audit", "campaign.sent", "campaign", "people",
+                           "a month's contact list handed to the CRM: counts, policy, model version")
+AUDIT_ALERT_RAISED = name("audit", "alert.raised", "alerts", "people", "an alert incident opened")
+AUDIT_ALERT_RESOLVED = name("audit", "alert.resolved", "alerts", "people", "an alert incident closed")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
 
@@ -215,6 +232,14 @@ TABLE_QUALITY_RUNS = name("table", "quality.runs", "quality", "gate", "one row p
 TABLE_FEATURES = name("table", "features.customer_month", "features", "train, evaluate, score",
                       "the point-in-time feature table")
 TABLE_FEATURE_SPEC = name("table", "features.spec", "features", "train, evaluate, score", "the feature table's spec")
+TABLE_ACTIONS = name("table", "ops.actions", "campaign", "monitor, roi",
+                     "what was done to each customer each month, by which policy and model version")
+TABLE_MONITOR_MONTHS = name("table", "monitor.months", "monitor", "dashboards", "one row per operated month: status")
+TABLE_MONITOR_DRIFT = name("table", "monitor.drift", "monitor", "alerts, dashboards", "drift per input and month")
+TABLE_MONITOR_PERFORMANCE = name("table", "monitor.performance", "monitor", "alerts, dashboards",
+                                 "estimated and realised performance per month and model version")
+TABLE_MONITOR_FAIRNESS = name("table", "monitor.fairness", "monitor", "alerts, dashboards",
+                              "fairness gaps per month with intervals")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a125
 ALIAS_CHAMPION = name("alias", "champion", "registry", "worker, evaluate, gate, score", "the production version")
@@ -241,6 +266,8 @@ SECTION_BYOD = name("section", "byod", "settings", "byod, quality, features", "y
 SECTION_TRAIN = name("section", "train", "settings", "train", "candidates and their tuning budget")
 SECTION_GATE = name("section", "gate", "settings", "scorecard, gate, registry", "the promotion gate")
 SECTION_API = name("section", "api", "settings", "api, worker, served", "the scoring API")
+SECTION_OPERATE = name("section", "operate", "settings", "campaign, operate", "the monthly loop")
+SECTION_ALERTS = name("section", "alerts", "settings", "alerts", "alert rules and where alerts go")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a131
 ENV_SETTINGS = name("env", "MLOPS_SETTINGS", "cli, api", "api workers", "the settings file (default ./settings.ini)")
@@ -252,6 +279,10 @@ ENV_SCORER = name("env", "MLOPS_NB_SCORER", "people, benchmarks", "served",
 ENV_API_CONTROL_DIR = name("env", "MLOPS_API_CONTROL_DIR", "api", "worker", "where reloads are announced to workers")
 ENV_ETL_MEMORY_LIMIT = name("env", "MLOPS_ETL_MEMORY_LIMIT", "people", "warehouse", "DuckDB memory limit of a load")
 ENV_ETL_TRACE = name("env", "MLOPS_ETL_TRACE", "people", "warehouse", "1: time every step of a load")
+
+# %% ../nbs/00_catalog.ipynb #c0a7a13b
+VERB_OPERATE = name("verb", "operate", "cli", "schedulers, people",
+                    "operate one month (`--month YYYY-MM`) or every month up to one (`--through YYYY-MM`)")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:
