@@ -77,7 +77,7 @@ GENDER_P = np.array([.505, .475, .008, .012])
 # %% ../nbs/11_people.ipynb #38c2943c
 STREAMS: dict[str, int] = {s: i for i, s in enumerate((
     "world", "initial_base", "joiners", "crm_updates", "contract_events", "usage", "tickets", "billing",
-    "churn", "campaign", "cancellations", "late", "defects"))}
+    "churn", "campaign", "cancellations", "late", "defects", "policy"))}   # append only: a stream keeps its number
 
 def rng_for(seed: int, month: int, stream: str, sub: int = 0) -> np.random.Generator:
     "The random generator of one (seed, month, stream[, sub-stream]): independent of every other."

@@ -58,7 +58,7 @@ class Phase:
     summary: str   # one line for `mlops-nb phases`
 
 PHASES: tuple[Phase, ...] = (
-    Phase(PHASE_LAKE, "13_lake.ipynb",
+    Phase(PHASE_LAKE, "14_lake.ipynb",
           "generate the synthetic telecom data lake (and its oracle); skipped for bring-your-own-data"),
     Phase(PHASE_ETL, "26_warehouse.ipynb",
           "load the lake into the DuckDB warehouse: raw, staging, quarantine, mart; pseudonymise; reconcile"),

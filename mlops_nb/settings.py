@@ -18,9 +18,9 @@ import re
 import shutil
 import tempfile
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, get_type_hints
+from typing import Any, Mapping, get_type_hints
 
 from mlops_nb.catalog import (
                               SECTION_ALERTS,
@@ -313,7 +313,7 @@ def render_settings(values: Mapping[str, Any] | None = None) -> str:
 
 # %% ../nbs/02_settings.ipynb #f415b036
 SANDBOX_DEFAULTS: dict[str, Any] = dict(lake_customers=400, lake_months=6, lake_drift_month=4,
-                                        lake_schema_drift_month=4)
+                                        lake_schema_drift_month=4, lake_history_months=0)   # every month is history
 
 def sandbox_settings(root: str | Path | None = None, **values: Any) -> Settings:
     "Write a small, self-contained settings file under `root` (a new temp folder by default) and load it."

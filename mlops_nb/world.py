@@ -283,9 +283,9 @@ def customer_ids(nums: np.ndarray) -> pa.Array:
 # %% ../nbs/12_world.ipynb #dc911fdd
 @dataclass
 class MonthOutput:
-    "What one simulated month produced: a clean batch per source and the oracle's truth."
+    "What one simulated month produced: a clean batch per source and, once resolved, the oracle's truth."
     batches: dict[str, Batch]
-    truth: pa.Table
+    truth: pa.Table | None
 
 # %% ../nbs/12_world.ipynb #8d5d93f8
 class World:
@@ -310,6 +310,8 @@ class World:
         self.structure0, self.intercepts = 0.0, []
         self.leaving = np.zeros(lake.customers, bool)   # realised churners of the previous month
         self.cancellations: Batch = {}                  # their cancellation requests, filed this month
+        self.policy_contacts: Batch = {}                # the company's contacts of last month, filed this month
+        self.observed: int | None = None                # the month observed and not yet resolved
 
     def _warm_up_histories(self, rng: np.random.Generator) -> None:
         """The last three months of the initial base, drawn with the monthly model's own formulas (so month 1 is not
@@ -330,9 +332,17 @@ class World:
         return self.lake.scenario == "drift" and i + 1 >= self.lake.drift_month
 
     def step(self, i: int) -> MonthOutput:
-        "Simulate month index `i` (0-based, called in order) and return its batches and truth."
+        "Simulate month index `i` (0-based, called in order) with no policy: observe it, then resolve it."
+        out = self.observe(i)
+        out.truth = self.resolve(i)
+        return out
+
+    def observe(self, i: int) -> MonthOutput:
+        """What month index `i` (0-based, called in order) shows the company: every source's batch, the month's
+        random exploration campaign and the policy's contacts of the month before (filed now). Nothing is decided
+        about who leaves: that is `resolve(i, …)`, after the company has acted."""
         label, day0 = self.labels[i], month_first_day(self.labels[i])
-        ndays, last = month_days(label), i == len(self.labels) - 1
+        ndays = month_days(label)
         outage = rng_for(self.seed, i, "world", 2).random(len(CITIES)) < .06
         batches: dict[str, Batch] = {}
         crm_rows, events = (
@@ -377,8 +387,11 @@ class World:
                                                               request_date=np.empty(0, np.int64),
                                                                effective_date=np.empty(0, np.int64),
                                                                reason=np.empty(0, np.int64))
-        truth, batches["campaigns"] = self._churn_and_campaign(i, day0 + ndays - 1, last, ids)
-        return MonthOutput(batches, truth)
+        batches["campaigns"] = batch_concat([self._exploration(i, ids), self.policy_contacts]) \
+            if self.policy_contacts else self._exploration(i, ids)
+        self.policy_contacts = {}
+        self.observed = i
+        return MonthOutput(batches, None)
 
     def _initial_events(self) -> Batch:
         "Month 1's contract extract: the current contract of every customer in the initial base."
@@ -465,34 +478,66 @@ class World:
                     endereco=people["endereco"],
                     cep=people["cep"], data_cadastro=p["signup"].astype(np.int64))
 
-    def _churn_and_campaign(self, i: int, day_end: int, last: bool, ids: pa.Array) -> tuple[pa.Table, Batch]:
-        "True churn probabilities, the month's randomised campaign, realised churn and next month's cancellations."
+    def _exploration(self, i: int, ids: pa.Array) -> Batch:
+        """The month's random exploration campaign (half offered, half control; CONTACT_RATE of the offered reached,
+        who accept by segment): the only data an offer's effect can be learnt from without bias."""
         b, n, label = self.base, len(self.base["num"]), self.labels[i]
-        z = churn_logit(b, day_end, concept_drift=self.drifted(i))
-        structure = float(structural_logit(b, day_end).mean())
-        if self.intercept is None: self.intercept, self.structure0 = calibrate_intercept(z, BASE_CHURN), structure
-        c = self.intercept - (structure - self.structure0)   # composition-tracking intercept (see the churn model)
-        self.intercepts.append(round(c, 6))
-        p0 = sigmoid(c + z)
-        p1 = sigmoid(c + z + OFFER_EFFECT[b["seg"]])
         r = rng_for(self.seed, i, "campaign")
         members = np.sort(r.choice(n, int(round(self.lake.campaign_share * n)), replace=False))
         treat_m = np.zeros(len(members), bool); treat_m[r.permutation(len(members))[: len(members) // 2]] = True
         contacted_m = treat_m & (r.random(len(members)) < CONTACT_RATE)
         accepted_m = contacted_m & (r.random(len(members)) < ACCEPT_P[b["seg"][members]])
-        arm = np.full(n, -1, np.int8); arm[members] = np.where(treat_m, 1, 0)
-        treated = np.zeros(n, bool); treated[members[contacted_m]] = True
-        campaign = dict(campaign_id=pa.array([f"RET-{label}"] * len(members)),
-                        customer_id=ids.take(pa.array(members, pa.int64())),
-                        month=pa.array([label] * len(members)), arm=pa.array(np.where(treat_m, "treatment", "control")),
-                        offer=pa.array(np.where(treat_m, OFFER, None)), contacted=contacted_m, accepted=accepted_m)
+        self.arm = np.full(n, -1, np.int8); self.arm[members] = np.where(treat_m, 1, 0)
+        self.explored = np.zeros(n, bool); self.explored[members[contacted_m]] = True
+        return dict(campaign_id=pa.array([f"RET-{label}"] * len(members)),
+                    customer_id=ids.take(pa.array(members, pa.int64())),
+                    month=pa.array([label] * len(members)), arm=pa.array(np.where(treat_m, "treatment", "control")),
+                    offer=pa.array(np.where(treat_m, OFFER, None)), contacted=contacted_m, accepted=accepted_m)
+
+    def _policy(self, i: int, contact_ids: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(on the list, reached) per active customer for the company's contact list of month `i`; the reached are
+        filed as next month's campaign records. Reach and acceptance are drawn per customer from their own streams,
+        so two policies meet the same luck."""
+        b, n, label = self.base, len(self.base["num"]), self.labels[i]
+        listed = np.zeros(n, bool)
+        if contact_ids is not None and len(contact_ids):
+            nums = pc.cast(pc.utf8_slice_codeunits(pa.array(contact_ids, pa.string()), 1), pa.int64()).to_numpy()
+            listed = np.isin(b["num"], nums)
+        r = rng_for(self.seed, i, "policy")
+        reached = listed & (r.random(n) < CONTACT_RATE)
+        accepted = reached & (r.random(n) < ACCEPT_P[b["seg"]])
+        rows = np.flatnonzero(reached)
+        if i + 1 < len(self.labels) and rows.size:
+            self.policy_contacts = dict(campaign_id=pa.array([f"POL-{label}"] * rows.size),
+                                        customer_id=customer_ids(b["num"][rows]), month=pa.array([label] * rows.size),
+                                        arm=pa.array(["treatment"] * rows.size), offer=pa.array([OFFER] * rows.size),
+                                        contacted=np.ones(rows.size, bool), accepted=accepted[rows])
+        return listed, reached
+
+    def resolve(self, i: int, contact_ids: Sequence[str] | None = None) -> pa.Table:
+        """Who leaves after month `i`, given the company's contact list (customer ids; None = no policy): the true
+        churn probabilities with and without the offer, the offer's effect on everyone reached (exploration or
+        policy), realised churn, next month's cancellations — returned as the oracle's truth of the month."""
+        if getattr(self, "observed", None) != i: raise ValueError(f"month index {i} must be observed before it resolves")
+        b, n, label = self.base, len(self.base["num"]), self.labels[i]
+        day_end, last = month_first_day(label) + month_days(label) - 1, i == len(self.labels) - 1
+        z = churn_logit(b, day_end, concept_drift=self.drifted(i))
+        structure = float(structural_logit(b, day_end).mean())
+        if self.intercept is None: self.intercept, self.structure0 = calibrate_intercept(z, BASE_CHURN), structure
+        c = self.intercept - (structure - self.structure0)   # composition-tracking intercept (see the churn model)
+        self.intercepts.append(round(c, 6))
+        p0, p1 = sigmoid(c + z), sigmoid(c + z + OFFER_EFFECT[b["seg"]])
+        listed, reached = self._policy(i, contact_ids)
+        treated = self.explored | reached
         churned = rng_for(self.seed, i, "churn").random(n) < np.where(treated, p1, p0)
         if last: churned[:] = False
         self.leaving = churned
         self.cancellations = self._cancellations(i + 1, churned, z) if not last else {}
-        truth = pa.table(
+        self.observed = None
+        arm = self.arm
+        return pa.table(
             dict(
-                customer_id=ids,
+                customer_id=customer_ids(b["num"]),
                 month=pa.array([label] * n),
                 p_churn=p0,
                 p_churn_offered=p1,
@@ -500,11 +545,12 @@ class World:
                 segment=pa.array(SEGMENTS).take(pa.array(b["seg"].astype(np.int64))),
                 in_campaign=arm >= 0,
                 arm=pa.array(np.where(arm == 1, "treatment", np.where(arm == 0, "control", None))),
+                policy_listed=listed,
+                policy_reached=reached,
                 treated=treated,
                 churned_next=pa.array(churned.astype(np.int8), mask=np.full(n, last)),
             )
         )
-        return truth, campaign
 
     def _cancellations(self, i_next: int, churned: np.ndarray, z: np.ndarray) -> Batch:
         "Cancellation requests filed in month `i_next` by this month's churners, with a reason that reflects why."

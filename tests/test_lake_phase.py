@@ -37,7 +37,7 @@ def test_run_lake_with_overrides_produces_the_expected_records(tmp_path):
     assert "KeyboardInterrupt" not in r.stderr, r.stderr[-2000:]   # no SIGINT at the kernel's shutdown
     run_dir = next((tmp_path / "proj/reports/runs").iterdir())
     # the executed notebook is an immutable record with the injected values
-    nb_path = run_dir / "13_lake.ipynb"
+    nb_path = run_dir / "14_lake.ipynb"
     assert not (nb_path.stat().st_mode & 0o222)
     injected = next(
         c for c in nbformat.read(nb_path, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", [])
@@ -58,7 +58,7 @@ def test_run_lake_with_overrides_produces_the_expected_records(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["lake_customers"] == "321" and run.data.params["lake_seed"] == "5"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"lake", "notebook", "settings.json"}
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/13_lake.ipynb"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "notebook")] == ["notebook/14_lake.ipynb"]
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["mlops_nb.pipeline_run_id"] == run_dir.name and parent.info.status == "FINISHED"
     record = json.loads((run_dir / "manifest.json").read_text())
@@ -110,6 +110,6 @@ def test_failing_phase_exits_nonzero_and_names_the_cell(tmp_path):
     (tmp_path / "proj/data/lake").write_text("a file where the lake folder should be")
     r = run_cli("--settings", str(settings), "run", "lake", "--no-progress")
     assert r.returncode == 1
-    assert "phase 'lake' failed in cell [" in r.stderr and "13_lake.ipynb" in r.stderr and "Traceback" not in r.stderr
+    assert "phase 'lake' failed in cell [" in r.stderr and "14_lake.ipynb" in r.stderr and "Traceback" not in r.stderr
     assert "[paths] lake:" in r.stderr and "exists and is not a folder" in r.stderr
     assert (tmp_path / "proj/data/lake").read_text().startswith("a file"), "the user's file is left alone"

@@ -117,13 +117,13 @@ def test_a_run_executes_definitions_and_the_phase_section_and_demos_only_when_as
     from mlflow.tracking import MlflowClient
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    lesson_notebook(nbs / "13_lake.ipynb")
+    lesson_notebook(nbs / "14_lake.ipynb")
     settings = make_project(tmp_path / "proj", paths_notebooks=str(nbs))
     r = run_cli("--settings", str(settings), "run", "lake", "-p", "steps", "21", *(["--demos"] if demos else []))
     assert r.returncode == 0, r.stdout + r.stderr
     assert (nbs / "demo-ran").exists() == demos
     cfg = load_settings(settings, env={})
-    out = next((cfg.paths.reports / "runs").glob("*/13_lake.ipynb"))
+    out = next((cfg.paths.reports / "runs").glob("*/14_lake.ipynb"))
     executed = nbformat.read(out, as_version=4)
     sources = [c.source for c in executed.cells]
     assert any("demo-ran" in s for s in sources) == demos, "the record holds what ran"
