@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mlops-nb: set everything up (idempotent) and run the whole lifecycle, or the whole test suite.
 #
-#   ./run_all.sh                 set up, then run every phase on the built-in synthetic lake
+#   ./run_all.sh                 set up, then run the lifecycle on the built-in synthetic lake's history months
+#                                and operate the months after them (`mlops-nb operate`)
 #   ./run_all.sh -p KEY VALUE    same, with a setting or parameter overridden (see `mlops-nb run --help`)
 #   ./run_all.sh --test          set up, then run all tests (nbdev export check, nbdev-test, pytest)
 #   ./run_all.sh --help          this text
@@ -24,7 +25,7 @@ export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'run_all.sh: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n "2,13p" "$0" | sed "s/^# \{0,1\}//"; }
+usage() { sed -n "2,14p" "$0" | sed "s/^# \{0,1\}//"; }
 
 MODE=run
 ARGS=()
@@ -71,11 +72,24 @@ bootstrap() {
 }
 
 run_lifecycle() {
-  say "running the lifecycle (mlops-nb run ${ARGS[*]:-})"
+  say "running the lifecycle on the history months (mlops-nb run ${ARGS[*]:-})"
   if ! "$VENV/bin/mlops-nb" run "${ARGS[@]+"${ARGS[@]}"}"; then
     die "the lifecycle failed (the failing phase and cell are named above)"
   fi
-  say "done: executed notebooks under reports/runs/; MLflow UI: .venv/bin/mlops-nb ui"
+  # then the months after the history, with the same overrides — unless only some phases were asked for
+  local overrides=() i=0 n=${#ARGS[@]}
+  while [ $i -lt $n ]; do
+    if [ "${ARGS[$i]}" = "-p" ] && [ $((i + 2)) -lt "$n" ]; then
+      overrides+=(-p "${ARGS[$((i + 1))]}" "${ARGS[$((i + 2))]}"); i=$((i + 3))
+    else
+      say "done (phases chosen by hand: no months operated): executed notebooks under reports/runs/"; return 0
+    fi
+  done
+  say "operating the months after the history (mlops-nb operate ${overrides[*]:-})"
+  if ! "$VENV/bin/mlops-nb" operate "${overrides[@]+"${overrides[@]}"}"; then
+    die "operating the months failed (the failing month and step are named above)"
+  fi
+  say "done: executed notebooks under reports/runs/; monitor snapshots in data/monitor/; MLflow UI: .venv/bin/mlops-nb ui"
 }
 
 run_tests() {

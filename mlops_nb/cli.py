@@ -16,12 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING
+from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_OPERATE
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'cmd_phases', 'cmd_settings', 'cmd_ui',
-           'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser', 'main']
+           'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
+           'cmd_operate', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -286,12 +287,43 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_ui)
     _add_model_parser(sub)
     _add_serving_parsers(sub)
+    o = sub.add_parser(VERB_OPERATE, help="operate the months after the history (the closed monthly loop)",
+                       description="Operate the simulated world's months after the history, in order, each recorded "
+                       "in monitor.months and as an MLflow run: observe, load, check, build features, score, run the "
+                       "campaign with its control group, resolve, monitor, alert. Executed notebook under "
+                       "reports/runs/<run-id>/.")
+    when = o.add_mutually_exclusive_group()
+    when.add_argument("--month", metavar="YYYY-MM", default="", help="operate exactly this month (the next one)")
+    when.add_argument("--through", metavar="YYYY-MM", default="",
+                      help="operate every month up to this one (default: every month that remains)")
+    o.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="override a setting (<section>_<key>); repeatable")
+    o.add_argument("--kernel", help="Jupyter kernel to execute with (default: mlops-nb if registered, else python3)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.set_defaults(func=cmd_operate)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
                         description="Render README.md from nbs/index.ipynb.")
     rd.add_argument("--check", action="store_true", help="fail if README.md is out of date")
     rd.add_argument("--root", default=".", help="project root (default: .)")
     rd.set_defaults(func=cmd_readme)
     return p
+
+# %% ../nbs/90_cli.ipynb #e0f960e6
+def cmd_operate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Operate months through the operate notebook (papermill), under one pipeline run."
+    from mlops_nb.runner import OPERATE_PHASE, run_pipeline
+    cfg = load_settings(_settings_path(args))
+    overrides = {**parse_overrides(args.param or [], []), "month": args.month, "through": args.through}
+    res = run_pipeline(cfg, [OPERATE_PHASE.name], overrides, phases=[OPERATE_PHASE], kernel_name=args.kernel,
+                       progress=not args.no_progress and sys.stderr.isatty())
+    for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
+    print(f"operate {res.run_id}: {res.status} — monitor tables in the warehouse and {cfg.paths.monitor}; MLflow run "
+          f"{res.mlflow_run_id}")
+    if res.error:
+        print(f"error: {res.error}\n  open the executed notebook above to see the failing cell's output",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,6 +72,7 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
     # parameters added after models were registered: a model pickled before them unpickles without the attribute and
     # reads these class-level values, which are what it was fitted with (a registered champion must keep scoring)
     numeric_basis, spline_knots = "linear", 5
+    unseen_ = np.zeros(0, dtype=np.int64)   # fitted before `unseen_` existed: no column was all missing
 
     def __init__(self,
                  numeric: Sequence[str] = (),            # numeric feature columns
@@ -161,6 +162,9 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
                                           axis=0).reshape(len(RANK_LEVELS), -1)
         indicate = self.missing_indicators and self.numeric_imputation == "median"
         self.indicated_ = np.flatnonzero(~seen.all(0)) if indicate else np.zeros(0, dtype=np.int64)
+        # a column without a single value in training carries nothing to learn; kept as NaN it would stop a model that
+        # bins its inputs (gradient boosting), so it is a constant 0 — e.g. a 3-month change on 3 months of history
+        self.unseen_ = np.flatnonzero(~seen.any(0)) if self.numeric_imputation == "none" else np.zeros(0, np.int64)
         self.categories_ = [sorted(set(self._labels(X[c]))) for c in self.categorical]
         self.codes_ = [{v: i for i, v in enumerate(cats)} for cats in self.categories_]
         names, source = [], []
@@ -185,6 +189,7 @@ class TabularEncoder(TransformerMixin, BaseEstimator):
         n, num = len(X), self._numbers(X)
         miss = np.isnan(num)
         if self.numeric_imputation == "median": num = np.where(miss, self.medians_, num)
+        elif len(self.unseen_): num[:, self.unseen_] = 0.0
         blocks = []
         for c, codes, cats in zip(self.categorical, self.codes_, self.categories_):
             code = self._codes(X[c], codes, cats)

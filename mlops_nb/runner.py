@@ -31,6 +31,7 @@ from mlops_nb.catalog import (
     PHASE_FEATURES,
     PHASE_GATE,
     PHASE_LAKE,
+    PHASE_OPERATE,
     PHASE_PIPELINE,
     PHASE_QUALITY,
     PHASE_REGISTER,
@@ -44,7 +45,7 @@ from .settings import SECTIONS, Settings, SettingsError, render_settings, with_o
 from .tracking import MlflowClient, configure_mlflow, mlflow, reproducibility_tags
 
 # %% auto #0
-__all__ = ['PHASES', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
+__all__ = ['PHASES', 'OPERATE_PHASE', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
            'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult',
            'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel', 'PipelineResult',
            'run_pipeline']
@@ -73,6 +74,9 @@ PHASES: tuple[Phase, ...] = (
     Phase(PHASE_GATE, "47_gate.ipynb", "the promotion gate: approve or refuse the selected candidate, with reasons"),
     Phase(PHASE_REGISTER, "50_registry.ipynb", "register the gate's candidate; promote it to production if approved"),
 )
+# not a lifecycle phase: `mlops-nb operate` runs it, month after month, once the lifecycle has a champion
+OPERATE_PHASE = Phase(PHASE_OPERATE, "67_operate.ipynb",
+                      "operate the months after the history: observe, load, score, act, resolve, monitor, alert")
 
 def select_phases(names: Sequence[str] | None, phases: Sequence[Phase] = PHASES) -> list[Phase]:
     "The phases named (in lifecycle order), or all of them; a clear error for an unknown name."

@@ -218,6 +218,7 @@ def sandbox_champion(cfg: Settings,
     split = split_frame(df, spec, seed=cfg.train.seed)
     with phase_run(cfg, PHASE_SANDBOX, run_name=f"sandbox-{family}") as run:
         log_datasets(split_datasets(split, spec, source=str(cfg.paths.warehouse)))
+        mlflow.log_params(split.describe())   # the months it learnt from: the monitor's reference period
         fit = lambda f, p: make_candidate(f, p, spec, cfg.train.seed).fit(split.train, split.y("train"))  # noqa: E731
         # members: their defaults
         pipe = (LogOddsBlend([fit("hgb", {}), fit("logreg", {})], ["hgb", "logreg"]).fit() if family == "blend"

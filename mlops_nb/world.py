@@ -518,7 +518,8 @@ class World:
         """Who leaves after month `i`, given the company's contact list (customer ids; None = no policy): the true
         churn probabilities with and without the offer, the offer's effect on everyone reached (exploration or
         policy), realised churn, next month's cancellations — returned as the oracle's truth of the month."""
-        if getattr(self, "observed", None) != i: raise ValueError(f"month index {i} must be observed before it resolves")
+        if getattr(self, "observed", None) != i:
+            raise ValueError(f"month index {i} must be observed before it resolves")
         b, n, label = self.base, len(self.base["num"]), self.labels[i]
         day_end, last = month_first_day(label) + month_days(label) - 1, i == len(self.labels) - 1
         z = churn_logit(b, day_end, concept_drift=self.drifted(i))
