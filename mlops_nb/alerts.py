@@ -158,7 +158,7 @@ defaults:
   for_months: 1
   retrain: false
 rules:
-  # --- what the model sees (per-input drift threshold: Evidently's 0.1) ----------------------------------------
+  # --- what the model sees: each distance over its calibrated threshold (Evidently's 0.1 at least): 1 = past it --
   - name: inputs_drifted
     metric: drift.share_drifted
     condition: ">= 0.3"
@@ -167,13 +167,13 @@ rules:
     description: 30% or more of the inputs are past their drift threshold, two months running
   - name: input_drifted
     metric: drift.feature.*
-    condition: ">= 0.1"
+    condition: ">= 1"
     severity: info
     for_months: 2
-    description: an input's distance from the training window is past Evidently's threshold, two months running
+    description: an input's distance from the training window is past its drift threshold, two months running
   - name: scores_drifted
     metric: drift.score
-    condition: ">= 0.1"
+    condition: ">= 1"
     description: the model's score distribution moved away from the training window's
   - name: multivariate_drift
     metric: drift.multivariate
