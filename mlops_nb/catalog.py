@@ -16,10 +16,10 @@ from typing import Any
 __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES', 'PHASE_TRAIN', 'PHASE_EVALUATE', 'PHASE_GATE',
            'PHASE_REGISTER', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'PHASE_OPERATE', 'TAG_PHASE',
            'TAG_SETTINGS_FINGERPRINT', 'TAG_SETTINGS_FILE', 'TAG_VERSION_PREFIX', 'TAG_PIPELINE_RUN_ID', 'TAG_PHASES',
-           'TAG_MONTH', 'TAG_MONTH_STATUS', 'TAG_NOTEBOOK', 'TAG_ERROR', 'TAG_LAKE_SKIPPED',
-           'TAG_WAREHOUSE_CONTENT_HASH', 'TAG_LAKE_MANIFEST_SHA256', 'TAG_FEATURES_TABLE', 'TAG_FEATURES_DIGEST',
-           'TAG_FEATURES_SOURCE', 'TAG_BYOD_FINGERPRINT', 'TAG_KIND', 'TAG_FAMILY', 'TAG_TRIAL', 'TAG_TRAIN_RUN_ID',
-           'TAG_CANDIDATE', 'TAG_PARAMS', 'TAG_MODEL_URI', 'TAG_BEST_TRIAL', 'TAG_BEST_FAMILY',
+           'TAG_MONTH', 'TAG_MONTH_STATUS', 'TAG_PROBATION_OF', 'TAG_PROBATION', 'TAG_NOTEBOOK', 'TAG_ERROR',
+           'TAG_LAKE_SKIPPED', 'TAG_WAREHOUSE_CONTENT_HASH', 'TAG_LAKE_MANIFEST_SHA256', 'TAG_FEATURES_TABLE',
+           'TAG_FEATURES_DIGEST', 'TAG_FEATURES_SOURCE', 'TAG_BYOD_FINGERPRINT', 'TAG_KIND', 'TAG_FAMILY', 'TAG_TRIAL',
+           'TAG_TRAIN_RUN_ID', 'TAG_CANDIDATE', 'TAG_PARAMS', 'TAG_MODEL_URI', 'TAG_BEST_TRIAL', 'TAG_BEST_FAMILY',
            'TAG_FEATURE_TABLE_DIGEST', 'TAG_EVALUATION_RUN_ID', 'TAG_EVALUATION_SELECTED_NAME',
            'TAG_EVALUATION_SELECTED_RUN_ID', 'TAG_EVALUATION_SELECTED_MODEL_URI', 'TAG_EVALUATION_VERDICT',
            'TAG_EVALUATION_ECE_METHOD', 'TAG_EVALUATION_ROWS_DIGEST', 'TAG_EVALUATION_CHAMPION', 'TAG_GATE_APPROVED',
@@ -35,10 +35,11 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
            'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
            'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
-           'AUDIT_ALERT_RESOLVED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE',
-           'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS',
-           'TABLE_QUALITY_RUNS', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS',
-           'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'ALIAS_CHAMPION',
+           'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA',
+           'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS',
+           'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
+           'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
+           'TABLE_MONITOR_FAIRNESS', 'TABLE_MONITOR_RETRAINS', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION',
            'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED',
            'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE',
            'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN',
@@ -92,6 +93,9 @@ TAG_PIPELINE_RUN_ID = name("tag", "mlops_nb.pipeline_run_id", "runner", "people"
 TAG_PHASES = name("tag", "mlops_nb.phases", "runner", "people", "the phases a pipeline run executes, comma-separated")
 TAG_MONTH = name("tag", "mlops_nb.month", "operate", "dashboards, people", "the operated month a run is about")
 TAG_MONTH_STATUS = name("tag", "mlops_nb.month_status", "operate", "people", "ok, quality_failed or failed: <why>")
+TAG_PROBATION_OF = name("tag", "mlops_nb.probation_of", "retrain", "retrain, people",
+                        "on a model version promoted by a retraining: the version it replaced, until judged")
+TAG_PROBATION = name("tag", "mlops_nb.probation", "retrain", "people", "pending, kept or rolled back")
 TAG_NOTEBOOK = name("tag", "mlops_nb.notebook", "runner", "people", "the executed notebook of a phase run")
 TAG_ERROR = name("tag", "mlops_nb.error", "runner", "people", "why a phase run failed (its cell)")
 TAG_LAKE_SKIPPED = name("tag", "mlops_nb.lake.skipped", "lake", "people", "the lake was already there: not rewritten")
@@ -217,6 +221,10 @@ AUDIT_CAMPAIGN_SENT = name("audit", "campaign.sent", "campaign", "people",
                            "a month's contact list handed to the CRM: counts, policy, model version")
 AUDIT_ALERT_RAISED = name("audit", "alert.raised", "alerts", "people", "an alert incident opened")
 AUDIT_ALERT_RESOLVED = name("audit", "alert.resolved", "alerts", "people", "an alert incident closed")
+AUDIT_RETRAINED = name("audit", "operate.retrained", "retrain", "people",
+                       "a retraining ran: its window, the gate's decision, the version")
+AUDIT_ROLLED_BACK = name("audit", "operate.rolled_back", "retrain", "people",
+                         "a retrained champion did worse than its predecessor and was rolled back")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
 
@@ -242,6 +250,10 @@ TABLE_MONITOR_PERFORMANCE = name("table", "monitor.performance", "monitor", "ale
                                  "estimated and realised performance per month and model version")
 TABLE_MONITOR_FAIRNESS = name("table", "monitor.fairness", "monitor", "alerts, dashboards",
                               "fairness gaps per month with intervals")
+TABLE_MONITOR_RETRAINS = name("table", "monitor.retrains", "retrain", "dashboards",
+                              "every retraining: why, its window, the gate's decision")
+TABLE_SHADOW_SCORES = name("table", "ops.shadow_scores", "retrain", "retrain (rollback)",
+                           "the predecessor's scores of a champion on probation, on the same customers")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a125
 ALIAS_CHAMPION = name("alias", "champion", "registry", "worker, evaluate, gate, score", "the production version")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .catalog import TABLE_FEATURE_SPEC, TABLE_FEATURES
+from .catalog import TABLE_FEATURE_SPEC, TABLE_FEATURES, TABLE_STAGING_SCHEMA
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -179,10 +179,27 @@ def feature_table_source(cfg: Settings) -> str:
     return str(rows[0][0] or "") if rows else ""
 
 # %% ../nbs/05_contracts.ipynb #684e8add
-def load_feature_table(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec]:
-    "The feature table and its spec, as the data phase left them."
+def load_feature_table(cfg: Settings,
+                       untreated: bool = True,   # leave out the customer-months a retention campaign contacted
+                       ) -> tuple[pd.DataFrame, FeatureSpec]:
+    """The rows a model may learn from, and the table's spec: from `[train] first_month` on, and without the
+    customer-months a campaign contacted — their outcome is the offer's doing, not the world the model predicts."""
     with connect_warehouse(cfg) as con:
         spec = read_feature_spec(con, cfg)
-        df = con.execute(f"SELECT * FROM {TABLE_FEATURES}").df()
+        where, params = [], []
+        if spec.time_column and cfg.train.first_month:
+            where.append(f'CAST(t."{spec.time_column}" AS VARCHAR) >= ?'); params.append(cfg.train.first_month)
+        if untreated and spec.time_column and _has_contacts(con):
+            where.append(f"""NOT EXISTS (SELECT 1 FROM {TABLE_STAGING_SCHEMA}.campaigns c
+                WHERE c.customer_key = t."{spec.id_column}" AND c.month = CAST(t."{spec.time_column}" AS VARCHAR)
+                AND c.contacted)""")
+        sql = f"SELECT t.* FROM {TABLE_FEATURES} t" + (" WHERE " + " AND ".join(where) if where else "")
+        df = con.execute(sql, params).df()
     spec.check(df)
     return df, spec
+
+def _has_contacts(con) -> bool:
+    "Whether the warehouse has campaign records with a `contacted` flag (the synthetic lake's; not your own table)."
+    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = "
+                            "'campaigns' AND column_name IN ('customer_key', 'month', 'contacted')",
+                            [TABLE_STAGING_SCHEMA]).fetchone()[0] == 3)

@@ -19,8 +19,8 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['QUANTILE_LEVELS', 'DRIFT_THRESHOLD', 'quoted', 'ColumnProfile', 'ReferenceProfile', 'numeric_summaries',
-           'category_counts', 'profile_relation', 'wasserstein_normed', 'jensen_shannon', 'drift_table',
-           'calibrated_thresholds']
+           'category_counts', 'grid_cell', 'window_counts', 'profile_relation', 'wasserstein_normed',
+           'wasserstein_counts', 'wasserstein_grid', 'jensen_shannon', 'drift_table', 'calibrated_thresholds']
 
 # %% ../nbs/60_drift.ipynb #6d0a1f05
 QUANTILE_LEVELS: tuple[float, ...] = tuple((k + 0.5) / 1000 for k in range(1000))   # midpoints of 1,000 equal slices
@@ -34,7 +34,7 @@ def quoted(name: str) -> str:
 # %% ../nbs/60_drift.ipynb #6d0a1f07
 @dataclass
 class ColumnProfile:
-    "One input of the reference window: its quantile function (numeric) or category shares, and its missing share."
+    "One input of the reference window: its quantiles and counts (numeric) or category shares, and its missing share."
     name: str
     kind: str                                                # "numeric" or "categorical"
     rows: int                                                # rows of the reference window
@@ -42,6 +42,12 @@ class ColumnProfile:
     quantiles: list[float] = field(default_factory=list)     # numeric: values at QUANTILE_LEVELS, missing left out
     std: float = 0.0                                         # numeric: the reference's (population) standard deviation
     shares: dict[str, float] = field(default_factory=dict)   # categorical: share of each category among non-missing
+    values: dict[float, int] = field(default_factory=dict)   # numeric, few distinct values: the count of each
+    grid: dict[int, int] = field(default_factory=dict)       # numeric, many: rows in each cell of `grid_cell`'s grid
+
+    def __post_init__(self):                                 # keys come back from JSON as text
+        self.values = {float(k): int(n) for k, n in self.values.items()}
+        self.grid = {int(k): int(n) for k, n in self.grid.items()}
 
 # %% ../nbs/60_drift.ipynb #6d0a1f08
 @dataclass
@@ -61,20 +67,20 @@ def numeric_summaries(con,                        # an open DuckDB connection
                       columns: Sequence[str],     # numeric columns
                       exact: bool = True,         # exact quantiles (a sort), or DuckDB's t-digest (a streaming pass)
                       ) -> dict[str, dict]:
-    "Rows, missing count, population standard deviation and the QUANTILE_LEVELS quantiles of each numeric column."
+    "Rows, missing count, population standard deviation, QUANTILE_LEVELS quantiles and ~distinct values of each column."
     if not columns: return {}
     levels = "[" + ", ".join(repr(u) for u in QUANTILE_LEVELS) + "]"
     parts, quantile = ["count(*)"], "quantile_cont" if exact else "approx_quantile"
     for c in columns:
         x = f"CAST({quoted(c)} AS DOUBLE)"
         x = f"CASE WHEN isfinite({x}) THEN {x} END"        # infinities are missing, as in Evidently
-        parts += [f"count({x})", f"stddev_pop({x})", f"{quantile}({x}, {levels})"]
-    row = con.execute(f"SELECT {', '.join(parts)} FROM {relation}").fetchone()
+        parts += [f"count({x})", f"stddev_pop({x})", f"{quantile}({x}, {levels})", f"approx_count_distinct({x})"]
+    row = con.execute(f"SELECT {', '.join(parts)} FROM {relation}").fetchall()[0]
     out = {}
     for i, c in enumerate(columns):
-        n, std, q = row[1 + 3 * i: 4 + 3 * i]
+        n, std, q, distinct = row[1 + 4 * i: 5 + 4 * i]
         out[c] = {"rows": int(row[0]), "nulls": int(row[0]) - int(n), "std": float(std or 0.0),
-                  "quantiles": [float(v) for v in q] if q else []}
+                  "quantiles": [float(v) for v in q] if q else [], "distinct": int(distinct or 0)}
     return out
 
 # %% ../nbs/60_drift.ipynb #6d0a1f0b
@@ -83,21 +89,79 @@ def category_counts(con, relation: str, column: str) -> tuple[dict[str, int], in
     rows = con.execute(f"SELECT CAST({quoted(column)} AS VARCHAR), count(*) FROM {relation} GROUP BY 1").fetchall()
     return {k: int(n) for k, n in rows if k is not None}, sum(int(n) for k, n in rows if k is None)
 
+# %% ../nbs/60_drift.ipynb #6d0a1f1b
+_CELLS, _STEPS, _FAR = 2048, 256, 60   # equal cells across the central range; cells a doubling outside; 2**60 = far
+
+def grid_cell(x: str,        # SQL: a finite number, or NULL
+              lo: float,     # where the central range starts (the reference's lowest quantile)
+              span: float,   # its width, > 0 (to the reference's highest quantile)
+              ) -> str:
+    "SQL for the cell of `x`: 2,048 equal cells across [lo, lo + span), cells growing 0.27 % a step outside it."
+    u = f"(({x} - {lo!r}) * {1 / span!r})"
+    return (f"CAST(CASE WHEN {u} < 0 THEN -1 - floor({_STEPS} * log2(least(1 - {u}, {2.0 ** _FAR})))"
+            f" WHEN {u} < 1 THEN floor({_CELLS} * {u})"
+            f" WHEN {u} >= 1 THEN {_CELLS} + floor({_STEPS} * log2(least({u}, {2.0 ** _FAR}))) END AS INTEGER)")
+
+def _cell_edges(cells, lo: float, span: float) -> np.ndarray:
+    "Where each cell starts: the inverse of `grid_cell` (cell c holds [edge(c), edge(c + 1)))."
+    c = np.asarray(cells, float)
+    u = np.where(c < 0, 1 - 2.0 ** (-c / _STEPS), np.where(c <= _CELLS, c / _CELLS, 2.0 ** ((c - _CELLS) / _STEPS)))
+    return lo + span * u
+
+def _grid_of(p: ColumnProfile) -> tuple[float, float]:
+    "The grid a numeric input is counted on: its reference's lowest quantile and the width up to its highest."
+    lo, hi, unit = p.quantiles[0], p.quantiles[-1], p.std if p.std > 0 else 1.0
+    return lo, (hi - lo if hi - lo > 1e-9 * unit else unit)
+
+# %% ../nbs/60_drift.ipynb #6d0a1f1e
+def window_counts(con,                        # an open DuckDB connection
+                  relation: str,              # the window (what follows FROM)
+                  profile: ReferenceProfile,  # its inputs, and how each is counted
+                  exact: bool = True,         # grid counts, or t-digest quantiles (`quantiles`) for grid inputs
+                  ) -> dict[str, dict]:
+    "One pass over a window: each input's rows, missing count and `counts` — by category, value or grid cell."
+    if not profile.columns: return {}
+    levels = "[" + ", ".join(repr(u) for u in QUANTILE_LEVELS) + "]"
+    inner, parts, keys = [], ["count(*)"], []
+    for i, (c, p) in enumerate(profile.columns.items()):
+        v = f"v{i}"
+        if p.kind == "categorical": inner.append(f"CAST({quoted(c)} AS VARCHAR) AS {v}")
+        else:
+            x = f"CAST({quoted(c)} AS DOUBLE)"
+            inner.append(f"CASE WHEN isfinite({x}) THEN {x} END AS {v}")
+        by_value = p.kind == "categorical" or p.values or not p.quantiles   # no quantiles yet: count values
+        key = "counts" if by_value or exact else "quantiles"
+        what = v if by_value else grid_cell(v, *_grid_of(p))
+        parts += [f"count({v})", f"histogram({what})" if key == "counts" else f"approx_quantile({v}, {levels})"]
+        keys.append(key)
+    row = con.execute(f"SELECT {', '.join(parts)} FROM (SELECT {', '.join(inner)} FROM {relation})").fetchall()[0]
+    rows = int(row[0])
+    return {c: {"rows": rows, "nulls": rows - int(row[1 + 2 * i]),
+                key: (dict(row[2 + 2 * i] or {}) if key == "counts" else [float(q) for q in row[2 + 2 * i] or []])}
+            for i, (c, key) in enumerate(zip(profile.columns, keys))}
+
 # %% ../nbs/60_drift.ipynb #6d0a1f0c
 def profile_relation(con,                            # an open DuckDB connection
                      relation: str,                  # the reference window (what follows FROM)
                      numeric: Sequence[str],         # numeric inputs
                      categorical: Sequence[str],     # categorical inputs
+                     max_values: int = 2000,         # a numeric input with at most this many values keeps each count
                      ) -> ReferenceProfile:
     "The reference profile of a window: computed once, when the model is trained, and kept with its version."
+    s = numeric_summaries(con, relation, numeric)
+    bare = {c: ColumnProfile(c, "numeric", 0, 0.0) for c in numeric if s[c]["distinct"] <= 2 * max_values}
+    bare |= {c: ColumnProfile(c, "categorical", 0, 0.0) for c in categorical}
+    first = window_counts(con, relation, ReferenceProfile(bare))    # values of the few-valued, categories
     cols: dict[str, ColumnProfile] = {}
-    for c, s in numeric_summaries(con, relation, numeric).items():
-        cols[c] = ColumnProfile(c, "numeric", s["rows"], s["nulls"] / s["rows"] if s["rows"] else 0.0,
-                                quantiles=s["quantiles"], std=s["std"])
+    for c, v in s.items():
+        values = first[c]["counts"] if c in first and len(first[c]["counts"]) <= max_values else {}
+        cols[c] = ColumnProfile(c, "numeric", v["rows"], v["nulls"] / v["rows"] if v["rows"] else 0.0,
+                                quantiles=v["quantiles"], std=v["std"], values=values)
+    gridded = {c: p for c, p in cols.items() if p.quantiles and not p.values}
+    for c, w in window_counts(con, relation, ReferenceProfile(gridded)).items(): cols[c].grid = w["counts"]
     for c in categorical:
-        counts, nulls = category_counts(con, relation, c)
-        total = sum(counts.values()); rows = total + nulls
-        cols[c] = ColumnProfile(c, "categorical", rows, nulls / rows if rows else 0.0,
+        counts, rows = first[c]["counts"], first[c]["rows"]; total = sum(counts.values())
+        cols[c] = ColumnProfile(c, "categorical", rows, first[c]["nulls"] / rows if rows else 0.0,
                                 shares={k: n / total for k, n in sorted(counts.items())})
     return ReferenceProfile(cols)
 
@@ -109,6 +173,45 @@ def wasserstein_normed(reference: Sequence[float],   # the reference's quantiles
     "First Wasserstein distance between two quantile functions, in reference standard deviations (Evidently's norm)."
     if not len(reference) or not len(current): return float("nan")
     return float(np.mean(np.abs(np.asarray(reference) - np.asarray(current)))) / max(std, 0.001)
+
+# %% ../nbs/60_drift.ipynb #6d0a1f20
+def wasserstein_counts(reference: Mapping[float, float],   # the reference's count (or share) of each value
+                       current: Mapping[float, float],     # the current window's
+                       std: float,                         # the reference's standard deviation
+                       ) -> float:
+    "Exact first Wasserstein distance between two samples given as value counts, in reference standard deviations."
+    x = np.array(sorted(set(reference) | set(current)), float)
+    r = np.array([reference.get(v, 0) for v in x], float); c = np.array([current.get(v, 0) for v in x], float)
+    if r.sum() <= 0 or c.sum() <= 0: return float("nan")
+    d = np.cumsum(r) / r.sum() - np.cumsum(c) / c.sum()
+    return float(np.sum(np.abs(d[:-1]) * np.diff(x))) / max(std, 0.001)
+
+# %% ../nbs/60_drift.ipynb #6d0a1f22
+def _area(d: np.ndarray, widths: np.ndarray) -> float:
+    "∫|d| where d runs straight from d[i] to d[i + 1] across widths[i] (a crossing of zero included)."
+    a, b = d[:-1], d[1:]; s = np.abs(a) + np.abs(b)
+    return float(np.sum(widths * np.where(a * b < 0, (a * a + b * b) / (2 * np.where(s > 0, s, 1)), s / 2)))
+
+def _quantile_cells(quantiles: Sequence[float], lo: float, span: float) -> dict[int, float]:
+    "An old profile on the grid: its CDF drawn straight through its quantiles (the outer 0.05 %s at its ends)."
+    q, p = np.asarray(quantiles, float), np.asarray(QUANTILE_LEVELS)
+    e = _cell_edges(np.arange(_CELLS + 2), lo, span)
+    j = np.searchsorted(q, e, "left"); k = np.clip(j, 1, len(q) - 1); gap = q[k] - q[k - 1]
+    f = p[k - 1] + (e - q[k - 1]) / np.where(gap > 0, gap, 1) * (p[k] - p[k - 1])
+    return dict(enumerate(np.diff(np.where(j == 0, 0.0, np.where(j >= len(q), 1.0, f))).tolist()))
+
+def wasserstein_grid(reference: Mapping[int, float],   # the reference's rows (or share) in each cell
+                     current: Mapping[int, float],     # the current window's
+                     lo: float, span: float,           # the grid (see `grid_cell`)
+                     std: float,                       # the reference's standard deviation
+                     ) -> float:
+    "First Wasserstein distance between two samples counted on `grid_cell`'s grid, in reference standard deviations."
+    if sum(reference.values()) <= 0 or sum(current.values()) <= 0: return float("nan")
+    k0 = min(min(reference), min(current)); k = np.arange(k0, max(max(reference), max(current)) + 2)
+    def cdf(m):
+        n = np.zeros(len(k)); n[np.fromiter(m, int, len(m)) - k0] = np.fromiter(m.values(), float, len(m))
+        return np.concatenate([[0.0], np.cumsum(n[:-1])]) / n.sum()
+    return _area(cdf(reference) - cdf(current), np.diff(_cell_edges(k, lo, span))) / max(std, 0.001)
 
 # %% ../nbs/60_drift.ipynb #6d0a1f11
 def jensen_shannon(p: Mapping[str, float], q: Mapping[str, float]) -> float:
@@ -125,23 +228,21 @@ def drift_table(con,                                       # an open DuckDB conn
                 relation: str,                             # the current window (what follows FROM)
                 profile: ReferenceProfile,                 # the reference
                 thresholds: Mapping[str, float] | None = None,   # per column; DRIFT_THRESHOLD where absent
-                exact: bool = True,                        # exact quantiles, or the t-digest's (faster; see above)
+                exact: bool = True,                        # grid counts, or the t-digest's quantiles (see above)
                 ) -> pd.DataFrame:
     "Each input's distance from the reference, its threshold and whether it drifted (one row per input)."
-    thresholds = thresholds or {}
-    numeric = [c for c, p in profile.columns.items() if p.kind == "numeric"]
-    summaries = numeric_summaries(con, relation, numeric, exact=exact)
-    rows = []
+    thresholds, window, rows = thresholds or {}, window_counts(con, relation, profile, exact=exact), []
     for c, p in profile.columns.items():
-        if p.kind == "numeric":
-            s = summaries[c]
-            value = wasserstein_normed(p.quantiles, s["quantiles"], p.std)
-            null_now, method = s["nulls"] / s["rows"] if s["rows"] else float("nan"), "wasserstein_normed"
+        w = window[c]; now = w.get("counts", {})
+        null_now, method = w["nulls"] / w["rows"] if w["rows"] else float("nan"), "wasserstein_normed"
+        if p.kind == "categorical" or (p.values and len(set(p.values) | set(now)) <= 5):   # Evidently's rule
+            value, method = jensen_shannon(p.shares if p.kind == "categorical" else p.values, now), "jensen_shannon"
+        elif p.values: value = wasserstein_counts(p.values, now, p.std)
+        elif not p.quantiles: value = float("nan")
+        elif "quantiles" in w: value = wasserstein_normed(p.quantiles, w["quantiles"], p.std)
         else:
-            counts, nulls = category_counts(con, relation, c)
-            value = jensen_shannon(p.shares, counts)
-            rows_now = sum(counts.values()) + nulls
-            null_now, method = nulls / rows_now if rows_now else float("nan"), "jensen_shannon"
+            lo, span = _grid_of(p)
+            value = wasserstein_grid(p.grid or _quantile_cells(p.quantiles, lo, span), now, lo, span, p.std)
         t = float(thresholds.get(c, DRIFT_THRESHOLD))
         rows.append({"column": c, "kind": p.kind, "method": method, "distance": value, "threshold": t,
                      "drifted": bool(value >= t), "null_share_reference": p.null_share, "null_share_current": null_now})

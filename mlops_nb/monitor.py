@@ -179,6 +179,9 @@ def monitor_month(con, cfg: Settings, month: str, request_id: str, version: str,
     "Drift, estimated performance and selection fairness of `month`; realised figures of the months labelled now."
     spec = read_feature_spec(con, cfg)
     relation = log_relation(cfg, request_id)
+    if not any(Path(cfg.paths.prediction_log).glob("date=*/part-*.parquet")):
+        raise SettingsError(f"the prediction log has no rows for month {month}: {cfg.paths.prediction_log} holds no "
+                            "prediction at all (was the month scored?)")
     if not con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]:
         raise SettingsError(f"the prediction log has no rows for month {month} (request {request_id}): nothing to "
                             "monitor")

@@ -36,8 +36,9 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['MONITOR_COLUMNS', 'REPORT_ROWS', 'OperateError', 'next_month', 'months_to_operate', 'ensure_monitor_tables',
-           'replace_rows', 'publish_snapshots', 'read_snapshot', 'newly_labelled', 'drift_report_html', 'MonthResult',
-           'month_quality', 'operate_month', 'store_monitor', 'month_row', 'month_summary', 'record_month', 'operate',
+           'replace_rows', 'publish_snapshots', 'read_snapshot', 'reset_operation', 'newly_labelled',
+           'drift_report_html', 'MonthResult', 'month_quality', 'operate_month', 'monitor_step', 'probation_step',
+           'alert_step', 'retrain_step', 'store_monitor', 'month_row', 'month_summary', 'record_month', 'operate',
            'results_frame']
 
 # %% ../nbs/67_operate.ipynb #67ef0005
@@ -58,14 +59,13 @@ def months_to_operate(cfg: Settings, month: str = "", through: str = "") -> list
                            "each month with `mlops-nb score --month` and monitor from the prediction log")
     remaining = operated_months(cfg)
     nxt = next_month(cfg)
-    if nxt is None or nxt not in remaining: return [] if not month else _refuse(month, nxt, remaining)
-    todo = remaining[remaining.index(nxt):]
+    for m in (month, through):
+        if m and m not in remaining: _refuse(m, nxt, remaining)
+    todo = remaining[remaining.index(nxt):] if nxt in remaining else []
     if month:
         if month != nxt: _refuse(month, nxt, remaining)
         return [month]
-    if through:
-        if through not in remaining: _refuse(through, nxt, remaining)
-        return todo[: todo.index(through) + 1] if through in todo else []
+    if through: return todo[: todo.index(through) + 1] if through in todo else []
     return todo
 
 def _refuse(month: str, nxt: str | None, remaining: list[str]) -> list[str]:
@@ -137,6 +137,10 @@ def publish_snapshots(cfg: Settings, con) -> list[Path]:
                    [TABLE_ACTIONS]).fetchone()[0]:
         queries[TABLE_ACTIONS] = (f"SELECT month, action, policy, model_version, count(*) AS customers FROM "
                                   f"{TABLE_ACTIONS} GROUP BY ALL ORDER BY ALL")   # counts only: no pseudonyms
+    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS
+    if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || table_name = ?",
+                   [TABLE_MONITOR_RETRAINS]).fetchone()[0]:
+        queries[TABLE_MONITOR_RETRAINS] = f"SELECT * FROM {TABLE_MONITOR_RETRAINS} ORDER BY month"
     for table, sql in queries.items():
         final = folder / f"{table}.parquet"
         tmp = folder / f".{table}.{os.getpid()}.parquet"
@@ -149,6 +153,28 @@ def read_snapshot(cfg: Settings, table: str) -> pd.DataFrame:
     "One published monitor table (empty if none was published yet) — what dashboards read."
     path = Path(cfg.paths.monitor) / f"{table}.parquet"
     return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=list(MONITOR_COLUMNS.get(table, {})))
+
+# %% ../nbs/67_operate.ipynb #67ef0009a
+def reset_operation(cfg: Settings) -> list[str]:
+    """Start a world's operation afresh: the stores of a previous world's operated months — the warehouse's monitor
+    and action tables, the published snapshots, the outbox, the alert log (kept, renamed with the time) — would
+    otherwise mix two worlds' months. Run when the first operated month begins; returns what it set aside."""
+    import shutil
+    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES
+    done = []
+    if cfg.paths.warehouse.exists():
+        with connect_warehouse(cfg, read_only=False) as con:
+            for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES]:
+                if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || "
+                               "table_name = ?", [t]).fetchone()[0]:
+                    con.execute(f"DROP TABLE {t}"); done.append(t)
+    for folder in (Path(cfg.paths.monitor), Path(cfg.paths.outbox)):
+        if folder.exists(): shutil.rmtree(folder); done.append(str(folder))
+    log = Path(cfg.paths.alerts)
+    if log.exists():
+        kept = log.with_name(f"{log.stem}.until-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}{log.suffix}")
+        os.replace(log, kept); done.append(f"{log} → {kept.name}")
+    return done
 
 # %% ../nbs/67_operate.ipynb #67ef000b
 def newly_labelled(con, cfg: Settings) -> dict[str, tuple[str, str]]:
@@ -235,18 +261,18 @@ def _world_resolved(cfg: Settings, month: str) -> bool:
 
 # %% ../nbs/67_operate.ipynb #67ef0012
 def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print) -> MonthResult:
-    "Observe, load, check, build, score, act, resolve, monitor and alert one month; record it whatever happens."
-    from mlops_nb.alerts import process_alerts
+    "Observe, load, check, build, score, act, resolve, monitor, alert (and retrain) one month; record it all the same."
     from mlops_nb.campaign import run_campaign
     from mlops_nb.features import write_features
-    from mlops_nb.monitor import monitor_month
-    from mlops_nb.reference import load_reference
     from mlops_nb.score import production_version, score_month
     from mlops_nb.warehouse import load_warehouse
-    from mlops_nb.monitor import log_relation
     res, step, t0 = MonthResult(month, "ok"), _Steps(), time.perf_counter()
     mm, html = None, ""
     try:
+        if month == operated_months(cfg)[0] and not _world_resolved(cfg, month):   # a new world's first month
+            with step("reset"):
+                gone = reset_operation(cfg)
+                if gone: res.note = "A new world: the previous world's operation records were set aside."
         with step("observe"): observe_month(cfg, month)
         with step("load"): load_warehouse(cfg)
         with step("quality"): res.quality_failures = month_quality(cfg, month, f"operate-{month}")
@@ -258,31 +284,97 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
         with step("act"): res.campaign = asdict(run_campaign(cfg, month, res.request_id, res.version))
         with step("resolve"):
             if not _world_resolved(cfg, month): resolve_month(cfg, month)
-        with step("reference"): bundle = load_reference(cfg, res.version)   # built once per version, if need be
-        with connect_warehouse(cfg, read_only=False) as con:
-            with step("monitor"):
-                ensure_monitor_tables(con)
-                labelled = newly_labelled(con, cfg)
-                res.labelled = sorted(labelled)
-                mm = monitor_month(con, cfg, month, res.request_id, res.version, bundle, labelled)
-                store_monitor(con, mm)
-            if cfg.operate.drift_report:
-                with step("report"):
-                    cols = bundle.reconstruction.columns + [c for c in bundle.profile.columns
-                                                            if c not in bundle.reconstruction.columns
-                                                            and bundle.profile.columns[c].kind == "categorical"]
-                    html = drift_report_html(con, cfg, log_relation(cfg, res.request_id), bundle, cols,
-                                             bundle.reconstruction.columns, cfg.train.seed)
-        res.metrics = {**mm.metrics, "quality.blocking_failures": float(len(res.quality_failures))}
-        with step("alert"):
-            out = process_alerts(cfg, month, res.metrics, say=say)
-            res.alerts = dict(raised=[i.rule for i in out.raised], resolved=[i.rule for i in out.resolved],
-                              open=[i.rule for i in out.open], retrain=out.retrain, failures=out.failures)
+        mm, html = monitor_step(cfg, res, step)
+        with step("alert"): incidents = alert_step(cfg, res, mm, say)
+        if res.alerts.get("retrain"):
+            with step("retrain"): retrain_step(cfg, res, incidents, say)
     except Exception as e:   # the month is recorded as failed, with the step and the reason
         res.status = f"failed: {step.current}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     res.steps, res.seconds = step.seconds, round(time.perf_counter() - t0, 2)
     record_month(cfg, res, mm, html)
     return res
+
+# %% ../nbs/67_operate.ipynb #67ef0012a
+def monitor_step(cfg: Settings, res: MonthResult, step: _Steps) -> tuple[Any, str]:
+    """The champion's reference (built once per version), the month's monitor and its report; the predecessor's shadow
+    scores while the champion is on probation, and the verdict when its first month's labels arrive."""
+    from mlops_nb.monitor import log_relation, monitor_month
+    from mlops_nb.reference import load_reference
+    from mlops_nb.retrain import on_probation, shadow_score
+    with step("reference"): bundle = load_reference(cfg, res.version)
+    html = ""
+    with connect_warehouse(cfg, read_only=False) as con:
+        with step("monitor"):
+            ensure_monitor_tables(con)
+            labelled = newly_labelled(con, cfg)
+            res.labelled = sorted(labelled)
+            mm = monitor_month(con, cfg, res.month, res.request_id, res.version, bundle, labelled)
+            store_monitor(con, mm)
+        with step("probation"):
+            predecessor = on_probation(cfg, res.version)
+            if predecessor: shadow_score(cfg, con, res.month, predecessor)
+            for m, (rid, v) in labelled.items(): probation_step(cfg, con, res, m, rid, v)
+        if cfg.operate.drift_report:
+            with step("report"):
+                cats = [c for c, p in bundle.profile.columns.items() if p.kind == "categorical"]
+                html = drift_report_html(con, cfg, log_relation(cfg, res.request_id), bundle,
+                                         bundle.reconstruction.columns + cats, bundle.reconstruction.columns,
+                                         cfg.train.seed)
+    return mm, html
+
+# %% ../nbs/67_operate.ipynb #67ef0012b
+def probation_step(cfg: Settings, con, res: MonthResult, month: str, request_id: str, version: str) -> None:
+    "Judge a champion on probation on its first labelled month; roll it back if it did worse than its predecessor."
+    from mlops_nb.retrain import judge_probation, on_probation, settle_probation
+    predecessor = on_probation(cfg, version)
+    if not predecessor: return
+    verdict = judge_probation(cfg, con, month, request_id, version, predecessor)
+    if verdict is None: return
+    settle_probation(cfg, verdict)
+    res.note = (res.note + " " if res.note else "") + f"Version {version} on probation: {verdict.reason}."
+
+def alert_step(cfg: Settings, res: MonthResult, mm: Any, say: Callable[[str], None]) -> list[Any]:
+    "The alert rules on the month's metrics; returns the open incidents."
+    from mlops_nb.alerts import process_alerts
+    res.metrics = {**mm.metrics, "quality.blocking_failures": float(len(res.quality_failures))}
+    out = process_alerts(cfg, res.month, res.metrics, say=say)
+    res.alerts = dict(raised=[i.rule for i in out.raised], resolved=[i.rule for i in out.resolved],
+                      open=[i.rule for i in out.open], retrain=out.retrain, failures=out.failures)
+    return out.open
+
+# %% ../nbs/67_operate.ipynb #67ef0012c
+def retrain_step(cfg: Settings, res: MonthResult, incidents: list[Any], say: Callable[[str], None]) -> None:
+    "Retrain on the months since the problem began if there are enough of them and they were not tried; record it."
+    from mlops_nb.retrain import (
+        RetrainResult,
+        ensure_retrain_tables,
+        labelled_months,
+        problem_start,
+        record_retrain,
+        retrain,
+        tried_before,
+    )
+    asking = [i for i in incidents if i.retrain]
+    since = problem_start(asking, cfg.features.horizon_months + cfg.features.label_grace_months)
+    if since is None: return
+    reason = ", ".join(sorted({i.rule for i in asking}))
+    with connect_warehouse(cfg, read_only=False) as con:
+        window = labelled_months(con, cfg, since)
+        ensure_retrain_tables(con)
+        again = tried_before(con, since, window)
+    if again: return
+    if len(window) < cfg.operate.retrain_min_months:
+        r = RetrainResult(res.month, since, window, "deferred", reason=reason,
+                          note=f"{len(window)} labelled month(s) since {since}; "
+                               f"{cfg.operate.retrain_min_months} needed")
+    else:
+        say(f"retraining on {since}..{window[-1]} ({reason})")
+        r = retrain(cfg, res.month, since, window, reason)
+    with connect_warehouse(cfg, read_only=False) as con: record_retrain(con, r)
+    verdict = "approved and promoted" if r.promoted else "approved" if r.approved else "refused by the gate"
+    outcome = f": version {r.version} {verdict}" if r.status == "ran" else f": {r.note}"
+    span = f"{since}..{window[-1]}" if window else since
+    res.note = (res.note + " " if res.note else "") + f"Retraining {r.status} ({reason}; months {span}){outcome}."
 
 # %% ../nbs/67_operate.ipynb #67ef0013
 def store_monitor(con, mm: Any) -> None:

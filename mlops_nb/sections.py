@@ -216,6 +216,10 @@ class TrainSettings:
                                   "the blend candidate averages the log-odds of every family whose validation AUC is "
                                   "within this of the best family's (0 = no blend)", lo=0.0, hi=1.0)
     seed: int = setting(7, "training seed: the same inputs and seed give the same metrics", lo=0, hi=2**32 - 1)
+    first_month: str = setting("",
+                               "learn only from feature months from this one on, YYYY-MM (empty = every month); a "
+                               "retraining sets it to the start of its recent window", pattern=r"|\d{4}-\d{2}",
+                               since=3)
 
 # %% ../nbs/01_sections.ipynb #e448d349
 @dataclass(frozen=True)
@@ -313,6 +317,10 @@ class OperateSettings:
                                    "share of the customers the policy selects each month held out at random as a "
                                    "control group (never contacted): what the campaign's effect is measured against",
                                    lo=0.0, hi=0.5)
+    retrain_min_months: int = setting(3,
+                                      "labelled months a retraining needs since the problem began (train, "
+                                      "validation, test: at least 3); until then it is deferred, and says so",
+                                      lo=3, hi=60)
     drift_report: bool = setting(True,
                                  "write Evidently's data-drift HTML report of each month (on a sample) for people to "
                                  "read beside the monitor's tables")

@@ -1,0 +1,162 @@
+"""The closed monthly loop on small real worlds: labels at the horizon, the exploration campaign beside the policy, the
+control group never contacted, failures recorded (not raised), the CLI, and the automatic rollback of a worse model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_project, run_cli
+from mlops_nb.catalog import (
+    AUDIT_MONTH_OPERATED,
+    AUDIT_ROLLED_BACK,
+    STATUS_PRODUCTION,
+    TABLE_ACTIONS,
+    TABLE_MONITOR_MONTHS,
+    TABLE_MONITOR_PERFORMANCE,
+    TAG_PROBATION,
+)
+from mlops_nb.settings import load_settings
+
+WORLD = dict(lake_customers=700, lake_months=8, lake_history_months=5, lake_drift_month=7,
+             lake_schema_drift_month=0, gate_n_boot=50)
+
+
+def build(root: Path, **values):
+    """A project whose history is loaded and featured, with a sandbox champion trained on it."""
+    from mlops_nb.features import write_features
+    from mlops_nb.lake import generate_lake
+    from mlops_nb.sandbox import sandbox_champion
+    from mlops_nb.warehouse import load_warehouse
+    cfg = load_settings(make_project(root, **{**WORLD, **values}), env={})
+    generate_lake(cfg); load_warehouse(cfg); write_features(cfg)
+    v = sandbox_champion(cfg, params={"max_iter": 40}, threshold=0.05)
+    return cfg, v.version
+
+
+def table(cfg, sql: str) -> pd.DataFrame:
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con: return con.execute(sql).df()
+
+
+@pytest.fixture(scope="module")
+def operated(tmp_path_factory):
+    """A world operated for its three months after the history, quietly."""
+    from mlops_nb.operate import operate
+    cfg, v = build(tmp_path_factory.mktemp("operated") / "p")
+    results = operate(cfg, say=lambda s: None)
+    return cfg, v, results
+
+
+def test_every_operated_month_is_recorded_with_its_steps(operated):
+    cfg, v, results = operated
+    assert [r.month for r in results] == ["2025-06", "2025-07", "2025-08"]
+    assert all(r.status in ("ok", "quality_failed") for r in results), [r.status for r in results]
+    months = table(cfg, f"SELECT * FROM {TABLE_MONITOR_MONTHS} ORDER BY month")
+    assert list(months.month) == ["2025-06", "2025-07", "2025-08"] and set(months.version) == {v}
+    assert (months.scored > 600).all() and (months.contacted >= 0).all()
+    snap = pd.read_parquet(cfg.paths.monitor / f"{TABLE_MONITOR_MONTHS}.parquet")   # readers never open the warehouse
+    assert list(snap.month) == list(months.month)
+    from mlops_nb.audit import read_events
+    assert [e.subject for e in read_events(cfg, AUDIT_MONTH_OPERATED)] == list(months.month)
+
+
+def test_labels_are_used_only_once_the_horizon_has_passed(operated):
+    cfg, _, results = operated
+    perf = table(cfg, f"SELECT month, kind, computed_in FROM {TABLE_MONITOR_PERFORMANCE} ORDER BY month, kind")
+    realised = perf[perf.kind == "realised"]
+    # a month's labels arrive with the next month's cancellations: measured in the month after, never in its own
+    assert list(zip(realised.month, realised.computed_in)) == [("2025-06", "2025-07"), ("2025-07", "2025-08")]
+    assert set(perf[perf.kind == "estimated"].month) == {"2025-06", "2025-07", "2025-08"}
+    assert results[0].labelled == [] and results[1].labelled == ["2025-06"]
+
+
+def test_exploration_goes_on_beside_the_policy_and_control_is_never_contacted(operated):
+    from mlops_nb.lake import read_raw, read_truth
+    cfg, _, _ = operated
+    truth = read_truth(cfg.paths.oracle)
+    for month in ("2025-06", "2025-07", "2025-08"):
+        camp = read_raw(cfg.paths.lake, "campaigns", month)
+        explore = camp[camp.campaign_id == f"RET-{month}"]
+        assert len(explore) > 0.04 * 700                       # the random campaign still runs every month
+        t = truth[truth.month == month]
+        assert not (t.policy_listed & t.in_campaign).any()     # the policy leaves the experiment alone
+    actions = table(cfg, f"SELECT month, action, count(*) AS n FROM {TABLE_ACTIONS} GROUP BY ALL")
+    listed = truth.groupby("month").policy_listed.sum()
+    contact = actions[actions.action == "contact"].set_index("month").n
+    assert (listed.reindex(contact.index) == contact).all()    # exactly the contact list reached the CRM
+
+
+def test_a_month_out_of_order_or_twice_is_refused_clearly(operated):
+    from mlops_nb.operate import OperateError, months_to_operate
+    cfg, _, _ = operated
+    assert months_to_operate(cfg) == []
+    with pytest.raises(OperateError, match="every one of them is done"):
+        months_to_operate(cfg, month="2025-07")
+    with pytest.raises(OperateError, match="the operated months are 2025-06..2025-08"):
+        months_to_operate(cfg, through="2026-01")
+
+
+def test_failures_are_recorded_with_a_clear_status_not_a_traceback(tmp_path):
+    from mlops_nb.monitor import monitor_month
+    from mlops_nb.operate import operate_month
+    from mlops_nb.reference import load_reference
+    cfg, v = build(tmp_path / "p")
+    # a version without a reference profile (its months are gone from the warehouse): a clear error, no guess
+    with duckdb.connect(str(cfg.paths.warehouse)) as con: con.execute("DELETE FROM features.customer_month "
+                                                                      "WHERE month = '2025-01'")
+    with pytest.raises(Exception, match="are not all in the warehouse"):
+        load_reference(cfg, v)
+    # an empty prediction log for the month: a clear message naming the month and request
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        with pytest.raises(Exception, match="the prediction log has no rows for month 2025-06"):
+            monitor_month(con, cfg, "2025-06", "no-such-request", v, None)
+    # a month whose source partition is missing: the month fails at its step, recorded with the reason
+    from mlops_nb.lake import observe_month
+    observe_month(cfg, "2025-06")
+    (cfg.paths.lake / "usage" / "month=2025-06").rename(tmp_path / "usage-gone")
+    res = operate_month(cfg, "2025-06", say=lambda s: None)
+    assert res.status.startswith("failed: load:") and "usage" in res.status
+    row = table(cfg, f"SELECT status FROM {TABLE_MONITOR_MONTHS} WHERE month = '2025-06'")
+    assert row.status[0] == res.status
+
+
+def test_operate_cli_runs_the_notebook_and_refuses_a_wrong_month_without_a_traceback(tmp_path):
+    cfg, _ = build(tmp_path / "p")
+    bad = run_cli("--settings", str(cfg.source), "operate", "--month", "2025-08")
+    assert bad.returncode != 0 and "cannot operate 2025-08" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr
+    ok = run_cli("--settings", str(cfg.source), "operate", "--month", "2025-06")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    executed = list((cfg.paths.reports / "runs").glob("*/67_operate.ipynb"))
+    assert len(executed) == 2
+    assert list(table(cfg, f"SELECT month FROM {TABLE_MONITOR_MONTHS}").month) == ["2025-06"]
+
+
+def test_a_retrained_champion_that_does_worse_is_rolled_back(tmp_path):
+    """Plant a worse model as the champion on probation (as a retraining would have promoted it): once its first
+    month's labels arrive, the paired comparison with its predecessor's shadow scores rolls it back."""
+    from mlops_nb import registry
+    from mlops_nb.audit import read_events
+    from mlops_nb.operate import operate
+    from mlops_nb.retrain import set_probation
+    from mlops_nb.sandbox import sandbox_champion
+    from mlops_nb.served import mlflow_for
+    cfg, good = build(tmp_path / "p", lake_customers=4000)
+    # one split on one input: a registered, servable model, and a worse one than the champion
+    worse = sandbox_champion(cfg, params={"max_iter": 1, "max_leaf_nodes": 2}, threshold=0.05).version
+    set_probation(cfg, worse, good)
+    results = operate(cfg, through="2025-07", say=lambda s: None)
+    assert all(not r.status.startswith("failed") for r in results), [r.status for r in results]
+    assert registry.version_with_status(cfg, STATUS_PRODUCTION).version == good
+    assert "rolled back" in results[1].note
+    _, client = mlflow_for(cfg)
+    assert client.get_model_version(cfg.mlflow.registered_model, worse).tags[TAG_PROBATION] == "rolled back"
+    events = list(read_events(cfg, AUDIT_ROLLED_BACK))
+    assert len(events) == 1 and events[0].details["upper"] < 0
+    # the shadow scored the same customers the champion did
+    shadow = table(cfg, "SELECT month, count(*) AS n FROM ops.shadow_scores GROUP BY month ORDER BY month")
+    assert list(shadow.month) == ["2025-06", "2025-07"]
