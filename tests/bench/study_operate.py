@@ -1,0 +1,127 @@
+"""Study: the operate loop on the synthetic scenarios, measured against the simulator's truth (not a timed test).
+
+    .venv/bin/python tests/bench/study_operate.py --scenario stable --seeds 1 2 3 --operated 12
+    .venv/bin/python tests/bench/study_operate.py --scenario drift --seeds 42
+
+For each seed it makes a project in a temporary folder, runs the lifecycle on the history months and operates the
+rest (`mlops-nb run`, then `mlops-nb operate`, as `./run_all.sh` does), then prints:
+  * incidents raised (in a stable world every incident is a false alarm: the goal is at most one in 12 months);
+  * per month: the label-free AUC estimate beside the realised AUC (goal: within 0.03 in stable months), drift,
+    quality and the serving version;
+  * retrainings and rollbacks; and, after a retraining, the new champion's AUC on the untreated customers of the
+    last labelled month beside the oracle's true probabilities' AUC on the same rows (goal: within 0.02).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], settings: Path) -> None:
+    r = subprocess.run([str(BIN / "mlops-nb"), "--settings", str(settings), *args], capture_output=True, text=True)
+    if r.returncode: raise SystemExit(f"mlops-nb {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+
+
+def project(root: Path, scenario: str, seed: int, operated: int, history: int, customers: int) -> Path:
+    from mlops_nb.settings import render_settings
+    root.mkdir(parents=True, exist_ok=True)
+    values = dict(paths_notebooks=str(REPO / "nbs"), privacy_key_file=str(root / "pseudonym.key"),
+                  lake_scenario=scenario, lake_seed=seed, lake_months=history + operated, lake_history_months=history,
+                  lake_customers=customers, alerts_rules_file=str(REPO / "alert_rules.yaml"))
+    path = root / "settings.ini"
+    path.write_text(render_settings(values), encoding="utf-8")
+    return path
+
+
+def new_champion_vs_oracle(settings: Path) -> dict | None:
+    """After a promotion by retraining: the new champion's AUC on the untreated customers of the last labelled month,
+    and the true probabilities' AUC on the same rows."""
+    from sklearn.metrics import roc_auc_score
+    from mlops_nb.lake import read_truth
+    from mlops_nb.served import load_served_model
+    from mlops_nb.settings import load_settings
+    cfg = load_settings(settings)
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables")}
+        if "monitor.retrains" not in tables: return None
+        promoted = con.execute("SELECT month, version FROM monitor.retrains WHERE promoted ORDER BY month").fetchall()
+        if not promoted: return None
+        month = con.execute("SELECT max(month) FROM features.customer_month WHERE churned_next IS NOT "
+                            "NULL").fetchone()[0]
+        df = con.execute("SELECT f.* FROM features.customer_month f JOIN ops.actions a ON a.customer_key = "
+                         "f.customer_key AND a.month = f.month WHERE f.month = ? AND a.action IN ('not_selected', "
+                         "'control') AND f.churned_next IS NOT NULL", [month]).df()
+    version = promoted[-1][1]
+    model = load_served_model(cfg, version, unknown_category="missing")
+    p = model.scorer.probabilities(model.scorer.encode_frame(df))
+    truth = read_truth(cfg.paths.oracle)
+    truth = truth[truth.month == month]
+    from mlops_nb.privacy import load_key, pseudonymise
+    key = load_key(cfg)
+    truth = truth.assign(customer_key=pseudonymise(truth.customer_id, key, "customer"))
+    t = df[["customer_key"]].merge(truth[["customer_key", "p_churn"]], on="customer_key", how="left")
+    y = df.churned_next.to_numpy(int)
+    return dict(version=version, month=month, rows=len(df), auc_model=roc_auc_score(y, p),
+                auc_oracle=roc_auc_score(y, t.p_churn.to_numpy()))
+
+
+def study(scenario: str, seed: int, operated: int, history: int, customers: int) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"study-{scenario}-{seed}-"))
+    settings = project(root, scenario, seed, operated, history, customers)
+    t0 = time.time()
+    run(["run", "--no-progress"], settings)
+    t1 = time.time()
+    run(["operate", "--no-progress"], settings)
+    t2 = time.time()
+    from mlops_nb.alerts import read_alert_log
+    from mlops_nb.settings import load_settings
+    cfg = load_settings(settings)
+    log = read_alert_log(cfg)
+    raised = log[log.kind == "raised"] if len(log) else log
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        months = con.execute("SELECT month, status, version, inputs_drifted, alerts_raised, note FROM monitor.months "
+                             "ORDER BY month").df()
+        perf = con.execute("SELECT month, kind, auc FROM monitor.performance").df()
+    wide = perf.pivot_table(index="month", columns="kind", values="auc")
+    months = months.merge(wide, left_on="month", right_index=True, how="left")
+    gap = (months.estimated - months.realised).abs() if {"estimated", "realised"} <= set(months) else pd.Series()
+    return dict(scenario=scenario, seed=seed, root=str(root), lifecycle_s=round(t1 - t0), operate_s=round(t2 - t1),
+                incidents=[f"{r.rule}@{r.month}" for r in raised.itertuples()] if len(raised) else [],
+                max_estimate_gap=float(gap.max()) if len(gap.dropna()) else None,
+                months=months, after_retraining=new_champion_vs_oracle(settings))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=["stable", "drift"], default="stable")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42])
+    ap.add_argument("--operated", type=int, default=6, help="operated months (after 6 history months)")
+    ap.add_argument("--history", type=int, default=6)
+    ap.add_argument("--customers", type=int, default=20_000)
+    a = ap.parse_args()
+    pd.set_option("display.width", 200); pd.set_option("display.max_columns", 20)
+    for seed in a.seeds:
+        r = study(a.scenario, seed, a.operated, a.history, a.customers)
+        print(f"\n=== {r['scenario']} seed {r['seed']}: lifecycle {r['lifecycle_s']} s, {a.operated} months operated "
+              f"in {r['operate_s']} s ({r['root']})")
+        print(r["months"].drop(columns=["note"]).to_string(index=False))
+        for note in r["months"].note.dropna(): print("  note:", note)
+        print(f"incidents raised ({len(r['incidents'])}):", ", ".join(r["incidents"]) or "none")
+        if r["max_estimate_gap"] is not None:
+            print(f"largest |estimated − realised| AUC: {r['max_estimate_gap']:.4f}")
+        if r["after_retraining"]: print("after retraining:", json.dumps(r["after_retraining"], default=float))
+
+
+if __name__ == "__main__":
+    main()
