@@ -2,11 +2,9 @@
 control group never contacted, failures recorded (not raised), the CLI, and the automatic rollback of a worse model."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pytest
 
