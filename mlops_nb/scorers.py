@@ -240,7 +240,9 @@ class FastScorer:
         """Calibrated churn probabilities of encoded rows — ChurnModel.predict's churn_probability. (`threads`: compiled
         trees, big batches.)"""
         if self.compiled: p = self._inverse_link(trees_raw(self.trees, Z, threads))
-        elif self.linear is not None: p = 1.0 / (1.0 + np.exp(-(Z @ self.linear[0] + self.linear[1])))
+        elif self.linear is not None:
+            with np.errstate(over="ignore"):   # a far-out row's exp overflows to inf: its probability is 0, exactly
+                p = 1.0 / (1.0 + np.exp(-(Z @ self.linear[0] + self.linear[1])))
         else: p = self.rest.predict_proba(Z)[:, 1]
         return apply_calibrator(self.model.calibrator, p)
 
@@ -334,7 +336,8 @@ class BlendScorer:
         return np.mean([p.log_odds(z, threads) for p, z in zip(self.parts, self._columns(Z))], axis=0)
 
     def probabilities(self, Z: np.ndarray, threads: int = 1) -> np.ndarray:
-        return apply_calibrator(self.model.calibrator, 1.0 / (1.0 + np.exp(-self.log_odds(Z, threads))))
+        with np.errstate(over="ignore"):   # a far-out row's exp overflows to inf: its probability is 0, exactly
+            return apply_calibrator(self.model.calibrator, 1.0 / (1.0 + np.exp(-self.log_odds(Z, threads))))
 
     def contributions(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
         got = [p.contributions(z) for p, z in zip(self.parts, self._columns(Z))]
