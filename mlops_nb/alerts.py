@@ -207,10 +207,6 @@ rules:
     condition: ">= 1"
     severity: critical
     description: a blocking data-quality rule failed on the month's data
-  - name: sources_held_back
-    metric: quality.held_back_sources
-    condition: ">= 1"
-    description: a source was held back from the month (late, quarantined or failing its checks)
 """
 
 # %% ../nbs/62_alerts.ipynb #62a1e016

@@ -131,8 +131,8 @@ def test_packaged_rules_and_the_repository_file_agree_and_fit_the_monitor():
     rules = {r.name: r for r in A.load_alert_rules(REPO / "alert_rules.yaml")}
     metrics = {r.metric for r in rules.values()}
     assert {"drift.share_drifted", "drift.feature.*", "drift.score", "drift.multivariate",
-            "performance.concept_drift_p", "performance.auc_drop", "fairness.max_gap", "quality.blocking_failures",
-            "quality.held_back_sources"} == metrics
+            "performance.concept_drift_p", "performance.auc_drop", "fairness.max_gap",
+            "quality.blocking_failures"} == metrics
     # the monitor reports each drift as a share of its threshold (DRIFT_THRESHOLD at least): 1 = past it
     assert DRIFT_THRESHOLD > 0 and rules["input_drifted"].threshold == rules["scores_drifted"].threshold == 1
     assert rules["fairness_gap"].threshold == CharterSettings().max_fairness_gap and rules["fairness_gap"].op == ">"
