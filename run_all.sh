@@ -107,8 +107,18 @@ run_tests() {
   "$VENV/bin/ruff" check --no-cache --select E501 nbs tests || die "lines longer than [tool.ruff] line-length (listed above)"
   say "nbdev-test: every notebook on its small defaults"
   "$VENV/bin/nbdev-test" --n-workers 2 || die "nbdev-test failed"
-  say "pytest"
-  "$VENV/bin/python" -m pytest tests "${ARGS[@]+"${ARGS[@]}"}" || die "pytest failed"
+  # two pytest-xdist workers, one per core; tests that share a module or session fixture stay on one worker (the
+  # grouping is in tests/conftest.py). A caller's own -n, --dist, -p no:xdist, --pdb or --trace turns this off.
+  local xdist=(-n 2 --dist loadgroup) prev="" a
+  for a in "${ARGS[@]+"${ARGS[@]}"}"; do
+    case "$a" in
+      -n|-n[0-9]*|-nauto|-nlogical|--numprocesses|--numprocesses=*|--dist|--dist=*|-pno:xdist|--pdb|--trace) xdist=() ;;
+      no:xdist) if [ "$prev" = -p ]; then xdist=(); fi ;;
+    esac
+    prev="$a"
+  done
+  say "pytest ${xdist[*]:-}"
+  "$VENV/bin/python" -m pytest tests "${xdist[@]+"${xdist[@]}"}" "${ARGS[@]+"${ARGS[@]}"}" || die "pytest failed"
   say "all tests passed"
 }
 

@@ -98,40 +98,38 @@ def test_a_month_out_of_order_or_twice_is_refused_clearly(operated):
         months_to_operate(cfg, through="2026-01")
 
 
-def test_failures_are_recorded_with_a_clear_status_not_a_traceback(tmp_path):
+def test_the_cli_operates_a_month_and_failures_are_recorded_with_a_clear_status_not_a_traceback(tmp_path):
+    from mlops_nb.lake import observe_month
     from mlops_nb.monitor import monitor_month
     from mlops_nb.operate import operate_month
     from mlops_nb.reference import load_reference
     cfg, v = build(tmp_path / "p")
-    # a version without a reference profile (its months are gone from the warehouse): a clear error, no guess
-    with duckdb.connect(str(cfg.paths.warehouse)) as con: con.execute("DELETE FROM features.customer_month "
-                                                                      "WHERE month = '2025-01'")
-    with pytest.raises(Exception, match="are not all in the warehouse"):
-        load_reference(cfg, v)
-    # an empty prediction log for the month: a clear message naming the month and request
-    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
-        with pytest.raises(Exception, match="the prediction log has no rows for month 2025-06"):
-            monitor_month(con, cfg, "2025-06", "no-such-request", v, None)
-    # a month whose source partition is missing: the month fails at its step, recorded with the reason
-    from mlops_nb.lake import observe_month
-    observe_month(cfg, "2025-06")
-    (cfg.paths.lake / "usage" / "month=2025-06").rename(tmp_path / "usage-gone")
-    res = operate_month(cfg, "2025-06", say=lambda s: None)
-    assert res.status.startswith("failed: load:") and "usage" in res.status
-    row = table(cfg, f"SELECT status FROM {TABLE_MONITOR_MONTHS} WHERE month = '2025-06'")
-    assert row.status[0] == res.status
-
-
-def test_operate_cli_runs_the_notebook_and_refuses_a_wrong_month_without_a_traceback(tmp_path):
-    cfg, _ = build(tmp_path / "p")
+    # the command: a wrong month is refused with a message; the next month runs the notebook under papermill
     bad = run_cli("--settings", str(cfg.source), "operate", "--month", "2025-08")
     assert bad.returncode != 0 and "cannot operate 2025-08" in bad.stderr + bad.stdout
     assert "Traceback" not in bad.stderr
     ok = run_cli("--settings", str(cfg.source), "operate", "--month", "2025-06", "-p", "operate_drift_report", "false")
     assert ok.returncode == 0, ok.stderr[-2000:]
-    executed = list((cfg.paths.reports / "runs").glob("*/67_operate.ipynb"))
-    assert len(executed) == 2
+    assert len(list((cfg.paths.reports / "runs").glob("*/67_operate.ipynb"))) == 2
     assert list(table(cfg, f"SELECT month FROM {TABLE_MONITOR_MONTHS}").month) == ["2025-06"]
+    # an empty prediction log for a month: a clear message naming the month
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        with pytest.raises(Exception, match="the prediction log has no rows for month 2025-07"):
+            monitor_month(con, cfg, "2025-07", "no-such-request", v, None)
+    # a month whose source partition is missing: the month fails at its step, recorded with the reason
+    observe_month(cfg, "2025-07")
+    (cfg.paths.lake / "usage" / "month=2025-07").rename(tmp_path / "usage-gone")
+    res = operate_month(cfg, "2025-07", say=lambda s: None)
+    assert res.status.startswith("failed: load:") and "usage" in res.status
+    row = table(cfg, f"SELECT status FROM {TABLE_MONITOR_MONTHS} WHERE month = '2025-07'")
+    assert row.status[0] == res.status
+    # a version whose reference months are gone from the warehouse gets a clear error, not a guess
+    with duckdb.connect(str(cfg.paths.warehouse)) as con: con.execute("DELETE FROM features.customer_month "
+                                                                      "WHERE month = '2025-01'")
+    with pytest.raises(Exception, match="are not all in the warehouse"):
+        from mlops_nb.reference import build_reference
+        build_reference(cfg, v)
+    assert load_reference(cfg, v).version == v       # the one built in 2025-06 is kept with the version
 
 
 def test_a_retrained_champion_that_does_worse_is_rolled_back(tmp_path):
