@@ -110,7 +110,8 @@ def test_the_catalog_names_each_thing_once():
     from mlops_nb.catalog import NAMES, catalog_frame
     f = catalog_frame()
     assert len(f) == len(NAMES) and f.groupby("kind").value.apply(lambda v: v.is_unique).all()
-    assert set(f.kind) == {"phase", "tag", "artifact", "audit", "table", "alias", "status", "dataset", "section", "env", "verb"}
+    assert set(f.kind) == {"phase", "tag", "artifact", "audit", "table", "alias", "status", "dataset", "section", "env",
+                           "verb"}
     from mlops_nb.runner import PHASES
     from mlops_nb.settings import SECTIONS
     assert {p.name for p in PHASES} <= set(f[f.kind == "phase"].value) and list(SECTIONS) == list(
