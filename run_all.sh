@@ -106,7 +106,11 @@ run_tests() {
   # (the package is generated from those cells; nbdev writes its own __all__ lines, at a width of its own)
   "$VENV/bin/ruff" check --no-cache --select E501 nbs tests || die "lines longer than [tool.ruff] line-length (listed above)"
   say "nbdev-test: every notebook on its small defaults"
-  "$VENV/bin/nbdev-test" --n-workers 2 || die "nbdev-test failed"
+  # one OpenMP/BLAS thread per notebook: two notebooks at a time already fill the two cores, and threads spinning for a
+  # busy core cost a fifth more CPU (as for the pytest workers, tests/conftest.py)
+  local one=(OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+             MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}")
+  env "${one[@]}" "$VENV/bin/nbdev-test" --n-workers 2 || die "nbdev-test failed"
   # two pytest-xdist workers, one per core; tests that share a module or session fixture stay on one worker (the
   # grouping is in tests/conftest.py). A caller's own -n, --dist, -p no:xdist, --pdb or --trace turns this off.
   local xdist=(-n 2 --dist loadgroup) prev="" a
