@@ -22,7 +22,7 @@ from .settings import Settings, SettingsError
 # %% auto #0
 __all__ = ['FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse',
            'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'no_feature_table',
-           'read_feature_spec', 'feature_table_source', 'load_feature_table']
+           'read_feature_spec', 'feature_table_source', 'load_feature_table', 'table_exists']
 
 # %% ../nbs/05_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -197,6 +197,12 @@ def load_feature_table(cfg: Settings,
         df = con.execute(sql, params).df()
     spec.check(df)
     return df, spec
+
+def table_exists(con, name: str) -> bool:
+    "Whether the warehouse has table `name` ('schema.table')."
+    schema, table = name.split(".", 1)
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                            [schema, table]).fetchone()[0])
 
 def _has_contacts(con) -> bool:
     "Whether the warehouse has campaign records with a `contacted` flag (the synthetic lake's; not your own table)."

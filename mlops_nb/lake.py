@@ -41,8 +41,8 @@ from .world import BASE_CHURN, CONCEPT_FEE, CONTACT_RATE, OFFER_EFFECT, SEGMENT_
 # %% auto #0
 __all__ = ['WORLD_STATE', 'CONTACTS_FILE', 'scenario_notes', 'LakeResult', 'write_atomic', 'history_count', 'new_stats',
            'add_month_stats', 'write_truth', 'publish_lake', 'save_world', 'write_lake', 'generate_lake', 'read_raw',
-           'read_truth', 'read_defects', 'WorldStateError', 'load_world', 'observe_month', 'read_contacts',
-           'resolve_month', 'operated_months', 'lake_params', 'run_lake', 'summary_frame']
+           'read_truth', 'read_defects', 'WorldStateError', 'load_world', 'resolved_months', 'observe_month',
+           'read_contacts', 'resolve_month', 'operated_months', 'lake_params', 'run_lake', 'summary_frame']
 
 # %% ../nbs/14_lake.ipynb #043e8d8f
 def scenario_notes(lake: LakeSettings, intercepts: Sequence[float]) -> dict[str, Any]:
@@ -283,6 +283,15 @@ def load_world(cfg: Settings) -> dict[str, Any]:
     state = pickle.loads(path.read_bytes())
     state["writer"].root = cfg.paths.lake
     return state
+
+def resolved_months(cfg: Settings) -> list[str]:
+    """The months the world has resolved so far, from the oracle's small summary (not the pickled world: asking where
+    the world stands must not load every customer)."""
+    path = cfg.paths.oracle / "summary.json"
+    if not path.exists():
+        raise WorldStateError(f"no simulated world to continue at {cfg.paths.oracle}: run the lake phase first "
+                              "(`mlops-nb run lake`, or the whole lifecycle)")
+    return list(json.loads(path.read_text(encoding="utf-8"))["months"])
 
 def _month_index(world: World, month: str, resolved: int) -> int:
     "Index of `month` if it is the next one to operate; a clear error otherwise."

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import TABLE_ACTIONS, TABLE_FEATURES
-from .contracts import FeatureSpec, read_feature_spec
+from .contracts import FeatureSpec, read_feature_spec, table_exists
 from .drift import drift_table, quoted
 from .performance import concept_drift_test, estimate_performance, realised_performance
 from .reference import SCORE_COLUMN, ReferenceBundle
@@ -74,10 +74,9 @@ def month_frame(con, cfg: Settings, month: str, relation: str, spec: FeatureSpec
     """The month's scored customers with p, decision, action, weight (0 for treated and exploration rows; 1 / control
     share for the control group), the label (NaN until it arrives) and the sensitive attributes."""
     sens = "".join(f", f.{quoted(c)}" for c in spec.sensitive)
-    has_actions = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || table_name "
-                              "= ?", [TABLE_ACTIONS]).fetchone()[0]
     action = (f"LEFT JOIN {TABLE_ACTIONS} a ON a.customer_key = l.customer_key AND a.month = l.month"
-              if has_actions else "LEFT JOIN (SELECT NULL AS customer_key, NULL AS action) a ON false")
+              if table_exists(con, TABLE_ACTIONS)
+              else "LEFT JOIN (SELECT NULL AS customer_key, NULL AS action) a ON false")
     df = con.execute(f"""
         SELECT l.customer_key, l.churn_probability AS p, l.decision, l.model_version, a.action,
                f.{quoted(spec.target)} AS y{sens}

@@ -30,8 +30,9 @@ from mlops_nb.catalog import (
     TABLE_MONITOR_MONTHS,
     TABLE_MONITOR_PERFORMANCE,
 )
-from .contracts import connect_warehouse, read_feature_spec
-from .lake import load_world, observe_month, operated_months, resolve_month
+from .contracts import connect_warehouse, read_feature_spec, table_exists
+from .people import month_labels
+from .lake import observe_month, operated_months, resolved_months, resolve_month
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -47,9 +48,8 @@ class OperateError(SettingsError):
 
 def next_month(cfg: Settings) -> str | None:
     "The month the world is waiting for (None when every month is resolved)."
-    state = load_world(cfg)
-    done = len(state["stats"]["months"])
-    labels = state["world"].labels
+    done = len(resolved_months(cfg))
+    labels = month_labels(cfg.lake.start_month, cfg.lake.months)
     return labels[done] if done < len(labels) else None
 
 def months_to_operate(cfg: Settings, month: str = "", through: str = "") -> list[str]:
@@ -133,13 +133,11 @@ def publish_snapshots(cfg: Settings, con) -> list[Path]:
     folder = Path(cfg.paths.monitor)
     folder.mkdir(parents=True, exist_ok=True)
     queries = {t: f"SELECT * FROM {t} ORDER BY month" for t in MONITOR_COLUMNS}
-    if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || table_name = ?",
-                   [TABLE_ACTIONS]).fetchone()[0]:
+    if table_exists(con, TABLE_ACTIONS):
         queries[TABLE_ACTIONS] = (f"SELECT month, action, policy, model_version, count(*) AS customers FROM "
                                   f"{TABLE_ACTIONS} GROUP BY ALL ORDER BY ALL")   # counts only: no pseudonyms
     from mlops_nb.catalog import TABLE_MONITOR_RETRAINS
-    if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || table_name = ?",
-                   [TABLE_MONITOR_RETRAINS]).fetchone()[0]:
+    if table_exists(con, TABLE_MONITOR_RETRAINS):
         queries[TABLE_MONITOR_RETRAINS] = f"SELECT * FROM {TABLE_MONITOR_RETRAINS} ORDER BY month"
     for table, sql in queries.items():
         final = folder / f"{table}.parquet"
@@ -165,9 +163,7 @@ def reset_operation(cfg: Settings) -> list[str]:
     if cfg.paths.warehouse.exists():
         with connect_warehouse(cfg, read_only=False) as con:
             for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES]:
-                if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema || '.' || "
-                               "table_name = ?", [t]).fetchone()[0]:
-                    con.execute(f"DROP TABLE {t}"); done.append(t)
+                if table_exists(con, t): con.execute(f"DROP TABLE {t}"); done.append(t)
     for folder in (Path(cfg.paths.monitor), Path(cfg.paths.outbox)):
         if folder.exists(): shutil.rmtree(folder); done.append(str(folder))
     log = Path(cfg.paths.alerts)
@@ -257,7 +253,7 @@ class _Steps:
 
 def _world_resolved(cfg: Settings, month: str) -> bool:
     "Whether the world has already resolved `month` (a month operated again after a failure past that step)."
-    return month in load_world(cfg)["stats"]["months"]
+    return month in resolved_months(cfg)
 
 # %% ../nbs/67_operate.ipynb #67ef0012
 def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print) -> MonthResult:
