@@ -18,6 +18,11 @@ ROOT="$PWD"
 VENV="$ROOT/.venv"
 export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 export JUPYTER_PLATFORM_DIRS=1 PYDEVD_DISABLE_FILE_VALIDATION=1
+# compiled bytecode is cached inside the venv (one tree, nothing written beside the sources): with
+# PYTHONDONTWRITEBYTECODE set, as on this machine, every kernel, CLI and server process recompiled mlflow, sklearn,
+# torch, pandas ... from source (13 s to import the evaluation's stack instead of 5; ~10 processes per run)
+export PYTHONPYCACHEPREFIX="$VENV/.pycache"
+unset PYTHONDONTWRITEBYTECODE
 # the project's tools come first on PATH (as if the venv were activated): tools that start others by name
 # (`mlflow models serve` runs `uvicorn`, papermill the kernel) must find the pinned ones, not the machine's
 export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"

@@ -206,7 +206,12 @@ rules:
     metric: quality.blocking_failures
     condition: ">= 1"
     severity: critical
-    description: a blocking data-quality rule failed on the month's data
+    description: a blocking data-quality rule failed on the month's data as a whole (no partition to hold back)
+  - name: data_held_back
+    metric: quality.held_back
+    condition: ">= 1"
+    severity: critical
+    description: a lake partition failed a blocking rule and is held back (declare a correction, or have it re-sent)
 """
 
 # %% ../nbs/62_alerts.ipynb #62a1e016

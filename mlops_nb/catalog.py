@@ -35,9 +35,10 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
            'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
            'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
-           'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA',
-           'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS',
-           'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
+           'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
+           'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
+           'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
+           'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
            'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
            'TABLE_MONITOR_FAIRNESS', 'TABLE_MONITOR_RETRAINS', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION',
            'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED',
@@ -92,7 +93,8 @@ TAG_PIPELINE_RUN_ID = name("tag", "mlops_nb.pipeline_run_id", "runner", "people"
                            "the pipeline run's id (reports/runs/<id>/)")
 TAG_PHASES = name("tag", "mlops_nb.phases", "runner", "people", "the phases a pipeline run executes, comma-separated")
 TAG_MONTH = name("tag", "mlops_nb.month", "operate", "dashboards, people", "the operated month a run is about")
-TAG_MONTH_STATUS = name("tag", "mlops_nb.month_status", "operate", "people", "ok, quality_failed or failed: <why>")
+TAG_MONTH_STATUS = name("tag", "mlops_nb.month_status", "operate", "people",
+                        "ok, held_back, quality_failed or failed: <why>")
 TAG_PROBATION_OF = name("tag", "mlops_nb.probation_of", "retrain", "retrain, people",
                         "on a model version promoted by a retraining: the version it replaced, until judged")
 TAG_PROBATION = name("tag", "mlops_nb.probation", "retrain", "people", "pending, kept or rolled back")
@@ -225,6 +227,12 @@ AUDIT_RETRAINED = name("audit", "operate.retrained", "retrain", "people",
                        "a retraining ran: its window, the gate's decision, the version")
 AUDIT_ROLLED_BACK = name("audit", "operate.rolled_back", "retrain", "people",
                          "a retrained champion did worse than its predecessor and was rolled back")
+AUDIT_DATA_HELD_BACK = name("audit", "data.held_back", "quality", "people",
+                            "a lake partition failing a blocking rule held back from features, scoring and training")
+AUDIT_DATA_RELEASED = name("audit", "data.released", "quality", "people",
+                           "a held-back partition passed its rules again (corrected or re-delivered) and is used")
+AUDIT_CORRECTION_APPLIED = name("audit", "etl.correction_applied", "warehouse", "people",
+                                "a declared correction applied to a partition as it was loaded")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
 
@@ -239,6 +247,8 @@ TABLE_LOADS = name("table", "meta.loads", "warehouse", "contracts (content hash)
 TABLE_MART = name("table", "mart.customer_month", "mart", "features, quality", "one row per customer and month")
 TABLE_QUALITY_RESULTS = name("table", "quality.results", "quality", "gate", "every rule's result, per quality run")
 TABLE_QUALITY_RUNS = name("table", "quality.runs", "quality", "gate", "one row per quality run: passed or not")
+TABLE_HELD_BACK = name("table", "quality.held_back", "quality", "features, contracts, retrain, monitor",
+                       "lake partitions (source, month) held back by a blocking rule, and their release")
 TABLE_FEATURES = name("table", "features.customer_month", "features", "train, evaluate, score",
                       "the point-in-time feature table")
 TABLE_FEATURE_SPEC = name("table", "features.spec", "features", "train, evaluate, score", "the feature table's spec")

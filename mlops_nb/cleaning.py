@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -316,16 +316,20 @@ def repeated_hashes(h: np.ndarray) -> pa.Table:
     return pa.table({"h": np.unique(s[1:][s[1:] == s[:-1]]).astype(np.uint64)})
 
 # %% ../nbs/24_cleaning.ipynb #c33a1221
-def check_statements(t: Table, typed: bool) -> list[str]:
+def check_statements(t: Table, typed: bool,
+                     # field name → factor: a declared unit correction, applied to the parsed value before its checks
+                     scale: Mapping[str, float] | None = None) -> list[str]:
     """The SQL that turns `_x` into `_t`: the SELECT of every record's natural-key hash (for `repeated_hashes`), two
     statements creating `_dups` (from `_shared`) and `_dict`, then the SELECT of one row per record (`_rec`) with its
     parsed values v_<name>, `_dup`, `_reason` and `_id` (a customer id `_keys` lacks)."""
+    scale = scale or {}
     cols = ", ".join(f'"{n}"' for n in t.raw_names())
     key = next(f for f in t.fields if f.parse == "key")
     joins = f"LEFT JOIN _keys k ON k.id = {_raw_sql(key, 'x.')}\n"
     joins += "".join(f"""LEFT JOIN _dict "d_{f.raw}" ON "d_{f.raw}".col = '{f.raw}' AND "d_{f.raw}".raw =
         x."{f.raw}"\n""" for f in _dict_fields(t))
-    parsed = ",\n  ".join(f"{_parsed_sql(f, t)} AS v_{f.name}" for f in t.fields)
+    parsed = ",\n  ".join((f"({_parsed_sql(f, t)}) * {float(scale[f.name])!r}" if f.name in scale else
+                           _parsed_sql(f, t)) + f" AS v_{f.name}" for f in t.fields)
     cpf = next((f for f in t.fields if f.parse == "cpf"), None)
     extra = (f",\n  translate(coalesce({_raw_sql(cpf, 'x.')}, ''), '.-/ ', '') AS cpf_digits, TRY_CAST(cpf_digits AS "
              "BIGINT) AS cpf_num") if cpf else ""
@@ -463,9 +467,11 @@ def _content_part(table: str, source: str, month: str) -> str:
     source/month in quarantine."""
     return f"{source}/{month}" if table.startswith("quarantine.") else month
 
-def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
+def prepare_partition(con, data: PartitionData, key: bytes,
+                      scale: Mapping[str, float] | None = None,   # declared corrections: field → factor
+                      ) -> Prepared:
     """Check one partition's records on `con` (with `session_setup`; not the warehouse's, which it does not touch) and
-    shape what the warehouse gets."""
+    shape what the warehouse gets. `scale` (field → factor) applies declared corrections (`21_staging`)."""
     part, t = data.part, TABLES[data.part.source]
     m, rel, typed = part.month, sql_literal(part.rel), t.src.format == "parquet"
     _x = _stage_input(con, data, t)   # queries below read the Arrow tables _x and _t through DuckDB's replacement scans
@@ -475,7 +481,7 @@ def prepare_partition(con, data: PartitionData, key: bytes) -> Prepared:
         raise EtlError(f"{part.rel}: none of its {data.n_read} records could be parsed as {t.src.format} — is it a "
                        f"{t.source} partition?")
     try:
-        hashes, *prepare, select = check_statements(t, typed)
+        hashes, *prepare, select = check_statements(t, typed, scale)
         _shared = repeated_hashes(con.sql(hashes).fetchnumpy()["h"])   # natural-key hashes two records share
         for sql in prepare: con.execute(sql)
         # held by Python, not a temporary table: freed as soon as the partition is done

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .catalog import TABLE_FEATURE_SPEC, TABLE_FEATURES, TABLE_STAGING_SCHEMA
+from .catalog import TABLE_FEATURE_SPEC, TABLE_FEATURES, TABLE_HELD_BACK, TABLE_STAGING_SCHEMA
 from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse',
            'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'no_feature_table',
-           'read_feature_spec', 'feature_table_source', 'load_feature_table', 'table_exists']
+           'read_feature_spec', 'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions']
 
 # %% ../nbs/05_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -182,13 +182,17 @@ def feature_table_source(cfg: Settings) -> str:
 def load_feature_table(cfg: Settings,
                        untreated: bool = True,   # leave out the customer-months a retention campaign contacted
                        ) -> tuple[pd.DataFrame, FeatureSpec]:
-    """The rows a model may learn from, and the table's spec: from `[train] first_month` on, and without the
-    customer-months a campaign contacted — their outcome is the offer's doing, not the world the model predicts."""
+    """The rows a model may learn from, and the table's spec: from `[train] first_month` on, without the months a
+    lake partition is held back in (data that failed a blocking quality rule), and without the customer-months a
+    campaign contacted — their outcome is the offer's doing, not the world the model predicts."""
     with connect_warehouse(cfg) as con:
         spec = read_feature_spec(con, cfg)
         where, params = [], []
         if spec.time_column and cfg.train.first_month:
             where.append(f'CAST(t."{spec.time_column}" AS VARCHAR) >= ?'); params.append(cfg.train.first_month)
+        held = sorted({m for _, m in held_partitions(con)})
+        if spec.time_column and held:
+            where.append(f'NOT list_contains(?, left(CAST(t."{spec.time_column}" AS VARCHAR), 7))'); params.append(held)
         if untreated and spec.time_column and _has_contacts(con):
             where.append(f"""NOT EXISTS (SELECT 1 FROM {TABLE_STAGING_SCHEMA}.campaigns c
                 WHERE c.customer_key = t."{spec.id_column}" AND c.month = CAST(t."{spec.time_column}" AS VARCHAR)
@@ -203,6 +207,13 @@ def table_exists(con, name: str) -> bool:
     schema, table = name.split(".", 1)
     return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
                             [schema, table]).fetchone()[0])
+
+def held_partitions(con) -> set[tuple[str, str]]:
+    """The lake partitions (source, month) held back now by a failing blocking quality rule (`28_quality`): left out of
+    features, scoring and training until released."""
+    if not table_exists(con, TABLE_HELD_BACK): return set()
+    return {(s, m) for s, m in con.execute(f"SELECT source, month FROM {TABLE_HELD_BACK} WHERE released_in IS "
+                                           "NULL").fetchall()}
 
 def _has_contacts(con) -> bool:
     "Whether the warehouse has campaign records with a `contacted` flag (the synthetic lake's; not your own table)."

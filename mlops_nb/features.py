@@ -21,12 +21,14 @@ from mlops_nb.catalog import (
     ART_FEATURES_SPEC,
     PHASE_FEATURES,
     TABLE_FEATURES,
+    TABLE_STAGING_SCHEMA,
     TAG_FEATURES_DIGEST,
     TAG_FEATURES_TABLE,
 )
-from .contracts import FeatureSpec, connect_warehouse, pandas_dataset, save_feature_query
+from .contracts import FeatureSpec, connect_warehouse, held_partitions, pandas_dataset, save_feature_query
 from .privacy import AGE_BANDS
 from .settings import Settings, SettingsError
+from .staging import TABLES
 
 # %% auto #0
 __all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'AGE_AT_MONTH_END', 'DATASET_MAX_ROWS', 'staging_columns',
@@ -112,6 +114,12 @@ def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | Non
         if col is None: return f"CAST(NULL AS {cast or 'VARCHAR'})"
         return f'CAST("{col}" AS {cast})' if cast else f'"{col}"'
     arr = lambda t: _month(t, "arrival")  # noqa: E731
+    held = held_partitions(con) if schema == TABLE_STAGING_SCHEMA else set()
+    def src(t: str) -> str:   # the table without its held-back partitions (months that failed a blocking rule)
+        months = sorted(mo for so, mo in held if TABLES[so].table == t)
+        if not months or not m[t].get("arrival"): return f"{schema}.{t}"
+        listed = ", ".join(f"'{mo}'" for mo in months)
+        return f'(SELECT * FROM {schema}.{t} WHERE left(CAST("{m[t]["arrival"]}" AS VARCHAR), 7) NOT IN ({listed}))'
     cu = m["customers"]
     uf_map = "MAP {" + ", ".join(f"'{k}': '{v}'" for k, v in UF_REGION.items()) + "}"
     region = c("customers", "region") if cu["region"] else (f"element_at({uf_map}, upper(CAST({c('customers', 'uf')} "
@@ -122,7 +130,7 @@ def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | Non
             {c('customers', 'birth_date', 'DATE')} AS birth_date,
             {c('customers', 'birth_year', 'INTEGER')} AS birth_year,
             CAST({region} AS VARCHAR) AS region, {c('customers', 'signup_date', 'DATE')} AS signup_date
-            FROM {schema}.customers""",
+            FROM {src('customers')}""",
         "f_contracts": f"""SELECT {c('contracts', 'customer_key')} AS customer_key,
             greatest({_month('contracts', 'event_date')}, {arr('contracts')}) AS km,
             CAST({c('contracts', 'event_type')} AS VARCHAR) AS event_type,
@@ -132,35 +140,35 @@ def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | Non
             CAST({c('contracts', 'contract_type')} AS VARCHAR) AS contract_type,
             {c('contracts', 'monthly_fee', 'DOUBLE')} AS monthly_fee,
             CAST({c('contracts', 'payment_method')} AS VARCHAR) AS payment_method FROM
-            {schema}.contracts""",
+            {src('contracts')}""",
         "f_usage": f"""SELECT {c('usage', 'customer_key')} AS customer_key, {_month('usage', 'month')} AS um,
             greatest({_month('usage', 'month')}, {arr('usage')}) AS km,
             {c('usage', 'data_gb', 'DOUBLE')} AS data_gb,
             {c('usage', 'voice_minutes', 'DOUBLE')} AS voice_minutes,
             {c('usage', 'days_active', 'DOUBLE')} AS days_active,
-            {c('usage', 'dropped_call_rate', 'DOUBLE')} AS dropped_call_rate FROM {schema}.usage""",
+            {c('usage', 'dropped_call_rate', 'DOUBLE')} AS dropped_call_rate FROM {src('usage')}""",
         "f_billing": f"""SELECT {c('billing', 'customer_key')} AS customer_key,
             {_month('billing', 'reference_month')} AS rm,
             greatest({_month('billing', 'issue_date')}, {arr('billing')}) AS km,
             {c('billing', 'issue_date', 'DATE')} AS issue_date,
             {c('billing', 'due_date', 'DATE')} AS due_date, {c('billing', 'amount', 'DOUBLE')} AS amount,
             {c('billing', 'paid_date', 'DATE')} AS paid_date
-            FROM {schema}.billing""",
+            FROM {src('billing')}""",
         "f_tickets": f"""SELECT {c('tickets', 'customer_key')} AS customer_key, {_month('tickets', 'opened_at')} AS om,
             greatest({_month('tickets', 'opened_at')}, {arr('tickets')}) AS km,
             {c('tickets', 'opened_at', 'TIMESTAMP')} AS opened_at,
             {c('tickets', 'closed_at', 'TIMESTAMP')} AS closed_at,
             {c('tickets', 'resolved', 'BOOLEAN')} AS resolved,
-            {c('tickets', 'satisfaction', 'DOUBLE')} AS satisfaction FROM {schema}.tickets""",
+            {c('tickets', 'satisfaction', 'DOUBLE')} AS satisfaction FROM {src('tickets')}""",
         "f_cancellations": f"""SELECT {c('cancellations', 'customer_key')} AS customer_key,
             {c('cancellations', 'request_date', 'DATE')} AS request_date,
             greatest({_month('cancellations', 'request_date')},
-            {arr('cancellations')}) AS km FROM {schema}.cancellations""",
+            {arr('cancellations')}) AS km FROM {src('cancellations')}""",
         "f_campaigns": f"""SELECT {c('campaigns', 'customer_key')} AS customer_key,
             {_month('campaigns', 'month')} AS cm,
             greatest({_month('campaigns', 'month')}, {arr('campaigns')}) AS km,
             {c('campaigns', 'contacted', 'BOOLEAN')} AS contacted
-            FROM {schema}.campaigns""",
+            FROM {src('campaigns')}""",
     }
     for name, sql in views.items(): con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
     return m

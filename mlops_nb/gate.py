@@ -14,7 +14,8 @@ import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from mlops_nb.catalog import (
     ENV_ACTOR,
     PHASE_EVALUATE,
     PHASE_GATE,
+    TABLE_QUALITY_RESULTS,
     TABLE_QUALITY_RUNS,
     TAG_GATE_APPROVED,
     TAG_GATE_CANDIDATE_RUN_ID,
@@ -51,8 +53,9 @@ from .stats import gap_bound, paired_auc_difference
 __all__ = ['GATE_CHECKS', 'MIN_OVERRIDE_CHARS', 'QUALITY_TABLE', 'Evidence', 'Reason', 'GateDecision', 'check_performance',
            'check_fairness', 'check_calibration', 'check_profit', 'check_quality', 'check_servability', 'decide',
            'GateOverrideError', 'check_override_reason', 'apply_override', 'current_actor', 'find_evaluate_run',
-           'load_evaluation', 'candidate_evidence', 'reference_evidence', 'quality_status', 'training_data_source',
-           'servability', 'decision_tags', 'record_decision', 'override_gate', 'run_gate']
+           'load_evaluation', 'candidate_evidence', 'reference_evidence', 'quality_status', 'failures_outside',
+           'training_months', 'training_data_source', 'servability', 'decision_tags', 'record_decision',
+           'override_gate', 'run_gate']
 
 # %% ../nbs/47_gate.ipynb #63fd387b
 @dataclass
@@ -338,6 +341,8 @@ _TIME_COLUMNS = ("finished_at", "ended_at", "created_at", "run_at", "started_at"
 def quality_status(cfg: Settings,
                    # the warehouse content the training data came from ("" = unknown: the latest run counts)
                    content_hash: str = "",
+                   # the months the training data came from (None = unknown: every failure counts)
+                   months: Sequence[str] | None = None,
                    ) -> dict[str, Any]:
     """The data-quality run that vouches for the training data (the latest on `content_hash`, else the latest): status
     passed | failed | unknown, run id, detail."""
@@ -365,8 +370,41 @@ def quality_status(cfg: Settings,
     rid = next((str(row[c]) for c in ("run_id", "id", "quality_run_id") if c in t.columns), "?")
     ok = bool(row["passed"]) if pd.notna(row["passed"]) else None
     if ok is None: return dict(status="unknown", run_id=rid, detail=f"quality run {rid} has no result")
+    if not ok and months is not None:
+        elsewhere = failures_outside(path, rid, months)
+        if elsewhere is not None:
+            return dict(status="passed", run_id=rid,
+                        detail=f"{which} {rid}: no blocking failure in the months the training used "
+                               f"({months[0]}..{months[-1]}); failures only in {elsewhere}")
     return dict(status="passed" if ok else "failed", run_id=rid,
                 detail=f"{which} {rid}" + (f" at {row[tcol]}" if tcol else ""))
+
+# %% ../nbs/47_gate.ipynb #h01d0020
+def failures_outside(warehouse: Path, run_id: str, months: Sequence[str]) -> str | None:
+    """For a failed quality run: the months of its blocking failures (held-back partitions aside) if none of them is in
+    `months` and none is a whole-table failure, as text; None if a failure concerns the training data."""
+    from mlops_nb.contracts import duckdb_connect
+    with duckdb_connect(warehouse, read_only=True) as con:
+        held = "NOT coalesce(held, false)" if con.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'quality' AND table_name = "
+            "'results' AND column_name = 'held'").fetchone()[0] else "true"
+        bad = [m for (m,) in con.execute(f"SELECT DISTINCT month FROM {TABLE_QUALITY_RESULTS} WHERE run_id = ? AND "
+                                         f"severity = 'blocking' AND NOT passed AND {held}", [run_id]).fetchall()]
+    if any(m is None or m in set(months) for m in bad): return None
+    return ", ".join(sorted(bad)) or "held-back partitions"
+
+def training_months(train_run_id: str) -> list[str] | None:
+    """The months a training run's data spanned (its train, validation and test months, as it recorded them), or None
+    if it recorded none."""
+    if not train_run_id: return None
+    from mlops_nb.people import month_labels
+    from mlops_nb.tracking import MlflowClient, mlflow
+    try: params = MlflowClient().get_run(train_run_id).data.params
+    except mlflow.exceptions.MlflowException: return None
+    spans = [params[k].split("..") for k in ("train_months", "valid_months", "test_months") if params.get(k)]
+    if not spans: return None
+    first, last = min(s[0] for s in spans), max(s[-1] for s in spans)
+    return month_labels(first, 1 + (int(last[:4]) - int(first[:4])) * 12 + int(last[5:7]) - int(first[5:7]))
 
 # %% ../nbs/47_gate.ipynb #1b679802
 def training_data_source(train_run_id: str) -> str:
@@ -487,7 +525,8 @@ def run_gate(cfg: Settings,                 # run settings
         ev_run = find_evaluate_run(cfg, evaluate_run_id, run.data.tags.get("mlflow.parentRunId", ""))
         doc, scores = load_evaluation(ev_run.info.run_id)
         evidence, reference = candidate_evidence(doc, scores), reference_evidence(doc, scores, current_champion(cfg))
-        evidence.quality = quality_status(cfg, training_data_source(doc.get("train_run_id", "")))
+        evidence.quality = quality_status(cfg, training_data_source(doc.get("train_run_id", "")),
+                                          training_months(doc.get("train_run_id", "")))
         evidence.servability = servability(evidence.model_uri) if evidence.model_uri else None
         decision = decide(evidence, reference, cfg.gate, cfg.charter, seed=cfg.train.seed)
         if reason: decision = apply_override(decision, reason, actor)

@@ -83,7 +83,7 @@ MONITOR_COLUMNS: dict[str, dict[str, str]] = {   # fixed, so a month with fewer 
         "month VARCHAR, status VARCHAR, version VARCHAR, request_id VARCHAR, scored BIGINT, contacted BIGINT, "
         "control BIGINT, exploration BIGINT, quality_passed BOOLEAN, quality_failures VARCHAR, inputs_drifted DOUBLE, "
         "alerts_raised VARCHAR, alerts_open VARCHAR, retrain BOOLEAN, note VARCHAR, seconds DOUBLE, "
-        "recorded_at TIMESTAMP"),
+        "recorded_at TIMESTAMP, held_back VARCHAR, released VARCHAR"),
     TABLE_MONITOR_DRIFT: _columns(
         "month VARCHAR, version VARCHAR, column VARCHAR, kind VARCHAR, method VARCHAR, distance DOUBLE, "
         "threshold DOUBLE, drifted BOOLEAN, null_share_reference DOUBLE, null_share_current DOUBLE"),
@@ -106,6 +106,7 @@ def ensure_monitor_tables(con) -> None:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
                     + ", ".join(f"{_ident(c)} {t}" for c, t in cols.items()) + ")")
+        for c, t in cols.items(): con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_ident(c)} {t}")
 
 def replace_rows(con, table: str, rows: pd.DataFrame, where: dict[str, list[str]]) -> None:
     """Delete the rows of `table` matching `where` (column → values) and insert `rows`, in one transaction; `rows`
@@ -214,7 +215,7 @@ def drift_report_html(con, cfg: Settings, relation: str, bundle: Any, features: 
 class MonthResult:
     "What operating one month did."
     month: str
-    status: str                       # ok | quality_failed | failed: <reason>
+    status: str                       # ok | held_back | quality_failed | failed: <reason>
     version: str = ""
     request_id: str = ""
     seconds: float = 0.0
@@ -223,19 +224,28 @@ class MonthResult:
     metrics: dict[str, float] = field(default_factory=dict)
     alerts: dict[str, Any] = field(default_factory=dict)
     labelled: list[str] = field(default_factory=list)      # earlier months whose realised performance came in
-    quality_failures: list[str] = field(default_factory=list)
+    quality_failures: list[str] = field(default_factory=list)   # blocking failures no partition could be held for
+    held_back: list[str] = field(default_factory=list)          # partitions held back after the month ('source/month')
+    released: list[str] = field(default_factory=list)           # partitions the month released
     note: str = ""
 
 # %% ../nbs/67_operate.ipynb #67ef0010
-def month_quality(cfg: Settings, month: str, run_id: str) -> list[str]:
-    "Run the quality rules over the warehouse and store them; return the blocking failures that concern `month`."
-    from mlops_nb.quality import evaluate_rules, store_results
+def month_quality(cfg: Settings, res: MonthResult, run_id: str) -> None:
+    """Run the quality rules over the warehouse; hold back the partitions a blocking rule fails on and release those
+    that pass again; store the results. Sets the month's blocking failures that no partition could be held for, the
+    partitions held back and those released."""
+    from mlops_nb.quality import evaluate_rules, store_results, update_holds
     from mlops_nb.rules import load_rules
     rules, source = load_rules(cfg, say=lambda s: None)
     report = evaluate_rules(cfg, rules, run_id, source)
+    change = update_holds(cfg, report, res.month)
     store_results(cfg, report)
-    return [f"{c.rule} ({c.table_name}{'.' + c.column_name if c.column_name else ''}): {c.message}"
-            for c in report.blocking if c.month in (month, None)]
+    res.quality_failures = [f"{c.rule} ({c.table_name}{'.' + c.column_name if c.column_name else ''}): {c.message}"
+                            for c in report.blocking if c.month in (res.month, None)]
+    res.held_back = [f"{s}/{m}" for s, m in change.active]
+    res.released = [f"{s}/{m}" for s, m in change.released]
+    if res.quality_failures: res.status = "quality_failed"
+    elif change.held: res.status = "held_back"
 
 # %% ../nbs/67_operate.ipynb #67ef0011
 class _Steps:
@@ -271,8 +281,7 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
                 if gone: res.note = "A new world: the previous world's operation records were set aside."
         with step("observe"): observe_month(cfg, month)
         with step("load"): load_warehouse(cfg)
-        with step("quality"): res.quality_failures = month_quality(cfg, month, f"operate-{month}")
-        if res.quality_failures: res.status = "quality_failed"
+        with step("quality"): month_quality(cfg, res, f"operate-{month}")
         with step("features"): write_features(cfg)
         with step("score"):
             res.version = production_version(cfg)
@@ -332,7 +341,8 @@ def probation_step(cfg: Settings, con, res: MonthResult, month: str, request_id:
 def alert_step(cfg: Settings, res: MonthResult, mm: Any, say: Callable[[str], None]) -> list[Any]:
     "The alert rules on the month's metrics; returns the open incidents."
     from mlops_nb.alerts import process_alerts
-    res.metrics = {**mm.metrics, "quality.blocking_failures": float(len(res.quality_failures))}
+    res.metrics = {**mm.metrics, "quality.blocking_failures": float(len(res.quality_failures)),
+                   "quality.held_back": float(len(res.held_back))}
     out = process_alerts(cfg, res.month, res.metrics, say=say)
     res.alerts = dict(raised=[i.rule for i in out.raised], resolved=[i.rule for i in out.resolved],
                       open=[i.rule for i in out.open], retrain=out.retrain, failures=out.failures)
@@ -397,7 +407,8 @@ def month_row(res: MonthResult) -> dict[str, Any]:
                 quality_failures="; ".join(res.quality_failures) or None,
                 inputs_drifted=res.metrics.get("drift.inputs_drifted"), alerts_raised=", ".join(a.get("raised", [])),
                 alerts_open=", ".join(a.get("open", [])), retrain=bool(a.get("retrain", False)), note=res.note or None,
-                seconds=res.seconds, recorded_at=pd.Timestamp.now(tz="UTC").tz_localize(None))
+                seconds=res.seconds, recorded_at=pd.Timestamp.now(tz="UTC").tz_localize(None),
+                held_back=", ".join(res.held_back) or None, released=", ".join(res.released) or None)
 
 def month_summary(res: MonthResult) -> str:
     "The month in a few plain sentences (the MLflow run's description, the notebook's output)."
@@ -416,6 +427,9 @@ def month_summary(res: MonthResult) -> str:
                      f"{m.get('performance.auc_realised', nan):.3f}, concept-drift test p = "
                      f"{m.get('performance.concept_drift_p', nan):.2g}.")
     if res.quality_failures: lines.append("Quality: " + "; ".join(res.quality_failures))
+    if res.held_back: lines.append("Held back (failed a blocking rule; left out of features, scoring and training): "
+                                   + ", ".join(res.held_back) + ".")
+    if res.released: lines.append("Released (its rules pass again): " + ", ".join(res.released) + ".")
     if res.alerts.get("raised"): lines.append("Alerts raised: " + ", ".join(res.alerts["raised"]) + ".")
     if res.alerts.get("resolved"): lines.append("Alerts resolved: " + ", ".join(res.alerts["resolved"]) + ".")
     return " ".join(lines)
@@ -446,7 +460,8 @@ def record_month(cfg: Settings, res: MonthResult, mm: Any = None, report_html: s
         if report_html: mlflow.log_text(report_html, ART_MONITOR_DRIFT_HTML)
     append_event(cfg, AUDIT_MONTH_OPERATED, res.month,
                  dict(status=res.status, version=res.version, request_id=res.request_id, seconds=res.seconds,
-                      alerts=res.alerts, quality_failures=len(res.quality_failures)))
+                      alerts=res.alerts, quality_failures=len(res.quality_failures), held_back=res.held_back,
+                      released=res.released))
 
 # %% ../nbs/67_operate.ipynb #67ef0017
 def operate(cfg: Settings, month: str = "", through: str = "", say: Callable[[str], None] = print

@@ -17,16 +17,24 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from .catalog import ART_QUALITY_REPORT, ART_QUALITY_RESULTS, PHASE_QUALITY
-from .contracts import connect_warehouse, sql_literal, warehouse_content_hash
+from mlops_nb.catalog import (
+    ART_QUALITY_REPORT,
+    ART_QUALITY_RESULTS,
+    AUDIT_DATA_HELD_BACK,
+    AUDIT_DATA_RELEASED,
+    PHASE_QUALITY,
+    TABLE_HELD_BACK,
+)
+from .contracts import connect_warehouse, held_partitions, sql_literal, warehouse_content_hash
 from .rules import QualityGateFailed, Rule, load_rules
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS', 'RUN_COLUMNS', 'Check', 'check_completeness', 'check_range',
-           'check_allowed_values', 'check_unique', 'check_referential', 'check_freshness', 'check_volume',
-           'check_distribution', 'check_quarantine_share', 'check_reconciliation', 'evaluate_rule', 'QualityReport',
-           'evaluate_rules', 'store_results', 'failure_message', 'render_html', 'run_quality']
+__all__ = ['EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS', 'RUN_COLUMNS', 'HELD_COLUMNS', 'Check', 'check_partition',
+           'check_completeness', 'check_range', 'check_allowed_values', 'check_unique', 'check_referential',
+           'check_freshness', 'check_volume', 'check_distribution', 'check_quarantine_share', 'check_reconciliation',
+           'evaluate_rule', 'QualityReport', 'evaluate_rules', 'store_results', 'failure_message', 'render_html',
+           'ensure_held_table', 'active_holds', 'failing_partitions', 'HoldChange', 'update_holds', 'run_quality']
 
 # %% ../nbs/28_quality.ipynb #264fa3be
 @dataclass
@@ -70,6 +78,14 @@ def _check(r: Rule, month: str | None, value: float | None, threshold: str, pass
            message: str = "") -> Check:
     return Check(r.name, r.kind, r.severity, r.table, r.column, month, None if value is None else float(value),
                  threshold, bool(passed), int(failing), list(examples), message)
+
+# %% ../nbs/28_quality.ipynb #h01d0001
+def check_partition(c: Check) -> tuple[str, str] | None:
+    """The lake partition (source, month) a check is about — a staging table's check on one month — or None (a check
+    of the whole table, of the mart or of the load)."""
+    from mlops_nb.staging import TABLES
+    by_table = {f"staging.{t.table}": s for s, t in TABLES.items()}
+    return (by_table[c.table_name], c.month) if c.month and c.table_name in by_table else None
 
 # %% ../nbs/28_quality.ipynb #533cb46b
 def _share_checks(con, r: Rule, bad: str, threshold_key: str, what: str) -> list[Check]:
@@ -242,7 +258,8 @@ RESULT_COLUMNS = [("run_id", "VARCHAR"), ("rule", "VARCHAR"), ("kind", "VARCHAR"
                   ("table_name", "VARCHAR"),
                   ("column_name", "VARCHAR"), ("month", "VARCHAR"), ("value", "DOUBLE"), ("threshold", "VARCHAR"),
                   ("passed", "BOOLEAN"),
-                  ("failing_rows", "BIGINT"), ("examples", "VARCHAR"), ("message", "VARCHAR")]
+                  ("failing_rows", "BIGINT"), ("examples", "VARCHAR"), ("message", "VARCHAR"),
+                  ("held", "BOOLEAN")]   # a failure on a held-back partition: it holds nothing else up
 RUN_COLUMNS = [("run_id", "VARCHAR"), ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("passed", "BOOLEAN"),
                ("rules", "INTEGER"),
                ("checks", "INTEGER"), ("failed_blocking", "INTEGER"), ("failed_warning", "INTEGER"),
@@ -259,11 +276,19 @@ class QualityReport:
     started_at: dt.datetime
     finished_at: dt.datetime
     content_hash: str = ""
+    held: set[tuple[str, str]] = field(default_factory=set)   # partitions (source, month) held back
 
     @property
     def failed(self) -> list[Check]: return [c for c in self.checks if not c.passed]
+    def is_held(self, c: Check) -> bool: return check_partition(c) in self.held
     @property
-    def blocking(self) -> list[Check]: return [c for c in self.failed if c.severity == "blocking"]
+    def failing_blocking(self) -> list[Check]: return [c for c in self.failed if c.severity == "blocking"]
+    @property
+    def blocking(self) -> list[Check]:
+        "Failed blocking checks that hold the pipeline up: not those on a held-back partition."
+        return [c for c in self.failing_blocking if not self.is_held(c)]
+    @property
+    def held_back(self) -> list[Check]: return [c for c in self.failing_blocking if self.is_held(c)]
     @property
     def warnings(self) -> list[Check]: return [c for c in self.failed if c.severity == "warning"]
     @property
@@ -271,7 +296,8 @@ class QualityReport:
 
     def frame(self) -> pd.DataFrame:
         "One row per check (examples as JSON text)."
-        return pd.DataFrame([{**asdict(c), "examples": json.dumps(c.examples, default=str)} for c in self.checks],
+        return pd.DataFrame([{**asdict(c), "examples": json.dumps(c.examples, default=str),
+                              "held": not c.passed and self.is_held(c)} for c in self.checks],
                             columns=[c for c, _ in RESULT_COLUMNS if c != "run_id"])
 
     def summary(self) -> dict[str, Any]:
@@ -297,6 +323,7 @@ def store_results(cfg: Settings, report: QualityReport) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS quality.results ("
                     + ", ".join(f"{c} {t}" for c, t in RESULT_COLUMNS) + ")")
         con.execute("CREATE TABLE IF NOT EXISTS quality.runs (" + ", ".join(f"{c} {t}" for c, t in RUN_COLUMNS) + ")")
+        con.execute("ALTER TABLE quality.results ADD COLUMN IF NOT EXISTS held BOOLEAN")   # (added in version 0.4)
         df = report.frame().assign(run_id=report.run_id)[[c for c, _ in RESULT_COLUMNS]]
         s = report.summary()
         con.execute("BEGIN TRANSACTION")
@@ -391,6 +418,72 @@ def render_html(report: QualityReport) -> str:
     out.append("</body></html>")
     return "\n".join(out)
 
+# %% ../nbs/28_quality.ipynb #h01d0003
+HELD_COLUMNS = [("source", "VARCHAR"), ("month", "VARCHAR"), ("rules", "VARCHAR"), ("reason", "VARCHAR"),
+                ("held_in", "VARCHAR"), ("held_by_run", "VARCHAR"), ("held_at", "TIMESTAMP"),
+                ("released_in", "VARCHAR"), ("released_by_run", "VARCHAR"), ("released_at", "TIMESTAMP"),
+                ("release_reason", "VARCHAR")]
+
+def ensure_held_table(con) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS quality")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE_HELD_BACK} (" + ", ".join(f"{c} {t}" for c, t in HELD_COLUMNS)
+                + ")")
+
+def active_holds(cfg: Settings) -> set[tuple[str, str]]:
+    "The partitions (source, month) held back now (none if nothing was ever held)."
+    if not cfg.paths.warehouse.exists(): return set()
+    with connect_warehouse(cfg) as con: return held_partitions(con)
+
+def failing_partitions(report: QualityReport) -> dict[tuple[str, str], list[Check]]:
+    "The partitions a failed blocking check is about, with their checks."
+    out: dict[tuple[str, str], list[Check]] = {}
+    for c in report.failing_blocking:
+        if (p := check_partition(c)) is not None: out.setdefault(p, []).append(c)
+    return out
+
+# %% ../nbs/28_quality.ipynb #h01d0004
+@dataclass
+class HoldChange:
+    "What one quality run changed in the holds."
+    held: list[tuple[str, str]]         # newly held back
+    released: list[tuple[str, str]]     # passed again: used from now on
+    active: list[tuple[str, str]]       # held back after the run
+
+def _release_reason(cfg: Settings, source: str, month: str) -> str:
+    from mlops_nb.staging import load_corrections
+    fixes = [c.name for c in load_corrections(cfg) if c.covers(source, month)]
+    return (f"corrected ({', '.join(fixes)}) and reloaded: its rules pass" if fixes
+            else "its rules pass again (the partition was re-delivered or the rules changed)")
+
+def update_holds(cfg: Settings, report: QualityReport, month: str) -> HoldChange:
+    """Hold back every partition a blocking check fails on, release every held one whose checks now pass; record both
+    in `quality.held_back` and the audit trail, and set `report.held`."""
+    from mlops_nb.audit import append_event
+    failing = failing_partitions(report)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    with connect_warehouse(cfg, read_only=False) as con:
+        ensure_held_table(con)
+        active = held_partitions(con)
+        new, released = sorted(set(failing) - active), sorted(active - set(failing))
+        for s, m in new:
+            cs = failing[(s, m)]
+            con.execute(f"INSERT INTO {TABLE_HELD_BACK} VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
+                        [s, m, ", ".join(sorted({c.rule for c in cs})), "; ".join(c.message for c in cs)[:1000], month,
+                         report.run_id, now])
+        reasons = {p: _release_reason(cfg, *p) for p in released}
+        for (s, m), why in reasons.items():
+            con.execute(f"UPDATE {TABLE_HELD_BACK} SET released_in = ?, released_by_run = ?, released_at = ?, "
+                        "release_reason = ? WHERE source = ? AND month = ? AND released_in IS NULL",
+                        [month, report.run_id, now, why, s, m])
+    for s, m in new:
+        append_event(cfg, AUDIT_DATA_HELD_BACK, f"{s}/{m}",
+                     dict(month=month, quality_run_id=report.run_id, rules=sorted({c.rule for c in failing[(s, m)]}),
+                          findings=[c.message for c in failing[(s, m)]]))
+    for (s, m), why in reasons.items():
+        append_event(cfg, AUDIT_DATA_RELEASED, f"{s}/{m}", dict(month=month, quality_run_id=report.run_id, reason=why))
+    report.held = set(failing)
+    return HoldChange(new, released, sorted(failing))
+
 # %% ../nbs/28_quality.ipynb #ec84811e
 def run_quality(cfg: Settings, mlflow_run_id: str = "") -> QualityReport:
     """The quality phase: evaluate the rules, store and report the results, and raise QualityGateFailed if a blocking
@@ -401,6 +494,7 @@ def run_quality(cfg: Settings, mlflow_run_id: str = "") -> QualityReport:
         rules, source = load_rules(cfg)
         mlflow.log_param("quality_rules_source", source)
         report = evaluate_rules(cfg, rules, run.info.run_id, source)
+        report.held = active_holds(cfg)   # partitions an operated month held back: their failures hold nothing up
         store_results(cfg, report)
         per_rule = {r.name: float(all(c.passed for c in report.checks if c.rule == r.name)) for r in rules}
         mlflow.log_metrics({f"rule_{k}": v for k, v in per_rule.items()})

@@ -30,7 +30,7 @@ from mlops_nb.catalog import (
     TAG_PROBATION,
     TAG_PROBATION_OF,
 )
-from .contracts import read_feature_spec
+from .contracts import held_partitions, read_feature_spec
 from .monitor import log_relation, month_frame
 from .settings import Settings
 
@@ -74,12 +74,13 @@ def problem_start(incidents: list[Any], label_lag: int) -> str | None:
 
 # %% ../nbs/66_retrain.ipynb #66ef0007
 def labelled_months(con, cfg: Settings, since: str) -> list[str]:
-    "The feature table's months from `since` on whose labels have arrived."
+    "The feature table's months from `since` on whose labels have arrived, less the months a partition is held back in."
     spec = read_feature_spec(con, cfg)
     rows = con.execute(f'SELECT DISTINCT CAST("{spec.time_column}" AS VARCHAR) AS m FROM {TABLE_FEATURES} '
                        f'WHERE "{spec.target}" IS NOT NULL AND CAST("{spec.time_column}" AS VARCHAR) >= ? ORDER BY m',
                        [since]).fetchall()
-    return [r[0] for r in rows]
+    held = {m for _, m in held_partitions(con)}
+    return [r[0] for r in rows if r[0][:7] not in held]
 
 def tried_before(con, since: str, window: list[str]) -> bool:
     "Whether a retraining from `since` already ran on this many months (it is tried again only on a longer window)."

@@ -17,6 +17,7 @@ import yaml
 
 from .byod import LoadResult
 from .catalog import TABLE_BYOD, TABLE_RECONCILIATION
+from .staging import CorrectionsError, corrections_from_doc
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -150,10 +151,10 @@ def read_rules_doc(text: str, where: str = "rules") -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
         raise QualityRulesError(f"{where}: expected a mapping with a `rules:` list")
-    unknown = sorted(set(doc) - {"version", "defaults", "rules"})
+    unknown = sorted(set(doc) - {"version", "defaults", "rules", "corrections"})
     if unknown:
         raise QualityRulesError(f"{where}: unknown top-level key {', '.join(map(repr, unknown))} (allowed: version, "
-                                "defaults, rules)")
+                                "defaults, rules, corrections)")
     defaults = doc.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise QualityRulesError(f"{where}: `defaults` must be a mapping ({', '.join(RULE_DEFAULTS)})")
@@ -173,6 +174,8 @@ def rules_from_doc(doc: Mapping[str, Any], where: str = "rules") -> list[Rule]:
     for r in rules:
         if r.name in seen: raise QualityRulesError(f"{where}: rule {r.name!r} is declared twice")
         seen.add(r.name)
+    try: corrections_from_doc(doc, where)   # the file's corrections (`24_cleaning`), checked with its rules
+    except CorrectionsError as e: raise QualityRulesError(str(e)) from None
     return rules
 
 # %% ../nbs/27_rules.ipynb #60b081df
@@ -186,6 +189,8 @@ DEFAULT_RULES = """\
 # Each rule: name, kind, table, severity (blocking | warning) and the kind's parameters; see nbs/27_rules.ipynb.
 # `defaults:` sets severity, table or month_column for every rule that does not set its own.
 # A failing blocking rule stops the pipeline; a failing warning rule is reported and the pipeline goes on.
+# In an operated month a failing blocking rule holds its partition (source, month) back instead; `corrections:`
+# declares a fix the ETL applies as it loads (a unit bug of one source from a month on), which releases it.
 version: 1
 defaults:
   severity: blocking

@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
+import yaml
 
 from .catalog import TABLE_FLAGGED_VALUES, TABLE_LOADS, TABLE_MART, TABLE_QUARANTINE, TABLE_RECONCILIATION
 from .contracts import sql_literal
 from .privacy import AGE_BANDS
+from .settings import Settings, SettingsError
 from .sources import RENAMED, SOURCES, SYNONYMS, Source, strip_accents
 
 # %% auto #0
 __all__ = ['TABLES', 'CATEGORY_VALUES', 'NORMAL_FORM_SQL', 'ETL_VERSION', 'SCHEMA_VERSION', 'QUARANTINE_COLUMNS', 'META_TABLES',
-           'MART_CATEGORIES', 'MART_COLUMNS', 'PLAIN_STRING_COLUMNS', 'Field', 'Table', 'normal_form', 'category_map',
-           'EtlError', 'ReconciliationError', 'Partition', 'PartitionData', 'staging_columns', 'arrow_type',
-           'raw_columns', 'category_type', 'table_columns', 'layout_version', 'ensure_tables']
+           'MART_CATEGORIES', 'MART_COLUMNS', 'PLAIN_STRING_COLUMNS', 'CORRECTION_KEYS', 'Field', 'Table',
+           'normal_form', 'category_map', 'EtlError', 'ReconciliationError', 'Partition', 'PartitionData',
+           'staging_columns', 'arrow_type', 'raw_columns', 'category_type', 'table_columns', 'layout_version',
+           'ensure_tables', 'Correction', 'CorrectionsError', 'corrections_from_doc', 'load_corrections',
+           'partition_scale', 'corrections_digest']
 
 # %% ../nbs/21_staging.ipynb #ec307cfb
 @dataclass(frozen=True)
@@ -219,7 +225,7 @@ class PartitionData:
 
 # %% ../nbs/21_staging.ipynb #5d30fe0f
 ETL_VERSION = "mlops-nb-etl/2"   # bump when a transformation changes: every partition is then reloaded
-SCHEMA_VERSION = "5"             # bump when a table's layout changes: the ETL tables are then rebuilt
+SCHEMA_VERSION = "6"             # bump when a table's layout changes: the ETL tables are then rebuilt
 
 def staging_columns(t: Table) -> list[tuple[str, str, str]]:
     "The staging table's columns: (name, SQL type, meaning)."
@@ -270,7 +276,8 @@ META_TABLES = {
     "meta.partitions": [("source", "VARCHAR", ""), ("month", "VARCHAR", ""), ("file", "VARCHAR", ""),
                         ("sha256", "VARCHAR", "of the bytes loaded"),
                         ("bytes", "BIGINT", ""), ("rows_read", "BIGINT", ""), ("etl_version", "VARCHAR", ""),
-                        ("key_fingerprint", "VARCHAR", "pseudonym of a constant: changes with the key")],
+                        ("key_fingerprint", "VARCHAR", "pseudonym of a constant: changes with the key"),
+                        ("corrections", "VARCHAR", "digest of the declared corrections applied ('' for none)")],
     TABLE_RECONCILIATION: [("source", "VARCHAR", ""), ("month", "VARCHAR", "partition month"),
                            ("rows_read", "BIGINT", "physical records in the file"),
                             ("rows_loaded", "BIGINT", "rows in staging from this partition"),
@@ -388,3 +395,83 @@ def ensure_tables(con) -> None:
     for name, cols in table_columns().items(): con.execute(_ddl(name, cols))
     con.execute("DELETE FROM meta.etl WHERE key = 'schema_version'")
     con.execute("INSERT INTO meta.etl VALUES ('schema_version', ?)", [layout_version()])
+
+# %% ../nbs/21_staging.ipynb #c0rr0002
+CORRECTION_KEYS = ("name", "source", "column", "from_month", "through_month", "multiply", "reason")
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+
+@dataclass(frozen=True)
+class Correction:
+    "A declared fix of one lake source's numeric column over a span of months (a unit bug): the ETL applies it."
+    name: str
+    source: str            # the lake source (a key of `staging.TABLES`)
+    column: str            # the staging column, numeric
+    from_month: str
+    through_month: str     # "" = from `from_month` on
+    multiply: float
+    reason: str
+
+    def covers(self, source: str, month: str) -> bool:
+        "Whether the correction applies to partition (source, month)."
+        return source == self.source and self.from_month <= month and (not self.through_month
+                                                                       or month <= self.through_month)
+
+# %% ../nbs/21_staging.ipynb #c0rr0003
+class CorrectionsError(SettingsError):
+    "A malformed `corrections:` entry in the quality rules file."
+
+def _correction(d: Any, i: int, where: str, taken: set[str]) -> Correction:
+    "One correction from its mapping; CorrectionsError naming the file, the correction and the key."
+    if not isinstance(d, dict): raise CorrectionsError(f"{where}: corrections[{i}] must be a mapping")
+    w = f"{where}: correction {d.get('name', f'#{i + 1}')!r}"
+    unknown = sorted(set(d) - set(CORRECTION_KEYS))
+    if unknown: raise CorrectionsError(f"{w}: unknown key {', '.join(map(repr, unknown))} (allowed: "
+                                        f"{', '.join(CORRECTION_KEYS)})")
+    missing = [k for k in ("name", "source", "column", "from_month", "multiply", "reason") if d.get(k) in (None, "")]
+    if missing: raise CorrectionsError(f"{w}: missing {', '.join(missing)}")
+    name, source, column = str(d["name"]), str(d["source"]), str(d["column"])
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name): raise CorrectionsError(f"{w}: name must be lower_snake_case")
+    if name in taken: raise CorrectionsError(f"{w}: a second correction with this name")
+    if source not in TABLES: raise CorrectionsError(f"{w}: unknown source {source!r} (sources: {', '.join(TABLES)})")
+    numeric = [f.name for f in TABLES[source].fields if f.parse in ("int", "float", "money")]
+    if column not in numeric:
+        raise CorrectionsError(f"{w}: {source} has no numeric column {column!r} (numeric: {', '.join(numeric)})")
+    months = [str(d.get(k) or "") for k in ("from_month", "through_month")]
+    for k, m in zip(("from_month", "through_month"), months):
+        if m and not _MONTH.fullmatch(m): raise CorrectionsError(f"{w}: {k} {m!r} is not a YYYY-MM month")
+    if months[1] and months[1] < months[0]: raise CorrectionsError(f"{w}: through_month is before from_month")
+    factor = d["multiply"] if isinstance(d["multiply"], (int, float)) and not isinstance(d["multiply"], bool) else None
+    if factor is None or not math.isfinite(factor) or factor == 0:
+        raise CorrectionsError(f"{w}: multiply must be a finite number other than 0")
+    return Correction(name, source, column, months[0], months[1], float(factor), str(d["reason"]).strip())
+
+def corrections_from_doc(doc: Mapping[str, Any], where: str = "rules") -> list[Correction]:
+    "The `corrections:` of a rules document (none if it has none)."
+    raw = doc.get("corrections") or []
+    if not isinstance(raw, list): raise CorrectionsError(f"{where}: `corrections` must be a list")
+    out: list[Correction] = []
+    for i, d in enumerate(raw): out.append(_correction(d, i, where, {c.name for c in out}))
+    return out
+
+# %% ../nbs/21_staging.ipynb #c0rr0004
+def load_corrections(cfg: Settings) -> list[Correction]:
+    "The corrections declared in `[quality] rules_file` (none without the file, or for bring-your-own data)."
+    path = cfg.quality.rules_file
+    if cfg.lake.source == "byod" or not path.exists(): return []
+    try: doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise CorrectionsError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from None
+    return corrections_from_doc(doc if isinstance(doc, dict) else {}, str(path))
+
+def partition_scale(corrections: Sequence[Correction], source: str, month: str) -> dict[str, float]:
+    "Field → factor for partition (source, month): the product of the corrections covering it."
+    out: dict[str, float] = {}
+    for c in corrections:
+        if c.covers(source, month): out[c.column] = out.get(c.column, 1.0) * c.multiply
+    return out
+
+def corrections_digest(corrections: Sequence[Correction], source: str, month: str) -> str:
+    "What the corrections covering (source, month) say, as a short digest ('' if none): part of its fingerprint."
+    import json
+    mine = [c.__dict__ for c in corrections if c.covers(source, month)]
+    return hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16] if mine else ""

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -46,13 +46,23 @@ from .mart import MartBuilder, create_raw_views
 from .privacy import load_key, pseudonymise
 from .settings import Settings
 from .sources import SOURCES
-from .staging import ETL_VERSION, TABLES, EtlError, Partition, ensure_tables, table_columns
+from mlops_nb.staging import (
+    ETL_VERSION,
+    TABLES,
+    EtlError,
+    Partition,
+    corrections_digest,
+    ensure_tables,
+    load_corrections,
+    partition_scale,
+    table_columns,
+)
 from .vault import VaultWriter
 
 # %% auto #0
 __all__ = ['HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD', 'DISABLED_COMPRESSION',
            'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions', 'key_fingerprint', 'LoadPlan',
-           'plan_load', 'EtlResult', 'load_warehouse', 'run_etl', 'warehouse_overview']
+           'plan_load', 'EtlResult', 'audit_corrections', 'load_warehouse', 'run_etl', 'warehouse_overview']
 
 # %% ../nbs/26_warehouse.ipynb #e244d306
 HASHED_TABLES = tuple(n for n in table_columns() if n not in (TABLE_LOADS, "meta.etl", "meta.content_parts"))
@@ -135,13 +145,18 @@ class LoadPlan:
 
 # %% ../nbs/26_warehouse.ipynb #d35b8954
 def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequence[str] | None = None,
-              force: bool = False) -> LoadPlan:
-    "Split the lake's partitions into those to (re)load and those unchanged; find partitions the lake no longer has."
-    stored = {(s, m): (sha, v, fp) for s, m, sha, v, fp in con.execute("SELECT source, month, sha256, etl_version, "
-                                                                       "key_fingerprint FROM "
-                                                                       "meta.partitions").fetchall()}
+              force: bool = False,
+              # (source, month) → digest of the declared corrections covering it (none: '')
+              corrections: Mapping[tuple[str, str], str] | None = None) -> LoadPlan:
+    """Split the lake's partitions into those to (re)load — new, changed, another key or ETL version, or another
+    declared correction — and those unchanged; find partitions the lake no longer has."""
+    fixes = corrections or {}
+    stored = {(s, m): tuple(r) for s, m, *r in con.execute("SELECT source, month, sha256, etl_version, "
+                                                           "key_fingerprint, coalesce(corrections, '') FROM "
+                                                           "meta.partitions").fetchall()}
     chosen = [p for p in parts if months is None or p.month in set(months)]
-    load = [p for p in chosen if force or stored.get((p.source, p.month)) != (p.sha256, ETL_VERSION, fingerprint)]
+    load = [p for p in chosen if force or stored.get((p.source, p.month)) != (
+        p.sha256, ETL_VERSION, fingerprint, fixes.get((p.source, p.month), ""))]
     in_lake = {(p.source, p.month) for p in parts}
     remove = sorted(k for k in stored if k not in in_lake) if months is None else []
     return LoadPlan(load, [p for p in chosen if p not in load], remove, set(stored))
@@ -193,7 +208,10 @@ def _private_tmp(warehouse: Path) -> Path:
 class _Preparer:
     """Reads partitions on one thread and checks them on another (on an in-memory DuckDB of its own), in order, up to
     `ahead` partitions ahead of the writer."""
-    def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD):
+    def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD,
+                 # (source, month) → field → factor: the declared corrections to apply
+                 scales: Mapping[tuple[str, str], dict[str, float]] | None = None):
+        self.scales = scales or {}
         # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
         con = duckdb_connect()
         for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = {sql_literal(str(tmp))}",
@@ -215,7 +233,9 @@ class _Preparer:
                 if j not in self.reads: self.reads[j] = self.rx.submit(read_partition, self.parts[j])
             self.pending.append(self.ex.submit(self._prepare, self.reads.pop(self.i))); self.i += 1
 
-    def _prepare(self, read: Future) -> Prepared: return prepare_partition(self.con, read.result(), self.key)
+    def _prepare(self, read: Future) -> Prepared:
+        data = read.result()
+        return prepare_partition(self.con, data, self.key, self.scales.get((data.part.source, data.part.month)))
 
     def next(self) -> Prepared:
         "The next partition, prepared (EtlError if it cannot be)."
@@ -227,6 +247,18 @@ class _Preparer:
         for f in [*self.pending, *self.reads.values()]: f.cancel()
         self.ex.shutdown(wait=True); self.rx.shutdown(wait=True)
         self.con.close()
+
+# %% ../nbs/26_warehouse.ipynb #c0rr0010
+def audit_corrections(cfg: Settings, corrections: Sequence[Any], loaded: Sequence[Partition], run_id: str) -> None:
+    "One audit entry per partition a declared correction was applied to as it was loaded: which, by how much, why."
+    from mlops_nb.audit import append_event
+    from mlops_nb.catalog import AUDIT_CORRECTION_APPLIED
+    for p in loaded:
+        mine = [c for c in corrections if c.covers(p.source, p.month)]
+        append_event(cfg, AUDIT_CORRECTION_APPLIED, f"{p.source}/{p.month}",
+                     dict(load_run_id=run_id, file=p.rel, sha256=p.sha256,
+                          corrections=[dict(name=c.name, column=c.column, multiply=c.multiply, reason=c.reason)
+                                       for c in mine]))
 
 # %% ../nbs/26_warehouse.ipynb #548ff889
 class _Traced:
@@ -280,6 +312,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
     digest = hashlib.sha256((cfg.paths.lake / "_manifest.json").read_bytes()).hexdigest()
     key = load_key(cfg)
     fp = key_fingerprint(key)
+    fixes = load_corrections(cfg)   # declared corrections (quality rules file): part of each partition's fingerprint
+    digests = {(p.source, p.month): corrections_digest(fixes, p.source, p.month) for p in parts}
     con = _open(cfg)
     tmp = _private_tmp(cfg.paths.warehouse)
     vault: VaultWriter | None = None
@@ -294,7 +328,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
         ensure_tables(con)
         con.execute("BEGIN TRANSACTION")
         try:
-            plan = plan_load(con, parts, fp, months, force)
+            plan = plan_load(con, parts, fp, months, force, digests)
             for s, m in plan.remove: delete_partition(con, s, m)
             changed = [p.month for p in plan.load] + [m for _, m in plan.remove]
             kept = plan.months_kept()
@@ -309,7 +343,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
             for p in plan.load: by_month.setdefault(p.month, []).append(p)
             months_in_order = sorted({*by_month, *mart_months})
             # the order the loop below consumes
-            prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp)
+            prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp,
+                             scales={k: partition_scale(fixes, *k) for k, d in digests.items() if d})
             mart = MartBuilder(con, mart_months[0]) if mart_months else None
             for m in months_in_order:   # month by month: its partitions, then its mart rows
                 for p in by_month.get(m, []):
@@ -317,9 +352,9 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
                     assert done.data.part == p, f"prepared {done.data.part.rel} where {p.rel} was expected"
                     write_partition(con, done, vault)
                     con.execute("DELETE FROM meta.partitions WHERE source = ? AND month = ?", [p.source, p.month])
-                    con.execute("INSERT INTO meta.partitions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    con.execute("INSERT INTO meta.partitions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 [p.source, p.month, p.rel, done.data.sha256, done.data.nbytes, done.data.n_read,
-                                 ETL_VERSION, fp])
+                                 ETL_VERSION, fp, digests.get((p.source, p.month), "")])
                     del done
                 if progress and m in by_month: progress(f"loaded {m} ({len(by_month[m])} partitions)")
                 if mart and m in mart_months: mart.build(m)
@@ -353,6 +388,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
             except EtlError: pass
         con.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    audit_corrections(cfg, fixes, [p for p in plan.load if digests[(p.source, p.month)]], run_id)
     return EtlResult(run_id, [(p.source, p.month) for p in plan.load], [(p.source, p.month) for p in plan.skip],
                      plan.remove, mart_months,
                      tables, recon, quar, chash, digest, vault_rows, time.perf_counter() - t0)

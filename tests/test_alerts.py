@@ -132,12 +132,13 @@ def test_packaged_rules_and_the_repository_file_agree_and_fit_the_monitor():
     metrics = {r.metric for r in rules.values()}
     assert {"drift.share_drifted", "drift.feature.*", "drift.score", "drift.multivariate",
             "performance.concept_drift_p", "performance.auc_drop", "fairness.max_gap",
-            "quality.blocking_failures"} == metrics
+            "quality.blocking_failures", "quality.held_back"} == metrics
     # the monitor reports each drift as a share of its threshold (DRIFT_THRESHOLD at least): 1 = past it
     assert DRIFT_THRESHOLD > 0 and rules["input_drifted"].threshold == rules["scores_drifted"].threshold == 1
     assert rules["fairness_gap"].threshold == CharterSettings().max_fairness_gap and rules["fairness_gap"].op == ">"
     assert all(r.description for r in rules.values())
-    assert not rules["quality_blocked"].retrain and rules["concept_drift"].retrain
+    assert not rules["quality_blocked"].retrain and not rules["data_held_back"].retrain
+    assert rules["concept_drift"].retrain
 
 
 @pytest.mark.parametrize("body, expected", [

@@ -152,6 +152,31 @@ def test_quality_status_judges_the_load_the_model_was_trained_on(tmp_path):
     assert u["status"] == "unknown" and "no quality run checked" in u["detail"]
 
 
+def test_quality_status_judges_the_months_the_training_used(tmp_path):
+    """A run that failed in a month the training did not use (or only on a held-back partition) vouches for it; a
+    failure in a month it used, or on a whole table, does not."""
+    import duckdb
+    cfg = sandbox_settings(tmp_path / "p")
+    cfg.paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(cfg.paths.warehouse)) as con:
+        con.execute("CREATE SCHEMA quality; CREATE TABLE quality.runs (run_id VARCHAR, finished_at TIMESTAMP, passed "
+                    "BOOLEAN); CREATE TABLE quality.results (run_id VARCHAR, severity VARCHAR, month VARCHAR, passed "
+                    "BOOLEAN, held BOOLEAN)")
+        con.execute("INSERT INTO quality.runs VALUES ('q1', '2025-09-01 10:00', false)")
+        con.execute("INSERT INTO quality.results VALUES ('q1', 'blocking', '2025-08', false, false), ('q1', "
+                    "'warning', '2025-09', false, false), ('q1', 'blocking', '2025-07', false, true), ('q1', "
+                    "'blocking', '2025-09', true, false)")
+    used_after = quality_status(cfg, months=["2025-09", "2025-10"])
+    assert used_after["status"] == "passed" and "failures only in 2025-08" in used_after["detail"]
+    # a held-back partition's failure does not count: its month is left out of the training data
+    assert quality_status(cfg, months=["2025-07"])["status"] == "passed"
+    assert quality_status(cfg, months=["2025-08", "2025-09"])["status"] == "failed"
+    assert quality_status(cfg)["status"] == "failed"                                  # months unknown: every one
+    with duckdb.connect(str(cfg.paths.warehouse)) as con:
+        con.execute("INSERT INTO quality.results VALUES ('q1', 'blocking', NULL, false, false)")
+    assert quality_status(cfg, months=["2025-10"])["status"] == "failed"             # a whole-table failure
+
+
 @pytest.fixture
 def refused(tmp_path):
     "A refusal recorded on a real gate run (real MLflow store, real audit trail)."

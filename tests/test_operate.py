@@ -156,3 +156,54 @@ def test_a_retrained_champion_that_does_worse_is_rolled_back(tmp_path):
     # the shadow scored the same customers the champion did
     shadow = table(cfg, "SELECT month, count(*) AS n FROM ops.shadow_scores GROUP BY month ORDER BY month")
     assert list(shadow.month) == ["2025-06", "2025-07"]
+
+
+def test_a_failing_partition_is_held_back_then_released_by_a_declared_correction(tmp_path):
+    """The drift scenario's billing month in cents fails a blocking rule in an operated month: the partition is held
+    back (features and training leave it out, an alert opens, the month goes on); a correction declared beside the
+    rules makes the next month's ETL reload it corrected, and its release closes the alert — each step audited."""
+    from mlops_nb.alerts import read_alert_log
+    from mlops_nb.audit import read_events
+    from mlops_nb.catalog import AUDIT_CORRECTION_APPLIED, AUDIT_DATA_HELD_BACK, AUDIT_DATA_RELEASED, TABLE_HELD_BACK
+    from mlops_nb.contracts import load_feature_table
+    from mlops_nb.operate import operate
+    from mlops_nb.rules import DEFAULT_RULES
+    cfg, _ = build(tmp_path / "p", lake_scenario="drift", lake_drift_month=6)
+    bills = ("SELECT month, median(bill_amount) AS bill FROM features.customer_month WHERE month IN ('2025-05', "
+             "'2025-06') GROUP BY month ORDER BY month")
+    staged = "SELECT median(amount) FROM staging.billing WHERE arrival_month = '2025-06'"
+
+    (june,) = operate(cfg, month="2025-06", say=lambda s: None)
+    assert (june.status, june.held_back) == ("held_back", ["billing/2025-06"]), (june.status, june.quality_failures)
+    held = table(cfg, f"SELECT * FROM {TABLE_HELD_BACK}")
+    assert held.rules.tolist() == ["billing_amount_median_shift"] and held.released_in.isna().all()
+    b = table(cfg, bills).bill.tolist()
+    assert 0.5 < b[1] / b[0] < 2                  # the cents never reached the features (the month before's bill)
+    assert table(cfg, staged).iloc[0, 0] > 1000   # (they are in staging, as delivered)
+    months = set(load_feature_table(cfg)[0].month.astype(str).str[:7])
+    assert "2025-06" not in months and "2025-05" in months                              # nor training
+    log = read_alert_log(cfg)
+    assert ((log.rule == "data_held_back") & (log.kind == "raised") & (log.month == "2025-06")).sum() == 1
+    assert [e.subject for e in read_events(cfg, AUDIT_DATA_HELD_BACK)] == ["billing/2025-06"]
+
+    cfg.quality.rules_file.write_text(DEFAULT_RULES + """corrections:
+  - name: billing_amount_in_cents
+    source: billing
+    column: amount
+    from_month: 2025-06
+    through_month: 2025-06
+    multiply: 0.01
+    reason: the billing export wrote 2025-06's amounts in cents
+""", encoding="utf-8")
+    (july,) = operate(cfg, month="2025-07", say=lambda s: None)
+    assert (july.released, july.held_back) == (["billing/2025-06"], []), july.status
+    assert [e.subject for e in read_events(cfg, AUDIT_CORRECTION_APPLIED)] == ["billing/2025-06"]
+    released = list(read_events(cfg, AUDIT_DATA_RELEASED))
+    assert len(released) == 1 and "billing_amount_in_cents" in released[0].details["reason"]
+    assert table(cfg, staged).iloc[0, 0] < 1000                                          # reloaded, corrected
+    b = table(cfg, bills).bill.tolist()
+    assert 0.5 < b[1] / b[0] < 2
+    assert "2025-06" in set(load_feature_table(cfg)[0].month.astype(str).str[:7])       # used again
+    log = read_alert_log(cfg)
+    assert ((log.rule == "data_held_back") & (log.kind == "resolved") & (log.month == "2025-07")).sum() == 1
+    assert table(cfg, f"SELECT released_in FROM {TABLE_HELD_BACK}").released_in.tolist() == ["2025-07"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlops_nb import quality as Q
+from mlops_nb import staging as C
 from mlops_nb import rules as R
 from mlops_nb.contracts import connect_warehouse
 from mlops_nb.lake import generate_lake
@@ -182,3 +183,26 @@ def test_html_report_and_mlflow_logging(drift):
     assert local.read_text(encoding="utf-8") == page
     results = json.loads(Path(client.download_artifacts(run.info.run_id, "quality/results.json")).read_text())
     assert any(r["rule"] == "billing_amount_median_shift" and not r["passed"] for r in results)
+
+
+def test_corrections_are_declared_beside_the_rules_and_refused_when_malformed():
+    doc = R.read_rules_doc(R.DEFAULT_RULES + """corrections:
+  - {name: usage_in_mb, source: usage, column: data_gb, from_month: 2025-03, multiply: 0.001, reason: sent in MB}
+""")
+    (fix,) = C.corrections_from_doc(doc)
+    assert C.partition_scale([fix], "usage", "2026-01") == {"data_gb": 0.001}     # open-ended: from its month on
+    assert C.partition_scale([fix], "usage", "2025-02") == {}
+    assert C.corrections_digest([fix], "billing", "2025-03") == ""
+    bad = {"name": "x", "source": "usage", "column": "data_gb", "from_month": "2025-03", "multiply": 0.001,
+           "reason": "r"}
+    for change, message in ((dict(multiply=0), "multiply must be a finite number other than 0"),
+                            (dict(source="bills"), "unknown source 'bills'"),
+                            (dict(column="customer_key"), "usage has no numeric column 'customer_key'"),
+                            (dict(through_month="2025-01"), "through_month is before from_month"),
+                            (dict(reason=""), "missing reason"),
+                            (dict(why="typo"), "unknown key 'why'")):
+        with pytest.raises(C.CorrectionsError, match=message):
+            C.corrections_from_doc({"corrections": [{**bad, **change}]}, "quality_rules.yaml")
+    # a malformed correction is refused with the rules, before anything runs
+    with pytest.raises(R.QualityRulesError, match="unknown source 'bills'"):
+        R.parse_rules(R.DEFAULT_RULES + "corrections:\n  - " + str({**bad, "source": "bills"}) + "\n", "q.yaml")
