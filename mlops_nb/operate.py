@@ -29,6 +29,7 @@ from mlops_nb.catalog import (
     TABLE_MONITOR_FAIRNESS,
     TABLE_MONITOR_MONTHS,
     TABLE_MONITOR_PERFORMANCE,
+    TABLE_MONITOR_SHADOW,
 )
 from .contracts import connect_warehouse, read_feature_spec, table_exists
 from .people import month_labels
@@ -95,6 +96,9 @@ MONITOR_COLUMNS: dict[str, dict[str, str]] = {   # fixed, so a month with fewer 
     TABLE_MONITOR_FAIRNESS: _columns(
         "month VARCHAR, version VARCHAR, attribute VARCHAR, metric VARCHAR, basis VARCHAR, difference DOUBLE, "
         "lower DOUBLE, upper DOUBLE, limit DOUBLE, over_limit BOOLEAN, groups BIGINT, left_out VARCHAR"),
+    TABLE_MONITOR_SHADOW: _columns(
+        "month VARCHAR, computed_in VARCHAR, champion VARCHAR, version VARCHAR, rows BIGINT, auc_champion DOUBLE, "
+        "auc_version DOUBLE, difference DOUBLE, lower DOUBLE, upper DOUBLE"),
 }
 
 # %% ../nbs/67_operate.ipynb #67ef0008
@@ -301,11 +305,12 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
 
 # %% ../nbs/67_operate.ipynb #67ef0012a
 def monitor_step(cfg: Settings, res: MonthResult, step: _Steps) -> tuple[Any, str]:
-    """The champion's reference (built once per version), the month's monitor and its report; the predecessor's shadow
-    scores while the champion is on probation, and the verdict when its first month's labels arrive."""
+    """The champion's reference (built once per version), the month's monitor and its report; the shadow scores of
+    the predecessor while the champion is on probation and of a challenger waiting in staging, their paired comparison
+    with the champion when a month's labels arrive, and the probation's verdict."""
     from mlops_nb.monitor import log_relation, monitor_month
     from mlops_nb.reference import load_reference
-    from mlops_nb.retrain import on_probation, shadow_score
+    from mlops_nb.retrain import challenger_version, compare_shadows, on_probation, shadow_score
     with step("reference"): bundle = load_reference(cfg, res.version)
     html = ""
     with connect_warehouse(cfg, read_only=False) as con:
@@ -315,9 +320,11 @@ def monitor_step(cfg: Settings, res: MonthResult, step: _Steps) -> tuple[Any, st
             res.labelled = sorted(labelled)
             mm = monitor_month(con, cfg, res.month, res.request_id, res.version, bundle, labelled)
             store_monitor(con, mm)
-        with step("probation"):
-            predecessor = on_probation(cfg, res.version)
-            if predecessor: shadow_score(cfg, con, res.month, predecessor)
+        with step("shadow"):
+            shadows = (on_probation(cfg, res.version), challenger_version(cfg, res.version))
+            for v in dict.fromkeys(x for x in shadows if x): shadow_score(cfg, con, res.month, v)
+            compared = [compare_shadows(cfg, con, m, rid, v, res.month) for m, (rid, v) in labelled.items()]
+            if compared: replace_rows(con, TABLE_MONITOR_SHADOW, pd.concat(compared), {"month": list(labelled)})
             for m, (rid, v) in labelled.items(): probation_step(cfg, con, res, m, rid, v)
         if cfg.operate.drift_report:
             with step("report"):

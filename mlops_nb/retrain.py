@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mlops_nb.catalog import (
@@ -35,9 +34,10 @@ from .monitor import log_relation, month_frame
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['RETRAIN_PHASES', 'RETRAINS_DDL', 'SHADOW_DDL', 'ensure_retrain_tables', 'problem_start', 'labelled_months',
-           'tried_before', 'RetrainResult', 'retrain', 'set_probation', 'on_probation', 'record_retrain',
-           'shadow_score', 'ProbationVerdict', 'judge_probation', 'settle_probation']
+__all__ = ['RETRAIN_PHASES', 'RETRAINS_DDL', 'SHADOW_DDL', 'SHADOW_COLUMNS', 'ensure_retrain_tables', 'problem_start',
+           'labelled_months', 'tried_before', 'RetrainResult', 'retrain', 'set_probation', 'on_probation',
+           'record_retrain', 'shadow_score', 'ProbationVerdict', 'shadow_rows', 'judge_probation', 'challenger_version',
+           'compare_shadows', 'settle_probation']
 
 # %% ../nbs/66_retrain.ipynb #66ef0005
 RETRAIN_PHASES = (PHASE_TRAIN, PHASE_EVALUATE, PHASE_GATE, PHASE_REGISTER)
@@ -187,20 +187,27 @@ class ProbationVerdict:
     rolled_back: bool
     reason: str
 
+def shadow_rows(cfg: Settings, con, month: str, request_id: str, shadow_version: str) -> pd.DataFrame | None:
+    """The untreated, labelled customers of `month` with the champion's score `p` (logged under `request_id`) and
+    `shadow_version`'s score of the same customers `p_old`; None if it has no shadow scores of the month or the rows
+    hold one class only."""
+    spec = read_feature_spec(con, cfg)
+    frame = month_frame(con, cfg, month, log_relation(cfg, request_id), spec, cfg.operate.control_share)
+    shadow = con.execute(f"SELECT customer_key, p AS p_old FROM {TABLE_SHADOW_SCORES} WHERE month = ? AND version = ?",
+                         [month, str(shadow_version)]).df()
+    if shadow.empty: return None
+    rows = frame.merge(shadow, on="customer_key")
+    rows = rows[(rows.weight > 0) & rows.y.notna()]
+    return rows if rows.y.nunique() == 2 else None
+
 def judge_probation(cfg: Settings, con, month: str, request_id: str, version: str,
                     predecessor: str) -> ProbationVerdict | None:
     """Compare `version` (scored `month` under `request_id`) with `predecessor`'s shadow scores of the same customers,
     on the untreated with labels; None if the predecessor has no shadow scores of that month."""
     from mlops_nb.stats import paired_auc_difference
-    spec = read_feature_spec(con, cfg)
-    frame = month_frame(con, cfg, month, log_relation(cfg, request_id), spec, cfg.operate.control_share)
-    shadow = con.execute(f"SELECT customer_key, p AS p_old FROM {TABLE_SHADOW_SCORES} WHERE month = ? AND version = ?",
-                         [month, str(predecessor)]).df()
-    if shadow.empty: return None
-    rows = frame.merge(shadow, on="customer_key")
-    rows = rows[(rows.weight > 0) & rows.y.notna()]
+    rows = shadow_rows(cfg, con, month, request_id, predecessor)
+    if rows is None: return None
     y = rows.y.to_numpy(int)
-    if len(np.unique(y)) < 2: return None
     d, lo, hi = paired_auc_difference(y, rows.p.to_numpy(), rows.p_old.to_numpy(), n_boot=cfg.gate.n_boot,
                                       seed=cfg.train.seed, confidence=cfg.gate.confidence)
     worse = bool(hi < 0)
@@ -208,6 +215,36 @@ def judge_probation(cfg: Settings, con, month: str, request_id: str, version: st
            f"({cfg.gate.confidence:.0%} interval {lo:+.4f}..{hi:+.4f})")
     return ProbationVerdict(month, str(version), str(predecessor), len(rows), d, lo, hi, worse,
                             ("worse: rolled back — " if worse else "kept — ") + why)
+
+# %% ../nbs/66_retrain.ipynb #66ef0021
+SHADOW_COLUMNS = ("month", "computed_in", "champion", "version", "rows", "auc_champion", "auc_version", "difference",
+                  "lower", "upper")
+
+def challenger_version(cfg: Settings, champion: str) -> str | None:
+    "The version waiting in staging (the challenger), if there is one other than `champion`."
+    from mlops_nb.catalog import STATUS_STAGING
+    from mlops_nb.registry import version_with_status
+    v = version_with_status(cfg, STATUS_STAGING)
+    return v.version if v is not None and str(v.version) != str(champion) else None
+
+def compare_shadows(cfg: Settings, con, month: str, request_id: str, champion: str,
+                    computed_in: str) -> pd.DataFrame:
+    """Every version scored in the shadow in `month` against the `champion` that scored it (under `request_id`), on the
+    same untreated, labelled customers: one row each (SHADOW_COLUMNS)."""
+    from sklearn.metrics import roc_auc_score
+    from mlops_nb.stats import paired_auc_difference
+    ensure_retrain_tables(con)
+    out = []
+    for (v,) in con.execute(f"SELECT DISTINCT version FROM {TABLE_SHADOW_SCORES} WHERE month = ? AND version <> ? "
+                            "ORDER BY version", [month, str(champion)]).fetchall():
+        rows = shadow_rows(cfg, con, month, request_id, v)
+        if rows is None: continue
+        y, p_champion, p_version = rows.y.to_numpy(int), rows.p.to_numpy(), rows.p_old.to_numpy()
+        d, lo, hi = paired_auc_difference(y, p_version, p_champion, n_boot=cfg.gate.n_boot, seed=cfg.train.seed,
+                                          confidence=cfg.gate.confidence)
+        out.append((month, computed_in, str(champion), str(v), len(rows), roc_auc_score(y, p_champion),
+                    roc_auc_score(y, p_version), d, lo, hi))
+    return pd.DataFrame(out, columns=list(SHADOW_COLUMNS))
 
 # %% ../nbs/66_retrain.ipynb #66ef000f
 def settle_probation(cfg: Settings, verdict: ProbationVerdict) -> None:

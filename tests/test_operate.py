@@ -207,3 +207,28 @@ def test_a_failing_partition_is_held_back_then_released_by_a_declared_correction
     log = read_alert_log(cfg)
     assert ((log.rule == "data_held_back") & (log.kind == "resolved") & (log.month == "2025-07")).sum() == 1
     assert table(cfg, f"SELECT released_in FROM {TABLE_HELD_BACK}").released_in.tolist() == ["2025-07"]
+
+
+def test_a_challenger_waiting_in_staging_is_scored_in_the_shadow_and_compared_on_the_same_customers(tmp_path):
+    """A version in staging (approved, not promoted) scores every month in the shadow; when a month's labels arrive it
+    is compared with the champion that decided that month, on the same untreated customers (monitor.shadow)."""
+    from mlops_nb import registry
+    from mlops_nb.catalog import STATUS_STAGING, TABLE_MONITOR_SHADOW, TABLE_SHADOW_SCORES
+    from mlops_nb.operate import operate
+    from mlops_nb.sandbox import sandbox_champion
+    cfg, first = build(tmp_path / "p")
+    champion = sandbox_champion(cfg, params={"max_iter": 20, "max_depth": 2}, threshold=0.05).version
+    registry.set_status(cfg, first, STATUS_STAGING, "test", "waits for a person to promote it")
+    results = operate(cfg, through="2025-07", say=lambda s: None)
+    assert all(r.status == "ok" for r in results), [r.status for r in results]
+    assert {r.version for r in results} == {champion}                       # the challenger decides nothing
+    scored = table(cfg, f"SELECT month, version, count(*) AS n FROM {TABLE_SHADOW_SCORES} GROUP BY ALL ORDER BY month")
+    assert list(zip(scored.month, scored.version)) == [("2025-06", first), ("2025-07", first)]
+    logged = table(cfg, f"SELECT scored FROM {TABLE_MONITOR_MONTHS} WHERE month = '2025-06'").scored[0]
+    assert scored.n[0] >= logged                                           # every customer the champion scored
+    shadow = table(cfg, f"SELECT * FROM {TABLE_MONITOR_SHADOW}")
+    assert list(zip(shadow.month, shadow.computed_in, shadow.champion, shadow.version)) == [
+        ("2025-06", "2025-07", champion, first)]
+    s = shadow.iloc[0]
+    assert s.lower <= s.difference <= s.upper and abs(s.auc_version - s.auc_champion - s.difference) < 1e-9
+    assert 0.5 * logged < s.rows < logged                                  # the untreated, labelled customers

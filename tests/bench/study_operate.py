@@ -2,12 +2,15 @@
 
     .venv/bin/python tests/bench/study_operate.py --scenario stable --seeds 1 2 3 --operated 12
     .venv/bin/python tests/bench/study_operate.py --scenario drift --seeds 42
+    .venv/bin/python tests/bench/study_operate.py --scenario drift --seeds 42 --correct-after 1
 
 For each seed it makes a project in a temporary folder, runs the lifecycle on the history months and operates the
 rest (`mlops-nb run`, then `mlops-nb operate`, as `./run_all.sh` does), then prints:
   * incidents raised (in a stable world every incident is a false alarm: the goal is at most one in 12 months);
   * per month: the label-free AUC estimate beside the realised AUC (goal: within 0.03 in stable months), drift,
     quality and the serving version;
+  * with --correct-after N, a data steward's part: N months after a partition is held back, the correction its failing
+    check calls for (the factor that brings its median back) is declared in the rules file, and the loop goes on;
   * retrainings and rollbacks; and, after a retraining, the new champion's AUC on the untreated customers of the
     last labelled month beside the oracle's true probabilities' AUC on the same rows (goal: within 0.02).
 """
@@ -76,13 +79,60 @@ def new_champion_vs_oracle(settings: Path) -> dict | None:
                 auc_oracle=roc_auc_score(y, t.p_churn.to_numpy()))
 
 
-def study(scenario: str, seed: int, operated: int, history: int, customers: int) -> dict:
+def declare_corrections(settings: Path, month: str, after: int) -> list[str]:
+    """The steward: for each partition held back `after` months or more before `month` on a distribution rule, declare
+    the factor that brings its median back to its baseline (the check's ratio, rounded to a power of ten)."""
+    import math
+    from mlops_nb.people import month_labels
+    from mlops_nb.rules import DEFAULT_RULES
+    from mlops_nb.settings import load_settings
+    cfg = load_settings(settings)
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables")}
+        if "quality.held_back" not in tables: return []
+        held = con.execute("""SELECT h.source, h.month, r.column_name, r.value FROM quality.held_back h
+            JOIN quality.results r ON r.run_id = h.held_by_run AND r.month = h.month AND r.kind = 'distribution'
+                AND NOT r.passed AND r.table_name = 'staging.' || h.source
+            WHERE h.released_in IS NULL""").fetchall()
+    due = [h for h in held if month_labels(h[1], after + 1)[-1] <= month]
+    if not due: return []
+    fixes = "".join(f"""  - name: {s}_{c}_{m.replace('-', '_')}
+    source: {s}
+    column: {c}
+    from_month: "{m}"
+    through_month: "{m}"
+    multiply: {10 ** -round(math.log10(v))!r}
+    reason: "{s} {m}: {c} at {v:.3g}x its baseline (held back on {m}); the export's unit, fixed by the steward"
+""" for s, m, c, v in due)
+    path = cfg.quality.rules_file
+    text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_RULES
+    if "corrections:" not in text: text += "corrections:\n"
+    path.write_text(text + fixes, encoding="utf-8")
+    return [f"{s}/{m}" for s, m, _, _ in due]
+
+
+def operate_months(settings: Path, correct_after: int | None) -> list[str]:
+    "All the operated months at once; or month by month with the steward declaring corrections."
+    if correct_after is None:
+        run(["operate", "--no-progress"], settings)
+        return []
+    from mlops_nb.operate import months_to_operate
+    from mlops_nb.settings import load_settings
+    declared = []
+    for month in months_to_operate(load_settings(settings)):
+        declared += declare_corrections(settings, month, correct_after)
+        run(["operate", "--no-progress", "--month", month], settings)
+    return declared
+
+
+def study(scenario: str, seed: int, operated: int, history: int, customers: int,
+          correct_after: int | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"study-{scenario}-{seed}-"))
     settings = project(root, scenario, seed, operated, history, customers)
     t0 = time.time()
     run(["run", "--no-progress"], settings)
     t1 = time.time()
-    run(["operate", "--no-progress"], settings)
+    declared = operate_months(settings, correct_after)
     t2 = time.time()
     from mlops_nb.alerts import read_alert_log
     from mlops_nb.settings import load_settings
@@ -90,8 +140,11 @@ def study(scenario: str, seed: int, operated: int, history: int, customers: int)
     log = read_alert_log(cfg)
     raised = log[log.kind == "raised"] if len(log) else log
     with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
-        months = con.execute("SELECT month, status, version, inputs_drifted, alerts_raised, note FROM monitor.months "
-                             "ORDER BY month").df()
+        months = con.execute("SELECT month, status, version, inputs_drifted, alerts_raised, held_back, released, note "
+                             "FROM monitor.months ORDER BY month").df()
+        retrains = con.execute("SELECT * FROM monitor.retrains ORDER BY month").df() if con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'monitor' AND table_name = "
+            "'retrains'").fetchone()[0] else pd.DataFrame()
         perf = con.execute("SELECT month, kind, auc FROM monitor.performance").df()
     wide = perf.pivot_table(index="month", columns="kind", values="auc")
     months = months.merge(wide, left_on="month", right_index=True, how="left")
@@ -99,7 +152,8 @@ def study(scenario: str, seed: int, operated: int, history: int, customers: int)
     return dict(scenario=scenario, seed=seed, root=str(root), lifecycle_s=round(t1 - t0), operate_s=round(t2 - t1),
                 incidents=[f"{r.rule}@{r.month}" for r in raised.itertuples()] if len(raised) else [],
                 max_estimate_gap=float(gap.max()) if len(gap.dropna()) else None,
-                months=months, after_retraining=new_champion_vs_oracle(settings))
+                months=months, retrains=retrains, corrections=declared,
+                after_retraining=new_champion_vs_oracle(settings))
 
 
 def main() -> None:
@@ -109,15 +163,22 @@ def main() -> None:
     ap.add_argument("--operated", type=int, default=6, help="operated months (after 6 history months)")
     ap.add_argument("--history", type=int, default=6)
     ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--correct-after", type=int, default=None, metavar="N",
+                    help="declare a held-back partition's correction N months after it was held (default: never)")
     a = ap.parse_args()
     pd.set_option("display.width", 200); pd.set_option("display.max_columns", 20)
     for seed in a.seeds:
-        r = study(a.scenario, seed, a.operated, a.history, a.customers)
+        r = study(a.scenario, seed, a.operated, a.history, a.customers, a.correct_after)
         print(f"\n=== {r['scenario']} seed {r['seed']}: lifecycle {r['lifecycle_s']} s, {a.operated} months operated "
               f"in {r['operate_s']} s ({r['root']})")
         print(r["months"].drop(columns=["note"]).to_string(index=False))
         for note in r["months"].note.dropna(): print("  note:", note)
         print(f"incidents raised ({len(r['incidents'])}):", ", ".join(r["incidents"]) or "none")
+        if r["corrections"]: print("corrections declared by the steward:", ", ".join(r["corrections"]))
+        if len(r["retrains"]):
+            cols = [c for c in ("month", "since", "window_months", "status", "version", "approved", "promoted", "note")
+                    if c in r["retrains"].columns]
+            print(r["retrains"][cols].to_string(index=False))
         if r["max_estimate_gap"] is not None:
             print(f"largest |estimated − realised| AUC: {r['max_estimate_gap']:.4f}")
         if r["after_retraining"]: print("after retraining:", json.dumps(r["after_retraining"], default=float))
