@@ -50,12 +50,13 @@ from mlops_nb.report import (
     plot_reliability,
 )
 from .scorecard import CandidateEvaluation, evaluate_scores, jsonable
-from .settings import Settings
+from .settings import CharterSettings, Settings
 from .stats import paired_auc_difference
 
 # %% auto #0
 __all__ = ['EXPLAIN_ROWS', 'rows_digest', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'select_candidate',
-           'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'run_evaluate']
+           'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'champion_gaps',
+           'run_evaluate']
 
 # %% ../nbs/46_evaluate.ipynb #2b6233ca
 def rows_digest(df: pd.DataFrame) -> str:
@@ -202,6 +203,16 @@ class EvaluationResult:
                          "same gap, true p": worst.get("oracle_difference", np.nan) if worst else np.nan})
         return pd.DataFrame(rows).set_index("candidate")
 
+# %% ../nbs/46_evaluate.ipynb #fa1r0001
+def champion_gaps(p: np.ndarray, y: np.ndarray, sensitive: pd.DataFrame, months: np.ndarray | None,
+                  charter: CharterSettings, min_group_rows: int) -> list[dict[str, Any]]:
+    """The champion's own between-group gaps on the test rows: its probabilities under the charter's rule (break-even,
+    within the monthly budget), measured as the candidates' are — what `[gate] fairness_vs_champion` compares with."""
+    from mlops_nb.fairness import policy_gaps
+    from mlops_nb.value import break_even_probability, budget_contacts, contact_policy
+    contact = contact_policy(p, break_even_probability(charter), budget_contacts(charter), months)
+    return policy_gaps(y, contact, sensitive, min_group_rows)
+
 # %% ../nbs/46_evaluate.ipynb #d13ff6ee
 EXPLAIN_ROWS = 500   # test rows sampled for global importance (explanations cost more than scoring)
 
@@ -272,6 +283,10 @@ def run_evaluate(cfg: Settings,                  # run settings
         if champion:
             try: scores["champion"] = pyfunc_probabilities(champion["model_uri"], X_test)
             except Exception as e: champion["error"] = f"could not score the test rows: {type(e).__name__}: {e}"
+            if "champion" in scores and sens:   # its own gaps under the charter's rule, for the gate to compare
+                champion["fairness_gaps"] = jsonable(champion_gaps(scores["champion"].to_numpy(float), y_test,
+                                                                   test[sens], months, cfg.charter,
+                                                                   gate.min_group_rows))
         base_name, scores["baseline"] = naive_baseline(valid, test, spec)
         doc = dict(version=1, evaluate_run_id=run.info.run_id, train_run_id=candidates[0].train_run_id,
                    rows_digest=rows_id, test_rows=len(test), data=data,

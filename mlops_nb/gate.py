@@ -155,9 +155,12 @@ def check_performance(ev: Evidence, ref: Evidence | None, gate: GateSettings, se
     return Reason("performance", ok, lo, lim, msg)
 
 # %% ../nbs/47_gate.ipynb #93a2036b
-def check_fairness(ev: Evidence, gate: GateSettings, charter: CharterSettings) -> Reason:
-    "Every gated between-group gap within `max_fairness_gap`, on the configured CI bound."
-    lim, bad, unmeasured, worst = charter.max_fairness_gap, [], [], None
+def check_fairness(ev: Evidence, gate: GateSettings, charter: CharterSettings,
+                   champion: Evidence | None = None,   # the champion on the same rows (its own gaps), if any
+                   ) -> Reason:
+    """Every gated between-group gap within `max_fairness_gap`, on the configured CI bound — or, with `[gate]
+    fairness_vs_champion`, no wider than the champion's own gap on the same rows where it is over."""
+    lim, bad, unmeasured, worst, over = charter.max_fairness_gap, [], [], None, []
     if not ev.fairness_gaps:
         return Reason("fairness", True, None, lim, "not measured: the data has no sensitive attributes")
     for g in ev.fairness_gaps:
@@ -171,10 +174,24 @@ def check_fairness(ev: Evidence, gate: GateSettings, charter: CharterSettings) -
             else ""
         )
         if v > lim:
+            over.append((v, g))
             bad.append(f"{label} gap {g['difference']:.3f} (CI "
                        f"{g['difference_lo']:.3f}–{g['difference_hi']:.3f}{truth})")
     note = f"; not measurable (groups too small): {', '.join(unmeasured)}" if unmeasured else ""
     if worst is None: return Reason("fairness", True, None, lim, "no gap could be measured" + note)
+    if bad and gate.fairness_vs_champion and champion is not None and champion.kind == "champion":
+        theirs = {(g["attribute"], g["metric"]): g["difference"] for g in champion.fairness_gaps}
+        same = [(v, g, theirs.get((g["attribute"], g["metric"]))) for v, g in over]
+        if all(c is not None and v <= c for v, g, c in same):
+            told = "; ".join(f"{g['metric'].replace('_', ' ')} by {g['attribute']} {v:.3f} ≤ {c:.3f}"
+                             for v, g, c in same)
+            return Reason("fairness", True, worst[0], lim,
+                          f"over the limit of {lim} on the {gate.fairness_bound} bound ({'; '.join(bad)}) but no "
+                          f"wider than {champion.name}'s own gap on the same rows ({told}): the service breaches the "
+                          f"limit already — not a reason to keep the worse model; the fairness_gap alert stays{note}")
+        told = "; ".join(f"{g['metric'].replace('_', ' ')} by {g['attribute']}: "
+                         + ("not measured" if c is None else f"{c:.3f}") for v, g, c in same)
+        bad.append(f"wider than {champion.name}'s own on the same rows ({told})")
     if bad:
         return Reason("fairness", False, worst[0], lim,
                       f"over the limit of {lim} on the {gate.fairness_bound} bound: {'; '.join(bad)}{note}")
@@ -246,7 +263,8 @@ def decide(evidence: Evidence,                    # the candidate
            ) -> GateDecision:
     "Apply every check of the gate to the evidence: approved only if all pass; every reason listed."
     g = gate_settings
-    reasons = (check_performance(evidence, champion_evidence, g, seed), check_fairness(evidence, g, charter),
+    reasons = (check_performance(evidence, champion_evidence, g, seed),
+               check_fairness(evidence, g, charter, champion_evidence),
                check_calibration(evidence, g), check_profit(evidence, g), check_quality(evidence, g),
                check_servability(evidence, g))
     return GateDecision(all(r.passed for r in reasons), reasons)
@@ -329,7 +347,8 @@ def reference_evidence(doc: dict[str, Any], scores: pd.DataFrame,
                                       else "its scores are missing from the evaluation"))
         return Evidence(f"champion v{ch['version']}", "champion", y, scores["champion"].to_numpy(float),
                         doc["rows_digest"],
-                        model_uri=ch["model_uri"], run_id=ch.get("run_id", ""))
+                        model_uri=ch["model_uri"], run_id=ch.get("run_id", ""),
+                        fairness_gaps=list(ch.get("fairness_gaps") or []))
     if "baseline" in scores.columns:
         return Evidence(doc["baseline"]["name"], "baseline", y, scores["baseline"].to_numpy(float), doc["rows_digest"])
     return None

@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 3   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 4   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -254,6 +254,12 @@ class GateSettings:
     min_group_rows: int = setting(100,
                                   "a group enters a fairness gap only if the rate's denominator (rows for selection "
                                   "rate, churners for TPR) has at least this many test rows", lo=1)
+    fairness_vs_champion: bool = setting(True,
+                                         "a challenger over the fairness limit still passes the fairness check if "
+                                         "each gap over it is no wider than the champion's own under the charter's "
+                                         "rule on the same test rows (the service breaches the limit already; "
+                                         "the fairness_gap alert keeps it in front of people); off: the limit alone",
+                                         since=4)
 
 # %% ../nbs/01_sections.ipynb #1be3edf9
 @dataclass(frozen=True)

@@ -97,6 +97,25 @@ def test_an_unfair_candidate_is_refused_for_fairness():
     assert lax.reason("fairness").passed
 
 
+def test_a_challenger_over_the_fairness_limit_passes_only_if_no_wider_than_the_champions_own_gap():
+    """Where the champion itself breaches the limit on the same rows, a challenger no worse on each gap over it is not
+    refused for fairness (keeping the worse model would not make the service fairer); a wider gap is, and so is any
+    gap over the limit when [gate] fairness_vs_champion is off."""
+    e = evidence_for("unfair", 1, 2, noise=0.5, bias_b=1.5)
+    over = [g for g in e.fairness_gaps if g.get("gated") and g["difference"] > CHARTER.max_fairness_gap]
+    assert over
+    def champion_with(extra: float) -> Evidence:
+        return dataclasses.replace(champion_for(2, noise=0.9), fairness_gaps=[
+            dict(attribute=g["attribute"], metric=g["metric"], difference=g["difference"] + extra) for g in over])
+    wider = decide(e, champion_with(+0.05), GATE, CHARTER).reason("fairness")
+    assert wider.passed and "no wider than champion v1's own gap" in wider.message
+    assert wider.value > CHARTER.max_fairness_gap                       # the breach is still reported as it is
+    narrower = decide(e, champion_with(-0.05), GATE, CHARTER).reason("fairness")
+    assert not narrower.passed and "wider than champion v1's own on the same rows" in narrower.message
+    strict = dataclasses.replace(GATE, fairness_vs_champion=False)
+    assert not decide(e, champion_with(+0.05), strict, CHARTER).reason("fairness").passed
+
+
 def test_calibration_profit_quality_and_servability_each_refuse():
     e, ch = evidence_for("good", 1, 2, noise=0.5), champion_for(2, noise=0.6)
     assert decide(dataclasses.replace(e, ece=0.2), ch, GATE, CHARTER).reason("calibration").passed is False
