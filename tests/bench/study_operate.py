@@ -48,26 +48,32 @@ def project(root: Path, scenario: str, seed: int, operated: int, history: int, c
 
 
 def new_champion_vs_oracle(settings: Path) -> dict | None:
-    """After a promotion by retraining: the new champion's AUC on the untreated customers of the last labelled month,
-    and the true probabilities' AUC on the same rows."""
+    """After a retraining: the retrained version's AUC (the new champion's if it was promoted, else the refused
+    challenger's) on the untreated customers of the last labelled month, the serving champion's and the true
+    probabilities' on the same rows."""
     from sklearn.metrics import roc_auc_score
     from mlops_nb.lake import read_truth
     from mlops_nb.served import load_served_model
     from mlops_nb.settings import load_settings
     cfg = load_settings(settings)
     with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables")}
+        tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM "
+                                            "information_schema.tables").fetchall()}
         if "monitor.retrains" not in tables: return None
-        promoted = con.execute("SELECT month, version FROM monitor.retrains WHERE promoted ORDER BY month").fetchall()
+        promoted = con.execute("SELECT month, version, promoted FROM monitor.retrains WHERE status = 'ran' AND "
+                               "version <> '' ORDER BY month").fetchall()
         if not promoted: return None
+        serving = con.execute("SELECT version FROM monitor.months ORDER BY month DESC LIMIT 1").fetchone()[0]
         month = con.execute("SELECT max(month) FROM features.customer_month WHERE churned_next IS NOT "
                             "NULL").fetchone()[0]
         df = con.execute("SELECT f.* FROM features.customer_month f JOIN ops.actions a ON a.customer_key = "
                          "f.customer_key AND a.month = f.month WHERE f.month = ? AND a.action IN ('not_selected', "
                          "'control') AND f.churned_next IS NOT NULL", [month]).df()
-    version = promoted[-1][1]
-    model = load_served_model(cfg, version, unknown_category="missing")
-    p = model.scorer.probabilities(model.scorer.encode_frame(df))
+    version, was_promoted = promoted[-1][1], promoted[-1][2]
+    def scores(v: str):
+        model = load_served_model(cfg, v, unknown_category="missing")
+        return model.scorer.probabilities(model.scorer.encode_frame(df))
+    p = scores(version)
     truth = read_truth(cfg.paths.oracle)
     truth = truth[truth.month == month]
     from mlops_nb.privacy import load_key, pseudonymise
@@ -75,7 +81,8 @@ def new_champion_vs_oracle(settings: Path) -> dict | None:
     truth = truth.assign(customer_key=pseudonymise(truth.customer_id, key, "customer"))
     t = df[["customer_key"]].merge(truth[["customer_key", "p_churn"]], on="customer_key", how="left")
     y = df.churned_next.to_numpy(int)
-    return dict(version=version, month=month, rows=len(df), auc_model=roc_auc_score(y, p),
+    return dict(version=version, promoted=bool(was_promoted), month=month, rows=len(df), auc_model=roc_auc_score(y, p),
+                auc_serving=roc_auc_score(y, scores(serving)), serving=serving,
                 auc_oracle=roc_auc_score(y, t.p_churn.to_numpy()))
 
 
@@ -88,7 +95,8 @@ def declare_corrections(settings: Path, month: str, after: int) -> list[str]:
     from mlops_nb.settings import load_settings
     cfg = load_settings(settings)
     with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables")}
+        tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM "
+                                            "information_schema.tables").fetchall()}
         if "quality.held_back" not in tables: return []
         held = con.execute("""SELECT h.source, h.month, r.column_name, r.value FROM quality.held_back h
             JOIN quality.results r ON r.run_id = h.held_by_run AND r.month = h.month AND r.kind = 'distribution'
