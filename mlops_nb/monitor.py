@@ -91,7 +91,9 @@ def month_frame(con, cfg: Settings, month: str, relation: str, spec: FeatureSpec
 
 # %% ../nbs/65_monitor.ipynb #65ef000a
 def performance_rows(frame: pd.DataFrame, month: str, version: str, labelled_now: bool, n_boot: int,
-                     seed: int = 0) -> list[dict[str, Any]]:
+                     seed: int = 0,
+                     rate_dispersion: float = 0.0,   # the reference's month-to-month churn spread (`64_reference`)
+                     ) -> list[dict[str, Any]]:
     """The month's estimated performance (every scored, non-exploration customer, before any treatment) and, when its
     labels have arrived, the realised one on the weighted untreated with the concept-drift test."""
     base = frame[frame.action != "exploration"]
@@ -101,7 +103,7 @@ def performance_rows(frame: pd.DataFrame, month: str, version: str, labelled_now
         lab = frame[(frame.weight > 0) & frame.y.notna()]
         y, p, w = lab.y.to_numpy(float), lab.p.to_numpy(), lab.weight.to_numpy()
         real = realised_performance(y, p, lab.decision.to_numpy(float), w, n_boot=n_boot, seed=seed)
-        test = concept_drift_test(y, p, w, alpha=ALPHA, seed=seed)
+        test = concept_drift_test(y, p, w, alpha=ALPHA, seed=seed, rate_dispersion=rate_dispersion)
         note = "" if (frame.action == "control").any() or not (frame.action == "contact").any() else (
             "no control group: the realised figures describe the unselected only")
         rows.append(dict(month=month, version=version, kind="realised", **_pick(real.to_dict()),
@@ -190,7 +192,7 @@ def monitor_month(con, cfg: Settings, month: str, request_id: str, version: str,
     todo = {month: (request_id, version, False), **{m: (r, v, True) for m, (r, v) in (labelled or {}).items()}}
     for m, (rid, v, lab) in todo.items():
         frame = month_frame(con, cfg, m, log_relation(cfg, rid), spec, cfg.operate.control_share)
-        rows = performance_rows(frame, m, v, lab, cfg.gate.n_boot, cfg.train.seed)
+        rows = performance_rows(frame, m, v, lab, cfg.gate.n_boot, cfg.train.seed, bundle.rate_dispersion)
         perf += [r for r in rows if lab == (r["kind"] == "realised")]
         fair += [r for r in fairness_rows(frame, m, v, spec, cfg.charter.max_fairness_gap, lab, cfg.gate.n_boot,
                                           cfg.gate.min_group_rows) if lab == (r["metric"] == "tpr")]

@@ -325,18 +325,23 @@ def concept_drift_test(y: np.ndarray,                       # 0/1 labels of the 
                        n_sim: int = 200,                    # label sets simulated for the AUC's null spread (0: skip)
                        seed: int = 0,
                        spiegelhalter: bool = True,          # add Spiegelhalter's z to the family
+                       # the month's own relative spread of churn beyond binomial noise (`64_reference`), added to the
+                       # null of the count and Spiegelhalter tests: a month's luck is not drift
+                       rate_dispersion: float = 0.0,
                        ) -> ConceptDriftTest:
     "Test a labelled month against its probabilities' promise: churn count, AUC (worse than promised), Spiegelhalter."
     p, y, w, _ = checked_inputs(p, y, weights)
     if not len(p): return ConceptDriftTest(0, alpha, reason="no rows: nothing to test")
-    pq, w2 = p * (1 - p), w * w
-    churners, expected, churners_sd = float((w * y).sum()), float((w * p).sum()), math.sqrt((w2 * pq).sum())
+    pq, w2, tau = p * (1 - p), w * w, float(rate_dispersion)
+    churners, expected = float((w * y).sum()), float((w * p).sum())
+    churners_sd = math.sqrt((w2 * pq).sum() + (tau * expected) ** 2)
     rate_z = (churners - expected) / churners_sd if churners_sd > 0 else float("nan")
     auc, auc_expected = float(weighted_auc(y, p, w[None])[0]), expected_auc(p, w)
     sd = _spread(simulated_aucs(p, w, n_sim, seed)) if math.isfinite(auc) else float("nan")
     auc_z = (auc - auc_expected) / sd if sd > 0 else float("nan")
     auc_p = NormalDist().cdf(auc_z) if math.isfinite(auc_z) else float("nan")
-    s_var = float((w2 * (1 - 2 * p) ** 2 * pq).sum()) if spiegelhalter else 0.0
+    s_var = float((w2 * (1 - 2 * p) ** 2 * pq).sum() + (tau * (w * p * (1 - 2 * p)).sum()) ** 2) if spiegelhalter \
+        else 0.0
     s_z = float((w * (y - p) * (1 - 2 * p)).sum()) / math.sqrt(s_var) if s_var > 0 else float("nan")
     pvalues = {"rate": _two_sided(rate_z), "auc": auc_p, "spiegelhalter": _two_sided(s_z)}
     rejected = holm(pvalues, alpha)

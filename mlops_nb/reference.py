@@ -23,8 +23,8 @@ from .people import month_labels
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['SCORE_COLUMN', 'EXPLAINED_VARIANCE', 'MAX_FIT_ROWS', 'Reconstruction', 'fit_reconstruction', 'ReferenceBundle',
-           'reference_months', 'build_reference', 'load_reference']
+__all__ = ['SCORE_COLUMN', 'EXPLAINED_VARIANCE', 'MAX_FIT_ROWS', 'Reconstruction', 'fit_reconstruction', 'rate_dispersion',
+           'ReferenceBundle', 'reference_months', 'build_reference', 'load_reference']
 
 # %% ../nbs/64_reference.ipynb #64ef0005
 SCORE_COLUMN = "churn_probability"   # the score's name in the prediction log and in the profile
@@ -75,6 +75,18 @@ def fit_reconstruction(df: pd.DataFrame, columns: list[str], months: pd.Series |
         rec.month_errors = {str(m): float(v) for m, v in by_month.items()}
     return rec
 
+# %% ../nbs/64_reference.ipynb #64ef0031
+def rate_dispersion(y: np.ndarray, p: np.ndarray, months: np.ndarray) -> float:
+    """The between-month relative spread of churners around their promise beyond binomial noise, over labelled
+    reference months: sqrt(max(0, var(O/E − 1) − mean(Σp(1−p)/E²))); 0 with fewer than three months."""
+    d = pd.DataFrame(dict(y=np.asarray(y, float), p=np.asarray(p, float), m=np.asarray(months).astype(str)))
+    d = d[d.y.notna() & d.p.notna()]
+    g = d.assign(v=d.p * (1 - d.p)).groupby("m").agg(o=("y", "sum"), e=("p", "sum"), v=("v", "sum"))
+    g = g[g.e > 0]
+    if len(g) < 3: return 0.0
+    r, noise = g.o / g.e - 1, g.v / g.e ** 2
+    return float(np.sqrt(max(0.0, float(r.var(ddof=1)) - float(noise.mean()))))
+
 # %% ../nbs/64_reference.ipynb #64ef000a
 @dataclass
 class ReferenceBundle:
@@ -85,6 +97,7 @@ class ReferenceBundle:
     profile: ReferenceProfile
     thresholds: dict[str, float]
     reconstruction: Reconstruction
+    rate_dispersion: float = 0.0   # the reference months' own month-to-month churn spread (0: a bundle from before)
 
     def multivariate_threshold(self, rows: int) -> float:
         "The largest mean reconstruction error a month of `rows` rows may show without counting as drifted."
@@ -95,13 +108,14 @@ class ReferenceBundle:
     def to_json(self) -> str:
         return json.dumps(dict(version=self.version, months=self.months, rows=self.rows,
                                profile=json.loads(self.profile.to_json()), thresholds=self.thresholds,
-                               reconstruction=asdict(self.reconstruction)), sort_keys=True)
+                               reconstruction=asdict(self.reconstruction), rate_dispersion=self.rate_dispersion),
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ReferenceBundle":
         d = json.loads(text)
         return cls(d["version"], d["months"], d["rows"], ReferenceProfile.from_json(json.dumps(d["profile"])),
-                   d["thresholds"], Reconstruction(**d["reconstruction"]))
+                   d["thresholds"], Reconstruction(**d["reconstruction"]), float(d.get("rate_dispersion", 0.0)))
 
 # %% ../nbs/64_reference.ipynb #64ef000b
 def reference_months(cfg: Settings, version: str) -> list[str]:
@@ -145,7 +159,9 @@ def build_reference(cfg: Settings, version: str) -> ReferenceBundle:
     thresholds = calibrated_thresholds(con, "reference", profile, spec.time_column)
     con.close()
     rec = fit_reconstruction(df, numeric, df[spec.time_column], seed=cfg.train.seed)
-    return ReferenceBundle(str(version), months, len(df), profile, thresholds, rec)
+    spread = rate_dispersion(df[spec.target].to_numpy(float), df[SCORE_COLUMN].to_numpy(float),
+                             df[spec.time_column].astype(str).to_numpy())
+    return ReferenceBundle(str(version), months, len(df), profile, thresholds, rec, spread)
 
 # %% ../nbs/64_reference.ipynb #64ef000d
 def load_reference(cfg: Settings, version: str, build: bool = True) -> ReferenceBundle:

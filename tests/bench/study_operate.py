@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -114,7 +115,7 @@ def declare_corrections(settings: Path, month: str, after: int) -> list[str]:
 """ for s, m, c, v in due)
     path = cfg.quality.rules_file
     text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_RULES
-    if "corrections:" not in text: text += "corrections:\n"
+    if not re.search(r"^corrections:", text, re.M): text += "corrections:\n"   # (the header's comment names it)
     path.write_text(text + fixes, encoding="utf-8")
     return [f"{s}/{m}" for s, m, _, _ in due]
 
