@@ -31,11 +31,11 @@ from .settings import Settings, SettingsError
 from .staging import TABLES
 
 # %% auto #0
-__all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'AGE_AT_MONTH_END', 'DATASET_MAX_ROWS', 'staging_columns',
-           'staging_views', 'Feature', 'feature_spec', 'age_band_sql', 'feature_steps', 'build_features',
-           'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile', 'feature_dataset',
-           'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging', 'ensure_upstream',
-           'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
+__all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'POLICY_MOVED', 'AGE_AT_MONTH_END', 'DATASET_MAX_ROWS',
+           'staging_columns', 'staging_views', 'Feature', 'feature_spec', 'age_band_sql', 'feature_steps',
+           'build_features', 'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile',
+           'feature_dataset', 'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging',
+           'ensure_upstream', 'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
 
 # %% ../nbs/29_features.ipynb #aee2a036
 STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -228,6 +228,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("churned_next", "label",
             "1 if a cancellation request was filed in months m+1..m+h; null while m+h is not loaded yet", "m+1..m+h"),
 )
+
+# inputs the service's own retention campaign moves: once it contacts customers, these shift because of what it did,
+# not because the world changed — the monitor reports them apart from the world's drift (`65_monitor`)
+POLICY_MOVED: frozenset[str] = frozenset({"months_since_contact"})
 
 def feature_spec(horizon_months: int) -> FeatureSpec:
     "The FeatureSpec of the synthetic lake's feature table."

@@ -20,6 +20,7 @@ import pandas as pd
 from .catalog import TABLE_ACTIONS, TABLE_FEATURES
 from .contracts import FeatureSpec, read_feature_spec, table_exists
 from .drift import drift_table, quoted
+from .features import POLICY_MOVED
 from .performance import concept_drift_test, estimate_performance, realised_performance
 from .reference import SCORE_COLUMN, ReferenceBundle
 from .settings import Settings, SettingsError
@@ -56,13 +57,19 @@ def drift_of_month(con, relation: str, bundle: ReferenceBundle) -> pd.DataFrame:
     return pd.concat([t, pd.DataFrame([multi])], ignore_index=True)
 
 # %% ../nbs/65_monitor.ipynb #65ef0007
-def drift_metrics(drift: pd.DataFrame) -> dict[str, float]:
+def drift_metrics(drift: pd.DataFrame,
+                  # inputs the service's own campaign moves (`29_features.POLICY_MOVED`): reported as
+                  # `policy.feature.*`, kept out of the world's drift metrics the alert rules read
+                  policy_moved: frozenset[str] = POLICY_MOVED,
+                  ) -> dict[str, float]:
     """The month's drift as alert metrics: share of inputs drifted, each input's distance / threshold, the score's and
     the multivariate signal's."""
-    inputs = drift[drift.kind.isin(["numeric", "categorical"])]
+    every = drift[drift.kind.isin(["numeric", "categorical"])]
+    inputs, moved = every[~every.column.isin(policy_moved)], every[every.column.isin(policy_moved)]
     out = {"drift.share_drifted": float(inputs.drifted.mean()) if len(inputs) else float("nan"),
            "drift.inputs_drifted": float(inputs.drifted.sum())}
     for r in inputs.itertuples(): out[f"drift.feature.{r.column}"] = float(r.distance / r.threshold)
+    for r in moved.itertuples(): out[f"policy.feature.{r.column}"] = float(r.distance / r.threshold)
     for kind, name in (("score", "drift.score"), ("multivariate", "drift.multivariate")):
         row = drift[drift.kind == kind]
         if len(row): out[name] = float(row.distance.iloc[0] / row.threshold.iloc[0])

@@ -70,3 +70,15 @@ def test_the_reconstruction_model_sees_a_broken_correlation_and_survives_its_jso
     broken = pd.DataFrame({"a": rng.normal(size=4000), "b": rng.normal(size=4000)})   # same margins, no correlation
     limit = back.multivariate_threshold(4000)
     assert back.reconstruction.errors(same).mean() < limit < back.reconstruction.errors(broken).mean()
+
+
+def test_an_input_the_campaign_moves_is_reported_apart_from_the_worlds_drift():
+    from mlops_nb.monitor import drift_metrics
+    drift = pd.DataFrame(dict(column=["tenure_months", "months_since_contact", "churn_probability"],
+                              kind=["numeric", "numeric", "score"], distance=[0.05, 0.4, 0.01],
+                              threshold=[0.1, 0.1, 0.1], drifted=[False, True, False]))
+    m = drift_metrics(drift)
+    assert m["policy.feature.months_since_contact"] == pytest.approx(4.0)
+    assert "drift.feature.months_since_contact" not in m
+    assert (m["drift.share_drifted"], m["drift.inputs_drifted"], m["drift.feature.tenure_months"]) == (0.0, 0.0, 0.5)
+    assert drift_metrics(drift, policy_moved=frozenset())["drift.inputs_drifted"] == 1.0
