@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,9 @@ from .reference import SCORE_COLUMN, ReferenceBundle
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['UNTREATED', 'ALPHA', 'log_relation', 'drift_of_month', 'drift_metrics', 'month_frame', 'performance_rows',
-           'group_rate_gap', 'fairness_rows', 'MonthMonitor', 'monitor_month', 'performance_metrics']
+__all__ = ['UNTREATED', 'ALPHA', 'log_relation', 'drift_of_month', 'drift_metrics', 'month_frame', 'holm_min_p',
+           'performance_rows', 'group_rate_gap', 'fairness_rows', 'MonthMonitor', 'monitor_month',
+           'performance_metrics']
 
 # %% ../nbs/65_monitor.ipynb #65ef0005
 UNTREATED = ("not_selected", "control")   # actions whose outcome is the model's world, not the offer's
@@ -96,6 +97,13 @@ def month_frame(con, cfg: Settings, month: str, relation: str, spec: FeatureSpec
     df["weight"] = w
     return df
 
+# %% ../nbs/65_monitor.ipynb #65ef0040
+def holm_min_p(pvalues: Sequence[float]) -> float:
+    """The smallest Holm-adjusted p-value of a family (m × the smallest p, capped at 1): below alpha exactly when the
+    Holm test rejects at least one — what the `concept_drift` alert rule reads, so the alert and the test agree."""
+    ps = [p for p in pvalues if p == p]
+    return min(1.0, len(ps) * min(ps)) if ps else math.nan
+
 # %% ../nbs/65_monitor.ipynb #65ef000a
 def performance_rows(frame: pd.DataFrame, month: str, version: str, labelled_now: bool, n_boot: int,
                      seed: int = 0,
@@ -114,7 +122,8 @@ def performance_rows(frame: pd.DataFrame, month: str, version: str, labelled_now
         note = "" if (frame.action == "control").any() or not (frame.action == "contact").any() else (
             "no control group: the realised figures describe the unselected only")
         rows.append(dict(month=month, version=version, kind="realised", **_pick(real.to_dict()),
-                         drift_p=min(test.rate_p, test.auc_p, test.spiegelhalter_p) if test.rows else math.nan,
+                         drift_p=holm_min_p((test.rate_p, test.auc_p, test.spiegelhalter_p)) if test.rows
+                         else math.nan,
                          auc_promised=test.auc_expected,
                          concept_drift=test.drift, test=test.reason, note=note))
     return rows

@@ -82,3 +82,13 @@ def test_an_input_the_campaign_moves_is_reported_apart_from_the_worlds_drift():
     assert "drift.feature.months_since_contact" not in m
     assert (m["drift.share_drifted"], m["drift.inputs_drifted"], m["drift.feature.tenure_months"]) == (0.0, 0.0, 0.5)
     assert drift_metrics(drift, policy_moved=frozenset())["drift.inputs_drifted"] == 1.0
+
+
+def test_the_concept_drift_alert_metric_agrees_with_the_holm_test():
+    """A month whose smallest p-value is under 1% but which Holm does not reject (0.0079 × 3 > 0.01) must not raise
+    the concept_drift alert: the metric is the smallest Holm-adjusted p."""
+    from mlops_nb.monitor import holm_min_p
+    from mlops_nb.performance import holm
+    for ps in ((0.0079, 0.3, 0.01), (0.0022, 0.0035, 0.0076), (0.5, float("nan"), 0.2)):
+        assert (holm_min_p(ps) < 0.01) == bool(holm({str(i): p for i, p in enumerate(ps) if p == p}, 0.01)), ps
+    assert holm_min_p((0.0079, 0.3, 0.01)) == pytest.approx(0.0237)
