@@ -416,14 +416,13 @@ def training_months(train_run_id: str) -> list[str] | None:
     """The months a training run's data spanned (its train, validation and test months, as it recorded them), or None
     if it recorded none."""
     if not train_run_id: return None
-    from mlops_nb.people import month_labels
+    from mlops_nb.people import month_span
     from mlops_nb.tracking import MlflowClient, mlflow
     try: params = MlflowClient().get_run(train_run_id).data.params
     except mlflow.exceptions.MlflowException: return None
     spans = [params[k].split("..") for k in ("train_months", "valid_months", "test_months") if params.get(k)]
     if not spans: return None
-    first, last = min(s[0] for s in spans), max(s[-1] for s in spans)
-    return month_labels(first, 1 + (int(last[:4]) - int(first[:4])) * 12 + int(last[5:7]) - int(first[5:7]))
+    return month_span(min(s[0] for s in spans), max(s[-1] for s in spans))
 
 # %% ../nbs/47_gate.ipynb #1b679802
 def training_data_source(train_run_id: str) -> str:

@@ -24,10 +24,10 @@ from .sources import CITIES, CITY_DDD, CITY_UF, PLAN_FEE, PLAN_PRODUCT, UF_CEP, 
 # %% auto #0
 __all__ = ['CITY_WEIGHT', 'FIRST_F', 'FIRST_M', 'LAST', 'STREETS', 'EMAIL_DOMAINS', 'EMAIL_DOMAIN_P', 'PRODUCT_P',
            'PLAN_P_IN_PRODUCT', 'CONTRACT_P', 'PAYMENT_P', 'SEGMENTS', 'GENDER_P', 'STREAMS', 'NODAY', 'NOTIME',
-           'FIRST_NAMES', 'PII_COLUMNS', 'rng_for', 'month_labels', 'month_first_day', 'month_days', 'cpf_check_digits',
-           'cpf_numbers', 'cpf_is_valid', 'zero_pad', 'format_dates', 'format_timestamps', 'format_brl', 'parse_brl',
-           'segment_probabilities', 'price_sensitivity', 'choose_rows', 'draw_customers', 'draw_contact',
-           'render_people', 'mask_pii']
+           'FIRST_NAMES', 'PII_COLUMNS', 'rng_for', 'month_labels', 'month_span', 'month_first_day', 'month_days',
+           'cpf_check_digits', 'cpf_numbers', 'cpf_is_valid', 'zero_pad', 'format_dates', 'format_timestamps',
+           'format_brl', 'parse_brl', 'segment_probabilities', 'price_sensitivity', 'choose_rows', 'draw_customers',
+           'draw_contact', 'render_people', 'mask_pii']
 
 # %% ../nbs/11_people.ipynb #370a5a4e
 CITY_WEIGHT = np.array([u[1] * c[2] for u in UFS for c in u[3]]) / sum(u[1] for u in UFS)
@@ -86,6 +86,10 @@ def rng_for(seed: int, month: int, stream: str, sub: int = 0) -> np.random.Gener
 def month_labels(start_month: str, months: int) -> list[str]:
     "The 'YYYY-MM' labels of the simulated months."
     return [str(m) for m in np.datetime64(start_month, "M") + np.arange(months)]
+
+def month_span(first: str, last: str) -> list[str]:
+    "Every 'YYYY-MM' from `first` through `last`."
+    return month_labels(first, int(np.datetime64(last[:7], "M") - np.datetime64(first[:7], "M")) + 1)
 
 def month_first_day(label: str) -> int:
     "First day of the month 'YYYY-MM', as days since 1970-01-01."

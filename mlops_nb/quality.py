@@ -28,6 +28,7 @@ from mlops_nb.catalog import (
 from .contracts import connect_warehouse, held_partitions, sql_literal, warehouse_content_hash
 from .rules import QualityGateFailed, Rule, load_rules
 from .settings import Settings
+from .staging import TABLES, load_corrections
 
 # %% auto #0
 __all__ = ['EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS', 'RUN_COLUMNS', 'HELD_COLUMNS', 'Check', 'check_partition',
@@ -83,9 +84,9 @@ def _check(r: Rule, month: str | None, value: float | None, threshold: str, pass
 def check_partition(c: Check) -> tuple[str, str] | None:
     """The lake partition (source, month) a check is about — a staging table's check on one month — or None (a check
     of the whole table, of the mart or of the load)."""
-    from mlops_nb.staging import TABLES
-    by_table = {f"staging.{t.table}": s for s, t in TABLES.items()}
-    return (by_table[c.table_name], c.month) if c.month and c.table_name in by_table else None
+    return (_SOURCE_OF[c.table_name], c.month) if c.month and c.table_name in _SOURCE_OF else None
+
+_SOURCE_OF = {f"staging.{t.table}": s for s, t in TABLES.items()}   # staging table → its lake source
 
 # %% ../nbs/28_quality.ipynb #533cb46b
 def _share_checks(con, r: Rule, bad: str, threshold_key: str, what: str) -> list[Check]:
@@ -449,9 +450,8 @@ class HoldChange:
     released: list[tuple[str, str]]     # passed again: used from now on
     active: list[tuple[str, str]]       # held back after the run
 
-def _release_reason(cfg: Settings, source: str, month: str) -> str:
-    from mlops_nb.staging import load_corrections
-    fixes = [c.name for c in load_corrections(cfg) if c.covers(source, month)]
+def _release_reason(corrections: Sequence[Any], source: str, month: str) -> str:
+    fixes = [c.name for c in corrections if c.covers(source, month)]
     return (f"corrected ({', '.join(fixes)}) and reloaded: its rules pass" if fixes
             else "its rules pass again (the partition was re-delivered or the rules changed)")
 
@@ -470,7 +470,8 @@ def update_holds(cfg: Settings, report: QualityReport, month: str) -> HoldChange
             con.execute(f"INSERT INTO {TABLE_HELD_BACK} VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL)",
                         [s, m, ", ".join(sorted({c.rule for c in cs})), "; ".join(c.message for c in cs)[:1000], month,
                          report.run_id, now])
-        reasons = {p: _release_reason(cfg, *p) for p in released}
+        fixes = load_corrections(cfg) if released else []
+        reasons = {p: _release_reason(fixes, *p) for p in released}
         for (s, m), why in reasons.items():
             con.execute(f"UPDATE {TABLE_HELD_BACK} SET released_in = ?, released_by_run = ?, released_at = ?, "
                         "release_reason = ? WHERE source = ? AND month = ? AND released_in IS NULL",

@@ -19,7 +19,7 @@ import pandas as pd
 from .catalog import ART_REFERENCE_PROFILE, TABLE_FEATURES, TAG_TRAIN_RUN_ID
 from .contracts import connect_warehouse, duckdb_connect, read_feature_spec
 from .drift import ReferenceProfile, calibrated_thresholds, profile_relation
-from .people import month_labels
+from .people import month_span
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -132,7 +132,7 @@ def reference_months(cfg: Settings, version: str) -> list[str]:
         raise SettingsError(f"version {version} has no recorded training months (a model trained without a time "
                             "column, or outside `mlops-nb run`): no reference period to monitor it against")
     start, end = first.split("..")[0], last.split("..")[-1]
-    span = month_labels(start, 1 + (int(end[:4]) - int(start[:4])) * 12 + int(end[5:]) - int(start[5:]))
+    span = month_span(start, end)
     return span
 
 # %% ../nbs/64_reference.ipynb #64ef000c
