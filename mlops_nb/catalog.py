@@ -39,11 +39,11 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
            'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
            'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
-           'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
-           'TABLE_MONITOR_FAIRNESS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES',
-           'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION',
-           'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
-           'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
+           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW',
+           'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING',
+           'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST',
+           'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
            'SECTION_ALERTS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
            'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_OPERATE', 'Name', 'name', 'tag_filter', 'catalog_frame']
@@ -252,6 +252,8 @@ TABLE_HELD_BACK = name("table", "quality.held_back", "quality", "features, contr
 TABLE_FEATURES = name("table", "features.customer_month", "features", "train, evaluate, score",
                       "the point-in-time feature table")
 TABLE_FEATURE_SPEC = name("table", "features.spec", "features", "train, evaluate, score", "the feature table's spec")
+TABLE_FEATURE_INPUTS = name("table", "features.inputs", "features", "features (the next build)",
+                            "the lake partitions the feature table was built from: what an incremental build compares")
 TABLE_ACTIONS = name("table", "ops.actions", "campaign", "monitor, roi",
                      "what was done to each customer each month, by which policy and model version")
 TABLE_MONITOR_MONTHS = name("table", "monitor.months", "monitor", "dashboards", "one row per operated month: status")

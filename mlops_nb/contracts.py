@@ -11,18 +11,27 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-from .catalog import TABLE_FEATURE_SPEC, TABLE_FEATURES, TABLE_HELD_BACK, TABLE_STAGING_SCHEMA
+from mlops_nb.catalog import (
+    TABLE_FEATURE_INPUTS,
+    TABLE_FEATURE_SPEC,
+    TABLE_FEATURES,
+    TABLE_HELD_BACK,
+    TABLE_STAGING_SCHEMA,
+)
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect', 'connect_warehouse',
-           'warehouse_content_hash', 'save_feature_query', 'save_feature_table', 'no_feature_table',
-           'read_feature_spec', 'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions']
+__all__ = ['DATASET_MAX_ROWS', 'FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect',
+           'connect_warehouse', 'warehouse_content_hash', 'save_feature_query', 'save_feature_table',
+           'partition_fingerprints', 'read_feature_inputs', 'first_changed_month', 'months_to_rebuild',
+           'save_feature_months', 'no_feature_table', 'read_feature_spec', 'feature_table_source', 'load_feature_table',
+           'table_exists', 'held_partitions', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest',
+           'large_feature_dataset']
 
 # %% ../nbs/05_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -128,9 +137,12 @@ def warehouse_content_hash(con) -> str:
     return str(rows[0][0] or "") if rows else ""
 
 # %% ../nbs/05_contracts.ipynb #634b7479
-def save_feature_query(con, table: str, spec: FeatureSpec) -> int:
+def save_feature_query(con, table: str, spec: FeatureSpec,
+                       inputs: Mapping[tuple[str, str], str] | None = None,  # the partitions it was built from
+                       build: str = "",                                      # digest of the SQL that built it
+                       ) -> int:
     """Replace the feature table with the rows of `table` (on `con`) and its spec, in one transaction; return the row
-    count."""
+    count. Without `inputs` (a table not built from lake partitions) no later build can be incremental."""
     spec.check(con.execute(f"SELECT * FROM {table} LIMIT 0").df())
     con.execute("CREATE SCHEMA IF NOT EXISTS features")
     source = warehouse_content_hash(con)   # before BEGIN: a missing meta.loads must not abort the transaction
@@ -139,6 +151,7 @@ def save_feature_query(con, table: str, spec: FeatureSpec) -> int:
         con.execute(f"CREATE OR REPLACE TABLE {TABLE_FEATURES} AS SELECT * FROM {table}")
         con.execute(f"CREATE OR REPLACE TABLE {TABLE_FEATURE_SPEC} AS SELECT ? AS spec, ? AS warehouse_content_hash",
                     [spec.to_json(), source])
+        _save_inputs(con, inputs, build)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK"); raise
@@ -152,6 +165,67 @@ def save_feature_table(con, df: pd.DataFrame, spec: FeatureSpec) -> int:
     con.register("_features_in", df)
     try: return save_feature_query(con, "_features_in", spec)
     finally: con.unregister("_features_in")
+
+# %% ../nbs/05_contracts.ipynb #c0a1f002
+def partition_fingerprints(con) -> dict[tuple[str, str], str]:
+    """Each loaded lake partition (source, month) → what its staging rows are made of (file hash, ETL version, pseudonym
+    key, declared corrections), marked while it is held back; {} for a warehouse the ETL did not load."""
+    if not table_exists(con, "meta.partitions"): return {}
+    held = held_partitions(con)
+    rows = con.execute("SELECT source, month, concat_ws('|', sha256, etl_version, key_fingerprint, "
+                       "coalesce(corrections, '')) FROM meta.partitions").fetchall()
+    return {(s, m): f + ("|held" if (s, m) in held else "") for s, m, f in rows}
+
+def read_feature_inputs(con) -> tuple[dict[tuple[str, str], str], str]:
+    "The partitions the feature table was built from and the build's digest (({}, '') when not recorded)."
+    if not table_exists(con, TABLE_FEATURE_INPUTS): return {}, ""
+    rows = con.execute(f"SELECT source, month, fingerprint, build FROM {TABLE_FEATURE_INPUTS}").fetchall()
+    return {(s, m): f for s, m, f, _ in rows}, (rows[0][3] if rows else "")
+
+def first_changed_month(before: Mapping[tuple[str, str], str], now: Mapping[tuple[str, str], str]) -> str | None:
+    "The earliest month with a partition added, removed or changed between two fingerprint sets (None: none)."
+    return min((m for k in before.keys() | now.keys() if before.get(k) != now.get(k) for _, m in [k]), default=None)
+
+def months_to_rebuild(con, build: str,   # the digest of the SQL that will build the table
+                      ) -> str | None:
+    """'' to build every month, 'YYYY-MM' to rebuild from that month on, None when nothing the feature table was built
+    from has changed since."""
+    if not table_exists(con, TABLE_FEATURES): return ""
+    before, built = read_feature_inputs(con)
+    if not before or built != build: return ""
+    return first_changed_month(before, partition_fingerprints(con))
+
+def _save_inputs(con, inputs: Mapping[tuple[str, str], str] | None, build: str) -> None:
+    "Record the partitions the feature table now reflects (inside the caller's transaction); none: forget them."
+    con.execute(f"DROP TABLE IF EXISTS {TABLE_FEATURE_INPUTS}")
+    if not inputs: return
+    con.execute(f"CREATE TABLE {TABLE_FEATURE_INPUTS} (source VARCHAR, month VARCHAR, fingerprint VARCHAR, "
+                "build VARCHAR)")
+    con.executemany(f"INSERT INTO {TABLE_FEATURE_INPUTS} VALUES (?, ?, ?, ?)",
+                    [[s, m, f, build] for (s, m), f in sorted(inputs.items())])
+
+# %% ../nbs/05_contracts.ipynb #c0a1f003
+def save_feature_months(con, table: str, spec: FeatureSpec, since: str,
+                        labels: str = "",   # relation (key, month, label): earlier rows whose label changed
+                        inputs: Mapping[tuple[str, str], str] | None = None, build: str = "") -> int:
+    """Replace the feature table's months from `since` ('YYYY-MM') on with the rows of `table`, update the labels of
+    earlier rows listed in `labels`, and record `inputs`, in one transaction; return the table's row count."""
+    spec.check(con.execute(f"SELECT * FROM {table} LIMIT 0").df())
+    t, i, y = (f'"{c}"' for c in (spec.time_column, spec.id_column, spec.target))
+    source = warehouse_content_hash(con)
+    con.execute("BEGIN")
+    try:
+        con.execute(f"DELETE FROM {TABLE_FEATURES} WHERE CAST({t} AS VARCHAR) >= ?", [since])
+        con.execute(f"INSERT INTO {TABLE_FEATURES} BY NAME SELECT * FROM {table}")
+        if labels:
+            con.execute(f"UPDATE {TABLE_FEATURES} f SET {y} = l.label FROM {labels} l WHERE f.{i} = l.key AND "
+                        f"CAST(f.{t} AS VARCHAR) = l.month")
+        con.execute(f"UPDATE {TABLE_FEATURE_SPEC} SET spec = ?, warehouse_content_hash = ?", [spec.to_json(), source])
+        _save_inputs(con, inputs, build)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK"); raise
+    return con.execute(f"SELECT count(*) FROM {TABLE_FEATURES}").fetchall()[0][0]
 
 # %% ../nbs/05_contracts.ipynb #5d1c0a17
 def no_feature_table(cfg: Settings) -> SettingsError:
@@ -220,3 +294,46 @@ def _has_contacts(con) -> bool:
     return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = "
                             "'campaigns' AND column_name IN ('customer_key', 'month', 'contacted')",
                             [TABLE_STAGING_SCHEMA]).fetchone()[0] == 3)
+
+# %% ../nbs/05_contracts.ipynb #f4e7c5d9
+def month_profile(con, table: str = TABLE_FEATURES, target: str = "churned_next",
+                  time_column: str = "month") -> pd.DataFrame:
+    "Rows, labelled rows and label rate per month of a feature table."
+    return con.execute(f"""SELECT {time_column} AS month, count(*) AS rows, count({target}) AS labelled,
+        avg({target}) AS label_rate
+                           FROM {table} GROUP BY 1 ORDER BY 1""").df()
+
+def missing_profile(con, spec: FeatureSpec, table: str = TABLE_FEATURES) -> dict[str, float]:
+    "Share of missing values of each model input and sensitive attribute."
+    cols = [*spec.features, *spec.sensitive]
+    row = con.execute(
+        "SELECT " + ", ".join(f'avg(CAST("{c}" IS NULL AS DOUBLE))' for c in cols) + f" FROM {table}"
+    ).fetchone()
+    return dict(zip(cols, (round(float(v or 0), 6) for v in row)))
+
+# %% ../nbs/05_contracts.ipynb #04159d48
+def feature_dataset(df: pd.DataFrame, spec: FeatureSpec, source: str):
+    "The feature table as an MLflow dataset (name, source, digest, schema, targets)."
+    return pandas_dataset(df, source=source, name=TABLE_FEATURES, targets=spec.target)
+
+# %% ../nbs/05_contracts.ipynb #3c2fa5ff
+DATASET_MAX_ROWS = 2_000_000
+
+def sql_digest(con, table: str = TABLE_FEATURES) -> str:
+    """A 16-hex-digit, order-independent content hash of a table, computed in DuckDB (row count, sum of row hashes,
+    column names and types)."""
+    n, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {table} t").fetchone()
+    cols = con.execute(f"DESCRIBE {table}").fetchall()
+    return hashlib.sha256(json.dumps([n, str(h), [[c[0], c[1]] for c in cols]]).encode()).hexdigest()[:16]
+
+# %% ../nbs/05_contracts.ipynb #f2f8e134
+def large_feature_dataset(con, spec: FeatureSpec, source: str, table: str = TABLE_FEATURES):
+    "A dataset without data for a table too large to load: schema from a sample, digest from `sql_digest`."
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types.utils import _infer_schema
+    sample = con.execute(f"SELECT * FROM {table} LIMIT 1000").df()
+    from mlops_nb.tracking import quiet_dataset_warnings
+    with quiet_dataset_warnings():
+        return MetaDataset(resolve_dataset_source(source), name=TABLE_FEATURES, digest=sql_digest(con, table),
+                           schema=_infer_schema(sample))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,17 +26,31 @@ from mlops_nb.catalog import (
     TAG_FEATURES_DIGEST,
     TAG_FEATURES_TABLE,
 )
-from .contracts import FeatureSpec, connect_warehouse, held_partitions, pandas_dataset, save_feature_query
-from .privacy import AGE_BANDS
+from mlops_nb.contracts import (
+    DATASET_MAX_ROWS,
+    FeatureSpec,
+    connect_warehouse,
+    feature_dataset,
+    held_partitions,
+    large_feature_dataset,
+    missing_profile,
+    month_profile,
+    months_to_rebuild,
+    partition_fingerprints,
+    save_feature_months,
+    save_feature_query,
+)
+from .people import shift_month
+from .privacy import age_band_sql
 from .settings import Settings, SettingsError
+from .sources import UF_REGION
 from .staging import TABLES
 
 # %% auto #0
-__all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'UF_REGION', 'FEATURES', 'POLICY_MOVED', 'AGE_AT_MONTH_END', 'DATASET_MAX_ROWS',
-           'staging_columns', 'staging_views', 'Feature', 'feature_spec', 'age_band_sql', 'feature_steps',
-           'build_features', 'cancellation_lateness', 'unlabelled_churn_share', 'month_profile', 'missing_profile',
-           'feature_dataset', 'sql_digest', 'large_feature_dataset', 'log_feature_table', 'has_staging',
-           'ensure_upstream', 'FeaturesResult', 'write_features', 'log_label_lateness', 'run_features']
+__all__ = ['STAGING_COLUMNS', 'OPTIONAL', 'WINDOWED', 'FEATURES', 'POLICY_MOVED', 'AGE_AT_MONTH_END', 'staging_columns',
+           'staging_views', 'Feature', 'feature_spec', 'feature_steps', 'build_features', 'cancellation_lateness',
+           'unlabelled_churn_share', 'label_changes', 'feature_build_digest', 'log_feature_table', 'FeaturesResult',
+           'FeatureWrite', 'write_features', 'log_label_lateness', 'run_features']
 
 # %% ../nbs/29_features.ipynb #aee2a036
 STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -66,12 +81,8 @@ STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 OPTIONAL = {("customers", "region"), ("customers", "uf"), ("customers", "birth_date"), ("customers", "birth_year"),
             ("customers", "gender")}
-
-UF_REGION = {**dict.fromkeys(("AC", "AP", "AM", "PA", "RO", "RR", "TO"), "Norte"),
-             **dict.fromkeys(("AL", "BA", "CE", "MA", "PB", "PE", "PI", "RN", "SE"), "Nordeste"),
-             **dict.fromkeys(("DF", "GO", "MT", "MS"), "Centro-Oeste"),
-             **dict.fromkeys(("ES", "MG", "RJ", "SP"), "Sudeste"),
-             **dict.fromkeys(("PR", "RS", "SC"), "Sul")}
+# the inputs read through a window: (canonical month column, months back a feature month reads)
+WINDOWED = {"usage": ("month", 3), "billing": ("reference_month", 2), "tickets": ("opened_at", 2)}
 
 # %% ../nbs/29_features.ipynb #34251d16
 def staging_columns(con, schema: str = "staging") -> dict[str, dict[str, str | None]]:
@@ -95,7 +106,9 @@ def staging_columns(con, schema: str = "staging") -> dict[str, dict[str, str | N
     return out
 
 # %% ../nbs/29_features.ipynb #9f528375
-def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | None]]:
+def staging_views(con, schema: str = "staging",
+                  since: str = "",   # 'YYYY-MM': the windowed inputs only as far back as months ≥ since need
+                  ) -> dict[str, dict[str, str | None]]:
     """Create the temporary canonical views f_customers, f_contracts, ... over the staging tables; return the column
     mapping."""
     m = staging_columns(con, schema)
@@ -116,10 +129,15 @@ def staging_views(con, schema: str = "staging") -> dict[str, dict[str, str | Non
     arr = lambda t: _month(t, "arrival")  # noqa: E731
     held = held_partitions(con) if schema == TABLE_STAGING_SCHEMA else set()
     def src(t: str) -> str:   # the table without its held-back partitions (months that failed a blocking rule)
-        months = sorted(mo for so, mo in held if TABLES[so].table == t)
-        if not months or not m[t].get("arrival"): return f"{schema}.{t}"
-        listed = ", ".join(f"'{mo}'" for mo in months)
-        return f'(SELECT * FROM {schema}.{t} WHERE left(CAST("{m[t]["arrival"]}" AS VARCHAR), 7) NOT IN ({listed}))'
+        months, where = sorted(mo for so, mo in held if TABLES[so].table == t), []
+        if months and m[t].get("arrival"):
+            listed = ", ".join(f"'{mo}'" for mo in months)
+            where.append(f'left(CAST("{m[t]["arrival"]}" AS VARCHAR), 7) NOT IN ({listed})')
+        if since and t in WINDOWED:   # on the stored column, so DuckDB skips the older row groups unread
+            col, back = m[t][WINDOWED[t][0]], WINDOWED[t][1]
+            lo, ty = shift_month(since, -back), types[(t, m[t][WINDOWED[t][0]])]
+            where.append(f'"{col}" >= ' + (f"'{lo}'" if ty == "VARCHAR" else f"CAST('{lo}-01' AS {ty})"))
+        return f"(SELECT * FROM {schema}.{t} WHERE {' AND '.join(where)})" if where else f"{schema}.{t}"
     cu = m["customers"]
     uf_map = "MAP {" + ", ".join(f"'{k}': '{v}'" for k, v in UF_REGION.items()) + "}"
     region = c("customers", "region") if cu["region"] else (f"element_at({uf_map}, upper(CAST({c('customers', 'uf')} "
@@ -240,29 +258,30 @@ def feature_spec(horizon_months: int) -> FeatureSpec:
                        horizon_months,
                        "synthetic", {f.name: f"{f.meaning} [{f.window}]" for f in FEATURES})
 
-# %% ../nbs/29_features.ipynb #7c555584
-def age_band_sql(age: str) -> str:
-    "SQL CASE giving the privacy module's age band of `age` (years)."
-    return (
-        "CASE "
-        + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS)
-        + " END"
-    )
-
 # %% ../nbs/29_features.ipynb #67f81203
 # the customer's age in whole years at the month's end (the birth year alone when the date is unknown)
 AGE_AT_MONTH_END = "coalesce(date_sub('year', s.birth_date, CAST(s.m_end AS DATE) - 1), year(s.m) - s.birth_year)"
 
-def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str, str]]:
+def feature_steps(horizon_months: int, grace_months: int = 0,
+                  since: str = "",   # 'YYYY-MM': only the months from it on (what their windows need is read)
+                  ) -> list[tuple[str, str]]:
     """(temporary table, SQL) steps that build the feature table from the canonical views (labels null until m + horizon
     + grace is loaded)."""
     h, g = int(horizon_months), int(grace_months)
+    if since and not re.fullmatch(r"\d{4}-\d{2}", since): raise ValueError(f"since={since!r} is not a 'YYYY-MM' month")
+    def from_(col: str, back: int = 0, out: str = "") -> str:   # what months ≥ since read (`out`: a row's month)
+        if not since: return ""
+        start, month = f"DATE '{since}-01'", out or f"add_months({col}, k)"   # a window's rows: months ≥ since only
+        window = f" AND {month} BETWEEN {start} AND (SELECT last_month FROM _last)" if back else ""
+        return f" AND {col} >= add_months({start}, -{back})" + window
     return [
         (
             "_spine",
-            """
-            WITH act AS (SELECT customer_key, um AS m FROM f_usage WHERE km <= um AND customer_key IS NOT NULL
-                         UNION SELECT customer_key, rm AS m FROM f_billing WHERE km <= rm AND customer_key IS NOT NULL),
+            f"""
+            WITH act AS (SELECT customer_key, um AS m FROM f_usage
+                         WHERE km <= um AND customer_key IS NOT NULL{from_("um")}
+                         UNION SELECT customer_key, rm AS m FROM f_billing
+                         WHERE km <= rm AND customer_key IS NOT NULL{from_("rm")}),
                  gone AS (SELECT customer_key, min(km) AS known_gone FROM f_cancellations GROUP BY 1)
             SELECT a.customer_key, a.m, add_months(a.m, 1) AS m_end, add_months(a.m, -3) AS m3
             FROM act a LEFT JOIN gone g USING (customer_key) WHERE g.known_gone IS NULL OR g.known_gone > a.m""",
@@ -282,13 +301,13 @@ def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str,
         ),
         (
             "_changes",
-            """
+            f"""
             SELECT customer_key, add_months(em, k) AS m,
                 count(*) FILTER (event_type = 'plan_change') AS plan_changes_3m,
                    count(*) FILTER (event_type = 'payment_change') AS payment_changes_3m
             FROM (SELECT customer_key, km, event_type, add_months(event_date, 0) AS em FROM f_contracts
                   WHERE event_type IN ('plan_change', 'payment_change')), range(3) r(k)
-            WHERE add_months(em, k) >= km GROUP BY ALL""",
+            WHERE add_months(em, k) >= km{from_("em", 2)} GROUP BY ALL""",
         ),
         (
             "_customer_tl",
@@ -305,7 +324,7 @@ def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str,
         ),
         (
             "_usage",
-            """
+            f"""
             SELECT customer_key, m, g0 AS data_gb, v0 AS voice_minutes, a0 AS days_active, d0 AS dropped_call_rate,
                    (coalesce(g0, 0) + coalesce(g1, 0) + coalesce(g2,
                        0)) / nullif(CAST(g0 IS NOT NULL AS INT) + CAST(g1 IS NOT NULL AS INT) + CAST(g2 IS NOT NULL AS
@@ -322,33 +341,33 @@ def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str,
                          max(dropped_call_rate) FILTER (k = 0) AS d0, max(dropped_call_rate) FILTER (k = 1) AS d1,
                              max(dropped_call_rate) FILTER (k = 2) AS d2,
                          max(voice_minutes) FILTER (k = 0) AS v0, max(days_active) FILTER (k = 0) AS a0
-                  FROM f_usage, range(4) r(k) WHERE add_months(um, k) >= km GROUP BY ALL)""",
+                  FROM f_usage, range(4) r(k) WHERE add_months(um, k) >= km{from_("um", 3)} GROUP BY ALL)""",
         ),
         (
             "_billing",
-            """
+            f"""
             SELECT customer_key, m, arg_max(amount, (issue_date, amount)) AS bill_amount,
                    count(*) FILTER (paid_date < m_end AND paid_date > due_date) AS late_payments_3m,
                    count(*) FILTER (due_date < m_end AND (paid_date IS NULL OR paid_date >= m_end)) AS unpaid_bills_3m
             FROM (SELECT b.*, add_months(rm, k) AS m, add_months(rm, k + 1) AS m_end FROM f_billing b, range(3) r(k))
-            WHERE km <= m AND issue_date < m_end GROUP BY ALL""",
+            WHERE km <= m AND issue_date < m_end{from_("rm", 2, "m")} GROUP BY ALL""",
         ),
         (
             "_tickets",
-            """
+            f"""
             SELECT customer_key, m, count(*) FILTER (k = 0) AS tickets_1m, count(*) AS tickets_3m,
                    count(*) FILTER (NOT (coalesce(resolved,
                        false) AND closed_at IS NOT NULL AND closed_at < m_end)) AS unresolved_tickets_3m,
                    avg(satisfaction) FILTER (closed_at IS NULL OR closed_at < m_end) AS satisfaction_3m
             FROM (SELECT t.*, k, add_months(om, k) AS m, CAST(add_months(om,
                 k + 1) AS TIMESTAMP) AS m_end FROM f_tickets t, range(3) r(k))
-            WHERE km <= m AND opened_at < m_end GROUP BY ALL""",
+            WHERE km <= m AND opened_at < m_end{from_("om", 2)} GROUP BY ALL""",
         ),
         (
             "_labels",
             f"""
             SELECT DISTINCT customer_key, add_months(request_date, -j) AS m FROM f_cancellations, range(1,
-                {h} + 1) r(j)""",
+                {h} + 1) r(j) WHERE true{from_("request_date")}""",
         ),
         (
             "_state",
@@ -402,14 +421,16 @@ def feature_steps(horizon_months: int, grace_months: int = 0) -> list[tuple[str,
     ]
 
 # %% ../nbs/29_features.ipynb #b6b48920
-def build_features(con, horizon_months: int, schema: str = "staging", grace_months: int = 0) -> str:
-    """Build the feature table as the temporary table `_features` on `con` (from `schema`'s staging tables); return its
-    name."""
-    staging_views(con, schema)
+def build_features(con, horizon_months: int, schema: str = "staging", grace_months: int = 0,
+                   since: str = "",   # 'YYYY-MM': build only the months from it on
+                   ) -> str:
+    """Build the feature table (or its months from `since` on) as the temporary table `_features` on `con` (from
+    `schema`'s staging tables); return its name."""
+    staging_views(con, schema, since)
     con.execute("CREATE OR REPLACE TEMP MACRO add_months(d, k) AS CAST(date_trunc('month', d) + to_months(CAST(k AS "
                 "INTEGER)) AS DATE)")
     steps, keep = (
-        feature_steps(horizon_months, grace_months),
+        feature_steps(horizon_months, grace_months, since),
         con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0],
     )
     con.execute("SET preserve_insertion_order = false")   # intermediate tables: any order (less memory, faster)
@@ -437,52 +458,32 @@ def cancellation_lateness(con, hindsight_months: int = 2) -> pd.DataFrame:
         .assign(share=lambda d: d.records / max(int(d.records.sum()), 1))
 
 def unlabelled_churn_share(lateness: pd.DataFrame, grace_months: int) -> float:
-    """The share of cancellation records arriving more than `grace_months` late: what the last labelled month's labels
-    may still miss."""
+    "The share of cancellation records arriving more than `grace_months` late: what the last labelled month may miss."
     return float(lateness.loc[lateness.delay_months > grace_months, "share"].sum())
 
-# %% ../nbs/29_features.ipynb #f4e7c5d9
-def month_profile(con, table: str = TABLE_FEATURES, target: str = "churned_next",
-                  time_column: str = "month") -> pd.DataFrame:
-    "Rows, labelled rows and label rate per month of a feature table."
-    return con.execute(f"""SELECT {time_column} AS month, count(*) AS rows, count({target}) AS labelled,
-        avg({target}) AS label_rate
-                           FROM {table} GROUP BY 1 ORDER BY 1""").df()
+# %% ../nbs/29_features.ipynb #f1a2b002
+def label_changes(con, horizon_months: int, grace_months: int, since: str, built: str = "_features") -> str:
+    """The temporary table `_label_changes` (key, month, label): rows of the feature table before `since` whose label
+    reads differently once `built` (the rebuilt months, on `con`) joins them. Needs `build_features`' views, macro."""
+    h, g = int(horizon_months), int(grace_months)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _label_changes AS
+        WITH lab AS (SELECT DISTINCT customer_key AS key, strftime(add_months(request_date, -j), '%Y-%m') AS month
+                     FROM f_cancellations, range(1, {h} + 1) r(j)),
+             last AS (SELECT max(month) AS month FROM (SELECT month FROM {built} UNION ALL
+                      SELECT month FROM {TABLE_FEATURES} WHERE month < ?)),
+             now AS (SELECT f.customer_key AS key, f.month, f.churned_next AS was,
+                            CAST(CASE WHEN add_months(CAST(f.month || '-01' AS DATE), {h + g})
+                                           > CAST((SELECT month FROM last) || '-01' AS DATE) THEN NULL
+                                      WHEN l.key IS NOT NULL THEN 1 ELSE 0 END AS TINYINT) AS label
+                     FROM {TABLE_FEATURES} f LEFT JOIN lab l ON l.key = f.customer_key AND l.month = f.month
+                     WHERE f.month < ?)
+        SELECT key, month, label FROM now WHERE label IS DISTINCT FROM was""", [since, since])
+    return "_label_changes"
 
-def missing_profile(con, spec: FeatureSpec, table: str = TABLE_FEATURES) -> dict[str, float]:
-    "Share of missing values of each model input and sensitive attribute."
-    cols = [*spec.features, *spec.sensitive]
-    row = con.execute(
-        "SELECT " + ", ".join(f'avg(CAST("{c}" IS NULL AS DOUBLE))' for c in cols) + f" FROM {table}"
-    ).fetchone()
-    return dict(zip(cols, (round(float(v or 0), 6) for v in row)))
-
-# %% ../nbs/29_features.ipynb #04159d48
-def feature_dataset(df: pd.DataFrame, spec: FeatureSpec, source: str):
-    "The feature table as an MLflow dataset (name, source, digest, schema, targets)."
-    return pandas_dataset(df, source=source, name=TABLE_FEATURES, targets=spec.target)
-
-# %% ../nbs/29_features.ipynb #3c2fa5ff
-DATASET_MAX_ROWS = 2_000_000
-
-def sql_digest(con, table: str = TABLE_FEATURES) -> str:
-    """A 16-hex-digit, order-independent content hash of a table, computed in DuckDB (row count, sum of row hashes,
-    column names and types)."""
-    n, h = con.execute(f"SELECT count(*), coalesce(sum(hash(t)), 0) FROM {table} t").fetchone()
-    cols = con.execute(f"DESCRIBE {table}").fetchall()
-    return hashlib.sha256(json.dumps([n, str(h), [[c[0], c[1]] for c in cols]]).encode()).hexdigest()[:16]
-
-# %% ../nbs/29_features.ipynb #f2f8e134
-def large_feature_dataset(con, spec: FeatureSpec, source: str, table: str = TABLE_FEATURES):
-    "A dataset without data for a table too large to load: schema from a sample, digest from `sql_digest`."
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.types.utils import _infer_schema
-    sample = con.execute(f"SELECT * FROM {table} LIMIT 1000").df()
-    from mlops_nb.tracking import quiet_dataset_warnings
-    with quiet_dataset_warnings():
-        return MetaDataset(resolve_dataset_source(source), name=TABLE_FEATURES, digest=sql_digest(con, table),
-                           schema=_infer_schema(sample))
+# %% ../nbs/29_features.ipynb #f1a2b003
+def feature_build_digest(spec: FeatureSpec, h: int, g: int) -> str:
+    "Digest of the SQL and spec that build the table (horizon `h`, grace `g`): when it changes, every month is rebuilt."
+    return hashlib.sha256(json.dumps([spec.to_json(), feature_steps(h, g)]).encode()).hexdigest()[:16]
 
 # %% ../nbs/29_features.ipynb #a9a10102
 def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
@@ -514,25 +515,6 @@ def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
     mlflow.set_tags({TAG_FEATURES_DIGEST: ds.digest, TAG_FEATURES_TABLE: f"{cfg.paths.warehouse}#{TABLE_FEATURES}"})
     return summary
 
-# %% ../nbs/29_features.ipynb #7df5ff94
-def has_staging(cfg: Settings, schema: str = "staging") -> bool:
-    "True if the warehouse has every staging table the features read."
-    if not cfg.paths.warehouse.exists(): return False
-    with connect_warehouse(cfg) as con:
-        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                                          "?", [schema]).fetchall()}
-    return set(STAGING_COLUMNS) <= have
-
-def ensure_upstream(cfg: Settings) -> bool:
-    """Generate the lake (if missing) and run the ETL when the warehouse has no staging tables; True if it did (for
-    sandboxes)."""
-    if cfg.lake.source == "byod" or has_staging(cfg): return False
-    from mlops_nb.lake import generate_lake
-    from mlops_nb.warehouse import run_etl
-    if not (cfg.paths.lake / "_manifest.json").exists(): generate_lake(cfg)
-    run_etl(cfg)
-    return True
-
 # %% ../nbs/29_features.ipynb #f9efd2fa
 @dataclass
 class FeaturesResult:
@@ -542,19 +524,36 @@ class FeaturesResult:
     seconds: float
     summary: dict[str, Any]
 
+# %% ../nbs/29_features.ipynb #f1a2b006
+@dataclass
+class FeatureWrite:
+    "What `write_features` did."
+    spec: FeatureSpec
+    rows: int                  # in the table after the write
+    lateness: pd.DataFrame     # `cancellation_lateness`
+    since: str | None          # '' every month built, 'YYYY-MM' the months from it on, None nothing had changed
+
 # %% ../nbs/29_features.ipynb #6220ffc5
-def write_features(cfg: Settings) -> tuple[FeatureSpec, int, pd.DataFrame]:
-    """Build the point-in-time feature table from the warehouse's staging tables and save it with its spec; also return
-    `cancellation_lateness`."""
-    spec = feature_spec(cfg.features.horizon_months)
+def write_features(cfg: Settings, full: bool = False) -> FeatureWrite:
+    """Bring the point-in-time feature table up to date with the warehouse's staging tables: only the months from the
+    earliest changed lake partition on (every month the first time, when the build's SQL changed, or with `full`)."""
+    h, g = cfg.features.horizon_months, cfg.features.label_grace_months
+    spec = feature_spec(h)
+    build = feature_build_digest(spec, h, g)
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"SET memory_limit = '{cfg.features.memory_limit}'")   # beyond it DuckDB spills to <warehouse>.tmp
         con.execute("SET preserve_insertion_order = true")
-        n = save_feature_query(con,
-                               build_features(con, cfg.features.horizon_months,
-                                              grace_months=cfg.features.label_grace_months), spec)
+        since, inputs = ("" if full else months_to_rebuild(con, build)), partition_fingerprints(con)
+        if since is None:
+            staging_views(con)
+            n = con.execute(f"SELECT count(*) FROM {TABLE_FEATURES}").fetchall()[0][0]
+        elif since == "":
+            n = save_feature_query(con, build_features(con, h, grace_months=g), spec, inputs, build)
+        else:
+            table = build_features(con, h, grace_months=g, since=since)
+            n = save_feature_months(con, table, spec, since, label_changes(con, h, g, since, table), inputs, build)
         lateness = cancellation_lateness(con)
-    return spec, n, lateness
+    return FeatureWrite(spec, n, lateness, since)
 
 # %% ../nbs/29_features.ipynb #a2669bbf
 def log_label_lateness(lateness: pd.DataFrame, grace_months: int, say: Callable[[str], None] = print) -> float:
@@ -591,8 +590,10 @@ def run_features(cfg: Settings, mlflow_run_id: str = "") -> FeaturesResult:
             log_load_result(res)
             n = len(df)
         else:
-            spec, n, lateness = write_features(cfg)
-            log_label_lateness(lateness, cfg.features.label_grace_months)
+            wrote = write_features(cfg)
+            spec, n = wrote.spec, wrote.rows
+            log_label_lateness(wrote.lateness, cfg.features.label_grace_months)
+            mlflow.log_param("features_built_from", "every month" if wrote.since == "" else wrote.since or "unchanged")
         seconds = time.perf_counter() - t0
         mlflow.log_metric("build_seconds", seconds)
         summary = log_feature_table(cfg, spec)

@@ -15,24 +15,14 @@ import pyarrow.parquet as pq
 
 from .cleaning import drop_temp
 from .contracts import sql_literal
-from .privacy import AGE_BANDS
+from .people import shift_month
+from .privacy import age_band_sql
 from .staging import TABLES, Partition, Table, category_type, raw_columns
 
 # %% auto #0
 __all__ = ['MART_SQL', 'RECORD_SEP', 'MartBuilder', 'build_mart', 'create_raw_views']
 
 # %% ../nbs/25_mart.ipynb #60776d65
-def _age_band_sql(age: str) -> str:
-    return (
-        "CASE "
-        + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{label}'" for lo, hi, label in AGE_BANDS)
-        + " END"
-    )
-
-def _add_months(month: str, k: int) -> str:
-    y, mm = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + k, 12)
-    return f"{y:04d}-{mm + 1:02d}"
-
 def _as_category(column: str, value: str | None = None) -> str:
     return f"CAST({value or column} AS {category_type(column)})"
 
@@ -70,7 +60,7 @@ cx AS (SELECT customer_key, arg_min(reason, row(request_date, reason)) AS reason
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key),
 cp AS (SELECT customer_key, arg_min(struct_pack(arm, contacted, accepted), campaign_id) AS c FROM staging.campaigns
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key)
-SELECT b.customer_key, $m, s.cv.gender, {_as_category("age_band", _age_band_sql("year($end) - s.cv.birth_year"))},
+SELECT b.customer_key, $m, s.cv.gender, {_as_category("age_band", age_band_sql("year($end) - s.cv.birth_year"))},
     s.cv.state, s.cv.city,
        CAST(datediff('month', s.cv.signup_date, $end) AS INTEGER),
        s.ct.product, s.ct.plan, s.ct.contract_type, s.ct.monthly_fee, s.ct.payment_method,
@@ -109,8 +99,8 @@ def _advance_states(con, m: str) -> None:
 class MartBuilder:
     "Rebuilds `mart.customer_month` one month at a time, in order from `first` (inside the caller's transaction)."
     def __init__(self, con, first: str):
-        self.con, self.last = con, _add_months(first, -1)
-        before = _add_months(first, -1)   # the states as known at the end of the month before the first one
+        self.con, self.last = con, shift_month(first, -1)
+        before = shift_month(first, -1)   # the states as known at the end of the month before the first one
         con.execute(f"CREATE OR REPLACE TEMP TABLE _st AS {_states_sql('<=')}", [before])
 
     def build(self, m: str) -> int:
@@ -121,7 +111,7 @@ class MartBuilder:
         self.con.execute("DELETE FROM mart.customer_month WHERE month = ?", [m])
         end = (pd.Timestamp(m + "-01") + pd.offsets.MonthEnd(0)).date()
         self.last = m
-        n = self.con.execute(MART_SQL, {"m": m, "m2": _add_months(m, -2), "end": end}).fetchone()[0]
+        n = self.con.execute(MART_SQL, {"m": m, "m2": shift_month(m, -2), "end": end}).fetchone()[0]
         self.con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND part = ?", [m])
         self.con.execute("INSERT INTO meta.content_parts SELECT 'mart.customer_month', ?, count(*), "
                          "coalesce(sum(hash(t)), 0) FROM mart.customer_month t WHERE month = "

@@ -84,7 +84,7 @@ MONITOR_COLUMNS: dict[str, dict[str, str]] = {   # fixed, so a month with fewer 
         "month VARCHAR, status VARCHAR, version VARCHAR, request_id VARCHAR, scored BIGINT, contacted BIGINT, "
         "control BIGINT, exploration BIGINT, quality_passed BOOLEAN, quality_failures VARCHAR, inputs_drifted DOUBLE, "
         "alerts_raised VARCHAR, alerts_open VARCHAR, retrain BOOLEAN, note VARCHAR, seconds DOUBLE, "
-        "recorded_at TIMESTAMP, held_back VARCHAR, released VARCHAR"),
+        "recorded_at TIMESTAMP, held_back VARCHAR, released VARCHAR, features_from VARCHAR"),
     TABLE_MONITOR_DRIFT: _columns(
         "month VARCHAR, version VARCHAR, column VARCHAR, kind VARCHAR, method VARCHAR, distance DOUBLE, "
         "threshold DOUBLE, drifted BOOLEAN, null_share_reference DOUBLE, null_share_current DOUBLE"),
@@ -231,6 +231,7 @@ class MonthResult:
     quality_failures: list[str] = field(default_factory=list)   # blocking failures no partition could be held for
     held_back: list[str] = field(default_factory=list)          # partitions held back after the month ('source/month')
     released: list[str] = field(default_factory=list)           # partitions the month released
+    features_from: str = ""   # the first month whose feature rows the month rebuilt ('*' every month, '' none)
     note: str = ""
 
 # %% ../nbs/67_operate.ipynb #67ef0010
@@ -286,7 +287,9 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
         with step("observe"): observe_month(cfg, month)
         with step("load"): load_warehouse(cfg)
         with step("quality"): month_quality(cfg, res, f"operate-{month}")
-        with step("features"): write_features(cfg)
+        with step("features"):
+            since = write_features(cfg).since
+            res.features_from = "*" if since == "" else since or ""
         with step("score"):
             res.version = production_version(cfg)
             res.request_id = score_month(cfg, month, res.version, actor="operate").request_id
@@ -415,7 +418,8 @@ def month_row(res: MonthResult) -> dict[str, Any]:
                 inputs_drifted=res.metrics.get("drift.inputs_drifted"), alerts_raised=", ".join(a.get("raised", [])),
                 alerts_open=", ".join(a.get("open", [])), retrain=bool(a.get("retrain", False)), note=res.note or None,
                 seconds=res.seconds, recorded_at=pd.Timestamp.now(tz="UTC").tz_localize(None),
-                held_back=", ".join(res.held_back) or None, released=", ".join(res.released) or None)
+                held_back=", ".join(res.held_back) or None, released=", ".join(res.released) or None,
+                features_from=res.features_from or None)
 
 def month_summary(res: MonthResult) -> str:
     "The month in a few plain sentences (the MLflow run's description, the notebook's output)."

@@ -24,10 +24,10 @@ from .sources import CITIES, CITY_DDD, CITY_UF, PLAN_FEE, PLAN_PRODUCT, UF_CEP, 
 # %% auto #0
 __all__ = ['CITY_WEIGHT', 'FIRST_F', 'FIRST_M', 'LAST', 'STREETS', 'EMAIL_DOMAINS', 'EMAIL_DOMAIN_P', 'PRODUCT_P',
            'PLAN_P_IN_PRODUCT', 'CONTRACT_P', 'PAYMENT_P', 'SEGMENTS', 'GENDER_P', 'STREAMS', 'NODAY', 'NOTIME',
-           'FIRST_NAMES', 'PII_COLUMNS', 'rng_for', 'month_labels', 'month_span', 'month_first_day', 'month_days',
-           'cpf_check_digits', 'cpf_numbers', 'cpf_is_valid', 'zero_pad', 'format_dates', 'format_timestamps',
-           'format_brl', 'parse_brl', 'segment_probabilities', 'price_sensitivity', 'choose_rows', 'draw_customers',
-           'draw_contact', 'render_people', 'mask_pii']
+           'FIRST_NAMES', 'PII_COLUMNS', 'rng_for', 'month_labels', 'month_span', 'shift_month', 'month_first_day',
+           'month_days', 'cpf_check_digits', 'cpf_numbers', 'cpf_is_valid', 'zero_pad', 'format_dates',
+           'format_timestamps', 'format_brl', 'parse_brl', 'segment_probabilities', 'price_sensitivity', 'choose_rows',
+           'draw_customers', 'draw_contact', 'render_people', 'mask_pii']
 
 # %% ../nbs/11_people.ipynb #370a5a4e
 CITY_WEIGHT = np.array([u[1] * c[2] for u in UFS for c in u[3]]) / sum(u[1] for u in UFS)
@@ -90,6 +90,11 @@ def month_labels(start_month: str, months: int) -> list[str]:
 def month_span(first: str, last: str) -> list[str]:
     "Every 'YYYY-MM' from `first` through `last`."
     return month_labels(first, int(np.datetime64(last[:7], "M") - np.datetime64(first[:7], "M")) + 1)
+
+def shift_month(month: str, k: int) -> str:
+    "The 'YYYY-MM' `k` months after `month` (before, for negative `k`)."
+    y, m = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + int(k), 12)
+    return f"{y:04d}-{m + 1:02d}"
 
 def month_first_day(label: str) -> int:
     "First day of the month 'YYYY-MM', as days since 1970-01-01."

@@ -28,7 +28,8 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['NORMALISERS', 'SQL_NORMAL_FORMS', 'AGE_BANDS', 'load_key', 'normaliser', 'normalise', 'pseudonymise',
-           'pseudonymise_arrow', 'age_band', 'Finding', 'mask', 'NeedleSet', 'scan_for_values', 'scan_frame']
+           'pseudonymise_arrow', 'age_band', 'age_band_sql', 'Finding', 'mask', 'NeedleSet', 'scan_for_values',
+           'scan_frame']
 
 # %% ../nbs/20_privacy.ipynb #cde713bd
 def _inside_git_tree(path: Path) -> bool:
@@ -142,6 +143,10 @@ def age_band(birth: pd.Series, at: pd.Timestamp | str) -> pd.Series:
     out = pd.Series(pd.NA, index=birth.index, dtype="string")
     for lo, hi, label in AGE_BANDS: out[(age >= lo) & (age < hi)] = label
     return out
+
+def age_band_sql(age: str) -> str:
+    "The same bands in SQL: a CASE giving the age band of the expression `age` (years)."
+    return "CASE " + " ".join(f"WHEN {age} >= {lo} AND {age} < {hi} THEN '{b}'" for lo, hi, b in AGE_BANDS) + " END"
 
 # %% ../nbs/20_privacy.ipynb #480bf3dc
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mlops_nb.catalog import (
     TABLE_HELD_BACK,
 )
 from .contracts import connect_warehouse, held_partitions, sql_literal, warehouse_content_hash
+from .people import shift_month
 from .rules import QualityGateFailed, Rule, load_rules
 from .settings import Settings
 from .staging import TABLES, load_corrections
@@ -149,8 +150,7 @@ def _expected_month(cfg: Settings, how: str) -> str:
     manifest = cfg.paths.lake / "_manifest.json"
     if how == "lake" and manifest.exists():
         return json.loads(manifest.read_text(encoding="utf-8"))["months"][-1]
-    y, m = divmod(int(cfg.lake.start_month[:4]) * 12 + int(cfg.lake.start_month[5:7]) - 1 + cfg.lake.months - 1, 12)
-    return f"{y:04d}-{m + 1:02d}"
+    return shift_month(cfg.lake.start_month, cfg.lake.months - 1)
 
 def check_freshness(con, r: Rule, cfg: Settings) -> list[Check]:
     latest = con.execute(f"SELECT max({r.params['month_column']}) FROM {r.table}").fetchone()[0]

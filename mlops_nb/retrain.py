@@ -31,6 +31,7 @@ from mlops_nb.catalog import (
 )
 from .contracts import held_partitions, read_feature_spec
 from .monitor import log_relation, month_frame
+from .people import shift_month
 from .settings import Settings
 
 # %% auto #0
@@ -55,11 +56,6 @@ def ensure_retrain_tables(con) -> None:
         con.execute(ddl)
 
 # %% ../nbs/66_retrain.ipynb #66ef0006
-def _shift(month: str, k: int) -> str:
-    "YYYY-MM moved by `k` months."
-    y, m = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + k, 12)
-    return f"{y:04d}-{m + 1:02d}"
-
 def problem_start(incidents: list[Any], label_lag: int) -> str | None:
     """The month the data of the open retraining incidents begins to show the problem: for a performance rule, its
     opening month less the label lag (the labelled month that showed it); for others, its opening month less the
@@ -69,7 +65,7 @@ def problem_start(incidents: list[Any], label_lag: int) -> str | None:
         if not getattr(inc, "retrain", False): continue
         lag = label_lag if str(inc.metric).startswith("performance.") else max(len(inc.months) - 1, 0)
         first = min(inc.months) if inc.months else inc.opened
-        starts.append(_shift(first, -lag) if str(inc.metric).startswith("performance.") else first)
+        starts.append(shift_month(first, -lag) if str(inc.metric).startswith("performance.") else first)
     return min(starts) if starts else None
 
 # %% ../nbs/66_retrain.ipynb #66ef0007

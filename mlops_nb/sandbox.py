@@ -27,7 +27,7 @@ __all__ = ['DEMO_PRODUCTS', 'DEMO_PLAN_FEES', 'DEMO_CONTRACTS', 'DEMO_PAYMENTS',
            'DEMO_BASE_CHURN', 'DEMO_DESCRIPTION', 'SANDBOX_OVERRIDE', 'MESSY_RATES', 'demo_true_logit',
            'demo_feature_table', 'feature_table_exists', 'ensure_demo_features', 'sandbox_champion', 'telco_table',
            'write_table', 'tiny_staging', 'calibrated_sample', 'planted_unfairness', 'demo_evaluation', 'messy_lake',
-           'scratch_warehouse']
+           'scratch_warehouse', 'has_staging', 'ensure_upstream']
 
 # %% ../nbs/99_sandbox.ipynb #386696c1
 DEMO_PRODUCTS = ("mobile", "fibre", "bundle")
@@ -481,3 +481,23 @@ def scratch_warehouse() -> Any:
     con = duckdb.connect()
     ensure_tables(con); session_setup(con)
     return con
+
+# %% ../nbs/99_sandbox.ipynb #7df5ff94
+def has_staging(cfg: Settings, schema: str = "staging") -> bool:
+    "True if the warehouse has every staging table the features read."
+    from mlops_nb.features import STAGING_COLUMNS
+    if not cfg.paths.warehouse.exists(): return False
+    with connect_warehouse(cfg) as con:
+        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                                          "?", [schema]).fetchall()}
+    return set(STAGING_COLUMNS) <= have
+
+def ensure_upstream(cfg: Settings) -> bool:
+    """Generate the lake (if missing) and run the ETL when the warehouse has no staging tables; True if it did (for
+    sandboxes)."""
+    if cfg.lake.source == "byod" or has_staging(cfg): return False
+    from mlops_nb.lake import generate_lake
+    from mlops_nb.warehouse import run_etl
+    if not (cfg.paths.lake / "_manifest.json").exists(): generate_lake(cfg)
+    run_etl(cfg)
+    return True

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['UFS', 'UF_CODES', 'CITIES', 'CITY_UF', 'CITY_DDD', 'UF_CEP', 'UF_FIRST_CITY', 'UF_N_CITIES', 'PRODUCTS', 'PLANS',
-           'PLAN_NAMES', 'PLAN_PRODUCT', 'PLAN_FEE', 'PLAN_GB', 'PLAN_MBPS', 'CONTRACT_TYPES', 'PAYMENT_METHODS',
-           'GENDERS', 'TICKET_CHANNELS', 'TICKET_CATEGORIES', 'CANCEL_REASONS', 'EVENT_TYPES', 'OFFER', 'SOURCES',
-           'ALT_DATE_FORMATS', 'ALT_TS_FORMATS', 'RENAMED', 'SYNONYMS', 'Col', 'Source', 'source_schema',
-           'strip_accents']
+__all__ = ['UFS', 'UF_CODES', 'CITIES', 'CITY_UF', 'CITY_DDD', 'UF_CEP', 'UF_FIRST_CITY', 'UF_N_CITIES', 'UF_REGION', 'PRODUCTS',
+           'PLANS', 'PLAN_NAMES', 'PLAN_PRODUCT', 'PLAN_FEE', 'PLAN_GB', 'PLAN_MBPS', 'CONTRACT_TYPES',
+           'PAYMENT_METHODS', 'GENDERS', 'TICKET_CHANNELS', 'TICKET_CATEGORIES', 'CANCEL_REASONS', 'EVENT_TYPES',
+           'OFFER', 'SOURCES', 'ALT_DATE_FORMATS', 'ALT_TS_FORMATS', 'RENAMED', 'SYNONYMS', 'Col', 'Source',
+           'source_schema', 'strip_accents']
 
 # %% ../nbs/10_sources.ipynb #4e93f5af
 UFS: tuple[tuple[str, float, tuple[int, int], tuple[tuple[str, int, float], ...]], ...] = (
@@ -65,6 +65,12 @@ CITY_DDD = np.array([c[1] for u in UFS for c in u[3]], dtype=np.int16)
 UF_CEP = np.array([u[2] for u in UFS], dtype=np.int64)
 UF_FIRST_CITY = np.cumsum([0] + [len(u[3]) for u in UFS[:-1]])  # cities of a state are contiguous in CITIES
 UF_N_CITIES = np.array([len(u[3]) for u in UFS])
+# the IBGE's five regions (a team's own table may give the state, not the region)
+UF_REGION = {**dict.fromkeys(("AC", "AP", "AM", "PA", "RO", "RR", "TO"), "Norte"),
+             **dict.fromkeys(("AL", "BA", "CE", "MA", "PB", "PE", "PI", "RN", "SE"), "Nordeste"),
+             **dict.fromkeys(("DF", "GO", "MT", "MS"), "Centro-Oeste"),
+             **dict.fromkeys(("ES", "MG", "RJ", "SP"), "Sudeste"),
+             **dict.fromkeys(("PR", "RS", "SC"), "Sul")}
 
 # %% ../nbs/10_sources.ipynb #833da32c
 PRODUCTS = ("mobile", "fibre", "bundle")

@@ -260,7 +260,7 @@ def test_byod_source_delegates(tmp_path):
                            byod_target_column="Churn",
                            byod_positive_value="Yes", byod_sensitive_columns="gender", byod_pii_columns="name")
     sandbox.write_table(sandbox.telco_table(150)[0], cfg.byod.path)
-    assert not F.ensure_upstream(cfg)
+    assert not sandbox.ensure_upstream(cfg)
     res = F.run_features(cfg)
     table, spec = load_feature_table(cfg)
     assert spec.source == "byod" and res.rows == len(table) and spec.time_column is None

@@ -40,6 +40,22 @@ def table(cfg, sql: str) -> pd.DataFrame:
     with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con: return con.execute(sql).df()
 
 
+def as_if_rebuilt(cfg, scratch: Path) -> tuple[str, str]:
+    """The feature table's content digest, and that of every month built again from scratch on a copy of the
+    warehouse: equal when the months built one at a time (and the labels updated) are what a full build gives."""
+    import shutil
+
+    from mlops_nb.catalog import TABLE_FEATURES
+    from mlops_nb.contracts import sql_digest
+    from mlops_nb.features import build_features
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "copy.duckdb"
+    shutil.copy(cfg.paths.warehouse, copy)
+    with duckdb.connect(str(copy)) as con:
+        full = build_features(con, cfg.features.horizon_months, grace_months=cfg.features.label_grace_months)
+        return sql_digest(con, TABLE_FEATURES), sql_digest(con, full)
+
+
 @pytest.fixture(scope="module")
 def operated(tmp_path_factory):
     """A world operated for its three months after the history, quietly."""
@@ -60,6 +76,17 @@ def test_every_operated_month_is_recorded_with_its_steps(operated):
     assert list(snap.month) == list(months.month)
     from mlops_nb.audit import read_events
     assert [e.subject for e in read_events(cfg, AUDIT_MONTH_OPERATED)] == list(months.month)
+
+
+def test_each_month_builds_only_its_own_feature_rows_and_the_table_is_what_a_full_build_gives(operated, tmp_path):
+    cfg, _, results = operated
+    assert [r.features_from for r in results] == [r.month for r in results]      # one month each, not the year
+    months = table(cfg, f"SELECT month, features_from FROM {TABLE_MONITOR_MONTHS} ORDER BY month")
+    assert list(months.features_from) == list(months.month)
+    ours, full = as_if_rebuilt(cfg, tmp_path)
+    assert ours == full          # rows and labels (later cancellations turned earlier labels from null to 0/1)
+    from mlops_nb.features import write_features
+    assert write_features(cfg).since is None                                     # nothing changed: nothing built
 
 
 def test_labels_are_used_only_once_the_horizon_has_passed(operated):
@@ -185,6 +212,8 @@ def test_a_failing_partition_is_held_back_then_released_by_a_declared_correction
     log = read_alert_log(cfg)
     assert ((log.rule == "data_held_back") & (log.kind == "raised") & (log.month == "2025-06")).sum() == 1
     assert [e.subject for e in read_events(cfg, AUDIT_DATA_HELD_BACK)] == ["billing/2025-06"]
+    ours, full = as_if_rebuilt(cfg, tmp_path / "june")
+    assert june.features_from == "2025-06" and ours == full
 
     cfg.quality.rules_file.write_text(DEFAULT_RULES + """corrections:
   - name: billing_amount_in_cents
@@ -204,6 +233,8 @@ def test_a_failing_partition_is_held_back_then_released_by_a_declared_correction
     b = table(cfg, bills).bill.tolist()
     assert 0.5 < b[1] / b[0] < 2
     assert "2025-06" in set(load_feature_table(cfg)[0].month.astype(str).str[:7])       # used again
+    ours, full = as_if_rebuilt(cfg, tmp_path / "july")
+    assert july.features_from == "2025-06" and ours == full        # the released month and July, built again
     log = read_alert_log(cfg)
     assert ((log.rule == "data_held_back") & (log.kind == "resolved") & (log.month == "2025-07")).sum() == 1
     assert table(cfg, f"SELECT released_in FROM {TABLE_HELD_BACK}").released_in.tolist() == ["2025-07"]
