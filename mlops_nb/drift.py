@@ -67,18 +67,24 @@ def numeric_summaries(con,                        # an open DuckDB connection
                       columns: Sequence[str],     # numeric columns
                       exact: bool = True,         # exact quantiles (a sort), or DuckDB's t-digest (a streaming pass)
                       ) -> dict[str, dict]:
-    "Rows, missing count, population standard deviation, QUANTILE_LEVELS quantiles and ~distinct values of each column."
+    """Rows, missing count, population standard deviation, QUANTILE_LEVELS quantiles and ~distinct values of each column.
+    Exact quantiles are numpy's linear ones (DuckDB's `quantile_cont`) of one column at a time: DuckDB selects each of
+    the 1,000 levels apart, 2 s a column at a million rows, where one numpy sort of the column takes 0.1 s."""
     if not columns: return {}
     levels = "[" + ", ".join(repr(u) for u in QUANTILE_LEVELS) + "]"
-    parts, quantile = ["count(*)"], "quantile_cont" if exact else "approx_quantile"
+    parts, finite = ["count(*)"], {}
     for c in columns:
         x = f"CAST({quoted(c)} AS DOUBLE)"
-        x = f"CASE WHEN isfinite({x}) THEN {x} END"        # infinities are missing, as in Evidently
-        parts += [f"count({x})", f"stddev_pop({x})", f"{quantile}({x}, {levels})", f"approx_count_distinct({x})"]
+        finite[c] = x = f"CASE WHEN isfinite({x}) THEN {x} END"        # infinities are missing, as in Evidently
+        parts += [f"count({x})", f"stddev_pop({x})", "NULL" if exact else f"approx_quantile({x}, {levels})",
+                  f"approx_count_distinct({x})"]
     row = con.execute(f"SELECT {', '.join(parts)} FROM {relation}").fetchall()[0]
     out = {}
     for i, c in enumerate(columns):
         n, std, q, distinct = row[1 + 4 * i: 5 + 4 * i]
+        if exact and n:
+            v = con.execute(f"SELECT v FROM (SELECT {finite[c]} AS v FROM {relation}) WHERE v IS NOT NULL").fetchnumpy()
+            q = np.quantile(v["v"], QUANTILE_LEVELS).tolist()
         out[c] = {"rows": int(row[0]), "nulls": int(row[0]) - int(n), "std": float(std or 0.0),
                   "quantiles": [float(v) for v in q] if q else [], "distinct": int(distinct or 0)}
     return out

@@ -23,13 +23,14 @@ from .people import month_span
 from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['SCORE_COLUMN', 'EXPLAINED_VARIANCE', 'MAX_FIT_ROWS', 'Reconstruction', 'fit_reconstruction', 'rate_dispersion',
-           'ReferenceBundle', 'reference_months', 'build_reference', 'load_reference']
+__all__ = ['SCORE_COLUMN', 'EXPLAINED_VARIANCE', 'MAX_FIT_ROWS', 'MONTH_ROWS', 'Reconstruction', 'fit_reconstruction',
+           'rate_dispersion', 'ReferenceBundle', 'reference_months', 'build_reference', 'load_reference']
 
 # %% ../nbs/64_reference.ipynb #64ef0005
 SCORE_COLUMN = "churn_probability"   # the score's name in the prediction log and in the profile
 EXPLAINED_VARIANCE = 0.90            # components kept by the reconstruction model
 MAX_FIT_ROWS = 200_000               # rows the reconstruction model is fitted on (a seeded sample beyond)
+MONTH_ROWS = 200_000                 # rows of each reference month profiled (a seeded sample of larger months)
 
 # %% ../nbs/64_reference.ipynb #64ef0006
 @dataclass
@@ -137,14 +138,17 @@ def reference_months(cfg: Settings, version: str) -> list[str]:
 
 # %% ../nbs/64_reference.ipynb #64ef000c
 def build_reference(cfg: Settings, version: str) -> ReferenceBundle:
-    "Profile, thresholds and reconstruction model of `version`, from the warehouse's rows of its reference months."
+    """Profile, thresholds and reconstruction model of `version`, from the warehouse's rows of its reference months (at
+    most `MONTH_ROWS` of each: a sample of 200,000 pins quantiles and shares far below any drift threshold)."""
     from mlops_nb.served import load_served_model
     months = reference_months(cfg, version)
     with connect_warehouse(cfg, read_only=True) as con:
         spec = read_feature_spec(con, cfg)
-        marks = ", ".join("?" * len(months))
-        df = con.execute(f'SELECT * FROM {TABLE_FEATURES} WHERE CAST("{spec.time_column}" AS VARCHAR) IN ({marks})',
-                         months).df()
+        t, k, marks = f'"{spec.time_column}"', f'"{spec.id_column}"', ", ".join("?" * len(months))
+        df = con.execute(f"""SELECT * EXCLUDE (_draw) FROM (SELECT *, row_number() OVER (PARTITION BY {t}
+                             ORDER BY hash({k}, ?)) AS _draw FROM {TABLE_FEATURES}
+                             WHERE CAST({t} AS VARCHAR) IN ({marks}))
+                         WHERE _draw <= ? ORDER BY {t}, {k}""", [cfg.train.seed, *months, MONTH_ROWS]).df()
     have = sorted(df[spec.time_column].astype(str).unique()) if len(df) else []
     if have != months:
         raise SettingsError(f"version {version}'s reference months {months[0]}..{months[-1]} are not all in the "
