@@ -40,13 +40,14 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
            'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
            'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
-           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW',
-           'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING',
-           'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST',
-           'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
-           'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
-           'SECTION_ALERTS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
-           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_OPERATE', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS',
+           'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT',
+           'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION',
+           'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
+           'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
+           'SECTION_OPERATE', 'SECTION_ALERTS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_SCORER',
+           'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'Name', 'name',
+           'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -262,6 +263,8 @@ TABLE_MONITOR_PERFORMANCE = name("table", "monitor.performance", "monitor", "ale
                                  "estimated and realised performance per month and model version")
 TABLE_MONITOR_FAIRNESS = name("table", "monitor.fairness", "monitor", "alerts, dashboards",
                               "fairness gaps per month with intervals")
+TABLE_ROI_MONTHS = name("table", "roi.months", "roi", "operate, dashboards",
+                        "the campaign's value measured against its control group, per month and to date")
 TABLE_MONITOR_RETRAINS = name("table", "monitor.retrains", "retrain", "dashboards",
                               "every retraining: why, its window, the gate's decision")
 TABLE_MONITOR_SHADOW = name("table", "monitor.shadow", "retrain", "dashboards",
@@ -309,6 +312,8 @@ ENV_ETL_MEMORY_LIMIT = name("env", "MLOPS_ETL_MEMORY_LIMIT", "people", "warehous
 ENV_ETL_TRACE = name("env", "MLOPS_ETL_TRACE", "people", "warehouse", "1: time every step of a load")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a13b
+VERB_ROI = name("verb", "roi", "cli", "the business, people",
+                "print the campaign's measured uplift, value, cost and ROI by month and to date")
 VERB_OPERATE = name("verb", "operate", "cli", "schedulers, people",
                     "operate one month (`--month YYYY-MM`) or every month up to one (`--through YYYY-MM`)")
 

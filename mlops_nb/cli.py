@@ -16,13 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_OPERATE
+from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_OPERATE, VERB_ROI
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'cmd_phases', 'cmd_settings', 'cmd_ui',
            'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'main']
+           'cmd_operate', 'cmd_roi', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--kernel", help="Jupyter kernel to execute with (default: mlops-nb if registered, else python3)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.set_defaults(func=cmd_operate)
+    ro = sub.add_parser(VERB_ROI, help="the campaign's measured value against its control group, by month and to date",
+                        description="Print roi.months as the operate loop last published it: per measured month and "
+                        "to date, churn avoided per listed customer with its 95% interval, customers retained, cost, "
+                        "net value and ROI, beside what was expected (and the simulator's truth).")
+    ro.add_argument("--csv", action="store_true", help="the whole table as CSV on standard output")
+    ro.set_defaults(func=cmd_roi)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
                         description="Render README.md from nbs/index.ipynb.")
     rd.add_argument("--check", action="store_true", help="fail if README.md is out of date")
@@ -323,6 +329,28 @@ def cmd_operate(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"error: {res.error}\n  open the executed notebook above to see the failing cell's output",
               file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #e0f960e8
+def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Print the published roi.months snapshot (never opens the warehouse a running month writes)."
+    from mlops_nb.catalog import TABLE_ROI_MONTHS
+    from mlops_nb.operate import read_snapshot
+    cfg = load_settings(_settings_path(args))
+    t = read_snapshot(cfg, TABLE_ROI_MONTHS)
+    if not len(t):
+        print(f"no campaign measured yet: operate months until their labels arrive (`mlops-nb {VERB_OPERATE}`)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    if args.csv: t.to_csv(sys.stdout, index=False); return EXIT_OK
+    brl = lambda v: f"R$ {v:,.0f}" if v == v else "-"  # noqa: E731
+    print(f"{'month':<9}{'scope':<9}{'listed':>8}{'control':>8}{'uplift (95% CI)':>26}{'retained':>10}"
+          f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}")
+    for r in t.itertuples():
+        ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
+        print(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
+              f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
+              f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else float('nan'):>9.3f}")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7

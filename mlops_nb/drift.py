@@ -67,9 +67,9 @@ def numeric_summaries(con,                        # an open DuckDB connection
                       columns: Sequence[str],     # numeric columns
                       exact: bool = True,         # exact quantiles (a sort), or DuckDB's t-digest (a streaming pass)
                       ) -> dict[str, dict]:
-    """Rows, missing count, population standard deviation, QUANTILE_LEVELS quantiles and ~distinct values of each column.
-    Exact quantiles are numpy's linear ones (DuckDB's `quantile_cont`) of one column at a time: DuckDB selects each of
-    the 1,000 levels apart, 2 s a column at a million rows, where one numpy sort of the column takes 0.1 s."""
+    """Rows, missing count, population standard deviation, QUANTILE_LEVELS quantiles and ~distinct values of each
+    column. Exact quantiles are numpy's linear ones (DuckDB's `quantile_cont`) of one column at a time: DuckDB selects
+    each of the 1,000 levels apart, 2 s a column at a million rows, where one numpy sort of the column takes 0.1 s."""
     if not columns: return {}
     levels = "[" + ", ".join(repr(u) for u in QUANTILE_LEVELS) + "]"
     parts, finite = ["count(*)"], {}

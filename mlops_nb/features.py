@@ -9,6 +9,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/features.html.md"""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import time
@@ -429,10 +430,8 @@ def build_features(con, horizon_months: int, schema: str = "staging", grace_mont
     staging_views(con, schema, since)
     con.execute("CREATE OR REPLACE TEMP MACRO add_months(d, k) AS CAST(date_trunc('month', d) + to_months(CAST(k AS "
                 "INTEGER)) AS DATE)")
-    steps, keep = (
-        feature_steps(horizon_months, grace_months, since),
-        con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0],
-    )
+    steps = feature_steps(horizon_months, grace_months, since)
+    keep = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
     con.execute("SET preserve_insertion_order = false")   # intermediate tables: any order (less memory, faster)
     try:
         for name, sql in steps[:-1]: con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
@@ -483,7 +482,8 @@ def label_changes(con, horizon_months: int, grace_months: int, since: str, built
 # %% ../nbs/29_features.ipynb #f1a2b003
 def feature_build_digest(spec: FeatureSpec, h: int, g: int) -> str:
     "Digest of the SQL and spec that build the table (horizon `h`, grace `g`): when it changes, every month is rebuilt."
-    return hashlib.sha256(json.dumps([spec.to_json(), feature_steps(h, g)]).encode()).hexdigest()[:16]
+    text = json.dumps([spec.to_json(), feature_steps(h, g), inspect.getsource(staging_views)])   # the views' SQL too
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 # %% ../nbs/29_features.ipynb #a9a10102
 def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
@@ -538,8 +538,7 @@ def write_features(cfg: Settings, full: bool = False) -> FeatureWrite:
     """Bring the point-in-time feature table up to date with the warehouse's staging tables: only the months from the
     earliest changed lake partition on (every month the first time, when the build's SQL changed, or with `full`)."""
     h, g = cfg.features.horizon_months, cfg.features.label_grace_months
-    spec = feature_spec(h)
-    build = feature_build_digest(spec, h, g)
+    spec, build = feature_spec(h), feature_build_digest(feature_spec(h), h, g)
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"SET memory_limit = '{cfg.features.memory_limit}'")   # beyond it DuckDB spills to <warehouse>.tmp
         con.execute("SET preserve_insertion_order = true")

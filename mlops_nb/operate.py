@@ -39,9 +39,9 @@ from .settings import Settings, SettingsError
 # %% auto #0
 __all__ = ['MONITOR_COLUMNS', 'REPORT_ROWS', 'OperateError', 'next_month', 'months_to_operate', 'ensure_monitor_tables',
            'replace_rows', 'publish_snapshots', 'read_snapshot', 'reset_operation', 'newly_labelled',
-           'drift_report_html', 'MonthResult', 'month_quality', 'operate_month', 'monitor_step', 'probation_step',
-           'alert_step', 'retrain_step', 'store_monitor', 'month_row', 'month_summary', 'record_month', 'operate',
-           'results_frame']
+           'drift_report_html', 'MonthResult', 'month_quality', 'operate_month', 'monitor_step', 'roi_step',
+           'probation_step', 'alert_step', 'retrain_step', 'store_monitor', 'month_row', 'month_summary',
+           'record_month', 'operate', 'results_frame']
 
 # %% ../nbs/67_operate.ipynb #67ef0005
 class OperateError(SettingsError):
@@ -141,9 +141,9 @@ def publish_snapshots(cfg: Settings, con) -> list[Path]:
     if table_exists(con, TABLE_ACTIONS):
         queries[TABLE_ACTIONS] = (f"SELECT month, action, policy, model_version, count(*) AS customers FROM "
                                   f"{TABLE_ACTIONS} GROUP BY ALL ORDER BY ALL")   # counts only: no pseudonyms
-    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS
-    if table_exists(con, TABLE_MONITOR_RETRAINS):
-        queries[TABLE_MONITOR_RETRAINS] = f"SELECT * FROM {TABLE_MONITOR_RETRAINS} ORDER BY month"
+    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS
+    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS):
+        if table_exists(con, t): queries[t] = f"SELECT * FROM {t} ORDER BY month"
     for table, sql in queries.items():
         final = folder / f"{table}.parquet"
         tmp = folder / f".{table}.{os.getpid()}.parquet"
@@ -163,11 +163,11 @@ def reset_operation(cfg: Settings) -> list[str]:
     and action tables, the published snapshots, the outbox, the alert log (kept, renamed with the time) — would
     otherwise mix two worlds' months. Run when the first operated month begins; returns what it set aside."""
     import shutil
-    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES
+    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SHADOW_SCORES
     done = []
     if cfg.paths.warehouse.exists():
         with connect_warehouse(cfg, read_only=False) as con:
-            for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES]:
+            for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES, TABLE_ROI_MONTHS]:
                 if table_exists(con, t): con.execute(f"DROP TABLE {t}"); done.append(t)
     for folder in (Path(cfg.paths.monitor), Path(cfg.paths.outbox)):
         if folder.exists(): shutil.rmtree(folder); done.append(str(folder))
@@ -206,6 +206,10 @@ def drift_report_html(con, cfg: Settings, relation: str, bundle: Any, features: 
                       bundle.months).df()
     cur = con.execute(f"SELECT {cols} FROM {relation} USING SAMPLE reservoir({REPORT_ROWS} ROWS) "
                       f"REPEATABLE ({seed})").df()
+    # a column empty in either window (a 3-month change in a young world's first months) is left out: Evidently
+    # refuses an empty column, and there is no distribution to compare
+    features = [c for c in features if ref[c].notna().any() and cur[c].notna().any()]
+    ref, cur = ref[features], cur[features]
     cats = [c for c in features if c not in numeric]
     for df in (ref, cur):
         for c in cats: df[c] = df[c].astype("string")
@@ -297,6 +301,7 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
         with step("resolve"):
             if not _world_resolved(cfg, month): resolve_month(cfg, month)
         mm, html = monitor_step(cfg, res, step)
+        with step("roi"): roi_step(cfg, res)
         with step("alert"): incidents = alert_step(cfg, res, mm, say)
         if res.alerts.get("retrain"):
             with step("retrain"): retrain_step(cfg, res, incidents, say)
@@ -338,6 +343,13 @@ def monitor_step(cfg: Settings, res: MonthResult, step: _Steps) -> tuple[Any, st
     return mm, html
 
 # %% ../nbs/67_operate.ipynb #67ef0012b
+def roi_step(cfg: Settings, res: MonthResult) -> None:
+    """Measure the campaign of every month whose labels have arrived against its control group (`48_roi`), store
+    roi.months, and add the newly measured months' figures to the month's metrics."""
+    from mlops_nb.roi import measure_roi, roi_metrics
+    with connect_warehouse(cfg, read_only=False) as con: rows = measure_roi(cfg, con, res.month)
+    for m in res.labelled: res.metrics.update(roi_metrics(rows, m))
+
 def probation_step(cfg: Settings, con, res: MonthResult, month: str, request_id: str, version: str) -> None:
     "Judge a champion on probation on its first labelled month; roll it back if it did worse than its predecessor."
     from mlops_nb.retrain import judge_probation, on_probation, settle_probation
@@ -351,7 +363,7 @@ def probation_step(cfg: Settings, con, res: MonthResult, month: str, request_id:
 def alert_step(cfg: Settings, res: MonthResult, mm: Any, say: Callable[[str], None]) -> list[Any]:
     "The alert rules on the month's metrics; returns the open incidents."
     from mlops_nb.alerts import process_alerts
-    res.metrics = {**mm.metrics, "quality.blocking_failures": float(len(res.quality_failures)),
+    res.metrics = {**res.metrics, **mm.metrics, "quality.blocking_failures": float(len(res.quality_failures)),
                    "quality.held_back": float(len(res.held_back))}
     out = process_alerts(cfg, res.month, res.metrics, say=say)
     res.alerts = dict(raised=[i.rule for i in out.raised], resolved=[i.rule for i in out.resolved],
@@ -432,11 +444,17 @@ def month_summary(res: MonthResult) -> str:
         lines.append(f"{m['drift.inputs_drifted']:.0f} input(s) drifted; score drift {m.get('drift.score', 0):.2f} "
                      f"and multivariate {m.get('drift.multivariate', 0):.2f} of their thresholds.")
     if "performance.auc_estimated" in m: lines.append(f"Estimated AUC {m['performance.auc_estimated']:.3f}.")
+    nan = float("nan")
     if res.labelled:
-        nan = float("nan")
         lines.append(f"Labels arrived for {', '.join(res.labelled)}: realised AUC "
                      f"{m.get('performance.auc_realised', nan):.3f}, concept-drift test p = "
                      f"{m.get('performance.concept_drift_p', nan):.2g}.")
+    if "roi.to_date.net_value" in m:
+        lines.append(f"Campaign measured against its control group: churn avoided per listed customer "
+                     f"{m.get('roi.uplift', nan):.3f} in {res.labelled[-1]}, {m['roi.to_date.uplift']:.3f} to date "
+                     f"(95 % CI {m.get('roi.to_date.uplift_lower', nan):.3f} to "
+                     f"{m.get('roi.to_date.uplift_upper', nan):.3f}); net value to date R$ "
+                     f"{m['roi.to_date.net_value']:,.0f}.")
     if res.quality_failures: lines.append("Quality: " + "; ".join(res.quality_failures))
     if res.held_back: lines.append("Held back (failed a blocking rule; left out of features, scoring and training): "
                                    + ", ".join(res.held_back) + ".")

@@ -17,7 +17,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['bootstrap_counts', 'percentile_ci', 'weighted_auc', 'auc_sort', 'sorted_auc', 'auc_ci', 'paired_auc_difference',
-           'equal_mass_bins', 'gap_bound', 'sigmoid', 'calibrate_intercept']
+           'equal_mass_bins', 'gap_bound', 'sigmoid', 'calibrate_intercept', 'wilson_interval', 'newcombe_difference']
 
 # %% ../nbs/07_stats.ipynb #0bb0af7a
 def bootstrap_counts(n: int,             # rows in the sample
@@ -123,3 +123,25 @@ def calibrate_intercept(z: np.ndarray,       # log-odds without the intercept, o
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if sigmoid(mid + z).mean() < target else (lo, mid)
     return (lo + hi) / 2
+
+# %% ../nbs/07_stats.ipynb #07a1e002
+def wilson_interval(x: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    "Wilson's score interval of a rate x / n (NaNs when n = 0)."
+    if n <= 0: return math.nan, math.nan
+    z, p = _z(confidence), x / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+def newcombe_difference(x1: float, n1: float, x2: float, n2: float,
+                        confidence: float = 0.95) -> tuple[float, float, float]:
+    "The difference x1/n1 − x2/n2 of two independent rates and Newcombe's hybrid score interval: (d, lower, upper)."
+    if n1 <= 0 or n2 <= 0: return math.nan, math.nan, math.nan
+    p1, p2 = x1 / n1, x2 / n2
+    (l1, u1), (l2, u2) = wilson_interval(x1, n1, confidence), wilson_interval(x2, n2, confidence)
+    d = p1 - p2
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+def _z(confidence: float) -> float:
+    "The two-sided normal quantile of a confidence level."
+    from statistics import NormalDist
+    return NormalDist().inv_cdf(0.5 + confidence / 2)

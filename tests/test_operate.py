@@ -115,6 +115,47 @@ def test_exploration_goes_on_beside_the_policy_and_control_is_never_contacted(op
     assert (listed.reindex(contact.index) == contact).all()    # exactly the contact list reached the CRM
 
 
+def test_the_campaign_is_measured_against_its_control_group_once_its_labels_arrive(operated):
+    """roi.months: each month whose labels arrived, and the campaign to date — its counts those of the action log, its
+    uplift the control's churn minus the list's, the simulator's true effect on the same list beside it; published
+    for readers, logged to the month's MLflow run, printed by `mlops-nb roi`."""
+    from mlops_nb.catalog import TABLE_ROI_MONTHS
+    from mlops_nb.operate import read_snapshot
+    cfg, _, results = operated
+    roi = table(cfg, f"SELECT * FROM {TABLE_ROI_MONTHS} ORDER BY month, scope")
+    assert list(zip(roi.month, roi.scope)) == [("2025-06", "month"), ("2025-06", "to_date"), ("2025-07", "month"),
+                                               ("2025-07", "to_date")]               # 2025-08 has no labels yet
+    outcome = table(cfg, f"""SELECT a.month, a.action, count(*) AS n, avg(f.churned_next) AS churn
+        FROM {TABLE_ACTIONS} a JOIN features.customer_month f USING (customer_key, month)
+        WHERE a.action IN ('contact', 'control') GROUP BY ALL""").set_index(["month", "action"])
+    for r in roi[roi.scope == "month"].itertuples():
+        listed, held = outcome.loc[(r.month, "contact")], outcome.loc[(r.month, "control")]
+        assert (r.contacted, r.control) == (listed.n, held.n)
+        assert r.uplift == pytest.approx(held.churn - listed.churn)
+        assert r.uplift_lower <= r.uplift <= r.uplift_upper
+        assert r.campaign_cost >= r.contacted * cfg.charter.contact_cost
+        assert r.net_value == pytest.approx(r.retained * cfg.charter.customer_value - r.campaign_cost)
+        assert 0 < r.oracle_uplift < 0.5                               # the offer's true effect on the same list
+    to_date = roi[roi.scope == "to_date"].iloc[-1]
+    assert to_date.contacted == roi[roi.scope == "month"].contacted.sum()
+    assert to_date.campaign_cost == pytest.approx(roi[roi.scope == "month"].campaign_cost.sum())
+    assert len(read_snapshot(cfg, TABLE_ROI_MONTHS)) == len(roi)
+    july = results[2]                                   # 2025-08's run measured 2025-07
+    assert july.metrics["roi.uplift"] == pytest.approx(roi.uplift.iloc[2])
+    out = run_cli("--settings", str(cfg.source), "roi")
+    assert out.returncode == 0 and "2025-07" in out.stdout and "to_date" in out.stdout, out.stderr
+
+
+def test_a_young_world_whose_reference_lacks_a_feature_is_operated_and_reported(tmp_path):
+    """With four history months the reference window has no 3-month fee change at all: Evidently refuses an empty
+    column, so the people's report leaves it out — the month is not lost to its report (it was, before)."""
+    from mlops_nb.operate import operate
+    cfg, _ = build(tmp_path / "p", lake_months=5, lake_history_months=4)
+    (res,) = operate(cfg, say=lambda s: None)
+    assert res.status == "ok", res.status
+    assert "report" in res.steps
+
+
 def test_a_month_out_of_order_or_twice_is_refused_clearly(operated):
     from mlops_nb.operate import OperateError, months_to_operate
     cfg, _, _ = operated
