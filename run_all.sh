@@ -94,6 +94,8 @@ run_lifecycle() {
   if ! "$VENV/bin/mlops-nb" operate "${overrides[@]+"${overrides[@]}"}"; then
     die "operating the months failed (the failing month and step are named above)"
   fi
+  say "the campaigns measured against their control groups (mlops-nb roi)"
+  "$VENV/bin/mlops-nb" roi || true   # nothing measured yet is not a failure of the run
   say "done: executed notebooks under reports/runs/; monitor snapshots in data/monitor/; MLflow UI: .venv/bin/mlops-nb ui"
 }
 

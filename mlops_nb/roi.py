@@ -97,9 +97,12 @@ def month_roi(g: pd.DataFrame,                 # one month of `selected_outcomes
 
 # %% ../nbs/48_roi.ipynb #48ef0013
 def _variance(m: dict[str, Any]) -> float:
-    "The Wald variance of one month's uplift (NaN without both groups)."
-    a, b, n1, n2 = m["churn_control"], m["churn_contacted"], m["control"], m["contacted"]
-    return a * (1 - a) / n1 + b * (1 - b) / n2 if n1 and n2 else math.nan
+    """The variance of one month's uplift, Agresti–Caffo's (a churner and a stayer added to each group: a group with
+    no churner still has a spread); NaN without both groups."""
+    n1, n2 = m["control"], m["contacted"]
+    if not (n1 and n2): return math.nan
+    a, b = (m["churn_control"] * n1 + 1) / (n1 + 2), (m["churn_contacted"] * n2 + 1) / (n2 + 2)
+    return a * (1 - a) / (n1 + 2) + b * (1 - b) / (n2 + 2)
 
 def to_date_roi(months: Sequence[dict[str, Any]], charter: CharterSettings, confidence: float = 0.95) -> dict[str, Any]:
     """The campaign's effect and money pooled over the measured months (those with both groups; stratified by month):
@@ -112,6 +115,7 @@ def to_date_roi(months: Sequence[dict[str, Any]], charter: CharterSettings, conf
     cost, value, held = total("campaign_cost"), charter.customer_value, sum(m["control"] for m in ok)
     rate_control = sum(m["churn_control"] * m["control"] for m in ok) / held if held else math.nan  # pooled
     net = lambda u: u * n * value - cost  # noqa: E731
+    truth = total("oracle_retained") if ok and all("oracle_retained" in m for m in ok) else math.nan
     return dict(contacted=n, control=held,
                 churn_contacted=math.nan, churn_control=rate_control, uplift=uplift, uplift_lower=uplift - half,
                 uplift_upper=uplift + half, relative_reduction=uplift / rate_control if rate_control > 0 else math.nan,
@@ -120,9 +124,7 @@ def to_date_roi(months: Sequence[dict[str, Any]], charter: CharterSettings, conf
                 accepted=int(total("accepted")) if all(m["accepted"] is not None for m in ok) else None,
                 campaign_cost=cost, net_value=net(uplift), net_lower=net(uplift - half), net_upper=net(uplift + half),
                 roi=net(uplift) / cost if cost > 0 else math.nan, expected_retained=total("expected_retained"),
-                expected_net=total("expected_net"), oracle_uplift=math.nan,
-                oracle_retained=(total("oracle_retained") if ok and all("oracle_retained" in m for m in ok)
-                                 else math.nan),
+                expected_net=total("expected_net"), oracle_retained=truth, oracle_uplift=truth / n if n else math.nan,
                 policy=", ".join(sorted({p for m in ok for p in m["policy"].split(", ")})),
                 versions=", ".join(sorted({v for m in ok for v in m["versions"].split(", ")})))
 
