@@ -65,8 +65,8 @@ def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
         {join}
         WHERE a.action IN ('contact', 'control')
         ORDER BY a.month, a.customer_key""").df()
-    labelled = df.groupby("month").y.apply(lambda y: bool(y.notna().all()))
-    return df[df.month.isin(labelled[labelled].index)].reset_index(drop=True)
+    labelled = df.y.notna().groupby(df.month).all()   # a month counts once every one of its labels is in
+    return df[df.month.isin(labelled.index[labelled.to_numpy(bool)])].reset_index(drop=True)
 
 # %% ../nbs/48_roi.ipynb #48ef0009
 def month_roi(g: pd.DataFrame,                 # one month of `selected_outcomes`
