@@ -322,7 +322,11 @@ def sandbox_settings(root: str | Path | None = None, **values: Any) -> Settings:
         atexit.register(shutil.rmtree, root, ignore_errors=True)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    values = {"privacy_key_file": str(root / "secrets" / "pseudonym.key"), **SANDBOX_DEFAULTS, **values}
+    # in a checkout, the repository's phase notebooks: a retraining the sandbox's operate loop asks for runs them
+    import mlops_nb
+    nbs = Path(mlops_nb.__file__).resolve().parents[1] / "nbs"
+    values = {"privacy_key_file": str(root / "secrets" / "pseudonym.key"),
+              **({"paths_notebooks": str(nbs)} if nbs.is_dir() else {}), **SANDBOX_DEFAULTS, **values}
     (root / "settings.ini").write_text(render_settings(values), encoding="utf-8")
     return load_settings(root / "settings.ini", env={})
 

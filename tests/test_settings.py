@@ -152,3 +152,12 @@ def test_an_unknown_key_still_stops_an_old_file(tmp_path):
     shutil_src = (REPO / "tests" / "fixtures" / "settings_2026-11-26.ini").read_text()
     p = write(tmp_path, shutil_src.replace("[charter]", "[charter]\nsave_rat = 0.3"))
     assert "[charter] save_rat: unknown key (did you mean 'save_rate'?)" in error_of(p, env={})
+
+
+def test_a_sandbox_in_a_checkout_runs_the_repositorys_phase_notebooks(tmp_path):
+    """A retraining the operate loop asks for inside a sandbox runs the train → gate notebooks through papermill: a
+    sandbox made in a checkout points at the repository's (it pointed at an empty <root>/nbs, and the retraining
+    failed with 'phase notebook not found'); an explicit value still wins."""
+    from mlops_nb.settings import sandbox_settings
+    assert sandbox_settings(tmp_path / "a").paths.notebooks == (REPO / "nbs").resolve()
+    assert sandbox_settings(tmp_path / "b", paths_notebooks=str(tmp_path)).paths.notebooks == tmp_path

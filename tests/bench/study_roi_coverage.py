@@ -31,8 +31,7 @@ def replicate(root: Path, seed: int, customers: int, history: int, operated: int
     from mlops_nb.settings import sandbox_settings
     from mlops_nb.warehouse import load_warehouse
     cfg = sandbox_settings(root, lake_customers=customers, lake_months=history + operated,
-                           lake_history_months=history, lake_scenario="stable", lake_seed=seed, gate_n_boot=50,
-                           paths_notebooks=str(Path(__file__).resolve().parents[2] / "nbs"))   # for a retraining
+                           lake_history_months=history, lake_scenario="stable", lake_seed=seed, gate_n_boot=50)
     generate_lake(cfg); load_warehouse(cfg); write_features(cfg)
     sandbox_champion(cfg, params={"max_iter": 60}, threshold=0.05)   # a list of hundreds, a control group of dozens
     bad = [f"{r.month}: {r.status}" for r in operate(cfg, say=lambda s: None) if r.status not in ("ok", "held_back")]
