@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,8 @@ __all__ = ['DATASET_MAX_ROWS', 'FeatureSpec', 'frame_digest', 'frame_schema', 'p
            'connect_warehouse', 'warehouse_content_hash', 'save_feature_query', 'save_feature_table',
            'partition_fingerprints', 'read_feature_inputs', 'first_changed_month', 'months_to_rebuild',
            'save_feature_months', 'no_feature_table', 'read_feature_spec', 'feature_table_source', 'load_feature_table',
-           'table_exists', 'held_partitions', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest',
-           'large_feature_dataset']
+           'table_exists', 'held_partitions', 'has_columns', 'month_profile', 'missing_profile', 'feature_dataset',
+           'sql_digest', 'large_feature_dataset']
 
 # %% ../nbs/05_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -187,13 +187,14 @@ def first_changed_month(before: Mapping[tuple[str, str], str], now: Mapping[tupl
     return min((m for k in before.keys() | now.keys() if before.get(k) != now.get(k) for _, m in [k]), default=None)
 
 def months_to_rebuild(con, build: str,   # the digest of the SQL that will build the table
+                      now: Mapping[tuple[str, str], str],   # the warehouse's partitions (`partition_fingerprints`)
                       ) -> str | None:
     """'' to build every month, 'YYYY-MM' to rebuild from that month on, None when nothing the feature table was built
     from has changed since."""
     if not table_exists(con, TABLE_FEATURES): return ""
     before, built = read_feature_inputs(con)
     if not before or built != build: return ""
-    return first_changed_month(before, partition_fingerprints(con))
+    return first_changed_month(before, now)
 
 def _save_inputs(con, inputs: Mapping[tuple[str, str], str] | None, build: str) -> None:
     "Record the partitions the feature table now reflects (inside the caller's transaction); none: forget them."
@@ -289,11 +290,16 @@ def held_partitions(con) -> set[tuple[str, str]]:
     return {(s, m) for s, m in con.execute(f"SELECT source, month FROM {TABLE_HELD_BACK} WHERE released_in IS "
                                            "NULL").fetchall()}
 
+def has_columns(con, name: str, columns: Sequence[str]) -> bool:
+    "Whether table `name` ('schema.table') exists with every one of `columns`."
+    schema, table = name.split(".", 1)
+    found = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND "
+                                       "table_name = ?", [schema, table]).fetchall()}
+    return bool(found) and set(columns) <= found
+
 def _has_contacts(con) -> bool:
     "Whether the warehouse has campaign records with a `contacted` flag (the synthetic lake's; not your own table)."
-    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = "
-                            "'campaigns' AND column_name IN ('customer_key', 'month', 'contacted')",
-                            [TABLE_STAGING_SCHEMA]).fetchone()[0] == 3)
+    return has_columns(con, f"{TABLE_STAGING_SCHEMA}.campaigns", ("customer_key", "month", "contacted"))
 
 # %% ../nbs/05_contracts.ipynb #f4e7c5d9
 def month_profile(con, table: str = TABLE_FEATURES, target: str = "churned_next",

@@ -136,7 +136,7 @@ def staging_views(con, schema: str = "staging",
             where.append(f'left(CAST("{m[t]["arrival"]}" AS VARCHAR), 7) NOT IN ({listed})')
         if since and t in WINDOWED:   # on the stored column, so DuckDB skips the older row groups unread
             col, back = m[t][WINDOWED[t][0]], WINDOWED[t][1]
-            lo, ty = shift_month(since, -back), types[(t, m[t][WINDOWED[t][0]])]
+            lo, ty = shift_month(since, -back), types[(t, col)]
             where.append(f'"{col}" >= ' + (f"'{lo}'" if ty == "VARCHAR" else f"CAST('{lo}-01' AS {ty})"))
         return f"(SELECT * FROM {schema}.{t} WHERE {' AND '.join(where)})" if where else f"{schema}.{t}"
     cu = m["customers"]
@@ -542,7 +542,8 @@ def write_features(cfg: Settings, full: bool = False) -> FeatureWrite:
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"SET memory_limit = '{cfg.features.memory_limit}'")   # beyond it DuckDB spills to <warehouse>.tmp
         con.execute("SET preserve_insertion_order = true")
-        since, inputs = ("" if full else months_to_rebuild(con, build)), partition_fingerprints(con)
+        inputs = partition_fingerprints(con)
+        since = "" if full else months_to_rebuild(con, build, inputs)
         if since is None:
             staging_views(con)
             n = con.execute(f"SELECT count(*) FROM {TABLE_FEATURES}").fetchall()[0][0]

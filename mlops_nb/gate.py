@@ -402,11 +402,9 @@ def quality_status(cfg: Settings,
 def failures_outside(warehouse: Path, run_id: str, months: Sequence[str]) -> str | None:
     """For a failed quality run: the months of its blocking failures (held-back partitions aside) if none of them is in
     `months` and none is a whole-table failure, as text; None if a failure concerns the training data."""
-    from mlops_nb.contracts import duckdb_connect
+    from mlops_nb.contracts import duckdb_connect, has_columns
     with duckdb_connect(warehouse, read_only=True) as con:
-        held = "NOT coalesce(held, false)" if con.execute(
-            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'quality' AND table_name = "
-            "'results' AND column_name = 'held'").fetchone()[0] else "true"
+        held = "NOT coalesce(held, false)" if has_columns(con, TABLE_QUALITY_RESULTS, ("held",)) else "true"
         bad = [m for (m,) in con.execute(f"SELECT DISTINCT month FROM {TABLE_QUALITY_RESULTS} WHERE run_id = ? AND "
                                          f"severity = 'blocking' AND NOT passed AND {held}", [run_id]).fetchall()]
     if any(m is None or m in set(months) for m in bad): return None

@@ -16,13 +16,13 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .catalog import TABLE_ACTIONS, TABLE_FEATURES, TABLE_ROI_MONTHS, TABLE_STAGING_SCHEMA
-from .contracts import read_feature_spec, table_exists
+from .contracts import has_columns, read_feature_spec, table_exists
 from .settings import CharterSettings, Settings
 from .stats import _z, newcombe_difference
 
 # %% auto #0
 __all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'month_roi', 'to_date_roi', 'oracle_month', 'roi_rows', 'store_roi',
-           'measure_roi', 'roi_metrics']
+           'stored_truths', 'measure_roi', 'roi_metrics']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -38,11 +38,6 @@ ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figu
 SCOPES = ("month", "to_date")   # a month's own campaign; every measured month up to it, pooled
 
 # %% ../nbs/48_roi.ipynb #48ef0007
-def _has_column(con, table: str, column: str) -> bool:
-    schema, name = table.split(".", 1)
-    return bool(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-                            "AND column_name = ?", [schema, name, column]).fetchone()[0])
-
 def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
     """The listed and control customers of every month in the action log whose labels have all arrived: month,
     customer_key, action, policy, model_version, p, expected_profit, y (churned), accepted (None: the CRM does not
@@ -53,7 +48,7 @@ def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
     camp = f"{TABLE_STAGING_SCHEMA}.campaigns"
     accepted = "NULL::BOOLEAN"
     join = ""
-    if table_exists(con, camp) and all(_has_column(con, camp, c) for c in ("customer_key", "month", "accepted")):
+    if has_columns(con, camp, ("customer_key", "month", "accepted")):
         join = (f"LEFT JOIN (SELECT customer_key, CAST(month AS VARCHAR) AS month, bool_or(accepted) AS accepted "
                 f"FROM {camp} GROUP BY ALL) c ON c.customer_key = a.customer_key AND c.month = a.month")
         accepted = "coalesce(c.accepted, false)"
@@ -140,13 +135,15 @@ def oracle_month(cfg: Settings, month: str) -> dict[str, float] | None:
     return dict(oracle_uplift=retained / len(listed), oracle_retained=retained)
 
 # %% ../nbs/48_roi.ipynb #48ef0019
-def roi_rows(cfg: Settings, selected: pd.DataFrame, computed_in: str = "") -> pd.DataFrame:
+def roi_rows(cfg: Settings, selected: pd.DataFrame, computed_in: str = "",
+             truths: dict[str, dict[str, float]] | None = None,   # oracle figures already read, by month
+             ) -> pd.DataFrame:
     "roi.months' rows: each measured month, and the campaign to date at each of them."
-    rows, months = [], []
+    rows, months, truths = [], [], truths or {}
     first = str(selected.month.min()) if len(selected) else ""
     for month, g in selected.groupby("month", sort=True):
         m = month_roi(g, cfg.charter)
-        truth = oracle_month(cfg, str(month))
+        truth = truths.get(str(month)) or oracle_month(cfg, str(month))
         if truth:
             m |= truth | {"oracle_net": truth["oracle_retained"] * cfg.charter.customer_value - m["campaign_cost"]}
         months.append(m)
@@ -169,9 +166,16 @@ def store_roi(con, rows: pd.DataFrame) -> None:
         con.execute(f"INSERT INTO {TABLE_ROI_MONTHS} SELECT {casts} FROM _roi")
         con.unregister("_roi")
 
+def stored_truths(con) -> dict[str, dict[str, float]]:
+    "The oracle figures roi.months already holds, by month: a resolved month's truth never changes, so it is read once."
+    if not table_exists(con, TABLE_ROI_MONTHS): return {}
+    rows = con.execute(f"SELECT month, oracle_uplift, oracle_retained FROM {TABLE_ROI_MONTHS} WHERE scope = 'month' "
+                       "AND oracle_retained IS NOT NULL").fetchall()
+    return {m: dict(oracle_uplift=u, oracle_retained=r) for m, u, r in rows}
+
 def measure_roi(cfg: Settings, con, computed_in: str = "") -> pd.DataFrame:
     "Measure every month whose labels have arrived, store roi.months and return it."
-    rows = roi_rows(cfg, selected_outcomes(con, cfg), computed_in)
+    rows = roi_rows(cfg, selected_outcomes(con, cfg), computed_in, stored_truths(con))
     con.execute("BEGIN TRANSACTION")
     try: store_roi(con, rows); con.execute("COMMIT")
     except BaseException: con.execute("ROLLBACK"); raise

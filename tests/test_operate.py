@@ -144,6 +144,14 @@ def test_the_campaign_is_measured_against_its_control_group_once_its_labels_arri
     assert july.metrics["roi.uplift"] == pytest.approx(roi.uplift.iloc[2])
     out = run_cli("--settings", str(cfg.source), "roi")
     assert out.returncode == 0 and "2025-07" in out.stdout and "to_date" in out.stdout, out.stderr
+    from mlops_nb.contracts import connect_warehouse
+    from mlops_nb.roi import measure_roi
+    truth = Path(cfg.paths.oracle) / "truth" / "month=2025-06" / "truth.parquet"
+    truth.rename(truth.with_suffix(".away"))
+    try:                                # a measured month's truth is read once: the stored figures serve after
+        with connect_warehouse(cfg, read_only=False) as con: again = measure_roi(cfg, con, "2025-08")
+    finally: truth.with_suffix(".away").rename(truth)
+    assert again.oracle_uplift.tolist() == pytest.approx(roi.oracle_uplift.tolist(), nan_ok=True)
 
 
 def test_a_young_world_whose_reference_lacks_a_feature_is_operated_and_reported(tmp_path):
