@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from mlops_nb.catalog import (
@@ -52,11 +53,12 @@ from mlops_nb.report import (
 from .scorecard import CandidateEvaluation, evaluate_scores, jsonable
 from .settings import CharterSettings, Settings
 from .stats import paired_auc_difference
+from .value import budget_contacts, contact_policy, expected_profit
 
 # %% auto #0
 __all__ = ['EXPLAIN_ROWS', 'rows_digest', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'select_candidate',
-           'evaluation_metrics', 'evaluation_figures', 'log_candidate_evaluation', 'EvaluationResult', 'champion_gaps',
-           'run_evaluate']
+           'value_difference', 'select_by_value', 'evaluation_metrics', 'evaluation_figures',
+           'log_candidate_evaluation', 'EvaluationResult', 'champion_gaps', 'run_evaluate']
 
 # %% ../nbs/46_evaluate.ipynb #2b6233ca
 def rows_digest(df: pd.DataFrame) -> str:
@@ -116,6 +118,61 @@ def select_candidate(names: Sequence[str],               # the candidates' names
     interval = f"{names[best]} − blend validation AUC {diff:+.4f}, {confidence:.0%} interval {lo:+.4f} to {hi:+.4f}"
     if lo > 0: return best, f"highest validation ROC AUC, beyond the noise of the blend ({interval})"
     return b, f"the blend: the best single model does not beat it beyond the noise ({interval})"
+
+# %% ../nbs/46_evaluate.ipynb #se1ect02
+def value_difference(y: np.ndarray,                  # 0/1 outcomes of the rows both policies judged
+                     contact_a: np.ndarray,          # policy a's contacts (bool per row)
+                     contact_b: np.ndarray,          # policy b's contacts
+                     charter: CharterSettings,
+                     months: np.ndarray | None = None,  # each row's month (value per month); None = one month
+                     confidence: float = 0.95,
+                     ) -> tuple[float, float, float]:
+    "Realised value per month of policy a minus policy b on the same rows, with a paired normal interval."
+    gain = expected_profit(np.asarray(y, float), charter)
+    d = np.where(contact_a, gain, 0.0) - np.where(contact_b, gain, 0.0)
+    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
+    half = (norm.ppf(0.5 + confidence / 2) * math.sqrt(len(d)) * d.std(ddof=1) / n_months) if len(d) > 1 else math.inf
+    diff = float(d.sum() / n_months)
+    return diff, diff - half, diff + half
+
+# %% ../nbs/46_evaluate.ipynb #se1ect03
+def select_by_value(names: Sequence[str],            # the candidates' names
+                    valid_auc: Sequence[float],      # their validation ROC AUC (the tie-breaker)
+                    y_valid: np.ndarray,             # the validation labels
+                    p_valid: Sequence[np.ndarray],   # their calibrated validation probabilities
+                    contacts: Sequence[np.ndarray],  # their policies' validation contacts
+                    charter: CharterSettings,
+                    months: np.ndarray | None = None,  # the validation rows' months
+                    n_boot: int = 400, seed: int = 0, confidence: float = 0.95,
+                    ) -> tuple[int, str, list[dict[str, Any]]]:
+    """(index of the selected candidate, the rule that chose it, one row per candidate): the highest validation value,
+    unless others are within its noise — then validation AUC decides among those tied."""
+    gain = expected_profit(np.asarray(y_valid, float), charter)
+    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
+    values = [float(gain[np.asarray(c, bool)].sum() / n_months) for c in contacts]
+    lead = max(range(len(names)), key=lambda i: (values[i], valid_auc[i]))
+    table, tied = [], []
+    for i, name in enumerate(names):
+        diff, lo, hi = (0.0, 0.0, 0.0) if i == lead else value_difference(y_valid, contacts[lead], contacts[i],
+                                                                            charter, months, confidence)
+        if i == lead or lo <= 0: tied.append(i)
+        table.append(dict(candidate=name, valid_value_per_month=values[i], valid_auc=float(valid_auc[i]),
+                          behind_leader=diff, behind_lo=lo, behind_hi=hi, tied_with_leader=i in tied))
+    money = lambda v: f"R$ {v:,.0f}"
+    if len(tied) == 1:
+        others = [t for t in table if t["candidate"] != names[lead]]
+        nearest = min(others, key=lambda t: t["behind_leader"], default=None)
+        margin = (f", {money(nearest['behind_leader'])} a month more than the next ({nearest['candidate']}; "
+                  f"{confidence:.0%} interval {money(nearest['behind_lo'])} to {money(nearest['behind_hi'])})"
+                  if nearest else "")
+        return lead, (f"highest value on validation: {names[lead]}'s policy earns {money(values[lead])} a month"
+                      f"{margin}"), table
+    sub = [names[i] for i in tied]
+    j, auc_rule = select_candidate(sub, [valid_auc[i] for i in tied], y_valid, [p_valid[i] for i in tied],
+                                   n_boot, seed, confidence)
+    spread = ", ".join(f"{names[i]} {money(values[i])}" for i in tied)
+    return tied[j], (f"tied on value — within the noise of the best on validation ({spread} a month) — so the "
+                     f"tie-breaker decides: {auc_rule}"), table
 
 # %% ../nbs/46_evaluate.ipynb #9e946d82
 def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[str, float]:
@@ -196,6 +253,7 @@ class EvaluationResult:
                          "ECE raw→final": f"{ev.calibration['ece_raw']:.3f}→{ev.calibration['ece']:.3f} "
                                           f"({ev.calibration['method']})",
                          "threshold": b["threshold"], "contacts/month": b["contacts_per_month"],
+                         "valid value/month R$": b.get("valid_profit_per_month", np.nan),
                          "profit/month R$": b["profit_per_month"],
                          "churn reduction": b["churn_reduction"], "meets charter": b["verdict"]["meets"],
                          "worst gap": (f"{worst['attribute']} {worst['metric']} {worst['difference']:.3f}"
@@ -252,7 +310,8 @@ def run_evaluate(cfg: Settings,                  # run settings
         X_valid, X_test = model_input(valid, spec), model_input(test, spec)   # what a served model receives
         sample = X_test.sample(min(len(test), EXPLAIN_ROWS), random_state=seed)
         scores = pd.DataFrame({"y": y_test})
-        evaluations, importances, p_valids = [], {}, []
+        months_valid = valid[spec.time_column].astype(str).to_numpy() if spec.time_column else None
+        evaluations, importances, p_valids, contacts = [], {}, [], []
         for c in candidates:
             name = _candidate_name(c)
             p_v, p_t = c.pipeline.predict_proba(X_valid)[:, 1], c.pipeline.predict_proba(X_test)[:, 1]
@@ -264,21 +323,27 @@ def run_evaluate(cfg: Settings,                  # run settings
                            params=jsonable(dict(c.params or {})), scores_column=f"p_{c.run_id}")
             try: importances[name] = importance_frame(explain.global_importance(c.pipeline, sample))
             except Exception as e: ev.info["importance_error"] = f"{type(e).__name__}: {e}"
+            scores[ev.info["scores_column"]] = ev.calibrator(p_t) if ev.calibrator else p_t
+            p_valids.append(ev.calibrator(p_v) if ev.calibrator else p_v)
+            # the candidate's own policy on the validation rows: what selection by value compares
+            contacts.append(contact_policy(p_valids[-1], ev.business["threshold"], budget_contacts(cfg.charter),
+                                           months_valid))
+            evaluations.append(ev)
+        sel, rule, by_value = select_by_value([ev.name for ev in evaluations],
+                                              [ev.metrics["valid_roc_auc"] for ev in evaluations], y_valid, p_valids,
+                                              contacts, cfg.charter, months_valid, gate.n_boot, seed, gate.confidence)
+        for i, (c, ev) in enumerate(zip(candidates, evaluations)):
+            ev.business["valid_profit_per_month"] = by_value[i]["valid_value_per_month"]
+            ev.info["selection"] = dict(selected=i == sel, winner=evaluations[sel].name, rule=rule, table=by_value)
             with mlflow.start_run(run_id=c.run_id, nested=True):
                 ev.info["model_uri"] = package.log_packaged_model(
                     c.pipeline, spec, min(ev.business["threshold"], 1.0),       # ∞ (no contact pays) is served as 1.0
                     calibrator=ev.calibrator.as_transformer() if ev.calibrator else None, input_example=valid.head(5),
                     # beside training's raw "model" in the same run
                     name="packaged_model")
-                log_candidate_evaluation(ev, model_card(ev, cfg.charter, data, importances.get(name)),
-                                         importances.get(name))
+                log_candidate_evaluation(ev, model_card(ev, cfg.charter, data, importances.get(ev.name)),
+                                         importances.get(ev.name))
                 mlflow.set_tag(TAG_EVALUATION_RUN_ID, run.info.run_id)
-            scores[ev.info["scores_column"]] = ev.calibrator(p_t) if ev.calibrator else p_t
-            p_valids.append(ev.calibrator(p_v) if ev.calibrator else p_v)
-            evaluations.append(ev)
-        sel, rule = select_candidate([ev.name for ev in evaluations],
-                                     [ev.metrics["valid_roc_auc"] for ev in evaluations], y_valid, p_valids,
-                                     gate.n_boot, seed, gate.confidence)
         champion = current_champion(cfg)
         if champion:
             try: scores["champion"] = pyfunc_probabilities(champion["model_uri"], X_test)
@@ -294,7 +359,7 @@ def run_evaluate(cfg: Settings,                  # run settings
                                  fairness_bound=gate.fairness_bound,
                                  min_group_rows=gate.min_group_rows),
                    selected=dict(index=sel, name=evaluations[sel].name, run_id=evaluations[sel].info["run_id"],
-                                 model_uri=evaluations[sel].info["model_uri"], rule=rule),
+                                 model_uri=evaluations[sel].info["model_uri"], rule=rule, by_value=by_value),
                    candidates=[ev.to_dict() for ev in evaluations], champion=champion,
                    baseline=dict(name=base_name, scores_column="baseline",
                                  roc_auc=float(roc_auc_score(y_test, scores["baseline"]))

@@ -24,7 +24,7 @@ from .settings import CharterSettings
 
 # %% auto #0
 __all__ = ['Block', 'CARD_SECTIONS', 'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame',
-           'plot_importance', 'render_markdown', 'render_html', 'ModelCard', 'model_card']
+           'plot_importance', 'render_markdown', 'render_html', 'selection_blocks', 'ModelCard', 'model_card']
 
 # %% ../nbs/45_report.ipynb #963564ce
 def plot_reliability(ev: CandidateEvaluation) -> Figure:
@@ -166,8 +166,22 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
     head = f"<head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head>"
     return f"<!doctype html><html>{head}<body>{''.join(out)}</body></html>\n"
 
-CARD_SECTIONS = ("Intended use", "Data", "Metrics", "Calibration", "Business value", "Fairness", "Explanations",
-                 "Limitations", "Charter verdict")
+CARD_SECTIONS = ("Intended use", "Data", "Metrics", "Calibration", "Business value", "Selection", "Fairness",
+                 "Explanations", "Limitations", "Charter verdict")
+
+# %% ../nbs/45_report.ipynb #se1ect05
+def selection_blocks(name: str, selection: Mapping[str, Any] | None) -> list[Block]:
+    "The card's Selection section: whether this candidate was chosen, the rule's sentence, and the value table."
+    if not selection: return [("p", "Evaluated on its own: no selection among candidates was recorded.")]
+    head = ("Selected" if selection["selected"] else f"Not selected (the evaluation chose {selection['winner']})") + \
+        f" — {selection['rule']}."
+    t = pd.DataFrame(selection["table"]).rename(columns={
+        "valid_value_per_month": "validation value / month, R$", "valid_auc": "validation ROC AUC",
+        "behind_leader": "behind the leader, R$", "behind_lo": "… lower", "behind_hi": "… upper",
+        "tied_with_leader": "tied with the leader"})
+    return [("p", head + " Value: the realised profit of the candidate's own policy (calibrated probabilities, "
+                  "threshold, monthly budget) on the validation labels; tied = the leader's lead is within its "
+                  "interval."), ("table", t)]
 
 # %% ../nbs/45_report.ipynb #cacbd923
 @dataclass(frozen=True)
@@ -232,11 +246,13 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
             f"On {m['rows']:,} test rows ({m['churners']:,} churners) the model never saw; intervals are {conf}% "
             "bootstrap percentile intervals."),
            ("table", pd.DataFrame(rows, columns=["metric", "value", "lower", "upper"]))]
-    cal_text = (f"The raw probabilities had an ECE of {c['ece_raw']:.3f} (limit {c['max_ece']}); a {c['method']} "
-                f"calibrator fitted on the validation split brings it to {c['ece']:.3f} on test and is packaged with "
-                "the model." if c["method"] != "none" else
-                f"ECE {c['ece']:.3f} over {c['n_bins']} equal-mass bins (limit {c['max_ece']}): no recalibration "
-                "needed.")
+    v = c.get("ece_valid_raw")
+    on_valid = f"an ECE of {v:.3f} on the validation rows" if v is not None and v == v else "the validation rows"
+    cal_text = (f"The raw probabilities had {on_valid} (limit {c['max_ece']}), so a {c['method']} calibrator was "
+                f"fitted there; on test the ECE goes from {c['ece_raw']:.3f} to {c['ece']:.3f}, and the calibrator is "
+                "packaged with the model." if c["method"] != "none" else
+                f"The raw probabilities had {on_valid} (limit {c['max_ece']}): no recalibration. On test: ECE "
+                f"{c['ece']:.3f} over {c['n_bins']} equal-mass bins.")
     bl += [("h2", "Calibration"), ("p", cal_text),
            ("table", pd.DataFrame(c["reliability"])[["bin", "rows", "mean_predicted", "observed_rate"]])]
     biz = [("threshold (contact if p ≥)", b["threshold"]), ("break-even probability", b["break_even"]),
@@ -255,6 +271,7 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
             "the calibrated probabilities (with calibrated scores it sits at the break-even probability); figures "
             "below are on test."),
            ("table", pd.DataFrame(biz, columns=["quantity", "value"]))]
+    bl += [("h2", "Selection"), *selection_blocks(ev.name, info.get("selection"))]
     bl += [("h2", "Fairness")]
     if ev.fairness:
         gaps = pd.DataFrame(ev.fairness["gaps"])

@@ -102,13 +102,13 @@ def evaluate_scores(name: str,                                # candidate label
     y_valid, y_test = np.asarray(y_valid, int), np.asarray(y_test, int)
     p_valid, p_test = np.asarray(p_valid, float), np.asarray(p_test, float)
     nb, conf = gate.n_boot, gate.confidence
-    # calibration: measured on test; fixed on validation when over the limit
-    ece_raw, cal = expected_calibration_error(y_test, p_test, n_bins), None
-    if ece_raw > gate.max_ece and len(np.unique(y_valid)) == 2:
-        cal = fit_calibrator(y_valid, p_valid, "auto", seed)
-        p_valid_c, p_test_c = cal(p_valid), cal(p_test)
-    else: p_valid_c, p_test_c = p_valid, p_test
-    calibration = dict(method=cal.method if cal else "none", ece_raw=ece_raw,
+    # calibration: decided and fitted on validation (the test rows choose nothing), then measured on test
+    two = len(np.unique(y_valid)) == 2
+    ece_valid_raw = expected_calibration_error(y_valid, p_valid, n_bins) if two else float("nan")
+    cal = fit_calibrator(y_valid, p_valid, "auto", seed) if two and ece_valid_raw > gate.max_ece else None
+    p_valid_c, p_test_c = (cal(p_valid), cal(p_test)) if cal else (p_valid, p_test)
+    ece_raw = expected_calibration_error(y_test, p_test, n_bins)
+    calibration = dict(method=cal.method if cal else "none", ece_raw=ece_raw, ece_valid_raw=ece_valid_raw,
                        ece=expected_calibration_error(y_test, p_test_c, n_bins),
                        max_ece=gate.max_ece, n_bins=n_bins, brier_raw=float(brier_score_loss(y_test, p_test)),
                        reliability_raw=reliability_table(y_test, p_test, n_bins),

@@ -92,6 +92,11 @@ def test_ece_near_zero_when_calibrated_large_when_distorted_and_the_fix_reduces_
     assert ev.calibration["method"] != "none" and ev.calibration["ece"] < gate.max_ece < ev.calibration["ece_raw"]
     assert ev.calibrator is not None
     assert evaluate_scores("c", yv, pv, y, p, CHARTER, gate).calibration["method"] == "none"
+    # the test rows decide nothing: calibrated validation, distorted test -> no calibrator (and the report shows the
+    # test's poor ECE); distorted validation, calibrated test -> calibrated all the same
+    ev = evaluate_scores("t", yv, pv, y, distorted, CHARTER, gate)
+    assert ev.calibration["method"] == "none" and ev.calibration["ece_raw"] > 0.15 > ev.calibration["ece_valid_raw"]
+    assert evaluate_scores("v", yv, pv ** 0.5, y, p, CHARTER, gate).calibration["method"] != "none"
 
 
 def test_bootstrap_intervals_cover_the_true_value():
