@@ -526,8 +526,12 @@ def serve(cfg: Settings,                # the run settings (their file is what t
     overrides = {k: v for k, v in dict(host=host, port=port, workers=workers, **api_overrides).items() if v is not None}
     for k, v in overrides.items(): os.environ[f"MLOPS_API__{k.upper()}"] = str(v)
     os.environ[ENV_SETTINGS] = str(cfg.source)
-    api = load_settings(cfg.source).api                     # validates the overrides now, with clear errors
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(var, "1")
+    loaded = load_settings(cfg.source)                      # validates the overrides now, with clear errors
+    api = loaded.api
+    # one thread per worker (a one-row request gains nothing from more), or an even share of `[compute] threads`
+    per_worker = max(1, loaded.compute.threads // api.workers) if loaded.compute.threads else 1
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(per_worker))
     if api.host not in ("127.0.0.1", "localhost", "::1") and api.auth == "none":
         log.warning("listening on %s with [api] auth = none: anyone who can reach it can score and read explanations",
                     api.host)

@@ -29,13 +29,13 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TAG_REGISTER_STATUS', 'TAG_REGISTER_APPROVED', 'TAG_STATUS', 'ART_SETTINGS', 'ART_RUN_SETTINGS',
            'ART_NOTEBOOK_DIR', 'ART_LAKE_MANIFEST', 'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION', 'ART_ETL_QUARANTINE',
            'ART_ETL_SUMMARY', 'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC', 'ART_FEATURES_MISSING',
-           'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_EVALUATION_DIR', 'ART_EVALUATION',
-           'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_IMPORTANCE', 'ART_GATE_DECISION',
-           'ART_GATE_OVERRIDE', 'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML',
-           'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
-           'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
-           'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
-           'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
+           'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF', 'ART_EVALUATION_DIR',
+           'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_IMPORTANCE',
+           'ART_GATE_DECISION', 'ART_GATE_OVERRIDE', 'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH',
+           'ART_MONITOR_DRIFT_HTML', 'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE',
+           'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED',
+           'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT',
+           'AUDIT_ALERT_RAISED', 'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
            'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
            'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
            'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
@@ -45,9 +45,9 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION',
            'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
            'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
-           'SECTION_OPERATE', 'SECTION_ALERTS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_SCORER',
-           'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'Name', 'name',
-           'tag_filter', 'catalog_frame']
+           'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
+           'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
+           'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -189,6 +189,8 @@ ART_FEATURES_MISSING = name("artifact", "features/missing_share.json", "features
 ART_BYOD_LOAD = name("artifact", "byod/load.json", "byod", "people", "what loading your own table did")
 ART_TRAIN_SPEC = name("artifact", "feature_spec.json", "train", "people", "the spec the candidates were trained on")
 ART_TRAIN_CANDIDATES = name("artifact", "candidates.json", "train", "people", "one row per candidate")
+ART_TRAIN_OOF = name("artifact", "oof/predictions.parquet", "train", "evaluate",
+                     "a cross-validated candidate's out-of-fold probabilities of the validated rows, in order")
 ART_EVALUATION_DIR = name("artifact", "evaluation", "evaluate", "gate", "the evaluation's folder")
 ART_EVALUATION = name("artifact", "evaluation/evaluation.json", "evaluate", "gate", "every figure of the evaluation")
 ART_EVALUATION_SCORES = name("artifact", "evaluation/scores.parquet", "evaluate", "gate",
@@ -299,6 +301,8 @@ SECTION_GATE = name("section", "gate", "settings", "scorecard, gate, registry", 
 SECTION_API = name("section", "api", "settings", "api, worker, served", "the scoring API")
 SECTION_OPERATE = name("section", "operate", "settings", "campaign, operate", "the monthly loop")
 SECTION_ALERTS = name("section", "alerts", "settings", "alerts", "alert rules and where alerts go")
+SECTION_COMPUTE = name("section", "compute", "settings", "compute, contracts, train, score, api",
+                       "thread pools sized to the CPUs free")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a131
 ENV_SETTINGS = name("env", "MLOPS_SETTINGS", "cli, api", "api workers", "the settings file (default ./settings.ini)")

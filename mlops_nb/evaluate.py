@@ -39,6 +39,7 @@ from mlops_nb.catalog import (
     TAG_EVALUATION_SELECTED_RUN_ID,
     TAG_EVALUATION_VERDICT,
 )
+from .compute import configured_threads, thread_limits
 from .oracle import feature_ceiling, oracle_truth
 from mlops_nb.report import (
     ModelCard,
@@ -58,7 +59,7 @@ from .value import budget_contacts, contact_policy, expected_profit
 # %% auto #0
 __all__ = ['EXPLAIN_ROWS', 'rows_digest', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'select_candidate',
            'value_difference', 'select_by_value', 'evaluation_metrics', 'evaluation_figures',
-           'log_candidate_evaluation', 'EvaluationResult', 'champion_gaps', 'run_evaluate']
+           'log_candidate_evaluation', 'EvaluationResult', 'champion_gaps', 'validation_probabilities', 'run_evaluate']
 
 # %% ../nbs/46_evaluate.ipynb #2b6233ca
 def rows_digest(df: pd.DataFrame) -> str:
@@ -272,6 +273,21 @@ def champion_gaps(p: np.ndarray, y: np.ndarray, sensitive: pd.DataFrame, months:
     return policy_gaps(y, contact, sensitive, min_group_rows)
 
 # %% ../nbs/46_evaluate.ipynb #d13ff6ee
+def validation_probabilities(c: Any,                 # a loaded train.Candidate
+                             valid: pd.DataFrame,    # the split's validation rows, in order
+                             X_valid: pd.DataFrame,  # the same rows as the model's input
+                             spec: Any,              # the feature spec (its key columns)
+                             ) -> np.ndarray:
+    """The candidate's validation probabilities: its out-of-fold ones when training cross-validated (checked row by row
+    against the validation rows), else its model's predictions of the held-out part."""
+    if getattr(c, "oof", None) is None: return c.pipeline.predict_proba(X_valid)[:, 1]
+    keys = [spec.id_column] + ([spec.time_column] if spec.time_column else [])
+    if len(c.oof) != len(valid) or not c.oof[keys].equals(valid[keys].reset_index(drop=True).astype(str)):
+        raise RuntimeError(f"the out-of-fold probabilities of {c.family} (run {c.run_id}) are not of this split's "
+                           "validation rows: was the feature table or [train] cv_* changed since training? Train "
+                           "again.")
+    return c.oof["p"].to_numpy(float)
+
 EXPLAIN_ROWS = 500   # test rows sampled for global importance (explanations cost more than scoring)
 
 def _candidate_name(c: Any) -> str: return str(getattr(c, "family", None) or getattr(c, "name", "candidate"))
@@ -288,9 +304,11 @@ def run_evaluate(cfg: Settings,                  # run settings
     from mlops_nb.catalog import TABLE_FEATURES
     from mlops_nb.tracking import mlflow, phase_run
     seed, gate = cfg.train.seed, cfg.gate
-    with phase_run(cfg, PHASE_EVALUATE, run_id=mlflow_run_id) as run:
+    # its fits (calibrators, the inputs' ceiling) and scoring held to the CPUs free
+    with thread_limits(configured_threads(cfg)), phase_run(cfg, PHASE_EVALUATE, run_id=mlflow_run_id) as run:
         df, spec = load_feature_table(cfg)
-        split = split_frame(df, spec, seed=seed)            # the same rows as training saw
+        split = split_frame(df, spec, seed=seed, cv_max_rows=cfg.train.cv_max_rows,   # the rows training saw
+                            cv_folds=cfg.train.cv_folds)
         candidates = train.load_candidates(cfg, train_run_id)
         if not candidates: raise RuntimeError("no trained candidates found: run the train phase first")
         valid, test = split.valid.reset_index(drop=True), split.test.reset_index(drop=True)
@@ -310,11 +328,11 @@ def run_evaluate(cfg: Settings,                  # run settings
         X_valid, X_test = model_input(valid, spec), model_input(test, spec)   # what a served model receives
         sample = X_test.sample(min(len(test), EXPLAIN_ROWS), random_state=seed)
         scores = pd.DataFrame({"y": y_test})
-        months_valid = valid[spec.time_column].astype(str).to_numpy() if spec.time_column else None
+        months_valid = split.valid_groups()           # budgets apply per month (per fold on a flat CV table)
         evaluations, importances, p_valids, contacts = [], {}, [], []
         for c in candidates:
             name = _candidate_name(c)
-            p_v, p_t = c.pipeline.predict_proba(X_valid)[:, 1], c.pipeline.predict_proba(X_test)[:, 1]
+            p_v, p_t = validation_probabilities(c, valid, X_valid, spec), c.pipeline.predict_proba(X_test)[:, 1]
             ev = evaluate_scores(name, y_valid, p_v, y_test, p_t, cfg.charter, gate, months=months,
                                  sensitive=test[sens] if sens else None, sensitive_valid=valid[sens] if sens else None,
                                  truth=truth, seed=seed)

@@ -8,7 +8,6 @@ Docs: https://mlops-nb.github.io/mlops-nb/score.html.md"""
 # %% ../nbs/57_score.ipynb #8b66d588
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .catalog import AUDIT_BATCH_SCORED, STATUS_PRODUCTION, TABLE_FEATURES
+from .compute import configured_threads, thread_limits
 from .contracts import FeatureSpec, connect_warehouse, read_feature_spec
 from .prediction_log import LINEAGE_KEYS, LOG_SCHEMA, new_request_id, write_log_table
 from .served import ServedModel, load_served_model
@@ -123,7 +123,8 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
     # what the warehouse holds is scored, never refused
     model = load_served_model(cfg, version, unknown_category="missing")
     t1 = time.perf_counter()
-    p = model.scorer.probabilities(model.scorer.encode_frame(df), threads=os.cpu_count() or 1)
+    with thread_limits(configured_threads(cfg)) as threads:      # the CPUs free, not every core
+        p = model.scorer.probabilities(model.scorer.encode_frame(df), threads=threads)
     score_seconds = time.perf_counter() - t1
     t_wall = time.time()
     rid, date = new_request_id(t_wall), time.strftime("%Y-%m-%d", time.gmtime(t_wall))

@@ -17,10 +17,10 @@ from .catalog import ALIAS_CHAMPION
 # %% auto #0
 __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'LakeSettings', 'CharterSettings', 'PrivacySettings',
            'QualitySettings', 'FeaturesSettings', 'ByodSettings', 'TrainSettings', 'GateSettings', 'ApiSettings',
-           'OperateSettings', 'AlertsSettings']
+           'OperateSettings', 'AlertsSettings', 'ComputeSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 4   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 5   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -216,6 +216,13 @@ class TrainSettings:
                                   "the blend candidate averages the log-odds of every family whose validation AUC is "
                                   "within this of the best family's (0 = no blend)", lo=0.0, hi=1.0)
     seed: int = setting(7, "training seed: the same inputs and seed give the same metrics", lo=0, hi=2**32 - 1)
+    cv_max_rows: int = setting(50_000,
+                               "below this many labelled non-test rows, tuning, calibration, the threshold and the "
+                               "selection use K-fold cross-validation (rolling-origin folds when the table has months) "
+                               "and the chosen configuration is refitted on every non-test row; 0 = always one "
+                               "train/validation split", lo=0, since=5)
+    cv_folds: int = setting(5, "folds when cross-validating (the latest months, when the table has months)", lo=2,
+                            hi=20, since=5)
     first_month: str = setting("",
                                "learn only from feature months from this one on, YYYY-MM (empty = every month); a "
                                "retraining sets it to the start of its recent window", pattern=r"|\d{4}-\d{2}",
@@ -344,3 +351,14 @@ class AlertsSettings:
     mail_to: str = setting("", "the alert e-mails' recipients, comma-separated")
     timeout_seconds: float = setting(5.0, "give up on a webhook or SMTP delivery after this many seconds (the alert "
                                      "stays in the JSONL log, marked undelivered)", lo=0.1, hi=300.0)
+
+# %% ../nbs/01_sections.ipynb #c0mpute1
+@dataclass(frozen=True)
+class ComputeSettings:
+    "How many threads the numeric libraries (OpenMP, BLAS, torch, DuckDB) may use."
+    SINCE: ClassVar[int] = 5
+    threads: int = setting(0,
+                           "threads for training, batch scoring and the warehouse's queries; 0 = the CPUs free when "
+                           "the work starts (measured), so a job beside a busy API or another job does not "
+                           "oversubscribe the machine; the API's workers take one each unless this is set", lo=0,
+                           hi=1024)

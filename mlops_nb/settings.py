@@ -27,6 +27,7 @@ from mlops_nb.catalog import (
                               SECTION_API,
                               SECTION_BYOD,
                               SECTION_CHARTER,
+                              SECTION_COMPUTE,
                               SECTION_FEATURES,
                               SECTION_GATE,
                               SECTION_LAKE,
@@ -40,6 +41,7 @@ from mlops_nb.catalog import (
 from mlops_nb.sections import (
     SETTINGS_VERSION,
     AlertsSettings,
+    ComputeSettings,
     ApiSettings,
     ByodSettings,
     CharterSettings,
@@ -72,7 +74,7 @@ SECTIONS: dict[str, type] = {   # the names are the catalog's (every room reads 
     SECTION_CHARTER: CharterSettings,
     SECTION_PRIVACY: PrivacySettings, SECTION_QUALITY: QualitySettings, SECTION_FEATURES: FeaturesSettings,
     SECTION_BYOD: ByodSettings, SECTION_TRAIN: TrainSettings, SECTION_GATE: GateSettings, SECTION_API: ApiSettings,
-    SECTION_OPERATE: OperateSettings, SECTION_ALERTS: AlertsSettings}
+    SECTION_OPERATE: OperateSettings, SECTION_ALERTS: AlertsSettings, SECTION_COMPUTE: ComputeSettings}
 
 @dataclass(frozen=True)
 class Settings:
@@ -90,6 +92,7 @@ class Settings:
     api: ApiSettings
     operate: OperateSettings
     alerts: AlertsSettings
+    compute: ComputeSettings
     source: Path  # the settings file this was read from
     # `<section>.<key>` the file lacked and a later version added: filled from the defaults
     defaulted: tuple[str, ...] = ()

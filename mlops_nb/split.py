@@ -19,7 +19,7 @@ from .contracts import FeatureSpec
 from .settings import SettingsError
 
 # %% auto #0
-__all__ = ['Split', 'split_frame']
+__all__ = ['Split', 'split_frame', 'rolling_origin_folds', 'cross_validation_split']
 
 # %% ../nbs/30_split.ipynb #d7b279ee
 @dataclass
@@ -31,6 +31,22 @@ class Split:
     kind: str            # 'time' (by month) or 'random' (stratified, seeded)
     target: str          # the label column
     time_column: str | None = None
+    # cross-validation (small tables): `train` is every non-test row, `valid` the rows some fold validates (in
+    # fold order), and each fold is (positions in `train` it fits on, positions in `valid` it predicts)
+    folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+
+    @property
+    def cross_validated(self) -> bool:
+        "Whether validation figures come from out-of-fold predictions (small tables) rather than a held-out part."
+        return bool(self.folds)
+
+    def valid_groups(self) -> np.ndarray | None:
+        "Each validation row's month, or its fold on a flat cross-validated table (budgets apply per group)."
+        if self.time_column: return self.valid[self.time_column].astype(str).to_numpy()
+        if not self.folds: return None
+        out = np.empty(len(self.valid), dtype=object)
+        for k, (_, va) in enumerate(self.folds): out[va] = f"fold-{k + 1}"
+        return out
 
     def y(self, part: str) -> np.ndarray:
         "The labels of one part ('train', 'valid' or 'test') as 0/1 integers."
@@ -38,7 +54,7 @@ class Split:
 
     def describe(self) -> dict[str, Any]:
         "Rows, positives, churn rate and months of each part, as flat loggable values."
-        out: dict[str, Any] = {"split_kind": self.kind}
+        out: dict[str, Any] = {"split_kind": self.kind, "cv_folds": len(self.folds)}
         for part in ("train", "valid", "test"):
             d, y = getattr(self, part), self.y(part)
             out.update(
@@ -64,9 +80,15 @@ def split_frame(df: pd.DataFrame, spec: FeatureSpec,
                 test_share: float = 0.2,     # random split: share of rows for the test
                 valid_months: int = 1,       # time split: months for validation
                 test_months: int = 1,        # time split: months for the test
+                cv_max_rows: int = 0,        # fewer labelled non-test rows than this: cross-validate (0 = never)
+                cv_folds: int = 5,           # folds when cross-validating
                 ) -> Split:
-    "Split the labelled rows of `df`: by month when the spec has a time column, else stratified at random."
+    """Split the labelled rows of `df`: by month when the spec has a time column, else stratified at random; small
+    tables keep only the test apart and cross-validate on the rest."""
     lab = _labelled(df, spec)
+    if cv_max_rows and cv_folds >= 2:
+        cv = cross_validation_split(lab, spec, seed, test_share, test_months, cv_max_rows, cv_folds)
+        if cv is not None: return cv
     if spec.time_column:
         months = sorted(lab[spec.time_column].astype(str).unique())
         gap = spec.horizon_months - 1
@@ -92,3 +114,53 @@ def split_frame(df: pd.DataFrame, spec: FeatureSpec,
             raise SettingsError(f"the {name} part of the split has only one class: AUC is undefined (too few labelled "
                                 "rows?)")
     return Split(*parts, kind=kind, target=spec.target, time_column=spec.time_column)
+
+# %% ../nbs/30_split.ipynb #cv5p1it2
+def rolling_origin_folds(months: pd.Series,      # each non-test row's month (as text)
+                         folds: int,             # at most this many folds (the latest months validate)
+                         gap: int,               # months left out between a fold's training and its validation
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+    "(training positions, validation positions) per fold: each of the latest months predicted from the months before."
+    m = months.to_numpy()
+    order = sorted(pd.unique(m))
+    k = min(folds, len(order) - 1 - gap)
+    out = []
+    for v in order[len(order) - k:] if k > 0 else []:
+        first_after_train = order.index(v) - gap
+        out.append((np.flatnonzero(np.isin(m, order[:first_after_train])), np.flatnonzero(m == v)))
+    return out
+
+# %% ../nbs/30_split.ipynb #cv5p1it3
+def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
+                           spec: FeatureSpec,
+                           seed: int, test_share: float, test_months: int,
+                           cv_max_rows: int,     # cross-validate below this many non-test rows
+                           cv_folds: int,
+                           ) -> Split | None:
+    "The test part held out and folds over the rest — or None when the table is too big (or has too few months)."
+    from sklearn.model_selection import StratifiedKFold
+    y = lab[spec.target].astype(int)
+    if spec.time_column:
+        col = lab[spec.time_column].astype(str)
+        months = sorted(col.unique())
+        test_m, gap = months[-test_months:], spec.horizon_months - 1
+        rest = lab[col.isin(months[:len(months) - test_months - gap])]
+        test = lab[col.isin(test_m)]
+        if len(rest) >= cv_max_rows: return None
+        raw = rolling_origin_folds(rest[spec.time_column].astype(str), cv_folds, gap)
+        if len(raw) < 2: return None
+    else:
+        if len(lab) * (1 - test_share) >= cv_max_rows: return None
+        rest, test = train_test_split(lab, test_size=test_share, stratify=y, random_state=seed)
+        splitter = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
+        raw = list(splitter.split(np.zeros(len(rest)), rest[spec.target].astype(int)))
+    # `valid` = the validated rows in fold order; each fold's validation positions re-pointed into it
+    order = np.concatenate([va for _, va in raw])
+    starts = np.cumsum([0] + [len(va) for _, va in raw])
+    folds = tuple((tr, np.arange(starts[k], starts[k + 1])) for k, (tr, _) in enumerate(raw))
+    for name, part in (("test", test), ("cross-validated", rest)):
+        if part[spec.target].nunique() < 2:
+            raise SettingsError(f"the {name} part of the split has only one class: AUC is undefined (too few labelled "
+                                "rows?)")
+    return Split(rest, rest.iloc[order], test, kind="time" if spec.time_column else "random", target=spec.target,
+                 time_column=spec.time_column, folds=folds)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 from sklearn.base import BaseEstimator
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
@@ -24,6 +27,7 @@ from .audit import append_event
 from .candidates import BLEND, LogOddsBlend, blend_members, make_candidate, trial_params
 from mlops_nb.catalog import (
     ART_TRAIN_CANDIDATES,
+    ART_TRAIN_OOF,
     ART_TRAIN_SPEC,
     AUDIT_TRAIN_FINISHED,
     DATASET_TEST,
@@ -45,6 +49,7 @@ from mlops_nb.catalog import (
     TAG_TRIAL,
     tag_filter,
 )
+from .compute import configured_threads, thread_limits
 from .contracts import FeatureSpec, feature_table_source, frame_digest, load_feature_table, pandas_dataset
 from .package import log_pipeline
 from .settings import Settings, SettingsError
@@ -52,9 +57,10 @@ from .split import Split, split_frame
 from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 
 # %% auto #0
-__all__ = ['SPLIT_CONTEXTS', 'score', 'Trial', 'fit_trial', 'tune_family', 'loggable_params', 'split_datasets', 'log_datasets',
-           'TrainResult', 'train_family', 'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate',
-           'latest_train_run', 'load_candidates']
+__all__ = ['SPLIT_CONTEXTS', 'score', 'Trial', 'fit_trial', 'tune_family', 'fold_interval', 'fit_trial_cv', 'refit_on_all',
+           'loggable_params', 'split_datasets', 'log_datasets', 'TrainResult', 'train_family', 'log_oof', 'blend_oof',
+           'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'load_oof', 'latest_train_run',
+           'load_candidates']
 
 # %% ../nbs/35_train.ipynb #bc54f9e7
 def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -71,9 +77,11 @@ class Trial:
     metrics: dict[str, float]         # valid_auc, valid_log_loss
     seconds: float                    # time to fit
     pipeline: Pipeline | None = None  # the fitted pipeline (kept for the best trial only)
+    oof: np.ndarray | None = None     # cross-validated: its out-of-fold probabilities of `split.valid`
 
 def fit_trial(family: str, params: dict[str, Any], split: Split, spec: FeatureSpec, seed: int, index: int = 0) -> Trial:
-    "Fit one configuration on the train part and score it on the validation part."
+    "Fit one configuration on the train part and score it on the validation part (out of fold on small tables)."
+    if split.cross_validated: return fit_trial_cv(family, params, split, spec, seed, index)
     t0 = time.perf_counter()
     pipe = make_candidate(family, params, spec, seed).fit(split.train, split.y("train"))
     seconds = time.perf_counter() - t0
@@ -91,7 +99,38 @@ def tune_family(family: str, split: Split, spec: FeatureSpec,
         t = fit(family, params, split, spec, seed, i)
         if best is None or t.metrics["valid_auc"] > best.metrics["valid_auc"]: best = t
         done.append(Trial(t.family, t.index, t.params, t.metrics, t.seconds))
+    if split.cross_validated: best = refit_on_all(best, split, spec, seed)
     return best, done
+
+# %% ../nbs/35_train.ipynb #cvtr1a02
+def fold_interval(aucs: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    "(mean, lower, upper) of per-fold AUCs: mean ± Student's t × standard error."
+    a = np.asarray(aucs, float)
+    m = float(a.mean())
+    if len(a) < 2: return m, float("nan"), float("nan")
+    half = float(student_t.ppf(0.5 + confidence / 2, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+    return m, m - half, m + half
+
+def fit_trial_cv(family: str, params: dict[str, Any], split: Split, spec: FeatureSpec, seed: int,
+                 index: int = 0) -> Trial:
+    "Fit one configuration per fold; score its out-of-fold probabilities (no fitted pipeline is kept)."
+    t0 = time.perf_counter()
+    y_train, y_valid = split.y("train"), split.y("valid")
+    oof, aucs = np.full(len(split.valid), np.nan), []
+    for tr, va in split.folds:
+        pipe = make_candidate(family, params, spec, seed).fit(split.train.iloc[tr], y_train[tr])
+        oof[va] = pipe.predict_proba(split.valid.iloc[va])[:, 1]
+        if len(np.unique(y_valid[va])) == 2: aucs.append(roc_auc_score(y_valid[va], oof[va]))
+    mean, lo, hi = fold_interval(aucs)
+    metrics = {f"valid_{k}": v for k, v in score(y_valid, oof).items()} | dict(cv_auc_mean=mean, cv_auc_lo=lo,
+                                                                             cv_auc_hi=hi, cv_folds=len(split.folds))
+    return Trial(family, index, dict(params), metrics, time.perf_counter() - t0, None, oof)
+
+def refit_on_all(best: Trial, split: Split, spec: FeatureSpec, seed: int) -> Trial:
+    "The best cross-validated configuration refitted on every non-test row (its out-of-fold scores kept)."
+    t0 = time.perf_counter()
+    pipe = make_candidate(best.family, best.params, spec, seed).fit(split.train, split.y("train"))
+    return dataclasses.replace(best, pipeline=pipe, seconds=best.seconds + time.perf_counter() - t0)
 
 # %% ../nbs/35_train.ipynb #6a4d2495
 def loggable_params(estimator: BaseEstimator, max_len: int = 500) -> dict[str, Any]:
@@ -146,15 +185,17 @@ def _trial_logger(run_id: str, datasets: dict[str, Any]) -> Callable[..., Trial]
         with mlflow.start_run(run_name=f"{family}/trial-{index}", nested=True, tags=tags):
             log_datasets(datasets, ("train", "valid"))
             t = fit_trial(family, params, split, spec, seed, index)
-            mlflow.log_params({**loggable_params(t.pipeline), "family": family, "seed": seed})
+            # the configuration's parameters (a cross-validated trial keeps no fitted pipeline)
+            mlflow.log_params({**loggable_params(make_candidate(family, params, spec, seed)), "family": family,
+                               "seed": seed})
             mlflow.log_metrics({**t.metrics, "fit_seconds": t.seconds})
         return t
     return fit
 
 def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed: int, run_id: str,
-                 datasets: dict[str, Any]) -> tuple[dict[str, Any], Pipeline]:
-    """Tune one family in a child run of the phase run and log its best pipeline there; return its summary row and the
-    pipeline."""
+                 datasets: dict[str, Any]) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
+    """Tune one family in a child run of the phase run and log its best pipeline there; return its summary row, the
+    pipeline and (cross-validated) its out-of-fold probabilities."""
     tags = {TAG_KIND: "candidate", TAG_CANDIDATE: "true", TAG_FAMILY: family, TAG_TRAIN_RUN_ID: run_id}
     with mlflow.start_run(run_name=family, nested=True, tags=tags) as run:
         log_datasets(datasets)
@@ -175,26 +216,46 @@ def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed
             {**best.metrics, **test, "fit_seconds": best.seconds, "tuning_seconds": sum(t.seconds for t in done)}
         )
         uri = log_pipeline(best.pipeline, spec, split.valid.head(5))
+        if best.oof is not None: log_oof(best.oof, split, spec)
         mlflow.set_tags({TAG_MODEL_URI: uri, TAG_BEST_TRIAL: str(best.index), TAG_PARAMS: json.dumps(best.params)})
     return {"family": family, **best.metrics, **test, "fit_seconds": round(best.seconds, 2), "best_trial": best.index,
-            "params": json.dumps(best.params), "run_id": run.info.run_id, "model_uri": uri}, best.pipeline
+            "params": json.dumps(best.params), "run_id": run.info.run_id, "model_uri": uri}, best.pipeline, best.oof
+
+def log_oof(oof: np.ndarray, split: Split, spec: FeatureSpec) -> None:
+    "Log out-of-fold probabilities with the keys of the rows they belong to (the evaluation checks them)."
+    keys = [spec.id_column] + ([spec.time_column] if spec.time_column else [])
+    frame = split.valid[keys].reset_index(drop=True).astype(str).assign(p=oof)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / Path(ART_TRAIN_OOF).name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(ART_TRAIN_OOF).parent))
 
 # %% ../nbs/35_train.ipynb #b8c845b3
+def blend_oof(oofs: Sequence[np.ndarray]) -> np.ndarray:
+    "The blend's out-of-fold probabilities: the mean log-odds of its members' (what `LogOddsBlend` does to scores)."
+    q = [np.clip(o, 1e-12, 1 - 1e-12) for o in oofs]
+    return 1 / (1 + np.exp(-np.mean([np.log(o / (1 - o)) for o in q], axis=0)))
+
 def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec,
                 within: float,
-                run_id: str, datasets: dict[str, Any]) -> dict[str, Any]:
+                run_id: str, datasets: dict[str, Any],
+                oofs: Mapping[str, np.ndarray | None] | None = None,   # cross-validated: the members' out-of-fold p
+                ) -> dict[str, Any]:
     "Log the blend of `members` (fitted family pipelines) as a candidate child run; return its summary row."
     tags = {TAG_KIND: "candidate", TAG_CANDIDATE: "true", TAG_FAMILY: BLEND, TAG_TRAIN_RUN_ID: run_id}
     with mlflow.start_run(run_name=BLEND, nested=True, tags=tags) as run:
         # the members learnt from the training part; the blend is judged on the others
         log_datasets(datasets)
         blend = LogOddsBlend([pipelines[m] for m in members], list(members)).fit()
-        valid = {f"valid_{k}": v for k, v in score(split.y("valid"), blend.predict_proba(split.valid)[:, 1]).items()}
+        oof = blend_oof([oofs[m] for m in members]) if split.cross_validated and oofs else None
+        p_valid = oof if oof is not None else blend.predict_proba(split.valid)[:, 1]
+        valid = {f"valid_{k}": v for k, v in score(split.y("valid"), p_valid).items()}
         test = {f"test_{k}": v for k, v in score(split.y("test"), blend.predict_proba(split.test)[:, 1]).items()}
         params = {"members": list(members), "weights": "equal (mean log-odds)", "within": within}
         mlflow.log_params({**params, "family": BLEND, "members": ", ".join(members)})
         mlflow.log_metrics({**valid, **test, "fit_seconds": 0.0})
         uri = log_pipeline(blend, spec, split.valid.head(5))
+        if oof is not None: log_oof(oof, split, spec)
         mlflow.set_tags({TAG_MODEL_URI: uri, TAG_BEST_TRIAL: "-", TAG_PARAMS: json.dumps(params)})
     return {"family": BLEND, **valid, **test, "fit_seconds": 0.0, "best_trial": "-", "params": json.dumps(params),
             "run_id": run.info.run_id, "model_uri": uri}
@@ -205,57 +266,65 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
               ) -> TrainResult:
     "The train phase: read the feature table, split it, tune and log each candidate family."
     t0 = time.perf_counter()
-    df, spec = load_feature_table(cfg)
-    source = feature_table_source(cfg)   # the warehouse content hash the feature table was built from
-    split = split_frame(df, spec, seed=cfg.train.seed)
-    full_train_rows = len(split.train)
-    split = dataclasses.replace(split,
-                                train=cap_rows(split.train, spec.target, cfg.train.max_rows, cfg.train.seed,
-                                               spec.time_column))
-    table_digest = frame_digest(df)
-    with phase_run(cfg, PHASE_TRAIN, mlflow_run_id) as run:
-        rid = run.info.run_id
-        datasets = split_datasets(split, spec, source=str(cfg.paths.warehouse))
-        mlflow.log_params(
-            {
-                **split.describe(),
-                "seed": cfg.train.seed,
-                "trials": cfg.train.trials,
-                "max_rows": cfg.train.max_rows,
-                "network_max_rows": cfg.train.network_max_rows,
-                "train_rows_before_cap": full_train_rows,
-                "candidates": ", ".join(cfg.train.candidates),
-                "feature_table_digest": table_digest,
-            }
-        )
-        log_datasets(datasets)
-        mlflow.log_dict(json.loads(spec.to_json()), ART_TRAIN_SPEC)
-        rows, pipelines = [], {}
-        # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
-        for f in cfg.train.candidates:
-            fsplit, fdatasets = split, datasets
-            sample = cap_rows(split.train, spec.target,
-                              family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows),
-                              cfg.train.seed, spec.time_column)
-            if len(sample) < len(split.train):
-                fsplit = dataclasses.replace(split, train=sample)
-                fdatasets = datasets | split_datasets(fsplit, spec, source=str(cfg.paths.warehouse), parts=("train",))
-            row, pipelines[f] = train_family(f, fsplit, spec, cfg.train.trials, cfg.train.seed, rid, fdatasets)
-            rows.append(row)
-        members = blend_members({r["family"]: r["valid_auc"] for r in rows}, cfg.train.blend_within)
-        if members: rows.append(train_blend(members, pipelines, split, spec, cfg.train.blend_within, rid, datasets))
-        table = pd.DataFrame(rows).set_index("family")
-        best = str(table["valid_auc"].idxmax())
-        oracle = float(roc_auc_score(split.y("test"), split.test["_true_p"])) if "_true_p" in split.test else None
-        mlflow.log_metrics({f"{f}_{m}": table.loc[f, m] for f in table.index for m in ("valid_auc", "test_auc")})
-        if oracle is not None: mlflow.log_metric("test_oracle_auc", oracle)
-        mlflow.set_tags({TAG_BEST_FAMILY: best, TAG_FEATURE_TABLE_DIGEST: table_digest,
-                         # the load it came from: the gate asks whether that load passed quality
-                         TAG_FEATURES_SOURCE: source})
-        mlflow.log_dict(table.reset_index().to_dict("records"), ART_TRAIN_CANDIDATES)
-    append_event(cfg, AUDIT_TRAIN_FINISHED, rid, {"feature_table_digest": table_digest, "best_family": best,
-                                             "candidates": {f: table.loc[f, "model_uri"] for f in table.index}})
-    return TrainResult(rid, split.describe(), table, best, oracle, time.perf_counter() - t0)
+    # every pool (OpenMP, BLAS, torch) held to the CPUs free: a fit beside a busy process must not fight it
+    with thread_limits(configured_threads(cfg)) as threads:
+        df, spec = load_feature_table(cfg)
+        source = feature_table_source(cfg)   # the warehouse content hash the feature table was built from
+        split = split_frame(df, spec, seed=cfg.train.seed, cv_max_rows=cfg.train.cv_max_rows,
+                            cv_folds=cfg.train.cv_folds)
+        full_train_rows = len(split.train)
+        if not split.cross_validated:      # (a cross-validated table is small, and its folds point into its rows)
+            split = dataclasses.replace(split,
+                                        train=cap_rows(split.train, spec.target, cfg.train.max_rows, cfg.train.seed,
+                                                       spec.time_column))
+        table_digest = frame_digest(df)
+        with phase_run(cfg, PHASE_TRAIN, mlflow_run_id) as run:
+            rid = run.info.run_id
+            datasets = split_datasets(split, spec, source=str(cfg.paths.warehouse))
+            mlflow.log_params(
+                {
+                    **split.describe(),
+                    "seed": cfg.train.seed,
+                    "trials": cfg.train.trials,
+                    "max_rows": cfg.train.max_rows,
+                    "network_max_rows": cfg.train.network_max_rows,
+                    "train_rows_before_cap": full_train_rows,
+                    "candidates": ", ".join(cfg.train.candidates),
+                    "feature_table_digest": table_digest,
+                    "threads": threads,
+                }
+            )
+            log_datasets(datasets)
+            mlflow.log_dict(json.loads(spec.to_json()), ART_TRAIN_SPEC)
+            rows, pipelines, oofs = [], {}, {}
+            # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
+            for f in cfg.train.candidates:
+                fsplit, fdatasets = split, datasets
+                sample = cap_rows(split.train, spec.target,
+                                  family_max_rows(f, cfg.train.max_rows, cfg.train.network_max_rows),
+                                  cfg.train.seed, spec.time_column)
+                if len(sample) < len(split.train) and not split.cross_validated:
+                    fsplit = dataclasses.replace(split, train=sample)
+                    fdatasets = datasets | split_datasets(fsplit, spec, source=str(cfg.paths.warehouse),
+                                                          parts=("train",))
+                row, pipelines[f], oofs[f] = train_family(f, fsplit, spec, cfg.train.trials, cfg.train.seed, rid,
+                                                      fdatasets)
+                rows.append(row)
+            members = blend_members({r["family"]: r["valid_auc"] for r in rows}, cfg.train.blend_within)
+            if members:
+                rows.append(train_blend(members, pipelines, split, spec, cfg.train.blend_within, rid, datasets, oofs))
+            table = pd.DataFrame(rows).set_index("family")
+            best = str(table["valid_auc"].idxmax())
+            oracle = float(roc_auc_score(split.y("test"), split.test["_true_p"])) if "_true_p" in split.test else None
+            mlflow.log_metrics({f"{f}_{m}": table.loc[f, m] for f in table.index for m in ("valid_auc", "test_auc")})
+            if oracle is not None: mlflow.log_metric("test_oracle_auc", oracle)
+            mlflow.set_tags({TAG_BEST_FAMILY: best, TAG_FEATURE_TABLE_DIGEST: table_digest,
+                             # the load it came from: the gate asks whether that load passed quality
+                             TAG_FEATURES_SOURCE: source})
+            mlflow.log_dict(table.reset_index().to_dict("records"), ART_TRAIN_CANDIDATES)
+        append_event(cfg, AUDIT_TRAIN_FINISHED, rid, {"feature_table_digest": table_digest, "best_family": best,
+                                                 "candidates": {f: table.loc[f, "model_uri"] for f in table.index}})
+        return TrainResult(rid, split.describe(), table, best, oracle, time.perf_counter() - t0)
 
 # %% ../nbs/35_train.ipynb #ccea86db
 def cap_rows(df: pd.DataFrame,                  # the training part of a split
@@ -290,8 +359,16 @@ class Candidate:
     metrics: dict[str, float]    # valid_auc, valid_log_loss, test_auc, test_log_loss, fit_seconds, ...
     train_run_id: str            # the phase run it belongs to
     pipeline: Pipeline           # the fitted pipeline: raw feature columns in, predict_proba out
+    # cross-validated: the validated rows' keys and their out-of-fold probabilities `p` (None = a held-out part)
+    oof: pd.DataFrame | None = None
 
 # %% ../nbs/35_train.ipynb #f730f4f1
+def load_oof(run_id: str) -> pd.DataFrame | None:
+    "A candidate run's out-of-fold probabilities (keys and `p`), or None when it was validated on a held-out part."
+    folder = str(Path(ART_TRAIN_OOF).parent)
+    if not any(a.path == ART_TRAIN_OOF for a in MlflowClient().list_artifacts(run_id, folder)): return None
+    return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ART_TRAIN_OOF))
+
 def latest_train_run(cfg: Settings) -> str:
     "The id of the latest finished train run in the configured experiment; a clear error if there is none."
     exp_id = configure_mlflow(cfg)
@@ -322,6 +399,7 @@ def load_candidates(cfg: Settings, train_run_id: str | None = None) -> list[Cand
             dict(r.data.metrics),
             rid,
             mlflow.sklearn.load_model(r.data.tags[TAG_MODEL_URI]),
+            load_oof(r.info.run_id),
         )
         for r in runs
     ]

@@ -46,6 +46,29 @@ def test_the_lifecycle_runs_on_a_teams_own_table(byod_run):
     assert not (settings.parent / "data/lake").exists(), "no synthetic lake for bring-your-own-data"
 
 
+def test_a_small_table_is_cross_validated_and_the_choice_made_out_of_fold(byod_run):
+    """Below [train] cv_max_rows: 5 stratified folds over every non-test row, the shipped model refitted on all of
+    them, its out-of-fold probabilities what evaluation calibrated and chose on (selection by value, AUC tie-break)."""
+    from mlops_nb.train import load_candidates
+    from mlops_nb.tracking import MlflowClient, configure_mlflow
+    settings, _, _, _ = byod_run
+    cfg = load_settings(settings, env={})
+    configure_mlflow(cfg)
+    exp = MlflowClient().get_experiment_by_name(cfg.mlflow.experiment)
+    train = MlflowClient().search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'train'")[0]
+    p = train.data.params
+    assert p["cv_folds"] == "5" and p["train_rows"] == p["valid_rows"], "every non-test row validated out of fold"
+    cands = load_candidates(cfg)
+    assert cands and all(c.oof is not None and len(c.oof) == int(p["valid_rows"]) for c in cands)
+    assert all(c.metrics["cv_auc_lo"] <= c.metrics["cv_auc_mean"] <= c.metrics["cv_auc_hi"] for c in cands
+               if c.family != "blend")
+    ev = MlflowClient().search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'evaluate'")[0]
+    doc = json.loads(Path(MlflowClient().download_artifacts(ev.info.run_id, "evaluation/evaluation.json")).read_text())
+    assert doc["data"]["valid_rows"] == int(p["valid_rows"])
+    rule = doc["selected"]["rule"]
+    assert rule.startswith("highest value on validation") or rule.startswith("tied on value"), rule
+
+
 def test_bad_rows_are_quarantined_and_counts_reconcile(byod_run):
     from mlops_nb.contracts import connect_warehouse
     settings, df, injected, _ = byod_run
