@@ -26,8 +26,9 @@ from .encoder import TabularEncoder
 from .settings import SettingsError
 
 # %% auto #0
-__all__ = ['FAMILIES', 'DEFAULT_PARAMS', 'SEARCH_SPACES', 'BLEND', 'import_torch', 'TorchTabularClassifier', 'make_candidate',
-           'draw_params', 'trial_params', 'LogOddsBlend', 'blend_members', 'final_estimators', 'has_network']
+__all__ = ['FAMILIES', 'DEFAULT_PARAMS', 'SEARCH_SPACES', 'SECOND_TRIALS', 'BLEND', 'import_torch', 'TorchTabularClassifier',
+           'make_candidate', 'draw_params', 'trial_params', 'LogOddsBlend', 'blend_members', 'final_estimators',
+           'has_network']
 
 # %% ../nbs/32_candidates.ipynb #286fceed
 def import_torch():
@@ -211,7 +212,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 SEARCH_SPACES: dict[str, dict[str, tuple]] = {   # name: (kind, ...) with kind log | float | int | logint | choice
-    "logreg": {"C": ("log", 1e-3, 10.0)},
+    "logreg": {"C": ("log", 1e-3, 10.0), "basis": ("choice", "spline", "linear")},
     "hgb": {"learning_rate": ("log", 0.02, 0.2), "max_leaf_nodes": ("int", 2, 31),
             "min_samples_leaf": ("logint", 20, 800),
             "l2_regularization": ("log", 1e-3, 10.0), "max_features": ("float", 0.5, 1.0)},
@@ -233,9 +234,10 @@ def make_candidate(family: str,                       # one of FAMILIES
     p = {**DEFAULT_PARAMS[family], **(params or {})}
     num, cat = tuple(spec.numeric), tuple(spec.categorical)
     if family == "logreg":
+        basis = p.pop("basis", "spline")
         return Pipeline(
             [
-                ("encode", TabularEncoder(num, cat, "onehot", "median", True, "spline")),
+                ("encode", TabularEncoder(num, cat, "onehot", "median", True, basis)),
                 ("scale", StandardScaler()),
                 ("model", LogisticRegression(max_iter=2000, **p)),
             ]
@@ -262,10 +264,16 @@ def draw_params(space: dict[str, tuple], rng: np.random.Generator) -> dict[str, 
         else: raise ValueError(f"unknown search-space kind {kind!r} for {name!r}")
     return out
 
+# a family's second trial, before any random draw: for the logistic regression, plain linear terms — what a user's
+# scikit-learn LogisticRegression fits — so the splines must beat it on the validation rows to be kept
+SECOND_TRIALS: dict[str, dict[str, Any]] = {"logreg": {"C": 1.0, "basis": "linear"}}
+
 def trial_params(family: str, trials: int, seed: int) -> list[dict[str, Any]]:
-    "The parameters of each trial of `family`: the defaults first, then `trials - 1` random draws."
+    """The parameters of each trial of `family`: the defaults first, then the family's fixed second trial (if any),
+    then random draws, `trials` in all."""
     rng = np.random.default_rng([seed, zlib.crc32(family.encode())])
-    return [dict(DEFAULT_PARAMS[family])] + [draw_params(SEARCH_SPACES[family], rng) for _ in range(trials - 1)]
+    fixed = [dict(DEFAULT_PARAMS[family])] + ([dict(SECOND_TRIALS[family])] if family in SECOND_TRIALS else [])
+    return (fixed + [draw_params(SEARCH_SPACES[family], rng) for _ in range(max(0, trials - len(fixed)))])[:trials]
 
 # %% ../nbs/32_candidates.ipynb #22cbf4c2
 BLEND = "blend"   # the blend candidate's family name (runs, model cards, the evaluation's selection rule)
