@@ -87,8 +87,9 @@ def ours(train: pd.DataFrame, test: pd.DataFrame, spec, families, trials: int, f
     p = pipes[i].predict_proba(test)[:, 1]
     if VERBOSE:
         yt = test[spec.target].astype(int)
-        print(f"    chose {names[i]}: " + ", ".join(f"{n} oof {a:.4f} test {roc_auc_score(yt, q.predict_proba(test)[:, 1]):.4f}"
-                                              for n, a, q in zip(names, aucs, pipes)))
+        parts = [f"{n} oof {a:.4f} test {roc_auc_score(yt, q.predict_proba(test)[:, 1]):.4f}"
+                 for n, a, q in zip(names, aucs, pipes)]
+        print(f"    chose {names[i]}: " + ", ".join(parts))
     return cals[i](p) if cals[i] else p
 
 
