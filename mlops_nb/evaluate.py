@@ -249,6 +249,8 @@ class EvaluationResult:
             worst = max(gaps, key=lambda g: g["difference"], default=None)
             rows.append({"candidate": ev.name, "selected": i == self.selected, "valid AUC": m["valid_roc_auc"],
                          "test AUC": m["roc_auc"], "AUC 95% CI": f"{m['roc_auc_lo']:.3f}–{m['roc_auc_hi']:.3f}",
+                         "CV AUC (folds' 95% CI)": (f"{ev.info['cv']['mean']:.3f} ({ev.info['cv']['lo']:.3f}–"
+                                                    f"{ev.info['cv']['hi']:.3f})" if "cv" in ev.info else "—"),
                          "true-p AUC": ev.oracle["auc_true_p"] if ev.oracle else np.nan,
                          "inputs-ceiling AUC": ev.oracle.get("auc_feature_ceiling", np.nan) if ev.oracle else np.nan,
                          "ECE raw→final": f"{ev.calibration['ece_raw']:.3f}→{ev.calibration['ece']:.3f} "
@@ -339,6 +341,9 @@ def run_evaluate(cfg: Settings,                  # run settings
             ev.info.update(run_id=c.run_id, family=name, trained_model_uri=c.model_uri, train_run_id=c.train_run_id,
                            confidence=gate.confidence,
                            params=jsonable(dict(c.params or {})), scores_column=f"p_{c.run_id}")
+            if "cv_auc_mean" in (c.metrics or {}):          # cross-validated: the folds' AUC beside the test's
+                ev.info["cv"] = {k: c.metrics[f"cv_auc_{k}"] for k in ("mean", "lo", "hi")} | {
+                    "folds": int(c.metrics.get("cv_folds", 0))}
             try: importances[name] = importance_frame(explain.global_importance(c.pipeline, sample))
             except Exception as e: ev.info["importance_error"] = f"{type(e).__name__}: {e}"
             scores[ev.info["scores_column"]] = ev.calibrator(p_t) if ev.calibrator else p_t

@@ -236,6 +236,9 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
     rows = [("ROC AUC", m["roc_auc"], m["roc_auc_lo"], m["roc_auc_hi"]), ("PR AUC", m["pr_auc"], None, None),
             ("Brier score", m["brier"], None, None), ("ECE", m["ece"], None, None),
             ("churn rate (test)", m["base_rate"], None, None)]
+    if "cv" in info:
+        rows.append((f"ROC AUC, cross-validated ({info['cv']['folds']} folds' mean, Student's t interval)",
+                     info["cv"]["mean"], info["cv"]["lo"], info["cv"]["hi"]))
     if ev.oracle: rows.append(("ROC AUC of the true probabilities (oracle)", ev.oracle["auc_true_p"], None, None))
     if ev.oracle and "auc_feature_ceiling" in ev.oracle:
         rows.append(("ROC AUC reachable from the model's inputs (estimated ceiling)", ev.oracle["auc_feature_ceiling"],
@@ -244,7 +247,9 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
     bl += [("h2", "Metrics"),
            ("p",
             f"On {m['rows']:,} test rows ({m['churners']:,} churners) the model never saw; intervals are {conf}% "
-            "bootstrap percentile intervals."),
+            "bootstrap percentile intervals" + (", except the cross-validated AUC's: the spread of its folds' AUCs, "
+                                                "measured on the non-test rows the final model was refitted on."
+                                                if "cv" in info else ".")),
            ("table", pd.DataFrame(rows, columns=["metric", "value", "lower", "upper"]))]
     v = c.get("ece_valid_raw")
     on_valid = f"an ECE of {v:.3f} on the validation rows" if v is not None and v == v else "the validation rows"

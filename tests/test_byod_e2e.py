@@ -65,6 +65,10 @@ def test_a_small_table_is_cross_validated_and_the_choice_made_out_of_fold(byod_r
     ev = MlflowClient().search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'evaluate'")[0]
     doc = json.loads(Path(MlflowClient().download_artifacts(ev.info.run_id, "evaluation/evaluation.json")).read_text())
     assert doc["data"]["valid_rows"] == int(p["valid_rows"])
+    cv = [c["info"]["cv"] for c in doc["candidates"] if c["name"] != "blend"]
+    assert cv and all(c["folds"] == 5 and c["lo"] <= c["mean"] <= c["hi"] for c in cv)   # reported beside the test's
+    card = Path(MlflowClient().download_artifacts(doc["selected"]["run_id"], "evaluation/model_card.md")).read_text()
+    assert "cross-validated (5 folds" in card and "## Selection" in card and "Selected —" in card
     rule = doc["selected"]["rule"]
     assert rule.startswith("highest value on validation") or rule.startswith("tied on value"), rule
 
