@@ -250,6 +250,11 @@ def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split
         oof = blend_oof([oofs[m] for m in members]) if split.cross_validated and oofs else None
         p_valid = oof if oof is not None else blend.predict_proba(split.valid)[:, 1]
         valid = {f"valid_{k}": v for k, v in score(split.y("valid"), p_valid).items()}
+        if oof is not None:                          # its folds' AUCs, as the members report theirs
+            y = split.y("valid")
+            mean, lo, hi = fold_interval([roc_auc_score(y[va], oof[va]) for _, va in split.folds
+                                          if len(np.unique(y[va])) == 2])
+            valid |= dict(cv_auc_mean=mean, cv_auc_lo=lo, cv_auc_hi=hi, cv_folds=len(split.folds))
         test = {f"test_{k}": v for k, v in score(split.y("test"), blend.predict_proba(split.test)[:, 1]).items()}
         params = {"members": list(members), "weights": "equal (mean log-odds)", "within": within}
         mlflow.log_params({**params, "family": BLEND, "members": ", ".join(members)})
