@@ -310,7 +310,7 @@ def run_evaluate(cfg: Settings,                  # run settings
     with thread_limits(configured_threads(cfg)), phase_run(cfg, PHASE_EVALUATE, run_id=mlflow_run_id) as run:
         df, spec = load_feature_table(cfg)
         split = split_frame(df, spec, seed=seed, cv_max_rows=cfg.train.cv_max_rows,   # the rows training saw
-                            cv_folds=cfg.train.cv_folds)
+                            cv_folds=cfg.train.cv_folds, cv_repeats=cfg.train.cv_repeats)
         candidates = train.load_candidates(cfg, train_run_id)
         if not candidates: raise RuntimeError("no trained candidates found: run the train phase first")
         valid, test = split.valid.reset_index(drop=True), split.test.reset_index(drop=True)

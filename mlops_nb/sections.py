@@ -223,6 +223,9 @@ class TrainSettings:
                                "train/validation split", lo=0, since=5)
     cv_folds: int = setting(5, "folds when cross-validating (the latest months, when the table has months)", lo=2,
                             hi=20, since=5)
+    cv_repeats: int = setting(0,
+                              "how often a flat table's K folds are drawn, each row's out-of-fold probabilities "
+                              "averaged; 0 = 3 up to 3,000 non-test rows (cheap), else 1", lo=0, hi=10, since=5)
     first_month: str = setting("",
                                "learn only from feature months from this one on, YYYY-MM (empty = every month); a "
                                "retraining sets it to the start of its recent window", pattern=r"|\d{4}-\d{2}",

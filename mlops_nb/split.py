@@ -19,7 +19,7 @@ from .contracts import FeatureSpec
 from .settings import SettingsError
 
 # %% auto #0
-__all__ = ['Split', 'split_frame', 'rolling_origin_folds', 'cross_validation_split']
+__all__ = ['CV_CHEAP_ROWS', 'Split', 'split_frame', 'rolling_origin_folds', 'cross_validation_split']
 
 # %% ../nbs/30_split.ipynb #d7b279ee
 @dataclass
@@ -31,9 +31,11 @@ class Split:
     kind: str            # 'time' (by month) or 'random' (stratified, seeded)
     target: str          # the label column
     time_column: str | None = None
-    # cross-validation (small tables): `train` is every non-test row, `valid` the rows some fold validates (in
-    # fold order), and each fold is (positions in `train` it fits on, positions in `valid` it predicts)
+    # cross-validation (small tables): `train` is every non-test row, `valid` the rows the folds predict (flat: all
+    # of them, `train` itself; by month: the validated months' rows in fold order), and each fold is (positions in
+    # `train` it fits on, positions in `valid` it predicts)
     folds: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    cv_repeats: int = 1  # how often the K folds were redrawn (flat tables; each row then has that many predictions)
 
     @property
     def cross_validated(self) -> bool:
@@ -44,8 +46,10 @@ class Split:
         "Each validation row's month, or its fold on a flat cross-validated table (budgets apply per group)."
         if self.time_column: return self.valid[self.time_column].astype(str).to_numpy()
         if not self.folds: return None
-        out = np.empty(len(self.valid), dtype=object)
-        for k, (_, va) in enumerate(self.folds): out[va] = f"fold-{k + 1}"
+        out = np.full(len(self.valid), None, dtype=object)
+        for k, (_, va) in enumerate(self.folds):                  # the first draw's folds label every row
+            fresh = va[pd.isna(out[va])]
+            out[fresh] = f"fold-{k + 1}"
         return out
 
     def y(self, part: str) -> np.ndarray:
@@ -54,7 +58,7 @@ class Split:
 
     def describe(self) -> dict[str, Any]:
         "Rows, positives, churn rate and months of each part, as flat loggable values."
-        out: dict[str, Any] = {"split_kind": self.kind, "cv_folds": len(self.folds)}
+        out: dict[str, Any] = {"split_kind": self.kind, "cv_folds": len(self.folds), "cv_repeats": self.cv_repeats}
         for part in ("train", "valid", "test"):
             d, y = getattr(self, part), self.y(part)
             out.update(
@@ -82,12 +86,13 @@ def split_frame(df: pd.DataFrame, spec: FeatureSpec,
                 test_months: int = 1,        # time split: months for the test
                 cv_max_rows: int = 0,        # fewer labelled non-test rows than this: cross-validate (0 = never)
                 cv_folds: int = 5,           # folds when cross-validating
+                cv_repeats: int = 1,         # flat tables: draws of the K folds (0 = 3 up to CV_CHEAP_ROWS, else 1)
                 ) -> Split:
     """Split the labelled rows of `df`: by month when the spec has a time column, else stratified at random; small
     tables keep only the test apart and cross-validate on the rest."""
     lab = _labelled(df, spec)
     if cv_max_rows and cv_folds >= 2:
-        cv = cross_validation_split(lab, spec, seed, test_share, test_months, cv_max_rows, cv_folds)
+        cv = cross_validation_split(lab, spec, seed, test_share, test_months, cv_max_rows, cv_folds, cv_repeats)
         if cv is not None: return cv
     if spec.time_column:
         months = sorted(lab[spec.time_column].astype(str).unique())
@@ -131,14 +136,17 @@ def rolling_origin_folds(months: pd.Series,      # each non-test row's month (as
     return out
 
 # %% ../nbs/30_split.ipynb #cv5p1it3
+CV_CHEAP_ROWS = 3_000   # up to this many non-test rows, a flat table's folds are drawn 3 times by default
+
 def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
                            spec: FeatureSpec,
                            seed: int, test_share: float, test_months: int,
                            cv_max_rows: int,     # cross-validate below this many non-test rows
                            cv_folds: int,
+                           cv_repeats: int = 1,  # flat tables: draws of the K folds (0 = 3 when cheap, else 1)
                            ) -> Split | None:
     "The test part held out and folds over the rest — or None when the table is too big (or has too few months)."
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
     y = lab[spec.target].astype(int)
     if spec.time_column:
         col = lab[spec.time_column].astype(str)
@@ -149,18 +157,23 @@ def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
         if len(rest) >= cv_max_rows: return None
         raw = rolling_origin_folds(rest[spec.time_column].astype(str), cv_folds, gap)
         if len(raw) < 2: return None
+        # `valid` = the validated months' rows in fold order; each fold's validation positions re-pointed into it
+        order = np.concatenate([va for _, va in raw])
+        starts = np.cumsum([0] + [len(va) for _, va in raw])
+        folds, valid, repeats = (tuple((tr, np.arange(starts[k], starts[k + 1])) for k, (tr, _) in enumerate(raw)),
+                                 rest.iloc[order], 1)
     else:
         if len(lab) * (1 - test_share) >= cv_max_rows: return None
         rest, test = train_test_split(lab, test_size=test_share, stratify=y, random_state=seed)
-        splitter = StratifiedKFold(cv_folds, shuffle=True, random_state=seed)
-        raw = list(splitter.split(np.zeros(len(rest)), rest[spec.target].astype(int)))
-    # `valid` = the validated rows in fold order; each fold's validation positions re-pointed into it
-    order = np.concatenate([va for _, va in raw])
-    starts = np.cumsum([0] + [len(va) for _, va in raw])
-    folds = tuple((tr, np.arange(starts[k], starts[k + 1])) for k, (tr, _) in enumerate(raw))
+        repeats = cv_repeats if cv_repeats > 0 else (3 if len(rest) <= CV_CHEAP_ROWS else 1)
+        splitter = (RepeatedStratifiedKFold(n_splits=cv_folds, n_repeats=repeats, random_state=seed) if repeats > 1
+                    else StratifiedKFold(cv_folds, shuffle=True, random_state=seed))
+        # every non-test row is validated (`repeats` times): `valid` is `train`, positions point into both
+        folds = tuple(splitter.split(np.zeros(len(rest)), rest[spec.target].astype(int)))
+        valid = rest
     for name, part in (("test", test), ("cross-validated", rest)):
         if part[spec.target].nunique() < 2:
             raise SettingsError(f"the {name} part of the split has only one class: AUC is undefined (too few labelled "
                                 "rows?)")
-    return Split(rest, rest.iloc[order], test, kind="time" if spec.time_column else "random", target=spec.target,
-                 time_column=spec.time_column, folds=folds)
+    return Split(rest, valid, test, kind="time" if spec.time_column else "random", target=spec.target,
+                 time_column=spec.time_column, folds=folds, cv_repeats=repeats)

@@ -116,11 +116,13 @@ def fit_trial_cv(family: str, params: dict[str, Any], split: Split, spec: Featur
     "Fit one configuration per fold; score its out-of-fold probabilities (no fitted pipeline is kept)."
     t0 = time.perf_counter()
     y_train, y_valid = split.y("train"), split.y("valid")
-    oof, aucs = np.full(len(split.valid), np.nan), []
+    total, count, aucs = np.zeros(len(split.valid)), np.zeros(len(split.valid)), []
     for tr, va in split.folds:
         pipe = make_candidate(family, params, spec, seed).fit(split.train.iloc[tr], y_train[tr])
-        oof[va] = pipe.predict_proba(split.valid.iloc[va])[:, 1]
-        if len(np.unique(y_valid[va])) == 2: aucs.append(roc_auc_score(y_valid[va], oof[va]))
+        p = pipe.predict_proba(split.valid.iloc[va])[:, 1]
+        total[va] += p; count[va] += 1               # folds drawn again: each row's predictions averaged
+        if len(np.unique(y_valid[va])) == 2: aucs.append(roc_auc_score(y_valid[va], p))
+    oof = np.divide(total, count, out=np.full(len(total), np.nan), where=count > 0)
     mean, lo, hi = fold_interval(aucs)
     metrics = {f"valid_{k}": v for k, v in score(y_valid, oof).items()} | dict(cv_auc_mean=mean, cv_auc_lo=lo,
                                                                              cv_auc_hi=hi, cv_folds=len(split.folds))
@@ -252,6 +254,7 @@ def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split
         valid = {f"valid_{k}": v for k, v in score(split.y("valid"), p_valid).items()}
         if oof is not None:                          # its folds' AUCs, as the members report theirs
             y = split.y("valid")
+            # (of its averaged out-of-fold probabilities when the folds were redrawn)
             mean, lo, hi = fold_interval([roc_auc_score(y[va], oof[va]) for _, va in split.folds
                                           if len(np.unique(y[va])) == 2])
             valid |= dict(cv_auc_mean=mean, cv_auc_lo=lo, cv_auc_hi=hi, cv_folds=len(split.folds))
@@ -276,7 +279,7 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
         df, spec = load_feature_table(cfg)
         source = feature_table_source(cfg)   # the warehouse content hash the feature table was built from
         split = split_frame(df, spec, seed=cfg.train.seed, cv_max_rows=cfg.train.cv_max_rows,
-                            cv_folds=cfg.train.cv_folds)
+                            cv_folds=cfg.train.cv_folds, cv_repeats=cfg.train.cv_repeats)
         full_train_rows = len(split.train)
         if not split.cross_validated:      # (a cross-validated table is small, and its folds point into its rows)
             split = dataclasses.replace(split,
