@@ -11,16 +11,20 @@ import datetime as dt
 import fcntl
 import getpass
 import hashlib
+import hmac
 import json
 import os
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+import secrets
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
-from .catalog import AUDIT_KINDS, ENV_ACTOR
-from .settings import Settings
+from .catalog import AUDIT_KINDS, ENV_ACTOR, ENV_AUDIT_KEY
+from .settings import Settings, SettingsError
 
 # %% auto #0
-__all__ = ['GENESIS', 'AuditEvent', 'append_event', 'read_events', 'verify_chain']
+__all__ = ['GENESIS', 'AuditEvent', 'audit_key', 'checkpoint_path', 'write_checkpoint', 'append_event', 'read_events',
+           'TrailCheck', 'check_trail', 'anchor_trail', 'verify_chain', 'filter_events']
 
 # %% ../nbs/07_audit.ipynb #13982d65
 GENESIS = "0" * 64
@@ -50,6 +54,38 @@ def _last_line(f) -> str:
         if len(lines) > 1 or pos == 0: return lines[-1].decode() if lines[-1] else ""
     return ""
 
+# %% ../nbs/07_audit.ipynb #aud1t0k1
+def audit_key(cfg: Settings, create: bool = True) -> bytes:
+    "The checkpoint key: from the environment, else the key file (created with mode 0600 if missing and `create`)."
+    where, text = f"environment {ENV_AUDIT_KEY}", os.environ.get(ENV_AUDIT_KEY, "")
+    if not text:
+        path = cfg.privacy.audit_key_file
+        if not path.exists():
+            if not create: raise SettingsError(f"[privacy] audit_key_file: {path} does not exist (and "
+                                               f"{ENV_AUDIT_KEY} is not set): the trail's checkpoint cannot be checked")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f: f.write(secrets.token_hex(32) + "\n")
+        where, text = f"[privacy] audit_key_file {path}", path.read_text()
+    try: key = bytes.fromhex(text.strip())
+    except ValueError: key = b""
+    if len(key) < 16: raise SettingsError(f"{where}: not a key (expected at least 32 hex digits)")
+    return key
+
+def checkpoint_path(cfg: Settings) -> Path:
+    "Where the trail's keyed checkpoint lives: beside the trail."
+    return cfg.paths.audit.with_name(cfg.paths.audit.name + ".checkpoint")
+
+def _checkpoint_mac(key: bytes, count: int, head: str) -> str:
+    return hmac.new(key, f"mlops-nb audit checkpoint v1|{count}|{head}".encode(), hashlib.sha256).hexdigest()
+
+def write_checkpoint(cfg: Settings, count: int, head: str) -> None:
+    "Record (count, head) under the key, atomically (the caller holds the trail's lock)."
+    path = checkpoint_path(cfg)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"count": count, "head": head, "mac": _checkpoint_mac(audit_key(cfg), count, head)}))
+    os.replace(tmp, path)
+
 # %% ../nbs/07_audit.ipynb #7317a1f7
 def append_event(cfg: Settings, kind: str, subject: str, details: dict[str, Any] | None = None,
                  actor: str | None = None) -> AuditEvent:
@@ -77,6 +113,7 @@ def append_event(cfg: Settings, kind: str, subject: str, details: dict[str, Any]
             f.seek(0, os.SEEK_END)
             f.write((json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n").encode())
             f.flush(); os.fsync(f.fileno())
+            write_checkpoint(cfg, d["seq"] + 1, d["hash"])
         finally: fcntl.flock(f, fcntl.LOCK_UN)
     return AuditEvent(**d)
 
@@ -90,11 +127,132 @@ def read_events(cfg: Settings, kind: str | None = None) -> Iterator[AuditEvent]:
             e = AuditEvent(**json.loads(line))
             if kind is None or e.kind == kind or e.kind.startswith(kind + "."): yield e
 
-# %% ../nbs/07_audit.ipynb #6408470e
+# %% ../nbs/07_audit.ipynb #aud1t0k3
+@dataclass(frozen=True)
+class TrailCheck:
+    "What `check_trail` found."
+    ok: bool
+    entries: int            # lines that held an event
+    kind: str               # intact | malformed | edited | removed | inserted | reordered | replaced | truncated |
+                            # appended | rewritten | checkpoint
+    problem: str            # "" when intact; else what is wrong, and where
+    line: int | None = None # 1-based line of the first bad entry
+    head: str = ""          # hash of the last entry
+
+def _parse_lines(text: str) -> tuple[list[AuditEvent], TrailCheck | None]:
+    "Every line as an event, or the first malformed line's verdict."
+    names, out = {f.name for f in fields(AuditEvent)}, []
+    lines = text.split("\n")
+    if lines and lines[-1] == "": lines.pop()
+    for no, line in enumerate(lines, 1):
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict) or set(d) != names:
+                raise ValueError("not an audit event (fields " + ", ".join(sorted(d) if isinstance(d, dict) else [])
+                                 + ")")
+            if not isinstance(d["seq"], int) or not isinstance(d["hash"], str): raise ValueError("bad seq or hash")
+            out.append(AuditEvent(**d))
+        except ValueError as e:
+            return out, TrailCheck(False, len(out), "malformed", f"line {no} is malformed: {e}", no)
+    return out, None
+
+# %% ../nbs/07_audit.ipynb #aud1t0k4
+def _first_break(ev: list[AuditEvent]) -> TrailCheck | None:
+    "The first break of the chain, named and classified; None when every entry links."
+    prev = GENESIS
+    for i, e in enumerate(ev):
+        no = i + 1
+        if _digest(asdict(e)) != e.hash:
+            return TrailCheck(False, len(ev), "edited", f"line {no} (seq {e.seq}) was edited: its content no longer "
+                                                         "matches its hash", no)
+        if e.seq == i and e.prev == prev: prev = e.hash; continue
+        if e.seq == i:
+            return TrailCheck(False, len(ev), "replaced", f"line {no} (seq {i}) does not link to line {no - 1}: the "
+                                                           "entry before it was replaced", no)
+        same = next((j for j in range(i) if ev[j].seq == e.seq), None)
+        if same is not None:
+            what = "a copy of" if ev[same].hash == e.hash else "another entry with the seq of"
+            return TrailCheck(False, len(ev), "inserted", f"line {no} is {what} line {same + 1} (seq {e.seq}): "
+                                                           "inserted", no)
+        nxt = ev[i + 1] if i + 1 < len(ev) else None
+        if nxt is not None and nxt.seq == i and nxt.prev == prev and (i + 2 >= len(ev) or ev[i + 2].prev == nxt.hash):
+            return TrailCheck(False, len(ev), "inserted", f"line {no} (seq {e.seq}) was inserted: the chain skips it, "
+                                                           f"line {no + 1} links to line {no - 1}", no)
+        later = next((j for j in range(i + 1, len(ev)) if ev[j].seq == i), None)
+        if later is not None:
+            return TrailCheck(False, len(ev), "reordered", f"line {no} holds seq {e.seq} where seq {i} belongs; "
+                                                            f"seq {i} is at line {later + 1}: reordered", no)
+        return TrailCheck(False, len(ev), "removed", f"entries seq {i}..{e.seq - 1} are missing before line {no} "
+                                                      f"(seq {e.seq}): removed", no)
+    return None
+
+# %% ../nbs/07_audit.ipynb #aud1t0k5
+def check_trail(cfg: Settings) -> TrailCheck:
+    "Verify the trail: the chain line by line, then the keyed checkpoint; the first problem named, never raised."
+    path = cfg.paths.audit
+    if not path.exists(): return TrailCheck(True, 0, "intact", "", None, GENESIS)
+    with open(path, "rb") as f:                                    # appends wait: trail and checkpoint agree
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            text = f.read().decode("utf-8", errors="replace")
+            cp = checkpoint_path(cfg).read_text() if checkpoint_path(cfg).exists() else None
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    ev, bad = _parse_lines(text)
+    if bad is None: bad = _first_break(ev)
+    if bad is not None: return bad
+    n, head = len(ev), ev[-1].hash if ev else GENESIS
+    def fail(kind: str, problem: str, line: int | None = None) -> TrailCheck:
+        return TrailCheck(False, n, kind, problem, line, head)
+    if cp is None and n == 0: return TrailCheck(True, 0, "intact", "", None, head)
+    if cp is None:
+        return fail("checkpoint", f"no keyed checkpoint beside a trail of {n} entries: it was deleted (or the trail "
+                                  "predates checkpoints: `mlops-nb audit verify --anchor` writes one after this check)")
+    try:
+        c = json.loads(cp); count, mark, mac = int(c["count"]), str(c["head"]), str(c["mac"])
+    except (ValueError, KeyError, TypeError):
+        return fail("checkpoint", f"the checkpoint {checkpoint_path(cfg)} is malformed")
+    if not hmac.compare_digest(mac, _checkpoint_mac(audit_key(cfg, create=False), count, mark)):
+        return fail("checkpoint", "the checkpoint's MAC does not verify: it was edited, or this is not the key the "
+                                  "trail was written with")
+    if count > n:
+        return fail("truncated", f"the tail was cut: the checkpoint records {count} entries, the file holds {n} "
+                                 f"(seq {n}..{count - 1} removed)")
+    if count < n:
+        return fail("appended", f"lines {count + 1}..{n} were appended without the key (the checkpoint covers "
+                                f"{count} entries)", count + 1)
+    if mark != head: return fail("rewritten", "the chain was rewritten: its last hash differs from the checkpoint's")
+    return TrailCheck(True, n, "intact", "", None, head)
+
+# %% ../nbs/07_audit.ipynb #aud1t0k6
+def anchor_trail(cfg: Settings) -> TrailCheck:
+    "Write the first checkpoint of a trail that predates them — only if its chain is intact and none exists."
+    check = check_trail(cfg)
+    if check.kind != "checkpoint" or checkpoint_path(cfg).exists(): return check
+    with open(cfg.paths.audit, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: write_checkpoint(cfg, check.entries, check.head)
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+    return check_trail(cfg)
+
 def verify_chain(cfg: Settings) -> tuple[bool, int | None]:
-    "(True, None) if every event's hash and link are intact, else (False, seq of the first broken event)."
-    prev, n = GENESIS, 0
-    for n, e in enumerate(read_events(cfg)):
-        if e.seq != n or e.prev != prev or _digest(asdict(e)) != e.hash: return False, n
-        prev = e.hash
-    return True, None
+    "(True, None) if the trail checks out, else (False, 0-based index of the first bad line, or of the end)."
+    c = check_trail(cfg)
+    return (True, None) if c.ok else (False, (c.line - 1) if c.line else c.entries)
+
+# %% ../nbs/07_audit.ipynb #aud1t0k9
+def filter_events(events: Iterable[AuditEvent],
+                  kind: str = "",      # a kind, or its family (`operate` matches operate.month, operate.retrained)
+                  actor: str = "",     # exactly this actor
+                  subject: str = "",   # subjects containing this (a pseudonym, a run id, model@version)
+                  version: str = "",   # a model version: `…@<version>` subjects or a `version` detail
+                  since: str = "",     # from this ISO time on; a prefix covers its whole span (2026-12 = the month)
+                  until: str = "",     # up to and including this ISO time (a prefix, likewise)
+                  ) -> list[AuditEvent]:
+    "The events that match every filter given."
+    def keep(e: AuditEvent) -> bool:
+        return ((not kind or e.kind == kind or e.kind.startswith(kind + "."))
+                and (not actor or e.actor == actor) and (not subject or subject in e.subject)
+                and (not version or e.subject.endswith(f"@{version}")
+                     or str((e.details or {}).get("version", "")) == version)
+                and (not since or e.time[:len(since)] >= since) and (not until or e.time[:len(until)] <= until))
+    return [e for e in events if keep(e)]

@@ -46,8 +46,8 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
            'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
            'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
-           'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
-           'Name', 'name', 'tag_filter', 'catalog_frame']
+           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI',
+           'VERB_OPERATE', 'VERB_AUDIT', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -309,6 +309,8 @@ ENV_SETTINGS = name("env", "MLOPS_SETTINGS", "cli, api", "api workers", "the set
 ENV_ACTOR = name("env", "MLOPS_ACTOR", "people, schedulers", "audit", "who the audit trail names (default: the user)")
 ENV_PSEUDONYM_KEY = name("env", "MLOPS_PSEUDONYM_KEY", "people", "privacy",
                          "the pseudonym key (over [privacy] key_file)")
+ENV_AUDIT_KEY = name("env", "MLOPS_AUDIT_KEY", "people", "audit",
+                     "the audit trail's checkpoint key (over [privacy] audit_key_file)")
 ENV_SCORER = name("env", "MLOPS_NB_SCORER", "people, benchmarks", "served",
                   "sklearn: score every model through scikit-learn (an escape hatch)")
 ENV_API_CONTROL_DIR = name("env", "MLOPS_API_CONTROL_DIR", "api", "worker", "where reloads are announced to workers")
@@ -320,6 +322,9 @@ VERB_ROI = name("verb", "roi", "cli", "the business, people",
                 "print the campaign's measured uplift, value, cost and ROI by month and to date")
 VERB_OPERATE = name("verb", "operate", "cli", "schedulers, people",
                     "operate one month (`--month YYYY-MM`) or every month up to one (`--through YYYY-MM`)")
+VERB_AUDIT = name("verb", "audit", "cli", "the data-protection officer, auditors",
+                  "`verify` the trail against its keyed checkpoint (naming the first bad entry); `show` its entries, "
+                  "filtered")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:

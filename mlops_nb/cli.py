@@ -16,13 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
-from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_OPERATE, VERB_ROI
+from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_AUDIT, VERB_OPERATE, VERB_ROI
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'cmd_phases', 'cmd_settings', 'cmd_ui',
            'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'cmd_roi', 'main']
+           'cmd_operate', 'cmd_roi', 'cmd_audit', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "net value and ROI, beside what was expected (and the simulator's truth).")
     ro.add_argument("--csv", action="store_true", help="the whole table as CSV on standard output")
     ro.set_defaults(func=cmd_roi)
+    _add_audit_parser(sub)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
                         description="Render README.md from nbs/index.ipynb.")
     rd.add_argument("--check", action="store_true", help="fail if README.md is out of date")
@@ -351,6 +352,57 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
               f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
               f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else float('nan'):>9.3f}")
+    return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #aud1tc11
+def _add_audit_parser(sub) -> None:
+    "The `mlops-nb audit verify|show` subcommands."
+    a = sub.add_parser(VERB_AUDIT, help="verify or read the audit trail",
+                       description="The hash-chained audit trail ([paths] audit) and its keyed checkpoint.")
+    aa = a.add_subparsers(dest="action", required=True, metavar="ACTION")
+    v = aa.add_parser("verify", help="check every entry and the keyed checkpoint; name the first problem",
+                      description="Check the trail line by line (edited, removed, inserted, reordered or malformed "
+                      "entries) and against its keyed checkpoint (a cut tail, a rewritten chain, entries appended "
+                      "without the key). Exit 0 when intact, 1 naming the first problem.")
+    v.add_argument("--anchor", action="store_true",
+                   help="a trail written before checkpoints existed: check its chain, then write its first checkpoint")
+    v.set_defaults(func=cmd_audit)
+    sh = aa.add_parser("show", help="the entries, filtered", description="Print the trail's entries, oldest first.")
+    sh.add_argument("--kind", default="", help="a kind or its family (e.g. model.status, operate)")
+    sh.add_argument("--actor", default="", help="exactly this actor")
+    sh.add_argument("--subject", default="", help="subjects containing this (a pseudonym, a run id, model@version)")
+    sh.add_argument("--version", default="", help="a model version")
+    sh.add_argument("--since", default="", metavar="ISO", help="from this time on (2026-12 = from December)")
+    sh.add_argument("--until", default="", metavar="ISO", help="up to this time (2026-12 = through December)")
+    sh.add_argument("--last", type=int, default=0, metavar="N", help="only the last N matches")
+    sh.add_argument("--json", action="store_true", help="one JSON object per line")
+    sh.set_defaults(func=cmd_audit)
+
+# %% ../nbs/90_cli.ipynb #aud1tc12
+def cmd_audit(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Verify the trail (exit 1 naming the first problem) or print its entries, filtered."
+    from mlops_nb.audit import anchor_trail, check_trail, filter_events, read_events
+    cfg = load_settings(_settings_path(args))
+    if args.action == "verify":
+        c = anchor_trail(cfg) if args.anchor else check_trail(cfg)
+        if c.ok:
+            print(f"audit trail intact: {c.entries} entries, head {c.head[:16]}…, keyed checkpoint verified "
+                  f"({cfg.paths.audit})")
+            return EXIT_OK
+        print(f"audit trail NOT intact ({c.kind}): {c.problem} — {cfg.paths.audit}", file=sys.stderr)
+        return EXIT_FAILED
+    try: events = list(read_events(cfg))
+    except (ValueError, TypeError) as e:
+        print(f"error: the trail has a malformed line ({e}): `mlops-nb {VERB_AUDIT} verify` names it",
+              file=sys.stderr)
+        return EXIT_FAILED
+    rows = filter_events(events, args.kind, args.actor, args.subject, args.version, args.since, args.until)
+    for e in rows[-args.last:] if args.last else rows:
+        if args.json: print(json.dumps(e.__dict__, ensure_ascii=False, sort_keys=True)); continue
+        details = json.dumps(e.details, ensure_ascii=False, sort_keys=True)
+        print(f"{e.seq:>6}  {e.time[:19]}  {e.kind:<24} {e.actor:<12} {e.subject:<28} "
+              f"{details if len(details) <= 90 else details[:89] + '…'}")
+    if not rows: print("no entry matches", file=sys.stderr)
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7

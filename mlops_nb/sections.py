@@ -147,6 +147,11 @@ class PrivacySettings:
     sensitive_attributes: tuple[str, ...] = setting(("gender", "age_band"),
                                                     "sensitive attributes: kept apart from the model's features, used "
                                                     "only for fairness analysis")
+    audit_key_file: Path = setting(Path("~/.config/mlops-nb/audit.key"),
+                                   "secret key of the audit trail's checkpoint (HMAC-SHA256 of its length and last "
+                                   "hash, rewritten at every append), kept outside the project so that whoever can "
+                                   "write the data folder cannot cut the trail's tail unseen; created (mode 0600) on "
+                                   "first use; the environment variable MLOPS_AUDIT_KEY takes precedence", since=5)
 
 # %% ../nbs/01_sections.ipynb #0d87bd32
 @dataclass(frozen=True)

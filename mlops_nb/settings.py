@@ -263,6 +263,7 @@ def _resolve_paths(s: Settings) -> Settings:
         uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
     ml = dataclasses.replace(s.mlflow, tracking_uri=uri, artifacts=(root / s.mlflow.artifacts).resolve())
     priv = dataclasses.replace(s.privacy, key_file=(root / s.privacy.key_file).resolve(),
+                               audit_key_file=(root / s.privacy.audit_key_file).resolve(),
                                vault=(root / s.privacy.vault).resolve())
     qual = dataclasses.replace(s.quality, rules_file=(root / s.quality.rules_file).resolve())
     byod = dataclasses.replace(
@@ -329,6 +330,7 @@ def sandbox_settings(root: str | Path | None = None, **values: Any) -> Settings:
     import mlops_nb
     nbs = Path(mlops_nb.__file__).resolve().parents[1] / "nbs"
     values = {"privacy_key_file": str(root / "secrets" / "pseudonym.key"),
+              "privacy_audit_key_file": str(root / "secrets" / "audit.key"),
               **({"paths_notebooks": str(nbs)} if nbs.is_dir() else {}), **SANDBOX_DEFAULTS, **values}
     (root / "settings.ini").write_text(render_settings(values), encoding="utf-8")
     return load_settings(root / "settings.ini", env={})

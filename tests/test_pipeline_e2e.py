@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import background_result, in_background, make_project
+from conftest import background_result, in_background, make_project, run_cli
 from mlops_nb.runner import PHASES
 from mlops_nb.settings import load_settings
 
@@ -40,6 +40,15 @@ def test_every_phase_finishes_and_is_recorded(pipeline):
     assert all(p["status"] == "FINISHED" for p in record["phases"])
     for p in PHASES:
         assert (run_dir / p.notebook).exists() and not ((run_dir / p.notebook).stat().st_mode & 0o222)
+
+
+def test_the_runs_audit_trail_verifies_and_reads_by_kind(pipeline):
+    settings, _ = pipeline
+    r = run_cli("--settings", str(settings), "audit", "verify")
+    assert r.returncode == 0 and "audit trail intact" in r.stdout, (r.stdout, r.stderr)
+    shown = run_cli("--settings", str(settings), "audit", "show", "--kind", "gate", "--json")
+    kinds = {json.loads(line)["kind"] for line in shown.stdout.splitlines()}
+    assert kinds == {"gate.decided"}, shown.stdout
 
 
 def test_the_records_show_figures_as_images(pipeline):
