@@ -36,18 +36,19 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED',
            'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT',
            'AUDIT_ALERT_RAISED', 'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
-           'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
-           'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
-           'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
-           'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
-           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS',
-           'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT',
-           'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION',
-           'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
-           'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
-           'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
-           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI',
-           'VERB_OPERATE', 'VERB_AUDIT', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED',
+           'AUDIT_QUALITY_VERDICT', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE',
+           'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS',
+           'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS',
+           'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
+           'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW',
+           'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING',
+           'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST',
+           'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
+           'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY',
+           'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
+           'VERB_AUDIT', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -236,6 +237,12 @@ AUDIT_DATA_RELEASED = name("audit", "data.released", "quality", "people",
                            "a held-back partition passed its rules again (corrected or re-delivered) and is used")
 AUDIT_CORRECTION_APPLIED = name("audit", "etl.correction_applied", "warehouse", "people",
                                 "a declared correction applied to a partition as it was loaded")
+AUDIT_PIPELINE_RUN = name("audit", "pipeline.run", "cli", "people",
+                          "a `mlops-nb run` or `operate` ended: its phases, their status, the settings' fingerprint")
+AUDIT_ETL_LOADED = name("audit", "etl.loaded", "warehouse", "people",
+                        "a warehouse load: partitions and rows (aggregates only), the lake's and warehouse's digests")
+AUDIT_QUALITY_VERDICT = name("audit", "quality.verdict", "quality", "people",
+                             "the quality gate's verdict: passed or not, failures, warnings, the rules' source")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
 

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_AUDIT, VERB_OPERATE, VERB_ROI
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'cmd_phases', 'cmd_settings', 'cmd_ui',
-           'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
+__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings',
+           'cmd_ui', 'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
            'cmd_operate', 'cmd_roi', 'cmd_audit', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
@@ -54,12 +54,22 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
                        progress=not args.no_progress and sys.stderr.isatty(),
                        demos=args.demos)
     for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
+    audit_run(cfg, res)
     print(f"run {res.run_id}: {res.status} — executed notebooks in {res.out_dir}; MLflow run {res.mlflow_run_id}")
     if res.error:
         print(f"error: {res.error}\n  open the executed notebook above to see the failing cell's output",
               file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #aud1tc13
+def audit_run(cfg: Any, res: Any) -> None:
+    "The pipeline run's audit entry: its phases and their status, its MLflow run, the settings' fingerprint."
+    from mlops_nb.audit import append_event
+    from mlops_nb.catalog import AUDIT_PIPELINE_RUN
+    append_event(cfg, AUDIT_PIPELINE_RUN, res.run_id,
+                 {"status": res.status, "mlflow_run_id": res.mlflow_run_id, "settings": cfg.fingerprint(),
+                  "phases": {p.phase: p.status for p in res.phases}, "error": res.error or ""})
 
 # %% ../nbs/90_cli.ipynb #490fd8f5
 def cmd_phases(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -324,6 +334,7 @@ def cmd_operate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     res = run_pipeline(cfg, [OPERATE_PHASE.name], overrides, phases=[OPERATE_PHASE], kernel_name=args.kernel,
                        progress=not args.no_progress and sys.stderr.isatty())
     for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
+    audit_run(cfg, res)
     print(f"operate {res.run_id}: {res.status} — monitor tables in the warehouse and {cfg.paths.monitor}; MLflow run "
           f"{res.mlflow_run_id}")
     if res.error:

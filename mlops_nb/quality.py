@@ -22,9 +22,11 @@ from mlops_nb.catalog import (
     ART_QUALITY_RESULTS,
     AUDIT_DATA_HELD_BACK,
     AUDIT_DATA_RELEASED,
+    AUDIT_QUALITY_VERDICT,
     PHASE_QUALITY,
     TABLE_HELD_BACK,
 )
+from .audit import append_event
 from .contracts import connect_warehouse, held_partitions, sql_literal, warehouse_content_hash
 from .people import shift_month
 from .rules import QualityGateFailed, Rule, load_rules
@@ -512,6 +514,10 @@ def run_quality(cfg: Settings, mlflow_run_id: str = "") -> QualityReport:
             months = ", ".join(c.month for c in cs if c.month)
             warnings.warn(f"data quality warning: rule {name} on {where}" + (f" (months {months})" if months else "")
                           + f": {cs[0].message}", stacklevel=2)
+        append_event(cfg, AUDIT_QUALITY_VERDICT, report.run_id,
+                     report.summary() | {"blocking": sorted({c.rule for c in report.blocking}),
+                                         "warnings": sorted({c.rule for c in report.warnings}),
+                                         "held_back": [f"{s}/{m}" for s, m in sorted(report.held or [])]})
         print(f"quality: {'PASSED' if report.passed else 'FAILED'} — {len(report.blocking)} blocking failure(s), "
               f"{len(report.warnings)} warning(s), {len(report.checks)} checks of {len(rules)} rules; report {out}")
         if not report.passed: raise QualityGateFailed(failure_message(report))

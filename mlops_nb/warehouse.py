@@ -62,7 +62,8 @@ from .vault import VaultWriter
 # %% auto #0
 __all__ = ['HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD', 'DISABLED_COMPRESSION',
            'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions', 'key_fingerprint', 'LoadPlan',
-           'plan_load', 'EtlResult', 'audit_corrections', 'load_warehouse', 'run_etl', 'warehouse_overview']
+           'plan_load', 'EtlResult', 'audit_load', 'audit_corrections', 'load_warehouse', 'run_etl',
+           'warehouse_overview']
 
 # %% ../nbs/26_warehouse.ipynb #e244d306
 HASHED_TABLES = tuple(n for n in table_columns() if n not in (TABLE_LOADS, "meta.etl", "meta.content_parts"))
@@ -249,6 +250,14 @@ class _Preparer:
         self.con.close()
 
 # %% ../nbs/26_warehouse.ipynb #c0rr0010
+def audit_load(cfg: Settings, res: Any) -> None:
+    "The load's audit entry: aggregates only (partitions, rows, digests), never a record."
+    from mlops_nb.audit import append_event
+    from mlops_nb.catalog import AUDIT_ETL_LOADED
+    s = res.summary()
+    append_event(cfg, AUDIT_ETL_LOADED, res.run_id,
+                 {k: v for k, v in s.items() if k != "run_id"} | {"months_loaded": sorted({m for _, m in res.loaded})})
+
 def audit_corrections(cfg: Settings, corrections: Sequence[Any], loaded: Sequence[Partition], run_id: str) -> None:
     "One audit entry per partition a declared correction was applied to as it was loaded: which, by how much, why."
     from mlops_nb.audit import append_event
@@ -389,9 +398,11 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
         con.close()
         shutil.rmtree(tmp, ignore_errors=True)
     audit_corrections(cfg, fixes, [p for p in plan.load if digests[(p.source, p.month)]], run_id)
-    return EtlResult(run_id, [(p.source, p.month) for p in plan.load], [(p.source, p.month) for p in plan.skip],
-                     plan.remove, mart_months,
-                     tables, recon, quar, chash, digest, vault_rows, time.perf_counter() - t0)
+    res = EtlResult(run_id, [(p.source, p.month) for p in plan.load], [(p.source, p.month) for p in plan.skip],
+                    plan.remove, mart_months,
+                    tables, recon, quar, chash, digest, vault_rows, time.perf_counter() - t0)
+    audit_load(cfg, res)
+    return res
 
 # %% ../nbs/26_warehouse.ipynb #4af39a3b
 def _metric_name(s: str) -> str: return re.sub(r"[^A-Za-z0-9_\-./ ]", ".", s)

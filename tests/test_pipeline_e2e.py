@@ -49,6 +49,14 @@ def test_the_runs_audit_trail_verifies_and_reads_by_kind(pipeline):
     shown = run_cli("--settings", str(settings), "audit", "show", "--kind", "gate", "--json")
     kinds = {json.loads(line)["kind"] for line in shown.stdout.splitlines()}
     assert kinds == {"gate.decided"}, shown.stdout
+    every = [json.loads(line) for line in run_cli("--settings", str(settings), "audit", "show", "--json").stdout
+             .splitlines()]
+    assert {"etl.loaded", "quality.verdict", "train.finished", "gate.decided", "model.status",
+            "pipeline.run"} <= {e["kind"] for e in every}
+    run = [e for e in every if e["kind"] == "pipeline.run"][-1]             # the run itself, last, with its phases
+    assert run["details"]["status"] == "FINISHED" and set(run["details"]["phases"]) == {p.name for p in PHASES}
+    load = next(e for e in every if e["kind"] == "etl.loaded")["details"]
+    assert load["rows_loaded"] > 0 and len(load["content_hash"]) == 64   # aggregates and digests, no record
 
 
 def test_the_records_show_figures_as_images(pipeline):
