@@ -48,7 +48,7 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
            'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY',
            'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
-           'VERB_AUDIT', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'VERB_PII', 'VERB_AUDIT', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -329,6 +329,8 @@ VERB_ROI = name("verb", "roi", "cli", "the business, people",
                 "print the campaign's measured uplift, value, cost and ROI by month and to date")
 VERB_OPERATE = name("verb", "operate", "cli", "schedulers, people",
                     "operate one month (`--month YYYY-MM`) or every month up to one (`--through YYYY-MM`)")
+VERB_PII = name("verb", "pii", "cli", "the data-protection officer, schedulers",
+                "`scan` every store outside the vault for clear personal data; exit 1 naming file and field")
 VERB_AUDIT = name("verb", "audit", "cli", "the data-protection officer, auditors",
                   "`verify` the trail against its keyed checkpoint (naming the first bad entry); `show` its entries, "
                   "filtered")

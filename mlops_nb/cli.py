@@ -16,13 +16,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_AUDIT, VERB_OPERATE, VERB_ROI
+from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_AUDIT, VERB_OPERATE, VERB_PII, VERB_ROI
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings',
            'cmd_ui', 'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'cmd_roi', 'cmd_audit', 'main']
+           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -388,6 +388,14 @@ def _add_audit_parser(sub) -> None:
     sh.add_argument("--last", type=int, default=0, metavar="N", help="only the last N matches")
     sh.add_argument("--json", action="store_true", help="one JSON object per line")
     sh.set_defaults(func=cmd_audit)
+    pi = sub.add_parser(VERB_PII, help="look for clear personal data outside the vault",
+                        description="Personal data outside the vault.")
+    pa = pi.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pa.add_parser("scan", help="search every store outside the vault; exit 1 naming file and field",
+                  description="Search the MLflow store and artifacts, reports and executed notebooks, the prediction "
+                  "log, the audit trail, monitor snapshots and alerts for the vault's clear values and for CPF, "
+                  "e-mail and phone shapes. Exit 0 when nothing is found, 1 naming each file and field (values "
+                  "masked).").set_defaults(func=cmd_pii)
 
 # %% ../nbs/90_cli.ipynb #aud1tc12
 def cmd_audit(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -414,6 +422,20 @@ def cmd_audit(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"{e.seq:>6}  {e.time[:19]}  {e.kind:<24} {e.actor:<12} {e.subject:<28} "
               f"{details if len(details) <= 90 else details[:89] + '…'}")
     if not rows: print("no entry matches", file=sys.stderr)
+    return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #p11sc010
+def cmd_pii(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Scan for clear personal data outside the vault: exit 1 naming each file and field."
+    from mlops_nb.pii_scan import pii_scan
+    cfg = load_settings(_settings_path(args))
+    places, found = pii_scan(cfg)
+    for f in found: print(f"{f.path}: {f.field} ({f.how}) {f.value}", file=sys.stderr)
+    if found:
+        print(f"clear personal data in {len({f.path for f in found})} file(s) outside the vault", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"no clear personal data outside the vault ({len(places)} places searched: "
+          f"{', '.join(str(p) for p in places)})")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7

@@ -59,6 +59,24 @@ def test_the_runs_audit_trail_verifies_and_reads_by_kind(pipeline):
     assert load["rows_loaded"] > 0 and len(load["content_hash"]) == 64   # aggregates and digests, no record
 
 
+def test_the_pii_scan_finds_nothing_after_a_run_and_names_a_planted_canary(pipeline):
+    settings, _ = pipeline
+    cfg = load_settings(settings, env={})
+    r = run_cli("--settings", str(settings), "pii", "scan")
+    assert r.returncode == 0 and "no clear personal data" in r.stdout, (r.stdout, r.stderr[-3000:])
+    email = next(v for v in _clear_pii_values(cfg) if "@" in v)
+    # in the monitor's folder: a place this scan searches and the other tests of this module do not
+    canary = cfg.paths.monitor / "canary-notes.txt"
+    canary.parent.mkdir(parents=True, exist_ok=True)
+    canary.write_text(f"to call back: {email}, cpf 123.456.789-09\n")
+    try:
+        r = run_cli("--settings", str(settings), "pii", "scan")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert f"{canary}: email (vault value)" in r.stderr and f"{canary}: cpf (pattern)" in r.stderr, r.stderr
+        assert email not in r.stderr and "456.789" not in r.stderr                      # named, masked
+    finally: canary.unlink()
+
+
 def test_the_records_show_figures_as_images(pipeline):
     "A run executes only the phase sections: their figures must still display as images, not as `<Figure size ...>`."
     import nbformat
