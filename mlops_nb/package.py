@@ -31,9 +31,9 @@ from .explain import Explainer, make_explainer
 from .tracking import mlflow
 
 # %% auto #0
-__all__ = ['SMALL_BATCH', 'EXPLANATION_METHODS', 'one_thread_for', 'apply_calibrator', 'ChurnModel', 'feature_schema',
-           'pinned_requirements', 'package_code_dir', 'log_pipeline', 'model_signature', 'family_of', 'needs_shap',
-           'log_packaged_model', 'servability_check']
+__all__ = ['SMALL_BATCH', 'EXAMPLE_QUANTILES', 'EXPLANATION_METHODS', 'one_thread_for', 'apply_calibrator', 'ChurnModel',
+           'feature_schema', 'pinned_requirements', 'package_code_dir', 'synthetic_example', 'log_pipeline',
+           'model_signature', 'family_of', 'needs_shap', 'log_packaged_model', 'servability_check']
 
 # %% ../nbs/34_package.ipynb #d20a6296
 SMALL_BATCH = 256   # up to this many rows, scoring runs on one thread
@@ -134,12 +134,30 @@ def package_code_dir() -> str:
     for f in src.glob("*.py"): shutil.copy2(f, dst / f.name)
     return str(dst)
 
+# %% ../nbs/34_package.ipynb #synthx02
+EXAMPLE_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+def synthetic_example(frame: pd.DataFrame,   # rows with (at least) the raw feature columns: their distribution only
+                      spec: FeatureSpec,
+                      ) -> pd.DataFrame:
+    "Five model-input rows that belong to nobody: per-column percentiles and frequent categories, no row of `frame`."
+    x, n = model_input(frame, spec), len(EXAMPLE_QUANTILES)
+    out: dict[str, list[Any]] = {}
+    for c in spec.numeric:
+        v = x[c].dropna().to_numpy()
+        out[c] = [float(np.quantile(v, q, method="nearest")) if len(v) else float("nan") for q in EXAMPLE_QUANTILES]
+    for j, c in enumerate(spec.categorical):
+        top = x[c].dropna().value_counts().index.tolist() or [None]
+        out[c] = [top[(i + j) % len(top)] for i in range(n)]
+    return model_input(pd.DataFrame(out, columns=list(x.columns)), spec)
+
 # %% ../nbs/34_package.ipynb #c2fb9ff1
 def log_pipeline(pipeline: Pipeline, spec: FeatureSpec, example: pd.DataFrame, name: str = "model") -> str:
-    "Log a fitted candidate pipeline to the active run as an MLflow model; return its model URI."
+    """Log a fitted candidate pipeline to the active run as an MLflow model (its input example synthetic, built from
+    `example`'s distribution); return its model URI."""
     import mlflow.sklearn
     from mlflow.models import ModelSignature, infer_signature
-    x = model_input(example, spec)
+    x = synthetic_example(example, spec)
     signature = ModelSignature(feature_schema(spec), infer_signature(pipeline.predict_proba(x)).inputs)
     kw: dict[str, Any] = dict(serialization_format="cloudpickle")
     if not has_network(pipeline):
@@ -194,7 +212,7 @@ def log_packaged_model(pipeline: Pipeline,                        # a fitted can
     if input_example is None or not len(input_example):
         raise ValueError("log_packaged_model needs an input_example: a few rows of the feature table")
     model = ChurnModel(pipeline, spec, threshold, calibrator)
-    x = model_input(input_example, spec)
+    x = synthetic_example(input_example, spec)      # never a customer's row: built from their distribution
     family = family_of(pipeline)
     code = package_code_dir()
     try:

@@ -172,3 +172,16 @@ def test_mlflow_routine_notices_are_dropped_and_other_messages_still_show(tmp_pa
         mlflow_log.removeHandler(seen)
     routine = [m for m in seen.messages if any(m.startswith(o) for os_ in ROUTINE_MLFLOW_NOTICES.values() for o in os_)]
     assert routine == [] and "a warning a reader must see" in seen.messages
+
+
+def test_a_packaged_models_input_example_is_nobodys_row(shipped):
+    """LGPD: a model travels far from the warehouse; its input example is synthetic (per-column percentiles and frequent
+    categories), never a customer's row — though it was built from the rows it was given."""
+    from mlops_nb.encoder import model_input
+    spec, split = shipped["spec"], shipped["split"]
+    real = {tuple(r) for r in model_input(split.train, spec).astype(str).to_numpy()} | \
+        {tuple(r) for r in model_input(split.valid, spec).astype(str).to_numpy()}
+    for uri in shipped["uris"].values():
+        ex = mlflow.pyfunc.load_model(uri).input_example
+        assert len(ex) == 5 and list(ex.columns) == list(spec.features)
+        assert not any(tuple(r) in real for r in model_input(ex, spec).astype(str).to_numpy())
