@@ -96,6 +96,9 @@ run_lifecycle() {
   fi
   say "the campaigns measured against their control groups (mlops-nb roi)"
   "$VENV/bin/mlops-nb" roi || true   # nothing measured yet is not a failure of the run
+  say "clear personal data only in the vault (mlops-nb pii scan); the audit trail intact (mlops-nb audit verify)"
+  "$VENV/bin/mlops-nb" pii scan
+  "$VENV/bin/mlops-nb" audit verify
   say "done: executed notebooks under reports/runs/; monitor snapshots in data/monitor/; MLflow UI: .venv/bin/mlops-nb ui"
 }
 

@@ -66,9 +66,11 @@ def _file_text(path: Path) -> bytes:
     cols = [t.column(i) for i, f in enumerate(t.schema) if pat.is_string(f.type) or pat.is_large_string(f.type)]
     return b"\x00".join("\x00".join(v for v in c.to_pylist() if v is not None).encode() for c in cols)
 
-def scan_files(paths: Iterable[Path], needles: dict[str, str]) -> list[PiiFinding]:
+def scan_files(paths: Iterable[Path], needles: dict[str, str],
+               allow: Sequence[str] = (),   # shapes that are no finding (public addresses in vendored code)
+               ) -> list[PiiFinding]:
     "Every file under `paths` holding a vault value or a pattern's match: the first of each kind per file."
-    ns, found = NeedleSet(needles), []
+    ns, found, allowed = NeedleSet(needles), [], {a.encode() for a in allow}
     for root in paths:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
@@ -80,11 +82,11 @@ def scan_files(paths: Iterable[Path], needles: dict[str, str]) -> list[PiiFindin
                 v = hit.decode(errors="replace")
                 found.append(PiiFinding(str(f), needles.get(v.strip(), "vault"), mask(v), "vault value"))
             for name, pat in PATTERNS.items():
-                m = pat.search(data)
+                m = next((m for m in pat.finditer(data) if m.group() not in allowed), None)
                 if m: found.append(PiiFinding(str(f), name, mask(m.group().decode(errors="replace")), "pattern"))
     return found
 
 def pii_scan(cfg: Settings) -> tuple[list[Path], list[PiiFinding]]:
     "(the places searched, what was found there) for these settings."
     places = scan_places(cfg)
-    return places, scan_files(places, vault_needles(cfg))
+    return places, scan_files(places, vault_needles(cfg), cfg.privacy.scan_allow)

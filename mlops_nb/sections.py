@@ -152,6 +152,11 @@ class PrivacySettings:
                                    "hash, rewritten at every append), kept outside the project so that whoever can "
                                    "write the data folder cannot cut the trail's tail unseen; created (mode 0600) on "
                                    "first use; the environment variable MLOPS_AUDIT_KEY takes precedence", since=5)
+    scan_allow: tuple[str, ...] = setting(("jake@alogicalparadox.com",),
+                                          "values `mlops-nb pii scan` may find by shape without a finding: public "
+                                          "addresses inside third-party code the reports bundle (this one: a "
+                                          "JavaScript library's author, in every Evidently HTML report); never a "
+                                          "customer's", since=5)
 
 # %% ../nbs/01_sections.ipynb #0d87bd32
 @dataclass(frozen=True)
