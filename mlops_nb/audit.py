@@ -14,13 +14,12 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .catalog import AUDIT_KINDS, ENV_ACTOR, ENV_AUDIT_KEY
-from .settings import Settings, SettingsError
+from .settings import Settings, secret_key
 
 # %% auto #0
 __all__ = ['GENESIS', 'AuditEvent', 'audit_key', 'checkpoint_path', 'write_checkpoint', 'append_event', 'read_events',
@@ -57,20 +56,7 @@ def _last_line(f) -> str:
 # %% ../nbs/07_audit.ipynb #aud1t0k1
 def audit_key(cfg: Settings, create: bool = True) -> bytes:
     "The checkpoint key: from the environment, else the key file (created with mode 0600 if missing and `create`)."
-    where, text = f"environment {ENV_AUDIT_KEY}", os.environ.get(ENV_AUDIT_KEY, "")
-    if not text:
-        path = cfg.privacy.audit_key_file
-        if not path.exists():
-            if not create: raise SettingsError(f"[privacy] audit_key_file: {path} does not exist (and "
-                                               f"{ENV_AUDIT_KEY} is not set): the trail's checkpoint cannot be checked")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f: f.write(secrets.token_hex(32) + "\n")
-        where, text = f"[privacy] audit_key_file {path}", path.read_text()
-    try: key = bytes.fromhex(text.strip())
-    except ValueError: key = b""
-    if len(key) < 16: raise SettingsError(f"{where}: not a key (expected at least 32 hex digits)")
-    return key
+    return secret_key(ENV_AUDIT_KEY, cfg.privacy.audit_key_file, "[privacy] audit_key_file", create)
 
 def checkpoint_path(cfg: Settings) -> Path:
     "Where the trail's keyed checkpoint lives: beside the trail."

@@ -54,7 +54,7 @@ from mlops_nb.report import (
 from .scorecard import CandidateEvaluation, evaluate_scores, jsonable
 from .settings import CharterSettings, Settings
 from .stats import paired_auc_difference
-from .value import budget_contacts, contact_policy, expected_profit
+from .value import budget_contacts, contact_policy, months_count, realised_value
 
 # %% auto #0
 __all__ = ['EXPLAIN_ROWS', 'rows_digest', 'current_champion', 'pyfunc_probabilities', 'naive_baseline', 'select_candidate',
@@ -129,9 +129,8 @@ def value_difference(y: np.ndarray,                  # 0/1 outcomes of the rows 
                      confidence: float = 0.95,
                      ) -> tuple[float, float, float]:
     "Realised value per month of policy a minus policy b on the same rows, with a paired normal interval."
-    gain = expected_profit(np.asarray(y, float), charter)
-    d = np.where(contact_a, gain, 0.0) - np.where(contact_b, gain, 0.0)
-    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
+    d = realised_value(y, contact_a, charter) - realised_value(y, contact_b, charter)
+    n_months = months_count(months)
     half = (norm.ppf(0.5 + confidence / 2) * math.sqrt(len(d)) * d.std(ddof=1) / n_months) if len(d) > 1 else math.inf
     diff = float(d.sum() / n_months)
     return diff, diff - half, diff + half
@@ -148,9 +147,7 @@ def select_by_value(names: Sequence[str],            # the candidates' names
                     ) -> tuple[int, str, list[dict[str, Any]]]:
     """(index of the selected candidate, the rule that chose it, one row per candidate): the highest validation value,
     unless others are within its noise — then validation AUC decides among those tied."""
-    gain = expected_profit(np.asarray(y_valid, float), charter)
-    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
-    values = [float(gain[np.asarray(c, bool)].sum() / n_months) for c in contacts]
+    values = [float(realised_value(y_valid, c, charter).sum() / months_count(months)) for c in contacts]
     lead = max(range(len(names)), key=lambda i: (values[i], valid_auc[i]))
     table, tied = [], []
     for i, name in enumerate(names):
@@ -301,7 +298,7 @@ def run_evaluate(cfg: Settings,                  # run settings
     "The evaluate phase: evaluate, card and package every candidate; log the comparison the gate reads."
     from mlops_nb import explain, package, train
     from mlops_nb.encoder import model_input
-    from mlops_nb.split import split_frame
+    from mlops_nb.split import training_split
     from mlops_nb.contracts import frame_digest, load_feature_table
     from mlops_nb.catalog import TABLE_FEATURES
     from mlops_nb.tracking import mlflow, phase_run
@@ -309,8 +306,7 @@ def run_evaluate(cfg: Settings,                  # run settings
     # its fits (calibrators, the inputs' ceiling) and scoring held to the CPUs free
     with thread_limits(configured_threads(cfg)), phase_run(cfg, PHASE_EVALUATE, run_id=mlflow_run_id) as run:
         df, spec = load_feature_table(cfg)
-        split = split_frame(df, spec, seed=seed, cv_max_rows=cfg.train.cv_max_rows,   # the rows training saw
-                            cv_folds=cfg.train.cv_folds, cv_repeats=cfg.train.cv_repeats)
+        split = training_split(df, spec, cfg.train)            # the rows training saw
         candidates = train.load_candidates(cfg, train_run_id)
         if not candidates: raise RuntimeError("no trained candidates found: run the train phase first")
         valid, test = split.valid.reset_index(drop=True), split.test.reset_index(drop=True)

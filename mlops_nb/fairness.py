@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from .settings import CharterSettings
 from .stats import auc_sort, bootstrap_counts, percentile_ci, sorted_auc
-from .value import contact_policy, cost_per_contact, expected_profit
+from .value import contact_policy, cost_per_contact, expected_profit, months_count
 
 # %% auto #0
 __all__ = ['FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATION_CONSTRAINT', 'fairness_frame', 'GroupIndex', 'group_rates',
@@ -255,7 +255,7 @@ def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,
     if max_contacts is not None:
         after = contact_policy(np.where(after, np.random.default_rng(seed).random(len(after)), -1.0), 0.0, max_contacts,
                                months)
-    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
+    n_months = months_count(months)
     codes, cats = pd.factorize(pd.Series(at), sort=True)
     den = _denominators(yt, codes, len(cats))
     out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric],

@@ -18,7 +18,8 @@ from sklearn.metrics import roc_auc_score
 from .calibration import expected_calibration_error
 from .settings import CharterSettings, Settings
 from .stats import paired_auc_difference
-from .value import break_even_probability, budget_contacts, contact_policy, cost_per_contact, expected_profit
+from .value import (break_even_probability, budget_contacts, contact_policy, cost_per_contact, expected_profit,
+                            months_count)
 
 # %% auto #0
 __all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'oracle_truth']
@@ -57,7 +58,7 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
     model's, oracle's and uplift oracle's policies valued under the true world."""
     y, p = np.asarray(y, int), np.asarray(p, float)
     tp = truth["p_churn"].to_numpy(float)
-    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
+    n_months = months_count(months)
     k = budget_contacts(charter)
     out: dict[str, Any] = dict(auc_model=float(roc_auc_score(y, p)), auc_true_p=float(roc_auc_score(y, tp)))
     out["auc_gap"], out["auc_gap_lo"], out["auc_gap_hi"] = paired_auc_difference(y, tp, p, n_boot, seed, confidence)

@@ -8,13 +8,10 @@ Docs: https://mlops-nb.github.io/mlops-nb/privacy.html.md"""
 # %% ../nbs/20_privacy.ipynb #f7864694
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
 import re
-import secrets
-import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import ENV_PSEUDONYM_KEY
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, secret_key
 
 # %% auto #0
 __all__ = ['NORMALISERS', 'SQL_NORMAL_FORMS', 'AGE_BANDS', 'load_key', 'normaliser', 'normalise', 'pseudonymise',
@@ -41,31 +38,13 @@ def _inside_git_tree(path: Path) -> bool:
                               timeout=10).stdout.strip() == "true"
     except (OSError, subprocess.SubprocessError): return False
 
-def _decode_key(text: str, where: str) -> bytes:
-    "Hex or base64 text → at least 16 key bytes; a clear error otherwise (never echoing the key)."
-    t = text.strip()
-    try: key = bytes.fromhex(t) if re.fullmatch(r"[0-9a-fA-F]+", t) else base64.b64decode(t, validate=True)
-    except ValueError: raise SettingsError(f"{where}: the pseudonym key is neither hex nor base64") from None
-    if len(key) < 16:
-        raise SettingsError(f"{where}: the pseudonym key is too short ({len(key)} bytes; need at least 16)")
-    return key
-
 def load_key(cfg: Settings, create: bool = True) -> bytes:
     "The pseudonym key: from the environment, else the key file (created with mode 0600 if missing and `create`)."
-    if os.environ.get(ENV_PSEUDONYM_KEY):
-        return _decode_key(os.environ[ENV_PSEUDONYM_KEY], f"environment {ENV_PSEUDONYM_KEY}")
     path = cfg.privacy.key_file
-    if _inside_git_tree(path):
+    if not os.environ.get(ENV_PSEUDONYM_KEY) and _inside_git_tree(path):
         raise SettingsError(f"[privacy] key_file: {path} is inside a git working tree; keep the key outside the "
                             "project")
-    if not path.exists():
-        if not create:
-            raise SettingsError(f"[privacy] key_file: {path} does not exist (and {ENV_PSEUDONYM_KEY} is not set)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f: f.write(secrets.token_hex(32) + "\n")
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO): path.chmod(0o600)
-    return _decode_key(path.read_text(), f"[privacy] key_file {path}")
+    return secret_key(ENV_PSEUDONYM_KEY, path, "[privacy] key_file", create)
 
 # %% ../nbs/20_privacy.ipynb #d30a4d67
 NORMALISERS = {

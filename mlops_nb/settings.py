@@ -61,8 +61,8 @@ log = logging.getLogger("mlops_nb.settings")
 
 # %% auto #0
 __all__ = ['log', 'SECTIONS', 'ENV_PREFIX', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS', 'SettingsError', 'Settings', 'parse_value',
-           'key_since', 'defaults_notice', 'load_settings', 'with_overrides', 'render_settings', 'sandbox_settings',
-           'phase_settings']
+           'key_since', 'defaults_notice', 'load_settings', 'with_overrides', 'render_settings', 'secret_key',
+           'sandbox_settings', 'phase_settings']
 
 # %% ../nbs/02_settings.ipynb #026e753a
 class SettingsError(ValueError):
@@ -316,6 +316,29 @@ def render_settings(values: Mapping[str, Any] | None = None) -> str:
     return "".join(out)
 
 # %% ../nbs/02_settings.ipynb #f415b036
+def secret_key(env_var: str,          # the environment variable that takes precedence (hex or base64)
+               path: Path,            # the key file
+               name: str,             # how a person names it, e.g. "[privacy] key_file"
+               create: bool = True,   # create the file (32 random bytes, hex, mode 0600) when missing
+               ) -> bytes:
+    """A secret kept outside the project: from `env_var` if set, else the key file (tightened to 0600); a clear error,
+    never echoing the key, when it is missing or not a key."""
+    import base64, secrets, stat
+    if os.environ.get(env_var): text, where = os.environ[env_var], f"environment {env_var}"
+    else:
+        if not path.exists():
+            if not create: raise SettingsError(f"{name}: {path} does not exist (and {env_var} is not set)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f: f.write(secrets.token_hex(32) + "\n")
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO): path.chmod(0o600)
+        text, where = path.read_text(), f"{name} {path}"
+    t = text.strip()
+    try: key = bytes.fromhex(t) if re.fullmatch(r"[0-9a-fA-F]+", t) else base64.b64decode(t, validate=True)
+    except ValueError: raise SettingsError(f"{where}: the key is neither hex nor base64") from None
+    if len(key) < 16: raise SettingsError(f"{where}: the key is too short ({len(key)} bytes; need at least 16)")
+    return key
+
 SANDBOX_DEFAULTS: dict[str, Any] = dict(lake_customers=400, lake_months=6, lake_drift_month=4,
                                         lake_schema_drift_month=4, lake_history_months=0)   # every month is history
 

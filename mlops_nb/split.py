@@ -16,10 +16,11 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from .contracts import FeatureSpec
-from .settings import SettingsError
+from .settings import SettingsError, TrainSettings
 
 # %% auto #0
-__all__ = ['CV_CHEAP_ROWS', 'Split', 'split_frame', 'rolling_origin_folds', 'cross_validation_split']
+__all__ = ['CV_CHEAP_ROWS', 'Split', 'split_frame', 'rolling_origin_folds', 'stratified_folds', 'cross_validation_split',
+           'training_split']
 
 # %% ../nbs/30_split.ipynb #d7b279ee
 @dataclass
@@ -138,6 +139,16 @@ def rolling_origin_folds(months: pd.Series,      # each non-test row's month (as
 # %% ../nbs/30_split.ipynb #cv5p1it3
 CV_CHEAP_ROWS = 3_000   # up to this many non-test rows, a flat table's folds are drawn 3 times by default
 
+def stratified_folds(y: np.ndarray,     # the 0/1 labels of the rows to fold
+                     folds: int, repeats: int, seed: int,   # repeats 0 = 3 up to CV_CHEAP_ROWS rows, else 1
+                     ) -> tuple[tuple[tuple[np.ndarray, np.ndarray], ...], int]:
+    "(the (fit, predict) positions of each fold of each draw, the draws): stratified K-fold, redrawn when cheap."
+    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
+    repeats = repeats if repeats > 0 else (3 if len(y) <= CV_CHEAP_ROWS else 1)
+    splitter = (RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed) if repeats > 1
+                else StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return tuple(splitter.split(np.zeros(len(y)), y)), repeats
+
 def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
                            spec: FeatureSpec,
                            seed: int, test_share: float, test_months: int,
@@ -146,7 +157,6 @@ def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
                            cv_repeats: int = 1,  # flat tables: draws of the K folds (0 = 3 when cheap, else 1)
                            ) -> Split | None:
     "The test part held out and folds over the rest — or None when the table is too big (or has too few months)."
-    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
     y = lab[spec.target].astype(int)
     if spec.time_column:
         col = lab[spec.time_column].astype(str)
@@ -165,11 +175,8 @@ def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
     else:
         if len(lab) * (1 - test_share) >= cv_max_rows: return None
         rest, test = train_test_split(lab, test_size=test_share, stratify=y, random_state=seed)
-        repeats = cv_repeats if cv_repeats > 0 else (3 if len(rest) <= CV_CHEAP_ROWS else 1)
-        splitter = (RepeatedStratifiedKFold(n_splits=cv_folds, n_repeats=repeats, random_state=seed) if repeats > 1
-                    else StratifiedKFold(cv_folds, shuffle=True, random_state=seed))
         # every non-test row is validated (`repeats` times): `valid` is `train`, positions point into both
-        folds = tuple(splitter.split(np.zeros(len(rest)), rest[spec.target].astype(int)))
+        folds, repeats = stratified_folds(rest[spec.target].astype(int).to_numpy(), cv_folds, cv_repeats, seed)
         valid = rest
     for name, part in (("test", test), ("cross-validated", rest)):
         if part[spec.target].nunique() < 2:
@@ -177,3 +184,9 @@ def cross_validation_split(lab: pd.DataFrame,   # the labelled rows
                                 "rows?)")
     return Split(rest, valid, test, kind="time" if spec.time_column else "random", target=spec.target,
                  time_column=spec.time_column, folds=folds, cv_repeats=repeats)
+
+# %% ../nbs/30_split.ipynb #cv5p1it5
+def training_split(df: pd.DataFrame, spec: FeatureSpec, train: TrainSettings) -> Split:
+    "The split a train run makes under `[train]` — and the one evaluation must remake, row for row."
+    return split_frame(df, spec, seed=train.seed, cv_max_rows=train.cv_max_rows, cv_folds=train.cv_folds,
+                       cv_repeats=train.cv_repeats)

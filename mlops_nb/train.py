@@ -53,7 +53,8 @@ from .compute import configured_threads, thread_limits
 from .contracts import FeatureSpec, feature_table_source, frame_digest, load_feature_table, pandas_dataset
 from .package import log_pipeline
 from .settings import Settings, SettingsError
-from .split import Split, split_frame
+from .split import Split, split_frame, training_split
+from .stats import sigmoid
 from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 
 # %% auto #0
@@ -236,7 +237,7 @@ def log_oof(oof: np.ndarray, split: Split, spec: FeatureSpec) -> None:
 def blend_oof(oofs: Sequence[np.ndarray]) -> np.ndarray:
     "The blend's out-of-fold probabilities: the mean log-odds of its members' (what `LogOddsBlend` does to scores)."
     q = [np.clip(o, 1e-12, 1 - 1e-12) for o in oofs]
-    return 1 / (1 + np.exp(-np.mean([np.log(o / (1 - o)) for o in q], axis=0)))
+    return sigmoid(np.mean([np.log(o / (1 - o)) for o in q], axis=0))
 
 def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec,
                 within: float,
@@ -278,8 +279,7 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
     with thread_limits(configured_threads(cfg)) as threads:
         df, spec = load_feature_table(cfg)
         source = feature_table_source(cfg)   # the warehouse content hash the feature table was built from
-        split = split_frame(df, spec, seed=cfg.train.seed, cv_max_rows=cfg.train.cv_max_rows,
-                            cv_folds=cfg.train.cv_folds, cv_repeats=cfg.train.cv_repeats)
+        split = training_split(df, spec, cfg.train)
         full_train_rows = len(split.train)
         if not split.cross_validated:      # (a cross-validated table is small, and its folds point into its rows)
             split = dataclasses.replace(split,

@@ -20,7 +20,8 @@ from .stats import bootstrap_counts, equal_mass_bins, percentile_ci
 
 # %% auto #0
 __all__ = ['cost_per_contact', 'expected_profit', 'break_even_probability', 'budget_contacts', 'ThresholdChoice', 'profit_curve',
-           'best_threshold', 'contact_policy', 'gains_table', 'charter_verdict', 'business_summary']
+           'best_threshold', 'contact_policy', 'gains_table', 'charter_verdict', 'months_count', 'realised_value',
+           'business_summary']
 
 # %% ../nbs/41_value.ipynb #1dc3b665
 def cost_per_contact(charter: CharterSettings) -> float:
@@ -121,6 +122,15 @@ def charter_verdict(reduction: float,           # expected relative churn reduct
                  (" and loses money" if profit_per_month <= 0 else "") + f": {how}."
     return dict(meets=meets, margin=float(margin), roi=float(roi), text=text)
 
+# %% ../nbs/41_value.ipynb #m0nth001
+def months_count(months: np.ndarray | None) -> int:
+    "How many months the rows span (1 when they carry none): the divisor of every per-month figure."
+    return max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
+
+def realised_value(y: np.ndarray, contact: np.ndarray, charter: CharterSettings) -> np.ndarray:
+    "Each row's realised value under a policy: the charter's profit of contacting it if contacted, else 0."
+    return np.where(np.asarray(contact, bool), expected_profit(np.asarray(y, float), charter), 0.0)
+
 # %% ../nbs/41_value.ipynb #8132a58c
 def business_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, charter: CharterSettings,
                      months: np.ndarray | None = None, n_boot: int = 400, seed: int = 0,
@@ -128,8 +138,8 @@ def business_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, charter:
     """What a contact policy delivers on labelled rows, per month: contacts, spend, realised and expected profit (with
     CI), churn reduction, verdict."""
     y, p, contact = np.asarray(y, float), np.asarray(p, float), np.asarray(contact, bool)
-    n_months = max(1, len(pd.unique(np.asarray(months)))) if months is not None else 1
-    realised = np.where(contact, expected_profit(y, charter), 0.0)
+    n_months = months_count(months)
+    realised = realised_value(y, contact, charter)
     boots = np.concatenate([W @ realised for W in bootstrap_counts(len(y), n_boot, seed)]) / n_months
     lo, hi = percentile_ci(boots, confidence)
     contacts = contact.sum() / n_months

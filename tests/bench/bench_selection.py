@@ -50,20 +50,16 @@ def tables() -> dict[str, tuple[pd.DataFrame, str, list[str], list[str]]]:
 
 def ours(train: pd.DataFrame, test: pd.DataFrame, spec, families, trials: int, folds: int, seed: int) -> np.ndarray:
     "Our small-table procedure on `train`; the shipped model's probabilities of `test`."
-    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
     from mlops_nb.calibration import expected_calibration_error, fit_calibrator
     from mlops_nb.candidates import BLEND, LogOddsBlend, blend_members
     from mlops_nb.evaluate import select_by_value
     from mlops_nb.sections import CharterSettings, GateSettings, TrainSettings
-    from mlops_nb.split import CV_CHEAP_ROWS, Split
+    from mlops_nb.split import Split, stratified_folds
     from mlops_nb.train import blend_oof, tune_family
     from mlops_nb.value import best_threshold, budget_contacts, contact_policy
     # the split `30_split` makes of a flat table (its folds redrawn 3 times when it is cheap), on the outer fold
-    repeats = 3 if len(train) <= CV_CHEAP_ROWS else 1
-    splitter = (RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed) if repeats > 1
-                else StratifiedKFold(folds, shuffle=True, random_state=seed))
-    split = Split(train, train, test, kind="random", target=spec.target, cv_repeats=repeats,
-                  folds=tuple(splitter.split(np.zeros(len(train)), train[spec.target])))
+    cv, repeats = stratified_folds(train[spec.target].astype(int).to_numpy(), folds, 0, seed)
+    split = Split(train, train, test, kind="random", target=spec.target, cv_repeats=repeats, folds=cv)
     y = split.y("valid")
     groups = split.valid_groups()
     best, oofs = {}, {}
