@@ -26,18 +26,20 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TAG_GATE_DECISION', 'TAG_GATE_FAILED', 'TAG_GATE_OVERRIDDEN', 'TAG_GATE_OVERRIDE_REASON',
            'TAG_GATE_OVERRIDE_ACTOR', 'TAG_GATE_CANDIDATE_RUN_ID', 'TAG_GATE_MODEL_URI', 'TAG_GATE_EVALUATE_RUN_ID',
            'TAG_GATE_COMPARED_WITH', 'TAG_GATE_RUN_ID', 'TAG_GATE_CHECK_PREFIX', 'TAG_REGISTER_VERSION',
-           'TAG_REGISTER_STATUS', 'TAG_REGISTER_APPROVED', 'TAG_STATUS', 'ART_SETTINGS', 'ART_RUN_SETTINGS',
-           'ART_NOTEBOOK_DIR', 'ART_LAKE_MANIFEST', 'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION', 'ART_ETL_QUARANTINE',
-           'ART_ETL_SUMMARY', 'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC', 'ART_FEATURES_MISSING',
-           'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF', 'ART_EVALUATION_DIR',
-           'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_IMPORTANCE',
-           'ART_GATE_DECISION', 'ART_GATE_OVERRIDE', 'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH',
-           'ART_MONITOR_DRIFT_HTML', 'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE',
-           'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED',
-           'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT',
-           'AUDIT_ALERT_RAISED', 'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
-           'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED',
-           'AUDIT_QUALITY_VERDICT', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE',
+           'TAG_REGISTER_STATUS', 'TAG_REGISTER_APPROVED', 'TAG_STATUS', 'TAG_ERASED_SUBJECTS', 'ART_SETTINGS',
+           'ART_RUN_SETTINGS', 'ART_NOTEBOOK_DIR', 'ART_LAKE_MANIFEST', 'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION',
+           'ART_ETL_QUARANTINE', 'ART_ETL_SUMMARY', 'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC',
+           'ART_FEATURES_MISSING', 'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF',
+           'ART_TRAIN_KEYS', 'ART_EVALUATION_DIR', 'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD',
+           'ART_MODEL_CARD_HTML', 'ART_IMPORTANCE', 'ART_GATE_DECISION', 'ART_GATE_OVERRIDE', 'ART_REGISTER',
+           'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML', 'AUDIT_TRAIN_FINISHED',
+           'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED',
+           'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION',
+           'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED', 'AUDIT_ALERT_RESOLVED',
+           'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK', 'AUDIT_DATA_RELEASED',
+           'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED', 'AUDIT_QUALITY_VERDICT',
+           'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED', 'AUDIT_SUBJECT_ERASED', 'AUDIT_SUBJECT_REVIEWED',
+           'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE',
            'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS',
            'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS',
            'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
@@ -48,7 +50,7 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
            'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY',
            'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
-           'VERB_PII', 'VERB_AUDIT', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -165,6 +167,9 @@ TAG_REGISTER_STATUS = name("tag", "mlops_nb.register.status", "registry", "peopl
 TAG_REGISTER_APPROVED = name("tag", "mlops_nb.register.approved", "registry", "people", "whether the gate approved it")
 TAG_STATUS = name("tag", "mlops_nb.status", "registry", "registry, score, served",
                   "on a model version: development | staging | production | archived")
+TAG_ERASED_SUBJECTS = name("tag", "mlops_nb.erased_subjects", "erasure", "retrain, people",
+                           "on a model version: how many people it was trained on have since been erased (LGPD art. "
+                           "18 VI) — retrain before relying on it again")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a116
 def tag_filter(tag: str, value: str) -> str:
@@ -192,6 +197,9 @@ ART_TRAIN_SPEC = name("artifact", "feature_spec.json", "train", "people", "the s
 ART_TRAIN_CANDIDATES = name("artifact", "candidates.json", "train", "people", "one row per candidate")
 ART_TRAIN_OOF = name("artifact", "oof/predictions.parquet", "train", "evaluate",
                      "a cross-validated candidate's out-of-fold probabilities of the validated rows, in order")
+ART_TRAIN_KEYS = name("artifact", "lineage/training_keys.parquet", "train", "subjects, erasure",
+                      "the customer pseudonyms whose rows trained (or tuned) the run's models: who a version learnt "
+                      "from, for access requests and erasure")
 ART_EVALUATION_DIR = name("artifact", "evaluation", "evaluate", "gate", "the evaluation's folder")
 ART_EVALUATION = name("artifact", "evaluation/evaluation.json", "evaluate", "gate", "every figure of the evaluation")
 ART_EVALUATION_SCORES = name("artifact", "evaluation/scores.parquet", "evaluate", "gate",
@@ -243,6 +251,16 @@ AUDIT_ETL_LOADED = name("audit", "etl.loaded", "warehouse", "people",
                         "a warehouse load: partitions and rows (aggregates only), the lake's and warehouse's digests")
 AUDIT_QUALITY_VERDICT = name("audit", "quality.verdict", "quality", "people",
                              "the quality gate's verdict: passed or not, failures, warnings, the rules' source")
+AUDIT_SUBJECT_REQUEST = name("audit", "subject.request", "subjects", "people, dashboards",
+                             "a data-subject request received (access, erasure, review, retention): its id and kind")
+AUDIT_SUBJECT_EXPORTED = name("audit", "subject.exported", "subjects", "people, dashboards",
+                              "an access request answered: what the export holds (counts, its digest), never values")
+AUDIT_SUBJECT_ERASED = name("audit", "subject.erased", "erasure", "people, dashboards",
+                            "people erased: rows and files per store, model versions flagged, the scan's verdict")
+AUDIT_SUBJECT_REVIEWED = name("audit", "subject.reviewed", "review", "people, dashboards",
+                              "an automated decision reviewed (LGPD art. 20): request id, model version, decision")
+AUDIT_SUBJECT_REFUSED = name("audit", "subject.refused", "subjects, erasure", "people, dashboards",
+                             "a data-subject request refused, with its reason (e.g. an active contract)")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
 
@@ -334,6 +352,11 @@ VERB_PII = name("verb", "pii", "cli", "the data-protection officer, schedulers",
 VERB_AUDIT = name("verb", "audit", "cli", "the data-protection officer, auditors",
                   "`verify` the trail against its keyed checkpoint (naming the first bad entry); `show` its entries, "
                   "filtered")
+VERB_SUBJECT = name("verb", "subject", "cli", "the data-protection officer",
+                    "data-subject rights: `export` (access), `erase`, `purge` (retention), `requests` (their status)")
+VERB_REVIEW = name("verb", "review", "cli", "the data-protection officer, customers",
+                   "review an automated decision by its request id (LGPD art. 20): version, explanation, how to "
+                   "contest")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:

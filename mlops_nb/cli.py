@@ -16,13 +16,22 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from .catalog import ENV_ACTOR, ENV_SETTINGS, STATUS_STAGING, VERB_AUDIT, VERB_OPERATE, VERB_PII, VERB_ROI
+from mlops_nb.catalog import (
+    ENV_ACTOR,
+    ENV_SETTINGS,
+    STATUS_STAGING,
+    VERB_AUDIT,
+    VERB_OPERATE,
+    VERB_PII,
+    VERB_ROI,
+    VERB_SUBJECT,
+)
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings',
            'cmd_ui', 'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'main']
+           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'cmd_subject', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -318,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--csv", action="store_true", help="the whole table as CSV on standard output")
     ro.set_defaults(func=cmd_roi)
     _add_audit_parser(sub)
+    _add_subject_parser(sub)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
                         description="Render README.md from nbs/index.ipynb.")
     rd.add_argument("--check", action="store_true", help="fail if README.md is out of date")
@@ -436,6 +446,62 @@ def cmd_pii(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return EXIT_FAILED
     print(f"no clear personal data outside the vault ({len(places)} places searched: "
           f"{', '.join(str(p) for p in places)})")
+    return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #sbjcli02
+def _add_subject_parser(sub) -> None:
+    "The `mlops-nb subject export|erase|purge|requests` subcommands."
+    s = sub.add_parser(VERB_SUBJECT, help="data-subject rights: access, erasure, retention, requests",
+                       description="LGPD art. 18 requests, each recorded in the audit trail with its answer.")
+    sa = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ex = sa.add_parser("export", help="everything held about a customer, as one JSON file (access)",
+                       description="Write everything held about the customer (vault, warehouse, predictions with "
+                       "explanations, campaign actions, model versions trained on them) to [privacy] requests_dir.")
+    ex.add_argument("customer_id", help="the customer id, as the CRM knows it")
+    er = sa.add_parser("erase", help="erase a customer from every store (refused while their contract is active)",
+                       description="Remove the customer from the lake, warehouse, vault, prediction log, MLflow "
+                       "artifacts and reports (files rewritten, databases compacted), flag the model versions trained "
+                       "on them, and prove it with a final scan.")
+    er.add_argument("customer_id", help="the customer id, as the CRM knows it")
+    er.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    sa.add_parser("purge", help="erase everyone past [privacy] retention_months after leaving",
+                  description="The retention purge, for a scheduler: one batch, one request in the trail.")
+    rq = sa.add_parser("requests", help="every data-subject request and its status")
+    rq.add_argument("--json", action="store_true", help="one JSON object per line")
+    for p in (ex, er, sa.choices["purge"], rq): p.set_defaults(func=cmd_subject)
+
+# %% ../nbs/90_cli.ipynb #sbjcli03
+def _say_erasure(res: Any) -> int:
+    "Print an erasure's outcome; its exit code."
+    if res.status == "refused":
+        print(f"refused (request {res.request_id}): {res.reason}", file=sys.stderr); return EXIT_FAILED
+    rows = sum(v for k, v in res.warehouse_rows.items() if not k.startswith("redacted"))
+    print(f"{res.status}: {res.people} people, request {res.request_id}: {res.lake_records} lake records, {rows} "
+          f"warehouse rows, {res.vault_rows} vault rows, {len(res.files)} files rewritten or redacted; model versions "
+          f"flagged: {', '.join(res.versions_flagged) or 'none'} ({res.seconds:.1f} s)")
+    for left in res.leftovers: print(f"  still found: {left}", file=sys.stderr)
+    return EXIT_OK if res.status == "done" else EXIT_FAILED
+
+def cmd_subject(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Carry out one data-subject request (or list them)."
+    from mlops_nb.erasure import erase_subject, purge_expired
+    from mlops_nb.subjects import request_status, subject_export
+    cfg, actor = load_settings(_settings_path(args)), os.environ.get(ENV_ACTOR) or None
+    if args.action == "export":
+        res = subject_export(cfg, args.customer_id, actor)
+        print(f"access request {res.request_id} answered: {res.path} (mode 0600; it holds the person's clear data)")
+        return EXIT_OK
+    if args.action == "erase": return _say_erasure(erase_subject(cfg, args.customer_id, args.reason, actor))
+    if args.action == "purge":
+        res = purge_expired(cfg, actor)
+        if res is None:
+            print(f"nobody is due ([privacy] retention_months = {cfg.privacy.retention_months})"); return EXIT_OK
+        return _say_erasure(res)
+    t = request_status(cfg)
+    if args.json:
+        for r in t.to_dict("records"): print(json.dumps(r, ensure_ascii=False))
+    elif t.empty: print("no data-subject request yet")
+    else: print(t.to_string(index=False))
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7

@@ -312,6 +312,12 @@ def observe_month(cfg: Settings, month: str) -> list[str]:
     i = _month_index(world, month, len(stats["months"]))
     if world.observed != i:
         writer.write_month(i, world.observe(i).batches)
+        # earlier files as they are now: an erasure may have rewritten them since they were written
+        now = Path(cfg.paths.lake) / "_manifest.json"
+        kept = {f["path"]: f for f in json.loads(now.read_text())["files"]} if now.exists() else {}
+        for f in writer.files:
+            if f["month"] != month and f["path"] in kept:
+                f.update({k: kept[f["path"]][k] for k in ("sha256", "bytes", "rows") if k in kept[f["path"]]})
         publish_lake(cfg.lake, cfg.paths.lake, cfg.paths.oracle, writer, world.intercepts, stats)
         save_world(cfg.paths.oracle, world, writer, stats)
     return [f["path"] for f in writer.files if f["month"] == month]

@@ -212,12 +212,13 @@ def sandbox_champion(cfg: Settings,
     from mlops_nb.tracking import mlflow, phase_run
     from mlops_nb.candidates import LogOddsBlend, make_candidate
     from mlops_nb.split import split_frame
-    from mlops_nb.train import log_datasets, split_datasets
+    from mlops_nb.train import log_datasets, log_training_keys, split_datasets
     ensure_demo_features(cfg, n_customers, n_months)
     df, spec = load_feature_table(cfg)
     split = split_frame(df, spec, seed=cfg.train.seed)
     with phase_run(cfg, PHASE_SANDBOX, run_name=f"sandbox-{family}") as run:
         log_datasets(split_datasets(split, spec, source=str(cfg.paths.warehouse)))
+        log_training_keys(split, spec)   # who it learnt from (access requests, erasure)
         mlflow.log_params(split.describe())   # the months it learnt from: the monitor's reference period
         fit = lambda f, p: make_candidate(f, p, spec, cfg.train.seed).fit(split.train, split.y("train"))  # noqa: E731
         # members: their defaults

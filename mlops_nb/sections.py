@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 5   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 6   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -157,6 +157,15 @@ class PrivacySettings:
                                           "addresses inside third-party code the reports bundle (this one: a "
                                           "JavaScript library's author, in every Evidently HTML report); never a "
                                           "customer's", since=5)
+    requests_dir: Path = setting(Path("data/privacy"),
+                                 "where answers to data-subject requests are written (access exports, decision "
+                                 "reviews): they hold the person's clear data, so a folder of mode 0700 apart from "
+                                 "everything `pii scan` searches", since=6)
+    retention_months: int = setting(60,
+                                    "months after a customer's departure (their cancellation's effective month) after "
+                                    "which `mlops-nb subject purge` erases their personal data everywhere, as an "
+                                    "erasure request would; 0 = never (the default, five years, is the limitation "
+                                    "period of Brazil's consumer and tax claims)", lo=0, hi=1200, since=6)
 
 # %% ../nbs/01_sections.ipynb #0d87bd32
 @dataclass(frozen=True)

@@ -264,6 +264,7 @@ def _resolve_paths(s: Settings) -> Settings:
     ml = dataclasses.replace(s.mlflow, tracking_uri=uri, artifacts=(root / s.mlflow.artifacts).resolve())
     priv = dataclasses.replace(s.privacy, key_file=(root / s.privacy.key_file).resolve(),
                                audit_key_file=(root / s.privacy.audit_key_file).resolve(),
+                               requests_dir=(root / s.privacy.requests_dir).resolve(),
                                vault=(root / s.privacy.vault).resolve())
     qual = dataclasses.replace(s.quality, rules_file=(root / s.quality.rules_file).resolve())
     byod = dataclasses.replace(

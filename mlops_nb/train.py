@@ -27,6 +27,7 @@ from .audit import append_event
 from .candidates import BLEND, LogOddsBlend, blend_members, make_candidate, trial_params
 from mlops_nb.catalog import (
     ART_TRAIN_CANDIDATES,
+    ART_TRAIN_KEYS,
     ART_TRAIN_OOF,
     ART_TRAIN_SPEC,
     AUDIT_TRAIN_FINISHED,
@@ -59,9 +60,9 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 
 # %% auto #0
 __all__ = ['SPLIT_CONTEXTS', 'score', 'Trial', 'fit_trial', 'tune_family', 'fold_interval', 'fit_trial_cv', 'refit_on_all',
-           'loggable_params', 'split_datasets', 'log_datasets', 'TrainResult', 'train_family', 'log_oof', 'blend_oof',
-           'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'load_oof', 'latest_train_run',
-           'load_candidates']
+           'loggable_params', 'split_datasets', 'log_datasets', 'log_training_keys', 'TrainResult', 'train_family',
+           'log_oof', 'blend_oof', 'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'load_oof',
+           'latest_train_run', 'load_candidates']
 
 # %% ../nbs/35_train.ipynb #bc54f9e7
 def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -161,6 +162,17 @@ def split_datasets(split: Split, spec: FeatureSpec, source: str,
 def log_datasets(datasets: dict[str, Any], parts: Sequence[str] = ("train", "valid", "test")) -> None:
     "Log the given parts as inputs of the active run."
     for part in parts: mlflow.log_input(datasets[part], context=SPLIT_CONTEXTS[part])
+
+# %% ../nbs/35_train.ipynb #trk3ys02
+def log_training_keys(split: Split, spec: FeatureSpec) -> int:
+    "Log the distinct customer pseudonyms of the training and validation rows as `ART_TRAIN_KEYS`; return how many."
+    keys = pd.concat([split.train[spec.id_column], split.valid[spec.id_column]]).dropna().astype(str).unique()
+    frame = pd.DataFrame({spec.id_column: np.sort(keys)})
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / Path(ART_TRAIN_KEYS).name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(ART_TRAIN_KEYS).parent))
+    return len(frame)
 
 # %% ../nbs/35_train.ipynb #5fa82e88
 # Registered models pickle the classes they hold by module path, and versions registered before the rooms were split
@@ -303,6 +315,7 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
                 }
             )
             log_datasets(datasets)
+            log_training_keys(split, spec)
             mlflow.log_dict(json.loads(spec.to_json()), ART_TRAIN_SPEC)
             rows, pipelines, oofs = [], {}, {}
             # the network may fit a smaller sample (`network_max_rows`): its own training part and dataset
