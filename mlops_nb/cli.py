@@ -23,6 +23,7 @@ from mlops_nb.catalog import (
     VERB_AUDIT,
     VERB_OPERATE,
     VERB_PII,
+    VERB_REVIEW,
     VERB_ROI,
     VERB_SUBJECT,
 )
@@ -31,7 +32,7 @@ from .settings import SettingsError, load_settings, render_settings
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings',
            'cmd_ui', 'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'cmd_subject', 'main']
+           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'cmd_subject', 'cmd_review', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -469,6 +470,13 @@ def _add_subject_parser(sub) -> None:
     rq = sa.add_parser("requests", help="every data-subject request and its status")
     rq.add_argument("--json", action="store_true", help="one JSON object per line")
     for p in (ex, er, sa.choices["purge"], rq): p.set_defaults(func=cmd_subject)
+    rv = sub.add_parser(VERB_REVIEW, help="review an automated decision by its request id (LGPD art. 20)",
+                        description="The decision, its model version and lineage, the threshold, the reasons in "
+                        "Portuguese and English and how to contest it, written as JSON and HTML to [privacy] "
+                        "requests_dir.")
+    rv.add_argument("request_id", help="the decision's request id (the API's answer; a batch month's)")
+    rv.add_argument("--customer", default=None, metavar="ID", help="the customer, for a batch request")
+    rv.set_defaults(func=cmd_review)
 
 # %% ../nbs/90_cli.ipynb #sbjcli03
 def _say_erasure(res: Any) -> int:
@@ -502,6 +510,18 @@ def cmd_subject(args: argparse.Namespace, extra: Sequence[str]) -> int:
         for r in t.to_dict("records"): print(json.dumps(r, ensure_ascii=False))
     elif t.empty: print("no data-subject request yet")
     else: print(t.to_string(index=False))
+    return EXIT_OK
+
+def cmd_review(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Review one automated decision; print where the page is."
+    from mlops_nb.review import review_decision, write_review
+    cfg = load_settings(_settings_path(args))
+    rv = review_decision(cfg, args.request_id, args.customer, os.environ.get(ENV_ACTOR) or None)
+    j, h = write_review(cfg, rv)
+    print(f"review {rv.review_id}: model {rv.model['name']} version {rv.model['version']}, p = "
+          f"{rv.churn_probability:.3f} vs threshold {rv.threshold:.3f} → {'offer' if rv.decision else 'no offer'}"
+          f"{f' ({rv.action})' if rv.action else ''}\n  {h}\n  {j}")
+    for s in rv.reasons["en"]: print(f"  - {s}")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7

@@ -7,6 +7,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/contracts.html.md"""
 # %% ../nbs/06_contracts.ipynb #c38376f0
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -30,9 +31,9 @@ from .settings import Settings, SettingsError
 __all__ = ['DATASET_MAX_ROWS', 'FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect',
            'connect_warehouse', 'warehouse_content_hash', 'save_feature_query', 'save_feature_table',
            'partition_fingerprints', 'read_feature_inputs', 'first_changed_month', 'months_to_rebuild',
-           'save_feature_months', 'no_feature_table', 'read_feature_spec', 'feature_table_source', 'load_feature_table',
-           'table_exists', 'held_partitions', 'has_columns', 'month_profile', 'missing_profile', 'feature_dataset',
-           'sql_digest', 'large_feature_dataset']
+           'save_feature_months', 'no_feature_table', 'read_feature_spec', 'with_sensitive_attributes',
+           'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions', 'has_columns',
+           'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest', 'large_feature_dataset']
 
 # %% ../nbs/06_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -245,7 +246,14 @@ def read_feature_spec(con, cfg: Settings) -> FeatureSpec:
     try: row = con.execute(f"SELECT spec FROM {TABLE_FEATURE_SPEC}").fetchone()
     except duckdb.CatalogException: raise no_feature_table(cfg) from None
     if row is None: raise no_feature_table(cfg)
-    return FeatureSpec.from_json(row[0])
+    spec = FeatureSpec.from_json(row[0])
+    return with_sensitive_attributes(spec, cfg) if spec.source == "synthetic" else spec
+
+def with_sensitive_attributes(spec: FeatureSpec, cfg: Settings) -> FeatureSpec:
+    """The synthetic table's spec with only the sensitive attributes `[privacy] sensitive_attributes` names (fairness is
+    measured, gated and monitored on those; the features phase refuses a name the synthetic world has not)."""
+    chosen = cfg.privacy.sensitive_attributes
+    return dataclasses.replace(spec, sensitive=tuple(c for c in spec.sensitive if c in chosen))
 
 # %% ../nbs/06_contracts.ipynb #5291cd30
 def feature_table_source(cfg: Settings) -> str:

@@ -70,8 +70,7 @@ STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
                   dropped_call_rate=("dropped_call_rate",)),
     "billing": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
                     reference_month=("reference_month",), issue_date=("issue_date",), due_date=("due_date",),
-                    amount=("amount",),
-                    paid_date=("paid_date",)),
+                    amount=("amount",), paid_date=("paid_date",)),
     "tickets": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
                     opened_at=("opened_at",), closed_at=("closed_at",), resolved=("resolved",),
                     satisfaction=("satisfaction",)),
@@ -80,8 +79,7 @@ STAGING_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "campaigns": dict(customer_key=("customer_key",), arrival=("arrival_month", "partition_month", "source_month"),
                       month=("month", "campaign_month"), contacted=("contacted",)),
 }
-OPTIONAL = {("customers", "region"), ("customers", "uf"), ("customers", "birth_date"), ("customers", "birth_year"),
-            ("customers", "gender")}
+OPTIONAL = {("customers", c) for c in ("region", "uf", "birth_date", "birth_year", "gender")}
 # the inputs read through a window: (canonical month column, months back a feature month reads)
 WINDOWED = {"usage": ("month", 3), "billing": ("reference_month", 2), "tickets": ("opened_at", 2)}
 
@@ -539,6 +537,8 @@ def write_features(cfg: Settings, full: bool = False) -> FeatureWrite:
     earliest changed lake partition on (every month the first time, when the build's SQL changed, or with `full`)."""
     h, g = cfg.features.horizon_months, cfg.features.label_grace_months
     spec, build = feature_spec(h), feature_build_digest(feature_spec(h), h, g)
+    if unknown := [c for c in cfg.privacy.sensitive_attributes if c not in spec.sensitive]:
+        raise SettingsError(f"[privacy] sensitive_attributes: the synthetic table has no {', '.join(unknown)}")
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"SET memory_limit = '{cfg.features.memory_limit}'")   # beyond it DuckDB spills to <warehouse>.tmp
         con.execute("SET preserve_insertion_order = true")

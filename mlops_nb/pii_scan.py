@@ -89,4 +89,4 @@ def scan_files(paths: Iterable[Path], needles: dict[str, str],
 def pii_scan(cfg: Settings) -> tuple[list[Path], list[PiiFinding]]:
     "(the places searched, what was found there) for these settings."
     places = scan_places(cfg)
-    return places, scan_files(places, vault_needles(cfg), cfg.privacy.scan_allow)
+    return places, scan_files(places, vault_needles(cfg), (*cfg.privacy.scan_allow, cfg.privacy.dpo_contact))

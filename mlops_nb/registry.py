@@ -257,10 +257,13 @@ def register_gate_decision(cfg: Settings, actor: str = "pipeline") -> RegisterRe
 
 # %% ../nbs/50_registry.ipynb #3ac4bc4a
 def run_register(cfg: Settings, mlflow_run_id: str = "") -> RegisterResult:
-    "The register phase: registry bookkeeping for the latest gate decision, logged to its MLflow run."
+    """The register phase: registry bookkeeping for the latest gate decision, logged to its MLflow run, and the
+    registered version's documents (`49_documents`)."""
     from mlops_nb.tracking import phase_run
+    from mlops_nb.documents import write_documents
     with phase_run(cfg, PHASE_REGISTER, mlflow_run_id):
         res = register_gate_decision(cfg)
+        if res.version: write_documents(cfg, res.version)   # its record of processing and impact report
         mlflow.set_tags({TAG_REGISTER_VERSION: res.version or "", TAG_REGISTER_STATUS: res.status,
                          TAG_REGISTER_APPROVED: str(res.approved).lower()})
         mlflow.log_dict(dict(version=res.version, status=res.status, approved=res.approved, message=res.message),

@@ -9,13 +9,14 @@ Docs: https://mlops-nb.github.io/mlops-nb/sandbox.html.md"""
 # %% ../nbs/99_sandbox.ipynb #6df2f8bd
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .catalog import PHASE_SANDBOX, TABLE_FEATURES, TAG_FAMILY
+from .catalog import ART_TRAIN_SPEC, PHASE_SANDBOX, TABLE_FEATURES, TAG_FAMILY
 from .contracts import FeatureSpec, connect_warehouse, save_feature_table
 from .privacy import AGE_BANDS
 from .settings import Settings
@@ -219,6 +220,7 @@ def sandbox_champion(cfg: Settings,
     with phase_run(cfg, PHASE_SANDBOX, run_name=f"sandbox-{family}") as run:
         log_datasets(split_datasets(split, spec, source=str(cfg.paths.warehouse)))
         log_training_keys(split, spec)   # who it learnt from (access requests, erasure)
+        mlflow.log_dict(json.loads(spec.to_json()), ART_TRAIN_SPEC)   # what it reads (the documents say so)
         mlflow.log_params(split.describe())   # the months it learnt from: the monitor's reference period
         fit = lambda f, p: make_candidate(f, p, spec, cfg.train.seed).fit(split.train, split.y("train"))  # noqa: E731
         # members: their defaults

@@ -166,6 +166,10 @@ class PrivacySettings:
                                     "which `mlops-nb subject purge` erases their personal data everywhere, as an "
                                     "erasure request would; 0 = never (the default, five years, is the limitation "
                                     "period of Brazil's consumer and tax claims)", lo=0, hi=1200, since=6)
+    dpo_contact: str = setting("encarregado@operadora.example",
+                               "how a person reaches the data-protection officer (LGPD art. 41): printed on every "
+                               "decision review and in the record of processing; a public address, so the PII scan "
+                               "never flags it", since=6)
 
 # %% ../nbs/01_sections.ipynb #0d87bd32
 @dataclass(frozen=True)

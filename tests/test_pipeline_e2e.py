@@ -77,6 +77,26 @@ def test_the_pii_scan_finds_nothing_after_a_run_and_names_a_planted_canary(pipel
     finally: canary.unlink()
 
 
+def test_every_registered_version_has_its_documents_in_reports_and_mlflow(pipeline):
+    from mlops_nb.tracking import MlflowClient, configure_mlflow
+    settings, _ = pipeline
+    cfg = load_settings(settings, env={})
+    configure_mlflow(cfg)
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'")
+    assert versions
+    for v in versions:
+        folder = cfg.paths.reports / "documents" / f"v{v.version}"
+        names = sorted(p.name for p in folder.iterdir())
+        assert names == ["impact_report.html", "impact_report.md", "record_of_processing.html",
+                         "record_of_processing.md"], names
+        ropa, dpia = (folder / "record_of_processing.md").read_text(), (folder / "impact_report.md").read_text()
+        assert "## Legal basis" in ropa and "## Retention" in ropa and cfg.charter.objective in ropa
+        assert "## Fairness" in dpia and "gap low" in dpia                  # the evaluated version's intervals
+        logged = {a.path for a in client.list_artifacts(v.run_id, "documents")}
+        assert logged == {f"documents/{n}" for n in names}
+
+
 def test_the_records_show_figures_as_images(pipeline):
     "A run executes only the phase sections: their figures must still display as images, not as `<Figure size ...>`."
     import nbformat

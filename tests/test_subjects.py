@@ -164,3 +164,40 @@ def test_retention_purges_only_those_due(world):
     assert res.status == "done" and res.people == len(due), res
     assert warehouse_record(cfg, due) == {} and all(vault_record(cfg, k) for k in left_recently[:5])
     assert vault_record(cfg, active) and retention_due(short) == []
+
+
+def test_a_review_names_the_deciding_version_and_its_explanation(world):
+    from mlops_nb.served import load_served_model
+    from mlops_nb.subjects import logged_predictions
+    settings, cfg, version, ids, _, active = world
+    row = logged_predictions(cfg, [active]).iloc[[0]]
+    rid = str(row.request_id.iloc[0])
+    r = run_cli("--settings", str(settings), "review", rid)               # a batch request: which customer?
+    assert r.returncode == 2 and "--customer" in r.stderr, r.stderr
+    r = run_cli("--settings", str(settings), "review", rid, "--customer", ids[active])
+    assert r.returncode == 0 and f"version {version}" in r.stdout, (r.stdout, r.stderr)
+    page = Path(next(ln.strip() for ln in r.stdout.splitlines() if ln.strip().endswith(".html")))
+    doc = json.loads(page.with_suffix(".json").read_text())
+    assert doc["decision_request_id"] == rid and doc["model"]["version"] == version
+    assert abs(doc["churn_probability"] - float(row.churn_probability.iloc[0])) < 1e-12
+    model = load_served_model(cfg, version)                              # the deciding version, loaded afresh
+    vals = row[model.features].astype(object).where(row[model.features].notna(), None).values.tolist()
+    expected = model.scorer.explain(model.scorer.records.encode_values(vals), vals)[0]
+    assert [c["feature"] for c in doc["explanation"]["contributions"]] == \
+        [c["feature"] for c in expected["contributions"]]
+    text = page.read_text()
+    assert "art. 20" in text and cfg.privacy.dpo_contact in text and doc["reasons"]["pt"][0].split(":")[0] in text
+    assert page.stat().st_mode & 0o777 == 0o600
+
+
+def test_fairness_is_judged_on_the_sensitive_attributes_the_settings_name(world):
+    from mlops_nb.contracts import connect_warehouse, read_feature_spec
+    from mlops_nb.features import write_features
+    from mlops_nb.settings import SettingsError
+    _, cfg, *_ = world
+    gender = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, sensitive_attributes=("gender",)))
+    with connect_warehouse(cfg) as con:
+        assert read_feature_spec(con, cfg).sensitive == ("gender", "age_band")
+        assert read_feature_spec(con, gender).sensitive == ("gender",)
+    wrong = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, sensitive_attributes=("race",)))
+    with pytest.raises(SettingsError, match="no race"): write_features(wrong)
