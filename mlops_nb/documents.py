@@ -171,14 +171,15 @@ def impact_report(cfg: Settings, f: dict[str, Any]) -> list[Block]:
         out.append(("p", "Mitigation in force: none — the model's own decisions are served." if not mit else
                          f"Mitigation evaluated: {json.dumps(mit)[:300]}"))
     if ev:
-        m = ev.get("metrics", {})
+        m, nan = ev.get("metrics", {}), float("nan")
+        verdict = ev.get("business", {}).get("verdict", {}).get("text", "")
         out += [("h2", "Quality of the decisions"),
-                ("p", f"ROC AUC {m.get('roc_auc', float('nan')):.3f} (95% interval {m.get('roc_auc_lo', float('nan')):.3f}"
-                      f"–{m.get('roc_auc_hi', float('nan')):.3f}), calibration error {m.get('ece', float('nan')):.4f} "
-                      f"on {m.get('rows', 0):,} test rows. {ev.get('business', {}).get('verdict', {}).get('text', '')}")]
+                ("p", f"ROC AUC {m.get('roc_auc', nan):.3f} (95% interval {m.get('roc_auc_lo', nan):.3f}–"
+                      f"{m.get('roc_auc_hi', nan):.3f}), calibration error {m.get('ece', nan):.4f} on "
+                      f"{m.get('rows', 0):,} test rows. {verdict}")]
     out += [("h2", "Residual risk"),
-            ("p", "Acceptable while the gate's checks hold and monitoring raises no open fairness or performance alert; "
-                  "the data-protection officer reviews this report at every new version.")]
+            ("p", "Acceptable while the gate's checks hold and monitoring raises no open fairness or performance "
+                  "alert; the data-protection officer reviews this report at every new version.")]
     return out
 
 # %% ../nbs/49_documents.ipynb #doc00015

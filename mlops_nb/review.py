@@ -90,9 +90,9 @@ def reason_sentences(explanation: dict[str, Any], lang: str, top: int = 3) -> li
     for c in explanation["contributions"][:top]:
         up = c["contribution"] > 0
         name, value = label(c["feature"], lang), _value(c["value"])
-        out.append(f"{name.capitalize()}: {value} — {'aumentou' if up else 'reduziu'} a chance estimada de cancelamento."
-                   if lang == "pt" else
-                   f"{name.capitalize()}: {value} — {'raised' if up else 'lowered'} the estimated chance of leaving.")
+        pt = f"{name.capitalize()}: {value} — {'aumentou' if up else 'reduziu'} a chance estimada de cancelamento."
+        en = f"{name.capitalize()}: {value} — {'raised' if up else 'lowered'} the estimated chance of leaving."
+        out.append(pt if lang == "pt" else en)
     return out
 
 # %% ../nbs/71_review.ipynb #rvw00011
@@ -181,8 +181,9 @@ def _section(rv: Review, lang: str) -> str:
             f"{t} the retention offer is indicated. Outcome: {decided}.")
     head += (f" Você {did}.</p>" if pt else f" You {did}.</p>") if did else "</p>"
     why = "".join(f"<li>{html.escape(s)}</li>" for s in rv.reasons[lang])
-    return (f"<h2>{'Por quê' if pt else 'Why'}</h2>{head}<p>{'Os fatores que mais pesaram' if pt else 'What weighed most'}"
-            f":</p><ul>{why}</ul><p>{html.escape(rv.contest[lang])}</p>")
+    weighed = "Os fatores que mais pesaram" if pt else "What weighed most"
+    return (f"<h2>{'Por quê' if pt else 'Why'}</h2>{head}<p>{weighed}:</p><ul>{why}</ul>"
+            f"<p>{html.escape(rv.contest[lang])}</p>")
 
 def review_html(rv: Review) -> str:
     "The review as a self-contained bilingual HTML page."
