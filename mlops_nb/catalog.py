@@ -39,19 +39,19 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
            'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED',
            'AUDIT_QUALITY_VERDICT', 'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED', 'AUDIT_SUBJECT_ERASED',
-           'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
-           'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
-           'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
-           'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
-           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS',
-           'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT',
-           'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION',
-           'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
-           'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
-           'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
-           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI',
-           'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'Name', 'name', 'tag_filter',
-           'catalog_frame']
+           'AUDIT_SUBJECT_CORRECTED', 'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS',
+           'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION',
+           'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK',
+           'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS',
+           'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS',
+           'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION',
+           'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED',
+           'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE',
+           'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN',
+           'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS',
+           'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
+           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT',
+           'VERB_SUBJECT', 'VERB_REVIEW', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -260,6 +260,9 @@ AUDIT_SUBJECT_EXPORTED = name("audit", "subject.exported", "subjects", "people, 
                               "an access request answered: what the export holds (counts, its digest), never values")
 AUDIT_SUBJECT_ERASED = name("audit", "subject.erased", "erasure", "people, dashboards",
                             "people erased: rows and files per store, model versions flagged, the scan's verdict")
+AUDIT_SUBJECT_CORRECTED = name("audit", "subject.corrected", "subjects", "people, dashboards",
+                               "a personal field corrected in the vault (the field's name, never its value); the next "
+                               "load applies it")
 AUDIT_SUBJECT_REVIEWED = name("audit", "subject.reviewed", "review", "people, dashboards",
                               "an automated decision reviewed (LGPD art. 20): request id, model version, decision")
 AUDIT_SUBJECT_REFUSED = name("audit", "subject.refused", "subjects, erasure", "people, dashboards",
@@ -356,7 +359,7 @@ VERB_AUDIT = name("verb", "audit", "cli", "the data-protection officer, auditors
                   "`verify` the trail against its keyed checkpoint (naming the first bad entry); `show` its entries, "
                   "filtered")
 VERB_SUBJECT = name("verb", "subject", "cli", "the data-protection officer",
-                    "data-subject rights: `export` (access), `erase`, `purge` (retention), `requests` (their status)")
+                    "data-subject rights: `export` (access), `correct`, `erase`, `purge` (retention), `requests`")
 VERB_REVIEW = name("verb", "review", "cli", "the data-protection officer, customers",
                    "review an automated decision by its request id (LGPD art. 20): version, explanation, how to "
                    "contest")

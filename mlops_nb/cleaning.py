@@ -38,7 +38,7 @@ from mlops_nb.staging import (
     arrow_type,
     category_map,
 )
-from .vault import VaultWriter
+from .vault import VaultWriter, apply_corrections
 
 # %% auto #0
 __all__ = ['DATE_FORMATS', 'BRL_PATTERN', 'read_partition', 'repeated_hashes', 'check_statements', 'detail_sql',
@@ -469,9 +469,11 @@ def _content_part(table: str, source: str, month: str) -> str:
 
 def prepare_partition(con, data: PartitionData, key: bytes,
                       scale: Mapping[str, float] | None = None,   # declared corrections: field → factor
+                      fixes: pa.Table | None = None,              # data subjects' corrections (`22_vault`)
                       ) -> Prepared:
     """Check one partition's records on `con` (with `session_setup`; not the warehouse's, which it does not touch) and
-    shape what the warehouse gets. `scale` (field → factor) applies declared corrections (`21_staging`)."""
+    shape what the warehouse gets. `scale` (field → factor) applies declared corrections (`21_staging`), `fixes`
+    (pseudonym, field, value) corrected personal fields."""
     part, t = data.part, TABLES[data.part.source]
     m, rel, typed = part.month, sql_literal(part.rel), t.src.format == "parquet"
     _x = _stage_input(con, data, t)   # queries below read the Arrow tables _x and _t through DuckDB's replacement scans
@@ -486,6 +488,7 @@ def prepare_partition(con, data: PartitionData, key: bytes,
         for sql in prepare: con.execute(sql)
         # held by Python, not a temporary table: freed as soon as the partition is done
         _t = _fill_keys(con, con.sql(select).to_arrow_table(), key)
+        if fixes is not None: _t = apply_corrections(con, _t, fixes, t.fields)
         line, head = (
             _line_sql(t),
             f"'{t.source}' AS source, '{m}' AS month, {rel} AS file, CAST(_rec AS INTEGER) AS record",

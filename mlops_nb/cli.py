@@ -465,11 +465,17 @@ def _add_subject_parser(sub) -> None:
                        "on them, and prove it with a final scan.")
     er.add_argument("customer_id", help="the customer id, as the CRM knows it")
     er.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
+    co = sa.add_parser("correct", help="correct a personal field (the warehouse follows at the next load)",
+                       description="Correct one personal field in the vault; the next load re-reads the CRM records "
+                       "it covers with the corrected value.")
+    co.add_argument("customer_id", help="the customer id, as the CRM knows it")
+    co.add_argument("--field", required=True, help="name, cpf, email, phone, birth_date, address or postal_code")
+    co.add_argument("--value", required=True, help="the corrected value (birth_date as YYYY-MM-DD)")
     sa.add_parser("purge", help="erase everyone past [privacy] retention_months after leaving",
                   description="The retention purge, for a scheduler: one batch, one request in the trail.")
     rq = sa.add_parser("requests", help="every data-subject request and its status")
     rq.add_argument("--json", action="store_true", help="one JSON object per line")
-    for p in (ex, er, sa.choices["purge"], rq): p.set_defaults(func=cmd_subject)
+    for p in (ex, er, co, sa.choices["purge"], rq): p.set_defaults(func=cmd_subject)
     rv = sub.add_parser(VERB_REVIEW, help="review an automated decision by its request id (LGPD art. 20)",
                         description="The decision, its model version and lineage, the threshold, the reasons in "
                         "Portuguese and English and how to contest it, written as JSON and HTML to [privacy] "
@@ -493,13 +499,17 @@ def _say_erasure(res: Any) -> int:
 def cmd_subject(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Carry out one data-subject request (or list them)."
     from mlops_nb.erasure import erase_subject, purge_expired
-    from mlops_nb.subjects import request_status, subject_export
+    from mlops_nb.subjects import correct_subject, request_status, subject_export
     cfg, actor = load_settings(_settings_path(args)), os.environ.get(ENV_ACTOR) or None
     if args.action == "export":
         res = subject_export(cfg, args.customer_id, actor)
         print(f"access request {res.request_id} answered: {res.path} (mode 0600; it holds the person's clear data)")
         return EXIT_OK
     if args.action == "erase": return _say_erasure(erase_subject(cfg, args.customer_id, args.reason, actor))
+    if args.action == "correct":
+        rid = correct_subject(cfg, args.customer_id, args.field, args.value, actor)
+        print(f"correction {rid}: {args.field} corrected in the vault; the warehouse follows at the next load")
+        return EXIT_OK
     if args.action == "purge":
         res = purge_expired(cfg, actor)
         if res is None:

@@ -42,7 +42,7 @@ from mlops_nb.subjects import (
     subject_pseudonym,
     trained_versions,
 )
-from .vault import open_vault
+from .vault import CORRECTIONS_DDL, open_vault
 from .warehouse import PART_HASHED, lake_manifest, lake_partitions, stored_content_hash
 
 # %% auto #0
@@ -320,6 +320,9 @@ def erase_from_vault(cfg: Settings, pseudonyms: Sequence[str]) -> int:
     if not cfg.privacy.vault.exists(): return 0
     with open_vault(cfg) as con:
         n = con.execute("DELETE FROM subjects WHERE pseudonym IN (SELECT unnest(?))", [list(pseudonyms)]).fetchone()[0]
+        con.execute(CORRECTIONS_DDL)                   # their corrections hold clear values too
+        n += con.execute("DELETE FROM corrections WHERE pseudonym IN (SELECT unnest(?))",
+                         [list(pseudonyms)]).fetchone()[0]
         con.execute("CHECKPOINT")
     compact_duckdb(cfg.privacy.vault)
     return n
@@ -369,8 +372,10 @@ def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str],
                            [list(pseudonyms)]).fetchone()[0]: out.append(f"warehouse {t}")
     if cfg.privacy.vault.exists():
         with open_vault(cfg, read_only=True) as con:
-            if con.execute("SELECT count(*) FROM subjects WHERE pseudonym IN (SELECT unnest(?))",
-                           [list(pseudonyms)]).fetchone()[0]: out.append("vault")
+            held = [con.execute(f"SELECT count(*) FROM {t} WHERE pseudonym IN (SELECT unnest(?))",
+                                [list(pseudonyms)]).fetchall()[0][0] for t, in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE table_name IN ('subjects', 'corrections')").fetchall()]
+            if any(held): out.append("vault")
     if (cfg.paths.lake / "_manifest.json").exists():
         keys, pkey, uns = set(pseudonyms), load_key(cfg, create=False), NeedleSet(unique)
         with duckdb_connect(threads=1) as con:

@@ -21,6 +21,7 @@ import pandas as pd
 from .audit import append_event, read_events
 from mlops_nb.catalog import (
     ART_TRAIN_KEYS,
+    AUDIT_SUBJECT_CORRECTED,
     AUDIT_SUBJECT_ERASED,
     AUDIT_SUBJECT_EXPORTED,
     AUDIT_SUBJECT_REFUSED,
@@ -31,13 +32,13 @@ from .contracts import connect_warehouse, duckdb_connect
 from .prediction_log import new_request_id
 from .privacy import load_key, pseudonymise
 from .settings import Settings, SettingsError
-from .vault import open_vault
+from .vault import open_vault, record_correction
 
 # %% auto #0
 __all__ = ['REQUEST_KINDS', 'ANSWERS', 'SubjectError', 'subject_pseudonym', 'open_request', 'close_request', 'refuse_request',
            'request_status', 'vault_record', 'customer_key_tables', 'warehouse_record', 'logged_predictions',
            'explain_logged', 'training_keys', 'trained_versions', 'private_folder', 'write_private', 'ExportResult',
-           'subject_document', 'subject_export']
+           'subject_document', 'subject_export', 'correct_subject']
 
 # %% ../nbs/69_subjects.ipynb #sbj00007
 class SubjectError(SettingsError):
@@ -49,9 +50,9 @@ def subject_pseudonym(cfg: Settings, customer_id: str) -> str:
     return str(pseudonymise([customer_id], load_key(cfg, create=False), "customer")[0])
 
 # %% ../nbs/69_subjects.ipynb #sbj00010
-REQUEST_KINDS = ("access", "erasure", "retention", "review")   # what a request asks for
-ANSWERS = {AUDIT_SUBJECT_EXPORTED: "done", AUDIT_SUBJECT_ERASED: "done", AUDIT_SUBJECT_REVIEWED: "done",
-           AUDIT_SUBJECT_REFUSED: "refused"}                      # the trail's answer kinds → the request's status
+REQUEST_KINDS = ("access", "correction", "erasure", "retention", "review")   # what a request asks for
+ANSWERS = {AUDIT_SUBJECT_EXPORTED: "done", AUDIT_SUBJECT_CORRECTED: "done", AUDIT_SUBJECT_ERASED: "done",
+           AUDIT_SUBJECT_REVIEWED: "done", AUDIT_SUBJECT_REFUSED: "refused"}   # answer kinds → the request's status
 
 def open_request(cfg: Settings, kind: str, subject: str, actor: str | None = None, reason: str = "") -> str:
     "Record a request's arrival in the trail (subject: a pseudonym, or what a batch covers); return its id."
@@ -232,3 +233,32 @@ def subject_export(cfg: Settings, customer_id: str, actor: str | None = None) ->
               **{f"rows.{t}": len(v) for t, v in doc["warehouse"].items()}}
     close_request(cfg, rid, AUDIT_SUBJECT_EXPORTED, key, {"counts": counts, "sha256": digest}, actor)
     return ExportResult(rid, path, counts)
+
+# %% ../nbs/69_subjects.ipynb #sbj00026
+def _check_value(field: str, value: str) -> str:
+    "The corrected value in its canonical form, or SubjectError saying what is wrong with it."
+    import re
+    v = value.strip()
+    if field == "birth_date":
+        try: return dt.date.fromisoformat(v).isoformat()
+        except ValueError: raise SubjectError(f"birth_date must be a date YYYY-MM-DD, got {value!r}") from None
+    if field == "cpf" and len(re.sub(r"\D", "", v)) != 11: raise SubjectError("a CPF has 11 digits")
+    if field == "email" and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", v):
+        raise SubjectError(f"not an e-mail address: {value!r}")
+    if field == "phone" and len(re.sub(r"\D", "", v)) < 10: raise SubjectError("a phone number has at least 10 digits")
+    if not v: raise SubjectError(f"an empty {field}: say what the corrected value is")
+    return v
+
+def correct_subject(cfg: Settings, customer_id: str, field: str, value: str, actor: str | None = None) -> str:
+    "Correct one personal field of `customer_id` in the vault (the warehouse follows at the next load); the request id."
+    from mlops_nb.staging import TABLES
+    personal = [f.name for f in TABLES["crm_customers"].fields if f.personal]
+    if field not in personal: raise SubjectError(f"{field!r} is not a personal field; one of {', '.join(personal)}")
+    key, value = subject_pseudonym(cfg, customer_id), _check_value(field, value)
+    if not vault_record(cfg, key): raise SubjectError(f"no personal data is held about customer {customer_id}")
+    with connect_warehouse(cfg) as con:
+        month = con.execute("SELECT max(month) FROM meta.partitions").fetchall()[0][0]
+    rid = open_request(cfg, "correction", key, actor, f"field {field}")
+    with open_vault(cfg) as con: record_correction(con, key, field, value, month, rid)
+    close_request(cfg, rid, AUDIT_SUBJECT_CORRECTED, key, {"field": field, "corrected_month": month}, actor)
+    return rid

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -22,7 +22,8 @@ from .settings import Settings, SettingsError
 from .staging import EtlError
 
 # %% auto #0
-__all__ = ['VAULT_DDL', 'VAULT_MEMORY_LIMIT', 'open_vault', 'vault_upsert', 'VaultWriter', 'store_in_vault']
+__all__ = ['VAULT_DDL', 'VAULT_MEMORY_LIMIT', 'CORRECTIONS_DDL', 'open_vault', 'vault_upsert', 'VaultWriter', 'store_in_vault',
+           'record_correction', 'vault_corrections', 'apply_corrections']
 
 # %% ../nbs/22_vault.ipynb #45456f42
 VAULT_DDL = """
@@ -117,3 +118,47 @@ def store_in_vault(con, pseudonyms: Sequence[str], records: pd.DataFrame, month:
     frame = frame.drop_duplicates("pseudonym", keep="last")
     table = pa.table({c: pa.array(frame[c].tolist(), pa.string()) for c in frame.columns})
     return vault_upsert(con, month, table)
+
+# %% ../nbs/22_vault.ipynb #vcor0002
+CORRECTIONS_DDL = """
+CREATE TABLE IF NOT EXISTS corrections (
+    pseudonym VARCHAR NOT NULL, field VARCHAR NOT NULL, value VARCHAR, corrected_month VARCHAR NOT NULL,
+    corrected_at TIMESTAMP NOT NULL, request_id VARCHAR NOT NULL)
+"""
+
+def record_correction(con, pseudonym: str, field: str, value: str | None, month: str, request_id: str) -> None:
+    "Record a corrected field (valid for records up to `month`) and correct the vault's current value, atomically."
+    con.execute(CORRECTIONS_DDL)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("INSERT INTO corrections VALUES (?, ?, ?, ?, now()::TIMESTAMP, ?)",
+                    [pseudonym, field, value, month, request_id])
+        con.execute("DELETE FROM subjects WHERE pseudonym = ? AND field = ?", [pseudonym, field])
+        con.execute("INSERT INTO subjects VALUES (?, ?, ?, ?)", [pseudonym, field, value, month])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK"); raise
+
+def vault_corrections(cfg: Settings) -> pa.Table:
+    "The latest correction of each (pseudonym, field): pseudonym, field, value, corrected_month (none: no rows)."
+    empty = pa.table({c: pa.array([], pa.string()) for c in ("pseudonym", "field", "value", "corrected_month")})
+    if not cfg.privacy.vault.exists(): return empty
+    with open_vault(cfg, read_only=True) as con:
+        if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'corrections'").fetchall()[0][0]:
+            return empty
+        return con.sql("SELECT pseudonym, field, value, corrected_month FROM corrections QUALIFY row_number() OVER "
+                       "(PARTITION BY pseudonym, field ORDER BY corrected_at DESC) = 1 ORDER BY ALL").to_arrow_table()
+
+# %% ../nbs/22_vault.ipynb #vcor0005
+def apply_corrections(con, rows: pa.Table, fixes: pa.Table, fields: Sequence[Any]) -> pa.Table:
+    """`rows` with each corrected personal field (of `fields`, staging `Field`s) replaced for the pseudonyms `fixes`
+    (pseudonym, field, value) names; in record order."""
+    names = {f.name: f for f in fields if f.personal and f"v_{f.name}" in rows.column_names}
+    wanted = sorted(set(fixes.column("field").to_pylist()) & set(names)) if fixes.num_rows else []
+    if not wanted: return rows
+    _rows, _fx = rows, fixes   # read by DuckDB through its replacement scans
+    joins = " ".join(f"LEFT JOIN (SELECT pseudonym, value FROM _fx WHERE field = {sql_literal(n)}) c{i} ON "
+                     f"c{i}.pseudonym = r.v_customer_key" for i, n in enumerate(wanted))
+    repl = ", ".join(f"CASE WHEN c{i}.pseudonym IS NOT NULL THEN TRY_CAST(c{i}.value AS {names[n].sql_type}) ELSE "
+                     f"r.v_{n} END AS v_{n}" for i, n in enumerate(wanted))
+    return con.sql(f"SELECT r.* REPLACE ({repl}) FROM _rows r {joins} ORDER BY r._rec").to_arrow_table()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
+import pyarrow as pa
 
 from mlops_nb.catalog import (
     ART_ETL_QUARANTINE,
@@ -57,13 +58,13 @@ from mlops_nb.staging import (
     partition_scale,
     table_columns,
 )
-from .vault import VaultWriter
+from .vault import VaultWriter, vault_corrections
 
 # %% auto #0
 __all__ = ['HASHED_TABLES', 'PART_HASHED', 'MEMORY_LIMIT', 'PREP_MEMORY_LIMIT', 'PREP_AHEAD', 'DISABLED_COMPRESSION',
            'content_hash', 'stored_content_hash', 'lake_manifest', 'lake_partitions', 'key_fingerprint', 'LoadPlan',
-           'plan_load', 'EtlResult', 'audit_load', 'audit_corrections', 'load_warehouse', 'run_etl',
-           'warehouse_overview']
+           'plan_load', 'subject_corrections', 'EtlResult', 'audit_load', 'audit_corrections', 'load_warehouse',
+           'run_etl', 'warehouse_overview']
 
 # %% ../nbs/26_warehouse.ipynb #e244d306
 HASHED_TABLES = tuple(n for n in table_columns() if n not in (TABLE_LOADS, "meta.etl", "meta.content_parts"))
@@ -162,6 +163,20 @@ def plan_load(con, parts: Sequence[Partition], fingerprint: str, months: Sequenc
     remove = sorted(k for k in stored if k not in in_lake) if months is None else []
     return LoadPlan(load, [p for p in chosen if p not in load], remove, set(stored))
 
+# %% ../nbs/26_warehouse.ipynb #sfix0002
+def subject_corrections(fixes: pa.Table, parts: Sequence[Partition]
+                        ) -> dict[tuple[str, str], tuple[str, pa.Table]]:
+    "(source, month) → (digest, the corrections it must apply) for each partition a data subject's correction covers."
+    if not fixes.num_rows: return {}
+    out, rows = {}, fixes.to_pylist()
+    for p in parts:
+        if not any(f.personal for f in TABLES[p.source].fields): continue
+        mine = [r for r in rows if r["corrected_month"] >= p.month]
+        if mine:
+            d = hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]
+            out[(p.source, p.month)] = (d, pa.Table.from_pylist(mine, schema=fixes.schema))
+    return out
+
 # %% ../nbs/26_warehouse.ipynb #65549a10
 MEMORY_LIMIT = os.environ.get(ENV_ETL_MEMORY_LIMIT, "1536MB")  # the warehouse connection's share of the ≤ 4 GB budget
 PREP_MEMORY_LIMIT = "1GB"      # the preparing connection's (Arrow buffers, the vault writer and Python take the rest)
@@ -211,8 +226,10 @@ class _Preparer:
     `ahead` partitions ahead of the writer."""
     def __init__(self, parts: Sequence[Partition], key: bytes, tmp: Path, ahead: int = PREP_AHEAD,
                  # (source, month) → field → factor: the declared corrections to apply
-                 scales: Mapping[tuple[str, str], dict[str, float]] | None = None):
-        self.scales = scales or {}
+                 scales: Mapping[tuple[str, str], dict[str, float]] | None = None,
+                 # (source, month) → (pseudonym, field, value): data subjects' corrections to apply
+                 subject_fixes: Mapping[tuple[str, str], pa.Table] | None = None):
+        self.scales, self.subject_fixes = scales or {}, subject_fixes or {}
         # in memory: the checks need nothing of the warehouse (its spill files go to the private folder)
         con = duckdb_connect()
         for sql in (f"SET memory_limit = '{PREP_MEMORY_LIMIT}'", f"SET temp_directory = {sql_literal(str(tmp))}",
@@ -236,7 +253,8 @@ class _Preparer:
 
     def _prepare(self, read: Future) -> Prepared:
         data = read.result()
-        return prepare_partition(self.con, data, self.key, self.scales.get((data.part.source, data.part.month)))
+        k = (data.part.source, data.part.month)
+        return prepare_partition(self.con, data, self.key, self.scales.get(k), self.subject_fixes.get(k))
 
     def next(self) -> Prepared:
         "The next partition, prepared (EtlError if it cannot be)."
@@ -323,6 +341,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
     fp = key_fingerprint(key)
     fixes = load_corrections(cfg)   # declared corrections (quality rules file): part of each partition's fingerprint
     digests = {(p.source, p.month): corrections_digest(fixes, p.source, p.month) for p in parts}
+    subject_fixes = subject_corrections(vault_corrections(cfg), parts)   # data subjects' (read before the vault writer)
+    for k, (d, _) in subject_fixes.items(): digests[k] = f"{digests[k]}|subjects:{d}" if digests[k] else f"subjects:{d}"
     con = _open(cfg)
     tmp = _private_tmp(cfg.paths.warehouse)
     vault: VaultWriter | None = None
@@ -353,7 +373,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
             months_in_order = sorted({*by_month, *mart_months})
             # the order the loop below consumes
             prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp,
-                             scales={k: partition_scale(fixes, *k) for k, d in digests.items() if d})
+                             scales={k: partition_scale(fixes, *k) for k, d in digests.items() if d},
+                             subject_fixes={k: t for k, (_, t) in subject_fixes.items()})
             mart = MartBuilder(con, mart_months[0]) if mart_months else None
             for m in months_in_order:   # month by month: its partitions, then its mart rows
                 for p in by_month.get(m, []):

@@ -201,3 +201,31 @@ def test_fairness_is_judged_on_the_sensitive_attributes_the_settings_name(world)
         assert read_feature_spec(con, gender).sensitive == ("gender",)
     wrong = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, sensitive_attributes=("race",)))
     with pytest.raises(SettingsError, match="no race"): write_features(wrong)
+
+
+def test_a_correction_reaches_the_warehouse_at_the_next_load(world):
+    from mlops_nb.subjects import vault_record
+    from mlops_nb.warehouse import content_hash, load_warehouse, stored_content_hash
+    settings, cfg, _, ids, _, active = world
+    bad = run_cli("--settings", str(settings), "subject", "correct", ids[active], "--field", "birth_date",
+                  "--value", "15/01/1950")
+    assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr and "Traceback" not in bad.stderr
+    r = run_cli("--settings", str(settings), "subject", "correct", ids[active], "--field", "birth_date",
+                "--value", "1950-01-15")
+    assert r.returncode == 0, r.stderr
+    assert vault_record(cfg, active)["birth_date"] == "1950-01-15"
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        before = set(con.execute("SELECT birth_year FROM staging.customers WHERE customer_key = ?", [active])
+                     .df().birth_year)
+    assert before and before != {1950}
+    res = load_warehouse(cfg)
+    assert 0 < len(res.loaded) <= 7 and {s for s, _ in res.loaded} == {"crm_customers"}   # what it covers
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        assert set(con.execute("SELECT birth_year FROM staging.customers WHERE customer_key = ?", [active])
+                   .df().birth_year) == {1950}
+        assert set(con.execute("SELECT age_band FROM mart.customer_month WHERE customer_key = ?", [active])
+                   .df().age_band) == {"65+"}
+        assert content_hash(con) == stored_content_hash(con)
+    assert load_warehouse(cfg).loaded == []                               # applied once, not at every load
+    shown = run_cli("--settings", str(settings), "audit", "show", "--kind", "subject.corrected", "--json").stdout
+    assert '"field": "birth_date"' in shown and "1950" not in shown
