@@ -29,7 +29,7 @@ from .cleaning import read_partition
 from .contracts import connect_warehouse, duckdb_connect, sql_literal
 from .lake import write_atomic
 from .lake_files import _parquet_bytes
-from .pii_scan import scan_places
+from .pii_scan import scan_places, searchable_bytes
 from .privacy import NeedleSet, load_key, pseudonymise_arrow
 from .settings import Settings
 from .staging import TABLES, Partition
@@ -118,11 +118,9 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
         try: t = pq.read_table(path)
         except Exception: t = None
         if t is not None:
+            if not ns.find(searchable_bytes(path)): return None
             texts = [i for i, f in enumerate(t.schema)
                      if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-            blob = b"\x00".join("\x00".join(v for v in t.column(i).to_pylist() if v is not None).encode()
-                                for i in texts)
-            if not ns.find(blob): return None
             drop = np.zeros(t.num_rows, bool)
             for i in texts: drop |= _holds(t.column(i), needles)
             mode = path.stat().st_mode & 0o777
@@ -384,13 +382,8 @@ def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str],
     for root in erasure_places(cfg):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            data = f.read_bytes()
-            if f.suffix == ".parquet":
-                try:
-                    t = pq.read_table(f)
-                    data += b"\x00".join("\x00".join(v for v in t.column(i).to_pylist() if v is not None).encode()
-                                         for i, x in enumerate(t.schema) if pa.types.is_string(x.type))
-                except Exception: pass
+            try: data = searchable_bytes(f) if f.suffix == ".parquet" else f.read_bytes()
+            except Exception: data = f.read_bytes()          # an unreadable Parquet file is searched as bytes
             if ns.find(data): out.append(str(f))
     return out
 

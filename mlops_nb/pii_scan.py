@@ -19,7 +19,8 @@ from .settings import Settings
 from .vault import open_vault
 
 # %% auto #0
-__all__ = ['SCANNED_FIELDS', 'PATTERNS', 'PiiFinding', 'scan_places', 'vault_needles', 'scan_files', 'pii_scan']
+__all__ = ['SCANNED_FIELDS', 'PATTERNS', 'PiiFinding', 'scan_places', 'vault_needles', 'searchable_bytes', 'scan_files',
+           'pii_scan']
 
 # %% ../nbs/68_pii_scan.ipynb #p11sc005
 SCANNED_FIELDS = ("name", "cpf", "email", "phone", "address")   # the vault's fields searched for by value
@@ -57,7 +58,7 @@ def vault_needles(cfg: Settings, fields: Sequence[str] = SCANNED_FIELDS) -> dict
     return {v.strip(): f for v, f in rows if v and len(v.strip().encode()) >= 8}
 
 # %% ../nbs/68_pii_scan.ipynb #p11sc007
-def _file_text(path: Path) -> bytes:
+def searchable_bytes(path: Path) -> bytes:
     "A file's searchable bytes: a Parquet file's decoded text columns, anything else as it is."
     if path.suffix != ".parquet": return path.read_bytes()
     import pyarrow.parquet as pq
@@ -74,7 +75,7 @@ def scan_files(paths: Iterable[Path], needles: dict[str, str],
     for root in paths:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            try: data = _file_text(f)
+            try: data = searchable_bytes(f)
             except OSError: continue                       # vanished while we looked (a log being compacted)
             except Exception: data = f.read_bytes()        # an unreadable Parquet file is searched as bytes
             hit = ns.find(data) if len(ns) else None
