@@ -60,9 +60,9 @@ from mlops_nb.sections import (
 log = logging.getLogger("mlops_nb.settings")
 
 # %% auto #0
-__all__ = ['log', 'SECTIONS', 'ENV_PREFIX', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS', 'SettingsError', 'Settings', 'parse_value',
-           'key_since', 'defaults_notice', 'load_settings', 'with_overrides', 'render_settings', 'secret_key',
-           'sandbox_settings', 'phase_settings']
+__all__ = ['log', 'SECTIONS', 'ENV_PREFIX', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS', 'SANDBOX_PREFIX', 'SANDBOX_STALE_SECONDS',
+           'SettingsError', 'Settings', 'parse_value', 'key_since', 'defaults_notice', 'load_settings',
+           'with_overrides', 'render_settings', 'secret_key', 'sweep_sandboxes', 'sandbox_settings', 'phase_settings']
 
 # %% ../nbs/02_settings.ipynb #026e753a
 class SettingsError(ValueError):
@@ -343,10 +343,35 @@ def secret_key(env_var: str,          # the environment variable that takes prec
 SANDBOX_DEFAULTS: dict[str, Any] = dict(lake_customers=400, lake_months=6, lake_drift_month=4,
                                         lake_schema_drift_month=4, lake_history_months=0)   # every month is history
 
+SANDBOX_PREFIX = "mlops-nb-sandbox-"
+SANDBOX_STALE_SECONDS = 3600   # a sandbox whose process is gone is swept this long after it was last written
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def sweep_sandboxes(folder: str | Path | None = None, older_than: float = SANDBOX_STALE_SECONDS) -> int:
+    """Remove throwaway sandboxes whose process has ended (a kernel papermill shut down, a killed test worker: neither
+    runs `atexit`) and that nobody wrote for `older_than` seconds; return how many."""
+    import time
+    gone = 0
+    for d in Path(folder or tempfile.gettempdir()).glob(f"{SANDBOX_PREFIX}*"):
+        try:
+            owner = d / ".owner"
+            pid = int(owner.read_text()) if owner.exists() else None
+            if (pid is not None and _alive(pid)) or time.time() - d.stat().st_mtime < older_than: continue
+        except (OSError, ValueError): continue
+        shutil.rmtree(d, ignore_errors=True); gone += 1
+    return gone
+
 def sandbox_settings(root: str | Path | None = None, **values: Any) -> Settings:
     "Write a small, self-contained settings file under `root` (a new temp folder by default) and load it."
-    if root is None:   # a throwaway sandbox: removed when the process (test or kernel) exits
-        root = Path(tempfile.mkdtemp(prefix="mlops-nb-sandbox-"))
+    if root is None:   # a throwaway sandbox: removed when the process (test or kernel) exits, or swept later
+        sweep_sandboxes()
+        root = Path(tempfile.mkdtemp(prefix=SANDBOX_PREFIX))
+        (root / ".owner").write_text(str(os.getpid()))
         atexit.register(shutil.rmtree, root, ignore_errors=True)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
