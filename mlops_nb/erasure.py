@@ -103,11 +103,15 @@ TEXT_SUFFIXES = frozenset({".json", ".jsonl", ".ipynb", ".html", ".htm", ".md", 
                            ".yml", ".svg", ".xml", ".js"})
 
 # %% ../nbs/70_erasure.ipynb #ers00013
-def _holds(col: pa.ChunkedArray, needles: Sequence[str]) -> np.ndarray:
-    "Rows of a text column holding any needle."
+def _holds(col: pa.ChunkedArray, needles: Sequence[str], ns: NeedleSet) -> np.ndarray:
+    "Rows of a text column holding any needle: whole values by a set look-up, then substrings of the needles present."
     col = col.cast(pa.string())
-    hit = np.zeros(len(col), bool)
-    for n in needles: hit |= pc.fill_null(pc.match_substring(col, n), False).to_numpy(zero_copy_only=False)
+    hit = pc.fill_null(pc.is_in(col, value_set=pa.array(list(needles), pa.string())), False).to_numpy(
+        zero_copy_only=False)
+    blob = "\x00".join(v for v in col.filter(pa.array(~hit)).to_pylist() if v is not None).encode()
+    if ns.find(blob):
+        for n in (n for n in needles if n.encode() in blob):
+            hit |= pc.fill_null(pc.match_substring(col, n), False).to_numpy(zero_copy_only=False)
     return hit
 
 def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = None) -> str | None:
@@ -122,7 +126,7 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
             texts = [i for i, f in enumerate(t.schema)
                      if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
             drop = np.zeros(t.num_rows, bool)
-            for i in texts: drop |= _holds(t.column(i), needles)
+            for i in texts: drop |= _holds(t.column(i), needles, ns)
             mode = path.stat().st_mode & 0o777
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             pq.write_table(t.filter(pa.array(~drop)), tmp, compression="zstd")
@@ -132,7 +136,8 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
     if not ns.find(data): return None
     if path.suffix.lower() not in TEXT_SUFFIXES: return "binary"
     text = data.decode("utf-8", errors="surrogateescape")
-    for n in needles: text = text.replace(n, ERASED)
+    present = sorted((n for n in needles if n in text), key=lambda n: -len(n))   # the longest first
+    text = re.sub("|".join(map(re.escape, present)), ERASED, text) if present else text
     mode = path.stat().st_mode & 0o777
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(text.encode("utf-8", errors="surrogateescape"))
@@ -219,22 +224,34 @@ CONTENT_PART_SQL = {"staging.": "arrival_month", "quarantine.": "source || '/' |
 def _part_sql(table: str) -> str:
     return next(v for k, v in CONTENT_PART_SQL.items() if table.startswith(k))
 
-def _cut_records(con, source: str, month: str, recs: np.ndarray) -> dict[str, int]:
-    "Delete the rows records `recs` of one partition became and renumber the later ones; return what went."
-    t, r = TABLES[source], [int(x) for x in recs]
-    st = f"staging.{t.table}"
-    late = con.execute(f"SELECT count(*) FROM {st} WHERE arrival_month = ? AND record IN (SELECT unnest(?)) AND month "
-                       "< arrival_month", [month, r]).fetchone()[0]
-    n = {"loaded": con.execute(f"DELETE FROM {st} WHERE arrival_month = ? AND record IN (SELECT unnest(?))",
-                               [month, r]).fetchone()[0], "late": late}
+def _cut_records(con, cut: dict[tuple[str, str], np.ndarray]) -> dict[tuple[str, str], dict[str, int]]:
+    """Delete the rows the cut records became and renumber the later records of each file — one statement per table,
+    whatever the number of partitions; return what went, per partition."""
+    _gone_rows = pa.table({"source": [s for (s, _), r in cut.items() for _ in r],
+                      "month": [m for (_, m), r in cut.items() for _ in r],
+                      "rec": np.concatenate([np.asarray(r, np.int64) for r in cut.values()]) if cut else []})
+    con.execute("CREATE OR REPLACE TEMP TABLE _gone AS SELECT source, month, CAST(rec AS INTEGER) AS rec FROM "
+                "_gone_rows")
+    n: dict[tuple[str, str], dict[str, int]] = {k: dict(loaded=0, late=0, quarantined=0, nulled=0) for k in cut}
+    shift = "(SELECT count(*) FROM _gone g WHERE g.source = {s} AND g.month = {m} AND g.rec < {r})"
+    for source in sorted({s for s, _ in cut}):
+        st, src = f"staging.{TABLES[source].table}", sql_literal(source)
+        mine = f"(arrival_month, record) IN (SELECT month, rec FROM _gone WHERE source = {src})"
+        for m, loaded, late in con.execute(f"SELECT arrival_month, count(*), count(*) FILTER (WHERE month < "
+                                           f"arrival_month) FROM {st} WHERE {mine} GROUP BY 1").fetchall():
+            n[(source, m)].update(loaded=loaded, late=late)
+        con.execute(f"DELETE FROM {st} WHERE {mine}")
+        con.execute(f"UPDATE {st} t SET record = t.record - {shift.format(s=src, m='t.arrival_month', r='t.record')} "
+                    f"WHERE t.arrival_month IN (SELECT month FROM _gone WHERE source = {src})")
     for name, k in (("quarantine.records", "quarantined"), ("quarantine.flagged_values", "nulled")):
-        n[k] = con.execute(f"DELETE FROM {name} WHERE source = ? AND month = ? AND record IN (SELECT unnest(?))",
-                           [source, month, r]).fetchone()[0]
-    shift = "len(list_filter(?::INTEGER[], lambda x: x < record))"
-    con.execute(f"UPDATE {st} SET record = record - {shift} WHERE arrival_month = ?", [r, month])
-    for name in ("quarantine.records", "quarantine.flagged_values"):
-        con.execute(f"UPDATE {name} SET line = line - {shift}, record = record - {shift} WHERE source = ? AND "
-                    "month = ?", [r, r, source, month])
+        mine = "(source, month, record) IN (SELECT source, month, rec FROM _gone)"
+        for s_, m, c in con.execute(f"SELECT source, month, count(*) FROM {name} WHERE {mine} GROUP BY ALL").fetchall():
+            n[(s_, m)][k] = c
+        con.execute(f"DELETE FROM {name} WHERE {mine}")
+        sh = shift.format(s="q.source", m="q.month", r="q.record")
+        con.execute(f"UPDATE {name} q SET line = q.line - {sh}, record = q.record - {sh} WHERE (q.source, q.month) IN "
+                    "(SELECT source, month FROM _gone)")
+    con.execute("DROP TABLE _gone")
     return n
 
 def _reconcile_cut(con, source: str, month: str, read: int, n: dict[str, int], new: dict[str, Any]) -> None:
@@ -283,12 +300,11 @@ def erase_from_warehouse(cfg: Settings, pseudonyms: Sequence[str], cut: dict[tup
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute("BEGIN TRANSACTION")
         try:
-            for (source, month), recs in sorted(cut.items()):
-                n = _cut_records(con, source, month, recs)
-                removed[f"staging.{TABLES[source].table}"] = removed.get(f"staging.{TABLES[source].table}", 0) + \
-                    n["loaded"]
+            for (source, month), n in sorted(_cut_records(con, cut).items()):
+                st = f"staging.{TABLES[source].table}"
+                removed[st] = removed.get(st, 0) + n["loaded"]
                 removed["quarantine"] = removed.get("quarantine", 0) + n["quarantined"] + n["nulled"]
-                _reconcile_cut(con, source, month, len(recs), n, new_files[(source, month)])
+                _reconcile_cut(con, source, month, len(cut[(source, month)]), n, new_files[(source, month)])
             for t in customer_key_tables(con):
                 k = con.execute(f"DELETE FROM {t} WHERE customer_key IN (SELECT unnest(?))",
                                 [list(pseudonyms)]).fetchone()[0]
@@ -331,20 +347,27 @@ def erasure_places(cfg: Settings) -> list[Path]:
     places = [*scan_places(cfg), cfg.paths.outbox]
     return [p for p in dict.fromkeys(places) if p.exists() and p != cfg.paths.audit.parent]
 
-def erase_from_files(cfg: Settings, needles: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    "Erase needles from every file of `erasure_places`; return (file → what was done, files still holding one)."
-    ns, done, left = NeedleSet(needles), {}, []
+def _stamp(f: Path) -> tuple[int, int]:
+    st = f.stat()
+    return st.st_mtime_ns, st.st_size
+
+def erase_from_files(cfg: Settings, needles: Sequence[str]
+                     ) -> tuple[dict[str, str], list[str], dict[str, tuple[int, int]]]:
+    """Erase needles from every file of `erasure_places`; return (file → what was done, files still holding one, the
+    files found clean with their modification stamp)."""
+    ns, done, left, clean = NeedleSet(needles), {}, [], {}
     for root in erasure_places(cfg):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
             if f.suffix in (".db", ".sqlite") or f.name.endswith((".db-wal", ".db-journal")):
                 if ns.find(f.read_bytes()): left.append(str(f))
                 continue
-            try: what = erase_in_file(f, needles, ns)
+            try: stamp, what = _stamp(f), erase_in_file(f, needles, ns)
             except OSError: continue                          # vanished while we looked (a log being compacted)
             if what == "binary": left.append(str(f))
             elif what: done[str(f)] = what
-    return done, left
+            else: clean[str(f)] = stamp
+    return done, left, clean
 
 def flag_versions(cfg: Settings, pseudonyms: Sequence[str]) -> list[str]:
     "Tag every registered version trained on any of these people with how many have been erased; return them."
@@ -358,11 +381,14 @@ def flag_versions(cfg: Settings, pseudonyms: Sequence[str]) -> list[str]:
     return out
 
 # %% ../nbs/70_erasure.ipynb #ers00025
-def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str],
-              unique: Sequence[str]) -> list[str]:
+def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str], unique: Sequence[str],
+              lake_rewritten: Iterable[str] | None = None,   # the lake files an erasure rewrote (None: read them all)
+              clean: dict[str, tuple[int, int]] | None = None,   # files found clean, unchanged since: not read again
+              ) -> list[str]:
     """Where any of these people can still be found outside the audit trail: store and place, or [] when nowhere. The
     lake is read as the ETL reads it (a record naming them, or naming nobody but holding a CPF, e-mail or phone of
-    theirs), not searched as bytes: a namesake's record, or an e-mail inside a longer one, is not theirs."""
+    theirs), not searched as bytes: a namesake's record, or an e-mail inside a longer one, is not theirs. A lake file the
+    erasure did not rewrite was read by it a moment ago, and so was a file found clean and not modified since."""
     out, ns = [], NeedleSet(needles)
     with connect_warehouse(cfg) as con:
         for t in customer_key_tables(con):
@@ -378,11 +404,15 @@ def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str],
         keys, pkey, uns = set(pseudonyms), load_key(cfg, create=False), NeedleSet(unique)
         with duckdb_connect(threads=1) as con:
             for part in lake_partitions(cfg.paths.lake, lake_manifest(cfg.paths.lake)):
+                if lake_rewritten is not None and part.rel not in set(lake_rewritten): continue
                 if len(lake_records_of(con, part, keys, pkey, uns)[0]): out.append(str(part.path))
     for root in erasure_places(cfg):
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
-            try: data = searchable_bytes(f) if f.suffix == ".parquet" else f.read_bytes()
+            try:
+                if clean and clean.get(str(f)) == _stamp(f): continue
+                data = searchable_bytes(f) if f.suffix == ".parquet" else f.read_bytes()
+            except FileNotFoundError: continue                # vanished while we looked (a log being compacted)
             except Exception: data = f.read_bytes()          # an unreadable Parquet file is searched as bytes
             if ns.find(data): out.append(str(f))
     return out
@@ -402,30 +432,37 @@ class ErasureResult:
     leftovers: list[str] = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)   # seconds per store
 
 def erase_people(cfg: Settings, pseudonyms: Sequence[str], request_id: str, clear_ids: Iterable[str] = (),
                  actor: str | None = None) -> ErasureResult:
     "Erase these people from every store (see above) and record the answer to request `request_id`."
-    t0, keys = time.perf_counter(), sorted(set(pseudonyms))
+    t0, keys, steps = time.perf_counter(), sorted(set(pseudonyms)), {}
+    def step(name: str, t: float) -> None: steps[name] = round(time.perf_counter() - t, 2)
     needles = subject_needles(cfg, keys, clear_ids)
     from mlops_nb.tracking import configure_mlflow
     configure_mlflow(cfg)
-    versions = flag_versions(cfg, keys)
+    t = time.perf_counter(); versions = flag_versions(cfg, keys); step("versions", t)
     unique = [n for n in subject_needles(cfg, keys, fields=UNIQUE_FIELDS) if n not in keys]
+    t = time.perf_counter()
     cut, clear = erase_from_lake(cfg, keys, unique) if (cfg.paths.lake / "_manifest.json").exists() else ({}, set())
+    step("lake", t)
     needles = sorted(set(needles) | {c for c in clear if len(c.encode()) >= 8}, key=lambda v: (-len(v), v))
     manifest = {(f["source"], f["month"]): f for f in lake_manifest(cfg.paths.lake)["files"]} if cut else {}
-    wh = erase_from_warehouse(cfg, keys, cut, manifest, needles, f"erasure-{request_id}")
-    vault = erase_from_vault(cfg, keys)
-    files, left = erase_from_files(cfg, needles)
-    left = sorted(set(left) | set(leftovers(cfg, keys, needles, unique)))
+    t = time.perf_counter(); wh = erase_from_warehouse(cfg, keys, cut, manifest, needles, f"erasure-{request_id}")
+    step("warehouse", t)
+    t = time.perf_counter(); vault = erase_from_vault(cfg, keys); step("vault", t)
+    t = time.perf_counter(); files, left, clean = erase_from_files(cfg, needles); step("files", t)
+    rewritten = [f["path"] for k, f in manifest.items() if k in cut]
+    t = time.perf_counter(); left = sorted(set(left) | set(leftovers(cfg, keys, needles, unique, rewritten, clean)))
+    step("check", t)
     res = ErasureResult(request_id, len(keys), "incomplete" if left else "done", vault, wh,
                         int(sum(len(r) for r in cut.values())), files, versions, left,
-                        seconds=round(time.perf_counter() - t0, 2))
+                        seconds=round(time.perf_counter() - t0, 2), steps=steps)
     close_request(cfg, request_id, AUDIT_SUBJECT_ERASED, keys[0] if len(keys) == 1 else f"{len(keys)} people",
                   {"people": keys, "status": res.status, "vault_rows": vault, "warehouse_rows": wh,
                    "lake_records": res.lake_records, "files": len(files), "versions_flagged": versions,
-                   "leftovers": left, "seconds": res.seconds}, actor)
+                   "leftovers": left, "seconds": res.seconds, "steps": steps}, actor)
     return res
 
 # %% ../nbs/70_erasure.ipynb #ers00028
