@@ -387,8 +387,8 @@ def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str], 
               ) -> list[str]:
     """Where any of these people can still be found outside the audit trail: store and place, or [] when nowhere. The
     lake is read as the ETL reads it (a record naming them, or naming nobody but holding a CPF, e-mail or phone of
-    theirs), not searched as bytes: a namesake's record, or an e-mail inside a longer one, is not theirs. A lake file the
-    erasure did not rewrite was read by it a moment ago, and so was a file found clean and not modified since."""
+    theirs), not searched as bytes: a namesake's record, or an e-mail inside a longer one, is not theirs. A lake file
+    the erasure did not rewrite was read by it a moment ago, and so was a file found clean and not modified since."""
     out, ns = [], NeedleSet(needles)
     with connect_warehouse(cfg) as con:
         for t in customer_key_tables(con):
