@@ -63,7 +63,9 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
                        # progress bars only for a person at a terminal, not in a scheduler's log
                        progress=not args.no_progress and sys.stderr.isatty(),
                        demos=args.demos)
-    for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
+    for p in res.phases:
+        print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  cpu {p.cpu_seconds:>6.1f}s  peak "
+              f"{p.peak_rss_mb:>6,.0f} MB  {p.output}")
     audit_run(cfg, res)
     print(f"run {res.run_id}: {res.status} — executed notebooks in {res.out_dir}; MLflow run {res.mlflow_run_id}")
     if res.error:
@@ -344,7 +346,9 @@ def cmd_operate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = {**parse_overrides(args.param or [], []), "month": args.month, "through": args.through}
     res = run_pipeline(cfg, [OPERATE_PHASE.name], overrides, phases=[OPERATE_PHASE], kernel_name=args.kernel,
                        progress=not args.no_progress and sys.stderr.isatty())
-    for p in res.phases: print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  {p.output}")
+    for p in res.phases:
+        print(f"  {p.phase:<12} {p.status:<9} {p.seconds:>7.1f}s  cpu {p.cpu_seconds:>6.1f}s  peak "
+              f"{p.peak_rss_mb:>6,.0f} MB  {p.output}")
     audit_run(cfg, res)
     print(f"operate {res.run_id}: {res.status} — monitor tables in the warehouse and {cfg.paths.monitor}; MLflow run "
           f"{res.mlflow_run_id}")

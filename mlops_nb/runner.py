@@ -47,8 +47,8 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, reproducibility_ta
 # %% auto #0
 __all__ = ['PHASES', 'OPERATE_PHASE', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
            'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult',
-           'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel', 'PipelineResult',
-           'run_pipeline']
+           'ChildUsage', 'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel',
+           'PipelineResult', 'run_pipeline']
 
 # %% ../nbs/04_runner.ipynb #e50b8bda
 @dataclass(frozen=True)
@@ -154,6 +154,43 @@ class PhaseResult:
     mlflow_run_id: str
     output: str              # the executed notebook
     error: str = ""
+    cpu_seconds: float = 0.0   # CPU time of its kernel (user + system): what the phase costs, beside its wall time
+    peak_rss_mb: float = 0.0   # the largest resident memory its kernel (and the kernel's children) reached
+
+# %% ../nbs/04_runner.ipynb #meter002
+class ChildUsage:
+    "Measures the CPU seconds and peak memory of the child processes that start and end inside a `with` block."
+    def __init__(self, every: float = 0.25):
+        import threading
+        self.every, self.peak, self.cpu = every, 0, 0.0
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+        me = psutil.Process()
+        while True:
+            rss = 0
+            for c in me.children(recursive=True):
+                try: rss += c.memory_info().rss
+                except psutil.Error: pass                    # ended between the listing and the look
+            self.peak = max(self.peak, rss)
+            if self._stop.wait(self.every): return
+
+    def __enter__(self) -> "ChildUsage":
+        import resource
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._cpu0 = r.ru_utime + r.ru_stime
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import resource
+        self._stop.set(); self._thread.join()
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = r.ru_utime + r.ru_stime - self._cpu0
+
+    @property
+    def peak_mb(self) -> float: return self.peak / 2**20
 
 # %% ../nbs/04_runner.ipynb #01624ef4
 def _failure_message(phase: Phase, e: PapermillExecutionError) -> str:
@@ -255,13 +292,14 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
         if name not in declared:
             raise SettingsError(f"{nb.name} does not declare the `{name}` parameter every phase notebook needs")
     out = out_dir / phase.notebook
-    t0, error = time.perf_counter(), ""
+    t0, error, usage = time.perf_counter(), "", ChildUsage()
     try:
         source = str(nb) if demos else phase_section(nbformat.read(str(nb), as_version=4), phase.notebook)
-        pm.execute_notebook(source, str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
-                            progress_bar=progress, cwd=str(nb.parent), log_output=False,
-                            # no TCP ports, so no "running over TCP without encryption" warning per phase
-                            kernel_manager_class=IpcKernelManager)
+        with usage:
+            pm.execute_notebook(source, str(out), parameters=params, kernel_name=kernel_name or default_kernel(),
+                                progress_bar=progress, cwd=str(nb.parent), log_output=False,
+                                # no TCP ports, so no "running over TCP without encryption" warning per phase
+                                kernel_manager_class=IpcKernelManager)
     except PapermillExecutionError as e: error = _failure_message(phase, e)
     except Exception as e: error = f"phase '{phase.name}' could not run {phase.notebook}: {type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
@@ -270,9 +308,12 @@ def run_phase(phase: Phase, cfg: Settings, settings_file: Path, out_dir: Path, p
         client.log_artifact(rid, str(out), artifact_path=ART_NOTEBOOK_DIR)
         _freeze(out)
     client.log_metric(rid, "phase_seconds", seconds)
+    client.log_metric(rid, "phase_cpu_seconds", usage.cpu)
+    client.log_metric(rid, "phase_peak_rss_mb", usage.peak_mb)
     if error: client.set_tag(rid, TAG_ERROR, error[:5000])
     client.set_terminated(rid, status)
-    return PhaseResult(phase.name, phase.notebook, status, round(seconds, 2), rid, str(out), error)
+    return PhaseResult(phase.name, phase.notebook, status, round(seconds, 2), rid, str(out), error,
+                       round(usage.cpu, 2), round(usage.peak_mb, 1))
 
 # %% ../nbs/04_runner.ipynb #81f4761d
 def default_kernel() -> str:

@@ -38,6 +38,9 @@ def test_every_phase_finishes_and_is_recorded(pipeline):
     record = json.loads((run_dir / "manifest.json").read_text())
     assert [p["phase"] for p in record["phases"]] == [p.name for p in PHASES]
     assert all(p["status"] == "FINISHED" for p in record["phases"])
+    # what each phase cost: CPU seconds of its kernel (at least its start-up) and its peak memory (a kernel with pandas
+    # and MLflow loaded is well over 100 MB), within its wall time on two cores
+    assert all(0.5 < p["cpu_seconds"] <= 2.2 * p["seconds"] + 1 and p["peak_rss_mb"] > 100 for p in record["phases"])
     for p in PHASES:
         assert (run_dir / p.notebook).exists() and not ((run_dir / p.notebook).stat().st_mode & 0o222)
 
