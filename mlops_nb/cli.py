@@ -455,8 +455,8 @@ def cmd_pii(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 # %% ../nbs/90_cli.ipynb #sbjcli02
 def _add_subject_parser(sub) -> None:
-    "The `mlops-nb subject export|erase|purge|requests` subcommands."
-    s = sub.add_parser(VERB_SUBJECT, help="data-subject rights: access, erasure, retention, requests",
+    "The `mlops-nb subject export|correct|erase|purge|requests` subcommands, and `mlops-nb review`."
+    s = sub.add_parser(VERB_SUBJECT, help="data-subject rights: access, correction, erasure, retention, requests",
                        description="LGPD art. 18 requests, each recorded in the audit trail with its answer.")
     sa = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     ex = sa.add_parser("export", help="everything held about a customer, as one JSON file (access)",
