@@ -390,10 +390,11 @@ def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str], 
     theirs), not searched as bytes: a namesake's record, or an e-mail inside a longer one, is not theirs. A lake file
     the erasure did not rewrite was read by it a moment ago, and so was a file found clean and not modified since."""
     out, ns = [], NeedleSet(needles)
-    with connect_warehouse(cfg) as con:
-        for t in customer_key_tables(con):
-            if con.execute(f"SELECT count(*) FROM {t} WHERE customer_key IN (SELECT unnest(?))",
-                           [list(pseudonyms)]).fetchone()[0]: out.append(f"warehouse {t}")
+    if cfg.paths.warehouse.exists():
+        with connect_warehouse(cfg) as con:
+            for t in customer_key_tables(con):
+                if con.execute(f"SELECT count(*) FROM {t} WHERE customer_key IN (SELECT unnest(?))",
+                               [list(pseudonyms)]).fetchone()[0]: out.append(f"warehouse {t}")
     if cfg.privacy.vault.exists():
         with open_vault(cfg, read_only=True) as con:
             held = [con.execute(f"SELECT count(*) FROM {t} WHERE pseudonym IN (SELECT unnest(?))",
