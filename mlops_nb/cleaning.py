@@ -42,8 +42,8 @@ from .vault import VaultWriter, apply_corrections
 
 # %% auto #0
 __all__ = ['DATE_FORMATS', 'BRL_PATTERN', 'read_partition', 'repeated_hashes', 'check_statements', 'detail_sql',
-           'delete_partition', 'drop_temp', 'Prepared', 'part_hash', 'prepare_partition', 'write_partition',
-           'load_partition', 'reconcile', 'session_setup']
+           'delete_partition', 'drop_temp', 'Prepared', 'part_hash', 'content_part_sql', 'prepare_partition',
+           'write_partition', 'load_partition', 'reconcile', 'session_setup']
 
 # %% ../nbs/24_cleaning.ipynb #eb4beff4
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
@@ -466,6 +466,11 @@ def _content_part(table: str, source: str, month: str) -> str:
     """The part of `table` one partition (source, month) fills in `meta.content_parts`: its month in staging,
     source/month in quarantine."""
     return f"{source}/{month}" if table.startswith("quarantine.") else month
+
+def content_part_sql(table: str) -> str:
+    "The same part as SQL over `table`'s rows (staging, quarantine and the mart, whose parts are its months)."
+    return "source || '/' || month" if table.startswith("quarantine.") else (
+        "arrival_month" if table.startswith("staging.") else "month")
 
 def prepare_partition(con, data: PartitionData, key: bytes,
                       scale: Mapping[str, float] | None = None,   # declared corrections: field → factor

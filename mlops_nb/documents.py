@@ -10,7 +10,6 @@ Docs: https://mlops-nb.github.io/mlops-nb/documents.html.md"""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,23 @@ import pandas as pd
 from mlops_nb.catalog import (
     ART_DOCUMENTS_DIR,
     ART_EVALUATION,
-    ART_TRAIN_KEYS,
     ART_TRAIN_SPEC,
     STATUS_DEVELOPMENT,
     TAG_ERASED_SUBJECTS,
     TAG_GATE_APPROVED,
     TAG_STATUS,
-    TAG_TRAIN_RUN_ID,
 )
 from .report import Block, render_html, render_markdown
 from .settings import Settings
 from .sources import SOURCES
 from .tracking import MlflowClient, configure_mlflow, mlflow
+from .train import load_training_keys, train_run_of
 
 # %% auto #0
 __all__ = ['LEGAL_BASES', 'DOCUMENTS', 'version_facts', 'record_of_processing', 'impact_report', 'documents_folder',
            'write_documents', 'write_missing_documents']
 
 # %% ../nbs/49_documents.ipynb #doc00007
-def _train_run(client: MlflowClient, run_id: str) -> str:
-    "The run holding a version's training artifacts: the candidate's train run, or the run itself."
-    tags = client.get_run(run_id).data.tags
-    return tags.get(TAG_TRAIN_RUN_ID) or tags.get("mlflow.parentRunId") or run_id
-
 def _artifact_json(run_id: str, path: str) -> Any:
     try: return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
     except Exception: return None
@@ -51,22 +44,18 @@ def version_facts(cfg: Settings, version: str) -> dict[str, Any]:
     client = MlflowClient()
     mv = client.get_model_version(cfg.mlflow.registered_model, str(version))
     run_id = mv.run_id or ""
-    train = _train_run(client, run_id) if run_id else ""
+    train = train_run_of(run_id) if run_id else ""
     spec = next((s for r in (run_id, train) if r for s in [_artifact_json(r, ART_TRAIN_SPEC)] if s), None)
     if spec is None:                                   # the packaged model carries its spec
         try: spec = json.loads(mlflow.pyfunc.load_model(mv.source).unwrap_python_model().spec.to_json())
         except Exception: spec = {}
-    people = None
-    for r in dict.fromkeys((run_id, train)):
-        if r and any(a.path == ART_TRAIN_KEYS for a in client.list_artifacts(r, str(Path(ART_TRAIN_KEYS).parent))):
-            people = len(pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=r, artifact_path=ART_TRAIN_KEYS)))
-            break
+    keys = load_training_keys(run_id) if run_id else None
     approved = bool(run_id) and client.get_run(run_id).data.tags.get(TAG_GATE_APPROVED) == "true"
     return {"version": str(mv.version), "status": mv.tags.get(TAG_STATUS, STATUS_DEVELOPMENT),
             "gate_approved": approved, "run_id": run_id,
             "train_run_id": train, "numeric": spec.get("numeric", []), "categorical": spec.get("categorical", []),
             "sensitive": spec.get("sensitive", []), "source": spec.get("source", cfg.lake.source),
-            "people": people, "erased": int(mv.tags.get(TAG_ERASED_SUBJECTS, 0) or 0),
+            "people": None if keys is None else len(keys), "erased": int(mv.tags.get(TAG_ERASED_SUBJECTS, 0) or 0),
             "evaluation": _artifact_json(run_id, ART_EVALUATION) if run_id else None}
 
 # %% ../nbs/49_documents.ipynb #doc00010

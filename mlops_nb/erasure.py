@@ -8,7 +8,6 @@ Docs: https://mlops-nb.github.io/mlops-nb/erasure.html.md"""
 # %% ../nbs/70_erasure.ipynb #ers00002
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
@@ -25,12 +24,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .catalog import AUDIT_SUBJECT_ERASED, TAG_ERASED_SUBJECTS
-from .cleaning import read_partition
+from .cleaning import content_part_sql, read_partition
 from .contracts import connect_warehouse, duckdb_connect, sql_literal
-from .lake import write_atomic
+from .lake import _json_bytes, write_atomic
 from .lake_files import _parquet_bytes
 from .pii_scan import scan_places, searchable_bytes
-from .privacy import NeedleSet, load_key, pseudonymise_arrow
+from .privacy import NeedleSet, files_under, load_key, normalise, pseudonymise_arrow
 from .settings import Settings
 from .staging import TABLES, Partition
 from mlops_nb.subjects import (
@@ -41,15 +40,16 @@ from mlops_nb.subjects import (
     refuse_request,
     subject_pseudonym,
     trained_versions,
+    warehouse_month,
 )
 from .vault import CORRECTIONS_DDL, open_vault
 from .warehouse import PART_HASHED, lake_manifest, lake_partitions, stored_content_hash
 
 # %% auto #0
-__all__ = ['ERASED', 'NEEDLE_FIELDS', 'UNIQUE_FIELDS', 'TEXT_SUFFIXES', 'CONTENT_PART_SQL', 'departures', 'subject_needles',
-           'compact_duckdb', 'erase_in_file', 'lake_records_of', 'rewrite_partition', 'erase_from_lake',
-           'erase_from_warehouse', 'erase_from_vault', 'erasure_places', 'erase_from_files', 'flag_versions',
-           'leftovers', 'ErasureResult', 'erase_people', 'erase_subject', 'retention_due', 'purge_expired']
+__all__ = ['ERASED', 'NEEDLE_FIELDS', 'UNIQUE_FIELDS', 'TEXT_SUFFIXES', 'departures', 'subject_needles', 'compact_duckdb',
+           'erase_in_file', 'lake_records_of', 'rewrite_partition', 'erase_from_lake', 'erase_from_warehouse',
+           'erase_from_vault', 'erasure_places', 'erase_from_files', 'flag_versions', 'leftovers', 'ErasureResult',
+           'erase_people', 'erase_subject', 'retention_due', 'purge_expired']
 
 # %% ../nbs/70_erasure.ipynb #ers00007
 ERASED = "[erased]"   # what replaces a person's identifier inside a text file
@@ -60,8 +60,8 @@ def departures(cfg: Settings, pseudonyms: Sequence[str]) -> dict[str, str | None
     if not cfg.paths.warehouse.exists(): return out
     with connect_warehouse(cfg) as con:
         rows = con.execute("SELECT customer_key, strftime(max(effective_date), '%Y-%m') FROM staging.cancellations "
-                           "WHERE customer_key IN (SELECT unnest(?)) AND strftime(effective_date, '%Y-%m') <= "
-                           "(SELECT max(month) FROM staging.usage) GROUP BY 1", [list(pseudonyms)]).fetchall()
+                           "WHERE customer_key IN (SELECT unnest(?)) AND strftime(effective_date, '%Y-%m') <= ? "
+                           "GROUP BY 1", [list(pseudonyms), warehouse_month(con)]).fetchall()
     out.update(dict(rows))
     return out
 
@@ -79,8 +79,8 @@ def subject_needles(cfg: Settings, pseudonyms: Sequence[str], clear_ids: Iterabl
                                "NOT NULL AND field IN (SELECT unnest(?))", [list(pseudonyms), list(fields)]).fetchall()
         for f, v in rows:
             values.add(v.strip())
-            if f == "cpf": values |= {re.sub(r"\D", "", v), re.sub(r"^(\d{3})(\d{3})(\d{3})(\d{2})$", r"\1.\2.\3-\4",
-                                                                   re.sub(r"\D", "", v))}
+            if f == "cpf" and len(d := normalise(v, "cpf")) == 11:   # both spellings: digits, and dotted with a dash
+                values |= {d, f"{d[:3]}.{d[3:6]}.{d[6:9]}-{d[9:]}"}
     return sorted((v for v in values if len(v.encode()) >= 8), key=lambda v: (-len(v), v))
 
 # %% ../nbs/70_erasure.ipynb #ers00012
@@ -127,10 +127,9 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
                      if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
             drop = np.zeros(t.num_rows, bool)
             for i in texts: drop |= _holds(t.column(i), needles, ns)
-            mode = path.stat().st_mode & 0o777
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            pq.write_table(t.filter(pa.array(~drop)), tmp, compression="zstd")
-            os.chmod(tmp, mode); os.replace(tmp, path)
+            sink = pa.BufferOutputStream()
+            pq.write_table(t.filter(pa.array(~drop)), sink, compression="zstd")
+            write_atomic(path, sink.getvalue().to_pybytes())
             return "rewritten"
     data = path.read_bytes()
     if not ns.find(data): return None
@@ -138,10 +137,7 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
     text = data.decode("utf-8", errors="surrogateescape")
     present = sorted((n for n in needles if n in text), key=lambda n: -len(n))   # the longest first
     text = re.sub("|".join(map(re.escape, present)), ERASED, text) if present else text
-    mode = path.stat().st_mode & 0o777
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(text.encode("utf-8", errors="surrogateescape"))
-    os.chmod(tmp, mode); os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8", errors="surrogateescape"))   # (its mode kept: a frozen notebook stays so)
     return "redacted"
 
 # %% ../nbs/70_erasure.ipynb #ers00016
@@ -214,16 +210,10 @@ def erase_from_lake(cfg: Settings, pseudonyms: Sequence[str],
             if not len(recs): continue
             files[part.rel].update(rewrite_partition(part, recs))
             cut[(part.source, part.month)], clear = recs, clear | ids
-    if cut: write_atomic(cfg.paths.lake / "_manifest.json",
-                         (json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    if cut: write_atomic(cfg.paths.lake / "_manifest.json", _json_bytes(manifest))
     return cut, clear
 
 # %% ../nbs/70_erasure.ipynb #ers00019
-CONTENT_PART_SQL = {"staging.": "arrival_month", "quarantine.": "source || '/' || month", "mart.": "month"}
-
-def _part_sql(table: str) -> str:
-    return next(v for k, v in CONTENT_PART_SQL.items() if table.startswith(k))
-
 def _cut_records(con, cut: dict[tuple[str, str], np.ndarray]) -> dict[tuple[str, str], dict[str, int]]:
     """Delete the rows the cut records became and renumber the later records of each file — one statement per table,
     whatever the number of partitions; return what went, per partition."""
@@ -286,7 +276,7 @@ def _recompute_parts(con) -> None:
     "Recompute `meta.content_parts` of every part-hashed table from its rows (what the loads stored, made current)."
     for table in PART_HASHED:
         con.execute("DELETE FROM meta.content_parts WHERE table_name = ?", [table])
-        con.execute(f"INSERT INTO meta.content_parts SELECT ?, {_part_sql(table)} AS part, count(*), "
+        con.execute(f"INSERT INTO meta.content_parts SELECT ?, {content_part_sql(table)} AS part, count(*), "
                     f"coalesce(sum(hash(t)), 0) FROM {table} t GROUP BY part", [table])
 
 # %% ../nbs/70_erasure.ipynb #ers00021
@@ -305,20 +295,21 @@ def erase_from_warehouse(cfg: Settings, pseudonyms: Sequence[str], cut: dict[tup
                 removed[st] = removed.get(st, 0) + n["loaded"]
                 removed["quarantine"] = removed.get("quarantine", 0) + n["quarantined"] + n["nulled"]
                 _reconcile_cut(con, source, month, len(cut[(source, month)]), n, new_files[(source, month)])
-            for t in customer_key_tables(con):
+            keyed = customer_key_tables(con)
+            for t in keyed:
                 k = con.execute(f"DELETE FROM {t} WHERE customer_key IN (SELECT unnest(?))",
                                 [list(pseudonyms)]).fetchone()[0]
                 if k: removed[t] = removed.get(t, 0) + k
-            skip = [*customer_key_tables(con), *PART_HASHED]     # their rows went by key; the rest cannot quote one
+            skip = [*keyed, *PART_HASHED]     # their rows went by key; the rest cannot quote one
             for k, v in _redact_text_columns(con, needles, skip).items(): removed[f"redacted {k}"] = v
             _recompute_parts(con)
-            last = con.execute("SELECT * FROM meta.loads ORDER BY finished_at DESC LIMIT 1").fetchall()
-            if last:
-                row = list(last[0])
+            last = con.execute("SELECT etl_version, lake FROM meta.loads ORDER BY finished_at DESC LIMIT 1").fetchall()
+            if last:                                  # the erasure, recorded as a load that changed no partition file
+                etl_version, lake = last[0]
                 digest = hashlib.sha256((cfg.paths.lake / "_manifest.json").read_bytes()).hexdigest()
                 now = pd.Timestamp.now(tz="UTC").tz_localize(None)
                 con.execute("INSERT INTO meta.loads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [run_id, t0, now, (now - t0).total_seconds(), row[4], row[5], digest, 0,
+                            [run_id, t0, now, (now - t0).total_seconds(), etl_version, lake, digest, 0,
                              con.execute("SELECT count(*) FROM meta.partitions").fetchone()[0], 0,
                              stored_content_hash(con)])
             con.execute("COMMIT")
@@ -356,17 +347,15 @@ def erase_from_files(cfg: Settings, needles: Sequence[str]
     """Erase needles from every file of `erasure_places`; return (file → what was done, files still holding one, the
     files found clean with their modification stamp)."""
     ns, done, left, clean = NeedleSet(needles), {}, [], {}
-    for root in erasure_places(cfg):
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            if f.suffix in (".db", ".sqlite") or f.name.endswith((".db-wal", ".db-journal")):
-                if ns.find(f.read_bytes()): left.append(str(f))
-                continue
-            try: stamp, what = _stamp(f), erase_in_file(f, needles, ns)
-            except OSError: continue                          # vanished while we looked (a log being compacted)
-            if what == "binary": left.append(str(f))
-            elif what: done[str(f)] = what
-            else: clean[str(f)] = stamp
+    for f in files_under(erasure_places(cfg)):
+        if f.suffix in (".db", ".sqlite") or f.name.endswith((".db-wal", ".db-journal")):
+            if ns.find(f.read_bytes()): left.append(str(f))
+            continue
+        try: stamp, what = _stamp(f), erase_in_file(f, needles, ns)
+        except OSError: continue                              # vanished while we looked (a log being compacted)
+        if what == "binary": left.append(str(f))
+        elif what: done[str(f)] = what
+        else: clean[str(f)] = stamp
     return done, left, clean
 
 def flag_versions(cfg: Settings, pseudonyms: Sequence[str]) -> list[str]:
@@ -407,15 +396,12 @@ def leftovers(cfg: Settings, pseudonyms: Sequence[str], needles: Sequence[str], 
             for part in lake_partitions(cfg.paths.lake, lake_manifest(cfg.paths.lake)):
                 if lake_rewritten is not None and part.rel not in set(lake_rewritten): continue
                 if len(lake_records_of(con, part, keys, pkey, uns)[0]): out.append(str(part.path))
-    for root in erasure_places(cfg):
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            try:
-                if clean and clean.get(str(f)) == _stamp(f): continue
-                data = searchable_bytes(f) if f.suffix == ".parquet" else f.read_bytes()
-            except FileNotFoundError: continue                # vanished while we looked (a log being compacted)
-            except Exception: data = f.read_bytes()          # an unreadable Parquet file is searched as bytes
-            if ns.find(data): out.append(str(f))
+    for f in files_under(erasure_places(cfg)):
+        try:
+            if clean and clean.get(str(f)) == _stamp(f): continue
+            data = searchable_bytes(f)
+        except OSError: continue                              # vanished while we looked (a log being compacted)
+        if ns.find(data): out.append(str(f))
     return out
 
 # %% ../nbs/70_erasure.ipynb #ers00027
@@ -493,9 +479,9 @@ def retention_due(cfg: Settings) -> list[str]:
     with connect_warehouse(cfg) as con:
         return [r[0] for r in con.execute(
             "SELECT DISTINCT c.customer_key FROM staging.cancellations c WHERE c.customer_key IS NOT NULL AND "
-            "date_diff('month', date_trunc('month', c.effective_date), (SELECT strptime(max(month), '%Y-%m') FROM "
-            "staging.usage)) >= ? AND NOT EXISTS (SELECT 1 FROM staging.usage u WHERE u.customer_key = c.customer_key "
-            "AND u.month > strftime(c.effective_date, '%Y-%m')) ORDER BY 1", [months]).fetchall()]
+            "date_diff('month', date_trunc('month', c.effective_date), strptime(?, '%Y-%m')) >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM staging.usage u WHERE u.customer_key = c.customer_key AND u.month > "
+            "strftime(c.effective_date, '%Y-%m')) ORDER BY 1", [warehouse_month(con), months]).fetchall()]
 
 def purge_expired(cfg: Settings, actor: str | None = None) -> ErasureResult | None:
     "Erase everyone `retention_due` names, as one retention request; None when nobody is due."

@@ -98,12 +98,22 @@ class LakeResult:
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
-def write_atomic(path: Path, data: bytes) -> None:
-    "Write `path` whole or not at all (a sibling temporary file renamed over it)."
+def write_atomic(path: Path, data: bytes,
+                 mode: int | None = None,   # the file's permissions; None: those of the file it replaces, if any
+                 ) -> None:
+    """Write `path` whole or not at all (a sibling temporary file renamed over it), keeping a replaced file's mode; a
+    temporary file with a mode to reach is private (0600) until it has it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None and path.exists(): mode = path.stat().st_mode & 0o777
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        if mode is None: tmp.write_bytes(data)           # a new file: the process's default permissions
+        else:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                f.write(data); os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
 
 def history_count(lake: LakeSettings) -> int:
     "Months the lake phase writes as history: `history_months`, or every month when it is 0 or not below `months`."

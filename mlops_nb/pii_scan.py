@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .privacy import NeedleSet, mask
+from .privacy import NeedleSet, files_under, mask
 from .settings import Settings
 from .vault import open_vault
 
@@ -59,11 +59,14 @@ def vault_needles(cfg: Settings, fields: Sequence[str] = SCANNED_FIELDS) -> dict
 
 # %% ../nbs/68_pii_scan.ipynb #p11sc007
 def searchable_bytes(path: Path) -> bytes:
-    "A file's searchable bytes: a Parquet file's decoded text columns, anything else as it is."
+    """A file's searchable bytes: a Parquet file's decoded text columns, anything else (an unreadable Parquet file too)
+    as it is; OSError if it cannot be read at all."""
     if path.suffix != ".parquet": return path.read_bytes()
     import pyarrow.parquet as pq
     import pyarrow.types as pat
-    t = pq.read_table(path)
+    try: t = pq.read_table(path)
+    except OSError: raise
+    except Exception: return path.read_bytes()                    # not Parquet after all: searched as bytes
     cols = [t.column(i) for i, f in enumerate(t.schema) if pat.is_string(f.type) or pat.is_large_string(f.type)]
     return b"\x00".join("\x00".join(v for v in c.to_pylist() if v is not None).encode() for c in cols)
 
@@ -72,19 +75,16 @@ def scan_files(paths: Iterable[Path], needles: dict[str, str],
                ) -> list[PiiFinding]:
     "Every file under `paths` holding a vault value or a pattern's match: the first of each kind per file."
     ns, found, allowed = NeedleSet(needles), [], {a.encode() for a in allow}
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            try: data = searchable_bytes(f)
-            except OSError: continue                       # vanished while we looked (a log being compacted)
-            except Exception: data = f.read_bytes()        # an unreadable Parquet file is searched as bytes
-            hit = ns.find(data) if len(ns) else None
-            if hit:
-                v = hit.decode(errors="replace")
-                found.append(PiiFinding(str(f), needles.get(v.strip(), "vault"), mask(v), "vault value"))
-            for name, pat in PATTERNS.items():
-                m = next((m for m in pat.finditer(data) if m.group() not in allowed), None)
-                if m: found.append(PiiFinding(str(f), name, mask(m.group().decode(errors="replace")), "pattern"))
+    for f in files_under(paths):
+        try: data = searchable_bytes(f)
+        except OSError: continue                           # vanished while we looked (a log being compacted)
+        hit = ns.find(data) if len(ns) else None
+        if hit:
+            v = hit.decode(errors="replace")
+            found.append(PiiFinding(str(f), needles.get(v.strip(), "vault"), mask(v), "vault value"))
+        for name, pat in PATTERNS.items():
+            m = next((m for m in pat.finditer(data) if m.group() not in allowed), None)
+            if m: found.append(PiiFinding(str(f), name, mask(m.group().decode(errors="replace")), "pattern"))
     return found
 
 def pii_scan(cfg: Settings) -> tuple[list[Path], list[PiiFinding]]:

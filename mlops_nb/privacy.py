@@ -15,7 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,8 @@ from .settings import Settings, SettingsError, secret_key
 
 # %% auto #0
 __all__ = ['NORMALISERS', 'SQL_NORMAL_FORMS', 'AGE_BANDS', 'load_key', 'normaliser', 'normalise', 'pseudonymise',
-           'pseudonymise_arrow', 'age_band', 'age_band_sql', 'Finding', 'mask', 'NeedleSet', 'scan_for_values',
-           'scan_frame']
+           'pseudonymise_arrow', 'age_band', 'age_band_sql', 'Finding', 'mask', 'NeedleSet', 'files_under',
+           'scan_for_values', 'scan_frame']
 
 # %% ../nbs/20_privacy.ipynb #cde713bd
 def _inside_git_tree(path: Path) -> bool:
@@ -166,6 +166,12 @@ class NeedleSet:
         return None
 
 # %% ../nbs/20_privacy.ipynb #16844706
+def files_under(paths: Iterable[Path]) -> Iterator[Path]:
+    "Every file under `paths` (a path that is a file: itself; one that does not exist: nothing), each folder sorted."
+    for root in paths:
+        if root.is_file(): yield root
+        elif root.exists(): yield from sorted(p for p in root.rglob("*") if p.is_file())
+
 def scan_for_values(paths: Sequence[Path], values: Iterable[str] | NeedleSet, min_len: int = 8,
                     skip: Sequence[Path] = ()) -> list[Finding]:
     "Every file under `paths` (except `skip`) whose bytes contain one of `values`."
@@ -173,12 +179,10 @@ def scan_for_values(paths: Sequence[Path], values: Iterable[str] | NeedleSet, mi
     if not len(needles): return []
     skip_r = [s.resolve() for s in skip]
     found = []
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-        for f in files:
-            if any(f.resolve() == s or s in f.resolve().parents for s in skip_r): continue
-            hit = needles.find(f.read_bytes())
-            if hit: found.append(Finding(str(f), mask(hit.decode(errors="replace"))))
+    for f in files_under(paths):
+        if any(f.resolve() == s or s in f.resolve().parents for s in skip_r): continue
+        hit = needles.find(f.read_bytes())
+        if hit: found.append(Finding(str(f), mask(hit.decode(errors="replace"))))
     return found
 
 # %% ../nbs/20_privacy.ipynb #1aed40e1

@@ -11,16 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 
 from .audit import append_event, read_events
 from mlops_nb.catalog import (
-    ART_TRAIN_KEYS,
     AUDIT_SUBJECT_CORRECTED,
     AUDIT_SUBJECT_ERASED,
     AUDIT_SUBJECT_EXPORTED,
@@ -29,20 +28,25 @@ from mlops_nb.catalog import (
     AUDIT_SUBJECT_REVIEWED,
 )
 from .contracts import connect_warehouse, duckdb_connect
+from .lake import write_atomic
 from .prediction_log import new_request_id
-from .privacy import load_key, pseudonymise
+from .privacy import load_key, normalise, pseudonymise
 from .settings import Settings, SettingsError
 from .vault import open_vault, record_correction
 
 # %% auto #0
-__all__ = ['REQUEST_KINDS', 'ANSWERS', 'SubjectError', 'subject_pseudonym', 'open_request', 'close_request', 'refuse_request',
-           'request_status', 'vault_record', 'customer_key_tables', 'warehouse_record', 'logged_predictions',
-           'explain_logged', 'training_keys', 'trained_versions', 'private_folder', 'write_private', 'ExportResult',
-           'subject_document', 'subject_export', 'correct_subject']
+__all__ = ['REQUEST_KINDS', 'ANSWERS', 'SubjectError', 'warehouse_month', 'subject_pseudonym', 'open_request', 'close_request',
+           'refuse_request', 'request_status', 'vault_record', 'customer_key_tables', 'warehouse_record',
+           'logged_predictions', 'explain_logged', 'trained_versions', 'private_folder', 'write_private',
+           'ExportResult', 'subject_document', 'subject_export', 'correct_subject']
 
 # %% ../nbs/69_subjects.ipynb #sbj00007
 class SubjectError(SettingsError):
     "A data-subject request that cannot be carried out as asked: the message says why."
+
+def warehouse_month(con) -> str:
+    "The latest month the warehouse has loaded: the world's clock for departures, retention and corrections."
+    return con.execute("SELECT max(month) FROM meta.partitions").fetchall()[0][0]
 
 def subject_pseudonym(cfg: Settings, customer_id: str) -> str:
     "The pseudonym the stores know customer `customer_id` by (the same normal form and key as the ETL's)."
@@ -141,32 +145,17 @@ def explain_logged(cfg: Settings, rows: pd.DataFrame) -> list[dict[str, Any] | N
     return out
 
 # %% ../nbs/69_subjects.ipynb #sbj00018
-def training_keys(run_id: str, _cache: dict[str, set[str] | None] | None = None) -> set[str] | None:
-    """The customer pseudonyms a run (or the run it is nested in) trained on, from its `ART_TRAIN_KEYS` artifact; None
-    if neither logged one (runs from before the artifact existed)."""
-    from mlops_nb.tracking import MlflowClient, mlflow
-    cache = {} if _cache is None else _cache
-    if run_id in cache: return cache[run_id]
-    client, rid, found = MlflowClient(), run_id, None
-    for _ in range(3):                                # a candidate's run, its train run, (a pipeline run)
-        folder = str(Path(ART_TRAIN_KEYS).parent)
-        if any(a.path == ART_TRAIN_KEYS for a in client.list_artifacts(rid, folder)):
-            path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=ART_TRAIN_KEYS)
-            found = set(pd.read_parquet(path).iloc[:, 0].astype(str)); break
-        rid = client.get_run(rid).data.tags.get("mlflow.parentRunId")
-        if not rid: break
-    cache[run_id] = found
-    return found
-
 def trained_versions(cfg: Settings, pseudonyms: Sequence[str]) -> list[dict[str, Any]]:
     """The registered versions whose training rows included any of `pseudonyms`: version, status, run id and how many
     of them; versions whose run logged no keys are listed as unknown."""
     from mlops_nb.registry import list_versions
     from mlops_nb.tracking import configure_mlflow
+    from mlops_nb.train import load_training_keys
     configure_mlflow(cfg)
     out, want, cache = [], set(pseudonyms), {}
     for v in list_versions(cfg):
-        keys = training_keys(v.run_id, cache)
+        if v.run_id not in cache: cache[v.run_id] = load_training_keys(v.run_id) if v.run_id else None
+        keys = cache[v.run_id]
         hit = None if keys is None else len(want & keys)
         if hit is None or hit: out.append({"version": v.version, "status": v.status, "run_id": v.run_id,
                                            "people": hit if hit is not None else "unknown (no training keys logged)"})
@@ -182,10 +171,7 @@ def private_folder(cfg: Settings) -> Path:
 
 def write_private(path: Path, data: bytes) -> str:
     "Write `data` to `path` atomically with mode 0600; return its sha256."
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f: f.write(data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
     return hashlib.sha256(data).hexdigest()
 
 # %% ../nbs/69_subjects.ipynb #sbj00022
@@ -237,15 +223,15 @@ def subject_export(cfg: Settings, customer_id: str, actor: str | None = None) ->
 # %% ../nbs/69_subjects.ipynb #sbj00026
 def _check_value(field: str, value: str) -> str:
     "The corrected value in its canonical form, or SubjectError saying what is wrong with it."
-    import re
     v = value.strip()
     if field == "birth_date":
         try: return dt.date.fromisoformat(v).isoformat()
         except ValueError: raise SubjectError(f"birth_date must be a date YYYY-MM-DD, got {value!r}") from None
-    if field == "cpf" and len(re.sub(r"\D", "", v)) != 11: raise SubjectError("a CPF has 11 digits")
+    if field == "cpf" and len(normalise(v, "cpf")) != 11: raise SubjectError("a CPF has 11 digits")
     if field == "email" and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", v):
         raise SubjectError(f"not an e-mail address: {value!r}")
-    if field == "phone" and len(re.sub(r"\D", "", v)) < 10: raise SubjectError("a phone number has at least 10 digits")
+    if field == "phone" and len(normalise(v, "phone")) < 10:
+        raise SubjectError("a phone number has at least 10 digits")
     if not v: raise SubjectError(f"an empty {field}: say what the corrected value is")
     return v
 
@@ -256,8 +242,7 @@ def correct_subject(cfg: Settings, customer_id: str, field: str, value: str, act
     if field not in personal: raise SubjectError(f"{field!r} is not a personal field; one of {', '.join(personal)}")
     key, value = subject_pseudonym(cfg, customer_id), _check_value(field, value)
     if not vault_record(cfg, key): raise SubjectError(f"no personal data is held about customer {customer_id}")
-    with connect_warehouse(cfg) as con:
-        month = con.execute("SELECT max(month) FROM meta.partitions").fetchall()[0][0]
+    with connect_warehouse(cfg) as con: month = warehouse_month(con)
     rid = open_request(cfg, "correction", key, actor, f"field {field}")
     with open_vault(cfg) as con: record_correction(con, key, field, value, month, rid)
     close_request(cfg, rid, AUDIT_SUBJECT_CORRECTED, key, {"field": field, "corrected_month": month}, actor)

@@ -62,7 +62,7 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 __all__ = ['SPLIT_CONTEXTS', 'score', 'Trial', 'fit_trial', 'tune_family', 'fold_interval', 'fit_trial_cv', 'refit_on_all',
            'loggable_params', 'split_datasets', 'log_datasets', 'log_training_keys', 'TrainResult', 'train_family',
            'log_oof', 'blend_oof', 'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'load_oof',
-           'latest_train_run', 'load_candidates']
+           'train_run_of', 'load_training_keys', 'latest_train_run', 'load_candidates']
 
 # %% ../nbs/35_train.ipynb #bc54f9e7
 def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -389,6 +389,21 @@ def load_oof(run_id: str) -> pd.DataFrame | None:
     folder = str(Path(ART_TRAIN_OOF).parent)
     if not any(a.path == ART_TRAIN_OOF for a in MlflowClient().list_artifacts(run_id, folder)): return None
     return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ART_TRAIN_OOF))
+
+def train_run_of(run_id: str) -> str:
+    "The train run a candidate's (or a trial's) run belongs to; a run that is no candidate is its own."
+    tags = MlflowClient().get_run(run_id).data.tags
+    return tags.get(TAG_TRAIN_RUN_ID) or tags.get("mlflow.parentRunId") or run_id
+
+def load_training_keys(run_id: str) -> set[str] | None:
+    """The customer pseudonyms a model's run learnt from (`ART_TRAIN_KEYS`, logged by its train run, or by the run
+    itself for a sandbox model); None for runs from before the artifact existed."""
+    folder, client = str(Path(ART_TRAIN_KEYS).parent), MlflowClient()
+    for rid in dict.fromkeys((run_id, train_run_of(run_id))):
+        if any(a.path == ART_TRAIN_KEYS for a in client.list_artifacts(rid, folder)):
+            keys = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=ART_TRAIN_KEYS))
+            return set(keys.iloc[:, 0].astype(str))
+    return None
 
 def latest_train_run(cfg: Settings) -> str:
     "The id of the latest finished train run in the configured experiment; a clear error if there is none."

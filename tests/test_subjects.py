@@ -48,10 +48,10 @@ def world(tmp_path_factory):
     ids = clear_ids(cfg)
     dep = departures(cfg, sorted(ids))
     scored = set(logged_predictions(cfg, sorted(ids)).customer_key)
-    from mlops_nb.subjects import training_keys
+    from mlops_nb.train import load_training_keys
     from mlops_nb.tracking import configure_mlflow
     configure_mlflow(cfg)
-    trained_on = training_keys(v.run_id)
+    trained_on = load_training_keys(v.run_id)
     gone = next(k for k, m in dep.items() if m and k in trained_on and m < "2025-06")
     active = next(k for k, m in dep.items() if m is None and k in scored and k in trained_on)
     return settings, cfg, v.version, ids, gone, active
