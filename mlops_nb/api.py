@@ -180,7 +180,7 @@ class ScoringApp:
             records, explain_body = check_envelope(parse_json(body), batch, self.api.max_batch_rows, errors)
             explain = explain or explain_body
             encode = model.scorer.records.encode
-            enc = [encode(feats, loc, errors) for loc, _, feats in records]
+            enc = [encode(feats, loc, errors) for loc, _, feats, _ in records]
             if errors: raise RequestError(422, errors)
             if self.state.log.pending_rows > MAX_PENDING_ROWS:
                 raise RequestError(503, "the prediction log is not keeping up; try again shortly",
@@ -192,9 +192,9 @@ class ScoringApp:
                 if self._use_batcher(model)
                 else model.scorer.probabilities(Z)
             )
-            decision = p >= model.threshold
-            cids = [c for _, c, _ in records]
+            cids = [c for _, c, _, _ in records]
             keys = list(_pseudonyms(cids, self.state.key)) if any(c is not None for c in cids) else [None] * len(cids)
+            decision = model.decide(p, keys, [a for _, _, _, a in records], values)
             rid = new_request_id(t_wall)
             expl = None
             if explain:

@@ -19,8 +19,8 @@ from .encoder import ABSENT, FieldError, field_name, json_type
 from .served import ServedModel
 
 # %% auto #0
-__all__ = ['HOT_PATHS', 'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID', 'RequestError', 'bearer_ok', 'parse_json', 'query_explain',
-           'check_envelope', 'api_schemas', 'openapi_response']
+__all__ = ['HOT_PATHS', 'ENVELOPE', 'RECORD_KEYS', 'MAX_CUSTOMER_ID', 'MAX_ATTRIBUTES', 'MAX_ATTRIBUTE_CHARS', 'RequestError',
+           'bearer_ok', 'parse_json', 'query_explain', 'check_envelope', 'api_schemas', 'openapi_response']
 
 # %% ../nbs/55_api_contract.ipynb #9ed1d5c6
 class RequestError(Exception):
@@ -46,9 +46,11 @@ def bearer_ok(header: bytes | str | None, token: str) -> bool:
 
 # %% ../nbs/55_api_contract.ipynb #37dbfa4c
 HOT_PATHS = {"/v1/score": False, "/v1/score/batch": True}   # path -> is it the batch endpoint
-ENVELOPE = {False: frozenset({"customer_id", "features", "explain"}), True: frozenset({"records", "explain"})}
-RECORD_KEYS = frozenset({"customer_id", "features"})
+ENVELOPE = {False: frozenset({"customer_id", "features", "attributes", "explain"}),
+            True: frozenset({"records", "explain"})}
+RECORD_KEYS = frozenset({"customer_id", "features", "attributes"})
 MAX_CUSTOMER_ID = 128
+MAX_ATTRIBUTES, MAX_ATTRIBUTE_CHARS = 16, 64
 
 def parse_json(body: bytes) -> Any:
     """The request body as JSON; a lenient second parse lets NaN/Infinity reach the field checks (which refuse them by
@@ -77,9 +79,9 @@ def query_explain(query: bytes) -> bool:
 
 # %% ../nbs/55_api_contract.ipynb #af0879c9
 def check_envelope(obj: Any, batch: bool, max_rows: int,
-                   errors: list[FieldError]) -> tuple[list[tuple[tuple, Any, Any]], bool]:
-    """The (loc, customer_id, features) of each record and the explain flag; envelope problems go to `errors` (413 for
-    too many records)."""
+                   errors: list[FieldError]) -> tuple[list[tuple[tuple, Any, Any, dict[str, Any] | None]], bool]:
+    """The (loc, customer_id, features, attributes) of each record and the explain flag; envelope problems go to
+    `errors` (413 for too many records)."""
     if type(obj) is not dict:
         raise RequestError(422, [FieldError(("body",), f"expected a JSON object, got {json_type(obj)}", "object_type")])
     for k in obj.keys() - ENVELOPE[batch]:
@@ -89,7 +91,8 @@ def check_envelope(obj: Any, batch: bool, max_rows: int,
     out: list[tuple[tuple, Any, Any]] = []
     if not batch:
         if "features" not in obj: errors.append(FieldError(("body", "features"), "field required", "missing"))
-        else: out.append((("body", "features"), obj.get("customer_id"), obj["features"]))
+        else: out.append((("body", "features"), obj.get("customer_id"), obj["features"],
+                          _attributes(obj.get("attributes"), ("body", "attributes"), errors)))
         _check_id(obj.get("customer_id"), ("body", "customer_id"), errors)
     else:
         recs = obj.get("records", ABSENT)
@@ -107,12 +110,27 @@ def check_envelope(obj: Any, batch: bool, max_rows: int,
                 if type(r) is not dict:
                     errors.append(FieldError(loc, f"expected an object, got {json_type(r)}", "object_type")); continue
                 for k in r.keys() - RECORD_KEYS:
-                    errors.append(FieldError((*loc, k), "unknown field; expected customer_id, features",
+                    errors.append(FieldError((*loc, k), "unknown field; expected customer_id, features, attributes",
                                              "extra_forbidden"))
                 _check_id(r.get("customer_id"), (*loc, "customer_id"), errors)
                 if "features" not in r: errors.append(FieldError((*loc, "features"), "field required", "missing"))
-                else: out.append(((*loc, "features"), r.get("customer_id"), r["features"]))
+                else: out.append(((*loc, "features"), r.get("customer_id"), r["features"],
+                                  _attributes(r.get("attributes"), (*loc, "attributes"), errors)))
     return out, explain
+
+def _attributes(v: Any, loc: tuple, errors: list[FieldError]) -> dict[str, Any] | None:
+    """A record's sensitive attributes (for a decision policy; never model inputs): an object of text or null
+    values, or None when not sent."""
+    if v is None: return None
+    if type(v) is not dict:
+        errors.append(FieldError(loc, f"expected an object, got {json_type(v)}", "object_type")); return None
+    if len(v) > MAX_ATTRIBUTES:
+        errors.append(FieldError(loc, f"at most {MAX_ATTRIBUTES} attributes", "too_long")); return None
+    for k, x in v.items():
+        if x is not None and (type(x) is not str or len(x) > MAX_ATTRIBUTE_CHARS):
+            errors.append(FieldError((*loc, k), f"expected a string of at most {MAX_ATTRIBUTE_CHARS} characters or "
+                                                f"null, got {json_type(x)}", "string_type"))
+    return v
 
 def _check_id(v: Any, loc: tuple, errors: list[FieldError]) -> None:
     if v is None: return
@@ -142,6 +160,13 @@ def api_schemas(model: ServedModel | None, api: Any) -> dict[str, Any]:
            "description": "the company's customer id (optional); only its keyed pseudonym is logged or returned"}
     explain = {"type": "boolean", "default": False,
                "description": "also return each feature's contribution to the log-odds"}
+    policy = model.policy if model is not None else None
+    attributes: dict[str, Any] = {
+        "type": ["object", "null"], "maxProperties": MAX_ATTRIBUTES,
+        "additionalProperties": {"type": ["string", "null"], "maxLength": MAX_ATTRIBUTE_CHARS},
+        "description": ("sensitive attributes for the fairness decision policy, never model inputs nor logged: "
+                        + (f"the served version decides by {policy.attribute}; without it, by the threshold"
+                           if policy is not None else "the served version has no policy and ignores them"))}
     num, model_ref = {"type": "number"}, {"$ref": "#/components/schemas/ModelRef"}
     explanation = {"type": "object", "required": ["log_odds", "base_log_odds", "contributions"], "properties": {
         "log_odds": {**num, "description": "the model's log-odds, before calibration"}, "base_log_odds": num,
@@ -158,9 +183,10 @@ def api_schemas(model: ServedModel | None, api: Any) -> dict[str, Any]:
         "Features": features,
         "ScoreRequest": {"type": "object", "required": ["features"], "additionalProperties": False,
                          "properties": {"customer_id": cid, "features": {"$ref": "#/components/schemas/Features"},
-                                        "explain": explain}},
+                                        "attributes": attributes, "explain": explain}},
         "BatchRecord": {"type": "object", "required": ["features"], "additionalProperties": False,
-                        "properties": {"customer_id": cid, "features": {"$ref": "#/components/schemas/Features"}}},
+                        "properties": {"customer_id": cid, "features": {"$ref": "#/components/schemas/Features"},
+                                       "attributes": attributes}},
         "BatchRequest": {"type": "object", "required": ["records"], "additionalProperties": False, "properties": {
             "records": {"type": "array", "minItems": 1, "maxItems": api.max_batch_rows,
                         "items": {"$ref": "#/components/schemas/BatchRecord"}},

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from .audit import append_event
 from .catalog import AUDIT_CAMPAIGN_SENT, TABLE_ACTIONS
 from .contracts import connect_warehouse, duckdb_connect
+from .decisions import keyed_uniform, month_salt
 from .lake import CONTACTS_FILE
 from .prediction_log import read_log_retrying, request_id_time
 from .privacy import load_key, pseudonymise_arrow
@@ -66,6 +67,9 @@ def plan_campaign(keys: Sequence[str],                      # customer pseudonym
                   control_share: float,                     # [operate] control_share
                   exploration_keys: Collection[str] = (),   # pseudonyms in the month's exploration campaign
                   seed: int | Sequence[int] = 0,            # seeds the control draw (run_campaign: (seed, YYYYMM))
+                  decision: Sequence[bool] | None = None,   # the logged decisions (default: p >= threshold)
+                  # a mitigation in force: over budget, the decided are taken in this salt's keyed order, not by risk
+                  cap_salt: str | None = None,
                   ) -> pd.DataFrame:
     "One row per scored customer: customer_key, p, expected_profit and action (one of `ACTIONS`), in the input's order."
     plan = pd.DataFrame({"customer_key": pd.Series(list(keys), dtype=object), "p": np.asarray(p, dtype=float)})
@@ -79,9 +83,12 @@ def plan_campaign(keys: Sequence[str],                      # customer pseudonym
     order = np.argsort(plan.customer_key.to_numpy(dtype=str), kind="stable")    # by key: no dependence on row order
     eligible = order[~explored[order]]
     pe = plan.p.to_numpy()[eligible]
-    candidates, budget = int((pe >= threshold).sum()), budget_contacts(charter)
+    chosen = pe >= threshold if decision is None else np.asarray(decision, bool)[eligible]
+    candidates, budget = int(chosen.sum()), budget_contacts(charter)
     n_selected, n_control = selection_size(candidates, budget, control_share)
-    selected = eligible[contact_policy(pe, threshold, n_selected)]              # highest p first, ties by key
+    # highest p first (ties by key) — or, under a fairness policy, the keyed order that keeps the groups' shares
+    order = pe if cap_salt is None else keyed_uniform(plan.customer_key.to_numpy()[eligible], cap_salt)
+    selected = eligible[contact_policy(np.where(chosen, order, -1.0), 0.0, n_selected)]
     control = selected[np.random.default_rng(seed).permutation(len(selected))[:n_control]]
     action = np.full(len(plan), "not_selected", dtype=object)
     action[explored], action[selected], action[control] = "exploration", "contact", "control"
@@ -110,8 +117,8 @@ def month_scores(cfg: Settings, month: str, request_id: str,
     if not any(folder.glob("date=*/part-*.parquet")): raise CampaignError(f"{what}: the log is empty")
     try: day = request_id_time(request_id).date().isoformat()
     except ValueError: day = None                                    # not a UUIDv7: look in every date
-    sql = ("SELECT customer_key, churn_probability AS p, threshold, model_version, month FROM read_parquet(?, "
-           "hive_partitioning = true, union_by_name = true) WHERE request_id = ?"
+    sql = ("SELECT customer_key, churn_probability AS p, decision, threshold, model_version, month "
+           "FROM read_parquet(?, hive_partitioning = true, union_by_name = true) WHERE request_id = ?"
            + (" AND date = ?::DATE" if day else "") + " ORDER BY row")
     params = [str(folder / "date=*" / "part-*.parquet"), request_id] + ([day] if day else [])
     def read() -> pd.DataFrame:
@@ -235,8 +242,13 @@ def run_campaign(cfg: Settings, month: str,
     if not _MONTH.fullmatch(month or ""): raise CampaignError(f"month must look like YYYY-MM, got {month!r}")
     scores = month_scores(cfg, month, request_id, version)
     with connect_warehouse(cfg, read_only=True) as con: explored = exploration_keys(con, month)
-    plan = plan_campaign(scores.customer_key, scores.p, float(scores.threshold.iloc[0]), cfg.charter,
-                         cfg.operate.control_share, explored, seed=(seed, int(month.replace("-", ""))))
+    decision, threshold = scores.decision.to_numpy(bool), float(scores.threshold.iloc[0])
+    # decisions that are not the threshold's were made by a fairness policy: a short budget keeps its groups' shares
+    by_policy = bool((decision != (scores.p.to_numpy() >= threshold)).any())
+    plan = plan_campaign(scores.customer_key, scores.p, threshold, cfg.charter,
+                         cfg.operate.control_share, explored, seed=(seed, int(month.replace("-", ""))),
+                         decision=decision,
+                         cap_salt=month_salt(request_id.encode().hex(), month) if by_policy else None)
     ids = reidentify(cfg, month, plan.customer_key[plan.action == "contact"].tolist())
     write_actions(cfg, month, plan, version, request_id, policy)
     path = write_contact_list(cfg, month, ids)
@@ -247,7 +259,8 @@ def run_campaign(cfg: Settings, month: str,
                          float(plan.expected_profit[contacted].sum()), plan.attrs["budget_contacts"],
                          bool(plan.attrs["capped"]), [str(path)])
     details = {k: v for k, v in asdict(res).items() if k != "files"}
-    append_event(cfg, AUDIT_CAMPAIGN_SENT, month, details | dict(policy=policy, model_version=str(version),
-                 request_id=request_id, threshold=plan.attrs["threshold"], control_share=cfg.operate.control_share),
+    append_event(cfg, AUDIT_CAMPAIGN_SENT, month, details | dict(
+        policy=policy, model_version=str(version), request_id=request_id, threshold=plan.attrs["threshold"],
+        control_share=cfg.operate.control_share, decided_by="fairness policy" if by_policy else "threshold"),
                  actor=actor)
     return res

@@ -31,8 +31,8 @@ from .tracking import MlflowClient, configure_mlflow, mlflow
 from .train import load_training_keys, train_run_of
 
 # %% auto #0
-__all__ = ['LEGAL_BASES', 'DOCUMENTS', 'version_facts', 'record_of_processing', 'impact_report', 'documents_folder',
-           'write_documents', 'write_missing_documents']
+__all__ = ['LEGAL_BASES', 'DOCUMENTS', 'version_facts', 'shipped_mitigation', 'record_of_processing', 'mitigation_sentence',
+           'impact_report', 'documents_folder', 'write_documents', 'write_missing_documents']
 
 # %% ../nbs/49_documents.ipynb #doc00007
 def _artifact_json(run_id: str, path: str) -> Any:
@@ -67,6 +67,27 @@ LEGAL_BASES = [
     "configured, correct — unequal treatment between groups (art. 6 IX, non-discrimination).",
 ]
 
+# %% ../nbs/49_documents.ipynb #doc00031
+def shipped_mitigation(f: dict[str, Any]) -> dict[str, Any] | None:
+    "The fairness mitigation version `f` ships (deployed by its evaluation), or None."
+    m = (f.get("evaluation") or {}).get("mitigation")
+    return m if m and m.get("deployed") else None
+
+def _policy_use(f: dict[str, Any]) -> list[Block]:
+    "What the record says about a sensitive attribute used at decision time (nothing when none is)."
+    m = shipped_mitigation(f)
+    if m is None: return []
+    return [("h2", "A sensitive attribute at decision time"),
+            ("p", f"This version decides with a fairness mitigation: per-group thresholds on {m['attribute']} "
+                  f"({m['constraint'].replace('_', ' ')}), so that the retention offer reaches each group's would-be "
+                  f"leavers alike. {m['attribute']} is read when a decision is made, never as a model input. Legal "
+                  "basis: non-discrimination (art. 6 IX) for sensitive data under art. 11 II — chosen by the "
+                  "data-protection officer through `[gate] mitigation`; the choice and its price are on the gate's "
+                  "record. Safeguards: the attribute is not written to the prediction log; each person's draw is a "
+                  "keyed hash of their pseudonym, so the same person always gets the same decision and a review "
+                  "can recompute it; without the attribute the plain threshold decides.")]
+
+# %% ../nbs/49_documents.ipynb #doc00032
 def record_of_processing(cfg: Settings, f: dict[str, Any]) -> list[Block]:
     "The record of processing of one version, as report blocks."
     p = cfg.privacy
@@ -88,6 +109,7 @@ def record_of_processing(cfg: Settings, f: dict[str, Any]) -> list[Block]:
         ("table", sources),
         ("p", f"Model inputs: {', '.join([*f['numeric'], *f['categorical']]) or 'not recorded'}. Sensitive "
               f"attributes, never inputs: {', '.join(f['sensitive']) or 'none'}."),
+        *_policy_use(f),
         ("h2", "Recipients"),
         ("ul", ["The CRM that sends the retention offer: a monthly contact list of customer ids (the only clear "
                 "identifier that leaves the warehouse).",
@@ -121,6 +143,21 @@ def _fairness_table(ev: dict[str, Any] | None) -> pd.DataFrame | None:
             for g in ev["fairness"].get("gaps", [])]
     return pd.DataFrame(rows) if rows else None
 
+# %% ../nbs/49_documents.ipynb #doc00033
+def mitigation_sentence(m: dict[str, Any] | None) -> str:
+    "The impact report's sentence on the fairness mitigation: in force, evaluated only, or none."
+    if not m: return "Mitigation in force: none — the model's own decisions are served."
+    if not m.get("possible", True):
+        return (f"Mitigation evaluated on {m['attribute']}: not possible (fewer than two groups with both churners and "
+                "others among the validation rows); the model's own decisions are served.")
+    gap = f"{m['metric'].replace('_', ' ')} gap"
+    before, after = m["before"][m["metric"] + "_gap"], m["after"][m["metric"] + "_gap"]
+    head = ("Mitigation in force" if m.get("deployed") else
+            "Mitigation evaluated, not in force (`[gate] mitigation = group_thresholds` would ship it)")
+    return (f"{head}: per-group thresholds on {m['attribute']} ({m['constraint'].replace('_', ' ')}) take the {gap} "
+            f"on test from {before:.3f} to {after:.3f} at a cost of R$ {m['profit_cost_per_month']:,.0f} a month.")
+
+# %% ../nbs/49_documents.ipynb #doc00034
 def impact_report(cfg: Settings, f: dict[str, Any]) -> list[Block]:
     "The data-protection impact report of one version, as report blocks."
     ev, limit = f["evaluation"], cfg.charter.max_fairness_gap
@@ -156,9 +193,7 @@ def impact_report(cfg: Settings, f: dict[str, Any]) -> list[Block]:
         out += [("p", f"Largest gated gap between groups: {worst:.3f} against the charter's limit {limit:.3f} "
                       f"(95% bootstrap intervals below; groups under {ev['fairness'].get('min_group_rows')} rows are "
                       "reported, not gated)."), ("table", table)]
-        mit = ev.get("mitigation")
-        out.append(("p", "Mitigation in force: none — the model's own decisions are served." if not mit else
-                         f"Mitigation evaluated: {json.dumps(mit)[:300]}"))
+        out.append(("p", mitigation_sentence(ev.get("mitigation"))))
     if ev:
         m, nan = ev.get("metrics", {}), float("nan")
         verdict = ev.get("business", {}).get("verdict", {}).get("text", "")

@@ -333,7 +333,7 @@ def run_evaluate(cfg: Settings,                  # run settings
             p_v, p_t = validation_probabilities(c, valid, X_valid, spec), c.pipeline.predict_proba(X_test)[:, 1]
             ev = evaluate_scores(name, y_valid, p_v, y_test, p_t, cfg.charter, gate, months=months,
                                  sensitive=test[sens] if sens else None, sensitive_valid=valid[sens] if sens else None,
-                                 truth=truth, seed=seed)
+                                 truth=truth, seed=seed, keys=test[spec.id_column].astype(str).to_numpy())
             ev.info.update(run_id=c.run_id, family=name, trained_model_uri=c.model_uri, train_run_id=c.train_run_id,
                            confidence=gate.confidence,
                            params=jsonable(dict(c.params or {})), scores_column=f"p_{c.run_id}")
@@ -358,6 +358,7 @@ def run_evaluate(cfg: Settings,                  # run settings
                 ev.info["model_uri"] = package.log_packaged_model(
                     c.pipeline, spec, min(ev.business["threshold"], 1.0),       # ∞ (no contact pays) is served as 1.0
                     calibrator=ev.calibrator.as_transformer() if ev.calibrator else None, input_example=valid.head(5),
+                    policy=ev.shipped_policy(),
                     # beside training's raw "model" in the same run
                     name="packaged_model")
                 log_candidate_evaluation(ev, model_card(ev, cfg.charter, data, importances.get(ev.name)),

@@ -8,8 +8,9 @@ Docs: https://mlops-nb.github.io/mlops-nb/fairness.html.md"""
 # %% ../nbs/43_fairness.ipynb #c56ec720
 from __future__ import annotations
 
+import hashlib
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,13 +19,15 @@ from fairlearn.postprocessing import ThresholdOptimizer
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
+from .decisions import DecisionPolicy, GroupRule, group_labels, keyed_uniform, month_salt
 from .settings import CharterSettings
 from .stats import auc_sort, bootstrap_counts, percentile_ci, sorted_auc
 from .value import contact_policy, cost_per_contact, expected_profit, months_count
 
 # %% auto #0
 __all__ = ['FAIRNESS_METRICS', 'GATED_FAIRNESS_METRICS', 'MITIGATION_CONSTRAINT', 'fairness_frame', 'GroupIndex', 'group_rates',
-           'group_labels', 'fairness_report', 'policy_gaps', 'ScoreAsProbability', 'fittable_groups', 'mitigate_gap']
+           'fairness_report', 'policy_gaps', 'ScoreAsProbability', 'fittable_groups', 'fit_group_thresholds',
+           'cap_in_keyed_order', 'decisions_digest', 'mitigate_gap']
 
 # %% ../nbs/43_fairness.ipynb #a560fb67
 FAIRNESS_METRICS = ("selection_rate", "tpr", "fpr", "auc")
@@ -95,11 +98,6 @@ def group_rates(y: np.ndarray, p: np.ndarray, decision: np.ndarray, codes: np.nd
                 W: np.ndarray) -> dict[str, np.ndarray]:
     "Selection rate, TPR, FPR and AUC of each group (columns) under each row of weights `W` (resamples)."
     return GroupIndex(y, p, decision, codes, n_groups).rates(W)
-
-# %% ../nbs/43_fairness.ipynb #7e3c3409
-def group_labels(s: pd.Series) -> np.ndarray:
-    "A sensitive attribute's values as group labels: text, a missing value its own group, '(missing)'."
-    return s.astype("string").fillna("(missing)").to_numpy()
 
 # %% ../nbs/43_fairness.ipynb #5fde9e9d
 def _denominators(y: np.ndarray, codes: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
@@ -220,8 +218,56 @@ def fittable_groups(y: np.ndarray, a: np.ndarray, min_rows: int) -> tuple[list[s
     return fitted, left_out
 
 # %% ../nbs/43_fairness.ipynb #877951d0
-# validation rows: labels, scores, the attribute
-def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,
+def fit_group_thresholds(y_valid: np.ndarray, p_valid: np.ndarray,   # validation labels and calibrated scores
+                         a_valid: np.ndarray,                         # their group labels (`group_labels`)
+                         charter: CharterSettings,
+                         attribute: str,                              # the attribute's name (recorded in the policy)
+                         threshold: float,                            # the plain rule, for the groups it cannot fit
+                         metric: str = "tpr",                         # the gap to close: tpr | selection_rate
+                         min_group_rows: int = 30,
+                         seed: int = 0,                               # part of the salt of the keyed draw
+                         ) -> tuple[DecisionPolicy | None, list[str], dict[str, str]]:
+    """A profit-weighted ThresholdOptimizer (prefit) fitted on validation, read into a `DecisionPolicy` (None when fewer
+    than two groups can be fitted); the fitted groups and why the others are not."""
+    w1, w0 = _profit_weights(charter)
+    yv, av = np.asarray(y_valid, int), np.asarray(a_valid).astype(str)
+    fitted, left_out = fittable_groups(yv, av, min_group_rows)
+    if len(fitted) < 2: return None, fitted, left_out
+    fit_rows = np.isin(av, fitted)
+    keep = np.repeat(np.flatnonzero(fit_rows), np.where(yv[fit_rows] == 1, w1, w0))
+    to = ThresholdOptimizer(estimator=ScoreAsProbability().fit(), constraints=MITIGATION_CONSTRAINT[metric],
+                            objective="accuracy_score", prefit=True, predict_method="predict_proba")
+    to.fit(pd.DataFrame({"score": np.asarray(p_valid, float)[keep]}), yv[keep], sensitive_features=av[keep])
+    rules = {str(g): GroupRule.from_fairlearn(b) for g, b in to.interpolated_thresholder_.interpolation_dict.items()}
+    # (no contact pays: ∞, served as 1.0 like the package's own threshold)
+    policy = DecisionPolicy(attribute, min(float(threshold), 1.0), rules, metric=metric,
+                            constraint=MITIGATION_CONSTRAINT[metric])
+    # the salt: fixed by the seed and what was fitted (the same evaluation gives the same draws; a new fit, new ones)
+    policy.salt = hashlib.blake2b(repr((seed, attribute, sorted(policy.to_dict()["rules"].items()))).encode(),
+                                  digest_size=16).hexdigest()
+    return policy, fitted, left_out
+
+# %% ../nbs/43_fairness.ipynb #mitg0002
+def cap_in_keyed_order(decision: np.ndarray, keys: Sequence[str], salt: str,
+                       max_contacts: int | None, months: np.ndarray | None = None) -> np.ndarray:
+    "At most `max_contacts` of the decided rows per month, taken in the order of a keyed draw (salted by month)."
+    decision = np.asarray(decision, bool)
+    if max_contacts is None: return decision
+    m = np.zeros(len(decision), dtype=object) if months is None else np.asarray(months).astype(str)
+    order = np.empty(len(decision))
+    for month in pd.unique(m):
+        rows = m == month
+        order[rows] = keyed_uniform([k for k, r in zip(keys, rows) if r], month_salt(salt, str(month)))
+    return contact_policy(np.where(decision, order, -1.0), 0.0, max_contacts, months)
+
+# %% ../nbs/43_fairness.ipynb #mitg0003
+def decisions_digest(keys: Sequence[str], decision: np.ndarray) -> str:
+    "A digest of who is contacted (their keys, sorted): two decision lists over the same rows agree iff it does."
+    chosen = sorted(str(k) for k, d in zip(keys, np.asarray(decision, bool)) if d)
+    return hashlib.sha256("\n".join(chosen).encode()).hexdigest()
+
+# %% ../nbs/43_fairness.ipynb #mitg0004
+def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,   # validation rows
                  y_test: np.ndarray, p_test: np.ndarray, a_test: np.ndarray,      # test rows
                  # the unmitigated policy's test decisions
                  contact: np.ndarray,
@@ -229,42 +275,41 @@ def mitigate_gap(y_valid: np.ndarray, p_valid: np.ndarray, a_valid: np.ndarray,
                  # the gap to close: tpr | selection_rate
                  metric: str = "tpr",
                  months: np.ndarray | None = None,                               # test rows' months (profit per month)
-                 seed: int = 0,                                                  # seed of the randomised thresholds
+                 seed: int = 0,                                                  # part of the keyed draws' salt
                  min_group_rows: int = 30,
                  # the budget's cap per month, applied to both policies
                  max_contacts: int | None = None,
+                 # the plain threshold (None: groups it cannot fit keep `contact`)
+                 threshold: float | None = None,
+                 keys_test: Sequence[str] | None = None,                         # test rows' pseudonyms (None: rows)
+                 attribute: str = "group",                                       # the attribute's name
                  ) -> dict[str, Any]:
-    """Fit a profit-weighted ThresholdOptimizer (prefit) on validation, apply it to test under the budget: gaps
-    before/after and the profit it costs."""
+    """Fit the per-group policy on validation and apply it to test (keyed draws) under the budget: gaps before/after,
+    the profit it costs, the policy, and the digest of its decisions before the cap."""
+    at, yt, before = group_labels(pd.Series(a_test)), np.asarray(y_test, float), np.asarray(contact, bool)
+    keys = [f"row{i}" for i in range(len(at))] if keys_test is None else [str(k) for k in keys_test]
+    policy, fitted, left_out = fit_group_thresholds(y_valid, p_valid, group_labels(pd.Series(a_valid)), charter,
+                                                    attribute, 1.0 if threshold is None else threshold, metric,
+                                                    min_group_rows, seed)
     w1, w0 = _profit_weights(charter)
-    yv, av = np.asarray(y_valid, int), np.asarray(a_valid).astype(str)
-    at, yt, before = np.asarray(a_test).astype(str), np.asarray(y_test, float), np.asarray(contact, bool)
-    fitted, left_out = fittable_groups(yv, av, min_group_rows)
-    after = before.copy()   # groups the optimizer cannot fit keep the unmitigated decisions
-    if len(fitted) >= 2:
-        fit_rows, test_rows = np.isin(av, fitted), np.isin(at, fitted)
-        keep = np.repeat(np.flatnonzero(fit_rows), np.where(yv[fit_rows] == 1, w1, w0))
-        to = ThresholdOptimizer(estimator=ScoreAsProbability().fit(), constraints=MITIGATION_CONSTRAINT[metric],
-                                objective="accuracy_score", prefit=True, predict_method="predict_proba")
-        to.fit(pd.DataFrame({"score": np.asarray(p_valid, float)[keep]}), yv[keep], sensitive_features=av[keep])
-        if test_rows.any():
-            after[test_rows] = to.predict(pd.DataFrame({"score": np.asarray(p_test, float)[test_rows]}),
-                                          sensitive_features=at[test_rows],
-                                          random_state=seed).astype(bool)
-    # over budget: contact a random subset of the selected, which keeps the groups' rates in proportion
-    if max_contacts is not None:
-        after = contact_policy(np.where(after, np.random.default_rng(seed).random(len(after)), -1.0), 0.0, max_contacts,
-                               months)
+    after = before.copy()       # without a policy, the decisions are unchanged
+    if policy is not None:
+        decided = policy.decide(p_test, at, keys)
+        after = decided if threshold is not None else np.where(np.isin(at, fitted), decided, before)
+    out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric],
+                               repeats=dict(churners=w1, others=w0),
+                               fitted_groups=fitted, unmitigated_groups=left_out, possible=policy is not None,
+                               policy=policy.to_dict() if policy is not None else None,
+                               decisions_digest=decisions_digest(keys, after), decided=int(after.sum()))
+    if policy is not None: after = cap_in_keyed_order(after, keys, policy.salt, max_contacts, months)
     n_months = months_count(months)
     codes, cats = pd.factorize(pd.Series(at), sort=True)
     den = _denominators(yt, codes, len(cats))
-    out: dict[str, Any] = dict(metric=metric, constraint=MITIGATION_CONSTRAINT[metric],
-                               repeats=dict(churners=w1, others=w0),
-                               fitted_groups=fitted, unmitigated_groups=left_out, possible=len(fitted) >= 2)
     for name, d in (("before", before), ("after", after)):
         r = group_rates(yt, p_test, d, codes, len(cats), np.ones((1, len(yt))))
         out[name] = dict(contacts_per_month=float(d.sum() / n_months),
                          profit_per_month=float(expected_profit(yt[d], charter).sum() / n_months),
                          **{f"{m}_gap": _gap(r[m][0], den[m], min_group_rows) for m in GATED_FAIRNESS_METRICS})
     out["profit_cost_per_month"] = out["before"]["profit_per_month"] - out["after"]["profit_per_month"]
+    out["contact"] = after     # the capped decisions (an array: the caller keeps it out of JSON)
     return out

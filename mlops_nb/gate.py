@@ -51,11 +51,11 @@ from .stats import gap_bound, paired_auc_difference
 
 # %% auto #0
 __all__ = ['GATE_CHECKS', 'MIN_OVERRIDE_CHARS', 'QUALITY_TABLE', 'Evidence', 'Reason', 'GateDecision', 'check_performance',
-           'check_fairness', 'check_calibration', 'check_profit', 'check_quality', 'check_servability', 'decide',
-           'GateOverrideError', 'check_override_reason', 'apply_override', 'current_actor', 'find_evaluate_run',
-           'load_evaluation', 'candidate_evidence', 'reference_evidence', 'quality_status', 'failures_outside',
-           'training_months', 'training_data_source', 'servability', 'decision_tags', 'record_decision',
-           'override_gate', 'run_gate']
+           'check_fairness', 'check_calibration', 'check_profit', 'check_quality', 'check_servability',
+           'mitigation_notes', 'decide', 'GateOverrideError', 'check_override_reason', 'apply_override',
+           'current_actor', 'find_evaluate_run', 'load_evaluation', 'candidate_evidence', 'reference_evidence',
+           'quality_status', 'failures_outside', 'training_months', 'training_data_source', 'servability',
+           'decision_tags', 'record_decision', 'override_gate', 'run_gate']
 
 # %% ../nbs/47_gate.ipynb #63fd387b
 @dataclass
@@ -79,6 +79,8 @@ class Evidence:
     run_id: str = ""
     # why a reference has no test scores (empty: it has them, or nobody knows)
     unscored: str = ""
+    # the deployed fairness mitigation (its policy, and the plain rule's figures beside it), if one ships
+    mitigation: dict[str, Any] | None = None
 
 # %% ../nbs/47_gate.ipynb #90fc9829
 @dataclass(frozen=True)
@@ -251,6 +253,20 @@ def check_servability(ev: Evidence, gate: GateSettings) -> Reason:
                   f"loads in a fresh process; one-row latency p50 {s.get('p50_ms', float('nan')):.1f} ms, p99 "
                   f"{s['p99_ms']:.1f} ms {'≤' if ok else '>'} {gate.max_latency_ms} ms")
 
+# %% ../nbs/47_gate.ipynb #gmit0002
+def mitigation_notes(reasons: Sequence[Reason], m: dict[str, Any]) -> tuple[Reason, ...]:
+    "The fairness and profit reasons, each with a sentence on the mitigation in force and what it costs."
+    gap = f"{m['metric'].replace('_', ' ')} gap by {m['attribute']}"
+    notes = {
+        "fairness": (f" — with the mitigation in force (per-group thresholds on {m['attribute']}, "
+                     f"{m['constraint'].replace('_', ' ')}); the plain threshold's {gap} on test was "
+                     f"{m['before'][m['metric'] + '_gap']:.3f}, now {m['after'][m['metric'] + '_gap']:.3f}"),
+        "profit": (f" — the mitigated policy's; the plain threshold's was R$ {m['before']['profit_per_month']:,.0f} a "
+                   f"month, so the mitigation costs R$ {m['profit_cost_per_month']:,.0f} a month; the AUC is "
+                   "unchanged (the same scores)"),
+    }
+    return tuple(replace(r, message=r.message + notes[r.check]) if r.check in notes else r for r in reasons)
+
 # %% ../nbs/47_gate.ipynb #5b4e0c59
 GATE_CHECKS = ("performance", "fairness", "calibration", "profit", "data_quality", "servability")
 
@@ -267,6 +283,7 @@ def decide(evidence: Evidence,                    # the candidate
                check_fairness(evidence, g, charter, champion_evidence),
                check_calibration(evidence, g), check_profit(evidence, g), check_quality(evidence, g),
                check_servability(evidence, g))
+    if evidence.mitigation: reasons = mitigation_notes(reasons, evidence.mitigation)
     return GateDecision(all(r.passed for r in reasons), reasons)
 
 # %% ../nbs/47_gate.ipynb #2cf96101
@@ -327,7 +344,8 @@ def candidate_evidence(doc: dict[str, Any], scores: pd.DataFrame, index: int | N
                     doc["rows_digest"],
                     c["metrics"]["roc_auc"], c["calibration"]["ece"], b["profit_per_month"], b["profit_lo"],
                     b["profit_hi"], gaps,
-                    model_uri=info.get("model_uri", ""), run_id=info.get("run_id", ""))
+                    model_uri=info.get("model_uri", ""), run_id=info.get("run_id", ""),
+                    mitigation=c["mitigation"] if (c.get("mitigation") or {}).get("deployed") else None)
 
 # %% ../nbs/47_gate.ipynb #d4a60e8a
 def reference_evidence(doc: dict[str, Any], scores: pd.DataFrame,

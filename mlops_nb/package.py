@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 
 from .candidates import BLEND, LogOddsBlend, TorchTabularClassifier, final_estimators, has_network
 from .contracts import FeatureSpec
+from .decisions import DecisionPolicy, row_keys
 from .encoder import model_input
 from .explain import Explainer, make_explainer
 from .tracking import mlflow
@@ -64,10 +65,16 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
                  spec: FeatureSpec,           # the feature table's spec (its features are the model's inputs)
                  threshold: float,            # contact the customer when churn_probability >= threshold
                  calibrator: Any = None,      # optional: transform(p) -> calibrated p (or a function)
+                 # optional: a fairness mitigation that decides instead of the threshold (see 09_decisions)
+                 policy: DecisionPolicy | None = None,
                  ):
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}")
+        if policy is not None and policy.attribute in spec.features:
+            raise ValueError(f"the decision policy's attribute {policy.attribute!r} is a model input; a sensitive "
+                             "attribute may decide, never score")
         self.pipeline, self.spec, self.threshold, self.calibrator = pipeline, spec, float(threshold), calibrator
+        self.policy = policy
         self._explainer: Explainer | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -95,7 +102,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             # encode once, for the score and the explanation
             else: model, Z = self.pipeline[-1], self.pipeline[:-1].transform(X)
             p = apply_calibrator(self.calibrator, model.predict_proba(Z)[:, 1])
-            cols = {"churn_probability": p, "decision": p >= self.threshold, "threshold": np.full(n, self.threshold)}
+            cols = {"churn_probability": p, "decision": self.decide(p, X), "threshold": np.full(n, self.threshold)}
             if params and params.get("explain"):
                 base, phi = self.explainer.feature_contributions(
                     self.explainer.encode(X) if model is self.pipeline else Z
@@ -104,6 +111,14 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
                             base_log_odds=np.full(n, base))
                 cols.update({f"contrib_{f}": phi[:, j] for j, f in enumerate(self.explainer.features)})
         return pd.DataFrame(cols, index=X.index)
+
+    def decide(self, p: np.ndarray, X: pd.DataFrame) -> np.ndarray:
+        """Contact or not: the policy when one ships and the rows carry its attribute (each row's draw keyed by its
+        pseudonym, else its inputs), else `p >= threshold`."""
+        policy = getattr(self, "policy", None)        # models packaged before policies have none
+        if policy is None or policy.attribute not in X.columns: return p >= self.threshold
+        ids = X[self.spec.id_column].tolist() if self.spec.id_column in X.columns else None
+        return policy.decide(p, X[policy.attribute], row_keys(X, self.spec.features, ids))
 
 # %% ../nbs/34_package.ipynb #1fc50cd1
 def feature_schema(spec: FeatureSpec) -> Any:
@@ -173,13 +188,18 @@ def log_pipeline(pipeline: Pipeline, spec: FeatureSpec, example: pd.DataFrame, n
     return info.model_uri
 
 # %% ../nbs/34_package.ipynb #a034a1ac
-def model_signature(spec: FeatureSpec, output_example: pd.DataFrame | None = None) -> Any:
-    """The pyfunc signature: `feature_schema(spec)` in (numeric Any, categorical string), the output's columns, the
-    `explain` param."""
+def model_signature(spec: FeatureSpec, output_example: pd.DataFrame | None = None,
+                    policy: DecisionPolicy | None = None) -> Any:
+    """The pyfunc signature: `feature_schema(spec)` in (numeric Any, categorical string) — with a policy, also its
+    attribute and the customer key as optional text —, the output's columns, the `explain` param."""
     from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import ParamSchema, ParamSpec
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+    inputs = feature_schema(spec)
+    if policy is not None:      # optional: without them the plain threshold decides
+        inputs = Schema(inputs.inputs + [ColSpec("string", c, required=False) for c in (policy.attribute,
+                                                                                         spec.id_column)])
     outputs = infer_signature(output_example).inputs if output_example is not None else None
-    return ModelSignature(feature_schema(spec), outputs, params=ParamSchema([ParamSpec("explain", "boolean", False)]))
+    return ModelSignature(inputs, outputs, params=ParamSchema([ParamSpec("explain", "boolean", False)]))
 
 # %% ../nbs/34_package.ipynb #801f66b4
 def family_of(pipeline: Pipeline) -> str:
@@ -207,23 +227,26 @@ def log_packaged_model(pipeline: Pipeline,                        # a fitted can
                        name: str = "model",                       # the model's name in the run
                        registered_model_name: str | None = None,  # also register it under this name
                        input_example: pd.DataFrame | None = None, # a few rows with (at least) the raw feature columns
+                       policy: DecisionPolicy | None = None,      # a fairness mitigation that decides (see ChurnModel)
                        ) -> str:
     "Log the shipped model (ChurnModel) to the active MLflow run; return its model URI."
     if input_example is None or not len(input_example):
         raise ValueError("log_packaged_model needs an input_example: a few rows of the feature table")
-    model = ChurnModel(pipeline, spec, threshold, calibrator)
+    model = ChurnModel(pipeline, spec, threshold, calibrator, policy)
     x = synthetic_example(input_example, spec)      # never a customer's row: built from their distribution
     family = family_of(pipeline)
     code = package_code_dir()
     try:
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=model, signature=model_signature(spec, model.predict(None, x)), input_example=x,
+            name=name, python_model=model, signature=model_signature(spec, model.predict(None, x), policy),
+            input_example=x,
             pip_requirements=pinned_requirements(pipeline, extra=("shap",) if needs_shap(pipeline) else ()),
             code_paths=[code],
             registered_model_name=registered_model_name,
             metadata={"family": family, "threshold": float(threshold), "calibrated": calibrator is not None,
                       "feature_spec": json.loads(spec.to_json()),
-                      "explanations": f"{EXPLANATION_METHODS.get(family, '?')}; log-odds, before calibration"})
+                      "explanations": f"{EXPLANATION_METHODS.get(family, '?')}; log-odds, before calibration",
+                      "decision_policy": policy.to_dict() if policy is not None else None})
     finally: shutil.rmtree(Path(code).parent, ignore_errors=True)
     return info.model_uri
 

@@ -336,13 +336,18 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
             else:
                 g0, g1 = mt["before"][mt["metric"] + "_gap"], mt["after"][mt["metric"] + "_gap"]
                 worked = g1 == g1 and g0 == g0 and g1 < g0
-                bl.append(("p", f"Mitigation option (not applied): a ThresholdOptimizer with {mt['constraint']} on "
+                what = ("Mitigation in force (shipped in the package; the figures above are its own)"
+                        if mt.get("deployed") else "Mitigation option (not applied)")
+                bl.append(("p", f"{what}: a ThresholdOptimizer with {mt['constraint']} on "
                                 f"{mt['attribute']}, fitted on the validation rows, changes the "
                                 f"{mt['metric'].replace('_', ' ')} gap on test from {_fmt(g0)} to {_fmt(g1)} and the "
                                 f"profit by R$ {-mt['profit_cost_per_month']:+,.0f} a "
                                 "month" + ("" if worked else " — it does not reduce the gap on these test rows (too "
                                 "few rows per group for per-group thresholds to "
-                                "generalise)") + "; it needs the sensitive attribute at decision time."))
+                                "generalise)") + "; it needs the sensitive attribute at decision time (never as a "
+                                "model input), and each customer's draw is a keyed hash of their pseudonym, so the "
+                                "same customer always gets the same decision. The AUC does not change: the scores "
+                                "are the same."))
                 if left:
                     bl.append(("p", f"Groups of {mt['attribute']} it cannot fit keep the unmitigated decisions "
                                     f"({left})."))

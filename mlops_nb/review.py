@@ -17,6 +17,7 @@ import pandas as pd
 
 from .catalog import AUDIT_SUBJECT_REVIEWED, TABLE_ACTIONS
 from .contracts import connect_warehouse, table_exists
+from .decisions import DecisionPolicy
 from .prediction_log import find_logged_request, request_id_time
 from .settings import Settings
 from mlops_nb.subjects import (
@@ -112,6 +113,8 @@ class Review:
     reasons: dict[str, list[str]]   # 'pt' / 'en' → sentences
     contest: dict[str, str]
     explanation: dict[str, Any] = field(default_factory=dict)
+    # the fairness policy the version decides by (attribute, description), when it ships one
+    policy: dict[str, str] | None = None
 
 def _decision_row(cfg: Settings, request_id: str, customer_id: str | None) -> pd.DataFrame:
     "The logged row of one decision (a batch request: the named customer's)."
@@ -154,13 +157,16 @@ def review_decision(cfg: Settings, request_id: str, customer_id: str | None = No
     rid = open_request(cfg, "review", key, actor, f"decision {request_id}")
     expl = explain_logged(cfg, row)[0]
     if expl is None: raise SubjectError(f"model version {version} can no longer be loaded to explain the decision")
-    _, client = mlflow_for(cfg)
+    mlf, client = mlflow_for(cfg)
     model = {"name": cfg.mlflow.registered_model, "version": version, "status": version_info(cfg, version).status,
              "lineage": model_lineage(client, cfg.mlflow.registered_model, version)}
+    shipped = (mlf.models.get_model_info(f"models:/{model['name']}/{version}").metadata or {}).get("decision_policy")
+    policy = DecisionPolicy.from_dict(shipped) if shipped else None
     rv = Review(rid, request_id, key, pd.Timestamp(row.time[0]).isoformat(), row.month[0] if "month" in row else None,
                 model, float(row.churn_probability[0]), float(row.threshold[0]), bool(row.decision[0]),
                 _action(cfg, request_id, key), {lang: reason_sentences(expl, lang) for lang in ("pt", "en")},
-                contest_text(cfg, rid), expl)
+                contest_text(cfg, rid), expl,
+                {"attribute": policy.attribute, "description": policy.describe()} if policy else None)
     close_request(cfg, rid, AUDIT_SUBJECT_REVIEWED, key, {"decision_request_id": request_id, "model_version": version,
                                                           "decision": rv.decision, "action": rv.action}, actor)
     return rv
@@ -179,6 +185,14 @@ def _section(rv: Review, lang: str) -> str:
             f"<p>On {rv.decided_at[:10]}, model {html.escape(rv.model['name'])} (version "
             f"{html.escape(rv.model['version'])}) estimated a {p} chance that you would leave the next month; above "
             f"{t} the retention offer is indicated. Outcome: {decided}.")
+    if rv.policy:
+        a = html.escape(rv.policy["attribute"])
+        head += (f" Esta versão corrige diferenças de tratamento entre grupos de {a}: no seu grupo, a oferta é "
+                 "indicada com uma chance que depende da estimativa, sorteada uma única vez para cada cliente (a mesma "
+                 "decisão sempre)." if pt else
+                 f" This version corrects unequal treatment between groups of {a}: in your group the offer is "
+                 "indicated with a chance that depends on the estimate, drawn once for each customer (always the same "
+                 "decision).")
     head += (f" Você {did}.</p>" if pt else f" You {did}.</p>") if did else "</p>"
     why = "".join(f"<li>{html.escape(s)}</li>" for s in rv.reasons[lang])
     weighed = "Os fatores que mais pesaram" if pt else "What weighed most"

@@ -75,7 +75,9 @@ def _text(s: pd.Series) -> pa.Array:
 
 def batch_table(model: ServedModel, df: pd.DataFrame, spec: FeatureSpec, p: np.ndarray, request_id: str, t: float,
                 month: str,
-                offset: int = 0) -> pa.Table:
+                offset: int = 0,
+                decision: np.ndarray | None = None,   # the rows' decisions (default: the model decides)
+                ) -> pa.Table:
     "The prediction-log rows of scored warehouse rows (`p` their probabilities; rows numbered from `offset`)."
     n = len(df)
     const = lambda v, typ=pa.string(): pa.array([v] * n, typ)
@@ -85,7 +87,8 @@ def batch_table(model: ServedModel, df: pd.DataFrame, spec: FeatureSpec, p: np.n
         "source": const("batch"),
         "customer_key": _text(df[spec.id_column]), "month": const(month), "model_name": const(model.name),
         "model_version": const(model.version),
-        "churn_probability": p.astype(np.float64), "decision": p >= model.threshold,
+        "churn_probability": p.astype(np.float64),
+        "decision": model.churn.decide(p, df) if decision is None else np.asarray(decision, bool),
         "threshold": np.full(n, model.threshold),
         "latency_ms": pa.nulls(n, pa.float64()), **{k: const(model.lineage.get(k, "unknown")) for k in LINEAGE_KEYS}}
     fields = list(LOG_SCHEMA)
@@ -125,6 +128,7 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
     t1 = time.perf_counter()
     with thread_limits(configured_threads(cfg)) as threads:      # the CPUs free, not every core
         p = model.scorer.probabilities(model.scorer.encode_frame(df), threads=threads)
+    decision = model.churn.decide(p, df)      # the threshold, or the shipped policy (the table has its attribute)
     score_seconds = time.perf_counter() - t1
     t_wall = time.time()
     rid, date = new_request_id(t_wall), time.strftime("%Y-%m-%d", time.gmtime(t_wall))
@@ -135,13 +139,14 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
             str(
                 write_log_table(
                     cfg.paths.prediction_log,
-                    batch_table(model, part, spec, p[s : s + chunk_rows], rid, t_wall, month, s),
+                    batch_table(model, part, spec, p[s : s + chunk_rows], rid, t_wall, month, s,
+                                decision[s : s + chunk_rows]),
                     date,
                     i + 1,
                 )
             )
         )
-    res = ScoreResult(month, len(df), int((p >= model.threshold).sum()), model.name, model.version, rid,
+    res = ScoreResult(month, len(df), int(decision.sum()), model.name, model.version, rid,
                       dict(model.lineage), files,
                       time.perf_counter() - t0, score_seconds)
     append_event(cfg, AUDIT_BATCH_SCORED, f"{model.name}@{model.version}",

@@ -18,7 +18,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from .calibration import Calibrator, expected_calibration_error, fit_calibrator, reliability_table
-from .fairness import fairness_report, group_labels, mitigate_gap, policy_gaps
+from .decisions import DecisionPolicy
+from .fairness import fairness_report, mitigate_gap, policy_gaps
 from .oracle import oracle_policy, oracle_summary
 from .settings import CharterSettings, GateSettings
 from .stats import auc_ci, gap_bound
@@ -35,7 +36,7 @@ from mlops_nb.value import (
 )
 
 # %% auto #0
-__all__ = ['jsonable', 'CandidateEvaluation', 'evaluate_scores']
+__all__ = ['jsonable', 'CandidateEvaluation', 'mitigation_target', 'deployed_mitigation', 'evaluate_scores']
 
 # %% ../nbs/44_scorecard.ipynb #784d3ee8
 def jsonable(x: Any) -> Any:
@@ -70,6 +71,11 @@ class CandidateEvaluation:
         d = {k: v for k, v in self.__dict__.items() if k != "calibrator"}
         return jsonable(d)
 
+    def shipped_policy(self) -> DecisionPolicy | None:
+        "The decision policy the candidate ships with — its mitigation, when deployed — or None (the threshold)."
+        m = self.mitigation or {}
+        return DecisionPolicy.from_dict(m["policy"]) if m.get("deployed") and m.get("policy") else None
+
     def fairness_breaches(self, charter: CharterSettings, bound: str = "upper") -> list[dict[str, Any]]:
         "The gated gaps whose bound exceeds the charter's `max_fairness_gap`, worst first."
         gaps = [g for g in (self.fairness or {}).get("gaps", []) if g["gated"]]
@@ -84,6 +90,30 @@ def _thin_curve(curve: pd.DataFrame, points: int = 200) -> pd.DataFrame:
     }
     return curve.iloc[sorted(keep)]
 
+# %% ../nbs/44_scorecard.ipynb #mitd0002
+def mitigation_target(y: np.ndarray, contact: np.ndarray, sensitive: pd.DataFrame,
+                      min_group_rows: int) -> tuple[str, str] | None:
+    "The (attribute, metric) a shipped mitigation closes: the plain rule's widest gated point gap."
+    gaps = sorted(policy_gaps(y, contact, sensitive, min_group_rows), key=lambda g: -g["difference"])
+    return (gaps[0]["attribute"], gaps[0]["metric"]) if gaps else None
+
+# %% ../nbs/44_scorecard.ipynb #mitd0003
+def deployed_mitigation(y_valid: np.ndarray, p_valid: np.ndarray,    # validation labels, calibrated scores
+                        y_test: np.ndarray, p_test: np.ndarray,      # test labels, calibrated scores
+                        contact: np.ndarray,                          # the plain rule's test decisions (capped)
+                        sensitive: pd.DataFrame, sensitive_valid: pd.DataFrame,
+                        charter: CharterSettings, gate: GateSettings,
+                        threshold: float,                             # the plain rule's threshold
+                        months: np.ndarray | None, keys: np.ndarray | None, seed: int) -> dict[str, Any] | None:
+    """The mitigation that ships: fitted on the target gap's attribute, applied with keyed draws, priced against the
+    plain rule (None when no gap can be measured)."""
+    target = mitigation_target(y_test, contact, sensitive, gate.min_group_rows)
+    if target is None: return None
+    a, metric = target
+    m = mitigate_gap(y_valid, p_valid, sensitive_valid[a], y_test, p_test, sensitive[a], contact, charter, metric,
+                     months, seed, gate.min_group_rows, budget_contacts(charter), threshold, keys, a)
+    return dict(attribute=a, deployed=bool(m["possible"]), **m)
+
 # %% ../nbs/44_scorecard.ipynb #2400c23a
 def evaluate_scores(name: str,                                # candidate label
                     y_valid: np.ndarray, p_valid: np.ndarray,  # validation labels and probabilities
@@ -96,6 +126,7 @@ def evaluate_scores(name: str,                                # candidate label
                     truth: pd.DataFrame | None = None,         # test rows' oracle truth: p_churn[, uplift]
                     seed: int = 0,                              # seeds every bootstrap and randomised step
                     n_bins: int = 10,                           # calibration bins and gain deciles
+                    keys: np.ndarray | None = None,             # test rows' pseudonyms (the mitigation's draws)
                     ) -> CandidateEvaluation:
     """Evaluate one candidate against the charter: calibration (fixed if poor), metrics with CIs, profit policy, oracle,
     fairness, mitigation."""
@@ -132,6 +163,14 @@ def evaluate_scores(name: str,                                # candidate label
     choice = best_threshold(p_valid_c, charter)
     k = budget_contacts(charter)
     contact = contact_policy(p_test_c, choice.threshold, k, months)
+    has_groups = sensitive is not None and len(sensitive.columns) > 0
+    mitigation = None
+    if gate.mitigation == "group_thresholds" and has_groups and sensitive_valid is not None and two:
+        # shipped: the policy replaces the plain rule, and every figure below is the mitigated policy's
+        mitigation = deployed_mitigation(y_valid, p_valid_c, y_test, p_test_c, contact, sensitive, sensitive_valid,
+                                         charter, gate, choice.threshold, months, keys, seed)
+        if mitigation is not None and mitigation["possible"]: contact = mitigation.pop("contact")
+        elif mitigation is not None: mitigation.pop("contact")
     business = business_summary(y_test, p_test_c, contact, charter, months, nb, seed, conf)
     topk = contact_policy(p_test_c, -np.inf, k, months) if k is not None else np.ones(len(p_test_c), bool)
     realised_valid = float(expected_profit(y_valid[p_valid_c >= choice.threshold], charter).sum())
@@ -143,7 +182,7 @@ def evaluate_scores(name: str,                                # candidate label
                     test_best=asdict(best_threshold(p_test_c, charter, y_test)))
     curve = _thin_curve(profit_curve(p_test_c, charter, y_test))
     ev = CandidateEvaluation(name, metrics, calibration, business, jsonable(gains_table(y_test, p_test_c, n_bins)),
-                             jsonable(curve), calibrator=cal)
+                             jsonable(curve), calibrator=cal, mitigation=mitigation)
     if truth is not None:                              # the oracle, on the test rows it knows
         ok = truth["p_churn"].notna().to_numpy()
         months_ok = None if months is None else np.asarray(months)[ok]
@@ -158,17 +197,18 @@ def evaluate_scores(name: str,                                # candidate label
                                                 "budget and save rate: the target is out of reach of any model — a "
                                                 "question for the charter, not for modelling.")
                 business["verdict"]["target_reachable"] = False
-    if sensitive is not None and len(sensitive.columns):
+    if has_groups:
         fr = fairness_report(y_test, p_test_c, contact, sensitive, nb, seed, conf, gate.min_group_rows)
         ev.fairness = dict(by_group=jsonable(fr["by_group"]), gaps=jsonable(fr["gaps"]), bound=gate.fairness_bound,
                            max_gap=charter.max_fairness_gap, min_group_rows=gate.min_group_rows)
         bad = ev.fairness_breaches(charter, gate.fairness_bound)
-        if bad and sensitive_valid is not None and len(np.unique(y_valid)) == 2:
+        if bad and ev.mitigation is None and sensitive_valid is not None and two:   # the option, priced
             a = bad[0]["attribute"]
-            ev.mitigation = dict(attribute=a, **mitigate_gap(y_valid, p_valid_c, group_labels(sensitive_valid[a]),
-                                                            y_test, p_test_c, group_labels(sensitive[a]),
-                                                            contact, charter, bad[0]["metric"], months, seed,
-                                                            gate.min_group_rows, k))
+            ev.mitigation = dict(attribute=a, deployed=False,
+                                 **mitigate_gap(y_valid, p_valid_c, sensitive_valid[a], y_test, p_test_c, sensitive[a],
+                                                contact, charter, bad[0]["metric"], months, seed, gate.min_group_rows,
+                                                k, choice.threshold, keys, a))
+            ev.mitigation.pop("contact")
         # the truth's own policy under the same budget: a limit below its gaps refuses even perfect knowledge
         if ev.oracle is not None:
             oracle_contact = oracle_policy(truth["p_churn"].to_numpy(float)[ok], charter, k, months_ok)

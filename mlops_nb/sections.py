@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 6   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 7   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -293,6 +293,12 @@ class GateSettings:
                                          "rule on the same test rows (the service breaches the limit already; "
                                          "the fairness_gap alert keeps it in front of people); off: the limit alone",
                                          since=4)
+    mitigation: str = setting("none",
+                              "the fairness mitigation shipped with the model: none (the evaluation reports what one "
+                              "would cost), or group_thresholds (per-group randomised thresholds on the sensitive "
+                              "attribute with the largest gap, fitted on validation, judged by the gate and shipped "
+                              "in the package; needs the attribute at decision time, never as a model input)",
+                              choices=("none", "group_thresholds"), since=7)
 
 # %% ../nbs/01_sections.ipynb #1be3edf9
 @dataclass(frozen=True)

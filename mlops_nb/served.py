@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .catalog import DATASET_TRAINING, ENV_SCORER, TAG_FEATURE_TABLE_DIGEST, TAG_TRAIN_RUN_ID
+from .decisions import DecisionPolicy, content_key
 from .encoder import FieldError, json_records
 from .package import ChurnModel
 from .prediction_log import LINEAGE_KEYS, RESERVED_COLUMNS
@@ -91,11 +92,31 @@ class ServedModel:
     def numeric(self) -> list[str]: return self.scorer.records.numeric
     @property
     def threshold(self) -> float: return self.scorer.threshold
+    @property
+    def policy(self) -> DecisionPolicy | None: return getattr(self.churn, "policy", None)
+
+    def decide(self, p: np.ndarray,
+               keys: Sequence[str | None],                   # the records' pseudonyms (None: sent without an id)
+               attributes: Sequence[dict[str, Any] | None],  # the records' sensitive attributes, as sent
+               values: Sequence[Sequence[Any]],              # the records' feature values (the draw's key without id)
+               ) -> np.ndarray:
+        """Contact or not per scored record: the policy for the records that carry its attribute (drawn by pseudonym,
+        else by content), the threshold for the others — as the packaged model decides."""
+        d, policy = p >= self.threshold, self.policy
+        if policy is None: return d
+        rows = [i for i, a in enumerate(attributes) if a is not None and policy.attribute in a]
+        if rows:
+            ks = [keys[i] if keys[i] is not None else content_key(values[i]) for i in rows]
+            d[rows] = policy.decide(p[rows], [attributes[i][policy.attribute] for i in rows], ks)
+        return d
 
     def info(self) -> dict[str, Any]:
         "What /ready and /v1/model say about it."
         spec = self.churn.spec
         return {"name": self.name, "version": self.version, "threshold": self.threshold,
+                "decision_policy": None if self.policy is None else {
+                    "attribute": self.policy.attribute, "constraint": self.policy.constraint,
+                    "groups": sorted(self.policy.rules), "description": self.policy.describe()},
                 "calibrated": self.churn.calibrator is not None,
                 "compiled": self.scorer.compiled, "numeric_features": self.numeric,
                 "categorical_features": self.scorer.records.categorical,

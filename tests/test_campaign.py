@@ -102,6 +102,30 @@ def test_few_candidates_are_all_selected_within_the_budget():
     assert set(plan.action[30:]) == {"not_selected"}
 
 
+def test_under_a_fairness_policy_the_logged_decisions_select_and_a_short_budget_keeps_each_groups_share(month_200k):
+    """The logged decisions (a per-group policy's) are the candidates, not p >= threshold; when the budget cannot pay
+    for all of them, ranking by risk would undo the policy (the riskier group would take the budget): the keyed order
+    keeps each group's share, and the same salt gives the same selection."""
+    from mlops_nb.decisions import DecisionPolicy, GroupRule, month_salt
+    m = month_200k
+    group = np.where(m.x > 0.5, "A", "B")                 # A is the riskier group
+    policy = DecisionPolicy("g", 0.1, {"A": GroupRule(1.0, ">", 0.2, 0.0, ">", 0.2),
+                                       "B": GroupRule(0.5, ">", 0.05, 0.5, ">", 0.1)})
+    decision = policy.decide(m.p.to_numpy(), group, m.customer_key.tolist())
+    assert (decision != (m.p >= 0.1)).any()
+    salt = month_salt(policy.salt, MONTH)
+    plan = plan_campaign(m.customer_key, m.p, 0.1, charter_for(2000), 0.0, seed=0, decision=decision, cap_salt=salt)
+    chosen = plan.action == "contact"
+    assert chosen.sum() == 2000 and not (chosen & ~decision).any()
+    share = lambda mask: (group[mask] == "A").mean()
+    assert abs(share(chosen.to_numpy()) - share(decision)) < 0.04          # the groups' shares kept
+    by_risk = plan_campaign(m.customer_key, m.p, 0.1, charter_for(2000), 0.0, seed=0, decision=decision)
+    assert share((by_risk.action == "contact").to_numpy()) > share(decision) + 0.1    # ranking by risk would not
+    again = plan_campaign(m.customer_key[::-1], m.p[::-1], 0.1, charter_for(2000), 0.0, seed=0,
+                          decision=decision[::-1], cap_salt=salt)
+    assert set(again.customer_key[again.action == "contact"]) == set(plan.customer_key[chosen])
+
+
 def test_exploration_customers_are_never_in_the_policy(month_200k):
     m = month_200k
     riskiest = set(m.nlargest(500, "p").customer_key[::2])          # half of the riskiest are in the experiment

@@ -178,6 +178,8 @@ def test_a_packaged_models_input_example_is_nobodys_row(shipped):
     """LGPD: a model travels far from the warehouse; its input example is synthetic (per-column percentiles and frequent
     categories), never a customer's row — though it was built from the rows it was given."""
     from mlops_nb.encoder import model_input
+    from mlops_nb.tracking import configure_mlflow
+    configure_mlflow(shipped["cfg"])      # its store: an earlier test may have pointed MLflow at another one
     spec, split = shipped["spec"], shipped["split"]
     real = {tuple(r) for r in model_input(split.train, spec).astype(str).to_numpy()} | \
         {tuple(r) for r in model_input(split.valid, spec).astype(str).to_numpy()}

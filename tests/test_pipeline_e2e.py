@@ -20,7 +20,9 @@ def _small_world(root: Path) -> tuple[list[str], Path]:
     settings = make_project(root / "proj", lake_customers=3000, lake_months=8, lake_scenario="stable",
                             lake_drift_month=6, lake_schema_drift_month=5, train_trials=1,
                             # their blend too, so a blend may be what serves
-                            train_candidates="logreg, hgb", train_blend_within=1.0)
+                            train_candidates="logreg, hgb", train_blend_within=1.0,
+                            # the fairness mitigation ships with the model: the lifecycle carries it to the API
+                            gate_mitigation="group_thresholds")
     return ["--settings", str(settings), "run", "--no-progress"], settings
 
 
@@ -202,6 +204,54 @@ def test_no_clear_personal_data_downstream(pipeline):
     assert cfg.privacy.vault.exists() and oct(cfg.privacy.vault.stat().st_mode & 0o777) == "0o600"
 
 
+def test_the_shipped_fairness_policy_decides_as_the_gate_judged_it(pipeline):
+    """With [gate] mitigation = group_thresholds the evaluation's per-group policy is in the package: the packaged model
+    and the API's fast path decide the test rows exactly as the evaluation (which the gate judged) did; without the
+    attribute the plain threshold decides; the gate and the record of processing say so."""
+    from mlops_nb.contracts import load_feature_table
+    from mlops_nb.fairness import decisions_digest
+    from mlops_nb.gate import find_evaluate_run, load_evaluation
+    from mlops_nb.served import load_served_model
+    from mlops_nb.split import training_split
+    from mlops_nb.tracking import configure_mlflow, mlflow
+    from mlops_nb import registry as R
+    settings, _ = pipeline
+    cfg = load_settings(settings, env={})
+    configure_mlflow(cfg)
+    doc, _ = load_evaluation(find_evaluate_run(cfg).info.run_id)
+    m = doc["candidates"][doc["selected"]["index"]]["mitigation"]
+    assert m and m["deployed"] and m["policy"]["rules"], m
+    pyfunc = mlflow.pyfunc.load_model(doc["selected"]["model_uri"])
+    policy = pyfunc.unwrap_python_model().policy
+    assert policy.to_dict() == m["policy"]
+    df, spec = load_feature_table(cfg)
+    test = training_split(df, spec, cfg.train).test.reset_index(drop=True)
+    assert policy.attribute in spec.sensitive and policy.attribute not in spec.features
+    keys = test[spec.id_column].astype(str).tolist()
+    out = pyfunc.predict(test[[*spec.features, policy.attribute, spec.id_column]])
+    assert decisions_digest(keys, out.decision.to_numpy()) == m["decisions_digest"]
+    assert int(out.decision.sum()) == m["decided"]
+    plain = pyfunc.predict(test[list(spec.features)])
+    assert (plain.decision == (plain.churn_probability >= plain.threshold)).all()
+    assert (out.decision != plain.decision).any(), "the policy changes some decisions"
+    # the served version: its fast path (what the API runs) decides the same rows the same way
+    prod = R.version_with_status(cfg, "production")
+    served = load_served_model(cfg, prod.version)
+    assert served.policy is not None and served.policy.salt == policy.salt     # production is this evaluation's pick
+    p = served.scorer.probabilities(served.scorer.encode_frame(test))
+    d = served.decide(p, keys, [{policy.attribute: a} for a in test[policy.attribute].astype(object)], [])
+    assert decisions_digest(keys, d) == m["decisions_digest"]
+    # the gate names the mitigation and its price; the record of processing names the attribute's use
+    gate = R.latest_gate_run(cfg)
+    assert "mitigation in force" in gate.data.tags["mlops_nb.gate.fairness.message"]
+    assert "mitigation costs R$" in gate.data.tags["mlops_nb.gate.profit.message"]
+    ropa = (settings.parent / "reports" / "documents" / f"v{prod.version}" / "record_of_processing.md").read_text()
+    assert f"per-group thresholds on {policy.attribute}" in ropa
+    print(f"shipped: {policy.describe()}; {m['metric']} gap {m['before'][m['metric'] + '_gap']:.3f} -> "
+          f"{m['after'][m['metric'] + '_gap']:.3f}, profit/month {m['before']['profit_per_month']:,.0f} -> "
+          f"{m['after']['profit_per_month']:,.0f}")
+
+
 def test_the_readme_curl_example_scores_with_the_served_champion(pipeline):
     """The README's serve command and curl example work against the model this run promoted."""
     import re
@@ -227,5 +277,37 @@ def test_the_readme_curl_example_scores_with_the_served_champion(pipeline):
         assert out["model"]["version"] == prod.version and 0 <= out["churn_probability"] <= 1
         assert out["customer_key"].startswith("p_") and body["customer_id"] not in r.text
         assert {c["feature"] for c in out["explanation"]["contributions"]} == set(body["features"])
+        served_policy = httpx.get(f"{base}/v1/model", timeout=30).json()["decision_policy"]
+        assert served_policy, "this run ships a fairness policy ([gate] mitigation = group_thresholds)"
+        # the policy decides over HTTP as the packaged model does, by the customer's pseudonym
+        _api_decides_like_the_package(cfg, base, prod.version, served_policy["attribute"])
     finally:
         stop(proc)
+
+
+def _api_decides_like_the_package(cfg, base: str, version: str, attribute: str) -> None:
+    """80 feature-table rows sent with made-up customer ids and their group: the API's decisions equal the packaged
+    model's on the same rows keyed by the pseudonyms the API returned; a record without the group gets the
+    threshold's."""
+    import httpx
+    import pandas as pd
+    from mlops_nb.contracts import load_feature_table
+    from mlops_nb.encoder import json_records
+    from mlops_nb.tracking import configure_mlflow, mlflow
+    configure_mlflow(cfg)
+    df, spec = load_feature_table(cfg)
+    rows = df.sample(80, random_state=3).reset_index(drop=True)
+    feats = json_records(rows, list(spec.features))
+    groups = rows[attribute].astype(object).where(rows[attribute].notna(), None).tolist()
+    records = [{"customer_id": f"TESTE{i:05d}", "features": f, "attributes": {attribute: g}}
+               for i, (f, g) in enumerate(zip(feats, groups))] + [{"customer_id": "TESTE99999", "features": feats[0]}]
+    r = httpx.post(f"{base}/v1/score/batch", json={"records": records}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model}/{version}")
+    frame = rows[list(spec.features)].assign(**{attribute: rows[attribute],
+                                                spec.id_column: [g["customer_key"] for g in got[:-1]]})
+    ref = pyfunc.predict(frame)
+    assert [g["decision"] for g in got[:-1]] == ref.decision.tolist()
+    assert pd.Series([g["churn_probability"] for g in got[:-1]]).sub(ref.churn_probability).abs().max() < 1e-9
+    assert got[-1]["decision"] == (got[-1]["churn_probability"] >= r.json()["threshold"])
