@@ -44,14 +44,14 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK',
            'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS',
            'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS',
-           'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'ALIAS_CHAMPION',
-           'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED',
-           'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE',
-           'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN',
-           'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS',
-           'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
-           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT',
-           'VERB_SUBJECT', 'VERB_REVIEW', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS',
+           'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION',
+           'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
+           'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
+           'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY',
+           'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
+           'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -304,6 +304,9 @@ TABLE_MONITOR_SHADOW = name("table", "monitor.shadow", "retrain", "dashboards",
                             "a version scored in the shadow against the champion, on the same labelled customers")
 TABLE_SHADOW_SCORES = name("table", "ops.shadow_scores", "retrain", "retrain (rollback)",
                            "the predecessor's scores of a champion on probation, on the same customers")
+TABLE_SERVICE_COSTS = name("table", "ops.service_costs", "costs", "roi, dashboards",
+                           "what running the service cost each operated month: CPU of the loop and the API, storage, "
+                           "priced by [compute]")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a125
 ALIAS_CHAMPION = name("alias", "champion", "registry", "worker, evaluate, gate, score", "the production version")

@@ -372,12 +372,15 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.csv: t.to_csv(sys.stdout, index=False); return EXIT_OK
     brl = lambda v: f"R$ {v:,.0f}" if v == v else "-"  # noqa: E731
     print(f"{'month':<9}{'scope':<9}{'listed':>8}{'control':>8}{'uplift (95% CI)':>26}{'retained':>10}"
-          f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}")
+          f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}{'service':>10}{'net of service':>16}")
+    cents = lambda v: f"R$ {v:,.2f}" if v == v else "-"  # noqa: E731
     for r in t.itertuples():
         ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
+        service = getattr(r, "service_cost", float("nan"))          # snapshots from before the service's cost
         print(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
               f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
-              f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else float('nan'):>9.3f}")
+              f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else float('nan'):>9.3f}"
+              f"{cents(service):>10}{brl(getattr(r, 'net_after_service', float('nan'))):>16}")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #aud1tc11

@@ -32,6 +32,7 @@ from mlops_nb.catalog import (
     TABLE_MONITOR_SHADOW,
 )
 from .contracts import connect_warehouse, read_feature_spec, table_exists
+from .costs import process_cpu_seconds
 from .people import month_labels
 from .lake import observe_month, operated_months, resolved_months, resolve_month
 from .settings import Settings, SettingsError
@@ -40,7 +41,7 @@ from .settings import Settings, SettingsError
 __all__ = ['MONITOR_COLUMNS', 'REPORT_ROWS', 'OperateError', 'next_month', 'months_to_operate', 'ensure_monitor_tables',
            'replace_rows', 'publish_snapshots', 'read_snapshot', 'reset_operation', 'newly_labelled',
            'drift_report_html', 'MonthResult', 'month_quality', 'operate_month', 'monitor_step', 'roi_step',
-           'probation_step', 'alert_step', 'retrain_step', 'store_monitor', 'month_row', 'month_summary',
+           'probation_step', 'alert_step', 'cost_step', 'retrain_step', 'store_monitor', 'month_row', 'month_summary',
            'record_month', 'operate', 'results_frame']
 
 # %% ../nbs/67_operate.ipynb #67ef0005
@@ -141,8 +142,8 @@ def publish_snapshots(cfg: Settings, con) -> list[Path]:
     if table_exists(con, TABLE_ACTIONS):
         queries[TABLE_ACTIONS] = (f"SELECT month, action, policy, model_version, count(*) AS customers FROM "
                                   f"{TABLE_ACTIONS} GROUP BY ALL ORDER BY ALL")   # counts only: no pseudonyms
-    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS
-    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS):
+    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS
+    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS):
         if table_exists(con, t): queries[t] = f"SELECT * FROM {t} ORDER BY month"
     for table, sql in queries.items():
         final = folder / f"{table}.parquet"
@@ -163,11 +164,13 @@ def reset_operation(cfg: Settings) -> list[str]:
     and action tables, the published snapshots, the outbox, the alert log (kept, renamed with the time) — would
     otherwise mix two worlds' months. Run when the first operated month begins; returns what it set aside."""
     import shutil
-    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SHADOW_SCORES
+    from mlops_nb.catalog import (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS,
+                                  TABLE_SHADOW_SCORES)
     done = []
     if cfg.paths.warehouse.exists():
         with connect_warehouse(cfg, read_only=False) as con:
-            for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES, TABLE_ROI_MONTHS]:
+            for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES, TABLE_ROI_MONTHS,
+                      TABLE_SERVICE_COSTS]:
                 if table_exists(con, t): con.execute(f"DROP TABLE {t}"); done.append(t)
     for folder in (Path(cfg.paths.monitor), Path(cfg.paths.outbox)):
         if folder.exists(): shutil.rmtree(folder); done.append(str(folder))
@@ -281,7 +284,7 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
     from mlops_nb.features import write_features
     from mlops_nb.score import production_version, score_month
     from mlops_nb.warehouse import load_warehouse
-    res, step, t0 = MonthResult(month, "ok"), _Steps(), time.perf_counter()
+    res, step, t0, cpu0 = MonthResult(month, "ok"), _Steps(), time.perf_counter(), process_cpu_seconds()
     mm, html = None, ""
     try:
         if month == operated_months(cfg)[0] and not _world_resolved(cfg, month):   # a new world's first month
@@ -308,6 +311,7 @@ def operate_month(cfg: Settings, month: str, say: Callable[[str], None] = print)
     except Exception as e:   # the month is recorded as failed, with the step and the reason
         res.status = f"failed: {step.current}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     res.steps, res.seconds = step.seconds, round(time.perf_counter() - t0, 2)
+    cost_step(cfg, res, process_cpu_seconds() - cpu0)
     record_month(cfg, res, mm, html)
     return res
 
@@ -369,6 +373,19 @@ def alert_step(cfg: Settings, res: MonthResult, mm: Any, say: Callable[[str], No
     res.alerts = dict(raised=[i.rule for i in out.raised], resolved=[i.rule for i in out.resolved],
                       open=[i.rule for i in out.open], retrain=out.retrain, failures=out.failures)
     return out.open
+
+# %% ../nbs/67_operate.ipynb #67efc0st
+def cost_step(cfg: Settings, res: MonthResult, cpu_seconds: float) -> None:
+    """Price the month (`58_costs`): the loop's CPU, the API's since last month, storage — into ops.service_costs and
+    the month's metrics. A month that failed cost something too; a failure to measure is a note, not a failed month."""
+    from mlops_nb.costs import cost_metrics, month_cost, store_month_cost
+    try:
+        with connect_warehouse(cfg, read_only=False) as con:
+            cost = month_cost(cfg, con, res.month, cpu_seconds, res.seconds)
+            store_month_cost(con, cost)
+        res.metrics.update(cost_metrics(cost))
+    except Exception as e:
+        res.note = (res.note + " " if res.note else "") + f"The month's cost was not measured: {type(e).__name__}: {e}"
 
 # %% ../nbs/67_operate.ipynb #67ef0012c
 def retrain_step(cfg: Settings, res: MonthResult, incidents: list[Any], say: Callable[[str], None]) -> None:
@@ -455,6 +472,11 @@ def month_summary(res: MonthResult) -> str:
                      f"(95 % CI {m.get('roi.to_date.uplift_lower', nan):.3f} to "
                      f"{m.get('roi.to_date.uplift_upper', nan):.3f}); net value to date R$ "
                      f"{m['roi.to_date.net_value']:,.0f}.")
+    if "service.service_cost" in m:
+        lines.append(f"Running the service cost R$ {m['service.service_cost']:,.2f} this month "
+                     f"({m['service.operate_cpu_seconds']:,.0f} CPU seconds for the loop, "
+                     f"{m.get('service.api_cpu_seconds', 0):,.0f} for the API, {m['service.storage_gb']:.2f} GB "
+                     "stored).")
     if res.quality_failures: lines.append("Quality: " + "; ".join(res.quality_failures))
     if res.held_back: lines.append("Held back (failed a blocking rule; left out of features, scoring and training): "
                                    + ", ".join(res.held_back) + ".")

@@ -32,10 +32,10 @@ from .settings import Settings, SettingsError
 log = logging.getLogger("mlops_nb.prediction_log")
 
 # %% auto #0
-__all__ = ['log', 'LOG_SCHEMA', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS', 'REQUEST_ID_PATTERN', 'LOG_READ_ATTEMPTS',
-           'new_request_id', 'request_id_time', 'LogBlock', 'blocks_table', 'write_log_table', 'PredictionLog',
-           'read_log_retrying', 'find_logged_request', 'read_prediction_log', 'CompactionResult',
-           'compact_prediction_log']
+__all__ = ['log', 'LOG_SCHEMA', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS', 'REQUEST_ID_PATTERN', 'USAGE_DIR',
+           'LOG_READ_ATTEMPTS', 'new_request_id', 'request_id_time', 'LogBlock', 'blocks_table', 'write_log_table',
+           'record_usage', 'PredictionLog', 'read_log_retrying', 'find_logged_request', 'read_prediction_log',
+           'CompactionResult', 'compact_prediction_log']
 
 # %% ../nbs/52_prediction_log.ipynb #fce7b5ca
 LOG_SCHEMA = pa.schema(
@@ -151,6 +151,25 @@ def write_log_table(folder: Path, table: pa.Table, date: str, seq: int) -> Path:
     os.replace(tmp, final)
     return final
 
+# %% ../nbs/52_prediction_log.ipynb #usage002
+USAGE_DIR = "_usage"
+_STARTED = time.time()
+
+def record_usage(folder: str | Path,   # [paths] prediction_log
+                 role: str,            # who is writing: api
+                 predictions: int,     # predictions this process has written so far
+                 ) -> Path:
+    "Rewrite this process's usage file: CPU seconds so far and predictions written (cumulative)."
+    import json
+    d = Path(folder) / USAGE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    f = d / f"{role}-{os.getpid()}-{int(_STARTED * 1000)}.json"
+    tmp = f.with_name(f".{f.name}.tmp")
+    tmp.write_text(json.dumps({"role": role, "pid": os.getpid(), "started": _STARTED, "updated": time.time(),
+                               "cpu_seconds": time.process_time(), "predictions": int(predictions)}))
+    os.replace(tmp, f)
+    return f
+
 # %% ../nbs/52_prediction_log.ipynb #7d34a1ac
 class PredictionLog:
     "Buffers prediction blocks and writes them as date-partitioned Parquet files, atomically, from a background thread."
@@ -224,6 +243,8 @@ class PredictionLog:
                 raise
             n = sum(b.n for b in blocks)
             self.written_rows += n
+            try: record_usage(self.folder, "api", self.written_rows)
+            except OSError as e: log.warning("prediction log: usage file not written (%s)", e)
             if self.on_write: self.on_write(n)
             return n
 

@@ -15,14 +15,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from .catalog import TABLE_ACTIONS, TABLE_FEATURES, TABLE_ROI_MONTHS, TABLE_STAGING_SCHEMA
+from .catalog import (TABLE_ACTIONS, TABLE_FEATURES, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS,
+                              TABLE_STAGING_SCHEMA)
 from .contracts import has_columns, read_feature_spec, table_exists
 from .settings import CharterSettings, Settings
 from .stats import _z, newcombe_difference
 
 # %% auto #0
 __all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'month_roi', 'to_date_roi', 'oracle_month', 'roi_rows', 'store_roi',
-           'stored_truths', 'measure_roi', 'roi_metrics']
+           'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -32,7 +33,8 @@ ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figu
         "uplift_upper DOUBLE, relative_reduction DOUBLE, target DOUBLE, retained DOUBLE, retained_lower DOUBLE, "
         "retained_upper DOUBLE, value_retained DOUBLE, accepted BIGINT, campaign_cost DOUBLE, net_value DOUBLE, "
         "net_lower DOUBLE, net_upper DOUBLE, roi DOUBLE, expected_retained DOUBLE, expected_net DOUBLE, "
-        "oracle_uplift DOUBLE, oracle_retained DOUBLE, oracle_net DOUBLE, computed_in VARCHAR"
+        "oracle_uplift DOUBLE, oracle_retained DOUBLE, oracle_net DOUBLE, service_cost DOUBLE, "
+        "net_after_service DOUBLE, computed_in VARCHAR"
     ).split(", ") for c, t in [part.split()]
 }
 SCOPES = ("month", "to_date")   # a month's own campaign; every measured month up to it, pooled
@@ -137,19 +139,25 @@ def oracle_month(cfg: Settings, month: str) -> dict[str, float] | None:
 # %% ../nbs/48_roi.ipynb #48ef0019
 def roi_rows(cfg: Settings, selected: pd.DataFrame, computed_in: str = "",
              truths: dict[str, dict[str, float]] | None = None,   # oracle figures already read, by month
+             costs: dict[str, float] | None = None,               # the service's cost of each operated month (BRL)
              ) -> pd.DataFrame:
     "roi.months' rows: each measured month, and the campaign to date at each of them."
-    rows, months, truths = [], [], truths or {}
+    rows, months, truths, costs = [], [], truths or {}, costs or {}
     first = str(selected.month.min()) if len(selected) else ""
     for month, g in selected.groupby("month", sort=True):
         m = month_roi(g, cfg.charter)
+        m["service_cost"] = costs.get(str(month), math.nan)
+        m["net_after_service"] = m["net_value"] - m["service_cost"]
         truth = truths.get(str(month)) or oracle_month(cfg, str(month))
         if truth:
             m |= truth | {"oracle_net": truth["oracle_retained"] * cfg.charter.customer_value - m["campaign_cost"]}
         months.append(m)
         rows.append(dict(m, month=month, scope="month", months=month, computed_in=computed_in))
-        rows.append(dict(to_date_roi(months, cfg.charter), month=month, scope="to_date",
-                         months=f"{first}..{month}", computed_in=computed_in))
+        to_date = to_date_roi(months, cfg.charter)
+        paid = [x["service_cost"] for x in months if math.isfinite(x["uplift"]) and x["contacted"]]
+        to_date["service_cost"] = float(sum(paid)) if paid and all(map(math.isfinite, paid)) else math.nan
+        to_date["net_after_service"] = to_date["net_value"] - to_date["service_cost"]
+        rows.append(dict(to_date, month=month, scope="to_date", months=f"{first}..{month}", computed_in=computed_in))
     for r in rows:
         if r["scope"] == "to_date" and math.isfinite(r.get("oracle_retained", math.nan)):
             r["oracle_net"] = r["oracle_retained"] * cfg.charter.customer_value - r["campaign_cost"]
@@ -173,9 +181,14 @@ def stored_truths(con) -> dict[str, dict[str, float]]:
                        "AND oracle_retained IS NOT NULL").fetchall()
     return {m: dict(oracle_uplift=u, oracle_retained=r) for m, u, r in rows}
 
+def service_costs(con) -> dict[str, float]:
+    "What running the service cost in each operated month (ops.service_costs, `58_costs`), by month."
+    if not table_exists(con, TABLE_SERVICE_COSTS): return {}
+    return dict(con.execute(f"SELECT month, service_cost FROM {TABLE_SERVICE_COSTS}").fetchall())
+
 def measure_roi(cfg: Settings, con, computed_in: str = "") -> pd.DataFrame:
     "Measure every month whose labels have arrived, store roi.months and return it."
-    rows = roi_rows(cfg, selected_outcomes(con, cfg), computed_in, stored_truths(con))
+    rows = roi_rows(cfg, selected_outcomes(con, cfg), computed_in, stored_truths(con), service_costs(con))
     con.execute("BEGIN TRANSACTION")
     try: store_roi(con, rows); con.execute("COMMIT")
     except BaseException: con.execute("ROLLBACK"); raise
@@ -188,7 +201,7 @@ def roi_metrics(rows: pd.DataFrame, month: str) -> dict[str, float]:
         r = rows[(rows.month == month) & (rows.scope == scope)]
         if len(r):
             for k in ("uplift", "uplift_lower", "uplift_upper", "relative_reduction", "retained", "net_value", "roi",
-                      "expected_net", "oracle_uplift"):
+                      "expected_net", "oracle_uplift", "service_cost", "net_after_service"):
                 v = r.iloc[0][k]
                 if v is not None and v == v: out[prefix + k] = float(v)
     return out

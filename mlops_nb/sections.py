@@ -387,10 +387,18 @@ class AlertsSettings:
 # %% ../nbs/01_sections.ipynb #c0mpute1
 @dataclass(frozen=True)
 class ComputeSettings:
-    "How many threads the numeric libraries (OpenMP, BLAS, torch, DuckDB) may use."
+    "How many threads the numeric libraries (OpenMP, BLAS, torch, DuckDB) may use, and what computing costs."
     SINCE: ClassVar[int] = 5
     threads: int = setting(0,
                            "threads for training, batch scoring and the warehouse's queries; 0 = the CPUs free when "
                            "the work starts (measured), so a job beside a busy API or another job does not "
                            "oversubscribe the machine; the API's workers take one each unless this is set", lo=0,
                            hi=1024)
+    cpu_hour_price: float = setting(0.20,
+                                    "BRL per CPU-hour (one core busy for an hour; a cloud vCPU-hour is about US$ "
+                                    "0.04): prices the operate loop's and the API's CPU time in the ROI", lo=0.0,
+                                    since=7)
+    storage_gb_month_price: float = setting(0.12,
+                                            "BRL per GB-month of storage (object storage is about US$ 0.023): prices "
+                                            "the lake, warehouse, prediction log and MLflow store in the ROI", lo=0.0,
+                                            since=7)

@@ -89,6 +89,27 @@ def test_each_month_builds_only_its_own_feature_rows_and_the_table_is_what_a_ful
     assert write_features(cfg).since is None                                     # nothing changed: nothing built
 
 
+def test_each_month_records_what_running_the_service_cost_and_the_roi_nets_it(operated):
+    """ops.service_costs: the loop's CPU seconds (within its wall time on two cores), storage, priced by [compute];
+    the ROI sets each measured month's cost against its net value."""
+    import numpy as np
+    from mlops_nb.catalog import TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS
+    cfg, _, results = operated
+    costs = table(cfg, f"SELECT * FROM {TABLE_SERVICE_COSTS} ORDER BY month")
+    assert list(costs.month) == [r.month for r in results]
+    cpu, wall = costs.operate_cpu_seconds, costs.operate_wall_seconds
+    assert (cpu > 1).all() and (cpu <= 2.2 * wall + 1).all()
+    assert (costs.storage_gb > 0).all() and (costs.service_cost > 0).all()
+    c = cfg.compute
+    assert np.allclose(costs.compute_cost, (cpu + costs.api_cpu_seconds) / 3600 * c.cpu_hour_price, atol=1e-3)
+    assert np.allclose(costs.storage_cost, costs.storage_gb * c.storage_gb_month_price, atol=1e-3)
+    assert all(r.metrics["service.service_cost"] > 0 for r in results)
+    roi = table(cfg, f"SELECT * FROM {TABLE_ROI_MONTHS} WHERE scope = 'month'").merge(costs, on="month",
+                                                                                     suffixes=("", "_c"))
+    assert len(roi) and np.allclose(roi.service_cost, roi.service_cost_c)
+    assert np.allclose(roi.net_after_service, roi.net_value - roi.service_cost)
+
+
 def test_labels_are_used_only_once_the_horizon_has_passed(operated):
     cfg, _, results = operated
     perf = table(cfg, f"SELECT month, kind, computed_in FROM {TABLE_MONITOR_PERFORMANCE} ORDER BY month, kind")

@@ -202,6 +202,18 @@ def test_metrics(api, project):
     assert f'mlops_nb_api_predictions_total{{model_version="{project.v1}"}}' in m
 
 
+def test_the_api_records_its_cpu_and_predictions_for_the_services_cost(api, project):
+    """Beside the log, each API process keeps its CPU seconds and predictions written (what `58_costs` prices)."""
+    from mlops_nb.costs import api_usage
+    cpu0, n0 = api_usage(project.cfg)
+    r = httpx.post(f"{api}/v1/score/batch", json={"records": [{"features": project.records[0]}] * 40})
+    assert r.status_code == 200
+    deadline = time.time() + 15
+    while api_usage(project.cfg)[1] < n0 + 40 and time.time() < deadline: time.sleep(0.2)
+    cpu, n = api_usage(project.cfg)
+    assert n >= n0 + 40 and cpu > cpu0 > 0, (cpu0, n0, cpu, n)
+
+
 def test_schemathesis_finds_no_server_error(api, tmp_path):
     """At least 500 generated cases against our OpenAPI document; every check, no failure (413 counts as a
     rejection)."""
