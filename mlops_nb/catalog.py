@@ -32,7 +32,7 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'ART_FEATURES_MISSING', 'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF',
            'ART_TRAIN_KEYS', 'ART_EVALUATION_DIR', 'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD',
            'ART_MODEL_CARD_HTML', 'ART_DOCUMENTS_DIR', 'ART_IMPORTANCE', 'ART_GATE_DECISION', 'ART_GATE_OVERRIDE',
-           'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML',
+           'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML', 'ART_UPLIFT_STUDY',
            'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
            'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
            'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
@@ -51,7 +51,8 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
            'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY',
            'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE',
-           'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_UPLIFT', 'Name', 'name', 'tag_filter',
+           'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ ART_REFERENCE_PROFILE = name("artifact", "monitoring/reference_profile.json", "r
 ART_MONITOR_MONTH = name("artifact", "monitor/month.json", "monitor", "people", "one operated month's figures")
 ART_MONITOR_DRIFT_HTML = name("artifact", "monitor/drift_report.html", "monitor", "people",
                               "Evidently's data-drift report of the month")
+ART_UPLIFT_STUDY = name("artifact", "uplift/study.json", "uplift_study", "people, dashboards",
+                        "the uplift learner judged against the risk policy on held-out randomised customers")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a121
 AUDIT_TRAIN_FINISHED = name("audit", "train.finished", "train", "people", "a train run ended: its candidates")
@@ -366,6 +369,9 @@ VERB_SUBJECT = name("verb", "subject", "cli", "the data-protection officer",
 VERB_REVIEW = name("verb", "review", "cli", "the data-protection officer, customers",
                    "review an automated decision by its request id (LGPD art. 20): version, explanation, how to "
                    "contest")
+VERB_UPLIFT = name("verb", "uplift", "cli", "the business, data scientists",
+                   "learn the offer's effect from the exploration campaigns and compare targeting by it with "
+                   "targeting by risk, tracked in MLflow")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:

@@ -122,7 +122,9 @@ def feature_ceiling(train: pd.DataFrame,         # training rows (model inputs a
     return model.fit(train[ok], np.log(p / (1 - p))).predict(test)
 
 # %% ../nbs/42_oracle.ipynb #37fb4da8
-def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec) -> pd.DataFrame | None:
+def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec,
+                 extra: tuple[str, ...] = (),   # more of the truth's columns (e.g. segment)
+                 ) -> pd.DataFrame | None:
     """The simulator's truth (p_churn, and uplift when known) for each row of `frame`, by position; None when there is
     no oracle."""
     if "_true_p" in frame.columns:
@@ -135,7 +137,7 @@ def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec) -> pd.DataFrame | Non
     months = sorted(frame[spec.time_column].astype(str).unique())
     files = [f for m in months if (f := truth_dir / f"month={m}" / "truth.parquet").exists()]
     if not files: return None
-    t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift"]) for f in files],
+    t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift", *extra]) for f in files],
                   ignore_index=True)
     # each customer is in every month: key each once
     ids, at = np.unique(t.pop("customer_id").astype(str).to_numpy(), return_inverse=True)
@@ -144,4 +146,5 @@ def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec) -> pd.DataFrame | Non
     keys = pd.DataFrame(
         {"_key": frame[spec.id_column].to_numpy(), "month": frame[spec.time_column].astype(str).to_numpy()}
     )
-    return keys.merge(t.drop_duplicates(["_key", "month"]), on=["_key", "month"], how="left")[["p_churn", "uplift"]]
+    return keys.merge(t.drop_duplicates(["_key", "month"]), on=["_key", "month"], how="left")[["p_churn", "uplift",
+                                                                                                *extra]]
