@@ -18,12 +18,13 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
-from .catalog import ART_SETTINGS, TAG_PHASE, TAG_SETTINGS_FILE, TAG_SETTINGS_FINGERPRINT, TAG_VERSION_PREFIX
+from .catalog import (ART_SETTINGS, TAG_EXPERIMENT_KIND, TAG_PHASE, TAG_SETTINGS_FILE, TAG_SETTINGS_FINGERPRINT,
+                              TAG_VERSION_PREFIX)
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['ROUTINE_MLFLOW_NOTICES', 'TRACKED_LIBRARIES', 'quiet_routine_notices', 'library_versions', 'git_commit',
-           'configure_mlflow', 'quiet_dataset_warnings', 'reproducibility_tags', 'phase_run']
+__all__ = ['ROUTINE_MLFLOW_NOTICES', 'TRACKED_LIBRARIES', 'EXPERIMENT_KIND', 'quiet_routine_notices', 'library_versions',
+           'git_commit', 'configure_mlflow', 'quiet_dataset_warnings', 'reproducibility_tags', 'phase_run']
 
 # %% ../nbs/03_tracking.ipynb #ef59f22f
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -77,6 +78,8 @@ def git_commit(path: str | Path = ".") -> str:
     except (OSError, subprocess.SubprocessError): return "unknown"
 
 # %% ../nbs/03_tracking.ipynb #9c4c0bee
+EXPERIMENT_KIND = "custom_model_development"   # MLflow 3's UI: classic model development (runs), not GenAI
+
 def configure_mlflow(cfg: Settings) -> str:
     """Point MLflow at the configured store and experiment (created with its artifact root if new); return the
     experiment id."""
@@ -88,10 +91,14 @@ def configure_mlflow(cfg: Settings) -> str:
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is None:
         loc = cfg.mlflow.artifacts.as_uri() if not uri.startswith("http") else None
-        try: exp_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=loc)
+        try: exp_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=loc,
+                                               tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:  # created meanwhile by another process
             exp_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
-    else: exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+        # an experiment from before the tag (MLflow's UI would open it on the GenAI traces view)
+        if TAG_EXPERIMENT_KIND not in exp.tags: client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     before = os.environ.get("MLFLOW_EXPERIMENT_ID")
     mlflow.set_experiment(experiment_id=exp_id)
     # MLflow 3 also exports the id to os.environ "so that subprocesses inherit it": an id of *this* store would then

@@ -150,6 +150,7 @@ def test_training_names_the_exact_dataset_it_used(pipeline):
     configure_mlflow(cfg)
     client = MlflowClient()
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"     # the UI opens on the runs
     feats = client.search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'features'")[0]
     train = client.search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'train'")[0]
     f_digests = {d.dataset.digest for d in feats.inputs.dataset_inputs}
