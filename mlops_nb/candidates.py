@@ -304,7 +304,8 @@ class LogOddsBlend(ClassifierMixin, BaseEstimator):
         return np.mean([np.asarray(m.decision_function(X), dtype=np.float64).reshape(-1) for m in self.members], axis=0)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        with np.errstate(over="ignore"):   # a far-out row's exp overflows to inf: its probability is 0, exactly
+            p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:

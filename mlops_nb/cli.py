@@ -572,6 +572,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr); return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr); return 130
+    except BrokenPipeError:       # the reader went away (`mlops-nb roi --csv | head`): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return EXIT_OK
     except Exception as e:  # noqa: BLE001 — the one place we turn surprises into a message
         if args.debug: traceback.print_exc()
         print(f"error: {type(e).__name__}: {e}\n  (rerun with --debug for the traceback)", file=sys.stderr)
