@@ -26,7 +26,11 @@ MISSING_GROUP = "(missing)"
 
 def group_labels(s: pd.Series | Sequence[Any]) -> np.ndarray:
     "A sensitive attribute's values as group labels: text, a missing value its own group, '(missing)'."
-    return pd.Series(s).astype("string").fillna(MISSING_GROUP).to_numpy()
+    if isinstance(s, (pd.Series, pd.Index, np.ndarray)) and len(s) > 64:
+        return pd.Series(s).astype("string").fillna(MISSING_GROUP).to_numpy()
+    # a few rows (an API request): the same labels without pandas' per-call cost
+    return np.array([MISSING_GROUP if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)
+                     for v in s], dtype=object)
 
 # %% ../nbs/09_decisions.ipynb #dec00009
 def keyed_uniform(keys: Sequence[str],   # one key per row (a customer's pseudonym, or the request's content)
