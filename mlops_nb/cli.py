@@ -327,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro = sub.add_parser(VERB_ROI, help="the campaign's measured value against its control group, by month and to date",
                         description="Print roi.months as the operate loop last published it: per measured month and "
                         "to date, churn avoided per listed customer with its 95% interval, customers retained, cost, "
-                        "net value and ROI, beside what was expected (and the simulator's truth).")
+                        "net value and ROI, beside what was expected (and the simulator's truth: the true churn "
+                        "avoided per listed customer, and what the best list the budget could buy was worth), the "
+                        "cost of running the service and the net value after it.")
     ro.add_argument("--csv", action="store_true", help="the whole table as CSV on standard output")
     ro.set_defaults(func=cmd_roi)
     up = sub.add_parser(VERB_UPLIFT, help="learn the offer's effect from the exploration campaigns; compare with risk",
@@ -380,7 +382,8 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.csv: t.to_csv(sys.stdout, index=False); return EXIT_OK
     brl = lambda v: f"R$ {v:,.0f}" if v == v else "-"  # noqa: E731
     print(f"{'month':<9}{'scope':<9}{'listed':>8}{'control':>8}{'uplift (95% CI)':>26}{'retained':>10}"
-          f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}{'service':>10}{'net of service':>16}")
+          f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}{'best list':>13}{'service':>10}"
+          f"{'net of service':>16}")
     cents = lambda v: f"R$ {v:,.2f}" if v == v else "-"  # noqa: E731
     for r in t.itertuples():
         ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
@@ -388,6 +391,7 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
               f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
               f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else float('nan'):>9.3f}"
+              f"{brl(getattr(r, 'oracle_best_net', float('nan'))):>13}"
               f"{cents(service):>10}{brl(getattr(r, 'net_after_service', float('nan'))):>16}")
     return EXIT_OK
 

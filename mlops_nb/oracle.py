@@ -22,7 +22,7 @@ from .value import (break_even_probability, budget_contacts, contact_policy, cos
                             months_count)
 
 # %% auto #0
-__all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'oracle_truth']
+__all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'simulated_offer_values', 'oracle_truth']
 
 # %% ../nbs/42_oracle.ipynb #826ed0d7
 def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings, n_months: int) -> dict[str,
@@ -120,6 +120,16 @@ def feature_ceiling(train: pd.DataFrame,         # training rows (model inputs a
         ]
     )
     return model.fit(train[ok], np.log(p / (1 - p))).predict(test)
+
+# %% ../nbs/42_oracle.ipynb #simval02
+def simulated_offer_values(truth: pd.DataFrame,   # the oracle's rows: uplift and segment
+                           charter: CharterSettings) -> np.ndarray:
+    "Per customer, the expected value (BRL) of listing them for the offer under the simulator's own mechanics."
+    from mlops_nb.people import SEGMENTS
+    from mlops_nb.world import ACCEPT_P, CONTACT_RATE
+    accept = pd.Series(ACCEPT_P, index=list(SEGMENTS)).reindex(truth["segment"].astype(str)).to_numpy(float)
+    return (CONTACT_RATE * truth["uplift"].to_numpy(float) * charter.customer_value - charter.contact_cost
+            - CONTACT_RATE * accept * charter.offer_cost)
 
 # %% ../nbs/42_oracle.ipynb #37fb4da8
 def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec,

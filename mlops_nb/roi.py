@@ -13,13 +13,16 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .catalog import (TABLE_ACTIONS, TABLE_FEATURES, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS,
                               TABLE_STAGING_SCHEMA)
 from .contracts import has_columns, read_feature_spec, table_exists
+from .oracle import simulated_offer_values
 from .settings import CharterSettings, Settings
 from .stats import _z, newcombe_difference
+from .value import budget_contacts
 
 # %% auto #0
 __all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'month_roi', 'to_date_roi', 'oracle_month', 'roi_rows', 'store_roi',
@@ -33,7 +36,7 @@ ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figu
         "uplift_upper DOUBLE, relative_reduction DOUBLE, target DOUBLE, retained DOUBLE, retained_lower DOUBLE, "
         "retained_upper DOUBLE, value_retained DOUBLE, accepted BIGINT, campaign_cost DOUBLE, net_value DOUBLE, "
         "net_lower DOUBLE, net_upper DOUBLE, roi DOUBLE, expected_retained DOUBLE, expected_net DOUBLE, "
-        "oracle_uplift DOUBLE, oracle_retained DOUBLE, oracle_net DOUBLE, service_cost DOUBLE, "
+        "oracle_uplift DOUBLE, oracle_retained DOUBLE, oracle_net DOUBLE, oracle_best_net DOUBLE, service_cost DOUBLE, "
         "net_after_service DOUBLE, computed_in VARCHAR"
     ).split(", ") for c, t in [part.split()]
 }
@@ -113,6 +116,7 @@ def to_date_roi(months: Sequence[dict[str, Any]], charter: CharterSettings, conf
     rate_control = sum(m["churn_control"] * m["control"] for m in ok) / held if held else math.nan  # pooled
     net = lambda u: u * n * value - cost  # noqa: E731
     truth = total("oracle_retained") if ok and all("oracle_retained" in m for m in ok) else math.nan
+    best = total("oracle_best_net") if ok and all("oracle_best_net" in m for m in ok) else math.nan
     return dict(contacted=n, control=held,
                 churn_contacted=math.nan, churn_control=rate_control, uplift=uplift, uplift_lower=uplift - half,
                 uplift_upper=uplift + half, relative_reduction=uplift / rate_control if rate_control > 0 else math.nan,
@@ -122,19 +126,27 @@ def to_date_roi(months: Sequence[dict[str, Any]], charter: CharterSettings, conf
                 campaign_cost=cost, net_value=net(uplift), net_lower=net(uplift - half), net_upper=net(uplift + half),
                 roi=net(uplift) / cost if cost > 0 else math.nan, expected_retained=total("expected_retained"),
                 expected_net=total("expected_net"), oracle_retained=truth, oracle_uplift=truth / n if n else math.nan,
+                oracle_best_net=best,
                 policy=", ".join(sorted({p for m in ok for p in m["policy"].split(", ")})),
                 versions=", ".join(sorted({v for m in ok for v in m["versions"].split(", ")})))
 
 # %% ../nbs/48_roi.ipynb #48ef0017
 def oracle_month(cfg: Settings, month: str) -> dict[str, float] | None:
-    "The simulator's true effect of month `month`'s contact list (None without an oracle or a list)."
+    """The simulator's true effect of month `month`'s contact list, and the value of the best list the same budget
+    could have bought (None without an oracle or a list)."""
     f = Path(cfg.paths.oracle) / "truth" / f"month={month}" / "truth.parquet"
     if not f.exists(): return None
-    t = pd.read_parquet(f, columns=["policy_listed", "treated", "uplift"])
+    t = pd.read_parquet(f, columns=["policy_listed", "treated", "uplift", "segment", "in_campaign"])
     listed = t[t.policy_listed.fillna(False).astype(bool)]
     if not len(listed): return None
     retained = float((listed.treated.astype(float) * listed.uplift).sum())
-    return dict(oracle_uplift=retained / len(listed), oracle_retained=retained)
+    # the best list: the customers the policy could list (not in the exploration campaign) whose listing is worth most
+    free = t[~t.in_campaign.fillna(False).astype(bool)]
+    worth = np.sort(simulated_offer_values(free, cfg.charter))[::-1]
+    k = budget_contacts(cfg.charter)
+    best = worth[:k] if k is not None else worth
+    return dict(oracle_uplift=retained / len(listed), oracle_retained=retained,
+                oracle_best_net=float(best[best > 0].sum()))
 
 # %% ../nbs/48_roi.ipynb #48ef0019
 def roi_rows(cfg: Settings, selected: pd.DataFrame, computed_in: str = "",
@@ -177,9 +189,10 @@ def store_roi(con, rows: pd.DataFrame) -> None:
 def stored_truths(con) -> dict[str, dict[str, float]]:
     "The oracle figures roi.months already holds, by month: a resolved month's truth never changes, so it is read once."
     if not table_exists(con, TABLE_ROI_MONTHS): return {}
-    rows = con.execute(f"SELECT month, oracle_uplift, oracle_retained FROM {TABLE_ROI_MONTHS} WHERE scope = 'month' "
-                       "AND oracle_retained IS NOT NULL").fetchall()
-    return {m: dict(oracle_uplift=u, oracle_retained=r) for m, u, r in rows}
+    if not has_columns(con, TABLE_ROI_MONTHS, ("oracle_best_net",)): return {}   # from before: read them again
+    rows = con.execute(f"SELECT month, oracle_uplift, oracle_retained, oracle_best_net FROM {TABLE_ROI_MONTHS} WHERE "
+                       "scope = 'month' AND oracle_retained IS NOT NULL AND oracle_best_net IS NOT NULL").fetchall()
+    return {m: dict(oracle_uplift=u, oracle_retained=r, oracle_best_net=b) for m, u, r, b in rows}
 
 def service_costs(con) -> dict[str, float]:
     "What running the service cost in each operated month (ops.service_costs, `58_costs`), by month."
@@ -201,7 +214,8 @@ def roi_metrics(rows: pd.DataFrame, month: str) -> dict[str, float]:
         r = rows[(rows.month == month) & (rows.scope == scope)]
         if len(r):
             for k in ("uplift", "uplift_lower", "uplift_upper", "relative_reduction", "retained", "net_value", "roi",
-                      "expected_net", "oracle_uplift", "service_cost", "net_after_service"):
+                      "expected_net", "oracle_uplift", "oracle_net", "oracle_best_net", "service_cost",
+                      "net_after_service"):
                 v = r.iloc[0][k]
                 if v is not None and v == v: out[prefix + k] = float(v)
     return out

@@ -21,16 +21,14 @@ import pandas as pd
 
 from .catalog import ART_UPLIFT_STUDY, VERB_UPLIFT
 from .contracts import FeatureSpec
-from .oracle import oracle_truth
-from .people import SEGMENTS
+from .oracle import oracle_truth, simulated_offer_values
 from .settings import CharterSettings, Settings
 from .uplift import UpliftModel, fit_uplift, policy_value, qini_coefficient, qini_curve, randomised_rows
 from .value import expected_profit
-from .world import ACCEPT_P, CONTACT_RATE
 
 # %% auto #0
-__all__ = ['UPLIFT_FAMILIES', 'split_customers', 'offer_pays', 'risk_decisions', 'simulated_values', 'UpliftStudy',
-           'uplift_study', 'run_uplift_study']
+__all__ = ['UPLIFT_FAMILIES', 'split_customers', 'offer_pays', 'risk_decisions', 'UpliftStudy', 'uplift_study',
+           'run_uplift_study']
 
 # %% ../nbs/72_uplift_study.ipynb #ust00005
 def split_customers(rows: pd.DataFrame, spec: FeatureSpec, seed: int, share: float) -> np.ndarray:
@@ -59,13 +57,6 @@ def risk_decisions(cfg: Settings, rows: pd.DataFrame, spec: FeatureSpec,
     model = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model}/{v.version}")
     out = model.predict(rows[list(model.unwrap_python_model().spec.features)])
     return out["decision"].to_numpy(bool), f"version {v.version} (production)"
-
-# %% ../nbs/72_uplift_study.ipynb #ust00008
-def simulated_values(truth: pd.DataFrame, charter: CharterSettings) -> np.ndarray:
-    "Per row, what offering is worth under the simulator's mechanics (reach, true uplift, acceptance by segment)."
-    accept = pd.Series(ACCEPT_P, index=list(SEGMENTS)).reindex(truth["segment"].astype(str)).to_numpy(float)
-    return (CONTACT_RATE * truth["uplift"].to_numpy(float) * charter.customer_value - charter.contact_cost
-            - CONTACT_RATE * accept * charter.offer_cost)
 
 # %% ../nbs/72_uplift_study.ipynb #ust00009
 @dataclass
@@ -129,7 +120,7 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
                         value(up, risk), curve=qini_curve(u, y, t).to_dict("records"))
     truth = oracle_truth(cfg, held, spec, extra=("segment",))
     if truth is not None and truth["uplift"].notna().all():
-        sim = simulated_values(truth, cfg.charter)
+        sim = simulated_offer_values(truth, cfg.charter)
         best = sim > 0
         study.oracle = dict(uplift_policy=float(np.mean(up * sim)), risk_policy=float(np.mean(risk * sim)),
                             oracle_policy=float(np.mean(best * sim)),

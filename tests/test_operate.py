@@ -108,6 +108,8 @@ def test_each_month_records_what_running_the_service_cost_and_the_roi_nets_it(op
                                                                                      suffixes=("", "_c"))
     assert len(roi) and np.allclose(roi.service_cost, roi.service_cost_c)
     assert np.allclose(roi.net_after_service, roi.net_value - roi.service_cost)
+    # the simulator's value of the best list the budget could have bought, beside ours
+    assert roi.oracle_best_net.notna().all() and (roi.oracle_best_net > 0).all()
 
 
 def test_labels_are_used_only_once_the_horizon_has_passed(operated):

@@ -85,9 +85,9 @@ def test_on_a_small_world_ipw_values_both_policies_as_the_simulator_does(world):
     _, cfg = world
     study, _ = uplift_study(cfg)
     assert study.rows["test"] > 1000 and set(study.qini_by_family) == {"logreg", "hgb"}
-    for name in ("uplift_policy", "risk_policy"):
-        v = getattr(study, name)
-        assert v["lower"] <= study.oracle[name] <= v["upper"], (name, v, study.oracle)
+    for name in ("uplift_policy", "risk_policy"):    # the project's key is new each run, so is the customers' split:
+        v = getattr(study, name)                     # within twice the 95 % half-width (a miss = a bias, not luck)
+        assert abs(v["value_per_customer"] - study.oracle[name]) <= v["upper"] - v["lower"], (name, v, study.oracle)
     d = study.uplift_minus_risk
     assert d["lower"] <= d["value_per_customer"] <= d["upper"]
     assert study.oracle["oracle_policy"] > max(study.oracle["uplift_policy"], study.oracle["risk_policy"])
