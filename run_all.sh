@@ -4,7 +4,8 @@
 #   ./run_all.sh                 set up, then run the lifecycle on the built-in synthetic lake's history months
 #                                and operate the months after them (`mlops-nb operate`)
 #   ./run_all.sh -p KEY VALUE    same, with a setting or parameter overridden (see `mlops-nb run --help`)
-#   ./run_all.sh --test          set up, then run all tests (nbdev export check, nbdev-test, pytest)
+#   ./run_all.sh --test          set up, then run all tests (nbdev export check, nbdev-test, pytest; Debian's
+#                                chromium is installed for the browser tests if it is missing)
 #   ./run_all.sh --help          this text
 #
 # Set-up creates .venv (if missing) with Python >= 3.11, installs the pinned set in requirements.lock
@@ -30,7 +31,7 @@ export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'run_all.sh: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n "2,14p" "$0" | sed "s/^# \{0,1\}//"; }
+usage() { sed -n "2,15p" "$0" | sed "s/^# \{0,1\}//"; }
 
 MODE=run
 ARGS=()
@@ -96,10 +97,26 @@ run_lifecycle() {
   fi
   say "the campaigns measured against their control groups (mlops-nb roi)"
   "$VENV/bin/mlops-nb" roi || true   # nothing measured yet is not a failure of the run
+  say "the stakeholders' pages as HTML under reports/dashboards/ (mlops-nb dashboards --export; serve: mlops-nb dashboards)"
+  "$VENV/bin/mlops-nb" dashboards --export --mlflow >/dev/null || die "exporting the dashboards failed (named above)"
   say "clear personal data only in the vault (mlops-nb pii scan); the audit trail intact (mlops-nb audit verify)"
   "$VENV/bin/mlops-nb" pii scan
   "$VENV/bin/mlops-nb" audit verify
   say "done: executed notebooks under reports/runs/; monitor snapshots in data/monitor/; MLflow UI: .venv/bin/mlops-nb ui"
+}
+
+ensure_browser() {
+  # the dashboard tests drive Debian's chromium headless (Playwright cannot download its own browser here)
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's chromium for the dashboard tests (apt-get install chromium)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; } \
+      || die "could not install chromium: run apt-get install chromium, then this command again"
+  else
+    die "the dashboard tests need Debian's chromium: run \`sudo apt-get install chromium\`, then this command again"
+  fi
 }
 
 run_tests() {
@@ -131,6 +148,7 @@ run_tests() {
     esac
     prev="$a"
   done
+  ensure_browser
   say "pytest ${xdist[*]:-}"
   "$VENV/bin/python" -m pytest tests "${xdist[@]+"${xdist[@]}"}" "${ARGS[@]+"${ARGS[@]}"}" || die "pytest failed"
   say "all tests passed"

@@ -37,8 +37,8 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['DEFAULT_ALERT_RULES', 'AlertRulesError', 'AlertsError', 'AlertRule', 'parse_alert_rules', 'load_alert_rules',
-           'alert_rules', 'Check', 'check_rule', 'Incident', 'open_incidents', 'DeliveryError', 'alert_payload',
-           'send_webhook', 'send_email', 'AlertOutcome', 'process_alerts', 'read_alert_log']
+           'alert_rules', 'Check', 'check_rule', 'Incident', 'all_incidents', 'open_incidents', 'DeliveryError',
+           'alert_payload', 'send_webhook', 'send_email', 'AlertOutcome', 'process_alerts', 'read_alert_log']
 
 # %% ../nbs/62_alerts.ipynb #62a1e006
 class AlertRulesError(SettingsError):
@@ -344,9 +344,13 @@ def _replay(records: Sequence[Mapping[str, Any]],
     return states, incidents
 
 # %% ../nbs/62_alerts.ipynb #62a1e027
+def all_incidents(cfg: Settings) -> list[Incident]:
+    "Every incident, open or resolved, replayed from the alert log (the monitoring dashboard's list)."
+    return list(_replay(_records(cfg))[1].values())
+
 def open_incidents(cfg: Settings) -> list[Incident]:
     "The incidents open now, replayed from the alert log (for dashboards and the operate loop)."
-    return [i for i in _replay(_records(cfg))[1].values() if i.resolved is None]
+    return [i for i in all_incidents(cfg) if i.resolved is None]
 
 # %% ../nbs/62_alerts.ipynb #62a1e029
 class DeliveryError(RuntimeError):

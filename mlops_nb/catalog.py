@@ -33,26 +33,27 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF', 'ART_TRAIN_KEYS', 'ART_EVALUATION_DIR',
            'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_DOCUMENTS_DIR',
            'ART_IMPORTANCE', 'ART_GATE_DECISION', 'ART_GATE_OVERRIDE', 'ART_REGISTER', 'ART_REFERENCE_PROFILE',
-           'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML', 'ART_UPLIFT_STUDY', 'AUDIT_TRAIN_FINISHED',
-           'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED',
-           'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION',
-           'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED', 'AUDIT_ALERT_RESOLVED',
-           'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK', 'AUDIT_DATA_RELEASED',
-           'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED', 'AUDIT_QUALITY_VERDICT',
-           'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED', 'AUDIT_SUBJECT_ERASED', 'AUDIT_SUBJECT_CORRECTED',
-           'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD',
-           'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART',
-           'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
-           'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
-           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS',
-           'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER',
-           'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING',
-           'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER',
-           'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE',
-           'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'ENV_SETTINGS', 'ENV_ACTOR',
-           'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT',
-           'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW',
-           'VERB_UPLIFT', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML', 'ART_UPLIFT_STUDY', 'ART_DASHBOARDS_DIR',
+           'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
+           'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
+           'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
+           'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
+           'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED',
+           'AUDIT_QUALITY_VERDICT', 'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED', 'AUDIT_SUBJECT_ERASED',
+           'AUDIT_SUBJECT_CORRECTED', 'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS',
+           'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION',
+           'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK',
+           'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS',
+           'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS',
+           'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS',
+           'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION',
+           'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
+           'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
+           'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
+           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI',
+           'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT',
+           'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -224,6 +225,8 @@ ART_MONITOR_DRIFT_HTML = name("artifact", "monitor/drift_report.html", "monitor"
                               "Evidently's data-drift report of the month")
 ART_UPLIFT_STUDY = name("artifact", "uplift/study.json", "uplift_study", "people, dashboards",
                         "the uplift learner judged against the risk policy on held-out randomised customers")
+ART_DASHBOARDS_DIR = name("artifact", "dashboards", "dashboards", "people",
+                          "the stakeholders' pages exported as static HTML (for e-mail)")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a121
 AUDIT_TRAIN_FINISHED = name("audit", "train.finished", "train", "people", "a train run ended: its candidates")
@@ -343,6 +346,8 @@ SECTION_OPERATE = name("section", "operate", "settings", "campaign, operate", "t
 SECTION_ALERTS = name("section", "alerts", "settings", "alerts", "alert rules and where alerts go")
 SECTION_COMPUTE = name("section", "compute", "settings", "compute, contracts, train, score, api",
                        "thread pools sized to the CPUs free")
+SECTION_DASHBOARDS = name("section", "dashboards", "settings", "dashboards, cli",
+                          "the stakeholders' Voila pages: port and language")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a131
 ENV_SETTINGS = name("env", "MLOPS_SETTINGS", "cli, api", "api workers", "the settings file (default ./settings.ini)")
@@ -372,6 +377,8 @@ VERB_SUBJECT = name("verb", "subject", "cli", "the data-protection officer",
 VERB_REVIEW = name("verb", "review", "cli", "the data-protection officer, customers",
                    "review an automated decision by its request id (LGPD art. 20): version, explanation, how to "
                    "contest")
+VERB_DASHBOARDS = name("verb", "dashboards", "cli", "the business, the data-protection officer, the data team",
+                       "serve the Voila pages (monitoring, bias, ROI, governance) on 127.0.0.1, or export them as HTML")
 VERB_UPLIFT = name("verb", "uplift", "cli", "the business, data scientists",
                    "learn the offer's effect from the exploration campaigns and compare targeting by it with "
                    "targeting by risk, tracked in MLflow")

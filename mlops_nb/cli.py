@@ -21,6 +21,7 @@ from mlops_nb.catalog import (
     ENV_SETTINGS,
     STATUS_STAGING,
     VERB_AUDIT,
+    VERB_DASHBOARDS,
     VERB_OPERATE,
     VERB_PII,
     VERB_REVIEW,
@@ -33,7 +34,8 @@ from .settings import SettingsError, load_settings, render_settings
 # %% auto #0
 __all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings',
            'cmd_ui', 'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'cmd_subject', 'cmd_review', 'cmd_uplift', 'main']
+           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'cmd_subject', 'cmd_review', 'cmd_dashboards',
+           'cmd_uplift', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -339,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "the simulator's own valuation beside it on synthetic data). Tracked as an MLflow run.")
     up.add_argument("--json", action="store_true", help="the whole study as JSON")
     up.set_defaults(func=cmd_uplift)
+    db = sub.add_parser(VERB_DASHBOARDS, help="serve the stakeholders' pages on 127.0.0.1, or export them as HTML",
+                        description="Serve the Voila pages (monitoring, bias, ROI, governance; a landing page links "
+                        "them) on 127.0.0.1 at [dashboards] port, reading only what the runs published; or, with "
+                        "--export, write them as self-contained HTML under reports/dashboards/ (for e-mail).")
+    db.add_argument("--port", type=int, default=None, help="TCP port (default: [dashboards] port)")
+    db.add_argument("--export", action="store_true", help="write the pages as HTML instead of serving them")
+    db.add_argument("--mlflow", action="store_true", help="with --export: also log the pages to MLflow")
+    db.set_defaults(func=cmd_dashboards)
     _add_audit_parser(sub)
     _add_subject_parser(sub)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
@@ -380,19 +390,8 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
               file=sys.stderr)
         return EXIT_FAILED
     if args.csv: t.to_csv(sys.stdout, index=False); return EXIT_OK
-    brl = lambda v: f"R$ {v:,.0f}" if v == v else "-"  # noqa: E731
-    print(f"{'month':<9}{'scope':<9}{'listed':>8}{'control':>8}{'uplift (95% CI)':>26}{'retained':>10}"
-          f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}{'best list':>13}{'service':>10}"
-          f"{'net of service':>16}")
-    cents = lambda v: f"R$ {v:,.2f}" if v == v else "-"  # noqa: E731
-    for r in t.itertuples():
-        ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
-        service = getattr(r, "service_cost", float("nan"))          # snapshots from before the service's cost
-        print(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
-              f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
-              f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else float('nan'):>9.3f}"
-              f"{brl(getattr(r, 'oracle_best_net', float('nan'))):>13}"
-              f"{cents(service):>10}{brl(getattr(r, 'net_after_service', float('nan'))):>16}")
+    from mlops_nb.roi import roi_table_text
+    print(roi_table_text(t))
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #aud1tc11
@@ -554,6 +553,18 @@ def cmd_review(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #upl0cli1
+def cmd_dashboards(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Serve the pages until interrupted, or export them."
+    from mlops_nb.dashboards import export_pages, pages_folder, serve_pages
+    cfg = load_settings(_settings_path(args))
+    if args.export:
+        for f in export_pages(cfg, log_to_mlflow=args.mlflow): print(f)
+        return EXIT_OK
+    port = args.port or cfg.dashboards.port
+    print(f"dashboards of {pages_folder(cfg)} at http://127.0.0.1:{port}/voila/render/index.ipynb (Ctrl-C stops)")
+    serve_pages(cfg, port)        # becomes the Voila server
+    return EXIT_OK
+
 def cmd_uplift(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Run the uplift study and print what it found."
     from mlops_nb.uplift_study import run_uplift_study

@@ -26,7 +26,7 @@ from .value import budget_contacts
 
 # %% auto #0
 __all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'month_roi', 'to_date_roi', 'oracle_month', 'roi_rows', 'store_roi',
-           'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics']
+           'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics', 'roi_table_text']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -219,3 +219,21 @@ def roi_metrics(rows: pd.DataFrame, month: str) -> dict[str, float]:
                 v = r.iloc[0][k]
                 if v is not None and v == v: out[prefix + k] = float(v)
     return out
+
+# %% ../nbs/48_roi.ipynb #48ef00tx
+def roi_table_text(t: pd.DataFrame) -> str:
+    "roi.months as the fixed-width table `mlops-nb roi` prints (money rounded to reais; the service's cost to cents)."
+    nan = float("nan")
+    brl = lambda v: f"R$ {v:,.0f}" if v == v else "-"  # noqa: E731
+    cents = lambda v: f"R$ {v:,.2f}" if v == v else "-"  # noqa: E731
+    lines = [f"{'month':<9}{'scope':<9}{'listed':>8}{'control':>8}{'uplift (95% CI)':>26}{'retained':>10}"
+             f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}{'best list':>13}{'service':>10}"
+             f"{'net of service':>16}"]
+    for r in t.itertuples():
+        ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
+        lines.append(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
+                     f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
+                     f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else nan:>9.3f}"
+                     f"{brl(getattr(r, 'oracle_best_net', nan)):>13}"       # snapshots from before these columns
+                     f"{cents(getattr(r, 'service_cost', nan)):>10}{brl(getattr(r, 'net_after_service', nan)):>16}")
+    return "\n".join(lines)

@@ -17,7 +17,7 @@ from .catalog import ALIAS_CHAMPION
 # %% auto #0
 __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'LakeSettings', 'CharterSettings', 'PrivacySettings',
            'QualitySettings', 'FeaturesSettings', 'ByodSettings', 'TrainSettings', 'GateSettings', 'ApiSettings',
-           'OperateSettings', 'AlertsSettings', 'ComputeSettings']
+           'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
 SETTINGS_VERSION = 7   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
@@ -402,3 +402,11 @@ class ComputeSettings:
                                             "BRL per GB-month of storage (object storage is about US$ 0.023): prices "
                                             "the lake, warehouse, prediction log and MLflow store in the ROI", lo=0.0,
                                             since=7)
+
+# %% ../nbs/01_sections.ipynb #dashset1
+@dataclass(frozen=True)
+class DashboardsSettings:
+    "The stakeholders' pages (`mlops-nb dashboards`): where they are served and in which language."
+    SINCE: ClassVar[int] = 7
+    port: int = setting(8866, "TCP port of the Voila server (it listens on 127.0.0.1 only)", lo=1, hi=65535)
+    language: str = setting("pt", "the pages' language: pt (Portuguese) or en (English)", choices=("pt", "en"))

@@ -28,6 +28,7 @@ from mlops_nb.catalog import (
                               SECTION_BYOD,
                               SECTION_CHARTER,
                               SECTION_COMPUTE,
+                              SECTION_DASHBOARDS,
                               SECTION_FEATURES,
                               SECTION_GATE,
                               SECTION_LAKE,
@@ -42,6 +43,7 @@ from mlops_nb.sections import (
     SETTINGS_VERSION,
     AlertsSettings,
     ComputeSettings,
+    DashboardsSettings,
     ApiSettings,
     ByodSettings,
     CharterSettings,
@@ -74,7 +76,8 @@ SECTIONS: dict[str, type] = {   # the names are the catalog's (every room reads 
     SECTION_CHARTER: CharterSettings,
     SECTION_PRIVACY: PrivacySettings, SECTION_QUALITY: QualitySettings, SECTION_FEATURES: FeaturesSettings,
     SECTION_BYOD: ByodSettings, SECTION_TRAIN: TrainSettings, SECTION_GATE: GateSettings, SECTION_API: ApiSettings,
-    SECTION_OPERATE: OperateSettings, SECTION_ALERTS: AlertsSettings, SECTION_COMPUTE: ComputeSettings}
+    SECTION_OPERATE: OperateSettings, SECTION_ALERTS: AlertsSettings, SECTION_COMPUTE: ComputeSettings,
+    SECTION_DASHBOARDS: DashboardsSettings}
 
 @dataclass(frozen=True)
 class Settings:
@@ -93,6 +96,7 @@ class Settings:
     operate: OperateSettings
     alerts: AlertsSettings
     compute: ComputeSettings
+    dashboards: DashboardsSettings
     source: Path  # the settings file this was read from
     # `<section>.<key>` the file lacked and a later version added: filled from the defaults
     defaulted: tuple[str, ...] = ()
