@@ -143,8 +143,8 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     months = snapshot(cfg, TABLE_MONITOR_MONTHS)
     out: list[Block] = [("h1", label(lang, "monitoring"))]
     if months.empty: return out + [("p", label(lang, "nothing"))]
-    cols = [c for c in ("month", "status", "version", "scored", "contacted", "inputs_drifted", "alerts_raised",
-                        "retrain", "held_back") if c in months.columns]
+    cols = [c for c in ("month", "status", "version", "scored", "contacted", "quality_passed", "held_back",
+                        "inputs_drifted", "alerts_raised", "retrain") if c in months.columns]
     out += [("h2", label(lang, "months")), ("table", months[cols])]
     drift = snapshot(cfg, TABLE_MONITOR_DRIFT)
     if len(drift):
