@@ -37,26 +37,137 @@ __all__ = ['LABELS', 'Block', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'sn
 # %% ../nbs/73_dashboards.ipynb #dsh00005
 LABELS: dict[str, dict[str, str]] = {
     "pt": {
-        "monitoring": "Monitoramento do serviço", "bias": "Equidade entre grupos", "roi": "Retorno da campanha",
-        "governance": "Governança e proteção de dados", "index": "Painéis do mlops-nb",
-        "how": "Como ler esta página", "nothing": "Nada publicado ainda: opere um mês (`mlops-nb operate`).",
-        "months": "Meses operados", "drift": "Deriva dos dados de entrada", "performance": "Desempenho do modelo",
-        "alerts": "Alertas", "versions": "Versões do modelo, retreinos e reversões",
-        "fairness": "Diferenças entre grupos, por mês", "mitigation": "Mitigação em vigor",
-        "value": "Valor líquido por mês", "cumulative": "Valor acumulado", "uplift": "Efeito medido da oferta",
-        "costs": "Custo de operar o serviço", "trail": "Trilha de auditoria", "requests": "Pedidos de titulares",
-        "promotions": "Promoções, exceções e reversões", "documents": "Documentos da versão em produção",
+        "monitoring": "Monitoramento do serviço",
+        "bias": "Equidade entre grupos",
+        "roi": "Retorno da campanha",
+        "governance": "Governança e proteção de dados",
+        "index": "Painéis do mlops-nb",
+        "how": "Como ler esta página",
+        "nothing": "Nada publicado ainda: opere um mês (`mlops-nb operate`).",
+        "months": "Meses operados",
+        "drift": "Deriva dos dados de entrada",
+        "performance": "Desempenho do modelo",
+        "alerts": "Alertas",
+        "versions": "Versões do modelo, retreinos e reversões",
+        "fairness": "Diferenças entre grupos, por mês",
+        "mitigation": "Mitigação em vigor",
+        "value": "Valor líquido por mês",
+        "cumulative": "Valor acumulado",
+        "uplift": "Efeito medido da oferta",
+        "costs": "Custo de operar o serviço",
+        "trail": "Trilha de auditoria",
+        "requests": "Pedidos de titulares",
+        "promotions": "Promoções, exceções e reversões",
+        "documents": "Documentos da versão em produção",
+        "cap_drift": (
+            "Cada linha é uma entrada do modelo; a cor é a distância do mês à referência dividida pelo limiar dela: "
+            "verde está longe do limiar, vermelho passou dele."),
+        "cap_performance": (
+            "A AUC estimada sem rótulos quando o mês é pontuado (tracejada) e a realizada quando os rótulos chegam, "
+            "com intervalos de 95%."),
+        "how_monitoring": (
+            "Um mês saudável tem estado ok, poucas entradas em vermelho e a AUC realizada dentro do intervalo da "
+            "estimada. Um alerta abre um incidente que fica aberto até a regra deixar de valer; um retreino cria uma "
+            "versão que só serve se passar pelo portão."),
+        "cap_fairness": (
+            "Para cada atributo sensível, a maior diferença entre grupos na taxa de seleção e na taxa de verdadeiros "
+            "positivos (clientes que iam sair e receberam a oferta), com intervalos de 95%, contra o limite do "
+            "contrato (pontilhado)."),
+        "no_mitigation": "Nenhuma: as decisões do modelo são servidas.",
+        "how_bias": (
+            "Uma diferença abaixo do limite, com o intervalo também abaixo, é o objetivo. Um intervalo largo quer "
+            "dizer grupos pequenos: o número é incerto, não necessariamente ruim. A mitigação, se houver, usa o "
+            "atributo só na decisão, nunca como entrada do modelo."),
+        "roi_to_date": (
+            "Até {month}: {contacted:,} clientes contatados, valor líquido R$ {net:,.0f} (IC 95% {lo:,.0f} a "
+            "{hi:,.0f}); redução de cancelamento {reached:.0%} contra a meta de {target:.0%}."),
+        "cap_value": (
+            "Barras: o valor líquido realizado de cada campanha, medido contra o grupo de controle (IC 95%); traço: o"
+            " esperado pelo modelo; no mundo sintético, o valor verdadeiro e o da melhor lista que o orçamento "
+            "compraria."),
+        "cap_cumulative": (
+            "O valor acumulado desde o primeiro mês medido, e depois de descontar o custo de operar o serviço."),
+        "how_roi": (
+            "O efeito é a diferença de cancelamento entre o grupo de controle (sorteado entre os selecionados, não "
+            "contatado) e os contatados: é o que a campanha evitou. Um intervalo que inclui zero quer dizer que ainda"
+            " não se pode afirmar que a campanha paga."),
+        "trail_ok": "Íntegra: {entries} registros, cadeia e ponto de controle com chave verificados.",
+        "trail_problem": "PROBLEMA: {problem}",
+        "how_governance": (
+            "A trilha é encadeada por hashes e tem um ponto de controle com chave guardada fora do projeto: qualquer "
+            "edição, remoção ou truncamento é apontado aqui. Os pedidos de titulares (acesso, correção, eliminação, "
+            "revisão) aparecem com seu estado; os documentos descrevem o tratamento da versão que decide hoje."),
+        "no_alert": "Nenhum alerta.",
+        "no_request": "Nenhum pedido.",
+        "nothing_yet": "Nada ainda.",
+        "no_production": "Nenhuma versão em produção.",
+        "moved": "{names} muda porque a campanha contata clientes: foi o serviço que agiu, não o mundo que mudou.",
     },
     "en": {
-        "monitoring": "Service monitoring", "bias": "Fairness between groups", "roi": "Return on the campaign",
-        "governance": "Governance and data protection", "index": "mlops-nb dashboards",
-        "how": "How to read this page", "nothing": "Nothing published yet: operate a month (`mlops-nb operate`).",
-        "months": "Operated months", "drift": "Drift of the input data", "performance": "Model performance",
-        "alerts": "Alerts", "versions": "Model versions, retrainings and rollbacks",
-        "fairness": "Gaps between groups, by month", "mitigation": "Mitigation in force",
-        "value": "Net value by month", "cumulative": "Cumulative value", "uplift": "Measured effect of the offer",
-        "costs": "Cost of running the service", "trail": "Audit trail", "requests": "Data-subject requests",
-        "promotions": "Promotions, overrides and rollbacks", "documents": "Documents of the production version",
+        "monitoring": "Service monitoring",
+        "bias": "Fairness between groups",
+        "roi": "Return on the campaign",
+        "governance": "Governance and data protection",
+        "index": "mlops-nb dashboards",
+        "how": "How to read this page",
+        "nothing": "Nothing published yet: operate a month (`mlops-nb operate`).",
+        "months": "Operated months",
+        "drift": "Drift of the input data",
+        "performance": "Model performance",
+        "alerts": "Alerts",
+        "versions": "Model versions, retrainings and rollbacks",
+        "fairness": "Gaps between groups, by month",
+        "mitigation": "Mitigation in force",
+        "value": "Net value by month",
+        "cumulative": "Cumulative value",
+        "uplift": "Measured effect of the offer",
+        "costs": "Cost of running the service",
+        "trail": "Audit trail",
+        "requests": "Data-subject requests",
+        "promotions": "Promotions, overrides and rollbacks",
+        "documents": "Documents of the production version",
+        "cap_drift": (
+            "Each row is one of the model's inputs; the colour is the month's distance from the reference over its "
+            "threshold: green is far below it, red is past it."),
+        "cap_performance": (
+            "The AUC estimated without labels when the month is scored (dashed) and realised once its labels arrive, "
+            "with 95% intervals."),
+        "how_monitoring": (
+            "A healthy month has status ok, few red inputs and the realised AUC within the estimate's interval. An "
+            "alert opens an incident that stays open until its rule stops holding; a retraining makes a version that "
+            "serves only if it passes the gate."),
+        "cap_fairness": (
+            "For each sensitive attribute, the largest difference between groups in the selection rate and the true "
+            "positive rate (customers who would leave and were offered), with 95% intervals, against the charter's "
+            "limit (dotted)."),
+        "no_mitigation": "None: the model's own decisions are served.",
+        "how_bias": (
+            "A gap below the limit, its interval below too, is the goal. A wide interval means small groups: the "
+            "figure is uncertain, not necessarily bad. A mitigation, if any, uses the attribute only at decision "
+            "time, never as a model input."),
+        "roi_to_date": (
+            "To {month}: {contacted:,} customers contacted, net value R$ {net:,.0f} (95% CI {lo:,.0f} to {hi:,.0f}); "
+            "churn reduction {reached:.0%} against the target of {target:.0%}."),
+        "cap_value": (
+            "Bars: each campaign's realised net value, measured against its control group (95% CI); dash: what the "
+            "model expected; on the synthetic world, the true value and that of the best list the budget could buy."),
+        "cap_cumulative": (
+            "The value accumulated since the first measured month, and after the cost of running the service."),
+        "how_roi": (
+            "The effect is the churn difference between the control group (drawn at random from the selected, not "
+            "contacted) and the contacted: what the campaign prevented. An interval that includes zero means it "
+            "cannot yet be said that the campaign pays."),
+        "trail_ok": "Intact: {entries} entries, chain and keyed checkpoint verified.",
+        "trail_problem": "PROBLEM: {problem}",
+        "how_governance": (
+            "The trail is hash-chained with a checkpoint keyed outside the project: any edit, removal or truncation "
+            "is named here. Data-subject requests (access, correction, erasure, review) are listed with their status;"
+            " the documents describe the processing of the version deciding today."),
+        "no_alert": "No alert.",
+        "no_request": "No request.",
+        "nothing_yet": "Nothing yet.",
+        "no_production": "No version in production.",
+        "moved": "{names} moves because the campaign contacts customers: the service acted, the world did not change.",
     },
 }
 
@@ -127,19 +238,16 @@ def performance_plot(perf: pd.DataFrame) -> Figure:
     ax.set_ylabel("AUC"); ax.legend(fontsize=8); ax.tick_params(axis="x", labelsize=7)
     return fig
 
-def moved_note(pt: bool) -> str:
+def moved_note(lang: str) -> str:
     "The sentence on inputs the service's own campaign moves (red by design: the service acted, not the world)."
     from mlops_nb.features import POLICY_MOVED
     names = ", ".join(sorted(POLICY_MOVED))
-    return (f" {names} muda porque a campanha contata clientes: foi o serviço que agiu, não o mundo que mudou." if pt
-            else f" {names} moves because the campaign contacts customers: the service acted, the world did not "
-                 "change.")
+    return " " + label(lang, "moved").format(names=names)
 
 def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The monitoring page: months, drift heatmap, estimated vs realised performance, alerts, versions over time."
     from mlops_nb.alerts import all_incidents
     from mlops_nb.audit import read_events
-    pt = lang == "pt"
     months = snapshot(cfg, TABLE_MONITOR_MONTHS)
     out: list[Block] = [("h1", label(lang, "monitoring"))]
     if months.empty: return out + [("p", label(lang, "nothing"))]
@@ -148,23 +256,16 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     out += [("h2", label(lang, "months")), ("table", months[cols])]
     drift = snapshot(cfg, TABLE_MONITOR_DRIFT)
     if len(drift):
-        out += [("h2", label(lang, "drift")), ("fig", (drift_heatmap(drift), (
-            "Cada linha é uma entrada do modelo; a cor é a distância do mês à referência dividida pelo limiar dela: "
-            "verde está longe do limiar, vermelho passou dele." if pt else
-            "Each row is one of the model's inputs; the colour is the month's distance from the reference over its "
-            "threshold: green is far below it, red is past it.") + moved_note(pt)))]
+        out += [("h2", label(lang, "drift")),
+                ("fig", (drift_heatmap(drift), label(lang, "cap_drift") + moved_note(lang)))]
     perf = snapshot(cfg, TABLE_MONITOR_PERFORMANCE)
     if len(perf):
-        out += [("h2", label(lang, "performance")), ("fig", (performance_plot(perf), (
-            "A AUC estimada sem rótulos quando o mês é pontuado (tracejada) e a realizada quando os rótulos chegam, "
-            "com intervalos de 95%." if pt else
-            "The AUC estimated without labels when the month is scored (dashed) and realised once its labels arrive, "
-            "with 95% intervals.")))]
+        out += [("h2", label(lang, "performance")), ("fig", (performance_plot(perf), label(lang, "cap_performance")))]
     inc = all_incidents(cfg)
     out.append(("h2", label(lang, "alerts")))
     out.append(("table", pd.DataFrame([{"rule": i.rule, "severity": i.severity, "opened": i.opened,
                                         "months": len(i.months), "resolved": i.resolved or "open"} for i in inc]))
-               if inc else ("p", "Nenhum alerta." if pt else "No alert."))
+               if inc else ("p", label(lang, "no_alert")))
     served = [{"time": e.time[:16], "event": f"v{e.details.get('version')} → {e.details.get('to_status')}",
                "why": str(e.details.get("reason", ""))[:90]} for e in read_events(cfg, AUDIT_MODEL_STATUS)]
     served += [{"time": e.time[:16], "event": "rollback", "why": str(e.details.get("reason", ""))[:90]}
@@ -174,13 +275,7 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     if len(retrains):
         out.append(("table", retrains[[c for c in ("month", "status", "version", "approved", "promoted", "reason")
                                        if c in retrains.columns]]))
-    out += [("h2", label(lang, "how")), ("p", (
-        "Um mês saudável tem estado ok, poucas entradas em vermelho e a AUC realizada dentro do intervalo da estimada. "
-        "Um alerta abre um incidente que fica aberto até a regra deixar de valer; um retreino cria uma versão que só "
-        "serve se passar pelo portão." if pt else
-        "A healthy month has status ok, few red inputs and the realised AUC within the estimate's interval. An alert "
-        "opens an incident that stays open until its rule stops holding; a retraining makes a version that serves only "
-        "if it passes the gate."))]
+    out += [("h2", label(lang, "how")), ("p", label(lang, "how_monitoring"))]
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00013
@@ -214,31 +309,17 @@ def mitigation_in_force(cfg: Settings, version: str | None) -> str | None:
 
 def bias_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The bias page: gaps by group and month with intervals against the limit; the mitigation in force."
-    pt = lang == "pt"
     fair = snapshot(cfg, TABLE_MONITOR_FAIRNESS)
     out: list[Block] = [("h1", label(lang, "bias"))]
     if fair.empty: return out + [("p", label(lang, "nothing"))]
-    out += [("h2", label(lang, "fairness")), ("fig", (fairness_plot(fair), (
-        "Para cada atributo sensível, a maior diferença entre grupos na taxa de seleção e na taxa de verdadeiros "
-        "positivos (clientes que iam sair e receberam a oferta), com intervalos de 95%, contra o limite do contrato "
-        "(pontilhado)." if pt else
-        "For each sensitive attribute, the largest difference between groups in the selection rate and the true "
-        "positive rate (customers who would leave and were offered), with 95% intervals, against the charter's limit "
-        "(dotted).")))]
+    out += [("h2", label(lang, "fairness")), ("fig", (fairness_plot(fair), label(lang, "cap_fairness")))]
     last = fair[fair.month == fair.month.max()]
     out.append(("table", last[[c for c in ("month", "attribute", "metric", "difference", "lower", "upper", "limit",
                                            "over_limit", "groups") if c in last.columns]]))
     v = production_version(cfg)
     out += [("h2", label(lang, "mitigation")),
-            ("p", mitigation_in_force(cfg, v) or ("Nenhuma: as decisões do modelo são servidas." if pt else
-                                                   "None: the model's own decisions are served."))]
-    out += [("h2", label(lang, "how")), ("p", (
-        "Uma diferença abaixo do limite, com o intervalo também abaixo, é o objetivo. Um intervalo largo quer dizer "
-        "grupos pequenos: o número é incerto, não necessariamente ruim. A mitigação, se houver, usa o atributo só na "
-        "decisão, nunca como entrada do modelo." if pt else
-        "A gap below the limit, its interval below too, is the goal. A wide interval means small groups: the figure is "
-        "uncertain, not necessarily bad. A mitigation, if any, uses the attribute only at decision time, never as a "
-        "model input."))]
+            ("p", mitigation_in_force(cfg, v) or label(lang, "no_mitigation"))]
+    out += [("h2", label(lang, "how")), ("p", label(lang, "how_bias"))]
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00015
@@ -271,28 +352,16 @@ def cumulative_plot(roi: pd.DataFrame) -> Figure:
 
 def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The ROI page: value by month, to date (with the service's cost), the measured effect and the charter's target."
-    pt = lang == "pt"
     roi = snapshot(cfg, TABLE_ROI_MONTHS)
     out: list[Block] = [("h1", label(lang, "roi"))]
     if roi.empty: return out + [("p", label(lang, "nothing"))]
     last = roi[roi.scope == "to_date"].sort_values("month").iloc[-1]
     target, reached = float(last.target), float(last.relative_reduction)
-    out.append(("p", (f"Até {last.month}: {int(last.contacted):,} clientes contatados, valor líquido R$ "
-                      f"{last.net_value:,.0f} (IC 95% {last.net_lower:,.0f} a {last.net_upper:,.0f}); redução de "
-                      f"cancelamento {reached:.0%} contra a meta de {target:.0%}." if pt else
-                      f"To {last.month}: {int(last.contacted):,} customers contacted, net value R$ "
-                      f"{last.net_value:,.0f} (95% CI {last.net_lower:,.0f} to {last.net_upper:,.0f}); churn "
-                      f"reduction {reached:.0%} "
-                      f"against the target of {target:.0%}.")))
-    out += [("h2", label(lang, "value")), ("fig", (value_plot(roi), (
-        "Barras: o valor líquido realizado de cada campanha, medido contra o grupo de controle (IC 95%); traço: o "
-        "esperado pelo modelo; no mundo sintético, o valor verdadeiro e o da melhor lista que o orçamento "
-        "compraria." if pt else
-        "Bars: each campaign's realised net value, measured against its control group (95% CI); dash: what the model "
-        "expected; on the synthetic world, the true value and that of the best list the budget could buy.")))]
-    out += [("h2", label(lang, "cumulative")), ("fig", (cumulative_plot(roi), (
-        "O valor acumulado desde o primeiro mês medido, e depois de descontar o custo de operar o serviço." if pt else
-        "The value accumulated since the first measured month, and after the cost of running the service.")))]
+    out.append(("p", label(lang, "roi_to_date").format(
+        month=last.month, contacted=int(last.contacted), net=last.net_value, lo=last.net_lower, hi=last.net_upper,
+        reached=reached, target=target)))
+    out += [("h2", label(lang, "value")), ("fig", (value_plot(roi), label(lang, "cap_value")))]
+    out += [("h2", label(lang, "cumulative")), ("fig", (cumulative_plot(roi), label(lang, "cap_cumulative")))]
     m = roi[roi.scope == "month"]
     out += [("h2", label(lang, "uplift")),
             ("table", m[[c for c in ("month", "contacted", "control", "uplift", "uplift_lower", "uplift_upper",
@@ -302,13 +371,7 @@ def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
         out += [("h2", label(lang, "costs")),
                 ("table", costs[[c for c in ("month", "operate_cpu_seconds", "api_cpu_seconds", "api_cpu_per_1000",
                                              "storage_gb", "service_cost") if c in costs.columns]])]
-    out += [("h2", label(lang, "how")), ("p", (
-        "O efeito é a diferença de cancelamento entre o grupo de controle (sorteado entre os selecionados, não "
-        "contatado) e os contatados: é o que a campanha evitou. Um intervalo que inclui zero quer dizer que ainda não "
-        "se pode afirmar que a campanha paga." if pt else
-        "The effect is the churn difference between the control group (drawn at random from the selected, not "
-        "contacted) and the contacted: what the campaign prevented. An interval that includes zero means it cannot "
-        "yet be said that the campaign pays."))]
+    out += [("h2", label(lang, "how")), ("p", label(lang, "how_roi"))]
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00017
@@ -316,15 +379,13 @@ def governance_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The governance page: the trail's verification, requests and their status, promotions and overrides, documents."
     from mlops_nb.audit import check_trail, read_events
     from mlops_nb.subjects import request_status
-    pt = lang == "pt"
     c = check_trail(cfg)
     out: list[Block] = [("h1", label(lang, "governance")), ("h2", label(lang, "trail")),
-                        ("p", (f"Íntegra: {c.entries} registros, cadeia e ponto de controle com chave verificados."
-                               if pt else f"Intact: {c.entries} entries, chain and keyed checkpoint verified.")
-                         if c.ok else (f"PROBLEMA: {c.problem}" if pt else f"PROBLEM: {c.problem}"))]
+                        ("p", label(lang, "trail_ok").format(entries=c.entries)
+                         if c.ok else label(lang, "trail_problem").format(problem=c.problem))]
     req = request_status(cfg)
     out.append(("h2", label(lang, "requests")))
-    if req.empty: out.append(("p", "Nenhum pedido." if pt else "No request."))
+    if req.empty: out.append(("p", label(lang, "no_request")))
     else:   # never the subject's pseudonym
         out.append(("table", req.groupby(["kind", "status"]).size().rename("requests").reset_index()))
         out.append(("table", req[[c for c in ("request_id", "kind", "status", "received", "answered")
@@ -338,19 +399,13 @@ def governance_blocks(cfg: Settings, lang: str) -> list[Block]:
              for e in read_events(cfg, AUDIT_ROLLED_BACK)]
     out += [("h2", label(lang, "promotions")),
             ("table", pd.DataFrame(sorted(rows, key=lambda r: r["time"])[-20:])) if rows else
-            ("p", "Nada ainda." if pt else "Nothing yet.")]
+            ("p", label(lang, "nothing_yet"))]
     v = production_version(cfg)
     docs = sorted((Path(cfg.paths.reports) / "documents" / f"v{v}").glob("*.md")) if v else []
     out += [("h2", label(lang, "documents")),
             ("ul", [f"{d.stem.replace('_', ' ')} — {d.with_suffix('.html')}" for d in docs]) if docs else
-            ("p", "Nenhuma versão em produção." if pt else "No version in production.")]
-    out += [("h2", label(lang, "how")), ("p", (
-        "A trilha é encadeada por hashes e tem um ponto de controle com chave guardada fora do projeto: qualquer "
-        "edição, remoção ou truncamento é apontado aqui. Os pedidos de titulares (acesso, correção, eliminação, "
-        "revisão) aparecem com seu estado; os documentos descrevem o tratamento da versão que decide hoje." if pt else
-        "The trail is hash-chained with a checkpoint keyed outside the project: any edit, removal or truncation is "
-        "named here. Data-subject requests (access, correction, erasure, review) are listed with their status; the "
-        "documents describe the processing of the version deciding today."))]
+            ("p", label(lang, "no_production"))]
+    out += [("h2", label(lang, "how")), ("p", label(lang, "how_governance"))]
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00019
