@@ -66,7 +66,7 @@ def row_keys(X: pd.DataFrame,                      # the rows decided on
     ids = [None] * len(X) if ids is None else list(ids)
     out, rows = [], None
     for i, k in enumerate(ids):
-        if k is not None and k == k and str(k): out.append(str(k)); continue
+        if k is not None and not pd.isna(k) and str(k): out.append(str(k)); continue
         if rows is None: rows = X[list(columns)].astype(object).values.tolist()
         out.append(content_key(rows[i]))
     return out
