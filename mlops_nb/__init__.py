@@ -5,6 +5,7 @@ Modules:
 - `mlops_nb.alerts`: Which monitor metrics open an incident, how long it lasts and where it is said: rules declared as data, one incident per rule however many months it lasts, the JSONL alert log as the only store, a webhook and e-mail.
 - `mlops_nb.api`: The scoring API: the registry's champion behind HTTP, fast and exact, every prediction in the prediction log, explanations of any logged decision — and hot swaps when the champion moves.
 - `mlops_nb.api_contract`: What the scoring API accepts and answers: the request envelope checked field by field (every problem at once, never the value sent), the HTTP errors, and the OpenAPI schemas built from the served model's own features.
+- `mlops_nb.blocks`: What people read, as a list of blocks — headings, sentences, lists, tables, figures — rendered to Markdown or HTML: the model card, the record of processing and the impact report, the stakeholders' dashboards.
 - `mlops_nb.byod`: Point the lifecycle at your own flat table — a CSV or Parquet file, or a folder of them — with a `[byod]` settings section and no code change.
 - `mlops_nb.calibration`: Are the probabilities right? The expected calibration error on equal-mass bins, and a strictly increasing map fitted on validation rows when they are not.
 - `mlops_nb.campaign`: Each operated month's retention campaign, driven by the model's scores: the charter's rule under the budget, a randomised control group held out, the action log of what was done, and the contact list handed to the CRM.

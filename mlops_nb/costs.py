@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import resource
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from .catalog import TABLE_SERVICE_COSTS
 from .contracts import table_exists
 from .prediction_log import USAGE_DIR
+from .privacy import files_under
 from .settings import Settings
 
 # %% auto #0
@@ -46,16 +45,13 @@ def api_usage(cfg: Settings) -> tuple[float, int]:
 # %% ../nbs/58_costs.ipynb #cost0008
 STORE_PATHS = ("lake", "warehouse", "prediction_log", "monitor", "reports", "audit")
 
-def _size(p: Path) -> int:
-    if p.is_file(): return p.stat().st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
-
 def storage_bytes(cfg: Settings) -> dict[str, int]:
     "Bytes each store takes now: the paths of `STORE_PATHS`, the MLflow artifacts and (an embedded) tracking store."
-    out = {k: _size(Path(getattr(cfg.paths, k))) for k in STORE_PATHS}
-    out["mlflow"] = _size(Path(cfg.mlflow.artifacts))
+    size = lambda *paths: sum(f.stat().st_size for f in files_under(paths))  # noqa: E731
+    out = {k: size(Path(getattr(cfg.paths, k))) for k in STORE_PATHS}
     uri = cfg.mlflow.tracking_uri
-    if uri.startswith("sqlite:///"): out["mlflow"] += _size(Path(uri[len("sqlite:///"):]))
+    store = [Path(uri[len("sqlite:///"):])] if uri.startswith("sqlite:///") else []
+    out["mlflow"] = size(Path(cfg.mlflow.artifacts), *store)
     return out
 
 # %% ../nbs/58_costs.ipynb #cost0010

@@ -9,10 +9,6 @@ Docs: https://mlops-nb.github.io/mlops-nb/dashboards.html.md"""
 # %% ../nbs/73_dashboards.ipynb #dsh00002
 from __future__ import annotations
 
-import base64
-import html
-import io
-import math
 import os
 import sys
 from pathlib import Path
@@ -22,17 +18,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .blocks import Block, blocks_body, html_page
 from .catalog import (AUDIT_GATE_OVERRIDE, AUDIT_MODEL_STATUS, AUDIT_ROLLED_BACK, ENV_SETTINGS,
                               TABLE_MONITOR_DRIFT, TABLE_MONITOR_FAIRNESS, TABLE_MONITOR_MONTHS,
                               TABLE_MONITOR_PERFORMANCE, TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS,
                               TABLE_SERVICE_COSTS)
+from .operate import read_snapshot
 from .settings import Settings, load_settings
 
 # %% auto #0
-__all__ = ['LABELS', 'Block', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'snapshot', 'drift_heatmap', 'performance_plot',
-           'moved_note', 'monitoring_blocks', 'fairness_plot', 'production_version', 'mitigation_in_force',
-           'bias_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'page_settings',
-           'page_blocks', 'show_page', 'export_pages', 'pages_folder', 'voila_command', 'serve_pages']
+__all__ = ['LABELS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'drift_heatmap', 'performance_plot', 'moved_note',
+           'monitoring_blocks', 'fairness_plot', 'production_version', 'mitigation_in_force', 'bias_blocks',
+           'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'page_settings', 'page_blocks',
+           'show_page', 'export_pages', 'pages_folder', 'voila_command', 'serve_pages']
 
 # %% ../nbs/73_dashboards.ipynb #dsh00005
 LABELS: dict[str, dict[str, str]] = {
@@ -176,43 +174,15 @@ def label(lang: str, key: str) -> str:
     return LABELS.get(lang, LABELS["en"]).get(key, LABELS["en"][key])
 
 # %% ../nbs/73_dashboards.ipynb #dsh00007
-Block = tuple[str, Any]   # ("h1" | "h2" | "p" | "ul", text) | ("table", DataFrame) | ("fig", (Figure, caption))
-
-def _cell(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)): return "—"
-    if isinstance(v, (float, np.floating)): return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
-    return str(v)
-
-def _figure(fig: Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return "<img alt='' src='data:image/png;base64," + base64.b64encode(buf.getvalue()).decode() + "'>"
-
 def blocks_html(blocks: Sequence[Block]) -> str:
-    "The blocks as HTML (a fragment: Voila's page, or the body of the export)."
-    e, out = html.escape, []
-    for kind, x in blocks:
-        if kind in ("h1", "h2"): out.append(f"<{kind}>{e(x)}</{kind}>")
-        elif kind == "p": out.append(f"<p>{e(x)}</p>")
-        elif kind == "ul": out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in x) + "</ul>")
-        elif kind == "fig": out.append(f"<figure>{_figure(x[0])}<figcaption>{e(x[1])}</figcaption></figure>")
-        elif kind == "table":
-            head = "".join(f"<th>{e(str(c))}</th>" for c in x.columns)
-            rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>"
-                           for r in x.itertuples(index=False))
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    return "<div class='mlops-nb-page'>" + "".join(out) + "<span id='mlops-nb-page-end'></span></div>"
+    "The blocks as a dashboard's HTML fragment (`39_blocks`), closed by the marker a browser test waits for."
+    return "<div class='mlops-nb-page'>" + blocks_body(blocks) + "<span id='mlops-nb-page-end'></span></div>"
 
 PAGE_STYLE = ("body,.mlops-nb-page{font-family:system-ui,sans-serif;line-height:1.4}.mlops-nb-page{max-width:64em}"
               "table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em}"
               "figcaption{color:#444;font-size:.9em;margin-bottom:1.5em}img{max-width:100%}")
 
 # %% ../nbs/73_dashboards.ipynb #dsh00009
-def snapshot(cfg: Settings, table: str) -> pd.DataFrame:
-    "One published table (`[paths] monitor`/<table>.parquet), empty if it was never published."
-    path = Path(cfg.paths.monitor) / f"{table}.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-
 def _fig(w: float = 8, h: float = 3.2) -> tuple[Figure, Any]:
     fig = Figure(figsize=(w, h))
     return fig, fig.add_subplot()
@@ -248,17 +218,17 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The monitoring page: months, drift heatmap, estimated vs realised performance, alerts, versions over time."
     from mlops_nb.alerts import all_incidents
     from mlops_nb.audit import read_events
-    months = snapshot(cfg, TABLE_MONITOR_MONTHS)
+    months = read_snapshot(cfg, TABLE_MONITOR_MONTHS)
     out: list[Block] = [("h1", label(lang, "monitoring"))]
     if months.empty: return out + [("p", label(lang, "nothing"))]
     cols = [c for c in ("month", "status", "version", "scored", "contacted", "quality_passed", "held_back",
                         "inputs_drifted", "alerts_raised", "retrain") if c in months.columns]
     out += [("h2", label(lang, "months")), ("table", months[cols])]
-    drift = snapshot(cfg, TABLE_MONITOR_DRIFT)
+    drift = read_snapshot(cfg, TABLE_MONITOR_DRIFT)
     if len(drift):
         out += [("h2", label(lang, "drift")),
                 ("fig", (drift_heatmap(drift), label(lang, "cap_drift") + moved_note(lang)))]
-    perf = snapshot(cfg, TABLE_MONITOR_PERFORMANCE)
+    perf = read_snapshot(cfg, TABLE_MONITOR_PERFORMANCE)
     if len(perf):
         out += [("h2", label(lang, "performance")), ("fig", (performance_plot(perf), label(lang, "cap_performance")))]
     inc = all_incidents(cfg)
@@ -270,7 +240,7 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
                "why": str(e.details.get("reason", ""))[:90]} for e in read_events(cfg, AUDIT_MODEL_STATUS)]
     served += [{"time": e.time[:16], "event": "rollback", "why": str(e.details.get("reason", ""))[:90]}
                for e in read_events(cfg, AUDIT_ROLLED_BACK)]
-    retrains = snapshot(cfg, TABLE_MONITOR_RETRAINS)
+    retrains = read_snapshot(cfg, TABLE_MONITOR_RETRAINS)
     out += [("h2", label(lang, "versions")), ("table", pd.DataFrame(sorted(served, key=lambda r: r["time"])))]
     if len(retrains):
         out.append(("table", retrains[[c for c in ("month", "status", "version", "approved", "promoted", "reason")
@@ -309,7 +279,7 @@ def mitigation_in_force(cfg: Settings, version: str | None) -> str | None:
 
 def bias_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The bias page: gaps by group and month with intervals against the limit; the mitigation in force."
-    fair = snapshot(cfg, TABLE_MONITOR_FAIRNESS)
+    fair = read_snapshot(cfg, TABLE_MONITOR_FAIRNESS)
     out: list[Block] = [("h1", label(lang, "bias"))]
     if fair.empty: return out + [("p", label(lang, "nothing"))]
     out += [("h2", label(lang, "fairness")), ("fig", (fairness_plot(fair), label(lang, "cap_fairness")))]
@@ -352,7 +322,7 @@ def cumulative_plot(roi: pd.DataFrame) -> Figure:
 
 def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The ROI page: value by month, to date (with the service's cost), the measured effect and the charter's target."
-    roi = snapshot(cfg, TABLE_ROI_MONTHS)
+    roi = read_snapshot(cfg, TABLE_ROI_MONTHS)
     out: list[Block] = [("h1", label(lang, "roi"))]
     if roi.empty: return out + [("p", label(lang, "nothing"))]
     last = roi[roi.scope == "to_date"].sort_values("month").iloc[-1]
@@ -366,7 +336,7 @@ def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
     out += [("h2", label(lang, "uplift")),
             ("table", m[[c for c in ("month", "contacted", "control", "uplift", "uplift_lower", "uplift_upper",
                                      "relative_reduction", "target", "oracle_uplift") if c in m.columns]])]
-    costs = snapshot(cfg, TABLE_SERVICE_COSTS)
+    costs = read_snapshot(cfg, TABLE_SERVICE_COSTS)
     if len(costs):
         out += [("h2", label(lang, "costs")),
                 ("table", costs[[c for c in ("month", "operate_cpu_seconds", "api_cpu_seconds", "api_cpu_per_1000",
@@ -438,8 +408,7 @@ def export_pages(cfg: Settings, log_to_mlflow: bool = False) -> list[Path]:
     for name in PAGES:
         blocks = page_blocks(name, cfg)
         f = folder / f"{name}.html"
-        f.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(blocks[0][1])}</title>"
-                     f"<style>{PAGE_STYLE}</style></head><body>{blocks_html(blocks)}</body></html>\n")
+        f.write_text(html_page(blocks[0][1], PAGE_STYLE, blocks_html(blocks)))
         out.append(f)
     if log_to_mlflow:
         from mlops_nb.catalog import ART_DASHBOARDS_DIR, VERB_DASHBOARDS

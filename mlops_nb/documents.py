@@ -24,7 +24,7 @@ from mlops_nb.catalog import (
     TAG_GATE_APPROVED,
     TAG_STATUS,
 )
-from .report import Block, render_html, render_markdown
+from .blocks import Block, render_html, render_markdown
 from .settings import Settings
 from .sources import SOURCES
 from .tracking import MlflowClient, configure_mlflow, mlflow

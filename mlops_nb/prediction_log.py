@@ -10,6 +10,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/prediction_log.html.md"""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -160,7 +161,6 @@ def record_usage(folder: str | Path,   # [paths] prediction_log
                  predictions: int,     # predictions this process has written so far
                  ) -> Path:
     "Rewrite this process's usage file: CPU seconds so far and predictions written (cumulative)."
-    import json
     d = Path(folder) / USAGE_DIR
     d.mkdir(parents=True, exist_ok=True)
     f = d / f"{role}-{os.getpid()}-{int(_STARTED * 1000)}.json"

@@ -8,23 +8,22 @@ Docs: https://mlops-nb.github.io/mlops-nb/report.html.md"""
 # %% ../nbs/45_report.ipynb #8088bba3
 from __future__ import annotations
 
-import html
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .blocks import Block, fmt_value, render_html, render_markdown
 from .fairness import GATED_FAIRNESS_METRICS
 from .oracle import gap_interval
 from .scorecard import CandidateEvaluation
 from .settings import CharterSettings
 
 # %% auto #0
-__all__ = ['Block', 'CARD_SECTIONS', 'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame',
-           'plot_importance', 'render_markdown', 'render_html', 'selection_blocks', 'ModelCard', 'model_card']
+__all__ = ['CARD_SECTIONS', 'plot_reliability', 'plot_profit_curve', 'plot_gains', 'plot_fairness', 'importance_frame',
+           'plot_importance', 'selection_blocks', 'ModelCard', 'model_card']
 
 # %% ../nbs/45_report.ipynb #963564ce
 def plot_reliability(ev: CandidateEvaluation) -> Figure:
@@ -123,49 +122,7 @@ def plot_importance(importances: Mapping[str, pd.Series], top: int = 12) -> Figu
     fig.tight_layout()
     return fig
 
-# %% ../nbs/45_report.ipynb #9e73346b
-Block = tuple[str, Any]   # ("h1" | "h2" | "p" | "ul", text or items) or ("table", DataFrame)
-
-def _md_table(t: pd.DataFrame) -> str:
-    cells = [[str(c) for c in t.columns]] + [[_fmt(v) for v in row] for row in t.itertuples(index=False)]
-    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
-    return "\n".join([lines[0], "|" + "---|" * len(t.columns), *lines[1:]])
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)): return "—"
-    if isinstance(v, (float, np.floating)): return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
-    return str(v)
-
-def render_markdown(blocks: Sequence[Block]) -> str:
-    "The blocks as Markdown."
-    out = []
-    for kind, x in blocks:
-        if kind in ("h1", "h2"): out.append(("# " if kind == "h1" else "## ") + x)
-        elif kind == "p": out.append(x)
-        elif kind == "ul": out.append("\n".join(f"- {i}" for i in x))
-        elif kind == "table": out.append(_md_table(x))
-    return "\n\n".join(out) + "\n"
-
 # %% ../nbs/45_report.ipynb #91b90282
-def render_html(blocks: Sequence[Block], title: str) -> str:
-    "The blocks as a self-contained HTML page."
-    e, out = html.escape, []
-    for kind, x in blocks:
-        if kind in ("h1", "h2"): out.append(f"<{kind}>{e(x)}</{kind}>")
-        elif kind == "p": out.append(f"<p>{e(x)}</p>")
-        elif kind == "ul": out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in x) + "</ul>")
-        elif kind == "table":
-            head = "".join(f"<th>{e(str(c))}</th>" for c in x.columns)
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{e(_fmt(v))}</td>" for v in r) + "</tr>" for r in x.itertuples(index=False)
-            )
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em "
-             "auto;line-height:1.4}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid "
-             "#ccc;padding:.2em .5em;text-align:right}")
-    head = f"<head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style></head>"
-    return f"<!doctype html><html>{head}<body>{''.join(out)}</body></html>\n"
-
 CARD_SECTIONS = ("Intended use", "Data", "Metrics", "Calibration", "Business value", "Selection", "Fairness",
                  "Explanations", "Limitations", "Charter verdict")
 
@@ -263,7 +220,7 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
     biz = [("threshold (contact if p ≥)", b["threshold"]), ("break-even probability", b["break_even"]),
            ("contacts per month", b["contacts_per_month"]), ("budget cap, contacts per month", b["budget_contacts"]),
            ("spend per month, R$", b["spend_per_month"]), ("realised profit per month, R$", b["profit_per_month"]),
-           ("… interval", f"{_fmt(b['profit_lo'])} to {_fmt(b['profit_hi'])}"),
+           ("… interval", f"{fmt_value(b['profit_lo'])} to {fmt_value(b['profit_hi'])}"),
            ("churn reduction among the base", b["churn_reduction"])]
     if ev.oracle:
         po = ev.oracle["policies"]
@@ -340,7 +297,8 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
                         if mt.get("deployed") else "Mitigation option (not applied)")
                 bl.append(("p", f"{what}: a ThresholdOptimizer with {mt['constraint']} on "
                                 f"{mt['attribute']}, fitted on the validation rows, changes the "
-                                f"{mt['metric'].replace('_', ' ')} gap on test from {_fmt(g0)} to {_fmt(g1)} and the "
+                                f"{mt['metric'].replace('_', ' ')} gap on test from {fmt_value(g0)} to "
+                                f"{fmt_value(g1)} and the "
                                 f"profit by R$ {-mt['profit_cost_per_month']:+,.0f} a "
                                 "month" + ("" if worked else " — it does not reduce the gap on these test rows (too "
                                 "few rows per group for per-group thresholds to "

@@ -169,8 +169,9 @@ def evaluate_scores(name: str,                                # candidate label
         # shipped: the policy replaces the plain rule, and every figure below is the mitigated policy's
         mitigation = deployed_mitigation(y_valid, p_valid_c, y_test, p_test_c, contact, sensitive, sensitive_valid,
                                          charter, gate, choice.threshold, months, keys, seed)
-        if mitigation is not None and mitigation["possible"]: contact = mitigation.pop("contact")
-        elif mitigation is not None: mitigation.pop("contact")
+        if mitigation is not None:
+            mitigated = mitigation.pop("contact")          # an array: kept out of the JSON-able evaluation
+            if mitigation["possible"]: contact = mitigated
     business = business_summary(y_test, p_test_c, contact, charter, months, nb, seed, conf)
     topk = contact_policy(p_test_c, -np.inf, k, months) if k is not None else np.ones(len(p_test_c), bool)
     realised_valid = float(expected_profit(y_valid[p_valid_c >= choice.threshold], charter).sum())

@@ -62,15 +62,16 @@ LIBRARY_SCRIPT = r"""
 import sys, time, json
 lib, settings = sys.argv[1], sys.argv[2]
 t0 = time.perf_counter()
-from mlops_nb.dashboards import snapshot
+from mlops_nb.operate import read_snapshot
 from mlops_nb.settings import load_settings
 from mlops_nb.catalog import TABLE_ROI_MONTHS
-roi = snapshot(load_settings(settings), TABLE_ROI_MONTHS)
+roi = read_snapshot(load_settings(settings), TABLE_ROI_MONTHS)
 m = roi[roi.scope == "month"]
 t1 = time.perf_counter()
 if lib == "matplotlib":
-    from mlops_nb.dashboards import _figure, value_plot
-    t2 = time.perf_counter(); html = _figure(value_plot(roi))
+    from mlops_nb.blocks import figure_html
+    from mlops_nb.dashboards import value_plot
+    t2 = time.perf_counter(); html = figure_html(value_plot(roi))
 else:
     import plotly.graph_objects as go
     t2 = time.perf_counter()
