@@ -183,10 +183,10 @@ rules:
   # --- how the model does (labels arrive a month late) -----------------------------------------------------
   - name: concept_drift
     metric: performance.concept_drift_p
-    condition: "< 0.01"
+    condition: "< 0.001"
     severity: critical
     retrain: true
-    description: churn no longer follows the scores as it did (test p-value below 1%)
+    description: churn no longer follows the scores as it did (test p-value below 0.1%)
   - name: auc_dropped
     metric: performance.auc_drop
     condition: ">= 0.05"

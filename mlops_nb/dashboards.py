@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,9 +28,9 @@ from .settings import Settings, load_settings
 
 # %% auto #0
 __all__ = ['LABELS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'drift_heatmap', 'performance_plot', 'moved_note',
-           'monitoring_blocks', 'fairness_plot', 'production_version', 'mitigation_in_force', 'bias_blocks',
-           'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'page_settings', 'page_blocks',
-           'show_page', 'export_pages', 'pages_folder', 'voila_command', 'serve_pages']
+           'monitoring_blocks', 'timeline_plot', 'fairness_plot', 'production_version', 'mitigation_in_force',
+           'bias_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'page_settings',
+           'page_blocks', 'show_page', 'export_pages', 'pages_folder', 'voila_command', 'serve_pages']
 
 # %% ../nbs/73_dashboards.ipynb #dsh00005
 LABELS: dict[str, dict[str, str]] = {
@@ -63,6 +63,10 @@ LABELS: dict[str, dict[str, str]] = {
         "cap_performance": (
             "A AUC estimada sem rótulos quando o mês é pontuado (tracejada) e a realizada quando os rótulos chegam, "
             "com intervalos de 95%."),
+        "cap_timeline": (
+            "A linha é a versão do modelo que decidiu cada mês. Triângulos vermelhos: alertas abertos; quadrados "
+            "cinzas: dados retidos; círculos azuis: retreinos (cheio se a nova versão foi promovida); X preto: "
+            "reversão automática (no mês cujos rótulos a decidiram)."),
         "how_monitoring": (
             "Um mês saudável tem estado ok, poucas entradas em vermelho e a AUC realizada dentro do intervalo da "
             "estimada. Um alerta abre um incidente que fica aberto até a regra deixar de valer; um retreino cria uma "
@@ -130,6 +134,10 @@ LABELS: dict[str, dict[str, str]] = {
         "cap_performance": (
             "The AUC estimated without labels when the month is scored (dashed) and realised once its labels arrive, "
             "with 95% intervals."),
+        "cap_timeline": (
+            "The line is the model version that decided each month. Red triangles: alerts opened; grey squares: data "
+            "held back; blue circles: retrainings (filled when the new version was promoted); black X: an automatic "
+            "rollback (on the month whose labels decided it)."),
         "how_monitoring": (
             "A healthy month has status ok, few red inputs and the realised AUC within the estimate's interval. An "
             "alert opens an incident that stays open until its rule stops holding; a retraining makes a version that "
@@ -208,11 +216,12 @@ def performance_plot(perf: pd.DataFrame) -> Figure:
     ax.set_ylabel("AUC"); ax.legend(fontsize=8); ax.tick_params(axis="x", labelsize=7)
     return fig
 
-def moved_note(lang: str) -> str:
-    "The sentence on inputs the service's own campaign moves (red by design: the service acted, not the world)."
+def moved_note(lang: str, columns: Iterable[str]) -> str:
+    """The sentence on inputs among `columns` the service's own campaign moves (red by design: the service acted, not
+    the world); empty when the model has none."""
     from mlops_nb.features import POLICY_MOVED
-    names = ", ".join(sorted(POLICY_MOVED))
-    return " " + label(lang, "moved").format(names=names)
+    names = ", ".join(sorted(POLICY_MOVED & set(columns)))
+    return " " + label(lang, "moved").format(names=names) if names else ""
 
 def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The monitoring page: months, drift heatmap, estimated vs realised performance, alerts, versions over time."
@@ -227,7 +236,7 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     drift = read_snapshot(cfg, TABLE_MONITOR_DRIFT)
     if len(drift):
         out += [("h2", label(lang, "drift")),
-                ("fig", (drift_heatmap(drift), label(lang, "cap_drift") + moved_note(lang)))]
+                ("fig", (drift_heatmap(drift), label(lang, "cap_drift") + moved_note(lang, drift.column)))]
     perf = read_snapshot(cfg, TABLE_MONITOR_PERFORMANCE)
     if len(perf):
         out += [("h2", label(lang, "performance")), ("fig", (performance_plot(perf), label(lang, "cap_performance")))]
@@ -241,12 +250,46 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     served += [{"time": e.time[:16], "event": "rollback", "why": str(e.details.get("reason", ""))[:90]}
                for e in read_events(cfg, AUDIT_ROLLED_BACK)]
     retrains = read_snapshot(cfg, TABLE_MONITOR_RETRAINS)
-    out += [("h2", label(lang, "versions")), ("table", pd.DataFrame(sorted(served, key=lambda r: r["time"])))]
+    rolled = [str(e.details.get("month", "")) for e in read_events(cfg, AUDIT_ROLLED_BACK)]
+    out += [("h2", label(lang, "versions")),
+            ("fig", (timeline_plot(months, retrains, rolled), label(lang, "cap_timeline"))),
+            ("table", pd.DataFrame(sorted(served, key=lambda r: r["time"])))]
     if len(retrains):
         out.append(("table", retrains[[c for c in ("month", "status", "version", "approved", "promoted", "reason")
                                        if c in retrains.columns]]))
     out += [("h2", label(lang, "how")), ("p", label(lang, "how_monitoring"))]
     return out
+
+# %% ../nbs/73_dashboards.ipynb #dsh0001u
+def timeline_plot(months: pd.DataFrame,          # monitor.months: month, version, alerts_raised, held_back
+                  retrains: pd.DataFrame,        # monitor.retrains: month, status, promoted (may be empty)
+                  rollbacks: Sequence[str] = (), # months an automatic rollback was decided in
+                  ) -> Figure:
+    "Which version served each month, with alerts, held-back data, retrainings and rollbacks on the same months."
+    fig, ax = _fig(h=2.6)
+    m = months.sort_values("month")
+    x = {mo: i for i, mo in enumerate(m.month.astype(str))}
+    v = pd.to_numeric(m.version, errors="coerce")
+    ax.step(range(len(m)), v, where="mid", color="tab:gray", linewidth=2)
+    top = float(np.nanmax(v)) if v.notna().any() else 1.0
+    def mark(rows: Sequence[str], y: float, **kw: Any) -> None:
+        xs = [x[r] for r in rows if r in x]
+        if xs: ax.scatter(xs, [y] * len(xs), zorder=3, **kw)
+    raised = m.month[m.get("alerts_raised", pd.Series(dtype=str)).fillna("").astype(str).str.len() > 0]
+    mark(list(raised.astype(str)), top + 0.6, marker="^", color="red", label="alert")
+    held = m.month[m.get("held_back", pd.Series(dtype=str)).fillna("").astype(str).str.len() > 0]
+    mark(list(held.astype(str)), top + 0.3, marker="s", color="gray", label="held back")
+    ran = retrains[retrains.status == "ran"] if len(retrains) and "status" in retrains else retrains.iloc[:0]
+    promoted = ran.promoted.fillna(False).astype(bool) if len(ran) else pd.Series(dtype=bool)
+    mark(list(ran.month[promoted].astype(str)), top + 0.9, marker="o", color="tab:blue", label="retrained, promoted")
+    mark(list(ran.month[~promoted].astype(str)), top + 0.9, marker="o", facecolors="none", edgecolors="tab:blue",
+         label="retrained, refused")
+    mark(list(rollbacks), top + 0.9, marker="x", color="black", label="rollback")
+    ax.set_xticks(range(len(m)), list(x), fontsize=7)
+    ax.set_ylim(0.5, top + 1.3); ax.set_ylabel("version")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, loc="lower left", ncol=5)
+    return fig
 
 # %% ../nbs/73_dashboards.ipynb #dsh00013
 def fairness_plot(fair: pd.DataFrame) -> Figure:

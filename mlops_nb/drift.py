@@ -257,18 +257,25 @@ def drift_table(con,                                       # an open DuckDB conn
 # %% ../nbs/60_drift.ipynb #6d0a1f18
 def calibrated_thresholds(con,                          # an open DuckDB connection
                           relation: str,                # the reference window (what follows FROM)
-                          profile: ReferenceProfile,    # its profile
+                          profile: ReferenceProfile,    # its profile (names each input and its kind)
                           period_column: str,           # the column that names a month (or any period)
                           margin: float = 1.5,          # how far beyond the worst reference month drift begins
                           floor: float = DRIFT_THRESHOLD,   # never below this
+                          max_rows: int = 200_000,      # the other periods' profile is taken on at most this many rows
+                          seed: int = 0,
                           ) -> dict[str, float]:
-    "A threshold per input: `margin` × its largest one-period distance from the profile within the reference, ≥ floor."
-    sql = f"SELECT DISTINCT CAST({quoted(period_column)} AS VARCHAR) FROM {relation} ORDER BY 1"
-    periods = [r[0] for r in con.execute(sql).fetchall()]
+    """A threshold per input: `margin` × its largest distance of one period from the profile of the other periods
+    (leave one out), ≥ floor. A window with a single period keeps the floor."""
+    col = f"CAST({quoted(period_column)} AS VARCHAR)"
+    periods = [r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM {relation} ORDER BY 1").fetchall()]
+    numeric = [c for c, p in profile.columns.items() if p.kind == "numeric"]
+    categorical = [c for c, p in profile.columns.items() if p.kind != "numeric"]
     worst = {c: 0.0 for c in profile.columns}
-    for v in periods:
+    for v in periods if len(periods) > 1 else []:
         literal = "'" + str(v).replace("'", "''") + "'"
-        one = f"(SELECT * FROM {relation} WHERE CAST({quoted(period_column)} AS VARCHAR) = {literal})"
-        for r in drift_table(con, one, profile).itertuples():
+        one = f"(SELECT * FROM {relation} WHERE {col} = {literal})"
+        rest = (f"(SELECT * FROM (SELECT * FROM {relation} WHERE {col} <> {literal}) "
+                f"USING SAMPLE reservoir({int(max_rows)} ROWS) REPEATABLE ({int(seed)}))")
+        for r in drift_table(con, one, profile_relation(con, rest, numeric, categorical)).itertuples():
             if r.distance == r.distance: worst[r.column] = max(worst[r.column], r.distance)
     return {c: max(floor, margin * w) for c, w in worst.items()}

@@ -354,7 +354,7 @@ def test_the_dashboards_export_as_html_with_figures_and_no_personal_data(operate
     assert set(files) == {"monitoring", "bias", "roi", "governance"}
     text = {k: f.read_text() for k, f in files.items()}
     assert all(not re.search(PSEUDONYM, t) for t in text.values())
-    assert text["monitoring"].count("<img") == 2 and text["roi"].count("<img") == 2 and "<img" in text["bias"]
+    assert text["monitoring"].count("<img") == 3 and text["roi"].count("<img") == 2 and "<img" in text["bias"]
     assert "Trilha de auditoria" in text["governance"] and "Íntegra" in text["governance"]   # [dashboards] language pt
     assert "Como ler esta página" in text["roi"] and "R$" in text["roi"]
     configure_mlflow(cfg)

@@ -154,13 +154,20 @@ def study(scenario: str, seed: int, operated: int, history: int, customers: int,
         retrains = con.execute("SELECT * FROM monitor.retrains ORDER BY month").df() if con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'monitor' AND table_name = "
             "'retrains'").fetchone()[0] else pd.DataFrame()
-        perf = con.execute("SELECT month, kind, auc FROM monitor.performance").df()
+        perf = con.execute("SELECT month, kind, auc, auc_lower, auc_upper FROM monitor.performance").df()
     wide = perf.pivot_table(index="month", columns="kind", values="auc")
     months = months.merge(wide, left_on="month", right_index=True, how="left")
     gap = (months.estimated - months.realised).abs() if {"estimated", "realised"} <= set(months) else pd.Series()
+    est = perf[perf.kind == "estimated"].set_index("month")
+    real = perf[perf.kind == "realised"].set_index("month").auc
+    both = est.index.intersection(real.index)
+    covered = ((est.auc_lower[both] <= real[both]) & (real[both] <= est.auc_upper[both]))
     return dict(scenario=scenario, seed=seed, root=str(root), lifecycle_s=round(t1 - t0), operate_s=round(t2 - t1),
                 incidents=[f"{r.rule}@{r.month}" for r in raised.itertuples()] if len(raised) else [],
                 max_estimate_gap=float(gap.max()) if len(gap.dropna()) else None,
+                mean_estimate_gap=float(gap.mean()) if len(gap.dropna()) else None,
+                within_003=f"{int((gap.dropna() <= 0.03).sum())}/{len(gap.dropna())}",
+                estimate_covers=f"{int(covered.sum())}/{len(covered)}",
                 months=months, retrains=retrains, corrections=declared,
                 after_retraining=new_champion_vs_oracle(settings))
 
@@ -189,7 +196,10 @@ def main() -> None:
                     if c in r["retrains"].columns]
             print(r["retrains"][cols].to_string(index=False))
         if r["max_estimate_gap"] is not None:
-            print(f"largest |estimated − realised| AUC: {r['max_estimate_gap']:.4f}")
+            print(f"|estimated − realised| AUC: largest {r['max_estimate_gap']:.4f}, "
+                  f"mean {r['mean_estimate_gap']:.4f}; within 0.03 in {r['within_003']} labelled months; "
+                  f"the estimate's 95 % interval held the realised "
+                  f"AUC in {r['estimate_covers']}")
         if r["after_retraining"]: print("after retraining:", json.dumps(r["after_retraining"], default=float))
 
 
