@@ -171,6 +171,10 @@ rules:
     severity: info
     for_months: 2
     description: an input's distance from the training window is past its drift threshold, two months running
+  - name: new_category
+    metric: drift.new_category.*
+    condition: ">= 0.001"
+    description: a category the training window never saw is in 0.1% or more of the month's rows (scored as missing)
   - name: scores_drifted
     metric: drift.score
     condition: ">= 1"

@@ -64,9 +64,9 @@ LABELS: dict[str, dict[str, str]] = {
             "A AUC estimada sem rótulos quando o mês é pontuado (tracejada) e a realizada quando os rótulos chegam, "
             "com intervalos de 95%."),
         "cap_timeline": (
-            "A linha é a versão do modelo que decidiu cada mês. Triângulos vermelhos: alertas abertos; quadrados "
-            "cinzas: dados retidos; círculos azuis: retreinos (cheio se a nova versão foi promovida); X preto: "
-            "reversão automática (no mês cujos rótulos a decidiram)."),
+            "Embaixo, a linha é a versão do modelo que decidiu cada mês; acima, nos mesmos meses, os alertas abertos, "
+            "os dados retidos, os retreinos (cheio se a nova versão foi promovida, com o número dela) e as reversões "
+            "automáticas (no mês cujos rótulos as decidiram)."),
         "how_monitoring": (
             "Um mês saudável tem estado ok, poucas entradas em vermelho e a AUC realizada dentro do intervalo da "
             "estimada. Um alerta abre um incidente que fica aberto até a regra deixar de valer; um retreino cria uma "
@@ -135,9 +135,9 @@ LABELS: dict[str, dict[str, str]] = {
             "The AUC estimated without labels when the month is scored (dashed) and realised once its labels arrive, "
             "with 95% intervals."),
         "cap_timeline": (
-            "The line is the model version that decided each month. Red triangles: alerts opened; grey squares: data "
-            "held back; blue circles: retrainings (filled when the new version was promoted); black X: an automatic "
-            "rollback (on the month whose labels decided it)."),
+            "At the bottom, the line is the model version that decided each month; above it, on the same months, the "
+            "alerts opened, data held back, retrainings (filled when the new version was promoted, with its number) "
+            "and automatic rollbacks (on the month whose labels decided them)."),
         "how_monitoring": (
             "A healthy month has status ok, few red inputs and the realised AUC within the estimate's interval. An "
             "alert opens an incident that stays open until its rule stops holding; a retraining makes a version that "
@@ -262,33 +262,38 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
 
 # %% ../nbs/73_dashboards.ipynb #dsh0001u
 def timeline_plot(months: pd.DataFrame,          # monitor.months: month, version, alerts_raised, held_back
-                  retrains: pd.DataFrame,        # monitor.retrains: month, status, promoted (may be empty)
+                  retrains: pd.DataFrame,        # monitor.retrains: month, status, version, promoted (may be empty)
                   rollbacks: Sequence[str] = (), # months an automatic rollback was decided in
                   ) -> Figure:
-    "Which version served each month, with alerts, held-back data, retrainings and rollbacks on the same months."
-    fig, ax = _fig(h=2.6)
+    """Which version served each month (the line, bottom) and, in lanes above it on the same months, alerts opened,
+    data held back, retrainings (filled when promoted, labelled with the version made) and rollbacks."""
+    fig, ax = _fig(h=2.8)
     m = months.sort_values("month")
     x = {mo: i for i, mo in enumerate(m.month.astype(str))}
     v = pd.to_numeric(m.version, errors="coerce")
     ax.step(range(len(m)), v, where="mid", color="tab:gray", linewidth=2)
-    top = float(np.nanmax(v)) if v.notna().any() else 1.0
-    def mark(rows: Sequence[str], y: float, **kw: Any) -> None:
+    top = int(np.nanmax(v)) if v.notna().any() else 1
+    lanes = {"alerts": top + 1.0, "held back": top + 1.6, "retraining": top + 2.2, "rollback": top + 2.8}
+    def mark(rows: Sequence[str], lane: str, **kw: Any) -> list[int]:
         xs = [x[r] for r in rows if r in x]
-        if xs: ax.scatter(xs, [y] * len(xs), zorder=3, **kw)
-    raised = m.month[m.get("alerts_raised", pd.Series(dtype=str)).fillna("").astype(str).str.len() > 0]
-    mark(list(raised.astype(str)), top + 0.6, marker="^", color="red", label="alert")
-    held = m.month[m.get("held_back", pd.Series(dtype=str)).fillna("").astype(str).str.len() > 0]
-    mark(list(held.astype(str)), top + 0.3, marker="s", color="gray", label="held back")
+        if xs: ax.scatter(xs, [lanes[lane]] * len(xs), zorder=3, s=40, **kw)
+        return xs
+    def filled(col: str) -> list[str]:
+        return list(m.month[m[col].fillna("").astype(str).str.len() > 0].astype(str)) if col in m else []
+    mark(filled("alerts_raised"), "alerts", marker="^", color="red")
+    mark(filled("held_back"), "held back", marker="s", color="gray")
     ran = retrains[retrains.status == "ran"] if len(retrains) and "status" in retrains else retrains.iloc[:0]
-    promoted = ran.promoted.fillna(False).astype(bool) if len(ran) else pd.Series(dtype=bool)
-    mark(list(ran.month[promoted].astype(str)), top + 0.9, marker="o", color="tab:blue", label="retrained, promoted")
-    mark(list(ran.month[~promoted].astype(str)), top + 0.9, marker="o", facecolors="none", edgecolors="tab:blue",
-         label="retrained, refused")
-    mark(list(rollbacks), top + 0.9, marker="x", color="black", label="rollback")
+    for r in ran.itertuples():
+        promoted = bool(getattr(r, "promoted", False))
+        for xi in mark([str(r.month)], "retraining", marker="o", color="tab:blue" if promoted else "none",
+                       edgecolors="tab:blue"):
+            ax.annotate(f"v{getattr(r, 'version', '')}", (xi, lanes["retraining"]), textcoords="offset points",
+                        xytext=(6, -3), fontsize=7)
+    mark(list(rollbacks), "rollback", marker="x", color="black")
     ax.set_xticks(range(len(m)), list(x), fontsize=7)
-    ax.set_ylim(0.5, top + 1.3); ax.set_ylabel("version")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize=7, loc="lower left", ncol=5)
+    ax.set_yticks([*range(1, top + 1), *lanes.values()], [*(f"v{i}" for i in range(1, top + 1)), *lanes], fontsize=7)
+    ax.set_ylim(0.5, top + 3.2)
+    ax.axhline(top + 0.5, color="#ddd", linewidth=0.8)
     return fig
 
 # %% ../nbs/73_dashboards.ipynb #dsh00013

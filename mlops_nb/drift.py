@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,8 @@ import pandas as pd
 # %% auto #0
 __all__ = ['QUANTILE_LEVELS', 'DRIFT_THRESHOLD', 'quoted', 'ColumnProfile', 'ReferenceProfile', 'numeric_summaries',
            'category_counts', 'grid_cell', 'window_counts', 'profile_relation', 'wasserstein_normed',
-           'wasserstein_counts', 'wasserstein_grid', 'jensen_shannon', 'drift_table', 'calibrated_thresholds']
+           'wasserstein_counts', 'wasserstein_grid', 'jensen_shannon', 'new_category_share', 'drift_table',
+           'calibrated_thresholds']
 
 # %% ../nbs/60_drift.ipynb #6d0a1f05
 QUANTILE_LEVELS: tuple[float, ...] = tuple((k + 0.5) / 1000 for k in range(1000))   # midpoints of 1,000 equal slices
@@ -229,6 +230,15 @@ def jensen_shannon(p: Mapping[str, float], q: Mapping[str, float]) -> float:
     kl = lambda x: float(np.sum(np.where(x > 0, x * np.log(np.where(x > 0, x, 1) / m), 0.0)))
     return math.sqrt(max((kl(a) + kl(b)) / 2, 0.0))
 
+# %% ../nbs/60_drift.ipynb #6d0a1f3b
+def new_category_share(p: ColumnProfile,                  # the input's reference profile
+                       now: Mapping[Any, float],          # the window's counts by value (missing left out)
+                       ) -> float:
+    "Share of the window's non-missing rows in categories the reference never saw (NaN for a numeric input)."
+    if p.kind != "categorical": return float("nan")
+    total = float(sum(now.values()))
+    return float(sum(v for k, v in now.items() if k not in p.shares)) / total if total else 0.0
+
 # %% ../nbs/60_drift.ipynb #6d0a1f15
 def drift_table(con,                                       # an open DuckDB connection
                 relation: str,                             # the current window (what follows FROM)
@@ -251,7 +261,8 @@ def drift_table(con,                                       # an open DuckDB conn
             value = wasserstein_grid(p.grid or _quantile_cells(p.quantiles, lo, span), now, lo, span, p.std)
         t = float(thresholds.get(c, DRIFT_THRESHOLD))
         rows.append({"column": c, "kind": p.kind, "method": method, "distance": value, "threshold": t,
-                     "drifted": bool(value >= t), "null_share_reference": p.null_share, "null_share_current": null_now})
+                     "drifted": bool(value >= t), "null_share_reference": p.null_share, "null_share_current": null_now,
+                     "new_share": new_category_share(p, now)})
     return pd.DataFrame(rows)
 
 # %% ../nbs/60_drift.ipynb #6d0a1f18

@@ -232,9 +232,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("late_payments_3m", "numeric", "bills paid after their due date (payment by the end of m)",
             "bills of m-2..m"),
     Feature("unpaid_bills_3m", "numeric", "bills past due and not paid by the end of m", "bills of m-2..m"),
-    Feature("months_since_contact", "context",
-            "months since the customer was last contacted by a retention campaign (null: never); not a model input",
-            "all history to m"),
+    Feature("months_since_contact", "context", "months since the customer was last contacted by a retention "
+            "campaign (null: never); not a model input", "all history to m"),
     Feature("product", "categorical", "mobile, fibre or bundle", "as of end of m"),
     Feature("plan", "categorical", "the plan", "as of end of m"),
     Feature("contract_type", "categorical", "month_to_month, one_year or two_year", "as of end of m"),
@@ -247,9 +246,8 @@ FEATURES: tuple[Feature, ...] = (
             "1 if a cancellation request was filed in months m+1..m+h; null while m+h is not loaded yet", "m+1..m+h"),
 )
 
-# columns the service's own retention campaign moves: once it contacts customers, these shift because of what it did,
-# not because the world changed — if a feature table makes one a model input (a BYOD spec may), the monitor reports it
-# apart from the world's drift (`65_monitor`)
+# columns the service's own campaign moves (because of what it did, not because the world changed): if a feature table
+# makes one a model input (a BYOD spec may), the monitor reports it apart from the world's drift (`65_monitor`)
 POLICY_MOVED: frozenset[str] = frozenset({"months_since_contact"})
 
 def feature_spec(horizon_months: int) -> FeatureSpec:

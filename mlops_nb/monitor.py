@@ -53,7 +53,7 @@ def drift_of_month(con, relation: str, bundle: ReferenceBundle) -> pd.DataFrame:
     mean = float(errors.mean()) if len(errors) else float("nan")
     multi = {"column": "reconstruction_error", "kind": "multivariate", "method": "pca_reconstruction",
              "distance": mean, "threshold": limit, "drifted": bool(mean >= limit),
-             "null_share_reference": 0.0, "null_share_current": 0.0}
+             "null_share_reference": 0.0, "null_share_current": 0.0, "new_share": float("nan")}
     t.loc[t.column == SCORE_COLUMN, "kind"] = "score"
     return pd.concat([t, pd.DataFrame([multi])], ignore_index=True)
 
@@ -63,13 +63,16 @@ def drift_metrics(drift: pd.DataFrame,
                   # `policy.feature.*`, kept out of the world's drift metrics the alert rules read
                   policy_moved: frozenset[str] = POLICY_MOVED,
                   ) -> dict[str, float]:
-    """The month's drift as alert metrics: share of inputs drifted, each input's distance / threshold, the score's and
-    the multivariate signal's."""
+    """The month's drift as alert metrics: share of inputs drifted, each input's distance / threshold, each categorical
+    input's share of rows in categories its reference never saw, the score's and the multivariate signal's."""
     every = drift[drift.kind.isin(["numeric", "categorical"])]
     inputs, moved = every[~every.column.isin(policy_moved)], every[every.column.isin(policy_moved)]
     out = {"drift.share_drifted": float(inputs.drifted.mean()) if len(inputs) else float("nan"),
            "drift.inputs_drifted": float(inputs.drifted.sum())}
     for r in inputs.itertuples(): out[f"drift.feature.{r.column}"] = float(r.distance / r.threshold)
+    if "new_share" in inputs:
+        for r in inputs[inputs.kind == "categorical"].itertuples():
+            if r.new_share == r.new_share: out[f"drift.new_category.{r.column}"] = float(r.new_share)
     for r in moved.itertuples(): out[f"policy.feature.{r.column}"] = float(r.distance / r.threshold)
     for kind, name in (("score", "drift.score"), ("multivariate", "drift.multivariate")):
         row = drift[drift.kind == kind]

@@ -88,7 +88,7 @@ MONITOR_COLUMNS: dict[str, dict[str, str]] = {   # fixed, so a month with fewer 
         "recorded_at TIMESTAMP, held_back VARCHAR, released VARCHAR, features_from VARCHAR"),
     TABLE_MONITOR_DRIFT: _columns(
         "month VARCHAR, version VARCHAR, column VARCHAR, kind VARCHAR, method VARCHAR, distance DOUBLE, "
-        "threshold DOUBLE, drifted BOOLEAN, null_share_reference DOUBLE, null_share_current DOUBLE"),
+        "threshold DOUBLE, drifted BOOLEAN, null_share_reference DOUBLE, null_share_current DOUBLE, new_share DOUBLE"),
     TABLE_MONITOR_PERFORMANCE: _columns(
         "month VARCHAR, version VARCHAR, kind VARCHAR, computed_in VARCHAR, rows BIGINT, weight DOUBLE, "
         "churn_rate DOUBLE, auc DOUBLE, auc_lower DOUBLE, auc_upper DOUBLE, brier DOUBLE, log_loss DOUBLE, ece DOUBLE, "

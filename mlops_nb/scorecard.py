@@ -36,7 +36,7 @@ from mlops_nb.value import (
 )
 
 # %% auto #0
-__all__ = ['jsonable', 'CandidateEvaluation', 'mitigation_target', 'deployed_mitigation', 'evaluate_scores']
+__all__ = ['jsonable', 'gated_breaches', 'CandidateEvaluation', 'mitigation_target', 'deployed_mitigation', 'evaluate_scores']
 
 # %% ../nbs/44_scorecard.ipynb #784d3ee8
 def jsonable(x: Any) -> Any:
@@ -49,6 +49,13 @@ def jsonable(x: Any) -> Any:
     if isinstance(x, (np.integer,)): return int(x)
     if isinstance(x, (float, np.floating)): return float(x) if math.isfinite(x) else None
     return x
+
+# %% ../nbs/44_scorecard.ipynb #b6a93e57
+def gated_breaches(gaps: list[dict[str, Any]],   # fairness gaps as JSON rows (`43_fairness.fairness_report`)
+                   charter: CharterSettings, bound: str = "upper") -> list[dict[str, Any]]:
+    "The gated gaps whose bound exceeds the charter's `max_fairness_gap`, worst first."
+    bad = [g for g in gaps if g["gated"] and (v := gap_bound(g, bound)) is not None and v > charter.max_fairness_gap]
+    return sorted(bad, key=lambda g: -gap_bound(g, bound))
 
 # %% ../nbs/44_scorecard.ipynb #b6a93e58
 @dataclass
@@ -78,9 +85,7 @@ class CandidateEvaluation:
 
     def fairness_breaches(self, charter: CharterSettings, bound: str = "upper") -> list[dict[str, Any]]:
         "The gated gaps whose bound exceeds the charter's `max_fairness_gap`, worst first."
-        gaps = [g for g in (self.fairness or {}).get("gaps", []) if g["gated"]]
-        bad = [g for g in gaps if (v := gap_bound(g, bound)) is not None and v > charter.max_fairness_gap]
-        return sorted(bad, key=lambda g: -gap_bound(g, bound))
+        return gated_breaches((self.fairness or {}).get("gaps", []), charter, bound)
 
 def _thin_curve(curve: pd.DataFrame, points: int = 200) -> pd.DataFrame:
     "At most `points` rows of a profit curve, always keeping both ends and the maximum."
@@ -164,14 +169,18 @@ def evaluate_scores(name: str,                                # candidate label
     k = budget_contacts(charter)
     contact = contact_policy(p_test_c, choice.threshold, k, months)
     has_groups = sensitive is not None and len(sensitive.columns) > 0
-    mitigation = None
-    if gate.mitigation == "group_thresholds" and has_groups and sensitive_valid is not None and two:
+    mitigation, fr = None, None
+    if gate.mitigation == "when_needed" and has_groups:     # the plain rule's gaps decide whether one ships
+        fr = fairness_report(y_test, p_test_c, contact, sensitive, nb, seed, conf, gate.min_group_rows)
+    wanted = gate.mitigation == "group_thresholds" or (
+        fr is not None and bool(gated_breaches(jsonable(fr["gaps"]), charter, gate.fairness_bound)))
+    if wanted and has_groups and sensitive_valid is not None and two:
         # shipped: the policy replaces the plain rule, and every figure below is the mitigated policy's
         mitigation = deployed_mitigation(y_valid, p_valid_c, y_test, p_test_c, contact, sensitive, sensitive_valid,
                                          charter, gate, choice.threshold, months, keys, seed)
         if mitigation is not None:
             mitigated = mitigation.pop("contact")          # an array: kept out of the JSON-able evaluation
-            if mitigation["possible"]: contact = mitigated
+            if mitigation["possible"]: contact, fr = mitigated, None   # the gaps are the mitigated policy's
     business = business_summary(y_test, p_test_c, contact, charter, months, nb, seed, conf)
     topk = contact_policy(p_test_c, -np.inf, k, months) if k is not None else np.ones(len(p_test_c), bool)
     realised_valid = float(expected_profit(y_valid[p_valid_c >= choice.threshold], charter).sum())
@@ -199,7 +208,7 @@ def evaluate_scores(name: str,                                # candidate label
                                                 "question for the charter, not for modelling.")
                 business["verdict"]["target_reachable"] = False
     if has_groups:
-        fr = fairness_report(y_test, p_test_c, contact, sensitive, nb, seed, conf, gate.min_group_rows)
+        if fr is None: fr = fairness_report(y_test, p_test_c, contact, sensitive, nb, seed, conf, gate.min_group_rows)
         ev.fairness = dict(by_group=jsonable(fr["by_group"]), gaps=jsonable(fr["gaps"]), bound=gate.fairness_bound,
                            max_gap=charter.max_fairness_gap, min_group_rows=gate.min_group_rows)
         bad = ev.fairness_breaches(charter, gate.fairness_bound)

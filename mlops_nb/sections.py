@@ -293,12 +293,15 @@ class GateSettings:
                                          "rule on the same test rows (the service breaches the limit already; "
                                          "the fairness_gap alert keeps it in front of people); off: the limit alone",
                                          since=4)
-    mitigation: str = setting("none",
-                              "the fairness mitigation shipped with the model: none (the evaluation reports what one "
-                              "would cost), or group_thresholds (per-group randomised thresholds on the sensitive "
-                              "attribute with the largest gap, fitted on validation, judged by the gate and shipped "
-                              "in the package; needs the attribute at decision time, never as a model input)",
-                              choices=("none", "group_thresholds"), since=7)
+    mitigation: str = setting("when_needed",
+                              "the fairness mitigation shipped with the model: group_thresholds (per-group randomised "
+                              "thresholds on the sensitive attribute with the largest gap, fitted on validation, "
+                              "judged by the gate and shipped in the package; needs the attribute at decision time, "
+                              "never as a model input), when_needed (the same, only for a model whose plain "
+                              "threshold is over the charter's fairness limit: one within it decides by the threshold "
+                              "alone), "
+                              "or none (the evaluation reports what one would cost, and the gate refuses a breach)",
+                              choices=("none", "when_needed", "group_thresholds"), since=7)
 
 # %% ../nbs/01_sections.ipynb #1be3edf9
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def test_packaged_rules_and_the_repository_file_agree_and_fit_the_monitor():
     assert (REPO / "alert_rules.yaml").read_text(encoding="utf-8") == A.DEFAULT_ALERT_RULES
     rules = {r.name: r for r in A.load_alert_rules(REPO / "alert_rules.yaml")}
     metrics = {r.metric for r in rules.values()}
-    assert {"drift.share_drifted", "drift.feature.*", "drift.score", "drift.multivariate",
+    assert {"drift.share_drifted", "drift.feature.*", "drift.new_category.*", "drift.score", "drift.multivariate",
             "performance.concept_drift_p", "performance.auc_drop", "fairness.max_gap",
             "quality.blocking_failures", "quality.held_back"} == metrics
     # the monitor reports each drift as a share of its threshold (DRIFT_THRESHOLD at least): 1 = past it

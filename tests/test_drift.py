@@ -101,6 +101,22 @@ def test_missing_shares_are_reported_beside_the_distance(windows):
     assert abs(t.null_share_current["tenure"] - 0.05) < 0.01 and abs(t.null_share_current["region"] - 0.03) < 0.01
 
 
+def test_a_category_the_reference_never_saw_is_reported_even_when_the_distance_is_quiet(windows):
+    """A new payment method in 0.8 % of a month's rows is under any Jensen-Shannon threshold, yet the model scores those
+    rows as missing: the share of unseen categories is reported per categorical input and becomes an alert metric."""
+    from mlops_nb.monitor import drift_metrics
+    con, rel, frames = windows
+    now = frames["stable"].copy()
+    now.loc[now.sample(frac=0.008, random_state=3).index, "product"] = "pix-fibre"
+    con.register("with_new", now)
+    t = drift_table(con, "with_new", profile_relation(con, rel["reference"], NUMERIC, CATEGORICAL)).set_index("column")
+    assert not t.drifted["product"] and t.new_share["product"] == pytest.approx(0.008, abs=1e-3)
+    assert t.new_share["region"] == 0.0 and np.isnan(t.new_share["fee"])
+    m = drift_metrics(t.reset_index())
+    assert m["drift.new_category.product"] == pytest.approx(0.008, abs=1e-3) and m["drift.new_category.region"] == 0
+    assert "drift.new_category.fee" not in m
+
+
 def test_calibration_widens_only_a_wandering_input(windows):
     con, _, _ = windows
     months = pd.concat([window(6_000, 10 + k, False).assign(month=f"2025-{k + 1:02d}") for k in range(6)])

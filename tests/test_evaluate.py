@@ -25,6 +25,12 @@ from mlops_nb.scorecard import evaluate_scores
 from mlops_nb.calibration import expected_calibration_error, fit_calibrator
 from mlops_nb.settings import CharterSettings, GateSettings
 
+
+def GATE_NONE(**kw) -> GateSettings:
+    "The gate without a shipped mitigation: these tests judge the plain rule (the default ships one when needed)."
+    return GateSettings(mitigation="none", **kw)
+
+
 CHARTER = CharterSettings(contact_cost=5.0, offer_cost=50.0, offer_acceptance=0.2, save_rate=0.5, customer_value=400.0,
                           monthly_budget=30.0)
 
@@ -70,7 +76,7 @@ def test_the_pipeline_threshold_is_the_expected_profit_one_not_the_noisy_realise
         yv, pv = calibrated(3_000, seed, shift=-3.0)
         yt, pt = calibrated(3_000, 100 + seed, shift=-3.0)
         below += best_threshold(pv, charter, yv).threshold < be
-        ev = evaluate_scores("c", yv, pv, yt, pt, charter, GateSettings(n_boot=20))
+        ev = evaluate_scores("c", yv, pv, yt, pt, charter, GateSettings(mitigation="none", n_boot=20))
         assert be <= ev.business["threshold"] == best_threshold(pv, charter).threshold
         assert ev.business["threshold_valid_realised_profit"] == pytest.approx(
             expected_profit(yv[pv >= ev.business["threshold"]], charter).sum()
@@ -87,7 +93,7 @@ def test_ece_near_zero_when_calibrated_large_when_distorted_and_the_fix_reduces_
         cal = fit_calibrator(yv, pv ** 0.5, method)
         assert expected_calibration_error(y, cal(distorted)) < 0.01, method
     # and evaluate_scores applies the fix only when ECE is over the limit
-    gate = GateSettings(n_boot=50)
+    gate = GateSettings(mitigation="none", n_boot=50)
     ev = evaluate_scores("d", yv, pv ** 0.5, y, distorted, CHARTER, gate)
     assert ev.calibration["method"] != "none" and ev.calibration["ece"] < gate.max_ece < ev.calibration["ece_raw"]
     assert ev.calibrator is not None
@@ -175,7 +181,7 @@ def test_threshold_optimizer_reduces_a_planted_gap_and_reports_its_profit_cost()
     assert m["after"]["tpr_gap"] < before / 3
     assert m["profit_cost_per_month"] == pytest.approx(m["before"]["profit_per_month"] - m["after"]["profit_per_month"])
     # evaluate_scores proposes it by itself when the gap breaches the limit
-    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(n_boot=100),
+    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(mitigation="none", n_boot=100),
                          sensitive=pd.DataFrame({"group": at}),
                          sensitive_valid=pd.DataFrame({"group": av}))
     assert [b["metric"] for b in ev.fairness_breaches(charter)][0] in ("tpr", "selection_rate")
@@ -200,7 +206,7 @@ def test_a_group_without_both_classes_in_validation_keeps_its_decisions_and_is_n
     assert list(m["unmitigated_groups"]) == ["(missing)"] and "no churner" in m["unmitigated_groups"]["(missing)"]
     assert m["after"]["tpr_gap"] < m["before"]["tpr_gap"] / 3
     # through evaluate_scores (what the phase calls), and in the model card's words
-    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(n_boot=50, min_group_rows=30),
+    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GATE_NONE(n_boot=50, min_group_rows=30),
                          sensitive=pd.DataFrame({"group": at}),
                          sensitive_valid=pd.DataFrame({"group": av}))
     assert ev.mitigation and ev.mitigation["unmitigated_groups"] == m["unmitigated_groups"]
@@ -218,7 +224,7 @@ def _evaluation(seed: int = 0):
     yt, pt, at = planted(8000, 4)
     months = np.repeat(["2025-11", "2025-12"], 4000)
     truth = pd.DataFrame({"p_churn": calibrated(8000, 4, shift=-2.0)[1], "uplift": np.linspace(-0.02, 0.1, 8000)})
-    return evaluate_scores("m", yv, pv, yt, pt, CharterSettings(), GateSettings(n_boot=100), months=months,
+    return evaluate_scores("m", yv, pv, yt, pt, CharterSettings(), GATE_NONE(n_boot=100), months=months,
                            sensitive=pd.DataFrame({"group": at}), sensitive_valid=pd.DataFrame({"group": av}),
                            truth=truth, seed=seed)
 
@@ -256,7 +262,7 @@ def test_the_truths_own_fairness_gaps_are_reported_beside_the_models():
     assert got == pytest.approx({m: rep.loc[m, "difference"] for m in ("selection_rate", "tpr")})
     # the oracle as the model: its gaps are the truth's, over the limit, and named as such
     yv = (r.random(n) < tp).astype(int)
-    ev = evaluate_scores("oracle-like", yv, tp, y, tp, CharterSettings(), GateSettings(n_boot=50, min_group_rows=30),
+    ev = evaluate_scores("oracle-like", yv, tp, y, tp, CharterSettings(), GATE_NONE(n_boot=50, min_group_rows=30),
                          sensitive=sens, sensitive_valid=sens, truth=pd.DataFrame({"p_churn": tp}))
     tpr = next(x for x in ev.fairness["gaps"] if x["metric"] == "tpr")
     assert (
@@ -265,7 +271,7 @@ def test_the_truths_own_fairness_gaps_are_reported_beside_the_models():
     )
     card = model_card(ev, CharterSettings(), dict(name="t", digest="d", features=["a"], sensitive=["age"]))
     assert "refuses even perfect knowledge" in card.markdown
-    reason = check_fairness(Evidence("c", fairness_gaps=[x for x in ev.fairness["gaps"] if x["gated"]]), GateSettings(),
+    reason = check_fairness(Evidence("c", fairness_gaps=[x for x in ev.fairness["gaps"] if x["gated"]]), GATE_NONE(),
                             CharterSettings())
     assert not reason.passed and "the true probabilities' own policy" in reason.message
 

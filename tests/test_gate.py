@@ -18,7 +18,7 @@ from mlops_nb.settings import CharterSettings, GateSettings, sandbox_settings
 from mlops_nb.tracking import MlflowClient, mlflow, phase_run
 
 CHARTER = CharterSettings()
-GATE = GateSettings(n_boot=200, min_group_rows=50)
+GATE = GateSettings(mitigation="none", n_boot=200, min_group_rows=50)
 
 
 def world(n: int, seed: int):

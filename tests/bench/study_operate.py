@@ -84,7 +84,35 @@ def new_champion_vs_oracle(settings: Path) -> dict | None:
     y = df.churned_next.to_numpy(int)
     return dict(version=version, promoted=bool(was_promoted), month=month, rows=len(df), auc_model=roc_auc_score(y, p),
                 auc_serving=roc_auc_score(y, scores(serving)), serving=serving,
-                auc_oracle=roc_auc_score(y, t.p_churn.to_numpy()))
+                auc_oracle=roc_auc_score(y, t.p_churn.to_numpy()),
+                auc_feature_ceiling=feature_ceiling(cfg, promoted[-1][0], month, df, y, key))
+
+
+def feature_ceiling(cfg, retrain_month: str, month: str, test, y, key) -> float:
+    """The best AUC the model's inputs allow on the same rows: a regressor fitted to the *true* log-odds of the
+    untreated rows of the labelled months from the retraining's window to the month before `month` — no learner
+    from 0/1 outcomes can beat it; the oracle also knows what the lake never records (price sensitivity)."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.metrics import roc_auc_score
+    from mlops_nb.contracts import connect_warehouse, load_feature_table
+    from mlops_nb.lake import read_truth
+    from mlops_nb.privacy import pseudonymise
+    with connect_warehouse(cfg, read_only=True) as con:
+        since = con.execute("SELECT since FROM monitor.retrains WHERE month = ?", [retrain_month]).fetchone()[0]
+    df, spec = load_feature_table(cfg)
+    df = df.assign(month=df[spec.time_column].astype(str).str[:7])
+    truth = read_truth(cfg.paths.oracle)
+    truth = truth.assign(customer_key=pseudonymise(truth.customer_id, key, "customer"))[["customer_key", "month",
+                                                                                          "p_churn"]]
+    train = df[(df.month >= since) & (df.month < month)].merge(truth, on=["customer_key", "month"])
+    def frame(d):
+        return d[spec.features].assign(**{c: pd.Categorical(d[c], categories=sorted(train[c].dropna().unique()))
+                                          for c in spec.categorical})
+    r = HistGradientBoostingRegressor(max_iter=400, learning_rate=0.05, categorical_features="from_dtype",
+                                      random_state=0)
+    r.fit(frame(train), np.log(train.p_churn / (1 - train.p_churn)))
+    return float(roc_auc_score(y, r.predict(frame(test))))
 
 
 def declare_corrections(settings: Path, month: str, after: int) -> list[str]:
