@@ -112,10 +112,13 @@ def performance_rows(frame: pd.DataFrame, month: str, version: str, labelled_now
                      seed: int = 0,
                      rate_dispersion: float = 0.0,   # the reference's month-to-month churn spread (`64_reference`)
                      ) -> list[dict[str, Any]]:
-    """The month's estimated performance (every scored, non-exploration customer, before any treatment) and, when its
-    labels have arrived, the realised one on the weighted untreated with the concept-drift test."""
-    base = frame[frame.action != "exploration"]
-    est = estimate_performance(base.p.to_numpy(), base.decision.to_numpy(float), seed=seed)
+    """The month's estimated performance and, when its labels have arrived, the realised one with the concept-drift
+    test — both on the same rows, the weighted untreated (which stand for the month as if nobody was contacted), so the
+    estimate's interval is the one the realised figure falls in by chance, control-group weights included."""
+    base = frame[frame.weight > 0] if "weight" in frame and (frame.weight > 0).any() else \
+        frame[frame.action != "exploration"]
+    w = base.weight.to_numpy(float) if "weight" in base else None
+    est = estimate_performance(base.p.to_numpy(), base.decision.to_numpy(float), weights=w, seed=seed)
     rows = [dict(month=month, version=version, kind="estimated", **_pick(est.to_dict()))]
     if labelled_now:
         lab = frame[(frame.weight > 0) & frame.y.notna()]

@@ -39,6 +39,18 @@ def test_the_weighted_untreated_stand_for_the_month_as_if_nobody_was_contacted()
     assert real["auc_lower"] - 0.01 < truth < real["auc_upper"] + 0.01
 
 
+def test_the_estimates_interval_holds_the_realised_auc_at_its_nominal_rate():
+    """The estimate is made on the rows the realised AUC will be measured on, with their weights: the control group's
+    customers each stand for ten selected ones, so its interval is wider than an unweighted one, and holds the realised
+    figure about 95 % of the time (40 months of 20,000 customers; P(≤ 33 of 40) < 1 % for a true 95 % interval)."""
+    held = 0
+    for seed in range(40):
+        frame, _ = campaign_month(n=20_000, seed=100 + seed)
+        est, real = performance_rows(frame, "2025-07", "1", True, n_boot=20, seed=seed)
+        held += est["auc_lower"] <= real["auc"] <= est["auc_upper"]
+    assert held >= 34, held
+
+
 def test_without_labels_only_the_estimate_is_reported():
     frame, _ = campaign_month(n=5000)
     rows = performance_rows(frame.assign(y=np.nan), "2025-07", "1", False, n_boot=50)
