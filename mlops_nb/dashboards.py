@@ -247,10 +247,11 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
                if inc else ("p", label(lang, "no_alert")))
     served = [{"time": e.time[:16], "event": f"v{e.details.get('version')} → {e.details.get('to_status')}",
                "why": str(e.details.get("reason", ""))[:90]} for e in read_events(cfg, AUDIT_MODEL_STATUS)]
+    rollbacks = read_events(cfg, AUDIT_ROLLED_BACK)
     served += [{"time": e.time[:16], "event": "rollback", "why": str(e.details.get("reason", ""))[:90]}
-               for e in read_events(cfg, AUDIT_ROLLED_BACK)]
+               for e in rollbacks]
     retrains = read_snapshot(cfg, TABLE_MONITOR_RETRAINS)
-    rolled = [str(e.details.get("month", "")) for e in read_events(cfg, AUDIT_ROLLED_BACK)]
+    rolled = [str(e.details.get("month", "")) for e in rollbacks]
     out += [("h2", label(lang, "versions")),
             ("fig", (timeline_plot(months, retrains, rolled), label(lang, "cap_timeline"))),
             ("table", pd.DataFrame(sorted(served, key=lambda r: r["time"])))]

@@ -115,13 +115,12 @@ def performance_rows(frame: pd.DataFrame, month: str, version: str, labelled_now
     """The month's estimated performance and, when its labels have arrived, the realised one with the concept-drift
     test — both on the same rows, the weighted untreated (which stand for the month as if nobody was contacted), so the
     estimate's interval is the one the realised figure falls in by chance, control-group weights included."""
-    base = frame[frame.weight > 0] if "weight" in frame and (frame.weight > 0).any() else \
-        frame[frame.action != "exploration"]
-    w = base.weight.to_numpy(float) if "weight" in base else None
-    est = estimate_performance(base.p.to_numpy(), base.decision.to_numpy(float), weights=w, seed=seed)
+    base = frame[frame.weight > 0]                    # `month_frame`'s weights: 0 for treated and exploration rows
+    est = estimate_performance(base.p.to_numpy(), base.decision.to_numpy(float), base.weight.to_numpy(float),
+                               seed=seed)
     rows = [dict(month=month, version=version, kind="estimated", **_pick(est.to_dict()))]
     if labelled_now:
-        lab = frame[(frame.weight > 0) & frame.y.notna()]
+        lab = base[base.y.notna()]
         y, p, w = lab.y.to_numpy(float), lab.p.to_numpy(), lab.weight.to_numpy()
         real = realised_performance(y, p, lab.decision.to_numpy(float), w, n_boot=n_boot, seed=seed)
         test = concept_drift_test(y, p, w, alpha=ALPHA, seed=seed, rate_dispersion=rate_dispersion)

@@ -75,20 +75,20 @@ def new_champion_vs_oracle(settings: Path) -> dict | None:
         model = load_served_model(cfg, v, unknown_category="missing")
         return model.scorer.probabilities(model.scorer.encode_frame(df))
     p = scores(version)
-    truth = read_truth(cfg.paths.oracle)
-    truth = truth[truth.month == month]
     from mlops_nb.privacy import load_key, pseudonymise
-    key = load_key(cfg)
-    truth = truth.assign(customer_key=pseudonymise(truth.customer_id, key, "customer"))
-    t = df[["customer_key"]].merge(truth[["customer_key", "p_churn"]], on="customer_key", how="left")
+    truth = read_truth(cfg.paths.oracle)           # every month, keyed once: this month's rows and the ceiling's window
+    truth = truth.assign(customer_key=pseudonymise(truth.customer_id, load_key(cfg), "customer"))[
+        ["customer_key", "month", "p_churn"]]
+    t = df[["customer_key"]].merge(truth[truth.month == month][["customer_key", "p_churn"]], on="customer_key",
+                                   how="left")
     y = df.churned_next.to_numpy(int)
     return dict(version=version, promoted=bool(was_promoted), month=month, rows=len(df), auc_model=roc_auc_score(y, p),
                 auc_serving=roc_auc_score(y, scores(serving)), serving=serving,
                 auc_oracle=roc_auc_score(y, t.p_churn.to_numpy()),
-                auc_feature_ceiling=feature_ceiling(cfg, promoted[-1][0], month, df, y, key))
+                auc_feature_ceiling=feature_ceiling(cfg, promoted[-1][0], month, df, y, truth))
 
 
-def feature_ceiling(cfg, retrain_month: str, month: str, test, y, key) -> float:
+def feature_ceiling(cfg, retrain_month: str, month: str, test, y, truth) -> float:
     """The best AUC the model's inputs allow on the same rows: a regressor fitted to the *true* log-odds of the
     untreated rows of the labelled months from the retraining's window to the month before `month` — no learner
     from 0/1 outcomes can beat it; the oracle also knows what the lake never records (price sensitivity)."""
@@ -96,15 +96,10 @@ def feature_ceiling(cfg, retrain_month: str, month: str, test, y, key) -> float:
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.metrics import roc_auc_score
     from mlops_nb.contracts import connect_warehouse, load_feature_table
-    from mlops_nb.lake import read_truth
-    from mlops_nb.privacy import pseudonymise
     with connect_warehouse(cfg, read_only=True) as con:
         since = con.execute("SELECT since FROM monitor.retrains WHERE month = ?", [retrain_month]).fetchone()[0]
     df, spec = load_feature_table(cfg)
     df = df.assign(month=df[spec.time_column].astype(str).str[:7])
-    truth = read_truth(cfg.paths.oracle)
-    truth = truth.assign(customer_key=pseudonymise(truth.customer_id, key, "customer"))[["customer_key", "month",
-                                                                                          "p_churn"]]
     train = df[(df.month >= since) & (df.month < month)].merge(truth, on=["customer_key", "month"])
     def frame(d):
         return d[spec.features].assign(**{c: pd.Categorical(d[c], categories=sorted(train[c].dropna().unique()))
