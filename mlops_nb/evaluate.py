@@ -277,12 +277,13 @@ def validation_probabilities(c: Any,                 # a loaded train.Candidate
                              X_valid: pd.DataFrame,  # the same rows as the model's input
                              spec: Any,              # the feature spec (its key columns)
                              ) -> np.ndarray:
-    """The candidate's validation probabilities: its out-of-fold ones when training cross-validated (checked row by row
-    against the validation rows), else its model's predictions of the held-out part."""
+    """The candidate's validation probabilities from fits that did not see those rows: the held-out ones its train run
+    logged (out of fold, or its train-part model's before the refit; checked row by row against the validation rows),
+    else — a run from before the refit — its model's predictions of the held-out part."""
     if getattr(c, "oof", None) is None: return c.pipeline.predict_proba(X_valid)[:, 1]
     keys = [spec.id_column] + ([spec.time_column] if spec.time_column else [])
     if len(c.oof) != len(valid) or not c.oof[keys].equals(valid[keys].reset_index(drop=True).astype(str)):
-        raise RuntimeError(f"the out-of-fold probabilities of {c.family} (run {c.run_id}) are not of this split's "
+        raise RuntimeError(f"the held-out probabilities of {c.family} (run {c.run_id}) are not of this split's "
                            "validation rows: was the feature table or [train] cv_* changed since training? Train "
                            "again.")
     return c.oof["p"].to_numpy(float)

@@ -184,7 +184,9 @@ def model_card(ev: CandidateEvaluation,                 # the candidate's evalua
            ("ul",
             [f"Dataset: {data.get('name', '—')} (digest {data.get('digest', '—')}, source {data.get('source', '—')}).",
                    f"Rows: train {data.get('train_rows', '—')}, validation {data.get('valid_rows', '—')}, test "
-                   f"{data.get('test_rows', '—')}; test months {data.get('test_months', '—')}.",
+                   f"{data.get('test_rows', '—')}; test months {data.get('test_months', '—')}. The shipped model "
+                   "learnt from the train and validation rows; its configuration, calibration and threshold were "
+                   "chosen on validation by fits that had not seen those rows.",
                    f"Model inputs ({len(data.get('features', []))}): {', '.join(data.get('features', [])) or '—'}.",
                    "Sensitive attributes, used only to measure fairness, never as inputs: "
                    f"{', '.join(data.get('sensitive', [])) or 'none'}.",

@@ -59,10 +59,31 @@ from .stats import sigmoid
 from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 
 # %% auto #0
-__all__ = ['SPLIT_CONTEXTS', 'score', 'Trial', 'fit_trial', 'tune_family', 'fold_interval', 'fit_trial_cv', 'refit_on_all',
-           'loggable_params', 'split_datasets', 'log_datasets', 'log_training_keys', 'TrainResult', 'train_family',
-           'log_oof', 'blend_oof', 'train_blend', 'run_train', 'cap_rows', 'family_max_rows', 'Candidate', 'load_oof',
+__all__ = ['SPLIT_CONTEXTS', 'cap_rows', 'family_max_rows', 'score', 'Trial', 'fit_trial', 'tune_family', 'refit_on_all',
+           'fold_interval', 'fit_trial_cv', 'loggable_params', 'split_datasets', 'log_datasets', 'log_training_keys',
+           'TrainResult', 'train_family', 'log_oof', 'blend_oof', 'train_blend', 'run_train', 'Candidate', 'load_oof',
            'train_run_of', 'load_training_keys', 'latest_train_run', 'load_candidates']
+
+# %% ../nbs/35_train.ipynb #ccea86db
+def cap_rows(df: pd.DataFrame,                  # the training part of a split
+             target: str,                       # the label column (a stratum)
+             max_rows: int,                     # the cap; 0 or >= len(df) keeps every row
+             seed: int,                         # sampling seed
+             time_column: str | None = None,    # a second stratum when the data has time
+             ) -> pd.DataFrame:
+    "At most `max_rows` rows of `df`, sampled within (month, label) strata in proportion; order preserved."
+    if not max_rows or len(df) <= max_rows: return df
+    keys = [c for c in (time_column, target) if c]
+    rng = np.random.default_rng([seed, 0x5A3])
+    u = pd.Series(rng.random(len(df)), index=df.index)
+    rank = u.groupby([df[k] for k in keys]).rank(pct=True, method="first")
+    return df[rank <= max_rows / len(df)]
+
+# %% ../nbs/35_train.ipynb #82b90b51
+def family_max_rows(family: str, max_rows: int, network_max_rows: int) -> int:
+    "The row cap of one family's fits (0 = none): the network's own when it is tighter, the common one otherwise."
+    if family != "torch_mlp" or not network_max_rows: return max_rows
+    return min(max_rows, network_max_rows) if max_rows else network_max_rows
 
 # %% ../nbs/35_train.ipynb #bc54f9e7
 def score(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -79,7 +100,10 @@ class Trial:
     metrics: dict[str, float]         # valid_auc, valid_log_loss
     seconds: float                    # time to fit
     pipeline: Pipeline | None = None  # the fitted pipeline (kept for the best trial only)
-    oof: np.ndarray | None = None     # cross-validated: its out-of-fold probabilities of `split.valid`
+    # its probabilities of `split.valid` from fits that did not see those rows: out of fold (cross-validated), or,
+    # once refitted on train + validation, the train-part model's
+    oof: np.ndarray | None = None
+    fit_rows: int = 0                 # the rows the kept pipeline was fitted on
 
 def fit_trial(family: str, params: dict[str, Any], split: Split, spec: FeatureSpec, seed: int, index: int = 0) -> Trial:
     "Fit one configuration on the train part and score it on the validation part (out of fold on small tables)."
@@ -94,15 +118,32 @@ def tune_family(family: str, split: Split, spec: FeatureSpec,
                 trials: int,                      # the budget: configurations to try
                 seed: int,                        # seeds the draws and the models
                 fit: Callable[..., Trial] = fit_trial,  # how to run one trial (run_train wraps it in an MLflow run)
+                max_rows: int = 0,                # the refit's row cap (train + validation), as the train part's
                 ) -> tuple[Trial, list[Trial]]:
-    "Random search for `family`: the best trial (with its fitted pipeline) and every trial (without)."
+    "Random search for `family`: the best trial refitted on every non-test row, and every trial (without a pipeline)."
     best, done = None, []
     for i, params in enumerate(trial_params(family, trials, seed)):
         t = fit(family, params, split, spec, seed, i)
         if best is None or t.metrics["valid_auc"] > best.metrics["valid_auc"]: best = t
         done.append(Trial(t.family, t.index, t.params, t.metrics, t.seconds))
-    if split.cross_validated: best = refit_on_all(best, split, spec, seed)
-    return best, done
+    return refit_on_all(best, split, spec, seed, max_rows), done
+
+# %% ../nbs/35_train.ipynb #rfit0001
+def refit_on_all(best: Trial, split: Split, spec: FeatureSpec, seed: int,
+                 max_rows: int = 0,      # held-out validation: cap on train + validation rows (0 = every row)
+                 ) -> Trial:
+    """The best configuration refitted on every non-test row. Cross-validated, `split.train` is all of them and the
+    out-of-fold probabilities stay; with a held-out validation part, the refit learns from train + validation (at
+    most `max_rows`, sampled as the train part was) and the train-part model's validation probabilities are kept as
+    its held-out ones."""
+    t0 = time.perf_counter()
+    if split.cross_validated: rows, held = split.train, best.oof
+    else:
+        rows = cap_rows(pd.concat([split.train, split.valid]), spec.target, max_rows, seed, spec.time_column)
+        held = best.pipeline.predict_proba(split.valid)[:, 1]
+    pipe = make_candidate(best.family, best.params, spec, seed).fit(rows, rows[spec.target].to_numpy(np.int64))
+    return dataclasses.replace(best, pipeline=pipe, oof=held, fit_rows=len(rows),
+                               seconds=best.seconds + time.perf_counter() - t0)
 
 # %% ../nbs/35_train.ipynb #cvtr1a02
 def fold_interval(aucs: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -129,12 +170,6 @@ def fit_trial_cv(family: str, params: dict[str, Any], split: Split, spec: Featur
     metrics = {f"valid_{k}": v for k, v in score(y_valid, oof).items()} | dict(cv_auc_mean=mean, cv_auc_lo=lo,
                                                                              cv_auc_hi=hi, cv_folds=len(split.folds))
     return Trial(family, index, dict(params), metrics, time.perf_counter() - t0, None, oof)
-
-def refit_on_all(best: Trial, split: Split, spec: FeatureSpec, seed: int) -> Trial:
-    "The best cross-validated configuration refitted on every non-test row (its out-of-fold scores kept)."
-    t0 = time.perf_counter()
-    pipe = make_candidate(best.family, best.params, spec, seed).fit(split.train, split.y("train"))
-    return dataclasses.replace(best, pipeline=pipe, seconds=best.seconds + time.perf_counter() - t0)
 
 # %% ../nbs/35_train.ipynb #6a4d2495
 def loggable_params(estimator: BaseEstimator, max_len: int = 500) -> dict[str, Any]:
@@ -208,13 +243,16 @@ def _trial_logger(run_id: str, datasets: dict[str, Any]) -> Callable[..., Trial]
     return fit
 
 def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed: int, run_id: str,
-                 datasets: dict[str, Any]) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
-    """Tune one family in a child run of the phase run and log its best pipeline there; return its summary row, the
-    pipeline and (cross-validated) its out-of-fold probabilities."""
+                 datasets: dict[str, Any],
+                 max_rows: int = 0,     # the refit's row cap (the family's, as its train part was capped)
+                 ) -> tuple[dict[str, Any], Pipeline, np.ndarray | None]:
+    """Tune one family in a child run of the phase run and log its best pipeline (refitted on every non-test row)
+    there; return its summary row, the pipeline and its held-out validation probabilities."""
     tags = {TAG_KIND: "candidate", TAG_CANDIDATE: "true", TAG_FAMILY: family, TAG_TRAIN_RUN_ID: run_id}
     with mlflow.start_run(run_name=family, nested=True, tags=tags) as run:
         log_datasets(datasets)
-        best, done = tune_family(family, split, spec, trials, seed, fit=_trial_logger(run_id, datasets))
+        best, done = tune_family(family, split, spec, trials, seed, fit=_trial_logger(run_id, datasets),
+                                 max_rows=max_rows)
         test = {
             f"test_{k}": v for k, v in score(split.y("test"), best.pipeline.predict_proba(split.test)[:, 1]).items()
         }
@@ -225,6 +263,7 @@ def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed
                 "seed": seed,
                 "trials": trials,
                 "train_rows": len(split.train),
+                "fit_rows": best.fit_rows,
             }
         )
         mlflow.log_metrics(
@@ -237,7 +276,7 @@ def train_family(family: str, split: Split, spec: FeatureSpec, trials: int, seed
             "params": json.dumps(best.params), "run_id": run.info.run_id, "model_uri": uri}, best.pipeline, best.oof
 
 def log_oof(oof: np.ndarray, split: Split, spec: FeatureSpec) -> None:
-    "Log out-of-fold probabilities with the keys of the rows they belong to (the evaluation checks them)."
+    "Log held-out validation probabilities with the keys of the rows they belong to (the evaluation checks them)."
     keys = [spec.id_column] + ([spec.time_column] if spec.time_column else [])
     frame = split.valid[keys].reset_index(drop=True).astype(str).assign(p=oof)
     with tempfile.TemporaryDirectory() as d:
@@ -247,25 +286,26 @@ def log_oof(oof: np.ndarray, split: Split, spec: FeatureSpec) -> None:
 
 # %% ../nbs/35_train.ipynb #b8c845b3
 def blend_oof(oofs: Sequence[np.ndarray]) -> np.ndarray:
-    "The blend's out-of-fold probabilities: the mean log-odds of its members' (what `LogOddsBlend` does to scores)."
+    "The blend's held-out probabilities: the mean log-odds of its members' (what `LogOddsBlend` does to scores)."
     q = [np.clip(o, 1e-12, 1 - 1e-12) for o in oofs]
     return sigmoid(np.mean([np.log(o / (1 - o)) for o in q], axis=0))
 
 def train_blend(members: Sequence[str], pipelines: Mapping[str, Pipeline], split: Split, spec: FeatureSpec,
                 within: float,
                 run_id: str, datasets: dict[str, Any],
-                oofs: Mapping[str, np.ndarray | None] | None = None,   # cross-validated: the members' out-of-fold p
+                oofs: Mapping[str, np.ndarray | None] | None = None,   # the members' held-out validation p
                 ) -> dict[str, Any]:
     "Log the blend of `members` (fitted family pipelines) as a candidate child run; return its summary row."
     tags = {TAG_KIND: "candidate", TAG_CANDIDATE: "true", TAG_FAMILY: BLEND, TAG_TRAIN_RUN_ID: run_id}
     with mlflow.start_run(run_name=BLEND, nested=True, tags=tags) as run:
-        # the members learnt from the training part; the blend is judged on the others
+        # the members learnt from every non-test row; the blend is judged on their held-out validation probabilities
         log_datasets(datasets)
         blend = LogOddsBlend([pipelines[m] for m in members], list(members)).fit()
-        oof = blend_oof([oofs[m] for m in members]) if split.cross_validated and oofs else None
+        held = [(oofs or {}).get(m) for m in members]
+        oof = blend_oof(held) if all(h is not None for h in held) else None
         p_valid = oof if oof is not None else blend.predict_proba(split.valid)[:, 1]
         valid = {f"valid_{k}": v for k, v in score(split.y("valid"), p_valid).items()}
-        if oof is not None:                          # its folds' AUCs, as the members report theirs
+        if oof is not None and split.cross_validated:   # its folds' AUCs, as the members report theirs
             y = split.y("valid")
             # (of its averaged out-of-fold probabilities when the folds were redrawn)
             mean, lo, hi = fold_interval([roc_auc_score(y[va], oof[va]) for _, va in split.folds
@@ -329,7 +369,8 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
                     fdatasets = datasets | split_datasets(fsplit, spec, source=str(cfg.paths.warehouse),
                                                           parts=("train",))
                 row, pipelines[f], oofs[f] = train_family(f, fsplit, spec, cfg.train.trials, cfg.train.seed, rid,
-                                                      fdatasets)
+                                                          fdatasets, family_max_rows(f, cfg.train.max_rows,
+                                                                                     cfg.train.network_max_rows))
                 rows.append(row)
             members = blend_members({r["family"]: r["valid_auc"] for r in rows}, cfg.train.blend_within)
             if members:
@@ -347,27 +388,6 @@ def run_train(cfg: Settings,             # the run settings ([train] candidates,
                                                  "candidates": {f: table.loc[f, "model_uri"] for f in table.index}})
         return TrainResult(rid, split.describe(), table, best, oracle, time.perf_counter() - t0)
 
-# %% ../nbs/35_train.ipynb #ccea86db
-def cap_rows(df: pd.DataFrame,                  # the training part of a split
-             target: str,                       # the label column (a stratum)
-             max_rows: int,                     # the cap; 0 or >= len(df) keeps every row
-             seed: int,                         # sampling seed
-             time_column: str | None = None,    # a second stratum when the data has time
-             ) -> pd.DataFrame:
-    "At most `max_rows` rows of `df`, sampled within (month, label) strata in proportion; order preserved."
-    if not max_rows or len(df) <= max_rows: return df
-    keys = [c for c in (time_column, target) if c]
-    rng = np.random.default_rng([seed, 0x5A3])
-    u = pd.Series(rng.random(len(df)), index=df.index)
-    rank = u.groupby([df[k] for k in keys]).rank(pct=True, method="first")
-    return df[rank <= max_rows / len(df)]
-
-# %% ../nbs/35_train.ipynb #82b90b51
-def family_max_rows(family: str, max_rows: int, network_max_rows: int) -> int:
-    "The row cap of one family's fits (0 = none): the network's own when it is tighter, the common one otherwise."
-    if family != "torch_mlp" or not network_max_rows: return max_rows
-    return min(max_rows, network_max_rows) if max_rows else network_max_rows
-
 # %% ../nbs/35_train.ipynb #aaa3c118
 @dataclass
 class Candidate:
@@ -380,12 +400,13 @@ class Candidate:
     metrics: dict[str, float]    # valid_auc, valid_log_loss, test_auc, test_log_loss, fit_seconds, ...
     train_run_id: str            # the phase run it belongs to
     pipeline: Pipeline           # the fitted pipeline: raw feature columns in, predict_proba out
-    # cross-validated: the validated rows' keys and their out-of-fold probabilities `p` (None = a held-out part)
+    # the validated rows' keys and their held-out probabilities `p` (out of fold, or the train-part model's; None for
+    # runs from before the refit, whose model never saw the validation part)
     oof: pd.DataFrame | None = None
 
 # %% ../nbs/35_train.ipynb #f730f4f1
 def load_oof(run_id: str) -> pd.DataFrame | None:
-    "A candidate run's out-of-fold probabilities (keys and `p`), or None when it was validated on a held-out part."
+    "A candidate run's held-out validation probabilities (keys and `p`); None for a run that did not log them."
     folder = str(Path(ART_TRAIN_OOF).parent)
     if not any(a.path == ART_TRAIN_OOF for a in MlflowClient().list_artifacts(run_id, folder)): return None
     return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ART_TRAIN_OOF))

@@ -51,8 +51,8 @@ from mlops_nb.sources import (
 from .stats import calibrate_intercept, sigmoid
 
 # %% auto #0
-__all__ = ['TICKET_RATE', 'BASE_CHURN', 'OFFER_EFFECT', 'SEGMENT_EFFECT', 'CONCEPT_FEE', 'MAX_TENURE_MONTHS', 'CONTACT_RATE',
-           'ACCEPT_P', 'Batch', 'next_engagement', 'data_usage', 'city_quality', 'simulate_behaviour',
+__all__ = ['TICKET_RATE', 'BASE_CHURN', 'OFFER_EFFECT', 'SEGMENT_EFFECT', 'CONCEPT_FEE', 'CONCEPT_EFFECT', 'MAX_TENURE_MONTHS',
+           'CONTACT_RATE', 'ACCEPT_P', 'Batch', 'next_engagement', 'data_usage', 'city_quality', 'simulate_behaviour',
            'simulate_tickets', 'static_logit', 'structural_logit', 'churn_logit', 'initial_base',
            'simulate_offer_outcomes', 'batch_len', 'batch_take', 'batch_concat', 'check_lake', 'customer_ids',
            'MonthOutput', 'World']
@@ -143,6 +143,7 @@ OFFER_EFFECT = np.array([-1.8, -0.15, 0.0, 0.7])   # log-odds change of an offer
 # log-odds offset of each segment on churn without an offer (none: see above)
 SEGMENT_EFFECT = np.array([0.0, 0.0, 0.0, 0.0])
 CONCEPT_FEE = 90.0                                 # drift: fibre customers paying more than this feel the competitor
+CONCEPT_EFFECT = 1.15                              # ... and their log-odds of leaving rise by this much
 
 def static_logit(b: Mapping[str, np.ndarray], day: int) -> np.ndarray:
     "The part of the churn log-odds that changes slowly: contract, price, age band and segment."
@@ -172,7 +173,7 @@ def churn_logit(b: Mapping[str, np.ndarray], day: int, concept_drift: bool = Fal
     z += 0.3 * (b["lt1"].astype(float) + b["lt2"] + b["lt3"]) + 0.5 * b["unpaid"]
     fibre = b["product"] == 1
     z += 0.6 * (fibre & (unresolved > 0))
-    if concept_drift: z += 1.2 * np.minimum(b["sens"].astype(float), 2) * (fibre & (b["fee"] > CONCEPT_FEE))
+    if concept_drift: z += CONCEPT_EFFECT * (fibre & (b["fee"] > CONCEPT_FEE))
     return z
 
 # %% ../nbs/12_world.ipynb #e7d85ae0
