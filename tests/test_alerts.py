@@ -139,6 +139,9 @@ def test_packaged_rules_and_the_repository_file_agree_and_fit_the_monitor():
     assert all(r.description for r in rules.values())
     assert not rules["quality_blocked"].retrain and not rules["data_held_back"].retrain
     assert rules["concept_drift"].retrain
+    # the rule fires at the monitor's own test level: the p-value it reads is Holm's over that test's family
+    from mlops_nb.monitor import ALPHA
+    assert (rules["concept_drift"].op, rules["concept_drift"].threshold) == ("<", ALPHA)
 
 
 @pytest.mark.parametrize("body, expected", [
