@@ -100,8 +100,8 @@ class Trial:
     metrics: dict[str, float]         # valid_auc, valid_log_loss
     seconds: float                    # time to fit
     pipeline: Pipeline | None = None  # the fitted pipeline (kept for the best trial only)
-    # its probabilities of `split.valid` from fits that did not see those rows: out of fold (cross-validated), or,
-    # once refitted on train + validation, the train-part model's
+    # its probabilities of `split.valid` from fits that did not see those rows: out of fold (cross-validated), or the
+    # train-part model's (kept for the best trial when it is refitted on train + validation)
     oof: np.ndarray | None = None
     fit_rows: int = 0                 # the rows the kept pipeline was fitted on
 
@@ -111,8 +111,9 @@ def fit_trial(family: str, params: dict[str, Any], split: Split, spec: FeatureSp
     t0 = time.perf_counter()
     pipe = make_candidate(family, params, spec, seed).fit(split.train, split.y("train"))
     seconds = time.perf_counter() - t0
-    s = score(split.y("valid"), pipe.predict_proba(split.valid)[:, 1])
-    return Trial(family, index, dict(params), {f"valid_{k}": v for k, v in s.items()}, seconds, pipe)
+    held = pipe.predict_proba(split.valid)[:, 1]
+    s = score(split.y("valid"), held)
+    return Trial(family, index, dict(params), {f"valid_{k}": v for k, v in s.items()}, seconds, pipe, held)
 
 def tune_family(family: str, split: Split, spec: FeatureSpec,
                 trials: int,                      # the budget: configurations to try
@@ -132,18 +133,14 @@ def tune_family(family: str, split: Split, spec: FeatureSpec,
 def refit_on_all(best: Trial, split: Split, spec: FeatureSpec, seed: int,
                  max_rows: int = 0,      # held-out validation: cap on train + validation rows (0 = every row)
                  ) -> Trial:
-    """The best configuration refitted on every non-test row. Cross-validated, `split.train` is all of them and the
-    out-of-fold probabilities stay; with a held-out validation part, the refit learns from train + validation (at
-    most `max_rows`, sampled as the train part was) and the train-part model's validation probabilities are kept as
-    its held-out ones."""
+    """The best configuration refitted on every non-test row, its held-out validation probabilities kept:
+    cross-validated, `split.train` is all of them; with a held-out validation part, the refit learns from train +
+    validation (at most `max_rows`, sampled as the train part was)."""
     t0 = time.perf_counter()
-    if split.cross_validated: rows, held = split.train, best.oof
-    else:
-        rows = cap_rows(pd.concat([split.train, split.valid]), spec.target, max_rows, seed, spec.time_column)
-        held = best.pipeline.predict_proba(split.valid)[:, 1]
+    rows = split.train if split.cross_validated else cap_rows(pd.concat([split.train, split.valid]), spec.target,
+                                                               max_rows, seed, spec.time_column)
     pipe = make_candidate(best.family, best.params, spec, seed).fit(rows, rows[spec.target].to_numpy(np.int64))
-    return dataclasses.replace(best, pipeline=pipe, oof=held, fit_rows=len(rows),
-                               seconds=best.seconds + time.perf_counter() - t0)
+    return dataclasses.replace(best, pipeline=pipe, fit_rows=len(rows), seconds=best.seconds + time.perf_counter() - t0)
 
 # %% ../nbs/35_train.ipynb #cvtr1a02
 def fold_interval(aucs: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

@@ -53,7 +53,7 @@ from .stats import calibrate_intercept, sigmoid
 # %% auto #0
 __all__ = ['TICKET_RATE', 'BASE_CHURN', 'OFFER_EFFECT', 'SEGMENT_EFFECT', 'CONCEPT_FEE', 'CONCEPT_EFFECT', 'MAX_TENURE_MONTHS',
            'CONTACT_RATE', 'ACCEPT_P', 'Batch', 'next_engagement', 'data_usage', 'city_quality', 'simulate_behaviour',
-           'simulate_tickets', 'static_logit', 'structural_logit', 'churn_logit', 'initial_base',
+           'simulate_tickets', 'competitor_reaches', 'static_logit', 'structural_logit', 'churn_logit', 'initial_base',
            'simulate_offer_outcomes', 'batch_len', 'batch_take', 'batch_concat', 'check_lake', 'customer_ids',
            'MonthOutput', 'World']
 
@@ -145,6 +145,10 @@ SEGMENT_EFFECT = np.array([0.0, 0.0, 0.0, 0.0])
 CONCEPT_FEE = 90.0                                 # drift: fibre customers paying more than this feel the competitor
 CONCEPT_EFFECT = 1.15                              # ... and their log-odds of leaving rise by this much
 
+def competitor_reaches(b: Mapping[str, np.ndarray]) -> np.ndarray:
+    "Who the drift scenario's competitor reaches: fibre customers paying more than `CONCEPT_FEE`."
+    return (b["product"] == 1) & (b["fee"] > CONCEPT_FEE)
+
 def static_logit(b: Mapping[str, np.ndarray], day: int) -> np.ndarray:
     "The part of the churn log-odds that changes slowly: contract, price, age band and segment."
     ratio, sens = b["fee"] / PLAN_FEE[b["plan"]], b["sens"].astype(float)
@@ -173,7 +177,7 @@ def churn_logit(b: Mapping[str, np.ndarray], day: int, concept_drift: bool = Fal
     z += 0.3 * (b["lt1"].astype(float) + b["lt2"] + b["lt3"]) + 0.5 * b["unpaid"]
     fibre = b["product"] == 1
     z += 0.6 * (fibre & (unresolved > 0))
-    if concept_drift: z += CONCEPT_EFFECT * (fibre & (b["fee"] > CONCEPT_FEE))
+    if concept_drift: z += CONCEPT_EFFECT * competitor_reaches(b)
     return z
 
 # %% ../nbs/12_world.ipynb #e7d85ae0
@@ -562,7 +566,7 @@ class World:
         req = month_first_day(label) + r.integers(0, month_days(label), len(rows))
         eff = req + np.where(b["ctype"][rows] == 0, r.integers(0, 8, len(rows)), 30)
         ratio = b["fee"][rows] / PLAN_FEE[b["plan"][rows]]
-        drift = self.drifted(i_next - 1) & (b["product"][rows] == 1) & (b["fee"][rows] > CONCEPT_FEE)
+        drift = self.drifted(i_next - 1) & competitor_reaches(b)[rows]
         w = np.stack([.3 + 2 * np.maximum(ratio - 1, 0) * b["sens"][rows], .3 + 2.5 * drift, .2 + 15 * b["dcr"][rows],
                       .2 + .3 * (b["tk1"][rows] + b["un1"][rows]), np.full(len(rows), .15),
                       .1 + 3 * b["stress"][rows] + b["unpaid"][rows],

@@ -76,7 +76,7 @@ def test_the_pipeline_threshold_is_the_expected_profit_one_not_the_noisy_realise
         yv, pv = calibrated(3_000, seed, shift=-3.0)
         yt, pt = calibrated(3_000, 100 + seed, shift=-3.0)
         below += best_threshold(pv, charter, yv).threshold < be
-        ev = evaluate_scores("c", yv, pv, yt, pt, charter, GateSettings(mitigation="none", n_boot=20))
+        ev = evaluate_scores("c", yv, pv, yt, pt, charter, GATE_NONE(n_boot=20))
         assert be <= ev.business["threshold"] == best_threshold(pv, charter).threshold
         assert ev.business["threshold_valid_realised_profit"] == pytest.approx(
             expected_profit(yv[pv >= ev.business["threshold"]], charter).sum()
@@ -93,7 +93,7 @@ def test_ece_near_zero_when_calibrated_large_when_distorted_and_the_fix_reduces_
         cal = fit_calibrator(yv, pv ** 0.5, method)
         assert expected_calibration_error(y, cal(distorted)) < 0.01, method
     # and evaluate_scores applies the fix only when ECE is over the limit
-    gate = GateSettings(mitigation="none", n_boot=50)
+    gate = GATE_NONE(n_boot=50)
     ev = evaluate_scores("d", yv, pv ** 0.5, y, distorted, CHARTER, gate)
     assert ev.calibration["method"] != "none" and ev.calibration["ece"] < gate.max_ece < ev.calibration["ece_raw"]
     assert ev.calibrator is not None
@@ -181,7 +181,7 @@ def test_threshold_optimizer_reduces_a_planted_gap_and_reports_its_profit_cost()
     assert m["after"]["tpr_gap"] < before / 3
     assert m["profit_cost_per_month"] == pytest.approx(m["before"]["profit_per_month"] - m["after"]["profit_per_month"])
     # evaluate_scores proposes it by itself when the gap breaches the limit
-    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GateSettings(mitigation="none", n_boot=100),
+    ev = evaluate_scores("unfair", yv, pv, yt, pt, charter, GATE_NONE(n_boot=100),
                          sensitive=pd.DataFrame({"group": at}),
                          sensitive_valid=pd.DataFrame({"group": av}))
     assert [b["metric"] for b in ev.fairness_breaches(charter)][0] in ("tpr", "selection_rate")

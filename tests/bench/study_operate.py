@@ -89,25 +89,19 @@ def new_champion_vs_oracle(settings: Path) -> dict | None:
 
 
 def feature_ceiling(cfg, retrain_month: str, month: str, test, y, truth) -> float:
-    """The best AUC the model's inputs allow on the same rows: a regressor fitted to the *true* log-odds of the
-    untreated rows of the labelled months from the retraining's window to the month before `month` — no learner
-    from 0/1 outcomes can beat it; the oracle also knows what the lake never records (price sensitivity)."""
-    import numpy as np
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    """The best AUC the model's inputs allow on the same rows: the project's `oracle.feature_ceiling` (boosted trees
+    fitted to the *true* log-odds) on the untreated rows of the labelled months from the retraining's window to the
+    month before `month` — no learner from 0/1 outcomes can beat it; the oracle also knows what the lake never records
+    (price sensitivity)."""
     from sklearn.metrics import roc_auc_score
     from mlops_nb.contracts import connect_warehouse, load_feature_table
+    from mlops_nb.oracle import feature_ceiling as ceiling_log_odds
     with connect_warehouse(cfg, read_only=True) as con:
         since = con.execute("SELECT since FROM monitor.retrains WHERE month = ?", [retrain_month]).fetchone()[0]
     df, spec = load_feature_table(cfg)
     df = df.assign(month=df[spec.time_column].astype(str).str[:7])
     train = df[(df.month >= since) & (df.month < month)].merge(truth, on=["customer_key", "month"])
-    def frame(d):
-        return d[spec.features].assign(**{c: pd.Categorical(d[c], categories=sorted(train[c].dropna().unique()))
-                                          for c in spec.categorical})
-    r = HistGradientBoostingRegressor(max_iter=400, learning_rate=0.05, categorical_features="from_dtype",
-                                      random_state=0)
-    r.fit(frame(train), np.log(train.p_churn / (1 - train.p_churn)))
-    return float(roc_auc_score(y, r.predict(frame(test))))
+    return float(roc_auc_score(y, ceiling_log_odds(train, train[["p_churn"]], test, spec)))
 
 
 def declare_corrections(settings: Path, month: str, after: int) -> list[str]:
