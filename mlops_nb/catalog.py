@@ -14,7 +14,7 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES', 'PHASE_TRAIN', 'PHASE_EVALUATE', 'PHASE_GATE',
-           'PHASE_REGISTER', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'PHASE_OPERATE', 'TAG_PHASE',
+           'PHASE_REGISTER', 'PHASE_REFERENCE', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'PHASE_OPERATE', 'TAG_PHASE',
            'TAG_SETTINGS_FINGERPRINT', 'TAG_SETTINGS_FILE', 'TAG_EXPERIMENT_KIND', 'TAG_VERSION_PREFIX',
            'TAG_PIPELINE_RUN_ID', 'TAG_PHASES', 'TAG_MONTH', 'TAG_MONTH_STATUS', 'TAG_PROBATION_OF', 'TAG_PROBATION',
            'TAG_NOTEBOOK', 'TAG_ERROR', 'TAG_LAKE_SKIPPED', 'TAG_WAREHOUSE_CONTENT_HASH', 'TAG_LAKE_MANIFEST_SHA256',
@@ -43,12 +43,12 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_SUBJECT_CORRECTED', 'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS',
            'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION',
            'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK',
-           'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS',
-           'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS',
-           'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS',
-           'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION',
-           'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
-           'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'TABLE_UNIQUE_CHECKED', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS',
+           'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS',
+           'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES',
+           'TABLE_SERVICE_COSTS', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING',
+           'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST',
+           'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
            'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
            'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI',
@@ -85,6 +85,8 @@ PHASE_EVALUATE = name("phase", "evaluate", "evaluate", "runner, gate (latest eva
                       "evaluation against the charter")
 PHASE_GATE = name("phase", "gate", "gate", "runner, registry (latest gate decision)", "the promotion decision")
 PHASE_REGISTER = name("phase", "register", "registry", "runner", "registration and promotion")
+PHASE_REFERENCE = name("phase", "reference", "reference", "runner, retrain",
+                       "the serving version's monitoring reference, built once per version")
 PHASE_SANDBOX = name("phase", "sandbox", "sandbox", "tests, benchmarks", "a sandbox champion's run, never gated")
 PHASE_PIPELINE = name("phase", "pipeline", "runner", "dashboards", "the parent run of one `mlops-nb run`")
 PHASE_OPERATE = name("phase", "operate", "operate", "runner, monitor",
@@ -292,6 +294,8 @@ TABLE_QUALITY_RESULTS = name("table", "quality.results", "quality", "gate", "eve
 TABLE_QUALITY_RUNS = name("table", "quality.runs", "quality", "gate", "one row per quality run: passed or not")
 TABLE_HELD_BACK = name("table", "quality.held_back", "quality", "features, contracts, retrain, monitor",
                        "lake partitions (source, month) held back by a blocking rule, and their release")
+TABLE_UNIQUE_CHECKED = name("table", "quality.unique_checked", "quality", "quality (the next run)",
+                            "the parts of a table a unique rule last passed on: unchanged parts are not grouped again")
 TABLE_FEATURES = name("table", "features.customer_month", "features", "train, evaluate, score",
                       "the point-in-time feature table")
 TABLE_FEATURE_SPEC = name("table", "features.spec", "features", "train, evaluate, score", "the feature table's spec")

@@ -46,11 +46,8 @@ def drift_of_month(con, relation: str, bundle: ReferenceBundle) -> pd.DataFrame:
     """Each input's and the score's distance from the reference with its calibrated threshold, plus one row for the
     multivariate reconstruction error (kind `multivariate`)."""
     t = drift_table(con, relation, bundle.profile, bundle.thresholds)
-    rec = bundle.reconstruction
-    cols = ", ".join(quoted(c) for c in rec.columns)
-    errors = rec.errors(con.execute(f"SELECT {cols} FROM {relation}").df())
-    limit = bundle.multivariate_threshold(len(errors))
-    mean = float(errors.mean()) if len(errors) else float("nan")
+    rows, mean = bundle.reconstruction.mean_error(con, relation)
+    limit = bundle.multivariate_threshold(rows)
     multi = {"column": "reconstruction_error", "kind": "multivariate", "method": "pca_reconstruction",
              "distance": mean, "threshold": limit, "drifted": bool(mean >= limit),
              "null_share_reference": 0.0, "null_share_current": 0.0, "new_share": float("nan")}
@@ -81,7 +78,9 @@ def drift_metrics(drift: pd.DataFrame,
 
 # %% ../nbs/65_monitor.ipynb #65ef0009
 def month_frame(con, cfg: Settings, month: str, relation: str, spec: FeatureSpec,
-                control_share: float) -> pd.DataFrame:
+                control_share: float,
+                keys: bool = True,   # False: without the customer keys and the served version (a million strings)
+                ) -> pd.DataFrame:
     """The month's scored customers with p, decision, action, weight (0 for treated and exploration rows; 1 / control
     share for the control group), the label (NaN until it arrives) and the sensitive attributes."""
     sens = "".join(f", f.{quoted(c)}" for c in spec.sensitive)
@@ -89,7 +88,7 @@ def month_frame(con, cfg: Settings, month: str, relation: str, spec: FeatureSpec
               if table_exists(con, TABLE_ACTIONS)
               else "LEFT JOIN (SELECT NULL AS customer_key, NULL AS action) a ON false")
     df = con.execute(f"""
-        SELECT l.customer_key, l.churn_probability AS p, l.decision, l.model_version, a.action,
+        SELECT {"l.customer_key, l.model_version, " if keys else ""}l.churn_probability AS p, l.decision, a.action,
                f.{quoted(spec.target)} AS y{sens}
         FROM {relation} l {action}
         LEFT JOIN {TABLE_FEATURES} f ON f.{quoted(spec.id_column)} = l.customer_key
@@ -212,7 +211,7 @@ def monitor_month(con, cfg: Settings, month: str, request_id: str, version: str,
     perf, fair = [], []
     todo = {month: (request_id, version, False), **{m: (r, v, True) for m, (r, v) in (labelled or {}).items()}}
     for m, (rid, v, lab) in todo.items():
-        frame = month_frame(con, cfg, m, log_relation(cfg, rid), spec, cfg.operate.control_share)
+        frame = month_frame(con, cfg, m, log_relation(cfg, rid), spec, cfg.operate.control_share, keys=False)
         rows = performance_rows(frame, m, v, lab, cfg.gate.n_boot, cfg.train.seed, bundle.rate_dispersion)
         perf += [r for r in rows if lab == (r["kind"] == "realised")]
         fair += [r for r in fairness_rows(frame, m, v, spec, cfg.charter.max_fairness_gap, lab, cfg.gate.n_boot,

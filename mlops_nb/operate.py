@@ -389,11 +389,15 @@ def cost_step(cfg: Settings, res: MonthResult, cpu_seconds: float) -> None:
 
 # %% ../nbs/67_operate.ipynb #67ef0012c
 def retrain_step(cfg: Settings, res: MonthResult, incidents: list[Any], say: Callable[[str], None]) -> None:
-    "Retrain on the months since the problem began if there are enough of them and they were not tried; record it."
+    """Retrain on the months since the problem began if there are enough of them and they were not tried, and no
+    champion a retraining promoted is still on probation; record it."""
+    from mlops_nb.catalog import STATUS_PRODUCTION
+    from mlops_nb.registry import version_with_status
     from mlops_nb.retrain import (
         RetrainResult,
         ensure_retrain_tables,
         labelled_months,
+        on_probation,
         problem_start,
         record_retrain,
         retrain,
@@ -408,7 +412,14 @@ def retrain_step(cfg: Settings, res: MonthResult, incidents: list[Any], say: Cal
         ensure_retrain_tables(con)
         again = tried_before(con, since, window)
     if again: return
-    if len(window) < cfg.operate.retrain_min_months:
+    champion = version_with_status(cfg, STATUS_PRODUCTION)
+    predecessor = on_probation(cfg, champion.version) if champion else None
+    if predecessor:   # every labelled month so far was served by an older version: its alerts are about that one
+        r = RetrainResult(res.month, since, window, "deferred", reason=reason,
+                          note=f"version {champion.version}, promoted by a retraining, is on probation until its "
+                               f"first labelled month is judged; the months behind the alert were served by older "
+                               f"versions (up to {predecessor})")
+    elif len(window) < cfg.operate.retrain_min_months:
         r = RetrainResult(res.month, since, window, "deferred", reason=reason,
                           note=f"{len(window)} labelled month(s) since {since}; "
                                f"{cfg.operate.retrain_min_months} needed")

@@ -25,9 +25,11 @@ from mlops_nb.catalog import (
     AUDIT_QUALITY_VERDICT,
     PHASE_QUALITY,
     TABLE_HELD_BACK,
+    TABLE_UNIQUE_CHECKED,
 )
 from .audit import append_event
-from .contracts import connect_warehouse, held_partitions, sql_literal, warehouse_content_hash
+from .cleaning import content_part_sql
+from .contracts import connect_warehouse, held_partitions, sql_literal, table_exists, warehouse_content_hash
 from .people import shift_month
 from .rules import QualityGateFailed, Rule, load_rules
 from .settings import Settings
@@ -35,10 +37,11 @@ from .staging import TABLES, load_corrections
 
 # %% auto #0
 __all__ = ['EXAMPLES', 'CHECKERS', 'RESULT_COLUMNS', 'RUN_COLUMNS', 'HELD_COLUMNS', 'Check', 'check_partition',
-           'check_completeness', 'check_range', 'check_allowed_values', 'check_unique', 'check_referential',
-           'check_freshness', 'check_volume', 'check_distribution', 'check_quarantine_share', 'check_reconciliation',
-           'evaluate_rule', 'QualityReport', 'evaluate_rules', 'store_results', 'failure_message', 'render_html',
-           'ensure_held_table', 'active_holds', 'failing_partitions', 'HoldChange', 'update_holds', 'run_quality']
+           'check_completeness', 'check_range', 'check_allowed_values', 'unique_snapshot', 'changed_parts',
+           'key_filter', 'check_unique', 'check_referential', 'check_freshness', 'check_volume', 'check_distribution',
+           'check_quarantine_share', 'check_reconciliation', 'evaluate_rule', 'QualityReport', 'evaluate_rules',
+           'record_unique_passes', 'store_results', 'failure_message', 'render_html', 'ensure_held_table',
+           'active_holds', 'failing_partitions', 'HoldChange', 'update_holds', 'run_quality']
 
 # %% ../nbs/28_quality.ipynb #264fa3be
 @dataclass
@@ -56,6 +59,8 @@ class Check:
     failing_rows: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    # (unique rules) the table's parts as this check saw them — (part, rows, hash sum) — recorded when it passes
+    snapshot: list[tuple[str, int, str]] | None = None
 
 EXAMPLES = 5
 _ID_COLUMNS = ("invoice_id", "ticket_id", "contract_id", "campaign_id", "customer_key", "month", "arrival_month",
@@ -128,16 +133,63 @@ def check_allowed_values(con, r: Rule) -> list[Check]:
     return _share_checks(con, r2, f"{c} IS NOT NULL AND CAST({c} AS VARCHAR) NOT IN ({listed})", "max_share",
                          "not allowed")
 
+# %% ../nbs/28_quality.ipynb #q1u00002
+def unique_snapshot(con, table: str) -> list[tuple[str, int, str]] | None:
+    """The table's parts as the loads recorded them in `meta.content_parts` — (part, rows, hash sum as text) — or None
+    when they do not account for every row of the table (a table the loads do not hash, or rows written around them)."""
+    if not table_exists(con, "meta.content_parts"): return None
+    parts = con.execute("SELECT part, rows, CAST(hash_sum AS VARCHAR) FROM meta.content_parts WHERE table_name = ? "
+                        "ORDER BY part", [table]).fetchall()
+    if not parts or sum(n for _, n, _ in parts) != con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]:
+        return None
+    return [(p, int(n), h) for p, n, h in parts]
+
+# %% ../nbs/28_quality.ipynb #q1u00003
+def changed_parts(con, r: Rule, snapshot: list[tuple[str, int, str]] | None) -> list[str] | None:
+    """The parts of `snapshot` whose content differs from the last time rule `r` passed with the same key — or None
+    when everything must be checked (no snapshot, or no pass recorded)."""
+    if snapshot is None or not table_exists(con, TABLE_UNIQUE_CHECKED): return None
+    passed = {(p, int(n), h) for p, n, h in con.execute(
+        f"SELECT part, rows, hash_sum FROM {TABLE_UNIQUE_CHECKED} WHERE rule = ? AND table_name = ? AND key = ?",
+        [r.name, r.table, ", ".join(r.params["columns"])]).fetchall()}
+    return None if not passed else [p for p, n, h in snapshot if (p, n, h) not in passed]
+
+# %% ../nbs/28_quality.ipynb #q1u00004
+def key_filter(con, r: Rule, parts: Sequence[str]) -> tuple[str, list[Any]]:
+    """(SQL condition, parameters) keeping the rows that could share a key with a row of `parts`: each key column
+    within the range it takes there (or null, where the parts hold nulls). The range lets DuckDB skip the row groups of
+    other months without reading them."""
+    cols = r.params["columns"]
+    stats = con.execute(f"SELECT {', '.join(f'min({c}), max({c}), count(*) FILTER ({c} IS NULL)' for c in cols)} "
+                        f"FROM {r.table} WHERE {content_part_sql(r.table)} IN "
+                        f"({', '.join(sql_literal(p) for p in parts)})").fetchone()
+    conds, params = [], []
+    for i, c in enumerate(cols):
+        lo, hi, nulls = stats[3 * i: 3 * i + 3]
+        if lo is None: conds.append(f"{c} IS NULL"); continue
+        conds.append(f"({c} BETWEEN ? AND ?" + (f" OR {c} IS NULL)" if nulls else ")")); params += [lo, hi]
+    return " AND ".join(conds), params
+
 # %% ../nbs/28_quality.ipynb #10a12d51
 def check_unique(con, r: Rule) -> list[Check]:
-    cols = ", ".join(r.params["columns"])
-    groups, rows = con.execute(f"SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {r.table} GROUP "
-                               f"BY {cols} HAVING count(*) > 1)").fetchone()
-    ex = [] if not groups else json.loads(con.execute(f"SELECT {cols}, count(*) AS rows FROM {r.table} GROUP BY "
-                                                      f"{cols} HAVING count(*) > 1 ORDER BY rows DESC, {cols} LIMIT "
-                                                      f"{EXAMPLES}").df().to_json(orient="records", date_format="iso"))
-    return [_check(r, None, groups, "no key shared by two rows", groups == 0, rows, ex,
-                   "" if not groups else f"{groups} keys are shared by {rows} rows")]
+    "No key shared by two rows — checked on the keys of the parts that changed since the rule last passed."
+    cols, snapshot = ", ".join(r.params["columns"]), unique_snapshot(con, r.table)
+    changed = changed_parts(con, r, snapshot)
+    where, params, scope = "true", [], "every row checked"
+    if changed is not None:
+        scope = f"{len(changed)} of {len(snapshot)} parts changed since the rule last passed"
+        if changed: where, params = key_filter(con, r, changed)
+        else: where = "false"
+    groups, rows = con.execute(f"SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM {r.table} "
+                               f"WHERE {where} GROUP BY {cols} HAVING count(*) > 1)", params).fetchone()
+    ex = [] if not groups else json.loads(con.execute(f"SELECT {cols}, count(*) AS rows FROM {r.table} WHERE {where} "
+                                                      f"GROUP BY {cols} HAVING count(*) > 1 ORDER BY rows DESC, "
+                                                      f"{cols} LIMIT {EXAMPLES}", params)
+                                          .df().to_json(orient="records", date_format="iso"))
+    c = _check(r, None, groups, "no key shared by two rows", groups == 0, rows, ex,
+               scope if not groups else f"{groups} keys are shared by {rows} rows ({scope})")
+    c.snapshot = snapshot
+    return [c]
 
 # %% ../nbs/28_quality.ipynb #5a51ca4d
 def check_referential(con, r: Rule) -> list[Check]:
@@ -318,6 +370,20 @@ def evaluate_rules(cfg: Settings, rules: Sequence[Rule], run_id: str, rules_sour
     return QualityReport(run_id, list(rules), checks, rules_source, started,
                          dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), chash)
 
+# %% ../nbs/28_quality.ipynb #q1u00005
+def record_unique_passes(con, report: QualityReport) -> None:
+    """Keep the parts each passing unique check saw in `quality.unique_checked` (the next run checks only the parts
+    that changed since); a failing check keeps the last pass, so its parts are checked again next time."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE_UNIQUE_CHECKED} (rule VARCHAR, table_name VARCHAR, key VARCHAR, "
+                "part VARCHAR, rows BIGINT, hash_sum VARCHAR)")
+    for c in report.checks:
+        if c.kind != "unique" or not c.passed: continue
+        con.execute(f"DELETE FROM {TABLE_UNIQUE_CHECKED} WHERE rule = ?", [c.rule])
+        r = next(r for r in report.rules if r.name == c.rule)
+        if c.snapshot:
+            con.executemany(f"INSERT INTO {TABLE_UNIQUE_CHECKED} VALUES (?, ?, ?, ?, ?, ?)",
+                            [[c.rule, c.table_name, ", ".join(r.params["columns"]), p, n, h] for p, n, h in c.snapshot])
+
 # %% ../nbs/28_quality.ipynb #2309ea0b
 def store_results(cfg: Settings, report: QualityReport) -> None:
     "Append the run's checks to quality.results and its summary to quality.runs, in one transaction."
@@ -338,6 +404,7 @@ def store_results(cfg: Settings, report: QualityReport) -> None:
                         [report.run_id, report.started_at, report.finished_at, report.passed, s["rules"], s["checks"],
                          s["failed_blocking"],
                          s["failed_warning"], report.rules_source, report.content_hash])
+            record_unique_passes(con, report)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK"); raise

@@ -18,13 +18,14 @@ import pandas as pd
 
 from .catalog import ART_REFERENCE_PROFILE, TABLE_FEATURES, TAG_TRAIN_RUN_ID
 from .contracts import connect_warehouse, duckdb_connect, read_feature_spec
-from .drift import ReferenceProfile, calibrated_thresholds, profile_relation
+from .drift import ReferenceProfile, calibrated_thresholds, profile_relation, quoted
 from .people import month_span
 from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['SCORE_COLUMN', 'EXPLAINED_VARIANCE', 'MAX_FIT_ROWS', 'MONTH_ROWS', 'Reconstruction', 'fit_reconstruction',
-           'rate_dispersion', 'ReferenceBundle', 'reference_months', 'build_reference', 'load_reference']
+           'rate_dispersion', 'ReferenceBundle', 'reference_months', 'build_reference', 'load_reference',
+           'run_reference']
 
 # %% ../nbs/64_reference.ipynb #64ef0005
 SCORE_COLUMN = "churn_probability"   # the score's name in the prediction log and in the profile
@@ -52,6 +53,19 @@ class Reconstruction:
         Z = (X - np.asarray(self.means)) / np.asarray(self.scales)
         W = np.asarray(self.components)
         return np.sqrt(np.mean((Z - (Z @ W.T) @ W) ** 2, axis=1))
+
+    def mean_error(self, con, relation: str) -> tuple[int, float]:
+        """(rows, mean row error) of a DuckDB relation: the arithmetic of `errors` done by DuckDB, so a month of a
+        million rows never comes into Python (residual = z · (I − WᵀW), a fixed d × d matrix)."""
+        W = np.asarray(self.components)
+        P = np.eye(len(self.columns)) - W.T @ W
+        z = [f"((CASE WHEN isfinite(TRY_CAST({quoted(c)} AS DOUBLE)) THEN TRY_CAST({quoted(c)} AS DOUBLE) ELSE "
+             f"{float(md)!r} END) - {float(mu)!r}) / {float(sc)!r} AS z{i}"
+             for i, (c, md, mu, sc) in enumerate(zip(self.columns, self.medians, self.means, self.scales))]
+        res = [" + ".join(f"z{i} * {float(P[i, j])!r}" for i in range(len(z))) for j in range(len(z))]
+        n, mean = con.execute(f"SELECT count(*), avg(sqrt(({' + '.join(f'pow({r}, 2)' for r in res)}) / {len(z)})) "
+                              f"FROM (SELECT {', '.join(z)} FROM {relation})").fetchone()
+        return int(n), float("nan") if mean is None else float(mean)
 
 # %% ../nbs/64_reference.ipynb #64ef0007
 def fit_reconstruction(df: pd.DataFrame, columns: list[str], months: pd.Series | None = None,
@@ -184,3 +198,22 @@ def load_reference(cfg: Settings, version: str, build: bool = True) -> Reference
     bundle = build_reference(cfg, version)
     client.log_text(run_id, bundle.to_json(), ART_REFERENCE_PROFILE)
     return bundle
+
+# %% ../nbs/64_reference.ipynb #64ef0051
+def run_reference(cfg: Settings, mlflow_run_id: str = "") -> str:
+    """The reference phase: build and keep the reference bundle of the version in production (if it has none yet);
+    return what it did, in a sentence. No version in production, or one with no reference period, is said, not
+    raised: the lifecycle goes on, and the monitor says the same when it needs the bundle."""
+    import mlflow
+    from mlops_nb.catalog import PHASE_REFERENCE, STATUS_PRODUCTION
+    from mlops_nb.registry import version_with_status
+    from mlops_nb.tracking import phase_run
+    with phase_run(cfg, PHASE_REFERENCE, run_id=mlflow_run_id):
+        v = version_with_status(cfg, STATUS_PRODUCTION)
+        if v is None: return "no version in production: no reference to build"
+        mlflow.log_param("version", v.version)
+        try: b = load_reference(cfg, v.version)
+        except SettingsError as e: return f"version {v.version} has no reference: {e}"
+        mlflow.log_params(dict(months=f"{b.months[0]}..{b.months[-1]}", rows=b.rows))
+        return (f"version {v.version}'s reference: {b.rows:,} rows of {b.months[0]}..{b.months[-1]}, "
+                f"{len(b.profile.columns)} columns profiled, kept as {ART_REFERENCE_PROFILE} on its run")

@@ -34,6 +34,7 @@ from mlops_nb.catalog import (
     PHASE_OPERATE,
     PHASE_PIPELINE,
     PHASE_QUALITY,
+    PHASE_REFERENCE,
     PHASE_REGISTER,
     PHASE_TRAIN,
     TAG_ERROR,
@@ -73,6 +74,8 @@ PHASES: tuple[Phase, ...] = (
           "evaluate against the charter: calibration, profit, fairness, explanations, model cards"),
     Phase(PHASE_GATE, "47_gate.ipynb", "the promotion gate: approve or refuse the selected candidate, with reasons"),
     Phase(PHASE_REGISTER, "50_registry.ipynb", "register the gate's candidate; promote it to production if approved"),
+    Phase(PHASE_REFERENCE, "64_reference.ipynb",
+          "the production version's monitoring reference: profile, drift thresholds, reconstruction model"),
 )
 # not a lifecycle phase: `mlops-nb operate` runs it, month after month, once the lifecycle has a champion
 OPERATE_PHASE = Phase(PHASE_OPERATE, "67_operate.ipynb",

@@ -258,6 +258,31 @@ def test_a_retrained_champion_that_does_worse_is_rolled_back(tmp_path):
     assert list(shadow.month) == ["2025-06", "2025-07"]
 
 
+def test_no_second_retraining_while_a_retrained_champion_is_on_probation(tmp_path):
+    """A retraining incident still open on months an older version served does not retrain again while the champion a
+    retraining promoted waits for its first labelled month: the attempt is recorded as deferred, saying why. Once the
+    probation is settled, the same incident is judged by the usual rules again (here: too few labelled months)."""
+    from types import SimpleNamespace
+
+    from mlops_nb.operate import MonthResult, retrain_step
+    from mlops_nb.retrain import set_probation, settle_probation
+    from mlops_nb.sandbox import sandbox_champion
+    cfg, first = build(tmp_path / "p")
+    second = sandbox_champion(cfg, params={"max_iter": 20}, threshold=0.05).version
+    set_probation(cfg, second, first)
+    concept = SimpleNamespace(rule="concept_drift", retrain=True, metric="performance.concept_drift_p",
+                              months=["2025-05"], opened="2025-05")
+    res = MonthResult("2025-05", "ok", version=second)
+    retrain_step(cfg, res, [concept], say=lambda s: None)
+    tried = table(cfg, "SELECT month, status, note FROM monitor.retrains")
+    assert list(tried.status) == ["deferred"] and f"version {second}, promoted by a retraining, is on probation" in \
+        tried.note[0] and f"up to {first}" in tried.note[0], tried.to_dict("records")
+    settle_probation(cfg, SimpleNamespace(version=second, rolled_back=False))
+    retrain_step(cfg, MonthResult("2025-05", "ok", version=second), [concept], say=lambda s: None)
+    tried = table(cfg, "SELECT status, note FROM monitor.retrains")
+    assert list(tried.status) == ["deferred", "deferred"] and "needed" in tried.note[1], tried.to_dict("records")
+
+
 def test_a_failing_partition_is_held_back_then_released_by_a_declared_correction(tmp_path):
     """The drift scenario's billing month in cents fails a blocking rule in an operated month: the partition is held
     back (features and training leave it out, an alert opens, the month goes on); a correction declared beside the
