@@ -50,8 +50,8 @@ def project(root: Path, scenario: str, seed: int, operated: int, history: int, c
 
 def new_champion_vs_oracle(settings: Path) -> dict | None:
     """After a retraining: the retrained version's AUC (the new champion's if it was promoted, else the refused
-    challenger's) on the untreated customers of the last labelled month, the serving champion's and the true
-    probabilities' on the same rows."""
+    challenger's) on the untreated customers of the last labelled month — one after its training window, so the figure
+    is out of sample — the serving champion's and the true probabilities' on the same rows."""
     from sklearn.metrics import roc_auc_score
     from mlops_nb.lake import read_truth
     from mlops_nb.served import load_served_model
@@ -61,12 +61,16 @@ def new_champion_vs_oracle(settings: Path) -> dict | None:
         tables = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM "
                                             "information_schema.tables").fetchall()}
         if "monitor.retrains" not in tables: return None
-        promoted = con.execute("SELECT month, version, promoted FROM monitor.retrains WHERE status = 'ran' AND "
-                               "version <> '' ORDER BY month").fetchall()
+        promoted = con.execute("SELECT month, version, promoted, window_months FROM monitor.retrains WHERE status = "
+                               "'ran' AND version <> '' ORDER BY month").fetchall()
         if not promoted: return None
         serving = con.execute("SELECT version FROM monitor.months ORDER BY month DESC LIMIT 1").fetchone()[0]
         month = con.execute("SELECT max(month) FROM features.customer_month WHERE churned_next IS NOT "
                             "NULL").fetchone()[0]
+        trained_through = max(promoted[-1][3].split(","))
+        if month <= trained_through:   # its refit learnt from every month of its window: no fair test month yet
+            return dict(version=promoted[-1][1], note=f"no labelled month after its training window (through "
+                                                      f"{trained_through}) yet")
         df = con.execute("SELECT f.* FROM features.customer_month f JOIN ops.actions a ON a.customer_key = "
                          "f.customer_key AND a.month = f.month WHERE f.month = ? AND a.action IN ('not_selected', "
                          "'control') AND f.churned_next IS NOT NULL", [month]).df()
