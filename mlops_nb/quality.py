@@ -151,7 +151,7 @@ def changed_parts(con, r: Rule, snapshot: list[tuple[str, int, str]] | None) -> 
     if snapshot is None or not table_exists(con, TABLE_UNIQUE_CHECKED): return None
     passed = {(p, int(n), h) for p, n, h in con.execute(
         f"SELECT part, rows, hash_sum FROM {TABLE_UNIQUE_CHECKED} WHERE rule = ? AND table_name = ? AND key = ?",
-        [r.name, r.table, ", ".join(r.params["columns"])]).fetchall()}
+        [r.name, r.table, r.column]).fetchall()}
     return None if not passed else [p for p, n, h in snapshot if (p, n, h) not in passed]
 
 # %% ../nbs/28_quality.ipynb #q1u00004
@@ -173,7 +173,7 @@ def key_filter(con, r: Rule, parts: Sequence[str]) -> tuple[str, list[Any]]:
 # %% ../nbs/28_quality.ipynb #10a12d51
 def check_unique(con, r: Rule) -> list[Check]:
     "No key shared by two rows — checked on the keys of the parts that changed since the rule last passed."
-    cols, snapshot = ", ".join(r.params["columns"]), unique_snapshot(con, r.table)
+    cols, snapshot = r.column, unique_snapshot(con, r.table)
     changed = changed_parts(con, r, snapshot)
     where, params, scope = "true", [], "every row checked"
     if changed is not None:
@@ -379,10 +379,9 @@ def record_unique_passes(con, report: QualityReport) -> None:
     for c in report.checks:
         if c.kind != "unique" or not c.passed: continue
         con.execute(f"DELETE FROM {TABLE_UNIQUE_CHECKED} WHERE rule = ?", [c.rule])
-        r = next(r for r in report.rules if r.name == c.rule)
-        if c.snapshot:
+        if c.snapshot:   # the key: the check's columns, as `changed_parts` reads them (`Rule.column`)
             con.executemany(f"INSERT INTO {TABLE_UNIQUE_CHECKED} VALUES (?, ?, ?, ?, ?, ?)",
-                            [[c.rule, c.table_name, ", ".join(r.params["columns"]), p, n, h] for p, n, h in c.snapshot])
+                            [[c.rule, c.table_name, c.column_name, p, n, h] for p, n, h in c.snapshot])
 
 # %% ../nbs/28_quality.ipynb #2309ea0b
 def store_results(cfg: Settings, report: QualityReport) -> None:

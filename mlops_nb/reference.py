@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .catalog import ART_REFERENCE_PROFILE, TABLE_FEATURES, TAG_TRAIN_RUN_ID
+from mlops_nb.catalog import (
+    ART_REFERENCE_PROFILE,
+    PHASE_REFERENCE,
+    STATUS_PRODUCTION,
+    TABLE_FEATURES,
+    TAG_TRAIN_RUN_ID,
+)
 from .contracts import connect_warehouse, duckdb_connect, read_feature_spec
 from .drift import ReferenceProfile, calibrated_thresholds, profile_relation, quoted
 from .people import month_span
@@ -205,7 +211,6 @@ def run_reference(cfg: Settings, mlflow_run_id: str = "") -> str:
     return what it did, in a sentence. No version in production, or one with no reference period, is said, not
     raised: the lifecycle goes on, and the monitor says the same when it needs the bundle."""
     import mlflow
-    from mlops_nb.catalog import PHASE_REFERENCE, STATUS_PRODUCTION
     from mlops_nb.registry import version_with_status
     from mlops_nb.tracking import phase_run
     with phase_run(cfg, PHASE_REFERENCE, run_id=mlflow_run_id):
