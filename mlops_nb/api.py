@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import orjson
+import pandas as pd
 from fastapi import FastAPI, Request, Response
 from fastapi import Path as PathParam
 
@@ -41,14 +42,15 @@ from mlops_nb.prediction_log import (
     new_request_id,
     request_id_time,
 )
-from .served import ServedModel
+from .served import ServedModel, ServedPolicy
 from .settings import Settings
 from .worker import ApiMetrics, MicroBatcher, ServingState
 
 log = logging.getLogger("mlops_nb.api")
 
 # %% auto #0
-__all__ = ['log', 'ENDPOINTS', 'endpoint_label', 'ScoringApp', 'app_from_env', 'uvicorn_log_config', 'serve']
+__all__ = ['log', 'ENDPOINTS', 'endpoint_label', 'uplift_offer', 'offer_fields', 'ScoringApp', 'app_from_env',
+           'uvicorn_log_config', 'serve']
 
 # %% ../nbs/56_api.ipynb #8f1b658c
 ENDPOINTS = ("/v1/score", "/v1/score/batch", "/v1/model", "/health", "/ready", "/metrics", "/admin/reload", "/docs",
@@ -59,6 +61,18 @@ def endpoint_label(path: str) -> str:
     if path in ENDPOINTS: return path
     if path.startswith("/v1/explanations/"): return "/v1/explanations/{request_id}"
     return "other"
+
+# %% ../nbs/56_api.ipynb #apipol02
+def uplift_offer(policy: ServedPolicy | None, model: ServedModel, values: list[list[Any]], p: np.ndarray
+                 ) -> pd.DataFrame | None:
+    "An uplift policy's decisions on the scored records (their values in the model's feature order), else None."
+    if policy is None or not policy.uses_uplift: return None
+    return policy.policy.decide(pd.DataFrame(values, columns=model.features), p)
+
+def offer_fields(offer: pd.DataFrame, i: int) -> dict[str, float]:
+    "Row `i`'s uplift figures for the answer."
+    return {"expected_uplift": round(float(offer.expected_uplift.iat[i]), 6),
+            "net_value": round(float(offer.net_value.iat[i]), 2)}
 
 # %% ../nbs/56_api.ipynb #ca7957be
 _JSON = (b"content-type", b"application/json")
@@ -195,6 +209,9 @@ class ScoringApp:
             cids = [c for _, c, _, _ in records]
             keys = list(_pseudonyms(cids, self.state.key)) if any(c is not None for c in cids) else [None] * len(cids)
             decision = model.decide(p, keys, [a for _, _, _, a in records], values)
+            policy = self.state.policy
+            offer = uplift_offer(policy, model, values, p)
+            if offer is not None: decision = offer.offer.to_numpy(bool)
             rid = new_request_id(t_wall)
             expl = None
             if explain:
@@ -204,7 +221,10 @@ class ScoringApp:
                     else await asyncio.to_thread(model.scorer.explain, Z, values)
                 )
             self.state.log.append(
-                LogBlock(model, rid, t_wall, "api", (time.perf_counter() - t0) * 1e3, keys, values, p, decision)
+                LogBlock(model, rid, t_wall, "api", (time.perf_counter() - t0) * 1e3, keys, values, p, decision,
+                         policy_version=policy.version if policy else None,
+                         expected_uplift=None if offer is None else offer.expected_uplift.to_numpy(),
+                         net_value=None if offer is None else offer.net_value.to_numpy())
             )
             self.metrics.predicted(model.version, len(p))
             ref = {"name": model.name, "version": model.version}
@@ -213,6 +233,7 @@ class ScoringApp:
                                        "churn_probability": float(p[0]),
                                        "decision": bool(decision[0]), "threshold": model.threshold}
                 if expl: out["explanation"] = expl[0]
+                if offer is not None: out.update(offer_fields(offer, 0))
             else:
                 preds = [
                     {"row": i, "customer_key": keys[i], "churn_probability": float(p[i]), "decision": bool(decision[i])}
@@ -220,6 +241,8 @@ class ScoringApp:
                 ]
                 if expl:
                     for d, e in zip(preds, expl): d["explanation"] = e
+                if offer is not None:
+                    for i, d in enumerate(preds): d.update(offer_fields(offer, i))
                 out = {"request_id": rid, "model": ref, "threshold": model.threshold, "predictions": preds}
             return 200, orjson.dumps(out), []
         except RequestError as e: return e.status, e.body(), e.headers
@@ -340,7 +363,9 @@ class ScoringApp:
             if m is None:
                 return reply(503, orjson.dumps({"detail": f"no model is loaded yet: {app.state.detail}"}),
                              [(b"retry-after", b"5")])
-            return reply(200, orjson.dumps(m.info()))
+            pol = app.state.policy            # the offer policy in force (None: the model decides)
+            return reply(200, orjson.dumps({**m.info(), "offer_policy": None if pol is None else
+                                            {"name": pol.name, "version": pol.version, **pol.policy.describe()}}))
 
         async def _score(request: Request, batch: bool) -> Response:
             h = request.headers

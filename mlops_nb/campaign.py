@@ -70,6 +70,8 @@ def plan_campaign(keys: Sequence[str],                      # customer pseudonym
                   decision: Sequence[bool] | None = None,   # the logged decisions (default: p >= threshold)
                   # a mitigation in force: over budget, the decided are taken in this salt's keyed order, not by risk
                   cap_salt: str | None = None,
+                  # an uplift policy decided: each customer's net value of an offer (expected_profit; the cap's order)
+                  value: Sequence[float] | None = None,
                   ) -> pd.DataFrame:
     "One row per scored customer: customer_key, p, expected_profit and action (one of `ACTIONS`), in the input's order."
     plan = pd.DataFrame({"customer_key": pd.Series(list(keys), dtype=object), "p": np.asarray(p, dtype=float)})
@@ -78,7 +80,8 @@ def plan_campaign(keys: Sequence[str],                      # customer pseudonym
     if plan.customer_key.duplicated().any():
         raise ValueError(f"{int(plan.customer_key.duplicated().sum())} customers are scored twice")
     if not ((plan.p >= 0) & (plan.p <= 1)).all(): raise ValueError("probabilities must be in [0, 1]")
-    plan["expected_profit"] = expected_profit(plan.p.to_numpy(), charter)
+    plan["expected_profit"] = (expected_profit(plan.p.to_numpy(), charter) if value is None
+                               else np.asarray(value, dtype=float))
     explored = plan.customer_key.isin(set(exploration_keys)).to_numpy()
     order = np.argsort(plan.customer_key.to_numpy(dtype=str), kind="stable")    # by key: no dependence on row order
     eligible = order[~explored[order]]
@@ -87,7 +90,8 @@ def plan_campaign(keys: Sequence[str],                      # customer pseudonym
     candidates, budget = int(chosen.sum()), budget_contacts(charter)
     n_selected, n_control = selection_size(candidates, budget, control_share)
     # highest p first (ties by key) — or, under a fairness policy, the keyed order that keeps the groups' shares
-    order = pe if cap_salt is None else keyed_uniform(plan.customer_key.to_numpy()[eligible], cap_salt)
+    order = (pe if value is None else plan.expected_profit.to_numpy()[eligible]) if cap_salt is None \
+        else keyed_uniform(plan.customer_key.to_numpy()[eligible], cap_salt)
     selected = eligible[contact_policy(np.where(chosen, order, -1.0), 0.0, n_selected)]
     control = selected[np.random.default_rng(seed).permutation(len(selected))[:n_control]]
     action = np.full(len(plan), "not_selected", dtype=object)
@@ -111,18 +115,24 @@ def exploration_keys(con,          # a DuckDB connection to the warehouse
 def month_scores(cfg: Settings, month: str, request_id: str,
                  version: str | None = None,   # the model version that must have scored them (None: any)
                  ) -> pd.DataFrame:
-    "The logged rows of request `request_id` (customer_key, p, threshold, model_version), checked to be of `month`."
+    """The logged rows of request `request_id` (customer_key, p, decision, threshold, model_version, policy_version,
+    net_value), checked to be of `month`."""
     folder = Path(cfg.paths.prediction_log)
     what = f"no scores for month {month} under request id {request_id!r} in the prediction log ({folder})"
     if not any(folder.glob("date=*/part-*.parquet")): raise CampaignError(f"{what}: the log is empty")
     try: day = request_id_time(request_id).date().isoformat()
     except ValueError: day = None                                    # not a UUIDv7: look in every date
-    sql = ("SELECT customer_key, churn_probability AS p, decision, threshold, model_version, month "
-           "FROM read_parquet(?, hive_partitioning = true, union_by_name = true) WHERE request_id = ?"
-           + (" AND date = ?::DATE" if day else "") + " ORDER BY row")
+    src = "read_parquet(?, hive_partitioning = true, union_by_name = true)"
     params = [str(folder / "date=*" / "part-*.parquet"), request_id] + ([day] if day else [])
     def read() -> pd.DataFrame:
-        with duckdb_connect() as con: return con.execute(sql, params).df()
+        with duckdb_connect() as con:
+            # a log written before the offer policies has no policy columns: they read as null
+            have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}", params[:1]).fetchall()}
+            extra = ", ".join(c if c in have else f"NULL::{t} AS {c}"
+                              for c, t in (("policy_version", "VARCHAR"), ("net_value", "DOUBLE")))
+            return con.execute(f"SELECT customer_key, churn_probability AS p, decision, threshold, model_version, "
+                               f"month, {extra} FROM {src} WHERE request_id = ?"
+                               + (" AND date = ?::DATE" if day else "") + " ORDER BY row", params).df()
     df = read_log_retrying(read)
     if df.empty: raise CampaignError(f"{what}: score the month first (score_month) and pass its request id")
     if set(df.month) != {month}: raise CampaignError(f"request id {request_id} scored month(s) "
@@ -243,12 +253,17 @@ def run_campaign(cfg: Settings, month: str,
     scores = month_scores(cfg, month, request_id, version)
     with connect_warehouse(cfg, read_only=True) as con: explored = exploration_keys(con, month)
     decision, threshold = scores.decision.to_numpy(bool), float(scores.threshold.iloc[0])
-    # decisions that are not the threshold's were made by a fairness policy: a short budget keeps its groups' shares
-    by_policy = bool((decision != (scores.p.to_numpy() >= threshold)).any())
+    # an uplift policy decided by net value: a short budget goes to the highest net values, and the log names it
+    by_uplift = bool(scores.net_value.notna().all())
+    if by_uplift and policy == POLICY: policy = f"uplift@{scores.policy_version.iloc[0]}"
+    # other decisions that are not the threshold's were made by a fairness policy: a short budget keeps its groups'
+    # shares
+    by_policy = not by_uplift and bool((decision != (scores.p.to_numpy() >= threshold)).any())
     plan = plan_campaign(scores.customer_key, scores.p, threshold, cfg.charter,
                          cfg.operate.control_share, explored, seed=(seed, int(month.replace("-", ""))),
                          decision=decision,
-                         cap_salt=month_salt(request_id.encode().hex(), month) if by_policy else None)
+                         cap_salt=month_salt(request_id.encode().hex(), month) if by_policy else None,
+                         value=scores.net_value.to_numpy(float) if by_uplift else None)
     ids = reidentify(cfg, month, plan.customer_key[plan.action == "contact"].tolist())
     write_actions(cfg, month, plan, version, request_id, policy)
     path = write_contact_list(cfg, month, ids)
@@ -261,6 +276,7 @@ def run_campaign(cfg: Settings, month: str,
     details = {k: v for k, v in asdict(res).items() if k != "files"}
     append_event(cfg, AUDIT_CAMPAIGN_SENT, month, details | dict(
         policy=policy, model_version=str(version), request_id=request_id, threshold=plan.attrs["threshold"],
-        control_share=cfg.operate.control_share, decided_by="fairness policy" if by_policy else "threshold"),
+        control_share=cfg.operate.control_share,
+        decided_by="uplift policy" if by_uplift else "fairness policy" if by_policy else "threshold"),
                  actor=actor)
     return res

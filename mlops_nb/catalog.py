@@ -14,8 +14,8 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES', 'PHASE_TRAIN', 'PHASE_EVALUATE', 'PHASE_GATE',
-           'PHASE_REGISTER', 'PHASE_REFERENCE', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'PHASE_OPERATE', 'TAG_PHASE',
-           'TAG_SETTINGS_FINGERPRINT', 'TAG_SETTINGS_FILE', 'TAG_EXPERIMENT_KIND', 'TAG_VERSION_PREFIX',
+           'PHASE_REGISTER', 'PHASE_REFERENCE', 'PHASE_POLICY', 'PHASE_SANDBOX', 'PHASE_PIPELINE', 'PHASE_OPERATE',
+           'TAG_PHASE', 'TAG_SETTINGS_FINGERPRINT', 'TAG_SETTINGS_FILE', 'TAG_EXPERIMENT_KIND', 'TAG_VERSION_PREFIX',
            'TAG_PIPELINE_RUN_ID', 'TAG_PHASES', 'TAG_MONTH', 'TAG_MONTH_STATUS', 'TAG_PROBATION_OF', 'TAG_PROBATION',
            'TAG_NOTEBOOK', 'TAG_ERROR', 'TAG_LAKE_SKIPPED', 'TAG_WAREHOUSE_CONTENT_HASH', 'TAG_LAKE_MANIFEST_SHA256',
            'TAG_FEATURES_TABLE', 'TAG_FEATURES_DIGEST', 'TAG_FEATURES_SOURCE', 'TAG_BYOD_FINGERPRINT', 'TAG_KIND',
@@ -27,33 +27,33 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TAG_GATE_OVERRIDDEN', 'TAG_GATE_OVERRIDE_REASON', 'TAG_GATE_OVERRIDE_ACTOR', 'TAG_GATE_CANDIDATE_RUN_ID',
            'TAG_GATE_MODEL_URI', 'TAG_GATE_EVALUATE_RUN_ID', 'TAG_GATE_COMPARED_WITH', 'TAG_GATE_RUN_ID',
            'TAG_GATE_CHECK_PREFIX', 'TAG_REGISTER_VERSION', 'TAG_REGISTER_STATUS', 'TAG_REGISTER_APPROVED',
-           'TAG_STATUS', 'TAG_ERASED_SUBJECTS', 'ART_SETTINGS', 'ART_RUN_SETTINGS', 'ART_NOTEBOOK_DIR',
-           'ART_LAKE_MANIFEST', 'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION', 'ART_ETL_QUARANTINE', 'ART_ETL_SUMMARY',
-           'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC', 'ART_FEATURES_MISSING', 'ART_BYOD_LOAD',
-           'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF', 'ART_TRAIN_KEYS', 'ART_EVALUATION_DIR',
-           'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD', 'ART_MODEL_CARD_HTML', 'ART_DOCUMENTS_DIR',
-           'ART_IMPORTANCE', 'ART_GATE_DECISION', 'ART_GATE_OVERRIDE', 'ART_REGISTER', 'ART_REFERENCE_PROFILE',
-           'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML', 'ART_UPLIFT_STUDY', 'ART_DASHBOARDS_DIR',
-           'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED', 'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS',
-           'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED', 'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED',
-           'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED', 'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED',
-           'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK', 'AUDIT_DATA_HELD_BACK',
-           'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN', 'AUDIT_ETL_LOADED',
-           'AUDIT_QUALITY_VERDICT', 'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED', 'AUDIT_SUBJECT_ERASED',
-           'AUDIT_SUBJECT_CORRECTED', 'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED', 'AUDIT_KINDS',
-           'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION',
-           'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK',
-           'TABLE_UNIQUE_CHECKED', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS',
-           'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS',
-           'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES',
-           'TABLE_SERVICE_COSTS', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING',
-           'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST',
-           'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
-           'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
-           'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
-           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI',
-           'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT',
-           'Name', 'name', 'tag_filter', 'catalog_frame']
+           'TAG_POLICY_KIND', 'TAG_POLICY_REASON', 'TAG_STATUS', 'TAG_ERASED_SUBJECTS', 'ART_SETTINGS',
+           'ART_RUN_SETTINGS', 'ART_NOTEBOOK_DIR', 'ART_LAKE_MANIFEST', 'ART_LAKE_SCENARIO', 'ART_ETL_RECONCILIATION',
+           'ART_ETL_QUARANTINE', 'ART_ETL_SUMMARY', 'ART_QUALITY_RESULTS', 'ART_QUALITY_REPORT', 'ART_FEATURES_SPEC',
+           'ART_FEATURES_MISSING', 'ART_BYOD_LOAD', 'ART_TRAIN_SPEC', 'ART_TRAIN_CANDIDATES', 'ART_TRAIN_OOF',
+           'ART_TRAIN_KEYS', 'ART_EVALUATION_DIR', 'ART_EVALUATION', 'ART_EVALUATION_SCORES', 'ART_MODEL_CARD_MD',
+           'ART_MODEL_CARD_HTML', 'ART_DOCUMENTS_DIR', 'ART_IMPORTANCE', 'ART_GATE_DECISION', 'ART_GATE_OVERRIDE',
+           'ART_REGISTER', 'ART_REFERENCE_PROFILE', 'ART_MONITOR_MONTH', 'ART_MONITOR_DRIFT_HTML', 'ART_UPLIFT_STUDY',
+           'ART_POLICY_VERDICT', 'ART_DASHBOARDS_DIR', 'AUDIT_TRAIN_FINISHED', 'AUDIT_GATE_DECIDED',
+           'AUDIT_GATE_OVERRIDE', 'AUDIT_MODEL_STATUS', 'AUDIT_BATCH_SCORED', 'AUDIT_LOG_COMPACTED',
+           'AUDIT_API_MODEL_SWAPPED', 'AUDIT_API_MODEL_LOAD_FAILED', 'AUDIT_API_EXPLANATION', 'AUDIT_MONTH_OPERATED',
+           'AUDIT_CAMPAIGN_SENT', 'AUDIT_ALERT_RAISED', 'AUDIT_ALERT_RESOLVED', 'AUDIT_RETRAINED', 'AUDIT_ROLLED_BACK',
+           'AUDIT_DATA_HELD_BACK', 'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN',
+           'AUDIT_ETL_LOADED', 'AUDIT_QUALITY_VERDICT', 'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED',
+           'AUDIT_SUBJECT_ERASED', 'AUDIT_SUBJECT_CORRECTED', 'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED',
+           'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES',
+           'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS',
+           'TABLE_HELD_BACK', 'TABLE_UNIQUE_CHECKED', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS',
+           'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
+           'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW',
+           'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT',
+           'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION',
+           'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
+           'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
+           'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR',
+           'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT',
+           'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW',
+           'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ PHASE_GATE = name("phase", "gate", "gate", "runner, registry (latest gate decisi
 PHASE_REGISTER = name("phase", "register", "registry", "runner", "registration and promotion")
 PHASE_REFERENCE = name("phase", "reference", "reference", "runner, retrain",
                        "the serving version's monitoring reference, built once per version")
+PHASE_POLICY = name("phase", "policy", "policies", "runner, people",
+                    "the offer policy: the risk policy registered, an uplift policy learnt and judged against it")
 PHASE_SANDBOX = name("phase", "sandbox", "sandbox", "tests, benchmarks", "a sandbox champion's run, never gated")
 PHASE_PIPELINE = name("phase", "pipeline", "runner", "dashboards", "the parent run of one `mlops-nb run`")
 PHASE_OPERATE = name("phase", "operate", "operate", "runner, monitor",
@@ -173,6 +175,10 @@ TAG_GATE_CHECK_PREFIX = name("tag", "mlops_nb.gate.", "gate", "people",
 TAG_REGISTER_VERSION = name("tag", "mlops_nb.register.version", "registry", "people", "the version registered")
 TAG_REGISTER_STATUS = name("tag", "mlops_nb.register.status", "registry", "people", "its status after registration")
 TAG_REGISTER_APPROVED = name("tag", "mlops_nb.register.approved", "registry", "people", "whether the gate approved it")
+TAG_POLICY_KIND = name("tag", "mlops_nb.policy.kind", "policies", "people, dashboards",
+                       "risk or uplift: what a registered offer policy decides by")
+TAG_POLICY_REASON = name("tag", "mlops_nb.policy.reason", "policies", "people",
+                         "the judgement of an offer policy against the one in force, in one sentence")
 TAG_STATUS = name("tag", "mlops_nb.status", "registry", "registry, score, served",
                   "on a model version: development | staging | production | archived")
 TAG_ERASED_SUBJECTS = name("tag", "mlops_nb.erased_subjects", "erasure", "retrain, people",
@@ -227,6 +233,8 @@ ART_MONITOR_DRIFT_HTML = name("artifact", "monitor/drift_report.html", "monitor"
                               "Evidently's data-drift report of the month")
 ART_UPLIFT_STUDY = name("artifact", "uplift/study.json", "uplift_study", "people, dashboards",
                         "the uplift learner judged against the risk policy on held-out randomised customers")
+ART_POLICY_VERDICT = name("artifact", "policy/verdict.json", "policies", "people, dashboards",
+                          "an offer policy's judgement: its value, the policy in force's, the difference")
 ART_DASHBOARDS_DIR = name("artifact", "dashboards", "dashboards", "people",
                           "the stakeholders' pages exported as static HTML (for e-mail)")
 
@@ -386,6 +394,8 @@ VERB_DASHBOARDS = name("verb", "dashboards", "cli", "the business, the data-prot
 VERB_UPLIFT = name("verb", "uplift", "cli", "the business, data scientists",
                    "learn the offer's effect from the exploration campaigns and compare targeting by it with "
                    "targeting by risk, tracked in MLflow")
+VERB_POLICY = name("verb", "policy", "cli", "the business, data scientists",
+                   "the offer policies: list them, learn and judge an uplift policy, promote or roll back")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:

@@ -18,32 +18,29 @@ from typing import Any, Sequence
 
 from mlops_nb.catalog import (
     ENV_ACTOR,
-    ENV_SETTINGS,
     STATUS_STAGING,
-    VERB_AUDIT,
     VERB_DASHBOARDS,
     VERB_OPERATE,
-    VERB_PII,
-    VERB_REVIEW,
+    VERB_POLICY,
     VERB_ROI,
-    VERB_SUBJECT,
     VERB_UPLIFT,
+)
+from mlops_nb.cli_governance import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _add_audit_parser,
+    _add_subject_parser,
+    _settings_path,
 )
 from .settings import SettingsError, load_settings, render_settings
 
 # %% auto #0
-__all__ = ['EXIT_OK', 'EXIT_FAILED', 'EXIT_USAGE', 'parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings',
-           'cmd_ui', 'cmd_model', 'cmd_serve', 'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser',
-           'cmd_operate', 'cmd_roi', 'cmd_audit', 'cmd_pii', 'cmd_subject', 'cmd_review', 'cmd_dashboards',
-           'cmd_uplift', 'main']
+__all__ = ['parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings', 'cmd_ui', 'cmd_model', 'cmd_serve',
+           'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser', 'cmd_operate', 'cmd_roi',
+           'cmd_dashboards', 'cmd_uplift', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-def _settings_path(args: argparse.Namespace) -> Path:
-    "The settings file: --settings, else $MLOPS_SETTINGS, else ./settings.ini."
-    return Path(args.settings or os.environ.get(ENV_SETTINGS) or "settings.ini")
-
 def parse_overrides(pairs: Sequence[Sequence[str]], extra: Sequence[str]) -> dict[str, str]:
     "`-p KEY VALUE` pairs plus `--key value` leftovers (how `mlflow run -P key=value` passes them) as a dict."
     out = {k: v for k, v in pairs}
@@ -124,9 +121,18 @@ def _actor(args: argparse.Namespace) -> str:
     return args.actor or os.environ.get(ENV_ACTOR) or getpass.getuser()
 
 def cmd_model(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    "List, promote, roll back, archive, or show the history of the registered model."
+    """List, promote, roll back, archive, or show the history of the registered model — or of the offer policy
+    (`mlops-nb policy`, which also proposes a new one)."""
     from mlops_nb import registry as R
     cfg = load_settings(_settings_path(args))
+    if args.verb == VERB_POLICY:
+        from mlops_nb import policies as P
+        if args.action == "propose": print(P.propose_uplift_policy(cfg, _actor(args)).message); return EXIT_OK
+        if args.action == "list":
+            t = P.policy_table(cfg)
+            print(t.to_string(index=False, max_colwidth=90) if len(t) else "no offer policy registered yet")
+            return EXIT_OK
+        cfg = R.policy_settings(cfg)
     if args.action == "list":
         vs = R.list_versions(cfg)
         if not vs: print(f"no versions of {cfg.mlflow.registered_model!r} yet"); return EXIT_OK
@@ -217,13 +223,20 @@ def _add_serving_parsers(sub) -> None:
                     "write yesterday's rows)")
     lc.set_defaults(func=cmd_log)
 
-def _add_model_parser(sub) -> None:
-    "The `mlops-nb model ...` subcommands."
-    m = sub.add_parser("model", help="the model registry: list, promote, rollback, archive, history",
-                       description="Lifecycle status of the registered model (development, staging, production, "
-                                   "archived), with MLflow aliases champion/challenger. Every change goes to the "
-                                   "audit trail.")
+def _add_model_parser(sub, verb: str = "model") -> None:
+    "The `mlops-nb model ...` subcommands (and `mlops-nb policy ...`: the same, for the offer policy, and propose)."
+    what = "the offer policy" if verb == VERB_POLICY else "the registered model"
+    m = sub.add_parser(verb, help=f"{what}: list, promote, rollback, archive, history"
+                       + (", propose" if verb == VERB_POLICY else ""),
+                       description=f"Lifecycle status of {what} (development, staging, production, archived), with "
+                                   "MLflow aliases champion/challenger. Every change goes to the audit trail."
+                                   + (" `propose` learns an uplift policy from the exploration campaigns and judges "
+                                      "it against the policy in force." if verb == VERB_POLICY else ""))
+    m.set_defaults(verb=verb)
     ms = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    if verb == VERB_POLICY:
+        ms.add_parser("propose", help="learn an uplift policy and judge it (promoted only if better beyond doubt)",
+                      description="Learn an uplift policy and judge it against the policy in force.")
     ms.add_parser("list", help="versions, status, gate result, aliases",
                   description="List the versions of the registered model.")
     ms.add_parser("history", help="every status change, oldest first",
@@ -311,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     u.set_defaults(func=cmd_ui)
     _add_model_parser(sub)
+    _add_model_parser(sub, VERB_POLICY)
     _add_serving_parsers(sub)
     o = sub.add_parser(VERB_OPERATE, help="operate the months after the history (the closed monthly loop)",
                        description="Operate the simulated world's months after the history, in order, each recorded "
@@ -392,164 +406,6 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.csv: t.to_csv(sys.stdout, index=False); return EXIT_OK
     from mlops_nb.roi import roi_table_text
     print(roi_table_text(t))
-    return EXIT_OK
-
-# %% ../nbs/90_cli.ipynb #aud1tc11
-def _add_audit_parser(sub) -> None:
-    "The `mlops-nb audit verify|show` subcommands."
-    a = sub.add_parser(VERB_AUDIT, help="verify or read the audit trail",
-                       description="The hash-chained audit trail ([paths] audit) and its keyed checkpoint.")
-    aa = a.add_subparsers(dest="action", required=True, metavar="ACTION")
-    v = aa.add_parser("verify", help="check every entry and the keyed checkpoint; name the first problem",
-                      description="Check the trail line by line (edited, removed, inserted, reordered or malformed "
-                      "entries) and against its keyed checkpoint (a cut tail, a rewritten chain, entries appended "
-                      "without the key). Exit 0 when intact, 1 naming the first problem.")
-    v.add_argument("--anchor", action="store_true",
-                   help="a trail written before checkpoints existed: check its chain, then write its first checkpoint")
-    v.set_defaults(func=cmd_audit)
-    sh = aa.add_parser("show", help="the entries, filtered", description="Print the trail's entries, oldest first.")
-    sh.add_argument("--kind", default="", help="a kind or its family (e.g. model.status, operate)")
-    sh.add_argument("--actor", default="", help="exactly this actor")
-    sh.add_argument("--subject", default="", help="subjects containing this (a pseudonym, a run id, model@version)")
-    sh.add_argument("--version", default="", help="a model version")
-    sh.add_argument("--since", default="", metavar="ISO", help="from this time on (2026-12 = from December)")
-    sh.add_argument("--until", default="", metavar="ISO", help="up to this time (2026-12 = through December)")
-    sh.add_argument("--last", type=int, default=0, metavar="N", help="only the last N matches")
-    sh.add_argument("--json", action="store_true", help="one JSON object per line")
-    sh.set_defaults(func=cmd_audit)
-    pi = sub.add_parser(VERB_PII, help="look for clear personal data outside the vault",
-                        description="Personal data outside the vault.")
-    pa = pi.add_subparsers(dest="action", required=True, metavar="ACTION")
-    pa.add_parser("scan", help="search every store outside the vault; exit 1 naming file and field",
-                  description="Search the MLflow store and artifacts, reports and executed notebooks, the prediction "
-                  "log, the audit trail, monitor snapshots and alerts for the vault's clear values and for CPF, "
-                  "e-mail and phone shapes. Exit 0 when nothing is found, 1 naming each file and field (values "
-                  "masked).").set_defaults(func=cmd_pii)
-
-# %% ../nbs/90_cli.ipynb #aud1tc12
-def cmd_audit(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    "Verify the trail (exit 1 naming the first problem) or print its entries, filtered."
-    from mlops_nb.audit import anchor_trail, check_trail, filter_events, read_events
-    cfg = load_settings(_settings_path(args))
-    if args.action == "verify":
-        c = anchor_trail(cfg) if args.anchor else check_trail(cfg)
-        if c.ok:
-            print(f"audit trail intact: {c.entries} entries, head {c.head[:16]}…, keyed checkpoint verified "
-                  f"({cfg.paths.audit})")
-            return EXIT_OK
-        print(f"audit trail NOT intact ({c.kind}): {c.problem} — {cfg.paths.audit}", file=sys.stderr)
-        return EXIT_FAILED
-    try: events = list(read_events(cfg))
-    except (ValueError, TypeError) as e:
-        print(f"error: the trail has a malformed line ({e}): `mlops-nb {VERB_AUDIT} verify` names it",
-              file=sys.stderr)
-        return EXIT_FAILED
-    rows = filter_events(events, args.kind, args.actor, args.subject, args.version, args.since, args.until)
-    for e in rows[-args.last:] if args.last else rows:
-        if args.json: print(json.dumps(e.__dict__, ensure_ascii=False, sort_keys=True)); continue
-        details = json.dumps(e.details, ensure_ascii=False, sort_keys=True)
-        print(f"{e.seq:>6}  {e.time[:19]}  {e.kind:<24} {e.actor:<12} {e.subject:<28} "
-              f"{details if len(details) <= 90 else details[:89] + '…'}")
-    if not rows: print("no entry matches", file=sys.stderr)
-    return EXIT_OK
-
-# %% ../nbs/90_cli.ipynb #p11sc010
-def cmd_pii(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    "Scan for clear personal data outside the vault: exit 1 naming each file and field."
-    from mlops_nb.pii_scan import pii_scan
-    cfg = load_settings(_settings_path(args))
-    places, found = pii_scan(cfg)
-    for f in found: print(f"{f.path}: {f.field} ({f.how}) {f.value}", file=sys.stderr)
-    if found:
-        print(f"clear personal data in {len({f.path for f in found})} file(s) outside the vault", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"no clear personal data outside the vault ({len(places)} places searched: "
-          f"{', '.join(str(p) for p in places)})")
-    return EXIT_OK
-
-# %% ../nbs/90_cli.ipynb #sbjcli02
-def _add_subject_parser(sub) -> None:
-    "The `mlops-nb subject export|correct|erase|purge|requests` subcommands, and `mlops-nb review`."
-    s = sub.add_parser(VERB_SUBJECT, help="data-subject rights: access, correction, erasure, retention, requests",
-                       description="LGPD art. 18 requests, each recorded in the audit trail with its answer.")
-    sa = s.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ex = sa.add_parser("export", help="everything held about a customer, as one JSON file (access)",
-                       description="Write everything held about the customer (vault, warehouse, predictions with "
-                       "explanations, campaign actions, model versions trained on them) to [privacy] requests_dir.")
-    ex.add_argument("customer_id", help="the customer id, as the CRM knows it")
-    er = sa.add_parser("erase", help="erase a customer from every store (refused while their contract is active)",
-                       description="Remove the customer from the lake, warehouse, vault, prediction log, MLflow "
-                       "artifacts and reports (files rewritten, databases compacted), flag the model versions trained "
-                       "on them, and prove it with a final scan.")
-    er.add_argument("customer_id", help="the customer id, as the CRM knows it")
-    er.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
-    co = sa.add_parser("correct", help="correct a personal field (the warehouse follows at the next load)",
-                       description="Correct one personal field in the vault; the next load re-reads the CRM records "
-                       "it covers with the corrected value.")
-    co.add_argument("customer_id", help="the customer id, as the CRM knows it")
-    co.add_argument("--field", required=True, help="name, cpf, email, phone, birth_date, address or postal_code")
-    co.add_argument("--value", required=True, help="the corrected value (birth_date as YYYY-MM-DD)")
-    sa.add_parser("purge", help="erase everyone past [privacy] retention_months after leaving",
-                  description="The retention purge, for a scheduler: one batch, one request in the trail.")
-    rq = sa.add_parser("requests", help="every data-subject request and its status")
-    rq.add_argument("--json", action="store_true", help="one JSON object per line")
-    for p in (ex, er, co, sa.choices["purge"], rq): p.set_defaults(func=cmd_subject)
-    rv = sub.add_parser(VERB_REVIEW, help="review an automated decision by its request id (LGPD art. 20)",
-                        description="The decision, its model version and lineage, the threshold, the reasons in "
-                        "Portuguese and English and how to contest it, written as JSON and HTML to [privacy] "
-                        "requests_dir.")
-    rv.add_argument("request_id", help="the decision's request id (the API's answer; a batch month's)")
-    rv.add_argument("--customer", default=None, metavar="ID", help="the customer, for a batch request")
-    rv.set_defaults(func=cmd_review)
-
-# %% ../nbs/90_cli.ipynb #sbjcli03
-def _say_erasure(res: Any) -> int:
-    "Print an erasure's outcome; its exit code."
-    if res.status == "refused":
-        print(f"refused (request {res.request_id}): {res.reason}", file=sys.stderr); return EXIT_FAILED
-    rows = sum(v for k, v in res.warehouse_rows.items() if not k.startswith("redacted"))
-    print(f"{res.status}: {res.people} people, request {res.request_id}: {res.lake_records} lake records, {rows} "
-          f"warehouse rows, {res.vault_rows} vault rows, {len(res.files)} files rewritten or redacted; model versions "
-          f"flagged: {', '.join(res.versions_flagged) or 'none'} ({res.seconds:.1f} s)")
-    for left in res.leftovers: print(f"  still found: {left}", file=sys.stderr)
-    return EXIT_OK if res.status == "done" else EXIT_FAILED
-
-def cmd_subject(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    "Carry out one data-subject request (or list them)."
-    from mlops_nb.erasure import erase_subject, purge_expired
-    from mlops_nb.subjects import correct_subject, request_status, subject_export
-    cfg, actor = load_settings(_settings_path(args)), os.environ.get(ENV_ACTOR) or None
-    if args.action == "export":
-        res = subject_export(cfg, args.customer_id, actor)
-        print(f"access request {res.request_id} answered: {res.path} (mode 0600; it holds the person's clear data)")
-        return EXIT_OK
-    if args.action == "erase": return _say_erasure(erase_subject(cfg, args.customer_id, args.reason, actor))
-    if args.action == "correct":
-        rid = correct_subject(cfg, args.customer_id, args.field, args.value, actor)
-        print(f"correction {rid}: {args.field} corrected in the vault; the warehouse follows at the next load")
-        return EXIT_OK
-    if args.action == "purge":
-        res = purge_expired(cfg, actor)
-        if res is None:
-            print(f"nobody is due ([privacy] retention_months = {cfg.privacy.retention_months})"); return EXIT_OK
-        return _say_erasure(res)
-    t = request_status(cfg)
-    if args.json:
-        for r in t.to_dict("records"): print(json.dumps(r, ensure_ascii=False))
-    elif t.empty: print("no data-subject request yet")
-    else: print(t.to_string(index=False))
-    return EXIT_OK
-
-def cmd_review(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    "Review one automated decision; print where the page is."
-    from mlops_nb.review import review_decision, write_review
-    cfg = load_settings(_settings_path(args))
-    rv = review_decision(cfg, args.request_id, args.customer, os.environ.get(ENV_ACTOR) or None)
-    j, h = write_review(cfg, rv)
-    print(f"review {rv.review_id}: model {rv.model['name']} version {rv.model['version']}, p = "
-          f"{rv.churn_probability:.3f} vs threshold {rv.threshold:.3f} → {'offer' if rv.decision else 'no offer'}"
-          f"{f' ({rv.action})' if rv.action else ''}\n  {h}\n  {j}")
-    for s in rv.reasons["en"]: print(f"  - {s}")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #upl0cli1

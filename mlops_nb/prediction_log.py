@@ -33,10 +33,10 @@ from .settings import Settings, SettingsError
 log = logging.getLogger("mlops_nb.prediction_log")
 
 # %% auto #0
-__all__ = ['log', 'LOG_SCHEMA', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS', 'REQUEST_ID_PATTERN', 'USAGE_DIR',
-           'LOG_READ_ATTEMPTS', 'new_request_id', 'request_id_time', 'LogBlock', 'blocks_table', 'write_log_table',
-           'record_usage', 'PredictionLog', 'read_log_retrying', 'find_logged_request', 'read_prediction_log',
-           'CompactionResult', 'compact_prediction_log']
+__all__ = ['log', 'LOG_SCHEMA', 'POLICY_COLUMNS', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS', 'REQUEST_ID_PATTERN',
+           'USAGE_DIR', 'LOG_READ_ATTEMPTS', 'new_request_id', 'request_id_time', 'LogBlock', 'blocks_table',
+           'write_log_table', 'record_usage', 'PredictionLog', 'read_log_retrying', 'find_logged_request',
+           'read_prediction_log', 'CompactionResult', 'compact_prediction_log']
 
 # %% ../nbs/52_prediction_log.ipynb #fce7b5ca
 LOG_SCHEMA = pa.schema(
@@ -56,8 +56,13 @@ LOG_SCHEMA = pa.schema(
         ("training_run_id", pa.string()),
         ("dataset_digest", pa.string()),
         ("git_commit", pa.string()),
+        # added with the offer policies: files written before them lack these columns and read as null
+        ("policy_version", pa.string()),
+        ("expected_uplift", pa.float64()),
+        ("net_value", pa.float64()),
     ]
 )
+POLICY_COLUMNS = ("policy_version", "expected_uplift", "net_value")
 RESERVED_COLUMNS = frozenset(LOG_SCHEMA.names) | {"date"}   # "date" is the Hive partition column
 LINEAGE_KEYS = ("training_run_id", "dataset_digest", "git_commit")
 MAX_PENDING_ROWS = 1_000_000   # beyond this many unwritten predictions, scoring answers 503 instead of growing memory
@@ -89,6 +94,9 @@ class LogBlock:
     p: np.ndarray               # churn probabilities
     decision: np.ndarray        # booleans
     month: str | None = None
+    policy_version: str | None = None         # the offer policy in production, if one is registered
+    expected_uplift: np.ndarray | None = None # under an uplift policy
+    net_value: np.ndarray | None = None
 
     @property
     def n(self) -> int: return len(self.keys)
@@ -119,7 +127,11 @@ def blocks_table(blocks: Sequence[LogBlock]) -> pa.Table:
         "churn_probability": np.concatenate([b.p for b in blocks]).astype(np.float64),
         "decision": np.concatenate([b.decision for b in blocks]).astype(bool),
         "threshold": mrep(lambda m: m.threshold), "latency_ms": rep([b.latency_ms for b in blocks]),
-        **{k: mrep(lambda m, k=k: m.lineage.get(k, "unknown")) for k in LINEAGE_KEYS}}
+        **{k: mrep(lambda m, k=k: m.lineage.get(k, "unknown")) for k in LINEAGE_KEYS},
+        "policy_version": rep([b.policy_version for b in blocks]),
+        **{k: pa.array(np.concatenate([np.full(b.n, np.nan) if getattr(b, k) is None else getattr(b, k)
+                                       for b in blocks]).astype(np.float64), pa.float64(), from_pandas=True)
+           for k in ("expected_uplift", "net_value")}}
     features: dict[str, bool] = {}                          # name -> numeric?, in order of first appearance
     for m in models:
         for f in m.features: features.setdefault(f, f in m.feature_index and f in m.numeric)

@@ -8,6 +8,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/registry.html.md"""
 # %% ../nbs/50_registry.ipynb #35537d53
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from .tracking import MlflowClient, configure_mlflow, mlflow
 # %% auto #0
 __all__ = ['STATUSES', 'ALIAS_OF', 'MIN_REASON', 'RegistryError', 'VersionInfo', 'version_info', 'list_versions',
            'version_with_status', 'register', 'set_status', 'promote', 'archive', 'history', 'production_version_at',
-           'rollback', 'RegisterResult', 'latest_gate_run', 'register_gate_decision', 'run_register']
+           'rollback', 'policy_settings', 'RegisterResult', 'latest_gate_run', 'register_gate_decision', 'run_register']
 
 # %% ../nbs/50_registry.ipynb #fcaed78d
 STATUSES = (STATUS_DEVELOPMENT, STATUS_STAGING, STATUS_PRODUCTION, STATUS_ARCHIVED)
@@ -105,8 +106,9 @@ def register(cfg: Settings, model_uri: str, run_id: str, actor: str = "pipeline"
     client, name = _client(cfg), cfg.mlflow.registered_model
     try: client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
+        what = "Offer policy" if name == cfg.mlflow.registered_policy else "Churn model"
         client.create_registered_model(name,
-                                       description="Churn model of mlops-nb; status in the mlops_nb.status tag and "
+                                       description=f"{what} of mlops-nb; status in the mlops_nb.status tag and "
                                                    "the champion/challenger aliases.")
     # register_model resolves a `models:/m-<id>` URI to its logged model (an HTTP server insists on the model_id)
     mv = mlflow.register_model(model_uri, name, tags={TAG_STATUS: STATUS_DEVELOPMENT, **(tags or {})})
@@ -207,6 +209,12 @@ def rollback(cfg: Settings, actor: str, reason: str) -> VersionInfo:
     return set_status(cfg, previous, STATUS_PRODUCTION, actor, f"rollback: {reason}",
                       override_reason="" if version_info(cfg, previous).gate_approved
                       else f"rollback to a formerly serving version: {reason}")
+
+# %% ../nbs/50_registry.ipynb #regpol02
+def policy_settings(cfg: Settings) -> Settings:
+    "`cfg` with the registry functions pointed at the offer policy's registered name."
+    return dataclasses.replace(cfg, mlflow=dataclasses.replace(cfg.mlflow,
+                                                               registered_model=cfg.mlflow.registered_policy))
 
 # %% ../nbs/50_registry.ipynb #a9afad59
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from mlops_nb.catalog import (
     PHASE_OPERATE,
     PHASE_PIPELINE,
     PHASE_QUALITY,
+    PHASE_POLICY,
     PHASE_REFERENCE,
     PHASE_REGISTER,
     PHASE_TRAIN,
@@ -76,6 +77,8 @@ PHASES: tuple[Phase, ...] = (
     Phase(PHASE_REGISTER, "50_registry.ipynb", "register the gate's candidate; promote it to production if approved"),
     Phase(PHASE_REFERENCE, "64_reference.ipynb",
           "the production version's monitoring reference: profile, drift thresholds, reconstruction model"),
+    Phase(PHASE_POLICY, "74_policies.ipynb",
+          "the offer policy: the risk policy registered; an uplift policy learnt and judged against the one in force"),
 )
 # not a lifecycle phase: `mlops-nb operate` runs it, month after month, once the lifecycle has a champion
 OPERATE_PHASE = Phase(PHASE_OPERATE, "67_operate.ipynb",

@@ -22,7 +22,7 @@ from .catalog import AUDIT_BATCH_SCORED, STATUS_PRODUCTION, TABLE_FEATURES
 from .compute import configured_threads, thread_limits
 from .contracts import FeatureSpec, connect_warehouse, read_feature_spec
 from .prediction_log import LINEAGE_KEYS, LOG_SCHEMA, new_request_id, write_log_table
-from .served import ServedModel, load_served_model
+from .served import ServedModel, ServedPolicy, load_offer_policy, load_served_model
 from .settings import Settings, SettingsError
 
 # %% auto #0
@@ -77,6 +77,8 @@ def batch_table(model: ServedModel, df: pd.DataFrame, spec: FeatureSpec, p: np.n
                 month: str,
                 offset: int = 0,
                 decision: np.ndarray | None = None,   # the rows' decisions (default: the model decides)
+                policy: ServedPolicy | None = None,   # the offer policy in production (None: none registered)
+                offer: pd.DataFrame | None = None,    # an uplift policy's expected_uplift and net_value per row
                 ) -> pa.Table:
     "The prediction-log rows of scored warehouse rows (`p` their probabilities; rows numbered from `offset`)."
     n = len(df)
@@ -90,7 +92,10 @@ def batch_table(model: ServedModel, df: pd.DataFrame, spec: FeatureSpec, p: np.n
         "churn_probability": p.astype(np.float64),
         "decision": model.churn.decide(p, df) if decision is None else np.asarray(decision, bool),
         "threshold": np.full(n, model.threshold),
-        "latency_ms": pa.nulls(n, pa.float64()), **{k: const(model.lineage.get(k, "unknown")) for k in LINEAGE_KEYS}}
+        "latency_ms": pa.nulls(n, pa.float64()), **{k: const(model.lineage.get(k, "unknown")) for k in LINEAGE_KEYS},
+        "policy_version": const(policy.version if policy else None),
+        **{k: pa.nulls(n, pa.float64()) if offer is None else offer[k].to_numpy(np.float64)
+           for k in ("expected_uplift", "net_value")}}
     fields = list(LOG_SCHEMA)
     for f in model.features:
         if f in model.numeric:           # missing (NaN, <NA>) → null, as in the API's rows
@@ -129,6 +134,9 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
     with thread_limits(configured_threads(cfg)) as threads:      # the CPUs free, not every core
         p = model.scorer.probabilities(model.scorer.encode_frame(df), threads=threads)
     decision = model.churn.decide(p, df)      # the threshold, or the shipped policy (the table has its attribute)
+    policy = load_offer_policy(cfg)           # an uplift policy in production decides by the offer's net value
+    offer = policy.policy.decide(df, p) if policy is not None and policy.uses_uplift else None
+    if offer is not None: decision = offer.offer.to_numpy(bool)
     score_seconds = time.perf_counter() - t1
     t_wall = time.time()
     rid, date = new_request_id(t_wall), time.strftime("%Y-%m-%d", time.gmtime(t_wall))
@@ -140,7 +148,8 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
                 write_log_table(
                     cfg.paths.prediction_log,
                     batch_table(model, part, spec, p[s : s + chunk_rows], rid, t_wall, month, s,
-                                decision[s : s + chunk_rows]),
+                                decision[s : s + chunk_rows], policy,
+                                None if offer is None else offer.iloc[s : s + chunk_rows]),
                     date,
                     i + 1,
                 )
@@ -151,6 +160,7 @@ def score_month(cfg: Settings,                # run settings ([paths] warehouse 
                       time.perf_counter() - t0, score_seconds)
     append_event(cfg, AUDIT_BATCH_SCORED, f"{model.name}@{model.version}",
                  {"month": month, "rows": res.rows, "contacts": res.contacts,
+                  "policy": f"{policy.policy.kind}@{policy.version}" if policy else "the model's decision",
                                                                           "request_id": rid,
                                                                           "files": [Path(f).name for f in files]},
                                                                           actor=actor)

@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 7   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 8   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -64,6 +64,10 @@ class MlflowSettings:
     experiment: str = setting("churn", "experiment name", pattern=r"\S.*")
     registered_model: str = setting("churn-model", "registered model name in the Model Registry",
                                     pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+    registered_policy: str = setting("churn-offer-policy",
+                                     "registered name of the offer policy (risk or uplift) in the Model Registry: "
+                                     "the policy in production decides who gets the offer",
+                                     pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*", since=8)
 
 # %% ../nbs/01_sections.ipynb #df382ef0
 @dataclass(frozen=True)

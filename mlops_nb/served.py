@@ -18,9 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .catalog import DATASET_TRAINING, ENV_SCORER, TAG_FEATURE_TABLE_DIGEST, TAG_TRAIN_RUN_ID
+from .catalog import ALIAS_CHAMPION, DATASET_TRAINING, ENV_SCORER, TAG_FEATURE_TABLE_DIGEST, TAG_TRAIN_RUN_ID
 from .decisions import DecisionPolicy, content_key
 from .encoder import FieldError, json_records
+from .offer_policy import OfferPolicy
 from .package import ChurnModel
 from .prediction_log import LINEAGE_KEYS, RESERVED_COLUMNS
 from .scorers import BlendScorer, FastScorer, make_scorer
@@ -30,7 +31,7 @@ log = logging.getLogger("mlops_nb.served")
 
 # %% auto #0
 __all__ = ['log', 'ModelLoadError', 'mlflow_for', 'resolve_alias', 'model_lineage', 'ServedModel', 'self_check',
-           'load_served_model']
+           'load_served_model', 'ServedPolicy', 'load_offer_policy']
 
 # %% ../nbs/53_served.ipynb #e0758880
 class ModelLoadError(RuntimeError):
@@ -164,3 +165,27 @@ def load_served_model(cfg: Settings, version: str, unknown_category: str | None 
     return ServedModel(name, str(version), uri, churn, scorer, model_lineage(client, name, str(version)),
                        time.perf_counter() - t0,
                        dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), check)
+
+# %% ../nbs/53_served.ipynb #srvpol02
+@dataclass(frozen=True)
+class ServedPolicy:
+    "The offer policy in production, loaded."
+    name: str
+    version: str
+    policy: OfferPolicy
+
+    @property
+    def uses_uplift(self) -> bool: return self.policy.kind == "uplift"
+
+def load_offer_policy(cfg: Settings) -> ServedPolicy | None:
+    "The offer policy in production, or None if no policy is registered in production (the model decides)."
+    mlflow, client = mlflow_for(cfg)
+    name = cfg.mlflow.registered_policy
+    version = resolve_alias(client, name, ALIAS_CHAMPION)
+    if version is None: return None
+    uri = f"models:/{name}/{version}"
+    try: policy = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except Exception as e: raise ModelLoadError(f"cannot load the offer policy {uri}: {type(e).__name__}: {e}") from e
+    if not isinstance(policy, OfferPolicy):
+        raise ModelLoadError(f"{uri} is a {type(policy).__name__}, not an OfferPolicy")
+    return ServedPolicy(name, version, policy)

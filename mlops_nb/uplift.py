@@ -1,5 +1,6 @@
-"""The offer's effect per customer, learnt from randomised campaigns only: a two-model (T-) learner, its Qini curve, and
-the value of a contact policy estimated by inverse propensity weighting on held-out randomised rows, with intervals.
+"""The offer's effect per customer, learnt from randomised campaigns only: a two-model (T-) learner and one that builds
+on the risk model (the offer as a shift of its log-odds), the Qini curve, and the value of a contact policy
+estimated by inverse propensity weighting on held-out randomised rows, with intervals.
 
 Docs: https://mlops-nb.github.io/mlops-nb/uplift.html.md"""
 
@@ -22,8 +23,9 @@ from .settings import CharterSettings, Settings
 from .stats import bootstrap_counts, percentile_ci
 
 # %% auto #0
-__all__ = ['EXPLORATION_PREFIX', 'UPLIFT_PARAMS', 'randomised_rows', 'UpliftModel', 'fit_uplift', 'qini_curve',
-           'qini_coefficient', 'row_values', 'policy_value']
+__all__ = ['EXPLORATION_PREFIX', 'UPLIFT_PARAMS', 'RISK_COLUMN', 'OFFSET_PENALTY', 'randomised_rows', 'UpliftModel', 'fit_uplift',
+           'logit', 'sigmoid', 'offset_logistic', 'OffsetUplift', 'fit_offset_uplift', 'qini_curve', 'qini_coefficient',
+           'row_values', 'policy_value']
 
 # %% ../nbs/36_uplift.ipynb #upl00006
 EXPLORATION_PREFIX = "RET-"     # the exploration campaign's ids; the policy's own contacts are POL-
@@ -86,6 +88,91 @@ def fit_uplift(rows: pd.DataFrame, spec: FeatureSpec, family: str = "logreg", se
     X = model_input(rows, spec)
     fit = lambda arm: make_candidate(family, p, spec, seed).fit(X[t == arm], y[t == arm])  # noqa: E731
     return UpliftModel(family, fit(0), fit(1), spec)
+
+# %% ../nbs/36_uplift.ipynb #upl00021
+RISK_COLUMN = "_risk_p"   # the risk model's churn probability of a row, for the learners that build on it
+
+def logit(p: np.ndarray) -> np.ndarray:
+    "Log-odds of probabilities (clipped away from 0 and 1)."
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    "Probabilities of log-odds."
+    return 1 / (1 + np.exp(-np.clip(np.asarray(z, float), -500, 500)))
+
+def offset_logistic(Z: np.ndarray, y: np.ndarray, offset: np.ndarray,
+                    penalty: np.ndarray,     # L2 weight per column of Z (0: not penalised)
+                    iters: int = 50) -> np.ndarray:
+    "Coefficients of a logistic regression of `y` on `Z` with a fixed log-odds `offset`, ridge-penalised (Newton)."
+    w = np.zeros(Z.shape[1])
+    for _ in range(iters):
+        p = sigmoid(offset + Z @ w)
+        H = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(H, Z.T @ (p - y) + penalty * w)
+        w -= step
+        if np.abs(step).max() < 1e-8: break
+    return w
+
+# %% ../nbs/36_uplift.ipynb #upl00022
+@dataclass
+class OffsetUplift:
+    "The offer's effect as a shift of the risk model's churn log-odds, linear in the standardised inputs."
+    encoder: Pipeline        # raw features → standardised columns
+    sources: list[str]       # each encoded column's feature
+    recalibration: float     # c: added to the risk model's log-odds for every row
+    effect0: float           # δ₀: the offer's shift for an average customer
+    effect: np.ndarray       # w: per encoded column
+    accept: np.ndarray       # acceptance log-odds: intercept, then per encoded column
+    spec: FeatureSpec
+    family: str = "offset"
+
+    def _z(self, X: pd.DataFrame) -> np.ndarray: return self.encoder.transform(model_input(X, self.spec))
+
+    def churn(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        "Per row, the churn probability without and with the offer (needs `RISK_COLUMN`)."
+        if RISK_COLUMN not in X.columns:
+            raise ValueError(f"the offset learner needs the risk model's p in {RISK_COLUMN}")
+        base = logit(X[RISK_COLUMN].to_numpy(float)) + self.recalibration
+        return sigmoid(base), sigmoid(base + self.effect0 + self._z(X) @ self.effect)
+
+    def uplift(self, X: pd.DataFrame) -> np.ndarray:
+        "Per row, the churn the offer avoids."
+        p0, p1 = self.churn(X)
+        return p0 - p1
+
+    def acceptance(self, X: pd.DataFrame) -> np.ndarray:
+        "Per row, the chance an offered customer takes the offer (and costs it)."
+        return sigmoid(self.accept[0] + self._z(X) @ self.accept[1:])
+
+    def effect_contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        "Per row and feature, its part of the offer's log-odds shift (negative: the offer keeps the customer)."
+        parts = self._z(X) * self.effect
+        out = pd.DataFrame(parts, columns=self.sources, index=X.index)
+        return out.T.groupby(level=0, sort=False).sum().T
+
+# %% ../nbs/36_uplift.ipynb #upl00023
+OFFSET_PENALTY = 30.0   # ridge weight on the effect's coefficients (a few hundred churners among the offered)
+
+def fit_offset_uplift(rows: pd.DataFrame, spec: FeatureSpec, penalty: float = OFFSET_PENALTY) -> OffsetUplift:
+    "Fit the offset learner on randomised rows carrying the risk model's probability in `RISK_COLUMN`."
+    from sklearn.preprocessing import StandardScaler
+    from mlops_nb.encoder import TabularEncoder
+    y, t = rows[spec.target].astype(int).to_numpy(), rows["t"].to_numpy(int)
+    if len(np.unique(y[t == 1])) < 2 or (t == 0).sum() == 0:
+        raise ValueError(f"the offered rows need both churners and stayers to learn from ({int((t == 1).sum())} rows) "
+                         "and some rows held out: operate more months, or raise [lake] campaign_share")
+    enc = Pipeline([("encode", TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "onehot", "median", True)),
+                    ("scale", StandardScaler())])
+    z = enc.fit_transform(model_input(rows, spec))
+    k = z.shape[1]
+    design = np.hstack([np.ones((len(z), 1)), t[:, None], t[:, None] * z])       # c, δ₀, w
+    w = offset_logistic(design, y, logit(rows[RISK_COLUMN].to_numpy(float)), np.r_[0.0, 0.0, np.full(k, penalty)])
+    acc, off = rows["accepted"].astype(float).to_numpy()[t == 1], t == 1
+    a = offset_logistic(np.hstack([np.ones((off.sum(), 1)), z[off]]), acc, np.zeros(off.sum()),
+                        np.r_[0.0, np.full(k, penalty)])
+    return OffsetUplift(enc, list(enc.named_steps["encode"].feature_source_), float(w[0]), float(w[1]), w[2:], a,
+                        spec)
 
 # %% ../nbs/36_uplift.ipynb #upl00011
 def qini_curve(uplift: np.ndarray, y: np.ndarray, t: np.ndarray, points: int = 50) -> pd.DataFrame:

@@ -20,9 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import AUDIT_API_MODEL_LOAD_FAILED, AUDIT_API_MODEL_SWAPPED, ENV_API_CONTROL_DIR
+from mlops_nb.catalog import (
+    ALIAS_CHAMPION,
+    AUDIT_API_MODEL_LOAD_FAILED,
+    AUDIT_API_MODEL_SWAPPED,
+    ENV_API_CONTROL_DIR,
+)
 from .prediction_log import PredictionLog
-from .served import ServedModel, load_served_model, mlflow_for, resolve_alias
+from .served import ServedModel, ServedPolicy, load_offer_policy, load_served_model, mlflow_for, resolve_alias
 from .settings import Settings, SettingsError
 
 log = logging.getLogger("mlops_nb.worker")
@@ -150,6 +155,7 @@ class ServingState:
         # where reloads are announced (None: one worker)
         self.reload_file: Path | None = Path(ctl) / "reload" if ctl else None
         self._reload_seen: tuple[int, int] | None = None   # the latest reload announcement this worker acted on
+        self.policy: ServedPolicy | None = None   # the offer policy in production (None: the model decides)
 
     async def start(self) -> None:
         """Start the log writer, load the pseudonym key, wait (bounded) for the first model load, start following the
@@ -223,6 +229,16 @@ class ServingState:
             self.metrics.log_pending.set(self.log.pending_rows); self.metrics.log_lag.set(self.log.lag_seconds)
             await asyncio.sleep(0.5)
 
+    def _refresh_policy(self) -> None:
+        """Follow the offer policy's champion alias (`37_offer_policy`): an uplift policy decides instead of the
+        model's threshold. A policy that fails to load leaves the previous one in force."""
+        if self._client is None: self._client = mlflow_for(self.cfg)[1]
+        v = resolve_alias(self._client, self.cfg.mlflow.registered_policy, ALIAS_CHAMPION)
+        if v == (self.policy.version if self.policy else None): return
+        old, self.policy = self.policy, (load_offer_policy(self.cfg) if v is not None else None)
+        log.info("offer policy %s (was %s)", f"{self.policy.policy.kind} version {v}" if self.policy else "none",
+                 old.version if old else "none")
+
     def _resolve(self) -> str | None:
         if self._client is None: self._client = mlflow_for(self.cfg)[1]
         return resolve_alias(self._client, self.cfg.mlflow.registered_model, self.api.alias)
@@ -230,6 +246,8 @@ class ServingState:
     async def check(self, force: bool = False) -> dict[str, Any]:
         "Ask the registry where the alias points; load and swap in a new version. Returns what happened."
         async with self._lock:
+            try: await asyncio.to_thread(self._refresh_policy)
+            except Exception as e: log.warning("offer policy check failed: %s: %s", type(e).__name__, e)
             try: version = await asyncio.to_thread(self._resolve)
             except Exception as e:
                 self.detail = f"the registry at {self.cfg.mlflow.tracking_uri} did not answer: {type(e).__name__}"

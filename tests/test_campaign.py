@@ -157,7 +157,9 @@ def fake_scores(cfg, month: str, version: str = "1", threshold: float = 0.1, see
                 model_version=const(version), churn_probability=p, decision=p >= threshold,
                 threshold=np.full(n, threshold), latency_ms=pa.nulls(n, pa.float64()),
                 training_run_id=const("test"), dataset_digest=const("test"), git_commit=const("test"))
-    write_log_table(cfg.paths.prediction_log, pa.table(cols, schema=LOG_SCHEMA),
+    # a log file as written before the offer policies (no policy columns): the campaign still reads it
+    old_schema = pa.schema([f for f in LOG_SCHEMA if f.name in cols])
+    write_log_table(cfg.paths.prediction_log, pa.table(cols, schema=old_schema),
                     time.strftime("%Y-%m-%d", time.gmtime(t)), 1)
     return rid
 

@@ -1,0 +1,194 @@
+"""Offer policies (37_offer_policy, 74_policies): a planted effect found by the offset learner, the judgement that
+approves only a policy better beyond doubt, the risk policy registered first, a promotion and a rollback in the audit
+trail, and an uplift policy in production deciding batch scoring and the campaign."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_project, run_cli
+from mlops_nb.contracts import FeatureSpec
+from mlops_nb.offer_policy import POLICY_UPLIFT, OfferPolicy, explain_offer, judge_policy
+from mlops_nb.settings import CharterSettings, load_settings
+from mlops_nb.uplift import RISK_COLUMN, fit_offset_uplift, qini_coefficient
+
+SPEC = FeatureSpec(id_column="customer_key", time_column="month", target="churned_next", numeric=("x", "z"),
+                   categorical=("plan",))
+CHARTER = CharterSettings()
+
+
+def planted(n: int, seed: int, bias: float = 0.0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Randomised rows whose offer keeps customers with x > 0 and provokes those with x < 0, with a risk model's
+    probability (off by `bias` in log-odds); the true uplift returned."""
+    r = np.random.default_rng(seed)
+    x, z = r.normal(size=n), r.normal(size=n)
+    t = (r.random(n) < 0.5).astype(int)
+    base = 1 / (1 + np.exp(-(-1.5 + 0.8 * z)))
+    offered = 1 / (1 + np.exp(-(-1.5 + 0.8 * z - 1.2 * x)))
+    y = (r.random(n) < np.where(t == 1, offered, base)).astype(int)
+    risk = 1 / (1 + np.exp(-(-1.5 + 0.8 * z + bias)))
+    return pd.DataFrame({"customer_key": [f"k{i}" for i in range(n)], "month": "2025-01", "x": x, "z": z,
+                         "plan": r.choice(["a", "b"], n), "churned_next": y, "t": t, "e": 0.5,
+                         "accepted": t * (r.random(n) < 0.2 + 0.3 * (x > 0)), RISK_COLUMN: risk}), base - offered
+
+
+def test_the_offset_learner_recovers_a_planted_effect_even_from_a_biased_risk_model():
+    test, true = planted(20_000, 2)
+    for bias in (0.0, 0.7):                     # a risk model 0.7 log-odds too high: its recalibration absorbs it
+        m = fit_offset_uplift(planted(8000, 1, bias)[0], SPEC)
+        u = m.uplift(test.assign(**{RISK_COLUMN: planted(20_000, 2, bias)[0][RISK_COLUMN]}))
+        assert np.corrcoef(u, true)[0, 1] > 0.9, bias
+        assert abs(m.recalibration + bias) < 0.25, (bias, m.recalibration)
+        assert qini_coefficient(u, test.churned_next, test.t) > 0.8 * qini_coefficient(true, test.churned_next,
+                                                                                         test.t)
+    # acceptance, learnt on the offered rows, follows x as planted (20 % below 0, 50 % above)
+    acc = m.acceptance(test)
+    assert abs(acc[test.x < -0.5].mean() - 0.2) < 0.05 and abs(acc[test.x > 0.5].mean() - 0.5) < 0.05
+
+
+def test_the_judgement_approves_only_a_policy_better_beyond_doubt_and_explains_an_offer():
+    learn, held = planted(8000, 1)[0], planted(8000, 2)[0]
+    policy = OfferPolicy(POLICY_UPLIFT, CHARTER, fit_offset_uplift(learn, SPEC))
+    offer = policy.decide(held, held[RISK_COLUMN].to_numpy()).offer.to_numpy()
+    by_risk = held[RISK_COLUMN].to_numpy() > 0.3
+    assert judge_policy(offer, by_risk, held, "churned_next", CHARTER, n_boot=200).approved
+    assert not judge_policy(held.x.to_numpy() < 0, by_risk, held, "churned_next", CHARTER, n_boot=200).approved
+    # against itself the difference is exactly 0: never "better beyond doubt"
+    same = judge_policy(offer, offer, held, "churned_next", CHARTER, n_boot=200)
+    assert not same.approved and same.difference["value_per_customer"] == 0
+    why = explain_offer(policy, held.iloc[:50], held[RISK_COLUMN].to_numpy()[:50])
+    for w, o in zip(why, offer[:50]):
+        assert w["offered"] == bool(o) and (w["net_value"] > 0) == bool(o)
+        assert "R$" in w["reason"] and set(w["effect_by_feature"]) <= {"x", "z", "plan"}
+    # the feature the effect depends on moves it most, and an offered customer's effect is a cut in churn
+    top = [max(w["effect_by_feature"], key=lambda k: abs(w["effect_by_feature"][k])) for w in why]
+    assert top.count("x") > 40
+    assert all(w["churn_with_offer"] < w["churn_without_offer"] for w in why if w["offered"])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """2,000 customers x 7 months, 40 % of them in each month's exploration campaign, and a champion."""
+    from mlops_nb.features import write_features
+    from mlops_nb.lake import generate_lake
+    from mlops_nb.sandbox import sandbox_champion
+    from mlops_nb.warehouse import load_warehouse
+    settings = make_project(tmp_path_factory.mktemp("policies") / "p", lake_customers=2000, lake_months=7,
+                            lake_campaign_share=0.4, gate_n_boot=200)
+    cfg = load_settings(settings, env={})
+    generate_lake(cfg); load_warehouse(cfg); write_features(cfg)
+    sandbox_champion(cfg, params={"max_iter": 60})
+    return settings, cfg
+
+
+def test_the_phase_registers_the_risk_policy_then_judges_an_uplift_policy_and_a_switch_is_audited(world):
+    from mlops_nb.audit import read_events
+    from mlops_nb.catalog import AUDIT_MODEL_STATUS, STATUS_PRODUCTION
+    from mlops_nb.policies import policy_table, run_policy
+    from mlops_nb.registry import policy_settings, version_with_status
+    from mlops_nb.served import load_offer_policy
+    settings, cfg = world
+    res = run_policy(cfg)
+    pcfg = policy_settings(cfg)
+    t = policy_table(cfg).set_index("version")
+    assert t.loc["1", "kind"] == "risk" and t.loc["1", "status"] == STATUS_PRODUCTION and t.loc["1", "approved"]
+    assert res.version == "2" and t.loc["2", "kind"] == "uplift" and res.family in res.qini_by_family
+    assert t.loc["2", "approved"] == res.approved and t.loc["2", "reason"].startswith("value per customer")
+    assert res.verdict["difference"]["lower"] <= res.verdict["difference"]["value_per_customer"]
+    assert "candidate_share_captured" in res.oracle                      # the simulator's value beside the estimate
+    # a second run registers no second risk policy: it judges a new uplift policy against the one in force
+    assert run_policy(cfg).version == "3" and (policy_table(cfg).kind == "risk").sum() == 1
+    # a person switches to the uplift policy (with a written reason when the gate refused it) and rolls back: both
+    # are promotions in the audit trail, through the command line
+    args = ["--settings", str(settings), "policy", "promote", "2", "--reason", "trial month", "--actor", "ana"]
+    if not res.approved: args += ["--override-reason", "a trial month of the uplift policy"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert load_offer_policy(cfg).uses_uplift and version_with_status(pcfg, STATUS_PRODUCTION).version == "2"
+    r = run_cli("--settings", str(settings), "policy", "rollback", "--reason", "trial over", "--actor", "ana")
+    assert r.returncode == 0 and "version 1" in r.stdout, r.stderr[-2000:]
+    assert not load_offer_policy(cfg).uses_uplift
+    ev = [e for e in read_events(cfg, AUDIT_MODEL_STATUS) if e.details["model"] == pcfg.mlflow.registered_model]
+    promoted = [e for e in ev if e.details["to_status"] == STATUS_PRODUCTION]
+    assert [(e.details["version"], e.actor) for e in promoted[-2:]] == [("2", "ana"), ("1", "ana")]
+    assert promoted[-1].details["reason"].startswith("rollback: trial over")
+    assert promoted[-2].details.get("override") == (not res.approved)
+    listed = run_cli("--settings", str(settings), "policy", "list")
+    assert listed.returncode == 0 and "uplift" in listed.stdout and "risk" in listed.stdout, listed.stderr[-2000:]
+    # the model's own registry is untouched by the policy's promotions
+    assert version_with_status(cfg, STATUS_PRODUCTION).version == "1"
+
+
+def test_an_uplift_policy_in_production_decides_batch_scoring_and_the_campaign(world):
+    from mlops_nb.campaign import month_scores, run_campaign
+    from mlops_nb.catalog import STATUS_PRODUCTION
+    from mlops_nb.contracts import connect_warehouse
+    from mlops_nb.policies import policy_table, propose_uplift_policy
+    from mlops_nb.prediction_log import read_prediction_log
+    from mlops_nb.registry import policy_settings, promote, version_with_status
+    from mlops_nb.score import score_month
+    settings, cfg = world
+    pcfg = policy_settings(cfg)
+    if not len(policy_table(cfg)): propose_uplift_policy(cfg)
+    v = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
+    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
+        promote(pcfg, v, "test", "test", override_reason="the test of an uplift policy in production")
+    res = score_month(cfg, "2025-07")
+    log = read_prediction_log(cfg, source="batch")
+    log = log[log.request_id == res.request_id]
+    assert len(log) == res.rows and (log.policy_version == v).all()
+    assert log.expected_uplift.notna().all() and log.net_value.notna().all()
+    assert (log.decision == (log.net_value > 0)).all() and res.contacts == int(log.decision.sum())
+    scores = month_scores(cfg, "2025-07", res.request_id)
+    assert scores.net_value.notna().all()
+    camp = run_campaign(cfg, "2025-07", res.request_id, res.model_version)
+    with connect_warehouse(cfg) as con:
+        acts = con.execute("SELECT action, policy, expected_profit FROM ops.actions WHERE month = '2025-07'").df()
+    assert set(acts.policy) == {f"uplift@{v}"}
+    chosen = acts[acts.action.isin(["contact", "control"])]
+    assert len(chosen) == camp.selected and (chosen.expected_profit > 0).all()
+    if camp.capped:                              # a short budget goes to the highest net values
+        left = acts[(acts.action == "not_selected") & (acts.expected_profit > 0)]
+        assert chosen.expected_profit.min() >= left.expected_profit.max()
+
+
+def test_the_api_answers_with_the_uplift_policys_figures_and_logs_them(world, tmp_path):
+    import httpx
+    from conftest import stop
+    from serving_fixtures import latest_records, start_api
+    from mlops_nb.catalog import STATUS_PRODUCTION
+    from mlops_nb.policies import policy_table, propose_uplift_policy
+    from mlops_nb.prediction_log import read_prediction_log
+    from mlops_nb.registry import policy_settings, promote, version_with_status
+    from mlops_nb.served import load_offer_policy
+    settings, cfg = world
+    pcfg = policy_settings(cfg)
+    if not len(policy_table(cfg)): propose_uplift_policy(cfg)
+    v = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
+    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
+        promote(pcfg, v, "test", "test", override_reason="the test of an uplift policy in production")
+    records, keys = latest_records(cfg, limit=40)
+    log = tmp_path / "api.log"
+    proc, url = start_api(settings, env={"MLOPS_API__LOG_FLUSH_SECONDS": "0.3"}, log=log)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            info = c.get("/v1/model").json()["offer_policy"]
+            assert info["kind"] == "uplift" and info["version"] == v
+            one = c.post("/v1/score", json={"features": records[0], "customer_id": "C-1"}).json()
+            batch = c.post("/v1/score/batch", json={"records": [{"features": r} for r in records]}).json()
+    finally:
+        stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    # the answers are the policy's, on the same values the batch path would decide on
+    from mlops_nb.contracts import load_feature_table
+    df, spec = load_feature_table(cfg)
+    df = df[df[spec.time_column] == df[spec.time_column].max()].head(40)
+    want = load_offer_policy(cfg).policy.decide(df, np.array([p["churn_probability"] for p in batch["predictions"]]))
+    got = pd.DataFrame(batch["predictions"])
+    assert np.allclose(got.expected_uplift, want.expected_uplift, atol=1e-6)
+    assert np.allclose(got.net_value, want.net_value, atol=0.01)
+    assert (got.decision == (got.net_value > 0)).all() and one["decision"] == (one["net_value"] > 0)
+    logged = read_prediction_log(cfg, source="api")
+    logged = logged[logged.request_id.isin({one["request_id"], batch["request_id"]})]
+    assert len(logged) == 41 and (logged.policy_version == v).all() and logged.net_value.notna().all()
