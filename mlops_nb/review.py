@@ -31,8 +31,8 @@ from mlops_nb.subjects import (
 )
 
 # %% auto #0
-__all__ = ['FEATURE_LABELS', 'ACTION_WORDS', 'label', 'reason_sentences', 'Review', 'contest_text', 'review_decision',
-           'review_html', 'write_review']
+__all__ = ['FEATURE_LABELS', 'ACTION_WORDS', 'label', 'reason_sentences', 'Review', 'contest_text', 'explain_logged_offer',
+           'review_decision', 'review_html', 'write_review']
 
 # %% ../nbs/71_review.ipynb #rvw00007
 FEATURE_LABELS: dict[str, tuple[str, str]] = {      # input → (Portuguese, English)
@@ -115,6 +115,8 @@ class Review:
     explanation: dict[str, Any] = field(default_factory=dict)
     # the fairness policy the version decides by (attribute, description), when it ships one
     policy: dict[str, str] | None = None
+    # the uplift offer policy that decided instead of the threshold (37_offer_policy.explain_offer), when one did
+    offer: dict[str, Any] | None = None
 
 def _decision_row(cfg: Settings, request_id: str, customer_id: str | None) -> pd.DataFrame:
     "The logged row of one decision (a batch request: the named customer's)."
@@ -147,6 +149,20 @@ def contest_text(cfg: Settings, review_id: str) -> dict[str, str]:
             "en": f"You may ask for this decision to be reviewed by a person (LGPD art. 20). Write to the "
                   f"data-protection officer ({who}) quoting reference {review_id}; the answer comes within 15 days."}
 
+def explain_logged_offer(cfg: Settings, row: pd.DataFrame) -> dict[str, Any] | None:
+    """Why the uplift offer policy that decided a logged row offered or not (its version's figures and the features
+    that moved the offer's effect most), or None when no uplift policy decided."""
+    if "net_value" not in row or pd.isna(row.net_value[0]) or pd.isna(row.policy_version[0]): return None
+    from mlops_nb.offer_policy import explain_offer
+    from mlops_nb.served import mlflow_for
+    mlf, _ = mlflow_for(cfg)
+    version = str(row.policy_version[0])
+    try: policy = mlf.pyfunc.load_model(f"models:/{cfg.mlflow.registered_policy}/{version}").unwrap_python_model()
+    except Exception as e:
+        raise SubjectError(f"offer policy version {version} can no longer be loaded to explain the offer: {e}") from e
+    out = explain_offer(policy, row[policy.features], row.churn_probability.to_numpy(float))[0]
+    return {"policy_version": version, **out}
+
 def review_decision(cfg: Settings, request_id: str, customer_id: str | None = None,
                     actor: str | None = None) -> Review:
     "Review the logged decision `request_id` (of `customer_id`, for a batch): recorded in the trail as answered."
@@ -166,9 +182,11 @@ def review_decision(cfg: Settings, request_id: str, customer_id: str | None = No
                 model, float(row.churn_probability[0]), float(row.threshold[0]), bool(row.decision[0]),
                 _action(cfg, request_id, key), {lang: reason_sentences(expl, lang) for lang in ("pt", "en")},
                 contest_text(cfg, rid), expl,
-                {"attribute": policy.attribute, "description": policy.describe()} if policy else None)
-    close_request(cfg, rid, AUDIT_SUBJECT_REVIEWED, key, {"decision_request_id": request_id, "model_version": version,
-                                                          "decision": rv.decision, "action": rv.action}, actor)
+                {"attribute": policy.attribute, "description": policy.describe()} if policy else None,
+                explain_logged_offer(cfg, row))
+    close_request(cfg, rid, AUDIT_SUBJECT_REVIEWED, key,
+                  {"decision_request_id": request_id, "model_version": version, "decision": rv.decision,
+                   "action": rv.action, "offer_policy_version": (rv.offer or {}).get("policy_version")}, actor)
     return rv
 
 # %% ../nbs/71_review.ipynb #rvw00014
@@ -185,6 +203,21 @@ def _section(rv: Review, lang: str) -> str:
             f"<p>On {rv.decided_at[:10]}, model {html.escape(rv.model['name'])} (version "
             f"{html.escape(rv.model['version'])}) estimated a {p} chance that you would leave the next month; above "
             f"{t} the retention offer is indicated. Outcome: {decided}.")
+    if rv.offer:                        # an uplift policy decided, not the threshold
+        o, pv = rv.offer, html.escape(rv.offer["policy_version"])
+        pct = (lambda x: f"{x:.1%}".replace(".", ",")) if pt else (lambda x: f"{x:.1%}")
+        brl = f"R$ {o['net_value']:.2f}".replace(".", ",") if pt else f"R$ {o['net_value']:.2f}"
+        head = head.rsplit("; ", 1)[0] + (
+            f". Quem recebe a oferta é decidido pela política de oferta (versão {pv}): ela estimou que a oferta "
+            f"mudaria essa chance de {pct(o['churn_without_offer'])} para {pct(o['churn_with_offer'])}; "
+            f"descontados o contato e o desconto, o valor esperado de oferecer é {brl}. Resultado: {decided}."
+            if pt else
+            f". Who gets the offer is decided by the offer policy (version {pv}): it estimated the offer would change "
+            f"that chance from {pct(o['churn_without_offer'])} to {pct(o['churn_with_offer'])}; after the contact's "
+            f"and the discount's cost, offering is worth {brl}. Outcome: {decided}.")
+        moved = [label(f, lang) for f in o.get("effect_by_feature", {})][:3]
+        if moved: head += (" O que mais mudou o efeito da oferta: " if pt else
+                           " What moved the offer's effect most: ") + html.escape(", ".join(moved)) + "."
     if rv.policy:
         a = html.escape(rv.policy["attribute"])
         head += (f" Esta versão corrige diferenças de tratamento entre grupos de {a}: no seu grupo, a oferta é "

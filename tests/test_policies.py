@@ -67,6 +67,19 @@ def test_the_judgement_approves_only_a_policy_better_beyond_doubt_and_explains_a
     assert all(w["churn_with_offer"] < w["churn_without_offer"] for w in why if w["offered"])
 
 
+def uplift_in_production(cfg) -> str:
+    "Put an uplift policy of the world in production (the phase first, if it never ran); its version."
+    from mlops_nb.catalog import STATUS_PRODUCTION
+    from mlops_nb.policies import policy_table, run_policy
+    from mlops_nb.registry import policy_settings, promote, version_with_status
+    pcfg = policy_settings(cfg)
+    if not len(policy_table(cfg)): run_policy(cfg)
+    v = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
+    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
+        promote(pcfg, v, "test", "test", override_reason="the test of an uplift policy in production")
+    return v
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """2,000 customers x 7 months, 40 % of them in each month's exploration campaign, and a champion."""
@@ -122,18 +135,11 @@ def test_the_phase_registers_the_risk_policy_then_judges_an_uplift_policy_and_a_
 
 def test_an_uplift_policy_in_production_decides_batch_scoring_and_the_campaign(world):
     from mlops_nb.campaign import month_scores, run_campaign
-    from mlops_nb.catalog import STATUS_PRODUCTION
     from mlops_nb.contracts import connect_warehouse
-    from mlops_nb.policies import policy_table, propose_uplift_policy
     from mlops_nb.prediction_log import read_prediction_log
-    from mlops_nb.registry import policy_settings, promote, version_with_status
     from mlops_nb.score import score_month
     settings, cfg = world
-    pcfg = policy_settings(cfg)
-    if not len(policy_table(cfg)): propose_uplift_policy(cfg)
-    v = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
-    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
-        promote(pcfg, v, "test", "test", override_reason="the test of an uplift policy in production")
+    v = uplift_in_production(cfg)
     res = score_month(cfg, "2025-07")
     log = read_prediction_log(cfg, source="batch")
     log = log[log.request_id == res.request_id]
@@ -157,17 +163,10 @@ def test_the_api_answers_with_the_uplift_policys_figures_and_logs_them(world, tm
     import httpx
     from conftest import stop
     from serving_fixtures import latest_records, start_api
-    from mlops_nb.catalog import STATUS_PRODUCTION
-    from mlops_nb.policies import policy_table, propose_uplift_policy
     from mlops_nb.prediction_log import read_prediction_log
-    from mlops_nb.registry import policy_settings, promote, version_with_status
     from mlops_nb.served import load_offer_policy
     settings, cfg = world
-    pcfg = policy_settings(cfg)
-    if not len(policy_table(cfg)): propose_uplift_policy(cfg)
-    v = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
-    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
-        promote(pcfg, v, "test", "test", override_reason="the test of an uplift policy in production")
+    v = uplift_in_production(cfg)
     records, keys = latest_records(cfg, limit=40)
     log = tmp_path / "api.log"
     proc, url = start_api(settings, env={"MLOPS_API__LOG_FLUSH_SECONDS": "0.3"}, log=log)
@@ -192,3 +191,10 @@ def test_the_api_answers_with_the_uplift_policys_figures_and_logs_them(world, tm
     logged = read_prediction_log(cfg, source="api")
     logged = logged[logged.request_id.isin({one["request_id"], batch["request_id"]})]
     assert len(logged) == 41 and (logged.policy_version == v).all() and logged.net_value.notna().all()
+    # the art. 20 review of an uplift decision says why the policy offered, with its own figures
+    from mlops_nb.review import review_decision, review_html
+    rv = review_decision(cfg, one["request_id"], actor="dpo")
+    assert rv.offer["policy_version"] == v and rv.offer["offered"] == one["decision"]
+    assert abs(rv.offer["net_value"] - one["net_value"]) < 0.01
+    page = review_html(rv)
+    assert f"offer policy (version {v})" in page and f"política de oferta (versão {v})" in page
