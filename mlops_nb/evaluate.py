@@ -194,6 +194,7 @@ def evaluation_metrics(ev: CandidateEvaluation, prefix: str = "eval_") -> dict[s
         for k, v in ev.oracle["policies"].items():
             for q in ("profit_true_p", "profit_true_uplift"):
                 if q in v: out[f"{k}_{q}"] = v[q]
+        if "oracle_share_captured" in ev.oracle: out["oracle_share_captured"] = ev.oracle["oracle_share_captured"]
     for g in (ev.fairness or {}).get("gaps", []):
         if g["gated"] and g.get("difference") is not None:
             out[f"gap_{g['attribute']}_{g['metric']}"] = g["difference"]
@@ -314,7 +315,7 @@ def run_evaluate(cfg: Settings,                  # run settings
         y_valid, y_test = valid[spec.target].astype(int).to_numpy(), test[spec.target].astype(int).to_numpy()
         months = test[spec.time_column].astype(str).to_numpy() if spec.time_column else None
         sens = [c for c in spec.sensitive if c in test.columns]
-        truth = oracle_truth(cfg, test, spec)
+        truth = oracle_truth(cfg, test, spec, extra=("segment",))   # segment: the simulator's valuation
         if truth is not None:                                       # split the oracle gap: inputs vs learner
             train_truth = oracle_truth(cfg, split.train, spec)
             if train_truth is not None and train_truth["p_churn"].notna().sum() >= 100:

@@ -27,8 +27,9 @@ __all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling',
 # %% ../nbs/42_oracle.ipynb #826ed0d7
 def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings, n_months: int) -> dict[str,
                                                                                                              float]:
-    """Per-month contacts and profit of a contact set under the true world (charter assumption with true p; true uplift
-    when known)."""
+    """Per-month contacts and profit of a contact set under the true world: the charter's assumption with the true p,
+    and — when the true uplift and segment are known — the simulator's own mechanics (`simulated_offer_values`: reach,
+    true uplift, acceptance by segment), the one valuation the uplift study, the policies and the ROI report use."""
     c = np.asarray(contact, bool)
     p = truth["p_churn"].to_numpy(float)
     out = dict(contacts_per_month=float(c.sum() / n_months),
@@ -36,10 +37,13 @@ def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSett
                churn_reduction_true_p=float(charter.save_rate * p[c].sum() / p.sum()) if p.sum() else 0.0)
     if "uplift" in truth:
         u = truth["uplift"].to_numpy(float)
-        out.update(
-            profit_true_uplift=float((u[c] * charter.customer_value - cost_per_contact(charter)).sum() / n_months),
-            churn_reduction_true_uplift=float(u[c].sum() / p.sum()) if p.sum() else 0.0,
-        )
+        if "segment" in truth:
+            from mlops_nb.world import CONTACT_RATE
+            worth, reached = simulated_offer_values(truth, charter), CONTACT_RATE
+        else:                          # a frame with the true uplift only: the charter's acceptance, everyone reached
+            worth, reached = u * charter.customer_value - cost_per_contact(charter), 1.0
+        out.update(profit_true_uplift=float(worth[c].sum() / n_months),
+                   churn_reduction_true_uplift=float(reached * u[c].sum() / p.sum()) if p.sum() else 0.0)
     return out
 
 def oracle_policy(true_p: np.ndarray, charter: CharterSettings, max_contacts: int | None,
@@ -73,12 +77,15 @@ def oracle_summary(y: np.ndarray, p: np.ndarray, contact: np.ndarray, truth: pd.
                                                                                                              confidence)
     out["ece_true_p"] = expected_calibration_error(y, tp)
     policies = {"model": contact, "oracle_p": oracle_policy(tp, charter, k, months)}
-    if "uplift" in truth:
-        u = truth["uplift"].to_numpy(float)
-        policies["oracle_uplift"] = contact_policy(
-            u, cost_per_contact(charter) / charter.customer_value if charter.customer_value else np.inf, k, months
-        )
+    if "uplift" in truth:            # the best list: the customers whose listing is worth something, most first
+        worth = (simulated_offer_values(truth, charter) if "segment" in truth
+                 else truth["uplift"].to_numpy(float) * charter.customer_value - cost_per_contact(charter))
+        policies["oracle_uplift"] = contact_policy(worth, 1e-9, k, months)
     out["policies"] = {name: _policy_value(c, truth, charter, n_months) for name, c in policies.items()}
+    if "oracle_uplift" in out["policies"]:  # the share of the best list's value the model's own policy captures
+        best = out["policies"]["oracle_uplift"]["profit_true_uplift"]
+        out["oracle_share_captured"] = (out["policies"]["model"]["profit_true_uplift"] / best if best > 0
+                                        else float("nan"))
     return out
 
 # %% ../nbs/42_oracle.ipynb #8c468097

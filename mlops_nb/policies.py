@@ -222,8 +222,7 @@ def run_policy(cfg: Settings, mlflow_run_id: str = "") -> PolicyProposal:
 
 def policy_table(cfg: Settings) -> pd.DataFrame:
     "Every registered offer policy: version, kind, status, approval, its judgement."
-    from mlops_nb.tracking import MlflowClient
-    pcfg, client = policy_settings(cfg), MlflowClient()
+    pcfg, (_, client) = policy_settings(cfg), mlflow_for(cfg)
     rows = []
     for v in list_versions(pcfg):
         tags = client.get_model_version(pcfg.mlflow.registered_model, v.version).tags

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,12 +50,14 @@ def promote_uplift(settings: Path) -> str:
     return v
 
 
-def study(seed: int, operated: int, history: int, customers: int) -> dict:
-    root = Path(tempfile.mkdtemp(prefix=f"study-policies-{seed}-"))
+def study(seed: int, operated: int, history: int, customers: int, reuse: Path | None = None) -> dict:
+    "One seed; `reuse`: the root of an earlier study of it whose lifecycle ran (its operated months are redone)."
+    root = reuse or Path(tempfile.mkdtemp(prefix=f"study-policies-{seed}-"))
     risk = project(root / "risk", "stable", seed, operated, history, customers)
     t0 = time.time()
-    run(["run", "--no-progress"], risk)
+    if reuse is None: run(["run", "--no-progress"], risk)
     t1 = time.time()
+    shutil.rmtree(root / "uplift", ignore_errors=True)
     shutil.copytree(root / "risk", root / "uplift")          # the same world, model and policies, twice
     uplift = root / "uplift" / "settings.ini"
     uplift.write_text(risk.read_text())
@@ -88,10 +89,11 @@ def main() -> None:
     ap.add_argument("--operated", type=int, default=6, help="operated months (after the history months)")
     ap.add_argument("--history", type=int, default=6)
     ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--reuse", type=Path, default=None, help="the root of an earlier study whose lifecycle ran")
     a = ap.parse_args()
     pd.set_option("display.width", 220); pd.set_option("display.max_columns", 30)
     for seed in a.seeds:
-        r = study(seed, a.operated, a.history, a.customers)
+        r = study(seed, a.operated, a.history, a.customers, a.reuse)
         print(f"\n=== seed {seed}: lifecycle {r['lifecycle_s']} s; operated {a.operated} months under risk in "
               f"{r['risk_s']} s, under uplift (version {r['version']}) in {r['uplift_s']} s ({r['root']})")
         print(r["table"][["version", "kind", "status", "approved"]].to_string(index=False))
