@@ -28,9 +28,10 @@ from .settings import Settings, load_settings
 
 # %% auto #0
 __all__ = ['LABELS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'drift_heatmap', 'performance_plot', 'moved_note',
-           'monitoring_blocks', 'timeline_plot', 'fairness_plot', 'production_version', 'mitigation_in_force',
-           'bias_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'page_settings',
-           'page_blocks', 'show_page', 'export_pages', 'pages_folder', 'voila_command', 'serve_pages']
+           'monitoring_blocks', 'timeline_plot', 'fairness_plot', 'status_events', 'production_version',
+           'mitigation_in_force', 'bias_blocks', 'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks',
+           'governance_blocks', 'page_settings', 'page_blocks', 'show_page', 'export_pages', 'pages_folder',
+           'voila_command', 'serve_pages']
 
 # %% ../nbs/73_dashboards.ipynb #dsh00005
 LABELS: dict[str, dict[str, str]] = {
@@ -53,6 +54,10 @@ LABELS: dict[str, dict[str, str]] = {
         "cumulative": "Valor acumulado",
         "uplift": "Efeito medido da oferta",
         "costs": "Custo de operar o serviço",
+        "offer_policy": "Quem recebe a oferta: a política de oferta",
+        "offer_policy_now": ("Em vigor: a política {kind} (versão {version}). Cada mês da tabela de efeito diz "
+                             "qual política decidiu."),
+        "offer_policy_none": "Nenhuma política de oferta registrada: o modelo decide pelo limiar.",
         "trail": "Trilha de auditoria",
         "requests": "Pedidos de titulares",
         "promotions": "Promoções, exceções e reversões",
@@ -124,6 +129,10 @@ LABELS: dict[str, dict[str, str]] = {
         "cumulative": "Cumulative value",
         "uplift": "Measured effect of the offer",
         "costs": "Cost of running the service",
+        "offer_policy": "Who gets the offer: the offer policy",
+        "offer_policy_now": ("In force: the {kind} policy (version {version}). Each month of the effect table "
+                             "says which policy decided."),
+        "offer_policy_none": "No offer policy registered: the model decides by its threshold.",
         "trail": "Audit trail",
         "requests": "Data-subject requests",
         "promotions": "Promotions, overrides and rollbacks",
@@ -246,7 +255,7 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
                                         "months": len(i.months), "resolved": i.resolved or "open"} for i in inc]))
                if inc else ("p", label(lang, "no_alert")))
     served = [{"time": e.time[:16], "event": f"v{e.details.get('version')} → {e.details.get('to_status')}",
-               "why": str(e.details.get("reason", ""))[:90]} for e in read_events(cfg, AUDIT_MODEL_STATUS)]
+               "why": str(e.details.get("reason", ""))[:90]} for e in status_events(cfg)]
     rollbacks = read_events(cfg, AUDIT_ROLLED_BACK)
     served += [{"time": e.time[:16], "event": "rollback", "why": str(e.details.get("reason", ""))[:90]}
                for e in rollbacks]
@@ -310,11 +319,16 @@ def fairness_plot(fair: pd.DataFrame) -> Figure:
     ax.set_ylabel("gap"); ax.legend(fontsize=7); ax.tick_params(axis="x", labelsize=7)
     return fig
 
-def production_version(cfg: Settings) -> str | None:
-    "The version the audit trail last moved to production (None if none), without asking MLflow."
+def status_events(cfg: Settings, name: str | None = None) -> list:
+    "The audit trail's status changes of one registered name (default: the model; the offer policy has its own)."
     from mlops_nb.audit import read_events
+    name = name or cfg.mlflow.registered_model
+    return [e for e in read_events(cfg, AUDIT_MODEL_STATUS) if e.details.get("model", name) == name]
+
+def production_version(cfg: Settings, name: str | None = None) -> str | None:
+    "The version the audit trail last moved to production (None if none), without asking MLflow."
     now: str | None = None
-    for e in read_events(cfg, AUDIT_MODEL_STATUS):
+    for e in status_events(cfg, name):
         if e.details.get("to_status") == "production": now = str(e.details.get("version"))
         elif now == str(e.details.get("version")): now = None
     return now
@@ -339,6 +353,24 @@ def bias_blocks(cfg: Settings, lang: str) -> list[Block]:
     out += [("h2", label(lang, "mitigation")),
             ("p", mitigation_in_force(cfg, v) or label(lang, "no_mitigation"))]
     out += [("h2", label(lang, "how")), ("p", label(lang, "how_bias"))]
+    return out
+
+# %% ../nbs/73_dashboards.ipynb #dshpol01
+def offer_policy_blocks(cfg: Settings, lang: str) -> list[Block]:
+    """Who gets the offer: the offer policy in force and every version registered — its kind, whether it was approved
+    against the policy in force, the judgement — from the audit trail (`74_policies`)."""
+    name = cfg.mlflow.registered_policy
+    events = status_events(cfg, name)
+    out: list[Block] = [("h2", label(lang, "offer_policy"))]
+    registered = {str(e.details.get("version")): e.details for e in events if e.details.get("from_status") is None}
+    now = production_version(cfg, name)
+    if now is None: return out + [("p", label(lang, "offer_policy_none"))]
+    out.append(("p", label(lang, "offer_policy_now").format(kind=registered.get(now, {}).get("kind", "?"),
+                                                               version=now)))
+    status = {str(e.details.get("version")): e.details.get("to_status") for e in events}
+    out.append(("table", pd.DataFrame([{"version": v, "kind": d.get("kind", "?"), "status": status.get(v),
+                                        "approved": d.get("approved"), "judgement": str(d.get("judgement", ""))[:160]}
+                                       for v, d in registered.items()])))
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00015
@@ -373,7 +405,7 @@ def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
     "The ROI page: value by month, to date (with the service's cost), the measured effect and the charter's target."
     roi = read_snapshot(cfg, TABLE_ROI_MONTHS)
     out: list[Block] = [("h1", label(lang, "roi"))]
-    if roi.empty: return out + [("p", label(lang, "nothing"))]
+    if roi.empty: return out + [("p", label(lang, "nothing"))] + offer_policy_blocks(cfg, lang)
     last = roi[roi.scope == "to_date"].sort_values("month").iloc[-1]
     target, reached = float(last.target), float(last.relative_reduction)
     out.append(("p", label(lang, "roi_to_date").format(
@@ -383,8 +415,10 @@ def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
     out += [("h2", label(lang, "cumulative")), ("fig", (cumulative_plot(roi), label(lang, "cap_cumulative")))]
     m = roi[roi.scope == "month"]
     out += [("h2", label(lang, "uplift")),
-            ("table", m[[c for c in ("month", "contacted", "control", "uplift", "uplift_lower", "uplift_upper",
-                                     "relative_reduction", "target", "oracle_uplift") if c in m.columns]])]
+            ("table", m[[c for c in ("month", "policy", "contacted", "control", "uplift", "uplift_lower",
+                                     "uplift_upper", "relative_reduction", "target", "oracle_uplift")
+                         if c in m.columns]])]
+    out += offer_policy_blocks(cfg, lang)
     costs = read_snapshot(cfg, TABLE_SERVICE_COSTS)
     if len(costs):
         out += [("h2", label(lang, "costs")),
@@ -409,8 +443,9 @@ def governance_blocks(cfg: Settings, lang: str) -> list[Block]:
         out.append(("table", req.groupby(["kind", "status"]).size().rename("requests").reset_index()))
         out.append(("table", req[[c for c in ("request_id", "kind", "status", "received", "answered")
                                   if c in req.columns]].tail(20)))
-    rows = [{"time": e.time[:16], "what": f"v{e.details.get('version')}: {e.details.get('from_status')} → "
-                                         f"{e.details.get('to_status')}", "who": e.actor,
+    rows = [{"time": e.time[:16], "what": f"{e.details.get('model', '')} v{e.details.get('version')}: "
+                                         f"{e.details.get('from_status')} → {e.details.get('to_status')}",
+             "who": e.actor,
              "why": str(e.details.get("reason", ""))[:100]} for e in read_events(cfg, AUDIT_MODEL_STATUS)]
     rows += [{"time": e.time[:16], "what": "gate override", "who": e.actor,
               "why": str(e.details.get("reason", ""))[:100]} for e in read_events(cfg, AUDIT_GATE_OVERRIDE)]

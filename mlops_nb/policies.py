@@ -80,7 +80,7 @@ def register_policy(cfg: Settings, policy: OfferPolicy, approved: bool, reason: 
     tags = {TAG_GATE_APPROVED: str(approved).lower(), TAG_POLICY_KIND: policy.kind, TAG_POLICY_REASON: reason[:5000]}
     mlflow.set_tags(tags)
     return register(policy_settings(cfg), log_policy(policy, policy_example(policy, rows)), run.info.run_id,
-                    actor, tags=tags)
+                    actor, tags=tags, details=dict(kind=policy.kind, approved=approved, judgement=reason[:500]))
 
 # %% ../nbs/74_policies.ipynb #pols0006
 RISK_REASON = "the churn model decides (its threshold, or its fairness mitigation): what its own gate approved"

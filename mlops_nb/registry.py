@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -101,7 +102,9 @@ def version_with_status(cfg: Settings, status: str) -> VersionInfo | None:
 
 # %% ../nbs/50_registry.ipynb #1519e08d
 def register(cfg: Settings, model_uri: str, run_id: str, actor: str = "pipeline",
-             tags: dict[str, str] | None = None) -> VersionInfo:
+             tags: dict[str, str] | None = None,
+             details: dict[str, Any] | None = None,   # more for the audit event (an offer policy's judgement)
+             ) -> VersionInfo:
     "Register `model_uri` (logged by `run_id`) as a new version in development."
     client, name = _client(cfg), cfg.mlflow.registered_model
     try: client.get_registered_model(name)
@@ -114,7 +117,8 @@ def register(cfg: Settings, model_uri: str, run_id: str, actor: str = "pipeline"
     mv = mlflow.register_model(model_uri, name, tags={TAG_STATUS: STATUS_DEVELOPMENT, **(tags or {})})
     if run_id and mv.run_id and mv.run_id != run_id:
         raise RegistryError(f"{model_uri} was logged by run {mv.run_id}, not {run_id}")
-    _record(cfg, mv.version, None, STATUS_DEVELOPMENT, actor, "registered", dict(model_uri=model_uri, run_id=run_id))
+    _record(cfg, mv.version, None, STATUS_DEVELOPMENT, actor, "registered",
+            dict(model_uri=model_uri, run_id=run_id, **(details or {})))
     return version_info(cfg, mv.version)
 
 def _record(cfg: Settings, version: str, old: str | None, new: str, actor: str, reason: str,

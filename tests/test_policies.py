@@ -198,3 +198,20 @@ def test_the_api_answers_with_the_uplift_policys_figures_and_logs_them(world, tm
     assert abs(rv.offer["net_value"] - one["net_value"]) < 0.01
     page = review_html(rv)
     assert f"offer policy (version {v})" in page and f"política de oferta (versão {v})" in page
+
+
+def test_the_pages_say_which_offer_policy_decides_and_keep_it_apart_from_the_models_versions(world):
+    from mlops_nb.dashboards import blocks_html, page_blocks, production_version
+    from mlops_nb.policies import policy_table
+    from mlops_nb.registry import policy_settings, rollback
+    settings, cfg = world
+    v = uplift_in_production(cfg)
+    roi = blocks_html(page_blocks("roi", cfg, "en"))
+    assert f"In force: the uplift policy (version {v})" in roi and "risk" in roi
+    assert production_version(cfg) == "1"                       # the model's version, not the policy's
+    gov = blocks_html(page_blocks("governance", cfg, "en"))
+    assert f"{cfg.mlflow.registered_policy} v{v}" in gov and f"{cfg.mlflow.registered_model} v1" in gov
+    rollback(policy_settings(cfg), "test", "back to the risk policy")
+    assert "In force: the risk policy (version 1)" in blocks_html(page_blocks("roi", cfg, "en"))
+    assert "Em vigor: a política risk (versão 1)" in blocks_html(page_blocks("roi", cfg, "pt"))
+    assert len(policy_table(cfg)) >= 2
