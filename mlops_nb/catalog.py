@@ -46,14 +46,15 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TABLE_HELD_BACK', 'TABLE_UNIQUE_CHECKED', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS',
            'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
            'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW',
-           'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT',
-           'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION',
-           'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY',
-           'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API',
-           'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR',
-           'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT',
-           'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW',
-           'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'Name', 'name', 'tag_filter', 'catalog_frame']
+           'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'TABLE_POLICY_VALUES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER',
+           'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING',
+           'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER',
+           'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE',
+           'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS',
+           'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
+           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT',
+           'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'Name', 'name', 'tag_filter',
+           'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -328,6 +329,9 @@ TABLE_SHADOW_SCORES = name("table", "ops.shadow_scores", "retrain", "retrain (ro
 TABLE_SERVICE_COSTS = name("table", "ops.service_costs", "costs", "roi, dashboards",
                            "what running the service cost each operated month: CPU of the loop and the API, storage, "
                            "priced by [compute]")
+TABLE_POLICY_VALUES = name("table", "roi.policy_values", "policies", "operate, dashboards",
+                           "every registered offer policy valued on each labelled month's exploration campaign (IPW, "
+                           "95 % interval; the simulator's value beside it on synthetic data)")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a125
 ALIAS_CHAMPION = name("alias", "champion", "registry", "worker, evaluate, gate, score", "the production version")

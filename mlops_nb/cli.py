@@ -395,7 +395,7 @@ def cmd_operate(args: argparse.Namespace, extra: Sequence[str]) -> int:
 # %% ../nbs/90_cli.ipynb #e0f960e8
 def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Print the published roi.months snapshot (never opens the warehouse a running month writes)."
-    from mlops_nb.catalog import TABLE_ROI_MONTHS
+    from mlops_nb.catalog import TABLE_POLICY_VALUES, TABLE_ROI_MONTHS
     from mlops_nb.operate import read_snapshot
     cfg = load_settings(_settings_path(args))
     t = read_snapshot(cfg, TABLE_ROI_MONTHS)
@@ -406,6 +406,11 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.csv: t.to_csv(sys.stdout, index=False); return EXIT_OK
     from mlops_nb.roi import roi_table_text
     print(roi_table_text(t))
+    from mlops_nb.policies import policy_values_text
+    values = read_snapshot(cfg, TABLE_POLICY_VALUES)
+    if len(values):
+        print("\nevery offer policy valued on the month's exploration campaign (IPW, over offering nobody; the "
+              "simulator's value and the best list's beside it):\n" + policy_values_text(values))
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #upl0cli1

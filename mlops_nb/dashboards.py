@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from .blocks import Block, blocks_body, html_page
 from .catalog import (AUDIT_GATE_OVERRIDE, AUDIT_MODEL_STATUS, AUDIT_ROLLED_BACK, ENV_SETTINGS,
                               TABLE_MONITOR_DRIFT, TABLE_MONITOR_FAIRNESS, TABLE_MONITOR_MONTHS,
-                              TABLE_MONITOR_PERFORMANCE, TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS,
-                              TABLE_SERVICE_COSTS)
+                              TABLE_MONITOR_PERFORMANCE, TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES,
+                              TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS)
 from .operate import read_snapshot
 from .settings import Settings, load_settings
 
@@ -58,6 +58,9 @@ LABELS: dict[str, dict[str, str]] = {
         "offer_policy_now": ("Em vigor: a política {kind} (versão {version}). Cada mês da tabela de efeito diz "
                              "qual política decidiu."),
         "offer_policy_none": "Nenhuma política de oferta registrada: o modelo decide pelo limiar.",
+        "policy_values": ("Cada política registrada, avaliada na campanha de exploração de cada mês com rótulos (valor "
+                          "por cliente em R$, sobre não oferecer a ninguém, com intervalo de 95%; no mundo sintético, "
+                          "o valor do simulador e o da melhor lista ao lado): quanto uma troca teria valido."),
         "trail": "Trilha de auditoria",
         "requests": "Pedidos de titulares",
         "promotions": "Promoções, exceções e reversões",
@@ -133,6 +136,9 @@ LABELS: dict[str, dict[str, str]] = {
         "offer_policy_now": ("In force: the {kind} policy (version {version}). Each month of the effect table "
                              "says which policy decided."),
         "offer_policy_none": "No offer policy registered: the model decides by its threshold.",
+        "policy_values": ("Every registered policy, valued on each labelled month's exploration campaign (value per "
+                          "customer in R$ over offering nobody, with its 95% interval; on the synthetic world the "
+                          "simulator's value and the best list's beside it): what a switch would have been worth."),
         "trail": "Audit trail",
         "requests": "Data-subject requests",
         "promotions": "Promotions, overrides and rollbacks",
@@ -358,7 +364,7 @@ def bias_blocks(cfg: Settings, lang: str) -> list[Block]:
 # %% ../nbs/73_dashboards.ipynb #dshpol01
 def offer_policy_blocks(cfg: Settings, lang: str) -> list[Block]:
     """Who gets the offer: the offer policy in force and every version registered — its kind, whether it was approved
-    against the policy in force, the judgement — from the audit trail (`74_policies`)."""
+    against the policy in force, the judgement — from the audit trail (`59_policies`)."""
     name = cfg.mlflow.registered_policy
     events = status_events(cfg, name)
     out: list[Block] = [("h2", label(lang, "offer_policy"))]
@@ -371,6 +377,11 @@ def offer_policy_blocks(cfg: Settings, lang: str) -> list[Block]:
     out.append(("table", pd.DataFrame([{"version": v, "kind": d.get("kind", "?"), "status": status.get(v),
                                         "approved": d.get("approved"), "judgement": str(d.get("judgement", ""))[:160]}
                                        for v, d in registered.items()])))
+    values = read_snapshot(cfg, TABLE_POLICY_VALUES)
+    if len(values):
+        out += [("p", label(lang, "policy_values")),
+                ("table", values[["month", "policy_version", "kind", "in_force", "offered_share", "value_per_customer",
+                                  "lower", "upper", "simulated", "oracle"]].sort_values(["month", "policy_version"]))]
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00015

@@ -41,8 +41,8 @@ from .settings import Settings, SettingsError
 __all__ = ['MONITOR_COLUMNS', 'REPORT_ROWS', 'OperateError', 'next_month', 'months_to_operate', 'ensure_monitor_tables',
            'replace_rows', 'publish_snapshots', 'read_snapshot', 'reset_operation', 'newly_labelled',
            'drift_report_html', 'MonthResult', 'month_quality', 'operate_month', 'monitor_step', 'roi_step',
-           'probation_step', 'alert_step', 'cost_step', 'retrain_step', 'store_monitor', 'month_row', 'month_summary',
-           'record_month', 'operate', 'results_frame']
+           'policy_values_step', 'probation_step', 'alert_step', 'cost_step', 'retrain_step', 'store_monitor',
+           'month_row', 'month_summary', 'record_month', 'operate', 'results_frame']
 
 # %% ../nbs/67_operate.ipynb #67ef0005
 class OperateError(SettingsError):
@@ -142,8 +142,8 @@ def publish_snapshots(cfg: Settings, con) -> list[Path]:
     if table_exists(con, TABLE_ACTIONS):
         queries[TABLE_ACTIONS] = (f"SELECT month, action, policy, model_version, count(*) AS customers FROM "
                                   f"{TABLE_ACTIONS} GROUP BY ALL ORDER BY ALL")   # counts only: no pseudonyms
-    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS
-    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS):
+    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS
+    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS, TABLE_POLICY_VALUES):
         if table_exists(con, t): queries[t] = f"SELECT * FROM {t} ORDER BY month"
     for table, sql in queries.items():
         final = folder / f"{table}.parquet"
@@ -164,13 +164,13 @@ def reset_operation(cfg: Settings) -> list[str]:
     and action tables, the published snapshots, the outbox, the alert log (kept, renamed with the time) — would
     otherwise mix two worlds' months. Run when the first operated month begins; returns what it set aside."""
     import shutil
-    from mlops_nb.catalog import (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS,
-                                  TABLE_SHADOW_SCORES)
+    from mlops_nb.catalog import (TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES, TABLE_ROI_MONTHS,
+                                  TABLE_SERVICE_COSTS, TABLE_SHADOW_SCORES)
     done = []
     if cfg.paths.warehouse.exists():
         with connect_warehouse(cfg, read_only=False) as con:
             for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES, TABLE_ROI_MONTHS,
-                      TABLE_SERVICE_COSTS]:
+                      TABLE_SERVICE_COSTS, TABLE_POLICY_VALUES]:
                 if table_exists(con, t): con.execute(f"DROP TABLE {t}"); done.append(t)
     for folder in (Path(cfg.paths.monitor), Path(cfg.paths.outbox)):
         if folder.exists(): shutil.rmtree(folder); done.append(str(folder))
@@ -353,6 +353,21 @@ def roi_step(cfg: Settings, res: MonthResult) -> None:
     from mlops_nb.roi import measure_roi, roi_metrics
     with connect_warehouse(cfg, read_only=False) as con: rows = measure_roi(cfg, con, res.month)
     for m in res.labelled: res.metrics.update(roi_metrics(rows, m))
+    policy_values_step(cfg, res)
+
+def policy_values_step(cfg: Settings, res: MonthResult) -> None:
+    """Value every registered offer policy on each newly labelled month's exploration campaign (`59_policies`) into
+    roi.policy_values; a failure is the month's note, never a failed month (the campaign's ROI stands)."""
+    from mlops_nb.policies import policy_month_values, store_policy_values
+    for m in res.labelled:
+        try: vals = policy_month_values(cfg, m)
+        except Exception as e:  # noqa: BLE001 — an estimate beside the month, not the month itself
+            res.note = ((res.note + " " if res.note else "")
+                        + f"The offer policies were not valued on {m}: {type(e).__name__}: {e}"[:300])
+            continue
+        store_policy_values(cfg, vals)
+        for r in vals.itertuples():
+            res.metrics[f"policy.v{r.policy_version}.value_per_customer"] = float(r.value_per_customer)
 
 def probation_step(cfg: Settings, con, res: MonthResult, month: str, request_id: str, version: str) -> None:
     "Judge a champion on probation on its first labelled month; roll it back if it did worse than its predecessor."

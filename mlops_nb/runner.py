@@ -77,7 +77,7 @@ PHASES: tuple[Phase, ...] = (
     Phase(PHASE_REGISTER, "50_registry.ipynb", "register the gate's candidate; promote it to production if approved"),
     Phase(PHASE_REFERENCE, "64_reference.ipynb",
           "the production version's monitoring reference: profile, drift thresholds, reconstruction model"),
-    Phase(PHASE_POLICY, "74_policies.ipynb",
+    Phase(PHASE_POLICY, "59_policies.ipynb",
           "the offer policy: the risk policy registered; an uplift policy learnt and judged against the one in force"),
 )
 # not a lifecycle phase: `mlops-nb operate` runs it, month after month, once the lifecycle has a champion

@@ -10,7 +10,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/uplift.html.md"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,17 +23,19 @@ from .settings import CharterSettings, Settings
 from .stats import bootstrap_counts, percentile_ci
 
 # %% auto #0
-__all__ = ['EXPLORATION_PREFIX', 'UPLIFT_PARAMS', 'RISK_COLUMN', 'OFFSET_PENALTY', 'randomised_rows', 'UpliftModel', 'fit_uplift',
-           'logit', 'sigmoid', 'offset_logistic', 'OffsetUplift', 'fit_offset_uplift', 'qini_curve', 'qini_coefficient',
-           'row_values', 'policy_value']
+__all__ = ['EXPLORATION_PREFIX', 'UPLIFT_PARAMS', 'RISK_COLUMN', 'OFFSET_PENALTY', 'randomised_rows', 'split_customers',
+           'UpliftModel', 'fit_uplift', 'logit', 'sigmoid', 'offset_logistic', 'OffsetUplift', 'fit_offset_uplift',
+           'qini_curve', 'qini_coefficient', 'row_values', 'policy_value']
 
 # %% ../nbs/36_uplift.ipynb #upl00006
 EXPLORATION_PREFIX = "RET-"     # the exploration campaign's ids; the policy's own contacts are POL-
 
-def randomised_rows(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec]:
+def randomised_rows(cfg: Settings,
+                    months: Sequence[str] | None = None,   # only these feature months (YYYY-MM); default: all
+                    ) -> tuple[pd.DataFrame, FeatureSpec]:
     """The labelled feature rows of customers in an exploration campaign that month, with `t` (offered), `accepted`
     and `e` (the month's share offered)."""
-    df, spec = load_feature_table(cfg, untreated=False)
+    df, spec = load_feature_table(cfg, untreated=False, months=months)
     if not spec.time_column:
         raise ValueError("uplift needs a monthly feature table: the campaigns are monthly")
     with connect_warehouse(cfg) as con:
@@ -49,6 +51,13 @@ def randomised_rows(cfg: Settings) -> tuple[pd.DataFrame, FeatureSpec]:
     rows["t"] = rows["t"].astype(int)
     rows["e"] = rows.groupby("_m")["t"].transform("mean")
     return rows.drop(columns="_m").reset_index(drop=True), spec
+
+# %% ../nbs/36_uplift.ipynb #upl00030
+def split_customers(rows: pd.DataFrame, spec: FeatureSpec, seed: int, share: float) -> np.ndarray:
+    "A boolean mask of the rows of a random `share` of the customers (all their months together)."
+    keys = np.sort(rows[spec.id_column].astype(str).unique())
+    chosen = set(keys[np.random.default_rng(seed).random(len(keys)) < share])
+    return rows[spec.id_column].astype(str).isin(chosen).to_numpy()
 
 # %% ../nbs/36_uplift.ipynb #upl00008
 @dataclass

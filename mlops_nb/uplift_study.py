@@ -23,20 +23,21 @@ from .catalog import ART_UPLIFT_STUDY, VERB_UPLIFT
 from .contracts import FeatureSpec
 from .oracle import oracle_truth, simulated_offer_values
 from .settings import CharterSettings, Settings
-from .uplift import UpliftModel, fit_uplift, policy_value, qini_coefficient, qini_curve, randomised_rows
+from mlops_nb.uplift import (
+    UpliftModel,
+    fit_uplift,
+    policy_value,
+    qini_coefficient,
+    qini_curve,
+    randomised_rows,
+    split_customers,
+)
 from .value import expected_profit
 
 # %% auto #0
-__all__ = ['UPLIFT_FAMILIES', 'split_customers', 'offer_pays', 'risk_decisions', 'UpliftStudy', 'uplift_study',
-           'run_uplift_study']
+__all__ = ['UPLIFT_FAMILIES', 'offer_pays', 'risk_decisions', 'UpliftStudy', 'uplift_study', 'run_uplift_study']
 
 # %% ../nbs/72_uplift_study.ipynb #ust00005
-def split_customers(rows: pd.DataFrame, spec: FeatureSpec, seed: int, share: float) -> np.ndarray:
-    "A boolean mask of the rows of a random `share` of the customers (all their months together)."
-    keys = np.sort(rows[spec.id_column].astype(str).unique())
-    chosen = set(keys[np.random.default_rng(seed).random(len(keys)) < share])
-    return rows[spec.id_column].astype(str).isin(chosen).to_numpy()
-
 def offer_pays(uplift: np.ndarray, charter: CharterSettings, accept_rate: float) -> np.ndarray:
     "Offer where the churn avoided, at the customer's value, pays for the contact and the offer's expected cost."
     return np.asarray(uplift, float) * charter.customer_value > charter.contact_cost + accept_rate * charter.offer_cost

@@ -59,9 +59,11 @@ def as_if_rebuilt(cfg, scratch: Path) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def operated(tmp_path_factory):
-    """A world operated for its three months after the history, quietly."""
+    """A world operated for its three months after the history, quietly (with the lifecycle's offer policies)."""
     from mlops_nb.operate import operate
+    from mlops_nb.policies import run_policy
     cfg, v = build(tmp_path_factory.mktemp("operated") / "p")
+    run_policy(cfg)                          # the risk policy in force, an uplift policy judged (as `mlops-nb run`)
     results = operate(cfg, say=lambda s: None)
     return cfg, v, results
 
@@ -168,6 +170,16 @@ def test_the_campaign_is_measured_against_its_control_group_once_its_labels_arri
     assert july.metrics["roi.uplift"] == pytest.approx(roi.uplift.iloc[2])
     out = run_cli("--settings", str(cfg.source), "roi")
     assert out.returncode == 0 and "2025-07" in out.stdout and "to_date" in out.stdout, out.stderr
+    # the offer policy in force valued on each measured month's exploration campaign (this world is too small for the
+    # phase to learn an uplift policy; tests/test_policies.py values both kinds on a larger one)
+    from mlops_nb.catalog import TABLE_POLICY_VALUES
+    pv = table(cfg, f"SELECT * FROM {TABLE_POLICY_VALUES} ORDER BY month, policy_version")
+    assert list(pv.month.unique()) == ["2025-06", "2025-07"]
+    for _, g in pv.groupby("month"):
+        assert g.in_force.sum() == 1 and g[g.in_force].kind.iloc[0] == "risk" and g.simulated.notna().all()
+        assert ((g.lower <= g.value_per_customer) & (g.value_per_customer <= g.upper)).all()
+    assert "every offer policy valued" in out.stdout
+    assert f"policy.v{pv.policy_version.iloc[-1]}.value_per_customer" in july.metrics
     from mlops_nb.contracts import connect_warehouse
     from mlops_nb.roi import measure_roi
     truth = Path(cfg.paths.oracle) / "truth" / "month=2025-06" / "truth.parquet"

@@ -1,4 +1,4 @@
-"""Offer policies (37_offer_policy, 74_policies): a planted effect found by the offset learner, the judgement that
+"""Offer policies (37_offer_policy, 59_policies): a planted effect found by the offset learner, the judgement that
 approves only a policy better beyond doubt, the risk policy registered first, a promotion and a rollback in the audit
 trail, and an uplift policy in production deciding batch scoring and the campaign."""
 from __future__ import annotations
@@ -215,3 +215,29 @@ def test_the_pages_say_which_offer_policy_decides_and_keep_it_apart_from_the_mod
     assert "In force: the risk policy (version 1)" in blocks_html(page_blocks("roi", cfg, "en"))
     assert "Em vigor: a política risk (versão 1)" in blocks_html(page_blocks("roi", cfg, "pt"))
     assert len(policy_table(cfg)) >= 2
+
+
+def test_each_labelled_month_values_the_policy_in_force_and_the_newest_of_each_kind(world):
+    from mlops_nb.catalog import TABLE_POLICY_VALUES
+    from mlops_nb.contracts import connect_warehouse
+    from mlops_nb.operate import MonthResult, policy_values_step
+    from mlops_nb.policies import policy_table
+    settings, cfg = world
+    v = uplift_in_production(cfg)
+    res = MonthResult("2025-07", "ok", labelled=["2025-05", "2025-06"])
+    policy_values_step(cfg, res)
+    with connect_warehouse(cfg) as con:
+        pv = con.execute(f"SELECT * FROM {TABLE_POLICY_VALUES} ORDER BY month, policy_version").df()
+    t = policy_table(cfg)
+    newest = {k: g.version.iloc[0] for k, g in t.groupby("kind")}         # policy_table lists the newest first
+    assert list(pv.month.unique()) == ["2025-05", "2025-06"] and not res.note
+    for _, g in pv.groupby("month"):
+        assert set(g.policy_version) == {v, *newest.values()} and set(g.kind) == {"risk", "uplift"}
+        assert list(g[g.in_force].policy_version) == [v] and (g.rows > 300).all()
+        assert ((g.lower <= g.value_per_customer) & (g.value_per_customer <= g.upper)).all()
+        assert g.simulated.notna().all() and (g.oracle >= g.simulated).all()   # the best list bounds every policy
+    assert res.metrics[f"policy.v{v}.value_per_customer"] == pytest.approx(pv[pv.policy_version == v]
+                                                                           .value_per_customer.iloc[-1])
+    policy_values_step(cfg, res)                                    # a month valued again replaces its rows
+    with connect_warehouse(cfg) as con:
+        assert con.execute(f"SELECT count(*) FROM {TABLE_POLICY_VALUES}").fetchone()[0] == len(pv)
