@@ -127,7 +127,8 @@ def cmd_model(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = load_settings(_settings_path(args))
     if args.verb == VERB_POLICY:
         from mlops_nb import policies as P
-        if args.action == "propose": print(P.propose_uplift_policy(cfg, _actor(args)).message); return EXIT_OK
+        if args.action == "propose":                                     # the policy phase, as a tracked run
+            print(P.run_policy(cfg, actor=_actor(args)).message); return EXIT_OK
         if args.action == "list":
             t = P.policy_table(cfg)
             print(t.to_string(index=False, max_colwidth=90) if len(t) else "no offer policy registered yet")

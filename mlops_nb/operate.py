@@ -32,6 +32,7 @@ from mlops_nb.catalog import (
     TABLE_MONITOR_SHADOW,
 )
 from .contracts import connect_warehouse, read_feature_spec, table_exists
+from .contracts import replace_rows as replace_table_rows
 from .costs import process_cpu_seconds
 from .people import month_labels
 from .lake import observe_month, operated_months, resolved_months, resolve_month
@@ -114,23 +115,9 @@ def ensure_monitor_tables(con) -> None:
         for c, t in cols.items(): con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_ident(c)} {t}")
 
 def replace_rows(con, table: str, rows: pd.DataFrame, where: dict[str, list[str]]) -> None:
-    """Delete the rows of `table` matching `where` (column → values) and insert `rows`, in one transaction; `rows`
-    takes the table's columns (missing ones null)."""
-    cols = MONITOR_COLUMNS[table]
-    frame = rows.reindex(columns=list(cols)) if len(rows) else pd.DataFrame(columns=list(cols))
-    con.execute("BEGIN TRANSACTION")
-    try:
-        for c, vals in where.items():
-            if vals:
-                con.execute(f"DELETE FROM {table} WHERE {_ident(c)} IN ({', '.join('?' * len(vals))})", list(vals))
-        if len(frame):
-            con.register("_rows", frame)
-            casts = ", ".join(f"CAST({_ident(c)} AS {t}) AS {_ident(c)}" for c, t in cols.items())
-            con.execute(f"INSERT INTO {table} SELECT {casts} FROM _rows")
-            con.unregister("_rows")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK"); raise
+    """Delete the rows of monitor table `table` matching `where` (column → values) and insert `rows`, in one
+    transaction; `rows` takes the table's columns (missing ones null)."""
+    replace_table_rows(con, table, MONITOR_COLUMNS[table], rows, where)
 
 # %% ../nbs/67_operate.ipynb #67ef0009
 def publish_snapshots(cfg: Settings, con) -> list[Path]:

@@ -29,7 +29,7 @@ from mlops_nb.catalog import (
     TAG_POLICY_REASON,
     TABLE_POLICY_VALUES,
 )
-from .contracts import FeatureSpec, connect_warehouse
+from .contracts import FeatureSpec, connect_warehouse, replace_rows
 from .offer_policy import POLICY_RISK, POLICY_UPLIFT, OfferPolicy, PolicyVerdict, judge_policy
 from .oracle import oracle_truth, simulated_offer_values
 from .package import package_code_dir, pinned_requirements, synthetic_example
@@ -217,13 +217,13 @@ def _record_proposal(cfg: Settings, policy: OfferPolicy, verdict: PolicyVerdict,
                           oracle)
 
 # %% ../nbs/59_policies.ipynb #pols0013
-def run_policy(cfg: Settings, mlflow_run_id: str = "") -> PolicyProposal:
+def run_policy(cfg: Settings, mlflow_run_id: str = "", actor: str = "pipeline") -> PolicyProposal:
     "The policy phase: the risk policy registered if none is, then an uplift policy proposed; logged to its run."
     with phase_run(cfg, PHASE_POLICY, mlflow_run_id):
         if version_with_status(cfg, STATUS_PRODUCTION) is None:
             return PolicyProposal(None, "", False, "no model in production: no offer policy to register or learn")
-        risk = ensure_risk_policy(cfg)
-        res = propose_uplift_policy(cfg)
+        risk = ensure_risk_policy(cfg, actor)
+        res = propose_uplift_policy(cfg, actor)
         if risk is not None:
             res.message = f"risk policy version {risk.version} registered in production; " + res.message
         mlflow.log_dict(asdict(res), "policy/proposal.json")
@@ -292,20 +292,8 @@ def policy_month_values(cfg: Settings, month: str) -> pd.DataFrame:
 def store_policy_values(cfg: Settings, rows: pd.DataFrame) -> None:
     "Replace the months of `rows` in roi.policy_values (one transaction)."
     if rows.empty: return
-    cols = ", ".join(f'"{c}" {t}' for c, t in POLICY_VALUE_COLUMNS.items())
-    casts = ", ".join(f'CAST("{c}" AS {t})' for c, t in POLICY_VALUE_COLUMNS.items())
     with connect_warehouse(cfg, read_only=False) as con:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE_POLICY_VALUES.split('.')[0]}")
-        con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE_POLICY_VALUES} ({cols})")
-        con.register("_pv", rows)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"DELETE FROM {TABLE_POLICY_VALUES} WHERE month IN (SELECT DISTINCT month FROM _pv)")
-            con.execute(f"INSERT INTO {TABLE_POLICY_VALUES} SELECT {casts} FROM _pv")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK"); raise
-        finally: con.unregister("_pv")
+        replace_rows(con, TABLE_POLICY_VALUES, POLICY_VALUE_COLUMNS, rows, {"month": sorted(set(rows.month))})
 
 def policy_values_text(values: pd.DataFrame) -> str:
     "roi.policy_values for people: one line per month and policy."

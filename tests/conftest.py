@@ -38,6 +38,20 @@ def make_project(root: Path, **values) -> Path:
     return path
 
 
+def exploration_world(root: Path, **values):
+    """A small synthetic world whose history is loaded and featured — 2,000 customers x 7 months, 40 % of them in each
+    month's exploration campaign (randomised rows to learn and value an offer's effect from): (settings, cfg)."""
+    from mlops_nb.features import write_features
+    from mlops_nb.lake import generate_lake
+    from mlops_nb.settings import load_settings
+    from mlops_nb.warehouse import load_warehouse
+    settings = make_project(root, **{**dict(lake_customers=2000, lake_months=7, lake_campaign_share=0.4,
+                                            gate_n_boot=200), **values})
+    cfg = load_settings(settings, env={})
+    generate_lake(cfg); load_warehouse(cfg); write_features(cfg)
+    return settings, cfg
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh project folder with small settings; returns its settings.ini path."""

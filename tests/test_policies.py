@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_project, run_cli
+from conftest import exploration_world, run_cli
 from mlops_nb.contracts import FeatureSpec
 from mlops_nb.offer_policy import POLICY_UPLIFT, OfferPolicy, explain_offer, judge_policy
-from mlops_nb.settings import CharterSettings, load_settings
+from mlops_nb.settings import CharterSettings
 from mlops_nb.uplift import RISK_COLUMN, fit_offset_uplift, qini_coefficient
 
 SPEC = FeatureSpec(id_column="customer_key", time_column="month", target="churned_next", numeric=("x", "z"),
@@ -83,14 +83,8 @@ def uplift_in_production(cfg) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """2,000 customers x 7 months, 40 % of them in each month's exploration campaign, and a champion."""
-    from mlops_nb.features import write_features
-    from mlops_nb.lake import generate_lake
     from mlops_nb.sandbox import sandbox_champion
-    from mlops_nb.warehouse import load_warehouse
-    settings = make_project(tmp_path_factory.mktemp("policies") / "p", lake_customers=2000, lake_months=7,
-                            lake_campaign_share=0.4, gate_n_boot=200)
-    cfg = load_settings(settings, env={})
-    generate_lake(cfg); load_warehouse(cfg); write_features(cfg)
+    settings, cfg = exploration_world(tmp_path_factory.mktemp("policies") / "p")
     sandbox_champion(cfg, params={"max_iter": 60})
     return settings, cfg
 
@@ -110,8 +104,13 @@ def test_the_phase_registers_the_risk_policy_then_judges_an_uplift_policy_and_a_
     assert t.loc["2", "approved"] == res.approved and t.loc["2", "reason"].startswith("value per customer")
     assert res.verdict["difference"]["lower"] <= res.verdict["difference"]["value_per_customer"]
     assert "candidate_share_captured" in res.oracle                      # the simulator's value beside the estimate
-    # a second run registers no second risk policy: it judges a new uplift policy against the one in force
-    assert run_policy(cfg).version == "3" and (policy_table(cfg).kind == "risk").sum() == 1
+    # proposing again (a person, through the command line) registers no second risk policy: it judges a new uplift
+    # policy against the one in force, as a tracked phase run
+    r = run_cli("--settings", str(settings), "policy", "propose", "--actor", "ana")
+    assert r.returncode == 0 and "uplift policy version 3" in r.stdout, r.stderr[-2000:]
+    assert (policy_table(cfg).kind == "risk").sum() == 1
+    assert [e.actor for e in read_events(cfg, AUDIT_MODEL_STATUS) if e.details["model"] == pcfg.mlflow.registered_model
+            and e.details["version"] == "3"][0] == "ana"
     # a person switches to the uplift policy (with a written reason when the gate refused it) and rolls back: both
     # are promotions in the audit trail, through the command line
     args = ["--settings", str(settings), "policy", "promote", "2", "--reason", "trial month", "--actor", "ana"]

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_project, run_cli
+from conftest import exploration_world, run_cli
 from mlops_nb.contracts import FeatureSpec
-from mlops_nb.settings import CharterSettings, load_settings
+from mlops_nb.settings import CharterSettings
 from mlops_nb.uplift import fit_uplift, policy_value, qini_coefficient
 
 SPEC = FeatureSpec(id_column="customer_key", time_column="month", target="churned_next", numeric=("x", "z"),
@@ -70,14 +70,7 @@ def test_a_learner_without_churners_in_an_arm_says_what_to_do():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """2,000 customers x 7 months, 40 % of them in each month's exploration campaign: history only."""
-    from mlops_nb.features import write_features
-    from mlops_nb.lake import generate_lake
-    from mlops_nb.warehouse import load_warehouse
-    settings = make_project(tmp_path_factory.mktemp("uplift") / "p", lake_customers=2000, lake_months=7,
-                            lake_campaign_share=0.4, gate_n_boot=200)
-    cfg = load_settings(settings, env={})
-    generate_lake(cfg); load_warehouse(cfg); write_features(cfg)
-    return settings, cfg
+    return exploration_world(tmp_path_factory.mktemp("uplift") / "p")
 
 
 def test_on_a_small_world_ipw_values_both_policies_as_the_simulator_does(world):
