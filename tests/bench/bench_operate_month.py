@@ -5,8 +5,9 @@
 
 The goal (issue #18): one operated month at a million customers in at most 60 s. Set-up, not timed as part of the
 month: the history's lake, its ETL load, the feature table, and a sandbox champion trained on it (a gradient-boosted
-model, as the lifecycle's usual winner, trained on every history row) and its monitoring reference, which the
-lifecycle's `reference` phase builds once per version. Then `operate` runs each operated month — observe, load,
+model, as the lifecycle's usual winner, trained on every history row), its monitoring reference, which the
+lifecycle's `reference` phase builds once per version, and the offer policies (the `policy` phase: the risk policy in
+force and an uplift policy judged — each labelled month values both on its exploration campaign). Then `operate` runs each operated month — observe, load,
 quality, features (one month, incremental), scoring of every active customer, the campaign, resolve, monitor (reading
 the reference), alerts — and the script prints each step's wall time, with the machine's load average. For
 comparison it then times what the month's features step would cost without the incremental build: the whole table
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from mlops_nb.lake import generate_lake
     from mlops_nb.operate import operate, operated_months
     from mlops_nb.catalog import STATUS_PRODUCTION
+    from mlops_nb.policies import run_policy
     from mlops_nb.reference import run_reference
     from mlops_nb.registry import version_with_status
     from mlops_nb.sandbox import sandbox_champion
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         timed("features (every month)", lambda: write_features(cfg))
         timed("sandbox champion (hgb)", lambda: sandbox_champion(cfg, params={"max_iter": 50}, threshold=0.1))
         timed("its reference (the reference phase)", lambda: run_reference(cfg))
+        timed("the offer policies (the policy phase)", lambda: run_policy(cfg))
     else: print("    reusing the operated project (delete the root to start again)")
     months = operated_months(cfg)
     print(f"[2] operating {', '.join(months)} (load average {os.getloadavg()[0]:.1f})")
