@@ -270,6 +270,8 @@ def feature_table_source(cfg: Settings) -> str:
 def load_feature_table(cfg: Settings,
                        untreated: bool = True,   # leave out the customer-months a retention campaign contacted
                        months: Sequence[str] | None = None,   # only these months (YYYY-MM); default: all
+                       # only the customer-months in a campaign whose id starts so (e.g. the exploration's RET-)
+                       campaign: str | None = None,
                        ) -> tuple[pd.DataFrame, FeatureSpec]:
     """The rows a model may learn from, and the table's spec: from `[train] first_month` on, without the months a
     lake partition is held back in (data that failed a blocking quality rule), and without the customer-months a
@@ -285,6 +287,10 @@ def load_feature_table(cfg: Settings,
         if months is not None and spec.time_column:
             where.append(f'list_contains(?, left(CAST(t."{spec.time_column}" AS VARCHAR), 7))')
             params.append(list(months))
+        if campaign is not None and spec.time_column:
+            where.append(f"""EXISTS (SELECT 1 FROM {TABLE_STAGING_SCHEMA}.campaigns c
+                WHERE c.customer_key = t."{spec.id_column}" AND c.month = CAST(t."{spec.time_column}" AS VARCHAR)
+                AND starts_with(c.campaign_id, ?))"""); params.append(campaign)
         if untreated and spec.time_column and _has_contacts(con):
             where.append(f"""NOT EXISTS (SELECT 1 FROM {TABLE_STAGING_SCHEMA}.campaigns c
                 WHERE c.customer_key = t."{spec.id_column}" AND c.month = CAST(t."{spec.time_column}" AS VARCHAR)

@@ -141,6 +141,9 @@ def simulated_offer_values(truth: pd.DataFrame,   # the oracle's rows: uplift an
 # %% ../nbs/42_oracle.ipynb #37fb4da8
 def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec,
                  extra: tuple[str, ...] = (),   # more of the truth's columns (e.g. segment)
+                 # a boolean truth column true for every row of `frame` (e.g. in_campaign): only those truth rows are
+                 # read and keyed — a month's exploration campaign is a few % of a million customers
+                 subset: str | None = None,
                  ) -> pd.DataFrame | None:
     """The simulator's truth (p_churn, and uplift when known) for each row of `frame`, by position; None when there is
     no oracle."""
@@ -154,7 +157,8 @@ def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec,
     months = sorted(frame[spec.time_column].astype(str).unique())
     files = [f for m in months if (f := truth_dir / f"month={m}" / "truth.parquet").exists()]
     if not files: return None
-    t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift", *extra]) for f in files],
+    t = pd.concat([pd.read_parquet(f, columns=["customer_id", "month", "p_churn", "uplift", *extra],
+                                   filters=[(subset, "==", True)] if subset else None) for f in files],
                   ignore_index=True)
     # each customer is in every month: key each once
     ids, at = np.unique(t.pop("customer_id").astype(str).to_numpy(), return_inverse=True)

@@ -35,7 +35,7 @@ def randomised_rows(cfg: Settings,
                     ) -> tuple[pd.DataFrame, FeatureSpec]:
     """The labelled feature rows of customers in an exploration campaign that month, with `t` (offered), `accepted`
     and `e` (the month's share offered)."""
-    df, spec = load_feature_table(cfg, untreated=False, months=months)
+    df, spec = load_feature_table(cfg, untreated=False, months=months, campaign=EXPLORATION_PREFIX)
     if not spec.time_column:
         raise ValueError("uplift needs a monthly feature table: the campaigns are monthly")
     with connect_warehouse(cfg) as con:

@@ -7,11 +7,11 @@ The goal (issue #18): one operated month at a million customers in at most 60 s.
 month: the history's lake, its ETL load, the feature table, and a sandbox champion trained on it (a gradient-boosted
 model, as the lifecycle's usual winner, trained on every history row), its monitoring reference, which the
 lifecycle's `reference` phase builds once per version, and the offer policies (the `policy` phase: the risk policy in
-force and an uplift policy judged — each labelled month values both on its exploration campaign). Then `operate` runs each operated month — observe, load,
-quality, features (one month, incremental), scoring of every active customer, the campaign, resolve, monitor (reading
-the reference), alerts — and the script prints each step's wall time, with the machine's load average. For
-comparison it then times what the month's features step would cost without the incremental build: the whole table
-rebuilt (`write_features(cfg, full=True)`).
+force and an uplift policy judged — each labelled month values both on its exploration campaign). Then `operate`
+runs each operated month — observe, load, quality, features (one month, incremental), scoring of every active
+customer, the campaign, resolve, monitor (reading the reference), alerts — and the script prints each step's wall
+time, with the machine's load average. For comparison it then times what the month's features step would cost without
+the incremental build: the whole table rebuilt (`write_features(cfg, full=True)`).
 """
 from __future__ import annotations
 
