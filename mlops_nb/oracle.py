@@ -22,7 +22,8 @@ from .value import (break_even_probability, budget_contacts, contact_policy, cos
                             months_count)
 
 # %% auto #0
-__all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'simulated_offer_values', 'oracle_truth']
+__all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'simulated_offer_values', 'simulated_shares',
+           'oracle_truth']
 
 # %% ../nbs/42_oracle.ipynb #826ed0d7
 def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings, n_months: int) -> dict[str,
@@ -137,6 +138,22 @@ def simulated_offer_values(truth: pd.DataFrame,   # the oracle's rows: uplift an
     accept = pd.Series(ACCEPT_P, index=list(SEGMENTS)).reindex(truth["segment"].astype(str)).to_numpy(float)
     return (CONTACT_RATE * truth["uplift"].to_numpy(float) * charter.customer_value - charter.contact_cost
             - CONTACT_RATE * accept * charter.offer_cost)
+
+# %% ../nbs/42_oracle.ipynb #simval03
+def simulated_shares(worth: np.ndarray,                  # simulated_offer_values of the rows
+                     offers: dict[str, np.ndarray],      # each policy's offer per row, by name
+                     ) -> dict[str, float]:
+    """Each policy's simulated value per customer (`<name>_policy`) and share of the best list's
+    (`<name>_share_captured`), and the best list's own value per customer (`oracle_policy`: everyone whose listing is
+    worth something)."""
+    worth = np.asarray(worth, float)
+    best = float(np.sum(np.maximum(worth, 0)))
+    out = {"oracle_policy": best / len(worth) if len(worth) else float("nan")}
+    for name, offer in offers.items():
+        got = float(np.sum(np.asarray(offer, bool) * worth))
+        out[f"{name}_policy"] = got / len(worth) if len(worth) else float("nan")
+        out[f"{name}_share_captured"] = got / best if best > 0 else float("nan")
+    return out
 
 # %% ../nbs/42_oracle.ipynb #37fb4da8
 def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec,

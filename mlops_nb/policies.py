@@ -31,7 +31,7 @@ from mlops_nb.catalog import (
 )
 from .contracts import FeatureSpec, connect_warehouse, replace_rows
 from .offer_policy import POLICY_RISK, POLICY_UPLIFT, OfferPolicy, PolicyVerdict, judge_policy
-from .oracle import oracle_truth, simulated_offer_values
+from .oracle import oracle_truth, simulated_offer_values, simulated_shares
 from .package import package_code_dir, pinned_requirements, synthetic_example
 from mlops_nb.registry import (
     VersionInfo,
@@ -151,12 +151,7 @@ def _oracle_shares(cfg: Settings, held: pd.DataFrame, spec: FeatureSpec, offers:
     "On the synthetic world: each policy's simulated value per customer and share of the best list's."
     truth = oracle_truth(cfg, held, spec, extra=("segment",))
     if truth is None or not truth["uplift"].notna().all(): return {}
-    sim = simulated_offer_values(truth, cfg.charter)
-    best = float(np.sum(np.maximum(sim, 0)))
-    out = {"oracle_policy": best / len(sim)}
-    for k, c in offers.items():
-        out[f"{k}_policy"] = float(np.mean(c * sim))
-        out[f"{k}_share_captured"] = float(np.sum(c * sim) / best) if best > 0 else float("nan")
+    out = simulated_shares(simulated_offer_values(truth, cfg.charter), offers)
     out["oracle_share_captured"] = out.get("candidate_share_captured", float("nan"))
     return out
 
@@ -281,12 +276,12 @@ def policy_month_values(cfg: Settings, month: str) -> pd.DataFrame:
         d = policy.decide(rows, p)
         offer = scored["decision"].to_numpy(bool) if d is None else d.offer.to_numpy(bool)
         val = policy_value(offer, y, t, e, acc, cfg.charter, cfg.gate.n_boot, cfg.train.seed, cfg.gate.confidence)
+        sh = simulated_shares(sim, {"it": offer}) if sim is not None else {}
         out.append(dict(month=month, policy_version=v.version, kind=policy.kind, status=v.status,
                         in_force=v.status == STATUS_PRODUCTION, model_version=model_v.version, rows=len(rows),
                         offered_share=float(offer.mean()), value_per_customer=val["value_per_customer"],
-                        lower=val["lower"], upper=val["upper"],
-                        simulated=float(np.mean(offer * sim)) if sim is not None else float("nan"),
-                        oracle=float(np.mean(np.maximum(sim, 0))) if sim is not None else float("nan")))
+                        lower=val["lower"], upper=val["upper"], simulated=sh.get("it_policy", float("nan")),
+                        oracle=sh.get("oracle_policy", float("nan"))))
     return pd.DataFrame(out, columns=list(POLICY_VALUE_COLUMNS))
 
 # %% ../nbs/59_policies.ipynb #pols0032

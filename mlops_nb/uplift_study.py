@@ -21,7 +21,8 @@ import pandas as pd
 
 from .catalog import ART_UPLIFT_STUDY, VERB_UPLIFT
 from .contracts import FeatureSpec
-from .oracle import oracle_truth, simulated_offer_values
+from .offer_policy import net_value
+from .oracle import oracle_truth, simulated_offer_values, simulated_shares
 from .settings import CharterSettings, Settings
 from mlops_nb.uplift import (
     UpliftModel,
@@ -40,7 +41,7 @@ __all__ = ['UPLIFT_FAMILIES', 'offer_pays', 'risk_decisions', 'UpliftStudy', 'up
 # %% ../nbs/72_uplift_study.ipynb #ust00005
 def offer_pays(uplift: np.ndarray, charter: CharterSettings, accept_rate: float) -> np.ndarray:
     "Offer where the churn avoided, at the customer's value, pays for the contact and the offer's expected cost."
-    return np.asarray(uplift, float) * charter.customer_value > charter.contact_cost + accept_rate * charter.offer_cost
+    return net_value(uplift, accept_rate, charter) > 0
 
 # %% ../nbs/72_uplift_study.ipynb #ust00006
 def risk_decisions(cfg: Settings, rows: pd.DataFrame, spec: FeatureSpec,
@@ -121,12 +122,8 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
                         value(up, risk), curve=qini_curve(u, y, t).to_dict("records"))
     truth = oracle_truth(cfg, held, spec, extra=("segment",))
     if truth is not None and truth["uplift"].notna().all():
-        sim = simulated_offer_values(truth, cfg.charter)
-        best = sim > 0
-        study.oracle = dict(uplift_policy=float(np.mean(up * sim)), risk_policy=float(np.mean(risk * sim)),
-                            oracle_policy=float(np.mean(best * sim)),
-                            oracle_share_captured=float(np.sum(up * sim) / np.sum(best * sim)),
-                            risk_share_captured=float(np.sum(risk * sim) / np.sum(best * sim)),
+        shares = simulated_shares(simulated_offer_values(truth, cfg.charter), {"uplift": up, "risk": risk})
+        study.oracle = dict(shares, oracle_share_captured=shares["uplift_share_captured"],
                             uplift_correlation=float(np.corrcoef(u, truth["uplift"].to_numpy(float))[0, 1]),
                             qini_truth=qini_coefficient(truth["uplift"].to_numpy(float), y, t))
     return study, model
