@@ -417,7 +417,7 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
 # %% ../nbs/90_cli.ipynb #upl0cli1
 def cmd_dashboards(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Serve the pages until interrupted, or export them."
-    from mlops_nb.dashboards import export_pages, pages_folder, serve_pages
+    from mlops_nb.dashboard_pages import export_pages, pages_folder, serve_pages
     cfg = load_settings(_settings_path(args))
     if args.export:
         for f in export_pages(cfg, log_to_mlflow=args.mlflow): print(f)

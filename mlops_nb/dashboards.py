@@ -1,6 +1,6 @@
 """The pages the people who decide about the service read — monitoring for the data team, bias and governance for the
-data-protection officer, ROI for the business — built from what the runs published, served by Voila and exported as
-static HTML for e-mail.
+data-protection officer, ROI for the business — as blocks built from what the runs published (`74_dashboard_pages`
+shows them in Voila, exports and serves them).
 
 Docs: https://mlops-nb.github.io/mlops-nb/dashboards.html.md"""
 
@@ -9,29 +9,28 @@ Docs: https://mlops-nb.github.io/mlops-nb/dashboards.html.md"""
 # %% ../nbs/73_dashboards.ipynb #dsh00002
 from __future__ import annotations
 
-import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .blocks import Block, blocks_body, html_page
-from .catalog import (AUDIT_GATE_OVERRIDE, AUDIT_MODEL_STATUS, AUDIT_ROLLED_BACK, ENV_SETTINGS,
+from .blocks import Block, blocks_body
+from .catalog import (AUDIT_GATE_OVERRIDE, AUDIT_MODEL_STATUS, AUDIT_ROLLED_BACK,
                               TABLE_MONITOR_DRIFT, TABLE_MONITOR_FAIRNESS, TABLE_MONITOR_MONTHS,
                               TABLE_MONITOR_PERFORMANCE, TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES,
                               TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS)
 from .operate import read_snapshot
-from .settings import Settings, load_settings
+from .settings import Settings
 
 # %% auto #0
-__all__ = ['LABELS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'drift_heatmap', 'performance_plot', 'moved_note',
-           'monitoring_blocks', 'timeline_plot', 'fairness_plot', 'status_events', 'production_version',
-           'mitigation_in_force', 'bias_blocks', 'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks',
-           'governance_blocks', 'page_settings', 'page_blocks', 'show_page', 'export_pages', 'pages_folder',
-           'voila_command', 'serve_pages']
+__all__ = ['LABELS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'Picker', 'expand_pickers', 'drift_heatmap',
+           'performance_plot', 'moved_note', 'monitoring_blocks', 'timeline_plot', 'month_detail_blocks',
+           'fairness_plot', 'status_events', 'production_version', 'mitigation_in_force', 'bias_blocks',
+           'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'version_blocks',
+           'page_blocks']
 
 # %% ../nbs/73_dashboards.ipynb #dsh00005
 LABELS: dict[str, dict[str, str]] = {
@@ -64,7 +63,6 @@ LABELS: dict[str, dict[str, str]] = {
         "trail": "Trilha de auditoria",
         "requests": "Pedidos de titulares",
         "promotions": "Promoções, exceções e reversões",
-        "documents": "Documentos da versão em produção",
         "cap_drift": (
             "Cada linha é uma entrada do modelo; a cor é a distância do mês à referência dividida pelo limiar dela: "
             "verde está longe do limiar, vermelho passou dele."),
@@ -111,6 +109,18 @@ LABELS: dict[str, dict[str, str]] = {
         "no_request": "Nenhum pedido.",
         "nothing_yet": "Nada ainda.",
         "no_production": "Nenhuma versão em produção.",
+        "pick_month": "Mês",
+        "pick_version": "Versão",
+        "month_detail": "Um mês em detalhe",
+        "detail_drift": ("As entradas mais distantes da referência neste mês (distância sobre o limiar: acima de 1 "
+                         "deriva)."),
+        "detail_performance": "A AUC deste mês: estimada quando foi pontuado, realizada quando os rótulos chegaram.",
+        "detail_alerts": "Incidentes abertos neste mês:",
+        "fairness_month": "Diferenças entre grupos no mês escolhido:",
+        "policy_values_month": "As políticas avaliadas no mês escolhido:",
+        "version_detail": "Uma versão do modelo: seu histórico e seus documentos",
+        "documents_of": "Documentos da versão {version}:",
+        "no_documents": "Sem documentos: a versão nunca chegou à produção.",
         "moved": "{names} muda porque a campanha contata clientes: foi o serviço que agiu, não o mundo que mudou.",
     },
     "en": {
@@ -142,7 +152,6 @@ LABELS: dict[str, dict[str, str]] = {
         "trail": "Audit trail",
         "requests": "Data-subject requests",
         "promotions": "Promotions, overrides and rollbacks",
-        "documents": "Documents of the production version",
         "cap_drift": (
             "Each row is one of the model's inputs; the colour is the month's distance from the reference over its "
             "threshold: green is far below it, red is past it."),
@@ -188,6 +197,18 @@ LABELS: dict[str, dict[str, str]] = {
         "no_request": "No request.",
         "nothing_yet": "Nothing yet.",
         "no_production": "No version in production.",
+        "pick_month": "Month",
+        "pick_version": "Version",
+        "month_detail": "One month in detail",
+        "detail_drift": ("The inputs furthest from the reference this month (distance over threshold: above 1 "
+                         "drifts)."),
+        "detail_performance": "This month's AUC: estimated when it was scored, realised when its labels arrived.",
+        "detail_alerts": "Incidents open in this month:",
+        "fairness_month": "Gaps between groups in the chosen month:",
+        "policy_values_month": "The policies valued in the chosen month:",
+        "version_detail": "One model version: its history and its documents",
+        "documents_of": "Documents of version {version}:",
+        "no_documents": "No documents: the version never reached production.",
         "moved": "{names} moves because the campaign contacts customers: the service acted, the world did not change.",
     },
 }
@@ -197,13 +218,31 @@ def label(lang: str, key: str) -> str:
     return LABELS.get(lang, LABELS["en"]).get(key, LABELS["en"][key])
 
 # %% ../nbs/73_dashboards.ipynb #dsh00007
-def blocks_html(blocks: Sequence[Block]) -> str:
-    "The blocks as a dashboard's HTML fragment (`39_blocks`), closed by the marker a browser test waits for."
-    return "<div class='mlops-nb-page'>" + blocks_body(blocks) + "<span id='mlops-nb-page-end'></span></div>"
+def blocks_html(blocks: Sequence[Block], pickers: int = 0) -> str:
+    """The blocks as a dashboard's HTML fragment (`39_blocks`; a picker shows its default choice), closed by the
+    marker a browser waits for — with the number of live pickers drawn before it (`74_dashboard_pages`)."""
+    return ("<div class='mlops-nb-page'>" + blocks_body(expand_pickers(blocks)) +
+            f"<span id='mlops-nb-page-end' data-pickers='{pickers}'></span></div>")
 
 PAGE_STYLE = ("body,.mlops-nb-page{font-family:system-ui,sans-serif;line-height:1.4}.mlops-nb-page{max-width:64em}"
               "table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em}"
               "figcaption{color:#444;font-size:.9em;margin-bottom:1.5em}img{max-width:100%}")
+
+# %% ../nbs/73_dashboards.ipynb #dshpk002
+@dataclass(frozen=True)
+class Picker:
+    "A section of a page drawn for one choice among `options` (months, model versions; newest first)."
+    title: str                               # what is picked, as the drop-down's label: "Mês", "Version"
+    options: tuple[str, ...]
+    default: str
+    render: Callable[[str], list[Block]]     # the section's blocks for one choice
+
+def expand_pickers(blocks: Sequence[Block]) -> list[Block]:
+    "The blocks with each picker replaced by its default choice's section, under a line naming the choice."
+    out: list[Block] = []
+    for kind, x in blocks:
+        out += [("p", f"{x.title}: {x.default}"), *x.render(x.default)] if kind == "picker" else [(kind, x)]
+    return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00009
 def _fig(w: float = 8, h: float = 3.2) -> tuple[Figure, Any]:
@@ -256,6 +295,10 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
     if len(perf):
         out += [("h2", label(lang, "performance")), ("fig", (performance_plot(perf), label(lang, "cap_performance")))]
     inc = all_incidents(cfg)
+    order = tuple(sorted(months.month.astype(str), reverse=True))
+    out += [("h2", label(lang, "month_detail")),
+            ("picker", Picker(label(lang, "pick_month"), order, order[0],
+                              lambda m: month_detail_blocks(lang, m, months, drift, perf, inc)))]
     out.append(("h2", label(lang, "alerts")))
     out.append(("table", pd.DataFrame([{"rule": i.rule, "severity": i.severity, "opened": i.opened,
                                         "months": len(i.months), "resolved": i.resolved or "open"} for i in inc]))
@@ -312,6 +355,33 @@ def timeline_plot(months: pd.DataFrame,          # monitor.months: month, versio
     ax.axhline(top + 0.5, color="#ddd", linewidth=0.8)
     return fig
 
+# %% ../nbs/73_dashboards.ipynb #dshpk004
+def month_detail_blocks(lang: str, month: str,
+                        months: pd.DataFrame,   # monitor.months
+                        drift: pd.DataFrame,    # monitor.drift (may be empty)
+                        perf: pd.DataFrame,     # monitor.performance (may be empty)
+                        incidents: Sequence[Any] = (),   # 62_alerts.Incident
+                        ) -> list[Block]:
+    "One operated month: its row, the inputs furthest from the reference, its AUC, the incidents open then."
+    row = months[months.month.astype(str) == month]
+    out: list[Block] = [("table", row[[c for c in ("month", "status", "version", "scored", "contacted", "control",
+                                                   "quality_passed", "held_back", "alerts_raised") if c in row]])]
+    d = drift[drift.month.astype(str) == month] if len(drift) else drift
+    if len(d):
+        d = d.assign(ratio=d.distance / d.threshold).sort_values("ratio", ascending=False).head(8)
+        out += [("p", label(lang, "detail_drift")),
+                ("table", d[["column", "method", "distance", "threshold", "ratio", "drifted"]])]
+    pm = perf[perf.month.astype(str) == month] if len(perf) else perf
+    if len(pm):
+        out += [("p", label(lang, "detail_performance")),
+                ("table", pm[["kind", "computed_in", "rows", "auc", "auc_lower", "auc_upper", "churn_rate"]])]
+    open_then = [i for i in incidents if month in i.months]
+    out.append(("p", label(lang, "detail_alerts") if open_then else label(lang, "no_alert")))
+    if open_then:
+        out.append(("table", pd.DataFrame([{"rule": i.rule, "severity": i.severity, "opened": i.opened,
+                                            "resolved": i.resolved or "open"} for i in open_then])))
+    return out
+
 # %% ../nbs/73_dashboards.ipynb #dsh00013
 def fairness_plot(fair: pd.DataFrame) -> Figure:
     "Each gated gap by month with its interval, against the charter's limit."
@@ -352,9 +422,13 @@ def bias_blocks(cfg: Settings, lang: str) -> list[Block]:
     out: list[Block] = [("h1", label(lang, "bias"))]
     if fair.empty: return out + [("p", label(lang, "nothing"))]
     out += [("h2", label(lang, "fairness")), ("fig", (fairness_plot(fair), label(lang, "cap_fairness")))]
-    last = fair[fair.month == fair.month.max()]
-    out.append(("table", last[[c for c in ("month", "attribute", "metric", "difference", "lower", "upper", "limit",
-                                           "over_limit", "groups") if c in last.columns]]))
+    def month_table(m: str) -> list[Block]:
+        f = fair[fair.month.astype(str) == m]
+        return [("table", f[[c for c in ("month", "attribute", "metric", "difference", "lower", "upper", "limit",
+                                         "over_limit", "groups") if c in f.columns]])]
+    order = tuple(sorted(set(fair.month.astype(str)), reverse=True))
+    out += [("p", label(lang, "fairness_month")),
+            ("picker", Picker(label(lang, "pick_month"), order, order[0], month_table))]
     v = production_version(cfg)
     out += [("h2", label(lang, "mitigation")),
             ("p", mitigation_in_force(cfg, v) or label(lang, "no_mitigation"))]
@@ -379,9 +453,13 @@ def offer_policy_blocks(cfg: Settings, lang: str) -> list[Block]:
                                        for v, d in registered.items()])))
     values = read_snapshot(cfg, TABLE_POLICY_VALUES)
     if len(values):
+        def month_values(m: str) -> list[Block]:
+            v = values[values.month.astype(str) == m]
+            return [("table", v[["month", "policy_version", "kind", "in_force", "offered_share", "value_per_customer",
+                                 "lower", "upper", "simulated", "oracle"]].sort_values("policy_version"))]
+        order = tuple(sorted(set(values.month.astype(str)), reverse=True))
         out += [("p", label(lang, "policy_values")),
-                ("table", values[["month", "policy_version", "kind", "in_force", "offered_share", "value_per_customer",
-                                  "lower", "upper", "simulated", "oracle"]].sort_values(["month", "policy_version"]))]
+                ("picker", Picker(label(lang, "pick_month"), order, order[0], month_values))]
     return out
 
 # %% ../nbs/73_dashboards.ipynb #dsh00015
@@ -466,76 +544,32 @@ def governance_blocks(cfg: Settings, lang: str) -> list[Block]:
             ("table", pd.DataFrame(sorted(rows, key=lambda r: r["time"])[-20:])) if rows else
             ("p", label(lang, "nothing_yet"))]
     v = production_version(cfg)
-    docs = sorted((Path(cfg.paths.reports) / "documents" / f"v{v}").glob("*.md")) if v else []
-    out += [("h2", label(lang, "documents")),
-            ("ul", [f"{d.stem.replace('_', ' ')} — {d.with_suffix('.html')}" for d in docs]) if docs else
-            ("p", label(lang, "no_production"))]
+    versions = tuple(sorted({str(e.details.get("version")) for e in status_events(cfg)}, key=_version_key,
+                            reverse=True))
+    out.append(("h2", label(lang, "version_detail")))
+    out.append(("picker", Picker(label(lang, "pick_version"), versions, v or versions[0],
+                                 lambda x: version_blocks(cfg, lang, x))) if versions else
+               ("p", label(lang, "no_production")))
     out += [("h2", label(lang, "how")), ("p", label(lang, "how_governance"))]
     return out
 
+def _version_key(v: str) -> tuple[int, str]:
+    return (int(v), "") if v.isdigit() else (-1, v)
+
+def version_blocks(cfg: Settings, lang: str, version: str) -> list[Block]:
+    "One model version: its status changes (when, who, why) and the documents written when it reached production."
+    rows = [{"time": e.time[:16], "what": f"{e.details.get('from_status')} → {e.details.get('to_status')}",
+             "who": e.actor, "why": str(e.details.get("reason", ""))[:100]}
+            for e in status_events(cfg) if str(e.details.get("version")) == version]
+    docs = sorted((Path(cfg.paths.reports) / "documents" / f"v{version}").glob("*.md"))
+    return [("table", pd.DataFrame(rows)),
+            ("p", label(lang, "documents_of").format(version=version) if docs else label(lang, "no_documents")),
+            *([("ul", [f"{d.stem.replace('_', ' ')} — {d.with_suffix('.html')}" for d in docs])] if docs else [])]
+
 # %% ../nbs/73_dashboards.ipynb #dsh00019
 PAGES = {"monitoring": monitoring_blocks, "bias": bias_blocks, "roi": roi_blocks, "governance": governance_blocks}
-
-def page_settings(path: str | Path | None = None) -> Settings:
-    "The settings a page reads: `path`, else MLOPS_SETTINGS, else the project's settings.ini above nbs/dashboards."
-    found = path or os.environ.get(ENV_SETTINGS)
-    if not found:
-        here = Path.cwd()
-        found = next((p / "settings.ini" for p in (here, *here.parents) if (p / "settings.ini").exists()),
-                     "settings.ini")
-    return load_settings(found)
 
 def page_blocks(name: str, cfg: Settings, lang: str | None = None) -> list[Block]:
     "The blocks of page `name` (one of PAGES) in `lang` (default: [dashboards] language)."
     if name not in PAGES: raise ValueError(f"no page {name!r}; the pages are {', '.join(PAGES)}")
     return PAGES[name](cfg, lang or cfg.dashboards.language)
-
-def show_page(name: str, settings: str | Path | None = None, lang: str | None = None) -> None:
-    "Display page `name` (in a notebook, or Voila)."
-    from IPython.display import HTML, display
-    display(HTML(f"<style>{PAGE_STYLE}</style>" + blocks_html(page_blocks(name, page_settings(settings), lang))))
-
-def export_pages(cfg: Settings, log_to_mlflow: bool = False) -> list[Path]:
-    "Write every page as one self-contained HTML file under reports/dashboards/; optionally log them to MLflow."
-    folder = Path(cfg.paths.reports) / "dashboards"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in PAGES:
-        blocks = page_blocks(name, cfg)
-        f = folder / f"{name}.html"
-        f.write_text(html_page(blocks[0][1], PAGE_STYLE, blocks_html(blocks)))
-        out.append(f)
-    if log_to_mlflow:
-        from mlops_nb.catalog import ART_DASHBOARDS_DIR, VERB_DASHBOARDS
-        from mlops_nb.tracking import mlflow, phase_run
-        with phase_run(cfg, VERB_DASHBOARDS):
-            for f in out: mlflow.log_artifact(str(f), ART_DASHBOARDS_DIR)
-    return out
-
-# %% ../nbs/73_dashboards.ipynb #dsh00020
-def pages_folder(cfg: Settings) -> Path:
-    "Where the page notebooks are: `dashboards/` beside the phase notebooks ([paths] notebooks)."
-    return Path(cfg.paths.notebooks) / "dashboards"
-
-def voila_command(cfg: Settings, port: int | None = None) -> list[str]:
-    "The Voila server's command line: the pages' folder, 127.0.0.1 only, no browser, code cells hidden."
-    return [sys.executable, "-m", "voila", str(pages_folder(cfg)), "--no-browser",
-            f"--port={port or cfg.dashboards.port}", "--Voila.ip=127.0.0.1",
-            "--VoilaConfiguration.show_tracebacks=False",
-            # every visit starts a kernel: one idle for 5 minutes (its visitor gone) is shut down
-            "--MappingKernelManager.cull_idle_timeout=300", "--MappingKernelManager.cull_interval=60"]
-
-def serve_pages(cfg: Settings, port: int | None = None) -> None:
-    """Become the Voila server on the pages (this process is replaced: a scheduler or a test stops the server by this
-    PID, and its kernels with its process group); their settings are passed by MLOPS_SETTINGS."""
-    folder = pages_folder(cfg)
-    if not (folder / "index.ipynb").exists():
-        raise FileNotFoundError(f"no dashboard pages in {folder}: [paths] notebooks must point at the project's nbs/")
-    env = {**os.environ, ENV_SETTINGS: str(Path(cfg.source).resolve())}
-    # every visit's kernel imports pandas and matplotlib: from cached bytecode (as ./run_all.sh arranges), not
-    # recompiled each time when the shell sets PYTHONDONTWRITEBYTECODE (2.2 s of a page's load, measured, against 0.6)
-    env.setdefault("PYTHONPYCACHEPREFIX", str(Path(sys.prefix) / ".pycache"))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.chdir(folder)
-    sys.stdout.flush(); sys.stderr.flush()
-    os.execve(sys.executable, voila_command(cfg, port), env)

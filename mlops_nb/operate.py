@@ -528,13 +528,15 @@ def record_month(cfg: Settings, res: MonthResult, mm: Any = None, report_html: s
                       released=res.released))
 
 # %% ../nbs/67_operate.ipynb #67ef0017
-def operate(cfg: Settings, month: str = "", through: str = "", say: Callable[[str], None] = print
-            ) -> list[MonthResult]:
-    "Operate `month`, or every month up to `through`, or every month that remains; return each month's result."
+def operate(cfg: Settings, month: str = "", through: str = "", say: Callable[[str], None] = print,
+            after_month: Callable[[MonthResult], None] | None = None) -> list[MonthResult]:
+    """Operate `month`, or every month up to `through`, or every month that remains; return each month's result.
+    `after_month` is called with each month's result once it is recorded (the pages' export, `74_dashboard_pages`)."""
     out = []
     for m in months_to_operate(cfg, month, through):
         res = operate_month(cfg, m, say=say)
         say(month_summary(res) + f" ({res.seconds:.1f} s)")
+        if after_month is not None: after_month(res)
         out.append(res)
         if res.status.startswith("failed") and not _world_resolved(cfg, m): break
     return out

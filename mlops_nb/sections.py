@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 8   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 9   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -417,3 +417,6 @@ class DashboardsSettings:
     SINCE: ClassVar[int] = 7
     port: int = setting(8866, "TCP port of the Voila server (it listens on 127.0.0.1 only)", lo=1, hi=65535)
     language: str = setting("pt", "the pages' language: pt (Portuguese) or en (English)", choices=("pt", "en"))
+    export_each_month: bool = setting(True, "after each operated month, export the pages as HTML under "
+                                      "reports/dashboards/<month>/ and log them to the operate run (outside the "
+                                      "month's timed steps)", since=9)

@@ -62,7 +62,7 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, phase_run
 __all__ = ['SPLIT_CONTEXTS', 'cap_rows', 'family_max_rows', 'score', 'Trial', 'fit_trial', 'tune_family', 'refit_on_all',
            'fold_interval', 'fit_trial_cv', 'loggable_params', 'split_datasets', 'log_datasets', 'log_training_keys',
            'TrainResult', 'train_family', 'log_oof', 'blend_oof', 'train_blend', 'run_train', 'Candidate', 'load_oof',
-           'train_run_of', 'load_training_keys', 'latest_train_run', 'load_candidates']
+           'read_parquet_artifact', 'train_run_of', 'load_training_keys', 'latest_train_run', 'load_candidates']
 
 # %% ../nbs/35_train.ipynb #ccea86db
 def cap_rows(df: pd.DataFrame,                  # the training part of a split
@@ -406,7 +406,12 @@ def load_oof(run_id: str) -> pd.DataFrame | None:
     "A candidate run's held-out validation probabilities (keys and `p`); None for a run that did not log them."
     folder = str(Path(ART_TRAIN_OOF).parent)
     if not any(a.path == ART_TRAIN_OOF for a in MlflowClient().list_artifacts(run_id, folder)): return None
-    return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ART_TRAIN_OOF))
+    return read_parquet_artifact(run_id, ART_TRAIN_OOF)
+
+def read_parquet_artifact(run_id: str, path: str) -> pd.DataFrame:
+    "A run's Parquet artifact, read through a folder removed afterwards (MLflow's own download folder is never)."
+    with tempfile.TemporaryDirectory(prefix="mlops-nb-artifact-") as d:
+        return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=d))
 
 def train_run_of(run_id: str) -> str:
     "The train run a candidate's (or a trial's) run belongs to; a run that is no candidate is its own."
@@ -419,7 +424,7 @@ def load_training_keys(run_id: str) -> set[str] | None:
     folder, client = str(Path(ART_TRAIN_KEYS).parent), MlflowClient()
     for rid in dict.fromkeys((run_id, train_run_of(run_id))):
         if any(a.path == ART_TRAIN_KEYS for a in client.list_artifacts(rid, folder)):
-            keys = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=ART_TRAIN_KEYS))
+            keys = read_parquet_artifact(rid, ART_TRAIN_KEYS)
             return set(keys.iloc[:, 0].astype(str))
     return None
 

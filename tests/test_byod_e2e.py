@@ -46,7 +46,7 @@ def test_the_lifecycle_runs_on_a_teams_own_table(byod_run):
     assert not (settings.parent / "data/lake").exists(), "no synthetic lake for bring-your-own-data"
 
 
-def test_a_small_table_is_cross_validated_and_the_choice_made_out_of_fold(byod_run):
+def test_a_small_table_is_cross_validated_and_the_choice_made_out_of_fold(byod_run, tmp_path):
     """Below [train] cv_max_rows: 5 stratified folds over every non-test row, the shipped model refitted on all of
     them, its out-of-fold probabilities what evaluation calibrated and chose on (selection by value, AUC tie-break)."""
     from mlops_nb.train import load_candidates
@@ -62,11 +62,12 @@ def test_a_small_table_is_cross_validated_and_the_choice_made_out_of_fold(byod_r
     assert cands and all(c.oof is not None and len(c.oof) == int(p["valid_rows"]) for c in cands)
     assert all(c.metrics["cv_auc_lo"] <= c.metrics["cv_auc_mean"] <= c.metrics["cv_auc_hi"] for c in cands)
     ev = MlflowClient().search_runs([exp.experiment_id], "tags.`mlops_nb.phase` = 'evaluate'")[0]
-    doc = json.loads(Path(MlflowClient().download_artifacts(ev.info.run_id, "evaluation/evaluation.json")).read_text())
+    fetch = MlflowClient().download_artifacts
+    doc = json.loads(Path(fetch(ev.info.run_id, "evaluation/evaluation.json", str(tmp_path))).read_text())
     assert doc["data"]["valid_rows"] == int(p["valid_rows"])
     cv = [c["info"]["cv"] for c in doc["candidates"]]
     assert cv and all(c["folds"] == 5 and c["lo"] <= c["mean"] <= c["hi"] for c in cv)   # reported beside the test's
-    card = Path(MlflowClient().download_artifacts(doc["selected"]["run_id"], "evaluation/model_card.md")).read_text()
+    card = Path(fetch(doc["selected"]["run_id"], "evaluation/model_card.md", str(tmp_path))).read_text()
     assert "cross-validated (5 folds" in card and "## Selection" in card and "Selected —" in card
     rule = doc["selected"]["rule"]
     assert rule.startswith("highest value on validation") or rule.startswith("tied on value"), rule

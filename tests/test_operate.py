@@ -3,6 +3,7 @@ control group never contacted, failures recorded (not raised), the CLI, and the 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -224,6 +225,17 @@ def test_the_cli_operates_a_month_and_failures_are_recorded_with_a_clear_status_
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert len(list((cfg.paths.reports / "runs").glob("*/67_operate.ipynb"))) == 2
     assert list(table(cfg, f"SELECT month FROM {TABLE_MONITOR_MONTHS}").month) == ["2025-06"]
+    # the pages as they stood after the month, exported for e-mail and logged to the operate run
+    pages = sorted(p.name for p in (cfg.paths.reports / "dashboards" / "2025-06").glob("*.html"))
+    assert pages == ["bias.html", "governance.html", "monitoring.html", "roi.html"], pages
+    assert "2025-06" in (cfg.paths.reports / "dashboards" / "2025-06" / "monitoring.html").read_text()
+    from mlops_nb.tracking import MlflowClient, configure_mlflow
+    configure_mlflow(cfg)
+    client = MlflowClient()
+    op = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id],
+                            "tags.`mlops_nb.phase` = 'operate' and attributes.run_name != 'operate 2025-06'")
+    logged = {a.path for r in op for a in client.list_artifacts(r.info.run_id, "dashboards/2025-06")}
+    assert "dashboards/2025-06/roi.html" in logged, [r.info.run_name for r in op]
     # an empty prediction log for a month: a clear message naming the month
     with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
         with pytest.raises(Exception, match="the prediction log has no rows for month 2025-07"):
@@ -377,6 +389,8 @@ def test_a_challenger_waiting_in_staging_is_scored_in_the_shadow_and_compared_on
 
 # ---- the stakeholders' pages over the operated world ---------------------------------------------------------------
 PSEUDONYM = r"p_[0-9a-f]{20,}"
+PICKERS_DRAWN = ("() => { const end = document.querySelector('#mlops-nb-page-end'); return end !== null && "
+                 "document.querySelectorAll('.mlops-nb-picked').length >= Number(end.dataset.pickers); }")
 
 
 def test_the_dashboards_export_as_html_with_figures_and_no_personal_data(operated):
@@ -404,38 +418,93 @@ def test_the_dashboards_export_as_html_with_figures_and_no_personal_data(operate
 
 def test_the_dashboards_render_in_a_real_browser_from_the_landing_page(operated, tmp_path):
     """`mlops-nb dashboards` on 127.0.0.1; headless Chromium (Debian's) follows the landing page's links to the four
-    pages: each renders its last block, with no pseudonym anywhere in the page."""
+    pages: each renders its last block, with no pseudonym anywhere, a screenshot kept in the project's folder. The
+    month picker redraws its section, whose figures equal those the test computes from the warehouse itself."""
     import re
+
+    cfg, _, _ = operated
+    shots = Path(cfg.source).parent / "screenshots"
+    contacts = table(cfg, f"SELECT month, count(*) AS n FROM {TABLE_ACTIONS} WHERE action = 'contact' GROUP BY ALL"
+                     ).set_index("month").n
+    with dashboards_in_chromium(cfg, tmp_path) as page:
+        links = [a.get_attribute("href") for a in page.locator("a[href$='.ipynb']").all()]
+        assert [Path(h).stem for h in links] == ["monitoring", "bias", "roi", "governance"], links
+        seconds = {stem: open_page(page, stem, shots) for stem in ("monitoring", "bias", "roi", "governance")}
+        # the ROI page's contacts to date: every contact of the measured months (2025-06, 2025-07), from ops.actions
+        page.goto(page.url.replace("governance", "roi")); page.wait_for_selector("#mlops-nb-page-end", state="attached")
+        to_date = re.search(r"([\d.,]+) clientes contatados", page.inner_text("body"))
+        assert to_date and int(re.sub(r"\D", "", to_date.group(1))) == contacts[["2025-06", "2025-07"]].sum()
+        # the monitoring page's month picker: the newest month first, then the first month on request
+        page.goto(page.url.replace("roi", "monitoring")); page.wait_for_selector("[data-choice='2025-08']")
+        page.select_option(".widget-dropdown select", "2025-06")
+        section = page.wait_for_selector("[data-choice='2025-06'] table")
+        row = dict(zip(section.eval_on_selector_all("th", "e => e.map(x => x.innerText)"),
+                       section.eval_on_selector_all("tbody tr:first-child td", "e => e.map(x => x.innerText)")))
+        assert row["month"] == "2025-06" and int(row["contacted"].replace(",", "")) == contacts["2025-06"], row
+        whole_page_screenshot(page, shots / "monitoring-2025-06.png")
+        assert "Traceback" not in page.content()
+    print("page seconds:", {k: round(v, 2) for k, v in seconds.items()})
+    assert max(seconds.values()) < 60      # the 5 s goal is the benchmark's (tests/bench/bench_dashboards.py)
+    assert sorted(p.name for p in shots.iterdir()) == ["bias.png", "governance.png", "monitoring-2025-06.png",
+                                                       "monitoring.png", "roi.png"]
+
+
+def test_the_dashboards_of_a_project_not_operated_yet_say_so(tmp_path):
+    """Before any month is operated each page says so in a sentence, in the browser, instead of failing."""
+    cfg = load_settings(make_project(tmp_path / "p", **WORLD), env={})
+    with dashboards_in_chromium(cfg, tmp_path) as page:
+        for stem in ("monitoring", "bias", "roi"):
+            open_page(page, stem, tmp_path / "p" / "screenshots")
+            assert "Nada publicado ainda" in page.inner_text("body"), stem
+        open_page(page, "governance", tmp_path / "p" / "screenshots")
+        assert "Nenhum pedido" in page.inner_text("body") and "Nenhuma versão em produção" in page.inner_text("body")
+
+
+@contextmanager
+def dashboards_in_chromium(cfg, tmp_path: Path):
+    """`mlops-nb dashboards` for `cfg` on a free 127.0.0.1 port and a headless Chromium page on its landing page."""
     import shutil
 
     from playwright.sync_api import sync_playwright
 
     from conftest import BIN, _cli_env, free_port, launch, stop_group
-    cfg, _, _ = operated
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is missing: `apt-get install chromium` (./run_all.sh --test installs it)"
     port = free_port()
     proc = launch([BIN / "mlops-nb", "--settings", cfg.source, "dashboards", "--port", port],
                   f"http://127.0.0.1:{port}/", cwd=tmp_path, env=_cli_env(), log=tmp_path / "voila.log",
                   timeout=120, own_group=True)
-    seconds = {}
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/voila/render/index.ipynb")
-            links = [a.get_attribute("href") for a in page.locator("a[href$='.ipynb']").all()]
-            assert [Path(h).stem for h in links] == ["monitoring", "bias", "roi", "governance"], links
-            for stem in ("monitoring", "bias", "roi", "governance"):
-                t0 = time.perf_counter()
-                page.goto(f"http://127.0.0.1:{port}/voila/render/{stem}.ipynb")
-                page.wait_for_selector("#mlops-nb-page-end", state="attached", timeout=90_000)
-                seconds[stem] = time.perf_counter() - t0
-                html = page.content()
-                assert not re.search(PSEUDONYM, html) and "Traceback" not in html, stem
-                assert page.locator("h1").count() >= 1 and page.locator("table").count() >= 1, stem
+            yield page
             browser.close()
     finally:
         stop_group(proc)
-    print("page seconds:", {k: round(v, 2) for k, v in seconds.items()})
-    assert max(seconds.values()) < 60      # the 5 s goal is the benchmark's (tests/bench/bench_dashboards.py)
+
+
+def open_page(page, stem: str, shots: Path) -> float:
+    """Open page `stem` of the server `page` is on; wait for its last block; check it; keep a screenshot. Seconds."""
+    import re
+    base = page.url.rsplit("/", 1)[0]
+    t0 = time.perf_counter()
+    page.goto(f"{base}/{stem}.ipynb")
+    page.wait_for_function(PICKERS_DRAWN, timeout=90_000)    # the last block, and every picker's section drawn
+    seconds = time.perf_counter() - t0
+    html = page.content()
+    assert not re.search(PSEUDONYM, html) and "Traceback" not in html, stem
+    assert page.locator("h1").count() >= 1, stem
+    whole_page_screenshot(page, shots / f"{stem}.png")
+    return seconds
+
+
+def whole_page_screenshot(page, path: Path) -> None:
+    "The whole page as a PNG (Voila scrolls inside its own container, which Playwright's full_page does not see)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    tall = page.evaluate("Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
+    page.set_viewport_size({"width": size["width"], "height": min(int(tall) + 40, 16000)})
+    page.screenshot(path=str(path))
+    page.set_viewport_size(size)

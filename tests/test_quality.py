@@ -163,7 +163,7 @@ def test_a_rule_on_a_missing_table_fails_saying_why(stable):
         stable.quality.rules_file.unlink()
 
 
-def test_html_report_and_mlflow_logging(drift):
+def test_html_report_and_mlflow_logging(drift, tmp_path):
     from mlflow.tracking import MlflowClient
     with pytest.raises(R.QualityGateFailed):
         Q.run_quality(drift)
@@ -172,7 +172,8 @@ def test_html_report_and_mlflow_logging(drift):
                              order_by=["attributes.start_time DESC"])[0]
     assert run.info.status == "FAILED" and run.data.tags["mlops_nb.phase"] == "quality"
     assert run.data.metrics["rule_billing_amount_median_shift"] == 0.0 and run.data.metrics["rule_usage_fresh"] == 1.0
-    page = Path(client.download_artifacts(run.info.run_id, "quality/report.html")).read_text(encoding="utf-8")
+    rid, here = run.info.run_id, str(tmp_path)
+    page = Path(client.download_artifacts(rid, "quality/report.html", here)).read_text(encoding="utf-8")
     assert (
         "Data quality report" in page
         and "FAILED" in page
@@ -181,7 +182,7 @@ def test_html_report_and_mlflow_logging(drift):
     )
     local = drift.paths.reports / "quality" / f"quality-{run.info.run_id}.html"
     assert local.read_text(encoding="utf-8") == page
-    results = json.loads(Path(client.download_artifacts(run.info.run_id, "quality/results.json")).read_text())
+    results = json.loads(Path(client.download_artifacts(rid, "quality/results.json", here)).read_text())
     assert any(r["rule"] == "billing_amount_median_shift" and not r["passed"] for r in results)
 
 
