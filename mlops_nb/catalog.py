@@ -52,9 +52,9 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE',
            'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS',
            'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
-           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT',
-           'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'Name', 'name', 'tag_filter',
-           'catalog_frame']
+           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'ENV_PIPELINE_LOCK', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII',
+           'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'Name', 'name',
+           'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -377,6 +377,8 @@ ENV_SCORER = name("env", "MLOPS_NB_SCORER", "people, benchmarks", "served",
 ENV_API_CONTROL_DIR = name("env", "MLOPS_API_CONTROL_DIR", "api", "worker", "where reloads are announced to workers")
 ENV_ETL_MEMORY_LIMIT = name("env", "MLOPS_ETL_MEMORY_LIMIT", "people", "warehouse", "DuckDB memory limit of a load")
 ENV_ETL_TRACE = name("env", "MLOPS_ETL_TRACE", "people", "warehouse", "1: time every step of a load")
+ENV_PIPELINE_LOCK = name("env", "MLOPS_PIPELINE_LOCK", "runner", "runner (the run's own phases)",
+                         "the pipeline lock this process's run holds")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a13b
 VERB_ROI = name("verb", "roi", "cli", "the business, people",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,11 +31,12 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['DATASET_MAX_ROWS', 'FeatureSpec', 'frame_digest', 'frame_schema', 'pandas_dataset', 'sql_literal', 'duckdb_connect',
-           'connect_warehouse', 'warehouse_content_hash', 'save_feature_query', 'save_feature_table',
-           'partition_fingerprints', 'read_feature_inputs', 'first_changed_month', 'months_to_rebuild',
-           'save_feature_months', 'no_feature_table', 'read_feature_spec', 'with_sensitive_attributes',
-           'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions', 'has_columns',
-           'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest', 'large_feature_dataset', 'replace_rows']
+           'WarehouseBusy', 'connect_waiting', 'connect_warehouse', 'warehouse_content_hash', 'save_feature_query',
+           'save_feature_table', 'partition_fingerprints', 'read_feature_inputs', 'first_changed_month',
+           'months_to_rebuild', 'save_feature_months', 'no_feature_table', 'read_feature_spec',
+           'with_sensitive_attributes', 'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions',
+           'has_columns', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest', 'large_feature_dataset',
+           'replace_rows']
 
 # %% ../nbs/06_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -123,6 +126,30 @@ def duckdb_connect(database: str | Path = ":memory:", read_only: bool = False,
     if threads > 0: con.execute(f"SET threads = {int(threads)}")
     return con
 
+# %% ../nbs/06_contracts.ipynb #wbusy001
+class WarehouseBusy(RuntimeError):
+    "Another process kept the warehouse file open longer than this one would wait."
+
+def connect_waiting(path: Path, read_only: bool, threads: int, wait_seconds: float, poll: float = 0.25):
+    """`duckdb_connect`, waiting while another process holds DuckDB's lock on the file (one writer, or readers
+    while no writer): a `mlops-nb subject erase` during an operated month's step, say. Says so once on stderr; past
+    `wait_seconds` a WarehouseBusy naming the holder."""
+    import duckdb
+    t0, said = time.monotonic(), False
+    while True:
+        try: return duckdb_connect(path, read_only=read_only, threads=threads)
+        except duckdb.IOException as e:
+            if "Could not set lock" not in str(e): raise
+            holder = str(e).split("Conflicting lock is held in", 1)[-1].split(". See also")[0].strip()[:160]
+            if time.monotonic() - t0 >= wait_seconds:
+                raise WarehouseBusy(f"the warehouse {path} is held by another process ({holder}) for longer than "
+                                    f"{wait_seconds / 60:.0f} min ([compute] pipeline_wait_minutes)") from None
+            if not said:
+                print(f"waiting for the warehouse {path}: another process has it open ({holder})", file=sys.stderr,
+                      flush=True)
+                said = True
+            time.sleep(poll)
+
 # %% ../nbs/06_contracts.ipynb #83143bee
 def connect_warehouse(cfg: Settings, read_only: bool = True):
     """A DuckDB connection to the warehouse, its threads held to `[compute] threads` (0 = the CPUs free now); a clear
@@ -131,7 +158,7 @@ def connect_warehouse(cfg: Settings, read_only: bool = True):
     if read_only and not path.exists():
         raise SettingsError(f"no warehouse at {path}: run the data phases first (`mlops-nb run`)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return duckdb_connect(path, read_only=read_only, threads=configured_threads(cfg))
+    return connect_waiting(path, read_only, configured_threads(cfg), cfg.compute.pipeline_wait_minutes * 60)
 
 # %% ../nbs/06_contracts.ipynb #01e34a66
 def warehouse_content_hash(con) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from .blocks import Block, blocks_body, html_page
 from .catalog import ART_DASHBOARDS_DIR, ENV_SETTINGS, VERB_DASHBOARDS
-from .dashboards import PAGE_STYLE, PAGES, Picker, blocks_html, page_blocks
+from .dashboards import PAGE_CLASS, PAGE_STYLE, PAGES, Picker, blocks_html, page_blocks
 from .settings import Settings, load_settings
 
 # %% auto #0
@@ -36,7 +36,7 @@ def page_settings(path: str | Path | None = None) -> Settings:
 # %% ../nbs/74_dashboard_pages.ipynb #dpg00007
 def picked_html(choice: str, blocks: Sequence[Block]) -> str:
     "A picker's section for one choice, as HTML."
-    return f"<div class='mlops-nb-page mlops-nb-picked' data-choice='{choice}'>{blocks_body(blocks)}</div>"
+    return f"<div class='{PAGE_CLASS} mlops-nb-picked' data-choice='{choice}'>{blocks_body(blocks)}</div>"
 
 def picker_widget(p: Picker) -> Any:
     "The picker as an ipywidgets drop-down and its section, redrawn when the choice changes."
@@ -56,7 +56,7 @@ def show_page(name: str, settings: str | Path | None = None, lang: str | None = 
     pickers = 0
     for kind, x in page_blocks(name, page_settings(settings), lang):
         if kind != "picker": run.append((kind, x)); continue
-        if run: display(HTML("<div class='mlops-nb-page'>" + blocks_body(run) + "</div>")); run = []
+        if run: display(HTML(f"<div class='{PAGE_CLASS}'>" + blocks_body(run) + "</div>")); run = []
         display(picker_widget(x)); pickers += 1
     display(HTML(blocks_html(run, pickers)))
 

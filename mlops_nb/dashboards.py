@@ -26,7 +26,7 @@ from .operate import read_snapshot
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['LABELS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'Picker', 'expand_pickers', 'drift_heatmap',
+__all__ = ['LABELS', 'PAGE_CLASS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'Picker', 'expand_pickers', 'drift_heatmap',
            'performance_plot', 'moved_note', 'monitoring_blocks', 'timeline_plot', 'month_detail_blocks',
            'fairness_plot', 'status_events', 'production_version', 'mitigation_in_force', 'bias_blocks',
            'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'version_blocks',
@@ -221,8 +221,11 @@ def label(lang: str, key: str) -> str:
 def blocks_html(blocks: Sequence[Block], pickers: int = 0) -> str:
     """The blocks as a dashboard's HTML fragment (`39_blocks`; a picker shows its default choice), closed by the
     marker a browser waits for — with the number of live pickers drawn before it (`74_dashboard_pages`)."""
-    return ("<div class='mlops-nb-page'>" + blocks_body(expand_pickers(blocks)) +
+    return (f"<div class='{PAGE_CLASS}'>" + blocks_body(expand_pickers(blocks)) +
             f"<span id='mlops-nb-page-end' data-pickers='{pickers}'></span></div>")
+
+# a page's own class, and the classes that keep Jupyter's MathJax off it: "R$ 1.55 vs R$ 1.29" is money, not a formula
+PAGE_CLASS = "mlops-nb-page tex2jax_ignore mathjax_ignore"
 
 PAGE_STYLE = ("body,.mlops-nb-page{font-family:system-ui,sans-serif;line-height:1.4}.mlops-nb-page{max-width:64em}"
               "table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.2em .5em}"

@@ -13,10 +13,12 @@ import json
 import os
 import secrets
 import stat
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import nbformat
 import papermill as pm
@@ -26,6 +28,7 @@ from traitlets import default
 
 from mlops_nb.catalog import (
     ART_NOTEBOOK_DIR,
+    ENV_PIPELINE_LOCK,
     PHASE_ETL,
     PHASE_EVALUATE,
     PHASE_FEATURES,
@@ -50,7 +53,7 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, reproducibility_ta
 __all__ = ['PHASES', 'OPERATE_PHASE', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
            'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult',
            'ChildUsage', 'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel',
-           'PipelineResult', 'run_pipeline']
+           'PipelineResult', 'PipelineBusy', 'lock_holder', 'pipeline_lock', 'run_pipeline']
 
 # %% ../nbs/04_runner.ipynb #e50b8bda
 @dataclass(frozen=True)
@@ -340,6 +343,47 @@ class PipelineResult:
     @property
     def error(self) -> str: return next((p.error for p in self.phases if p.error), "")
 
+# %% ../nbs/04_runner.ipynb #lock0002
+class PipelineBusy(RuntimeError):
+    "Another pipeline run held the warehouse longer than this one would wait."
+
+def lock_holder(path: Path) -> str:
+    "Who holds the pipeline lock at `path`, as its holder wrote it."
+    try: return path.read_text(encoding="utf-8").strip() or "a run that wrote no name"
+    except OSError: return "unknown"
+
+@contextmanager
+def pipeline_lock(cfg: Settings, what: str, say: Callable[[str], None] = print, poll: float = 0.5) -> Iterator[Path]:
+    "Hold the project's pipeline lock for `what`, waiting for another run to end (see above)."
+    import fcntl
+    path = Path(f"{cfg.paths.warehouse}.pipeline.lock")
+    if os.environ.get(ENV_PIPELINE_LOCK) == str(path):
+        yield path; return                                       # a phase of the run that holds it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as f:
+        t0, wait, said = time.monotonic(), cfg.compute.pipeline_wait_minutes * 60, False
+        while True:
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+            except BlockingIOError:
+                waited = time.monotonic() - t0
+                if waited >= wait:
+                    raise PipelineBusy(f"another pipeline run holds the warehouse {cfg.paths.warehouse} "
+                                       f"({lock_holder(path)}); waited {waited / 60:.0f} min of [compute] "
+                                       f"pipeline_wait_minutes = {wait // 60}: run this again when it ends") from None
+                if not said:
+                    say(f"waiting for another pipeline run on {cfg.paths.warehouse} to end ({lock_holder(path)}); "
+                        f"the warehouse has one writer (up to {wait // 60} min, [compute] pipeline_wait_minutes)")
+                    said = True
+                time.sleep(poll)
+        f.seek(0); f.truncate()
+        f.write(f"pid {os.getpid()}: {what}, since {dt.datetime.now().isoformat(timespec='seconds')}"); f.flush()
+        os.environ[ENV_PIPELINE_LOCK] = str(path)
+        try: yield path
+        finally:
+            os.environ.pop(ENV_PIPELINE_LOCK, None)
+            f.seek(0); f.truncate(); f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
 # %% ../nbs/04_runner.ipynb #6c6ef169
 def run_pipeline(cfg: Settings, phase_names: Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
                  phases: Sequence[Phase] = PHASES, kernel_name: str | None = None, progress: bool = True,
@@ -350,6 +394,12 @@ def run_pipeline(cfg: Settings, phase_names: Sequence[str] | None = None, overri
     declared = {n for p in selected for n in notebook_parameters(cfg.paths.notebooks / p.notebook)}
     settings_o, extra = split_overrides(dict(overrides or {}), declared)
     cfg = with_overrides(cfg, settings_o)  # validated before anything is written
+    with pipeline_lock(cfg, f"mlops-nb {' '.join(p.name for p in selected)}",
+                       say=lambda m: print(m, file=sys.stderr, flush=True)):
+        return _run_locked(cfg, selected, extra, kernel_name, progress, run_id, demos)
+
+def _run_locked(cfg: Settings, selected: Sequence[Phase], extra: Mapping[str, Any], kernel_name: str | None,
+                progress: bool, run_id: str | None, demos: bool) -> PipelineResult:
     run_id = run_id or new_run_id()
     out_dir = cfg.paths.reports / "runs" / run_id
     out_dir.mkdir(parents=True, exist_ok=False)

@@ -409,6 +409,10 @@ class ComputeSettings:
                                             "BRL per GB-month of storage (object storage is about US$ 0.023): prices "
                                             "the lake, warehouse, prediction log and MLflow store in the ROI", lo=0.0,
                                             since=7)
+    pipeline_wait_minutes: int = setting(240,
+                                         "how long a pipeline run (`mlops-nb run`, `operate`) waits for another one "
+                                         "on the same warehouse to end, which has one writer; 0 = refuse at once",
+                                         lo=0, since=9)
 
 # %% ../nbs/01_sections.ipynb #dashset1
 @dataclass(frozen=True)

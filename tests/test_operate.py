@@ -496,6 +496,7 @@ def open_page(page, stem: str, shots: Path) -> float:
     html = page.content()
     assert not re.search(PSEUDONYM, html) and "Traceback" not in html, stem
     assert page.locator("h1").count() >= 1, stem
+    assert page.locator("mjx-container, .MathJax").count() == 0, stem     # "R$ 1 vs R$ 2" typeset as a formula
     whole_page_screenshot(page, shots / f"{stem}.png")
     return seconds
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -73,6 +76,45 @@ def test_failure_stops_the_run_and_names_the_cell(toy_project, monkeypatch):
     assert failed.info.status == "FAILED" and "bad month" in failed.data.tags["mlops_nb.error"]
     assert MlflowClient().get_run(res.mlflow_run_id).info.status == "FAILED"
     assert (Path(res.out_dir) / "b.ipynb").exists(), "the failed notebook is kept as a record"
+
+
+HOLD = ("import sys, time\nfrom mlops_nb.settings import load_settings\nfrom mlops_nb.runner import pipeline_lock\n"
+        "with pipeline_lock(load_settings(sys.argv[1], env={}), 'mlops-nb operate (a scheduler)'):\n"
+        "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n"
+        "print(time.time(), flush=True)\n")
+
+
+def hold_pipeline_lock(settings: Path, seconds: float) -> subprocess.Popen:
+    "Another process (a scheduler's run, say) holding the project's pipeline lock for `seconds`."
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(settings), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_pipeline_run_waits_for_the_first_and_says_who_holds_it(toy_project, monkeypatch, capfd):
+    from mlflow.tracking import MlflowClient
+    settings, runner = toy_project
+    t0 = time.time()
+    holder = hold_pipeline_lock(settings, 3)
+    res = _run(settings, runner, monkeypatch, "a")
+    released = float(holder.stdout.readline()); holder.wait()
+    assert res.status == "FINISHED", res.error
+    started = MlflowClient().get_run(res.mlflow_run_id).info.start_time / 1000
+    assert started >= released - 1 and started - t0 >= 2.5         # nothing of it began while the other ran
+    err = capfd.readouterr().err
+    assert "waiting for another pipeline run" in err and f"pid {holder.pid}: mlops-nb operate (a scheduler)" in err
+
+
+def test_a_run_that_would_wait_too_long_is_refused_before_it_starts_anything(tmp_path):
+    settings = make_project(tmp_path / "p")
+    holder = hold_pipeline_lock(settings, 60)
+    try:
+        r = run_cli("--settings", str(settings), "run", "lake", env={"MLOPS_COMPUTE__PIPELINE_WAIT_MINUTES": "0"})
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "another pipeline run holds the warehouse" in r.stderr and f"pid {holder.pid}" in r.stderr
+        assert not (tmp_path / "p" / "reports" / "runs").exists() and not (tmp_path / "p" / "data" / "lake").exists()
+    finally:
+        holder.kill(); holder.wait()
 
 
 def test_unknown_override_is_refused_before_anything_runs(toy_project, monkeypatch):

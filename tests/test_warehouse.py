@@ -524,3 +524,31 @@ def test_a_project_path_with_an_apostrophe_loads(tmp_path):
     with connect_warehouse(cfg) as con:
         assert con.execute("SELECT count(*) FROM raw.billing").fetchone()[0] > 0
         assert con.execute("SELECT count(*) FROM staging.usage").fetchone()[0] == res.tables["staging.usage"]
+
+
+HOLD_FILE = ("import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\n"
+             "con.execute('CREATE OR REPLACE TABLE t AS SELECT 1 AS x')\nprint('held', flush=True)\n"
+             "time.sleep(float(sys.argv[2]))\ncon.close()\n")
+
+
+def test_a_writer_waits_for_another_process_holding_the_warehouse_then_gives_a_clear_error(tmp_path, capfd):
+    """DuckDB has one writer per file: a second process (an erasure during an operated month's step) waits for the
+    first to close it, saying so once; past [compute] pipeline_wait_minutes, a WarehouseBusy naming the holder."""
+    from mlops_nb.contracts import WarehouseBusy, connect_waiting, connect_warehouse
+    cfg = sandbox_settings(tmp_path / "p")
+    cfg.paths.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    hold = subprocess.Popen([sys.executable, "-c", HOLD_FILE, str(cfg.paths.warehouse), "2"], stdout=subprocess.PIPE,
+                            text=True)
+    assert hold.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    with connect_warehouse(cfg, read_only=False) as con: assert con.execute("SELECT x FROM t").fetchone() == (1,)
+    assert time.monotonic() - t0 > 1 and hold.wait() == 0
+    assert "another process has it open" in capfd.readouterr().err
+    hold = subprocess.Popen([sys.executable, "-c", HOLD_FILE, str(cfg.paths.warehouse), "60"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert hold.stdout.readline().strip() == "held"
+        with pytest.raises(WarehouseBusy, match=rf"held by another process \(.*PID {hold.pid}"):
+            connect_waiting(cfg.paths.warehouse, read_only=True, threads=1, wait_seconds=0)
+    finally:
+        hold.kill(); hold.wait()
