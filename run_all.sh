@@ -5,7 +5,7 @@
 #                                and operate the months after them (`mlops-nb operate`)
 #   ./run_all.sh -p KEY VALUE    same, with a setting or parameter overridden (see `mlops-nb run --help`)
 #   ./run_all.sh --test          set up, then run all tests (nbdev export check, nbdev-test, pytest; Debian's
-#                                chromium is installed for the browser tests if it is missing)
+#                                chromium and postgresql are installed for the browser and team-profile tests if missing)
 #   ./run_all.sh --help          this text
 #
 # Set-up creates .venv (if missing) with Python >= 3.11, installs the pinned set in requirements.lock
@@ -105,18 +105,24 @@ run_lifecycle() {
   say "done: executed notebooks under reports/runs/; monitor snapshots in data/monitor/; MLflow UI: .venv/bin/mlops-nb ui"
 }
 
-ensure_browser() {
-  # the dashboard tests drive Debian's chromium headless (Playwright cannot download its own browser here)
-  command -v chromium >/dev/null 2>&1 && return 0
+ensure_debian_package() {   # ensure_debian_package PACKAGE PROGRAM-PATTERN WHY
+  # the tests' browser and database come from Debian (Playwright cannot download its own browser here)
+  compgen -G "$2" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing Debian's chromium for the dashboard tests (apt-get install chromium)"
+    say "installing Debian's $1 for $3 (apt-get install $1)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
-      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends chromium >/dev/null; } \
-      || die "could not install chromium: run apt-get install chromium, then this command again"
+    apt-get install -y --no-install-recommends "$1" >/dev/null 2>&1 \
+      || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "$1" >/dev/null; } \
+      || die "could not install $1: run apt-get install $1, then this command again"
   else
-    die "the dashboard tests need Debian's chromium: run \`sudo apt-get install chromium\`, then this command again"
+    die "$3 need Debian's $1: run \`sudo apt-get install $1\`, then this command again"
   fi
+}
+
+ensure_test_packages() {
+  ensure_debian_package chromium "/usr/bin/chromium" "the dashboard tests"
+  # the team profile's tests start their own PostgreSQL cluster (tests/test_team_profile.py, marked scaleout)
+  ensure_debian_package postgresql "/usr/lib/postgresql/*/bin/initdb" "the team profile's tests"
 }
 
 run_tests() {
@@ -148,7 +154,7 @@ run_tests() {
     esac
     prev="$a"
   done
-  ensure_browser
+  ensure_test_packages
   say "pytest ${xdist[*]:-}"
   "$VENV/bin/python" -m pytest tests "${xdist[@]+"${xdist[@]}"}" "${ARGS[@]+"${ARGS[@]}"}" || die "pytest failed"
   say "all tests passed"

@@ -41,20 +41,21 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'AUDIT_DATA_HELD_BACK', 'AUDIT_DATA_RELEASED', 'AUDIT_CORRECTION_APPLIED', 'AUDIT_PIPELINE_RUN',
            'AUDIT_ETL_LOADED', 'AUDIT_QUALITY_VERDICT', 'AUDIT_SUBJECT_REQUEST', 'AUDIT_SUBJECT_EXPORTED',
            'AUDIT_SUBJECT_ERASED', 'AUDIT_SUBJECT_CORRECTED', 'AUDIT_SUBJECT_REVIEWED', 'AUDIT_SUBJECT_REFUSED',
-           'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE', 'TABLE_FLAGGED_VALUES',
-           'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS', 'TABLE_QUALITY_RUNS',
-           'TABLE_HELD_BACK', 'TABLE_UNIQUE_CHECKED', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC', 'TABLE_FEATURE_INPUTS',
-           'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT', 'TABLE_MONITOR_PERFORMANCE',
-           'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS', 'TABLE_MONITOR_SHADOW',
-           'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'TABLE_POLICY_VALUES', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER',
-           'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING',
-           'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER',
-           'SECTION_PRIVACY', 'SECTION_QUALITY', 'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE',
-           'SECTION_API', 'SECTION_OPERATE', 'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS',
-           'ENV_ACTOR', 'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR',
-           'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE', 'ENV_PIPELINE_LOCK', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII',
-           'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'Name', 'name',
-           'tag_filter', 'catalog_frame']
+           'AUDIT_TRACKING_MIGRATED', 'AUDIT_KINDS', 'TABLE_STAGING_SCHEMA', 'TABLE_BYOD', 'TABLE_QUARANTINE',
+           'TABLE_FLAGGED_VALUES', 'TABLE_RECONCILIATION', 'TABLE_LOADS', 'TABLE_MART', 'TABLE_QUALITY_RESULTS',
+           'TABLE_QUALITY_RUNS', 'TABLE_HELD_BACK', 'TABLE_UNIQUE_CHECKED', 'TABLE_FEATURES', 'TABLE_FEATURE_SPEC',
+           'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
+           'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS',
+           'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'TABLE_POLICY_VALUES',
+           'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION',
+           'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
+           'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
+           'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
+           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE',
+           'ENV_PIPELINE_LOCK', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW',
+           'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'VERB_TRACKING', 'Name', 'name', 'tag_filter',
+           'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -287,6 +288,8 @@ AUDIT_SUBJECT_REVIEWED = name("audit", "subject.reviewed", "review", "people, da
                               "an automated decision reviewed (LGPD art. 20): request id, model version, decision")
 AUDIT_SUBJECT_REFUSED = name("audit", "subject.refused", "subjects, erasure", "people, dashboards",
                              "a data-subject request refused, with its reason (e.g. an active contract)")
+AUDIT_TRACKING_MIGRATED = name("audit", "tracking.migrated", "team_profile", "people",
+                               "the embedded MLflow store copied into a tracking server's database and artifacts")
 
 AUDIT_KINDS = frozenset(n.value for n in NAMES if n.kind == "audit")   # what the audit trail accepts
 
@@ -402,6 +405,9 @@ VERB_UPLIFT = name("verb", "uplift", "cli", "the business, data scientists",
                    "targeting by risk, tracked in MLflow")
 VERB_POLICY = name("verb", "policy", "cli", "the business, data scientists",
                    "the offer policies: list them, learn and judge an uplift policy, promote or roll back")
+VERB_TRACKING = name("verb", "tracking", "cli", "the data team's administrators",
+                     "the team profile: MLflow on a server (PostgreSQL, served artifacts, basic-auth), the embedded "
+                     "store migrated into it")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:

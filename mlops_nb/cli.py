@@ -23,6 +23,7 @@ from mlops_nb.catalog import (
     VERB_OPERATE,
     VERB_POLICY,
     VERB_ROI,
+    VERB_TRACKING,
     VERB_UPLIFT,
 )
 from mlops_nb.cli_governance import (
@@ -38,7 +39,7 @@ from .settings import SettingsError, load_settings, render_settings
 # %% auto #0
 __all__ = ['parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings', 'cmd_ui', 'cmd_model', 'cmd_serve',
            'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser', 'cmd_operate', 'cmd_roi',
-           'cmd_dashboards', 'cmd_uplift', 'main']
+           'cmd_dashboards', 'cmd_uplift', 'cmd_tracking', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 def parse_overrides(pairs: Sequence[Sequence[str]], extra: Sequence[str]) -> dict[str, str]:
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--export", action="store_true", help="write the pages as HTML instead of serving them")
     db.add_argument("--mlflow", action="store_true", help="with --export: also log the pages to MLflow")
     db.set_defaults(func=cmd_dashboards)
+    _add_tracking_parser(sub)
     _add_audit_parser(sub)
     _add_subject_parser(sub)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
@@ -435,6 +437,52 @@ def cmd_uplift(args: argparse.Namespace, extra: Sequence[str]) -> int:
         from dataclasses import asdict
         print(json.dumps(asdict(study), default=float)); return EXIT_OK
     print(study.summary() + f"\n  MLflow run {study.run_id}")
+    return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #trk0cli1
+def _add_tracking_parser(sub: Any) -> None:
+    tr = sub.add_parser(VERB_TRACKING, help="the team profile: MLflow on a server, the embedded store migrated to it",
+                        description="MLflow's tracking and registry on a database behind `mlflow server`, artifacts "
+                        "served through it, basic-auth on (clients: [mlflow] tracking_uri = http://host:port and "
+                        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD); and the embedded store moved into it.")
+    ts = tr.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sv = ts.add_parser("server", help="run the team profile's `mlflow server` (until stopped)",
+                       description="Run `mlflow server` on the database with served artifacts and MLflow's basic-auth "
+                       "app; the first start needs MLFLOW_AUTH_ADMIN_PASSWORD.")
+    sv.add_argument("--backend-store-uri", required=True, metavar="URI",
+                    help="the database, e.g. postgresql+psycopg2://mlflow@db-host:5432/mlflow")
+    sv.add_argument("--artifacts-destination", required=True, metavar="DIR",
+                    help="where the server keeps the artifacts it serves")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=5000)
+    sv.add_argument("--workers", type=int, default=2)
+    sv.add_argument("--config-folder", default="mlflow-server", metavar="DIR",
+                    help="the auth configuration, its users' database and the secret key (default ./mlflow-server)")
+    sv.add_argument("--no-auth", action="store_true", help="without basic-auth (a trusted network only)")
+    sv.set_defaults(func=cmd_tracking)
+    mg = ts.add_parser("migrate", help="copy the embedded store into a tracking server's database and artifacts",
+                       description="Copy the embedded store (SQLite and its artifact folder) into an empty database "
+                       "and the server's artifacts destination: the same run ids, versions, statuses and aliases. "
+                       "Then start the server on them and point [mlflow] tracking_uri at it.")
+    mg.add_argument("--to", required=True, metavar="DATABASE_URI", help="the empty database")
+    mg.add_argument("--artifacts-destination", required=True, metavar="DIR",
+                    help="the folder the server will serve (its --artifacts-destination)")
+    mg.set_defaults(func=cmd_tracking)
+
+def cmd_tracking(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Run the team profile's MLflow server, or migrate the embedded store into one."
+    from mlops_nb import team_profile as T
+    if args.action == "server":
+        env = T.team_server_env(Path(args.config_folder), auth=not args.no_auth)
+        cmd = T.team_server_command(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
+                                    args.workers, auth=not args.no_auth)
+        print(f"MLflow for the team at http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+        os.execve(sys.executable, cmd, env)
+    cfg = load_settings(_settings_path(args))
+    m = T.migrate_store(cfg, args.to, args.artifacts_destination)
+    print(f"migrated {m.source} into {m.target}, artifacts in {m.artifacts}\nnext: mlops-nb {VERB_TRACKING} server "
+          f"--backend-store-uri <the database> --artifacts-destination {m.artifacts}; then set [mlflow] "
+          "tracking_uri = http://<host>:<port> and give each user MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #e0f960e7
