@@ -23,6 +23,7 @@ from mlops_nb.catalog import (
     VERB_OPERATE,
     VERB_POLICY,
     VERB_ROI,
+    VERB_SCHEDULE,
     VERB_TRACKING,
     VERB_UPLIFT,
 )
@@ -39,7 +40,7 @@ from .settings import SettingsError, load_settings, render_settings
 # %% auto #0
 __all__ = ['parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings', 'cmd_ui', 'cmd_model', 'cmd_serve',
            'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser', 'cmd_operate', 'cmd_roi',
-           'cmd_dashboards', 'cmd_uplift', 'cmd_tracking', 'main']
+           'cmd_dashboards', 'cmd_uplift', 'cmd_schedule', 'cmd_tracking', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 def parse_overrides(pairs: Sequence[Sequence[str]], extra: Sequence[str]) -> dict[str, str]:
@@ -365,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--export", action="store_true", help="write the pages as HTML instead of serving them")
     db.add_argument("--mlflow", action="store_true", help="with --export: also log the pages to MLflow")
     db.set_defaults(func=cmd_dashboards)
+    sc = sub.add_parser(VERB_SCHEDULE, help="a scheduler's recipe for the monthly loop (the crontab line)",
+                        description="Print the crontab line that runs `mlops-nb operate` for this project: absolute "
+                        "paths (cron has no virtual environment), output appended to reports/logs/operate.log, the "
+                        "audit trail naming the scheduler. Install it with `crontab -e`. Arguments after -- go to "
+                        "operate (e.g. -- --through 2026-06).")
+    sc.add_argument("scheduler", choices=["cron"], help="the scheduler (cron)")
+    sc.add_argument("--at", default="0 6 2 * *", metavar="'M H DOM MON DOW'",
+                    help="when, as cron's five fields (default: 06:00 on the 2nd of every month)")
+    sc.add_argument("--actor", default="cron", help="who the audit trail names (default cron)")
+    sc.set_defaults(func=cmd_schedule)
     _add_tracking_parser(sub)
     _add_audit_parser(sub)
     _add_subject_parser(sub)
@@ -439,6 +450,15 @@ def cmd_uplift(args: argparse.Namespace, extra: Sequence[str]) -> int:
     print(study.summary() + f"\n  MLflow run {study.run_id}")
     return EXIT_OK
 
+# %% ../nbs/90_cli.ipynb #sch0cli1
+def cmd_schedule(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Print the scheduler's recipe for the monthly loop."
+    from mlops_nb.runner import cron_line
+    rest = list(extra[1:] if extra[:1] == ["--"] else extra)
+    build_parser().parse_args([VERB_OPERATE, *rest])      # arguments operate would refuse are refused now, not by cron
+    print(cron_line(load_settings(_settings_path(args)), args.at, rest, args.actor))
+    return EXIT_OK
+
 # %% ../nbs/90_cli.ipynb #trk0cli1
 def _add_tracking_parser(sub: Any) -> None:
     tr = sub.add_parser(VERB_TRACKING, help="the team profile: MLflow on a server, the embedded store migrated to it",
@@ -490,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `mlops-nb` command."
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "run": parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra and args.command not in ("run", VERB_SCHEDULE): parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args, extra)
     except SettingsError as e:

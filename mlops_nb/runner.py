@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shlex
 import stat
 import sys
 import time
@@ -28,6 +29,7 @@ from traitlets import default
 
 from mlops_nb.catalog import (
     ART_NOTEBOOK_DIR,
+    ENV_ACTOR,
     ENV_PIPELINE_LOCK,
     PHASE_ETL,
     PHASE_EVALUATE,
@@ -53,7 +55,7 @@ from .tracking import MlflowClient, configure_mlflow, mlflow, reproducibility_ta
 __all__ = ['PHASES', 'OPERATE_PHASE', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
            'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult',
            'ChildUsage', 'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel',
-           'PipelineResult', 'PipelineBusy', 'lock_holder', 'pipeline_lock', 'run_pipeline']
+           'PipelineResult', 'PipelineBusy', 'lock_holder', 'pipeline_lock', 'run_pipeline', 'cron_line']
 
 # %% ../nbs/04_runner.ipynb #e50b8bda
 @dataclass(frozen=True)
@@ -431,3 +433,15 @@ def _parent_run(cfg: Settings, run_id: str, names: list[str]) -> str:
             return outer
         except mlflow.exceptions.MlflowException: pass
     return client.create_run(exp_id, run_name=f"pipeline {run_id}", tags=tags).info.run_id
+
+# %% ../nbs/04_runner.ipynb #cron0002
+def cron_line(cfg: Settings, schedule: str = "0 6 2 * *", operate_args: Sequence[str] = (), actor: str = "cron") -> str:
+    "The crontab line that runs `mlops-nb operate` for this project (see above)."
+    if len(schedule.split()) != 5:
+        raise SettingsError(f"a cron schedule has five fields (minute hour day month weekday), not {schedule!r}")
+    exe = Path(sys.executable).with_name("mlops-nb")
+    settings, log = Path(cfg.source).resolve(), (cfg.paths.reports / "logs" / "operate.log").resolve()
+    q = lambda x: shlex.quote(str(x)).replace("%", "\\%")   # noqa: E731 — cron reads a bare % as a newline
+    cmd = " ".join(q(a) for a in (exe, "--settings", settings, "operate", "--no-progress", *operate_args))
+    return (f"{schedule} cd {q(settings.parent)} && mkdir -p {q(log.parent)} && {ENV_ACTOR}={q(actor)} {cmd} "
+            f">> {q(log)} 2>&1")

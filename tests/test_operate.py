@@ -221,8 +221,19 @@ def test_the_cli_operates_a_month_and_failures_are_recorded_with_a_clear_status_
     bad = run_cli("--settings", str(cfg.source), "operate", "--month", "2025-08")
     assert bad.returncode != 0 and "cannot operate 2025-08" in bad.stderr + bad.stdout
     assert "Traceback" not in bad.stderr
-    ok = run_cli("--settings", str(cfg.source), "operate", "--month", "2025-06", "-p", "operate_drift_report", "false")
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    # the next month, run as cron runs the recipe's line: /bin/sh, an almost empty environment, from another folder
+    line = run_cli("--settings", str(cfg.source), "schedule", "cron", "--", "--month", "2025-06", "-p",
+                   "operate_drift_report", "false")
+    assert line.returncode == 0 and line.stdout.count("\n") == 1, line.stdout + line.stderr
+    *when, command = line.stdout.strip().split(" ", 5)
+    assert when == ["0", "6", "2", "*", "*"]
+    import subprocess
+    ok = subprocess.run(["env", "-i", "PATH=/usr/bin:/bin", f"HOME={Path.home()}", "SHELL=/bin/sh", "LOGNAME=nobody",
+                         "/bin/sh", "-c", command], cwd="/", capture_output=True, text=True, timeout=600)
+    log = (cfg.paths.reports / "logs" / "operate.log").read_text()
+    assert ok.returncode == 0 and "operate" in log and "FINISHED" in log, (ok.stderr, log[-3000:])
+    by_cron = run_cli("--settings", str(cfg.source), "audit", "show", "--kind", "pipeline.run", "--actor", "cron")
+    assert by_cron.returncode == 0 and by_cron.stdout.count("pipeline.run") == 1, by_cron.stdout + by_cron.stderr
     assert len(list((cfg.paths.reports / "runs").glob("*/67_operate.ipynb"))) == 2
     assert list(table(cfg, f"SELECT month FROM {TABLE_MONITOR_MONTHS}").month) == ["2025-06"]
     # the pages as they stood after the month, exported for e-mail and logged to the operate run
