@@ -344,7 +344,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     SIGKILL."""
     if proc.poll() is None:
         try: os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError: return
+        except ProcessLookupError: return stop(proc, timeout)    # not a group leader after all: the process itself
         try: proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

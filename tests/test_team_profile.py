@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, _cli_env, free_port, launch, run_cli, stop_group
+from conftest import BIN, _cli_env, free_port, launch, run_cli, stop, stop_group
 
 pytestmark = pytest.mark.scaleout
 PASSWORD = "team-profile-test-Pw1"
@@ -120,7 +120,7 @@ def test_the_embedded_store_moves_to_postgresql_and_a_month_is_operated_through_
             assert answer.status_code == 200 and 0 <= answer.json()["churn_probability"] <= 1, answer.text
             assert str(answer.json()["model"]["version"]) == str(version)
         finally:
-            stop_group(api)
+            stop(api)        # `mlops-nb serve` is not started in a group of its own
         trail = run_cli("--settings", settings, "audit", "verify")
         assert trail.returncode == 0, trail.stderr
         shown = run_cli("--settings", settings, "audit", "show", "--kind", AUDIT_TRACKING_MIGRATED)
