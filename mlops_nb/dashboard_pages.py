@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -74,11 +75,8 @@ def export_pages(cfg: Settings, log_to_mlflow: bool = False, month: str = "") ->
     if log_to_mlflow:
         from mlops_nb.tracking import mlflow, phase_run
         where = f"{ART_DASHBOARDS_DIR}/{month}" if month else ART_DASHBOARDS_DIR
-        if mlflow.active_run() is not None:
+        with nullcontext() if mlflow.active_run() is not None else phase_run(cfg, VERB_DASHBOARDS):
             for f in out: mlflow.log_artifact(str(f), where)
-        else:
-            with phase_run(cfg, VERB_DASHBOARDS):
-                for f in out: mlflow.log_artifact(str(f), where)
     return out
 
 def month_pages_exporter(cfg: Settings, log_to_mlflow: bool = True, say: Callable[[str], None] = print

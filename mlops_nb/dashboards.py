@@ -28,9 +28,9 @@ from .settings import Settings
 # %% auto #0
 __all__ = ['LABELS', 'PAGE_CLASS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'Picker', 'expand_pickers', 'drift_heatmap',
            'performance_plot', 'moved_note', 'monitoring_blocks', 'timeline_plot', 'month_detail_blocks',
-           'fairness_plot', 'status_events', 'production_version', 'mitigation_in_force', 'bias_blocks',
-           'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'version_blocks',
-           'page_blocks']
+           'fairness_plot', 'status_events', 'production_version', 'version_in_production', 'mitigation_in_force',
+           'bias_blocks', 'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks',
+           'version_blocks', 'page_blocks']
 
 # %% ../nbs/73_dashboards.ipynb #dsh00005
 LABELS: dict[str, dict[str, str]] = {
@@ -404,8 +404,12 @@ def status_events(cfg: Settings, name: str | None = None) -> list:
 
 def production_version(cfg: Settings, name: str | None = None) -> str | None:
     "The version the audit trail last moved to production (None if none), without asking MLflow."
+    return version_in_production(status_events(cfg, name))
+
+def version_in_production(events: Sequence[Any]) -> str | None:
+    "The version one registered name's status events (`status_events`) last moved to production, or None."
     now: str | None = None
-    for e in status_events(cfg, name):
+    for e in events:
         if e.details.get("to_status") == "production": now = str(e.details.get("version"))
         elif now == str(e.details.get("version")): now = None
     return now
@@ -444,7 +448,7 @@ def offer_policy_blocks(cfg: Settings, lang: str) -> list[Block]:
     events = status_events(cfg, name)
     out: list[Block] = [("h2", label(lang, "offer_policy"))]
     registered = {str(e.details.get("version")): e.details for e in events if e.details.get("from_status") is None}
-    now = production_version(cfg, name)
+    now = version_in_production(events)
     if now is None: return out + [("p", label(lang, "offer_policy_none"))]
     out.append(("p", label(lang, "offer_policy_now").format(kind=registered.get(now, {}).get("kind", "?"),
                                                                version=now)))
@@ -544,12 +548,11 @@ def governance_blocks(cfg: Settings, lang: str) -> list[Block]:
     out += [("h2", label(lang, "promotions")),
             ("table", pd.DataFrame(sorted(rows, key=lambda r: r["time"])[-20:])) if rows else
             ("p", label(lang, "nothing_yet"))]
-    v = production_version(cfg)
-    versions = tuple(sorted({str(e.details.get("version")) for e in status_events(cfg)}, key=_version_key,
-                            reverse=True))
+    events = status_events(cfg)     # read once: the picker's sections are drawn from them
+    versions = tuple(sorted({str(e.details.get("version")) for e in events}, key=_version_key, reverse=True))
     out.append(("h2", label(lang, "version_detail")))
-    out.append(("picker", Picker(label(lang, "pick_version"), versions, v or versions[0],
-                                 lambda x: version_blocks(cfg, lang, x))) if versions else
+    out.append(("picker", Picker(label(lang, "pick_version"), versions, version_in_production(events) or versions[0],
+                                 lambda x: version_blocks(cfg, lang, x, events))) if versions else
                ("p", label(lang, "no_production")))
     out += [("h2", label(lang, "how")), ("p", label(lang, "how_governance"))]
     return out
@@ -557,11 +560,13 @@ def governance_blocks(cfg: Settings, lang: str) -> list[Block]:
 def _version_key(v: str) -> tuple[int, str]:
     return (int(v), "") if v.isdigit() else (-1, v)
 
-def version_blocks(cfg: Settings, lang: str, version: str) -> list[Block]:
+def version_blocks(cfg: Settings, lang: str, version: str,
+                   events: Sequence[Any],   # the model's status events (`status_events`)
+                   ) -> list[Block]:
     "One model version: its status changes (when, who, why) and the documents written when it reached production."
     rows = [{"time": e.time[:16], "what": f"{e.details.get('from_status')} → {e.details.get('to_status')}",
              "who": e.actor, "why": str(e.details.get("reason", ""))[:100]}
-            for e in status_events(cfg) if str(e.details.get("version")) == version]
+            for e in events if str(e.details.get("version")) == version]
     docs = sorted((Path(cfg.paths.reports) / "documents" / f"v{version}").glob("*.md"))
     return [("table", pd.DataFrame(rows)),
             ("p", label(lang, "documents_of").format(version=version) if docs else label(lang, "no_documents")),
