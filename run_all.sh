@@ -123,6 +123,8 @@ ensure_test_packages() {
   ensure_debian_package chromium "/usr/bin/chromium" "the dashboard tests"
   # the team profile's tests start their own PostgreSQL cluster (tests/test_team_profile.py, marked scaleout)
   ensure_debian_package postgresql "/usr/lib/postgresql/*/bin/initdb" "the team profile's tests"
+  # the serving replicas' test puts two API processes behind HAProxy (tests/test_serve.py, marked scaleout)
+  ensure_debian_package haproxy "/usr/sbin/haproxy" "the serving replicas' tests"
 }
 
 run_tests() {
@@ -138,6 +140,7 @@ run_tests() {
   say "line length: ruff E501 at the width pyproject.toml sets, over the notebooks' code cells and the tests"
   # (the package is generated from those cells; nbdev writes its own __all__ lines, at a width of its own)
   "$VENV/bin/ruff" check --no-cache --select E501 nbs tests || die "lines longer than [tool.ruff] line-length (listed above)"
+  ensure_test_packages      # before the notebooks: 88_replicas shows HAProxy at work when it is there
   say "nbdev-test: every notebook on its small defaults"
   # one OpenMP/BLAS thread per notebook: two notebooks at a time already fill the two cores, and threads spinning for a
   # busy core cost a fifth more CPU (as for the pytest workers, tests/conftest.py)
@@ -154,7 +157,6 @@ run_tests() {
     esac
     prev="$a"
   done
-  ensure_test_packages
   say "pytest ${xdist[*]:-}"
   "$VENV/bin/python" -m pytest tests "${xdist[@]+"${xdist[@]}"}" "${ARGS[@]+"${ARGS[@]}"}" || die "pytest failed"
   say "all tests passed"

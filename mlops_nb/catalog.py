@@ -54,8 +54,8 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
            'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE',
            'ENV_PIPELINE_LOCK', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW',
-           'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'VERB_SCHEDULE', 'VERB_TRACKING', 'Name', 'name',
-           'tag_filter', 'catalog_frame']
+           'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'VERB_SCHEDULE', 'VERB_TRACKING', 'VERB_BALANCER', 'Name',
+           'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -406,10 +406,13 @@ VERB_UPLIFT = name("verb", "uplift", "cli", "the business, data scientists",
 VERB_POLICY = name("verb", "policy", "cli", "the business, data scientists",
                    "the offer policies: list them, learn and judge an uplift policy, promote or roll back")
 VERB_SCHEDULE = name("verb", "schedule", "cli", "schedulers, the data team's administrators",
-                     "a scheduler's recipe for the monthly loop: the crontab line that runs mlops-nb operate")
+                     "a scheduler's recipe for the monthly loop: the crontab line or the Airflow DAG that runs "
+                     "mlops-nb operate")
 VERB_TRACKING = name("verb", "tracking", "cli", "the data team's administrators",
                      "the team profile: MLflow on a server (PostgreSQL, served artifacts, basic-auth), the embedded "
                      "store migrated into it")
+VERB_BALANCER = name("verb", "balancer", "cli", "the data team's administrators",
+                     "API replicas behind one address: HAProxy's configuration written, checked and run")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a133
 def catalog_frame(kind: str | None = None) -> Any:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from mlops_nb.catalog import (
     ENV_ACTOR,
     STATUS_STAGING,
+    VERB_BALANCER,
     VERB_DASHBOARDS,
     VERB_OPERATE,
     VERB_POLICY,
@@ -40,7 +41,7 @@ from .settings import SettingsError, load_settings, render_settings
 # %% auto #0
 __all__ = ['parse_overrides', 'cmd_run', 'audit_run', 'cmd_phases', 'cmd_settings', 'cmd_ui', 'cmd_model', 'cmd_serve',
            'cmd_score', 'cmd_log', 'render_readme', 'cmd_readme', 'build_parser', 'cmd_operate', 'cmd_roi',
-           'cmd_dashboards', 'cmd_uplift', 'cmd_schedule', 'cmd_tracking', 'main']
+           'cmd_dashboards', 'cmd_uplift', 'cmd_schedule', 'cmd_tracking', 'cmd_balancer', 'main']
 
 # %% ../nbs/90_cli.ipynb #70dfd7e0
 def parse_overrides(pairs: Sequence[Sequence[str]], extra: Sequence[str]) -> dict[str, str]:
@@ -366,17 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--export", action="store_true", help="write the pages as HTML instead of serving them")
     db.add_argument("--mlflow", action="store_true", help="with --export: also log the pages to MLflow")
     db.set_defaults(func=cmd_dashboards)
-    sc = sub.add_parser(VERB_SCHEDULE, help="a scheduler's recipe for the monthly loop (the crontab line)",
-                        description="Print the crontab line that runs `mlops-nb operate` for this project: absolute "
-                        "paths (cron has no virtual environment), output appended to reports/logs/operate.log, the "
-                        "audit trail naming the scheduler. Install it with `crontab -e`. Arguments after -- go to "
-                        "operate (e.g. -- --through 2026-06).")
-    sc.add_argument("scheduler", choices=["cron"], help="the scheduler (cron)")
+    sc = sub.add_parser(VERB_SCHEDULE, help="a scheduler's recipe for the monthly loop (crontab line, Airflow DAG)",
+                        description="Print what runs `mlops-nb operate` for this project on a schedule, with absolute "
+                        "paths and the audit trail naming the scheduler. cron: the crontab line (output appended to "
+                        "reports/logs/operate.log; install it with `crontab -e`). airflow: a DAG file for Airflow's "
+                        "dags/ folder (a BashOperator; Airflow in its own environment, requirements-airflow.lock). "
+                        "Arguments after -- go to operate (e.g. -- --through 2026-06).")
+    sc.add_argument("scheduler", choices=["cron", "airflow"], help="the scheduler")
     sc.add_argument("--at", default="0 6 2 * *", metavar="'M H DOM MON DOW'",
                     help="when, as cron's five fields (default: 06:00 on the 2nd of every month)")
-    sc.add_argument("--actor", default="cron", help="who the audit trail names (default cron)")
+    sc.add_argument("--actor", default=None, help="who the audit trail names (default: the scheduler's name)")
+    sc.add_argument("--dag-id", default="", help="airflow: the DAG's id (default mlops_nb_operate_<project folder>)")
     sc.set_defaults(func=cmd_schedule)
     _add_tracking_parser(sub)
+    _add_balancer_parser(sub)
     _add_audit_parser(sub)
     _add_subject_parser(sub)
     rd = sub.add_parser("readme", help="render README.md from nbs/index.ipynb",
@@ -453,10 +457,12 @@ def cmd_uplift(args: argparse.Namespace, extra: Sequence[str]) -> int:
 # %% ../nbs/90_cli.ipynb #sch0cli1
 def cmd_schedule(args: argparse.Namespace, extra: Sequence[str]) -> int:
     "Print the scheduler's recipe for the monthly loop."
-    from mlops_nb.runner import cron_line
+    from mlops_nb.runner import airflow_dag, cron_line
     rest = list(extra[1:] if extra[:1] == ["--"] else extra)
-    build_parser().parse_args([VERB_OPERATE, *rest])      # arguments operate would refuse are refused now, not by cron
-    print(cron_line(load_settings(_settings_path(args)), args.at, rest, args.actor))
+    build_parser().parse_args([VERB_OPERATE, *rest])   # what operate would refuse is refused now, not when it runs
+    cfg, actor = load_settings(_settings_path(args)), args.actor or args.scheduler
+    if args.scheduler == "airflow": print(airflow_dag(cfg, args.at, rest, actor, args.dag_id), end="")
+    else: print(cron_line(cfg, args.at, rest, actor))
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #trk0cli1
@@ -504,6 +510,32 @@ def cmd_tracking(args: argparse.Namespace, extra: Sequence[str]) -> int:
           f"--backend-store-uri <the database> --artifacts-destination {m.artifacts}; then set [mlflow] "
           "tracking_uri = http://<host>:<port> and give each user MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
     return EXIT_OK
+
+# %% ../nbs/90_cli.ipynb #bal0cli1
+def _add_balancer_parser(sub: Any) -> None:
+    bl = sub.add_parser(VERB_BALANCER, help="API replicas behind one address (HAProxy, health-checked on /ready)",
+                        description="Write the load balancer's configuration for the API's replicas, check it and run "
+                        "Debian's HAProxy in the foreground (Ctrl-C or SIGTERM stops it). Each replica is an "
+                        "`mlops-nb serve` that follows the registry by polling ([api] poll_seconds).")
+    bl.add_argument("--replica", action="append", required=True, metavar="HOST:PORT",
+                    help="a replica's address (repeat for each)")
+    bl.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT",
+                    help="where the balancer answers (default 127.0.0.1:8000)")
+    bl.add_argument("--config", default="balancer/haproxy.cfg", metavar="FILE",
+                    help="where to write the configuration (default balancer/haproxy.cfg)")
+    bl.add_argument("--check-seconds", type=float, default=1.0, help="how often each replica's /ready is checked")
+    bl.add_argument("--print", action="store_true", help="print the configuration only (for a system's own HAProxy)")
+    bl.set_defaults(func=cmd_balancer)
+
+def cmd_balancer(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    "Print the balancer's configuration, or write, check and run it."
+    from mlops_nb import replicas as R
+    if args.print:
+        print(R.balancer_config(args.replica, args.listen, check_seconds=args.check_seconds), end=""); return EXIT_OK
+    conf = R.write_balancer(args.config, args.replica, args.listen, args.check_seconds)
+    print(f"balancing {len(args.replica)} replica(s) at http://{args.listen} ({conf}; Ctrl-C stops)", flush=True)
+    cmd = R.balancer_command(conf)
+    os.execv(cmd[0], cmd)
 
 # %% ../nbs/90_cli.ipynb #e0f960e7
 def main(argv: Sequence[str] | None = None) -> int:

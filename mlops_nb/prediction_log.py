@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ log = logging.getLogger("mlops_nb.prediction_log")
 # %% auto #0
 __all__ = ['log', 'LOG_SCHEMA', 'POLICY_COLUMNS', 'RESERVED_COLUMNS', 'LINEAGE_KEYS', 'MAX_PENDING_ROWS', 'REQUEST_ID_PATTERN',
            'USAGE_DIR', 'LOG_READ_ATTEMPTS', 'new_request_id', 'request_id_time', 'LogBlock', 'blocks_table',
-           'write_log_table', 'record_usage', 'PredictionLog', 'read_log_retrying', 'find_logged_request',
+           'writer_id', 'write_log_table', 'record_usage', 'PredictionLog', 'read_log_retrying', 'find_logged_request',
            'read_prediction_log', 'CompactionResult', 'compact_prediction_log']
 
 # %% ../nbs/52_prediction_log.ipynb #fce7b5ca
@@ -148,6 +149,12 @@ def blocks_table(blocks: Sequence[LogBlock]) -> pa.Table:
         fields.append(pa.field(f, pa.float64() if features[f] else pa.string()))
     return pa.table(cols, schema=pa.schema(fields))
 
+# %% ../nbs/52_prediction_log.ipynb #wrid0002
+def writer_id() -> str:
+    "This process's name in the log's file names: host name (file-safe) and process id."
+    host = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()).strip("._")[:40] or "host"
+    return f"{host}-{os.getpid()}"
+
 # %% ../nbs/52_prediction_log.ipynb #4c30e091
 def write_log_table(folder: Path, table: pa.Table, date: str, seq: int) -> Path:
     """Write `table` as one new file of the `date` partition, atomically (temporary name, fsync, rename); return its
@@ -155,7 +162,7 @@ def write_log_table(folder: Path, table: pa.Table, date: str, seq: int) -> Path:
     part = Path(folder) / f"date={date}"
     part.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    final = part / f"part-{stamp}-{os.getpid()}-{seq:06d}.parquet"
+    final = part / f"part-{stamp}-{writer_id()}-{seq:06d}.parquet"
     tmp = part / f".{final.name}.tmp"
     pq.write_table(table, tmp, compression="zstd")
     fd = os.open(tmp, os.O_RDONLY)
@@ -175,10 +182,11 @@ def record_usage(folder: str | Path,   # [paths] prediction_log
     "Rewrite this process's usage file: CPU seconds so far and predictions written (cumulative)."
     d = Path(folder) / USAGE_DIR
     d.mkdir(parents=True, exist_ok=True)
-    f = d / f"{role}-{os.getpid()}-{int(_STARTED * 1000)}.json"
+    f = d / f"{role}-{writer_id()}-{int(_STARTED * 1000)}.json"
     tmp = f.with_name(f".{f.name}.tmp")
-    tmp.write_text(json.dumps({"role": role, "pid": os.getpid(), "started": _STARTED, "updated": time.time(),
-                               "cpu_seconds": time.process_time(), "predictions": int(predictions)}))
+    tmp.write_text(json.dumps({"role": role, "writer": writer_id(), "pid": os.getpid(), "started": _STARTED,
+                               "updated": time.time(), "cpu_seconds": time.process_time(),
+                               "predictions": int(predictions)}))
     os.replace(tmp, f)
     return f
 

@@ -11,6 +11,7 @@ import copy
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import shlex
 import stat
@@ -52,10 +53,11 @@ from .settings import SECTIONS, Settings, SettingsError, render_settings, with_o
 from .tracking import MlflowClient, configure_mlflow, mlflow, reproducibility_tags
 
 # %% auto #0
-__all__ = ['PHASES', 'OPERATE_PHASE', 'DEFINITION_DIRECTIVES', 'Phase', 'select_phases', 'is_setting_name', 'notebook_parameters',
-           'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id', 'PhaseFailed', 'PhaseResult',
-           'ChildUsage', 'IpcKernelManager', 'cell_directives', 'phase_section', 'run_phase', 'default_kernel',
-           'PipelineResult', 'PipelineBusy', 'lock_holder', 'pipeline_lock', 'run_pipeline', 'cron_line']
+__all__ = ['PHASES', 'OPERATE_PHASE', 'DEFINITION_DIRECTIVES', 'AIRFLOW_DAG', 'Phase', 'select_phases', 'is_setting_name',
+           'notebook_parameters', 'check_parameters_cell', 'split_overrides', 'coerce_param', 'new_run_id',
+           'PhaseFailed', 'PhaseResult', 'ChildUsage', 'IpcKernelManager', 'cell_directives', 'phase_section',
+           'run_phase', 'default_kernel', 'PipelineResult', 'PipelineBusy', 'lock_holder', 'pipeline_lock',
+           'run_pipeline', 'operate_argv', 'cron_line', 'airflow_dag']
 
 # %% ../nbs/04_runner.ipynb #e50b8bda
 @dataclass(frozen=True)
@@ -434,14 +436,67 @@ def _parent_run(cfg: Settings, run_id: str, names: list[str]) -> str:
         except mlflow.exceptions.MlflowException: pass
     return client.create_run(exp_id, run_name=f"pipeline {run_id}", tags=tags).info.run_id
 
+# %% ../nbs/04_runner.ipynb #cron0004
+def operate_argv(cfg: Settings, operate_args: Sequence[str] = ()) -> list[str]:
+    "`mlops-nb operate` for this project as a scheduler starts it: absolute paths, no progress bars."
+    exe = Path(sys.executable).with_name("mlops-nb")
+    settings = str(Path(cfg.source).resolve())
+    return [str(exe), "--settings", settings, "operate", "--no-progress", *map(str, operate_args)]
+
 # %% ../nbs/04_runner.ipynb #cron0002
 def cron_line(cfg: Settings, schedule: str = "0 6 2 * *", operate_args: Sequence[str] = (), actor: str = "cron") -> str:
     "The crontab line that runs `mlops-nb operate` for this project (see above)."
     if len(schedule.split()) != 5:
         raise SettingsError(f"a cron schedule has five fields (minute hour day month weekday), not {schedule!r}")
-    exe = Path(sys.executable).with_name("mlops-nb")
     settings, log = Path(cfg.source).resolve(), (cfg.paths.reports / "logs" / "operate.log").resolve()
     q = lambda x: shlex.quote(str(x)).replace("%", "\\%")   # noqa: E731 — cron reads a bare % as a newline
-    cmd = " ".join(q(a) for a in (exe, "--settings", settings, "operate", "--no-progress", *operate_args))
+    cmd = " ".join(q(a) for a in operate_argv(cfg, operate_args))
     return (f"{schedule} cd {q(settings.parent)} && mkdir -p {q(log.parent)} && {ENV_ACTOR}={q(actor)} {cmd} "
             f">> {q(log)} 2>&1")
+
+# %% ../nbs/04_runner.ipynb #airf0002
+AIRFLOW_DAG = '''"""mlops-nb's monthly loop for {project}, written by `mlops-nb schedule airflow`.
+
+Each run operates the months whose lake partitions have landed (`mlops-nb operate`); the project's pipeline lock keeps
+one writer on its warehouse, and the audit trail names the scheduler ({actor}).
+"""
+import datetime as dt
+
+try:                                                        # Airflow 3
+    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.sdk import DAG
+except ImportError:                                         # Airflow 2
+    from airflow import DAG
+    from airflow.operators.bash import BashOperator
+
+with DAG(
+    dag_id={dag_id!r},
+    schedule={schedule!r},
+    start_date=dt.datetime({start.year}, {start.month}, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["mlops-nb"],
+):
+    BashOperator(
+        task_id="operate",
+        bash_command={command!r},
+        cwd={project!r},
+        env={{{env_actor!r}: {actor!r}}},
+        append_env=True,
+        retries=0,
+        execution_timeout=dt.timedelta(minutes={timeout}),
+    )
+'''
+
+def airflow_dag(cfg: Settings, schedule: str = "0 6 2 * *", operate_args: Sequence[str] = (), actor: str = "airflow",
+                dag_id: str = "") -> str:
+    "An Airflow DAG file that runs `mlops-nb operate` for this project on `schedule` (see above)."
+    if len(schedule.split()) != 5:
+        raise SettingsError(f"a cron schedule has five fields (minute hour day month weekday), not {schedule!r}")
+    project = Path(cfg.source).resolve().parent
+    dag_id = dag_id or "mlops_nb_operate_" + (re.sub(r"[^A-Za-z0-9_]+", "_", project.name).strip("_") or "project")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,250}", dag_id):
+        raise SettingsError(f"an Airflow dag id has letters, digits, '_', '.' and '-' only, not {dag_id!r}")
+    return AIRFLOW_DAG.format(project=str(project), actor=actor, dag_id=dag_id, schedule=schedule,
+                              start=dt.date.today(), command=shlex.join(operate_argv(cfg, operate_args)),
+                              env_actor=ENV_ACTOR, timeout=cfg.compute.pipeline_wait_minutes + 240)

@@ -267,6 +267,47 @@ def test_the_cli_operates_a_month_and_failures_are_recorded_with_a_clear_status_
     assert load_reference(cfg, v).version == v       # the one built in 2025-06 is kept with the version
 
 
+@pytest.mark.scaleout
+def test_the_airflow_dag_operates_a_month_when_airflow_runs_its_task(tmp_path):
+    """The DAG `mlops-nb schedule airflow` writes, in Airflow's dags folder, its task run once by Airflow's own test
+    command — Airflow in a throwaway environment of its own, installed from requirements-airflow.lock, as on a
+    scheduler's host: the month is operated and the audit trail names Airflow."""
+    import subprocess
+    import sys
+
+    from conftest import BIN, REPO
+    venv = tmp_path / "airflow-venv"
+    made = subprocess.run([BIN / "uv", "venv", "--quiet", "--python", sys.executable, venv], capture_output=True,
+                          text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    got = subprocess.run([BIN / "uv", "pip", "install", "--quiet", "--python", venv / "bin" / "python", "-r",
+                          REPO / "requirements-airflow.lock"], capture_output=True, text=True, timeout=900)
+    assert got.returncode == 0, got.stderr[-3000:]
+    cfg, _ = build(tmp_path / "p")
+    dag = run_cli("--settings", str(cfg.source), "schedule", "airflow", "--dag-id", "churn_monthly", "--", "--month",
+                  "2025-06", "-p", "operate_drift_report", "false")
+    assert dag.returncode == 0 and "dag_id='churn_monthly'" in dag.stdout, dag.stdout + dag.stderr
+    home = tmp_path / "airflow-home"
+    (home / "dags").mkdir(parents=True)
+    (home / "dags" / "mlops_nb_operate.py").write_text(dag.stdout)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "AIRFLOW_HOME": str(home),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    airflow = lambda *a: subprocess.run([venv / "bin" / "airflow", *a], cwd=tmp_path, env=env,  # noqa: E731
+                                        capture_output=True, text=True, timeout=600)
+    assert (r := airflow("db", "migrate")).returncode == 0, r.stderr[-3000:]
+    assert (r := airflow("dags", "reserialize")).returncode == 0, r.stderr[-3000:]      # Airflow parses the folder
+    listed = airflow("dags", "list", "--output", "json")
+    assert listed.returncode == 0 and '"churn_monthly"' in listed.stdout, listed.stdout[-2000:] + listed.stderr[-2000:]
+    ran = airflow("tasks", "test", "churn_monthly", "operate", "2026-01-02")
+    said = ran.stdout + ran.stderr        # Airflow's test command exits 0 even when the task fails: read its state
+    assert ran.returncode == 0 and "new_state=success" in said and "new_state=failed" not in said, said[-4000:]
+    assert list(table(cfg, f"SELECT month, status FROM {TABLE_MONITOR_MONTHS}").itertuples(index=False)) == [
+        ("2025-06", "ok")]
+    by_airflow = run_cli("--settings", str(cfg.source), "audit", "show", "--kind", "pipeline.run", "--actor",
+                         "airflow")
+    assert by_airflow.returncode == 0 and by_airflow.stdout.count("pipeline.run") == 1, by_airflow.stdout
+
+
 def test_a_retrained_champion_that_does_worse_is_rolled_back(tmp_path):
     """Plant a worse model as the champion on probation (as a retraining would have promoted it): once its first
     month's labels arrive, the paired comparison with its predecessor's shadow scores rolls it back."""

@@ -3,16 +3,18 @@ store with two registered versions, real Parquet prediction logs — and stock `
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import BIN, stop
+from conftest import BIN, free_port, launch, stop
 from serving_fixtures import (build_project, run_load, score_requests, start_api,
                               start_mlflow_serve, stop_group)
 
@@ -452,6 +454,74 @@ def test_admin_reload_reaches_every_worker_without_polling(project, tmp_path):
                          override_reason="restore the champion after the reload test")
         stop(proc)
     assert "Traceback" not in (tmp_path / "reload.log").read_text()
+
+
+# ---- replicas behind a load balancer
+# ---------------------------------------------------------------------------------------
+def _rows_by_writer(project, request_ids) -> dict[int, set]:
+    """The model versions in each writing process's log files, for these requests (a file's name ends in its writer's
+    host-pid and a sequence number)."""
+    import duckdb
+    glob = str(project.cfg.paths.prediction_log / "date=*" / "part-*.parquet")
+    rows = duckdb.sql(f"SELECT filename, request_id, model_version FROM read_parquet('{glob}', filename = true, "
+                      "union_by_name = true)").df()
+    rows = rows[rows.request_id.isin(set(request_ids))]
+    pid = rows.filename.str.extract(r"-(\d+)-\d{6}\.parquet$")[0].astype(int)
+    return {int(p): set(g) for p, g in rows.model_version.groupby(pid)}
+
+
+@pytest.mark.scaleout
+def test_replicas_behind_haproxy_follow_a_promotion_and_log_every_request_once(project, tmp_path):
+    """Two API processes on their own ports behind Debian's HAProxy, each following the champion alias by polling (no
+    reload broadcast reaches across hosts): 64 concurrent clients through a promotion, every request answered, and
+    every one in the merged prediction log exactly once, by the version that answered it."""
+    from mlops_nb import registry
+    from mlops_nb.replicas import balancer_command, write_balancer
+    env = {"MLOPS_API__LOG_FLUSH_SECONDS": "0.5"}
+    replicas, lb, out = [], None, {}
+    try:
+        with ThreadPoolExecutor(2) as pool:                # both start at once (each waits for its model)
+            starts = [pool.submit(start_api, project.settings, args=["--poll-seconds", "0.5"], env=env,
+                                  log=tmp_path / f"replica{i}.log") for i in (1, 2)]
+        replicas += [f.result() for f in starts if f.exception() is None]    # stopped below even if the other failed
+        for f in starts: f.result()
+        pids = [httpx.get(f"{u}/ready").json()["pid"] for _, u in replicas]
+        url = f"http://127.0.0.1:{(port := free_port())}"
+        conf = write_balancer(tmp_path / "haproxy.cfg", [u.split("//")[1] for _, u in replicas],
+                              listen=f"127.0.0.1:{port}", check_seconds=0.5)
+        lb = launch(balancer_command(conf), f"{url}/balancer/health", cwd=tmp_path, env=dict(os.environ),
+                    log=tmp_path / "haproxy.log")
+        reqs = score_requests(project.records[:200], project.keys[:200])
+        load = threading.Thread(
+            target=lambda: out.update(res=run_load(url, reqs, concurrency=64, seconds=8, collect=True))
+        )
+        load.start()
+        time.sleep(2.5)
+        registry.promote(project.cfg, project.v2, actor="test", reason="replicas test",
+                         override_reason="test of the replicas' hot swap behind the balancer")
+        load.join(timeout=60)
+    finally:
+        registry.promote(project.cfg, project.v1, actor="test", reason="restore",
+                         override_reason="restore the champion after the replicas test")
+        if lb is not None: stop(lb)
+        for proc, _ in replicas: stop(proc)             # SIGTERM: each replica flushes its log before it ends
+    res = out["res"]
+    assert res.errors == 0 and res.statuses == {200: res.ok} and res.ok == res.sent, (res.statuses, res.error_kinds)
+    bodies = [json.loads(b) for b in res.bodies]
+    ids, versions = [b["request_id"] for b in bodies], [b["model"]["version"] for b in bodies]
+    assert versions[0] == project.v1 and set(versions[int(len(versions) * 0.8):]) == {project.v2}, set(versions)
+    # the merged log: every answered request once, with the version that answered it
+    df = logged(project, ids)
+    assert len(df) == len(ids) == df.request_id.nunique() == len(set(ids)), (len(df), len(ids))
+    answered = dict(zip(ids, versions))
+    assert (df.model_version == df.request_id.map(answered)).all()
+    # both replicas served, and each one moved to the new champion on its own
+    by_writer = _rows_by_writer(project, ids)
+    assert set(by_writer) == set(pids) and all(v == {project.v1, project.v2} for v in by_writer.values()), by_writer
+    for i in (1, 2): assert "Traceback" not in (tmp_path / f"replica{i}.log").read_text()
+    print(f"{res.ok} requests at concurrency 64 through HAProxy, {res.rps:.0f}/s, p99 {res.pct(99):.0f} ms; "
+          f"{versions.count(project.v1)} by v{project.v1}, {versions.count(project.v2)} by v{project.v2}; "
+          f"logged once each by {len(by_writer)} replicas")
 
 
 def test_the_fast_path_explains_and_encodes_a_logistic_regression_like_the_pipeline():
