@@ -58,8 +58,10 @@ def test_loads_in_a_fresh_process_with_plain_mlflow_and_gives_the_same_probabili
     rows = shipped["split"].test.head(300)
     rows.to_pickle(tmp_path / "rows.pkl")
     uris = {**shipped["uris"], "torch_mlp": "models:/churn-test/1"}         # the registered version resolves too
+    # a plain environment, but one OpenMP thread: torch's default spins a thread per core, and with the suite's other
+    # worker busy that made this load take 40 s instead of 7 (the package sizes its own pools; plain MLflow does not)
     env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri(),
-           "PATH": "/usr/bin:/bin"}
+           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", FRESH, json.dumps(uris), str(tmp_path / "rows.pkl")], cwd=tmp_path,
                        env=env,
                        capture_output=True, text=True, timeout=240)

@@ -1,6 +1,7 @@
 """The team profile: the embedded store moved into PostgreSQL behind a real `mlflow server` (served artifacts,
-basic-auth) that the test starts on 127.0.0.1, then a month operated through HTTP tracking and the registry's history
-and aliases checked there. Marked `scaleout`: a developer may skip it (-m "not scaleout"); CI runs it."""
+basic-auth) that the test starts on 127.0.0.1, then the lifecycle and a month operated through HTTP tracking and the
+registry's history and aliases checked there. Marked `scaleout`: a developer may skip it (-m "not scaleout"); CI
+runs it."""
 from __future__ import annotations
 
 import glob
@@ -61,11 +62,12 @@ def status_code(url: str, auth: tuple[str, str] | None = None) -> int:
     except urllib.error.HTTPError as e: return e.code
 
 
-def test_the_embedded_store_moves_to_postgresql_and_a_month_is_operated_through_the_server(postgres, tmp_path):
+def test_the_store_moves_to_postgresql_and_the_lifecycle_and_a_month_run_through_the_server(postgres, tmp_path):
     from mlflow import MlflowClient
 
     from test_operate import build, table
-    from mlops_nb.catalog import AUDIT_TRACKING_MIGRATED, TABLE_MONITOR_MONTHS, TAG_MONTH
+    from mlops_nb.catalog import (AUDIT_TRACKING_MIGRATED, STATUS_PRODUCTION, TABLE_MONITOR_MONTHS, TAG_MONTH,
+                                  TAG_STATUS)
     cfg, version = build(tmp_path / "p")
     settings = str(cfg.source)
     before = run_cli("--settings", settings, "model", "history")
@@ -90,8 +92,14 @@ def test_the_embedded_store_moves_to_postgresql_and_a_month_is_operated_through_
         # the registry's history, read through the server, is the embedded store's
         after = run_cli("--settings", settings, "model", "history", env=team)
         assert after.returncode == 0 and after.stdout == before.stdout, (before.stdout, after.stdout, after.stderr)
-        # a month operated with only the setting and the credentials changed: runs, artifacts and the champion's
-        # model all travel through the server
+        # the whole lifecycle through the server (every phase's run, the datasets, the models, the registration and
+        # the policies), then a month operated: only the setting and the credentials changed
+        life = run_cli("--settings", settings, "run", "--no-progress", "-p", "train_candidates", "hgb", "-p",
+                       "train_trials", "1", env=team, timeout=900)
+        assert life.returncode == 0, (life.stdout[-2000:], life.stderr[-3000:])
+        grown = run_cli("--settings", settings, "model", "history", env=team)      # the old history, then the new
+        rows = lambda out: {" ".join(line.split()) for line in out.splitlines()}   # noqa: E731 — widths change
+        assert grown.returncode == 0 and rows(before.stdout) < rows(grown.stdout), grown.stdout
         month = run_cli("--settings", settings, "operate", "--month", "2025-06", "-p", "operate_drift_report",
                         "false", env=team)
         assert month.returncode == 0, (month.stdout[-2000:], month.stderr[-3000:])
@@ -99,8 +107,15 @@ def test_the_embedded_store_moves_to_postgresql_and_a_month_is_operated_through_
         os.environ.update({k: v for k, v in team.items() if k.startswith("MLFLOW_")})
         try:
             client = MlflowClient(tracking_uri=url, registry_uri=url)
+            # the registry there: the migrated version and the lifecycle's, each status change, the champion alias on
+            # the version in production
+            versions = client.search_model_versions(f"name = '{cfg.mlflow.registered_model}'")
+            assert len(versions) == 2 and str(version) in {str(v.version) for v in versions}
             champion = client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion")
-            assert str(champion.version) == str(version)
+            in_production = [v for v in versions if v.tags.get(TAG_STATUS) == STATUS_PRODUCTION]
+            assert [str(v.version) for v in in_production] == [str(champion.version)], [v.tags for v in versions]
+            assert client.get_model_version_by_alias(cfg.mlflow.registered_policy, "champion")
+            serving = str(champion.version)
             exp = client.get_experiment_by_name(cfg.mlflow.experiment)
             runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_MONTH}` = '2025-06'")
             assert runs and all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)
@@ -114,11 +129,11 @@ def test_the_embedded_store_moves_to_postgresql_and_a_month_is_operated_through_
         from serving_fixtures import latest_records, start_api
         api, api_url = start_api(Path(settings), env=team, log=tmp_path / "api.log")
         try:
-            assert str(httpx.get(f"{api_url}/ready").json()["model"]["version"]) == str(version)
+            assert str(httpx.get(f"{api_url}/ready").json()["model"]["version"]) == serving
             records, _ = latest_records(cfg, 2)
             answer = httpx.post(f"{api_url}/v1/score", json={"features": records[0]})
             assert answer.status_code == 200 and 0 <= answer.json()["churn_probability"] <= 1, answer.text
-            assert str(answer.json()["model"]["version"]) == str(version)
+            assert str(answer.json()["model"]["version"]) == serving
         finally:
             stop(api)        # `mlops-nb serve` is not started in a group of its own
         trail = run_cli("--settings", settings, "audit", "verify")
