@@ -28,7 +28,7 @@ from .decisions import keyed_uniform, month_salt
 from .lake import CONTACTS_FILE
 from .prediction_log import read_log_retrying, request_id_time
 from .privacy import load_key, pseudonymise_arrow
-from .settings import CharterSettings, Settings, SettingsError
+from .settings import CharterSettings, ObjectPath, Settings, SettingsError, duckdb_reads
 from .sources import SOURCES
 from .value import budget_contacts, contact_policy, cost_per_contact, expected_profit
 
@@ -117,7 +117,7 @@ def month_scores(cfg: Settings, month: str, request_id: str,
                  ) -> pd.DataFrame:
     """The logged rows of request `request_id` (customer_key, p, decision, threshold, model_version, policy_version,
     net_value), checked to be of `month`."""
-    folder = Path(cfg.paths.prediction_log)
+    folder = cfg.paths.prediction_log
     what = f"no scores for month {month} under request id {request_id!r} in the prediction log ({folder})"
     if not any(folder.glob("date=*/part-*.parquet")): raise CampaignError(f"{what}: the log is empty")
     try: day = request_id_time(request_id).date().isoformat()
@@ -126,6 +126,7 @@ def month_scores(cfg: Settings, month: str, request_id: str,
     params = [str(folder / "date=*" / "part-*.parquet"), request_id] + ([day] if day else [])
     def read() -> pd.DataFrame:
         with duckdb_connect() as con:
+            duckdb_reads(con, folder)
             # a log written before the offer policies has no policy columns: they read as null
             have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}", params[:1]).fetchall()}
             extra = ", ".join(c if c in have else f"NULL::{t} AS {c}"
@@ -148,10 +149,12 @@ def reidentify(cfg: Settings, month: str, keys: Sequence[str]) -> list[str]:
     "The CRM's customer ids of pseudonyms `keys` (same order), from the month's raw usage file: for the contact list."
     keys = list(keys)
     if not keys: return []
-    path = Path(cfg.paths.lake) / "usage" / f"month={month}" / SOURCES["usage"].file
+    path = cfg.paths.lake / "usage" / f"month={month}" / SOURCES["usage"].file
     if not path.exists():
         raise CampaignError(f"cannot re-identify month {month}'s customers: no usage partition at {path}")
-    ids = pc.unique(pc.drop_null(pq.read_table(path, columns=["customer_id"]).column("customer_id").combine_chunks()))
+    usage = pq.read_table(pa.BufferReader(path.read_bytes()) if isinstance(path, ObjectPath) else path,
+                          columns=["customer_id"])
+    ids = pc.unique(pc.drop_null(usage.column("customer_id").combine_chunks()))
     ids = pc.utf8_upper(pc.utf8_trim_whitespace(ids.cast(pa.string())))   # privacy's normal form of a customer id
     with duckdb_connect() as con: pseudo = pseudonymise_arrow(con, ids, load_key(cfg, create=False), "customer")
     found = pd.Series(ids.to_numpy(zero_copy_only=False), index=pseudo.to_numpy(zero_copy_only=False))

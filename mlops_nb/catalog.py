@@ -51,11 +51,11 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
            'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
-           'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'ENV_SETTINGS', 'ENV_ACTOR', 'ENV_PSEUDONYM_KEY',
-           'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT', 'ENV_ETL_TRACE',
-           'ENV_PIPELINE_LOCK', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT', 'VERB_REVIEW',
-           'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'VERB_SCHEDULE', 'VERB_TRACKING', 'VERB_BALANCER', 'Name',
-           'name', 'tag_filter', 'catalog_frame']
+           'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'SECTION_STORAGE', 'ENV_SETTINGS', 'ENV_ACTOR',
+           'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT',
+           'ENV_ETL_TRACE', 'ENV_PIPELINE_LOCK', 'VERB_ROI', 'VERB_OPERATE', 'VERB_PII', 'VERB_AUDIT', 'VERB_SUBJECT',
+           'VERB_REVIEW', 'VERB_DASHBOARDS', 'VERB_UPLIFT', 'VERB_POLICY', 'VERB_SCHEDULE', 'VERB_TRACKING',
+           'VERB_BALANCER', 'Name', 'name', 'tag_filter', 'catalog_frame']
 
 # %% ../nbs/00_catalog.ipynb #c0a7a104
 @dataclass(frozen=True)
@@ -367,6 +367,8 @@ SECTION_COMPUTE = name("section", "compute", "settings", "compute, contracts, tr
                        "thread pools sized to the CPUs free")
 SECTION_DASHBOARDS = name("section", "dashboards", "settings", "dashboards, cli",
                           "the stakeholders' Voila pages: port and language")
+SECTION_STORAGE = name("section", "storage", "settings", "settings (object paths), lake, warehouse, prediction log",
+                       "the S3-compatible server behind s3:// lake and prediction-log paths")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a131
 ENV_SETTINGS = name("env", "MLOPS_SETTINGS", "cli, api", "api workers", "the settings file (default ./settings.ini)")

@@ -41,7 +41,7 @@ def process_cpu_seconds() -> float:
 def api_usage(cfg: Settings) -> tuple[float, int]:
     "Every API process's CPU seconds and predictions so far, summed over their usage files (0, 0 without any)."
     cpu, n = 0.0, 0
-    for f in sorted((Path(cfg.paths.prediction_log) / USAGE_DIR).glob("*.json")):
+    for f in sorted((cfg.paths.prediction_log / USAGE_DIR).glob("*.json"), key=str):
         try: u = json.loads(f.read_text())
         except (OSError, ValueError): continue          # a file being replaced: read at the next month
         cpu, n = cpu + float(u.get("cpu_seconds", 0.0)), n + int(u.get("predictions", 0))
@@ -53,7 +53,7 @@ STORE_PATHS = ("lake", "warehouse", "prediction_log", "monitor", "reports", "aud
 def storage_bytes(cfg: Settings) -> dict[str, int]:
     "Bytes each store takes now: the paths of `STORE_PATHS`, the MLflow artifacts and (an embedded) tracking store."
     size = lambda *paths: sum(f.stat().st_size for f in files_under(paths))  # noqa: E731
-    out = {k: size(Path(getattr(cfg.paths, k))) for k in STORE_PATHS}
+    out = {k: size(getattr(cfg.paths, k)) for k in STORE_PATHS}             # a folder, or a bucket's prefix
     uri = cfg.mlflow.tracking_uri
     store = [Path(uri[len("sqlite:///"):])] if uri.startswith("sqlite:///") else []
     out["mlflow"] = size(Path(cfg.mlflow.artifacts), *store)

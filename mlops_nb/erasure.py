@@ -30,7 +30,7 @@ from .lake import _json_bytes, write_atomic
 from .lake_files import _parquet_bytes
 from .pii_scan import scan_places, searchable_bytes
 from .privacy import NeedleSet, files_under, load_key, normalise, pseudonymise_arrow
-from .settings import Settings
+from .settings import ObjectPath, Settings
 from .staging import TABLES, Partition
 from mlops_nb.subjects import (
     SubjectError,
@@ -119,7 +119,7 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
     and left: the caller reports it) or None (not found)."""
     ns = ns or NeedleSet(needles)
     if path.suffix == ".parquet":
-        try: t = pq.read_table(path)
+        try: t = pq.read_table(pa.BufferReader(path.read_bytes()) if isinstance(path, ObjectPath) else path)
         except Exception: t = None
         if t is not None:
             if not ns.find(searchable_bytes(path)): return None
@@ -189,7 +189,7 @@ def rewrite_partition(part: Partition, drop: np.ndarray) -> dict[str, Any]:
         kept = [ln for i, ln in enumerate(lines[:body_end]) if i not in gone] + lines[body_end:]
         out, rows = b"\n".join(kept), body_end - head - len(gone)
     else:
-        table = pq.read_table(part.path)
+        table = pq.read_table(pa.BufferReader(data))
         mask = np.ones(table.num_rows, bool); mask[np.asarray(drop, dtype=np.int64)] = False
         out, rows = _parquet_bytes(table.filter(pa.array(mask))), int(mask.sum())
     write_atomic(part.path, out)

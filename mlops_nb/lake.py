@@ -10,6 +10,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/lake.html.md"""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import re
@@ -34,7 +35,7 @@ from mlops_nb.lake_files import (
                                  _sha,
 )
 from .people import SEGMENTS, month_labels
-from .settings import LakeSettings, Settings, SettingsError
+from .settings import LakeSettings, ObjectPath, Settings, SettingsError, store_path
 from .sources import SOURCES
 from .world import BASE_CHURN, CONCEPT_FEE, CONTACT_RATE, OFFER_EFFECT, SEGMENT_EFFECT, World, check_lake
 
@@ -102,7 +103,8 @@ def write_atomic(path: Path, data: bytes,
                  mode: int | None = None,   # the file's permissions; None: those of the file it replaces, if any
                  ) -> None:
     """Write `path` whole or not at all (a sibling temporary file renamed over it), keeping a replaced file's mode; a
-    temporary file with a mode to reach is private (0600) until it has it."""
+    temporary file with a mode to reach is private (0600) until it has it. An object is written whole by its store."""
+    if isinstance(path, ObjectPath): path.write_bytes(data); return
     path.parent.mkdir(parents=True, exist_ok=True)
     if mode is None and path.exists(): mode = path.stat().st_mode & 0o777
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -175,7 +177,7 @@ def publish_lake(lake: LakeSettings, lake_dir: Path, oracle_dir: Path, writer: L
     stats["rows"] = {f["source"]: {} for f in files}
     for f in files: stats["rows"][f["source"]][f["month"]] = f["rows"]
     write_atomic(Path(oracle_dir) / "summary.json", _json_bytes(stats))
-    write_atomic(Path(lake_dir) / "_manifest.json", _json_bytes(manifest))
+    write_atomic(store_path(lake_dir) / "_manifest.json", _json_bytes(manifest))
     return manifest
 
 # %% ../nbs/14_lake.ipynb #fdc27dae
@@ -231,6 +233,7 @@ def generate_lake(cfg: Settings, progress: Callable[[int, str], None] | None = N
     """Generate the lake and oracle of `cfg.lake` into `cfg.paths.lake` and `cfg.paths.oracle`, replacing them
     atomically."""
     check_lake(cfg.lake)
+    if isinstance(cfg.paths.lake, ObjectPath): return _generate_into_bucket(cfg, progress)
     finals = (cfg.paths.lake, cfg.paths.oracle)
     if cfg.paths.lake == cfg.paths.oracle or cfg.paths.oracle.is_relative_to(cfg.paths.lake):
         raise SettingsError(f"[paths] oracle ({cfg.paths.oracle}) must not be inside the lake ({cfg.paths.lake})")
@@ -251,14 +254,34 @@ def generate_lake(cfg: Settings, progress: Callable[[int, str], None] | None = N
     finally:
         for t in tmps: shutil.rmtree(t, ignore_errors=True)
 
+# %% ../nbs/14_lake.ipynb #s3lake02
+def _generate_into_bucket(cfg: Settings, progress: Callable[[int, str], None] | None) -> LakeResult:
+    "`generate_lake` for a lake in a bucket: simulate locally, then publish (see above)."
+    lake: ObjectPath = cfg.paths.lake
+    cfg.paths.oracle.parent.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(cfg.paths.oracle)
+    local = Path(tempfile.mkdtemp(prefix=".lake.partial-"))
+    oracle = Path(tempfile.mkdtemp(prefix=f".{cfg.paths.oracle.name}.partial-{os.getpid()}-",
+                                   dir=cfg.paths.oracle.parent))
+    try:
+        result = write_lake(cfg.lake, local, oracle, progress)
+        for old in lake.files(): old.unlink(missing_ok=True)
+        for f in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "_manifest.json"):
+            (lake / f.relative_to(local).as_posix()).write_bytes(f.read_bytes())
+        (lake / "_manifest.json").write_bytes((local / "_manifest.json").read_bytes())
+        _swap_in(oracle, cfg.paths.oracle)
+        return result
+    finally:
+        shutil.rmtree(local, ignore_errors=True); shutil.rmtree(oracle, ignore_errors=True)
+
 # %% ../nbs/14_lake.ipynb #8b2cbb4f
 def read_raw(lake_dir: Path, source: str, month: str) -> pd.DataFrame:
     """One partition of a source as stored: text files as string columns, corrupt lines dropped (for looking around; not
     for scale)."""
     import csv
     src = SOURCES[source]
-    path = Path(lake_dir) / source / f"month={month}" / src.file
-    if src.format == "parquet": return pd.read_parquet(path)
+    path = store_path(lake_dir) / source / f"month={month}" / src.file
+    if src.format == "parquet": return pd.read_parquet(io.BytesIO(path.read_bytes()))
     names, rows = [c.name for c in src.columns], []
     lines = path.read_text(encoding=src.encoding).splitlines()
     if src.format == "csv":
@@ -323,7 +346,7 @@ def observe_month(cfg: Settings, month: str) -> list[str]:
     if world.observed != i:
         writer.write_month(i, world.observe(i).batches)
         # earlier files as they are now: an erasure may have rewritten them since they were written
-        now = Path(cfg.paths.lake) / "_manifest.json"
+        now = cfg.paths.lake / "_manifest.json"
         kept = {f["path"]: f for f in json.loads(now.read_text())["files"]} if now.exists() else {}
         for f in writer.files:
             if f["month"] != month and f["path"] in kept:

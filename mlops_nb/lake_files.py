@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .people import NODAY, NOTIME, format_brl, format_dates, format_timestamps, month_labels, rng_for
-from .settings import LakeSettings
+from .settings import LakeSettings, store_path
 from .sources import ALT_DATE_FORMATS, ALT_TS_FORMATS, RENAMED, SOURCES, SYNONYMS, Col, Source, strip_accents
 from .world import Batch, batch_concat, batch_len, batch_take
 
@@ -204,7 +204,8 @@ class LakeWriter:
     "Writes one month of batches at a time into a lake folder, with defects; records files and defects."
 
     def __init__(self, lake: LakeSettings, root: Path):
-        self.lake, self.root, self.labels = lake, Path(root), month_labels(lake.start_month, lake.months)
+        self.root = store_path(root)     # a folder, or a bucket's prefix
+        self.lake, self.labels = lake, month_labels(lake.start_month, lake.months)
         self.files: list[dict[str, Any]] = []
         # source, month, file, kind, column, rows, line offset
         self.defects: list[tuple[str, str, str, str, str, np.ndarray, int]] = []

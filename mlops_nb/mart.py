@@ -17,6 +17,7 @@ from .cleaning import drop_temp
 from .contracts import sql_literal
 from .people import shift_month
 from .privacy import age_band_sql
+from .settings import ObjectPath
 from .staging import TABLES, Partition, Table, category_type, raw_columns
 
 # %% auto #0
@@ -138,7 +139,8 @@ def _raw_select(t: Table, p: Partition) -> str:
     head = f"'{p.month}' AS arrival_month, {sql_literal(p.rel)} AS file"
     src, path = t.src, sql_literal(str(p.path))
     if src.format == "parquet":
-        have = set(pq.read_schema(p.path).names)
+        have = set((pq.read_schema(p.path.path, filesystem=p.path.fs) if isinstance(p.path, ObjectPath)
+                    else pq.read_schema(p.path)).names)
         cols = ", ".join(f'"{n}"' if n in have else f'CAST(NULL AS {ty}) AS "{n}"' for n, ty in want)
         return (f"SELECT {head}, file_row_number AS record, CAST(NULL AS BIGINT) AS line, {cols} FROM "
                 f"read_parquet({path}, file_row_number = true, hive_partitioning = false)")
@@ -148,7 +150,11 @@ def _raw_select(t: Table, p: Partition) -> str:
                 f"json_valid(text) THEN text END AS t FROM read_csv({path}, header = false, columns = {{'text': "
                 f"'VARCHAR'}}, delim = '{RECORD_SEP}', quote = '', escape = '', auto_detect = false, "
                 "hive_partitioning = false, strict_mode = false))")
-    with open(p.path, "rb") as f: header = f.readline().rstrip(b"\r\n").decode(src.encoding).split(src.sep)
+    if isinstance(p.path, ObjectPath):                     # the first 64 KiB of the object hold its header line
+        with p.path.fs.open_input_file(p.path.path) as f: line = f.read(1 << 16).split(b"\n", 1)[0]
+    else:
+        with open(p.path, "rb") as f: line = f.readline()
+    header = line.rstrip(b"\r\n").decode(src.encoding).split(src.sep)
     spec = "{" + ", ".join(f"{sql_literal(n)}: 'VARCHAR'" for n in header) + "}"
     cols = ", ".join(f'"{n}"' if n in header else f'CAST(NULL AS VARCHAR) AS "{n}"' for n, _ in want)
     return (f"SELECT {head}, row_number() OVER () - 1 AS record, row_number() OVER () + 1 AS line, {cols} FROM "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +22,7 @@ from .drift import drift_table, quoted
 from .features import POLICY_MOVED
 from .performance import concept_drift_test, estimate_performance, realised_performance
 from .reference import SCORE_COLUMN, ReferenceBundle
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, duckdb_reads
 
 # %% auto #0
 __all__ = ['UNTREATED', 'ALPHA', 'log_relation', 'drift_of_month', 'drift_metrics', 'month_frame', 'holm_min_p',
@@ -36,7 +35,7 @@ ALPHA = 0.001    # the concept-drift test's family-wise false-alarm rate per mon
 
 def log_relation(cfg: Settings, request_id: str) -> str:
     "The prediction log's rows of one scoring request, as something DuckDB can select FROM."
-    glob = str(Path(cfg.paths.prediction_log) / "date=*" / "part-*.parquet").replace("'", "''")
+    glob = str(cfg.paths.prediction_log / "date=*" / "part-*.parquet").replace("'", "''")
     rid = request_id.replace("'", "''")
     return (f"(SELECT * FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true) "
             f"WHERE request_id = '{rid}')")
@@ -199,8 +198,9 @@ def monitor_month(con, cfg: Settings, month: str, request_id: str, version: str,
                   ) -> MonthMonitor:
     "Drift, estimated performance and selection fairness of `month`; realised figures of the months labelled now."
     spec = read_feature_spec(con, cfg)
+    duckdb_reads(con, cfg.paths.prediction_log)            # a log in a bucket is read through its filesystem
     relation = log_relation(cfg, request_id)
-    if not any(Path(cfg.paths.prediction_log).glob("date=*/part-*.parquet")):
+    if not any(cfg.paths.prediction_log.glob("date=*/part-*.parquet")):
         raise SettingsError(f"the prediction log has no rows for month {month}: {cfg.paths.prediction_log} holds no "
                             "prediction at all (was the month scored?)")
     if not con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .privacy import NeedleSet, files_under, mask
-from .settings import Settings
+from .settings import ObjectPath, Settings
 from .vault import open_vault
 
 # %% auto #0
@@ -64,7 +64,8 @@ def searchable_bytes(path: Path) -> bytes:
     if path.suffix != ".parquet": return path.read_bytes()
     import pyarrow.parquet as pq
     import pyarrow.types as pat
-    try: t = pq.read_table(path)
+    import pyarrow as pa
+    try: t = pq.read_table(pa.BufferReader(path.read_bytes()) if isinstance(path, ObjectPath) else path)
     except OSError: raise
     except Exception: return path.read_bytes()                    # not Parquet after all: searched as bytes
     cols = [t.column(i) for i, f in enumerate(t.schema) if pat.is_string(f.type) or pat.is_large_string(f.type)]

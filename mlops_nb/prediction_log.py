@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .catalog import AUDIT_LOG_COMPACTED
 from .contracts import duckdb_connect, sql_literal
-from .settings import Settings, SettingsError
+from .settings import ObjectPath, Settings, SettingsError, duckdb_reads, store_path
 
 log = logging.getLogger("mlops_nb.prediction_log")
 
@@ -159,10 +159,13 @@ def writer_id() -> str:
 def write_log_table(folder: Path, table: pa.Table, date: str, seq: int) -> Path:
     """Write `table` as one new file of the `date` partition, atomically (temporary name, fsync, rename); return its
     path."""
-    part = Path(folder) / f"date={date}"
+    part = store_path(folder) / f"date={date}"
     part.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     final = part / f"part-{stamp}-{writer_id()}-{seq:06d}.parquet"
+    if isinstance(final, ObjectPath):                      # an object is stored whole or not at all
+        pq.write_table(table, final.path, filesystem=final.fs, compression="zstd")
+        return final
     tmp = part / f".{final.name}.tmp"
     pq.write_table(table, tmp, compression="zstd")
     fd = os.open(tmp, os.O_RDONLY)
@@ -180,14 +183,14 @@ def record_usage(folder: str | Path,   # [paths] prediction_log
                  predictions: int,     # predictions this process has written so far
                  ) -> Path:
     "Rewrite this process's usage file: CPU seconds so far and predictions written (cumulative)."
-    d = Path(folder) / USAGE_DIR
+    d = store_path(folder) / USAGE_DIR
     d.mkdir(parents=True, exist_ok=True)
     f = d / f"{role}-{writer_id()}-{int(_STARTED * 1000)}.json"
-    tmp = f.with_name(f".{f.name}.tmp")
+    tmp = f if isinstance(f, ObjectPath) else f.with_name(f".{f.name}.tmp")
     tmp.write_text(json.dumps({"role": role, "writer": writer_id(), "pid": os.getpid(), "started": _STARTED,
                                "updated": time.time(), "cpu_seconds": time.process_time(),
                                "predictions": int(predictions)}))
-    os.replace(tmp, f)
+    if tmp != f: os.replace(tmp, f)
     return f
 
 # %% ../nbs/52_prediction_log.ipynb #7d34a1ac
@@ -200,7 +203,8 @@ class PredictionLog:
                  on_write: Callable[[int], None] | None = None,   # called with the rows written (metrics)
                  on_error: Callable[[], None] | None = None,      # called when a write fails (metrics)
                  ):
-        self.folder, self.flush_rows, self.flush_seconds = Path(folder), flush_rows, flush_seconds
+        self.folder = store_path(folder)     # or a bucket's prefix
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.on_write, self.on_error = on_write, on_error
         self._blocks: list[LogBlock] = []
         self._rows, self._oldest = 0, None
@@ -316,11 +320,13 @@ def read_log_retrying(read: Callable[[], pd.DataFrame]) -> pd.DataFrame:
 def find_logged_request(folder: Path, request_id: str) -> pd.DataFrame:
     "The logged rows of one request (empty if none), reading only the partition of the date its id encodes."
     from mlops_nb.contracts import duckdb_connect
-    part = Path(folder) / f"date={request_id_time(request_id):%Y-%m-%d}"
+    folder = store_path(folder)
+    part = folder / f"date={request_id_time(request_id):%Y-%m-%d}"
     def read() -> pd.DataFrame:
         files = sorted(str(f) for f in part.glob("part-*.parquet"))
         if not files: return pd.DataFrame()
         with duckdb_connect() as con:
+            duckdb_reads(con, folder)
             return con.execute("SELECT * FROM read_parquet(?, union_by_name = true) WHERE request_id = ? ORDER BY row",
                                [files, request_id]).df()
     return read_log_retrying(read)
@@ -337,7 +343,7 @@ def read_prediction_log(cfg: Settings,
                         source: str | None = None,                # 'api' or 'batch'; None = both
                         ) -> pd.DataFrame:
     "The prediction log (online and batch) as a frame, oldest first; readable while the API writes it."
-    folder = Path(cfg.paths.prediction_log)
+    folder = cfg.paths.prediction_log
     if not any(folder.glob("date=*/part-*.parquet")):
         return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in LOG_SCHEMA}).assign(
             date=pd.Series(dtype="object")
@@ -354,7 +360,7 @@ def read_prediction_log(cfg: Settings,
            "true)" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY time, request_id, row")
     def read() -> pd.DataFrame:
-        with duckdb_connect() as con: return con.execute(sql, params).df()
+        with duckdb_connect() as con: return duckdb_reads(con, folder).execute(sql, params).df()
     return read_log_retrying(read)   # a day compacted between listing and opening its files is read again (see below)
 
 # %% ../nbs/52_prediction_log.ipynb #96f32ece
@@ -399,7 +405,11 @@ def compact_prediction_log(cfg: Settings,
     from mlops_nb.audit import append_event
     if keep_days < 0: raise SettingsError(f"keep_days must be 0 or more, not {keep_days}")
     t0, res = time.perf_counter(), CompactionResult()
-    folder = Path(cfg.paths.prediction_log)
+    folder = cfg.paths.prediction_log
+    if isinstance(folder, ObjectPath):
+        raise SettingsError(f"the prediction log in {folder} is not compacted: an object store has no atomic swap of "
+                            "a day's files, so readers would see the day twice for a moment (and many small objects "
+                            "cost it little)")
     cutoff = (today or dt.datetime.now(dt.timezone.utc).date()) - dt.timedelta(days=keep_days)
     res.before = cutoff.isoformat()
     # a run killed mid-day left it: the day is whole either way

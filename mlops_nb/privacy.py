@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import ENV_PSEUDONYM_KEY
-from .settings import Settings, SettingsError, secret_key
+from .settings import ObjectPath, Settings, SettingsError, secret_key
 
 # %% auto #0
 __all__ = ['NORMALISERS', 'SQL_NORMAL_FORMS', 'AGE_BANDS', 'load_key', 'normaliser', 'normalise', 'pseudonymise',
@@ -169,7 +169,8 @@ class NeedleSet:
 def files_under(paths: Iterable[Path]) -> Iterator[Path]:
     "Every file under `paths` (a path that is a file: itself; one that does not exist: nothing), each folder sorted."
     for root in paths:
-        if root.is_file(): yield root
+        if isinstance(root, ObjectPath): yield from root.files()           # one listing, not a request per object
+        elif root.is_file(): yield root
         elif root.exists(): yield from sorted(p for p in root.rglob("*") if p.is_file())
 
 def scan_for_values(paths: Sequence[Path], values: Iterable[str] | NeedleSet, min_len: int = 8,

@@ -17,10 +17,10 @@ from .catalog import ALIAS_CHAMPION
 # %% auto #0
 __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'LakeSettings', 'CharterSettings', 'PrivacySettings',
            'QualitySettings', 'FeaturesSettings', 'ByodSettings', 'TrainSettings', 'GateSettings', 'ApiSettings',
-           'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings']
+           'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings', 'StorageSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 9   # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 10  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -32,13 +32,15 @@ def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None
 @dataclass(frozen=True)
 class PathsSettings:
     "Where the stores live (relative paths are relative to the settings file's folder)."
-    lake: Path = setting(Path("data/lake"), "raw data lake: one folder per source, partitioned by month")
+    lake: Path = setting(Path("data/lake"), "raw data lake: one folder per source, partitioned by month; or "
+                         "s3://bucket/prefix on S3-compatible object storage (see [storage])")
     oracle: Path = setting(Path("data/oracle"),
                            "simulator ground truth (true churn probabilities, injected defects); never read by the "
                            "pipeline phases")
     warehouse: Path = setting(Path("data/warehouse.duckdb"), "the DuckDB warehouse file")
     prediction_log: Path = setting(Path("data/prediction_log"),
-                                   "append-only Parquet prediction log, partitioned by date")
+                                   "append-only Parquet prediction log, partitioned by date; or s3://bucket/prefix "
+                                   "on S3-compatible object storage (see [storage])")
     reports: Path = setting(Path("reports"), "executed notebooks (reports/runs/<run-id>/) and HTML reports")
     notebooks: Path = setting(Path("nbs"), "the phase notebooks that `mlops-nb run` executes")
     audit: Path = setting(Path("data/audit/audit.jsonl"),
@@ -424,3 +426,12 @@ class DashboardsSettings:
     export_each_month: bool = setting(True, "after each operated month, export the pages as HTML under "
                                       "reports/dashboards/<month>/ and log them to the operate run (outside the "
                                       "month's timed steps)", since=9)
+
+# %% ../nbs/01_sections.ipynb #storset1
+@dataclass(frozen=True)
+class StorageSettings:
+    "The S3-compatible server of s3:// paths ([paths] lake, prediction_log); credentials: AWS_* variables, never here."
+    SINCE: ClassVar[int] = 10
+    s3_endpoint_url: str = setting("", "the S3-compatible server, e.g. http://minio:9000; empty = Amazon S3",
+                                   pattern=r"(https?://[^\s/]+)?")
+    s3_region: str = setting("us-east-1", "the bucket's region", pattern=r"[a-z0-9-]+")

@@ -37,6 +37,7 @@ from mlops_nb.catalog import (
                               SECTION_PATHS,
                               SECTION_PRIVACY,
                               SECTION_QUALITY,
+                              SECTION_STORAGE,
                               SECTION_TRAIN,
 )
 from mlops_nb.sections import (
@@ -55,6 +56,7 @@ from mlops_nb.sections import (
     PathsSettings,
     PrivacySettings,
     QualitySettings,
+    StorageSettings,
     TrainSettings,
     setting,
 )
@@ -62,9 +64,10 @@ from mlops_nb.sections import (
 log = logging.getLogger("mlops_nb.settings")
 
 # %% auto #0
-__all__ = ['log', 'SECTIONS', 'ENV_PREFIX', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS', 'SANDBOX_PREFIX', 'SANDBOX_STALE_SECONDS',
-           'SettingsError', 'Settings', 'parse_value', 'key_since', 'defaults_notice', 'load_settings',
-           'with_overrides', 'render_settings', 'secret_key', 'sweep_sandboxes', 'sandbox_settings', 'phase_settings']
+__all__ = ['log', 'SECTIONS', 'OBJECT_URI', 'ENV_PREFIX', 'OBJECT_STORE_PATHS', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS',
+           'SANDBOX_PREFIX', 'SANDBOX_STALE_SECONDS', 'SettingsError', 'Settings', 'ObjectPath', 'store_path',
+           'duckdb_reads', 'parse_value', 'key_since', 'defaults_notice', 'load_settings', 'with_overrides',
+           'render_settings', 'secret_key', 'sweep_sandboxes', 'sandbox_settings', 'phase_settings']
 
 # %% ../nbs/02_settings.ipynb #026e753a
 class SettingsError(ValueError):
@@ -77,7 +80,7 @@ SECTIONS: dict[str, type] = {   # the names are the catalog's (every room reads 
     SECTION_PRIVACY: PrivacySettings, SECTION_QUALITY: QualitySettings, SECTION_FEATURES: FeaturesSettings,
     SECTION_BYOD: ByodSettings, SECTION_TRAIN: TrainSettings, SECTION_GATE: GateSettings, SECTION_API: ApiSettings,
     SECTION_OPERATE: OperateSettings, SECTION_ALERTS: AlertsSettings, SECTION_COMPUTE: ComputeSettings,
-    SECTION_DASHBOARDS: DashboardsSettings}
+    SECTION_DASHBOARDS: DashboardsSettings, SECTION_STORAGE: StorageSettings}
 
 @dataclass(frozen=True)
 class Settings:
@@ -97,6 +100,7 @@ class Settings:
     alerts: AlertsSettings
     compute: ComputeSettings
     dashboards: DashboardsSettings
+    storage: StorageSettings
     source: Path  # the settings file this was read from
     # `<section>.<key>` the file lacked and a later version added: filled from the defaults
     defaulted: tuple[str, ...] = ()
@@ -117,9 +121,129 @@ class Settings:
     def root(self) -> Path: return self.source.parent
 
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, Path): return str(v)
+    if isinstance(v, (Path, ObjectPath)): return str(v)
     if isinstance(v, tuple): return ", ".join(map(str, v))
     return v
+
+# %% ../nbs/02_settings.ipynb #objp0002
+OBJECT_URI = re.compile(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(/[^\s]*)?")
+_FILESYSTEMS: dict[tuple[str, str], Any] = {}
+
+class ObjectPath:
+    "A key (file) or prefix (folder) in an S3-compatible bucket, with the pathlib subset the stores use (see above)."
+    def __init__(self, uri: str, endpoint: str = "", region: str = "us-east-1"):
+        m = OBJECT_URI.fullmatch(str(uri).rstrip("/"))
+        if not m: raise SettingsError(f"{uri!r} is not an object-storage URI of the form s3://bucket/prefix")
+        self.bucket, self.key = m.group(1), (m.group(2) or "").strip("/")
+        self.endpoint, self.region = endpoint, region
+
+    def __str__(self) -> str: return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+    def __repr__(self) -> str: return f"ObjectPath({str(self)!r})"
+    def __eq__(self, other: object) -> bool: return isinstance(other, ObjectPath) and str(self) == str(other)
+    def __hash__(self) -> int: return hash(str(self))
+    def __truediv__(self, part: str | Path) -> ObjectPath:
+        return ObjectPath(f"{self}/{str(part).strip('/')}", self.endpoint, self.region)
+
+    @property
+    def name(self) -> str: return self.key.rsplit("/", 1)[-1]
+    @property
+    def suffix(self) -> str: return Path(self.name).suffix
+    @property
+    def parent(self) -> ObjectPath:
+        return ObjectPath(f"s3://{self.bucket}/{self.key.rsplit('/', 1)[0] if '/' in self.key else ''}",
+                          self.endpoint, self.region)
+    @property
+    def fs(self) -> Any:
+        "pyarrow's S3 filesystem for this server (one per server and region)."
+        if (self.endpoint, self.region) not in _FILESYSTEMS:
+            from pyarrow import fs as pafs
+            os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")   # no cloud metadata service to ask here
+            scheme, _, host = self.endpoint.partition("://")
+            _FILESYSTEMS[(self.endpoint, self.region)] = pafs.S3FileSystem(
+                region=self.region, endpoint_override=host or None, scheme=scheme or "https",
+                connect_timeout=10, request_timeout=60)
+        return _FILESYSTEMS[(self.endpoint, self.region)]
+    @property
+    def path(self) -> str: return f"{self.bucket}/{self.key}".rstrip("/")   # what pyarrow's filesystem calls it
+
+    def _info(self) -> Any: return self.fs.get_file_info(self.path)
+    def exists(self) -> bool: return self.is_file() or self.is_dir()
+    def is_file(self) -> bool:
+        from pyarrow import fs as pafs
+        return self._info().type == pafs.FileType.File
+    def is_dir(self) -> bool:
+        from pyarrow import fs as pafs
+        if not self.key: return self._info().type == pafs.FileType.Directory
+        return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=False)))
+    def stat(self) -> Any:
+        i = self._info()
+        if i.type.name != "File": raise FileNotFoundError(str(self))
+        t = i.mtime.timestamp() if i.mtime else 0.0
+        return type("ObjectStat", (), {"st_size": i.size, "st_mtime": t, "st_mtime_ns": int(t * 1e9),
+                                       "st_mode": 0o100600})()
+    def read_bytes(self) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path) as f: return f.read()
+        except FileNotFoundError: raise FileNotFoundError(str(self)) from None
+        except OSError as e:
+            if "does not exist" in str(e) or "NoSuchKey" in str(e): raise FileNotFoundError(str(self)) from None
+            raise
+    def read_text(self, encoding: str = "utf-8") -> str: return self.read_bytes().decode(encoding)
+    def write_bytes(self, data: bytes) -> int:
+        with self.fs.open_output_stream(self.path) as f: f.write(data)
+        return len(data)
+    def write_text(self, text: str, encoding: str = "utf-8") -> int: return self.write_bytes(text.encode(encoding))
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None: pass   # prefixes need no folders
+    def unlink(self, missing_ok: bool = False) -> None:
+        if not self.is_file():
+            if missing_ok: return
+            raise FileNotFoundError(str(self))
+        self.fs.delete_file(self.path)
+    def replace(self, target: ObjectPath) -> ObjectPath:
+        self.fs.move(self.path, target.path); return target
+    def resolve(self) -> ObjectPath: return self
+    def expanduser(self) -> ObjectPath: return self
+    def is_relative_to(self, other: Any) -> bool:
+        return isinstance(other, ObjectPath) and (str(self) + "/").startswith(str(other).rstrip("/") + "/")
+
+    def files(self) -> list[ObjectPath]:
+        "Every object under this prefix, sorted by key."
+        from pyarrow import fs as pafs
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True))
+        return [ObjectPath(f"s3://{i.path}", self.endpoint, self.region)
+                for i in sorted(infos, key=lambda i: i.path) if i.type == pafs.FileType.File]
+    def glob(self, pattern: str) -> list[ObjectPath]:
+        "The objects under this prefix whose relative key matches `pattern` part by part (`*` within one part)."
+        import fnmatch
+        want = pattern.strip("/").split("/")
+        def hit(p: ObjectPath) -> bool:
+            rel = p.key[len(self.key):].strip("/").split("/")
+            return len(rel) == len(want) and all(fnmatch.fnmatchcase(r, w) for r, w in zip(rel, want))
+        return [p for p in self.files() if hit(p)]
+    def rglob(self, pattern: str) -> list[ObjectPath]:
+        import fnmatch
+        return [p for p in self.files() if fnmatch.fnmatchcase(p.name, pattern)]
+    def iterdir(self) -> list[ObjectPath]:
+        from pyarrow import fs as pafs
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=False))
+        return [ObjectPath(f"s3://{i.path}", self.endpoint, self.region) for i in sorted(infos, key=lambda i: i.path)]
+
+# %% ../nbs/02_settings.ipynb #objp0007
+def store_path(p: str | Path | ObjectPath) -> Path | ObjectPath:
+    "`p` as a store's location: an `ObjectPath` as it is, anything else as a local `Path`."
+    return p if isinstance(p, ObjectPath) else Path(p)
+
+# %% ../nbs/02_settings.ipynb #objp0005
+def duckdb_reads(con: Any, *paths: Any) -> Any:
+    """Let DuckDB connection `con` read the `ObjectPath`s among `paths` (registered once per connection: a project's
+    stores share one server); return `con`."""
+    for p in paths:
+        if not isinstance(p, ObjectPath) or "s3" in con.list_filesystems(): continue
+        from fsspec.implementations.arrow import ArrowFSWrapper
+        class S3Files(ArrowFSWrapper):
+            protocol = ("s3",)
+        con.register_filesystem(S3Files(p.fs))
+    return con
 
 # %% ../nbs/02_settings.ipynb #dbe92726
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
@@ -139,6 +263,9 @@ def parse_value(raw: str, typ: Any, meta: Mapping[str, Any]) -> Any:
         v = s.lower() in _TRUE
     elif typ in (Path, "Path"):
         if not s: raise ValueError("expected a path, got an empty value")
+        if s.startswith("s3://"):
+            if not OBJECT_URI.fullmatch(s.rstrip("/")): raise ValueError(f"expected s3://bucket/prefix, got {raw!r}")
+            return ObjectPath(s)
         v = Path(os.path.expanduser(s))
     elif typing.get_origin(typ) is tuple:
         v = tuple(x.strip() for x in s.split(",") if x.strip())
@@ -257,11 +384,19 @@ def _cross_checks(s: Mapping[str, Any]) -> list[str]:
     # schema_drift_month beyond the last month simply means the rename never happens in the simulated window
     return errs
 
+OBJECT_STORE_PATHS = ("lake", "prediction_log")   # the stores that may live in a bucket
+
 def _resolve_paths(s: Settings) -> Settings:
     "Make every relative path (and a relative sqlite URI) absolute against the settings file's folder."
     root = s.source.parent
-    paths = dataclasses.replace(s.paths,
-                                **{f.name: (root / getattr(s.paths, f.name)).resolve() for f in fields(PathsSettings)})
+    def place(key: str, p: Path | ObjectPath) -> Path | ObjectPath:
+        if not isinstance(p, ObjectPath): return (root / p).resolve()
+        if key not in OBJECT_STORE_PATHS:
+            raise SettingsError(f"{s.source}: [paths] {key} = {p}: only {' and '.join(OBJECT_STORE_PATHS)} may be on "
+                                "object storage")
+        return ObjectPath(str(p), s.storage.s3_endpoint_url, s.storage.s3_region)
+    paths = dataclasses.replace(s.paths, **{f.name: place(f.name, getattr(s.paths, f.name))
+                                            for f in fields(PathsSettings)})
     uri = s.mlflow.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())

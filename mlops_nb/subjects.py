@@ -31,7 +31,7 @@ from .contracts import connect_warehouse, duckdb_connect
 from .lake import write_atomic
 from .prediction_log import new_request_id
 from .privacy import load_key, normalise, pseudonymise
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, duckdb_reads
 from .vault import open_vault, record_correction
 
 # %% auto #0
@@ -121,9 +121,10 @@ def warehouse_record(cfg: Settings, pseudonyms: Sequence[str]) -> dict[str, pd.D
 # %% ../nbs/69_subjects.ipynb #sbj00016
 def logged_predictions(cfg: Settings, pseudonyms: Sequence[str]) -> pd.DataFrame:
     "Every prediction-log row about `pseudonyms` (online and batch), oldest first."
-    folder = Path(cfg.paths.prediction_log)
+    folder = cfg.paths.prediction_log
     if not any(folder.glob("date=*/part-*.parquet")): return pd.DataFrame()
     with duckdb_connect() as con:
+        duckdb_reads(con, folder)
         return con.execute("SELECT * FROM read_parquet(?, hive_partitioning = true, union_by_name = true) WHERE "
                            "customer_key IN (SELECT unnest(?)) ORDER BY time, request_id, row",
                            [str(folder / "date=*" / "part-*.parquet"), list(pseudonyms)]).df()

@@ -45,7 +45,7 @@ from mlops_nb.cleaning import (
 from .contracts import connect_warehouse, duckdb_connect, sql_literal
 from .mart import MartBuilder, create_raw_views
 from .privacy import load_key, pseudonymise
-from .settings import Settings
+from .settings import ObjectPath, Settings, duckdb_reads, store_path
 from .sources import SOURCES
 from mlops_nb.staging import (
     ETL_VERSION,
@@ -93,10 +93,11 @@ def stored_content_hash(con) -> str:
 
 # %% ../nbs/26_warehouse.ipynb #b2d2fbfa
 def lake_manifest(lake_dir: Path) -> dict[str, Any]:
-    "The lake's manifest; EtlError if there is no lake or no readable manifest."
-    if not Path(lake_dir).is_dir():
+    "The lake's manifest (a folder's, or a bucket prefix's); EtlError if there is no lake or no readable manifest."
+    lake_dir = store_path(lake_dir)
+    if not lake_dir.is_dir():
         raise EtlError(f"no lake at {lake_dir}: run the lake phase first (`mlops-nb run lake`)")
-    path = Path(lake_dir) / "_manifest.json"
+    path = lake_dir / "_manifest.json"
     if not path.exists():
         raise EtlError(f"{path}: missing — the lake is incomplete or was not written by the lake phase")
     try: return json.loads(path.read_text(encoding="utf-8"))
@@ -106,7 +107,7 @@ def lake_manifest(lake_dir: Path) -> dict[str, Any]:
 # %% ../nbs/26_warehouse.ipynb #09b3984e
 def lake_partitions(lake_dir: Path, manifest: dict[str, Any]) -> list[Partition]:
     "Every partition of the lake, checked: every source has every month and every file exists."
-    lake_dir, parts = Path(lake_dir), []
+    lake_dir, parts = store_path(lake_dir), []
     for f in manifest.get("files", []):
         if f.get("source") not in TABLES:
             raise EtlError(f"{lake_dir / '_manifest.json'}: unknown source {f.get('source')!r} ({f.get('path')})")
@@ -121,8 +122,10 @@ def lake_partitions(lake_dir: Path, manifest: dict[str, Any]) -> list[Partition]
         for m in months:
             if (s, m) not in have:
                 raise EtlError(f"{s}/month={m}/{SOURCES[s].file}: partition missing from the lake manifest")
+    listed = {str(f) for f in lake_dir.files()} if isinstance(lake_dir, ObjectPath) else None   # one listing
     for p in parts:
-        if not p.path.is_file(): raise EtlError(f"{p.rel}: partition file missing from the lake ({p.path})")
+        if not (str(p.path) in listed if listed is not None else p.path.is_file()):
+            raise EtlError(f"{p.rel}: partition file missing from the lake ({p.path})")
     return sorted(parts, key=lambda p: (p.month, list(TABLES).index(p.source)))
 
 # %% ../nbs/26_warehouse.ipynb #20ee39f0
@@ -390,7 +393,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
                 if mart and m in mart_months: mart.build(m)
             if mart: mart.close()
             if progress and mart_months: progress(f"mart built for {len(mart_months)} months")
-            create_raw_views(con, parts)
+            create_raw_views(duckdb_reads(con, cfg.paths.lake), parts)
             chash = stored_content_hash(con)   # from the parts: what this load wrote, plus what earlier loads stored
             vault_rows = vault.close() if vault else 0
             vault = None
@@ -482,5 +485,6 @@ def warehouse_overview(cfg: Settings, raw: bool = False  # also count the raw vi
     "Rows per table of the warehouse (read-only)."
     names = [*table_columns(), *([f"raw.{s}" for s in TABLES] if raw else [])]
     with connect_warehouse(cfg) as con:
+        duckdb_reads(con, cfg.paths.lake)            # the raw views over a lake in a bucket
         return pd.DataFrame([(n, con.execute(f"SELECT count(*) FROM {n}").fetchone()[0]) for n in names],
                             columns=["table", "rows"])
