@@ -150,3 +150,16 @@ def test_the_api_writes_its_log_into_the_bucket_and_finds_a_decision_there(pair,
     assert len(found) == 1 and found.churn_probability[0] == answers[-1]["churn_probability"]
     review = run_cli("--settings", str(cfg.source), "review", answers[-1]["request_id"])
     assert review.returncode == 0, review.stderr
+
+
+def test_object_paths_are_refused_clearly_where_they_cannot_go(s3, tmp_path):
+    from mlops_nb.prediction_log import compact_prediction_log
+    from mlops_nb.settings import SettingsError, load_settings
+    with pytest.raises(SettingsError, match=r"\[paths\] warehouse = s3://team-lake/w.duckdb: only lake and "
+                                            "prediction_log may be on object storage"):
+        load_settings(make_project(tmp_path / "w", paths_warehouse=f"s3://{BUCKET}/w.duckdb"), env={})
+    with pytest.raises(SettingsError, match="expected s3://bucket/prefix"):
+        load_settings(make_project(tmp_path / "b", paths_lake="s3://No_Such_Bucket!/lake"), env={})
+    cfg = load_settings(make_project(tmp_path / "c", **in_bucket(s3, "compact")), env={})
+    with pytest.raises(SettingsError, match="not compacted: an object store has no atomic swap"):
+        compact_prediction_log(cfg)

@@ -456,6 +456,15 @@ def test_admin_reload_reaches_every_worker_without_polling(project, tmp_path):
     assert "Traceback" not in (tmp_path / "reload.log").read_text()
 
 
+def test_the_balancer_command_prints_its_configuration_and_refuses_a_bad_address():
+    from conftest import run_cli
+    ok = run_cli("balancer", "--print", "--replica", "10.0.0.5:8000", "--replica", "api-2.internal:8000")
+    assert ok.returncode == 0 and "server replica2 api-2.internal:8000 check" in ok.stdout, ok.stderr
+    bad = run_cli("balancer", "--print", "--replica", "api-2.internal")
+    assert bad.returncode == 2 and "'api-2.internal' is not an address of the form host:port" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 # ---- replicas behind a load balancer
 # ---------------------------------------------------------------------------------------
 def _rows_by_writer(project, request_ids) -> dict[int, set]:
@@ -476,7 +485,6 @@ def test_replicas_behind_haproxy_follow_a_promotion_and_log_every_request_once(p
     reload broadcast reaches across hosts): 64 concurrent clients through a promotion, every request answered, and
     every one in the merged prediction log exactly once, by the version that answered it."""
     from mlops_nb import registry
-    from mlops_nb.replicas import balancer_command, write_balancer
     env = {"MLOPS_API__LOG_FLUSH_SECONDS": "0.5"}
     replicas, lb, out = [], None, {}
     try:
@@ -487,10 +495,10 @@ def test_replicas_behind_haproxy_follow_a_promotion_and_log_every_request_once(p
         for f in starts: f.result()
         pids = [httpx.get(f"{u}/ready").json()["pid"] for _, u in replicas]
         url = f"http://127.0.0.1:{(port := free_port())}"
-        conf = write_balancer(tmp_path / "haproxy.cfg", [u.split("//")[1] for _, u in replicas],
-                              listen=f"127.0.0.1:{port}", check_seconds=0.5)
-        lb = launch(balancer_command(conf), f"{url}/balancer/health", cwd=tmp_path, env=dict(os.environ),
-                    log=tmp_path / "haproxy.log")
+        behind = [a for _, u in replicas for a in ("--replica", u.split("//")[1])]
+        lb = launch([BIN / "mlops-nb", "balancer", "--listen", f"127.0.0.1:{port}", "--check-seconds", "0.5",
+                     "--config", tmp_path / "haproxy.cfg", *behind],
+                    f"{url}/balancer/health", cwd=tmp_path, env=dict(os.environ), log=tmp_path / "haproxy.log")
         reqs = score_requests(project.records[:200], project.keys[:200])
         load = threading.Thread(
             target=lambda: out.update(res=run_load(url, reqs, concurrency=64, seconds=8, collect=True))
@@ -519,6 +527,7 @@ def test_replicas_behind_haproxy_follow_a_promotion_and_log_every_request_once(p
     by_writer = _rows_by_writer(project, ids)
     assert set(by_writer) == set(pids) and all(v == {project.v1, project.v2} for v in by_writer.values()), by_writer
     for i in (1, 2): assert "Traceback" not in (tmp_path / f"replica{i}.log").read_text()
+    assert "server replica2" in (tmp_path / "haproxy.cfg").read_text()     # `mlops-nb balancer` wrote and ran it
     print(f"{res.ok} requests at concurrency 64 through HAProxy, {res.rps:.0f}/s, p99 {res.pct(99):.0f} ms; "
           f"{versions.count(project.v1)} by v{project.v1}, {versions.count(project.v2)} by v{project.v2}; "
           f"logged once each by {len(by_writer)} replicas")
