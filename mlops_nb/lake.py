@@ -265,10 +265,12 @@ def _generate_into_bucket(cfg: Settings, progress: Callable[[int, str], None] | 
                                    dir=cfg.paths.oracle.parent))
     try:
         result = write_lake(cfg.lake, local, oracle, progress)
-        for old in lake.files(): old.unlink(missing_ok=True)
-        for f in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "_manifest.json"):
-            (lake / f.relative_to(local).as_posix()).write_bytes(f.read_bytes())
-        (lake / "_manifest.json").write_bytes((local / "_manifest.json").read_bytes())
+        before = lake.files()
+        new = {f.relative_to(local).as_posix(): f for f in local.rglob("*") if f.is_file()}
+        for rel in sorted(set(new) - {"_manifest.json"}): (lake / rel).write_bytes(new[rel].read_bytes())
+        (lake / "_manifest.json").write_bytes(new["_manifest.json"].read_bytes())      # the new lake is whole
+        for old in before:                                 # then an earlier lake's objects the new one lacks go
+            if old.key[len(lake.key):].strip("/") not in new: old.unlink(missing_ok=True)
         _swap_in(oracle, cfg.paths.oracle)
         return result
     finally:

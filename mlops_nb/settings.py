@@ -157,7 +157,8 @@ class ObjectPath:
         "pyarrow's S3 filesystem for this server (one per server and region)."
         if (self.endpoint, self.region) not in _FILESYSTEMS:
             from pyarrow import fs as pafs
-            os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")   # no cloud metadata service to ask here
+            if self.endpoint:            # not Amazon's S3: no cloud metadata service to ask for credentials
+                os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
             scheme, _, host = self.endpoint.partition("://")
             _FILESYSTEMS[(self.endpoint, self.region)] = pafs.S3FileSystem(
                 region=self.region, endpoint_override=host or None, scheme=scheme or "https",
