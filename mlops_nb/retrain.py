@@ -112,7 +112,8 @@ def retrain(cfg: Settings, month: str, since: str, window: list[str], reason: st
     t0 = time.perf_counter()
     before = version_with_status(cfg, STATUS_PRODUCTION)
     known = {v.version for v in list_versions(cfg)}
-    res = run_pipeline(cfg, list(RETRAIN_PHASES), {"train_first_month": since}, progress=False)
+    res = run_pipeline(cfg, list(RETRAIN_PHASES),
+                       {"train_first_month": since, "train_trials": cfg.operate.retrain_trials}, progress=False)
     out = RetrainResult(month, since, window, "ran" if res.status == "FINISHED" else "failed", res.mlflow_run_id,
                         reason=reason, phases=[dict(phase=p.phase, status=p.status, seconds=p.seconds)
                                                for p in res.phases])

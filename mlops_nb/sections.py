@@ -378,6 +378,11 @@ class OperateSettings:
     drift_report: bool = setting(True,
                                  "write Evidently's data-drift HTML report of each month (on a sample) for people to "
                                  "read beside the monitor's tables")
+    retrain_trials: int = setting(8,
+                                  "tuning trials per family when a retraining trains on the months since a problem "
+                                  "([train] trials is the lifecycle's): on a retraining's few months, more tuning "
+                                  "brings the model nearer what its inputs allow (the drift study)", lo=1, hi=500,
+                                  since=10)
 
 # %% ../nbs/01_sections.ipynb #0e7a7e02
 @dataclass(frozen=True)

@@ -303,25 +303,32 @@ def test_scoring_auth_and_disabled_admin(project, tmp_path):
 
 # ---- hot swap under load
 # ------------------------------------------------------------------------------------------------
-def test_hot_swap_under_concurrent_load_fails_no_request(project, tmp_path):
+def swap_under_load(project, url: str, concurrency: int, seconds: float, what: str):
+    """`seconds` of scoring load at `concurrency` with v2 promoted 2.5 s in; v1 is the champion again afterwards,
+    whatever happened. Returns the load's result (bodies collected, in completion order)."""
     from mlops_nb import registry
-    proc, url = start_api(project.settings, args=["--poll-seconds", "0.3"], log=tmp_path / "swap.log")
     out = {}
+    reqs = score_requests(project.records[:200], project.keys[:200])
+    load = threading.Thread(
+        target=lambda: out.update(res=run_load(url, reqs, concurrency=concurrency, seconds=seconds, collect=True))
+    )
+    load.start()
     try:
-        reqs = score_requests(project.records[:200], project.keys[:200])
-        load = threading.Thread(
-            target=lambda: out.update(res=run_load(url, reqs, concurrency=8, seconds=14, collect=True))
-        )
-        load.start()
         time.sleep(2.5)
-        registry.promote(project.cfg, project.v2, actor="test", reason="hot swap test",
-                         override_reason="test of the API's hot swap under load")
+        registry.promote(project.cfg, project.v2, actor="test", reason=what, override_reason=f"test of {what}")
         load.join(timeout=60)
     finally:
         registry.promote(project.cfg, project.v1, actor="test", reason="restore",
-                         override_reason="restore the champion after the hot swap test")
+                         override_reason=f"restore the champion after the test of {what}")
+    return out["res"]
+
+
+def test_hot_swap_under_concurrent_load_fails_no_request(project, tmp_path):
+    proc, url = start_api(project.settings, args=["--poll-seconds", "0.3"], log=tmp_path / "swap.log")
+    try:
+        res = swap_under_load(project, url, concurrency=8, seconds=14, what="the API's hot swap under load")
+    finally:
         stop(proc)
-    res = out["res"]
     assert res.errors == 0 and res.statuses == {200: res.ok}, (res.statuses, res.error_kinds)
     bodies = [json.loads(b) for b in res.bodies]
     versions = [b["model"]["version"] for b in bodies]
@@ -484,9 +491,8 @@ def test_replicas_behind_haproxy_follow_a_promotion_and_log_every_request_once(p
     """Two API processes on their own ports behind Debian's HAProxy, each following the champion alias by polling (no
     reload broadcast reaches across hosts): 64 concurrent clients through a promotion, every request answered, and
     every one in the merged prediction log exactly once, by the version that answered it."""
-    from mlops_nb import registry
     env = {"MLOPS_API__LOG_FLUSH_SECONDS": "0.5"}
-    replicas, lb, out = [], None, {}
+    replicas, lb = [], None
     try:
         with ThreadPoolExecutor(2) as pool:                # both start at once (each waits for its model)
             starts = [pool.submit(start_api, project.settings, args=["--poll-seconds", "0.5"], env=env,
@@ -499,21 +505,10 @@ def test_replicas_behind_haproxy_follow_a_promotion_and_log_every_request_once(p
         lb = launch([BIN / "mlops-nb", "balancer", "--listen", f"127.0.0.1:{port}", "--check-seconds", "0.5",
                      "--config", tmp_path / "haproxy.cfg", *behind],
                     f"{url}/balancer/health", cwd=tmp_path, env=dict(os.environ), log=tmp_path / "haproxy.log")
-        reqs = score_requests(project.records[:200], project.keys[:200])
-        load = threading.Thread(
-            target=lambda: out.update(res=run_load(url, reqs, concurrency=64, seconds=8, collect=True))
-        )
-        load.start()
-        time.sleep(2.5)
-        registry.promote(project.cfg, project.v2, actor="test", reason="replicas test",
-                         override_reason="test of the replicas' hot swap behind the balancer")
-        load.join(timeout=60)
+        res = swap_under_load(project, url, concurrency=64, seconds=8, what="the replicas' hot swap behind HAProxy")
     finally:
-        registry.promote(project.cfg, project.v1, actor="test", reason="restore",
-                         override_reason="restore the champion after the replicas test")
         if lb is not None: stop(lb)
         for proc, _ in replicas: stop(proc)             # SIGTERM: each replica flushes its log before it ends
-    res = out["res"]
     assert res.errors == 0 and res.statuses == {200: res.ok} and res.ok == res.sent, (res.statuses, res.error_kinds)
     bodies = [json.loads(b) for b in res.bodies]
     ids, versions = [b["request_id"] for b in bodies], [b["model"]["version"] for b in bodies]
