@@ -28,7 +28,7 @@ from .decisions import keyed_uniform, month_salt
 from .lake import CONTACTS_FILE
 from .prediction_log import read_log_retrying, request_id_time
 from .privacy import load_key, pseudonymise_arrow
-from .settings import CharterSettings, ObjectPath, Settings, SettingsError, duckdb_reads
+from .settings import CharterSettings, Settings, SettingsError, arrow_source, duckdb_reads
 from .sources import SOURCES
 from .value import budget_contacts, contact_policy, cost_per_contact, expected_profit
 
@@ -152,8 +152,8 @@ def reidentify(cfg: Settings, month: str, keys: Sequence[str]) -> list[str]:
     path = cfg.paths.lake / "usage" / f"month={month}" / SOURCES["usage"].file
     if not path.exists():
         raise CampaignError(f"cannot re-identify month {month}'s customers: no usage partition at {path}")
-    usage = pq.read_table(pa.BufferReader(path.read_bytes()) if isinstance(path, ObjectPath) else path,
-                          columns=["customer_id"])
+    src, fs = arrow_source(path)
+    usage = pq.read_table(src, filesystem=fs, columns=["customer_id"])
     ids = pc.unique(pc.drop_null(usage.column("customer_id").combine_chunks()))
     ids = pc.utf8_upper(pc.utf8_trim_whitespace(ids.cast(pa.string())))   # privacy's normal form of a customer id
     with duckdb_connect() as con: pseudo = pseudonymise_arrow(con, ids, load_key(cfg, create=False), "customer")

@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 from .catalog import AUDIT_SUBJECT_ERASED, TAG_ERASED_SUBJECTS
 from .cleaning import content_part_sql, read_partition
 from .contracts import connect_warehouse, duckdb_connect, sql_literal
-from .lake import _json_bytes, write_atomic
+from .lake import _json_bytes
 from .lake_files import _parquet_bytes
 from .pii_scan import scan_places, searchable_bytes
 from .privacy import NeedleSet, files_under, load_key, normalise, pseudonymise_arrow
-from .settings import ObjectPath, Settings
+from .settings import Settings, arrow_source, write_atomic
 from .staging import TABLES, Partition
 from mlops_nb.subjects import (
     SubjectError,
@@ -119,7 +119,7 @@ def erase_in_file(path: Path, needles: Sequence[str], ns: NeedleSet | None = Non
     and left: the caller reports it) or None (not found)."""
     ns = ns or NeedleSet(needles)
     if path.suffix == ".parquet":
-        try: t = pq.read_table(pa.BufferReader(path.read_bytes()) if isinstance(path, ObjectPath) else path)
+        try: src, fs = arrow_source(path); t = pq.read_table(src, filesystem=fs)
         except Exception: t = None
         if t is not None:
             if not ns.find(searchable_bytes(path)): return None

@@ -35,15 +35,15 @@ from mlops_nb.lake_files import (
                                  _sha,
 )
 from .people import SEGMENTS, month_labels
-from .settings import LakeSettings, ObjectPath, Settings, SettingsError, store_path
+from .settings import LakeSettings, ObjectPath, Settings, SettingsError, store_path, write_atomic
 from .sources import SOURCES
 from .world import BASE_CHURN, CONCEPT_FEE, CONTACT_RATE, OFFER_EFFECT, SEGMENT_EFFECT, World, check_lake
 
 # %% auto #0
-__all__ = ['WORLD_STATE', 'CONTACTS_FILE', 'scenario_notes', 'LakeResult', 'write_atomic', 'history_count', 'new_stats',
-           'add_month_stats', 'write_truth', 'publish_lake', 'save_world', 'write_lake', 'generate_lake', 'read_raw',
-           'read_truth', 'read_defects', 'WorldStateError', 'load_world', 'resolved_months', 'observe_month',
-           'read_contacts', 'resolve_month', 'operated_months', 'lake_params', 'run_lake', 'summary_frame']
+__all__ = ['WORLD_STATE', 'CONTACTS_FILE', 'scenario_notes', 'LakeResult', 'history_count', 'new_stats', 'add_month_stats',
+           'write_truth', 'publish_lake', 'save_world', 'write_lake', 'generate_lake', 'read_raw', 'read_truth',
+           'read_defects', 'WorldStateError', 'load_world', 'resolved_months', 'observe_month', 'read_contacts',
+           'resolve_month', 'operated_months', 'lake_params', 'run_lake', 'summary_frame']
 
 # %% ../nbs/14_lake.ipynb #043e8d8f
 def scenario_notes(lake: LakeSettings, intercepts: Sequence[float]) -> dict[str, Any]:
@@ -98,24 +98,6 @@ class LakeResult:
 # %% ../nbs/14_lake.ipynb #fdc27dab
 def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-def write_atomic(path: Path, data: bytes,
-                 mode: int | None = None,   # the file's permissions; None: those of the file it replaces, if any
-                 ) -> None:
-    """Write `path` whole or not at all (a sibling temporary file renamed over it), keeping a replaced file's mode; a
-    temporary file with a mode to reach is private (0600) until it has it. An object is written whole by its store."""
-    if isinstance(path, ObjectPath): path.write_bytes(data); return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode is None and path.exists(): mode = path.stat().st_mode & 0o777
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if mode is None: tmp.write_bytes(data)           # a new file: the process's default permissions
-        else:
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                f.write(data); os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
 
 def history_count(lake: LakeSettings) -> int:
     "Months the lake phase writes as history: `history_months`, or every month when it is 0 or not below `months`."

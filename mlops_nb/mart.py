@@ -17,7 +17,7 @@ from .cleaning import drop_temp
 from .contracts import sql_literal
 from .people import shift_month
 from .privacy import age_band_sql
-from .settings import ObjectPath
+from .settings import ObjectPath, arrow_source
 from .staging import TABLES, Partition, Table, category_type, raw_columns
 
 # %% auto #0
@@ -139,8 +139,8 @@ def _raw_select(t: Table, p: Partition) -> str:
     head = f"'{p.month}' AS arrival_month, {sql_literal(p.rel)} AS file"
     src, path = t.src, sql_literal(str(p.path))
     if src.format == "parquet":
-        have = set((pq.read_schema(p.path.path, filesystem=p.path.fs) if isinstance(p.path, ObjectPath)
-                    else pq.read_schema(p.path)).names)
+        src, fs = arrow_source(p.path)
+        have = set(pq.read_schema(src, filesystem=fs).names)
         cols = ", ".join(f'"{n}"' if n in have else f'CAST(NULL AS {ty}) AS "{n}"' for n, ty in want)
         return (f"SELECT {head}, file_row_number AS record, CAST(NULL AS BIGINT) AS line, {cols} FROM "
                 f"read_parquet({path}, file_row_number = true, hive_partitioning = false)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .privacy import NeedleSet, files_under, mask
-from .settings import ObjectPath, Settings
+from .settings import Settings, arrow_source
 from .vault import open_vault
 
 # %% auto #0
@@ -64,8 +64,7 @@ def searchable_bytes(path: Path) -> bytes:
     if path.suffix != ".parquet": return path.read_bytes()
     import pyarrow.parquet as pq
     import pyarrow.types as pat
-    import pyarrow as pa
-    try: t = pq.read_table(pa.BufferReader(path.read_bytes()) if isinstance(path, ObjectPath) else path)
+    try: src, fs = arrow_source(path); t = pq.read_table(src, filesystem=fs)
     except OSError: raise
     except Exception: return path.read_bytes()                    # not Parquet after all: searched as bytes
     cols = [t.column(i) for i, f in enumerate(t.schema) if pat.is_string(f.type) or pat.is_large_string(f.type)]

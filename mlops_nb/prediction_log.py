@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .catalog import AUDIT_LOG_COMPACTED
 from .contracts import duckdb_connect, sql_literal
-from .settings import ObjectPath, Settings, SettingsError, duckdb_reads, store_path
+from .settings import ObjectPath, Settings, SettingsError, duckdb_reads, store_path, write_atomic
 
 log = logging.getLogger("mlops_nb.prediction_log")
 
@@ -163,15 +163,9 @@ def write_log_table(folder: Path, table: pa.Table, date: str, seq: int) -> Path:
     part.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     final = part / f"part-{stamp}-{writer_id()}-{seq:06d}.parquet"
-    if isinstance(final, ObjectPath):                      # an object is stored whole or not at all
-        pq.write_table(table, final.path, filesystem=final.fs, compression="zstd")
-        return final
-    tmp = part / f".{final.name}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    fd = os.open(tmp, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-    os.replace(tmp, final)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    write_atomic(final, sink.getvalue().to_pybytes(), sync=True)
     return final
 
 # %% ../nbs/52_prediction_log.ipynb #usage002
@@ -186,11 +180,9 @@ def record_usage(folder: str | Path,   # [paths] prediction_log
     d = store_path(folder) / USAGE_DIR
     d.mkdir(parents=True, exist_ok=True)
     f = d / f"{role}-{writer_id()}-{int(_STARTED * 1000)}.json"
-    tmp = f if isinstance(f, ObjectPath) else f.with_name(f".{f.name}.tmp")
-    tmp.write_text(json.dumps({"role": role, "writer": writer_id(), "pid": os.getpid(), "started": _STARTED,
-                               "updated": time.time(), "cpu_seconds": time.process_time(),
-                               "predictions": int(predictions)}))
-    if tmp != f: os.replace(tmp, f)
+    write_atomic(f, json.dumps({"role": role, "writer": writer_id(), "pid": os.getpid(), "started": _STARTED,
+                                "updated": time.time(), "cpu_seconds": time.process_time(),
+                                "predictions": int(predictions)}).encode())
     return f
 
 # %% ../nbs/52_prediction_log.ipynb #7d34a1ac

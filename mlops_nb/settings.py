@@ -20,6 +20,7 @@ import tempfile
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping, get_type_hints
 
 from mlops_nb.catalog import (
@@ -66,8 +67,9 @@ log = logging.getLogger("mlops_nb.settings")
 # %% auto #0
 __all__ = ['log', 'SECTIONS', 'OBJECT_URI', 'ENV_PREFIX', 'OBJECT_STORE_PATHS', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS',
            'SANDBOX_PREFIX', 'SANDBOX_STALE_SECONDS', 'SettingsError', 'Settings', 'ObjectPath', 'store_path',
-           'duckdb_reads', 'parse_value', 'key_since', 'defaults_notice', 'load_settings', 'with_overrides',
-           'render_settings', 'secret_key', 'sweep_sandboxes', 'sandbox_settings', 'phase_settings']
+           'write_atomic', 'arrow_source', 'duckdb_reads', 'parse_value', 'key_since', 'defaults_notice',
+           'load_settings', 'with_overrides', 'render_settings', 'secret_key', 'sweep_sandboxes', 'sandbox_settings',
+           'phase_settings']
 
 # %% ../nbs/02_settings.ipynb #026e753a
 class SettingsError(ValueError):
@@ -180,8 +182,7 @@ class ObjectPath:
         i = self._info()
         if i.type.name != "File": raise FileNotFoundError(str(self))
         t = i.mtime.timestamp() if i.mtime else 0.0
-        return type("ObjectStat", (), {"st_size": i.size, "st_mtime": t, "st_mtime_ns": int(t * 1e9),
-                                       "st_mode": 0o100600})()
+        return SimpleNamespace(st_size=i.size, st_mtime=t, st_mtime_ns=int(t * 1e9), st_mode=0o100600)
     def read_bytes(self) -> bytes:
         try:
             with self.fs.open_input_stream(self.path) as f: return f.read()
@@ -200,12 +201,6 @@ class ObjectPath:
             if missing_ok: return
             raise FileNotFoundError(str(self))
         self.fs.delete_file(self.path)
-    def replace(self, target: ObjectPath) -> ObjectPath:
-        self.fs.move(self.path, target.path); return target
-    def resolve(self) -> ObjectPath: return self
-    def expanduser(self) -> ObjectPath: return self
-    def is_relative_to(self, other: Any) -> bool:
-        return isinstance(other, ObjectPath) and (str(self) + "/").startswith(str(other).rstrip("/") + "/")
 
     def files(self) -> list[ObjectPath]:
         "Every object under this prefix, sorted by key."
@@ -221,18 +216,36 @@ class ObjectPath:
             rel = p.key[len(self.key):].strip("/").split("/")
             return len(rel) == len(want) and all(fnmatch.fnmatchcase(r, w) for r, w in zip(rel, want))
         return [p for p in self.files() if hit(p)]
-    def rglob(self, pattern: str) -> list[ObjectPath]:
-        import fnmatch
-        return [p for p in self.files() if fnmatch.fnmatchcase(p.name, pattern)]
-    def iterdir(self) -> list[ObjectPath]:
-        from pyarrow import fs as pafs
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=False))
-        return [ObjectPath(f"s3://{i.path}", self.endpoint, self.region) for i in sorted(infos, key=lambda i: i.path)]
 
 # %% ../nbs/02_settings.ipynb #objp0007
 def store_path(p: str | Path | ObjectPath) -> Path | ObjectPath:
     "`p` as a store's location: an `ObjectPath` as it is, anything else as a local `Path`."
     return p if isinstance(p, ObjectPath) else Path(p)
+
+# %% ../nbs/02_settings.ipynb #objp0011
+def write_atomic(path: Path | ObjectPath, data: bytes,
+                 mode: int | None = None,   # the file's permissions; None: those of the file it replaces, if any
+                 sync: bool = False,        # fsync before the rename: the data is on disk once this returns
+                 ) -> None:
+    """Write `path` whole or not at all (a sibling temporary file renamed over it), keeping a replaced file's mode; a
+    temporary file with a mode to reach is private (0600) until it has it. An object is written whole by its store."""
+    if isinstance(path, ObjectPath): path.write_bytes(data); return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None and path.exists(): mode = path.stat().st_mode & 0o777
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else 0o600),
+                       "wb") as f:
+            f.write(data)
+            if mode is not None: os.fchmod(f.fileno(), mode)
+            if sync: f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+
+def arrow_source(p: Path | ObjectPath) -> tuple[str, Any]:
+    "(path, filesystem) for pyarrow's readers: a local file's name and None, or an object's key and its filesystem."
+    return (p.path, p.fs) if isinstance(p, ObjectPath) else (str(p), None)
 
 # %% ../nbs/02_settings.ipynb #objp0005
 def duckdb_reads(con: Any, *paths: Any) -> Any:

@@ -28,10 +28,9 @@ from mlops_nb.catalog import (
     AUDIT_SUBJECT_REVIEWED,
 )
 from .contracts import connect_warehouse, duckdb_connect
-from .lake import write_atomic
 from .prediction_log import new_request_id
 from .privacy import load_key, normalise, pseudonymise
-from .settings import Settings, SettingsError, duckdb_reads
+from .settings import Settings, SettingsError, duckdb_reads, write_atomic
 from .vault import open_vault, record_correction
 
 # %% auto #0
