@@ -125,6 +125,14 @@ ensure_test_packages() {
   ensure_debian_package postgresql "/usr/lib/postgresql/*/bin/initdb" "the team profile's tests"
   # the serving replicas' test puts two API processes behind HAProxy (tests/test_serve.py, marked scaleout)
   ensure_debian_package haproxy "/usr/sbin/haproxy" "the serving replicas' tests"
+  # the mart on Spark SQL: Debian's Java runtime and the pinned pyspark (tests/test_spark_mart.py, marked scaleout)
+  ensure_debian_package default-jre-headless "/usr/lib/jvm/*/bin/java" "the mart-on-Spark tests"
+  if ! "$VENV/bin/python" -c 'import pyspark' 2>/dev/null; then
+    say "installing the optional Spark engine (requirements-spark.lock) for the mart-on-Spark tests"
+    if [ -x "$VENV/bin/uv" ]; then "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r requirements-spark.lock
+    else "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-spark.lock; fi \
+      || die "could not install requirements-spark.lock (pyspark): see the message above"
+  fi
 }
 
 run_tests() {

@@ -8,6 +8,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/mart.html.md"""
 # %% ../nbs/25_mart.ipynb #ed60abef
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
@@ -18,10 +19,12 @@ from .contracts import sql_literal
 from .people import shift_month
 from .privacy import age_band_sql
 from .settings import ObjectPath, arrow_source
-from .staging import TABLES, Partition, Table, category_type, raw_columns
+from .spark_sql import hand_over, spark_session, stop_spark, to_spark
+from .staging import MART_COLUMNS, TABLES, Partition, Table, category_type, raw_columns
 
 # %% auto #0
-__all__ = ['MART_SQL', 'RECORD_SEP', 'MartBuilder', 'build_mart', 'create_raw_views']
+__all__ = ['MART_SELECT', 'MART_SQL', 'MART_SOURCES', 'RECORD_SEP', 'mart_params', 'record_mart_part', 'MartBuilder',
+           'build_mart', 'build_mart_on_spark', 'create_raw_views']
 
 # %% ../nbs/25_mart.ipynb #60776d65
 def _as_category(column: str, value: str | None = None) -> str:
@@ -38,8 +41,7 @@ _CT_ORDER = "row(greatest(arrival_month, strftime(event_date, '%Y-%m')), event_d
 # the month an event is known and in effect
 _CT_KNOWN = "greatest(arrival_month, strftime(event_date, '%Y-%m'))"
 
-MART_SQL = f"""
-INSERT INTO mart.customer_month
+MART_SELECT = f"""
 WITH u AS (SELECT customer_key, data_gb, voice_minutes, days_active, dropped_call_rate
            FROM staging.usage WHERE month = $m AND arrival_month <= $m),
 bi AS (SELECT customer_key, amount, due_date, paid_date
@@ -63,7 +65,8 @@ cp AS (SELECT customer_key, arg_min(struct_pack(arm, contacted, accepted), campa
        WHERE month = $m AND arrival_month <= $m GROUP BY customer_key)
 SELECT b.customer_key, $m, s.cv.gender, {_as_category("age_band", age_band_sql("year($end) - s.cv.birth_year"))},
     s.cv.state, s.cv.city,
-       CAST(datediff('month', s.cv.signup_date, $end) AS INTEGER),
+       CAST(12 * (year($end) - year(s.cv.signup_date)) + month($end) - month(s.cv.signup_date)
+            AS INTEGER),
        s.ct.product, s.ct.plan, s.ct.contract_type, s.ct.monthly_fee, s.ct.payment_method,
        b.data_gb, b.voice_minutes, b.days_active, b.dropped_call_rate,
        b.amount, b.due_date <= $end AND (b.paid_date IS NULL OR b.paid_date > b.due_date),
@@ -79,20 +82,35 @@ LEFT JOIN bl ON bl.customer_key = b.customer_key
 LEFT JOIN cx ON cx.customer_key = b.customer_key
 LEFT JOIN cp ON cp.customer_key = b.customer_key
 """
+MART_SQL = f"INSERT INTO mart.customer_month {MART_SELECT}"
 
+# %% ../nbs/25_mart.ipynb #mart0p01
+def mart_params(m: str) -> dict:
+    "The mart statement's parameters for month `m`: the month, two months before it, its last day."
+    return {"m": m, "m2": shift_month(m, -2), "end": (pd.Timestamp(m + "-01") + pd.offsets.MonthEnd(0)).date()}
+
+# %% ../nbs/25_mart.ipynb #mart0p02
+def record_mart_part(con, m: str) -> None:
+    "Store month `m`'s part of the mart's content hash (rows and the sum of their hashes)."
+    con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND part = ?", [m])
+    con.execute("INSERT INTO meta.content_parts SELECT 'mart.customer_month', ?, count(*), coalesce(sum(hash(t)), 0) "
+                "FROM mart.customer_month t WHERE month = ?", [m, m])
+
+# %% ../nbs/25_mart.ipynb #mart0p03
 def _states_sql(op: str) -> str:
     """SQL for each customer's latest CRM facts (`cv`) and contract facts (`ct`) among the records known in the months
-    `{op} $1` ($1: a month)."""
+    `{op} $m` ($m: a month)."""
     return (f"SELECT customer_key, cv.c AS cv, ct.c AS ct FROM (SELECT customer_key, arg_max({_CV}, arrival_month) AS "
-            f"c FROM staging.customers WHERE arrival_month {op} $1 GROUP BY customer_key) cv FULL JOIN (SELECT "
-            f"customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts WHERE {_CT_KNOWN} {op} $1 GROUP "
+            f"c FROM staging.customers WHERE arrival_month {op} $m GROUP BY customer_key) cv FULL JOIN (SELECT "
+            f"customer_key, arg_max({_CT}, {_CT_ORDER}) AS c FROM staging.contracts WHERE {_CT_KNOWN} {op} $m GROUP "
             "BY customer_key) ct USING (customer_key)")
 
 def _advance_states(con, m: str) -> None:
     """Move the temporary customer state (`_st`: CRM and contract facts, one row per customer — one join for the mart,
     not two) forward to what is known at the end of month `m`."""
     con.execute("CREATE OR REPLACE TEMP TABLE _new AS SELECT n.customer_key, coalesce(n.cv, s.cv) AS cv, "
-                f"coalesce(n.ct, s.ct) AS ct FROM ({_states_sql('=')}) n LEFT JOIN _st s USING (customer_key)", [m])
+                f"coalesce(n.ct, s.ct) AS ct FROM ({_states_sql('=')}) n LEFT JOIN _st s USING (customer_key)",
+                {"m": m})
     con.execute("DELETE FROM _st WHERE customer_key IN (SELECT customer_key FROM _new)")
     con.execute("INSERT INTO _st SELECT * FROM _new")
     drop_temp(con, "_new")
@@ -102,7 +120,7 @@ class MartBuilder:
     def __init__(self, con, first: str):
         self.con, self.last = con, shift_month(first, -1)
         before = shift_month(first, -1)   # the states as known at the end of the month before the first one
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _st AS {_states_sql('<=')}", [before])
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _st AS {_states_sql('<=')}", {"m": before})
 
     def build(self, m: str) -> int:
         """Rebuild month `m` (after the last one built; every partition of months up to `m` written); return rows
@@ -110,13 +128,9 @@ class MartBuilder:
         if m <= self.last: raise ValueError(f"mart months must be built in order: {m} after {self.last}")
         _advance_states(self.con, m)
         self.con.execute("DELETE FROM mart.customer_month WHERE month = ?", [m])
-        end = (pd.Timestamp(m + "-01") + pd.offsets.MonthEnd(0)).date()
         self.last = m
-        n = self.con.execute(MART_SQL, {"m": m, "m2": shift_month(m, -2), "end": end}).fetchone()[0]
-        self.con.execute("DELETE FROM meta.content_parts WHERE table_name = 'mart.customer_month' AND part = ?", [m])
-        self.con.execute("INSERT INTO meta.content_parts SELECT 'mart.customer_month', ?, count(*), "
-                         "coalesce(sum(hash(t)), 0) FROM mart.customer_month t WHERE month = "
-                         "?", [m, m])   # the month's part of the content hash
+        n = self.con.execute(MART_SQL, mart_params(m)).fetchone()[0]
+        record_mart_part(self.con, m)
         return n
 
     def close(self) -> None: drop_temp(self.con, "_st")
@@ -129,6 +143,42 @@ def build_mart(con, months: Sequence[str]) -> int:
     mart = MartBuilder(con, months[0])
     try: return sum(mart.build(m) for m in months)
     finally: mart.close()
+
+# %% ../nbs/25_mart.ipynb #mart0s02
+MART_SOURCES = ("staging.usage", "staging.billing", "staging.tickets", "staging.cancellations", "staging.campaigns",
+                "staging.customers", "staging.contracts")   # what the mart's statements read
+
+# %% ../nbs/25_mart.ipynb #mart0s03
+def _land_month(con, m: str, folder: Path) -> int:
+    "Replace month `m`'s mart rows by the Parquet files Spark wrote under `folder`; store its content part."
+    con.execute("DELETE FROM mart.customer_month WHERE month = ?", [m])
+    files = ", ".join(sql_literal(str(f)) for f in sorted(folder.glob("*.parquet")))
+    n = con.execute(f"INSERT INTO mart.customer_month BY NAME SELECT * FROM read_parquet([{files}])"
+                    ).fetchone()[0] if files else 0
+    record_mart_part(con, m)
+    return n
+
+# %% ../nbs/25_mart.ipynb #mart0s04
+def build_mart_on_spark(con,                      # the warehouse connection (inside the caller's transaction)
+                        months: Sequence[str],    # the months to rebuild
+                        scratch: Path,            # a private folder for the Parquet handed over and back
+                        threads: int = 1,         # a local session's cores
+                        memory: str = "2g",       # the Spark driver's heap
+                        master: str = "",         # empty: local; else a cluster's master URL
+                        ) -> int:
+    "Rebuild `mart.customer_month` for `months` with Spark SQL; return rows written."
+    months = sorted(months)
+    if not months: return 0
+    spark = spark_session(threads, scratch / "spark", memory, master)
+    try:
+        hand_over(con, spark, MART_SOURCES, scratch / "staging")
+        names = [c for c, _, _ in MART_COLUMNS]
+        for m in months:
+            spark.sql(to_spark(_states_sql("<="), {"m": m})).createOrReplaceTempView("_st")
+            rows = spark.sql(to_spark(MART_SELECT, mart_params(m))).toDF(*names)
+            rows.write.mode("overwrite").parquet(str(scratch / "mart" / m))
+    finally: stop_spark(spark)
+    return sum(_land_month(con, m, scratch / "mart" / m) for m in months)
 
 # %% ../nbs/25_mart.ipynb #7a565bc1
 RECORD_SEP = chr(31)   # a control character that never occurs in a JSON line: reads each line as one field

@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings', 'StorageSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 10  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 11  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -420,6 +420,15 @@ class ComputeSettings:
                                          "how long a pipeline run (`mlops-nb run`, `operate`) waits for another one "
                                          "on the same warehouse to end, which has one writer; 0 = refuse at once",
                                          lo=0, since=9)
+    mart_engine: str = setting("duckdb",
+                               "the engine that builds the mart from staging: duckdb (in the warehouse's process) or "
+                               "spark (Spark SQL, the same statements translated; needs pyspark — "
+                               "requirements-spark.lock — and a Java runtime)", choices=("duckdb", "spark"), since=11)
+    spark_master: str = setting("",
+                                "mart_engine = spark: the cluster's master URL (spark://host:7077, yarn, k8s://...); "
+                                "empty = a local session on [compute] threads cores", pattern=r"(\S+)?", since=11)
+    spark_memory: str = setting("2g", "mart_engine = spark: the Spark driver's heap (a local session's executor too)",
+                                pattern=r"[1-9][0-9]*[mg]", since=11)
 
 # %% ../nbs/01_sections.ipynb #dashset1
 @dataclass(frozen=True)

@@ -43,9 +43,11 @@ from mlops_nb.cleaning import (
     write_partition,
 )
 from .contracts import connect_warehouse, duckdb_connect, sql_literal
-from .mart import MartBuilder, create_raw_views
+from .compute import configured_threads
+from .mart import MartBuilder, build_mart_on_spark, create_raw_views
 from .privacy import load_key, pseudonymise
 from .settings import ObjectPath, Settings, duckdb_reads, store_path
+from .spark_sql import spark_missing
 from .sources import SOURCES
 from mlops_nb.staging import (
     ETL_VERSION,
@@ -203,6 +205,7 @@ class EtlResult:
     lake_digest: str
     vault_rows: int
     seconds: float
+    mart_engine: str = "duckdb"
 
     def summary(self) -> dict[str, Any]:
         "Aggregates only (safe to print and log)."
@@ -214,7 +217,7 @@ class EtlResult:
                     rows_duplicate=int(r.rows_duplicate.sum()), rows_late=int(r.rows_late.sum()),
                     values_nulled=int(r.values_nulled.sum()),
                     mart_rows=self.tables.get(TABLE_MART, 0), content_hash=self.content_hash,
-                    lake_digest=self.lake_digest,
+                    lake_digest=self.lake_digest, mart_engine=self.mart_engine,
                     seconds=round(self.seconds, 2))
 
 def _private_tmp(warehouse: Path) -> Path:
@@ -337,6 +340,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
     "Load the lake into the warehouse: changed partitions only, in one transaction; return what was done."
     t0, started = time.perf_counter(), pd.Timestamp.now(tz="UTC").tz_localize(None)
     run_id = run_id or f"etl-{started:%Y%m%dT%H%M%S}-{os.getpid()}"
+    spark = cfg.compute.mart_engine == "spark"
+    if spark and (why := spark_missing()): raise EtlError(f"[compute] mart_engine = spark: {why}")
     manifest = lake_manifest(cfg.paths.lake)
     parts = lake_partitions(cfg.paths.lake, manifest)
     digest = hashlib.sha256((cfg.paths.lake / "_manifest.json").read_bytes()).hexdigest()
@@ -378,7 +383,7 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
             prep = _Preparer([p for m in months_in_order for p in by_month.get(m, [])], key, tmp,
                              scales={k: partition_scale(fixes, *k) for k, d in digests.items() if d},
                              subject_fixes={k: t for k, (_, t) in subject_fixes.items()})
-            mart = MartBuilder(con, mart_months[0]) if mart_months else None
+            mart = MartBuilder(con, mart_months[0]) if mart_months and not spark else None
             for m in months_in_order:   # month by month: its partitions, then its mart rows
                 for p in by_month.get(m, []):
                     done = prep.next()
@@ -392,7 +397,11 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
                 if progress and m in by_month: progress(f"loaded {m} ({len(by_month[m])} partitions)")
                 if mart and m in mart_months: mart.build(m)
             if mart: mart.close()
-            if progress and mart_months: progress(f"mart built for {len(mart_months)} months")
+            if spark and mart_months:   # after every partition: Spark reads staging as a whole
+                build_mart_on_spark(con, mart_months, tmp / "spark-mart", configured_threads(cfg),
+                                    cfg.compute.spark_memory, cfg.compute.spark_master)
+            if progress and mart_months:
+                progress(f"mart built for {len(mart_months)} months" + (" on Spark SQL" if spark else ""))
             create_raw_views(duckdb_reads(con, cfg.paths.lake), parts)
             chash = stored_content_hash(con)   # from the parts: what this load wrote, plus what earlier loads stored
             vault_rows = vault.close() if vault else 0
@@ -424,7 +433,8 @@ def load_warehouse(cfg: Settings, months: Sequence[str] | None = None,
     audit_corrections(cfg, fixes, [p for p in plan.load if digests[(p.source, p.month)]], run_id)
     res = EtlResult(run_id, [(p.source, p.month) for p in plan.load], [(p.source, p.month) for p in plan.skip],
                     plan.remove, mart_months,
-                    tables, recon, quar, chash, digest, vault_rows, time.perf_counter() - t0)
+                    tables, recon, quar, chash, digest, vault_rows, time.perf_counter() - t0,
+                    cfg.compute.mart_engine)
     audit_load(cfg, res)
     return res
 
@@ -451,6 +461,7 @@ def run_etl(cfg: Settings, mlflow_run_id: str = ""):
                 etl_partitions_loaded=len(res.loaded),
                 etl_partitions_skipped=len(res.skipped),
                 etl_partitions_removed=len(res.removed),
+                etl_mart_engine=res.mart_engine,
             )
         )
         mlflow.set_tags({TAG_WAREHOUSE_CONTENT_HASH: res.content_hash, TAG_LAKE_MANIFEST_SHA256: res.lake_digest})
