@@ -20,7 +20,7 @@ from .people import shift_month
 from .privacy import age_band_sql
 from .settings import ObjectPath, arrow_source
 from .spark_sql import hand_over, spark_session, stop_spark, to_spark
-from .staging import MART_COLUMNS, TABLES, Partition, Table, category_type, raw_columns
+from .staging import MART_COLUMNS, TABLES, EtlError, Partition, Table, category_type, raw_columns
 
 # %% auto #0
 __all__ = ['MART_SELECT', 'MART_SQL', 'MART_SOURCES', 'RECORD_SEP', 'mart_params', 'record_mart_part', 'MartBuilder',
@@ -169,15 +169,22 @@ def build_mart_on_spark(con,                      # the warehouse connection (in
     "Rebuild `mart.customer_month` for `months` with Spark SQL; return rows written."
     months = sorted(months)
     if not months: return 0
-    spark = spark_session(threads, scratch / "spark", memory, master)
+    spark, step = None, "starting its session"
     try:
+        spark = spark_session(threads, scratch / "spark", memory, master)
+        step = "handing staging over"
         hand_over(con, spark, MART_SOURCES, scratch / "staging")
         names = [c for c, _, _ in MART_COLUMNS]
         for m in months:
+            step = f"building month {m}"
             spark.sql(to_spark(_states_sql("<="), {"m": m})).createOrReplaceTempView("_st")
             rows = spark.sql(to_spark(MART_SELECT, mart_params(m))).toDF(*names)
             rows.write.mode("overwrite").parquet(str(scratch / "mart" / m))
-    finally: stop_spark(spark)
+    except Exception as e:   # Spark's errors carry a Java stack: say what failed, in one line
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise EtlError(f"the mart on Spark SQL failed {step}: {first.strip()[:300]}") from None
+    finally:
+        if spark is not None: stop_spark(spark)
     return sum(_land_month(con, m, scratch / "mart" / m) for m in months)
 
 # %% ../nbs/25_mart.ipynb #7a565bc1

@@ -89,7 +89,7 @@ def spark_session(threads: int,              # cores a local session uses (local
             "spark.sql.catalogImplementation": "in-memory", "spark.log.structuredLogging.enabled": "false",
             "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.driver.memory": memory,
             "spark.sql.shuffle.partitions": str(max(2, 2 * threads)), "spark.sql.session.timeZone": "UTC",
-            "spark.local.dir": str(scratch)}
+            "spark.local.dir": str(scratch), "spark.sql.warehouse.dir": (scratch / "warehouse").as_uri()}
     builder = SparkSession.builder.master(master or f"local[{max(1, threads)}]").appName("mlops-nb")
     for k, v in conf.items(): builder = builder.config(k, v)
     spark = builder.getOrCreate()

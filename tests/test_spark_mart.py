@@ -63,11 +63,12 @@ def test_both_engines_build_the_same_mart_from_the_same_staging(engines):
     assert a["stored"] == b["stored"] == duck.content_hash
 
 
-def test_an_operated_month_is_built_incrementally_on_spark_as_on_duckdb(engines):
+def test_an_operated_month_is_built_incrementally_on_spark_as_on_duckdb(engines, tmp_path, monkeypatch):
     """The operate loop's incremental load: the next month observed, only the changed months rebuilt — on Spark the
     states come from every record known by the month's end, on DuckDB from the moved-forward state table."""
     from mlops_nb.lake import observe_month
     from mlops_nb.warehouse import load_warehouse
+    monkeypatch.chdir(tmp_path)                     # Spark leaves nothing in the folder it was started from
     res = {}
     for name, cfg in engines.items():
         if mart_state(cfg)["rows"].get("2025-06") is None: observe_month(cfg, "2025-06")
@@ -76,6 +77,7 @@ def test_an_operated_month_is_built_incrementally_on_spark_as_on_duckdb(engines)
     a, b = mart_state(engines["duckdb"]), mart_state(engines["spark"])
     assert "2025-06" in a["rows"] and a == b
     assert res["spark"].mart_engine == "spark" and java_children() == []   # Spark's Java process ended with the load
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_spark_without_java_is_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -90,3 +92,21 @@ def test_spark_without_java_is_refused_before_anything_is_written(tmp_path, monk
                                        r".*default-jre-headless"):
         load_warehouse(cfg)
     assert not cfg.paths.warehouse.exists()
+
+
+def test_a_failing_spark_session_is_one_clear_line_and_the_load_is_rolled_back(tmp_path):
+    """Spark's own errors carry a Java stack; the load says what failed in one line, and writes nothing."""
+    from mlops_nb.lake import generate_lake
+    from mlops_nb.settings import load_settings
+    from mlops_nb.staging import EtlError
+    from mlops_nb.warehouse import load_warehouse
+    cfg = load_settings(make_project(tmp_path / "tiny-heap", **WORLD, **{**SPARK, "compute_spark_memory": "1m"}),
+                        env={})
+    generate_lake(cfg)
+    with pytest.raises(EtlError, match=r"^the mart on Spark SQL failed starting its session: \S.*") as e:
+        load_warehouse(cfg)
+    assert "\n" not in str(e.value) and "at org.apache" not in str(e.value)
+    with duckdb.connect(str(cfg.paths.warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM staging.usage").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM mart.customer_month").fetchone()[0] == 0
+    assert java_children() == []
