@@ -145,8 +145,23 @@ def build_mart(con, months: Sequence[str]) -> int:
     finally: mart.close()
 
 # %% ../nbs/25_mart.ipynb #mart0s02
-MART_SOURCES = ("staging.usage", "staging.billing", "staging.tickets", "staging.cancellations", "staging.campaigns",
-                "staging.customers", "staging.contracts")   # what the mart's statements read
+MART_SOURCES = {   # what the mart's statements read, and which rows of it a rebuild of months $first..$last needs
+    "staging.usage": "month BETWEEN $first AND $last AND arrival_month <= $last",
+    "staging.billing": "reference_month BETWEEN $before AND $last AND arrival_month <= $last",   # 3-month windows
+    "staging.tickets": "month BETWEEN $before AND $last AND arrival_month <= $last",
+    "staging.cancellations": "month BETWEEN $first AND $last AND arrival_month <= $last",
+    "staging.campaigns": "month BETWEEN $first AND $last AND arrival_month <= $last",
+    "staging.customers": "arrival_month <= $last",                                     # the states: all history
+    "staging.contracts": f"{_CT_KNOWN} <= $last"}
+
+def _sources_for(months: Sequence[str]) -> dict[str, str]:
+    "`MART_SOURCES`' conditions for rebuilding `months` (sorted), as literal SQL."
+    values = {"$before": shift_month(months[0], -2), "$first": months[0], "$last": months[-1]}
+    out = {}
+    for t, where in MART_SOURCES.items():
+        for k, v in values.items(): where = where.replace(k, sql_literal(v))
+        out[t] = where
+    return out
 
 # %% ../nbs/25_mart.ipynb #mart0s03
 def _land_month(con, m: str, folder: Path) -> int:
@@ -173,7 +188,7 @@ def build_mart_on_spark(con,                      # the warehouse connection (in
     try:
         spark = spark_session(threads, scratch / "spark", memory, master)
         step = "handing staging over"
-        hand_over(con, spark, MART_SOURCES, scratch / "staging")
+        hand_over(con, spark, _sources_for(months), scratch / "staging")
         names = [c for c, _, _ in MART_COLUMNS]
         for m in months:
             step = f"building month {m}"

@@ -113,17 +113,19 @@ def stop_spark(spark, wait_seconds: float = 30.0) -> None:
         except Exception: proc.kill(); proc.wait()
 
 # %% ../nbs/19_spark_sql.ipynb #spk00015
-def hand_over(con,                       # a DuckDB connection that sees the tables
-              spark,                     # the session that will read them
-              tables: Sequence[str],     # schema.table names
-              folder: Path,              # where the Parquet files go
+def hand_over(con,                                    # a DuckDB connection that sees the tables
+              spark,                                  # the session that will read them
+              tables: Mapping[str, str] | Sequence[str],   # schema.table names, or each → the rows it needs (WHERE)
+              folder: Path,                           # where the Parquet files go
               ) -> None:
-    "Write `tables` from DuckDB to Parquet under `folder` and register each in the Spark session under its own name."
-    for t in tables:
+    """Write `tables` (only the rows their condition keeps, if given) from DuckDB to Parquet under `folder` and register
+    each in the Spark session under its own name."""
+    wanted = dict(tables) if isinstance(tables, Mapping) else dict.fromkeys(tables, "")
+    for t, where in wanted.items():
         schema, name = t.split(".")
-        (where := folder / schema / name).mkdir(parents=True, exist_ok=True)
-        path = str(where / "part-0.parquet").replace("'", "''")
-        con.execute(f"COPY (SELECT * FROM {t}) TO '{path}' (FORMAT parquet)")
+        (where_to := folder / schema / name).mkdir(parents=True, exist_ok=True)
+        path = str(where_to / "part-0.parquet").replace("'", "''")
+        con.execute(f"COPY (SELECT * FROM {t}{f' WHERE {where}' if where else ''}) TO '{path}' (FORMAT parquet)")
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
         spark.sql(f"DROP TABLE IF EXISTS {t}")
-        spark.sql(f"CREATE TABLE {t} USING parquet LOCATION '{where.as_uri()}'")
+        spark.sql(f"CREATE TABLE {t} USING parquet LOCATION '{where_to.as_uri()}'")
