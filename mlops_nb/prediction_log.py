@@ -260,7 +260,8 @@ class PredictionLog:
             n = sum(b.n for b in blocks)
             self.written_rows += n
             try: record_usage(self.folder, "api", self.written_rows)
-            except OSError as e: log.warning("prediction log: usage file not written (%s)", e)
+            except (OSError, SettingsError) as e:   # (a bucket unreachable: said by the object path)
+                log.warning("prediction log: usage file not written (%s)", e)
             if self.on_write: self.on_write(n)
             return n
 

@@ -66,8 +66,8 @@ log = logging.getLogger("mlops_nb.settings")
 
 # %% auto #0
 __all__ = ['log', 'SECTIONS', 'OBJECT_URI', 'ENV_PREFIX', 'OBJECT_STORE_PATHS', 'SETTINGS_HEADER', 'SANDBOX_DEFAULTS',
-           'SANDBOX_PREFIX', 'SANDBOX_STALE_SECONDS', 'SettingsError', 'Settings', 'ObjectPath', 'store_path',
-           'write_atomic', 'arrow_source', 'duckdb_reads', 'parse_value', 'key_since', 'defaults_notice',
+           'SANDBOX_PREFIX', 'SANDBOX_STALE_SECONDS', 'SettingsError', 'Settings', 'object_store_error', 'ObjectPath',
+           'store_path', 'write_atomic', 'arrow_source', 'duckdb_reads', 'parse_value', 'key_since', 'defaults_notice',
            'load_settings', 'with_overrides', 'render_settings', 'secret_key', 'sweep_sandboxes', 'sandbox_settings',
            'phase_settings']
 
@@ -127,6 +127,31 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, tuple): return ", ".join(map(str, v))
     return v
 
+# %% ../nbs/02_settings.ipynb #objp0021
+_AWS_ERROR = re.compile(r"AWS Error (\w+) during \w+ operation: ?(.*?)(?:\s*\(Request ID.*)?$", re.S)
+_AWS_REASONS = {
+    "NO_SUCH_BUCKET": "the bucket {bucket} does not exist",
+    "ACCESS_DENIED": "access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket's policy",
+    "INVALID_ACCESS_KEY_ID": "the server does not know AWS_ACCESS_KEY_ID",
+    "SIGNATURE_DOES_NOT_MATCH": "the server refused AWS_SECRET_ACCESS_KEY (signature does not match)",
+    "NETWORK_CONNECTION": "the server cannot be reached",
+}
+
+def object_store_error(where: str,         # the object or prefix, s3://bucket/key
+                       bucket: str,
+                       endpoint: str,       # [storage] s3_endpoint_url ("" = Amazon S3)
+                       doing: str,          # what was being done, e.g. "writing"
+                       e: BaseException,
+                       ) -> SettingsError:
+    "A SettingsError saying, in a line, why object `where` could not be reached."
+    text = " ".join(str(e).split())
+    m = _AWS_ERROR.search(text)
+    if m: reason = _AWS_REASONS.get(m.group(1), "").format(bucket=bucket) or f"{m.group(1)}: {m.group(2)}"[:200]
+    else: reason = text[:200]
+    server = f"[storage] s3_endpoint_url = {endpoint}" if endpoint else "Amazon S3"
+    return SettingsError(f"{where}: {reason} ({doing}; {server}; credentials from AWS_ACCESS_KEY_ID / "
+                         "AWS_SECRET_ACCESS_KEY)")
+
 # %% ../nbs/02_settings.ipynb #objp0002
 OBJECT_URI = re.compile(r"s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(/[^\s]*)?")
 _FILESYSTEMS: dict[tuple[str, str], Any] = {}
@@ -169,7 +194,11 @@ class ObjectPath:
     @property
     def path(self) -> str: return f"{self.bucket}/{self.key}".rstrip("/")   # what pyarrow's filesystem calls it
 
-    def _info(self) -> Any: return self.fs.get_file_info(self.path)
+    def _failed(self, doing: str, e: BaseException) -> SettingsError:
+        return object_store_error(str(self), self.bucket, self.endpoint, doing, e)
+    def _info(self) -> Any:
+        try: return self.fs.get_file_info(self.path)
+        except OSError as e: raise self._failed("looking it up", e) from None
     def exists(self) -> bool: return self.is_file() or self.is_dir()
     def is_file(self) -> bool:
         from pyarrow import fs as pafs
@@ -177,7 +206,8 @@ class ObjectPath:
     def is_dir(self) -> bool:
         from pyarrow import fs as pafs
         if not self.key: return self._info().type == pafs.FileType.Directory
-        return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=False)))
+        try: return bool(self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=False)))
+        except OSError as e: raise self._failed("listing it", e) from None
     def stat(self) -> Any:
         i = self._info()
         if i.type.name != "File": raise FileNotFoundError(str(self))
@@ -189,10 +219,12 @@ class ObjectPath:
         except FileNotFoundError: raise FileNotFoundError(str(self)) from None
         except OSError as e:
             if "does not exist" in str(e) or "NoSuchKey" in str(e): raise FileNotFoundError(str(self)) from None
-            raise
+            raise self._failed("reading it", e) from None
     def read_text(self, encoding: str = "utf-8") -> str: return self.read_bytes().decode(encoding)
     def write_bytes(self, data: bytes) -> int:
-        with self.fs.open_output_stream(self.path) as f: f.write(data)
+        try:
+            with self.fs.open_output_stream(self.path) as f: f.write(data)
+        except OSError as e: raise self._failed("writing it", e) from None
         return len(data)
     def write_text(self, text: str, encoding: str = "utf-8") -> int: return self.write_bytes(text.encode(encoding))
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None: pass   # prefixes need no folders
@@ -200,12 +232,14 @@ class ObjectPath:
         if not self.is_file():
             if missing_ok: return
             raise FileNotFoundError(str(self))
-        self.fs.delete_file(self.path)
+        try: self.fs.delete_file(self.path)
+        except OSError as e: raise self._failed("deleting it", e) from None
 
     def files(self) -> list[ObjectPath]:
         "Every object under this prefix, sorted by key."
         from pyarrow import fs as pafs
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True))
+        try: infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True))
+        except OSError as e: raise self._failed("listing it", e) from None
         return [ObjectPath(f"s3://{i.path}", self.endpoint, self.region)
                 for i in sorted(infos, key=lambda i: i.path) if i.type == pafs.FileType.File]
     def glob(self, pattern: str) -> list[ObjectPath]:

@@ -163,3 +163,21 @@ def test_object_paths_are_refused_clearly_where_they_cannot_go(s3, tmp_path):
     cfg = load_settings(make_project(tmp_path / "c", **in_bucket(s3, "compact")), env={})
     with pytest.raises(SettingsError, match="not compacted: an object store has no atomic swap"):
         compact_prediction_log(cfg)
+
+
+def test_a_missing_bucket_or_an_unreachable_server_is_said_in_the_stores_terms(s3, tmp_path):
+    """Not pyarrow's HTTP-level text: which object, what is wrong, which server, where the credentials come from — and
+    from the command line, one line and exit 2, no traceback."""
+    from mlops_nb.settings import ObjectPath, SettingsError
+    with pytest.raises(SettingsError, match=r"^s3://no-such-bucket/lake/x: the bucket no-such-bucket does not exist "
+                                            r"\(writing it; \[storage\] s3_endpoint_url = http://127\.0\.0\.1:\d+; "
+                                            r"credentials from AWS_ACCESS_KEY_ID"):
+        (ObjectPath("s3://no-such-bucket/lake", s3) / "x").write_bytes(b"1")
+    down = f"http://127.0.0.1:{free_port()}"                 # nothing listens there
+    with pytest.raises(SettingsError, match=r"^s3://team-lake/x: the server cannot be reached \(listing it"):
+        ObjectPath(f"s3://{BUCKET}/x", down).files()
+    settings = make_project(tmp_path / "down", paths_prediction_log=f"s3://{BUCKET}/down/log",
+                            storage_s3_endpoint_url=down)
+    r = run_cli("--settings", str(settings), "pii", "scan", timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"error: s3://{BUCKET}/down/log: the server cannot be reached"), r.stderr
