@@ -116,7 +116,7 @@ def month_scores(cfg: Settings, month: str, request_id: str,
                  version: str | None = None,   # the model version that must have scored them (None: any)
                  ) -> pd.DataFrame:
     """The logged rows of request `request_id` (customer_key, p, decision, threshold, model_version, policy_version,
-    net_value), checked to be of `month`."""
+    net_value, expected_uplift), checked to be of `month`."""
     folder = cfg.paths.prediction_log
     what = f"no scores for month {month} under request id {request_id!r} in the prediction log ({folder})"
     if not any(folder.glob("date=*/part-*.parquet")): raise CampaignError(f"{what}: the log is empty")
@@ -130,7 +130,8 @@ def month_scores(cfg: Settings, month: str, request_id: str,
             # a log written before the offer policies has no policy columns: they read as null
             have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}", params[:1]).fetchall()}
             extra = ", ".join(c if c in have else f"NULL::{t} AS {c}"
-                              for c, t in (("policy_version", "VARCHAR"), ("net_value", "DOUBLE")))
+                              for c, t in (("policy_version", "VARCHAR"), ("net_value", "DOUBLE"),
+                                           ("expected_uplift", "DOUBLE")))
             return con.execute(f"SELECT customer_key, churn_probability AS p, decision, threshold, model_version, "
                                f"month, {extra} FROM {src} WHERE request_id = ?"
                                + (" AND date = ?::DATE" if day else "") + " ORDER BY row", params).df()
@@ -169,7 +170,8 @@ def reidentify(cfg: Settings, month: str, keys: Sequence[str]) -> list[str]:
 # %% ../nbs/63_campaign.ipynb #8b69acdb
 ACTION_COLUMNS = (("month", "VARCHAR"), ("customer_key", "VARCHAR"), ("action", "VARCHAR"), ("policy", "VARCHAR"),
                   ("model_version", "VARCHAR"), ("request_id", "VARCHAR"), ("p", "DOUBLE"),
-                  ("expected_profit", "DOUBLE"), ("threshold", "DOUBLE"), ("recorded_at", "TIMESTAMP"))
+                  ("expected_profit", "DOUBLE"), ("threshold", "DOUBLE"), ("recorded_at", "TIMESTAMP"),
+                  ("expected_uplift", "DOUBLE"))   # an uplift policy's churn reduction per offer (else null)
 
 # %% ../nbs/63_campaign.ipynb #e6cacf63
 def write_actions(cfg: Settings, month: str,
@@ -189,11 +191,14 @@ def write_actions(cfg: Settings, month: str,
                          "action": plan.action.astype(str),
                          "policy": policy, "model_version": str(version), "request_id": request_id,
                          "p": plan.p.astype(float), "expected_profit": plan.expected_profit.astype(float),
-                         "threshold": float(threshold), "recorded_at": now})
+                         "threshold": float(threshold), "recorded_at": now,
+                         "expected_uplift": (plan.expected_uplift.astype(float) if "expected_uplift" in plan
+                                             else np.nan)})
     names = ", ".join(c for c, _ in ACTION_COLUMNS)
     with connect_warehouse(cfg, read_only=False) as con:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE_ACTIONS.split('.')[0]}")
         con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE_ACTIONS} ({', '.join(f'{c} {t}' for c, t in ACTION_COLUMNS)})")
+        for c, t in ACTION_COLUMNS: con.execute(f"ALTER TABLE {TABLE_ACTIONS} ADD COLUMN IF NOT EXISTS {c} {t}")
         con.register("_actions", rows)
         con.execute("BEGIN TRANSACTION")
         try:
@@ -267,6 +272,7 @@ def run_campaign(cfg: Settings, month: str,
                          decision=decision,
                          cap_salt=month_salt(request_id.encode().hex(), month) if by_policy else None,
                          value=scores.net_value.to_numpy(float) if by_uplift else None)
+    if by_uplift: plan["expected_uplift"] = scores.expected_uplift.to_numpy(float)   # (the plan keeps the scores' rows)
     ids = reidentify(cfg, month, plan.customer_key[plan.action == "contact"].tolist())
     write_actions(cfg, month, plan, version, request_id, policy)
     path = write_contact_list(cfg, month, ids)

@@ -25,8 +25,8 @@ from .stats import _z, newcombe_difference
 from .value import budget_contacts
 
 # %% auto #0
-__all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'month_roi', 'to_date_roi', 'oracle_month', 'roi_rows', 'store_roi',
-           'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics', 'roi_table_text']
+__all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'expected_retained', 'month_roi', 'to_date_roi', 'oracle_month',
+           'roi_rows', 'store_roi', 'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics', 'roi_table_text']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -45,20 +45,24 @@ SCOPES = ("month", "to_date")   # a month's own campaign; every measured month u
 # %% ../nbs/48_roi.ipynb #48ef0007
 def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
     """The listed and control customers of every month in the action log whose labels have all arrived: month,
-    customer_key, action, policy, model_version, p, expected_profit, y (churned), accepted (None: the CRM does not
+    customer_key, action, policy, model_version, p, expected_profit, expected_uplift (uplift policies), y (churned),
+    accepted (None: the CRM does not
     say)."""
     if not table_exists(con, TABLE_ACTIONS): return pd.DataFrame()
     spec = read_feature_spec(con, cfg)
     key, month, target = (f'"{c}"' for c in (spec.id_column, spec.time_column, spec.target))
     camp = f"{TABLE_STAGING_SCHEMA}.campaigns"
     accepted = "NULL::BOOLEAN"
+    # an action log from before the uplift policies has no expected_uplift: null, the risk rule's expectation then
+    uplift = "a.expected_uplift" if has_columns(con, TABLE_ACTIONS, ("expected_uplift",)) else \
+        "NULL::DOUBLE AS expected_uplift"
     join = ""
     if has_columns(con, camp, ("customer_key", "month", "accepted")):
         join = (f"LEFT JOIN (SELECT customer_key, CAST(month AS VARCHAR) AS month, bool_or(accepted) AS accepted "
                 f"FROM {camp} GROUP BY ALL) c ON c.customer_key = a.customer_key AND c.month = a.month")
         accepted = "coalesce(c.accepted, false)"
     df = con.execute(f"""
-        SELECT a.month, a.customer_key, a.action, a.policy, a.model_version, a.p, a.expected_profit,
+        SELECT a.month, a.customer_key, a.action, a.policy, a.model_version, a.p, a.expected_profit, {uplift},
                f.{target} AS y, {accepted} AS accepted
         FROM {TABLE_ACTIONS} a
         LEFT JOIN {TABLE_FEATURES} f ON f.{key} = a.customer_key AND CAST(f.{month} AS VARCHAR) = a.month
@@ -67,6 +71,16 @@ def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
         ORDER BY a.month, a.customer_key""").df()
     labelled = df.y.notna().groupby(df.month).all()   # a month counts once every one of its labels is in
     return df[df.month.isin(labelled.index[labelled.to_numpy(bool)])].reset_index(drop=True)
+
+# %% ../nbs/48_roi.ipynb #48efr002
+def expected_retained(listed: pd.DataFrame,     # a month's contacted rows (p, expected_uplift)
+                      charter: CharterSettings,
+                      ) -> float:
+    """Customers the contacts were expected to retain: an uplift policy's expected_uplift where it decided, else p × the
+    save rate."""
+    by_risk = listed.p * charter.save_rate
+    if "expected_uplift" not in listed: return float(by_risk.sum())
+    return float(listed.expected_uplift.astype(float).fillna(by_risk).sum())
 
 # %% ../nbs/48_roi.ipynb #48ef0009
 def month_roi(g: pd.DataFrame,                 # one month of `selected_outcomes`
@@ -90,7 +104,7 @@ def month_roi(g: pd.DataFrame,                 # one month of `selected_outcomes
                 retained_upper=hi * n, value_retained=uplift * n * value, accepted=accepted, campaign_cost=cost,
                 net_value=net(uplift), net_lower=net(lo), net_upper=net(hi),
                 roi=net(uplift) / cost if cost > 0 else math.nan,
-                expected_retained=float((listed.p * charter.save_rate).sum()),
+                expected_retained=expected_retained(listed, charter),
                 expected_net=float(listed.expected_profit.sum()),
                 policy=", ".join(sorted(set(g.policy.astype(str)))),
                 versions=", ".join(sorted(set(g.model_version.astype(str)))))

@@ -149,10 +149,20 @@ def test_an_uplift_policy_in_production_decides_batch_scoring_and_the_campaign(w
     assert scores.net_value.notna().all()
     camp = run_campaign(cfg, "2025-07", res.request_id, res.model_version)
     with connect_warehouse(cfg) as con:
-        acts = con.execute("SELECT action, policy, expected_profit FROM ops.actions WHERE month = '2025-07'").df()
+        acts = con.execute("SELECT customer_key, action, policy, model_version, p, expected_profit, expected_uplift "
+                           "FROM ops.actions WHERE month = '2025-07'").df()
     assert set(acts.policy) == {f"uplift@{v}"}
     chosen = acts[acts.action.isin(["contact", "control"])]
     assert len(chosen) == camp.selected and (chosen.expected_profit > 0).all()
+    # each action carries the uplift the policy expected of it, and the ROI's expectation is that promise
+    logged = chosen.merge(log[["customer_key", "expected_uplift"]], on="customer_key", suffixes=("", "_logged"))
+    assert len(logged) == len(chosen) and np.allclose(logged.expected_uplift, logged.expected_uplift_logged)
+    from mlops_nb.roi import month_roi
+    g = acts.assign(month="2025-07", y=0.0, accepted=None)
+    expected = month_roi(g, cfg.charter)["expected_retained"]
+    listed = acts[acts.action == "contact"]
+    assert expected == pytest.approx(listed.expected_uplift.sum())
+    assert expected != pytest.approx((listed.p * cfg.charter.save_rate).sum())
     if camp.capped:                              # a short budget goes to the highest net values
         left = acts[(acts.action == "not_selected") & (acts.expected_profit > 0)]
         assert chosen.expected_profit.min() >= left.expected_profit.max()
