@@ -357,6 +357,20 @@ def lake_settings(root: Path, customers: int, months: int):
                             lake_drift_month=min(8, months), lake_schema_drift_month=min(7, months))
 
 
+def ensure_lake(root: Path, customers: int, months: int):
+    "The benchmark's settings under `root`, its lake generated there unless the same lake is there already."
+    from mlops_nb import lake as L
+    cfg = lake_settings(root, customers, months)
+    manifest = cfg.paths.lake / "_manifest.json"
+    m = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if m.get("lake") == __import__("dataclasses").asdict(cfg.lake) and m.get("generator") == L.GENERATOR_VERSION:
+        print(f"[1] reusing the lake in {cfg.paths.lake}")
+    else:
+        print(f"[1] generating {customers:,} customers x {months} months into {cfg.paths.lake}")
+        t = time.perf_counter(); L.generate_lake(cfg); print(f"    {time.perf_counter() - t:.0f} s")
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--customers", type=int, default=1_000_000, help="active customers in month 1 (default 1,000,000)")
@@ -365,17 +379,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="where the lake and outputs live (default /tmp/bench-etl-<customers>; the lake is reused)")
     ap.add_argument("--skip-pandas", action="store_true")
     args = ap.parse_args(argv)
-    from mlops_nb import lake as L
-
     root = args.root or Path(f"/tmp/bench-etl-{args.customers}")
-    cfg = lake_settings(root, args.customers, args.months)
+    cfg = ensure_lake(root, args.customers, args.months)
     manifest = cfg.paths.lake / "_manifest.json"
-    m = json.loads(manifest.read_text()) if manifest.exists() else {}
-    if m.get("lake") == __import__("dataclasses").asdict(cfg.lake) and m.get("generator") == L.GENERATOR_VERSION:
-        print(f"[1] reusing the lake in {cfg.paths.lake}")
-    else:
-        print(f"[1] generating {args.customers:,} customers x {args.months} months into {cfg.paths.lake}")
-        t = time.perf_counter(); L.generate_lake(cfg); print(f"    {time.perf_counter() - t:.0f} s")
     files = json.loads(manifest.read_text())["files"]
     print(f"    {len(files)} files, {sum(f['rows'] for f in files):,} records, "
           f"{sum(f['bytes'] for f in files) / 1e6:,.0f} MB")

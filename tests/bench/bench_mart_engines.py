@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_etl import host_speed, lake_settings  # noqa: E402
+from bench_etl import ensure_lake, host_speed  # noqa: E402
 
 CHILD = """
 import json, sys, tempfile, time
@@ -95,17 +95,8 @@ def run_engine(engine: str, warehouse: Path, threads: int, memory: str) -> dict:
 
 
 def bench(customers: int, months: int, threads: int, memory: str) -> None:
-    from mlops_nb import lake as L
     from mlops_nb.warehouse import load_warehouse
-    root = Path(f"/tmp/bench-etl-{customers}")
-    cfg = lake_settings(root, customers, months)
-    manifest = cfg.paths.lake / "_manifest.json"
-    m = json.loads(manifest.read_text()) if manifest.exists() else {}
-    if m.get("lake") == __import__("dataclasses").asdict(cfg.lake) and m.get("generator") == L.GENERATOR_VERSION:
-        print(f"[1] reusing the lake in {cfg.paths.lake}")
-    else:
-        print(f"[1] generating {customers:,} customers x {months} months into {cfg.paths.lake}")
-        t = time.perf_counter(); L.generate_lake(cfg); print(f"    {time.perf_counter() - t:.0f} s")
+    cfg = ensure_lake(Path(f"/tmp/bench-etl-{customers}"), customers, months)
     t = time.perf_counter()
     res = load_warehouse(cfg)
     print(f"[2] the warehouse loaded by our ETL (DuckDB): {time.perf_counter() - t:.0f} s, "
