@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from .settings import SettingsError
 
 # %% auto #0
-__all__ = ['SPARK_LOCK', 'LOG4J', 'spark_missing', 'to_spark', 'spark_session', 'stop_spark', 'hand_over']
+__all__ = ['SPARK_LOCK', 'LOG4J', 'spark_missing', 'to_spark', 'spark_session', 'stop_spark', 'spark_string', 'hand_over']
 
 # %% ../nbs/19_spark_sql.ipynb #spk00005
 SPARK_LOCK = "requirements-spark.lock"
@@ -82,17 +83,22 @@ def spark_session(threads: int,              # cores a local session uses (local
     from pyspark.sql import SparkSession
     scratch.mkdir(parents=True, exist_ok=True)
     (log4j := scratch / "log4j2.properties").write_text(LOG4J, encoding="utf-8")
-    # the driver's JVM options are read when the JVM starts, so they go on the launcher's command line
-    os.environ["PYSPARK_SUBMIT_ARGS"] = (f"--driver-java-options '-Dlog4j2.configurationFile={log4j.as_uri()} "
-                                         f"-Djava.io.tmpdir={scratch}' pyspark-shell")
+    # the driver's JVM options are read when the JVM starts, so they go on the launcher's command line (pyspark reads
+    # it from the environment while it starts the JVM; the variable is put back after)
+    java_options = f"-Dlog4j2.configurationFile={log4j.as_uri()}"   # (a URI: no space or quote to split on)
+    before = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--driver-java-options {shlex.quote(java_options)} pyspark-shell"
     conf = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
             "spark.sql.catalogImplementation": "in-memory", "spark.log.structuredLogging.enabled": "false",
             "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.driver.memory": memory,
             "spark.sql.shuffle.partitions": str(max(2, 2 * threads)), "spark.sql.session.timeZone": "UTC",
-            "spark.local.dir": str(scratch), "spark.sql.warehouse.dir": (scratch / "warehouse").as_uri()}
+            "spark.local.dir": str(scratch), "spark.sql.warehouse.dir": str(scratch / "warehouse")}
     builder = SparkSession.builder.master(master or f"local[{max(1, threads)}]").appName("mlops-nb")
     for k, v in conf.items(): builder = builder.config(k, v)
-    spark = builder.getOrCreate()
+    try: spark = builder.getOrCreate()
+    finally:
+        if before is None: os.environ.pop("PYSPARK_SUBMIT_ARGS", None)
+        else: os.environ["PYSPARK_SUBMIT_ARGS"] = before
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -112,6 +118,11 @@ def stop_spark(spark, wait_seconds: float = 30.0) -> None:
         try: proc.wait(wait_seconds)
         except Exception: proc.kill(); proc.wait()
 
+# %% ../nbs/19_spark_sql.ipynb #spk00020
+def spark_string(text: str) -> str:
+    "A Spark SQL string literal of `text` (a path with a quote or a backslash in it stays one string)."
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
 # %% ../nbs/19_spark_sql.ipynb #spk00015
 def hand_over(con,                                    # a DuckDB connection that sees the tables
               spark,                                  # the session that will read them
@@ -128,4 +139,4 @@ def hand_over(con,                                    # a DuckDB connection that
         con.execute(f"COPY (SELECT * FROM {t}{f' WHERE {where}' if where else ''}) TO '{path}' (FORMAT parquet)")
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
         spark.sql(f"DROP TABLE IF EXISTS {t}")
-        spark.sql(f"CREATE TABLE {t} USING parquet LOCATION '{where_to.as_uri()}'")
+        spark.sql(f"CREATE TABLE {t} USING parquet LOCATION {spark_string(where_to.as_posix())}")

@@ -38,7 +38,8 @@ def engines(tmp_path_factory):
     from mlops_nb.settings import load_settings
     root = tmp_path_factory.mktemp("mart-engines")
     out = {"duckdb": load_settings(make_project(root / "duckdb", **WORLD), env={}),
-           "spark": load_settings(make_project(root / "spark", **WORLD, **SPARK), env={})}
+           # (an apostrophe in the project's path: the hand-over's files, Spark's folders and its launcher's options)
+           "spark": load_settings(make_project(root / "team's spark", **WORLD, **SPARK), env={})}
     for cfg in out.values(): generate_lake(cfg)
     return out
 
