@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from .audit import append_event
 from .catalog import AUDIT_CAMPAIGN_SENT, TABLE_ACTIONS
-from .contracts import connect_warehouse, duckdb_connect
+from .contracts import connect_warehouse, duckdb_connect, replace_rows
 from .decisions import keyed_uniform, month_salt
 from .lake import CONTACTS_FILE
 from .prediction_log import read_log_retrying, request_id_time
@@ -194,20 +194,8 @@ def write_actions(cfg: Settings, month: str,
                          "threshold": float(threshold), "recorded_at": now,
                          "expected_uplift": (plan.expected_uplift.astype(float) if "expected_uplift" in plan
                                              else np.nan)})
-    names = ", ".join(c for c, _ in ACTION_COLUMNS)
     with connect_warehouse(cfg, read_only=False) as con:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {TABLE_ACTIONS.split('.')[0]}")
-        con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE_ACTIONS} ({', '.join(f'{c} {t}' for c, t in ACTION_COLUMNS)})")
-        for c, t in ACTION_COLUMNS: con.execute(f"ALTER TABLE {TABLE_ACTIONS} ADD COLUMN IF NOT EXISTS {c} {t}")
-        con.register("_actions", rows)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"DELETE FROM {TABLE_ACTIONS} WHERE month = ?", [month])
-            con.execute(f"INSERT INTO {TABLE_ACTIONS} ({names}) SELECT {names} FROM _actions")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        replace_rows(con, TABLE_ACTIONS, dict(ACTION_COLUMNS), rows, {"month": [month]})
     return len(rows)
 
 # %% ../nbs/63_campaign.ipynb #bca82dbd

@@ -36,7 +36,7 @@ __all__ = ['DATASET_MAX_ROWS', 'FeatureSpec', 'frame_digest', 'frame_schema', 'p
            'months_to_rebuild', 'save_feature_months', 'no_feature_table', 'read_feature_spec',
            'with_sensitive_attributes', 'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions',
            'has_columns', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest', 'large_feature_dataset',
-           'replace_rows']
+           'ensure_table', 'replace_rows']
 
 # %% ../nbs/06_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -394,25 +394,41 @@ def large_feature_dataset(con, spec: FeatureSpec, source: str, table: str = TABL
         return MetaDataset(resolve_dataset_source(source), name=TABLE_FEATURES, digest=sql_digest(con, table),
                            schema=_infer_schema(sample))
 
+# %% ../nbs/06_contracts.ipynb #ctrrep04
+def _ident(name: str) -> str: return '"' + name.replace('"', '""') + '"'
+
+def ensure_table(con, table: str,                    # 'schema.table'
+                 cols: Mapping[str, str],            # its columns and DuckDB types
+                 ) -> None:
+    """Create `table` (and its schema) with `cols` if missing, and add the columns a table written by an earlier
+    version lacks (null in its old rows)."""
+    schema, name = table.split(".", 1)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{_ident(c)} {t}' for c, t in cols.items())})")
+    have = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND "
+                                      "table_name = ?", [schema, name]).fetchall()}
+    for c, t in cols.items():
+        if c not in have: con.execute(f"ALTER TABLE {table} ADD COLUMN {_ident(c)} {t}")
+
 # %% ../nbs/06_contracts.ipynb #ctrrep02
 def replace_rows(con, table: str,                    # 'schema.table'
-                 cols: Mapping[str, str],            # its columns and DuckDB types (created so if missing)
+                 cols: Mapping[str, str],            # its columns and DuckDB types (created, or added, if missing)
                  rows: pd.DataFrame,                 # the rows to insert (missing columns null)
                  where: Mapping[str, Sequence[Any]], # column → values whose rows are deleted first
                  ) -> None:
     "Delete the rows of `table` matching `where` and insert `rows`, in one transaction."
-    q = lambda n: '"' + n.replace('"', '""') + '"'  # noqa: E731
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
-    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{q(c)} {t}' for c, t in cols.items())})")
+    ensure_table(con, table, cols)
     frame = rows.reindex(columns=list(cols)) if len(rows) else pd.DataFrame(columns=list(cols))
     con.execute("BEGIN TRANSACTION")
     try:
         for c, vals in where.items():
-            if vals: con.execute(f"DELETE FROM {table} WHERE {q(c)} IN ({', '.join('?' * len(vals))})", list(vals))
+            if vals:
+                con.execute(f"DELETE FROM {table} WHERE {_ident(c)} IN ({', '.join('?' * len(vals))})", list(vals))
         if len(frame):
             con.register("_rows", frame)
-            casts = ", ".join(f"CAST({q(c)} AS {t}) AS {q(c)}" for c, t in cols.items())
-            con.execute(f"INSERT INTO {table} SELECT {casts} FROM _rows")
+            names = ", ".join(_ident(c) for c in cols)
+            casts = ", ".join(f"CAST({_ident(c)} AS {t}) AS {_ident(c)}" for c, t in cols.items())
+            con.execute(f"INSERT INTO {table} ({names}) SELECT {casts} FROM _rows")
             con.unregister("_rows")
         con.execute("COMMIT")
     except BaseException:

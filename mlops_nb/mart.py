@@ -23,8 +23,8 @@ from .spark_sql import hand_over, spark_session, stop_spark, to_spark
 from .staging import MART_COLUMNS, TABLES, EtlError, Partition, Table, category_type, raw_columns
 
 # %% auto #0
-__all__ = ['MART_SELECT', 'MART_SQL', 'MART_SOURCES', 'RECORD_SEP', 'mart_params', 'record_mart_part', 'MartBuilder',
-           'build_mart', 'build_mart_on_spark', 'create_raw_views']
+__all__ = ['MART_SELECT', 'MART_SQL', 'RECORD_SEP', 'mart_params', 'record_mart_part', 'MartBuilder', 'build_mart',
+           'mart_sources', 'build_mart_on_spark', 'create_raw_views']
 
 # %% ../nbs/25_mart.ipynb #60776d65
 def _as_category(column: str, value: str | None = None) -> str:
@@ -145,23 +145,18 @@ def build_mart(con, months: Sequence[str]) -> int:
     finally: mart.close()
 
 # %% ../nbs/25_mart.ipynb #mart0s02
-MART_SOURCES = {   # what the mart's statements read, and which rows of it a rebuild of months $first..$last needs
-    "staging.usage": "month BETWEEN $first AND $last AND arrival_month <= $last",
-    "staging.billing": "reference_month BETWEEN $before AND $last AND arrival_month <= $last",   # 3-month windows
-    "staging.tickets": "month BETWEEN $before AND $last AND arrival_month <= $last",
-    "staging.cancellations": "month BETWEEN $first AND $last AND arrival_month <= $last",
-    "staging.campaigns": "month BETWEEN $first AND $last AND arrival_month <= $last",
-    "staging.customers": "arrival_month <= $last",                                     # the states: all history
-    "staging.contracts": f"{_CT_KNOWN} <= $last"}
-
-def _sources_for(months: Sequence[str]) -> dict[str, str]:
-    "`MART_SOURCES`' conditions for rebuilding `months` (sorted), as literal SQL."
-    values = {"$before": shift_month(months[0], -2), "$first": months[0], "$last": months[-1]}
-    out = {}
-    for t, where in MART_SOURCES.items():
-        for k, v in values.items(): where = where.replace(k, sql_literal(v))
-        out[t] = where
-    return out
+def mart_sources(months: Sequence[str]) -> dict[str, str]:
+    """What the mart's statements read, and the rows of each that rebuilding `months` (sorted) needs: the months' own
+    rows, two months more of invoices and tickets (the 3-month windows), every customer and contract record known by
+    the last month's end (the states), nothing that arrived later."""
+    before, first, last = (sql_literal(m) for m in (shift_month(months[0], -2), months[0], months[-1]))
+    return {"staging.usage": f"month BETWEEN {first} AND {last} AND arrival_month <= {last}",
+            "staging.billing": f"reference_month BETWEEN {before} AND {last} AND arrival_month <= {last}",
+            "staging.tickets": f"month BETWEEN {before} AND {last} AND arrival_month <= {last}",
+            "staging.cancellations": f"month BETWEEN {first} AND {last} AND arrival_month <= {last}",
+            "staging.campaigns": f"month BETWEEN {first} AND {last} AND arrival_month <= {last}",
+            "staging.customers": f"arrival_month <= {last}",
+            "staging.contracts": f"{_CT_KNOWN} <= {last}"}
 
 # %% ../nbs/25_mart.ipynb #mart0s03
 def _land_month(con, m: str, folder: Path) -> int:
@@ -188,7 +183,7 @@ def build_mart_on_spark(con,                      # the warehouse connection (in
     try:
         spark = spark_session(threads, scratch / "spark", memory, master)
         step = "handing staging over"
-        hand_over(con, spark, _sources_for(months), scratch / "staging")
+        hand_over(con, spark, mart_sources(months), scratch / "staging")
         names = [c for c, _, _ in MART_COLUMNS]
         for m in months:
             step = f"building month {m}"

@@ -31,7 +31,7 @@ from mlops_nb.catalog import (
     TABLE_MONITOR_PERFORMANCE,
     TABLE_MONITOR_SHADOW,
 )
-from .contracts import connect_warehouse, read_feature_spec, table_exists
+from .contracts import connect_warehouse, ensure_table, read_feature_spec, table_exists
 from .contracts import replace_rows as replace_table_rows
 from .costs import process_cpu_seconds
 from .people import month_labels
@@ -108,11 +108,7 @@ def _ident(name: str) -> str: return '"' + name.replace('"', '""') + '"'
 
 def ensure_monitor_tables(con) -> None:
     "Create the monitor's schema and tables if missing."
-    for table, cols in MONITOR_COLUMNS.items():
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
-        con.execute(f"CREATE TABLE IF NOT EXISTS {table} ("
-                    + ", ".join(f"{_ident(c)} {t}" for c, t in cols.items()) + ")")
-        for c, t in cols.items(): con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_ident(c)} {t}")
+    for table, cols in MONITOR_COLUMNS.items(): ensure_table(con, table, cols)
 
 def replace_rows(con, table: str, rows: pd.DataFrame, where: dict[str, list[str]]) -> None:
     """Delete the rows of monitor table `table` matching `where` (column → values) and insert `rows`, in one

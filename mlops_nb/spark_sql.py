@@ -13,7 +13,7 @@ import os
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from .settings import SettingsError
 
@@ -124,15 +124,14 @@ def spark_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 # %% ../nbs/19_spark_sql.ipynb #spk00015
-def hand_over(con,                                    # a DuckDB connection that sees the tables
-              spark,                                  # the session that will read them
-              tables: Mapping[str, str] | Sequence[str],   # schema.table names, or each → the rows it needs (WHERE)
-              folder: Path,                           # where the Parquet files go
+def hand_over(con,                          # a DuckDB connection that sees the tables
+              spark,                        # the session that will read them
+              tables: Mapping[str, str],    # schema.table → the rows it needs (a WHERE condition; "" = all)
+              folder: Path,                 # where the Parquet files go
               ) -> None:
-    """Write `tables` (only the rows their condition keeps, if given) from DuckDB to Parquet under `folder` and register
-    each in the Spark session under its own name."""
-    wanted = dict(tables) if isinstance(tables, Mapping) else dict.fromkeys(tables, "")
-    for t, where in wanted.items():
+    """Write `tables` (only the rows their condition keeps) from DuckDB to Parquet under `folder` and register each in
+    the Spark session under its own name."""
+    for t, where in tables.items():
         schema, name = t.split(".")
         (where_to := folder / schema / name).mkdir(parents=True, exist_ok=True)
         path = str(where_to / "part-0.parquet").replace("'", "''")

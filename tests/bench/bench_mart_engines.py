@@ -53,26 +53,18 @@ print(json.dumps(dict(wall=wall, rows=n, months=len(months), content=[int(conten
 """
 
 
-def tree_rss(pid: int) -> int:
+def sample_tree(pid: int, cpu: dict[int, float]) -> int:
+    "The resident memory of process `pid` and its descendants now; each one's CPU seconds so far into `cpu`."
     import psutil
-    try:
-        p = psutil.Process(pid)
-        procs = [p, *p.children(recursive=True)]
+    try: procs = [p := psutil.Process(pid), *p.children(recursive=True)]
     except psutil.NoSuchProcess: return 0
-    total = 0
+    rss = 0
     for q in procs:
-        try: total += q.memory_info().rss
+        try:
+            rss += q.memory_info().rss
+            t = q.cpu_times(); cpu[q.pid] = t.user + t.system   # (children_*: the JVM, counted as itself)
         except psutil.NoSuchProcess: pass
-    return total
-
-
-def tree_cpu(pid: int, seen: dict) -> None:
-    import psutil
-    try: procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess: return
-    for q in procs:
-        try: t = q.cpu_times(); seen[q.pid] = t.user + t.system   # (children_*: the JVM, counted as itself)
-        except psutil.NoSuchProcess: pass
+    return rss
 
 
 def run_engine(engine: str, warehouse: Path, threads: int, memory: str) -> dict:
@@ -84,7 +76,7 @@ def run_engine(engine: str, warehouse: Path, threads: int, memory: str) -> dict:
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], tree_rss(p.pid)); tree_cpu(p.pid, cpu); time.sleep(0.1)
+            peak[0] = max(peak[0], sample_tree(p.pid, cpu)); time.sleep(0.1)
     th = threading.Thread(target=sample, daemon=True); th.start()
     out = p.stdout.read()
     p.wait(); done.set(); th.join()
