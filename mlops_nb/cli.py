@@ -427,8 +427,9 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from mlops_nb.policies import policy_values_text
     values = read_snapshot(cfg, TABLE_POLICY_VALUES)
     if len(values):
-        print("\nevery offer policy valued on the month's exploration campaign (IPW, over offering nobody; the "
-              "simulator's value and the best list's beside it):\n" + policy_values_text(values))
+        print("\nevery offer policy on the month's exploration campaign, per customer over offering nobody: what it "
+              "expected, what it realised (IPW on the month's outcomes), and the simulator's value and the best "
+              "list's beside them:\n" + policy_values_text(values))
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #upl0cli1

@@ -57,9 +57,11 @@ LABELS: dict[str, dict[str, str]] = {
         "offer_policy_now": ("Em vigor: a política {kind} (versão {version}). Cada mês da tabela de efeito diz "
                              "qual política decidiu."),
         "offer_policy_none": "Nenhuma política de oferta registrada: o modelo decide pelo limiar.",
-        "policy_values": ("Cada política registrada, avaliada na campanha de exploração de cada mês com rótulos (valor "
-                          "por cliente em R$, sobre não oferecer a ninguém, com intervalo de 95%; no mundo sintético, "
-                          "o valor do simulador e o da melhor lista ao lado): quanto uma troca teria valido."),
+        "policy_values": ("Cada política registrada, na campanha de exploração de cada mês com rótulos, em R$ por "
+                          "cliente sobre não oferecer a ninguém: o que ela esperava (expected_per_customer), o que "
+                          "realizou com os desfechos do mês (value_per_customer, com intervalo de 95%) e, no mundo "
+                          "sintético, o valor do simulador e o da melhor lista ao lado: quanto uma troca teria "
+                          "valido."),
         "trail": "Trilha de auditoria",
         "requests": "Pedidos de titulares",
         "promotions": "Promoções, exceções e reversões",
@@ -145,9 +147,11 @@ LABELS: dict[str, dict[str, str]] = {
         "offer_policy_now": ("In force: the {kind} policy (version {version}). Each month of the effect table "
                              "says which policy decided."),
         "offer_policy_none": "No offer policy registered: the model decides by its threshold.",
-        "policy_values": ("Every registered policy, valued on each labelled month's exploration campaign (value per "
-                          "customer in R$ over offering nobody, with its 95% interval; on the synthetic world the "
-                          "simulator's value and the best list's beside it): what a switch would have been worth."),
+        "policy_values": ("Every registered policy on each labelled month's exploration campaign, in R$ per customer "
+                          "over offering nobody: what it expected (expected_per_customer), what it realised on the "
+                          "month's outcomes (value_per_customer, with its 95% interval) and, on the synthetic world, "
+                          "the simulator's value and the best list's beside them: what a switch would have been "
+                          "worth."),
         "trail": "Audit trail",
         "requests": "Data-subject requests",
         "promotions": "Promotions, overrides and rollbacks",
@@ -460,7 +464,9 @@ def offer_policy_blocks(cfg: Settings, lang: str) -> list[Block]:
     if len(values):
         def month_values(m: str) -> list[Block]:
             v = values[values.month.astype(str) == m]
-            return [("table", v[["month", "policy_version", "kind", "in_force", "offered_share", "value_per_customer",
+            if "expected_per_customer" not in v: v = v.assign(expected_per_customer=np.nan)   # an older snapshot
+            return [("table", v[["month", "policy_version", "kind", "in_force", "offered_share",
+                                 "expected_per_customer", "value_per_customer",
                                  "lower", "upper", "simulated", "oracle"]].sort_values("policy_version"))]
         order = tuple(sorted(set(values.month.astype(str)), reverse=True))
         out += [("p", label(lang, "policy_values")),

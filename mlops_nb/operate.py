@@ -351,6 +351,7 @@ def policy_values_step(cfg: Settings, res: MonthResult) -> None:
         store_policy_values(cfg, vals)
         for r in vals.itertuples():
             res.metrics[f"policy.v{r.policy_version}.value_per_customer"] = float(r.value_per_customer)
+            res.metrics[f"policy.v{r.policy_version}.expected_per_customer"] = float(r.expected_per_customer)
 
 def probation_step(cfg: Settings, con, res: MonthResult, month: str, request_id: str, version: str) -> None:
     "Judge a champion on probation on its first labelled month; roll it back if it did worse than its predecessor."

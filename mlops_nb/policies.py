@@ -54,11 +54,13 @@ from mlops_nb.uplift import (
     randomised_rows,
     split_customers,
 )
+from .value import expected_profit
 
 # %% auto #0
 __all__ = ['RISK_REASON', 'UPLIFT_POLICY_FAMILIES', 'POLICY_VALUE_COLUMNS', 'policy_example', 'log_policy', 'register_policy',
            'ensure_risk_policy', 'choose_learner', 'PolicyProposal', 'propose_uplift_policy', 'run_policy',
-           'policy_table', 'valued_policies', 'policy_month_values', 'store_policy_values', 'policy_values_text']
+           'policy_table', 'valued_policies', 'promised_values', 'policy_month_values', 'store_policy_values',
+           'policy_values_text']
 
 # %% ../nbs/59_policies.ipynb #pols0005
 def policy_example(policy: OfferPolicy, rows: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -238,10 +240,12 @@ def policy_table(cfg: Settings) -> pd.DataFrame:
 POLICY_VALUE_COLUMNS = {"month": "VARCHAR", "policy_version": "VARCHAR", "kind": "VARCHAR", "status": "VARCHAR",
                         "in_force": "BOOLEAN", "model_version": "VARCHAR", "rows": "BIGINT", "offered_share": "DOUBLE",
                         "value_per_customer": "DOUBLE", "lower": "DOUBLE", "upper": "DOUBLE", "simulated": "DOUBLE",
-                        "oracle": "DOUBLE"}
+                        "oracle": "DOUBLE",
+                        "expected_per_customer": "DOUBLE"}   # what the policy itself promised on the same rows
 
 def _empty_values() -> pd.DataFrame: return pd.DataFrame(columns=list(POLICY_VALUE_COLUMNS))
 
+# %% ../nbs/59_policies.ipynb #pols0035
 def valued_policies(cfg: Settings) -> list[VersionInfo]:
     """The policies worth valuing each month: the one in force, and the newest of each kind (a replaced policy is
     archived, yet it is what a rollback would bring back; older versions of a kind are superseded)."""
@@ -249,10 +253,25 @@ def valued_policies(cfg: Settings) -> list[VersionInfo]:
     keep = set(t[t.status == STATUS_PRODUCTION].version) | set(t.groupby("kind").version.first())   # newest first
     return [v for v in list_versions(policy_settings(cfg)) if v.version in keep]
 
+# %% ../nbs/59_policies.ipynb #pols0037
+def promised_values(policy: OfferPolicy,          # a registered offer policy (unwrapped)
+                    rows: pd.DataFrame,           # rows with the learner's features
+                    p: np.ndarray,                # the served model's churn probability of each row
+                    model_decision: np.ndarray,   # the served model's decision (what a risk policy offers)
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(offer, promise) per row: whom the policy offers, and what it expects each offer to be worth (BRL over not
+    offering; 0 where it does not offer), with the charter it decided with."""
+    d = policy.decide(rows, p)
+    if d is None:
+        offer, worth = np.asarray(model_decision, bool), expected_profit(np.asarray(p, float), policy.charter)
+    else: offer, worth = d.offer.to_numpy(bool), d.net_value.to_numpy(float)
+    return offer, np.where(offer, worth, 0.0)
+
+# %% ../nbs/59_policies.ipynb #pols0039
 def policy_month_values(cfg: Settings, month: str) -> pd.DataFrame:
-    """The offer policy in force and the newest policy of each kind, valued on `month`'s exploration campaign (per
-    customer, BRL, over offering nobody); empty when there is nothing to value (no policy, no model in production, no
-    randomised rows)."""
+    """The offer policy in force and the newest policy of each kind on `month`'s exploration campaign (per customer,
+    BRL, over offering nobody): realised (IPW, with its interval) beside expected (the policy's promise); empty when
+    there is nothing to value (no policy, no model in production, no randomised rows)."""
     pcfg = policy_settings(cfg)
     versions = valued_policies(cfg)
     model_v = version_with_status(cfg, STATUS_PRODUCTION)
@@ -273,30 +292,32 @@ def policy_month_values(cfg: Settings, month: str) -> pd.DataFrame:
     out = []
     for v in versions:
         policy = ml.pyfunc.load_model(f"models:/{pcfg.mlflow.registered_model}/{v.version}").unwrap_python_model()
-        d = policy.decide(rows, p)
-        offer = scored["decision"].to_numpy(bool) if d is None else d.offer.to_numpy(bool)
+        offer, promise = promised_values(policy, rows, p, scored["decision"].to_numpy(bool))
         val = policy_value(offer, y, t, e, acc, cfg.charter, cfg.gate.n_boot, cfg.train.seed, cfg.gate.confidence)
         sh = simulated_shares(sim, {"it": offer}) if sim is not None else {}
         out.append(dict(month=month, policy_version=v.version, kind=policy.kind, status=v.status,
                         in_force=v.status == STATUS_PRODUCTION, model_version=model_v.version, rows=len(rows),
                         offered_share=float(offer.mean()), value_per_customer=val["value_per_customer"],
                         lower=val["lower"], upper=val["upper"], simulated=sh.get("it_policy", float("nan")),
-                        oracle=sh.get("oracle_policy", float("nan"))))
+                        oracle=sh.get("oracle_policy", float("nan")), expected_per_customer=float(promise.mean())))
     return pd.DataFrame(out, columns=list(POLICY_VALUE_COLUMNS))
 
 # %% ../nbs/59_policies.ipynb #pols0032
 def store_policy_values(cfg: Settings, rows: pd.DataFrame) -> None:
-    "Replace the months of `rows` in roi.policy_values (one transaction)."
+    "Replace the months of `rows` in roi.policy_values (one transaction; a table an older version wrote gains columns)."
     if rows.empty: return
     with connect_warehouse(cfg, read_only=False) as con:
         replace_rows(con, TABLE_POLICY_VALUES, POLICY_VALUE_COLUMNS, rows, {"month": sorted(set(rows.month))})
 
+# %% ../nbs/59_policies.ipynb #pols0040
 def policy_values_text(values: pd.DataFrame) -> str:
-    "roi.policy_values for people: one line per month and policy."
+    "roi.policy_values for people: one line per month and policy, expected beside realised."
     if values.empty: return "no offer policy valued yet (it needs a labelled month's exploration campaign)"
-    lines = ["month    policy         in force  offered   value per customer (95% CI)     simulated   best"]
-    for r in values.sort_values(["month", "policy_version"]).itertuples():
+    lines = ["month    policy         in force  offered   expected   realised (95% CI)              simulated   best"]
+    v = values.sort_values(["month", "policy_version"])
+    if "expected_per_customer" not in v: v = v.assign(expected_per_customer=np.nan)   # a snapshot from before it
+    for r in v.itertuples():
         lines.append(f"{r.month}  v{r.policy_version:<3} {r.kind:<8}  {'yes' if r.in_force else 'no':<8} "
-                     f"{r.offered_share:>7.1%}   R$ {r.value_per_customer:>6.2f} ({r.lower:>6.2f}, {r.upper:>6.2f})"
-                     f"   R$ {r.simulated:>6.2f}  R$ {r.oracle:>5.2f}")
+                     f"{r.offered_share:>7.1%}   R$ {r.expected_per_customer:>6.2f}  R$ {r.value_per_customer:>6.2f} "
+                     f"({r.lower:>6.2f}, {r.upper:>6.2f})   R$ {r.simulated:>6.2f}  R$ {r.oracle:>5.2f}")
     return "\n".join(lines)

@@ -179,7 +179,8 @@ def test_the_campaign_is_measured_against_its_control_group_once_its_labels_arri
     for _, g in pv.groupby("month"):
         assert g.in_force.sum() == 1 and g[g.in_force].kind.iloc[0] == "risk" and g.simulated.notna().all()
         assert ((g.lower <= g.value_per_customer) & (g.value_per_customer <= g.upper)).all()
-    assert "every offer policy valued" in out.stdout
+        assert g.expected_per_customer.notna().all()            # what the policy promised, beside what it realised
+    assert "what it expected, what it realised" in out.stdout and "expected   realised (95% CI)" in out.stdout
     assert f"policy.v{pv.policy_version.iloc[-1]}.value_per_customer" in july.metrics
     from mlops_nb.contracts import connect_warehouse
     from mlops_nb.roi import measure_roi

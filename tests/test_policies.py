@@ -245,8 +245,14 @@ def test_each_labelled_month_values_the_policy_in_force_and_the_newest_of_each_k
         assert list(g[g.in_force].policy_version) == [v] and (g.rows > 300).all()
         assert ((g.lower <= g.value_per_customer) & (g.value_per_customer <= g.upper)).all()
         assert g.simulated.notna().all() and (g.oracle >= g.simulated).all()   # the best list bounds every policy
+        # expected beside realised: an uplift policy offers only where its own net value is positive
+        assert g.expected_per_customer.notna().all()
+        up = g[g.kind == "uplift"]
+        assert ((up.expected_per_customer > 0) == (up.offered_share > 0)).all()
     assert res.metrics[f"policy.v{v}.value_per_customer"] == pytest.approx(pv[pv.policy_version == v]
                                                                            .value_per_customer.iloc[-1])
+    assert res.metrics[f"policy.v{v}.expected_per_customer"] == pytest.approx(pv[pv.policy_version == v]
+                                                                              .expected_per_customer.iloc[-1])
     policy_values_step(cfg, res)                                    # a month valued again replaces its rows
     with connect_warehouse(cfg) as con:
         assert con.execute(f"SELECT count(*) FROM {TABLE_POLICY_VALUES}").fetchone()[0] == len(pv)
