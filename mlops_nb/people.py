@@ -26,8 +26,8 @@ __all__ = ['CITY_WEIGHT', 'FIRST_F', 'FIRST_M', 'LAST', 'STREETS', 'EMAIL_DOMAIN
            'PLAN_P_IN_PRODUCT', 'CONTRACT_P', 'PAYMENT_P', 'SEGMENTS', 'GENDER_P', 'STREAMS', 'NODAY', 'NOTIME',
            'FIRST_NAMES', 'PII_COLUMNS', 'rng_for', 'month_labels', 'month_span', 'shift_month', 'month_first_day',
            'month_days', 'cpf_check_digits', 'cpf_numbers', 'cpf_is_valid', 'zero_pad', 'format_dates',
-           'format_timestamps', 'format_brl', 'parse_brl', 'segment_probabilities', 'price_sensitivity', 'choose_rows',
-           'draw_customers', 'draw_contact', 'render_people', 'mask_pii']
+           'format_timestamps', 'format_brl', 'parse_brl', 'segment_probabilities', 'visible_segment_logits',
+           'price_sensitivity', 'choose_rows', 'draw_customers', 'draw_contact', 'render_people', 'mask_pii']
 
 # %% ../nbs/11_people.ipynb #370a5a4e
 CITY_WEIGHT = np.array([u[1] * c[2] for u in UFS for c in u[3]]) / sum(u[1] for u in UFS)
@@ -198,15 +198,35 @@ def parse_brl(text: pd.Series) -> pd.Series:
     return v.where(~neg.fillna(False), -v).astype(float)
 
 # %% ../nbs/11_people.ipynb #c59fa35d
-def segment_probabilities(sens: np.ndarray, ctype: np.ndarray, stress: np.ndarray) -> np.ndarray:
-    "P(segment) per customer (columns in SEGMENTS order) from latent price sensitivity, contract and financial stress."
+def segment_probabilities(sens: np.ndarray, ctype: np.ndarray, stress: np.ndarray,
+                          visible: np.ndarray | None = None,   # the same customers' visible_segment_logits
+                          signal: float = 0.0,                 # [lake] segment_signal: 1 = only the visible log-odds
+                          ) -> np.ndarray:
+    """P(segment) per customer (columns in SEGMENTS order) from latent price sensitivity, contract and financial stress
+    — moved towards the `visible` log-odds by `signal`."""
     m2m, two = (ctype == 0).astype(float), (ctype == 2).astype(float)
     z = np.stack([-0.2 + 0.9 * (sens - 1) + 0.3 * m2m,          # persuadable: price-driven, no lock-in
                   0.3 + 0.6 * two - 0.5 * (sens - 1),            # sure thing: content, locked in
                   -1.0 + 0.4 * m2m + 6.0 * (stress - 0.08),      # lost cause: struggling to pay
                   -1.2 + 0.5 * two], axis=1)                     # sleeping dog: a contact reminds them they can leave
+    if signal > 0: z = (1 - signal) * z + signal * np.asarray(visible, float)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+# %% ../nbs/11_people.ipynb #peop0s02
+def visible_segment_logits(sens_seen: np.ndarray,   # the part of price sensitivity the data explains
+                           fee_ratio: np.ndarray,   # the monthly fee over the plan's list fee
+                           age: np.ndarray,         # years, at signup
+                           ctype: np.ndarray,       # contract type code (0 month-to-month, 2 two-year)
+                           stress: np.ndarray,      # financial stress (hidden)
+                           ) -> np.ndarray:
+    "Segment log-odds (columns in SEGMENTS order) that follow observable traits, at the default world's segment mix."
+    m2m, two = (ctype == 0).astype(float), (ctype == 2).astype(float)
+    z = np.stack([0.9 * (sens_seen - 1) + 0.3 * m2m + 1.5 * (fee_ratio - 1),
+                  0.6 * two - 0.5 * (sens_seen - 1),
+                  0.4 * m2m + 6.0 * (stress - 0.08),
+                  0.5 * two + 0.6 * (age >= 50)], axis=1)
+    return 5.0 * z + np.array([0.0, 1.26, -1.11, -1.17])
 
 # %% ../nbs/11_people.ipynb #ce8afefa
 def price_sensitivity(age: np.ndarray, pay: np.ndarray, plan_fee: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -229,7 +249,8 @@ def choose_rows(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
 # %% ../nbs/11_people.ipynb #8d40735c
 def draw_customers(rng: np.random.Generator, nums: np.ndarray, signup: np.ndarray, seed: int,
                    young: bool = False,   # drift: new customers are younger
-                   pix_share: float = 0.0  # share of new customers paying by pix
+                   pix_share: float = 0.0,  # share of new customers paying by pix
+                   segment_signal: float = 0.0,   # [lake] segment_signal
                    ) -> dict[str, np.ndarray]:
     "State arrays of new customers numbered `nums` who signed up on day `signup`."
     n = len(nums)
@@ -250,7 +271,9 @@ def draw_customers(rng: np.random.Generator, nums: np.ndarray, signup: np.ndarra
     pay = rng.choice(4, n, p=pay_p / pay_p.sum()).astype(np.int8)
     sens = price_sensitivity(age, pay, PLAN_FEE[plan], rng.gamma(16.0, 1 / 16.0, n))
     stress = rng.beta(1.2, 14.0, n)
-    seg = choose_rows(rng, segment_probabilities(sens, ctype, stress)).astype(np.int8)
+    visible = (visible_segment_logits(price_sensitivity(age, pay, PLAN_FEE[plan], np.ones(n)), fee / PLAN_FEE[plan],
+                                      age, ctype, stress) if segment_signal > 0 else None)
+    seg = choose_rows(rng, segment_probabilities(sens, ctype, stress, visible, segment_signal)).astype(np.int8)
     level = rng.lognormal(0, .45, n)
     return dict(
         num=np.asarray(nums, dtype=np.int64), signup=np.asarray(signup, dtype=np.int32), birth=birth, gender=gender,

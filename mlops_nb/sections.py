@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings', 'StorageSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 11  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 12  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -96,6 +96,12 @@ class LakeSettings:
                                     "share of active customers drawn each month into a random exploration campaign "
                                     "(half offered, half control), before and beside the model's policy", lo=0.0,
                                     hi=0.5)
+    segment_signal: float = setting(0.0,
+                                    "how much the offer's effect shows in what the lake records: 0 = a latent "
+                                    "persuadability segment (an uplift model has little to learn), 1 = segments that "
+                                    "follow observable traits (price sensitivity the data explains, a fee above the "
+                                    "plan's list price, contract, age), the same mix among new customers", lo=0.0,
+                                    hi=1.0, since=12)
     duplicate_rate: float = setting(0.01, "defect: share of records written twice", lo=0.0, hi=0.5)
     missing_rate: float = setting(0.02, "defect: share of records with a blanked optional field", lo=0.0, hi=0.5)
     date_format_rate: float = setting(0.05, "defect: share of dates written in another format", lo=0.0, hi=0.5)

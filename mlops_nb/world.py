@@ -189,9 +189,12 @@ def _survival(c: float, z: np.ndarray) -> np.ndarray:
     hz = sigmoid(c + z[:, None] + 1.3 * np.exp(-np.arange(MAX_TENURE_MONTHS)[None, :] / 5))
     return np.exp(np.concatenate([np.zeros((len(z), 1)), np.cumsum(np.log1p(-hz), axis=1)[:, :-1]], axis=1))
 
-def initial_base(rng: np.random.Generator, n: int, start_day: int, seed: int) -> dict[str, np.ndarray]:
+def initial_base(rng: np.random.Generator, n: int, start_day: int, seed: int,
+                 segment_signal: float = 0.0,   # [lake] segment_signal
+                 ) -> dict[str, np.ndarray]:
     "The `n` customers active on `start_day`, numbered 1..n by signup date, as a stationary (survivor) population."
-    pool = draw_customers(rng, np.arange(1, 2 * n + 1), np.full(2 * n, start_day - 1), seed)
+    pool = draw_customers(rng, np.arange(1, 2 * n + 1), np.full(2 * n, start_day - 1), seed,
+                          segment_signal=segment_signal)
     # static log-odds plus the expected stress- and product-driven monthly terms, bucketed (similar types share a curve)
     zs = static_logit(pool, start_day - 1) + 1.3 * pool["stress"] + 0.9 * TICKET_RATE[pool["product"]]
     keys, inv, cnt = np.unique(np.round(zs * 20).astype(np.int64), return_inverse=True, return_counts=True)
@@ -302,7 +305,7 @@ class World:
         self.labels = month_labels(lake.start_month, lake.months)
         self.quality = city_quality(lake.seed)
         rng = rng_for(self.seed, 0, "initial_base")
-        self.base = initial_base(rng, lake.customers, month_first_day(self.labels[0]), self.seed)
+        self.base = initial_base(rng, lake.customers, month_first_day(self.labels[0]), self.seed, lake.segment_signal)
         self._warm_up_histories(rng)
         self.base["contract"] = np.arange(1, lake.customers + 1, dtype=np.int64)
         self.next_customer, self.next_contract, self.next_invoice, self.next_ticket = (
@@ -423,7 +426,7 @@ class World:
         pix = min(0.5, 0.25 + 0.05 * (i + 1 - self.lake.drift_month)) if drift else 0.0
         new = draw_customers(rng, np.arange(self.next_customer, self.next_customer + k),
                              np.sort(day0 + rng.integers(0, ndays, k)),
-                             self.seed, young=drift, pix_share=pix)
+                             self.seed, young=drift, pix_share=pix, segment_signal=self.lake.segment_signal)
         new["contract"] = np.arange(self.next_contract, self.next_contract + k, dtype=np.int64)
         typical = (PLAN_GB[new["plan"]] * .65 + PLAN_MBPS[new["plan"]] * .35) * new["level"]
         for h in (1, 2, 3): new[f"gb{h}"] = typical.astype(np.float32)   # no history yet: the plan's typical use

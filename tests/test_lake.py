@@ -139,6 +139,24 @@ def test_same_seed_gives_byte_identical_lake_and_oracle(tmp_path):
     assert len(differ) >= len(ha) - 2, "a different seed should change (nearly) every file"
 
 
+def test_segment_signal_changes_only_who_is_persuadable_and_keeps_the_mix(tmp_path):
+    kw = dict(lake_customers=4000, lake_months=3, lake_drift_month=3, lake_schema_drift_month=3, lake_scenario="stable")
+    a, _ = make(tmp_path / "a", **kw)
+    b, _ = make(tmp_path / "b", lake_segment_signal=1.0, **kw)
+    ha, hb = tree_hashes(a.paths.lake), tree_hashes(b.paths.lake)
+    # the same customers behave the same until an offer meets them: month 1's records other than the campaign's
+    first = [k for k in ha if "month=2025-01" in k and not k.startswith("campaigns")]
+    assert len(first) >= 4 and all(ha[k] == hb[k] for k in first)
+    ta, tb = (L.read_truth(c.paths.oracle) for c in (a, b))
+    j = ta[ta.month == "2025-01"].merge(tb[tb.month == "2025-01"], on="customer_id", suffixes=("_a", "_b"))
+    assert len(j) == (ta.month == "2025-01").sum()
+    mix = pd.DataFrame({"a": j.segment_a.value_counts(normalize=True), "b": j.segment_b.value_counts(normalize=True)})
+    # the same mix among new customers; among the active a few points fewer persuadables (month-to-month customers
+    # paying above list price leave sooner, and now they are the persuadable ones)
+    assert (mix.a - mix.b).abs().max() < 0.06, mix
+    assert 0.2 < (j.segment_a != j.segment_b).mean() < 0.8                          # different people in them
+
+
 def test_manifest_describes_every_file(drift):
     cfg, res = drift
     man = json.loads((cfg.paths.lake / "_manifest.json").read_text())

@@ -37,12 +37,14 @@ def run(args: list[str], settings: Path) -> None:
     if r.returncode: raise SystemExit(f"mlops-nb {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
 
 
-def project(root: Path, scenario: str, seed: int, operated: int, history: int, customers: int) -> Path:
+def project(root: Path, scenario: str, seed: int, operated: int, history: int, customers: int,
+            **settings: object) -> Path:
+    "A study's project folder and its settings.ini (`settings`: more keys, e.g. lake_segment_signal=1.0)."
     from mlops_nb.settings import render_settings
     root.mkdir(parents=True, exist_ok=True)
     values = dict(paths_notebooks=str(REPO / "nbs"), privacy_key_file=str(root / "pseudonym.key"),
                   lake_scenario=scenario, lake_seed=seed, lake_months=history + operated, lake_history_months=history,
-                  lake_customers=customers, alerts_rules_file=str(REPO / "alert_rules.yaml"))
+                  lake_customers=customers, alerts_rules_file=str(REPO / "alert_rules.yaml"), **settings)
     path = root / "settings.ini"
     path.write_text(render_settings(values), encoding="utf-8")
     return path

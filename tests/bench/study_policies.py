@@ -50,10 +50,12 @@ def promote_uplift(settings: Path) -> str:
     return v
 
 
-def study(seed: int, operated: int, history: int, customers: int, reuse: Path | None = None) -> dict:
-    "One seed; `reuse`: the root of an earlier study of it whose lifecycle ran (its operated months are redone)."
+def study(seed: int, operated: int, history: int, customers: int, reuse: Path | None = None,
+          **settings: object) -> dict:
+    """One seed; `reuse`: the root of an earlier study of it whose lifecycle ran (its operated months are redone);
+    `settings`: more keys for both branches (e.g. lake_segment_signal, operate_control_share)."""
     root = reuse or Path(tempfile.mkdtemp(prefix=f"study-policies-{seed}-"))
-    risk = project(root / "risk", "stable", seed, operated, history, customers)
+    risk = project(root / "risk", "stable", seed, operated, history, customers, **settings)
     t0 = time.time()
     if reuse is None: run(["run", "--no-progress"], risk)
     t1 = time.time()
@@ -90,10 +92,15 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=6)
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--reuse", type=Path, default=None, help="the root of an earlier study whose lifecycle ran")
+    ap.add_argument("--segment-signal", type=float, default=0.0,
+                    help="[lake] segment_signal: 1 = a world whose persuadability follows observable traits")
+    ap.add_argument("--control-share", type=float, default=None, help="[operate] control_share of both branches")
     a = ap.parse_args()
+    extra = dict(lake_segment_signal=a.segment_signal)
+    if a.control_share is not None: extra["operate_control_share"] = a.control_share
     pd.set_option("display.width", 220); pd.set_option("display.max_columns", 30)
     for seed in a.seeds:
-        r = study(seed, a.operated, a.history, a.customers, a.reuse)
+        r = study(seed, a.operated, a.history, a.customers, a.reuse, **extra)
         print(f"\n=== seed {seed}: lifecycle {r['lifecycle_s']} s; operated {a.operated} months under risk in "
               f"{r['risk_s']} s, under uplift (version {r['version']}) in {r['uplift_s']} s ({r['root']})")
         print(r["table"][["version", "kind", "status", "approved"]].to_string(index=False))
