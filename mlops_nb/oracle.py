@@ -23,7 +23,7 @@ from .value import (break_even_probability, budget_contacts, contact_policy, cos
 
 # %% auto #0
 __all__ = ['oracle_policy', 'oracle_summary', 'gap_interval', 'feature_ceiling', 'simulated_offer_values', 'simulated_shares',
-           'oracle_truth']
+           'offer_value_ceiling', 'oracle_truth']
 
 # %% ../nbs/42_oracle.ipynb #826ed0d7
 def _policy_value(contact: np.ndarray, truth: pd.DataFrame, charter: CharterSettings, n_months: int) -> dict[str,
@@ -154,6 +154,25 @@ def simulated_shares(worth: np.ndarray,                  # simulated_offer_value
         out[f"{name}_policy"] = got / len(worth) if len(worth) else float("nan")
         out[f"{name}_share_captured"] = got / best if best > 0 else float("nan")
     return out
+
+# %% ../nbs/42_oracle.ipynb #simval05
+def offer_value_ceiling(learn_x: np.ndarray,       # encoded features of the rows the regressor learns from
+                        learn_worth: np.ndarray,   # their simulated_offer_values
+                        held_x: np.ndarray,        # encoded features of held-out rows
+                        held_worth: np.ndarray,    # their simulated_offer_values
+                        seed: int = 0,
+                        max_rows: int = 100_000,   # learn from at most this many rows (a sample)
+                        ) -> float:
+    """The share of the held-out best list's value captured by offering where a regressor fitted to the *true* values
+    predicts a gain: about the most a policy learnt from these features can capture."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    learn_x, learn_worth = np.asarray(learn_x, float), np.asarray(learn_worth, float)
+    if len(learn_worth) > max_rows:
+        take = np.random.default_rng(seed).choice(len(learn_worth), max_rows, replace=False)
+        learn_x, learn_worth = learn_x[take], learn_worth[take]
+    reg = HistGradientBoostingRegressor(max_iter=200, random_state=seed).fit(learn_x, learn_worth)
+    return simulated_shares(held_worth, {"ceiling": reg.predict(np.asarray(held_x, float)) > 0})[
+        "ceiling_share_captured"]
 
 # %% ../nbs/42_oracle.ipynb #37fb4da8
 def oracle_truth(cfg: Settings, frame: pd.DataFrame, spec,

@@ -22,7 +22,8 @@ import pandas as pd
 from .catalog import ART_UPLIFT_STUDY, VERB_UPLIFT
 from .contracts import FeatureSpec
 from .offer_policy import net_value
-from .oracle import oracle_truth, simulated_offer_values, simulated_shares
+from .encoder import TabularEncoder, model_input
+from .oracle import offer_value_ceiling, oracle_truth, simulated_offer_values, simulated_shares
 from .settings import CharterSettings, Settings
 from mlops_nb.uplift import (
     UpliftModel,
@@ -89,7 +90,11 @@ class UpliftStudy:
             s += (f" Simulated: uplift R$ {o['uplift_policy']:.2f}, risk R$ {o['risk_policy']:.2f}, oracle R$ "
                   f"{o['oracle_policy']:.2f} per customer — the uplift policy captures "
                   f"{o['oracle_share_captured']:.0%} of the oracle's value, the risk policy "
-                  f"{o['risk_share_captured']:.0%}.")
+                  f"{o['risk_share_captured']:.0%}")
+            if "feature_ceiling_share" in o:
+                s += (f"; from these features no policy can be expected to capture much more than "
+                      f"{o['feature_ceiling_share']:.0%} (a regressor fitted to the true values)")
+            s += "."
         return s
 
 # %% ../nbs/72_uplift_study.ipynb #ust00010
@@ -126,6 +131,12 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
         study.oracle = dict(shares, oracle_share_captured=shares["uplift_share_captured"],
                             uplift_correlation=float(np.corrcoef(u, truth["uplift"].to_numpy(float))[0, 1]),
                             qini_truth=qini_coefficient(truth["uplift"].to_numpy(float), y, t))
+        learnt = oracle_truth(cfg, train_all, spec, extra=("segment",))
+        if learnt is not None and learnt["uplift"].notna().all():
+            enc = TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "median", True)
+            study.oracle["feature_ceiling_share"] = offer_value_ceiling(
+                enc.fit_transform(model_input(train_all, spec)), simulated_offer_values(learnt, cfg.charter),
+                enc.transform(model_input(held, spec)), simulated_offer_values(truth, cfg.charter), seed)
     return study, model
 
 # %% ../nbs/72_uplift_study.ipynb #ust00011

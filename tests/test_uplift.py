@@ -112,7 +112,10 @@ def test_the_study_is_a_command_and_a_tracked_run(world):
     run = mlflow.get_run(study["run_id"])
     assert run.data.metrics["uplift.qini"] == pytest.approx(study["qini"])
     assert "uplift.oracle.oracle_share_captured" in run.data.metrics
+    ceiling = run.data.metrics["uplift.oracle.feature_ceiling_share"]            # the yardstick beside the share
+    assert ceiling <= 1 and ceiling == pytest.approx(study["oracle"]["feature_ceiling_share"])
     logged = mlflow.artifacts.load_dict(f"runs:/{study['run_id']}/{ART_UPLIFT_STUDY}")
     assert logged["family"] == study["family"]
     human = run_cli("--settings", str(settings), "uplift")
     assert human.returncode == 0 and "uplift − risk R$" in human.stdout, human.stderr[-2000:]
+    assert "no policy can be expected to capture much more than" in human.stdout
