@@ -9,14 +9,16 @@ Docs: https://mlops-nb.github.io/mlops-nb/calibration.html.md"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss
 
 from .stats import equal_mass_bins
+
+if TYPE_CHECKING: from sklearn.isotonic import IsotonicRegression
+# scikit-learn is imported where a calibrator is fitted: the error measures here serve the monitor and the
+# stakeholders' pages, which should not pay scikit-learn's import (0.8 s) to read a table
 
 # %% auto #0
 __all__ = ['TIE_BREAK', 'reliability_table', 'expected_calibration_error', 'Calibrator', 'fit_calibrator']
@@ -67,6 +69,7 @@ class Calibrator:
 
     def as_transformer(self) -> IsotonicRegression:
         "The same map as a fitted scikit-learn IsotonicRegression (what the packaged model carries)."
+        from sklearn.isotonic import IsotonicRegression
         return IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(self.x, self.y)
 
 # %% ../nbs/40_calibration.ipynb #b1c530ee
@@ -76,6 +79,8 @@ def _knots(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(y, float)[i]
 
 def _fit_one(method: str, y: np.ndarray, p: np.ndarray) -> Calibrator:
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
     if method == "isotonic":
         steps = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(p, y).predict(p)
         c = pd.DataFrame({"p": p, "step": steps}).groupby("step")["p"].mean().sort_values()   # the centre of each step
@@ -97,6 +102,7 @@ def fit_calibrator(y: np.ndarray,           # validation labels
                    seed: int = 0,           # seed of the auto method's fold split
                    ) -> Calibrator:
     "Fit a calibrator on validation rows; `auto` picks isotonic or Platt by cross-fitted Brier score."
+    from sklearn.metrics import brier_score_loss
     y, p = np.asarray(y, int), np.asarray(p, float)
     if method == "auto":
         folds = np.random.default_rng(seed).permutation(len(y)) % 2

@@ -23,6 +23,7 @@ from .catalog import (AUDIT_GATE_OVERRIDE, AUDIT_MODEL_STATUS, AUDIT_ROLLED_BACK
                               TABLE_MONITOR_PERFORMANCE, TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES,
                               TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS)
 from .operate import read_snapshot
+from .performance import label_free_record
 from .settings import Settings
 
 # %% auto #0
@@ -71,6 +72,9 @@ LABELS: dict[str, dict[str, str]] = {
         "cap_performance": (
             "A AUC estimada sem rótulos quando o mês é pontuado (tracejada) e a realizada quando os rótulos chegam, "
             "com intervalos de 95%."),
+        "perf_record": (
+            " Em {months} meses com rótulos, a estimativa ficou em média a {mean:.3f} da AUC realizada (no máximo "
+            "{max:.3f}), e o intervalo dela conteve a realizada em {held} deles."),
         "cap_timeline": (
             "Embaixo, a linha é a versão do modelo que decidiu cada mês; acima, nos mesmos meses, os alertas abertos, "
             "os dados retidos, os retreinos (cheio se a nova versão foi promovida, com o número dela) e as reversões "
@@ -161,6 +165,9 @@ LABELS: dict[str, dict[str, str]] = {
         "cap_performance": (
             "The AUC estimated without labels when the month is scored (dashed) and realised once its labels arrive, "
             "with 95% intervals."),
+        "perf_record": (
+            " Over {months} months with labels the estimate was {mean:.3f} from the realised AUC on average (at most "
+            "{max:.3f}), and its interval held the realised AUC in {held} of them."),
         "cap_timeline": (
             "At the bottom, the line is the model version that decided each month; above it, on the same months, the "
             "alerts opened, data held back, retrainings (filled when the new version was promoted, with its number) "
@@ -298,7 +305,12 @@ def monitoring_blocks(cfg: Settings, lang: str) -> list[Block]:
                 ("fig", (drift_heatmap(drift), label(lang, "cap_drift") + moved_note(lang, drift.column)))]
     perf = read_snapshot(cfg, TABLE_MONITOR_PERFORMANCE)
     if len(perf):
-        out += [("h2", label(lang, "performance")), ("fig", (performance_plot(perf), label(lang, "cap_performance")))]
+        rec = label_free_record(perf)
+        note = (label(lang, "perf_record").format(months=rec["months"], mean=rec["mean_abs_gap"],
+                                                  max=rec["max_abs_gap"], held=rec["within_interval"])
+                if rec["months"] else "")
+        out += [("h2", label(lang, "performance")),
+                ("fig", (performance_plot(perf), label(lang, "cap_performance") + note))]
     inc = all_incidents(cfg)
     order = tuple(sorted(months.month.astype(str), reverse=True))
     out += [("h2", label(lang, "month_detail")),

@@ -25,7 +25,7 @@ from .stats import auc_sort, bootstrap_counts, equal_mass_bins, percentile_ci, s
 __all__ = ['SPREAD_ROWS', 'EPS', 'checked_inputs', 'mass_below', 'expected_auc', 'simulated_aucs', 'auc_spread', 'estimate_auc',
            'PerformanceEstimate', 'estimate_performance', 'delong_sd', 'auc_interval', 'calibration_error',
            'RealisedPerformance', 'realised_performance', 'holm', 'ConceptDriftTest', 'concept_drift_test',
-           'month_performance']
+           'month_performance', 'label_free_record']
 
 # %% ../nbs/61_performance.ipynb #61a00005
 def _column(a: Any) -> np.ndarray:
@@ -387,3 +387,18 @@ def month_performance(frame: pd.DataFrame,        # one month: a row per scored 
     for prefix, r in (("estimated", est), ("realised", real), ("drift", test)):
         row.update({f"{prefix}_{k}": v for k, v in r.to_dict().items()})
     return row
+
+# %% ../nbs/61_performance.ipynb #61a0002f
+def label_free_record(perf: pd.DataFrame,   # monitor.performance rows: month, kind, auc, auc_lower, auc_upper
+                      ) -> dict[str, float]:
+    """The label-free AUC estimate against the realised AUC over the months that have both: months, mean and largest
+    absolute gap, and the months whose realised AUC fell inside the estimate's interval."""
+    pick = lambda kind: (perf[perf.kind == kind].drop_duplicates("month", keep="last")   # noqa: E731
+                         .set_index("month")[["auc", "auc_lower", "auc_upper"]])
+    both = pick("estimated").join(pick("realised"), lsuffix="_est", rsuffix="_real", how="inner")
+    both = both.dropna(subset=["auc_est", "auc_real"])
+    gap = (both.auc_est - both.auc_real).abs()
+    held = (both.auc_real >= both.auc_lower_est) & (both.auc_real <= both.auc_upper_est)
+    nan = float("nan")
+    return dict(months=len(both), mean_abs_gap=float(gap.mean()) if len(both) else nan,
+                max_abs_gap=float(gap.max()) if len(both) else nan, within_interval=int(held.sum()))

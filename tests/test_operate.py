@@ -461,6 +461,14 @@ def test_the_dashboards_export_as_html_with_figures_and_no_personal_data(operate
     assert text["monitoring"].count("<img") == 3 and text["roi"].count("<img") == 2 and "<img" in text["bias"]
     assert "Trilha de auditoria" in text["governance"] and "Íntegra" in text["governance"]   # [dashboards] language pt
     assert "Como ler esta página" in text["roi"] and "R$" in text["roi"]
+    # the label-free estimate's track record under its figure, counted from the published table
+    from mlops_nb.catalog import TABLE_MONITOR_PERFORMANCE
+    from mlops_nb.operate import read_snapshot
+    from mlops_nb.performance import label_free_record
+    rec = label_free_record(read_snapshot(cfg, TABLE_MONITOR_PERFORMANCE))
+    assert rec["months"] >= 1 and 0 <= rec["within_interval"] <= rec["months"]
+    assert (f"Em {rec['months']} meses com rótulos, a estimativa ficou em média a {rec['mean_abs_gap']:.3f}"
+            in text["monitoring"]), text["monitoring"][:3000]
     configure_mlflow(cfg)
     client = MlflowClient()
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
