@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from mlops_nb.catalog import (
     ART_POLICY_VERDICT,
     PHASE_POLICY,
+    STATUS_DEVELOPMENT,
     STATUS_PRODUCTION,
     STATUS_STAGING,
     TAG_GATE_APPROVED,
@@ -35,6 +36,7 @@ from .oracle import oracle_truth, simulated_offer_values, simulated_shares
 from .package import package_code_dir, pinned_requirements, synthetic_example
 from mlops_nb.registry import (
     VersionInfo,
+    archive,
     list_versions,
     policy_settings,
     promote,
@@ -58,9 +60,9 @@ from .value import expected_profit
 
 # %% auto #0
 __all__ = ['RISK_REASON', 'UPLIFT_POLICY_FAMILIES', 'POLICY_VALUE_COLUMNS', 'policy_example', 'log_policy', 'register_policy',
-           'ensure_risk_policy', 'choose_learner', 'PolicyProposal', 'propose_uplift_policy', 'run_policy',
-           'policy_table', 'valued_policies', 'promised_values', 'policy_month_values', 'store_policy_values',
-           'policy_values_text']
+           'ensure_risk_policy', 'choose_learner', 'PolicyProposal', 'propose_uplift_policy', 'archive_superseded',
+           'run_policy', 'policy_table', 'valued_policies', 'promised_values', 'policy_month_values',
+           'store_policy_values', 'policy_values_text']
 
 # %% ../nbs/59_policies.ipynb #pols0005
 def policy_example(policy: OfferPolicy, rows: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -204,14 +206,26 @@ def _record_proposal(cfg: Settings, policy: OfferPolicy, verdict: PolicyVerdict,
         mlflow.log_dict(dict(verdict=verdict.to_dict(), qini_by_family=qinis, in_force=in_force, oracle=oracle,
                              rows=rows), ART_POLICY_VERDICT)
         v = register_policy(cfg, policy, verdict.approved, verdict.reason, actor, example_rows)
+    superseded = archive_superseded(cfg, v.version, actor)
     if verdict.approved:
         v = set_status(pcfg, v.version, STATUS_STAGING, actor, f"approved against {in_force}")
         if cfg.gate.auto_promote: v = promote(pcfg, v.version, actor, f"approved against {in_force}; auto_promote")
     msg = (f"uplift policy version {v.version} ({family}) is in {v.status}: {verdict.reason}"
            + ("" if v.status == STATUS_PRODUCTION or not verdict.approved
-              else f" (auto_promote is off: `mlops-nb policy promote {v.version}`)"))
+              else f" (auto_promote is off: `mlops-nb policy promote {v.version}`)")
+           + (f"; refused earlier proposals archived: {', '.join('v' + s for s in superseded)}" if superseded else ""))
     return PolicyProposal(v.version, v.status, verdict.approved, msg, family, qinis, verdict.to_dict(), in_force,
                           oracle)
+
+# %% ../nbs/59_policies.ipynb #pols0043
+def archive_superseded(cfg: Settings, newest: str, actor: str = "pipeline") -> list[str]:
+    "Archive the uplift policies the gate refused that a newer proposal (`newest`) supersedes; their versions."
+    t = policy_table(cfg)
+    old = t[(t.kind == POLICY_UPLIFT) & (t.status == STATUS_DEVELOPMENT) & ~t.approved.astype(bool)
+            & (t.version.astype(int) < int(newest))]
+    pcfg = policy_settings(cfg)
+    for v in old.version: archive(pcfg, v, actor, f"superseded by uplift policy v{newest}; refused, never served")
+    return sorted(old.version, key=int)
 
 # %% ../nbs/59_policies.ipynb #pols0013
 def run_policy(cfg: Settings, mlflow_run_id: str = "", actor: str = "pipeline") -> PolicyProposal:

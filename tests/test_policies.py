@@ -111,6 +111,14 @@ def test_the_phase_registers_the_risk_policy_then_judges_an_uplift_policy_and_a_
     assert (policy_table(cfg).kind == "risk").sum() == 1
     assert [e.actor for e in read_events(cfg, AUDIT_MODEL_STATUS) if e.details["model"] == pcfg.mlflow.registered_model
             and e.details["version"] == "3"][0] == "ana"
+    # a refused proposal the new one supersedes is archived (audited, not deleted); an approved one is left alone
+    t = policy_table(cfg).set_index("version")
+    archived = [e for e in read_events(cfg, AUDIT_MODEL_STATUS) if e.details["model"] == pcfg.mlflow.registered_model
+                and e.details["version"] == "2" and e.details["to_status"] == "archived"]
+    if res.approved: assert t.loc["2", "status"] != "archived" and not archived
+    else:
+        assert t.loc["2", "status"] == "archived" and "refused earlier proposals archived: v2" in r.stdout
+        assert archived[0].actor == "ana" and archived[0].details["reason"].startswith("superseded by uplift policy v3")
     # a person switches to the uplift policy (with a written reason when the gate refused it) and rolls back: both
     # are promotions in the audit trail, through the command line
     args = ["--settings", str(settings), "policy", "promote", "2", "--reason", "trial month", "--actor", "ana"]
