@@ -125,18 +125,20 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
     study = UpliftStudy(family, dict(randomised=len(rows), fit=len(fit_rows), valid=len(valid_rows), test=len(held)),
                         accept_rate, qini_coefficient(u, y, t), qinis, value(up), value(risk), risk_name,
                         value(up, risk), curve=qini_curve(u, y, t).to_dict("records"))
-    truth = oracle_truth(cfg, held, spec, extra=("segment",))
-    if truth is not None and truth["uplift"].notna().all():
-        shares = simulated_shares(simulated_offer_values(truth, cfg.charter), {"uplift": up, "risk": risk})
+    known = oracle_truth(cfg, rows, spec, extra=("segment",))     # the truth of every randomised row, read once
+    if known is None: return study, model
+    worth = simulated_offer_values(known, cfg.charter)
+    truth, seen = known[test].reset_index(drop=True), known["uplift"].notna().to_numpy()
+    if seen[test].all():
+        shares = simulated_shares(worth[test], {"uplift": up, "risk": risk})
         study.oracle = dict(shares, oracle_share_captured=shares["uplift_share_captured"],
                             uplift_correlation=float(np.corrcoef(u, truth["uplift"].to_numpy(float))[0, 1]),
                             qini_truth=qini_coefficient(truth["uplift"].to_numpy(float), y, t))
-        learnt = oracle_truth(cfg, train_all, spec, extra=("segment",))
-        if learnt is not None and learnt["uplift"].notna().all():
+        if seen[~test].all():
             enc = TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "median", True)
             study.oracle["feature_ceiling_share"] = offer_value_ceiling(
-                enc.fit_transform(model_input(train_all, spec)), simulated_offer_values(learnt, cfg.charter),
-                enc.transform(model_input(held, spec)), simulated_offer_values(truth, cfg.charter), seed)
+                enc.fit_transform(model_input(train_all, spec)), worth[~test], enc.transform(model_input(held, spec)),
+                worth[test], seed)
     return study, model
 
 # %% ../nbs/72_uplift_study.ipynb #ust00011
