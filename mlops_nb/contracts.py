@@ -34,9 +34,9 @@ __all__ = ['DATASET_MAX_ROWS', 'FeatureSpec', 'frame_digest', 'frame_schema', 'p
            'WarehouseBusy', 'connect_waiting', 'connect_warehouse', 'warehouse_content_hash', 'save_feature_query',
            'save_feature_table', 'partition_fingerprints', 'read_feature_inputs', 'first_changed_month',
            'months_to_rebuild', 'save_feature_months', 'no_feature_table', 'read_feature_spec',
-           'with_sensitive_attributes', 'feature_table_source', 'load_feature_table', 'table_exists', 'held_partitions',
-           'has_columns', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest', 'large_feature_dataset',
-           'ensure_table', 'replace_rows']
+           'with_sensitive_attributes', 'feature_table_source', 'feature_order', 'load_feature_table', 'table_exists',
+           'held_partitions', 'has_columns', 'month_profile', 'missing_profile', 'feature_dataset', 'sql_digest',
+           'large_feature_dataset', 'ensure_table', 'replace_rows']
 
 # %% ../nbs/06_contracts.ipynb #840dd5db
 @dataclass(frozen=True)
@@ -293,12 +293,20 @@ def feature_table_source(cfg: Settings) -> str:
         except duckdb.CatalogException: raise no_feature_table(cfg) from None
     return str(rows[0][0] or "") if rows else ""
 
+# %% ../nbs/06_contracts.ipynb #ord00002
+def feature_order(spec: FeatureSpec, alias: str = "") -> str:
+    "The ORDER BY of the feature table's rows, (month, customer): the one order every reader gets them in."
+    return ", ".join(f'{alias}"{c}"' for c in (spec.time_column, spec.id_column) if c)
+
 # %% ../nbs/06_contracts.ipynb #684e8add
 def load_feature_table(cfg: Settings,
                        untreated: bool = True,   # leave out the customer-months a retention campaign contacted
                        months: Sequence[str] | None = None,   # only these months (YYYY-MM); default: all
                        # only the customer-months in a campaign whose id starts so (e.g. the exploration's RET-)
                        campaign: str | None = None,
+                       # at most this many rows: a seeded sample, the same rows for the same seed (None: all)
+                       sample_rows: int | None = None,
+                       seed: int = 0,            # the sample's seed
                        ) -> tuple[pd.DataFrame, FeatureSpec]:
     """The rows a model may learn from, and the table's spec: from `[train] first_month` on, without the months a
     lake partition is held back in (data that failed a blocking quality rule), and without the customer-months a
@@ -323,6 +331,12 @@ def load_feature_table(cfg: Settings,
                 WHERE c.customer_key = t."{spec.id_column}" AND c.month = CAST(t."{spec.time_column}" AS VARCHAR)
                 AND c.contacted)""")
         sql = f"SELECT t.* FROM {TABLE_FEATURES} t" + (" WHERE " + " AND ".join(where) if where else "")
+        # in one order whatever DuckDB's threads (a parallel scan returns row groups as they finish): a fit, a split,
+        # a sample or a digest taken by position is then the same on every run
+        key = feature_order(spec, "t.")
+        if sample_rows is not None:   # the sample: the rows whose hash with the seed is smallest
+            sql += f" ORDER BY hash({key}, ?::BIGINT), {key} LIMIT ?"; params += [seed, int(sample_rows)]
+        elif key: sql += f" ORDER BY {key}"
         df = con.execute(sql, params).df()
     spec.check(df)
     return df, spec

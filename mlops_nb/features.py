@@ -32,6 +32,7 @@ from mlops_nb.contracts import (
     FeatureSpec,
     connect_warehouse,
     feature_dataset,
+    feature_order,
     held_partitions,
     large_feature_dataset,
     missing_profile,
@@ -488,11 +489,10 @@ def log_feature_table(cfg: Settings, spec: FeatureSpec) -> dict[str, Any]:
     "Log the feature table (as an MLflow dataset), its spec and profiles to the active run; return the logged summary."
     import mlflow
     with connect_warehouse(cfg) as con:
-        rows, customers, labelled, rate = con.execute(f"SELECT count(*), count(DISTINCT {spec.id_column}), "
-                                                      f"count({spec.target}), avg({spec.target}) FROM "
-                                                      f"{TABLE_FEATURES}").fetchone()
+        counts = f"count(*), count(DISTINCT {spec.id_column}), count({spec.target}), avg({spec.target})"
+        rows, customers, labelled, rate = con.execute(f"SELECT {counts} FROM {TABLE_FEATURES}").fetchone()
         if rows <= DATASET_MAX_ROWS:
-            df = con.execute(f"SELECT * FROM {TABLE_FEATURES}").df()    # exactly what load_feature_table returns
+            df = con.execute(f"SELECT * FROM {TABLE_FEATURES} ORDER BY {feature_order(spec)}").df()   # as train reads
             ds = feature_dataset(df, spec, str(cfg.paths.warehouse))
         else: ds = large_feature_dataset(con, spec, str(cfg.paths.warehouse))
         months = month_profile(con, target=spec.target, time_column=spec.time_column) if spec.time_column else None

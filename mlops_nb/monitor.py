@@ -91,7 +91,7 @@ def month_frame(con, cfg: Settings, month: str, relation: str, spec: FeatureSpec
                f.{quoted(spec.target)} AS y{sens}
         FROM {relation} l {action}
         LEFT JOIN {TABLE_FEATURES} f ON f.{quoted(spec.id_column)} = l.customer_key
-             AND CAST(f.{quoted(spec.time_column)} AS VARCHAR) = l.month""").df()
+             AND CAST(f.{quoted(spec.time_column)} AS VARCHAR) = l.month ORDER BY l.customer_key""").df()
     df["action"] = df["action"].fillna("not_selected")
     w = np.where(df.action == "not_selected", 1.0, 0.0)
     if control_share > 0: w = np.where(df.action == "control", 1.0 / control_share, w)

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .catalog import AUDIT_BATCH_SCORED, STATUS_PRODUCTION, TABLE_FEATURES
 from .compute import configured_threads, thread_limits
-from .contracts import FeatureSpec, connect_warehouse, read_feature_spec
+from .contracts import FeatureSpec, connect_warehouse, feature_order, read_feature_spec
 from .prediction_log import LINEAGE_KEYS, LOG_SCHEMA, new_request_id, write_log_table
 from .served import ServedModel, ServedPolicy, load_offer_policy, load_served_model
 from .settings import Settings, SettingsError
@@ -56,8 +56,8 @@ def month_rows(cfg: Settings, month: str) -> tuple[pd.DataFrame, FeatureSpec]:
         spec = read_feature_spec(con, cfg)
         if not spec.time_column:
             raise SettingsError(f"{TABLE_FEATURES} has no time column (a flat table): there are no months to score")
-        df = con.execute(f'SELECT * FROM {TABLE_FEATURES} WHERE CAST("{spec.time_column}" AS VARCHAR) = ?',
-                         [month]).df()
+        df = con.execute(f'SELECT * FROM {TABLE_FEATURES} WHERE CAST("{spec.time_column}" AS VARCHAR) = ? '
+                         f'ORDER BY {feature_order(spec)}', [month]).df()   # one order on every run
         if df.empty:
             months = [r[0] for r in con.execute(f'SELECT DISTINCT CAST("{spec.time_column}" AS VARCHAR) FROM '
                                                 f'{TABLE_FEATURES} ORDER BY 1').fetchall()]
