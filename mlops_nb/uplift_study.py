@@ -14,13 +14,13 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from .catalog import ART_UPLIFT_STUDY, VERB_UPLIFT
-from .contracts import FeatureSpec
+from .contracts import FeatureSpec, load_feature_table
 from .offer_policy import net_value
 from .encoder import TabularEncoder, model_input
 from .oracle import offer_value_ceiling, oracle_truth, simulated_offer_values, simulated_shares
@@ -37,7 +37,8 @@ from mlops_nb.uplift import (
 from .value import expected_profit
 
 # %% auto #0
-__all__ = ['UPLIFT_FAMILIES', 'offer_pays', 'risk_decisions', 'UpliftStudy', 'uplift_study', 'run_uplift_study']
+__all__ = ['CEILING_ROWS', 'UPLIFT_FAMILIES', 'offer_pays', 'risk_scorer', 'UpliftStudy', 'feature_ceiling_share', 'uplift_study',
+           'run_uplift_study']
 
 # %% ../nbs/72_uplift_study.ipynb #ust00005
 def offer_pays(uplift: np.ndarray, charter: CharterSettings, accept_rate: float) -> np.ndarray:
@@ -45,21 +46,27 @@ def offer_pays(uplift: np.ndarray, charter: CharterSettings, accept_rate: float)
     return net_value(uplift, accept_rate, charter) > 0
 
 # %% ../nbs/72_uplift_study.ipynb #ust00006
-def risk_decisions(cfg: Settings, rows: pd.DataFrame, spec: FeatureSpec,
-                   fallback: UpliftModel) -> tuple[np.ndarray, str]:
-    """The production risk model's decisions on `rows` (its threshold), and its name; without a production version,
-    the charter's rule on the held-out arm's churn model (a risk model of the untreated)."""
+def risk_scorer(cfg: Settings, fallback: UpliftModel,
+                ) -> tuple[Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]], str]:
+    """The production risk model as a function of rows → (churn probability, its decision at its threshold), loaded
+    once, and its name; without a production version, the charter's rule on the held-out arm's churn model (a risk
+    model of the untreated)."""
     from mlops_nb.registry import version_with_status
     from mlops_nb.catalog import STATUS_PRODUCTION
     from mlops_nb.served import mlflow_for
     v = version_with_status(cfg, STATUS_PRODUCTION)
     if v is None:
-        p0, _ = fallback.churn(rows)
-        return expected_profit(p0, cfg.charter) > 0, "the charter's rule on the untreated churn model"
+        def untreated_rule(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+            p0, _ = fallback.churn(rows)
+            return p0, expected_profit(p0, cfg.charter) > 0
+        return untreated_rule, "the charter's rule on the untreated churn model"
     mlflow, _ = mlflow_for(cfg)
     model = mlflow.pyfunc.load_model(f"models:/{cfg.mlflow.registered_model}/{v.version}")
-    out = model.predict(rows[list(model.unwrap_python_model().spec.features)])
-    return out["decision"].to_numpy(bool), f"version {v.version} (production)"
+    features = list(model.unwrap_python_model().spec.features)
+    def production(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        out = model.predict(rows[features])
+        return out["churn_probability"].to_numpy(float), out["decision"].to_numpy(bool)
+    return production, f"version {v.version} (production)"
 
 # %% ../nbs/72_uplift_study.ipynb #ust00009
 @dataclass
@@ -97,6 +104,31 @@ class UpliftStudy:
             s += "."
         return s
 
+# %% ../nbs/72_uplift_study.ipynb #ust0000d
+CEILING_ROWS = 100_000   # customer-months the ceiling's regressor learns from, at most (a seeded sample)
+
+def feature_ceiling_share(cfg: Settings, spec: FeatureSpec,
+                          months: list[str],           # the study's months (YYYY-MM)
+                          held: pd.DataFrame,          # the held-out randomised rows
+                          held_worth: np.ndarray,      # their simulated_offer_values
+                          risk: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]],   # risk_scorer's function
+                          seed: int, max_rows: int = CEILING_ROWS) -> tuple[float, int]:
+    """`42_oracle.offer_value_ceiling` on the held-out rows, learnt from a sample of every labelled customer-month of
+    `months` outside the held-out customers, from the features and the risk model's probability: (share, rows learnt
+    from); (NaN, 0) without truth to learn from."""
+    learn, _ = load_feature_table(cfg, untreated=False, months=months, sample_rows=max_rows, seed=seed)
+    learn = learn[learn[spec.target].notna() & ~learn[spec.id_column].isin(held[spec.id_column])]
+    known = oracle_truth(cfg, learn.reset_index(drop=True), spec, extra=("segment",))
+    if known is None: return float("nan"), 0
+    ok = known["uplift"].notna().to_numpy()
+    learn, known = learn[ok].reset_index(drop=True), known[ok].reset_index(drop=True)
+    if len(learn) < 100: return float("nan"), 0
+    enc = TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "median", True)
+    enc.fit(model_input(learn, spec))
+    inputs = lambda df: np.c_[enc.transform(model_input(df, spec)), risk(df)[0]]   # noqa: E731
+    return (offer_value_ceiling(inputs(learn), simulated_offer_values(known, cfg.charter), inputs(held), held_worth,
+                                seed, max_rows=max_rows), len(learn))
+
 # %% ../nbs/72_uplift_study.ipynb #ust00010
 UPLIFT_FAMILIES = ("logreg", "hgb")
 
@@ -120,7 +152,8 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
     y, t, e, acc = (held[spec.target].astype(int).to_numpy(), held.t.to_numpy(int), held.e.to_numpy(float),
                     held.accepted.astype(float).to_numpy())
     u = model.uplift(held)
-    up, (risk, risk_name) = offer_pays(u, cfg.charter, accept_rate), risk_decisions(cfg, held, spec, model)
+    score_risk, risk_name = risk_scorer(cfg, model)
+    up, risk = offer_pays(u, cfg.charter, accept_rate), score_risk(held)[1]
     value = lambda c, base=None: policy_value(c, y, t, e, acc, cfg.charter, nb, seed, conf, base)  # noqa: E731
     study = UpliftStudy(family, dict(randomised=len(rows), fit=len(fit_rows), valid=len(valid_rows), test=len(held)),
                         accept_rate, qini_coefficient(u, y, t), qinis, value(up), value(risk), risk_name,
@@ -134,11 +167,9 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
         study.oracle = dict(shares, oracle_share_captured=shares["uplift_share_captured"],
                             uplift_correlation=float(np.corrcoef(u, truth["uplift"].to_numpy(float))[0, 1]),
                             qini_truth=qini_coefficient(truth["uplift"].to_numpy(float), y, t))
-        if seen[~test].all():
-            enc = TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "median", True)
-            study.oracle["feature_ceiling_share"] = offer_value_ceiling(
-                enc.fit_transform(model_input(train_all, spec)), worth[~test], enc.transform(model_input(held, spec)),
-                worth[test], seed)
+        months = sorted(rows[spec.time_column].astype(str).unique())
+        share, study.rows["ceiling"] = feature_ceiling_share(cfg, spec, months, held, worth[test], score_risk, seed)
+        if share == share: study.oracle["feature_ceiling_share"] = share
     return study, model
 
 # %% ../nbs/72_uplift_study.ipynb #ust00011

@@ -114,6 +114,10 @@ def test_the_study_is_a_command_and_a_tracked_run(world):
     assert "uplift.oracle.oracle_share_captured" in run.data.metrics
     ceiling = run.data.metrics["uplift.oracle.feature_ceiling_share"]            # the yardstick beside the share
     assert ceiling <= 1 and ceiling == pytest.approx(study["oracle"]["feature_ceiling_share"])
+    # it learns from every customer-month the simulator knows, not only the randomised rows the learner sees
+    rows = study["rows"]
+    assert rows["ceiling"] > 2 * (rows["fit"] + rows["valid"]) and run.data.params["uplift_rows_ceiling"] == str(
+        rows["ceiling"])
     logged = mlflow.artifacts.load_dict(f"runs:/{study['run_id']}/{ART_UPLIFT_STUDY}")
     assert logged["family"] == study["family"]
     human = run_cli("--settings", str(settings), "uplift")
