@@ -40,7 +40,7 @@ from .settings import Settings, SettingsError
 
 # %% auto #0
 __all__ = ['MONITOR_COLUMNS', 'REPORT_ROWS', 'OperateError', 'next_month', 'months_to_operate', 'ensure_monitor_tables',
-           'replace_rows', 'publish_snapshots', 'read_snapshot', 'reset_operation', 'newly_labelled',
+           'replace_rows', 'publish_snapshots', 'read_snapshot', 'reset_operation', 'newly_labelled', 'report_windows',
            'drift_report_html', 'MonthResult', 'month_quality', 'operate_month', 'monitor_step', 'roi_step',
            'policy_values_step', 'probation_step', 'alert_step', 'cost_step', 'retrain_step', 'store_monitor',
            'month_row', 'month_summary', 'record_month', 'operate', 'results_frame']
@@ -176,22 +176,29 @@ def newly_labelled(con, cfg: Settings) -> dict[str, tuple[str, str]]:
         ORDER BY m.month""").fetchall()
     return {m: (rid, v) for m, rid, v in rows}
 
-# %% ../nbs/67_operate.ipynb #67ef000d
+# %% ../nbs/67_operate.ipynb #67ef000d1
 REPORT_ROWS = 5_000   # rows of each window in the people's report
 
+def report_windows(con, cfg: Settings, relation: str, bundle: Any, features: list[str],
+                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two samples the report compares, `REPORT_ROWS` each: the reference months' feature rows and the rows of
+    `relation` (the month's log). Each sample is drawn from what its filter kept — DuckDB samples a FROM before the
+    WHERE beside it, which would leave the reference a share of the whole table's rows."""
+    spec = read_feature_spec(con, cfg)
+    cols = ", ".join(_ident(c) for c in features)
+    marks = ", ".join("?" * len(bundle.months))
+    sample = f"USING SAMPLE reservoir({REPORT_ROWS} ROWS) REPEATABLE ({int(seed)})"
+    ref = con.execute(f"SELECT * FROM (SELECT {cols} FROM {TABLE_FEATURES} WHERE CAST({_ident(spec.time_column)} "
+                      f"AS VARCHAR) IN ({marks})) {sample}", bundle.months).df()
+    return ref, con.execute(f"SELECT * FROM (SELECT {cols} FROM {relation}) {sample}").df()
+
+# %% ../nbs/67_operate.ipynb #67ef000d
 def drift_report_html(con, cfg: Settings, relation: str, bundle: Any, features: list[str], numeric: list[str],
                       seed: int = 0) -> str:
     "Evidently's DataDriftPreset report of a sample of the month's rows against a sample of the reference months."
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
-    spec = read_feature_spec(con, cfg)
-    cols = ", ".join(_ident(c) for c in features)
-    marks = ", ".join("?" * len(bundle.months))
-    ref = con.execute(f"SELECT {cols} FROM {TABLE_FEATURES} WHERE CAST({_ident(spec.time_column)} AS VARCHAR) IN "
-                      f"({marks}) USING SAMPLE reservoir({REPORT_ROWS} ROWS) REPEATABLE ({seed})",
-                      bundle.months).df()
-    cur = con.execute(f"SELECT {cols} FROM {relation} USING SAMPLE reservoir({REPORT_ROWS} ROWS) "
-                      f"REPEATABLE ({seed})").df()
+    ref, cur = report_windows(con, cfg, relation, bundle, features, seed)
     # a column empty in either window (a 3-month change in a young world's first months) is left out: Evidently
     # refuses an empty column, and there is no distribution to compare
     features = [c for c in features if ref[c].notna().any() and cur[c].notna().any()]
