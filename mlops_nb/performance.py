@@ -73,13 +73,16 @@ def mass_below(s: np.ndarray,             # scores
 # %% ../nbs/61_performance.ipynb #61a0000b
 def expected_auc(p: np.ndarray,                  # calibrated probabilities (also the scores ranked)
                  weights: np.ndarray | None = None,   # row weights (None = 1 each)
+                 # the probabilities the labels are drawn from, when not `p` (the simulator's true ones)
+                 truth: np.ndarray | None = None,
                  ) -> float:
-    "The ROC AUC the labels would give if each were drawn from its probability (NaN when no churner or no stayer)."
+    """The ROC AUC of ranking by `p` that the labels would give if each were drawn from its probability — `p` itself,
+    or `truth` (NaN when no churner or no stayer)."""
     p, _, w, _ = checked_inputs(p, weights=weights)
-    wp, v = w * p, (w * w * p * (1 - p)).sum()
-    mean = wp.sum()
-    num = (wp * mass_below(p, w)).sum() - 0.5 * (mean * mean + v)
-    den = mean * w.sum() - mean * mean - v
+    q = p if truth is None else checked_inputs(truth, weights=weights)[0]
+    wq, v = w * q, (w * w * q * (1 - q)).sum()
+    num = (wq * mass_below(p, w * (1 - q))).sum() - 0.5 * v    # churner above stayer, ties half, not with itself
+    den = wq.sum() * (w * (1 - q)).sum() - v
     return float(num / den) if den > 0 else float("nan")
 
 # %% ../nbs/61_performance.ipynb #61a0000d

@@ -74,6 +74,19 @@ def test_the_estimate_is_the_pairwise_formula():
     assert expected_auc(p, w) == pytest.approx((pair * above).sum() / pair.sum(), rel=1e-12)
 
 
+def test_with_the_truth_it_is_the_pairwise_formula_of_the_truth_ranked_by_the_scores():
+    """The labels drawn from other probabilities than the scores ranked (the simulator's): Σ_{i≠j} w_i w_j q_i (1 − q_j)
+    1[p_i > p_j] / Σ_{i≠j} w_i w_j q_i (1 − q_j), pair by pair."""
+    rng = np.random.default_rng(93)
+    p, w = np.round(probabilities(300, 94), 2), rng.integers(1, 4, 300).astype(float)
+    q = np.clip(p + rng.normal(0, 0.05, 300), 0, 1)
+    pair = np.outer(w * q, w * (1 - q))
+    np.fill_diagonal(pair, 0)
+    above = (p[:, None] > p[None, :]) + 0.5 * (p[:, None] == p[None, :])
+    assert expected_auc(p, w, truth=q) == pytest.approx((pair * above).sum() / pair.sum(), rel=1e-12)
+    assert expected_auc(p, w, truth=p) == pytest.approx(expected_auc(p, w), rel=1e-12)
+
+
 def test_a_single_month_lands_within_003_of_the_estimate():
     for seed in range(5):
         p = probabilities(20_000, 100 + seed)
