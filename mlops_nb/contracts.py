@@ -331,7 +331,7 @@ def load_feature_table(cfg: Settings,
                 WHERE c.customer_key = t."{spec.id_column}" AND c.month = CAST(t."{spec.time_column}" AS VARCHAR)
                 AND c.contacted)""")
         sql = f"SELECT t.* FROM {TABLE_FEATURES} t" + (" WHERE " + " AND ".join(where) if where else "")
-        # in one order whatever DuckDB's threads (a parallel scan returns row groups as they finish): a fit, a split,
+        # in one order whatever DuckDB's threads (a join returns rows as its threads finish them): a fit, a split,
         # a sample or a digest taken by position is then the same on every run
         key = feature_order(spec, "t.")
         if sample_rows is not None:   # the sample: the rows whose hash with the seed is smallest

@@ -271,10 +271,11 @@ def test_load_candidates_without_a_train_run_says_so(tmp_path):
 
 
 def test_the_rows_a_model_learns_from_come_in_one_order_and_a_sample_is_seeded(tmp_path):
-    """DuckDB hands a parallel scan's row groups back as they finish: a table of several row groups came back in
-    another order on each read, and a fit, a split, a sample or a digest taken by position changed with it (two
-    `mlops-nb run train` on the default world gave validation AUCs 0.678 and 0.673). The rows come sorted by (month,
-    customer) whatever the order stored; a sample is the same rows for the same seed."""
+    """Without an ORDER BY, DuckDB hands a join's rows back as its threads finish them: the default world's table, read
+    through the join that leaves out contacted customers, came back in another order on each read, and a fit, a split,
+    a sample or a digest taken by position changed with it (two `mlops-nb run train` gave validation AUCs 0.678 and
+    0.673). The rows come sorted by (month, customer) whatever the order stored; a sample is the same rows for the
+    same seed."""
     from mlops_nb.contracts import connect_warehouse, frame_digest, load_feature_table
     from mlops_nb.sandbox import ensure_demo_features
     from mlops_nb.settings import sandbox_settings
