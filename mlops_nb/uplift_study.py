@@ -110,6 +110,7 @@ CEILING_ROWS = 100_000   # customer-months the ceiling's regressor learns from, 
 def feature_ceiling_share(cfg: Settings, spec: FeatureSpec,
                           months: list[str],           # the study's months (YYYY-MM)
                           held: pd.DataFrame,          # the held-out randomised rows
+                          held_p: np.ndarray,          # their risk model's churn probability
                           held_worth: np.ndarray,      # their simulated_offer_values
                           risk: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]],   # risk_scorer's function
                           seed: int, max_rows: int = CEILING_ROWS) -> tuple[float, int]:
@@ -125,9 +126,9 @@ def feature_ceiling_share(cfg: Settings, spec: FeatureSpec,
     if len(learn) < 100: return float("nan"), 0
     enc = TabularEncoder(tuple(spec.numeric), tuple(spec.categorical), "ordinal", "median", True)
     enc.fit(model_input(learn, spec))
-    inputs = lambda df: np.c_[enc.transform(model_input(df, spec)), risk(df)[0]]   # noqa: E731
-    return (offer_value_ceiling(inputs(learn), simulated_offer_values(known, cfg.charter), inputs(held), held_worth,
-                                seed, max_rows=max_rows), len(learn))
+    inputs = lambda df, p: np.c_[enc.transform(model_input(df, spec)), p]   # noqa: E731
+    return (offer_value_ceiling(inputs(learn, risk(learn)[0]), simulated_offer_values(known, cfg.charter),
+                                inputs(held, held_p), held_worth, seed, max_rows=max_rows), len(learn))
 
 # %% ../nbs/72_uplift_study.ipynb #ust00010
 UPLIFT_FAMILIES = ("logreg", "hgb")
@@ -153,22 +154,20 @@ def uplift_study(cfg: Settings, families: tuple[str, ...] = UPLIFT_FAMILIES, tes
                     held.accepted.astype(float).to_numpy())
     u = model.uplift(held)
     score_risk, risk_name = risk_scorer(cfg, model)
-    up, risk = offer_pays(u, cfg.charter, accept_rate), score_risk(held)[1]
+    (risk_p, risk), up = score_risk(held), offer_pays(u, cfg.charter, accept_rate)
     value = lambda c, base=None: policy_value(c, y, t, e, acc, cfg.charter, nb, seed, conf, base)  # noqa: E731
     study = UpliftStudy(family, dict(randomised=len(rows), fit=len(fit_rows), valid=len(valid_rows), test=len(held)),
                         accept_rate, qini_coefficient(u, y, t), qinis, value(up), value(risk), risk_name,
                         value(up, risk), curve=qini_curve(u, y, t).to_dict("records"))
-    known = oracle_truth(cfg, rows, spec, extra=("segment",))     # the truth of every randomised row, read once
-    if known is None: return study, model
-    worth = simulated_offer_values(known, cfg.charter)
-    truth, seen = known[test].reset_index(drop=True), known["uplift"].notna().to_numpy()
-    if seen[test].all():
-        shares = simulated_shares(worth[test], {"uplift": up, "risk": risk})
+    truth = oracle_truth(cfg, held, spec, extra=("segment",))     # (the ceiling reads its own rows' truth)
+    if truth is not None and truth["uplift"].notna().all():
+        worth = simulated_offer_values(truth, cfg.charter)
+        shares = simulated_shares(worth, {"uplift": up, "risk": risk})
         study.oracle = dict(shares, oracle_share_captured=shares["uplift_share_captured"],
                             uplift_correlation=float(np.corrcoef(u, truth["uplift"].to_numpy(float))[0, 1]),
                             qini_truth=qini_coefficient(truth["uplift"].to_numpy(float), y, t))
         months = sorted(rows[spec.time_column].astype(str).unique())
-        share, study.rows["ceiling"] = feature_ceiling_share(cfg, spec, months, held, worth[test], score_risk, seed)
+        share, study.rows["ceiling"] = feature_ceiling_share(cfg, spec, months, held, risk_p, worth, score_risk, seed)
         if share == share: study.oracle["feature_ceiling_share"] = share
     return study, model
 
