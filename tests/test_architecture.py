@@ -147,7 +147,10 @@ def test_a_model_saved_before_the_rooms_loads_and_scores_the_same(old_model):
     rows = pd.DataFrame(expected["rows"])
     out = mlflow.pyfunc.load_model(str(d)).predict(rows, params={"explain": True})
     np.testing.assert_array_equal(out["churn_probability"].to_numpy(), expected["churn_probability"])
-    np.testing.assert_allclose(out["log_odds"].to_numpy(), expected["log_odds"], rtol=0, atol=1e-12)
+    # the blend's log-odds average its torch member's, computed in float32 by kernels that differ with the CPU: on
+    # an AMD EPYC they came 5e-9 from the figures recorded elsewhere (probabilities and contributions equal); a
+    # float32 rounding is ~1e-7, a changed model moves them by orders of magnitude more
+    np.testing.assert_allclose(out["log_odds"].to_numpy(), expected["log_odds"], rtol=0, atol=1e-7)
     for c, v in expected["contributions"].items(): np.testing.assert_allclose(out[c].to_numpy(), v, rtol=0, atol=1e-9)
 
 
