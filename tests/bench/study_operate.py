@@ -206,7 +206,8 @@ def study(scenario: str, seed: int, operated: int, history: int, customers: int,
     months = months.merge(wide, left_on="month", right_index=True, how="left")
     months["noise_free"] = months.month.map(noise_free_aucs(cfg))
     gap = (months.estimated - months.realised).abs() if {"estimated", "realised"} <= set(months) else pd.Series()
-    own = (months.estimated - months.noise_free).abs() if "estimated" in months else pd.Series()
+    err = months.estimated - months.noise_free if "estimated" in months else pd.Series()   # the estimate's own error
+    own = err.abs()
     luck = (months.realised - months.noise_free).abs() if "realised" in months else pd.Series()
     est = perf[perf.kind == "estimated"].set_index("month")
     real = perf[perf.kind == "realised"].set_index("month").auc
@@ -220,7 +221,7 @@ def study(scenario: str, seed: int, operated: int, history: int, customers: int,
                 estimate_covers=f"{int(covered.sum())}/{len(covered)}",
                 max_own_gap=float(own.max()) if len(own.dropna()) else None,
                 mean_own_gap=float(own.mean()) if len(own.dropna()) else None,
-                own_bias=float((months.estimated - months.noise_free).mean()) if len(own.dropna()) else None,
+                own_bias=float(err.mean()) if len(own.dropna()) else None,
                 own_within_003=f"{int((own.dropna() <= 0.03).sum())}/{len(own.dropna())}",
                 max_luck=float(luck.max()) if len(luck.dropna()) else None,
                 luck_over_003=f"{int((luck.dropna() > 0.03).sum())}/{len(luck.dropna())}",
