@@ -8,6 +8,7 @@ Docs: https://mlops-nb.github.io/mlops-nb/campaign.html.md"""
 # %% ../nbs/63_campaign.ipynb #a9db1418
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -22,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .audit import append_event
-from .catalog import AUDIT_CAMPAIGN_SENT, TABLE_ACTIONS
-from .contracts import connect_warehouse, duckdb_connect, replace_rows
+from .catalog import AUDIT_CAMPAIGN_SENT, TABLE_ACTIONS, TABLE_FEATURES
+from .contracts import connect_warehouse, duckdb_connect, read_feature_spec, replace_rows
 from .decisions import keyed_uniform, month_salt
 from .lake import CONTACTS_FILE
 from .prediction_log import read_log_retrying, request_id_time
@@ -33,14 +34,20 @@ from .sources import SOURCES
 from .value import budget_contacts, contact_policy, cost_per_contact, expected_profit
 
 # %% auto #0
-__all__ = ['ACTIONS', 'POLICY', 'ACTION_COLUMNS', 'CampaignError', 'selection_size', 'plan_campaign', 'exploration_keys',
-           'month_scores', 'reidentify', 'write_actions', 'write_contact_list', 'CampaignResult', 'run_campaign']
+__all__ = ['ACTIONS', 'POLICY', 'ARM_CHAMPION', 'ARM_CHALLENGER', 'ARMS', 'ACTION_COLUMNS', 'CampaignError', 'selection_size',
+           'plan_campaign', 'exploration_keys', 'month_scores', 'reidentify', 'write_actions', 'write_contact_list',
+           'challenger_arm', 'arm_charters', 'ArmDecisions', 'plan_arms', 'Challenger', 'find_challenger',
+           'arm_features', 'challenger_decisions', 'CampaignResult', 'run_campaign']
 
 # %% ../nbs/63_campaign.ipynb #9efbb832
 ACTIONS = ("contact", "control", "not_selected", "exploration")   # what can be done to a scored customer in a month
 
 # %% ../nbs/63_campaign.ipynb #6375c097
 POLICY = "charter-rule"   # the policy's name in the action log: score ≥ threshold, capped by the budget
+
+# %% ../nbs/63_campaign.ipynb #chal0002
+ARM_CHAMPION, ARM_CHALLENGER = "champion", "challenger"
+ARMS = (ARM_CHAMPION, ARM_CHALLENGER)   # who decided a customer's offer: the policy in force, or the challenger
 
 # %% ../nbs/63_campaign.ipynb #5a5a36e0
 class CampaignError(SettingsError):
@@ -171,7 +178,8 @@ def reidentify(cfg: Settings, month: str, keys: Sequence[str]) -> list[str]:
 ACTION_COLUMNS = (("month", "VARCHAR"), ("customer_key", "VARCHAR"), ("action", "VARCHAR"), ("policy", "VARCHAR"),
                   ("model_version", "VARCHAR"), ("request_id", "VARCHAR"), ("p", "DOUBLE"),
                   ("expected_profit", "DOUBLE"), ("threshold", "DOUBLE"), ("recorded_at", "TIMESTAMP"),
-                  ("expected_uplift", "DOUBLE"))   # an uplift policy's churn reduction per offer (else null)
+                  ("expected_uplift", "DOUBLE"),   # an uplift policy's churn reduction per offer (else null)
+                  ("arm", "VARCHAR"))              # who decided: the policy in force (champion) or the challenger
 
 # %% ../nbs/63_campaign.ipynb #e6cacf63
 def write_actions(cfg: Settings, month: str,
@@ -193,7 +201,9 @@ def write_actions(cfg: Settings, month: str,
                          "p": plan.p.astype(float), "expected_profit": plan.expected_profit.astype(float),
                          "threshold": float(threshold), "recorded_at": now,
                          "expected_uplift": (plan.expected_uplift.astype(float) if "expected_uplift" in plan
-                                             else np.nan)})
+                                             else np.nan),
+                         "arm": plan.arm.astype(str) if "arm" in plan else ARM_CHAMPION})
+    if "policy" in plan: rows["policy"] = plan.policy.astype(str).to_numpy()   # each arm's own policy
     with connect_warehouse(cfg, read_only=False) as con:
         replace_rows(con, TABLE_ACTIONS, dict(ACTION_COLUMNS), rows, {"month": [month]})
     return len(rows)
@@ -217,6 +227,141 @@ def write_contact_list(cfg: Settings, month: str, ids: Sequence[str]) -> Path:
         raise
     return final
 
+# %% ../nbs/63_campaign.ipynb #chal0003
+def challenger_arm(keys: Sequence[str],   # the month's customer pseudonyms
+                   month: str,            # YYYY-MM: each month draws afresh
+                   share: float,          # [operate] challenger_share
+                   ) -> np.ndarray:
+    "Per customer, whether month `month`'s challenger arm has them: a keyed uniform draw below `share`."
+    if not 0 <= share < 1: raise ValueError(f"challenger_share = {share} must be in [0, 1)")
+    if share == 0 or not len(keys): return np.zeros(len(keys), bool)
+    return keyed_uniform(list(keys), month_salt("challenger-arm", month)) < share
+
+# %% ../nbs/63_campaign.ipynb #chal0005
+def arm_charters(charter: CharterSettings,
+                 customers: tuple[int, int],   # the champion's and the challenger's customers (outside the exploration)
+                 ) -> tuple[CharterSettings, CharterSettings]:
+    """The charter each arm plans with: the month's contacts split in proportion to each arm's customers, so the two
+    policies spend the same per customer (an unlimited budget stays unlimited)."""
+    k, c = budget_contacts(charter), cost_per_contact(charter)
+    if k is None: return charter, charter
+    k_challenger = int(math.floor(k * customers[1] / max(sum(customers), 1) + 0.5))
+    return (dataclasses.replace(charter, monthly_budget=(k - k_challenger) * c),
+            dataclasses.replace(charter, monthly_budget=k_challenger * c))
+
+# %% ../nbs/63_campaign.ipynb #chal0007
+@dataclass
+class ArmDecisions:
+    "One policy's decisions on the month's scored customers (full length; only its arm's rows are read)."
+    policy: str                                # its name in the action log
+    decision: np.ndarray                       # offer or not, per customer
+    value: np.ndarray | None = None            # an uplift policy's net value of each offer (the budget's order)
+    expected_uplift: np.ndarray | None = None  # an uplift policy's churn reduction per offer
+    cap_salt: str | None = None                # a fairness policy's keyed order over budget
+
+# %% ../nbs/63_campaign.ipynb #chal0008
+def plan_arms(keys: Sequence[str], p: Sequence[float], threshold: float, charter: CharterSettings,
+              control_share: float, exploration: Collection[str],
+              seed: Sequence[int],                  # the control draws' seed (the challenger's gets a 1 appended)
+              champion: ArmDecisions,
+              challenger: ArmDecisions | None = None,
+              arm: Sequence[bool] | None = None,    # per customer, in the challenger's arm (`challenger_arm`)
+              ) -> pd.DataFrame:
+    """`plan_campaign` for each arm on its own customers with its share of the budget and its own control group: one
+    row per customer in the input's order, with `arm`, `policy` and `expected_uplift` beside the actions."""
+    keys, p = np.asarray(list(keys), dtype=object), np.asarray(p, float)
+    free = ~pd.Series(keys).isin(set(exploration)).to_numpy()
+    # the exploration's customers are in no arm: they stay with the champion's part, marked exploration, as before
+    arm = np.zeros(len(keys), bool) if challenger is None or arm is None else np.asarray(arm, bool) & free
+    charters = arm_charters(charter, (int((free & ~arm).sum()), int((free & arm).sum())))
+    parts, attrs = [], []
+    for side, d, ch, s in ((ARM_CHAMPION, champion, charters[0], tuple(seed)),
+                           (ARM_CHALLENGER, challenger, charters[1], (*seed, 1))):
+        rows = np.flatnonzero(arm == (side == ARM_CHALLENGER))
+        if d is None or not len(rows): continue
+        part = plan_campaign(keys[rows], p[rows], threshold, ch, control_share, exploration, seed=s,
+                             decision=np.asarray(d.decision, bool)[rows], cap_salt=d.cap_salt,
+                             value=None if d.value is None else np.asarray(d.value, float)[rows])
+        attrs.append(part.attrs)
+        parts.append(part.set_axis(rows).assign(arm=side, policy=d.policy, expected_uplift=np.nan if
+                                                d.expected_uplift is None else np.asarray(d.expected_uplift)[rows]))
+    plan = pd.concat(parts).sort_index().reset_index(drop=True)
+    budgets = [a["budget_contacts"] for a in attrs]
+    plan.attrs.update(threshold=float(threshold), candidates=sum(a["candidates"] for a in attrs),
+                      budget_contacts=None if None in budgets else sum(budgets),
+                      capped=any(a["capped"] for a in attrs), control_share=float(control_share))
+    return plan
+
+# %% ../nbs/63_campaign.ipynb #chal0012
+@dataclass
+class Challenger:
+    "The offer policy the challenger arm tries (a registered version, loaded)."
+    version: str
+    kind: str                 # risk or uplift
+    policy: object            # the OfferPolicy
+
+    @property
+    def name(self) -> str: return f"{self.kind}@{self.version}"
+
+def find_challenger(cfg: Settings) -> Challenger | None:
+    """The newest registered offer policy of the kind not in force, loaded; None when `[operate] challenger_share` is
+    0, no offer policy is in force, or no policy of another kind is registered."""
+    if cfg.operate.challenger_share <= 0: return None
+    from mlops_nb.policies import policy_table
+    from mlops_nb.served import load_offer_policy, mlflow_for
+    served = load_offer_policy(cfg)
+    if served is None: return None
+    t = policy_table(cfg)
+    other = t[t.kind != served.policy.kind]
+    if other.empty: return None
+    version = str(max(other.version, key=int))
+    ml, _ = mlflow_for(cfg)
+    uri = f"models:/{cfg.mlflow.registered_policy}/{version}"
+    try: policy = ml.pyfunc.load_model(uri).unwrap_python_model()
+    except Exception as e:
+        raise CampaignError(f"the challenger policy {uri} cannot be loaded ({type(e).__name__}: {e}); set [operate] "
+                            "challenger_share = 0 to run the month with the policy in force alone") from e
+    return Challenger(version, policy.kind, policy)
+
+# %% ../nbs/63_campaign.ipynb #chal0013
+def arm_features(cfg: Settings, month: str, keys: Sequence[str]) -> pd.DataFrame:
+    "The feature table's rows of `month` for the customers `keys`, in that order (a clear error if one is missing)."
+    with connect_warehouse(cfg, read_only=True) as con:
+        spec = read_feature_spec(con, cfg)
+        df = con.execute(f'SELECT f.* FROM {TABLE_FEATURES} f JOIN (SELECT unnest(?::VARCHAR[]) AS _key) k '
+                         f'ON f."{spec.id_column}" = k._key WHERE CAST(f."{spec.time_column}" AS VARCHAR) = ?',
+                         [[str(k) for k in keys], month]).df()
+    out = df.drop_duplicates(spec.id_column).set_index(spec.id_column, drop=False).reindex(list(keys))
+    if (missing := int(out[spec.id_column].isna().sum())):
+        raise CampaignError(f"{missing} of the challenger arm's {len(out)} customers have no features for month "
+                            f"{month} in {TABLE_FEATURES}: the scores are of another feature table")
+    return out.reset_index(drop=True)
+
+# %% ../nbs/63_campaign.ipynb #chal0014
+def challenger_decisions(cfg: Settings, month: str, scores: pd.DataFrame,
+                         arm: np.ndarray,        # per scored row, in the challenger's arm
+                         version: str,           # the churn model version that scored the month
+                         challenger: Challenger,
+                         ) -> ArmDecisions:
+    "The challenger's decisions on its arm's rows of `scores` (month_scores' frame; other rows: no offer)."
+    from mlops_nb.offer_policy import POLICY_RISK
+    rows = np.flatnonzero(arm)
+    X = arm_features(cfg, month, scores.customer_key.to_numpy()[rows])
+    p = scores.p.to_numpy(float)[rows]
+    decision, n = np.zeros(len(scores), bool), len(scores)
+    if challenger.kind == POLICY_RISK:
+        from mlops_nb.served import load_served_model
+        churn = load_served_model(cfg, version, unknown_category="missing").churn
+        decision[rows] = churn.decide(p, X)
+        by_fairness = bool((decision[rows] != (p >= float(scores.threshold.iloc[0]))).any())
+        return ArmDecisions(POLICY, decision,
+                            cap_salt=month_salt(f"challenger:{version}".encode().hex(), month) if by_fairness else None)
+    d = challenger.policy.decide(X, p)
+    value, uplift = np.full(n, np.nan), np.full(n, np.nan)
+    decision[rows], value[rows], uplift[rows] = (d.offer.to_numpy(bool), d.net_value.to_numpy(float),
+                                                 d.expected_uplift.to_numpy(float))
+    return ArmDecisions(challenger.name, decision, value, uplift)
+
 # %% ../nbs/63_campaign.ipynb #ee8cf1ec
 @dataclass
 class CampaignResult:
@@ -233,6 +378,10 @@ class CampaignResult:
     budget_contacts: int | None      # contacts the budget pays for (None = no limit)
     capped: bool                     # the budget left candidates out
     files: list[str] = field(default_factory=list)   # the contact list written
+    challenger: str = ""             # the challenger arm's policy (kind@version; empty: no challenger arm)
+    challenger_customers: int = 0    # its customers (outside the exploration)
+    challenger_contacted: int = 0    # of the contacted, those the challenger decided
+    challenger_control: int = 0      # of the control group, the challenger arm's
 
 # %% ../nbs/63_campaign.ipynb #e4ed1167
 _MONTH = re.compile(r"(19|20)\d\d-(0[1-9]|1[0-2])")
@@ -255,12 +404,15 @@ def run_campaign(cfg: Settings, month: str,
     # other decisions that are not the threshold's were made by a fairness policy: a short budget keeps its groups'
     # shares
     by_policy = not by_uplift and bool((decision != (scores.p.to_numpy() >= threshold)).any())
-    plan = plan_campaign(scores.customer_key, scores.p, threshold, cfg.charter,
-                         cfg.operate.control_share, explored, seed=(seed, int(month.replace("-", ""))),
-                         decision=decision,
-                         cap_salt=month_salt(request_id.encode().hex(), month) if by_policy else None,
-                         value=scores.net_value.to_numpy(float) if by_uplift else None)
-    if by_uplift: plan["expected_uplift"] = scores.expected_uplift.to_numpy(float)   # (the plan keeps the scores' rows)
+    champion = ArmDecisions(policy, decision, scores.net_value.to_numpy(float) if by_uplift else None,
+                            scores.expected_uplift.to_numpy(float) if by_uplift else None,
+                            month_salt(request_id.encode().hex(), month) if by_policy else None)
+    challenger = find_challenger(cfg)
+    arm = (challenger_arm(scores.customer_key.tolist(), month, cfg.operate.challenger_share) if challenger
+           else np.zeros(len(scores), bool))
+    trial = challenger_decisions(cfg, month, scores, arm, version, challenger) if arm.any() else None
+    plan = plan_arms(scores.customer_key, scores.p, threshold, cfg.charter, cfg.operate.control_share, explored,
+                     (seed, int(month.replace("-", ""))), champion, trial, arm)
     ids = reidentify(cfg, month, plan.customer_key[plan.action == "contact"].tolist())
     write_actions(cfg, month, plan, version, request_id, policy)
     path = write_contact_list(cfg, month, ids)
@@ -270,10 +422,15 @@ def run_campaign(cfg: Settings, month: str,
                          int(n["control"]), int(n["not_selected"]), float(n["contact"] * cost_per_contact(cfg.charter)),
                          float(plan.expected_profit[contacted].sum()), plan.attrs["budget_contacts"],
                          bool(plan.attrs["capped"]), [str(path)])
+    if trial is not None:
+        theirs = plan.arm == ARM_CHALLENGER
+        res.challenger, res.challenger_customers = challenger.name, int((theirs & (plan.action != "exploration")).sum())
+        res.challenger_contacted = int((theirs & contacted).sum())
+        res.challenger_control = int((theirs & (plan.action == "control")).sum())
     details = {k: v for k, v in asdict(res).items() if k != "files"}
     append_event(cfg, AUDIT_CAMPAIGN_SENT, month, details | dict(
         policy=policy, model_version=str(version), request_id=request_id, threshold=plan.attrs["threshold"],
-        control_share=cfg.operate.control_share,
+        control_share=cfg.operate.control_share, challenger_share=cfg.operate.challenger_share if trial else 0.0,
         decided_by="uplift policy" if by_uplift else "fairness policy" if by_policy else "threshold"),
                  actor=actor)
     return res

@@ -47,9 +47,9 @@ __all__ = ['NAMES', 'PHASE_LAKE', 'PHASE_ETL', 'PHASE_QUALITY', 'PHASE_FEATURES'
            'TABLE_FEATURE_INPUTS', 'TABLE_ACTIONS', 'TABLE_MONITOR_MONTHS', 'TABLE_MONITOR_DRIFT',
            'TABLE_MONITOR_PERFORMANCE', 'TABLE_MONITOR_FAIRNESS', 'TABLE_ROI_MONTHS', 'TABLE_MONITOR_RETRAINS',
            'TABLE_MONITOR_SHADOW', 'TABLE_SHADOW_SCORES', 'TABLE_SERVICE_COSTS', 'TABLE_POLICY_VALUES',
-           'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING', 'STATUS_PRODUCTION',
-           'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST', 'SECTION_PATHS',
-           'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
+           'TABLE_ROI_ARMS', 'ALIAS_CHAMPION', 'ALIAS_CHALLENGER', 'STATUS_DEVELOPMENT', 'STATUS_STAGING',
+           'STATUS_PRODUCTION', 'STATUS_ARCHIVED', 'DATASET_TRAINING', 'DATASET_VALIDATION', 'DATASET_TEST',
+           'SECTION_PATHS', 'SECTION_MLFLOW', 'SECTION_LAKE', 'SECTION_CHARTER', 'SECTION_PRIVACY', 'SECTION_QUALITY',
            'SECTION_FEATURES', 'SECTION_BYOD', 'SECTION_TRAIN', 'SECTION_GATE', 'SECTION_API', 'SECTION_OPERATE',
            'SECTION_ALERTS', 'SECTION_COMPUTE', 'SECTION_DASHBOARDS', 'SECTION_STORAGE', 'ENV_SETTINGS', 'ENV_ACTOR',
            'ENV_PSEUDONYM_KEY', 'ENV_AUDIT_KEY', 'ENV_SCORER', 'ENV_API_CONTROL_DIR', 'ENV_ETL_MEMORY_LIMIT',
@@ -335,6 +335,9 @@ TABLE_SERVICE_COSTS = name("table", "ops.service_costs", "costs", "roi, dashboar
 TABLE_POLICY_VALUES = name("table", "roi.policy_values", "policies", "operate, dashboards",
                            "every registered offer policy valued on each labelled month's exploration campaign (IPW, "
                            "95 % interval; the simulator's value beside it on synthetic data)")
+TABLE_ROI_ARMS = name("table", "roi.arms", "roi", "operate, dashboards",
+                      "the champion's and the challenger's arms of each month's campaign, each measured against its "
+                      "own control group: net value per customer and the difference with its interval")
 
 # %% ../nbs/00_catalog.ipynb #c0a7a125
 ALIAS_CHAMPION = name("alias", "champion", "registry", "worker, evaluate, gate, score", "the production version")

@@ -430,6 +430,12 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print("\nevery offer policy on the month's exploration campaign, per customer over offering nobody: what it "
               "expected, what it realised (IPW on the month's outcomes), and the simulator's value and the best "
               "list's beside them:\n" + policy_values_text(values))
+    from mlops_nb.catalog import TABLE_ROI_ARMS
+    from mlops_nb.roi import arms_text
+    arms = read_snapshot(cfg, TABLE_ROI_ARMS)
+    if len(arms):
+        print("\nthe campaign's champion and challenger arms, each against its own control group (net value per "
+              "customer of the arm, BRL):\n" + arms_text(arms))
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #upl0cli1

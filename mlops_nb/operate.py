@@ -125,8 +125,9 @@ def publish_snapshots(cfg: Settings, con) -> list[Path]:
     if table_exists(con, TABLE_ACTIONS):
         queries[TABLE_ACTIONS] = (f"SELECT month, action, policy, model_version, count(*) AS customers FROM "
                                   f"{TABLE_ACTIONS} GROUP BY ALL ORDER BY ALL")   # counts only: no pseudonyms
-    from mlops_nb.catalog import TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS
-    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS, TABLE_POLICY_VALUES):
+    from mlops_nb.catalog import (TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES, TABLE_ROI_ARMS, TABLE_ROI_MONTHS,
+                                  TABLE_SERVICE_COSTS)
+    for t in (TABLE_MONITOR_RETRAINS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS, TABLE_POLICY_VALUES, TABLE_ROI_ARMS):
         if table_exists(con, t): queries[t] = f"SELECT * FROM {t} ORDER BY month"
     for table, sql in queries.items():
         final = folder / f"{table}.parquet"
@@ -147,13 +148,13 @@ def reset_operation(cfg: Settings) -> list[str]:
     and action tables, the published snapshots, the outbox, the alert log (kept, renamed with the time) — would
     otherwise mix two worlds' months. Run when the first operated month begins; returns what it set aside."""
     import shutil
-    from mlops_nb.catalog import (TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES, TABLE_ROI_MONTHS,
+    from mlops_nb.catalog import (TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES, TABLE_ROI_ARMS, TABLE_ROI_MONTHS,
                                   TABLE_SERVICE_COSTS, TABLE_SHADOW_SCORES)
     done = []
     if cfg.paths.warehouse.exists():
         with connect_warehouse(cfg, read_only=False) as con:
             for t in [*MONITOR_COLUMNS, TABLE_ACTIONS, TABLE_MONITOR_RETRAINS, TABLE_SHADOW_SCORES, TABLE_ROI_MONTHS,
-                      TABLE_SERVICE_COSTS, TABLE_POLICY_VALUES]:
+                      TABLE_SERVICE_COSTS, TABLE_POLICY_VALUES, TABLE_ROI_ARMS]:
                 if table_exists(con, t): con.execute(f"DROP TABLE {t}"); done.append(t)
     for folder in (Path(cfg.paths.monitor), Path(cfg.paths.outbox)):
         if folder.exists(): shutil.rmtree(folder); done.append(str(folder))
@@ -338,11 +339,19 @@ def monitor_step(cfg: Settings, res: MonthResult, step: _Steps) -> tuple[Any, st
 
 # %% ../nbs/67_operate.ipynb #67ef0012b
 def roi_step(cfg: Settings, res: MonthResult) -> None:
-    """Measure the campaign of every month whose labels have arrived against its control group (`48_roi`), store
-    roi.months, and add the newly measured months' figures to the month's metrics."""
-    from mlops_nb.roi import measure_roi, roi_metrics
-    with connect_warehouse(cfg, read_only=False) as con: rows = measure_roi(cfg, con, res.month)
-    for m in res.labelled: res.metrics.update(roi_metrics(rows, m))
+    """Measure the campaign of every month whose labels have arrived against its control group (`48_roi`), and its
+    champion and challenger arms each against its own; store roi.months and roi.arms, and add the newly measured
+    months' figures to the month's metrics."""
+    from mlops_nb.roi import measure_arms, measure_roi, roi_metrics
+    with connect_warehouse(cfg, read_only=False) as con:
+        rows, arms = measure_roi(cfg, con, res.month), measure_arms(cfg, con, res.month)
+    for m in res.labelled:
+        res.metrics.update(roi_metrics(rows, m))
+        for r in arms[(arms.month == m)].itertuples():
+            prefix = "roi." + ("" if r.scope == "month" else "to_date.") + r.arm + "."
+            for k in ("net_per_customer", "difference", "difference_lower", "difference_upper"):
+                v = getattr(r, k)
+                if v == v: res.metrics[prefix + k] = float(v)
     policy_values_step(cfg, res)
 
 def policy_values_step(cfg: Settings, res: MonthResult) -> None:

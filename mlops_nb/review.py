@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .catalog import AUDIT_SUBJECT_REVIEWED, TABLE_ACTIONS
-from .contracts import connect_warehouse, table_exists
+from .contracts import connect_warehouse, has_columns, table_exists
 from .decisions import DecisionPolicy
 from .prediction_log import find_logged_request, request_id_time
 from .settings import Settings
@@ -117,6 +117,8 @@ class Review:
     policy: dict[str, str] | None = None
     # the uplift offer policy that decided instead of the threshold (37_offer_policy.explain_offer), when one did
     offer: dict[str, Any] | None = None
+    # the campaign's challenger arm decided this customer's offer (63_campaign): {"arm", "policy"}, else None
+    arm: dict[str, str] | None = None
 
 def _decision_row(cfg: Settings, request_id: str, customer_id: str | None) -> pd.DataFrame:
     "The logged row of one decision (a batch request: the named customer's)."
@@ -132,13 +134,15 @@ def _decision_row(cfg: Settings, request_id: str, customer_id: str | None) -> pd
                            "(--customer ID)")
     return rows.reset_index(drop=True)
 
-def _action(cfg: Settings, request_id: str, pseudonym: str) -> str | None:
-    if not cfg.paths.warehouse.exists(): return None
+def _action(cfg: Settings, request_id: str, pseudonym: str) -> tuple[str | None, str | None, str | None]:
+    "What the campaign did on a request (action, arm, the arm's policy); Nones when it did not act on it."
+    if not cfg.paths.warehouse.exists(): return None, None, None
     with connect_warehouse(cfg) as con:
-        if not table_exists(con, TABLE_ACTIONS): return None
-        r = con.execute(f"SELECT action FROM {TABLE_ACTIONS} WHERE request_id = ? AND customer_key = ?",
+        if not table_exists(con, TABLE_ACTIONS): return None, None, None
+        arm = "arm" if has_columns(con, TABLE_ACTIONS, ("arm",)) else "NULL"   # an action log from before the arms
+        r = con.execute(f"SELECT action, {arm}, policy FROM {TABLE_ACTIONS} WHERE request_id = ? AND customer_key = ?",
                         [request_id, pseudonym]).fetchone()
-    return r[0] if r else None
+    return (r[0], r[1], r[2]) if r else (None, None, None)
 
 # %% ../nbs/71_review.ipynb #rvw00012
 def contest_text(cfg: Settings, review_id: str) -> dict[str, str]:
@@ -149,14 +153,17 @@ def contest_text(cfg: Settings, review_id: str) -> dict[str, str]:
             "en": f"You may ask for this decision to be reviewed by a person (LGPD art. 20). Write to the "
                   f"data-protection officer ({who}) quoting reference {review_id}; the answer comes within 15 days."}
 
-def explain_logged_offer(cfg: Settings, row: pd.DataFrame) -> dict[str, Any] | None:
+def explain_logged_offer(cfg: Settings, row: pd.DataFrame,
+                         version: str | None = None,   # the uplift policy that decided (default: the logged one)
+                         ) -> dict[str, Any] | None:
     """Why the uplift offer policy that decided a logged row offered or not (its version's figures and the features
     that moved the offer's effect most), or None when no uplift policy decided."""
-    if "net_value" not in row or pd.isna(row.net_value[0]) or pd.isna(row.policy_version[0]): return None
+    if version is None and ("net_value" not in row or pd.isna(row.net_value[0]) or pd.isna(row.policy_version[0])):
+        return None
     from mlops_nb.offer_policy import explain_offer
     from mlops_nb.served import mlflow_for
     mlf, _ = mlflow_for(cfg)
-    version = str(row.policy_version[0])
+    version = str(row.policy_version[0]) if version is None else version
     try: policy = mlf.pyfunc.load_model(f"models:/{cfg.mlflow.registered_policy}/{version}").unwrap_python_model()
     except Exception as e:
         raise SubjectError(f"offer policy version {version} can no longer be loaded to explain the offer: {e}") from e
@@ -178,15 +185,22 @@ def review_decision(cfg: Settings, request_id: str, customer_id: str | None = No
              "lineage": model_lineage(client, cfg.mlflow.registered_model, version)}
     shipped = (mlf.models.get_model_info(f"models:/{model['name']}/{version}").metadata or {}).get("decision_policy")
     policy = DecisionPolicy.from_dict(shipped) if shipped else None
+    action, arm, arm_policy = _action(cfg, request_id, key)
+    decision, offer = bool(row.decision[0]), explain_logged_offer(cfg, row)
+    if arm == "challenger":   # the campaign's challenger policy decided, not the one that logged the row
+        chal_uplift = str(arm_policy or "").startswith("uplift@")
+        offer = explain_logged_offer(cfg, row, str(arm_policy).split("@", 1)[1]) if chal_uplift else None
+        decision = bool(offer["offered"]) if offer else float(row.churn_probability[0]) >= float(row.threshold[0])
     rv = Review(rid, request_id, key, pd.Timestamp(row.time[0]).isoformat(), row.month[0] if "month" in row else None,
-                model, float(row.churn_probability[0]), float(row.threshold[0]), bool(row.decision[0]),
-                _action(cfg, request_id, key), {lang: reason_sentences(expl, lang) for lang in ("pt", "en")},
+                model, float(row.churn_probability[0]), float(row.threshold[0]), decision,
+                action, {lang: reason_sentences(expl, lang) for lang in ("pt", "en")},
                 contest_text(cfg, rid), expl,
                 {"attribute": policy.attribute, "description": policy.describe()} if policy else None,
-                explain_logged_offer(cfg, row))
+                offer, {"arm": arm, "policy": str(arm_policy)} if arm == "challenger" else None)
     close_request(cfg, rid, AUDIT_SUBJECT_REVIEWED, key,
                   {"decision_request_id": request_id, "model_version": version, "decision": rv.decision,
-                   "action": rv.action, "offer_policy_version": (rv.offer or {}).get("policy_version")}, actor)
+                   "action": rv.action, "offer_policy_version": (rv.offer or {}).get("policy_version"),
+                   "decided_by_challenger": (rv.arm or {}).get("policy")}, actor)
     return rv
 
 # %% ../nbs/71_review.ipynb #rvw00014
@@ -226,6 +240,11 @@ def _section(rv: Review, lang: str) -> str:
                  f" This version corrects unequal treatment between groups of {a}: in your group the offer is "
                  "indicated with a chance that depends on the estimate, drawn once for each customer (always the same "
                  "decision).")
+    if rv.arm:
+        head += (" Neste mês, um sorteio pôs você entre os clientes cuja oferta é decidida pela política desafiante ("
+                 f"{html.escape(rv.arm['policy'])}), comparada assim com a política em vigor." if pt else
+                 " This month a draw put you among the customers whose offer the challenger policy decides ("
+                 f"{html.escape(rv.arm['policy'])}), so it is compared with the policy in force.")
     head += (f" Você {did}.</p>" if pt else f" You {did}.</p>") if did else "</p>"
     why = "".join(f"<li>{html.escape(s)}</li>" for s in rv.reasons[lang])
     weighed = "Os fatores que mais pesaram" if pt else "What weighed most"

@@ -16,17 +16,19 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .catalog import (TABLE_ACTIONS, TABLE_FEATURES, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS,
+from .catalog import (TABLE_ACTIONS, TABLE_FEATURES, TABLE_ROI_ARMS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS,
                               TABLE_STAGING_SCHEMA)
-from .contracts import has_columns, read_feature_spec, table_exists
-from .oracle import simulated_offer_values
+from .contracts import has_columns, read_feature_spec, replace_rows, table_exists
+from .oracle import oracle_truth, simulated_offer_values
 from .settings import CharterSettings, Settings
 from .stats import _z, newcombe_difference
 from .value import budget_contacts
 
 # %% auto #0
-__all__ = ['ROI_COLUMNS', 'SCOPES', 'selected_outcomes', 'expected_retained', 'month_roi', 'to_date_roi', 'oracle_month',
-           'roi_rows', 'store_roi', 'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics', 'roi_table_text']
+__all__ = ['ROI_COLUMNS', 'SCOPES', 'ARM_COLUMNS', 'selected_outcomes', 'expected_retained', 'month_roi', 'to_date_roi',
+           'oracle_month', 'roi_rows', 'store_roi', 'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics',
+           'arm_sizes', 'arm_row', 'with_difference', 'arm_oracle', 'arm_rows', 'measure_arms', 'arms_text',
+           'roi_table_text']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -45,9 +47,8 @@ SCOPES = ("month", "to_date")   # a month's own campaign; every measured month u
 # %% ../nbs/48_roi.ipynb #48ef0007
 def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
     """The listed and control customers of every month in the action log whose labels have all arrived: month,
-    customer_key, action, policy, model_version, p, expected_profit, expected_uplift (uplift policies), y (churned),
-    accepted (None: the CRM does not
-    say)."""
+    customer_key, action, policy, arm (champion or challenger, `63_campaign`), model_version, p, expected_profit,
+    expected_uplift (uplift policies), y (churned), accepted (None: the CRM does not say)."""
     if not table_exists(con, TABLE_ACTIONS): return pd.DataFrame()
     spec = read_feature_spec(con, cfg)
     key, month, target = (f'"{c}"' for c in (spec.id_column, spec.time_column, spec.target))
@@ -56,13 +57,14 @@ def selected_outcomes(con, cfg: Settings) -> pd.DataFrame:
     # an action log from before the uplift policies has no expected_uplift: null, the risk rule's expectation then
     uplift = "a.expected_uplift" if has_columns(con, TABLE_ACTIONS, ("expected_uplift",)) else \
         "NULL::DOUBLE AS expected_uplift"
+    arm = "coalesce(a.arm, 'champion') AS arm" if has_columns(con, TABLE_ACTIONS, ("arm",)) else "'champion' AS arm"
     join = ""
     if has_columns(con, camp, ("customer_key", "month", "accepted")):
         join = (f"LEFT JOIN (SELECT customer_key, CAST(month AS VARCHAR) AS month, bool_or(accepted) AS accepted "
                 f"FROM {camp} GROUP BY ALL) c ON c.customer_key = a.customer_key AND c.month = a.month")
         accepted = "coalesce(c.accepted, false)"
     df = con.execute(f"""
-        SELECT a.month, a.customer_key, a.action, a.policy, a.model_version, a.p, a.expected_profit, {uplift},
+        SELECT a.month, a.customer_key, a.action, a.policy, {arm}, a.model_version, a.p, a.expected_profit, {uplift},
                f.{target} AS y, {accepted} AS accepted
         FROM {TABLE_ACTIONS} a
         LEFT JOIN {TABLE_FEATURES} f ON f.{key} = a.customer_key AND CAST(f.{month} AS VARCHAR) = a.month
@@ -233,6 +235,149 @@ def roi_metrics(rows: pd.DataFrame, month: str) -> dict[str, float]:
                 v = r.iloc[0][k]
                 if v is not None and v == v: out[prefix + k] = float(v)
     return out
+
+# %% ../nbs/48_roi.ipynb #48arm002
+ARM_COLUMNS: dict[str, str] = {   # roi.arms
+    c: t for part in (
+        "month VARCHAR, scope VARCHAR, months VARCHAR, arm VARCHAR, policy VARCHAR, customers BIGINT, "
+        "contacted BIGINT, control BIGINT, uplift DOUBLE, uplift_lower DOUBLE, uplift_upper DOUBLE, "
+        "campaign_cost DOUBLE, net_value DOUBLE, net_lower DOUBLE, net_upper DOUBLE, expected_net DOUBLE, "
+        "net_per_customer DOUBLE, per_customer_lower DOUBLE, per_customer_upper DOUBLE, expected_per_customer DOUBLE, "
+        "oracle_retained DOUBLE, oracle_net DOUBLE, oracle_per_customer DOUBLE, difference DOUBLE, "
+        "difference_lower DOUBLE, difference_upper DOUBLE, computed_in VARCHAR"
+    ).split(", ") for c, t in [part.split()]
+}
+
+# %% ../nbs/48_roi.ipynb #48arm003
+def arm_sizes(con) -> dict[tuple[str, str], tuple[int, str]]:
+    """(customers, policy) of each (month, arm) in the action log, outside the exploration campaign: whom a policy
+    decided for, selected or not."""
+    if not table_exists(con, TABLE_ACTIONS) or not has_columns(con, TABLE_ACTIONS, ("arm",)): return {}
+    rows = con.execute(f"SELECT month, coalesce(arm, 'champion'), count(*), string_agg(DISTINCT policy, ', ') "
+                       f"FROM {TABLE_ACTIONS} WHERE action <> 'exploration' GROUP BY ALL").fetchall()
+    return {(m, a): (int(n), p) for m, a, n, p in rows}
+
+# %% ../nbs/48_roi.ipynb #48arm004
+def _per_customer(m: dict[str, Any], customers: int, value: float) -> tuple[float, float]:
+    "An arm's net value per customer and the variance of that figure (its uplift's, scaled)."
+    w = m["contacted"] * value / customers if customers else math.nan
+    return (m["net_value"] / customers if customers else math.nan), w * w * m["variance"]
+
+def arm_row(m: dict[str, Any], customers: int, charter: CharterSettings, confidence: float = 0.95) -> dict[str, Any]:
+    "One arm's figures (from `month_roi` or `to_date_roi`, with its `variance`), per customer with an interval."
+    pc, var = _per_customer(m, customers, charter.customer_value)
+    half = _z(confidence) * math.sqrt(var) if var == var else math.nan
+    oracle = m.get("oracle_retained", math.nan)
+    oracle_net = oracle * charter.customer_value - m["campaign_cost"]
+    return dict({k: m[k] for k in ("contacted", "control", "uplift", "uplift_lower", "uplift_upper", "campaign_cost",
+                                   "net_value", "net_lower", "net_upper", "expected_net", "policy")},
+                customers=customers, net_per_customer=pc, per_customer_lower=pc - half, per_customer_upper=pc + half,
+                expected_per_customer=m["expected_net"] / customers if customers else math.nan,
+                oracle_retained=oracle, oracle_net=oracle_net,
+                oracle_per_customer=oracle_net / customers if customers else math.nan, variance=var)
+
+def with_difference(challenger: dict[str, Any], champion: dict[str, Any], confidence: float = 0.95) -> dict[str, Any]:
+    "The challenger's row with the difference of net value per customer, challenger − champion, and its interval."
+    d = challenger["net_per_customer"] - champion["net_per_customer"]
+    half = _z(confidence) * math.sqrt(challenger["variance"] + champion["variance"])
+    return challenger | dict(difference=d, difference_lower=d - half, difference_upper=d + half)
+
+# %% ../nbs/48_roi.ipynb #48arm005
+def _listed_nobody(m: dict[str, Any]) -> dict[str, Any]:
+    "An arm whose policy listed nobody earned exactly nothing: net value 0, no spread (not an unmeasured NaN)."
+    if m["contacted"]: return m
+    return m | dict(net_value=0.0, net_lower=0.0, net_upper=0.0, campaign_cost=0.0, expected_net=0.0, variance=0.0,
+                    oracle_retained=0.0)
+
+def _arm_month(g: pd.DataFrame, charter: CharterSettings) -> dict[str, Any]:
+    m = month_roi(g, charter)
+    return _listed_nobody(m | {"variance": _variance(m)})
+
+def _counted(m: dict[str, Any]) -> bool:
+    """An arm's month is known when its effect was measured, or when it listed nobody (worth nothing, surely); a month
+    counts to date when both arms' are known."""
+    return not m["contacted"] or math.isfinite(m["uplift"])
+
+def _arm_to_date(months: list[dict[str, Any]], charter: CharterSettings) -> dict[str, Any]:
+    "An arm pooled over its counted months (to_date_roi), with the variance of its pooled uplift."
+    t = to_date_roi(months, charter)
+    ok = [m for m in months if math.isfinite(m["uplift"]) and m["contacted"]]
+    n = t["contacted"]
+    t["variance"] = sum(m["contacted"] ** 2 * m["variance"] for m in ok) / n ** 2 if n else math.nan
+    t["oracle_retained"] = (float(sum(m["oracle_retained"] for m in ok))
+                            if all(math.isfinite(m.get("oracle_retained", math.nan)) for m in ok) else math.nan)
+    return _listed_nobody(t)
+
+# %% ../nbs/48_roi.ipynb #48arm006
+def arm_oracle(cfg: Settings, con, month: str, listed: Sequence[str]) -> float:
+    """The simulator's customers retained by an arm's contact list `listed` (pseudonyms): the reached customers' true
+    drops in churn probability; NaN without an oracle."""
+    if not len(listed): return 0.0
+    spec = read_feature_spec(con, cfg)
+    frame = pd.DataFrame({spec.id_column: list(listed), spec.time_column: month})
+    t = oracle_truth(cfg, frame, spec, extra=("treated",), subset="policy_listed")
+    if t is None or t["uplift"].isna().any(): return math.nan
+    return float((t.treated.astype(float) * t.uplift).sum())
+
+# %% ../nbs/48_roi.ipynb #48arm007
+def arm_rows(cfg: Settings, selected: pd.DataFrame,    # selected_outcomes, with the arm column
+             sizes: dict[tuple[str, str], tuple[int, str]],   # arm_sizes
+             computed_in: str = "",
+             oracle: Any = None,                        # (month, listed keys) → retained; default: none
+             ) -> pd.DataFrame:
+    "roi.arms' rows: both arms of each month that ran a challenger, and to date over those months."
+    ch = cfg.charter
+    # the labelled months whose campaign ran a challenger arm (selected anyone or not)
+    months = sorted({m for m, a in sizes if a == "challenger"} & set(selected.month.astype(str) if len(selected)
+                                                                       else []))
+    rows, by_arm, size_to_date = [], {"champion": [], "challenger": []}, {"champion": 0, "challenger": 0}
+    for month in months:
+        g, this = selected[selected.month.astype(str) == month], {}
+        for arm in ("champion", "challenger"):
+            a = g[g.arm == arm]
+            this[arm] = _arm_month(a, ch) | {"policy": sizes.get((month, arm), (0, ""))[1]}
+            if this[arm]["contacted"]:
+                this[arm]["oracle_retained"] = (oracle(month, a.customer_key[a.action == "contact"].tolist())
+                                                if oracle else math.nan)
+        both = all(_counted(m) for m in this.values())   # to date pairs the arms: months that measured both
+        now = {}
+        for arm, m in this.items():
+            n = sizes.get((month, arm), (0, ""))[0]
+            if both: by_arm[arm].append(m); size_to_date[arm] += n
+            pooled = _arm_to_date(by_arm[arm], ch) | {"policy": ", ".join(sorted({x["policy"] for x in by_arm[arm]}))}
+            now[arm] = (arm_row(m, n, ch), arm_row(pooled, size_to_date[arm], ch))
+        for i, scope in enumerate(("month", "to_date")):
+            champ, chal = now["champion"][i], with_difference(now["challenger"][i], now["champion"][i])
+            for arm, r in (("champion", champ), ("challenger", chal)):
+                rows.append(dict(r, month=month, scope=scope, arm=arm, computed_in=computed_in,
+                                 months=month if scope == "month" else f"{months[0]}..{month}"))
+    return pd.DataFrame(rows).reindex(columns=list(ARM_COLUMNS))
+
+# %% ../nbs/48_roi.ipynb #48arm010
+def measure_arms(cfg: Settings, con, computed_in: str = "") -> pd.DataFrame:
+    "Measure both arms of every labelled month that ran a challenger; replace roi.arms with them and return them."
+    rows = arm_rows(cfg, selected_outcomes(con, cfg), arm_sizes(con), computed_in,
+                    lambda month, listed: arm_oracle(cfg, con, month, listed))
+    replace_rows(con, TABLE_ROI_ARMS, ARM_COLUMNS, rows, {"scope": ["month", "to_date"]})
+    return rows
+
+def arms_text(t: pd.DataFrame) -> str:
+    "roi.arms for people: each arm's list, measured effect and net value per customer; the challenger's difference."
+    if t.empty: return "no challenger arm measured yet ([operate] challenger_share, and a policy of another kind)"
+    brl = lambda v: f"R$ {v:,.2f}" if v == v else "-"  # noqa: E731
+    lines = [f"{'month':<9}{'scope':<9}{'arm':<12}{'policy':<16}{'customers':>10}{'listed':>8}{'control':>8}"
+             f"{'uplift (95% CI)':>26}{'net/customer (95% CI)':>30}{'expected':>11}{'oracle':>11}"
+             f"{'challenger − champion (95% CI)':>36}"]
+    for r in t.itertuples():
+        ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
+        pc = (f"{r.net_per_customer:+.2f} ({r.per_customer_lower:+.2f}, {r.per_customer_upper:+.2f})"
+              if r.net_per_customer == r.net_per_customer else "-")
+        diff = (f"{r.difference:+.2f} ({r.difference_lower:+.2f}, {r.difference_upper:+.2f})"
+                if r.difference == r.difference else "")
+        lines.append(f"{r.month:<9}{r.scope:<9}{r.arm:<12}{str(r.policy)[:15]:<16}{r.customers:>10,}{r.contacted:>8,}"
+                     f"{r.control:>8,}{ci:>26}{pc:>30}{brl(r.expected_per_customer):>11}"
+                     f"{brl(r.oracle_per_customer):>11}{diff:>36}")
+    return "\n".join(lines)
 
 # %% ../nbs/48_roi.ipynb #48ef00tx
 def roi_table_text(t: pd.DataFrame) -> str:

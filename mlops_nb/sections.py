@@ -20,7 +20,7 @@ __all__ = ['SETTINGS_VERSION', 'setting', 'PathsSettings', 'MlflowSettings', 'La
            'OperateSettings', 'AlertsSettings', 'ComputeSettings', 'DashboardsSettings', 'StorageSettings']
 
 # %% ../nbs/01_sections.ipynb #56566e7f
-SETTINGS_VERSION = 12  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
+SETTINGS_VERSION = 13  # bump when a key is added, and declare the new key with since=SETTINGS_VERSION
 
 def setting(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
             choices: tuple[str, ...] | None = None, pattern: str | None = None, since: int = 1) -> Any:
@@ -389,6 +389,12 @@ class OperateSettings:
                                   "([train] trials is the lifecycle's): on a retraining's few months, more tuning "
                                   "brings the model nearer what its inputs allow (the drift study)", lo=1, hi=500,
                                   since=10)
+    challenger_share: float = setting(0.2,
+                                      "share of each month's customers (outside the exploration campaign) whose offer "
+                                      "the challenger policy decides — the newest offer policy of the kind not in "
+                                      "force — with the same share of the budget and its own control group, so both "
+                                      "policies' value is measured on the same month; 0 = the policy in force decides "
+                                      "for everyone", lo=0.0, hi=0.5, since=13)
 
 # %% ../nbs/01_sections.ipynb #0e7a7e02
 @dataclass(frozen=True)

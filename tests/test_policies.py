@@ -67,6 +67,26 @@ def test_the_judgement_approves_only_a_policy_better_beyond_doubt_and_explains_a
     assert all(w["churn_with_offer"] < w["churn_without_offer"] for w in why if w["offered"])
 
 
+def con_actions_arm(cfg, month: str) -> pd.DataFrame:
+    "customer_key and arm of month `month`'s action log."
+    from mlops_nb.contracts import connect_warehouse
+    with connect_warehouse(cfg) as con:
+        return con.execute("SELECT customer_key, arm FROM ops.actions WHERE month = ?", [month]).df()
+
+
+def in_production(cfg, kind: str) -> str:
+    "Put the newest offer policy of `kind` in production (the phase first, if it never ran); its version."
+    from mlops_nb.catalog import STATUS_PRODUCTION
+    from mlops_nb.policies import policy_table, run_policy
+    from mlops_nb.registry import policy_settings, promote, version_with_status
+    pcfg = policy_settings(cfg)
+    if not len(policy_table(cfg)): run_policy(cfg)
+    v = policy_table(cfg).query(f"kind == '{kind}'").version.iloc[0]
+    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
+        promote(pcfg, v, "test", "test", override_reason=f"the test of a {kind} policy in production")
+    return v
+
+
 def uplift_in_production(cfg) -> str:
     "Put an uplift policy of the world in production (the phase first, if it never ran); its version."
     from mlops_nb.catalog import STATUS_PRODUCTION
@@ -159,9 +179,17 @@ def test_an_uplift_policy_in_production_decides_batch_scoring_and_the_campaign(w
     with connect_warehouse(cfg) as con:
         acts = con.execute("SELECT customer_key, action, policy, model_version, p, expected_profit, expected_uplift "
                            "FROM ops.actions WHERE month = '2025-07'").df()
+    assert set(acts.policy) == {f"uplift@{v}", "charter-rule"}     # the risk policy decides the challenger's arm
+    assert camp.challenger == "risk@1" and camp.challenger_customers > 0
+    acts = acts.merge(con_actions_arm(cfg, "2025-07"), on="customer_key")
+    theirs = acts[acts.arm == "challenger"]
+    assert (theirs.policy == "charter-rule").all() and theirs.expected_uplift.isna().all()
+    picked = theirs[theirs.action.isin(["contact", "control"])]
+    assert (picked.p >= scores.threshold.iloc[0]).all()              # the risk policy's decision: the threshold
+    acts = acts[acts.arm == "champion"]
     assert set(acts.policy) == {f"uplift@{v}"}
     chosen = acts[acts.action.isin(["contact", "control"])]
-    assert len(chosen) == camp.selected and (chosen.expected_profit > 0).all()
+    assert len(chosen) + len(picked) == camp.selected and (chosen.expected_profit > 0).all()
     # each action carries the uplift the policy expected of it, and the ROI's expectation is that promise
     logged = chosen.merge(log[["customer_key", "expected_uplift"]], on="customer_key", suffixes=("", "_logged"))
     assert len(logged) == len(chosen) and np.allclose(logged.expected_uplift, logged.expected_uplift_logged)
@@ -264,3 +292,79 @@ def test_each_labelled_month_values_the_policy_in_force_and_the_newest_of_each_k
     policy_values_step(cfg, res)                                    # a month valued again replaces its rows
     with connect_warehouse(cfg) as con:
         assert con.execute(f"SELECT count(*) FROM {TABLE_POLICY_VALUES}").fetchone()[0] == len(pv)
+
+
+def test_a_challenger_arm_is_decided_by_the_other_policy_with_its_own_budget_and_control_and_the_roi_compares_the_arms(
+        world):
+    """Risk policy in force, the newest uplift policy as challenger: a keyed fifth of the month's customers (outside
+    the exploration) is decided by the uplift policy — exactly its offers on their features — with its share of the
+    budget and its own control group; roi.arms measures each arm against its own control, per customer, and the
+    difference with its interval; the audit event names the challenger."""
+    from mlops_nb.audit import read_events
+    from mlops_nb.campaign import arm_features, run_campaign
+    from mlops_nb.catalog import AUDIT_CAMPAIGN_SENT, TABLE_ROI_ARMS
+    from mlops_nb.contracts import connect_warehouse
+    from mlops_nb.policies import policy_table
+    from mlops_nb.roi import arms_text, measure_arms
+    from mlops_nb.score import score_month
+    from mlops_nb.served import mlflow_for
+    settings, cfg = world
+    in_production(cfg, "risk")
+    up = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
+    month = "2025-05"                                                  # a month whose labels are in the warehouse
+    res = score_month(cfg, month)
+    camp = run_campaign(cfg, month, res.request_id, res.model_version)
+    with connect_warehouse(cfg) as con:
+        acts = con.execute("SELECT * FROM ops.actions WHERE month = ?", [month]).df()
+    free = acts[acts.action != "exploration"]
+    theirs, ours = free[free.arm == "challenger"], free[free.arm == "champion"]
+    assert camp.challenger == f"uplift@{up}" and camp.challenger_customers == len(theirs)
+    assert 0.14 < len(theirs) / len(free) < 0.26                        # [operate] challenger_share = 0.2
+    assert set(theirs.policy) == {f"uplift@{up}"} and set(ours.policy) == {"charter-rule"}
+    # the challenger's offers are the uplift policy's own on its customers' features
+    ml, _ = mlflow_for(cfg)
+    policy = ml.pyfunc.load_model(f"models:/{cfg.mlflow.registered_policy}/{up}").unwrap_python_model()
+    d = policy.decide(arm_features(cfg, month, theirs.customer_key.tolist()), theirs.p.to_numpy())
+    picked = theirs.action.isin(["contact", "control"]).to_numpy()
+    assert (picked <= d.offer.to_numpy()).all()                        # selected only where it offers
+    assert np.allclose(theirs.expected_uplift[picked], d.expected_uplift[picked])
+    assert camp.challenger_contacted == int((theirs.action == "contact").sum())
+    # each arm holds out its own control group, at the control share
+    for arm in (theirs, ours):
+        sel = arm[arm.action.isin(["contact", "control"])]
+        if len(sel) >= 10: assert abs((sel.action == "control").mean() - cfg.operate.control_share) < 0.05
+    ev = [e for e in read_events(cfg, AUDIT_CAMPAIGN_SENT) if e.subject == month][-1]
+    assert ev.details["challenger"] == f"uplift@{up}" and ev.details["challenger_share"] == 0.2
+    # roi.arms: each arm against its own control group, per customer of the arm, and the difference
+    with connect_warehouse(cfg, read_only=False) as con:
+        arms = measure_arms(cfg, con, month)
+        stored = con.execute(f"SELECT * FROM {TABLE_ROI_ARMS} WHERE month = ?", [month]).df()
+    assert len(stored) == len(arms[arms.month == month]) == 4
+    m = arms[(arms.month == month) & (arms.scope == "month")].set_index("arm")
+    for arm, rows in (("champion", ours), ("challenger", theirs)):
+        assert m.loc[arm, "customers"] == len(rows)
+        assert (m.loc[arm, "contacted"], m.loc[arm, "control"]) == ((rows.action == "contact").sum(),
+                                                                   (rows.action == "control").sum())
+        assert m.loc[arm, "net_per_customer"] == pytest.approx(m.loc[arm, "net_value"] / len(rows))
+    c = m.loc["challenger"]
+    assert c.difference == pytest.approx(c.net_per_customer - m.loc["champion", "net_per_customer"])
+    assert c.difference_lower < c.difference < c.difference_upper
+    assert np.isnan(m.loc["champion", "difference"])
+    assert "challenger" in arms_text(arms) and f"uplift@{up}" in arms_text(arms)
+    # the operate loop's ROI step logs the comparison; `mlops-nb roi` prints the arms beside the campaign
+    from mlops_nb.operate import MonthResult, publish_snapshots, roi_step
+    step = MonthResult("2025-06", "ok", labelled=[month])
+    roi_step(cfg, step)
+    assert step.metrics["roi.challenger.difference"] == pytest.approx(c.difference)
+    from mlops_nb.operate import ensure_monitor_tables
+    with connect_warehouse(cfg, read_only=False) as con: ensure_monitor_tables(con); publish_snapshots(cfg, con)
+    out = run_cli("--settings", str(settings), "roi")
+    assert out.returncode == 0 and "challenger − champion" in out.stdout and f"uplift@{up}" in out.stdout, out.stderr
+    # the art. 20 review of a customer the challenger decided explains the challenger's offer, and says why it decided
+    from mlops_nb.campaign import reidentify
+    from mlops_nb.review import review_decision, review_html
+    key = theirs.customer_key[theirs.action == "contact"].iloc[0]
+    rv = review_decision(cfg, res.request_id, reidentify(cfg, month, [key])[0], actor="dpo")
+    assert rv.arm == {"arm": "challenger", "policy": f"uplift@{up}"} and rv.action == "contact"
+    assert rv.offer["policy_version"] == up and rv.offer["offered"] and rv.decision
+    assert "política desafiante" in review_html(rv) and "challenger policy decides" in review_html(rv)
