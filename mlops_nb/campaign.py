@@ -298,7 +298,7 @@ class Challenger:
     "The offer policy the challenger arm tries (a registered version, loaded)."
     version: str
     kind: str                 # risk or uplift
-    policy: object            # the OfferPolicy
+    policy: object            # the OfferPolicy (37_offer_policy), unwrapped from its MLflow model
 
     @property
     def name(self) -> str: return f"{self.kind}@{self.version}"
@@ -356,7 +356,11 @@ def challenger_decisions(cfg: Settings, month: str, scores: pd.DataFrame,
         by_fairness = bool((decision[rows] != (p >= float(scores.threshold.iloc[0]))).any())
         return ArmDecisions(POLICY, decision,
                             cap_salt=month_salt(f"challenger:{version}".encode().hex(), month) if by_fairness else None)
-    d = challenger.policy.decide(X, p)
+    try: d = challenger.policy.decide(X, p)
+    except (KeyError, ValueError) as e:   # a policy learnt on another feature table
+        raise CampaignError(f"the challenger policy {challenger.name} cannot decide month {month}'s customers "
+                            f"({type(e).__name__}: {e}); set [operate] challenger_share = 0 to run the month with the "
+                            "policy in force alone") from e
     value, uplift = np.full(n, np.nan), np.full(n, np.nan)
     decision[rows], value[rows], uplift[rows] = (d.offer.to_numpy(bool), d.net_value.to_numpy(float),
                                                  d.expected_uplift.to_numpy(float))
@@ -409,7 +413,7 @@ def run_campaign(cfg: Settings, month: str,
                             month_salt(request_id.encode().hex(), month) if by_policy else None)
     challenger = find_challenger(cfg)
     arm = (challenger_arm(scores.customer_key.tolist(), month, cfg.operate.challenger_share) if challenger
-           else np.zeros(len(scores), bool))
+           else np.zeros(len(scores), bool)) & ~scores.customer_key.isin(explored).to_numpy()   # exploration: no arm
     trial = challenger_decisions(cfg, month, scores, arm, version, challenger) if arm.any() else None
     plan = plan_arms(scores.customer_key, scores.p, threshold, cfg.charter, cfg.operate.control_share, explored,
                      (seed, int(month.replace("-", ""))), champion, trial, arm)

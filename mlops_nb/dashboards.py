@@ -21,210 +21,19 @@ from .blocks import Block, blocks_body
 from .catalog import (AUDIT_GATE_OVERRIDE, AUDIT_MODEL_STATUS, AUDIT_ROLLED_BACK,
                               TABLE_MONITOR_DRIFT, TABLE_MONITOR_FAIRNESS, TABLE_MONITOR_MONTHS,
                               TABLE_MONITOR_PERFORMANCE, TABLE_MONITOR_RETRAINS, TABLE_POLICY_VALUES,
-                              TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS)
+                              TABLE_ROI_ARMS, TABLE_ROI_MONTHS, TABLE_SERVICE_COSTS)
 from .operate import read_snapshot
 from .performance import label_free_record
 from .settings import Settings
 
 # %% auto #0
-__all__ = ['LABELS', 'PAGE_CLASS', 'PAGE_STYLE', 'PAGES', 'label', 'blocks_html', 'Picker', 'expand_pickers', 'drift_heatmap',
-           'performance_plot', 'moved_note', 'monitoring_blocks', 'timeline_plot', 'month_detail_blocks',
-           'fairness_plot', 'status_events', 'production_version', 'version_in_production', 'mitigation_in_force',
-           'bias_blocks', 'offer_policy_blocks', 'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks',
-           'version_blocks', 'page_blocks']
+__all__ = ['PAGE_CLASS', 'PAGE_STYLE', 'PAGES', 'blocks_html', 'Picker', 'expand_pickers', 'drift_heatmap', 'performance_plot',
+           'moved_note', 'monitoring_blocks', 'timeline_plot', 'month_detail_blocks', 'fairness_plot', 'status_events',
+           'production_version', 'version_in_production', 'mitigation_in_force', 'bias_blocks', 'offer_policy_blocks',
+           'value_plot', 'cumulative_plot', 'roi_blocks', 'governance_blocks', 'version_blocks', 'page_blocks']
 
 # %% ../nbs/73_dashboards.ipynb #dsh00005
-LABELS: dict[str, dict[str, str]] = {
-    "pt": {
-        "monitoring": "Monitoramento do serviço",
-        "bias": "Equidade entre grupos",
-        "roi": "Retorno da campanha",
-        "governance": "Governança e proteção de dados",
-        "index": "Painéis do mlops-nb",
-        "how": "Como ler esta página",
-        "nothing": "Nada publicado ainda: opere um mês (`mlops-nb operate`).",
-        "months": "Meses operados",
-        "drift": "Deriva dos dados de entrada",
-        "performance": "Desempenho do modelo",
-        "alerts": "Alertas",
-        "versions": "Versões do modelo, retreinos e reversões",
-        "fairness": "Diferenças entre grupos, por mês",
-        "mitigation": "Mitigação em vigor",
-        "value": "Valor líquido por mês",
-        "cumulative": "Valor acumulado",
-        "uplift": "Efeito medido da oferta",
-        "costs": "Custo de operar o serviço",
-        "offer_policy": "Quem recebe a oferta: a política de oferta",
-        "offer_policy_now": ("Em vigor: a política {kind} (versão {version}). Cada mês da tabela de efeito diz "
-                             "qual política decidiu."),
-        "offer_policy_none": "Nenhuma política de oferta registrada: o modelo decide pelo limiar.",
-        "policy_values": ("Cada política registrada, na campanha de exploração de cada mês com rótulos, em R$ por "
-                          "cliente sobre não oferecer a ninguém: o que ela esperava (expected_per_customer), o que "
-                          "realizou com os desfechos do mês (value_per_customer, com intervalo de 95%) e, no mundo "
-                          "sintético, o valor do simulador e o da melhor lista ao lado: quanto uma troca teria "
-                          "valido."),
-        "trail": "Trilha de auditoria",
-        "requests": "Pedidos de titulares",
-        "promotions": "Promoções, exceções e reversões",
-        "cap_drift": (
-            "Cada linha é uma entrada do modelo; a cor é a distância do mês à referência dividida pelo limiar dela: "
-            "verde está longe do limiar, vermelho passou dele."),
-        "cap_performance": (
-            "A AUC estimada sem rótulos quando o mês é pontuado (tracejada) e a realizada quando os rótulos chegam, "
-            "com intervalos de 95%."),
-        "perf_record": (
-            " Em {months} meses com rótulos, a estimativa ficou em média a {mean:.3f} da AUC realizada (no máximo "
-            "{max:.3f}), e o intervalo dela conteve a realizada em {held} deles."),
-        "cap_timeline": (
-            "Embaixo, a linha é a versão do modelo que decidiu cada mês; acima, nos mesmos meses, os alertas abertos, "
-            "os dados retidos, os retreinos (cheio se a nova versão foi promovida, com o número dela) e as reversões "
-            "automáticas (no mês cujos rótulos as decidiram)."),
-        "how_monitoring": (
-            "Um mês saudável tem estado ok, poucas entradas em vermelho e a AUC realizada dentro do intervalo da "
-            "estimada. Um alerta abre um incidente que fica aberto até a regra deixar de valer; um retreino cria uma "
-            "versão que só serve se passar pelo portão."),
-        "cap_fairness": (
-            "Para cada atributo sensível, a maior diferença entre grupos na taxa de seleção e na taxa de verdadeiros "
-            "positivos (clientes que iam sair e receberam a oferta), com intervalos de 95%, contra o limite do "
-            "contrato (pontilhado)."),
-        "no_mitigation": "Nenhuma: as decisões do modelo são servidas.",
-        "how_bias": (
-            "Uma diferença abaixo do limite, com o intervalo também abaixo, é o objetivo. Um intervalo largo quer "
-            "dizer grupos pequenos: o número é incerto, não necessariamente ruim. A mitigação, se houver, usa o "
-            "atributo só na decisão, nunca como entrada do modelo."),
-        "roi_to_date": (
-            "Até {month}: {contacted:,} clientes contatados, valor líquido R$ {net:,.0f} (IC 95% {lo:,.0f} a "
-            "{hi:,.0f}); redução de cancelamento {reached:.0%} contra a meta de {target:.0%}."),
-        "cap_value": (
-            "Barras: o valor líquido realizado de cada campanha, medido contra o grupo de controle (IC 95%); traço: o"
-            " esperado pelo modelo; no mundo sintético, o valor verdadeiro e o da melhor lista que o orçamento "
-            "compraria."),
-        "cap_cumulative": (
-            "O valor acumulado desde o primeiro mês medido, e depois de descontar o custo de operar o serviço."),
-        "how_roi": (
-            "O efeito é a diferença de cancelamento entre o grupo de controle (sorteado entre os selecionados, não "
-            "contatado) e os contatados: é o que a campanha evitou. Um intervalo que inclui zero quer dizer que ainda"
-            " não se pode afirmar que a campanha paga."),
-        "trail_ok": "Íntegra: {entries} registros, cadeia e ponto de controle com chave verificados.",
-        "trail_problem": "PROBLEMA: {problem}",
-        "how_governance": (
-            "A trilha é encadeada por hashes e tem um ponto de controle com chave guardada fora do projeto: qualquer "
-            "edição, remoção ou truncamento é apontado aqui. Os pedidos de titulares (acesso, correção, eliminação, "
-            "revisão) aparecem com seu estado; os documentos descrevem o tratamento da versão que decide hoje."),
-        "no_alert": "Nenhum alerta.",
-        "no_request": "Nenhum pedido.",
-        "nothing_yet": "Nada ainda.",
-        "no_production": "Nenhuma versão em produção.",
-        "pick_month": "Mês",
-        "pick_version": "Versão",
-        "month_detail": "Um mês em detalhe",
-        "detail_drift": ("As entradas mais distantes da referência neste mês (distância sobre o limiar: acima de 1 "
-                         "deriva)."),
-        "detail_performance": "A AUC deste mês: estimada quando foi pontuado, realizada quando os rótulos chegaram.",
-        "detail_alerts": "Incidentes abertos neste mês:",
-        "fairness_month": "Diferenças entre grupos no mês escolhido:",
-        "version_detail": "Uma versão do modelo: seu histórico e seus documentos",
-        "documents_of": "Documentos da versão {version}:",
-        "no_documents": "Sem documentos: a versão nunca chegou à produção.",
-        "moved": "{names} muda porque a campanha contata clientes: foi o serviço que agiu, não o mundo que mudou.",
-    },
-    "en": {
-        "monitoring": "Service monitoring",
-        "bias": "Fairness between groups",
-        "roi": "Return on the campaign",
-        "governance": "Governance and data protection",
-        "index": "mlops-nb dashboards",
-        "how": "How to read this page",
-        "nothing": "Nothing published yet: operate a month (`mlops-nb operate`).",
-        "months": "Operated months",
-        "drift": "Drift of the input data",
-        "performance": "Model performance",
-        "alerts": "Alerts",
-        "versions": "Model versions, retrainings and rollbacks",
-        "fairness": "Gaps between groups, by month",
-        "mitigation": "Mitigation in force",
-        "value": "Net value by month",
-        "cumulative": "Cumulative value",
-        "uplift": "Measured effect of the offer",
-        "costs": "Cost of running the service",
-        "offer_policy": "Who gets the offer: the offer policy",
-        "offer_policy_now": ("In force: the {kind} policy (version {version}). Each month of the effect table "
-                             "says which policy decided."),
-        "offer_policy_none": "No offer policy registered: the model decides by its threshold.",
-        "policy_values": ("Every registered policy on each labelled month's exploration campaign, in R$ per customer "
-                          "over offering nobody: what it expected (expected_per_customer), what it realised on the "
-                          "month's outcomes (value_per_customer, with its 95% interval) and, on the synthetic world, "
-                          "the simulator's value and the best list's beside them: what a switch would have been "
-                          "worth."),
-        "trail": "Audit trail",
-        "requests": "Data-subject requests",
-        "promotions": "Promotions, overrides and rollbacks",
-        "cap_drift": (
-            "Each row is one of the model's inputs; the colour is the month's distance from the reference over its "
-            "threshold: green is far below it, red is past it."),
-        "cap_performance": (
-            "The AUC estimated without labels when the month is scored (dashed) and realised once its labels arrive, "
-            "with 95% intervals."),
-        "perf_record": (
-            " Over {months} months with labels the estimate was {mean:.3f} from the realised AUC on average (at most "
-            "{max:.3f}), and its interval held the realised AUC in {held} of them."),
-        "cap_timeline": (
-            "At the bottom, the line is the model version that decided each month; above it, on the same months, the "
-            "alerts opened, data held back, retrainings (filled when the new version was promoted, with its number) "
-            "and automatic rollbacks (on the month whose labels decided them)."),
-        "how_monitoring": (
-            "A healthy month has status ok, few red inputs and the realised AUC within the estimate's interval. An "
-            "alert opens an incident that stays open until its rule stops holding; a retraining makes a version that "
-            "serves only if it passes the gate."),
-        "cap_fairness": (
-            "For each sensitive attribute, the largest difference between groups in the selection rate and the true "
-            "positive rate (customers who would leave and were offered), with 95% intervals, against the charter's "
-            "limit (dotted)."),
-        "no_mitigation": "None: the model's own decisions are served.",
-        "how_bias": (
-            "A gap below the limit, its interval below too, is the goal. A wide interval means small groups: the "
-            "figure is uncertain, not necessarily bad. A mitigation, if any, uses the attribute only at decision "
-            "time, never as a model input."),
-        "roi_to_date": (
-            "To {month}: {contacted:,} customers contacted, net value R$ {net:,.0f} (95% CI {lo:,.0f} to {hi:,.0f}); "
-            "churn reduction {reached:.0%} against the target of {target:.0%}."),
-        "cap_value": (
-            "Bars: each campaign's realised net value, measured against its control group (95% CI); dash: what the "
-            "model expected; on the synthetic world, the true value and that of the best list the budget could buy."),
-        "cap_cumulative": (
-            "The value accumulated since the first measured month, and after the cost of running the service."),
-        "how_roi": (
-            "The effect is the churn difference between the control group (drawn at random from the selected, not "
-            "contacted) and the contacted: what the campaign prevented. An interval that includes zero means it "
-            "cannot yet be said that the campaign pays."),
-        "trail_ok": "Intact: {entries} entries, chain and keyed checkpoint verified.",
-        "trail_problem": "PROBLEM: {problem}",
-        "how_governance": (
-            "The trail is hash-chained with a checkpoint keyed outside the project: any edit, removal or truncation "
-            "is named here. Data-subject requests (access, correction, erasure, review) are listed with their status;"
-            " the documents describe the processing of the version deciding today."),
-        "no_alert": "No alert.",
-        "no_request": "No request.",
-        "nothing_yet": "Nothing yet.",
-        "no_production": "No version in production.",
-        "pick_month": "Month",
-        "pick_version": "Version",
-        "month_detail": "One month in detail",
-        "detail_drift": ("The inputs furthest from the reference this month (distance over threshold: above 1 "
-                         "drifts)."),
-        "detail_performance": "This month's AUC: estimated when it was scored, realised when its labels arrived.",
-        "detail_alerts": "Incidents open in this month:",
-        "fairness_month": "Gaps between groups in the chosen month:",
-        "version_detail": "One model version: its history and its documents",
-        "documents_of": "Documents of version {version}:",
-        "no_documents": "No documents: the version never reached production.",
-        "moved": "{names} moves because the campaign contacts customers: the service acted, the world did not change.",
-    },
-}
-
-def label(lang: str, key: str) -> str:
-    "The page text `key` in `lang` (pt or en)."
-    return LABELS.get(lang, LABELS["en"]).get(key, LABELS["en"][key])
+from .page_labels import LABELS, label  # noqa: F401 — the pages' words in pt and en (`38_page_labels`)
 
 # %% ../nbs/73_dashboards.ipynb #dsh00007
 def blocks_html(blocks: Sequence[Block], pickers: int = 0) -> str:
@@ -530,6 +339,13 @@ def roi_blocks(cfg: Settings, lang: str) -> list[Block]:
             ("table", m[[c for c in ("month", "policy", "contacted", "control", "uplift", "uplift_lower",
                                      "uplift_upper", "relative_reduction", "target", "oracle_uplift")
                          if c in m.columns]])]
+    arms = read_snapshot(cfg, TABLE_ROI_ARMS)
+    if len(arms):
+        out += [("h2", label(lang, "arms")), ("p", label(lang, "arms_note")),
+                ("table", arms.sort_values(["month", "scope"])[[
+                    "month", "scope", "arm", "policy", "customers", "contacted", "control", "net_per_customer",
+                    "per_customer_lower", "per_customer_upper", "expected_per_customer", "oracle_per_customer",
+                    "difference", "difference_lower", "difference_upper"]])]
     out += offer_policy_blocks(cfg, lang)
     costs = read_snapshot(cfg, TABLE_SERVICE_COSTS)
     if len(costs):

@@ -360,6 +360,9 @@ def test_a_challenger_arm_is_decided_by_the_other_policy_with_its_own_budget_and
     with connect_warehouse(cfg, read_only=False) as con: ensure_monitor_tables(con); publish_snapshots(cfg, con)
     out = run_cli("--settings", str(settings), "roi")
     assert out.returncode == 0 and "challenger − champion" in out.stdout and f"uplift@{up}" in out.stdout, out.stderr
+    from mlops_nb.dashboards import blocks_html, page_blocks
+    page = blocks_html(page_blocks("roi", cfg, "en"))                  # the ROI page shows the two arms too
+    assert "The policy in force and the challenger" in page and f"uplift@{up}" in page
     # the art. 20 review of a customer the challenger decided explains the challenger's offer, and says why it decided
     from mlops_nb.campaign import reidentify
     from mlops_nb.review import review_decision, review_html
