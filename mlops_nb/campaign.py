@@ -36,8 +36,8 @@ from .value import budget_contacts, contact_policy, cost_per_contact, expected_p
 # %% auto #0
 __all__ = ['ACTIONS', 'POLICY', 'ARM_CHAMPION', 'ARM_CHALLENGER', 'ARMS', 'ACTION_COLUMNS', 'CampaignError', 'selection_size',
            'plan_campaign', 'exploration_keys', 'month_scores', 'reidentify', 'write_actions', 'write_contact_list',
-           'challenger_arm', 'arm_charters', 'ArmDecisions', 'plan_arms', 'Challenger', 'find_challenger',
-           'arm_features', 'challenger_decisions', 'CampaignResult', 'run_campaign']
+           'challenger_arm', 'arm_charters', 'ArmDecisions', 'plan_arms', 'Challenger', 'judged_difference',
+           'find_challenger', 'arm_features', 'challenger_decisions', 'CampaignResult', 'run_campaign']
 
 # %% ../nbs/63_campaign.ipynb #9efbb832
 ACTIONS = ("contact", "control", "not_selected", "exploration")   # what can be done to a scored customer in a month
@@ -303,25 +303,40 @@ class Challenger:
     @property
     def name(self) -> str: return f"{self.kind}@{self.version}"
 
-def find_challenger(cfg: Settings) -> Challenger | None:
-    """The newest registered offer policy of the kind not in force, loaded; None when `[operate] challenger_share` is
-    0, no offer policy is in force, or no policy of another kind is registered."""
-    if cfg.operate.challenger_share <= 0: return None
+def judged_difference(cfg: Settings, version: str) -> tuple[float, float] | None:
+    """The interval of offer policy `version`'s value minus the policy then in force's, as the gate judged it when it
+    was proposed (`59_policies`: the proposal run's metrics); None for a policy registered without a judgement."""
+    from mlops_nb.served import mlflow_for
+    _, client = mlflow_for(cfg)
+    run = client.get_model_version(cfg.mlflow.registered_policy, version).run_id
+    m = client.get_run(run).data.metrics if run else {}
+    lo, hi = m.get("policy.difference.lower"), m.get("policy.difference.upper")
+    return None if lo is None or hi is None else (float(lo), float(hi))
+
+def find_challenger(cfg: Settings) -> tuple[Challenger | None, str]:
+    """The newest registered offer policy of the kind not in force, loaded — unless the gate judged it worse than the
+    policy in force beyond doubt (and `[operate] challenger_worse` is off); else None and the reason."""
+    if cfg.operate.challenger_share <= 0: return None, ""
     from mlops_nb.policies import policy_table
     from mlops_nb.served import load_offer_policy, mlflow_for
     served = load_offer_policy(cfg)
-    if served is None: return None
+    if served is None: return None, "no offer policy is in force"
     t = policy_table(cfg)
     other = t[t.kind != served.policy.kind]
-    if other.empty: return None
+    if other.empty: return None, f"no offer policy of another kind than the {served.policy.kind} policy in force"
     version = str(max(other.version, key=int))
+    judged = judged_difference(cfg, version)
+    if judged is not None and judged[1] < 0 and not cfg.operate.challenger_worse:
+        return None, (f"offer policy v{version} is not tried on customers: the gate judged it worse than the policy "
+                      f"in force beyond doubt (difference per customer R$ {judged[0]:.2f} to {judged[1]:.2f}); "
+                      "[operate] challenger_worse = true tries it all the same")
     ml, _ = mlflow_for(cfg)
     uri = f"models:/{cfg.mlflow.registered_policy}/{version}"
     try: policy = ml.pyfunc.load_model(uri).unwrap_python_model()
     except Exception as e:
         raise CampaignError(f"the challenger policy {uri} cannot be loaded ({type(e).__name__}: {e}); set [operate] "
                             "challenger_share = 0 to run the month with the policy in force alone") from e
-    return Challenger(version, policy.kind, policy)
+    return Challenger(version, policy.kind, policy), ""
 
 # %% ../nbs/63_campaign.ipynb #chal0013
 def arm_features(cfg: Settings, month: str, keys: Sequence[str]) -> pd.DataFrame:
@@ -386,6 +401,7 @@ class CampaignResult:
     challenger_customers: int = 0    # its customers (outside the exploration)
     challenger_contacted: int = 0    # of the contacted, those the challenger decided
     challenger_control: int = 0      # of the control group, the challenger arm's
+    challenger_note: str = ""        # why there is no challenger arm, when a policy of another kind was left out
 
 # %% ../nbs/63_campaign.ipynb #e4ed1167
 _MONTH = re.compile(r"(19|20)\d\d-(0[1-9]|1[0-2])")
@@ -411,7 +427,7 @@ def run_campaign(cfg: Settings, month: str,
     champion = ArmDecisions(policy, decision, scores.net_value.to_numpy(float) if by_uplift else None,
                             scores.expected_uplift.to_numpy(float) if by_uplift else None,
                             month_salt(request_id.encode().hex(), month) if by_policy else None)
-    challenger = find_challenger(cfg)
+    challenger, why_not = find_challenger(cfg)
     arm = (challenger_arm(scores.customer_key.tolist(), month, cfg.operate.challenger_share) if challenger
            else np.zeros(len(scores), bool)) & ~scores.customer_key.isin(explored).to_numpy()   # exploration: no arm
     trial = challenger_decisions(cfg, month, scores, arm, version, challenger) if arm.any() else None
@@ -426,6 +442,7 @@ def run_campaign(cfg: Settings, month: str,
                          int(n["control"]), int(n["not_selected"]), float(n["contact"] * cost_per_contact(cfg.charter)),
                          float(plan.expected_profit[contacted].sum()), plan.attrs["budget_contacts"],
                          bool(plan.attrs["capped"]), [str(path)])
+    res.challenger_note = why_not
     if trial is not None:
         theirs = plan.arm == ARM_CHALLENGER
         res.challenger, res.challenger_customers = challenger.name, int((theirs & (plan.action != "exploration")).sum())

@@ -436,6 +436,11 @@ def cmd_roi(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if len(arms):
         print("\nthe campaign's champion and challenger arms, each against its own control group (net value per "
               "customer of the arm, BRL):\n" + arms_text(arms))
+    else:
+        from mlops_nb.audit import read_events
+        from mlops_nb.catalog import AUDIT_CAMPAIGN_SENT
+        notes = [e.details.get("challenger_note") for e in read_events(cfg, AUDIT_CAMPAIGN_SENT)]
+        if notes and notes[-1]: print(f"\nno challenger arm in the last campaign: {notes[-1]}")
     return EXIT_OK
 
 # %% ../nbs/90_cli.ipynb #upl0cli1

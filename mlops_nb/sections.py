@@ -395,6 +395,10 @@ class OperateSettings:
                                       "force — with the same share of the budget and its own control group, so both "
                                       "policies' value is measured on the same month; 0 = the policy in force decides "
                                       "for everyone", lo=0.0, hi=0.5, since=13)
+    challenger_worse: bool = setting(False,
+                                     "also try a challenger the gate judged worse than the policy in force beyond "
+                                     "doubt (the interval of their difference below zero on the held-out randomised "
+                                     "customers): a live test of a policy expected to lose money", since=13)
 
 # %% ../nbs/01_sections.ipynb #0e7a7e02
 @dataclass(frozen=True)

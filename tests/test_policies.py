@@ -308,9 +308,18 @@ def test_a_challenger_arm_is_decided_by_the_other_policy_with_its_own_budget_and
     from mlops_nb.roi import arms_text, measure_arms
     from mlops_nb.score import score_month
     from mlops_nb.served import mlflow_for
+    import dataclasses
+
+    from mlops_nb.campaign import find_challenger, judged_difference
     settings, cfg = world
     in_production(cfg, "risk")
     up = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
+    # a policy the gate judged worse beyond doubt is not tried on customers unless [operate] challenger_worse says so
+    lo, hi = judged_difference(cfg, up)
+    found, why = find_challenger(cfg)
+    if hi < 0: assert found is None and "worse than the policy in force beyond doubt" in why
+    else: assert found.version == up and not why
+    cfg = dataclasses.replace(cfg, operate=dataclasses.replace(cfg.operate, challenger_worse=True))
     month = "2025-05"                                                  # a month whose labels are in the warehouse
     res = score_month(cfg, month)
     camp = run_campaign(cfg, month, res.request_id, res.model_version)
