@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .audit import append_event
-from .catalog import AUDIT_CAMPAIGN_SENT, TABLE_ACTIONS, TABLE_FEATURES
+from .catalog import AUDIT_CAMPAIGN_SENT, STATUS_PRODUCTION, TABLE_ACTIONS, TABLE_FEATURES
 from .contracts import connect_warehouse, duckdb_connect, read_feature_spec, replace_rows
 from .decisions import keyed_uniform, month_salt
 from .lake import CONTACTS_FILE
@@ -318,12 +318,12 @@ def find_challenger(cfg: Settings) -> tuple[Challenger | None, str]:
     policy in force beyond doubt (and `[operate] challenger_worse` is off); else None and the reason."""
     if cfg.operate.challenger_share <= 0: return None, ""
     from mlops_nb.policies import policy_table
-    from mlops_nb.served import load_offer_policy, mlflow_for
-    served = load_offer_policy(cfg)
-    if served is None: return None, "no offer policy is in force"
-    t = policy_table(cfg)
-    other = t[t.kind != served.policy.kind]
-    if other.empty: return None, f"no offer policy of another kind than the {served.policy.kind} policy in force"
+    from mlops_nb.served import mlflow_for
+    t = policy_table(cfg)                      # the registry's tags: nothing is loaded unless a challenger is found
+    live = t[t.status == STATUS_PRODUCTION]
+    if live.empty: return None, "no offer policy is in force"
+    other = t[t.kind != live.kind.iloc[0]]
+    if other.empty: return None, f"no offer policy of another kind than the {live.kind.iloc[0]} policy in force"
     version = str(max(other.version, key=int))
     judged = judged_difference(cfg, version)
     if judged is not None and judged[1] < 0 and not cfg.operate.challenger_worse:
