@@ -380,3 +380,32 @@ def test_a_challenger_arm_is_decided_by_the_other_policy_with_its_own_budget_and
     assert rv.arm == {"arm": "challenger", "policy": f"uplift@{up}"} and rv.action == "contact"
     assert rv.offer["policy_version"] == up and rv.offer["offered"] and rv.decision
     assert "política desafiante" in review_html(rv) and "challenger policy decides" in review_html(rv)
+
+
+def test_a_policy_judged_worse_beyond_doubt_is_not_tried_on_customers_unless_asked(world):
+    """The challenger rule on a real registry: an uplift policy whose proposal run judged it worse than the policy in
+    force beyond doubt is left out, with the reason; [operate] challenger_worse tries it."""
+    import dataclasses
+
+    from mlops_nb.campaign import find_challenger, judged_difference
+    from mlops_nb.policies import policy_table, register_policy
+    from mlops_nb.served import mlflow_for
+    from mlops_nb.tracking import mlflow
+    from mlops_nb.uplift import randomised_rows
+    settings, cfg = world
+    in_production(cfg, "risk")
+    ml, _ = mlflow_for(cfg)
+    up = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
+    policy = ml.pyfunc.load_model(f"models:/{cfg.mlflow.registered_policy}/{up}").unwrap_python_model()
+    with mlflow.start_run(run_name="policy: uplift judged worse"):
+        mlflow.log_metrics({"policy.difference.lower": -5.0, "policy.difference.upper": -1.0})
+        rows, _ = randomised_rows(cfg)                                     # the input example's distribution
+        worse = register_policy(cfg, policy, False, "worse beyond doubt (the test's judgement)", rows=rows).version
+    assert judged_difference(cfg, worse) == (-5.0, -1.0)
+    found, why = find_challenger(cfg)
+    assert found is None and f"v{worse} is not tried" in why and "challenger_worse" in why
+    asked = dataclasses.replace(cfg, operate=dataclasses.replace(cfg.operate, challenger_worse=True))
+    found, why = find_challenger(asked)
+    assert found.version == worse and found.kind == "uplift" and not why
+    off = dataclasses.replace(cfg, operate=dataclasses.replace(cfg.operate, challenger_share=0.0))
+    assert find_challenger(off) == (None, "")
