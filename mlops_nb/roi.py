@@ -27,8 +27,8 @@ from .value import budget_contacts
 # %% auto #0
 __all__ = ['ROI_COLUMNS', 'SCOPES', 'ARM_COLUMNS', 'selected_outcomes', 'expected_retained', 'month_roi', 'to_date_roi',
            'oracle_month', 'roi_rows', 'store_roi', 'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics',
-           'arm_sizes', 'arm_row', 'with_difference', 'arm_oracle', 'arm_rows', 'measure_arms', 'arms_text',
-           'roi_table_text']
+           'arm_sizes', 'arm_row', 'with_difference', 'arm_oracle', 'arm_rows', 'with_interval', 'measure_arms',
+           'arms_text', 'roi_table_text']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -354,6 +354,10 @@ def arm_rows(cfg: Settings, selected: pd.DataFrame,    # selected_outcomes, with
     return pd.DataFrame(rows).reindex(columns=list(ARM_COLUMNS))
 
 # %% ../nbs/48_roi.ipynb #48arm010
+def with_interval(v: float, lo: float, hi: float, digits: int, missing: str = "-") -> str:
+    "A signed figure and its interval as the printed tables show it, e.g. `+0.029 (-0.024, +0.083)`; `missing` if NaN."
+    return f"{v:+.{digits}f} ({lo:+.{digits}f}, {hi:+.{digits}f})" if v == v else missing
+
 def measure_arms(cfg: Settings, con, computed_in: str = "") -> pd.DataFrame:
     "Measure both arms of every labelled month that ran a challenger; replace roi.arms with them and return them."
     rows = arm_rows(cfg, selected_outcomes(con, cfg), arm_sizes(con), computed_in,
@@ -369,11 +373,9 @@ def arms_text(t: pd.DataFrame) -> str:
              f"{'uplift (95% CI)':>26}{'net/customer (95% CI)':>30}{'expected':>11}{'oracle':>11}"
              f"{'challenger − champion (95% CI)':>36}"]
     for r in t.itertuples():
-        ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
-        pc = (f"{r.net_per_customer:+.2f} ({r.per_customer_lower:+.2f}, {r.per_customer_upper:+.2f})"
-              if r.net_per_customer == r.net_per_customer else "-")
-        diff = (f"{r.difference:+.2f} ({r.difference_lower:+.2f}, {r.difference_upper:+.2f})"
-                if r.difference == r.difference else "")
+        ci = with_interval(r.uplift, r.uplift_lower, r.uplift_upper, 3)
+        pc = with_interval(r.net_per_customer, r.per_customer_lower, r.per_customer_upper, 2)
+        diff = with_interval(r.difference, r.difference_lower, r.difference_upper, 2, missing="")
         lines.append(f"{r.month:<9}{r.scope:<9}{r.arm:<12}{str(r.policy)[:15]:<16}{r.customers:>10,}{r.contacted:>8,}"
                      f"{r.control:>8,}{ci:>26}{pc:>30}{brl(r.expected_per_customer):>11}"
                      f"{brl(r.oracle_per_customer):>11}{diff:>36}")
@@ -389,7 +391,7 @@ def roi_table_text(t: pd.DataFrame) -> str:
              f"{'cost':>13}{'net value':>13}{'ROI':>7}{'expected':>13}{'oracle':>9}{'best list':>13}{'service':>10}"
              f"{'net of service':>16}"]
     for r in t.itertuples():
-        ci = f"{r.uplift:+.3f} ({r.uplift_lower:+.3f}, {r.uplift_upper:+.3f})" if r.uplift == r.uplift else "-"
+        ci = with_interval(r.uplift, r.uplift_lower, r.uplift_upper, 3)
         lines.append(f"{r.month:<9}{r.scope:<9}{r.contacted:>8,}{r.control:>8,}{ci:>26}{r.retained:>10.1f}"
                      f"{brl(r.campaign_cost):>13}{brl(r.net_value):>13}{r.roi:>7.2f}{brl(r.expected_net):>13}"
                      f"{r.oracle_uplift if r.oracle_uplift == r.oracle_uplift else nan:>9.3f}"
