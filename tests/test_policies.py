@@ -89,15 +89,7 @@ def in_production(cfg, kind: str) -> str:
 
 def uplift_in_production(cfg) -> str:
     "Put an uplift policy of the world in production (the phase first, if it never ran); its version."
-    from mlops_nb.catalog import STATUS_PRODUCTION
-    from mlops_nb.policies import policy_table, run_policy
-    from mlops_nb.registry import policy_settings, promote, version_with_status
-    pcfg = policy_settings(cfg)
-    if not len(policy_table(cfg)): run_policy(cfg)
-    v = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
-    if version_with_status(pcfg, STATUS_PRODUCTION).version != v:
-        promote(pcfg, v, "test", "test", override_reason="the test of an uplift policy in production")
-    return v
+    return in_production(cfg, "uplift")
 
 
 @pytest.fixture(scope="module")
@@ -300,17 +292,16 @@ def test_a_challenger_arm_is_decided_by_the_other_policy_with_its_own_budget_and
     the exploration) is decided by the uplift policy — exactly its offers on their features — with its share of the
     budget and its own control group; roi.arms measures each arm against its own control, per customer, and the
     difference with its interval; the audit event names the challenger."""
+    import dataclasses
+
     from mlops_nb.audit import read_events
-    from mlops_nb.campaign import arm_features, run_campaign
+    from mlops_nb.campaign import arm_features, find_challenger, judged_difference, run_campaign
     from mlops_nb.catalog import AUDIT_CAMPAIGN_SENT, TABLE_ROI_ARMS
     from mlops_nb.contracts import connect_warehouse
     from mlops_nb.policies import policy_table
     from mlops_nb.roi import arms_text, measure_arms
     from mlops_nb.score import score_month
     from mlops_nb.served import mlflow_for
-    import dataclasses
-
-    from mlops_nb.campaign import find_challenger, judged_difference
     settings, cfg = world
     in_production(cfg, "risk")
     up = policy_table(cfg).query("kind == 'uplift'").version.iloc[0]
