@@ -342,9 +342,10 @@ def roi_step(cfg: Settings, res: MonthResult) -> None:
     """Measure the campaign of every month whose labels have arrived against its control group (`48_roi`), and its
     champion and challenger arms each against its own; store roi.months and roi.arms, and add the newly measured
     months' figures to the month's metrics."""
-    from mlops_nb.roi import measure_arms, measure_roi, roi_metrics
+    from mlops_nb.roi import measure_arms, measure_roi, roi_metrics, selected_outcomes
     with connect_warehouse(cfg, read_only=False) as con:
-        rows, arms = measure_roi(cfg, con, res.month), measure_arms(cfg, con, res.month)
+        selected = selected_outcomes(con, cfg)                  # read once for the campaign and its arms
+        rows, arms = measure_roi(cfg, con, res.month, selected), measure_arms(cfg, con, res.month, selected)
     for m in res.labelled:
         res.metrics.update(roi_metrics(rows, m))
         for r in arms[(arms.month == m)].itertuples():

@@ -27,8 +27,8 @@ from .value import budget_contacts
 # %% auto #0
 __all__ = ['ROI_COLUMNS', 'SCOPES', 'ARM_COLUMNS', 'selected_outcomes', 'expected_retained', 'month_roi', 'to_date_roi',
            'oracle_month', 'roi_rows', 'store_roi', 'stored_truths', 'service_costs', 'measure_roi', 'roi_metrics',
-           'arm_sizes', 'arm_row', 'with_difference', 'arm_oracle', 'arm_rows', 'with_interval', 'measure_arms',
-           'arms_text', 'roi_table_text']
+           'arm_sizes', 'arm_row', 'with_difference', 'arm_oracle', 'arm_rows', 'with_interval', 'stored_arm_oracles',
+           'measure_arms', 'arms_text', 'roi_table_text']
 
 # %% ../nbs/48_roi.ipynb #48ef0005
 ROI_COLUMNS: dict[str, str] = {   # roi.months, fixed so a month with fewer figures still fits
@@ -215,9 +215,12 @@ def service_costs(con) -> dict[str, float]:
     if not table_exists(con, TABLE_SERVICE_COSTS): return {}
     return dict(con.execute(f"SELECT month, service_cost FROM {TABLE_SERVICE_COSTS}").fetchall())
 
-def measure_roi(cfg: Settings, con, computed_in: str = "") -> pd.DataFrame:
+def measure_roi(cfg: Settings, con, computed_in: str = "",
+                selected: pd.DataFrame | None = None,   # selected_outcomes, if already read
+                ) -> pd.DataFrame:
     "Measure every month whose labels have arrived, store roi.months and return it."
-    rows = roi_rows(cfg, selected_outcomes(con, cfg), computed_in, stored_truths(con), service_costs(con))
+    selected = selected_outcomes(con, cfg) if selected is None else selected
+    rows = roi_rows(cfg, selected, computed_in, stored_truths(con), service_costs(con))
     con.execute("BEGIN TRANSACTION")
     try: store_roi(con, rows); con.execute("COMMIT")
     except BaseException: con.execute("ROLLBACK"); raise
@@ -323,7 +326,7 @@ def arm_oracle(cfg: Settings, con, month: str, listed: Sequence[str]) -> float:
 def arm_rows(cfg: Settings, selected: pd.DataFrame,    # selected_outcomes, with the arm column
              sizes: dict[tuple[str, str], tuple[int, str]],   # arm_sizes
              computed_in: str = "",
-             oracle: Any = None,                        # (month, listed keys) → retained; default: none
+             oracle: Any = None,                        # (month, arm, listed keys) → retained; default: none
              ) -> pd.DataFrame:
     "roi.arms' rows: both arms of each month that ran a challenger, and to date over those months."
     ch = cfg.charter
@@ -337,7 +340,7 @@ def arm_rows(cfg: Settings, selected: pd.DataFrame,    # selected_outcomes, with
             a = g[g.arm == arm]
             this[arm] = _arm_month(a, ch) | {"policy": sizes.get((month, arm), (0, ""))[1]}
             if this[arm]["contacted"]:
-                this[arm]["oracle_retained"] = (oracle(month, a.customer_key[a.action == "contact"].tolist())
+                this[arm]["oracle_retained"] = (oracle(month, arm, a.customer_key[a.action == "contact"].tolist())
                                                 if oracle else math.nan)
         both = all(_counted(m) for m in this.values())   # to date pairs the arms: months that measured both
         now = {}
@@ -358,10 +361,21 @@ def with_interval(v: float, lo: float, hi: float, digits: int, missing: str = "-
     "A signed figure and its interval as the printed tables show it, e.g. `+0.029 (-0.024, +0.083)`; `missing` if NaN."
     return f"{v:+.{digits}f} ({lo:+.{digits}f}, {hi:+.{digits}f})" if v == v else missing
 
-def measure_arms(cfg: Settings, con, computed_in: str = "") -> pd.DataFrame:
+def stored_arm_oracles(con) -> dict[tuple[str, str], float]:
+    "The simulator's figures roi.arms already holds, by (month, arm): a resolved month's truth is read once."
+    if not table_exists(con, TABLE_ROI_ARMS): return {}
+    return {(m, a): r for m, a, r in con.execute(f"SELECT month, arm, oracle_retained FROM {TABLE_ROI_ARMS} WHERE "
+                                                 "scope = 'month' AND oracle_retained IS NOT NULL").fetchall()}
+
+def measure_arms(cfg: Settings, con, computed_in: str = "",
+                 selected: pd.DataFrame | None = None,   # selected_outcomes, if already read (measure_roi's)
+                 ) -> pd.DataFrame:
     "Measure both arms of every labelled month that ran a challenger; replace roi.arms with them and return them."
-    rows = arm_rows(cfg, selected_outcomes(con, cfg), arm_sizes(con), computed_in,
-                    lambda month, listed: arm_oracle(cfg, con, month, listed))
+    known = stored_arm_oracles(con)
+    def oracle(month: str, arm: str, listed: Sequence[str]) -> float:
+        return known[(month, arm)] if (month, arm) in known else arm_oracle(cfg, con, month, listed)
+    selected = selected_outcomes(con, cfg) if selected is None else selected
+    rows = arm_rows(cfg, selected, arm_sizes(con), computed_in, oracle)
     replace_rows(con, TABLE_ROI_ARMS, ARM_COLUMNS, rows, {"scope": ["month", "to_date"]})
     return rows
 
